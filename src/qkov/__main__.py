@@ -1,0 +1,5 @@
+import sys
+
+from qkov.cli import main
+
+sys.exit(main())

@@ -1,0 +1,115 @@
+"""ModelConfig: the shape of an attention-only transformer, validated at the door.
+
+Positional modes (the paper's choice is the default):
+  "shortformer": W_pos is added only to the inputs of queries and keys, never to the
+                 residual stream, so the stream carries token information alone;
+  "standard":    W_pos is added to the residual stream (GPT-2 style);
+  "none":        no positional information at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qkov.errors import QkovError
+
+POSITIONAL_MODES = ("shortformer", "standard", "none")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyper-parameters of an attention-only transformer (no MLP, no LayerNorm, no biases)."""
+
+    n_layers: int = 2
+    n_heads: int = 4
+    d_model: int = 128
+    d_head: int | None = None  # None: d_model // n_heads
+    n_ctx: int = 256
+    d_vocab: int = 4096
+    positional: str = "shortformer"
+    seed: int = 0
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.d_head is None and isinstance(self.d_model, int) and isinstance(self.n_heads, int):
+            if self.n_heads > 0 and self.d_model % self.n_heads != 0:
+                raise QkovError(
+                    f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}: "
+                    "pass d_head explicitly or pick sizes with d_model = n_heads * d_head"
+                )
+            object.__setattr__(self, "d_head", self.d_model // max(self.n_heads, 1))
+        for name in ("n_layers", "n_heads", "d_model", "d_head", "n_ctx", "d_vocab", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise QkovError(f"config field {name} must be an integer, got {value!r}")
+        for name in ("n_heads", "d_model", "d_head", "n_ctx", "d_vocab"):
+            if getattr(self, name) <= 0:
+                raise QkovError(
+                    f"config field {name} must be positive, got {getattr(self, name)}"
+                )
+        if self.n_layers < 0:
+            raise QkovError(
+                f"config field n_layers must be >= 0 (0 is a bigram model), got {self.n_layers}"
+            )
+        if self.seed < 0:
+            raise QkovError(f"config field seed must be >= 0, got {self.seed}")
+        if self.positional not in POSITIONAL_MODES:
+            raise QkovError(
+                f"positional={self.positional!r} is unknown: use one of "
+                + ", ".join(POSITIONAL_MODES)
+            )
+        if isinstance(self.init_std, bool) or not isinstance(self.init_std, (int, float)):
+            raise QkovError(f"config field init_std must be a number, got {self.init_std!r}")
+        if not self.init_std > 0:
+            raise QkovError(f"config field init_std must be positive, got {self.init_std}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> ModelConfig:
+        if not isinstance(data, dict):
+            raise QkovError(f"{source} must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise QkovError(
+                f"{source} has unknown keys {unknown}: known keys are {sorted(known)}"
+            )
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "config") -> ModelConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise QkovError(f"{source} is not valid JSON ({e}): fix or regenerate it") from None
+        return cls.from_dict(data, source)
+
+    def save(self, path: str | Path) -> None:
+        from qkov.io import atomic_write_text
+
+        atomic_write_text(Path(path), self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise QkovError(f"{path} does not exist: is this a qkov checkpoint directory?")
+        return cls.from_json(path.read_text(encoding="utf-8"), source=str(path))
+
+    @property
+    def n_params(self) -> int:
+        """Parameter count of the weights W_E, W_pos, W_Q, W_K, W_V, W_O, W_U."""
+        per_head = 4 * self.d_model * self.d_head
+        pos = self.n_ctx * self.d_model if self.positional != "none" else 0
+        return (
+            2 * self.d_vocab * self.d_model + pos + self.n_layers * self.n_heads * per_head
+        )

@@ -10,7 +10,7 @@ import importlib
 import sys
 
 # Subcommand modules in the order `qkov --help` lists them.
-COMMANDS = ["train", "sample", "info"]
+COMMANDS = ["train", "sample", "info", "heads"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,162 @@
+"""Q-, K- and V-composition scores between heads of different layers, with a random baseline.
+
+Row-vector convention: an earlier head h0 writes x W_OV^{h0} into the residual stream and a
+later head h1 reads it through its query, key or value. The paper's matrices become
+
+    Q-composition: W_OV^{h0} W_QK^{h1}          (h1's queries read h0's output)
+    K-composition: W_OV^{h0} (W_QK^{h1})^T      (h1's keys read h0's output)
+    V-composition: W_OV^{h0} W_OV^{h1}          (virtual head h0 -> h1)
+
+score(W_A, W_B) = ||W_A W_B||_F / (||W_A||_F ||W_B||_F), as in TransformerLens's
+`all_composition_scores` (which puts 0 where this module puts NaN: earlier layer >= later).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from qkov.circuits import W_OV, W_QK
+from qkov.errors import QkovError
+from qkov.factored import FactoredMatrix
+from qkov.model import AttnOnlyTransformer
+
+KINDS = ("q", "k", "v")
+
+
+def composition_score(
+    W_A: Tensor | FactoredMatrix, W_B: Tensor | FactoredMatrix
+) -> Tensor:
+    """||W_A W_B||_F / (||W_A||_F ||W_B||_F), broadcast over leading (batch) dims.
+
+    W_A [..., m, k], W_B [..., k, n] (dense or factored) -> [...]."""
+    A = W_A if isinstance(W_A, FactoredMatrix) else None
+    B = W_B if isinstance(W_B, FactoredMatrix) else None
+    norm_A = A.norm() if A is not None else torch.linalg.matrix_norm(W_A)
+    norm_B = B.norm() if B is not None else torch.linalg.matrix_norm(W_B)
+    prod = W_A @ W_B
+    norm_AB = prod.norm() if isinstance(prod, FactoredMatrix) else torch.linalg.matrix_norm(prod)
+    return norm_AB / (norm_A * norm_B)
+
+
+@dataclass
+class CompositionScores:
+    """Scores [n_layers, n_heads, n_layers, n_heads] indexed (earlier layer, earlier head,
+    later layer, later head); NaN where earlier layer >= later layer. The baseline is the
+    mean and std of the same score for random Gaussian W_Q, W_K, W_V, W_O of the model's
+    shapes (the score is scale-free, so the Gaussian's std does not matter)."""
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    baseline_mean: dict[str, float]
+    baseline_std: dict[str, float]
+    n_baseline: int
+
+    def get(self, kind: str) -> Tensor:
+        kind = kind.lower()
+        if kind not in KINDS:
+            raise QkovError(f"composition kind {kind!r} is unknown: use one of q, k, v")
+        return getattr(self, kind)
+
+    def top(self, kind: str, n: int = 10) -> list[tuple[int, int, int, int, float]]:
+        """The n highest-scoring pairs (l0, h0, l1, h1, score) of one kind."""
+        scores = self.get(kind)
+        flat = torch.nan_to_num(scores, nan=float("-inf")).flatten()
+        n = min(n, int(torch.isfinite(flat).sum()))
+        vals, idx = flat.topk(n)
+        L, H = scores.shape[:2]
+        out = []
+        for v, i in zip(vals.tolist(), idx.tolist(), strict=True):
+            l0, h0, l1, h1 = i // (H * L * H), i // (L * H) % H, i // H % L, i % H
+            out.append((l0, h0, l1, h1, v))
+        return out
+
+    def partner(self, layer: int, head: int, kind: str = "k") -> tuple[int, int, float]:
+        """The earlier head (l0, h0, score) composing most with head (layer, head)."""
+        scores = self.get(kind)
+        if not 0 < layer < scores.shape[0] or not 0 <= head < scores.shape[1]:
+            raise QkovError(
+                f"L{layer}H{head} has no earlier heads to compose with: pick a layer in "
+                f"1..{scores.shape[0] - 1} and a head in 0..{scores.shape[1] - 1}"
+            )
+        col = scores[:layer, :, layer, head]  # [layer, n_heads]
+        i = int(col.flatten().argmax())
+        return i // col.shape[1], i % col.shape[1], float(col.flatten()[i])
+
+    def __repr__(self) -> str:
+        base = ", ".join(
+            f"{k}: {self.baseline_mean[k]:.3f}+-{self.baseline_std[k]:.3f}" for k in KINDS
+        )
+        return f"CompositionScores(shape={list(self.q.shape)}, baseline {base})"
+
+    def to_dict(self) -> dict[str, object]:
+        def listify(x: object) -> object:  # NaN is not JSON: write null
+            if isinstance(x, list):
+                return [listify(y) for y in x]
+            return None if x != x else x
+
+        return {
+            "q": listify(self.q.tolist()),
+            "k": listify(self.k.tolist()),
+            "v": listify(self.v.tolist()),
+            "baseline_mean": dict(self.baseline_mean),
+            "baseline_std": dict(self.baseline_std),
+            "n_baseline": self.n_baseline,
+        }
+
+
+def _pair_scores(OV: FactoredMatrix, right: FactoredMatrix) -> Tensor:
+    """composition_score of OV [L, H, D, D] (earlier) with right [L, H, D, D] (later)."""
+    left = FactoredMatrix(OV.A[:, :, None, None], OV.B[:, :, None, None])  # [L, H, 1, 1, D, D]
+    rgt = FactoredMatrix(right.A[None, None], right.B[None, None])  # [1, 1, L, H, D, D]
+    return composition_score(left, rgt)  # [L, H, L, H]
+
+
+def _masked(scores: Tensor) -> Tensor:
+    L = scores.shape[0]
+    earlier = torch.arange(L)[:, None, None, None] < torch.arange(L)[None, None, :, None]
+    return scores.masked_fill(~earlier.to(scores.device), float("nan"))
+
+
+def baseline_scores(
+    d_model: int, d_head: int, n_baseline: int = 200, seed: int = 0
+) -> dict[str, Tensor]:
+    """Scores of random Gaussian heads (factored, rank d_head) per kind: [n_baseline] each."""
+    if n_baseline < 2:
+        raise QkovError(f"n_baseline must be >= 2 to estimate a spread, got {n_baseline}")
+    g = torch.Generator().manual_seed(seed)
+
+    def factors() -> FactoredMatrix:  # W_1 [n, d_model, d_head] @ W_2^T-like [n, d_head, d_model]
+        A = torch.randn(n_baseline, d_model, d_head, generator=g)
+        B = torch.randn(n_baseline, d_head, d_model, generator=g)
+        return FactoredMatrix(A, B)
+
+    # Fresh draws per kind: W_V W_O of h0, then W_Q W_K^T or W_V W_O of h1.
+    out = {}
+    for kind in KINDS:
+        ov0, right = factors(), factors()
+        out[kind] = composition_score(ov0, right.T if kind == "k" else right)
+    return out
+
+
+@torch.no_grad()
+def composition_scores(
+    model: AttnOnlyTransformer, n_baseline: int = 200, seed: int = 0
+) -> CompositionScores:
+    """Q-, K-, V-composition scores for every (earlier head, later head) pair + baseline."""
+    OV, QK = W_OV(model), W_QK(model)
+    q = _masked(_pair_scores(OV, QK))
+    k = _masked(_pair_scores(OV, QK.T))
+    v = _masked(_pair_scores(OV, OV))
+    base = baseline_scores(model.cfg.d_model, model.cfg.d_head, n_baseline, seed)
+    return CompositionScores(
+        q=q,
+        k=k,
+        v=v,
+        baseline_mean={kind: float(s.mean()) for kind, s in base.items()},
+        baseline_std={kind: float(s.std()) for kind, s in base.items()},
+        n_baseline=n_baseline,
+    )

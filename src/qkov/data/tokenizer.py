@@ -1,0 +1,38 @@
+"""Byte-level BPE tokenizer trained on the corpus with HF `tokenizers`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from qkov.errors import QkovError
+
+EOT = "<|endoftext|>"
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> Tokenizer:
+    """Byte-level BPE with `vocab_size` tokens; id 0 is the document separator <|endoftext|>."""
+    min_size = 256 + 1
+    if vocab_size < min_size:
+        raise QkovError(
+            f"--vocab-size {vocab_size} is too small for byte-level BPE: use at least {min_size}"
+        )
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def decode_token(tok: Tokenizer | None, token_id: int) -> str:
+    """One token id as readable text (its bytes decoded); the id in brackets without a tokenizer."""
+    if tok is None:
+        return f"[{token_id}]"
+    return tok.decode([int(token_id)], skip_special_tokens=False)

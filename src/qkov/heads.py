@@ -1,0 +1,512 @@
+"""Head detectors: what each head does, read off the model's own attention patterns.
+
+Every score is a tensor [n_layers, n_heads] computed from the patterns
+A [batch, head, destination, source] of a forward pass (Olsson et al., 2022):
+
+    previous_token   mean A[i, i-1]: attention to the previous position
+    induction        on a repeated probe [x_0..x_{h-1} x_0..x_{h-1}]: mean attention from each
+                     destination i in the second half to i-h+1, the token AFTER the previous
+                     occurrence of the destination token. On other tokens it falls back to
+                     the prefix-matching definition below.
+    prefix_matching  the same test stated for any text (no known repeat structure needed):
+                     attention mass on every source j+1 < i such that token[j] == token[i],
+                     averaged over destinations that have one. On the probe it agrees with
+                     `induction` up to accidental repeats; on real text it is the one to read.
+    duplicate_token  attention mass on earlier occurrences of the destination token itself.
+    copying          does what the head moves raise the logit of the token it attends to?
+                     Choice: for every source j, the head's direct logit effect
+                     e_j = resid_j W_OV W_U [d_vocab] (resid_j = the head's actual value input);
+                     c_j = 1 - 2 * (rank of token_j in e_j, ties counted half) / (d_vocab-1)
+                     in [-1, 1] (1: the head makes its source token the top logit); the score
+                     is the attention-weighted mean of c_j over destinations. Direct path only
+                     (a head read by later heads may copy into them, which this does not see).
+    positional       1 - mean total-variation distance between a sequence's attention row and
+                     the batch-mean row: 1 when the pattern depends on position only.
+
+The standard probe is a seeded batch of repeated random token sequences
+(`repeated_random_tokens`): on it an induction head predicts the whole second half.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from qkov.errors import QkovError
+from qkov.factored import FactoredMatrix
+from qkov.model import AttnOnlyTransformer
+
+SCORE_NAMES = (
+    "previous_token",
+    "induction",
+    "prefix_matching",
+    "duplicate_token",
+    "copying",
+    "positional",
+)
+LABELS = ("previous-token", "induction", "duplicate-token", "copying", "positional", "other")
+_COPY_CHUNK = 2**24  # elements of the [rows, pos, d_vocab] logit-effect block per step
+
+
+# ---------------------------------------------------------------------------- probe batch
+def repeated_random_tokens(
+    d_vocab: int,
+    batch: int = 16,
+    half_len: int = 32,
+    seed: int = 0,
+    prefix: list[int] | tuple[int, ...] | None = None,
+) -> Tensor:
+    """A seeded batch of random sequences each followed by itself: [batch, p + 2*half_len].
+
+    `prefix` (e.g. [bos_id]) is put in front of every row (p = len(prefix)); its ids are never
+    drawn. Each half is drawn without replacement when the vocabulary allows it, so every
+    second-half token has exactly one earlier occurrence and induction is unambiguous."""
+    prefix = list(prefix or [])
+    if batch < 1 or half_len < 2:
+        raise QkovError(f"probe needs batch >= 1 and half_len >= 2, got {batch} and {half_len}")
+    if any(not 0 <= t < d_vocab for t in prefix):
+        raise QkovError(f"prefix {prefix} has ids outside [0, {d_vocab})")
+    keep = torch.ones(d_vocab, dtype=torch.bool)
+    keep[prefix] = False
+    pool = keep.nonzero().squeeze(1)
+    if len(pool) < 2:
+        raise QkovError(f"d_vocab={d_vocab} leaves fewer than 2 tokens to draw the probe from")
+    g = torch.Generator().manual_seed(seed)
+    if half_len <= len(pool):
+        idx = torch.stack([torch.randperm(len(pool), generator=g)[:half_len] for _ in range(batch)])
+    else:
+        idx = torch.randint(len(pool), (batch, half_len), generator=g)
+    half = pool[idx]
+    head = torch.tensor(prefix, dtype=torch.long).expand(batch, len(prefix))
+    return torch.cat([head, half, half], dim=1)
+
+
+def default_half_len(n_ctx: int, prefix_len: int = 0, cap: int = 64) -> int:
+    """The probe's half length for a context of n_ctx: min(cap, (n_ctx - prefix_len) // 2)."""
+    half = min(cap, (n_ctx - prefix_len) // 2)
+    if half < 2:
+        raise QkovError(f"n_ctx={n_ctx} is too short for a repeated-token probe (needs >= 4)")
+    return half
+
+
+# ---------------------------------------------------------------------------- scores per layer
+def _masked_mean(pattern: Tensor, mask: Tensor) -> Tensor:
+    """Attention mass on `mask` [batch, dest, src], averaged over destinations with any
+    masked source. pattern [batch, head, dest, src] -> [head] (NaN if no such destination)."""
+    has = mask.any(-1)  # [batch, dest]
+    n = int(has.sum())
+    if n == 0:
+        return torch.full((pattern.shape[1],), float("nan"))
+    mass = (pattern * mask[:, None].to(pattern.dtype)).sum(-1)  # [batch, head, dest]
+    return (mass * has[:, None]).sum(dim=(0, 2)) / n
+
+
+def _earlier_same(tokens: Tensor) -> Tensor:
+    """[batch, dest, src]: src < dest and token[src] == token[dest]."""
+    n = tokens.shape[1]
+    same = tokens[:, :, None] == tokens[:, None, :]
+    return same & torch.ones(n, n, dtype=torch.bool, device=tokens.device).tril(-1)
+
+
+def previous_token_score(pattern: Tensor) -> Tensor:
+    """pattern [batch, head, dest, src] -> [head]: mean attention from i to i-1 (i >= 1)."""
+    if pattern.shape[-1] < 2:
+        return torch.full((pattern.shape[1],), float("nan"))
+    return pattern.diagonal(offset=-1, dim1=-2, dim2=-1).mean(dim=(0, 2))
+
+
+def duplicate_token_score(pattern: Tensor, tokens: Tensor) -> Tensor:
+    """pattern [batch, head, dest, src], tokens [batch, pos] -> [head]: attention mass on
+    earlier occurrences of the destination token."""
+    return _masked_mean(pattern, _earlier_same(tokens))
+
+
+def prefix_matching_score(pattern: Tensor, tokens: Tensor) -> Tensor:
+    """pattern [batch, head, dest, src], tokens [batch, pos] -> [head]: attention mass on
+    each source j+1 < dest whose predecessor j holds the destination token."""
+    same = _earlier_same(tokens)
+    after = torch.zeros_like(same)
+    after[:, :, 1:] = same[:, :, :-1]
+    n = tokens.shape[1]
+    after &= torch.ones(n, n, dtype=torch.bool, device=tokens.device).tril(-1)
+    return _masked_mean(pattern, after)
+
+
+def induction_score(
+    pattern: Tensor, tokens: Tensor, half_len: int | None = None, prefix_len: int = 0
+) -> Tensor:
+    """pattern [batch, head, dest, src] -> [head]: attention to the token after the previous
+    occurrence of the destination token.
+
+    With `half_len` (a repeated probe, after `prefix_len` prefix tokens): mean of A[i, i-h+1]
+    over second-half destinations i. Without it: `prefix_matching_score`."""
+    if half_len is None:
+        return prefix_matching_score(pattern, tokens)
+    p, h = prefix_len, half_len
+    if h < 2 or p + 2 * h > pattern.shape[-1]:
+        raise QkovError(f"half_len={h}, prefix_len={p} do not fit {pattern.shape[-1]} positions")
+    diag = pattern.diagonal(offset=-(h - 1), dim1=-2, dim2=-1)  # A[i, i-h+1] for i >= h-1
+    return diag[..., p + 1 : p + h + 1].mean(dim=(0, 2))
+
+
+def positional_score(pattern: Tensor) -> Tensor:
+    """pattern [batch, head, dest, src] -> [head]: 1 - mean total-variation distance of each
+    row from the batch-mean row (destinations >= 1). NaN for a batch of one."""
+    if pattern.shape[0] < 2 or pattern.shape[-1] < 2:
+        return torch.full((pattern.shape[1],), float("nan"))
+    tv = 0.5 * (pattern - pattern.mean(0, keepdim=True)).abs().sum(-1)  # [batch, head, dest]
+    return 1 - tv[..., 1:].mean(dim=(0, 2))
+
+
+def copying_score(
+    model: AttnOnlyTransformer, layer: int, pattern: Tensor, resid: Tensor, tokens: Tensor
+) -> Tensor:
+    """Attention-weighted rank of the source token in the head's direct logit effect.
+
+    pattern [batch, head, dest, src]; resid [batch, pos, d_model], the value input of `layer`
+    (resid_pre); tokens [batch, pos]. Returns [head] in [-1, 1] (see module docstring)."""
+    B, n = tokens.shape
+    V = model.cfg.d_vocab
+    W_U = model.W_U.detach()
+    rows = max(1, _COPY_CHUNK // max(1, n * V))
+    out = []
+    for h in range(model.cfg.n_heads):
+        W_OV = model.W_V[layer, h].detach() @ model.W_O[layer, h].detach()  # [d_model, d_model]
+        c = torch.empty(B, n, device=resid.device)
+        for s in range(0, B, rows):
+            e = (resid[s : s + rows] @ W_OV) @ W_U  # [rows, pos, d_vocab]
+            own = e.gather(-1, tokens[s : s + rows, :, None])  # [rows, pos, 1]
+            above = (e > own).sum(-1).float()
+            ties = (e == own).sum(-1).float() - 1
+            c[s : s + rows] = 1 - 2 * (above + 0.5 * ties) / max(V - 1, 1)
+        weight = pattern[:, h].sum(dim=1)  # [batch, src]: total attention each source gets
+        out.append((weight * c).sum() / (B * n))
+    return torch.stack(out)
+
+
+# ---------------------------------------------------------------------------- all heads
+@dataclass(frozen=True)
+class HeadScores:
+    """Detector scores for every head, each [n_layers, n_heads]; see the module docstring."""
+
+    previous_token: Tensor
+    induction: Tensor
+    prefix_matching: Tensor
+    duplicate_token: Tensor
+    copying: Tensor
+    positional: Tensor
+    source: str  # "repeated-random" (the seeded probe) or "tokens" (given text)
+    n_sequences: int
+    seq_len: int
+
+    def get(self, layer: int, head: int) -> dict[str, float]:
+        return {name: float(getattr(self, name)[layer, head]) for name in SCORE_NAMES}
+
+    def best(self, name: str) -> tuple[float, int, int]:
+        """(score, layer, head) of the head with the highest `name` score (NaN-safe)."""
+        s = torch.nan_to_num(getattr(self, name), nan=-math.inf)
+        i = int(s.argmax())
+        layer, head = divmod(i, s.shape[1])
+        return float(getattr(self, name)[layer, head]), layer, head
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {n: _nan_none(getattr(self, n).tolist()) for n in SCORE_NAMES}
+        d.update(source=self.source, n_sequences=self.n_sequences, seq_len=self.seq_len)
+        return d
+
+
+def _nan_none(x: Any) -> Any:
+    """JSON has no NaN: nested lists with NaN -> None."""
+    if isinstance(x, list):
+        return [_nan_none(v) for v in x]
+    return None if isinstance(x, float) and math.isnan(x) else x
+
+
+def head_scores(
+    model: AttnOnlyTransformer,
+    tokens: Tensor | None = None,
+    *,
+    half_len: int | None = None,
+    prefix_len: int = 0,
+    batch: int = 16,
+    seed: int = 0,
+    copying: bool = True,
+) -> HeadScores:
+    """Score every head on `tokens` [batch, pos], or (None) on the seeded repeated probe.
+
+    For given tokens, pass `half_len` (and `prefix_len`) if they are a repeated probe, so
+    that `induction` uses the known repeat; otherwise it is the prefix-matching score."""
+    cfg = model.cfg
+    if tokens is None:
+        half_len = half_len or default_half_len(cfg.n_ctx, prefix_len)
+        tokens = repeated_random_tokens(cfg.d_vocab, batch, half_len, seed)
+        prefix_len, source = 0, "repeated-random"
+    else:
+        source = "tokens"
+    tokens = model.check_tokens(tokens)
+    want = ("pattern.", "resid_pre.") if copying else ("pattern.",)
+    with torch.no_grad():
+        _, cache = model.run_with_hooks(tokens, cache_names=lambda n: n.startswith(want))
+    rows: dict[str, list[Tensor]] = {name: [] for name in SCORE_NAMES}
+    for l in range(cfg.n_layers):
+        A = cache[f"pattern.{l}"].float()
+        rows["previous_token"].append(previous_token_score(A))
+        rows["induction"].append(induction_score(A, tokens, half_len, prefix_len))
+        rows["prefix_matching"].append(prefix_matching_score(A, tokens))
+        rows["duplicate_token"].append(duplicate_token_score(A, tokens))
+        rows["positional"].append(positional_score(A))
+        if copying:
+            resid = cache[f"resid_pre.{l}"].float()
+            rows["copying"].append(copying_score(model, l, A, resid, tokens))
+        else:
+            rows["copying"].append(torch.full((cfg.n_heads,), float("nan")))
+    empty = torch.zeros(0, cfg.n_heads)
+    stacked = {
+        k: (torch.stack([r.float().cpu() for r in v]) if v else empty) for k, v in rows.items()
+    }
+    return HeadScores(
+        **stacked, source=source, n_sequences=tokens.shape[0], seq_len=tokens.shape[1]
+    )
+
+
+# ---------------------------------------------------------------------------- induction QK term
+def induction_qk_term(
+    model: AttnOnlyTransformer, layer: int, head: int, src_layer: int, src_head: int
+) -> FactoredMatrix:
+    """The K-composition term of head (layer, head) through earlier head (src_layer, src_head):
+    W_E W_QK^{h1} (W_E W_OV^{h0})^T [d_vocab (destination token), d_vocab (token h0 moved
+    into the source position)], kept factored with inner dim d_head:
+    A = W_E W_Q^{h1} [d_vocab, d_head], B = (W_E W_V^{h0} W_O^{h0} W_K^{h1})^T [d_head, d_vocab].
+    Token matching shows as mostly positive eigenvalues. Positions are not in this term."""
+    if not 0 <= src_layer < layer < model.cfg.n_layers:
+        raise QkovError(
+            f"K-composition needs an earlier head: got layer {src_layer} -> layer {layer} "
+            f"in a {model.cfg.n_layers}-layer model"
+        )
+    W_E = model.W_E.detach()
+    A = W_E @ model.W_Q[layer, head].detach()
+    moved = (W_E @ model.W_V[src_layer, src_head].detach()) @ model.W_O[
+        src_layer, src_head
+    ].detach()
+    B = (moved @ model.W_K[layer, head].detach()).T
+    return FactoredMatrix(A, B)
+
+
+# ---------------------------------------------------------------------------- classification
+@dataclass(frozen=True)
+class Thresholds:
+    """Score thresholds of `classify_heads`; partner_z: K-composition z-score against the
+    random baseline above which an earlier head counts as an induction head's partner."""
+
+    previous_token: float = 0.4
+    induction: float = 0.4
+    duplicate_token: float = 0.4
+    copying: float = 0.5
+    positional: float = 0.9
+    partner_z: float = 3.0
+
+
+@dataclass(frozen=True)
+class KPartner:
+    """An earlier head read by a later head's key: its K-composition score and its z-score
+    (score - baseline mean) / baseline std against random heads of the same shapes."""
+
+    layer: int
+    head: int
+    score: float
+    z: float
+    above_baseline: bool
+
+    @property
+    def name(self) -> str:
+        return f"L{self.layer}H{self.head}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class HeadRecord:
+    """One head: its scores, its label and the score and threshold that decided it.
+
+    For an induction head: every earlier head ranked by K-composition (`k_composition`;
+    `partners` keeps those above the baseline) and Sum(lambda)/Sum(|lambda|) of the induction
+    QK term through the top-ranked one (`qk_term_eigenvalue_score`)."""
+
+    layer: int
+    head: int
+    label: str
+    decided_by: str | None  # the score that decided the label (None for "other")
+    threshold: float | None
+    scores: dict[str, float]
+    ov_eigenvalue_score: float  # Sum(lambda)/Sum(|lambda|) of the OV circuit W_E W_OV W_U
+    k_composition: tuple[KPartner, ...] = ()
+    qk_term_eigenvalue_score: float | None = None
+
+    @property
+    def name(self) -> str:
+        return f"L{self.layer}H{self.head}"
+
+    @property
+    def partners(self) -> tuple[KPartner, ...]:
+        return tuple(p for p in self.k_composition if p.above_baseline)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["scores"] = {k: _nan_none(v) for k, v in self.scores.items()}
+        d["ov_eigenvalue_score"] = _nan_none(self.ov_eigenvalue_score)
+        d["partners"] = [p.name for p in self.partners]
+        return d
+
+
+@dataclass(frozen=True)
+class HeadClassification:
+    """`classify_heads` result: a record per head (layer-major) and the scores behind it."""
+
+    records: tuple[HeadRecord, ...]
+    scores: HeadScores
+    thresholds: Thresholds
+
+    def record(self, layer: int, head: int) -> HeadRecord:
+        for r in self.records:
+            if (r.layer, r.head) == (layer, head):
+                return r
+        raise QkovError(f"no head L{layer}H{head} in this classification")
+
+    def with_label(self, label: str) -> list[HeadRecord]:
+        if label not in LABELS:
+            raise QkovError(f"unknown label {label!r}: use one of {', '.join(LABELS)}")
+        return [r for r in self.records if r.label == label]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "records": [r.to_dict() for r in self.records],
+            "scores": self.scores.to_dict(),
+            "thresholds": dataclasses.asdict(self.thresholds),
+        }
+
+    def table(self) -> str:
+        """A plain-text table: one row per head."""
+        cols = ("previous_token", "induction", "duplicate_token", "copying", "positional")
+        short = ("prev", "induct", "dup", "copy", "pos")
+        lines = [
+            f"{'head':<6} " + " ".join(f"{s:>6}" for s in short) + f" {'OV eig':>6}  "
+            f"{'label':<15} {'decided by':<22} K-composition partners (score, z)"
+        ]
+        for r in self.records:
+            vals = " ".join(f"{r.scores[c]:>6.3f}" for c in cols)
+            why = f"{r.decided_by} >= {r.threshold:g}" if r.decided_by else "-"
+            part = ""
+            if r.label == "induction":
+                part = ", ".join(f"{p.name} ({p.score:.3f}, z={p.z:.1f})" for p in r.partners)
+                part = part or "none above baseline"
+                if r.qk_term_eigenvalue_score is not None:
+                    part += f"; QK term eig {r.qk_term_eigenvalue_score:+.3f}"
+            lines.append(
+                f"{r.name:<6} {vals} {r.ov_eigenvalue_score:>+6.3f}  {r.label:<15} {why:<22} {part}"
+            )
+        return "\n".join(lines)
+
+
+def _label(scores: dict[str, float], t: Thresholds) -> tuple[str, str | None, float | None]:
+    """Attention labels first (the highest score above its threshold), then copying, then
+    positional, else other. NaN scores never pass."""
+    attention = [
+        ("induction", "induction", t.induction),
+        ("previous-token", "previous_token", t.previous_token),
+        ("duplicate-token", "duplicate_token", t.duplicate_token),
+    ]
+    passed = [(scores[k], label, k, th) for label, k, th in attention if scores[k] >= th]
+    if passed:
+        _, label, key, th = max(passed, key=lambda x: x[0])
+        return label, key, th
+    if scores["copying"] >= t.copying:
+        return "copying", "copying", t.copying
+    if scores["positional"] >= t.positional:
+        return "positional", "positional", t.positional
+    return "other", None, None
+
+
+def classify_heads(
+    model: AttnOnlyTransformer,
+    tokens: Tensor | None = None,
+    *,
+    thresholds: Thresholds | None = None,
+    half_len: int | None = None,
+    batch: int = 16,
+    seed: int = 0,
+    n_baseline: int = 200,
+) -> HeadClassification:
+    """Label every head from its scores (on the seeded repeated probe unless `tokens` given)
+    and, for each induction head, rank the earlier heads its key reads (K-composition)."""
+    from qkov.circuits import eigenvalue_copying_score, ov_eigenvalues
+    from qkov.composition import composition_scores
+
+    t = thresholds or Thresholds()
+    cfg = model.cfg
+    scores = head_scores(model, tokens, half_len=half_len, batch=batch, seed=seed)
+    comp = composition_scores(model, n_baseline=n_baseline, seed=seed) if cfg.n_layers > 1 else None
+    records = []
+    with torch.no_grad():
+        for l in range(cfg.n_layers):
+            for h in range(cfg.n_heads):
+                s = scores.get(l, h)
+                label, key, th = _label(s, t)
+                ranked: list[KPartner] = []
+                qk_stat = None
+                if label == "induction" and comp is not None and l > 0:
+                    mean, std = comp.baseline_mean["k"], comp.baseline_std["k"]
+                    for l0 in range(l):
+                        for h0 in range(cfg.n_heads):
+                            k = float(comp.k[l0, h0, l, h])
+                            z = (k - mean) / std if std > 0 else math.inf
+                            ranked.append(KPartner(l0, h0, k, z, z >= t.partner_z))
+                    ranked.sort(key=lambda p: -p.score)
+                    top = ranked[0]
+                    term = induction_qk_term(model, l, h, top.layer, top.head)
+                    qk_stat = eigenvalue_copying_score(term.eigenvalues)
+                records.append(
+                    HeadRecord(
+                        layer=l,
+                        head=h,
+                        label=label,
+                        decided_by=key,
+                        threshold=th,
+                        scores=s,
+                        ov_eigenvalue_score=eigenvalue_copying_score(ov_eigenvalues(model, l, h)),
+                        k_composition=tuple(ranked),
+                        qk_term_eigenvalue_score=qk_stat,
+                    )
+                )
+    return HeadClassification(records=tuple(records), scores=scores, thresholds=t)
+
+
+# ---------------------------------------------------------------------------- training probe
+def training_probe(model: AttnOnlyTransformer, seed: int = 0) -> dict[str, float]:
+    """Cheap phase-change probe for training logs, on a fixed batch of 8 repeated random
+    sequences (half length min(32, n_ctx // 2)): the best induction and previous-token
+    scores over heads, and `icl_score` on the same batch (loss late in the second half
+    minus loss early in the first half: about -log(d_vocab) once induction works)."""
+    from qkov.ablation import icl_from_logits
+
+    cfg = model.cfg
+    half = default_half_len(cfg.n_ctx, cap=32)
+    tokens = repeated_random_tokens(cfg.d_vocab, 8, half, seed).to(model.device)
+    with torch.no_grad():
+        logits, cache = model.run_with_hooks(tokens, cache_names=lambda n: n.startswith("pattern."))
+        best_ind = best_prev = float("nan")
+        if cfg.n_layers:
+            ind = torch.stack(
+                [induction_score(cache[f"pattern.{l}"], tokens, half) for l in range(cfg.n_layers)]
+            )
+            prev = torch.stack(
+                [previous_token_score(cache[f"pattern.{l}"]) for l in range(cfg.n_layers)]
+            )
+            best_ind, best_prev = float(ind.max()), float(prev.max())
+        icl = icl_from_logits(logits, tokens)
+    return {"induction_score": best_ind, "prev_token_score": best_prev, "icl_score": icl.score}

@@ -1,0 +1,327 @@
+"""Hand-written inline SVG plots: light, dependency-free, and every label escaped.
+
+Each function returns an `<svg>` string sized by its viewBox so it scales with the page.
+Hover details use SVG `<title>` (native tooltips, no script needed) except the attention
+heatmap, whose cells are looked up by the page script from embedded JSON."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from qkov.report.escape import esc
+
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b")
+
+
+def num(x: float | None, digits: int = 3) -> str:
+    """Compact number for labels; None/NaN shows as an en dash."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "\u2013"
+    if x != 0 and (abs(x) >= 1e4 or abs(x) < 10**-digits):
+        return f"{x:.{max(digits - 1, 1)}e}"
+    return f"{x:.{digits}g}" if abs(x) >= 1 else f"{x:.{digits}f}".rstrip("0").rstrip(".") or "0"
+
+
+def _c(x: float) -> str:
+    """Coordinate with 1 decimal (keeps the SVG small)."""
+    return f"{x:.1f}".rstrip("0").rstrip(".")
+
+
+def blend(t: float, lo: str = "#ffffff", hi: str = "#08519c") -> str:
+    """Colour at t in [0, 1] on a straight line from lo to hi (hex)."""
+    t = 0.0 if not math.isfinite(t) else min(max(t, 0.0), 1.0)
+    a = [int(lo[i : i + 2], 16) for i in (1, 3, 5)]
+    b = [int(hi[i : i + 2], 16) for i in (1, 3, 5)]
+    return "#" + "".join(f"{round(x + (y - x) * t):02x}" for x, y in zip(a, b, strict=True))
+
+
+def svg_open(width: float, height: float, label: str, cls: str = "plot") -> str:
+    return (
+        f'<svg class="{cls}" viewBox="0 0 {_c(width)} {_c(height)}" width="{_c(width)}" '
+        f'height="{_c(height)}" role="img" aria-label="{esc(label)}" '
+        'xmlns="http://www.w3.org/2000/svg">'
+    )
+
+
+def complex_scatter(eigs: Sequence[Sequence[float]], label: str, size: int = 170) -> str:
+    """Eigenvalues in the complex plane, scaled by the largest |lambda|; points with a
+    positive real part in green (copying / matching), negative in red."""
+    pad = 14
+    r = (size - 2 * pad) / 2
+    cx = cy = size / 2
+    pts = [(float(p[0]), float(p[1])) for p in eigs if p is not None and None not in p]
+    scale = max((math.hypot(a, b) for a, b in pts), default=0.0) or 1.0
+    out = [svg_open(size, size, f"{label}: eigenvalues in the complex plane")]
+    out.append(
+        f'<circle cx="{_c(cx)}" cy="{_c(cy)}" r="{_c(r)}" class="unit"/>'
+        f'<line x1="{pad}" y1="{_c(cy)}" x2="{size - pad}" y2="{_c(cy)}" class="axis"/>'
+        f'<line x1="{_c(cx)}" y1="{pad}" x2="{_c(cx)}" y2="{size - pad}" class="axis"/>'
+        f'<text x="{size - pad}" y="{_c(cy - 3)}" class="tick" text-anchor="end">Re</text>'
+        f'<text x="{_c(cx + 3)}" y="{pad + 8}" class="tick">Im</text>'
+        f'<text x="{size - 2}" y="{size - 2}" class="tick" text-anchor="end">'
+        f"|\u03bb|max={esc(num(scale))}</text>"
+    )
+    for a, b in pts:
+        x, y = cx + a / scale * r, cy - b / scale * r
+        cls = "pos" if a > 0 else "neg"
+        sign = "+" if b >= 0 else "\u2212"
+        out.append(
+            f'<circle cx="{_c(x)}" cy="{_c(y)}" r="3" class="eig {cls}">'
+            f"<title>\u03bb = {esc(num(a, 4))} {sign} {esc(num(abs(b), 4))}i</title></circle>"
+        )
+    if not pts:
+        out.append(
+            f'<text x="{_c(cx)}" y="{_c(cy + 14)}" class="tick" '
+            'text-anchor="middle">no eigenvalues</text>'
+        )
+    out.append("</svg>")
+    return "".join(out)
+
+
+def heatmap(
+    values: Sequence[Sequence[float | None]],
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    label: str,
+    vmin: float = 0.0,
+    vmax: float | None = None,
+    cell: int = 34,
+    annotate: bool = True,
+    hi: str = "#08519c",
+) -> str:
+    """A small labelled matrix; None cells are drawn hatched (not defined). Each cell has a
+    <title> tooltip "row \u2190 col: value"."""
+    finite = [v for row in values for v in row if v is not None and math.isfinite(v)]
+    top = vmax if vmax is not None else max(finite, default=1.0)
+    span = (top - vmin) or 1.0
+    left, head = 64, 54
+    w, h = left + cell * len(col_labels) + 4, head + cell * len(row_labels) + 4
+    out = [svg_open(w, h, label)]
+    for j, c in enumerate(col_labels):
+        x = left + j * cell + cell / 2
+        out.append(
+            f'<text x="{_c(x)}" y="{head - 6}" class="tick" text-anchor="start" '
+            f'transform="rotate(-45 {_c(x)} {head - 6})">{esc(c)}</text>'
+        )
+    for i, r in enumerate(row_labels):
+        y = head + i * cell + cell / 2 + 4
+        out.append(
+            f'<text x="{left - 4}" y="{_c(y)}" class="tick" text-anchor="end">{esc(r)}</text>'
+        )
+        for j, v in enumerate(values[i]):
+            x0, y0 = left + j * cell, head + i * cell
+            if v is None or not math.isfinite(v):
+                out.append(f'<rect x="{x0}" y="{y0}" width="{cell}" height="{cell}" class="na"/>')
+                continue
+            t = (v - vmin) / span
+            out.append(
+                f'<rect x="{x0}" y="{y0}" width="{cell}" height="{cell}" '
+                f'fill="{blend(t, hi=hi)}" class="cell"><title>{esc(r)} \u2190 {esc(col_labels[j])}'
+                f": {esc(num(v))}</title></rect>"
+            )
+            if annotate:
+                ink = "light" if t > 0.55 else "dark"
+                out.append(
+                    f'<text x="{_c(x0 + cell / 2)}" y="{_c(y0 + cell / 2 + 3)}" '
+                    f'class="val {ink}" text-anchor="middle">{esc(num(v, 2))}</text>'
+                )
+    out.append("</svg>")
+    return "".join(out)
+
+
+def attention_svg(
+    tokens: Sequence[str],
+    pattern: Sequence[Sequence[float]],
+    src: str,
+    key: str,
+    label: str,
+    cell: int = 7,
+    min_weight: float = 0.01,
+) -> str:
+    """Attention pattern [dest, src] as a lower-triangular heatmap. Cells under `min_weight`
+    are left blank to keep the file small. `src` (the id of a JSON data block) and `key`
+    ("layer.head") let the page script show "destination \u2190 source: weight" on hover."""
+    n = len(tokens)
+    margin = 4
+    w = h = margin + cell * n + margin
+    out = [
+        svg_open(w, h, label, cls="attn"),
+        f'<g data-attn="{esc(key)}" data-src="{esc(src)}" data-cell="{cell}" '
+        f'data-margin="{margin}">',
+    ]
+    out.append(
+        f'<rect x="{margin}" y="{margin}" width="{cell * n}" height="{cell * n}" class="attn-bg"/>'
+    )
+    for i in range(n):
+        row = pattern[i]
+        for j in range(min(i + 1, len(row))):
+            v = row[j]
+            if v is None or v < min_weight:
+                continue
+            out.append(
+                f'<rect x="{margin + j * cell}" y="{margin + i * cell}" width="{cell}" '
+                f'height="{cell}" fill="{blend(v)}"/>'
+            )
+    out.append("</g></svg>")
+    return "".join(out)
+
+
+def hbar_chart(
+    items: Sequence[tuple[str, float]], label: str, unit: str = "", width: int = 520
+) -> str:
+    """Horizontal bars (values may be negative); labels escaped, <title> per bar."""
+    row, left, right = 22, 150, 70
+    vals = [v for _, v in items if v is not None and math.isfinite(v)]
+    lo, hi = min(0.0, *vals) if vals else 0.0, max(0.0, *vals) if vals else 1.0
+    span = (hi - lo) or 1.0
+    plot_w = width - left - right
+    zero = left + (0 - lo) / span * plot_w
+    h = row * len(items) + 10
+    out = [svg_open(width, h, label)]
+    out.append(f'<line x1="{_c(zero)}" y1="2" x2="{_c(zero)}" y2="{h - 4}" class="axis"/>')
+    for i, (name, v) in enumerate(items):
+        y = 5 + i * row
+        out.append(
+            f'<text x="{left - 6}" y="{y + 13}" class="tick" text-anchor="end">{esc(name)}</text>'
+        )
+        if v is None or not math.isfinite(v):
+            out.append(f'<text x="{_c(zero + 4)}" y="{y + 13}" class="tick">n/a</text>')
+            continue
+        x = left + (min(v, 0.0) - lo) / span * plot_w
+        bw = abs(v) / span * plot_w
+        out.append(
+            f'<rect x="{_c(x)}" y="{y + 2}" width="{_c(max(bw, 0.5))}" height="{row - 6}" '
+            f'class="bar {"neg" if v < 0 else "pos"}"><title>{esc(name)}: '
+            f"{esc(num(v, 4))}{esc(unit)}</title></rect>"
+        )
+        out.append(
+            f'<text x="{_c(max(x + bw, zero) + 4)}" y="{y + 13}" class="tick">'
+            f"{esc(num(v))}{esc(unit)}</text>"
+        )
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    if hi <= lo:
+        return [lo]
+    raw = (hi - lo) / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = min((m * mag for m in (1, 2, 5, 10) if m * mag >= raw), default=raw)
+    start = math.ceil(lo / step) * step
+    return [start + k * step for k in range(int((hi - start) / step) + 1)]
+
+
+def line_chart(
+    series: dict[str, Sequence[Sequence[float]]],
+    label: str,
+    x_label: str,
+    y_label: str,
+    width: int = 560,
+    height: int = 220,
+) -> str:
+    """Lines of [x, y] points with axes, ticks and a legend; None values break the line."""
+    left, right, top, bottom = 52, 12, 10, 36
+    pts = {k: [(float(x), y) for x, y in v if x is not None] for k, v in series.items()}
+    xs = [x for v in pts.values() for x, _ in v]
+    ys = [y for v in pts.values() for _, y in v if y is not None and math.isfinite(y)]
+    if not xs or not ys:
+        return ""
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(ys), max(ys)
+    if y1 == y0:
+        y0, y1 = y0 - 0.5, y1 + 0.5
+    x1 = x1 if x1 > x0 else x0 + 1
+    pw, ph = width - left - right, height - top - bottom
+
+    def sx(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * pw
+
+    def sy(y: float) -> float:
+        return top + (1 - (y - y0) / (y1 - y0)) * ph
+
+    out = [svg_open(width, height + 16 * ((len(pts) + 2) // 3), label)]
+    out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" class="frame"/>')
+    for t in _ticks(y0, y1):
+        out.append(
+            f'<line x1="{left}" y1="{_c(sy(t))}" x2="{left + pw}" y2="{_c(sy(t))}" '
+            f'class="grid"/><text x="{left - 4}" y="{_c(sy(t) + 3)}" class="tick" '
+            f'text-anchor="end">{esc(num(t))}</text>'
+        )
+    for t in _ticks(x0, x1):
+        out.append(
+            f'<text x="{_c(sx(t))}" y="{top + ph + 13}" class="tick" '
+            f'text-anchor="middle">{esc(num(t))}</text>'
+        )
+    out.append(
+        f'<text x="{left + pw / 2}" y="{top + ph + 28}" class="tick" '
+        f'text-anchor="middle">{esc(x_label)}</text>'
+    )
+    out.append(
+        f'<text x="12" y="{top + ph / 2}" class="tick" text-anchor="middle" '
+        f'transform="rotate(-90 12 {top + ph / 2})">{esc(y_label)}</text>'
+    )
+    for k, (name, v) in enumerate(pts.items()):
+        colour = PALETTE[k % len(PALETTE)]
+        segs, cur = [], []
+        for x, y in v:
+            if y is None or not math.isfinite(y):
+                segs, cur = segs + [cur] if cur else segs, []
+            else:
+                cur.append(f"{_c(sx(x))},{_c(sy(y))}")
+        segs = segs + [cur] if cur else segs
+        for s in segs:
+            out.append(
+                f'<polyline points="{" ".join(s)}" fill="none" stroke="{colour}" '
+                'stroke-width="1.8"/>'
+            )
+            if len(s) == 1:
+                cx, cy = s[0].split(",")
+                out.append(f'<circle cx="{cx}" cy="{cy}" r="2.5" fill="{colour}"/>')
+        lx, ly = left + (k % 3) * 170, height + 4 + 16 * (k // 3)
+        out.append(
+            f'<rect x="{lx}" y="{ly - 8}" width="12" height="4" fill="{colour}"/>'
+            f'<text x="{lx + 16}" y="{ly - 3}" class="tick">{esc(name)}</text>'
+        )
+    out.append("</svg>")
+    return "".join(out)
+
+
+def circuit_diagram(
+    prev: tuple[int, int],
+    ind: tuple[int, int],
+    k_comp: float | None,
+    prev_score: float | None,
+    ind_score: float | None,
+    prev_role: str = "previous-token head",
+) -> str:
+    """Previous-token head --K-composition--> induction head, with their scores. `prev_role`
+    names the partner's own label, so a partner that is not a previous-token head says so."""
+    w, h = 520, 112
+    out = [svg_open(w, h, f"induction circuit L{prev[0]}H{prev[1]} to L{ind[0]}H{ind[1]}")]
+    boxes = [
+        (10, f"L{prev[0]}H{prev[1]}", prev_role, prev_score, "prev-token"),
+        (330, f"L{ind[0]}H{ind[1]}", "induction head", ind_score, "induction"),
+    ]
+    for x, name, role, score, what in boxes:
+        out.append(
+            f'<rect x="{x}" y="20" width="180" height="72" rx="8" class="node"/>'
+            f'<text x="{x + 90}" y="44" class="node-name" text-anchor="middle">'
+            f"{esc(name)}</text>"
+            f'<text x="{x + 90}" y="62" class="tick" text-anchor="middle">{esc(role)}</text>'
+            f'<text x="{x + 90}" y="80" class="tick" text-anchor="middle">'
+            f"{esc(what)} score {esc(num(score))}</text>"
+        )
+    out.append(
+        '<line x1="192" y1="56" x2="322" y2="56" class="arrow"/>'
+        '<path d="M322,56 l-10,-6 v12 z" class="arrowhead"/>'
+        f'<text x="257" y="48" class="tick" text-anchor="middle">K-composition</text>'
+        f'<text x="257" y="74" class="tick" text-anchor="middle">{esc(num(k_comp))}</text>'
+    )
+    out.append(
+        '<text x="260" y="108" class="tick" text-anchor="middle">'
+        "[a][b] \u2026 [a] \u2192 [b]: the key reads \u201cwhat came before me\u201d"
+        "</text></svg>"
+    )
+    return "".join(out)

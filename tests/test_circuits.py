@@ -1,0 +1,238 @@
+"""Circuits, path expansion and copying against dense references and planted heads."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from qkov import AttnOnlyTransformer, ModelConfig
+from qkov.circuits import (
+    W_OV,
+    W_QK,
+    direct_path,
+    eigenvalue_copying_score,
+    ov_circuit,
+    ov_copying,
+    ov_copying_all,
+    ov_eigenvalues,
+    path_expansion,
+    qk_circuit,
+    qk_positional_terms,
+    top1_self_fraction,
+)
+from qkov.errors import QkovError
+
+
+def match_multisets(a: torch.Tensor, b: torch.Tensor, tol: float) -> None:
+    """Every element of a pairs with a distinct element of b within tol (greedy, nearest)."""
+    assert a.numel() == b.numel(), (a, b)
+    left = list(b.tolist())
+    for z in a.tolist():
+        dist = [abs(z - w) for w in left]
+        i = min(range(len(left)), key=dist.__getitem__)
+        assert dist[i] <= tol, f"{z} has no partner in {left}"
+        left.pop(i)
+
+
+def nonzero(eigs: torch.Tensor, tol: float) -> torch.Tensor:
+    return eigs[eigs.abs() > tol]
+
+
+def random_model(n_layers=1, positional="shortformer", seed=0, d_vocab=40, n_heads=2, std=0.5):
+    cfg = ModelConfig(
+        n_layers=n_layers,
+        n_heads=n_heads,
+        d_model=16,
+        n_ctx=10,
+        d_vocab=d_vocab,
+        positional=positional,
+        seed=seed,
+        init_std=std,
+    )
+    return AttnOnlyTransformer(cfg)
+
+
+def causal_softmax(scores: torch.Tensor) -> torch.Tensor:
+    n = scores.shape[-1]
+    mask = torch.ones(n, n, dtype=torch.bool).tril()
+    return scores.masked_fill(~mask, float("-inf")).softmax(-1)
+
+
+# ---------------------------------------------------------------------- path expansion
+@pytest.mark.parametrize("positional", ["shortformer", "standard", "none"])
+@pytest.mark.parametrize("n_layers", [0, 1, 2, 3])
+def test_path_expansion_sums_to_logits(n_layers, positional):
+    for seed in range(3):
+        model = random_model(n_layers, positional, seed=seed)
+        tokens = torch.randint(0, 40, (2, 10), generator=torch.Generator().manual_seed(seed))
+        pe = path_expansion(model, tokens)
+        n_sources = 2 if positional == "standard" else 1
+        assert len(pe.terms) == n_sources * (1 + model.cfg.n_heads) ** n_layers
+        with torch.no_grad():
+            logits = model(tokens)
+        total = torch.stack([t.logits for t in pe.terms]).sum(0)
+        assert (total - logits).abs().max() <= 1e-4
+        assert logits.abs().max() > 1.0  # a non-trivial scale, so 1e-4 means something
+        json.dumps(pe.to_dict())
+
+
+def test_standard_positional_terms_are_needed_and_exact():
+    model = random_model(2, "standard", seed=1)
+    tokens = torch.randint(0, 40, (1, 10), generator=torch.Generator().manual_seed(0))
+    pe = path_expansion(model, tokens)
+    pos_terms = [t for t in pe.terms if t.source == "pos"]
+    assert len(pos_terms) == 9 and pe.term("direct[pos]").order == 0
+    # The positional direct term is W_pos W_U by hand.
+    W = model.weights()
+    torch.testing.assert_close(pe.term("direct[pos]").logits[0], W["W_pos"] @ W["W_U"])
+    without = sum(t.logits for t in pe.terms if t.source == "token")
+    assert (without - model(tokens)).abs().max() > 1e-2
+
+
+def test_one_layer_head_term_matches_dense_formula():
+    model = random_model(1, "shortformer", seed=2)
+    tokens = torch.randint(0, 40, (10,), generator=torch.Generator().manual_seed(1))
+    W = model.weights()
+    x = W["W_E"][tokens] + W["W_pos"][:10]
+    pe = path_expansion(model, tokens)
+    for h in range(2):
+        scores = (x @ W["W_Q"][0, h]) @ (x @ W["W_K"][0, h]).T / math.sqrt(8)
+        A = causal_softmax(scores)  # [dest, src]
+        term = A @ W["W_E"][tokens] @ W["W_V"][0, h] @ W["W_O"][0, h] @ W["W_U"]
+        torch.testing.assert_close(pe.term(f"L0H{h}").logits[0], term, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(pe.term("direct").logits[0], W["W_E"][tokens] @ W["W_U"])
+
+
+def test_two_layer_virtual_head_matches_dense_formula():
+    model = random_model(2, "none", seed=3)
+    tokens = torch.randint(0, 40, (1, 10), generator=torch.Generator().manual_seed(2))
+    _, cache = model.run_with_cache(tokens)
+    W = model.weights()
+    A0, A1 = cache["pattern.0"][0, 1], cache["pattern.1"][0, 0]
+    ov0 = W["W_V"][0, 1] @ W["W_O"][0, 1]
+    ov1 = W["W_V"][1, 0] @ W["W_O"][1, 0]
+    want = A1 @ A0 @ W["W_E"][tokens[0]] @ ov0 @ ov1 @ W["W_U"]
+    pe = path_expansion(model, tokens)
+    torch.testing.assert_close(pe.term("L0H1>L1H0").logits[0], want, atol=1e-5, rtol=1e-4)
+    assert set(pe.by_order()) == {0, 1, 2}
+
+
+# ---------------------------------------------------------------------- circuits
+def test_circuits_match_dense_products():
+    model = random_model(2, seed=4)
+    W = model.weights()
+    E, U = W["W_E"], W["W_U"]
+    qk, ov = W_QK(model), W_OV(model)
+    assert qk.shape == ov.shape == (2, 2, 16, 16)
+    for l in range(2):
+        for h in range(2):
+            Q, K, V, O = (W[n][l, h] for n in ("W_Q", "W_K", "W_V", "W_O"))
+            torch.testing.assert_close(qk[l, h].dense(), Q @ K.T)
+            torch.testing.assert_close(ov[l, h].dense(), V @ O)
+            torch.testing.assert_close(qk_circuit(model, l, h).dense(), E @ Q @ K.T @ E.T)
+            torch.testing.assert_close(ov_circuit(model, l, h).dense(), E @ V @ O @ U)
+    torch.testing.assert_close(direct_path(model).dense(), E @ U)
+    zero = random_model(0, seed=4)
+    tokens = torch.arange(10)
+    torch.testing.assert_close(zero(tokens)[0], direct_path(zero)[tokens].dense())
+
+
+@pytest.mark.parametrize("positional", ["shortformer", "standard"])
+def test_positional_qk_terms_reproduce_layer0_scores(positional):
+    model = random_model(1, positional, seed=5)
+    tokens = torch.randint(0, 40, (1, 10), generator=torch.Generator().manual_seed(3))
+    _, cache = model.run_with_cache(tokens, names=["scores.0"])
+    t, p = tokens[0], torch.arange(10)
+    for h in range(2):
+        terms = qk_positional_terms(model, 0, h)
+        total = (
+            terms.token_token[t][:, t]
+            + terms.token_pos[t][:, p]
+            + terms.pos_token[p][:, t]
+            + terms.pos_pos[p][:, p]
+        ).dense() / math.sqrt(8)
+        got = cache["scores.0"][0, h]
+        mask = torch.ones(10, 10, dtype=torch.bool).tril()
+        torch.testing.assert_close(total[mask], got[mask])
+    assert terms.pos_pos.shape == (10, 10) and terms.token_pos.shape == (40, 10)
+    json.dumps(terms.to_dict())
+
+
+def test_bad_head_and_positional_errors():
+    model = random_model(1, "none")
+    with pytest.raises(QkovError, match="layer 3 does not exist"):
+        ov_circuit(model, 3, 0)
+    with pytest.raises(QkovError, match="head 5 does not exist"):
+        qk_circuit(model, 0, 5)
+    with pytest.raises(QkovError, match="positional='none'"):
+        qk_positional_terms(model, 0, 0)
+
+
+# ---------------------------------------------------------------------- copying
+def test_ov_eigenvalues_match_dense_vocab_and_d_model_forms():
+    model = random_model(2, seed=6)
+    W = {k: v.double() for k, v in model.weights().items()}
+    for l in range(2):
+        for h in range(2):
+            ov = W["W_V"][l, h] @ W["W_O"][l, h]
+            eig = ov_eigenvalues(model, l, h).to(torch.complex128)
+            vocab = torch.linalg.eigvals(W["W_E"] @ ov @ W["W_U"])  # 40 x 40
+            small = torch.linalg.eigvals(ov @ W["W_U"] @ W["W_E"])  # 16 x 16
+            match_multisets(nonzero(eig, 1e-5), nonzero(vocab, 1e-5), 1e-4)
+            match_multisets(nonzero(eig, 1e-5), nonzero(small, 1e-5), 1e-4)
+            ref = float(vocab.real.sum() / vocab.abs().sum())
+            assert abs(ov_copying(model, l, h).eigenvalue_score - ref) < 1e-3
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, None])
+def test_top1_fraction_matches_dense_argmax(chunk_size):
+    model = random_model(1, seed=7, n_heads=4)
+    for h in range(4):
+        dense = ov_circuit(model, 0, h).dense()
+        own = dense.diagonal()
+        others = dense.clone().fill_diagonal_(float("-inf")).max(-1).values
+        want = float((own > others).float().mean())
+        assert top1_self_fraction(ov_circuit(model, 0, h), chunk_size) == want
+
+
+def planted_model(sign: float, d_vocab: int, d_model: int, seed: int = 0) -> AttnOnlyTransformer:
+    """One head with W_OV = sign * identity on the token subspace; W_U = W_E^T."""
+    g = torch.Generator().manual_seed(seed)
+    cfg = ModelConfig(n_layers=1, n_heads=1, d_model=d_model, d_head=d_model, n_ctx=8,
+                      d_vocab=d_vocab)
+    E = torch.randn(d_vocab, d_model, generator=g)
+    E = E / E.norm(dim=-1, keepdim=True)  # unit rows: E E^T has 1 on the diagonal, < 1 off it
+    weights = {
+        "W_E": E,
+        "W_pos": torch.randn(8, d_model, generator=g),
+        "W_Q": torch.randn(1, 1, d_model, d_model, generator=g),
+        "W_K": torch.randn(1, 1, d_model, d_model, generator=g),
+        "W_V": torch.eye(d_model)[None, None] * 0.5,
+        "W_O": torch.eye(d_model)[None, None] * 3.0 * sign,
+        "W_U": E.T.clone(),
+    }
+    return AttnOnlyTransformer.from_weights(cfg, weights)
+
+
+@pytest.mark.parametrize("d_vocab,d_model", [(200, 16), (8, 16)])
+def test_planted_copying_head(d_vocab, d_model):
+    stats = ov_copying(planted_model(+1.0, d_vocab, d_model), 0, 0, chunk_size=33)
+    assert stats.eigenvalue_score > 0.99
+    assert stats.top1_fraction == 1.0
+    assert "L0H0" in repr(stats)
+    json.dumps(stats.to_dict())
+
+
+@pytest.mark.parametrize("d_vocab,d_model", [(200, 16), (8, 16)])
+def test_planted_anti_copying_head(d_vocab, d_model):
+    stats = ov_copying_all(planted_model(-1.0, d_vocab, d_model))[0]
+    assert stats.eigenvalue_score < -0.99
+    assert stats.top1_fraction == 0.0
+
+
+def test_eigenvalue_score_edge_cases():
+    assert eigenvalue_copying_score(torch.tensor([1 + 1j, 1 - 1j])) == pytest.approx(
+        2 / (2 * math.sqrt(2))
+    )
+    assert math.isnan(eigenvalue_copying_score(torch.zeros(3, dtype=torch.complex64)))

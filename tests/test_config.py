@@ -1,0 +1,44 @@
+import pytest
+
+from qkov import ModelConfig, QkovError
+
+
+def test_json_round_trip():
+    cfg = ModelConfig(n_layers=3, n_heads=2, d_model=24, d_head=5, n_ctx=7, d_vocab=11,
+                      positional="standard", seed=4)
+    assert ModelConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_d_head_defaults_to_d_model_over_heads():
+    assert ModelConfig(d_model=128, n_heads=4).d_head == 32
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"d_model": 0}, "d_model must be positive"),
+        ({"n_heads": -1}, "n_heads must be positive"),
+        ({"n_layers": -1}, "n_layers must be >= 0"),
+        ({"positional": "rotary"}, "positional='rotary' is unknown"),
+        ({"d_model": 10, "n_heads": 3}, "not divisible"),
+        ({"n_ctx": 2.5}, "n_ctx must be an integer"),
+        ({"d_vocab": True}, "d_vocab must be an integer"),
+    ],
+)
+def test_validation_names_field(kwargs, words):
+    with pytest.raises(QkovError, match=words):
+        ModelConfig(**kwargs)
+
+
+def test_unknown_keys_and_bad_json():
+    with pytest.raises(QkovError, match="unknown keys \\['d_mlp'\\]"):
+        ModelConfig.from_dict({"d_model": 8, "n_heads": 2, "d_mlp": 4})
+    with pytest.raises(QkovError, match="not valid JSON"):
+        ModelConfig.from_json("{")
+    with pytest.raises(QkovError, match="JSON object"):
+        ModelConfig.from_json("[1, 2]")
+
+
+def test_zero_layers_allowed():
+    cfg = ModelConfig(n_layers=0)
+    assert cfg.n_params == 2 * cfg.d_vocab * cfg.d_model + cfg.n_ctx * cfg.d_model

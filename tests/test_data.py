@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+
+from qkov import QkovError
+from qkov.data import load_corpus, prepare, stdlib_files
+from qkov.data import dataset as dataset_mod
+
+
+def test_stdlib_corpus_is_found():
+    files = stdlib_files()
+    assert len(files) > 100
+    assert any(f.name == "os.py" for f in files)
+
+
+def test_binary_and_non_utf8_skipped_with_count(tmp_path):
+    (tmp_path / "a.txt").write_text("hello world\n" * 10)
+    (tmp_path / "b.bin").write_bytes(b"\x00\x01\x02" * 100)
+    (tmp_path / "c.txt").write_bytes("caf\xe9".encode("latin-1"))
+    corpus = load_corpus(str(tmp_path))
+    assert [d.name.endswith("a.txt") for d in corpus.documents] == [True]
+    assert corpus.skipped == 2
+
+
+def test_empty_and_binary_only_corpus_errors(tmp_path):
+    with pytest.raises(QkovError, match="not a file, folder or glob"):
+        load_corpus(str(tmp_path / "missing"))
+    (tmp_path / "x.bin").write_bytes(b"\x00" * 10)
+    with pytest.raises(QkovError, match="only binary or non-UTF-8"):
+        load_corpus(str(tmp_path))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(QkovError, match="no text"):
+        load_corpus(str(empty))
+
+
+def test_split_is_by_document_and_stable(tiny_corpus):
+    corpus = load_corpus(str(tiny_corpus))
+    train, val = corpus.split(0.2)
+    assert val and train
+    assert not {d.name for d in train} & {d.name for d in val}
+    assert [d.name for d in corpus.split(0.2)[1]] == [d.name for d in val]
+
+
+def test_prepare_caches_and_decodes(tiny_corpus, tmp_path, monkeypatch):
+    data = prepare(str(tiny_corpus), vocab_size=300, cache_dir=tmp_path)
+    assert data.d_vocab == 300
+    assert data.train.max() < 300
+    text = data.tokenizer.decode(data.train[:200].astype(np.int64).tolist())
+    assert "def " in text and "return" in text
+
+    def boom(*a, **k):
+        raise AssertionError("re-encoded although the cache was warm")
+
+    monkeypatch.setattr(dataset_mod, "train_tokenizer", boom)
+    again = prepare(str(tiny_corpus), vocab_size=300, cache_dir=tmp_path)
+    assert np.array_equal(np.asarray(again.train), np.asarray(data.train))
+
+
+def test_batches_are_a_function_of_seed_and_step(tiny_corpus, tmp_path):
+    data = prepare(str(tiny_corpus), vocab_size=300, cache_dir=tmp_path)
+    a = data.train_batch(5, 4, 16, seed=1)
+    assert a.shape == (4, 17)
+    assert np.array_equal(a, data.train_batch(5, 4, 16, seed=1))
+    assert not np.array_equal(a, data.train_batch(6, 4, 16, seed=1))
+    val = data.val_batches(4, 16, 2)
+    assert len(val) == 2 and val[0].shape == (4, 17)
+
+
+def test_repeated_random_repeats():
+    data = prepare("repeated-random", vocab_size=50)
+    b = data.train_batch(0, 3, 20, seed=0)
+    assert b.shape == (3, 21)
+    half = 11
+    assert np.array_equal(b[:, :half][:, : 21 - half], b[:, half:])
+    assert b.min() >= 1 and b.max() < 50

@@ -63,7 +63,7 @@ def causal_softmax(scores: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("positional", ["shortformer", "standard", "none"])
 @pytest.mark.parametrize("n_layers", [0, 1, 2, 3])
 def test_path_expansion_sums_to_logits(n_layers, positional):
-    for seed in range(3):
+    for seed in range(2):
         model = random_model(n_layers, positional, seed=seed)
         tokens = torch.randint(0, 40, (2, 10), generator=torch.Generator().manual_seed(seed))
         pe = path_expansion(model, tokens)
@@ -147,11 +147,11 @@ def test_positional_qk_terms_reproduce_layer0_scores(positional):
     for h in range(2):
         terms = qk_positional_terms(model, 0, h)
         total = (
-            terms.token_token[t][:, t]
-            + terms.token_pos[t][:, p]
-            + terms.pos_token[p][:, t]
-            + terms.pos_pos[p][:, p]
-        ).dense() / math.sqrt(8)
+            terms.token_token[t][:, t].dense()
+            + terms.token_pos[t][:, p].dense()
+            + terms.pos_token[p][:, t].dense()
+            + terms.pos_pos[p][:, p].dense()
+        ) / math.sqrt(8)
         got = cache["scores.0"][0, h]
         mask = torch.ones(10, 10, dtype=torch.bool).tril()
         torch.testing.assert_close(total[mask], got[mask])
@@ -192,15 +192,16 @@ def test_top1_fraction_matches_dense_argmax(chunk_size):
         dense = ov_circuit(model, 0, h).dense()
         own = dense.diagonal()
         others = dense.clone().fill_diagonal_(float("-inf")).max(-1).values
-        want = float((own > others).float().mean())
+        want = int((own > others).sum()) / 40
         assert top1_self_fraction(ov_circuit(model, 0, h), chunk_size) == want
 
 
 def planted_model(sign: float, d_vocab: int, d_model: int, seed: int = 0) -> AttnOnlyTransformer:
     """One head with W_OV = sign * identity on the token subspace; W_U = W_E^T."""
     g = torch.Generator().manual_seed(seed)
-    cfg = ModelConfig(n_layers=1, n_heads=1, d_model=d_model, d_head=d_model, n_ctx=8,
-                      d_vocab=d_vocab)
+    cfg = ModelConfig(
+        n_layers=1, n_heads=1, d_model=d_model, d_head=d_model, n_ctx=8, d_vocab=d_vocab
+    )
     E = torch.randn(d_vocab, d_model, generator=g)
     E = E / E.norm(dim=-1, keepdim=True)  # unit rows: E E^T has 1 on the diagonal, < 1 off it
     weights = {
@@ -236,3 +237,22 @@ def test_eigenvalue_score_edge_cases():
         2 / (2 * math.sqrt(2))
     )
     assert math.isnan(eigenvalue_copying_score(torch.zeros(3, dtype=torch.complex64)))
+
+
+# ---------------------------------------------------------------------- CLI
+def test_cli_circuits_table_and_errors(tmp_path, capsys):
+    from qkov import save_model
+    from qkov.cli import main
+
+    save_model(planted_model(+1.0, 30, 8), tmp_path / "m")
+    assert (
+        main(["circuits", str(tmp_path / "m"), "-k", "3", "--json", str(tmp_path / "c.json")]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "L0H0" in out and "+1.000" in out and "top 3 skip-trigrams" in out
+    data = json.loads((tmp_path / "c.json").read_text())
+    assert data["heads"][0]["top1_fraction"] == 1.0 and len(data["heads"][0]["skip_trigrams"]) == 3
+    assert main(["circuits", str(tmp_path / "missing")]) == 2
+    assert main(["circuits", str(tmp_path / "m"), "-k", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "--top-k must be >= 1" in err

@@ -79,7 +79,7 @@ def test_eigenvalues_batched_fp32():
 def test_eigenvalues_need_square():
     fm, _ = random_fm(3, 2, 4)
     with pytest.raises(QkovError, match="square"):
-        fm.eigenvalues
+        _ = fm.eigenvalues
 
 
 @settings(max_examples=30, deadline=None)

@@ -37,9 +37,17 @@ def tl():
 def tl_model(tl, n_layers: int, positional: str, norm: str | None = None, biases: bool = True):
     """A HookedTransformer with random weights, random biases (and random LN weights)."""
     cfg = tl.HookedTransformerConfig(
-        n_layers=n_layers, d_model=32, n_ctx=16, d_head=8, n_heads=4, d_vocab=50,
-        attn_only=True, positional_embedding_type=positional, normalization_type=norm,
-        device="cpu", seed=n_layers,
+        n_layers=n_layers,
+        d_model=32,
+        n_ctx=16,
+        d_head=8,
+        n_heads=4,
+        d_vocab=50,
+        attn_only=True,
+        positional_embedding_type=positional,
+        normalization_type=norm,
+        device="cpu",
+        seed=n_layers,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -48,7 +56,9 @@ def tl_model(tl, n_layers: int, positional: str, norm: str | None = None, biases
     with torch.no_grad():
         for name, p in model.named_parameters():
             last = name.rsplit(".", 1)[-1]
-            if (biases and last.startswith("b_")) or last == "b":
+            if last.startswith("b_"):
+                p.copy_(0.3 * torch.randn(p.shape, generator=g) if biases else 0 * p)
+            elif last == "b":
                 p.copy_(0.3 * torch.randn(p.shape, generator=g))
             elif last == "w":
                 p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g))
@@ -86,6 +96,13 @@ def test_bias_free_checkpoint_keeps_its_width(tl):
     assert converted.config.d_model == 32 and converted.bias_direction is None
     assert converted.exact
     torch.testing.assert_close(converted.model()(tokens()), hooked(tokens()), atol=ATOL, rtol=0)
+
+
+def test_drop_biases_keeps_width_and_says_it_is_approximate(tl):
+    hooked = tl_model(tl, 1, "standard")
+    converted = convert_state_dict(hooked.state_dict(), hooked.cfg, drop_biases=True)
+    assert converted.config.d_model == 32 and not converted.exact
+    assert torch.equal(converted.weights["W_Q"], hooked.W_Q.detach())
 
 
 def test_attention_scale_is_folded(tl):
@@ -133,8 +150,17 @@ def test_refuses_what_qkov_cannot_represent(tl):
 # ---------------------------------------------------------------------------- qkov -> TL
 @pytest.mark.parametrize("positional", ["shortformer", "standard", "none"])
 def test_export_runs_in_tl_with_same_logits(tl, positional):
-    model = AttnOnlyTransformer(ModelConfig(n_layers=2, n_heads=4, d_model=32, n_ctx=16,
-                                            d_vocab=50, positional=positional, init_std=0.3))
+    model = AttnOnlyTransformer(
+        ModelConfig(
+            n_layers=2,
+            n_heads=4,
+            d_model=32,
+            n_ctx=16,
+            d_vocab=50,
+            positional=positional,
+            init_std=0.3,
+        )
+    )
     hooked = to_hooked_transformer(model)
     torch.testing.assert_close(hooked(tokens()), model(tokens()), atol=ATOL, rtol=0)
 
@@ -173,8 +199,9 @@ def test_from_pretrained_needs_an_explicit_flag():
 # ---------------------------------------------------------------------------- round trips
 @pytest.mark.parametrize("positional", ["shortformer", "standard"])
 def test_round_trip_through_tl_state_dict_is_bit_exact(positional):
-    model = AttnOnlyTransformer(ModelConfig(n_layers=2, n_heads=2, d_model=16, n_ctx=8,
-                                            d_vocab=30, positional=positional))
+    model = AttnOnlyTransformer(
+        ModelConfig(n_layers=2, n_heads=2, d_model=16, n_ctx=8, d_vocab=30, positional=positional)
+    )
     sd, cfg = to_transformer_lens(model)
     back = convert_state_dict(sd, cfg)
     assert back.config == model.cfg and back.bias_direction is None
@@ -183,8 +210,9 @@ def test_round_trip_through_tl_state_dict_is_bit_exact(positional):
 
 
 def test_round_trip_through_files(tmp_path):
-    model = AttnOnlyTransformer(ModelConfig(n_layers=1, n_heads=2, d_model=16, n_ctx=8,
-                                            d_vocab=30, seed=3))
+    model = AttnOnlyTransformer(
+        ModelConfig(n_layers=1, n_heads=2, d_model=16, n_ctx=8, d_vocab=30, seed=3)
+    )
     folder = save_transformer_lens(model, tmp_path / "tl")
     for source in (folder, folder / "model.safetensors"):
         back = load_transformer_lens(source)

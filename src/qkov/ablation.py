@@ -52,7 +52,8 @@ def _need_two(tokens: Tensor) -> None:
 
 def lm_loss(logits: Tensor, tokens: Tensor) -> float:
     """Mean next-token cross-entropy: logits [batch, pos, d_vocab], tokens [batch, pos]."""
-    return float(F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten()))
+    logits = logits.detach()[:, :-1].flatten(0, 1).float()
+    return float(F.cross_entropy(logits, tokens[:, 1:].flatten()))
 
 
 # ---------------------------------------------------------------------------- order decomposition
@@ -271,7 +272,7 @@ def icl_from_logits(
     logits: Tensor, tokens: Tensor, early: int | None = None, late: int | None = None
 ) -> IclResult:
     """ICL score from a forward pass: logits [batch, pos, d_vocab], tokens [batch, pos]."""
-    curve = per_position_loss(logits, tokens).cpu()
+    curve = per_position_loss(logits.detach(), tokens).cpu()
     e, lt = icl_positions(tokens.shape[1])
     early, late = early or e, late or lt
     if not 1 <= early < late <= tokens.shape[1] - 1:

@@ -26,9 +26,10 @@ from qkov.composition import composition_scores
 from qkov.data.tokenizer import decode_token
 from qkov.errors import QkovError
 from qkov.factored import FactoredMatrix
-from qkov.heads import classify_heads, repeated_random_tokens, training_probe
+from qkov.heads import classify_heads, training_probe
 from qkov.io import atomic_write_text
 from qkov.model import AttnOnlyTransformer
+from qkov.probes import repeated_random_tokens
 from qkov.report import SCHEMA_VERSION, dumps, render_report
 from qkov.trigrams import skip_trigrams
 
@@ -78,17 +79,27 @@ def analyze(
         raise QkovError(f"got {len(names)} names for {len(items)} models: pass one per model")
     records = []
     for i, item in enumerate(items):
-        model, source = (item, None) if isinstance(item, AttnOnlyTransformer) else (
-            load(item), str(item))
+        model, source = (
+            (item, None) if isinstance(item, AttnOnlyTransformer) else (load(item), str(item))
+        )
         name = names[i] if names else (Path(source).name if source else f"{model.cfg.n_layers}L")
         if log:
             log(f"analyzing {name} ({model.cfg.n_layers} layers x {model.cfg.n_heads} heads)")
         with torch.no_grad():
-            records.append(analyze_model(
-                model, name=name, source=source, text=text, eval_text=eval_text,
-                eval_tokens=eval_tokens, n_bigrams=n_bigrams, n_trigrams=n_trigrams, seed=seed))
-    return {"schema_version": SCHEMA_VERSION, "generator": f"qkov {__version__}",
-            "models": records}
+            records.append(
+                analyze_model(
+                    model,
+                    name=name,
+                    source=source,
+                    text=text,
+                    eval_text=eval_text,
+                    eval_tokens=eval_tokens,
+                    n_bigrams=n_bigrams,
+                    n_trigrams=n_trigrams,
+                    seed=seed,
+                )
+            )
+    return {"schema_version": SCHEMA_VERSION, "generator": f"qkov {__version__}", "models": records}
 
 
 def analyze_model(
@@ -116,8 +127,11 @@ def analyze_model(
         "not_computed": {},
     }
     tokens, eval_source = _eval_tokens(model, eval_tokens, eval_text or text or SAMPLE_TEXT, seed)
-    rec["loss"] = {"value": lm_loss(model(tokens), tokens), "tokens": tokens[:, 1:].numel(),
-                   "source": eval_source}
+    rec["loss"] = {
+        "value": lm_loss(model(tokens), tokens),
+        "tokens": tokens[:, 1:].numel(),
+        "source": eval_source,
+    }
     rec["bigrams"] = top_bigrams(model, n_bigrams)
     if source:
         rec["training"], rec["val_loss"] = read_metrics(Path(source) / "metrics.jsonl")
@@ -134,15 +148,32 @@ def analyze_model(
     if cfg.n_layers >= 2:
         comp = composition_scores(model, seed=seed).to_dict()
         rec["composition"] = {k: comp[k] for k in "qkv"} | {
-            "baseline": comp["baseline_mean"], "baseline_std": comp["baseline_std"]}
+            "baseline": comp["baseline_mean"],
+            "baseline_std": comp["baseline_std"],
+        }
     ti = term_importance(model, tokens)
-    terms = [{"term": f"order {o.order}: " + _ORDER_NAMES.get(o.order, f"{o.order}-head chains")
-              + f" ({o.n_terms})", "kind": "order", "order": o.order, "loss_increase": o.delta}
-             for o in ti.orders]
-    terms += [{"term": f"{h.name} knocked out", "kind": "head", "order": 1,
-               "loss_increase": h.zero_delta} for h in ti.heads]
-    rec["term_importance"] = {"clean_loss": ti.clean_loss, "mode": ti.mode,
-                              "n_tokens": ti.n_tokens, "source": eval_source, "terms": terms}
+    terms = [
+        {
+            "term": f"order {o.order}: "
+            + _ORDER_NAMES.get(o.order, f"{o.order}-head chains")
+            + f" ({o.n_terms})",
+            "kind": "order",
+            "order": o.order,
+            "loss_increase": o.delta,
+        }
+        for o in ti.orders
+    ]
+    terms += [
+        {"term": f"{h.name} knocked out", "kind": "head", "order": 1, "loss_increase": h.zero_delta}
+        for h in ti.heads
+    ]
+    rec["term_importance"] = {
+        "clean_loss": ti.clean_loss,
+        "mode": ti.mode,
+        "n_tokens": ti.n_tokens,
+        "source": eval_source,
+        "terms": terms,
+    }
     rec["icl_score"] = training_probe(model, seed=seed)["icl_score"]
     return rec
 
@@ -163,8 +194,15 @@ def _head(model: AttnOnlyTransformer, r: Any, n_trigrams: int) -> dict[str, Any]
         "copying": eigenvalue_copying_score(ov),
         "ov_eigenvalues": _complex_pairs(ov),
         "qk_eigenvalues": _complex_pairs(qk),
-        "skip_trigrams": [{"source": t.source_str, "destination": t.destination_str,
-                           "out": t.out_str, "score": t.score} for t in trig],
+        "skip_trigrams": [
+            {
+                "source": t.source_str,
+                "destination": t.destination_str,
+                "out": t.out_str,
+                "score": t.score,
+            }
+            for t in trig
+        ],
     }
 
 
@@ -188,8 +226,9 @@ def _complex_pairs(z: Tensor) -> list[list[float]]:
     return [[float(v.real), float(v.imag)] for v in z.reshape(-1)]
 
 
-def _eval_tokens(model: AttnOnlyTransformer, tokens: Tensor | None, text: str,
-                 seed: int) -> tuple[Tensor, str]:
+def _eval_tokens(
+    model: AttnOnlyTransformer, tokens: Tensor | None, text: str, seed: int
+) -> tuple[Tensor, str]:
     """Evaluation batch [batch, pos] and a description of where it came from."""
     cfg = model.cfg
     if tokens is not None:
@@ -203,8 +242,10 @@ def _eval_tokens(model: AttnOnlyTransformer, tokens: Tensor | None, text: str,
         rows = [ids[i : i + n] for i in range(0, len(ids) - n + 1, n)][:16]
         return model.check_tokens(torch.tensor(rows)), f"{len(rows) * n} tokens of text"
     half = max(2, min(32, cfg.n_ctx // 2))
-    return (model.check_tokens(repeated_random_tokens(cfg.d_vocab, 8, half, seed)),
-            f"repeated random tokens (8 x {2 * half}, seed {seed})")
+    return (
+        model.check_tokens(repeated_random_tokens(cfg.d_vocab, 8, half, seed)),
+        f"repeated random tokens (8 x {2 * half}, seed {seed})",
+    )
 
 
 @torch.no_grad()
@@ -227,8 +268,13 @@ def top_bigrams(model: AttnOnlyTransformer, k: int = 20) -> list[dict[str, Any]]
     out = []
     for v, i in zip(best_v.tolist(), best_i.tolist(), strict=True):
         s, t = divmod(i, V)
-        out.append({"source": decode_token(model.tokenizer, s),
-                    "out": decode_token(model.tokenizer, t), "logit": v})
+        out.append(
+            {
+                "source": decode_token(model.tokenizer, s),
+                "out": decode_token(model.tokenizer, t),
+                "logit": v,
+            }
+        )
     return out
 
 
@@ -251,9 +297,13 @@ def sample_attention(model: AttnOnlyTransformer, text: str, seed: int = 0) -> di
     _, cache = model.run_with_cache(tokens, names=[f"pattern.{l}" for l in range(cfg.n_layers)])
     return {
         "tokens": [decode_token(model.tokenizer, i) for i in ids],
-        "patterns": [[[[round(x, 4) for x in row] for row in head]
-                      for head in cache[f"pattern.{l}"][0].tolist()]
-                     for l in range(cfg.n_layers)],
+        "patterns": [
+            [
+                [[round(x, 4) for x in row] for row in head]
+                for head in cache[f"pattern.{l}"][0].tolist()
+            ]
+            for l in range(cfg.n_layers)
+        ],
         "source": source,
     }
 
@@ -273,7 +323,11 @@ def read_metrics(path: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | No
         if not isinstance(rec, dict) or not isinstance(rec.get("step"), (int, float)):
             continue
         for key, value in rec.items():
-            if key in SKIP_METRICS or isinstance(value, bool) or not isinstance(value, (int, float)):
+            if (
+                key in SKIP_METRICS
+                or isinstance(value, bool)
+                or not isinstance(value, (int, float))
+            ):
                 continue
             series.setdefault(key, []).append([rec["step"], value])
         if isinstance(rec.get("val_loss"), (int, float)):

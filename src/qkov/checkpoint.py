@@ -5,6 +5,7 @@ Weights load through safetensors only (no pickle); every write is atomic."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -72,6 +73,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> AttnOnlyTransf
         )
     cfg = ModelConfig.load(path / CONFIG)
     weights = load_safetensors(path / WEIGHTS)
+    _check_shapes(cfg, weights, str(path / WEIGHTS))  # before allocating what config.json asks
     model = AttnOnlyTransformer(cfg)
     model.load_weights(weights, source=str(path / WEIGHTS))
     if (path / TOKENIZER).is_file():
@@ -85,8 +87,63 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> AttnOnlyTransf
     return model.to(device)
 
 
+def _check_shapes(cfg: ModelConfig, weights: dict[str, torch.Tensor], source: str) -> None:
+    """Compare the file's shapes with the config's, so a hostile config.json (d_vocab=10**12)
+    is refused before the model is allocated."""
+    L, H, D, Dh, V = cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head, cfg.d_vocab
+    expected = {"W_E": (V, D), "W_pos": (cfg.n_ctx, D), "W_Q": (L, H, D, Dh),
+                "W_K": (L, H, D, Dh), "W_V": (L, H, D, Dh), "W_O": (L, H, Dh, D), "W_U": (D, V)}
+    for name, shape in expected.items():
+        if name in weights and tuple(weights[name].shape) != shape:
+            raise QkovError(
+                f"{source}: {name} has shape {list(weights[name].shape)} but the config "
+                f"implies {list(shape)}: does config.json match the weights?"
+            )
+
+
+PICKLE_SUFFIXES = (".pt", ".pth")
+
+
+def load_pt_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors from a PyTorch .pt/.pth file, read only with torch.load(weights_only=True).
+
+    weights_only=True unpickles tensors and plain containers and refuses every other
+    object, so a file cannot run code on load. Anything but .pt/.pth is refused: qkov
+    reads weights as safetensors (and configs as JSON) everywhere else."""
+    path = Path(path)
+    if path.suffix not in PICKLE_SUFFIXES:
+        raise QkovError(
+            f"{path}: only .pt/.pth files are read with torch.load(weights_only=True); "
+            "qkov never unpickles other files: convert the weights to .safetensors"
+        )
+    if not path.is_file():
+        raise QkovError(f"{path} does not exist: pass a .pt/.pth file of tensors")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for refused objects; many kinds for corrupt files
+        lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines()]
+        why = [ln for ln in lines if ln.startswith("WeightsUnpickler error:")]  # the refusal
+        msg = (why or [ln for ln in lines if ln] or [type(e).__name__])[0]
+        msg = msg.split(". Please")[0][:160]  # not torch's advice to allow the global
+        raise QkovError(
+            f"{path} was refused by torch.load(weights_only=True) ({msg}): it holds objects "
+            "other than tensors (loading it fully could run code) or is corrupt; "
+            "save a plain state dict of tensors or convert it to .safetensors"
+        ) from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
+        raise QkovError(
+            f"{path} does not hold a flat dict of named tensors (got {type(obj).__name__}): "
+            "save model.state_dict() or convert it to .safetensors"
+        )
+    return obj
+
+
 def read_json(path: Path) -> dict:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise QkovError(f"{path} cannot be read as JSON ({e})") from None
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or not UTF-8
+        raise QkovError(f"{path} cannot be read as JSON ({e}): restore or regenerate it") from None

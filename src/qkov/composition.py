@@ -26,9 +26,7 @@ from qkov.model import AttnOnlyTransformer
 KINDS = ("q", "k", "v")
 
 
-def composition_score(
-    W_A: Tensor | FactoredMatrix, W_B: Tensor | FactoredMatrix
-) -> Tensor:
+def composition_score(W_A: Tensor | FactoredMatrix, W_B: Tensor | FactoredMatrix) -> Tensor:
     """||W_A W_B||_F / (||W_A||_F ||W_B||_F), broadcast over leading (batch) dims.
 
     W_A [..., m, k], W_B [..., k, n] (dense or factored) -> [...]."""

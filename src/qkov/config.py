@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,8 @@ class ModelConfig:
             raise QkovError(
                 f"config field n_layers must be >= 0 (0 is a bigram model), got {self.n_layers}"
             )
-        if self.seed < 0:
-            raise QkovError(f"config field seed must be >= 0, got {self.seed}")
+        if not 0 <= self.seed < 2**63:  # torch.Generator takes 64-bit seeds
+            raise QkovError(f"config field seed must be in [0, 2**63), got {self.seed}")
         if self.positional not in POSITIONAL_MODES:
             raise QkovError(
                 f"positional={self.positional!r} is unknown: use one of "
@@ -64,8 +65,10 @@ class ModelConfig:
             )
         if isinstance(self.init_std, bool) or not isinstance(self.init_std, (int, float)):
             raise QkovError(f"config field init_std must be a number, got {self.init_std!r}")
-        if not self.init_std > 0:
-            raise QkovError(f"config field init_std must be positive, got {self.init_std}")
+        if not (self.init_std > 0 and math.isfinite(self.init_std)):
+            raise QkovError(
+                f"config field init_std must be a positive finite number, got {self.init_std}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -75,7 +78,7 @@ class ModelConfig:
         if not isinstance(data, dict):
             raise QkovError(f"{source} must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - known, key=str)
         if unknown:
             raise QkovError(
                 f"{source} has unknown keys {unknown}: known keys are {sorted(known)}"
@@ -89,7 +92,7 @@ class ModelConfig:
     def from_json(cls, text: str, source: str = "config") -> ModelConfig:
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as e:
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, a 5000-digit int, deep nesting
             raise QkovError(f"{source} is not valid JSON ({e}): fix or regenerate it") from None
         return cls.from_dict(data, source)
 
@@ -103,7 +106,11 @@ class ModelConfig:
         path = Path(path)
         if not path.is_file():
             raise QkovError(f"{path} does not exist: is this a qkov checkpoint directory?")
-        return cls.from_json(path.read_text(encoding="utf-8"), source=str(path))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise QkovError(f"{path} cannot be read as UTF-8 JSON ({e}): restore it") from None
+        return cls.from_json(text, source=str(path))
 
     @property
     def n_params(self) -> int:

@@ -41,8 +41,7 @@ class FactoredMatrix:
             batch = torch.broadcast_shapes(A.shape[:-2], B.shape[:-2])
         except RuntimeError:
             raise QkovError(
-                f"FactoredMatrix batch dims do not broadcast: A {list(A.shape)}, "
-                f"B {list(B.shape)}"
+                f"FactoredMatrix batch dims do not broadcast: A {list(A.shape)}, B {list(B.shape)}"
             ) from None
         # Equal batch shapes on both sides keep indexing simple (expand is a free view).
         self.A = A.expand(*batch, *A.shape[-2:])

@@ -4,10 +4,10 @@ Every score is a tensor [n_layers, n_heads] computed from the patterns
 A [batch, head, destination, source] of a forward pass (Olsson et al., 2022):
 
     previous_token   mean A[i, i-1]: attention to the previous position
-    induction        on a repeated probe [x_0..x_{h-1} x_0..x_{h-1}]: mean attention from each
-                     destination i in the second half to i-h+1, the token AFTER the previous
-                     occurrence of the destination token. On other tokens it falls back to
-                     the prefix-matching definition below.
+    induction        on a probe ending in a repeated block [.. x_0..x_{h-1} x_0..x_{h-1}]: mean
+                     attention from each destination i in the last block to i-h+1, the token
+                     AFTER the previous occurrence of the destination token. On other tokens
+                     it falls back to the prefix-matching definition below.
     prefix_matching  the same test stated for any text (no known repeat structure needed):
                      attention mass on every source j+1 < i such that token[j] == token[i],
                      averaged over destinations that have one. On the probe it agrees with
@@ -21,10 +21,14 @@ A [batch, head, destination, source] of a forward pass (Olsson et al., 2022):
                      is the attention-weighted mean of c_j over destinations. Direct path only
                      (a head read by later heads may copy into them, which this does not see).
     positional       1 - mean total-variation distance between a sequence's attention row and
-                     the batch-mean row: 1 when the pattern depends on position only.
+                     the batch-mean row: 1 when the pattern depends on position only. On the
+                     repeated probe every sequence has the same repeat structure, so induction
+                     and duplicate-token heads score high too: read it after the others.
 
-The standard probe is a seeded batch of repeated random token sequences
-(`repeated_random_tokens`): on it an induction head predicts the whole second half.
+The standard probe (`induction_probe`) is a seeded batch of random filler followed by a
+random block repeated twice, the block length varying from row to row: with one fixed
+period (`repeated_random_tokens`) a head that attends a fixed offset back through W_pos
+scores as "induction" too, and models trained on a fixed-period task learn exactly that.
 """
 
 from __future__ import annotations
@@ -40,6 +44,10 @@ from torch import Tensor
 from qkov.errors import QkovError
 from qkov.factored import FactoredMatrix
 from qkov.model import AttnOnlyTransformer
+from qkov.probes import (
+    default_seq_len,
+    induction_probe,
+)
 
 SCORE_NAMES = (
     "previous_token",
@@ -51,47 +59,6 @@ SCORE_NAMES = (
 )
 LABELS = ("previous-token", "induction", "duplicate-token", "copying", "positional", "other")
 _COPY_CHUNK = 2**24  # elements of the [rows, pos, d_vocab] logit-effect block per step
-
-
-# ---------------------------------------------------------------------------- probe batch
-def repeated_random_tokens(
-    d_vocab: int,
-    batch: int = 16,
-    half_len: int = 32,
-    seed: int = 0,
-    prefix: list[int] | tuple[int, ...] | None = None,
-) -> Tensor:
-    """A seeded batch of random sequences each followed by itself: [batch, p + 2*half_len].
-
-    `prefix` (e.g. [bos_id]) is put in front of every row (p = len(prefix)); its ids are never
-    drawn. Each half is drawn without replacement when the vocabulary allows it, so every
-    second-half token has exactly one earlier occurrence and induction is unambiguous."""
-    prefix = list(prefix or [])
-    if batch < 1 or half_len < 2:
-        raise QkovError(f"probe needs batch >= 1 and half_len >= 2, got {batch} and {half_len}")
-    if any(not 0 <= t < d_vocab for t in prefix):
-        raise QkovError(f"prefix {prefix} has ids outside [0, {d_vocab})")
-    keep = torch.ones(d_vocab, dtype=torch.bool)
-    keep[prefix] = False
-    pool = keep.nonzero().squeeze(1)
-    if len(pool) < 2:
-        raise QkovError(f"d_vocab={d_vocab} leaves fewer than 2 tokens to draw the probe from")
-    g = torch.Generator().manual_seed(seed)
-    if half_len <= len(pool):
-        idx = torch.stack([torch.randperm(len(pool), generator=g)[:half_len] for _ in range(batch)])
-    else:
-        idx = torch.randint(len(pool), (batch, half_len), generator=g)
-    half = pool[idx]
-    head = torch.tensor(prefix, dtype=torch.long).expand(batch, len(prefix))
-    return torch.cat([head, half, half], dim=1)
-
-
-def default_half_len(n_ctx: int, prefix_len: int = 0, cap: int = 64) -> int:
-    """The probe's half length for a context of n_ctx: min(cap, (n_ctx - prefix_len) // 2)."""
-    half = min(cap, (n_ctx - prefix_len) // 2)
-    if half < 2:
-        raise QkovError(f"n_ctx={n_ctx} is too short for a repeated-token probe (needs >= 4)")
-    return half
 
 
 # ---------------------------------------------------------------------------- scores per layer
@@ -138,20 +105,25 @@ def prefix_matching_score(pattern: Tensor, tokens: Tensor) -> Tensor:
 
 
 def induction_score(
-    pattern: Tensor, tokens: Tensor, half_len: int | None = None, prefix_len: int = 0
+    pattern: Tensor, tokens: Tensor, half_len: int | Tensor | None = None
 ) -> Tensor:
     """pattern [batch, head, dest, src] -> [head]: attention to the token after the previous
     occurrence of the destination token.
 
-    With `half_len` (a repeated probe, after `prefix_len` prefix tokens): mean of A[i, i-h+1]
-    over second-half destinations i. Without it: `prefix_matching_score`."""
+    With `half_len` (an int, or [batch] per row: each row ENDS with a block of that length
+    repeated twice, as in both probes): mean of A[i, i-h+1] over the last h destinations i.
+    Without it: `prefix_matching_score`."""
     if half_len is None:
         return prefix_matching_score(pattern, tokens)
-    p, h = prefix_len, half_len
-    if h < 2 or p + 2 * h > pattern.shape[-1]:
-        raise QkovError(f"half_len={h}, prefix_len={p} do not fit {pattern.shape[-1]} positions")
-    diag = pattern.diagonal(offset=-(h - 1), dim1=-2, dim2=-1)  # A[i, i-h+1] for i >= h-1
-    return diag[..., p + 1 : p + h + 1].mean(dim=(0, 2))
+    B, n = pattern.shape[0], pattern.shape[-1]
+    h = torch.as_tensor(half_len, device=pattern.device).long().expand(B)[:, None]  # [batch, 1]
+    if int(h.min()) < 2 or 2 * int(h.max()) > n:
+        raise QkovError(f"half_len {half_len} does not fit sequences of {n} tokens")
+    dest = torch.arange(n, device=pattern.device)[None]  # [1, dest]
+    src = (dest - h + 1).clamp(min=0)  # [batch, dest]
+    mass = pattern.gather(-1, src[:, None, :, None].expand(B, pattern.shape[1], n, 1))[..., 0]
+    second = (dest >= n - h).to(pattern.dtype)  # [batch, dest]: destinations in the last block
+    return (mass * second[:, None]).sum(dim=(0, 2)) / second.sum()
 
 
 def positional_score(pattern: Tensor) -> Tensor:
@@ -221,31 +193,33 @@ class HeadScores:
 
 
 def _nan_none(x: Any) -> Any:
-    """JSON has no NaN: nested lists with NaN -> None."""
-    if isinstance(x, list):
+    """JSON has no NaN or inf: nested lists / dicts with them -> None."""
+    if isinstance(x, (list, tuple)):
         return [_nan_none(v) for v in x]
-    return None if isinstance(x, float) and math.isnan(x) else x
+    if isinstance(x, dict):
+        return {k: _nan_none(v) for k, v in x.items()}
+    return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
 def head_scores(
     model: AttnOnlyTransformer,
     tokens: Tensor | None = None,
     *,
-    half_len: int | None = None,
-    prefix_len: int = 0,
+    half_len: int | Tensor | None = None,
     batch: int = 16,
+    seq_len: int | None = None,
     seed: int = 0,
     copying: bool = True,
 ) -> HeadScores:
-    """Score every head on `tokens` [batch, pos], or (None) on the seeded repeated probe.
+    """Score every head on `tokens` [batch, pos], or (None) on the seeded `induction_probe`
+    (batch x seq_len, default `default_seq_len(n_ctx)`).
 
-    For given tokens, pass `half_len` (and `prefix_len`) if they are a repeated probe, so
+    For given tokens that end with a repeated block, pass its `half_len` (int or [batch]) so
     that `induction` uses the known repeat; otherwise it is the prefix-matching score."""
     cfg = model.cfg
     if tokens is None:
-        half_len = half_len or default_half_len(cfg.n_ctx, prefix_len)
-        tokens = repeated_random_tokens(cfg.d_vocab, batch, half_len, seed)
-        prefix_len, source = 0, "repeated-random"
+        probe = induction_probe(cfg.d_vocab, batch, seq_len or default_seq_len(cfg.n_ctx), seed)
+        tokens, half_len, source = probe.tokens, probe.half_lens, "repeated-random"
     else:
         source = "tokens"
     tokens = model.check_tokens(tokens)
@@ -256,7 +230,7 @@ def head_scores(
     for l in range(cfg.n_layers):
         A = cache[f"pattern.{l}"].float()
         rows["previous_token"].append(previous_token_score(A))
-        rows["induction"].append(induction_score(A, tokens, half_len, prefix_len))
+        rows["induction"].append(induction_score(A, tokens, half_len))
         rows["prefix_matching"].append(prefix_matching_score(A, tokens))
         rows["duplicate_token"].append(duplicate_token_score(A, tokens))
         rows["positional"].append(positional_score(A))
@@ -290,9 +264,8 @@ def induction_qk_term(
         )
     W_E = model.W_E.detach()
     A = W_E @ model.W_Q[layer, head].detach()
-    moved = (W_E @ model.W_V[src_layer, src_head].detach()) @ model.W_O[
-        src_layer, src_head
-    ].detach()
+    W_V0, W_O0 = model.W_V[src_layer, src_head].detach(), model.W_O[src_layer, src_head].detach()
+    moved = (W_E @ W_V0) @ W_O0  # [d_vocab, d_model]: what h0 writes when it attends to a token
     B = (moved @ model.W_K[layer, head].detach()).T
     return FactoredMatrix(A, B)
 
@@ -357,9 +330,7 @@ class HeadRecord:
         return tuple(p for p in self.k_composition if p.above_baseline)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["scores"] = {k: _nan_none(v) for k, v in self.scores.items()}
-        d["ov_eigenvalue_score"] = _nan_none(self.ov_eigenvalue_score)
+        d = _nan_none(dataclasses.asdict(self))
         d["partners"] = [p.name for p in self.partners]
         return d
 
@@ -407,9 +378,12 @@ class HeadClassification:
                 part = part or "none above baseline"
                 if r.qk_term_eigenvalue_score is not None:
                     part += f"; QK term eig {r.qk_term_eigenvalue_score:+.3f}"
-            lines.append(
-                f"{r.name:<6} {vals} {r.ov_eigenvalue_score:>+6.3f}  {r.label:<15} {why:<22} {part}"
+            ov = (
+                f"{r.ov_eigenvalue_score:>+6.3f}"
+                if math.isfinite(r.ov_eigenvalue_score)
+                else "     -"
             )
+            lines.append(f"{r.name:<6} {vals} {ov}  {r.label:<15} {why:<22} {part}".rstrip())
         return "\n".join(lines)
 
 
@@ -437,8 +411,9 @@ def classify_heads(
     tokens: Tensor | None = None,
     *,
     thresholds: Thresholds | None = None,
-    half_len: int | None = None,
+    half_len: int | Tensor | None = None,
     batch: int = 16,
+    seq_len: int | None = None,
     seed: int = 0,
     n_baseline: int = 200,
 ) -> HeadClassification:
@@ -449,7 +424,7 @@ def classify_heads(
 
     t = thresholds or Thresholds()
     cfg = model.cfg
-    scores = head_scores(model, tokens, half_len=half_len, batch=batch, seed=seed)
+    scores = head_scores(model, tokens, half_len=half_len, batch=batch, seq_len=seq_len, seed=seed)
     comp = composition_scores(model, n_baseline=n_baseline, seed=seed) if cfg.n_layers > 1 else None
     records = []
     with torch.no_grad():
@@ -488,25 +463,21 @@ def classify_heads(
 
 # ---------------------------------------------------------------------------- training probe
 def training_probe(model: AttnOnlyTransformer, seed: int = 0) -> dict[str, float]:
-    """Cheap phase-change probe for training logs, on a fixed batch of 8 repeated random
-    sequences (half length min(32, n_ctx // 2)): the best induction and previous-token
-    scores over heads, and `icl_score` on the same batch (loss late in the second half
-    minus loss early in the first half: about -log(d_vocab) once induction works)."""
+    """Cheap phase-change probe for training logs, on a fixed `induction_probe` batch of 8
+    sequences of min(64, n_ctx) tokens: the best induction and previous-token scores over
+    heads, and `icl_score` on the same batch (loss late, inside the repeated block, minus
+    loss early, before it: about -log(d_vocab) once induction works)."""
     from qkov.ablation import icl_from_logits
 
     cfg = model.cfg
-    half = default_half_len(cfg.n_ctx, cap=32)
-    tokens = repeated_random_tokens(cfg.d_vocab, 8, half, seed).to(model.device)
+    probe = induction_probe(cfg.d_vocab, 8, default_seq_len(cfg.n_ctx, cap=64), seed)
+    tokens = probe.tokens.to(model.device)
     with torch.no_grad():
         logits, cache = model.run_with_hooks(tokens, cache_names=lambda n: n.startswith("pattern."))
-        best_ind = best_prev = float("nan")
-        if cfg.n_layers:
-            ind = torch.stack(
-                [induction_score(cache[f"pattern.{l}"], tokens, half) for l in range(cfg.n_layers)]
-            )
-            prev = torch.stack(
-                [previous_token_score(cache[f"pattern.{l}"]) for l in range(cfg.n_layers)]
-            )
-            best_ind, best_prev = float(ind.max()), float(prev.max())
+        A = [cache[f"pattern.{l}"] for l in range(cfg.n_layers)]
+        ind = max(
+            (float(induction_score(a, tokens, probe.half_lens).max()) for a in A), default=math.nan
+        )
+        prev = max((float(previous_token_score(a).max()) for a in A), default=math.nan)
         icl = icl_from_logits(logits, tokens)
-    return {"induction_score": best_ind, "prev_token_score": best_prev, "icl_score": icl.score}
+    return {"induction_score": ind, "prev_token_score": prev, "icl_score": icl.score}

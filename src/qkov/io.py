@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import os
 import tempfile
+
+# mkstemp creates 0600 files; written results should get the usual 0644 (less the umask).
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_MODE = 0o666 & ~_UMASK
 from pathlib import Path
 
 import torch
@@ -21,6 +26,7 @@ def _atomic_write(path: Path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _MODE)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -51,6 +57,7 @@ def atomic_save_safetensors(
         save_file(tensors, tmp, metadata=metadata)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _MODE)
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from qkov.errors import QkovError
 from qkov.model import AttnOnlyTransformer
 
 
@@ -19,10 +20,14 @@ def generate(
     for _ in range(n_tokens):
         ctx = seq[-model.cfg.n_ctx :]
         logits = model(ctx[None])[0, -1].float().cpu()
+        if not torch.isfinite(logits).all():
+            raise QkovError("the model's logits are not finite: its weights hold NaN or inf "
+                            "(a diverged or corrupt checkpoint); use an earlier checkpoint")
         if temperature <= 0:
             nxt = logits.argmax()
         else:
-            probs = (logits / temperature).softmax(-1)
+            # Shift by the max, in float64: logits / 1e-30 would overflow to inf - inf = nan.
+            probs = ((logits.double() - logits.max()) / temperature).softmax(-1)
             nxt = torch.multinomial(probs, 1, generator=g)[0]
         seq = torch.cat([seq, nxt.view(1)])
     return seq

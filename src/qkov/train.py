@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import platform
 import signal
 import time
@@ -28,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from qkov.checkpoint import load_safetensors
+from qkov import distributed
+from qkov.checkpoint import load_safetensors, read_json
 from qkov.config import ModelConfig
 from qkov.errors import QkovError
 from qkov.io import atomic_save_safetensors, atomic_write_text
@@ -63,10 +65,14 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise QkovError(f"--{name.replace('_', '-')} must be >= 0, got {v!r}")
+        if self.seed >= 2**63:  # torch.Generator takes 64-bit seeds
+            raise QkovError(f"--seed must be below 2**63, got {self.seed}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise QkovError(f"--lr must be a positive number, got {self.lr}")
-        if self.grad_clip <= 0:
+        if not self.grad_clip > 0:  # also refuses NaN
             raise QkovError(f"--grad-clip must be positive, got {self.grad_clip}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise QkovError(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
 
     def lr_at(self, step: int) -> float:
         """Linear warmup to lr, then cosine decay to min_lr_ratio * lr at `steps`."""
@@ -135,6 +141,21 @@ def restore_state(model: AttnOnlyTransformer, opt: torch.optim.AdamW, path: Path
     return int(st["step"].item())
 
 
+def check_device(device: str) -> None:
+    """Refuse a device torch cannot use here with one clear line (not a torch traceback)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise QkovError(f"--device {device!r} is not a device: use cpu or cuda") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise QkovError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise QkovError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) here")
+    elif dev.type != "cpu":
+        raise QkovError(f"--device {device!r} is not supported: use cpu or cuda")
+
+
 def versions() -> dict[str, str]:
     import qkov
 
@@ -173,10 +194,11 @@ def _read_metrics(path: Path, upto_step: int) -> list[str]:
     keep = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            if json.loads(line).get("step", 0) <= upto_step:
-                keep.append(line)
+            rec = json.loads(line)
         except json.JSONDecodeError:
             continue  # a torn last line from a killed run
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= upto_step:
+            keep.append(line)
     return keep
 
 
@@ -204,7 +226,13 @@ def train(
                 f"cannot resume: {state_path} does not exist; start without --resume"
             )
         saved_cfg = ModelConfig.load(out / "config.json")
-        saved_tc = json.loads((out / "train_config.json").read_text())
+        saved_tc = read_json(out / "train_config.json")
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        if not isinstance(saved_tc, dict) or not set(saved_tc) <= known or "steps" not in saved_tc:
+            raise QkovError(
+                f"{out / 'train_config.json'} is not a qkov TrainConfig (known keys: "
+                f"{sorted(known)}): restore it from the run"
+            )
         if model_cfg is not None and model_cfg != saved_cfg:
             raise QkovError(
                 f"--resume: the model flags disagree with {out / 'config.json'}: "
@@ -212,8 +240,13 @@ def train(
             )
         model_cfg = saved_cfg
         # Steps may be extended on resume; everything else comes from the run.
-        tc = dataclasses.replace(TrainConfig(**saved_tc), steps=max(tc.steps, saved_tc["steps"]),
-                                 device=tc.device)
+        try:
+            saved = TrainConfig(**saved_tc)
+        except TypeError as e:  # a value of the wrong type, e.g. "lr": "fast"
+            raise QkovError(
+                f"{out / 'train_config.json'} has a bad value ({e}): restore it from the run"
+            ) from None
+        tc = dataclasses.replace(saved, steps=max(tc.steps, saved.steps), device=tc.device)
     elif state_path.is_file():
         raise QkovError(
             f"{out} already holds a training run: pass --resume to continue it, "
@@ -221,8 +254,12 @@ def train(
         )
     if model_cfg is None:
         model_cfg = ModelConfig()
+    check_device(tc.device)
+    dd = distributed.setup(tc.device, tc.batch_size)  # torchrun: rank, world, device
+    device = dd.device
 
-    data = data if data is not None else prepare(tc.corpus, model_cfg.d_vocab)
+    with distributed.main_first(dd):  # rank 0 fills the token cache, then the others read it
+        data = data if data is not None else prepare(tc.corpus, model_cfg.d_vocab)
     if data.d_vocab != model_cfg.d_vocab:
         if resume:
             raise QkovError(
@@ -232,45 +269,71 @@ def train(
         model_cfg = dataclasses.replace(model_cfg, d_vocab=data.d_vocab)
 
     torch.manual_seed(tc.seed)
-    model = AttnOnlyTransformer(model_cfg).to(tc.device)
+    model = AttnOnlyTransformer(model_cfg).to(device)
     model.tokenizer = data.tokenizer
     opt = _make_optimizer(model, tc)
     step = 0
     if resume:
         step = restore_state(model, opt, state_path)
-    out.mkdir(parents=True, exist_ok=True)
-    model_cfg.save(out / "config.json")
-    atomic_write_text(out / "train_config.json", json.dumps(dataclasses.asdict(tc), indent=2))
-    atomic_write_text(out / "versions.json", json.dumps(versions(), indent=2))
-    if data.tokenizer is not None:
-        atomic_write_text(out / "tokenizer.json", data.tokenizer.to_str())
     metrics_path = out / "metrics.jsonl"
-    atomic_write_text(metrics_path, "".join(s + "\n" for s in _read_metrics(metrics_path, step)))
+    if dd.main:  # only rank 0 writes files
+        out.mkdir(parents=True, exist_ok=True)
+        model_cfg.save(out / "config.json")
+        atomic_write_text(out / "train_config.json", json.dumps(dataclasses.asdict(tc), indent=2))
+        atomic_write_text(out / "versions.json", json.dumps(versions(), indent=2))
+        if data.tokenizer is not None:
+            atomic_write_text(out / "tokenizer.json", data.tokenizer.to_str())
+        text = "".join(s + "\n" for s in _read_metrics(metrics_path, step))
+        atomic_write_text(metrics_path, text)
 
     val = data.val_batches(tc.batch_size, model_cfg.n_ctx, tc.eval_batches)
     probe = _probe_fn() if tc.probe_interval else None
     last = min(tc.steps, stop_after) if stop_after is not None else tc.steps
     tokens_per_step = tc.batch_size * model_cfg.n_ctx
-    use_bf16 = torch.device(tc.device).type == "cuda"
+    use_bf16 = torch.device(device).type == "cuda"
 
     def checkpoint(at: int) -> None:
-        atomic_save_safetensors(state_path, state_tensors(model, opt, at))
-        atomic_save_safetensors(out / "model.safetensors", model.weights(),
-                                metadata={"format": "qkov", "step": str(at)})
+        # Only weights with a finite loss are written, so a divergence never replaces the
+        # last good checkpoint (the train loss of step `at` is only seen at the next step).
+        # Every rank checks (same weights, same batch), so all ranks stop together.
+        held_out = evaluate(model, val[:1])
+        if not math.isfinite(held_out):
+            raise QkovError(
+                f"loss became {held_out} at step {at} (held-out batch): training stopped; the "
+                f"last good checkpoint in {out} is kept; lower --lr or --grad-clip and --resume"
+            )
+        if not dd.main:
+            return
+        # model.safetensors first: a directory that --resume accepts is always loadable.
+        try:
+            atomic_save_safetensors(out / "model.safetensors", model.weights(),
+                                    metadata={"format": "qkov", "step": str(at)})
+            atomic_save_safetensors(state_path, state_tensors(model, opt, at))
+        except OSError as e:  # the atomic writes left the previous files in place
+            raise QkovError(
+                f"cannot write the step {at} checkpoint to {out} ({e.strerror or e}): is the "
+                "disk full? free space, then --resume from the last complete checkpoint"
+            ) from None
 
-    bar = tqdm(total=last, initial=step, disable=not progress or None, unit="step",
+    bar = tqdm(total=last, initial=step, disable=not (progress and dd.main) or None, unit="step",
                desc=f"train {out.name}", dynamic_ncols=True)
     t_last, tokens_since = time.perf_counter(), 0
     model.train()
-    with open(metrics_path, "a", encoding="utf-8") as mf, _StopFlag() as stop:
+    fwd = distributed.wrap(model, dd)  # DDP under torchrun: averages gradients over ranks
+    mpath = metrics_path if dd.main else os.devnull
+    with open(mpath, "a", encoding="utf-8") as mf, _StopFlag() as stop:
         while step < last:
-            batch = data.train_batch(step, tc.batch_size, model_cfg.n_ctx, tc.seed).to(tc.device)
+            batch = data.train_batch(step, tc.batch_size, model_cfg.n_ctx, tc.seed)
+            batch = distributed.share(batch, dd).to(device)  # this rank's rows
             lr = tc.lr_at(step)
             for g in opt.param_groups:
                 g["lr"] = lr
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                loss = lm_loss(model(batch[:, :-1]), batch[:, 1:])
-            loss_value = loss.item()
+                loss = lm_loss(fwd(batch[:, :-1]), batch[:, 1:])
+            # Mean over ranks (same on all), and whether any rank was asked to stop.
+            loss_value, stopping = distributed.mean_and_any(
+                loss.item(), stop.signum is not None, dd
+            )
             if not math.isfinite(loss_value):
                 raise QkovError(
                     f"loss became {loss_value} at step {step}: training stopped; the last good "
@@ -284,7 +347,7 @@ def train(
             tokens_since += tokens_per_step
             bar.update(1)
             logged = step % tc.eval_interval == 0 or step == last
-            if logged or (probe and step % tc.probe_interval == 0):
+            if dd.main and (logged or (probe and step % tc.probe_interval == 0)):
                 now = time.perf_counter()
                 rec: dict[str, Any] = {"step": step, "tokens": step * tokens_per_step,
                                        "train_loss": round(loss_value, 5), "lr": lr,
@@ -293,7 +356,9 @@ def train(
                     rec["val_loss"] = round(evaluate(model, val), 5)
                 if probe and step % tc.probe_interval == 0:
                     model.eval()
-                    rec.update({k: round(float(v), 5) for k, v in probe(model).items()})
+                    # A score with no head to measure (0 layers) is NaN: leave it out.
+                    rec.update({k: round(float(v), 5) for k, v in probe(model).items()
+                                if math.isfinite(float(v))})
                     model.train()
                 mf.write(json.dumps(rec) + "\n")
                 mf.flush()
@@ -302,11 +367,12 @@ def train(
                 t_last, tokens_since = time.perf_counter(), 0
             if step % tc.ckpt_interval == 0 or step == last:
                 checkpoint(step)
-            if stop.signum is not None:
+            if stopping:
                 checkpoint(step)
                 bar.close()
                 raise KeyboardInterrupt
     bar.close()
+    distributed.teardown(dd)
     return model
 
 

@@ -14,10 +14,10 @@ logit row); sigmoid(a) is the attention d pays to s when the only other candidat
 row's mean score. So score is the logit boost of `out` at `destination` given `source`.
 
 The exact top-k never forms vocab x vocab x vocab (nor vocab x vocab): for score > 0 a
-top-k trigram's destination is among the k best for its source (column top-k of a) and its
-out among the k best of its source (row top-k of o). Both are found by scanning the
-circuits in row chunks, then the vocab x k x k candidates are ranked. Heads beyond layer 0
-are read through the direct embedding path only (composition is ignored).
+top-k trigram's destination is among the k best for its source (top-k of a[:, s]) and its
+out among the k best of its source (top-k of o[s, :]). Both are found by forming the
+circuits a block of sources at a time, then the vocab x k x k candidates are ranked.
+Heads beyond layer 0 are read through the direct embedding path only (composition ignored).
 """
 
 from __future__ import annotations
@@ -39,8 +39,10 @@ def token_str(model: AttnOnlyTransformer, token: int) -> str:
     tok = model.tokenizer
     if tok is None or token >= tok.get_vocab_size():
         return f"#{token}"
-    text = tok.decode([token])
-    return text if text else (tok.id_to_token(token) or f"#{token}")
+    text = tok.decode([token], skip_special_tokens=False)
+    if not text or "\ufffd" in text:  # a partial UTF-8 byte: show the vocabulary entry
+        return tok.id_to_token(token) or f"#{token}"
+    return text
 
 
 @dataclass(frozen=True)
@@ -97,21 +99,17 @@ class _HeadScorer:
         self.qk: FactoredMatrix = qk_circuit(model, layer, head)  # [dest, src]
         self.ov: FactoredMatrix = ov_circuit(model, layer, head)  # [src, out]
         self.scale = 1.0 / math.sqrt(model.cfg.d_head)
-        # Row means without forming a row: mean_s (A B)[d, s] = A[d] @ mean_s B[:, s].
-        self.qk_mean = self.qk.A @ self.qk.B.mean(-1)  # [d_vocab]
-        self.ov_mean = self.ov.A @ self.ov.B.mean(-1)  # [d_vocab]
+        # Centring through the factors: with QK = A B, mean_s QK[d, s] = A[d] . mean_s B[:, s],
+        # so a[d, s] * sqrt(d_head) = A[d] . (B[:, s] - mean B): no pass over a vocab row.
+        self.qk_Bc = self.qk.B - self.qk.B.mean(-1, keepdim=True)  # [d_head, d_vocab]
+        self.ov_mean = self.ov.A @ self.ov.B.mean(-1)  # [d_vocab], OV row means
 
-    def a_rows(self, start: int, stop: int) -> Tensor:
-        """a[start:stop, :] dense [c, d_vocab]."""
-        block = self.qk.rows(start, stop).dense(force=True)
-        return (block - self.qk_mean[start:stop, None]) * self.scale
-
-    def o_rows(self, start: int, stop: int) -> Tensor:
-        block = self.ov.rows(start, stop).dense(force=True)
-        return block - self.ov_mean[start:stop, None]
+    def a_by_source(self, start: int, stop: int) -> Tensor:
+        """a[:, start:stop]^T * sqrt(d_head): [c sources, d_vocab destinations]."""
+        return self.qk_Bc[:, start:stop].T @ self.qk.A.T
 
     def a(self, d: int, s: int) -> float:
-        return float((self.qk.A[d] @ self.qk.B[:, s] - self.qk_mean[d]) * self.scale)
+        return float(self.qk.A[d] @ self.qk_Bc[:, s]) * self.scale
 
     def o(self, s: int, t: int) -> float:
         return float(self.ov.A[s] @ self.ov.B[:, t] - self.ov_mean[s])
@@ -138,8 +136,8 @@ def skip_trigrams(
 ) -> list[SkipTrigram]:
     """Top-k skip-trigrams of a head by score (see the module docstring), best first.
 
-    Memory: O((chunk_size + k) * d_vocab + d_vocab * k^2); chunk_size defaults to 16 MiB of
-    fp32 rows. Time: two scans of vocab^2 * d_head multiply-adds."""
+    Memory: O(chunk_size * d_vocab + d_vocab * k^2); chunk_size (sources per block)
+    defaults to 16 MiB of fp32. Time: two vocab^2 * d_head products, formed a block at a time."""
     V = model.cfg.d_vocab
     if k < 1:
         raise QkovError(f"k must be >= 1, got {k}")
@@ -148,23 +146,19 @@ def skip_trigrams(
     if chunk < 1:
         raise QkovError(f"chunk_size must be >= 1, got {chunk_size}")
     sc = _HeadScorer(model, layer, head)
-    # Column top-k of a: for every source, its k best destinations. Kept as [src, k].
-    best_a = torch.full((V, 0), float("-inf"), dtype=sc.qk.dtype, device=sc.qk.device)
-    best_d = torch.zeros((V, 0), dtype=torch.long, device=sc.qk.device)
+    # One pass over source chunks: each source's k best destinations (by a) and outs (by o).
+    # sigmoid is monotone and o's centring is a per-row constant, so both top-ks run on the
+    # raw [c, d_vocab] blocks and the k survivors are transformed after.
+    a_vals, a_ids, o_vals, o_ids = [], [], [], []
     for start in range(0, V, chunk):
-        block = sc.a_rows(start, start + chunk).T  # [src, c]
-        dests = torch.arange(start, start + block.shape[1], device=block.device)
-        vals = torch.cat([best_a, block], dim=1)
-        ids = torch.cat([best_d, dests.expand(V, -1)], dim=1)
-        best_a, pos = vals.topk(min(k_eff, vals.shape[1]), dim=1)
-        best_d = ids.gather(1, pos)
-    # Row top-k of o: for every source, its k best outs. [src, k].
-    o_vals, o_ids = [], []
-    for start in range(0, V, chunk):
-        v, i = sc.o_rows(start, start + chunk).topk(k_eff, dim=1)
-        o_vals.append(v)
+        v, i = sc.a_by_source(start, start + chunk).topk(k_eff, dim=1)
+        a_vals.append(v * sc.scale)
+        a_ids.append(i)
+        v, i = (sc.ov.A[start : start + chunk] @ sc.ov.B).topk(k_eff, dim=1)
+        o_vals.append(v - sc.ov_mean[start : start + chunk, None])
         o_ids.append(i)
-    best_o, best_t = torch.cat(o_vals), torch.cat(o_ids)
+    best_a, best_d = torch.cat(a_vals), torch.cat(a_ids)  # [src, k]
+    best_o, best_t = torch.cat(o_vals), torch.cat(o_ids)  # [src, k]
     cand = torch.sigmoid(best_a)[:, :, None] * best_o[:, None, :]  # [src, k (dest), k (out)]
     _, flat = cand.flatten().topk(min(k, cand.numel()))
     out = []

@@ -10,7 +10,7 @@ import importlib
 import sys
 
 # Subcommand modules in the order `qkov --help` lists them.
-COMMANDS = ["train", "sample", "info", "heads"]
+COMMANDS = ["train", "sample", "info", "heads", "analyze", "circuits"]
 
 
 def build_parser() -> argparse.ArgumentParser:

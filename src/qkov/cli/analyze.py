@@ -16,8 +16,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("dirs", nargs="+", metavar="DIR", help="checkpoint directories")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--text-file", help="sample text for the attention views and the loss "
-                   "(default: a short repeated Python snippet)")
+    p.add_argument(
+        "--text-file",
+        help="sample text for the attention views and the loss "
+        "(default: a short repeated Python snippet)",
+    )
     p.add_argument("--n-bigrams", type=int, default=20, help="rows of the bigram table")
     p.add_argument("--n-trigrams", type=int, default=8, help="skip-trigrams per head")
     p.add_argument("--seed", type=int, default=0, help="seed of the random probes")
@@ -39,8 +42,9 @@ def run(args: argparse.Namespace) -> int:
     if args.n_bigrams < 1 or args.n_trigrams < 1:
         raise QkovError("--n-bigrams and --n-trigrams must be at least 1")
     t0 = time.perf_counter()
-    analysis = analyze(args.dirs, text=text, n_bigrams=args.n_bigrams,
-                       n_trigrams=args.n_trigrams, seed=args.seed)
+    analysis = analyze(
+        args.dirs, text=text, n_bigrams=args.n_bigrams, n_trigrams=args.n_trigrams, seed=args.seed
+    )
     json_path, html_path = write_analysis(args.out, analysis)
     print(f"wrote {json_path} and {html_path} ({time.perf_counter() - t0:.1f}s)")
     return 0

@@ -16,7 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("dir", help="checkpoint directory")
     p.add_argument("--batch", type=int, default=16, help="sequences in the probe batch")
-    p.add_argument("--half-len", type=int, default=None, help="probe half length")
+    p.add_argument(
+        "--seq-len", type=int, default=None, help="probe sequence length (default min(128, n_ctx))"
+    )
     p.add_argument("--seed", type=int, default=0, help="probe seed")
     p.add_argument(
         "--text",
@@ -54,22 +56,24 @@ def text_tokens(model, path: str, batch: int):
 def run(args: argparse.Namespace) -> int:
     from qkov.ablation import icl_score, term_importance
     from qkov.checkpoint import load
-    from qkov.heads import classify_heads, default_half_len, head_scores, repeated_random_tokens
+    from qkov.heads import classify_heads, head_scores
+    from qkov.probes import default_seq_len, induction_probe
 
     model = load(args.dir)
     cfg = model.cfg
+    text = text_tokens(model, args.text, args.batch) if args.text else None
     result: dict[str, object] = {}
-    cls = classify_heads(model, half_len=args.half_len, batch=args.batch, seed=args.seed)
+    cls = classify_heads(model, batch=args.batch, seq_len=args.seq_len, seed=args.seed)
     s = cls.scores
     print(
         f"{args.dir}: {cfg.n_layers} layers x {cfg.n_heads} heads; probe: {s.n_sequences} "
-        f"repeated random sequences of {s.seq_len} tokens (seed {args.seed})"
+        f"sequences of {s.seq_len} tokens ending in a repeated random block (seed {args.seed})"
     )
     print(cls.table() if cls.records else "(no heads: a 0-layer model is a bigram table)")
     result["classification"] = cls.to_dict()
 
-    if args.text:
-        tokens = text_tokens(model, args.text, args.batch)
+    if text is not None:
+        tokens = text
         ts = head_scores(model, tokens)
         print(f"\nscores on {args.text} ({ts.n_sequences} x {ts.seq_len} tokens)")
         print(f"{'head':<6} {'prev':>6} {'prefix':>6} {'dup':>6} {'copy':>6} {'pos':>6}")
@@ -83,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
         result["text_scores"] = ts.to_dict()
         where = args.text
     else:
-        half = args.half_len or default_half_len(cfg.n_ctx)
-        tokens = repeated_random_tokens(cfg.d_vocab, args.batch, half, args.seed)
+        seq_len = args.seq_len or default_seq_len(cfg.n_ctx)
+        tokens = induction_probe(cfg.d_vocab, args.batch, seq_len, args.seed).tokens
         where = "the probe batch"
 
     if tokens.shape[1] >= 3:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 import torch
 
@@ -28,6 +29,10 @@ def run(args: argparse.Namespace) -> int:
         raise QkovError(f"{args.dir} has no tokenizer.json: cannot encode a text prompt")
     if args.tokens <= 0:
         raise QkovError(f"--tokens must be positive, got {args.tokens}")
+    if math.isnan(args.temperature):
+        raise QkovError("--temperature must be a number (0: greedy), got nan")
+    if not 0 <= args.seed < 2**63:
+        raise QkovError(f"--seed must be in [0, 2**63), got {args.seed}")
     ids = model.tokenizer.encode(args.prompt).ids
     if not ids:
         raise QkovError("--prompt encodes to no tokens: give some text")

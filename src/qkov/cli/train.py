@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = p.add_argument_group("training")
     t.add_argument("--corpus", default="stdlib",
                    help="stdlib (default), repeated-random, or text files/folders/globs")
-    t.add_argument("--steps", type=int, default=1500)
+    t.add_argument("--steps", type=int, default=None,
+                   help="total steps (default 1500; with --resume: the run's own, or more)")
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--lr", type=float, default=3e-3)
     t.add_argument("--warmup", type=int, default=100)
@@ -47,8 +48,11 @@ def run(args: argparse.Namespace) -> int:
     from qkov.config import ModelConfig
     from qkov.train import TrainConfig, train
 
+    steps = args.steps
+    if steps is None:  # --resume without --steps keeps the run's schedule (train takes the max)
+        steps = 1 if args.resume else TrainConfig.steps
     tc = TrainConfig(
-        corpus=args.corpus, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        corpus=args.corpus, steps=steps, batch_size=args.batch_size, lr=args.lr,
         warmup=args.warmup, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
         eval_interval=args.eval_interval, ckpt_interval=args.ckpt_interval,
         probe_interval=args.probe_interval, seed=args.seed, device=args.device,

@@ -169,14 +169,23 @@ def _collect(sd: Mapping[str, Tensor], cfg: ModelConfig, norm: str | None, sourc
             if (m[2] == "attn" and m[3] in _ATTN_KEYS) or (m[2] == "ln1" and m[3] in ("w", "b")):
                 layers[int(m[1])][m[3] if m[2] == "attn" else f"ln_{m[3]}"] = value
                 continue
-        elif key in ("embed.W_E", "pos_embed.W_pos", "unembed.W_U", "unembed.b_U",
-                     "ln_final.w", "ln_final.b"):
+        elif key in (
+            "embed.W_E",
+            "pos_embed.W_pos",
+            "unembed.W_U",
+            "unembed.b_U",
+            "ln_final.w",
+            "ln_final.b",
+        ):
             t[key] = value
             continue
         unknown.append(key)
     if unknown:
-        hint = " (MLP weights: qkov models are attention-only)" if any(
-            ".mlp." in k for k in unknown) else ""
+        hint = (
+            " (MLP weights: qkov models are attention-only)"
+            if any(".mlp." in k for k in unknown)
+            else ""
+        )
         raise QkovError(f"{source} has tensors qkov cannot place: {unknown[:6]}{hint}")
     has_ln = any("ln_w" in d for d in layers) or "ln_final.w" in t
     if has_ln and norm != "LN":
@@ -207,26 +216,44 @@ def _collect(sd: Mapping[str, Tensor], cfg: ModelConfig, norm: str | None, sourc
         "lnf_w": get(t.get("ln_final.w"), (D,), "ln_final.w", not ln) if ln else None,
         "lnf_b": get(t.get("ln_final.b"), (D,), "ln_final.b", True) if ln else None,
     }
-    shapes = {"W_Q": (H, D, Dh), "W_K": (H, D, Dh), "W_V": (H, D, Dh), "W_O": (H, Dh, D),
-              "b_Q": (H, Dh), "b_K": (H, Dh), "b_V": (H, Dh), "b_O": (D,)}
+    shapes = {
+        "W_Q": (H, D, Dh),
+        "W_K": (H, D, Dh),
+        "W_V": (H, D, Dh),
+        "W_O": (H, Dh, D),
+        "b_Q": (H, Dh),
+        "b_K": (H, Dh),
+        "b_V": (H, Dh),
+        "b_O": (D,),
+    }
     for name, shape in shapes.items():
-        w[name] = torch.stack([
-            get(layers[l].get(name), shape, f"blocks.{l}.attn.{name}", name.startswith("b_"))
+        per_layer = [
+            get(layers[l].get(name), shape, f"blocks.{l}.attn.{name}", name[0] == "b")
             for l in range(L)
-        ]) if L else torch.zeros((0, *shape), dtype=torch.float64)
+        ]
+        w[name] = torch.stack(per_layer) if L else torch.zeros(0, *shape, dtype=torch.float64)
     if ln:
-        w["ln_w"] = torch.stack([get(layers[l].get("ln_w"), (D,), f"blocks.{l}.ln1.w", False)
-                                 for l in range(L)])
-        w["ln_b"] = torch.stack([get(layers[l].get("ln_b"), (D,), f"blocks.{l}.ln1.b", True)
-                                 for l in range(L)])
+        w["ln_w"] = torch.stack(
+            [get(layers[l].get("ln_w"), (D,), f"blocks.{l}.ln1.w", False) for l in range(L)]
+        )
+        w["ln_b"] = torch.stack(
+            [get(layers[l].get("ln_b"), (D,), f"blocks.{l}.ln1.b", True) for l in range(L)]
+        )
     return w
 
 
 def convert_state_dict(
-    state_dict: Mapping[str, Tensor], tl_cfg: Any, *, fold_ln: bool = False,
+    state_dict: Mapping[str, Tensor],
+    tl_cfg: Any,
+    *,
+    fold_ln: bool = False,
+    drop_biases: bool = False,
     source: str = "TL state dict",
 ) -> Converted:
-    """TL attention-only state dict + TL config -> qkov config and weights (see module doc)."""
+    """TL attention-only state dict + TL config -> qkov config and weights (see module doc).
+
+    drop_biases: ignore the biases instead of folding them (approximate unless they are 0);
+    keeps d_model, so weight analyses compare 1:1 with TL's, which also ignore biases."""
     c = _cfg_dict(tl_cfg)
     cfg, norm, scale = _check_config(c, source)
     if norm is not None and not fold_ln:
@@ -236,8 +263,11 @@ def convert_state_dict(
         )
     w = _collect(state_dict, cfg, norm, source)
     notes: list[str] = []
-    dtype = state_dict["embed.W_E"].dtype if isinstance(
-        state_dict.get("embed.W_E"), Tensor) else torch.float32
+    dtype = (
+        state_dict["embed.W_E"].dtype
+        if isinstance(state_dict.get("embed.W_E"), Tensor)
+        else torch.float32
+    )
     dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
     W_E, W_pos, W_U, b_U = w["W_E"], w["W_pos"], w["W_U"], w["b_U"]
     W_Q, W_K, W_V, W_O = w["W_Q"], w["W_K"], w["W_V"], w["W_O"]
@@ -272,7 +302,9 @@ def convert_state_dict(
 
     has_bias = any(bool(b.abs().max() > 0) for b in (b_Q, b_K, b_V, b_O, b_U) if b.numel())
     bias_dir = None
-    if has_bias:
+    if has_bias and drop_biases:
+        notes.append("nonzero biases dropped: forward passes are approximate")
+    elif has_bias:
         L = cfg.n_layers
         bias_dir = cfg.d_model
         # later[l] = sum of b_O over layers >= l: what the residual holds too early at layer l.
@@ -291,10 +323,18 @@ def convert_state_dict(
         W_U = torch.cat([W_U, b_U[None]], dim=0)
         cfg = ModelConfig(**{**cfg.to_dict(), "d_model": cfg.d_model + 1})
         notes.append(f"biases folded exactly into the bias direction (residual dim {bias_dir})")
-    weights = {"W_E": W_E, "W_pos": W_pos, "W_Q": W_Q, "W_K": W_K, "W_V": W_V, "W_O": W_O,
-               "W_U": W_U}
+    weights = {
+        "W_E": W_E,
+        "W_pos": W_pos,
+        "W_Q": W_Q,
+        "W_K": W_K,
+        "W_V": W_V,
+        "W_O": W_O,
+        "W_U": W_U,
+    }
     weights = {k: v.to(dtype).contiguous() for k, v in weights.items()}
-    return Converted(cfg, weights, exact=norm is None, bias_direction=bias_dir, notes=notes)
+    exact = norm is None and not (has_bias and drop_biases)
+    return Converted(cfg, weights, exact=exact, bias_direction=bias_dir, notes=notes)
 
 
 def _read_weights(path: Path) -> dict[str, Tensor]:
@@ -413,10 +453,19 @@ def to_transformer_lens(model: AttnOnlyTransformer) -> tuple[dict[str, Tensor], 
     sd["unembed.W_U"] = w["W_U"]
     sd["unembed.b_U"] = torch.zeros(cfg.d_vocab, dtype=w["W_U"].dtype)
     tl_cfg = {
-        "n_layers": cfg.n_layers, "d_model": D, "n_ctx": cfg.n_ctx, "d_head": Dh,
-        "n_heads": H, "d_vocab": cfg.d_vocab, "d_vocab_out": cfg.d_vocab, "attn_only": True,
-        "act_fn": None, "normalization_type": None, "seed": cfg.seed,
-        "positional_embedding_type": "shortformer" if cfg.positional == "shortformer"
+        "n_layers": cfg.n_layers,
+        "d_model": D,
+        "n_ctx": cfg.n_ctx,
+        "d_head": Dh,
+        "n_heads": H,
+        "d_vocab": cfg.d_vocab,
+        "d_vocab_out": cfg.d_vocab,
+        "attn_only": True,
+        "act_fn": None,
+        "normalization_type": None,
+        "seed": cfg.seed,
+        "positional_embedding_type": "shortformer"
+        if cfg.positional == "shortformer"
         else "standard",
     }
     return sd, tl_cfg

@@ -22,7 +22,9 @@ def esc(text: Any) -> str:
 
 def _clean(text: str) -> str:
     """Replace lone surrogates (unencodable as UTF-8) with U+FFFD."""
-    return text.encode("utf-8", "replace").decode("utf-8") if _has_surrogate(text) else text
+    if not _has_surrogate(text):
+        return text
+    return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text)
 
 
 def _has_surrogate(text: str) -> bool:

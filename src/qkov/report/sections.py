@@ -55,6 +55,12 @@ def model_cards(models: Sequence[dict]) -> str:
         loss = m.get("loss") or {}
         if loss.get("value") is not None:
             extra += f"<tr><th>loss</th><td>{esc(num(loss['value'], 4))} nats/token</td></tr>"
+        val = m.get("val_loss") or {}
+        if val.get("value") is not None:
+            extra += (
+                f"<tr><th>val loss (training)</th><td>{esc(num(val['value'], 4))} at step "
+                f"{esc(val.get('step'))}</td></tr>"
+            )
         cards.append(
             f'<div class="card model-card"><h3><a href="#{model_id(i)}">'
             f"{esc(m.get('name') or f'model {i}')}</a></h3>"
@@ -175,7 +181,7 @@ def composition_section(m: dict) -> str:
     comp = m.get("composition")
     n_layers = (m.get("config") or {}).get("n_layers", 0)
     if n_layers is not None and n_layers < 2:
-        return '<p class="note">Composition needs two layers or more.</p>'
+        return ""  # nothing composes in fewer than two layers
     if not comp:
         return not_computed(m, "composition")
     base = comp.get("baseline") or {}
@@ -229,7 +235,7 @@ def _flat(x: Any) -> list:
 def induction_section(m: dict) -> str:
     circuits = m.get("induction_circuits")
     if (m.get("config") or {}).get("n_layers", 0) < 2:
-        return '<p class="note">An induction circuit needs two layers.</p>'
+        return ""  # an induction circuit needs two layers
     if circuits is None:
         return not_computed(m, "induction_circuits")
     if not circuits:

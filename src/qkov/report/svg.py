@@ -136,13 +136,14 @@ def attention_svg(
     src: str,
     key: str,
     label: str,
-    cell: int = 7,
+    cell: int | None = None,
     min_weight: float = 0.01,
 ) -> str:
     """Attention pattern [dest, src] as a lower-triangular heatmap. Cells under `min_weight`
     are left blank to keep the file small. `src` (the id of a JSON data block) and `key`
     ("layer.head") let the page script show "destination \u2190 source: weight" on hover."""
     n = len(tokens)
+    cell = cell or max(5, min(16, 340 // max(n, 1)))
     margin = 4
     w = h = margin + cell * n + margin
     out = [
@@ -241,7 +242,7 @@ def line_chart(
     def sy(y: float) -> float:
         return top + (1 - (y - y0) / (y1 - y0)) * ph
 
-    out = [svg_open(width, height + 16 * ((len(pts) + 2) // 3), label)]
+    out = [svg_open(width, height + 8 + 16 * ((len(pts) + 2) // 3), label)]
     out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" class="frame"/>')
     for t in _ticks(y0, y1):
         out.append(
@@ -279,7 +280,7 @@ def line_chart(
             if len(s) == 1:
                 cx, cy = s[0].split(",")
                 out.append(f'<circle cx="{cx}" cy="{cy}" r="2.5" fill="{colour}"/>')
-        lx, ly = left + (k % 3) * 170, height + 4 + 16 * (k // 3)
+        lx, ly = left + (k % 3) * 170, height + 12 + 16 * (k // 3)
         out.append(
             f'<rect x="{lx}" y="{ly - 8}" width="12" height="4" fill="{colour}"/>'
             f'<text x="{lx + 16}" y="{ly - 3}" class="tick">{esc(name)}</text>'

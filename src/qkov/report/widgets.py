@@ -138,6 +138,11 @@ SCORE_ORDER = (
 )
 
 
+# Column headings; "copying" is the OV eigenvalue statistic, "copying_score" the
+# behavioural score of qkov.heads.
+DISPLAY = {"copying": "OV \u03a3\u03bb/\u03a3|\u03bb|", "copying_score": "copying score"}
+
+
 def head_table(records: Iterable[Mapping[str, Any] | Any]) -> str:
     """A table of heads: layer, head, role, copying statistic and every score found."""
     rows = [jsonable(r) for r in records]
@@ -161,7 +166,7 @@ def head_table(records: Iterable[Mapping[str, Any] | Any]) -> str:
         {k for _, s in flat for k in s},
         key=lambda k: (SCORE_ORDER.index(k) if k in SCORE_ORDER else 99, k),
     )
-    head = "".join(f'<th class="n">{esc(n.replace("_", " "))}</th>' for n in names)
+    head = "".join(f'<th class="n">{esc(DISPLAY.get(n, n.replace("_", " ")))}</th>' for n in names)
     body = []
     for r, s in flat:
         cells = "".join(f'<td class="n">{esc(num(_f(s.get(n))))}</td>' for n in names)

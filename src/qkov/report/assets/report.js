@@ -29,9 +29,14 @@
   function show(ev, text) {
     var t = tipEl();
     t.textContent = text;
-    t.style.left = (ev.pageX + 14) + "px";
-    t.style.top = (ev.pageY + 14) + "px";
     t.classList.add("on");
+    // Keep the tip inside the window: flip it to the left of the pointer near the edge.
+    var left = ev.pageX + 14;
+    if (ev.clientX + 14 + t.offsetWidth > document.documentElement.clientWidth) {
+      left = Math.max(window.scrollX, ev.pageX - 14 - t.offsetWidth);
+    }
+    t.style.left = left + "px";
+    t.style.top = (ev.pageY + 14) + "px";
   }
 
   function hide() {

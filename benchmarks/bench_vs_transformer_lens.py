@@ -1,0 +1,143 @@
+"""qkov vs TransformerLens: forward and training tokens/s on identical weights.
+
+Both models run in this process on the same weights (the qkov model exported with
+qkov.interop.to_hooked_transformer, attn_only, shortformer). Repetitions are interleaved
+(qkov, TL, TL, qkov, ...) so that load from other processes hits both alike; the table
+reports the median per-step time as tokens/s and the ratio qkov / TL.
+
+    python benchmarks/bench_vs_transformer_lens.py [--reps 15] [--threads 2] [--quick]
+
+Training step = forward + next-token cross-entropy + backward + AdamW step. TL's model
+also trains its (zero-initialised) biases, as TL users' models do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from qkov import AttnOnlyTransformer, ModelConfig
+from qkov.interop import to_hooked_transformer
+
+
+@dataclass(frozen=True)
+class Case:
+    d_model: int
+    n_heads: int
+    d_vocab: int
+    n_ctx: int
+    batch: int
+    n_layers: int = 2
+
+    @property
+    def label(self) -> str:
+        return (
+            f"L{self.n_layers} d{self.d_model} h{self.n_heads} V{self.d_vocab} "
+            f"ctx{self.n_ctx} b{self.batch}"
+        )
+
+
+CASES = [Case(128, 4, 2048, 128, 32), Case(256, 8, 4096, 256, 16)]
+
+
+def loss_fn(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy: logits [batch, pos, d_vocab], tokens [batch, pos]."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
+
+
+def make_steps(model: torch.nn.Module, tokens: torch.Tensor) -> dict[str, Callable[[], None]]:
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(tokens)
+
+    def train() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(tokens), tokens).backward()
+        opt.step()
+
+    return {"forward": forward, "train": train}
+
+
+def interleaved(fns: dict[str, Callable[[], None]], reps: int, warmup: int = 2) -> dict:
+    """Median seconds per call of each fn, alternating the order every repetition."""
+    names = list(fns)
+    for _ in range(warmup):
+        for n in names:
+            fns[n]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(reps):
+        for n in names if r % 2 == 0 else names[::-1]:
+            t0 = time.perf_counter()
+            fns[n]()
+            times[n].append(time.perf_counter() - t0)
+    return {n: (statistics.median(t), statistics.quantiles(t, n=4)) for n, t in times.items()}
+
+
+def run_case(case: Case, reps: int) -> list[tuple[str, str, float, float, float, str]]:
+    cfg = ModelConfig(
+        n_layers=case.n_layers,
+        n_heads=case.n_heads,
+        d_model=case.d_model,
+        n_ctx=case.n_ctx,
+        d_vocab=case.d_vocab,
+        positional="shortformer",
+    )
+    qkov_model = AttnOnlyTransformer(cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tl_model = to_hooked_transformer(qkov_model).train()
+    tokens = torch.randint(0, case.d_vocab, (case.batch, case.n_ctx), generator=torch.Generator())
+    with torch.no_grad():  # same weights -> same logits, checked before timing
+        err = (qkov_model(tokens) - tl_model(tokens)).abs().max().item()
+    assert err < 1e-4, f"qkov and TL disagree by {err}"
+    q, t = make_steps(qkov_model, tokens), make_steps(tl_model, tokens)
+    rows = []
+    n_tok = case.batch * case.n_ctx
+    for mode in ("forward", "train"):
+        res = interleaved({"qkov": q[mode], "tl": t[mode]}, reps)
+        (mq, iq), (mt, it) = res["qkov"], res["tl"]
+        spread = (
+            f"IQR qkov {iq[0] * 1e3:.0f}-{iq[2] * 1e3:.0f} ms, "
+            f"TL {it[0] * 1e3:.0f}-{it[2] * 1e3:.0f} ms"
+        )
+        rows.append((case.label, mode, n_tok / mq, n_tok / mt, mt / mq, spread))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=15, help="timed repetitions per model and mode")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    ap.add_argument("--quick", action="store_true", help="first config only, 5 reps")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cases, reps = (CASES[:1], 5) if args.quick else (CASES, args.reps)
+    from importlib.metadata import version
+
+    print(
+        f"# torch {torch.__version__}, transformer-lens {version('transformer-lens')}, "
+        f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+        f"{reps} interleaved reps, median"
+    )
+    print("| config | mode | qkov tok/s | TL tok/s | qkov / TL | spread |")
+    print("| --- | --- | ---: | ---: | ---: | --- |")
+    for case in cases:
+        for label, mode, q, t, ratio, spread in run_case(case, reps):
+            print(
+                f"| {label} | {mode} | {q:,.0f} | {t:,.0f} | {ratio:.2f}x | {spread} |", flush=True
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""Term importance, head ablation and ICL score checked against the math (qkov.ablation)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from qkov import AttnOnlyTransformer, ModelConfig, QkovError
+from qkov.ablation import (
+    ablate_orders,
+    head_ablation_logits,
+    icl_from_logits,
+    icl_positions,
+    icl_score,
+    lm_loss,
+    order_logits,
+    order_residuals,
+    term_importance,
+)
+from qkov.circuits import path_expansion
+from qkov.probes import repeated_random_tokens
+from test_heads import V, build_induction_model
+
+TOL = dict(atol=1e-4, rtol=1e-4)
+
+
+def random_model(n_layers: int, positional: str = "shortformer", n_heads: int = 3):
+    cfg = ModelConfig(
+        n_layers=n_layers,
+        n_heads=n_heads,
+        d_model=24,
+        n_ctx=12,
+        d_vocab=40,
+        positional=positional,
+        init_std=0.4,
+        seed=n_layers,
+    )
+    return AttnOnlyTransformer(cfg)
+
+
+def tokens_for(model, batch: int = 3, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(model.cfg.d_vocab, (batch, model.cfg.n_ctx), generator=g)
+
+
+# ---------------------------------------------------------------------------- path orders
+@pytest.mark.parametrize("positional", ["shortformer", "standard", "none"])
+@pytest.mark.parametrize("n_layers", [1, 2, 3])
+def test_orders_sum_to_logits(n_layers, positional):
+    model = random_model(n_layers, positional)
+    tokens = tokens_for(model)
+    terms = order_logits(model, tokens)
+    assert terms.shape == (n_layers + 1, 3, 12, 40)
+    torch.testing.assert_close(terms.sum(0), model(tokens), **TOL)
+    # Ablating every order leaves nothing.
+    ablated = ablate_orders(model, tokens, list(range(n_layers + 1)))
+    torch.testing.assert_close(ablated, torch.zeros_like(ablated), **TOL)
+
+
+@pytest.mark.parametrize("positional", ["shortformer", "standard"])
+def test_orders_agree_with_circuits_path_expansion(positional):
+    model = random_model(2, positional)
+    tokens = tokens_for(model, seed=1)
+    mine = order_logits(model, tokens)
+    by_order = path_expansion(model, tokens).by_order()
+    for k in range(3):
+        torch.testing.assert_close(mine[k], by_order[k], **TOL)
+
+
+def test_zero_layer_model_has_only_the_direct_term():
+    model = random_model(0)
+    tokens = tokens_for(model)
+    terms = order_logits(model, tokens)
+    assert terms.shape[0] == 1
+    w = model.weights()
+    torch.testing.assert_close(terms[0], w["W_E"][tokens] @ w["W_U"], **TOL)
+    ti = term_importance(model, tokens)
+    assert [o.order for o in ti.orders] == [0] and ti.heads == ()
+    assert ti.orders[0].n_terms == 1
+
+
+def test_one_layer_order_terms_are_direct_path_and_heads():
+    model = random_model(1)
+    tokens = tokens_for(model)
+    w = model.weights()
+    direct = w["W_E"][tokens] @ w["W_U"]
+    torch.testing.assert_close(ablate_orders(model, tokens, [1]), direct, **TOL)
+    torch.testing.assert_close(ablate_orders(model, tokens, [0]), model(tokens) - direct, **TOL)
+
+
+def test_order2_ablation_equals_hooked_forward_without_layer0_in_values():
+    """Removing the virtual heads = the forward pass whose layer-1 values read only W_E."""
+    model = random_model(2)
+    tokens = tokens_for(model, seed=2)
+    _, cache = model.run_with_cache(tokens, names=["embed"])
+    w = model.weights()
+
+    def values_from_embed(v, name):
+        return cache["embed"][:, None] @ w["W_V"][1]  # [batch, head, pos, d_head]
+
+    hooked, _ = model.run_with_hooks(tokens, hooks={"v.1": values_from_embed})
+    torch.testing.assert_close(ablate_orders(model, tokens, [2]), hooked, **TOL)
+
+
+def test_mean_ablation_keeps_the_mean_of_the_term():
+    model = random_model(2)
+    tokens = tokens_for(model)
+    R, logits = order_residuals(model, tokens)
+    W_U = model.weights()["W_U"]
+    for k in range(3):
+        expected = logits - (R[k] - R[k].mean(dim=(0, 1))) @ W_U
+        torch.testing.assert_close(ablate_orders(model, tokens, [k], "mean"), expected, **TOL)
+
+
+def test_term_importance_records_and_handbuilt_story():
+    model = build_induction_model()
+    h = 15
+    tokens = repeated_random_tokens(V, batch=8, half_len=h, seed=0)
+    ti = term_importance(model, tokens)
+    assert ti.clean_loss == pytest.approx(lm_loss(model(tokens), tokens), abs=1e-5)
+    assert [o.n_terms for o in ti.orders] == [1, 4, 4]
+    d = {o.order: o.delta for o in ti.orders}
+    # The induction head moves tokens with its (order-1) value path; it reads L0H0 through
+    # its key only, which frozen patterns keep, so the virtual heads (V-composition) are ~0.
+    assert d[1] > 0.05 and abs(d[2]) < 1e-3 and abs(d[0]) < 1e-6  # W_E W_U = 0 here
+    heads = {x.name: x for x in ti.heads}
+    # Knocking out the previous-token head breaks the induction head's keys.
+    assert heads["L0H0"].zero_delta > 1.0 and heads["L1H0"].zero_delta > 0.05
+    assert abs(heads["L0H1"].zero_delta) < 0.01 and abs(heads["L1H1"].mean_delta) < 0.01
+    assert "virtual heads" in ti.table() and ti.to_dict()["heads"][0]["layer"] == 0
+
+
+def test_head_ablation_single_head_model_equals_direct_path():
+    model = random_model(1, n_heads=1)
+    tokens = tokens_for(model)
+    torch.testing.assert_close(
+        head_ablation_logits(model, tokens, 0, 0, "zero"), ablate_orders(model, tokens, [1]), **TOL
+    )
+    # Mean ablation: the head's output replaced by its mean over batch and positions.
+    _, cache = model.run_with_cache(tokens, names=["head_out.0"])
+    w = model.weights()
+    mean_out = cache["head_out.0"][:, 0].mean(dim=(0, 1))
+    expected = (w["W_E"][tokens] + mean_out) @ w["W_U"]
+    torch.testing.assert_close(head_ablation_logits(model, tokens, 0, 0, "mean"), expected, **TOL)
+
+
+def test_ablation_errors():
+    model = random_model(1)
+    tokens = tokens_for(model)
+    with pytest.raises(QkovError, match="mode"):
+        term_importance(model, tokens, mode="resample")
+    with pytest.raises(QkovError, match="orders"):
+        ablate_orders(model, tokens, [2])
+    with pytest.raises(QkovError, match="L1H0"):
+        head_ablation_logits(model, tokens, 1, 0)
+    with pytest.raises(QkovError, match="at least 2"):
+        term_importance(model, tokens[:, :1])
+
+
+# ---------------------------------------------------------------------------- ICL
+def test_icl_positions_scale_the_sequel():
+    assert icl_positions(512) == (50, 500)
+    assert icl_positions(256) == (25, 250)
+    assert icl_positions(3) == (1, 2)
+    with pytest.raises(QkovError):
+        icl_positions(2)
+
+
+def test_icl_score_and_loss_curve():
+    model = build_induction_model()
+    tokens = repeated_random_tokens(V, batch=8, half_len=16, seed=2)
+    res = icl_score(model, tokens)
+    with torch.no_grad():
+        logits = model(tokens)
+    loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")
+    torch.testing.assert_close(res.loss_by_position, loss.mean(0), **TOL)
+    assert (res.early, res.late) == icl_positions(32)
+    assert res.score == pytest.approx(res.loss_late - res.loss_early)
+    assert res.loss_late < 0.01 and res.score < -2  # second half predicted in context
+    custom = icl_from_logits(logits, tokens, early=5, late=20)
+    assert custom.loss_early == pytest.approx(float(loss.mean(0)[4]), abs=1e-5)
+    with pytest.raises(QkovError):
+        icl_from_logits(logits, tokens, early=20, late=5)
+    assert len(res.to_dict()["loss_by_position"]) == 31

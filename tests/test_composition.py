@@ -1,0 +1,126 @@
+"""Composition scores against the dense formula, a planted K-composition pair, baselines."""
+
+import json
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qkov import AttnOnlyTransformer, ModelConfig
+from qkov.composition import baseline_scores, composition_score, composition_scores
+from qkov.errors import QkovError
+from qkov.factored import FactoredMatrix
+
+
+def dense_score(W_A: torch.Tensor, W_B: torch.Tensor) -> float:
+    fro = torch.linalg.matrix_norm
+    return float(fro(W_A @ W_B) / (fro(W_A) * fro(W_B)))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    m=st.integers(1, 8),
+    k=st.integers(1, 8),
+    n=st.integers(1, 8),
+    r=st.integers(1, 4),
+    seed=st.integers(0, 10_000),
+)
+def test_composition_score_matches_dense_formula(m, k, n, r, seed):
+    g = torch.Generator().manual_seed(seed)
+    A1, B1 = torch.randn(m, r, generator=g).double(), torch.randn(r, k, generator=g).double()
+    A2, B2 = torch.randn(k, r, generator=g).double(), torch.randn(r, n, generator=g).double()
+    want = dense_score(A1 @ B1, A2 @ B2)
+    fa, fb = FactoredMatrix(A1, B1), FactoredMatrix(A2, B2)
+    for left, right in [(fa, fb), (A1 @ B1, fb), (fa, A2 @ B2), (A1 @ B1, A2 @ B2)]:
+        assert float(composition_score(left, right)) == pytest.approx(want, rel=1e-9)
+
+
+def test_composition_scores_match_dense_per_pair():
+    cfg = ModelConfig(n_layers=3, n_heads=2, d_model=12, n_ctx=8, d_vocab=20, seed=3)
+    model = AttnOnlyTransformer(cfg)
+    W = {k: v.double() for k, v in model.weights().items()}
+    cs = composition_scores(model, n_baseline=20)
+    assert cs.q.shape == cs.k.shape == cs.v.shape == (3, 2, 3, 2)
+    for l0 in range(3):
+        for h0 in range(2):
+            OV0 = W["W_V"][l0, h0] @ W["W_O"][l0, h0]
+            for l1 in range(3):
+                for h1 in range(2):
+                    got = [
+                        float(cs.q[l0, h0, l1, h1]),
+                        float(cs.k[l0, h0, l1, h1]),
+                        float(cs.v[l0, h0, l1, h1]),
+                    ]
+                    if l0 >= l1:
+                        assert all(math.isnan(x) for x in got)
+                        continue
+                    QK1 = W["W_Q"][l1, h1] @ W["W_K"][l1, h1].T
+                    OV1 = W["W_V"][l1, h1] @ W["W_O"][l1, h1]
+                    want = [dense_score(OV0, QK1), dense_score(OV0, QK1.T), dense_score(OV0, OV1)]
+                    assert got == pytest.approx(want, rel=1e-4)
+
+
+def test_planted_k_composition_partner():
+    """L1H0's keys read exactly the subspace L0H1 writes to; every other write is elsewhere."""
+    g = torch.Generator().manual_seed(0)
+    D, Dh = 16, 4
+    cfg = ModelConfig(n_layers=2, n_heads=3, d_model=D, d_head=Dh, n_ctx=8, d_vocab=20)
+    W_O = torch.zeros(2, 3, Dh, D)
+    W_O[0, 0, :, 8:12] = torch.randn(Dh, Dh, generator=g)
+    W_O[0, 1, :, 0:4] = torch.eye(Dh)  # the partner writes dims 0..3
+    W_O[0, 2, :, 12:16] = torch.randn(Dh, Dh, generator=g)
+    W_O[1] = torch.randn(3, Dh, D, generator=g)
+    W_K = torch.randn(2, 3, D, Dh, generator=g)
+    W_K[1, 0] = 0
+    W_K[1, 0, 0:4] = torch.eye(Dh)  # and L1H0's keys read dims 0..3 only
+    weights = {
+        "W_E": torch.randn(20, D, generator=g),
+        "W_pos": torch.randn(8, D, generator=g),
+        "W_Q": torch.randn(2, 3, D, Dh, generator=g),
+        "W_K": W_K,
+        "W_V": torch.randn(2, 3, D, Dh, generator=g),
+        "W_O": W_O,
+        "W_U": torch.randn(D, 20, generator=g),
+    }
+    model = AttnOnlyTransformer.from_weights(cfg, weights)
+    cs = composition_scores(model, n_baseline=50)
+    l0, h0, score = cs.partner(1, 0, "k")
+    assert (l0, h0) == (0, 1)
+    assert score > cs.baseline_mean["k"] + 3 * cs.baseline_std["k"]
+    assert cs.k[0, 0, 1, 0] == pytest.approx(0.0, abs=1e-6)  # writes dims 8..11: unseen
+    assert cs.top("k", 1)[0][:4] == (0, 1, 1, 0)
+    with pytest.raises(QkovError, match="no earlier heads"):
+        cs.partner(0, 0)
+
+
+def test_baseline_is_seeded_and_matches_dense_random_heads():
+    D, Dh, n = 12, 3, 300
+    a = baseline_scores(D, Dh, n, seed=1)
+    b = baseline_scores(D, Dh, n, seed=1)
+    assert all(torch.equal(a[k], b[k]) for k in "qkv")
+    assert not torch.equal(a["v"], baseline_scores(D, Dh, n, seed=2)["v"])
+    # Independent dense estimate of the same expectation.
+    g = torch.Generator().manual_seed(99)
+    ref = [
+        dense_score(
+            torch.randn(D, Dh, generator=g) @ torch.randn(Dh, D, generator=g),
+            torch.randn(D, Dh, generator=g) @ torch.randn(Dh, D, generator=g),
+        )
+        for _ in range(n)
+    ]
+    ref_t = torch.tensor(ref)
+    for kind in "qkv":
+        se = math.hypot(float(a[kind].std()), float(ref_t.std())) / math.sqrt(n)
+        assert abs(float(a[kind].mean()) - float(ref_t.mean())) < 5 * se
+
+
+def test_to_dict_and_repr():
+    model = AttnOnlyTransformer(ModelConfig(n_layers=2, n_heads=2, d_model=8, d_vocab=10))
+    cs = composition_scores(model, n_baseline=10)
+    data = json.loads(json.dumps(cs.to_dict()))
+    assert data["k"][1][0][0][0] is None and isinstance(data["k"][0][0][1][0], float)
+    assert "baseline" in repr(cs)
+    with pytest.raises(QkovError, match="n_baseline"):
+        composition_scores(model, n_baseline=1)

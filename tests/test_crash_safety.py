@@ -1,0 +1,213 @@
+"""Crash safety of `qkov train`, tested on real subprocesses.
+
+- SIGKILL at random moments (some during checkpoint writes) always leaves a directory that
+  `qkov.load` reads and `--resume` continues, losing at most one checkpoint interval; the
+  final weights equal those of an uninterrupted run exactly (tolerance 0 on CPU: batches
+  depend only on (seed, step) and the AdamW state is saved whole).
+- SIGINT / SIGTERM write a final checkpoint and exit with status 130 and one line.
+- Same seed and config give identical weights; the run records its versions."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import qkov
+from qkov import load
+from qkov.cli import main
+from qkov.data import prepare
+from qkov.train import TrainConfig, train
+
+STEPS, CKPT = 48, 2
+N_KILLS = 5
+HANG_GUARD_S = 600  # only against a hung subprocess; never a speed assertion
+
+
+def train_args(corpus: Path, out: Path, steps: int = STEPS, ckpt: int = CKPT) -> list[str]:
+    return ["train", "--corpus", str(corpus), "--n-layers", "2", "--n-heads", "2",
+            "--d-model", "16", "--n-ctx", "16", "--vocab-size", "300", "--batch-size", "4",
+            "--steps", str(steps), "--warmup", "4", "--lr", "1e-2", "--eval-interval", "1",
+            "--ckpt-interval", str(ckpt), "--out", str(out), "--no-progress"]
+
+
+def spawn(args: list[str]) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # QKOV_CACHE comes from conftest
+    return subprocess.Popen([sys.executable, "-m", "qkov", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def logged_steps(run: Path) -> list[int]:
+    """Steps of the complete metrics lines (a line being written is skipped)."""
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    steps = []
+    for line in path.read_text(encoding="utf-8").split("\n")[:-1]:  # only lines with "\n"
+        try:
+            steps.append(json.loads(line)["step"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            pass
+    return steps
+
+
+def saved_step(run: Path) -> int:
+    with safe_open(str(run / "train_state.safetensors"), "pt") as f:
+        return int(f.get_tensor("step").item())
+
+
+def model_step(run: Path) -> int:
+    with safe_open(str(run / "model.safetensors"), "pt") as f:
+        return int(f.metadata()["step"])
+
+
+def temp_files(run: Path) -> set[str]:
+    return {p.name for p in run.iterdir() if p.name.endswith(".tmp")}
+
+
+def wait_for(proc: subprocess.Popen, ready) -> None:
+    """Poll (2 ms) until ready() or the process ends; the process must still be running."""
+    while not ready():
+        if proc.poll() is not None:
+            raise AssertionError(f"qkov train ended early ({proc.returncode}): "
+                                 f"{proc.stderr.read()}")
+        time.sleep(0.002)
+
+
+def weights_of(run: Path) -> dict[str, torch.Tensor]:
+    return load(run).weights()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the subprocesses (OMP_NUM_THREADS=1): same kernels
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_corpus, tmp_path_factory) -> Path:
+    """The uninterrupted run, in-process (it also fills the token cache the children read)."""
+    prepare(str(tiny_corpus), 300)
+    out = tmp_path_factory.mktemp("ref") / "run"
+    assert main(train_args(tiny_corpus, out)) == 0
+    return out
+
+
+def test_sigkill_at_random_moments_then_resume_is_exact(tiny_corpus, reference, tmp_path):
+    rng = random.Random(7)
+    run = tmp_path / "run"
+    kills = resumes = mid_write = startup_kills = 0
+    prev, stale = 0, 0  # last saved step; highest step logged so far (maybe not saved)
+    for i in range(N_KILLS):
+        proc = spawn(train_args(tiny_corpus, run) if i == 0 else
+                     ["train", "--resume", "--out", str(run), "--no-progress"])
+        resumes += i > 0
+        before = temp_files(run) if run.is_dir() else set()
+        if i == 2:
+            # A kill at a random moment of the resume's start: imports, token cache,
+            # rewriting config.json / metrics.jsonl.
+            time.sleep(rng.uniform(0.0, 1.0))
+            startup_kills += 1
+        elif i == 3:
+            # A kill as soon as a checkpoint's temp file appears: inside an atomic write.
+            wait_for(proc, lambda b=before, s=stale: temp_files(run) - b
+                     and max(logged_steps(run), default=0) > s)
+        else:
+            target = max(prev, stale) + rng.randint(1, 6)
+            wait_for(proc, lambda t=target: (run / "train_state.safetensors").is_file()
+                     and max(logged_steps(run), default=0) >= t)
+            time.sleep(rng.uniform(0.0, 0.01))  # somewhere in the step: eval, log, checkpoint
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=HANG_GUARD_S)
+        if proc.returncode != -signal.SIGKILL:
+            raise AssertionError(f"qkov train was not killed ({proc.returncode}): "
+                                 f"{proc.stderr.read()}")
+        proc.stderr.close()
+        kills += 1
+        mid_write += bool(temp_files(run) - before)  # a torn temp file: killed mid-write
+
+        # The directory loads, and at most one checkpoint interval is lost.
+        load(run)
+        step = saved_step(run)
+        logged = max(logged_steps(run), default=0)
+        assert step >= prev, "a checkpoint went backwards"
+        assert step >= logged - CKPT, (step, logged)
+        assert model_step(run) in (step, step + CKPT)  # model.safetensors is written first
+        prev, stale = step, max(stale, logged)
+        if i == 1:
+            # A torn last line (as a power cut could leave): --resume must drop it.
+            with open(run / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write('{"step": 9999, "train_lo')
+
+    proc = spawn(["train", "--resume", "--out", str(run), "--no-progress"])
+    resumes += 1
+    assert proc.wait(timeout=HANG_GUARD_S) == 0, proc.stderr.read()
+    proc.stderr.close()
+
+    lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(x)["step"] for x in lines] == list(range(1, STEPS + 1))
+    assert saved_step(run) == STEPS == model_step(run)
+    got, want = weights_of(run), weights_of(reference)
+    diff = max((got[k] - want[k]).abs().max().item() for k in want)
+    for k in want:
+        assert torch.equal(got[k], want[k]), (k, diff)  # tolerance 0: bit-identical
+    print(f"\nkill test: {kills} SIGKILLs ({mid_write} left a torn temp file, i.e. landed "
+          f"inside a checkpoint write; {startup_kills} during start-up), {resumes} successful "
+          f"resumes; final weights equal the uninterrupted run (max |diff| = {diff})")
+    assert kills == N_KILLS and resumes == N_KILLS
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupt_writes_final_checkpoint_and_exits_cleanly(sig, tiny_corpus, reference,
+                                                             tmp_path):
+    run = tmp_path / "run"
+    # A checkpoint interval longer than the run: the only checkpoint is the interrupt's.
+    proc = spawn(train_args(tiny_corpus, run, steps=400, ckpt=1000))
+    wait_for(proc, lambda: max(logged_steps(run), default=0) >= 3)
+    proc.send_signal(sig)
+    assert proc.wait(timeout=HANG_GUARD_S) == 130
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert err.strip().splitlines() == [
+        f"interrupted: checkpoint saved in {run}; continue with --resume"], err
+    step = saved_step(run)
+    assert step >= 3 and step == max(logged_steps(run)) == model_step(run)
+    load(run)
+    # --resume continues from there (two more steps, in-process).
+    data = prepare(str(tiny_corpus), 300)
+    model = train(None, TrainConfig(steps=1), run, resume=True, stop_after=step + 2,
+                  progress=False, data=data)
+    assert saved_step(run) == step + 2
+    torch.testing.assert_close(model.W_E.detach(), load(run).W_E)
+
+
+def test_same_seed_same_weights_and_versions_recorded(tiny_corpus, reference, tmp_path):
+    again = tmp_path / "again"
+    assert main(train_args(tiny_corpus, again)) == 0
+    a, b = weights_of(reference), weights_of(again)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    drop = lambda r: {k: v for k, v in r.items() if k != "tokens_per_s"}  # noqa: E731
+    ma = [drop(json.loads(x)) for x in (reference / "metrics.jsonl").read_text().splitlines()]
+    mb = [drop(json.loads(x)) for x in (again / "metrics.jsonl").read_text().splitlines()]
+    assert ma == mb
+    other = tmp_path / "other-seed"
+    assert main([*train_args(tiny_corpus, other, steps=4), "--seed", "1"]) == 0
+    assert not torch.equal(weights_of(other)["W_E"], a["W_E"])
+
+    v = json.loads((reference / "versions.json").read_text())
+    assert v["python"] == platform.python_version()
+    assert v["torch"] == torch.__version__
+    assert v["qkov"] == qkov.__version__
+    assert v["platform"]

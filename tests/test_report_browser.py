@@ -1,0 +1,167 @@
+"""report.html in a real browser: headless Chromium (Debian's package) driven by selenium.
+
+Checks that the head cards and plots render, that hovering shows source/destination
+tokens, that the console has no errors, that the page makes no network request, and that
+the hostile token strings did not run. Screenshots go to $QKOV_SCREENSHOT_DIR (or the
+test's tmp dir). Skipped, with the reason, when Chromium, chromedriver or selenium is
+missing: `apt-get install chromium chromium-driver` and `pip install selenium`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from qkov.report import render_report
+
+CHROMIUM = os.environ.get("QKOV_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = (os.environ.get("QKOV_CHROMEDRIVER") or shutil.which("chromedriver")
+                or "/usr/bin/chromedriver")
+
+# Runs before any page script (CDP, not subject to the page's CSP): records alert() calls.
+PROBE = "window.__alerts = []; window.alert = function (m) { window.__alerts.push(String(m)); };"
+
+
+def _skip_reason() -> str | None:
+    if not Path(CHROMIUM).is_file():
+        return f"Chromium not found at {CHROMIUM}: apt-get install chromium chromium-driver"
+    if not Path(CHROMEDRIVER).is_file():
+        return f"chromedriver not found at {CHROMEDRIVER}: apt-get install chromium-driver"
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed: pip install selenium"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    os.environ.setdefault("SE_OFFLINE", "true")  # selenium must never fetch a driver
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1400,1000",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    driver = webdriver.Chrome(options=opts, service=Service(executable_path=CHROMEDRIVER))
+    driver.execute_cdp_cmd("Network.enable", {})
+    driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": PROBE})
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def analysis(tmp_path_factory):
+    from test_report import build_analysis
+
+    return build_analysis(tmp_path_factory.mktemp("browser-models"))
+
+
+def _shots_dir(tmp_path: Path) -> Path:
+    d = Path(os.environ.get("QKOV_SCREENSHOT_DIR") or tmp_path / "screenshots")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _open(driver, path: Path) -> list[dict]:
+    """Load the page; returns the CDP network events its load caused."""
+    driver.get_log("performance")  # drop events from earlier pages
+    driver.get(path.as_uri())
+    driver.execute_script("return document.readyState")
+    return [json.loads(e["message"])["message"] for e in driver.get_log("performance")]
+
+
+def _requests(events: list[dict], page: str) -> list[str]:
+    """URLs the page asked for beyond itself (data: URLs never leave the page)."""
+    urls = []
+    for ev in events:
+        if not ev.get("method", "").startswith("Network."):
+            continue
+        p = ev.get("params", {})
+        url = (p.get("request") or {}).get("url") or p.get("url")
+        if url and url != page and not url.startswith("data:"):
+            urls.append(url)
+    return urls
+
+
+def _screenshot(driver, path: Path) -> None:
+    """Full-page PNG through CDP (beyond the viewport)."""
+    import base64
+
+    metrics = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})
+    size = metrics.get("cssContentSize") or metrics["contentSize"]
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
+        "format": "png", "captureBeyondViewport": True,
+        "clip": {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 12000),
+                 "scale": 1}})
+    path.write_bytes(base64.b64decode(shot["data"]))
+
+
+@pytest.mark.parametrize("csp", [True, False], ids=["with-csp", "escaping-only"])
+def test_report_in_chromium(browser, analysis, tmp_path, csp):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    page = tmp_path / "report.html"
+    page.write_text(render_report(analysis, csp=csp), encoding="utf-8")
+    events = _open(browser, page)
+    shots = _shots_dir(tmp_path)
+
+    # Head cards and plots are there and have a size on screen.
+    n_heads = sum(len(m.get("heads") or []) for m in analysis["models"])
+    cards = browser.find_elements(By.CSS_SELECTOR, ".head-card")
+    assert len(cards) == n_heads
+    sizes = browser.execute_script(
+        "return Array.from(document.querySelectorAll('svg')).map(s => {"
+        "const r = s.getBoundingClientRect(); return [r.width, r.height]; });")
+    assert len(sizes) > 2 * n_heads and all(w > 0 and h > 0 for w, h in sizes)
+    assert browser.execute_script("return document.querySelectorAll('circle.eig').length") > 0
+    assert browser.find_elements(By.CSS_SELECTOR, "#m0-composition svg rect.cell")
+    assert browser.find_elements(By.CSS_SELECTOR, "#m0-training polyline")
+
+    # Hostile tokens are shown as text and did not run.
+    assert browser.execute_script("return window.__pwned") is None
+    assert browser.execute_script("return window.__alerts") == []
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert "<script>window.__pwned=1</script>" in body
+    assert '"><img src=x onerror="window.__pwned=2">' in body
+    assert not browser.find_elements(By.CSS_SELECTOR, "main img")
+
+    # Hover: a token of the sample text, then a cell of an attention heatmap.
+    strip = browser.find_element(By.CSS_SELECTOR, "#m0-attention .qkov-strip")
+    tokens = strip.find_elements(By.CSS_SELECTOR, ".tok")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", tokens[-1])
+    ActionChains(browser).move_to_element(tokens[-1]).perform()
+    tip = browser.find_element(By.CSS_SELECTOR, ".qkov-tip")
+    assert tip.is_displayed() and "destination #" in tip.text and "source #" in tip.text
+    _screenshot(browser, shots / f"report-hover-token-{'csp' if csp else 'nocsp'}.png")
+    heat = browser.find_element(By.CSS_SELECTOR, "#m0-heads svg.attn")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", heat)
+    box = heat.rect
+    # Bottom-left area of the lower triangle: destination late, source early.
+    ActionChains(browser).move_to_element_with_offset(
+        heat, -box["width"] / 2 + 8, box["height"] / 2 - 8).perform()
+    assert tip.is_displayed() and "\u2190  source #0" in tip.text, tip.text
+    browser.save_screenshot(str(shots / f"report-hover-attention-{'csp' if csp else 'nocsp'}.png"))
+
+    _screenshot(browser, shots / f"report-{'csp' if csp else 'nocsp'}.png")
+
+    # No console errors (a CSP violation would be one) and no network requests.
+    errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
+    assert errors == []
+    events += [json.loads(e["message"])["message"] for e in browser.get_log("performance")]
+    assert _requests(events, page.as_uri()) == []
+    # The load itself was seen, so the network log does work.
+    assert any(ev.get("method") == "Network.requestWillBeSent" for ev in events)

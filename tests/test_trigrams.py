@@ -1,0 +1,100 @@
+"""Skip-trigrams against a brute-force vocab^3 reference, and a planted factoring bug."""
+
+import json
+import math
+
+import pytest
+import torch
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+
+from qkov import AttnOnlyTransformer, ModelConfig
+from qkov.errors import QkovError
+from qkov.trigrams import factoring_bugs, skip_trigrams, token_str
+
+
+def dense_trigram_scores(model: AttnOnlyTransformer, layer: int, head: int) -> torch.Tensor:
+    """score[s, d, t] = sigmoid(a[d, s]) * o[s, t], formed whole (small vocab only)."""
+    W = {k: v.double() for k, v in model.weights().items()}
+    E, U = W["W_E"], W["W_U"]
+    QK = E @ W["W_Q"][layer, head] @ W["W_K"][layer, head].T @ E.T  # [dest, src]
+    OV = E @ W["W_V"][layer, head] @ W["W_O"][layer, head] @ U  # [src, out]
+    a = (QK - QK.mean(-1, keepdim=True)) / math.sqrt(model.cfg.d_head)
+    o = OV - OV.mean(-1, keepdim=True)
+    return torch.sigmoid(a.T)[:, :, None] * o[:, None, :]
+
+
+@pytest.mark.parametrize("chunk_size", [3, None])
+def test_top_k_matches_brute_force(chunk_size):
+    cfg = ModelConfig(n_layers=2, n_heads=2, d_model=16, n_ctx=8, d_vocab=25, init_std=0.5)
+    model = AttnOnlyTransformer(cfg)
+    for layer, head in [(0, 0), (0, 1), (1, 1)]:
+        ref = dense_trigram_scores(model, layer, head)
+        want = ref.flatten().topk(15).values
+        got = skip_trigrams(model, layer, head, k=15, chunk_size=chunk_size)
+        assert len(got) == 15
+        torch.testing.assert_close(
+            torch.tensor([t.score for t in got], dtype=torch.float64), want, rtol=1e-4, atol=1e-5
+        )
+        for t in got:
+            assert float(ref[t.source, t.destination, t.out]) == pytest.approx(t.score, rel=1e-4)
+            assert t.source_str == f"#{t.source}"
+
+
+def keep_in_mind_model() -> AttnOnlyTransformer:
+    """in/at attend to keep (QK); attending to keep raises mind and bay (OV)."""
+    words = ["keep", "in", "at", "mind", "bay", "the", "a", "[UNK]"]
+    vocab = {w: i for i, w in enumerate(words)}
+    cfg = ModelConfig(
+        n_layers=1, n_heads=1, d_model=8, d_head=1, n_ctx=8, d_vocab=8, positional="none"
+    )
+    e = torch.eye(8)
+    keep, in_, at, mind, bay = (e[vocab[w]] for w in ("keep", "in", "at", "mind", "bay"))
+    weights = {
+        "W_E": e.clone(),
+        "W_Q": (4.0 * in_ + 3.0 * at).reshape(1, 1, 8, 1),
+        "W_K": keep.reshape(1, 1, 8, 1),
+        "W_V": keep.reshape(1, 1, 8, 1),
+        "W_O": (5.0 * mind + 4.0 * bay).reshape(1, 1, 1, 8),
+        "W_U": e.clone(),
+    }
+    model = AttnOnlyTransformer.from_weights(cfg, weights)
+    model.tokenizer = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    return model
+
+
+def test_planted_keep_in_mind_and_factoring_bug():
+    model = keep_in_mind_model()
+    top = skip_trigrams(model, 0, 0, k=4)
+    names = {(t.source_str, t.destination_str, t.out_str) for t in top}
+    assert names == {(s, d, o) for s in ["keep"] for d in ["in", "at"] for o in ["mind", "bay"]}
+    assert top[0].destination_str == "in" and top[0].out_str == "mind"
+    assert "'keep' ... 'in' -> 'mind'" in str(top[0])
+    intended = [t for t in top if (t.destination_str, t.out_str) in {("in", "mind"), ("at", "bay")}]
+    bugs = factoring_bugs(model, 0, 0, trigrams=intended)
+    assert len(bugs) == 1
+    bug = bugs[0]
+    crossed = {
+        (t.source_str, t.destination_str, t.out_str, t.score)
+        for t in (bug.crossed, bug.crossed_reverse)
+    }
+    ref = dense_trigram_scores(model, 0, 0)
+    keep_in_bay = float(ref[0, 1, 4])
+    assert ("keep", "in", "bay") in {c[:3] for c in crossed}
+    assert any(
+        c[:3] == ("keep", "in", "bay") and c[3] == pytest.approx(keep_in_bay) for c in crossed
+    )
+    assert keep_in_bay > 0
+    json.dumps(bug.to_dict())
+    assert len(factoring_bugs(model, 0, 0, k=4)) == 2  # (in,mind)&(at,bay), (in,bay)&(at,mind)
+
+
+def test_errors_and_decoding():
+    model = keep_in_mind_model()
+    assert token_str(model, 4) == "bay"
+    model.tokenizer = None
+    assert token_str(model, 4) == "#4"
+    with pytest.raises(QkovError, match="k must be"):
+        skip_trigrams(model, 0, 0, k=0)
+    with pytest.raises(QkovError, match="layer 1 does not exist"):
+        skip_trigrams(model, 1, 0)

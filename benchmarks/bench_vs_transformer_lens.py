@@ -7,7 +7,8 @@ reports the median per-step time as tokens/s and the ratio qkov / TL.
 
     python benchmarks/bench_vs_transformer_lens.py [--reps 15] [--threads 2] [--quick]
 
-Training step = forward + next-token cross-entropy + backward + AdamW step. TL's model
+Training step = forward + next-token cross-entropy (qkov.train.lm_loss, for both) +
+backward + AdamW step, on a batch of n_ctx + 1 tokens as qkov.train feeds it. TL's model
 also trains its (zero-initialised) biases, as TL users' models do.
 """
 
@@ -22,10 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from qkov import AttnOnlyTransformer, ModelConfig
 from qkov.interop import to_hooked_transformer
+from qkov.train import lm_loss
 
 
 @dataclass(frozen=True)
@@ -48,21 +49,18 @@ class Case:
 CASES = [Case(128, 4, 2048, 128, 32), Case(256, 8, 4096, 256, 16)]
 
 
-def loss_fn(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy: logits [batch, pos, d_vocab], tokens [batch, pos]."""
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
-
-
-def make_steps(model: torch.nn.Module, tokens: torch.Tensor) -> dict[str, Callable[[], None]]:
+def make_steps(model: torch.nn.Module, batch: torch.Tensor) -> dict[str, Callable[[], None]]:
+    """batch [batch, n_ctx + 1]: inputs batch[:, :-1], next-token targets batch[:, 1:]."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x, y = batch[:, :-1], batch[:, 1:]
 
     def forward() -> None:
         with torch.no_grad():
-            model(tokens)
+            model(x)
 
-    def train() -> None:
+    def train() -> None:  # as qkov.train does it, minus clipping and logging
         opt.zero_grad(set_to_none=True)
-        loss_fn(model(tokens), tokens).backward()
+        lm_loss(model(x), y).backward()
         opt.step()
 
     return {"forward": forward, "train": train}
@@ -96,11 +94,13 @@ def run_case(case: Case, reps: int) -> list[tuple[str, str, float, float, float,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tl_model = to_hooked_transformer(qkov_model).train()
-    tokens = torch.randint(0, case.d_vocab, (case.batch, case.n_ctx), generator=torch.Generator())
+    batch = torch.randint(
+        0, case.d_vocab, (case.batch, case.n_ctx + 1), generator=torch.Generator()
+    )
     with torch.no_grad():  # same weights -> same logits, checked before timing
-        err = (qkov_model(tokens) - tl_model(tokens)).abs().max().item()
+        err = (qkov_model(batch[:, :-1]) - tl_model(batch[:, :-1])).abs().max().item()
     assert err < 1e-4, f"qkov and TL disagree by {err}"
-    q, t = make_steps(qkov_model, tokens), make_steps(tl_model, tokens)
+    q, t = make_steps(qkov_model, batch), make_steps(tl_model, batch)
     rows = []
     n_tok = case.batch * case.n_ctx
     for mode in ("forward", "train"):

@@ -37,8 +37,8 @@ def main() -> int:
             env = mod.make_env(corpus, run, tmp / f"case{i}")
             code, err = case(env)
             line = err.strip().replace(str(tmp), "<tmp>").replace("|", "\\|")
-            via = "library" if line.startswith("QkovError") else "CLI"
-            print(f"| {what} | {via} | {code} | `` {line} `` |")
+            via, exit_ = ("library", "raises") if line.startswith("QkovError") else ("CLI", code)
+            print(f"| {what} | {via} | {exit_} | `` {line} `` |")
     return 0
 
 

@@ -267,6 +267,10 @@ def c_nan_temperature(e: Env):
     return cli("sample", e.run, "--temperature", "nan")
 
 
+def c_prompt_not_utf8(e: Env):
+    return cli("sample", e.run, "--prompt", b"def \xff".decode("utf-8", "surrogateescape"))
+
+
 def c_pickle_not_pt(e: Env):
     p = e.tmp / "weights.pkl"
     p.write_bytes(b"\x80\x04K\x01.")  # pickle of the int 1
@@ -327,6 +331,7 @@ CASES: list[tuple[str, Callable[[Env], tuple[int, str]], str]] = [
     ("--device cuda:99 (no such GPU)", c_missing_gpu, "--device cuda:99"),
     ("seed beyond 64 bits", c_seed_too_big, "--seed must be in [0, 2**63)"),
     ("--temperature nan", c_nan_temperature, "--temperature must be a number"),
+    ("--prompt with bytes that are not UTF-8", c_prompt_not_utf8, "not valid UTF-8"),
     ("weights as a non-.pt pickle (.pkl)", c_pickle_not_pt, "qkov never unpickles"),
     ("malicious .pt (pickle that runs code)", c_malicious_pt,
      "refused by torch.load(weights_only=True)"),

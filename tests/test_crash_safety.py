@@ -30,7 +30,10 @@ from qkov.data import prepare
 from qkov.train import TrainConfig, train
 
 STEPS, CKPT = 48, 2
-N_KILLS = 5
+# Where each SIGKILL lands: at a random point of training (eval, log or checkpoint), at a
+# random moment of start-up, or as soon as a checkpoint's temp file appears.
+KILLS = ["training", "start-up", "training", "checkpoint write", "start-up"]
+N_KILLS = len(KILLS)
 HANG_GUARD_S = 600  # only against a hung subprocess; never a speed assertion
 
 
@@ -110,17 +113,17 @@ def test_sigkill_at_random_moments_then_resume_is_exact(tiny_corpus, reference, 
     run = tmp_path / "run"
     kills = resumes = mid_write = startup_kills = 0
     prev, stale = 0, 0  # last saved step; highest step logged so far (maybe not saved)
-    for i in range(N_KILLS):
+    for i, where in enumerate(KILLS):
         proc = spawn(train_args(tiny_corpus, run) if i == 0 else
                      ["train", "--resume", "--out", str(run), "--no-progress"])
         resumes += i > 0
         before = temp_files(run) if run.is_dir() else set()
-        if i == 2:
-            # A kill at a random moment of the resume's start: imports, token cache,
-            # rewriting config.json / metrics.jsonl.
-            time.sleep(rng.uniform(0.0, 1.0))
+        if where == "start-up":
+            # A random moment of the resume's start (imports, token cache, rewriting
+            # config.json and metrics.jsonl).
+            time.sleep(rng.uniform(0.0, 1.5))
             startup_kills += 1
-        elif i == 3:
+        elif where == "checkpoint write":
             # A kill as soon as a checkpoint's temp file appears: inside an atomic write.
             wait_for(proc, lambda b=before, s=stale: temp_files(run) - b
                      and max(logged_steps(run), default=0) > s)
@@ -146,7 +149,7 @@ def test_sigkill_at_random_moments_then_resume_is_exact(tiny_corpus, reference, 
         assert step >= logged - CKPT, (step, logged)
         assert model_step(run) in (step, step + CKPT)  # model.safetensors is written first
         prev, stale = step, max(stale, logged)
-        if i == 1:
+        if i == 2:
             # A torn last line (as a power cut could leave): --resume must drop it.
             with open(run / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write('{"step": 9999, "train_lo')
@@ -169,28 +172,32 @@ def test_sigkill_at_random_moments_then_resume_is_exact(tiny_corpus, reference, 
     assert kills == N_KILLS and resumes == N_KILLS
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_interrupt_writes_final_checkpoint_and_exits_cleanly(sig, tiny_corpus, reference,
-                                                             tmp_path):
-    run = tmp_path / "run"
+def test_sigint_and_sigterm_write_final_checkpoint_and_exit_cleanly(tiny_corpus, reference,
+                                                                    tmp_path):
+    """Ctrl-C (SIGINT) and SIGTERM, each to its own run (run side by side to save time)."""
+    runs = {sig: tmp_path / sig.name for sig in (signal.SIGINT, signal.SIGTERM)}
     # A checkpoint interval longer than the run: the only checkpoint is the interrupt's.
-    proc = spawn(train_args(tiny_corpus, run, steps=400, ckpt=1000))
-    wait_for(proc, lambda: max(logged_steps(run), default=0) >= 3)
-    proc.send_signal(sig)
-    assert proc.wait(timeout=HANG_GUARD_S) == 130
-    err = proc.stderr.read()
-    proc.stderr.close()
-    assert err.strip().splitlines() == [
-        f"interrupted: checkpoint saved in {run}; continue with --resume"], err
-    step = saved_step(run)
-    assert step >= 3 and step == max(logged_steps(run)) == model_step(run)
-    load(run)
-    # --resume continues from there (two more steps, in-process).
+    procs = {sig: spawn(train_args(tiny_corpus, run, steps=400, ckpt=1000))
+             for sig, run in runs.items()}
+    for sig, proc in procs.items():
+        wait_for(proc, lambda r=runs[sig]: max(logged_steps(r), default=0) >= 3)
+        proc.send_signal(sig)
     data = prepare(str(tiny_corpus), 300)
-    model = train(None, TrainConfig(steps=1), run, resume=True, stop_after=step + 2,
-                  progress=False, data=data)
-    assert saved_step(run) == step + 2
-    torch.testing.assert_close(model.W_E.detach(), load(run).W_E)
+    for sig, proc in procs.items():
+        run = runs[sig]
+        assert proc.wait(timeout=HANG_GUARD_S) == 130, sig.name
+        err = proc.stderr.read()
+        proc.stderr.close()
+        assert err.strip().splitlines() == [
+            f"interrupted: checkpoint saved in {run}; continue with --resume"], (sig.name, err)
+        step = saved_step(run)
+        assert step >= 3 and step == max(logged_steps(run)) == model_step(run), sig.name
+        load(run)
+        # --resume continues from there (two more steps, in-process).
+        model = train(None, TrainConfig(steps=1), run, resume=True, stop_after=step + 2,
+                      progress=False, data=data)
+        assert saved_step(run) == step + 2
+        torch.testing.assert_close(model.W_E.detach(), load(run).W_E)
 
 
 def test_same_seed_same_weights_and_versions_recorded(tiny_corpus, reference, tmp_path):

@@ -1,4 +1,5 @@
 import numpy as np
+import torch
 import pytest
 
 from qkov import QkovError
@@ -66,10 +67,15 @@ def test_batches_are_a_function_of_seed_and_step(tiny_corpus, tmp_path):
     assert len(val) == 2 and val[0].shape == (4, 17)
 
 
-def test_repeated_random_repeats():
-    data = prepare("repeated-random", vocab_size=50)
-    b = data.train_batch(0, 3, 20, seed=0)
-    assert b.shape == (3, 21)
-    half = 11
-    assert np.array_equal(b[:, :half][:, : 21 - half], b[:, half:])
-    assert b.min() >= 1 and b.max() < 50
+def test_repeated_random_repeats_with_varying_period():
+    data = prepare("repeated-random", vocab_size=500)
+    b = data.train_batch(0, 8, 40, seed=0)
+    assert b.shape == (8, 41)
+    assert b.min() >= 1 and b.max() < 500
+    periods = set()
+    for row in b.tolist():
+        # The row ends in a block repeated twice: find the period that explains the tail.
+        period = next(p for p in range(2, 21) if row[-p:] == row[-2 * p : -p])
+        periods.add(period)
+    assert len(periods) > 1  # a fixed-offset head cannot solve the task
+    assert torch.equal(b, data.train_batch(0, 8, 40, seed=0))

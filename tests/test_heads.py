@@ -164,7 +164,7 @@ def test_handbuilt_induction_model_predicts_second_half():
 
 def test_classifier_labels_handbuilt_heads_and_finds_partner():
     model = build_induction_model()
-    cls = classify_heads(model, batch=16, seed=0)
+    cls = classify_heads(model, batch=16, seed=0, n_baseline=50)
     prev, ind = cls.record(0, 0), cls.record(1, 0)
     assert prev.label == "previous-token"
     assert prev.decided_by == "previous_token" and prev.threshold == Thresholds().previous_token
@@ -274,7 +274,7 @@ def test_positional_score_uniform_vs_token_driven():
 
 def test_random_model_has_no_induction_or_previous_token_head():
     cfg = ModelConfig(n_layers=2, n_heads=4, d_model=64, n_ctx=64, d_vocab=128, init_std=0.2)
-    cls = classify_heads(AttnOnlyTransformer(cfg), batch=8, n_baseline=50)
+    cls = classify_heads(AttnOnlyTransformer(cfg), batch=8, n_baseline=20)
     assert not cls.with_label("induction") and not cls.with_label("previous-token")
 
 

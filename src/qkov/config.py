@@ -65,7 +65,11 @@ class ModelConfig:
             )
         if isinstance(self.init_std, bool) or not isinstance(self.init_std, (int, float)):
             raise QkovError(f"config field init_std must be a number, got {self.init_std!r}")
-        if not (self.init_std > 0 and math.isfinite(self.init_std)):
+        try:
+            finite = math.isfinite(self.init_std)
+        except OverflowError:  # an int too big for a float
+            finite = False
+        if not (self.init_std > 0 and finite):
             raise QkovError(
                 f"config field init_std must be a positive finite number, got {self.init_std}"
             )

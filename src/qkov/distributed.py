@@ -12,6 +12,7 @@ function here is a no-op, and nothing imports torch.distributed.
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,7 +31,6 @@ class Dist:
     rank: int = 0
     world: int = 1
     device: str = "cpu"
-    owns_group: bool = False  # we called init_process_group, so we tear it down
 
     @property
     def main(self) -> bool:
@@ -53,10 +53,12 @@ def setup(device: str, batch_size: int) -> Dist:
     if torch.device(device).type == "cuda":
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         torch.cuda.set_device(device)
-    owns = not dist.is_initialized()
-    if owns:
+    if not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), device, owns)
+        # Left open until exit: a second train() in this process (e.g. a resume) reuses it;
+        # re-initialising after destroy_process_group hangs under torchrun's rendezvous.
+        atexit.register(dist.destroy_process_group)
+    return Dist(dist.get_rank(), dist.get_world_size(), device)
 
 
 def share(batch: Tensor, d: Dist) -> Tensor:
@@ -109,10 +111,5 @@ def main_first(d: Dist) -> Iterator[None]:
 
 
 def teardown(d: Dist) -> None:
-    """Wait for every rank (rank 0 may still be writing), then leave the group we joined."""
-    if d.world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-        if d.owns_group:
-            dist.destroy_process_group()
+    """Wait for every rank (rank 0 may still be writing its last checkpoint)."""
+    barrier(d)

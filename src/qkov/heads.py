@@ -105,15 +105,17 @@ def prefix_matching_score(pattern: Tensor, tokens: Tensor) -> Tensor:
 
 
 def induction_score(
-    pattern: Tensor, tokens: Tensor, half_len: int | Tensor | None = None
+    pattern: Tensor, tokens: Tensor | None, half_len: int | Tensor | None = None
 ) -> Tensor:
     """pattern [batch, head, dest, src] -> [head]: attention to the token after the previous
     occurrence of the destination token.
 
     With `half_len` (an int, or [batch] per row: each row ENDS with a block of that length
     repeated twice, as in both probes): mean of A[i, i-h+1] over the last h destinations i.
-    Without it: `prefix_matching_score`."""
+    Without it: `prefix_matching_score` (then tokens [batch, pos] are needed)."""
     if half_len is None:
+        if tokens is None:
+            raise QkovError("induction_score needs tokens or half_len")
         return prefix_matching_score(pattern, tokens)
     B, n = pattern.shape[0], pattern.shape[-1]
     h = torch.as_tensor(half_len, device=pattern.device).long().expand(B)[:, None]  # [batch, 1]

@@ -242,7 +242,7 @@ def train(
         # Steps may be extended on resume; everything else comes from the run.
         try:
             saved = TrainConfig(**saved_tc)
-        except TypeError as e:  # a value of the wrong type, e.g. "lr": "fast"
+        except (TypeError, OverflowError) as e:  # a value of the wrong type: "lr": "fast"
             raise QkovError(
                 f"{out / 'train_config.json'} has a bad value ({e}): restore it from the run"
             ) from None

@@ -10,7 +10,7 @@ import importlib
 import sys
 
 # Subcommand modules in the order `qkov --help` lists them.
-COMMANDS = ["train", "sample", "info", "heads", "analyze", "circuits"]
+COMMANDS = ["demo", "train", "sample", "info", "analyze", "circuits", "heads"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except QkovError as e:
-        print(f"qkov {args.command}: error: {e}", file=sys.stderr)
+        # One line even when the message quotes a path or prompt holding "\n" or "\r".
+        msg = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(e))
+        print(f"qkov {args.command}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"qkov {args.command}: interrupted", file=sys.stderr)

@@ -33,6 +33,10 @@ def run(args: argparse.Namespace) -> int:
         raise QkovError("--temperature must be a number (0: greedy), got nan")
     if not 0 <= args.seed < 2**63:
         raise QkovError(f"--seed must be in [0, 2**63), got {args.seed}")
+    try:
+        args.prompt.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8 reach argv as lone surrogates
+        raise QkovError("--prompt is not valid UTF-8 text: pass UTF-8") from None
     ids = model.tokenizer.encode(args.prompt).ids
     if not ids:
         raise QkovError("--prompt encodes to no tokens: give some text")

@@ -1,10 +1,16 @@
 """Corpora, tokenizer training and token streams (cached on disk), synthetic tasks."""
 
 from qkov.data.corpus import Corpus, Document, load_corpus, stdlib_files
-from qkov.data.dataset import RepeatedRandom, TokenStream, default_cache_dir, prepare
+from qkov.data.dataset import (
+    RepeatedRandom,
+    TokenStream,
+    default_cache_dir,
+    heldout_tokens,
+    prepare,
+)
 from qkov.data.tokenizer import EOT, decode_token, train_tokenizer
 
 __all__ = [
     "EOT", "Corpus", "Document", "RepeatedRandom", "TokenStream", "decode_token",
-    "default_cache_dir", "load_corpus", "prepare", "stdlib_files", "train_tokenizer",
+    "default_cache_dir", "heldout_tokens", "load_corpus", "prepare", "stdlib_files", "train_tokenizer",
 ]

@@ -72,29 +72,31 @@ class TokenStream:
 
 @dataclass
 class RepeatedRandom:
-    """Synthetic induction task: each sequence is a random block of tokens repeated.
+    """Synthetic induction task: random tokens, then a random block repeated.
 
-    Token 0 is never drawn (it is the separator in text corpora); the first half of
-    each sequence is unpredictable, the second half is perfectly predictable by
-    induction ([a][b] ... [a] -> [b])."""
+    Each row is [random filler][block][block] with the block length drawn per row in
+    [L/4, L/2] (qkov.probes.induction_probe), so the repeat period varies: a head that
+    attends a fixed offset back cannot solve it, only token matching (induction) can.
+    Token 0 is never drawn (it is the separator in text corpora)."""
 
     d_vocab: int
     tokenizer: Tokenizer | None = None
     n_documents: int = 0
     skipped: int = 0
 
-    def _make(self, rng: np.random.Generator, batch_size: int, n_ctx: int) -> torch.Tensor:
-        half = (n_ctx + 2) // 2
-        block = rng.integers(1, self.d_vocab, size=(batch_size, half))
-        seq = np.concatenate([block, block], axis=1)[:, : n_ctx + 1]
-        return torch.from_numpy(seq.astype(np.int64))
+    def _make(self, seed: int, batch_size: int, n_ctx: int) -> torch.Tensor:
+        from qkov.probes import induction_probe
+
+        # The probe never draws prefix ids: [0] keeps the separator out.
+        tokens = induction_probe(self.d_vocab, batch_size, n_ctx + 2, seed=seed, prefix=[0])
+        return tokens.tokens[:, 1:]
 
     def train_batch(self, step: int, batch_size: int, n_ctx: int, seed: int) -> torch.Tensor:
-        return self._make(np.random.default_rng([seed, step]), batch_size, n_ctx)
+        return self._make(int(np.random.default_rng([seed, step]).integers(2**62)),
+                          batch_size, n_ctx)
 
     def val_batches(self, batch_size: int, n_ctx: int, n_batches: int) -> list[torch.Tensor]:
-        rng = np.random.default_rng([2**31 - 1, 12345])
-        return [self._make(rng, batch_size, n_ctx) for _ in range(n_batches)]
+        return [self._make(2**62 + i, batch_size, n_ctx) for i in range(n_batches)]
 
 
 def _encode_split(tok: Tokenizer, texts: list[str], path: Path, dtype, desc: str) -> int:
@@ -166,3 +168,29 @@ def prepare(
         n_documents=meta["n_documents"],
         skipped=meta["skipped"],
     )
+
+
+def heldout_tokens(
+    tokenizer: Tokenizer,
+    corpus: str = "stdlib",
+    n_seqs: int = 16,
+    n_ctx: int = 256,
+    val_fraction: float = 0.05,
+    max_docs: int = 200,
+) -> torch.Tensor:
+    """[n_seqs, n_ctx] evenly spaced windows of the corpus's held-out documents, encoded
+    with `tokenizer` (no cache, no tokenizer training: for evaluating a trained model)."""
+    _, val = load_corpus(corpus).split(val_fraction)
+    if not val:
+        raise QkovError(f"corpus {corpus!r} has no held-out documents: give it more files")
+    eot = tokenizer.token_to_id(EOT)
+    ids: list[int] = []
+    for enc in tokenizer.encode_batch([d.text for d in val[:max_docs]]):
+        ids += enc.ids + ([eot] if eot is not None else [])
+    if len(ids) < n_ctx:
+        raise QkovError(
+            f"held-out text of {corpus!r} has {len(ids)} tokens, fewer than n_ctx={n_ctx}"
+        )
+    stream = torch.tensor(ids, dtype=torch.long)
+    starts = torch.linspace(0, len(ids) - n_ctx, n_seqs).long()
+    return torch.stack([stream[s : s + n_ctx] for s in starts.tolist()])

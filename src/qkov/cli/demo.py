@@ -1,0 +1,97 @@
+"""`qkov demo`: the whole paper on the shipped 0-, 1- and 2-layer models, one command.
+
+The models in qkov/models/ were trained by `qkov train` on the default corpus; each
+folder's config.json and train_config.json are the exact record of how (see
+qkov/models/TRAINING.md). `--train` retrains them from those records instead."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+SHIPPED = Path(__file__).resolve().parent.parent / "models"
+NAMES = ("attn2", "attn1", "attn0")  # the main model first, as analyze expects
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="analyse the shipped 0/1/2-layer models and write the report",
+        description="Analyse the attention-only models shipped with qkov (0, 1 and 2 "
+        "layers, trained on the Python standard library) and write OUT/report.html and "
+        "OUT/analysis.json. With --train, retrain them first (about an hour on a CPU).",
+    )
+    p.add_argument("--out", default="qkov-demo", help="output directory (default: qkov-demo)")
+    p.add_argument("--train", action="store_true",
+                   help="retrain the three models from their recorded configs into OUT/models")
+    p.add_argument("--device", default="cpu", help="device for --train (cpu or cuda)")
+    p.add_argument("--eval-seqs", type=int, default=16,
+                   help="held-out sequences for the loss and term importance")
+    p.set_defaults(func=run)
+
+
+def shipped_dirs() -> list[Path]:
+    from qkov.errors import QkovError
+
+    dirs = [SHIPPED / n for n in NAMES]
+    missing = [str(d) for d in dirs if not (d / "model.safetensors").is_file()]
+    if missing:
+        raise QkovError(
+            f"shipped models missing ({', '.join(missing)}): reinstall qkov, or run "
+            "`qkov demo --train` to train them"
+        )
+    return dirs
+
+
+def retrain(out: Path, device: str) -> list[Path]:
+    """Train each shipped model again from its config.json and train_config.json."""
+    import dataclasses
+
+    from qkov.config import ModelConfig
+    from qkov.train import TrainConfig, train
+
+    dirs = []
+    for name in NAMES:
+        src = SHIPPED / name
+        cfg = ModelConfig.load(src / "config.json")
+        tc = TrainConfig(**json.loads((src / "train_config.json").read_text()))
+        tc = dataclasses.replace(tc, device=device)
+        run_dir = out / "models" / name
+        resume = (run_dir / "train_state.safetensors").is_file()
+        train(None if resume else cfg, tc, run_dir, resume=resume)
+        dirs.append(run_dir)
+    return dirs
+
+
+def run(args: argparse.Namespace) -> int:
+    from qkov.analyze import analyze, write_analysis
+    from qkov.checkpoint import load
+    from qkov.data import heldout_tokens
+    from qkov.errors import QkovError
+
+    if args.eval_seqs < 1:
+        raise QkovError(f"--eval-seqs must be at least 1, got {args.eval_seqs}")
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    dirs = retrain(out, args.device) if args.train else shipped_dirs()
+    main = load(dirs[0])
+    # One held-out batch for all three models (they share the tokenizer), so their
+    # losses are comparable: documents of the stdlib the models never trained on.
+    tokens = heldout_tokens(main.tokenizer, "stdlib", args.eval_seqs, main.cfg.n_ctx)
+    analysis = analyze([str(d) for d in dirs], names=list(NAMES), eval_tokens=tokens)
+    json_path, html_path = write_analysis(out, analysis)
+    print(f"wrote {html_path} and {json_path} in {time.perf_counter() - t0:.0f}s")
+    for rec in analysis["models"]:
+        loss = rec["loss"]["value"]
+        induction = [
+            f"L{c['induction_head'][0]}H{c['induction_head'][1]} "
+            f"(score {c['induction_score']:.2f}, K-composes with "
+            f"L{c['previous_token_head'][0]}H{c['previous_token_head'][1]})"
+            for c in rec.get("induction_circuits", [])
+        ]
+        if induction:
+            line += f"; induction heads {', '.join(induction)}"
+        print(line)
+    return 0

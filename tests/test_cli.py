@@ -16,10 +16,34 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def run_dir(tiny_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "r"
-    code = main(["train", "--corpus", str(tiny_corpus), "--n-layers", "1", "--n-heads", "2",
-                 "--d-model", "16", "--n-ctx", "16", "--vocab-size", "300", "--steps", "6",
-                 "--batch-size", "2", "--eval-interval", "3", "--ckpt-interval", "3",
-                 "--out", str(out), "--no-progress"])
+    code = main(
+        [
+            "train",
+            "--corpus",
+            str(tiny_corpus),
+            "--n-layers",
+            "1",
+            "--n-heads",
+            "2",
+            "--d-model",
+            "16",
+            "--n-ctx",
+            "16",
+            "--vocab-size",
+            "300",
+            "--steps",
+            "6",
+            "--batch-size",
+            "2",
+            "--eval-interval",
+            "3",
+            "--ckpt-interval",
+            "3",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     return out
 
@@ -38,8 +62,22 @@ def test_resume_extends_steps(run_dir, tmp_path):
 
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
-    assert main(["train", "--resume", "--steps", "9", "--out", str(copy), "--no-progress",
-                 "--corpus", json.loads((run_dir / "train_config.json").read_text())["corpus"]]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--resume",
+                "--steps",
+                "9",
+                "--out",
+                str(copy),
+                "--no-progress",
+                "--corpus",
+                json.loads((run_dir / "train_config.json").read_text())["corpus"],
+            ]
+        )
+        == 0
+    )
     last = (copy / "metrics.jsonl").read_text().splitlines()[-1]
     assert json.loads(last)["step"] == 9
 
@@ -54,8 +92,9 @@ def test_resume_extends_steps(run_dir, tmp_path):
     ],
 )
 def test_user_mistakes_get_one_line(args, words, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "qkov", *args], capture_output=True,
-                          text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "qkov", *args], capture_output=True, text=True, cwd=tmp_path
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and words in lines[0], proc.stderr

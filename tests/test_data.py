@@ -1,10 +1,10 @@
 import numpy as np
-import torch
 import pytest
+import torch
 
 from qkov import QkovError
-from qkov.data import load_corpus, prepare, stdlib_files
 from qkov.data import dataset as dataset_mod
+from qkov.data import load_corpus, prepare, stdlib_files
 
 
 def test_stdlib_corpus_is_found():

@@ -33,8 +33,17 @@ def reference_logits(cfg: ModelConfig, w: dict, tokens: torch.Tensor) -> torch.T
 
 
 def random_model(n_layers: int, positional: str, seed: int = 0) -> AttnOnlyTransformer:
-    cfg = ModelConfig(n_layers=n_layers, n_heads=3, d_model=24, d_head=8, n_ctx=12,
-                      d_vocab=37, positional=positional, seed=seed, init_std=0.3)
+    cfg = ModelConfig(
+        n_layers=n_layers,
+        n_heads=3,
+        d_model=24,
+        d_head=8,
+        n_ctx=12,
+        d_vocab=37,
+        positional=positional,
+        seed=seed,
+        init_std=0.3,
+    )
     return AttnOnlyTransformer(cfg)
 
 
@@ -73,8 +82,12 @@ def test_resid_is_embedding_plus_head_outputs():
     model = random_model(2, "standard")
     tokens = torch.randint(0, 37, (2, 12))
     logits, cache = model.run_with_cache(tokens)
-    resid = cache["embed"] + cache["pos_embed"] + cache["head_out.0"].sum(1) \
+    resid = (
+        cache["embed"]
+        + cache["pos_embed"]
+        + cache["head_out.0"].sum(1)
         + cache["head_out.1"].sum(1)
+    )
     torch.testing.assert_close(resid @ model.W_U, logits)
 
 

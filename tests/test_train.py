@@ -11,8 +11,9 @@ CFG = ModelConfig(n_layers=2, n_heads=2, d_model=16, n_ctx=16, d_vocab=300)
 
 
 def small_tc(**kw) -> TrainConfig:
-    base = dict(steps=20, batch_size=4, lr=1e-2, warmup=5, eval_interval=5, eval_batches=2,
-                ckpt_interval=5)
+    base = dict(
+        steps=20, batch_size=4, lr=1e-2, warmup=5, eval_interval=5, eval_batches=2, ckpt_interval=5
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -45,8 +46,15 @@ def test_same_seed_same_weights_and_loss_falls(data, tmp_path):
 
 def test_run_directory_is_loadable(data, tmp_path):
     trained = train(CFG, small_tc(steps=5), tmp_path / "run", progress=False, data=data)
-    for f in ("config.json", "model.safetensors", "tokenizer.json", "metrics.jsonl",
-              "train_state.safetensors", "train_config.json", "versions.json"):
+    for f in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "metrics.jsonl",
+        "train_state.safetensors",
+        "train_config.json",
+        "versions.json",
+    ):
         assert (tmp_path / "run" / f).is_file(), f
     loaded = load(tmp_path / "run")
     assert loaded.tokenizer.get_vocab_size() == 300

@@ -91,8 +91,15 @@ def _check_shapes(cfg: ModelConfig, weights: dict[str, torch.Tensor], source: st
     """Compare the file's shapes with the config's, so a hostile config.json (d_vocab=10**12)
     is refused before the model is allocated."""
     L, H, D, Dh, V = cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head, cfg.d_vocab
-    expected = {"W_E": (V, D), "W_pos": (cfg.n_ctx, D), "W_Q": (L, H, D, Dh),
-                "W_K": (L, H, D, Dh), "W_V": (L, H, D, Dh), "W_O": (L, H, Dh, D), "W_U": (D, V)}
+    expected = {
+        "W_E": (V, D),
+        "W_pos": (cfg.n_ctx, D),
+        "W_Q": (L, H, D, Dh),
+        "W_K": (L, H, D, Dh),
+        "W_V": (L, H, D, Dh),
+        "W_O": (L, H, Dh, D),
+        "W_U": (D, V),
+    }
     for name, shape in expected.items():
         if name in weights and tuple(weights[name].shape) != shape:
             raise QkovError(

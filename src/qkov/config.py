@@ -49,9 +49,7 @@ class ModelConfig:
                 raise QkovError(f"config field {name} must be an integer, got {value!r}")
         for name in ("n_heads", "d_model", "d_head", "n_ctx", "d_vocab"):
             if getattr(self, name) <= 0:
-                raise QkovError(
-                    f"config field {name} must be positive, got {getattr(self, name)}"
-                )
+                raise QkovError(f"config field {name} must be positive, got {getattr(self, name)}")
         if self.n_layers < 0:
             raise QkovError(
                 f"config field n_layers must be >= 0 (0 is a bigram model), got {self.n_layers}"
@@ -84,9 +82,7 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known, key=str)
         if unknown:
-            raise QkovError(
-                f"{source} has unknown keys {unknown}: known keys are {sorted(known)}"
-            )
+            raise QkovError(f"{source} has unknown keys {unknown}: known keys are {sorted(known)}")
         return cls(**data)
 
     def to_json(self) -> str:
@@ -121,6 +117,4 @@ class ModelConfig:
         """Parameter count of the weights W_E, W_pos, W_Q, W_K, W_V, W_O, W_U."""
         per_head = 4 * self.d_model * self.d_head
         pos = self.n_ctx * self.d_model if self.positional != "none" else 0
-        return (
-            2 * self.d_vocab * self.d_model + pos + self.n_layers * self.n_heads * per_head
-        )
+        return 2 * self.d_vocab * self.d_model + pos + self.n_layers * self.n_heads * per_head

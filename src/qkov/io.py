@@ -7,14 +7,15 @@ from __future__ import annotations
 import os
 import tempfile
 
-# mkstemp creates 0600 files; written results should get the usual 0644 (less the umask).
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-_MODE = 0o666 & ~_UMASK
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+
+# mkstemp creates 0600 files; written results should get the usual 0644 (less the umask).
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_MODE = 0o666 & ~_UMASK
 
 
 def _atomic_write(path: Path, write) -> None:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -50,8 +49,17 @@ def hook_names(cfg: ModelConfig) -> list[str]:
     for l in range(cfg.n_layers):
         names += [
             f"{n}.{l}"
-            for n in ("resid_pre", "q", "k", "v", "scores", "pattern", "z", "head_out",
-                      "resid_post")
+            for n in (
+                "resid_pre",
+                "q",
+                "k",
+                "v",
+                "scores",
+                "pattern",
+                "z",
+                "head_out",
+                "resid_post",
+            )
         ]
     return names + ["logits"]
 
@@ -240,7 +248,9 @@ class AttnOnlyTransformer(nn.Module):
         self, tokens: Tensor, names: Iterable[str] | Callable[[str], bool] | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Forward pass that caches activations (all hook points unless `names` given)."""
-        return self.run_with_hooks(tokens, cache_names=names if names is not None else lambda _: True)
+        return self.run_with_hooks(
+            tokens, cache_names=names if names is not None else lambda _: True
+        )
 
     def extra_repr(self) -> str:
         c = self.cfg
@@ -249,4 +259,3 @@ class AttnOnlyTransformer(nn.Module):
             f"d_head={c.d_head}, n_ctx={c.n_ctx}, d_vocab={c.d_vocab}, "
             f"positional={c.positional!r}, params={c.n_params:,}"
         )
-

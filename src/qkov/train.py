@@ -128,7 +128,7 @@ def restore_state(model: AttnOnlyTransformer, opt: torch.optim.AdamW, path: Path
     if "step" not in st:
         raise QkovError(f"{path} has no step: it is not a qkov train state; retrain or remove it")
     model.load_weights(
-        {k[len("model."):]: v for k, v in st.items() if k.startswith("model.")}, source=str(path)
+        {k[len("model.") :]: v for k, v in st.items() if k.startswith("model.")}, source=str(path)
     )
     for name in _trainable_names(model):
         p = getattr(model, name)
@@ -159,8 +159,12 @@ def check_device(device: str) -> None:
 def versions() -> dict[str, str]:
     import qkov
 
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "qkov": qkov.__version__, "platform": platform.platform()}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "qkov": qkov.__version__,
+        "platform": platform.platform(),
+    }
 
 
 class _StopFlag:
@@ -222,9 +226,7 @@ def train(
     state_path = out / "train_state.safetensors"
     if resume:
         if not state_path.is_file():
-            raise QkovError(
-                f"cannot resume: {state_path} does not exist; start without --resume"
-            )
+            raise QkovError(f"cannot resume: {state_path} does not exist; start without --resume")
         saved_cfg = ModelConfig.load(out / "config.json")
         saved_tc = read_json(out / "train_config.json")
         known = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -306,8 +308,11 @@ def train(
             return
         # model.safetensors first: a directory that --resume accepts is always loadable.
         try:
-            atomic_save_safetensors(out / "model.safetensors", model.weights(),
-                                    metadata={"format": "qkov", "step": str(at)})
+            atomic_save_safetensors(
+                out / "model.safetensors",
+                model.weights(),
+                metadata={"format": "qkov", "step": str(at)},
+            )
             atomic_save_safetensors(state_path, state_tensors(model, opt, at))
         except OSError as e:  # the atomic writes left the previous files in place
             raise QkovError(
@@ -315,8 +320,14 @@ def train(
                 "disk full? free space, then --resume from the last complete checkpoint"
             ) from None
 
-    bar = tqdm(total=last, initial=step, disable=not (progress and dd.main) or None, unit="step",
-               desc=f"train {out.name}", dynamic_ncols=True)
+    bar = tqdm(
+        total=last,
+        initial=step,
+        disable=not (progress and dd.main) or None,
+        unit="step",
+        desc=f"train {out.name}",
+        dynamic_ncols=True,
+    )
     t_last, tokens_since = time.perf_counter(), 0
     model.train()
     fwd = distributed.wrap(model, dd)  # DDP under torchrun: averages gradients over ranks
@@ -349,21 +360,33 @@ def train(
             logged = step % tc.eval_interval == 0 or step == last
             if dd.main and (logged or (probe and step % tc.probe_interval == 0)):
                 now = time.perf_counter()
-                rec: dict[str, Any] = {"step": step, "tokens": step * tokens_per_step,
-                                       "train_loss": round(loss_value, 5), "lr": lr,
-                                       "tokens_per_s": round(tokens_since / (now - t_last), 1)}
+                rec: dict[str, Any] = {
+                    "step": step,
+                    "tokens": step * tokens_per_step,
+                    "train_loss": round(loss_value, 5),
+                    "lr": lr,
+                    "tokens_per_s": round(tokens_since / (now - t_last), 1),
+                }
                 if logged:
                     rec["val_loss"] = round(evaluate(model, val), 5)
                 if probe and step % tc.probe_interval == 0:
                     model.eval()
                     # A score with no head to measure (0 layers) is NaN: leave it out.
-                    rec.update({k: round(float(v), 5) for k, v in probe(model).items()
-                                if math.isfinite(float(v))})
+                    rec.update(
+                        {
+                            k: round(float(v), 5)
+                            for k, v in probe(model).items()
+                            if math.isfinite(float(v))
+                        }
+                    )
                     model.train()
                 mf.write(json.dumps(rec) + "\n")
                 mf.flush()
-                bar.set_postfix(loss=f"{loss_value:.3f}", val=rec.get("val_loss", "-"),
-                                tok_s=f"{rec['tokens_per_s']:.0f}")
+                bar.set_postfix(
+                    loss=f"{loss_value:.3f}",
+                    val=rec.get("val_loss", "-"),
+                    tok_s=f"{rec['tokens_per_s']:.0f}",
+                )
                 t_last, tokens_since = time.perf_counter(), 0
             if step % tc.ckpt_interval == 0 or step == last:
                 checkpoint(step)

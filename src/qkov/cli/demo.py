@@ -24,11 +24,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "OUT/analysis.json. With --train, retrain them first (about an hour on a CPU).",
     )
     p.add_argument("--out", default="qkov-demo", help="output directory (default: qkov-demo)")
-    p.add_argument("--train", action="store_true",
-                   help="retrain the three models from their recorded configs into OUT/models")
+    p.add_argument(
+        "--train",
+        action="store_true",
+        help="retrain the three models from their recorded configs into OUT/models",
+    )
     p.add_argument("--device", default="cpu", help="device for --train (cpu or cuda)")
-    p.add_argument("--eval-seqs", type=int, default=16,
-                   help="held-out sequences for the loss and term importance")
+    p.add_argument(
+        "--eval-seqs",
+        type=int,
+        default=16,
+        help="held-out sequences for the loss and term importance",
+    )
     p.set_defaults(func=run)
 
 
@@ -91,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
             f"L{c['previous_token_head'][0]}H{c['previous_token_head'][1]})"
             for c in rec.get("induction_circuits", [])
         ]
+        line = f"  {rec['name']}: held-out loss {loss:.3f}"
         if induction:
             line += f"; induction heads {', '.join(induction)}"
         print(line)

@@ -11,6 +11,16 @@ from qkov.data.dataset import (
 from qkov.data.tokenizer import EOT, decode_token, train_tokenizer
 
 __all__ = [
-    "EOT", "Corpus", "Document", "RepeatedRandom", "TokenStream", "decode_token",
-    "default_cache_dir", "heldout_tokens", "load_corpus", "prepare", "stdlib_files", "train_tokenizer",
+    "EOT",
+    "Corpus",
+    "Document",
+    "RepeatedRandom",
+    "TokenStream",
+    "decode_token",
+    "default_cache_dir",
+    "heldout_tokens",
+    "load_corpus",
+    "prepare",
+    "stdlib_files",
+    "train_tokenizer",
 ]

@@ -59,8 +59,11 @@ class Corpus:
 def stdlib_files() -> list[Path]:
     """The .py files of the running Python's standard library (no site-packages)."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = [p for p in root.rglob("*.py") if "site-packages" not in p.parts
-             and "dist-packages" not in p.parts]
+    files = [
+        p
+        for p in root.rglob("*.py")
+        if "site-packages" not in p.parts and "dist-packages" not in p.parts
+    ]
     return sorted(files)
 
 

@@ -66,8 +66,10 @@ class TokenStream:
         self._check(stream, n_ctx, "validation")
         total = batch_size * n_batches
         starts = np.linspace(0, len(stream) - n_ctx - 1, num=total).astype(np.int64)
-        return [self._windows(stream, starts[i : i + batch_size], n_ctx)
-                for i in range(0, total, batch_size)]
+        return [
+            self._windows(stream, starts[i : i + batch_size], n_ctx)
+            for i in range(0, total, batch_size)
+        ]
 
 
 @dataclass
@@ -92,8 +94,9 @@ class RepeatedRandom:
         return tokens.tokens[:, 1:]
 
     def train_batch(self, step: int, batch_size: int, n_ctx: int, seed: int) -> torch.Tensor:
-        return self._make(int(np.random.default_rng([seed, step]).integers(2**62)),
-                          batch_size, n_ctx)
+        return self._make(
+            int(np.random.default_rng([seed, step]).integers(2**62)), batch_size, n_ctx
+        )
 
     def val_batches(self, batch_size: int, n_ctx: int, n_batches: int) -> list[torch.Tensor]:
         return [self._make(2**62 + i, batch_size, n_ctx) for i in range(n_batches)]
@@ -105,8 +108,9 @@ def _encode_split(tok: Tokenizer, texts: list[str], path: Path, dtype, desc: str
     n = 0
     with open(path, "wb") as f:
         step = 64
-        for i in tqdm(range(0, len(texts), step), desc=desc, unit="batch", leave=False,
-                      disable=None):
+        for i in tqdm(
+            range(0, len(texts), step), desc=desc, unit="batch", leave=False, disable=None
+        ):
             for enc in tok.encode_batch(texts[i : i + step]):
                 arr = np.asarray(enc.ids + [eot], dtype=dtype)
                 f.write(arr.tobytes())
@@ -137,15 +141,21 @@ def prepare(
             train_docs, val_docs = docs.split(val_fraction)
             tok = train_tokenizer((d.text for d in train_docs), vocab_size)
             dtype = np.uint16 if tok.get_vocab_size() <= 2**16 else np.uint32
-            n_train = _encode_split(tok, [d.text for d in train_docs], tmp / "train.bin", dtype,
-                                    "encode train")
-            n_val = _encode_split(tok, [d.text for d in val_docs], tmp / "val.bin", dtype,
-                                  "encode val")
+            n_train = _encode_split(
+                tok, [d.text for d in train_docs], tmp / "train.bin", dtype, "encode train"
+            )
+            n_val = _encode_split(
+                tok, [d.text for d in val_docs], tmp / "val.bin", dtype, "encode val"
+            )
             tok.save(str(tmp / "tokenizer.json"))
             meta = {
-                "corpus": corpus, "vocab_size": tok.get_vocab_size(),
-                "dtype": np.dtype(dtype).name, "n_train": n_train, "n_val": n_val,
-                "n_documents": len(docs.documents), "skipped": docs.skipped,
+                "corpus": corpus,
+                "vocab_size": tok.get_vocab_size(),
+                "dtype": np.dtype(dtype).name,
+                "n_train": n_train,
+                "n_val": n_val,
+                "n_documents": len(docs.documents),
+                "skipped": docs.skipped,
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
             try:
@@ -159,7 +169,9 @@ def prepare(
     dtype = np.dtype(meta["dtype"])
 
     def mm(name: str, n: int) -> np.ndarray:
-        return np.memmap(folder / name, dtype=dtype, mode="r", shape=(n,)) if n else np.zeros(0, dtype)
+        return (
+            np.memmap(folder / name, dtype=dtype, mode="r", shape=(n,)) if n else np.zeros(0, dtype)
+        )
 
     return TokenStream(
         train=mm("train.bin", meta["n_train"]),

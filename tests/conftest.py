@@ -26,3 +26,10 @@ def tiny_corpus(tmp_path_factory) -> Path:
             lines.append(f"def {a}_{j}({b}):\n    return {b} + {rng.randint(0, 99)}  # {a}\n")
         (root / f"mod_{i:02d}.py").write_text("".join(lines), encoding="utf-8")
     return root
+
+
+def pytest_configure(config):
+    # The tests use tiny tensors: one thread avoids oversubscription on small shared machines.
+    import torch
+
+    torch.set_num_threads(1)

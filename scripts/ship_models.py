@@ -33,7 +33,12 @@ def main(runs: list[str]) -> None:
         dest.mkdir(parents=True, exist_ok=True)
         for name in FILES:
             shutil.copy2(run / name, dest / name)
-        (dest / "metrics.jsonl").write_text(clean_metrics((run / "metrics.jsonl").read_text()))
+        metrics = clean_metrics((run / "metrics.jsonl").read_text())
+        step = json.loads(metrics.splitlines()[-1])["step"]
+        (dest / "metrics.jsonl").write_text(metrics)
+        # The step the run stopped at: `qkov demo --train` stops there too (the schedule
+        # in train_config.json may be longer; a run stopped early resumes exactly).
+        (dest / "shipped.json").write_text(json.dumps({"step": step}) + "\n")
         print(f"shipped {run} -> {dest}")
 
 

@@ -67,7 +67,9 @@ def retrain(out: Path, device: str) -> list[Path]:
         tc = dataclasses.replace(tc, device=device)
         run_dir = out / "models" / name
         resume = (run_dir / "train_state.safetensors").is_file()
-        train(None if resume else cfg, tc, run_dir, resume=resume)
+        # shipped.json: the step the shipped run stopped at (its schedule may be longer).
+        stop = json.loads((src / "shipped.json").read_text())["step"]
+        train(None if resume else cfg, tc, run_dir, resume=resume, stop_after=stop)
         dirs.append(run_dir)
     return dirs
 

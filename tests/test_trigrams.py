@@ -41,6 +41,21 @@ def test_top_k_matches_brute_force(chunk_size):
             assert t.source_str == f"#{t.source}"
 
 
+@pytest.mark.parametrize("per_source", [1, 2])
+def test_per_source_cap_matches_brute_force(per_source):
+    cfg = ModelConfig(n_layers=1, n_heads=2, d_model=16, n_ctx=8, d_vocab=25, init_std=0.5)
+    model = AttnOnlyTransformer(cfg)
+    ref = dense_trigram_scores(model, 0, 1)
+    # Brute force: each source's per_source best scores, then the 10 best of all those.
+    want = ref.flatten(1).topk(per_source, dim=1).values.flatten().topk(10).values
+    got = skip_trigrams(model, 0, 1, k=10, per_source=per_source)
+    torch.testing.assert_close(
+        torch.tensor([t.score for t in got], dtype=torch.float64), want, rtol=1e-4, atol=1e-5
+    )
+    sources = [t.source for t in got]
+    assert max(sources.count(s) for s in sources) <= per_source
+
+
 def keep_in_mind_model() -> AttnOnlyTransformer:
     """in/at attend to keep (QK); attending to keep raises mind and bay (OV)."""
     words = ["keep", "in", "at", "mind", "bay", "the", "a", "[UNK]"]

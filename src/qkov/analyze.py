@@ -185,7 +185,7 @@ def _head(model: AttnOnlyTransformer, r: Any, n_trigrams: int) -> dict[str, Any]
     """A HEAD record: scores and label from classify_heads, spectra and skip-trigrams."""
     ov = ov_eigenvalues(model, r.layer, r.head)
     qk = qk_circuit(model, r.layer, r.head).eigenvalues
-    trig = skip_trigrams(model, r.layer, r.head, k=n_trigrams)
+    trig = skip_trigrams(model, r.layer, r.head, k=n_trigrams, per_source=2)
     return {
         "layer": r.layer,
         "head": r.head,

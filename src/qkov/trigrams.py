@@ -132,15 +132,26 @@ class _HeadScorer:
 
 @torch.no_grad()
 def skip_trigrams(
-    model: AttnOnlyTransformer, layer: int, head: int, k: int = 10, chunk_size: int | None = None
+    model: AttnOnlyTransformer,
+    layer: int,
+    head: int,
+    k: int = 10,
+    chunk_size: int | None = None,
+    per_source: int | None = None,
 ) -> list[SkipTrigram]:
     """Top-k skip-trigrams of a head by score (see the module docstring), best first.
+
+    per_source: keep at most this many trigrams per source token. A rare source with a
+    huge logit boost otherwise fills the whole list with one (source, out) pair and every
+    destination; per_source=1 lists the k sources with the best trigram each.
 
     Memory: O(chunk_size * d_vocab + d_vocab * k^2); chunk_size (sources per block)
     defaults to 16 MiB of fp32. Time: two vocab^2 * d_head products, formed a block at a time."""
     V = model.cfg.d_vocab
     if k < 1:
         raise QkovError(f"k must be >= 1, got {k}")
+    if per_source is not None and per_source < 1:
+        raise QkovError(f"per_source must be >= 1, got {per_source}")
     k_eff = min(k, V)
     chunk = chunk_size or max(1, CHUNK_ELEMENTS // V)
     if chunk < 1:
@@ -165,10 +176,16 @@ def skip_trigrams(
     best_a *= sc.scale
     best_o -= sc.ov_mean[:, None]
     cand = torch.sigmoid(best_a)[:, :, None] * best_o[:, None, :]  # [src, k (dest), k (out)]
-    _, flat = cand.flatten().topk(min(k, cand.numel()))
+    if per_source is None:
+        _, flat = cand.flatten().topk(min(k, cand.numel()))
+        picks = [divmod(f, k_eff * k_eff) for f in flat.tolist()]
+    else:  # the best per_source of each source, then the k best of those
+        m = min(per_source, k_eff * k_eff)
+        vals, idx = cand.flatten(1).topk(m, dim=1)  # [src, m]
+        _, flat = vals.flatten().topk(min(k, vals.numel()))
+        picks = [(f // m, int(idx[f // m, f % m])) for f in flat.tolist()]
     out = []
-    for f in flat.tolist():
-        s, rest = divmod(f, k_eff * k_eff)
+    for s, rest in picks:
         i, j = divmod(rest, k_eff)
         out.append(sc.trigram(s, int(best_d[s, i]), int(best_t[s, j])))
     # Re-score exactly (scalar path) and sort: chunked and scalar rounding can differ slightly.

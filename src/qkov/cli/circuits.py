@@ -17,6 +17,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("dir", help="checkpoint directory (config.json + model.safetensors)")
     p.add_argument("-k", "--top-k", type=int, default=10, help="skip-trigrams per head")
+    p.add_argument(
+        "--per-source",
+        type=int,
+        default=2,
+        help="at most this many skip-trigrams per source token (0: no limit)",
+    )
     p.add_argument("--bugs", type=int, default=3, help="factoring bugs shown per head")
     p.add_argument(
         "--chunk-size", type=int, default=None, help="vocab rows per dense chunk (memory bound)"
@@ -35,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise QkovError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.per_source < 0:
+        raise QkovError(f"--per-source must be >= 0 (0: no limit), got {args.per_source}")
     if args.bugs < 0:
         raise QkovError(f"--bugs must be >= 0, got {args.bugs}")
     if args.chunk_size is not None and args.chunk_size < 1:
@@ -55,7 +63,14 @@ def run(args: argparse.Namespace) -> int:
 
     results = []
     for l, h in heads:
-        trigrams = skip_trigrams(model, l, h, k=args.top_k, chunk_size=args.chunk_size)
+        trigrams = skip_trigrams(
+            model,
+            l,
+            h,
+            k=args.top_k,
+            chunk_size=args.chunk_size,
+            per_source=args.per_source or None,
+        )
         note = " (direct path only)" if l > 0 else ""
         print(
             f"\nL{l}H{h} top {len(trigrams)} skip-trigrams{note}: "

@@ -281,7 +281,7 @@ class Thresholds:
     previous_token: float = 0.4
     induction: float = 0.4
     duplicate_token: float = 0.4
-    copying: float = 0.5
+    copying: float = 0.4
     positional: float = 0.9
     partner_z: float = 3.0
 

@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--text",
         default=None,
         help="a text file (encoded with the checkpoint's tokenizer): also score heads on it, "
-        "and use it for --terms and the ICL score",
+        "and use it for --terms and the ICL score (default: held-out documents of the "
+        "training corpus, or the probe batch for synthetic runs)",
     )
     p.add_argument(
         "--terms", action="store_true", help="term importance: ablate each path order and head"
@@ -51,6 +52,18 @@ def text_tokens(model, path: str, batch: int):
     if k < 1:
         raise QkovError(f"{p} has {len(ids)} tokens, fewer than n_ctx={n}: pass a longer text")
     return torch.tensor(ids[: k * n], dtype=torch.long).view(k, n)
+
+
+def heldout_corpus(model, run_dir: str) -> str | None:
+    """The text corpus named in the run's train_config.json, if the model can encode it."""
+    cfg_path = Path(run_dir) / "train_config.json"
+    if model.tokenizer is None or not cfg_path.is_file():
+        return None
+    try:
+        corpus = json.loads(cfg_path.read_text(encoding="utf-8")).get("corpus")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return corpus if isinstance(corpus, str) and corpus != "repeated-random" else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,6 +99,12 @@ def run(args: argparse.Namespace) -> int:
                 )
         result["text_scores"] = ts.to_dict()
         where = args.text
+    elif (corpus := heldout_corpus(model, args.dir)) is not None:
+        # Held-out documents of the corpus the model was trained on: honest loss deltas.
+        from qkov.data import heldout_tokens
+
+        tokens = heldout_tokens(model.tokenizer, corpus, args.batch, cfg.n_ctx)
+        where = f"held-out documents of --corpus {corpus} ({tokens.shape[0]} x {cfg.n_ctx} tokens)"
     else:
         seq_len = args.seq_len or default_seq_len(cfg.n_ctx)
         tokens = induction_probe(cfg.d_vocab, args.batch, seq_len, args.seed).tokens

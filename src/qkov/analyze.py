@@ -59,6 +59,7 @@ def analyze(
     text: str | None = None,
     eval_text: str | None = None,
     eval_tokens: Tensor | None = None,
+    eval_source: str | None = None,
     n_bigrams: int = 20,
     n_trigrams: int = 8,
     seed: int = 0,
@@ -70,7 +71,8 @@ def analyze(
     are appended (e.g. the 0- and 1-layer models next to a 2-layer one). text: sample text for
     the attention views (default SAMPLE_TEXT). Loss and term importance use eval_tokens
     [batch, pos] if given, else eval_text (or the sample text) encoded with each model's
-    tokenizer, else a seeded repeated-random-token batch for models without a tokenizer."""
+    tokenizer, else a seeded repeated-random-token batch for models without a tokenizer.
+    eval_source: words for where eval_tokens came from, shown in the report."""
     items = list(models) if isinstance(models, (list, tuple)) else [models]
     items += list(extra_models)
     if not items:
@@ -94,6 +96,7 @@ def analyze(
                     text=text,
                     eval_text=eval_text,
                     eval_tokens=eval_tokens,
+                    eval_source=eval_source,
                     n_bigrams=n_bigrams,
                     n_trigrams=n_trigrams,
                     seed=seed,
@@ -110,6 +113,7 @@ def analyze_model(
     text: str | None = None,
     eval_text: str | None = None,
     eval_tokens: Tensor | None = None,
+    eval_source: str | None = None,
     n_bigrams: int = 20,
     n_trigrams: int = 8,
     seed: int = 0,
@@ -126,7 +130,8 @@ def analyze_model(
         "tokenizer": {"vocab_size": tok.get_vocab_size()} if tok is not None else None,
         "not_computed": {},
     }
-    tokens, eval_source = _eval_tokens(model, eval_tokens, eval_text or text or SAMPLE_TEXT, seed)
+    tokens, source_note = _eval_tokens(model, eval_tokens, eval_text or text or SAMPLE_TEXT, seed)
+    eval_source = f"{eval_source} ({source_note})" if eval_source else source_note
     rec["loss"] = {
         "value": lm_loss(model(tokens), tokens),
         "tokens": tokens[:, 1:].numel(),

@@ -89,7 +89,12 @@ def run(args: argparse.Namespace) -> int:
     # One held-out batch for all three models (they share the tokenizer), so their
     # losses are comparable: documents of the stdlib the models never trained on.
     tokens = heldout_tokens(main.tokenizer, "stdlib", args.eval_seqs, main.cfg.n_ctx)
-    analysis = analyze([str(d) for d in dirs], names=list(NAMES), eval_tokens=tokens)
+    analysis = analyze(
+        [str(d) for d in dirs],
+        names=list(NAMES),
+        eval_tokens=tokens,
+        eval_source="held-out documents of the Python standard library",
+    )
     json_path, html_path = write_analysis(out, analysis)
     print(f"wrote {html_path} and {json_path} in {time.perf_counter() - t0:.0f}s")
     for rec in analysis["models"]:

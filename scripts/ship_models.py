@@ -12,6 +12,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from safetensors import safe_open
+
 FILES = ("config.json", "model.safetensors", "tokenizer.json", "train_config.json",
          "versions.json")
 DEST = Path(__file__).resolve().parent.parent / "src" / "qkov" / "models"
@@ -34,7 +36,8 @@ def main(runs: list[str]) -> None:
         for name in FILES:
             shutil.copy2(run / name, dest / name)
         metrics = clean_metrics((run / "metrics.jsonl").read_text())
-        step = json.loads(metrics.splitlines()[-1])["step"]
+        with safe_open(str(run / "model.safetensors"), "pt") as f:
+            step = int(f.metadata()["step"])  # the step these weights are from
         (dest / "metrics.jsonl").write_text(metrics)
         # The step the run stopped at: `qkov demo --train` stops there too (the schedule
         # in train_config.json may be longer; a run stopped early resumes exactly).

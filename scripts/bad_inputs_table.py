@@ -20,8 +20,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="qkov-bad-inputs-") as tmp:
         tmp = Path(tmp)
         os.environ["QKOV_CACHE"] = str(tmp / "cache")  # never touch the user's cache
-        spec = importlib.util.spec_from_file_location("bad_inputs",
-                                                      ROOT / "tests" / "test_bad_inputs.py")
+        spec = importlib.util.spec_from_file_location(
+            "bad_inputs", ROOT / "tests" / "test_bad_inputs.py"
+        )
         mod = importlib.util.module_from_spec(spec)
         sys.modules["bad_inputs"] = mod  # dataclasses look their module up here
         spec.loader.exec_module(mod)

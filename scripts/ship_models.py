@@ -14,8 +14,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-FILES = ("config.json", "model.safetensors", "tokenizer.json", "train_config.json",
-         "versions.json")
+FILES = ("config.json", "model.safetensors", "tokenizer.json", "train_config.json", "versions.json")
 DEST = Path(__file__).resolve().parent.parent / "src" / "qkov" / "models"
 
 

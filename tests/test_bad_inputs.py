@@ -22,8 +22,21 @@ from qkov import ModelConfig, QkovError, load
 from qkov.checkpoint import load_pt_weights
 from qkov.cli import main
 
-SMALL = ["--n-layers", "1", "--n-heads", "2", "--d-model", "16", "--n-ctx", "16",
-         "--vocab-size", "300", "--batch-size", "2", "--no-progress"]
+SMALL = [
+    "--n-layers",
+    "1",
+    "--n-heads",
+    "2",
+    "--d-model",
+    "16",
+    "--n-ctx",
+    "16",
+    "--vocab-size",
+    "300",
+    "--batch-size",
+    "2",
+    "--no-progress",
+]
 
 
 def write_corpus(root: Path) -> Path:
@@ -32,16 +45,32 @@ def write_corpus(root: Path) -> Path:
     rng = random.Random(0)
     words = ["alpha", "beta", "gamma", "delta", "value", "count", "index", "total", "name"]
     for i in range(30):
-        lines = [f"def {rng.choice(words)}_{j}({rng.choice(words)}):\n    return {j}\n"
-                 for j in range(50)]
+        lines = [
+            f"def {rng.choice(words)}_{j}({rng.choice(words)}):\n    return {j}\n"
+            for j in range(50)
+        ]
         (root / f"mod_{i:02d}.py").write_text("".join(lines), encoding="utf-8")
     return root
 
 
 def train_tiny_run(corpus: Path, out: Path) -> Path:
     """A 4-step, 1-layer run directory (config, weights, train state, tokenizer, metrics)."""
-    code = main(["train", "--corpus", str(corpus), *SMALL, "--steps", "4", "--eval-interval",
-                 "2", "--ckpt-interval", "2", "--out", str(out)])
+    code = main(
+        [
+            "train",
+            "--corpus",
+            str(corpus),
+            *SMALL,
+            "--steps",
+            "4",
+            "--eval-interval",
+            "2",
+            "--ckpt-interval",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     return out
 
@@ -206,8 +235,18 @@ def c_zero_sample_tokens(e: Env):
 
 
 def c_d_model_not_n_heads_times_d_head(e: Env):
-    return cli("train", "--corpus", e.corpus, *SMALL, "--d-model", "10", "--n-heads", "3",
-               "--out", e.tmp / "o")
+    return cli(
+        "train",
+        "--corpus",
+        e.corpus,
+        *SMALL,
+        "--d-model",
+        "10",
+        "--n-heads",
+        "3",
+        "--out",
+        e.tmp / "o",
+    )
 
 
 def c_zero_d_head_in_config(e: Env):
@@ -215,8 +254,22 @@ def c_zero_d_head_in_config(e: Env):
 
 
 def c_nan_loss(e: Env):
-    return cli("train", "--corpus", e.corpus, *SMALL, "--steps", "5", "--warmup", "0",
-               "--lr", "1e30", "--ckpt-interval", "1", "--out", e.tmp / "o")
+    return cli(
+        "train",
+        "--corpus",
+        e.corpus,
+        *SMALL,
+        "--steps",
+        "5",
+        "--warmup",
+        "0",
+        "--lr",
+        "1e30",
+        "--ckpt-interval",
+        "1",
+        "--out",
+        e.tmp / "o",
+    )
 
 
 def c_full_disk(e: Env):
@@ -293,48 +346,67 @@ CASES: list[tuple[str, Callable[[Env], tuple[int, str]], str]] = [
     ("truncated model.safetensors", c_truncated_safetensors, "truncated or corrupt"),
     ("random bytes in model.safetensors", c_corrupt_safetensors, "truncated or corrupt"),
     ("corrupt safetensors header", c_corrupt_safetensors_header, "truncated or corrupt"),
-    ("config.json disagrees with the weights' shapes", c_config_disagrees_with_weights,
-     "does config.json match the weights"),
-    ("config.json asks for d_vocab=10**12 (hostile)", c_hostile_config_huge_vocab,
-     "does config.json match the weights"),
+    (
+        "config.json disagrees with the weights' shapes",
+        c_config_disagrees_with_weights,
+        "does config.json match the weights",
+    ),
+    (
+        "config.json asks for d_vocab=10**12 (hostile)",
+        c_hostile_config_huge_vocab,
+        "does config.json match the weights",
+    ),
     ("unknown config key", c_unknown_config_key, "unknown keys ['d_mlp']"),
     ("config.json is not JSON", c_config_not_json, "is not valid JSON"),
     ("config.json is not UTF-8", c_config_not_utf8, "cannot be read as UTF-8 JSON"),
-    ("tokenizer vocab size disagrees with the model", c_tokenizer_vocab_disagrees,
-     "has 350 tokens but the model has d_vocab=300"),
+    (
+        "tokenizer vocab size disagrees with the model",
+        c_tokenizer_vocab_disagrees,
+        "has 350 tokens but the model has d_vocab=300",
+    ),
     ("corrupt tokenizer.json", c_tokenizer_corrupt, "is not a valid tokenizer.json"),
     ("empty corpus", c_empty_corpus, "has no text"),
     ("corpus of only binary files", c_binary_corpus, "only binary or non-UTF-8 files"),
     ("token id out of range", c_token_id_out_of_range, "token id 300 is out of range"),
     ("negative token id", c_negative_token_id, "token id -1 is out of range"),
-    ("sequence longer than n_ctx", c_sequence_longer_than_n_ctx,
-     "longer than n_ctx=16"),
+    ("sequence longer than n_ctx", c_sequence_longer_than_n_ctx, "longer than n_ctx=16"),
     ("negative size: --d-model -4", c_negative_d_model, "d_model must be positive"),
     ("zero size: --n-heads 0", c_zero_n_heads, "n_heads must be positive"),
     ("zero size: --n-ctx 0", c_zero_n_ctx, "n_ctx must be positive"),
     ("negative size: --n-layers -1", c_negative_n_layers, "n_layers must be >= 0"),
     ("zero size: --steps 0", c_zero_steps, "--steps must be a positive integer"),
-    ("negative size: --batch-size -2", c_negative_batch_size,
-     "--batch-size must be a positive integer"),
+    (
+        "negative size: --batch-size -2",
+        c_negative_batch_size,
+        "--batch-size must be a positive integer",
+    ),
     ("zero size: sample --tokens 0", c_zero_sample_tokens, "--tokens must be positive"),
     ("zero size: d_head 0 in config.json", c_zero_d_head_in_config, "d_head must be positive"),
-    ("d_model != n_heads * d_head (--d-model 10 --n-heads 3)", c_d_model_not_n_heads_times_d_head,
-     "not divisible by n_heads=3"),
+    (
+        "d_model != n_heads * d_head (--d-model 10 --n-heads 3)",
+        c_d_model_not_n_heads_times_d_head,
+        "not divisible by n_heads=3",
+    ),
     ("NaN loss (--lr 1e30)", c_nan_loss, "loss became nan at step 1"),
     ("full disk while saving a checkpoint", c_full_disk, "No space left on device"),
     ("--resume with no run in --out", c_resume_without_run, "cannot resume"),
-    ("train into a directory holding a run", c_train_into_existing_run,
-     "already holds a training run"),
-    ("unknown key in train_config.json", c_train_config_unknown_key,
-     "is not a qkov TrainConfig"),
+    (
+        "train into a directory holding a run",
+        c_train_into_existing_run,
+        "already holds a training run",
+    ),
+    ("unknown key in train_config.json", c_train_config_unknown_key, "is not a qkov TrainConfig"),
     ("unknown --device", c_bad_device, "is not a device"),
     ("--device cuda:99 (no such GPU)", c_missing_gpu, "--device cuda:99"),
     ("seed beyond 64 bits", c_seed_too_big, "--seed must be in [0, 2**63)"),
     ("--temperature nan", c_nan_temperature, "--temperature must be a number"),
     ("--prompt with bytes that are not UTF-8", c_prompt_not_utf8, "not valid UTF-8"),
     ("weights as a non-.pt pickle (.pkl)", c_pickle_not_pt, "qkov never unpickles"),
-    ("malicious .pt (pickle that runs code)", c_malicious_pt,
-     "refused by torch.load(weights_only=True)"),
+    (
+        "malicious .pt (pickle that runs code)",
+        c_malicious_pt,
+        "refused by torch.load(weights_only=True)",
+    ),
 ]
 
 
@@ -384,8 +456,11 @@ def base(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.mark.parametrize("what, case, words", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_gets_one_clear_line(what, case, words, base, tmp_path):
     env = make_env(*base, tmp_path / "case")
-    before = {p.name: p.read_bytes() for p in env.run.iterdir()
-              if p.name in ("model.safetensors", "train_state.safetensors")}
+    before = {
+        p.name: p.read_bytes()
+        for p in env.run.iterdir()
+        if p.name in ("model.safetensors", "train_state.safetensors")
+    }
     code, err = case(env)
     assert code == 2, (what, code, err)
     lines = err.strip().splitlines()
@@ -395,16 +470,19 @@ def test_bad_input_gets_one_clear_line(what, case, words, base, tmp_path):
     # Nothing already written is lost: the run's checkpoint is untouched, unless this case
     # damaged it on purpose.
     for name, data in before.items():
-        if (env.run / name).is_file() and case not in (c_truncated_safetensors,
-                                                     c_corrupt_safetensors,
-                                                     c_corrupt_safetensors_header):
+        if (env.run / name).is_file() and case not in (
+            c_truncated_safetensors,
+            c_corrupt_safetensors,
+            c_corrupt_safetensors_header,
+        ):
             assert (env.run / name).read_bytes() == data, (what, name)
 
 
 def test_full_disk_keeps_previous_checkpoint_and_resume_finishes(base, tmp_path):
     env = make_env(*base, tmp_path / "case")
-    before = {n: (env.run / n).read_bytes() for n in ("model.safetensors",
-                                                     "train_state.safetensors")}
+    before = {
+        n: (env.run / n).read_bytes() for n in ("model.safetensors", "train_state.safetensors")
+    }
     code, err = c_full_disk(env)
     assert code == 2 and "is the disk full?" in err and "step 6 checkpoint" in err, err
     for name, data in before.items():

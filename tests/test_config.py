@@ -4,8 +4,16 @@ from qkov import ModelConfig, QkovError
 
 
 def test_json_round_trip():
-    cfg = ModelConfig(n_layers=3, n_heads=2, d_model=24, d_head=5, n_ctx=7, d_vocab=11,
-                      positional="standard", seed=4)
+    cfg = ModelConfig(
+        n_layers=3,
+        n_heads=2,
+        d_model=24,
+        d_head=5,
+        n_ctx=7,
+        d_vocab=11,
+        positional="standard",
+        seed=4,
+    )
     assert ModelConfig.from_json(cfg.to_json()) == cfg
 
 

@@ -38,16 +38,47 @@ HANG_GUARD_S = 600  # only against a hung subprocess; never a speed assertion
 
 
 def train_args(corpus: Path, out: Path, steps: int = STEPS, ckpt: int = CKPT) -> list[str]:
-    return ["train", "--corpus", str(corpus), "--n-layers", "2", "--n-heads", "2",
-            "--d-model", "16", "--n-ctx", "16", "--vocab-size", "300", "--batch-size", "4",
-            "--steps", str(steps), "--warmup", "4", "--lr", "1e-2", "--eval-interval", "1",
-            "--ckpt-interval", str(ckpt), "--out", str(out), "--no-progress"]
+    return [
+        "train",
+        "--corpus",
+        str(corpus),
+        "--n-layers",
+        "2",
+        "--n-heads",
+        "2",
+        "--d-model",
+        "16",
+        "--n-ctx",
+        "16",
+        "--vocab-size",
+        "300",
+        "--batch-size",
+        "4",
+        "--steps",
+        str(steps),
+        "--warmup",
+        "4",
+        "--lr",
+        "1e-2",
+        "--eval-interval",
+        "1",
+        "--ckpt-interval",
+        str(ckpt),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
 
 
 def spawn(args: list[str]) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1")  # QKOV_CACHE comes from conftest
-    return subprocess.Popen([sys.executable, "-m", "qkov", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "qkov", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def logged_steps(run: Path) -> list[int]:
@@ -82,8 +113,9 @@ def wait_for(proc: subprocess.Popen, ready) -> None:
     """Poll (2 ms) until ready() or the process ends; the process must still be running."""
     while not ready():
         if proc.poll() is not None:
-            raise AssertionError(f"qkov train ended early ({proc.returncode}): "
-                                 f"{proc.stderr.read()}")
+            raise AssertionError(
+                f"qkov train ended early ({proc.returncode}): {proc.stderr.read()}"
+            )
         time.sleep(0.002)
 
 
@@ -114,8 +146,11 @@ def test_sigkill_at_random_moments_then_resume_is_exact(tiny_corpus, reference, 
     kills = resumes = mid_write = startup_kills = 0
     prev, stale = 0, 0  # last saved step; highest step logged so far (maybe not saved)
     for i, where in enumerate(KILLS):
-        proc = spawn(train_args(tiny_corpus, run) if i == 0 else
-                     ["train", "--resume", "--out", str(run), "--no-progress"])
+        proc = spawn(
+            train_args(tiny_corpus, run)
+            if i == 0
+            else ["train", "--resume", "--out", str(run), "--no-progress"]
+        )
         resumes += i > 0
         before = temp_files(run) if run.is_dir() else set()
         if where == "start-up":
@@ -125,18 +160,28 @@ def test_sigkill_at_random_moments_then_resume_is_exact(tiny_corpus, reference, 
             startup_kills += 1
         elif where == "checkpoint write":
             # A kill as soon as a checkpoint's temp file appears: inside an atomic write.
-            wait_for(proc, lambda b=before, s=stale: temp_files(run) - b
-                     and max(logged_steps(run), default=0) > s)
+            wait_for(
+                proc,
+                lambda b=before, s=stale: (
+                    temp_files(run) - b and max(logged_steps(run), default=0) > s
+                ),
+            )
         else:
             target = max(prev, stale) + rng.randint(1, 6)
-            wait_for(proc, lambda t=target: (run / "train_state.safetensors").is_file()
-                     and max(logged_steps(run), default=0) >= t)
+            wait_for(
+                proc,
+                lambda t=target: (
+                    (run / "train_state.safetensors").is_file()
+                    and max(logged_steps(run), default=0) >= t
+                ),
+            )
             time.sleep(rng.uniform(0.0, 0.01))  # somewhere in the step: eval, log, checkpoint
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=HANG_GUARD_S)
         if proc.returncode != -signal.SIGKILL:
-            raise AssertionError(f"qkov train was not killed ({proc.returncode}): "
-                                 f"{proc.stderr.read()}")
+            raise AssertionError(
+                f"qkov train was not killed ({proc.returncode}): {proc.stderr.read()}"
+            )
         proc.stderr.close()
         kills += 1
         mid_write += bool(temp_files(run) - before)  # a torn temp file: killed mid-write
@@ -166,19 +211,23 @@ def test_sigkill_at_random_moments_then_resume_is_exact(tiny_corpus, reference, 
     diff = max((got[k] - want[k]).abs().max().item() for k in want)
     for k in want:
         assert torch.equal(got[k], want[k]), (k, diff)  # tolerance 0: bit-identical
-    print(f"\nkill test: {kills} SIGKILLs ({mid_write} left a torn temp file, i.e. landed "
-          f"inside a checkpoint write; {startup_kills} during start-up), {resumes} successful "
-          f"resumes; final weights equal the uninterrupted run (max |diff| = {diff})")
+    print(
+        f"\nkill test: {kills} SIGKILLs ({mid_write} left a torn temp file, i.e. landed "
+        f"inside a checkpoint write; {startup_kills} during start-up), {resumes} successful "
+        f"resumes; final weights equal the uninterrupted run (max |diff| = {diff})"
+    )
     assert kills == N_KILLS and resumes == N_KILLS
 
 
-def test_sigint_and_sigterm_write_final_checkpoint_and_exit_cleanly(tiny_corpus, reference,
-                                                                    tmp_path):
+def test_sigint_and_sigterm_write_final_checkpoint_and_exit_cleanly(
+    tiny_corpus, reference, tmp_path
+):
     """Ctrl-C (SIGINT) and SIGTERM, each to its own run (run side by side to save time)."""
     runs = {sig: tmp_path / sig.name for sig in (signal.SIGINT, signal.SIGTERM)}
     # A checkpoint interval longer than the run: the only checkpoint is the interrupt's.
-    procs = {sig: spawn(train_args(tiny_corpus, run, steps=400, ckpt=1000))
-             for sig, run in runs.items()}
+    procs = {
+        sig: spawn(train_args(tiny_corpus, run, steps=400, ckpt=1000)) for sig, run in runs.items()
+    }
     for sig, proc in procs.items():
         wait_for(proc, lambda r=runs[sig]: max(logged_steps(r), default=0) >= 3)
         proc.send_signal(sig)
@@ -189,13 +238,21 @@ def test_sigint_and_sigterm_write_final_checkpoint_and_exit_cleanly(tiny_corpus,
         err = proc.stderr.read()
         proc.stderr.close()
         assert err.strip().splitlines() == [
-            f"interrupted: checkpoint saved in {run}; continue with --resume"], (sig.name, err)
+            f"interrupted: checkpoint saved in {run}; continue with --resume"
+        ], (sig.name, err)
         step = saved_step(run)
         assert step >= 3 and step == max(logged_steps(run)) == model_step(run), sig.name
         load(run)
         # --resume continues from there (two more steps, in-process).
-        model = train(None, TrainConfig(steps=1), run, resume=True, stop_after=step + 2,
-                      progress=False, data=data)
+        model = train(
+            None,
+            TrainConfig(steps=1),
+            run,
+            resume=True,
+            stop_after=step + 2,
+            progress=False,
+            data=data,
+        )
         assert saved_step(run) == step + 2
         torch.testing.assert_close(model.W_E.detach(), load(run).W_E)
 

@@ -17,8 +17,14 @@ def demo_out(tmp_path_factory):
 
 def test_shipped_models_have_their_training_record():
     for d in shipped_dirs():
-        for f in ("config.json", "train_config.json", "metrics.jsonl", "shipped.json",
-                  "tokenizer.json", "versions.json"):
+        for f in (
+            "config.json",
+            "train_config.json",
+            "metrics.jsonl",
+            "shipped.json",
+            "tokenizer.json",
+            "versions.json",
+        ):
             assert (d / f).is_file(), d / f
     assert (SHIPPED / "TRAINING.md").is_file()
 

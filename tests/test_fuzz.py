@@ -25,24 +25,51 @@ from qkov.cli import main
 from qkov.config import POSITIONAL_MODES
 
 FIELDS = [f.name for f in dataclasses.fields(ModelConfig)]
-FUZZ = dict(deadline=None, database=None, derandomize=True,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = dict(
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 # ---------------------------------------------------------------- shared inputs
-json_scalars = (st.none() | st.booleans() | st.integers() | st.integers(-3, 70)
-                | st.floats() | st.text(max_size=6))
-json_values = st.recursive(json_scalars, lambda c: st.lists(c, max_size=3)
-                           | st.dictionaries(st.text(max_size=4), c, max_size=3), max_leaves=6)
-field_values = (st.integers(-2, 70) | st.sampled_from(POSITIONAL_MODES) | st.none()
-                | st.floats(-1, 1) | json_values)
-near_valid = st.fixed_dictionaries({}, optional={
-    "n_layers": st.integers(-1, 4), "n_heads": st.integers(-1, 4),
-    "d_model": st.sampled_from([0, 4, 6, 8, 12, 16, -8]), "d_head": st.none() | st.integers(-1, 8),
-    "n_ctx": st.integers(-1, 32), "d_vocab": st.integers(-1, 500),
-    "positional": st.sampled_from([*POSITIONAL_MODES, "rotary"]),
-    "seed": st.integers(-1, 2**64), "init_std": st.floats() | st.integers(-1, 10**400)})
-config_dicts = near_valid | st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=8),
-                                            field_values, max_size=len(FIELDS) + 2)
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(-3, 70)
+    | st.floats()
+    | st.text(max_size=6)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c, max_size=3),
+    max_leaves=6,
+)
+field_values = (
+    st.integers(-2, 70)
+    | st.sampled_from(POSITIONAL_MODES)
+    | st.none()
+    | st.floats(-1, 1)
+    | json_values
+)
+near_valid = st.fixed_dictionaries(
+    {},
+    optional={
+        "n_layers": st.integers(-1, 4),
+        "n_heads": st.integers(-1, 4),
+        "d_model": st.sampled_from([0, 4, 6, 8, 12, 16, -8]),
+        "d_head": st.none() | st.integers(-1, 8),
+        "n_ctx": st.integers(-1, 32),
+        "d_vocab": st.integers(-1, 500),
+        "positional": st.sampled_from([*POSITIONAL_MODES, "rotary"]),
+        "seed": st.integers(-1, 2**64),
+        "init_std": st.floats() | st.integers(-1, 10**400),
+    },
+)
+config_dicts = near_valid | st.dictionaries(
+    st.sampled_from(FIELDS) | st.text(max_size=8), field_values, max_size=len(FIELDS) + 2
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -58,10 +85,32 @@ def dirs(tiny_corpus, tmp_path_factory) -> dict[str, Path]:
     """A tiny trained run (never modified), an empty dir, a binary-only corpus."""
     root = tmp_path_factory.mktemp("fuzz")
     run = root / "run"
-    args = ["train", "--corpus", str(tiny_corpus), "--n-layers", "1", "--n-heads", "2",
-            "--d-model", "8", "--n-ctx", "8", "--vocab-size", "300", "--steps", "4",
-            "--batch-size", "2", "--eval-interval", "2", "--ckpt-interval", "2",
-            "--out", str(run), "--no-progress"]
+    args = [
+        "train",
+        "--corpus",
+        str(tiny_corpus),
+        "--n-layers",
+        "1",
+        "--n-heads",
+        "2",
+        "--d-model",
+        "8",
+        "--n-ctx",
+        "8",
+        "--vocab-size",
+        "300",
+        "--steps",
+        "4",
+        "--batch-size",
+        "2",
+        "--eval-interval",
+        "2",
+        "--ckpt-interval",
+        "2",
+        "--out",
+        str(run),
+        "--no-progress",
+    ]
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(args) == 0
     (root / "empty").mkdir()
@@ -69,15 +118,24 @@ def dirs(tiny_corpus, tmp_path_factory) -> dict[str, Path]:
     (root / "binary").mkdir()
     (root / "binary" / "x.bin").write_bytes(bytes(range(256)))
     shutil.copytree(run, root / "resumable")  # `train --resume` may rewrite its files
-    return {"run": run, "empty": root / "empty", "binary": root / "binary",
-            "resumable": root / "resumable", "corpus": tiny_corpus, "root": root}
+    return {
+        "run": run,
+        "empty": root / "empty",
+        "binary": root / "binary",
+        "resumable": root / "resumable",
+        "corpus": tiny_corpus,
+        "root": root,
+    }
 
 
 def run_cli(argv: list[str], cwd: Path) -> tuple[int, str]:
     """qkov ARGV in-process in `cwd`: (exit status, stderr); only a clean exit gets through."""
     err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()), \
-            contextlib.chdir(cwd):
+    with (
+        contextlib.redirect_stderr(err),
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.chdir(cwd),
+    ):
         try:
             code = main(argv)
         except SystemExit as e:  # argparse: --help/--version (0) or a usage error (2)
@@ -108,13 +166,15 @@ def test_fuzz_config_dict(data):
 
 
 @settings(max_examples=300, **FUZZ)
-@given(st.one_of(
-    config_dicts.map(lambda d: json.dumps(d)),  # JSON with NaN/Infinity literals too
-    json_values.map(json.dumps),
-    st.text(max_size=80),
-    st.binary(max_size=80).map(lambda b: b.decode("utf-8", "replace")),
-    st.integers(1000, 6000).map(lambda n: "{\"d_model\": " + "9" * n + "}"),
-))
+@given(
+    st.one_of(
+        config_dicts.map(lambda d: json.dumps(d)),  # JSON with NaN/Infinity literals too
+        json_values.map(json.dumps),
+        st.text(max_size=80),
+        st.binary(max_size=80).map(lambda b: b.decode("utf-8", "replace")),
+        st.integers(1000, 6000).map(lambda n: '{"d_model": ' + "9" * n + "}"),
+    )
+)
 def test_fuzz_config_json(text):
     try:
         cfg = ModelConfig.from_json(text)
@@ -130,8 +190,27 @@ def _path(dirs, name: str) -> str:
     return {"missing": str(dirs["root"] / "missing")}.get(name) or str(dirs[name])
 
 
-junk = st.sampled_from(["", "-", "--", "x", "-1", "0", "1e3", "nan", "inf", "-inf", "1.5",
-                        "\udcff", "é", "--no-such-flag", "-z", "=", "2" * 30])
+junk = st.sampled_from(
+    [
+        "",
+        "-",
+        "--",
+        "x",
+        "-1",
+        "0",
+        "1e3",
+        "nan",
+        "inf",
+        "-inf",
+        "1.5",
+        "\udcff",
+        "é",
+        "--no-such-flag",
+        "-z",
+        "=",
+        "2" * 30,
+    ]
+)
 small_ints = st.integers(-3, 6).map(str)
 floats = st.sampled_from(["0", "-1", "1e-300", "1e300", "nan", "inf", "0.7", "2"])
 text = st.text(max_size=12) | junk
@@ -142,8 +221,9 @@ def mostly(good: st.SearchStrategy) -> st.SearchStrategy:
     return st.integers(0, 5).flatmap(lambda i: junk if i == 0 else good)
 
 
-trailing_junk = st.integers(0, 7).flatmap(lambda i: st.lists(junk, min_size=1, max_size=2)
-                                          if i == 0 else st.just([]))
+trailing_junk = st.integers(0, 7).flatmap(
+    lambda i: st.lists(junk, min_size=1, max_size=2) if i == 0 else st.just([])
+)
 
 
 @st.composite
@@ -152,9 +232,12 @@ def info_sample_argv(draw, dirs):
     where = draw(st.sampled_from(["run", "run", "run", "missing", "empty", "corpus"]))
     argv = [cmd, _path(dirs, where)]
     if cmd == "sample":
-        for flag, values in [("--prompt", text), ("--tokens", mostly(small_ints)),
-                             ("--temperature", mostly(floats)),
-                             ("--seed", mostly(small_ints | st.just(str(2**70))))]:
+        for flag, values in [
+            ("--prompt", text),
+            ("--tokens", mostly(small_ints)),
+            ("--temperature", mostly(floats)),
+            ("--seed", mostly(small_ints | st.just(str(2**70)))),
+        ]:
             if draw(st.booleans()):
                 argv += [flag, draw(values)]
     return argv + draw(trailing_junk)
@@ -163,21 +246,35 @@ def info_sample_argv(draw, dirs):
 @st.composite
 def train_argv(draw, dirs):
     """train with tiny sizes and 1-2 steps, or flag values that fail validation."""
-    argv = ["train", "--no-progress",
-            "--corpus", _path(dirs, draw(st.sampled_from(["corpus"] * 5 + ["missing", "empty",
-                                                                       "binary"]))),
-            "--steps", draw(st.sampled_from(["1", "2"] * 6 + ["0", "-1", "x"])),
-            "--batch-size", draw(st.sampled_from(["1", "2"] * 4 + ["0", "-4"])),
-            "--vocab-size", draw(st.sampled_from(["300"] * 8 + ["256", "0", "-1"]))]
-    sizes = {"--n-layers": ["0", "1", "2", "-1"], "--n-heads": ["1", "2", "3", "0", "-2"],
-             "--d-model": ["4", "6", "8", "0", "-8", "10"], "--d-head": ["2", "4", "0", "-1"],
-             "--n-ctx": ["4", "8", "0", "-3"], "--positional": ["shortformer", "standard",
-                                                                "none"],
-             "--lr": ["1e-3", "0", "-1", "nan", "inf", "1e30"], "--grad-clip": ["1", "0", "nan"],
-             "--weight-decay": ["0", "0.1", "-1", "nan"], "--warmup": ["0", "1", "-1"],
-             "--eval-interval": ["1", "0"], "--ckpt-interval": ["1", "0", "-2"],
-             "--seed": ["0", "3", "-1", str(2**64)], "--device": ["cpu", "nope", "cuda:99", ""],
-             "--probe-interval": ["0", "-1"]}
+    argv = [
+        "train",
+        "--no-progress",
+        "--corpus",
+        _path(dirs, draw(st.sampled_from(["corpus"] * 5 + ["missing", "empty", "binary"]))),
+        "--steps",
+        draw(st.sampled_from(["1", "2"] * 6 + ["0", "-1", "x"])),
+        "--batch-size",
+        draw(st.sampled_from(["1", "2"] * 4 + ["0", "-4"])),
+        "--vocab-size",
+        draw(st.sampled_from(["300"] * 8 + ["256", "0", "-1"])),
+    ]
+    sizes = {
+        "--n-layers": ["0", "1", "2", "-1"],
+        "--n-heads": ["1", "2", "3", "0", "-2"],
+        "--d-model": ["4", "6", "8", "0", "-8", "10"],
+        "--d-head": ["2", "4", "0", "-1"],
+        "--n-ctx": ["4", "8", "0", "-3"],
+        "--positional": ["shortformer", "standard", "none"],
+        "--lr": ["1e-3", "0", "-1", "nan", "inf", "1e30"],
+        "--grad-clip": ["1", "0", "nan"],
+        "--weight-decay": ["0", "0.1", "-1", "nan"],
+        "--warmup": ["0", "1", "-1"],
+        "--eval-interval": ["1", "0"],
+        "--ckpt-interval": ["1", "0", "-2"],
+        "--seed": ["0", "3", "-1", str(2**64)],
+        "--device": ["cpu", "nope", "cuda:99", ""],
+        "--probe-interval": ["0", "-1"],
+    }
     for flag in draw(st.lists(st.sampled_from(sorted(sizes)), max_size=6, unique=True)):
         argv += [flag, draw(st.sampled_from(sizes[flag]))]
     if draw(st.booleans()):
@@ -187,8 +284,21 @@ def train_argv(draw, dirs):
     return argv + draw(trailing_junk)
 
 
-flags = st.sampled_from(["--help", "-h", "--version", "--prompt", "--tokens", "--temperature",
-                         "--seed", "--out", "--resume", "--steps", "--d-model"])
+flags = st.sampled_from(
+    [
+        "--help",
+        "-h",
+        "--version",
+        "--prompt",
+        "--tokens",
+        "--temperature",
+        "--seed",
+        "--out",
+        "--resume",
+        "--steps",
+        "--d-model",
+    ]
+)
 
 
 @settings(max_examples=120, **FUZZ)
@@ -206,8 +316,10 @@ def test_fuzz_cli_train(dirs, data):
 
 
 @settings(max_examples=150, **FUZZ)
-@given(st.lists(flags | junk | text, max_size=6),
-       st.sampled_from(["info", "sample", "--version", "-h", "nope", "", "heads", "analyze"]))
+@given(
+    st.lists(flags | junk | text, max_size=6),
+    st.sampled_from(["info", "sample", "--version", "-h", "nope", "", "heads", "analyze"]),
+)
 def test_fuzz_cli_random_argv(dirs, args, first):
     # heads/analyze get no valid directory here, so they stop at argparse or at load().
     argv = [first, *args]
@@ -229,6 +341,7 @@ def byte_mutation(draw, size: int, header: int):
             for pos, bit in flips:
                 a[pos % len(a)] ^= 1 << bit
             return bytes(a)
+
         return kind, f
     if kind == "truncate":
         n = draw(st.integers(0, size - 1))
@@ -239,7 +352,7 @@ def byte_mutation(draw, size: int, header: int):
     pos = draw(st.integers(0, header - 1) | st.integers(0, size - 1))
     chunk = draw(st.binary(min_size=1, max_size=16))
     if kind == "overwrite":
-        return kind, lambda b: b[:pos] + chunk + b[pos + len(chunk):]
+        return kind, lambda b: b[:pos] + chunk + b[pos + len(chunk) :]
     return kind, lambda b: b[:pos] + chunk + b[pos:]
 
 
@@ -256,8 +369,9 @@ def check_load(run: Path) -> str:
         if name == "W_pos" and cfg.positional == "none":
             assert not value.any()
             continue
-        torch.testing.assert_close(value, stored[name].to(value.dtype), rtol=0, atol=0,
-                                   equal_nan=True, msg=name)
+        torch.testing.assert_close(
+            value, stored[name].to(value.dtype), rtol=0, atol=0, equal_nan=True, msg=name
+        )
     model(torch.arange(min(cfg.n_ctx, cfg.d_vocab))[None])  # runs (maybe to NaN)
     return "loaded"
 
@@ -297,6 +411,7 @@ def config_mutation(draw):
         else:
             d[key] = value
         return json.dumps(d).encode()
+
     return kind, f
 
 

@@ -46,16 +46,33 @@ def make_model(n_layers: int, out: Path | None = None, seed: int = 0) -> qkov.At
     words = HOSTILE + [f"w{i}" for i in range(64 - len(HOSTILE))]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="w0"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    cfg = qkov.ModelConfig(n_layers=n_layers, n_heads=2, d_model=32, n_ctx=64,
-                           d_vocab=len(words), init_std=0.3, seed=seed + n_layers)
+    cfg = qkov.ModelConfig(
+        n_layers=n_layers,
+        n_heads=2,
+        d_model=32,
+        n_ctx=64,
+        d_vocab=len(words),
+        init_std=0.3,
+        seed=seed + n_layers,
+    )
     model = qkov.AttnOnlyTransformer(cfg)
     model.tokenizer = tok
     if out is not None:
         qkov.save_model(model, out)
-        lines = [json.dumps({"step": s, "train_loss": 4 - s / 300, "val_loss": 4.2 - s / 320,
-                             "lr": 1e-3, "induction_score": min(1.0, s / 400),
-                             "prev_token_score": 0.6, "icl_score": -s / 300})
-                 for s in range(0, 600, 100)]
+        lines = [
+            json.dumps(
+                {
+                    "step": s,
+                    "train_loss": 4 - s / 300,
+                    "val_loss": 4.2 - s / 320,
+                    "lr": 1e-3,
+                    "induction_score": min(1.0, s / 400),
+                    "prev_token_score": 0.6,
+                    "icl_score": -s / 300,
+                }
+            )
+            for s in range(0, 600, 100)
+        ]
         (out / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 6', encoding="utf-8")
     return model
 
@@ -124,8 +141,14 @@ def test_script_json_cannot_close_its_block():
 
 
 def test_jsonable_makes_strict_json():
-    out = jsonable({"a": float("nan"), "b": torch.tensor([1.0, float("inf")]),
-                    "c": (1, 2), "z": torch.tensor([1 + 2j])})
+    out = jsonable(
+        {
+            "a": float("nan"),
+            "b": torch.tensor([1.0, float("inf")]),
+            "c": (1, 2),
+            "z": torch.tensor([1 + 2j]),
+        }
+    )
     assert out == {"a": None, "b": [1.0, None], "c": [1, 2], "z": [[1.0, 2.0]]}
     json.dumps(out, allow_nan=False)
 
@@ -166,8 +189,16 @@ def test_report_is_self_contained(html):
     # The only URL is the SVG namespace name (an identifier, never fetched).
     urls = set(re.findall(r"https?://[^\s\"'<>]+", html))
     assert urls <= {"http://www.w3.org/2000/svg"}, urls
-    for needle in ("@import", "@font-face", "url(", "fetch(", "XMLHttpRequest", "WebSocket",
-                   ".innerHTML", "eval("):
+    for needle in (
+        "@import",
+        "@font-face",
+        "url(",
+        "fetch(",
+        "XMLHttpRequest",
+        "WebSocket",
+        ".innerHTML",
+        "eval(",
+    ):
         assert needle not in html
 
 
@@ -176,8 +207,11 @@ def test_csp_hashes_admit_exactly_the_page_assets(html):
     import hashlib
 
     p = parse(html)
-    csp = next(a["content"] for t, a in p.tags
-               if t == "meta" and a.get("http-equiv") == "Content-Security-Policy")
+    csp = next(
+        a["content"]
+        for t, a in p.tags
+        if t == "meta" and a.get("http-equiv") == "Content-Security-Policy"
+    )
     script = next(t for a, t in p.scripts if a.get("type") != "application/json")
     digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
     assert f"script-src 'sha256-{digest}'" in csp
@@ -194,8 +228,10 @@ def test_analysis_covers_every_section(analysis):
     assert len(h["ov_eigenvalues"]) == 16 and len(h["qk_eigenvalues"]) == 16
     assert -1 <= h["copying"] <= 1 and h["skip_trigrams"]
     comp = m2["composition"]
-    k = torch.tensor(jsonable(comp["k"]) and [[[[math.nan if v is None else v for v in c]
-                                                for c in b] for b in a] for a in comp["k"]])
+    k = torch.tensor(
+        jsonable(comp["k"])
+        and [[[[math.nan if v is None else v for v in c] for c in b] for b in a] for a in comp["k"]]
+    )
     assert k.shape == (2, 2, 2, 2)  # [l_earlier, h_earlier, l_later, h_later]
     assert k[0, :, 1].isfinite().all() and k[1].isnan().all() and k[:, :, 0].isnan().all()
     assert set(comp["baseline"]) == {"q", "k", "v"}
@@ -215,16 +251,29 @@ def test_analysis_covers_every_section(analysis):
 def test_report_draws_each_section(analysis, html):
     assert html.count('class="card head-card"') == 4 + 2
     assert html.count("<figure>") >= 6
-    for text in ("Loss side by side", "Direct path: bigram table", "Composition (Q / K / V)",
-                 "Term importance", "Training curve", "K-composition"):
+    for text in (
+        "Loss side by side",
+        "Direct path: bigram table",
+        "Composition (Q / K / V)",
+        "Term importance",
+        "Training curve",
+        "K-composition",
+    ):
         assert text in html
     assert "induction" in html  # the circuit section, found or "No induction head found"
 
 
 def test_missing_sections_say_not_computed():
-    a = {"schema_version": SCHEMA_VERSION, "models": [
-        {"name": "bare", "config": {"n_layers": 2, "n_heads": 1},
-         "not_computed": {"composition": "qkov.composition failed"}}]}
+    a = {
+        "schema_version": SCHEMA_VERSION,
+        "models": [
+            {
+                "name": "bare",
+                "config": {"n_layers": 2, "n_heads": 1},
+                "not_computed": {"composition": "qkov.composition failed"},
+            }
+        ],
+    }
     html = render_report(a)
     assert html.count("Not computed") >= 5
     assert "qkov.composition failed" in html
@@ -276,8 +325,9 @@ def test_read_metrics_skips_torn_line(tmp_path):
 
 
 def test_analyze_in_memory_model_without_tokenizer():
-    model = qkov.AttnOnlyTransformer(qkov.ModelConfig(n_layers=1, n_heads=2, d_model=16,
-                                                      n_ctx=16, d_vocab=40))
+    model = qkov.AttnOnlyTransformer(
+        qkov.ModelConfig(n_layers=1, n_heads=2, d_model=16, n_ctx=16, d_vocab=40)
+    )
     a = analyze(model, log=None)
     m = a["models"][0]
     assert m["name"] == "1L" and m["attention"]["source"].startswith("repeated random")
@@ -309,8 +359,21 @@ def test_cli_analyze(tmp_path, capsys):
     make_model(1, d)
     text = tmp_path / "sample.txt"
     text.write_text(SAMPLE, encoding="utf-8")
-    assert main(["analyze", str(d), "--out", str(tmp_path / "out"), "--text-file", str(text),
-                 "--n-trigrams", "3"]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                str(d),
+                "--out",
+                str(tmp_path / "out"),
+                "--text-file",
+                str(text),
+                "--n-trigrams",
+                "3",
+            ]
+        )
+        == 0
+    )
     assert "report.html" in capsys.readouterr().out
     a = json.loads((tmp_path / "out" / "analysis.json").read_text(encoding="utf-8"))
     assert len(a["models"][0]["heads"][0]["skip_trigrams"]) == 3

@@ -18,8 +18,9 @@ import pytest
 from qkov.report import render_report
 
 CHROMIUM = os.environ.get("QKOV_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = (os.environ.get("QKOV_CHROMEDRIVER") or shutil.which("chromedriver")
-                or "/usr/bin/chromedriver")
+CHROMEDRIVER = (
+    os.environ.get("QKOV_CHROMEDRIVER") or shutil.which("chromedriver") or "/usr/bin/chromedriver"
+)
 
 # Runs before any page script (CDP, not subject to the page's CSP): records alert() calls.
 PROBE = "window.__alerts = []; window.alert = function (m) { window.__alerts.push(String(m)); };"
@@ -48,11 +49,19 @@ def browser(tmp_path_factory):
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1400,1000",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     driver = webdriver.Chrome(options=opts, service=Service(executable_path=CHROMEDRIVER))
@@ -102,10 +111,20 @@ def _screenshot(driver, path: Path) -> None:
 
     metrics = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})
     size = metrics.get("cssContentSize") or metrics["contentSize"]
-    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
-        "format": "png", "captureBeyondViewport": True,
-        "clip": {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 12000),
-                 "scale": 1}})
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot",
+        {
+            "format": "png",
+            "captureBeyondViewport": True,
+            "clip": {
+                "x": 0,
+                "y": 0,
+                "width": size["width"],
+                "height": min(size["height"], 12000),
+                "scale": 1,
+            },
+        },
+    )
     path.write_bytes(base64.b64decode(shot["data"]))
 
 
@@ -125,7 +144,8 @@ def test_report_in_chromium(browser, analysis, tmp_path, csp):
     assert len(cards) == n_heads
     sizes = browser.execute_script(
         "return Array.from(document.querySelectorAll('svg')).map(s => {"
-        "const r = s.getBoundingClientRect(); return [r.width, r.height]; });")
+        "const r = s.getBoundingClientRect(); return [r.width, r.height]; });"
+    )
     assert len(sizes) > 2 * n_heads and all(w > 0 and h > 0 for w, h in sizes)
     assert browser.execute_script("return document.querySelectorAll('circle.eig').length") > 0
     assert browser.find_elements(By.CSS_SELECTOR, "#m0-composition svg rect.cell")
@@ -152,7 +172,8 @@ def test_report_in_chromium(browser, analysis, tmp_path, csp):
     box = heat.rect
     # Bottom-left area of the lower triangle: destination late, source early.
     ActionChains(browser).move_to_element_with_offset(
-        heat, -box["width"] / 2 + 8, box["height"] / 2 - 8).perform()
+        heat, -box["width"] / 2 + 8, box["height"] / 2 - 8
+    ).perform()
     assert tip.is_displayed() and "\u2190  source #0" in tip.text, tip.text
     browser.save_screenshot(str(shots / f"report-hover-attention-{'csp' if csp else 'nocsp'}.png"))
 

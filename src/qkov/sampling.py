@@ -11,7 +11,10 @@ from qkov.model import AttnOnlyTransformer
 
 @torch.no_grad()
 def generate(
-    model: AttnOnlyTransformer, prompt: Tensor, n_tokens: int, temperature: float = 0.8,
+    model: AttnOnlyTransformer,
+    prompt: Tensor,
+    n_tokens: int,
+    temperature: float = 0.8,
     seed: int = 0,
 ) -> Tensor:
     """prompt [pos] -> [pos + n_tokens]; the context is cut to the last n_ctx tokens."""
@@ -21,8 +24,10 @@ def generate(
         ctx = seq[-model.cfg.n_ctx :]
         logits = model(ctx[None])[0, -1].float().cpu()
         if not torch.isfinite(logits).all():
-            raise QkovError("the model's logits are not finite: its weights hold NaN or inf "
-                            "(a diverged or corrupt checkpoint); use an earlier checkpoint")
+            raise QkovError(
+                "the model's logits are not finite: its weights hold NaN or inf "
+                "(a diverged or corrupt checkpoint); use an earlier checkpoint"
+            )
         if temperature <= 0:
             nxt = logits.argmax()
         else:

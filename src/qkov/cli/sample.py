@@ -9,8 +9,11 @@ import torch
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sample", help="print text sampled from a model",
-                       description="Continue --prompt with a trained model.")
+    p = sub.add_parser(
+        "sample",
+        help="print text sampled from a model",
+        description="Continue --prompt with a trained model.",
+    )
     p.add_argument("dir", help="checkpoint directory")
     p.add_argument("--prompt", default="def ")
     p.add_argument("--tokens", type=int, default=64, help="how many tokens to generate")

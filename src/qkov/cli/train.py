@@ -11,22 +11,33 @@ from qkov.config import POSITIONAL_MODES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train an attention-only model",
-                       description="Train an attention-only transformer; checkpoints go to --out.")
+    p = sub.add_parser(
+        "train",
+        help="train an attention-only model",
+        description="Train an attention-only transformer; checkpoints go to --out.",
+    )
     m = p.add_argument_group("model (ignored with --resume)")
     m.add_argument("--n-layers", type=int, default=2)
     m.add_argument("--n-heads", type=int, default=4)
     m.add_argument("--d-model", type=int, default=128)
     m.add_argument("--d-head", type=int, default=None, help="default: d_model / n_heads")
     m.add_argument("--n-ctx", type=int, default=256)
-    m.add_argument("--vocab-size", type=int, default=4096,
-                   help="BPE vocabulary size (= d_vocab of the model)")
+    m.add_argument(
+        "--vocab-size", type=int, default=4096, help="BPE vocabulary size (= d_vocab of the model)"
+    )
     m.add_argument("--positional", choices=POSITIONAL_MODES, default="shortformer")
     t = p.add_argument_group("training")
-    t.add_argument("--corpus", default="stdlib",
-                   help="stdlib (default), repeated-random, or text files/folders/globs")
-    t.add_argument("--steps", type=int, default=None,
-                   help="total steps (default 1500; with --resume: the run's own, or more)")
+    t.add_argument(
+        "--corpus",
+        default="stdlib",
+        help="stdlib (default), repeated-random, or text files/folders/globs",
+    )
+    t.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="total steps (default 1500; with --resume: the run's own, or more)",
+    )
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--lr", type=float, default=3e-3)
     t.add_argument("--warmup", type=int, default=100)
@@ -34,8 +45,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--grad-clip", type=float, default=1.0)
     t.add_argument("--eval-interval", type=int, default=100)
     t.add_argument("--ckpt-interval", type=int, default=250)
-    t.add_argument("--probe-interval", type=int, default=0,
-                   help="log induction / previous-token / ICL scores every N steps (0: off)")
+    t.add_argument(
+        "--probe-interval",
+        type=int,
+        default=0,
+        help="log induction / previous-token / ICL scores every N steps (0: off)",
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", required=True, help="run directory")
@@ -52,23 +67,37 @@ def run(args: argparse.Namespace) -> int:
     if steps is None:  # --resume without --steps keeps the run's schedule (train takes the max)
         steps = 1 if args.resume else TrainConfig.steps
     tc = TrainConfig(
-        corpus=args.corpus, steps=steps, batch_size=args.batch_size, lr=args.lr,
-        warmup=args.warmup, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
-        eval_interval=args.eval_interval, ckpt_interval=args.ckpt_interval,
-        probe_interval=args.probe_interval, seed=args.seed, device=args.device,
+        corpus=args.corpus,
+        steps=steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup=args.warmup,
+        weight_decay=args.weight_decay,
+        grad_clip=args.grad_clip,
+        eval_interval=args.eval_interval,
+        ckpt_interval=args.ckpt_interval,
+        probe_interval=args.probe_interval,
+        seed=args.seed,
+        device=args.device,
     )
     cfg = None
     if not args.resume:
         cfg = ModelConfig(
-            n_layers=args.n_layers, n_heads=args.n_heads, d_model=args.d_model,
-            d_head=args.d_head, n_ctx=args.n_ctx, d_vocab=args.vocab_size,
-            positional=args.positional, seed=args.seed,
+            n_layers=args.n_layers,
+            n_heads=args.n_heads,
+            d_model=args.d_model,
+            d_head=args.d_head,
+            n_ctx=args.n_ctx,
+            d_vocab=args.vocab_size,
+            positional=args.positional,
+            seed=args.seed,
         )
     try:
         train(cfg, tc, args.out, resume=args.resume, progress=not args.no_progress)
     except KeyboardInterrupt:
-        print(f"interrupted: checkpoint saved in {args.out}; continue with --resume",
-              file=sys.stderr)
+        print(
+            f"interrupted: checkpoint saved in {args.out}; continue with --resume", file=sys.stderr
+        )
         return 130
     last = _last_metrics(Path(args.out) / "metrics.jsonl")
     print(f"trained {args.out}: " + json.dumps(last))

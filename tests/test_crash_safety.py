@@ -207,6 +207,7 @@ def test_sigkill_at_random_moments_then_resume_is_exact(tiny_corpus, reference, 
     lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     assert [json.loads(x)["step"] for x in lines] == list(range(1, STEPS + 1))
     assert saved_step(run) == STEPS == model_step(run)
+    assert not temp_files(run), "--resume leaves no temp file of an interrupted write behind"
     got, want = weights_of(run), weights_of(reference)
     diff = max((got[k] - want[k]).abs().max().item() for k in want)
     for k in want:

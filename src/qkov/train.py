@@ -277,6 +277,9 @@ def train(
     step = 0
     if resume:
         step = restore_state(model, opt, state_path)
+        if dd.main:  # temp files of writes a kill interrupted (qkov.io names them .NAME.*.tmp)
+            for stale in out.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
     metrics_path = out / "metrics.jsonl"
     if dd.main:  # only rank 0 writes files
         out.mkdir(parents=True, exist_ok=True)

@@ -79,3 +79,24 @@ def test_repeated_random_repeats_with_varying_period():
         periods.add(period)
     assert len(periods) > 1  # a fixed-offset head cannot solve the task
     assert torch.equal(b, data.train_batch(0, 8, 40, seed=0))
+
+
+def test_induction_task_rows_repeat_and_skip():
+    data = prepare("induction-task", vocab_size=97)
+    b = data.train_batch(3, 10, 48, seed=0)
+    assert b.shape == (10, 49) and b.min() >= 1 and b.max() < 97
+    assert torch.equal(b, data.train_batch(3, 10, 48, seed=0))
+    assert not torch.equal(b, data.train_batch(4, 10, 48, seed=0))
+    periods = set()
+    for row in b[:5].tolist():  # repeat rows: [filler f <= p][block of p in [6, 24]] repeated
+        found = [(p, f) for p in range(6, 25) for f in range(p + 1) if row[f + p :] == row[f:-p]]
+        assert found, row
+        periods.add(found[0][0])
+    assert len(periods) > 1
+    skips = b[5:]
+    follows = skips[:, 2:] == torch.as_tensor(data.perm)[skips[:, :-2]]
+    assert 0.7 < follows.float().mean() < 0.9  # skip_prob 0.8 (plus chance hits)
+    # The permutation never produces the separator and is a bijection of 1..V-1.
+    assert sorted(data.perm[1:].tolist()) == list(range(1, 97))
+    with pytest.raises(QkovError, match="--vocab-size >= 3"):
+        prepare("induction-task", vocab_size=2)

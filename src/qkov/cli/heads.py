@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from qkov.data.corpus import SYNTHETIC
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -63,7 +65,7 @@ def heldout_corpus(model, run_dir: str) -> str | None:
         corpus = json.loads(cfg_path.read_text(encoding="utf-8")).get("corpus")
     except (OSError, ValueError, AttributeError):
         return None
-    return corpus if isinstance(corpus, str) and corpus != "repeated-random" else None
+    return corpus if isinstance(corpus, str) and corpus not in SYNTHETIC else None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--corpus",
         default="stdlib",
-        help="stdlib (default), repeated-random, or text files/folders/globs",
+        help="stdlib (default), induction-task, repeated-random, or text files/folders/globs",
     )
     t.add_argument(
         "--steps",

@@ -2,18 +2,19 @@
 
 from qkov.data.corpus import Corpus, Document, load_corpus, stdlib_files
 from qkov.data.dataset import (
-    RepeatedRandom,
     TokenStream,
     default_cache_dir,
     heldout_tokens,
     prepare,
 )
+from qkov.data.synthetic import InductionTask, RepeatedRandom
 from qkov.data.tokenizer import EOT, decode_token, train_tokenizer
 
 __all__ = [
     "EOT",
     "Corpus",
     "Document",
+    "InductionTask",
     "RepeatedRandom",
     "TokenStream",
     "decode_token",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from qkov.errors import QkovError
 
-SYNTHETIC = ("repeated-random",)
+SYNTHETIC = ("repeated-random", "induction-task")
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def _expand(spec: str) -> list[Path]:
         else:
             raise QkovError(
                 f"corpus {part!r} is not a file, folder or glob that exists: "
-                "use --corpus stdlib, repeated-random, or a path to text files"
+                "use --corpus stdlib, repeated-random, induction-task, or a path to text files"
             )
     return paths
 

@@ -18,6 +18,7 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from qkov.data.corpus import load_corpus
+from qkov.data.synthetic import SYNTHETIC_TASKS, InductionTask, RepeatedRandom
 from qkov.data.tokenizer import EOT, train_tokenizer
 from qkov.errors import QkovError
 
@@ -72,36 +73,6 @@ class TokenStream:
         ]
 
 
-@dataclass
-class RepeatedRandom:
-    """Synthetic induction task: random tokens, then a random block repeated.
-
-    Each row is [random filler][block][block] with the block length drawn per row in
-    [L/4, L/2] (qkov.probes.induction_probe), so the repeat period varies: a head that
-    attends a fixed offset back cannot solve it, only token matching (induction) can.
-    Token 0 is never drawn (it is the separator in text corpora)."""
-
-    d_vocab: int
-    tokenizer: Tokenizer | None = None
-    n_documents: int = 0
-    skipped: int = 0
-
-    def _make(self, seed: int, batch_size: int, n_ctx: int) -> torch.Tensor:
-        from qkov.probes import induction_probe
-
-        # The probe never draws prefix ids: [0] keeps the separator out.
-        tokens = induction_probe(self.d_vocab, batch_size, n_ctx + 2, seed=seed, prefix=[0])
-        return tokens.tokens[:, 1:]
-
-    def train_batch(self, step: int, batch_size: int, n_ctx: int, seed: int) -> torch.Tensor:
-        return self._make(
-            int(np.random.default_rng([seed, step]).integers(2**62)), batch_size, n_ctx
-        )
-
-    def val_batches(self, batch_size: int, n_ctx: int, n_batches: int) -> list[torch.Tensor]:
-        return [self._make(2**62 + i, batch_size, n_ctx) for i in range(n_batches)]
-
-
 def _encode_split(tok: Tokenizer, texts: list[str], path: Path, dtype, desc: str) -> int:
     """Encode documents in batches (parallel in Rust), separated by <|endoftext|>, to a file."""
     eot = tok.token_to_id(EOT)
@@ -123,13 +94,13 @@ def prepare(
     vocab_size: int = 4096,
     cache_dir: str | Path | None = None,
     val_fraction: float = 0.05,
-) -> TokenStream | RepeatedRandom:
+) -> TokenStream | RepeatedRandom | InductionTask:
     """Load the corpus, train (or reuse) its tokenizer and encode it, caching on disk.
 
     The cache key is the corpus content hash and the vocab size: a second run with the
     same corpus reads the memmaps and re-encodes nothing."""
-    if corpus == "repeated-random":
-        return RepeatedRandom(d_vocab=vocab_size)
+    if corpus in SYNTHETIC_TASKS:
+        return SYNTHETIC_TASKS[corpus](d_vocab=vocab_size)
     docs = load_corpus(corpus)
     key = f"{docs.fingerprint()}-v{vocab_size}-c{CACHE_VERSION}"
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()

@@ -7,9 +7,12 @@ reports the median per-step time as tokens/s and the ratio qkov / TL.
 
     python benchmarks/bench_vs_transformer_lens.py [--reps 15] [--threads 2] [--quick]
 
-Training step = forward + next-token cross-entropy (qkov.train.lm_loss, for both) +
-backward + AdamW step, on a batch of n_ctx + 1 tokens as qkov.train feeds it. TL's model
-also trains its (zero-initialised) biases, as TL users' models do.
+Training step = forward + next-token cross-entropy + backward + AdamW step, on a batch of
+n_ctx + 1 tokens as qkov.train feeds it. Mode "train": each side's fastest loss, qkov's
+`model(x, targets)` (unembed fused with the loss, qkov.loss; what `qkov train` runs) vs
+`F.cross_entropy` on TL's logits (faster than TL's own return_type="loss"). Mode
+"train-unfused": the same `F.cross_entropy` on both sides' logits (qkov.train.lm_loss).
+TL's model also trains its (zero-initialised) biases, as TL users' models do.
 """
 
 from __future__ import annotations
@@ -49,8 +52,11 @@ class Case:
 CASES = [Case(128, 4, 2048, 128, 32), Case(256, 8, 4096, 256, 16)]
 
 
-def make_steps(model: torch.nn.Module, batch: torch.Tensor) -> dict[str, Callable[[], None]]:
-    """batch [batch, n_ctx + 1]: inputs batch[:, :-1], next-token targets batch[:, 1:]."""
+def make_steps(
+    model: torch.nn.Module, batch: torch.Tensor, fused: bool = False
+) -> dict[str, Callable[[], None]]:
+    """batch [batch, n_ctx + 1]: inputs batch[:, :-1], next-token targets batch[:, 1:].
+    fused: the model takes targets and returns the loss (qkov)."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x, y = batch[:, :-1], batch[:, 1:]
 
@@ -58,12 +64,19 @@ def make_steps(model: torch.nn.Module, batch: torch.Tensor) -> dict[str, Callabl
         with torch.no_grad():
             model(x)
 
-    def train() -> None:  # as qkov.train does it, minus clipping and logging
+    def train_unfused() -> None:
         opt.zero_grad(set_to_none=True)
         lm_loss(model(x), y).backward()
         opt.step()
 
-    return {"forward": forward, "train": train}
+    def train() -> None:  # as qkov.train does it, minus clipping and logging
+        if not fused:
+            return train_unfused()
+        opt.zero_grad(set_to_none=True)
+        model(x, y).backward()
+        opt.step()
+
+    return {"forward": forward, "train": train, "train-unfused": train_unfused}
 
 
 def interleaved(fns: dict[str, Callable[[], None]], reps: int, warmup: int = 2) -> dict:
@@ -100,10 +113,10 @@ def run_case(case: Case, reps: int) -> list[tuple[str, str, float, float, float,
     with torch.no_grad():  # same weights -> same logits, checked before timing
         err = (qkov_model(batch[:, :-1]) - tl_model(batch[:, :-1])).abs().max().item()
     assert err < 1e-4, f"qkov and TL disagree by {err}"
-    q, t = make_steps(qkov_model, batch), make_steps(tl_model, batch)
+    q, t = make_steps(qkov_model, batch, fused=True), make_steps(tl_model, batch)
     rows = []
     n_tok = case.batch * case.n_ctx
-    for mode in ("forward", "train"):
+    for mode in ("forward", "train", "train-unfused"):
         res = interleaved({"qkov": q[mode], "tl": t[mode]}, reps)
         (mq, iq), (mt, it) = res["qkov"], res["tl"]
         spread = (

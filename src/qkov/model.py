@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from qkov.config import ModelConfig
 from qkov.errors import QkovError
+from qkov.loss import unembed_cross_entropy
 
 Hook = Callable[[Tensor, str], Tensor | None]
 WEIGHT_NAMES = ("W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O", "W_U")
@@ -156,8 +157,23 @@ class AttnOnlyTransformer(nn.Module):
             )
         return tokens.long().to(self.device)
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        """tokens [batch, pos] -> logits [batch, pos, d_vocab] (fast path, SDPA)."""
+    def forward(self, tokens: Tensor, targets: Tensor | None = None) -> Tensor:
+        """tokens [batch, pos] -> logits [batch, pos, d_vocab] (fast path, SDPA); with
+        targets [batch, pos], the mean next-token cross-entropy instead, fused with the
+        unembedding (qkov.loss: the logits are never materialised)."""
+        resid = self.resid_final(tokens)
+        if targets is None:
+            return resid @ self.W_U
+        targets = self.check_tokens(targets)
+        if targets.shape != resid.shape[:-1]:
+            raise QkovError(
+                f"targets have shape {list(targets.shape)} but tokens {list(resid.shape[:-1])}: "
+                "pass one target id per input token"
+            )
+        return unembed_cross_entropy(resid, self.W_U, targets)
+
+    def resid_final(self, tokens: Tensor) -> Tensor:
+        """tokens [batch, pos] -> the final residual stream [batch, pos, d_model] (SDPA)."""
         tokens = self.check_tokens(tokens)
         cfg = self.cfg
         n = tokens.shape[1]
@@ -178,7 +194,7 @@ class AttnOnlyTransformer(nn.Module):
             z = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             z = z.transpose(1, 2).reshape(B, n, H * Dh)
             resid = resid + z @ self.W_O[l].reshape(H * Dh, D)
-        return resid @ self.W_U
+        return resid
 
     def run_with_hooks(
         self,

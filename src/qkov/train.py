@@ -95,7 +95,7 @@ def evaluate(model: AttnOnlyTransformer, batches: list[torch.Tensor]) -> float:
     total = 0.0
     for b in batches:
         b = b.to(model.device)
-        total += lm_loss(model(b[:, :-1]), b[:, 1:]).item()
+        total += model(b[:, :-1], b[:, 1:]).item()
     model.train()
     return total / len(batches)
 
@@ -343,7 +343,7 @@ def train(
             for g in opt.param_groups:
                 g["lr"] = lr
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                loss = lm_loss(fwd(batch[:, :-1]), batch[:, 1:])
+                loss = fwd(batch[:, :-1], batch[:, 1:])  # fused unembed + loss
             # Mean over ranks (same on all), and whether any rank was asked to stop.
             loss_value, stopping = distributed.mean_and_any(
                 loss.item(), stop.signum is not None, dd

@@ -1,0 +1,87 @@
+"""Next-token loss fused with the unembedding: `resid @ W_U` then cross-entropy, in chunks.
+
+The plain way materialises logits [tokens, d_vocab], then their log-softmax, then in the
+backward pass a zero-filled gradient of the same size and a second softmax. Here the loss
+is the last operation of the graph, so its gradient with respect to the logits,
+softmax(logits) - onehot(target), is known in the forward pass: each chunk of tokens
+computes its logits once, turns them in place into that gradient, and immediately
+contracts it into the gradients of `resid` and `W_U`; backward only scales them by the
+incoming gradient. Same matmuls, one pass over a small buffer instead of four over a big
+one, and peak memory of one chunk of logits (d_vocab 50k, 16k tokens: 3 GB less).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["chunk_rows", "unembed_cross_entropy"]
+
+
+def chunk_rows(d_vocab: int, budget: int = 1 << 21) -> int:
+    """Tokens per chunk: about `budget` logits (8 MB in fp32), at least 128 rows."""
+    return max(128, budget // max(1, d_vocab))
+
+
+class _UnembedCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)  # fp32 under autocast
+    def forward(ctx, resid: Tensor, W_U: Tensor, targets: Tensor, chunk: int) -> Tensor:
+        n = resid.shape[0]
+        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_x = torch.empty_like(resid) if need_x else None
+        acc = torch.promote_types(torch.promote_types(resid.dtype, W_U.dtype), torch.float32)
+        grad_w = torch.zeros(W_U.shape, dtype=acc, device=W_U.device) if need_w else None
+        total = torch.zeros((), dtype=acc, device=resid.device)
+        rows = torch.arange(min(chunk, n), device=resid.device)
+        for i in range(0, n, chunk):
+            x, t = resid[i : i + chunk], targets[i : i + chunk]
+            logits = (x @ W_U).to(acc)  # [chunk, d_vocab], at least fp32
+            picked = logits.gather(1, t[:, None]).squeeze(1)
+            top = logits.amax(dim=-1, keepdim=True)
+            e = logits.sub_(top).exp_()  # in place: one pass, no second copy of the logits
+            z = e.sum(dim=-1)
+            total += (top.squeeze(1) + z.log() - picked).sum()  # logsumexp - target logit
+            if need_x or need_w:
+                g = e.mul_((1.0 / (z * n))[:, None])  # softmax / n
+                g[rows[: len(t)], t] -= 1.0 / n  # = d(mean loss) / d logits
+                if need_x:
+                    grad_x[i : i + chunk] = (g.to(W_U.dtype) @ W_U.T).to(resid.dtype)
+                if need_w:
+                    grad_w.addmm_(x.T.to(acc), g)
+        ctx.save_for_backward(grad_x, grad_w.to(W_U.dtype) if need_w else None)
+        return total / n
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, grad_out: Tensor):
+        grad_x, grad_w = ctx.saved_tensors
+        return (
+            grad_x * grad_out if grad_x is not None else None,
+            grad_w * grad_out if grad_w is not None else None,
+            None,
+            None,
+        )
+
+
+def unembed_cross_entropy(
+    resid: Tensor, W_U: Tensor, targets: Tensor, chunk: int | None = None
+) -> Tensor:
+    """Mean next-token cross-entropy of `resid @ W_U` against `targets`, fused (see module).
+
+    resid [..., d_model], W_U [d_model, d_vocab], targets [...] int -> scalar. Equals
+    `F.cross_entropy((resid @ W_U).float().flatten(0, -2), targets.flatten())` and its
+    gradients up to float rounding. Without gradients it is a chunked forward only."""
+    x = resid.reshape(-1, resid.shape[-1])
+    t = targets.reshape(-1).long()
+    chunk = chunk or chunk_rows(W_U.shape[-1])
+    acc = torch.promote_types(torch.promote_types(x.dtype, W_U.dtype), torch.float32)
+    if not (torch.is_grad_enabled() and (x.requires_grad or W_U.requires_grad)):
+        with torch.no_grad():
+            total = sum(
+                F.cross_entropy((x[i : i + chunk] @ W_U).to(acc), t[i : i + chunk], reduction="sum")
+                for i in range(0, len(t), chunk)
+            )
+        return total / len(t)
+    return _UnembedCrossEntropy.apply(x, W_U, t, chunk)

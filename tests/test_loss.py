@@ -1,0 +1,62 @@
+"""The fused unembed + cross-entropy equals the plain computation, values and gradients."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from qkov import AttnOnlyTransformer, ModelConfig, QkovError
+from qkov.loss import chunk_rows, unembed_cross_entropy
+from qkov.train import lm_loss
+
+
+def plain(resid, W_U, targets):
+    return F.cross_entropy((resid @ W_U).flatten(0, -2), targets.flatten())
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1000])
+@pytest.mark.parametrize("scale", [1.0, -2.5])
+def test_value_and_gradients_match_plain(chunk, scale):
+    g = torch.Generator().manual_seed(chunk)
+    resid = torch.randn(3, 21, 16, generator=g, dtype=torch.float64) * 2
+    W_U = torch.randn(16, 50, generator=g, dtype=torch.float64)
+    targets = torch.randint(50, (3, 21), generator=g)
+    grads = []
+    for fn in (plain, lambda r, w, t: unembed_cross_entropy(r, w, t, chunk=chunk)):
+        r, w = resid.clone().requires_grad_(), W_U.clone().requires_grad_()
+        loss = fn(r, w, targets)
+        (scale * loss).backward()
+        grads.append((loss.detach(), r.grad, w.grad))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_only_weights_need_gradients_and_no_grad_path():
+    resid, W_U = torch.randn(40, 8), torch.randn(8, 30, requires_grad=True)
+    t = torch.randint(30, (40,))
+    unembed_cross_entropy(resid, W_U, t, chunk=9).backward()
+    W_ref = W_U.detach().clone().requires_grad_()
+    plain(resid, W_ref, t).backward()
+    torch.testing.assert_close(W_U.grad, W_ref.grad)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            unembed_cross_entropy(resid, W_U, t, chunk=9), plain(resid, W_U, t)
+        )
+    assert chunk_rows(2048) == 1024 and chunk_rows(50_000) == 128
+
+
+def test_model_loss_equals_loss_of_logits_with_same_gradients():
+    cfg = ModelConfig(n_layers=2, n_heads=2, d_model=16, n_ctx=12, d_vocab=40, init_std=0.3)
+    a = AttnOnlyTransformer(cfg)
+    b = AttnOnlyTransformer.from_weights(cfg, a.weights())
+    x = torch.randint(40, (4, 13))
+    la, lb = a(x[:, :-1], x[:, 1:]), lm_loss(b(x[:, :-1]), x[:, 1:])
+    torch.testing.assert_close(la, lb)
+    la.backward(), lb.backward()
+    for name in ("W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O", "W_U"):
+        torch.testing.assert_close(
+            getattr(a, name).grad, getattr(b, name).grad, atol=1e-6, rtol=1e-5
+        )
+    with pytest.raises(QkovError, match="one target id per input token"):
+        a(x[:, :-1], x[:, :-2])
+    with pytest.raises(QkovError, match="out of range"):
+        a(x[:, :-1], torch.full((4, 12), 40))

@@ -4,7 +4,8 @@
   `qkov.load` reads and `--resume` continues, losing at most one checkpoint interval; the
   final weights equal those of an uninterrupted run exactly (tolerance 0 on CPU: batches
   depend only on (seed, step) and the AdamW state is saved whole).
-- SIGINT / SIGTERM write a final checkpoint and exit with status 130 and one line.
+- SIGINT / SIGTERM write a final checkpoint and exit with status 128 + signal (130 / 143)
+  and one line.
 - Same seed and config give identical weights; the run records its versions."""
 
 from __future__ import annotations
@@ -235,7 +236,7 @@ def test_sigint_and_sigterm_write_final_checkpoint_and_exit_cleanly(
     data = prepare(str(tiny_corpus), 300)
     for sig, proc in procs.items():
         run = runs[sig]
-        assert proc.wait(timeout=HANG_GUARD_S) == 130, sig.name
+        assert proc.wait(timeout=HANG_GUARD_S) == 128 + sig, sig.name
         err = proc.stderr.read()
         proc.stderr.close()
         assert err.strip().splitlines() == [

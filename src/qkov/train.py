@@ -167,6 +167,14 @@ def versions() -> dict[str, str]:
     }
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised after the checkpoint a SIGINT or SIGTERM asked for; `signum` says which."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 class _StopFlag:
     """SIGTERM/SIGINT set a flag; the loop checkpoints and exits at the next step boundary."""
 
@@ -396,7 +404,8 @@ def train(
             if stopping:
                 checkpoint(step)
                 bar.close()
-                raise KeyboardInterrupt
+                # Another rank may have been the one signalled: report SIGTERM then.
+                raise TrainingInterrupted(stop.signum or signal.SIGTERM)
     bar.close()
     distributed.teardown(dd)
     return model

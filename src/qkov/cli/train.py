@@ -61,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from qkov.config import ModelConfig
-    from qkov.train import TrainConfig, train
+    from qkov.train import TrainConfig, TrainingInterrupted, train
 
     steps = args.steps
     if steps is None:  # --resume without --steps keeps the run's schedule (train takes the max)
@@ -94,11 +94,11 @@ def run(args: argparse.Namespace) -> int:
         )
     try:
         train(cfg, tc, args.out, resume=args.resume, progress=not args.no_progress)
-    except KeyboardInterrupt:
+    except TrainingInterrupted as e:
         print(
             f"interrupted: checkpoint saved in {args.out}; continue with --resume", file=sys.stderr
         )
-        return 130
+        return 128 + int(e.signum)  # the shell convention: 130 for SIGINT, 143 for SIGTERM
     last = _last_metrics(Path(args.out) / "metrics.jsonl")
     print(f"trained {args.out}: " + json.dumps(last))
     return 0

@@ -38,3 +38,14 @@ def test_demo_writes_report_and_losses_order_by_depth(demo_out):
     main_model = analysis["models"][0]
     assert main_model["name"] == "attn2" and len(main_model["heads"]) == 8
     assert "held-out" in main_model["loss"]["source"]
+
+
+def test_shipped_two_layer_model_has_induction_head_and_partner(demo_out):
+    """The issue's bar for the shipped 2-layer model: an induction head scoring >= 0.5 whose
+    key reads (K-composition above the random baseline) a layer-0 previous-token head."""
+    main_model = json.loads((demo_out / "analysis.json").read_text())["models"][0]
+    circuits = [c for c in main_model["induction_circuits"] if c["induction_score"] >= 0.5]
+    assert circuits, main_model["induction_circuits"]
+    best = max(circuits, key=lambda c: c["induction_score"])
+    assert best["partner_role"] == "previous_token" and best["previous_token_head"][0] == 0
+    assert best["k_composition_z"] > 3

@@ -220,7 +220,7 @@ def _circuit(r: Any, cls: Any) -> dict[str, Any]:
         "induction_head": [r.layer, r.head],
         "k_composition": top.score,
         "k_composition_z": top.z,
-        "partner_role": partner.label,
+        "partner_role": partner.label.replace("-", "_"),  # as the heads' "role"
         "previous_token_score": partner.scores.get("previous_token"),
         "induction_score": r.scores.get("induction"),
         "qk_term_eigenvalue_score": r.qk_term_eigenvalue_score,

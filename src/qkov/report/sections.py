@@ -247,7 +247,9 @@ def induction_section(m: dict) -> str:
             c.get("k_composition"),
             c.get("previous_token_score"),
             c.get("induction_score"),
-            f"{c['partner_role']} head" if c.get("partner_role") else "previous-token head",
+            f"{c['partner_role'].replace('_', '-')} head"
+            if c.get("partner_role")
+            else "previous-token head",
         )
         + _circuit_note(c)
         for c in circuits

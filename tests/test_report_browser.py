@@ -186,3 +186,46 @@ def test_report_in_chromium(browser, analysis, tmp_path, csp):
     assert _requests(events, page.as_uri()) == []
     # The load itself was seen, so the network log does work.
     assert any(ev.get("method") == "Network.requestWillBeSent" for ev in events)
+
+
+def test_demo_report_in_chromium(browser, tmp_path):
+    """The README's main job, `qkov demo`, on the shipped models, in the browser: every head
+    card and plot renders, no console error, no request. Its screenshots are the README's
+    (docs/report.png, docs/report-heads.png, copied from $QKOV_SCREENSHOT_DIR)."""
+    from selenium.webdriver.common.by import By
+
+    from qkov.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--eval-seqs", "4"]) == 0
+    analysis = json.loads((out / "analysis.json").read_text())
+    page = out / "report.html"
+    events = _open(browser, page)
+    shots = _shots_dir(tmp_path)
+
+    n_heads = sum(len(m.get("heads") or []) for m in analysis["models"])
+    assert n_heads == 12  # 2 x 4 + 1 x 4 (+ none in the 0-layer model)
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".head-card")) == n_heads
+    sizes = browser.execute_script(
+        "return Array.from(document.querySelectorAll('svg')).map(s => {"
+        "const r = s.getBoundingClientRect(); return [r.width, r.height]; });"
+    )
+    assert len(sizes) > 2 * n_heads and all(w > 0 and h > 0 for w, h in sizes)
+    for section in ("composition", "training", "heads", "induction", "terms"):
+        assert browser.find_elements(By.CSS_SELECTOR, f"#m0-{section} svg"), section
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#m0-attention .qkov-strip .tok")) > 10
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert "induction" in body and "attn0" in body and "attn1" in body
+
+    browser.set_window_size(1400, 1000)
+    browser.execute_script("window.scrollTo(0, 0)")
+    browser.save_screenshot(str(shots / "demo-report.png"))
+    heads = browser.find_element(By.CSS_SELECTOR, "#m0-heads")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'start'})", heads)
+    browser.save_screenshot(str(shots / "demo-report-heads.png"))
+    _screenshot(browser, shots / "demo-report-full.png")
+
+    errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
+    assert errors == []
+    events += [json.loads(e["message"])["message"] for e in browser.get_log("performance")]
+    assert _requests(events, page.as_uri()) == []

@@ -100,3 +100,12 @@ def test_induction_task_rows_repeat_and_skip():
     assert sorted(data.perm[1:].tolist()) == list(range(1, 97))
     with pytest.raises(QkovError, match="--vocab-size >= 3"):
         prepare("induction-task", vocab_size=2)
+
+
+def test_induction_task_too_short_context_leaves_no_run_directory(tmp_path):
+    from qkov.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--corpus", "induction-task", "--n-ctx", "2", "--vocab-size", "50"]
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 2
+    assert not out.exists()

@@ -288,6 +288,9 @@ def train(
         if dd.main:  # temp files of writes a kill interrupted (qkov.io names them .NAME.*.tmp)
             for stale in out.glob(".*.tmp"):
                 stale.unlink(missing_ok=True)
+    # Before anything is written: building the held-out batches checks that the data can
+    # fill n_ctx (too small a corpus, too short a synthetic context), so a bad run leaves no files.
+    val = data.val_batches(tc.batch_size, model_cfg.n_ctx, tc.eval_batches)
     metrics_path = out / "metrics.jsonl"
     if dd.main:  # only rank 0 writes files
         out.mkdir(parents=True, exist_ok=True)
@@ -299,7 +302,6 @@ def train(
         text = "".join(s + "\n" for s in _read_metrics(metrics_path, step))
         atomic_write_text(metrics_path, text)
 
-    val = data.val_batches(tc.batch_size, model_cfg.n_ctx, tc.eval_batches)
     probe = _probe_fn() if tc.probe_interval else None
     last = min(tc.steps, stop_after) if stop_after is not None else tc.steps
     tokens_per_step = tc.batch_size * model_cfg.n_ctx

@@ -38,7 +38,7 @@ def test_top_k_matches_brute_force(chunk_size):
         )
         for t in got:
             assert float(ref[t.source, t.destination, t.out]) == pytest.approx(t.score, rel=1e-4)
-            assert t.source_str == f"#{t.source}"
+            assert t.source_str == f"[{t.source}]"
 
 
 @pytest.mark.parametrize("per_source", [1, 2])
@@ -108,7 +108,7 @@ def test_errors_and_decoding():
     model = keep_in_mind_model()
     assert token_str(model, 4) == "bay"
     model.tokenizer = None
-    assert token_str(model, 4) == "#4"
+    assert token_str(model, 4) == "[4]"
     with pytest.raises(QkovError, match="k must be"):
         skip_trigrams(model, 0, 0, k=0)
     with pytest.raises(QkovError, match="layer 1 does not exist"):

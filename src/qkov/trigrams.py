@@ -29,20 +29,15 @@ import torch
 from torch import Tensor
 
 from qkov.circuits import CHUNK_ELEMENTS, ov_circuit, qk_circuit
+from qkov.data.tokenizer import decode_token
 from qkov.errors import QkovError
 from qkov.factored import FactoredMatrix
 from qkov.model import AttnOnlyTransformer
 
 
 def token_str(model: AttnOnlyTransformer, token: int) -> str:
-    """Text of one token via model.tokenizer, or '#id' without a tokenizer."""
-    tok = model.tokenizer
-    if tok is None or token >= tok.get_vocab_size():
-        return f"#{token}"
-    text = tok.decode([token], skip_special_tokens=False)
-    if not text or "\ufffd" in text:  # a partial UTF-8 byte: show the vocabulary entry
-        return tok.id_to_token(token) or f"#{token}"
-    return text
+    """Text of one token via model.tokenizer, or '[id]' without a tokenizer."""
+    return decode_token(model.tokenizer, token)
 
 
 @dataclass(frozen=True)

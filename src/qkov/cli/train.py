@@ -26,6 +26,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--vocab-size", type=int, default=4096, help="BPE vocabulary size (= d_vocab of the model)"
     )
     m.add_argument("--positional", choices=POSITIONAL_MODES, default="shortformer")
+    m.add_argument(
+        "--init-std",
+        type=float,
+        default=None,
+        help="std of the initial weights (default 0.02; W_O is scaled by 1/sqrt(2 n_layers))",
+    )
     t = p.add_argument_group("training")
     t.add_argument(
         "--corpus",
@@ -91,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
             d_vocab=args.vocab_size,
             positional=args.positional,
             seed=args.seed,
+            **({} if args.init_std is None else {"init_std": args.init_std}),
         )
     try:
         train(cfg, tc, args.out, resume=args.resume, progress=not args.no_progress)

@@ -32,7 +32,15 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> Tokenizer:
 
 
 def decode_token(tok: Tokenizer | None, token_id: int) -> str:
-    """One token id as readable text (its bytes decoded); the id in brackets without a tokenizer."""
-    if tok is None:
+    """One token id as readable text (its bytes decoded).
+
+    A token that is part of a UTF-8 character shows its vocabulary entry; without a
+    tokenizer, or for an id outside its vocabulary, the id in brackets: ``[17]``.
+    """
+    token_id = int(token_id)
+    if tok is None or not 0 <= token_id < tok.get_vocab_size():
         return f"[{token_id}]"
-    return tok.decode([int(token_id)], skip_special_tokens=False)
+    text = tok.decode([token_id], skip_special_tokens=False)
+    if not text or "\ufffd" in text:
+        return tok.id_to_token(token_id) or f"[{token_id}]"
+    return text

@@ -339,24 +339,12 @@ def convert_state_dict(
 
 def _read_weights(path: Path) -> dict[str, Tensor]:
     """safetensors, or .pt/.pth through torch.load(weights_only=True): never plain pickle."""
-    if path.suffix == ".safetensors":
-        from qkov.checkpoint import load_safetensors
+    from qkov.checkpoint import PICKLE_SUFFIXES, load_pt_weights, load_safetensors
 
+    if path.suffix == ".safetensors":
         return load_safetensors(path)
-    if path.suffix in (".pt", ".pth"):
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-            msg = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-            raise QkovError(
-                f"{path} cannot be read with torch.load(weights_only=True) ({msg}): "
-                "save a plain state dict, or convert it to safetensors"
-            ) from None
-        if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-            obj = obj["state_dict"]
-        if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
-            raise QkovError(f"{path} does not hold a state dict of tensors")
-        return dict(obj)
+    if path.suffix in PICKLE_SUFFIXES:
+        return load_pt_weights(path)
     raise QkovError(f"{path}: unknown weights format; use .safetensors, .pt or .pth")
 
 

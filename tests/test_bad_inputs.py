@@ -21,22 +21,9 @@ import torch
 from qkov import ModelConfig, QkovError, load
 from qkov.checkpoint import load_pt_weights
 from qkov.cli import main
+from tiny import tiny_flags
 
-SMALL = [
-    "--n-layers",
-    "1",
-    "--n-heads",
-    "2",
-    "--d-model",
-    "16",
-    "--n-ctx",
-    "16",
-    "--vocab-size",
-    "300",
-    "--batch-size",
-    "2",
-    "--no-progress",
-]
+SMALL = tiny_flags()
 
 
 def write_corpus(root: Path) -> Path:

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from qkov.cli import main
+from tiny import tiny_train
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -16,34 +17,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def run_dir(tiny_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "r"
-    code = main(
-        [
-            "train",
-            "--corpus",
-            str(tiny_corpus),
-            "--n-layers",
-            "1",
-            "--n-heads",
-            "2",
-            "--d-model",
-            "16",
-            "--n-ctx",
-            "16",
-            "--vocab-size",
-            "300",
-            "--steps",
-            "6",
-            "--batch-size",
-            "2",
-            "--eval-interval",
-            "3",
-            "--ckpt-interval",
-            "3",
-            "--out",
-            str(out),
-            "--no-progress",
-        ]
-    )
+    code = main(tiny_train(tiny_corpus, out, steps=6, eval_interval=3, ckpt_interval=3))
     assert code == 0
     return out
 

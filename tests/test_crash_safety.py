@@ -29,6 +29,7 @@ from qkov import load
 from qkov.cli import main
 from qkov.data import prepare
 from qkov.train import TrainConfig, train
+from tiny import tiny_train
 
 STEPS, CKPT = 48, 2
 # Where each SIGKILL lands: at a random point of training (eval, log or checkpoint), at a
@@ -39,36 +40,17 @@ HANG_GUARD_S = 600  # only against a hung subprocess; never a speed assertion
 
 
 def train_args(corpus: Path, out: Path, steps: int = STEPS, ckpt: int = CKPT) -> list[str]:
-    return [
-        "train",
-        "--corpus",
-        str(corpus),
-        "--n-layers",
-        "2",
-        "--n-heads",
-        "2",
-        "--d-model",
-        "16",
-        "--n-ctx",
-        "16",
-        "--vocab-size",
-        "300",
-        "--batch-size",
-        "4",
-        "--steps",
-        str(steps),
-        "--warmup",
-        "4",
-        "--lr",
-        "1e-2",
-        "--eval-interval",
-        "1",
-        "--ckpt-interval",
-        str(ckpt),
-        "--out",
-        str(out),
-        "--no-progress",
-    ]
+    return tiny_train(
+        corpus,
+        out,
+        n_layers=2,
+        batch_size=4,
+        steps=steps,
+        warmup=4,
+        lr="1e-2",
+        eval_interval=1,
+        ckpt_interval=ckpt,
+    )
 
 
 def spawn(args: list[str]) -> subprocess.Popen:

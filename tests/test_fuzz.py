@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from qkov import ModelConfig, QkovError, load
 from qkov.cli import main
 from qkov.config import POSITIONAL_MODES
+from tiny import tiny_train
 
 FIELDS = [f.name for f in dataclasses.fields(ModelConfig)]
 FUZZ = dict(
@@ -85,32 +86,9 @@ def dirs(tiny_corpus, tmp_path_factory) -> dict[str, Path]:
     """A tiny trained run (never modified), an empty dir, a binary-only corpus."""
     root = tmp_path_factory.mktemp("fuzz")
     run = root / "run"
-    args = [
-        "train",
-        "--corpus",
-        str(tiny_corpus),
-        "--n-layers",
-        "1",
-        "--n-heads",
-        "2",
-        "--d-model",
-        "8",
-        "--n-ctx",
-        "8",
-        "--vocab-size",
-        "300",
-        "--steps",
-        "4",
-        "--batch-size",
-        "2",
-        "--eval-interval",
-        "2",
-        "--ckpt-interval",
-        "2",
-        "--out",
-        str(run),
-        "--no-progress",
-    ]
+    args = tiny_train(
+        tiny_corpus, run, d_model=8, n_ctx=8, steps=4, eval_interval=2, ckpt_interval=2
+    )
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(args) == 0
     (root / "empty").mkdir()

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -112,3 +113,44 @@ def test_train_config_validation():
         TrainConfig(steps=0)
     with pytest.raises(QkovError, match="--lr must be a positive"):
         TrainConfig(lr=-1.0)
+
+
+def test_init_from_starts_at_the_given_weights(data, tmp_path):
+    """--init-from: step 0 of the new run holds the source's weights; then it trains on."""
+    src = train(CFG, small_tc(steps=10), tmp_path / "base", progress=False, data=data)
+    tc = small_tc(steps=5, lr=1e-2, init_from=str(tmp_path / "base"), seed=1)
+    zero = train(
+        None, dataclasses.replace(tc, lr=1e-12), tmp_path / "same", progress=False, data=data
+    )
+    for name, w in src.weights().items():
+        torch.testing.assert_close(zero.weights()[name], w, atol=1e-8, rtol=0)
+    tuned = train(None, tc, tmp_path / "tuned", progress=False, data=data)
+    assert not torch.equal(tuned.W_Q, src.W_Q)
+    saved = json.loads((tmp_path / "tuned/train_config.json").read_text())
+    assert saved["init_from"] == str(tmp_path / "base")
+    assert load(tmp_path / "tuned").cfg == src.cfg
+    # A resumed fine-tune continues from its own state, not from the source again.
+    train(
+        None,
+        dataclasses.replace(tc, steps=10),
+        tmp_path / "tuned",
+        resume=True,
+        progress=False,
+        data=data,
+    )
+
+
+def test_init_from_refuses_other_shapes_and_tokenizers(data, tmp_path, tiny_corpus):
+    train(CFG, small_tc(steps=5), tmp_path / "base", progress=False, data=data)
+    tc = small_tc(steps=5, init_from=str(tmp_path / "base"))
+    other = dataclasses.replace(CFG, d_model=32)
+    with pytest.raises(QkovError, match="drop the model flags"):
+        train(other, tc, tmp_path / "x", progress=False, data=data)
+    data2 = prepare(str(tiny_corpus), vocab_size=280, cache_dir=tmp_path / "c2")
+    with pytest.raises(QkovError, match="d_vocab=300 but the corpus tokenizer has 280"):
+        train(None, tc, tmp_path / "y", progress=False, data=data2)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    with pytest.raises(QkovError, match="does not exist"):
+        train(None, small_tc(init_from=str(tmp_path / "nope")), tmp_path / "z", data=data)
+    with pytest.raises(QkovError, match="--min-lr-ratio must be in"):
+        TrainConfig(min_lr_ratio=1.5)

@@ -55,6 +55,7 @@ class TrainConfig:
     probe_interval: int = 0  # 0: no head probes during training
     seed: int = 0
     device: str = "cpu"
+    init_from: str | None = None  # a model directory whose weights start the run (fine-tuning)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_interval", "eval_batches", "ckpt_interval"):
@@ -73,6 +74,8 @@ class TrainConfig:
             raise QkovError(f"--grad-clip must be positive, got {self.grad_clip}")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise QkovError(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
+        if not 0 <= self.min_lr_ratio <= 1:  # also refuses NaN
+            raise QkovError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
 
     def lr_at(self, step: int) -> float:
         """Linear warmup to lr, then cosine decay to min_lr_ratio * lr at `steps`."""
@@ -262,6 +265,10 @@ def train(
             f"{out} already holds a training run: pass --resume to continue it, "
             "or choose another --out"
         )
+    start = None
+    if tc.init_from is not None and not resume:
+        start = _init_weights(tc.init_from, model_cfg)
+        model_cfg = start.cfg
     if model_cfg is None:
         model_cfg = ModelConfig()
     check_device(tc.device)
@@ -276,10 +283,24 @@ def train(
                 f"corpus tokenizer has {data.d_vocab} tokens but {out} has "
                 f"d_vocab={model_cfg.d_vocab}: resume with the same --corpus"
             )
+        if start is not None:
+            raise QkovError(
+                f"--init-from {tc.init_from} has d_vocab={model_cfg.d_vocab} but the corpus "
+                f"tokenizer has {data.d_vocab} tokens: use the corpus and --vocab-size it was "
+                "trained with"
+            )
         model_cfg = dataclasses.replace(model_cfg, d_vocab=data.d_vocab)
+    if start is not None and start.tokenizer is not None and data.tokenizer is not None:
+        if start.tokenizer.get_vocab() != data.tokenizer.get_vocab():
+            raise QkovError(
+                f"--init-from {tc.init_from} was trained with another tokenizer than this "
+                "corpus's: use the corpus it was trained on"
+            )
 
     torch.manual_seed(tc.seed)
     model = AttnOnlyTransformer(model_cfg).to(device)
+    if start is not None:
+        model.load_weights(start.weights(), source=tc.init_from)
     model.tokenizer = data.tokenizer
     opt = _make_optimizer(model, tc)
     step = 0
@@ -411,6 +432,19 @@ def train(
     bar.close()
     distributed.teardown(dd)
     return model
+
+
+def _init_weights(path: str, model_cfg: ModelConfig | None) -> AttnOnlyTransformer:
+    """The model a fine-tuning run starts from; its config is the run's config."""
+    from qkov.checkpoint import load
+
+    start = load(path)
+    if model_cfg is not None and model_cfg != start.cfg:
+        raise QkovError(
+            f"--init-from {path} has config {start.cfg.to_dict()}, which the model flags "
+            "contradict: drop the model flags (the config comes from --init-from)"
+        )
+    return start
 
 
 def _probe_fn():

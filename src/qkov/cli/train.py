@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train an attention-only model",
         description="Train an attention-only transformer; checkpoints go to --out.",
     )
-    m = p.add_argument_group("model (ignored with --resume)")
+    m = p.add_argument_group("model (ignored with --resume and --init-from)")
     m.add_argument("--n-layers", type=int, default=2)
     m.add_argument("--n-heads", type=int, default=4)
     m.add_argument("--d-model", type=int, default=128)
@@ -47,6 +47,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--lr", type=float, default=3e-3)
     t.add_argument("--warmup", type=int, default=100)
+    t.add_argument(
+        "--min-lr-ratio",
+        type=float,
+        default=0.1,
+        help="the cosine schedule ends at this fraction of --lr (1: constant lr after warmup)",
+    )
     t.add_argument("--weight-decay", type=float, default=0.01)
     t.add_argument("--grad-clip", type=float, default=1.0)
     t.add_argument("--eval-interval", type=int, default=100)
@@ -61,6 +67,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument(
+        "--init-from",
+        metavar="DIR",
+        default=None,
+        help="start from the weights of this model directory (its config; a fresh optimizer "
+        "and schedule): fine-tuning, or a second stage of training",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -78,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         warmup=args.warmup,
+        min_lr_ratio=args.min_lr_ratio,
         weight_decay=args.weight_decay,
         grad_clip=args.grad_clip,
         eval_interval=args.eval_interval,
@@ -85,9 +99,10 @@ def run(args: argparse.Namespace) -> int:
         probe_interval=args.probe_interval,
         seed=args.seed,
         device=args.device,
+        init_from=args.init_from,
     )
     cfg = None
-    if not args.resume:
+    if not (args.resume or args.init_from):
         cfg = ModelConfig(
             n_layers=args.n_layers,
             n_heads=args.n_heads,

@@ -1,19 +1,23 @@
 """Copy trained run directories into src/qkov/models/ (what `qkov demo` analyses).
 
 Usage: python scripts/ship_models.py runs/attn0 runs/attn1 runs/attn2
+       python scripts/ship_models.py runs/attn2-ft --name attn2 --base src/qkov/models/attn2
 Copies config.json, model.safetensors, tokenizer.json, train_config.json, versions.json and
-metrics.jsonl (the optimizer state is left out: it is only needed to resume)."""
+metrics.jsonl (the optimizer state is left out: it is only needed to resume). A run trained
+`--init-from` a base run is shipped with --base: the base's record (all but its weights)
+goes to NAME/base/, where `qkov demo --train` and the report's training curve find it."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import shutil
-import sys
 from pathlib import Path
 
 from safetensors import safe_open
 
+RECORD = ("config.json", "train_config.json", "versions.json", "metrics.jsonl", "shipped.json")
 FILES = ("config.json", "model.safetensors", "tokenizer.json", "train_config.json", "versions.json")
 DEST = Path(__file__).resolve().parent.parent / "src" / "qkov" / "models"
 
@@ -28,12 +32,16 @@ def clean_metrics(text: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def main(runs: list[str]) -> None:
+def main(runs: list[str], name: str | None = None, base: str | None = None) -> None:
+    if (name or base) and len(runs) != 1:
+        raise SystemExit("--name and --base ship one run")
+    # Read the base record first: it may be the folder this run is about to replace.
+    base_files = {f: (Path(base) / f).read_bytes() for f in RECORD} if base else {}
     for run in map(Path, runs):
-        dest = DEST / run.name
+        dest = DEST / (name or run.name)
         dest.mkdir(parents=True, exist_ok=True)
-        for name in FILES:
-            shutil.copy2(run / name, dest / name)
+        for f in FILES:
+            shutil.copy2(run / f, dest / f)
         metrics = clean_metrics((run / "metrics.jsonl").read_text())
         with safe_open(str(run / "model.safetensors"), "pt") as f:
             step = int(f.metadata()["step"])  # the step these weights are from
@@ -41,8 +49,17 @@ def main(runs: list[str]) -> None:
         # The step the run stopped at: `qkov demo --train` stops there too (the schedule
         # in train_config.json may be longer; a run stopped early resumes exactly).
         (dest / "shipped.json").write_text(json.dumps({"step": step}) + "\n")
-        print(f"shipped {run} -> {dest}")
+        if base_files:
+            (dest / "base").mkdir(exist_ok=True)
+            for f, data in base_files.items():
+                (dest / "base" / f).write_bytes(data)
+        print(f"shipped {run} -> {dest}" + (f" (base record from {base})" if base else ""))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+")
+    ap.add_argument("--name", help="folder name under src/qkov/models (default: the run's)")
+    ap.add_argument("--base", help="the record of the run this one was --init-from")
+    a = ap.parse_args()
+    main(a.runs, a.name, a.base)

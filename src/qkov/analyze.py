@@ -139,7 +139,7 @@ def analyze_model(
     }
     rec["bigrams"] = top_bigrams(model, n_bigrams)
     if source:
-        rec["training"], rec["val_loss"] = read_metrics(Path(source) / "metrics.jsonl")
+        rec["training"], rec["val_loss"] = training_history(Path(source))
     else:
         rec["not_computed"]["training"] = "model given in memory (no metrics.jsonl)"
     if cfg.n_layers == 0:
@@ -338,6 +338,23 @@ def read_metrics(path: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | No
         if isinstance(rec.get("val_loss"), (int, float)):
             last_val = {"value": rec["val_loss"], "step": rec["step"]}
     return ({"series": series} if series else None), last_val
+
+
+def training_history(model_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """`read_metrics` of model_dir/metrics.jsonl, preceded by that of the run it was
+    fine-tuned from when model_dir/base/ holds it (`qkov train --init-from`): the base's
+    series first, then this run's with its steps counted on from the base's last step."""
+    training, last_val = read_metrics(model_dir / "metrics.jsonl")
+    base = training_history(model_dir / "base")[0] if (model_dir / "base").is_dir() else None
+    if base is None:
+        return training, last_val
+    offset = max(step for points in base["series"].values() for step, _ in points)
+    series = {k: [list(p) for p in v] for k, v in base["series"].items()}
+    for key, points in (training or {"series": {}})["series"].items():
+        series.setdefault(key, []).extend([step + offset, v] for step, v in points)
+    if last_val is not None:
+        last_val = {**last_val, "step": last_val["step"] + offset}
+    return {"series": series}, last_val
 
 
 def write_analysis(out_dir: str | Path, analysis: dict[str, Any]) -> tuple[Path, Path]:

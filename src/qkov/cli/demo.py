@@ -53,25 +53,33 @@ def shipped_dirs() -> list[Path]:
 
 
 def retrain(out: Path, device: str) -> list[Path]:
-    """Train each shipped model again from its config.json and train_config.json."""
+    """Train each shipped model again from its records (config.json, train_config.json,
+    shipped.json; a model fine-tuned --init-from a base run has the base's in base/)."""
+    dirs = []
+    for name in NAMES:
+        run_dir = out / "models" / name
+        _retrain(SHIPPED / name, run_dir, device)
+        dirs.append(run_dir)
+    return dirs
+
+
+def _retrain(record: Path, run_dir: Path, device: str) -> None:
     import dataclasses
 
     from qkov.config import ModelConfig
     from qkov.train import TrainConfig, train
 
-    dirs = []
-    for name in NAMES:
-        src = SHIPPED / name
-        cfg = ModelConfig.load(src / "config.json")
-        tc = TrainConfig(**json.loads((src / "train_config.json").read_text()))
-        tc = dataclasses.replace(tc, device=device)
-        run_dir = out / "models" / name
-        resume = (run_dir / "train_state.safetensors").is_file()
-        # shipped.json: the step the shipped run stopped at (its schedule may be longer).
-        stop = json.loads((src / "shipped.json").read_text())["step"]
-        train(None if resume else cfg, tc, run_dir, resume=resume, stop_after=stop)
-        dirs.append(run_dir)
-    return dirs
+    cfg = ModelConfig.load(record / "config.json")
+    tc = TrainConfig(**json.loads((record / "train_config.json").read_text()))
+    tc = dataclasses.replace(tc, device=device)
+    if tc.init_from is not None:  # a second stage: first its base run, into run_dir/base
+        _retrain(record / "base", run_dir / "base", device)
+        tc = dataclasses.replace(tc, init_from=str(run_dir / "base"))
+        cfg = None  # the config comes from the base run
+    resume = (run_dir / "train_state.safetensors").is_file()
+    # shipped.json: the step the shipped run stopped at (its schedule may be longer).
+    stop = json.loads((record / "shipped.json").read_text())["step"]
+    train(None if resume else cfg, tc, run_dir, resume=resume, stop_after=stop)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -56,6 +56,23 @@ def test_resume_extends_steps(run_dir, tmp_path):
     assert json.loads(last)["step"] == 9
 
 
+def test_fine_tune_with_init_from(run_dir, tiny_corpus, tmp_path, capsys):
+    """`qkov train --init-from RUN`: the config comes from RUN (model flags are not needed),
+    the record says where the weights came from, and `qkov info` shows it."""
+    out = tmp_path / "tuned"
+    argv = ["train", "--init-from", str(run_dir), "--corpus", str(tiny_corpus), "--steps", "3"]
+    argv += ["--batch-size", "2", "--lr", "1e-3", "--min-lr-ratio", "1", "--no-progress"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text()) == json.loads(
+        (run_dir / "config.json").read_text()
+    )
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["init_from"] == str(run_dir) and saved["min_lr_ratio"] == 1.0
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    assert f"init_from   {run_dir}" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "args, words",
     [
@@ -63,6 +80,8 @@ def test_resume_extends_steps(run_dir, tmp_path):
         (["train", "--out", "x", "--d-model", "-4"], "d_model must be positive"),
         (["train", "--out", "x", "--corpus", "/nonexistent/txt"], "is not a file, folder or glob"),
         (["sample", "/nonexistent/run"], "does not exist"),
+        (["train", "--out", "x", "--init-from", "/nonexistent/run"], "does not exist"),
+        (["train", "--out", "x", "--min-lr-ratio", "2"], "--min-lr-ratio must be in [0, 1]"),
     ],
 )
 def test_user_mistakes_get_one_line(args, words, tmp_path):

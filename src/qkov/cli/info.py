@@ -24,6 +24,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"  {'params':<11} {cfg.n_params:,}")
     tok = model.tokenizer
     print(f"  {'tokenizer':<11} {tok.get_vocab_size() if tok else 'none'}")
+    base = _init_from(Path(args.dir) / "train_config.json")
+    if base:
+        print(f"  {'init_from':<11} {base} (fine-tuned from its weights)")
     metrics = Path(args.dir) / "metrics.jsonl"
     if metrics.is_file():
         lines = [ln for ln in metrics.read_text(encoding="utf-8").splitlines() if ln.strip()]
@@ -33,3 +36,12 @@ def run(args: argparse.Namespace) -> int:
             except json.JSONDecodeError:
                 print("  last        (metrics.jsonl ends in a torn line)")
     return 0
+
+
+def _init_from(path: Path) -> str | None:
+    """The run a checkpoint was fine-tuned from (`qkov train --init-from`), if any."""
+    try:
+        tc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return tc.get("init_from") if isinstance(tc, dict) else None

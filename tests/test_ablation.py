@@ -25,8 +25,11 @@ from test_heads import V, build_induction_model
 TOL = dict(atol=1e-4, rtol=1e-4)
 
 
-def random_model(n_layers: int, positional: str = "shortformer", n_heads: int = 3):
+def random_model(
+    n_layers: int, positional: str = "shortformer", n_heads: int = 3, norm: str = "none"
+):
     cfg = ModelConfig(
+        normalization=norm,
         n_layers=n_layers,
         n_heads=n_heads,
         d_model=24,
@@ -45,10 +48,11 @@ def tokens_for(model, batch: int = 3, seed: int = 0):
 
 
 # ---------------------------------------------------------------------------- path orders
+@pytest.mark.parametrize("norm", ["none", "rms"])
 @pytest.mark.parametrize("positional", ["shortformer", "standard", "none"])
 @pytest.mark.parametrize("n_layers", [1, 2, 3])
-def test_orders_sum_to_logits(n_layers, positional):
-    model = random_model(n_layers, positional)
+def test_orders_sum_to_logits(n_layers, positional, norm):
+    model = random_model(n_layers, positional, norm=norm)
     tokens = tokens_for(model)
     terms = order_logits(model, tokens)
     assert terms.shape == (n_layers + 1, 3, 12, 40)
@@ -58,9 +62,10 @@ def test_orders_sum_to_logits(n_layers, positional):
     torch.testing.assert_close(ablated, torch.zeros_like(ablated), **TOL)
 
 
+@pytest.mark.parametrize("norm", ["none", "rms"])
 @pytest.mark.parametrize("positional", ["shortformer", "standard"])
-def test_orders_agree_with_circuits_path_expansion(positional):
-    model = random_model(2, positional)
+def test_orders_agree_with_circuits_path_expansion(positional, norm):
+    model = random_model(2, positional, norm=norm)
     tokens = tokens_for(model, seed=1)
     mine = order_logits(model, tokens)
     by_order = path_expansion(model, tokens).by_order()

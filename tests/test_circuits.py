@@ -39,8 +39,11 @@ def nonzero(eigs: torch.Tensor, tol: float) -> torch.Tensor:
     return eigs[eigs.abs() > tol]
 
 
-def random_model(n_layers=1, positional="shortformer", seed=0, d_vocab=40, n_heads=2, std=0.5):
+def random_model(
+    n_layers=1, positional="shortformer", seed=0, d_vocab=40, n_heads=2, std=0.5, norm="none"
+):
     cfg = ModelConfig(
+        normalization=norm,
         n_layers=n_layers,
         n_heads=n_heads,
         d_model=16,
@@ -60,11 +63,12 @@ def causal_softmax(scores: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------- path expansion
+@pytest.mark.parametrize("norm", ["none", "rms"])
 @pytest.mark.parametrize("positional", ["shortformer", "standard", "none"])
 @pytest.mark.parametrize("n_layers", [0, 1, 2, 3])
-def test_path_expansion_sums_to_logits(n_layers, positional):
+def test_path_expansion_sums_to_logits(n_layers, positional, norm):
     for seed in range(2):
-        model = random_model(n_layers, positional, seed=seed)
+        model = random_model(n_layers, positional, seed=seed, norm=norm)
         tokens = torch.randint(0, 40, (2, 10), generator=torch.Generator().manual_seed(seed))
         pe = path_expansion(model, tokens)
         n_sources = 2 if positional == "standard" else 1

@@ -148,8 +148,9 @@ def test_refuses_what_qkov_cannot_represent(tl):
 
 
 # ---------------------------------------------------------------------------- qkov -> TL
+@pytest.mark.parametrize("normalization", ["none", "rms"])
 @pytest.mark.parametrize("positional", ["shortformer", "standard", "none"])
-def test_export_runs_in_tl_with_same_logits(tl, positional):
+def test_export_runs_in_tl_with_same_logits(tl, positional, normalization):
     model = AttnOnlyTransformer(
         ModelConfig(
             n_layers=2,
@@ -159,10 +160,33 @@ def test_export_runs_in_tl_with_same_logits(tl, positional):
             d_vocab=50,
             positional=positional,
             init_std=0.3,
+            normalization=normalization,
         )
     )
     hooked = to_hooked_transformer(model)
+    want = "RMSPre" if normalization == "rms" else None
+    assert hooked.cfg.normalization_type == want
     torch.testing.assert_close(hooked(tokens()), model(tokens()), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("positional", ["shortformer", "standard"])
+def test_tl_rmspre_model_imports_exactly(tl, positional):
+    """TL's weightless RMS norm is qkov's normalization="rms": bias-free models import
+    exactly (logits and patterns); biases are refused, since folding them would change
+    each position's RMS."""
+    hooked = tl_model(tl, 2, positional, norm="RMSPre", biases=False)
+    converted = convert_state_dict(hooked.state_dict(), hooked.cfg)
+    assert converted.exact and converted.config.normalization == "rms"
+    model = converted.model()
+    want, tl_cache = hooked.run_with_cache(tokens())
+    logits, cache = model.run_with_cache(tokens())
+    torch.testing.assert_close(logits, want, atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        cache["pattern.1"], tl_cache["blocks.1.attn.hook_pattern"], atol=ATOL, rtol=0
+    )
+    biased = tl_model(tl, 2, positional, norm="RMSPre")
+    with pytest.raises(QkovError, match="RMSPre normalisation and nonzero biases"):
+        convert_state_dict(biased.state_dict(), biased.cfg)
 
 
 def test_composition_scores_match_tl(tl):

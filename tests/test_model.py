@@ -18,21 +18,29 @@ def reference_logits(cfg: ModelConfig, w: dict, tokens: torch.Tensor) -> torch.T
     if cfg.positional == "standard":
         x = x + pos
     causal = torch.tril(torch.ones(n, n, dtype=torch.bool))
+
+    def norm(x):  # normalization="rms": divide each position by its root mean square
+        if cfg.normalization == "none":
+            return x
+        return x / torch.sqrt((x * x).sum(-1, keepdim=True) / x.shape[-1] + 1e-5)
+
     for l in range(cfg.n_layers):
-        qk_in = x + pos if cfg.positional == "shortformer" else x
+        qk_in = norm(x) + pos if cfg.positional == "shortformer" else norm(x)
         out = torch.zeros_like(x)
         for h in range(cfg.n_heads):
             q = qk_in @ w["W_Q"][l, h]
             k = qk_in @ w["W_K"][l, h]
-            v = x @ w["W_V"][l, h]
+            v = norm(x) @ w["W_V"][l, h]
             s = q @ k.transpose(1, 2) / math.sqrt(cfg.d_head)
             s = s.masked_fill(~causal, -math.inf)
             out = out + (s.softmax(-1) @ v) @ w["W_O"][l, h]
         x = x + out
-    return x @ w["W_U"]
+    return norm(x) @ w["W_U"]
 
 
-def random_model(n_layers: int, positional: str, seed: int = 0) -> AttnOnlyTransformer:
+def random_model(
+    n_layers: int, positional: str, seed: int = 0, normalization: str = "none"
+) -> AttnOnlyTransformer:
     cfg = ModelConfig(
         n_layers=n_layers,
         n_heads=3,
@@ -43,14 +51,16 @@ def random_model(n_layers: int, positional: str, seed: int = 0) -> AttnOnlyTrans
         positional=positional,
         seed=seed,
         init_std=0.3,
+        normalization=normalization,
     )
     return AttnOnlyTransformer(cfg)
 
 
+@pytest.mark.parametrize("normalization", ["none", "rms"])
 @pytest.mark.parametrize("positional", ["shortformer", "standard", "none"])
 @pytest.mark.parametrize("n_layers", [0, 1, 2, 3])
-def test_matches_reference(positional, n_layers):
-    model = random_model(n_layers, positional, seed=n_layers)
+def test_matches_reference(positional, n_layers, normalization):
+    model = random_model(n_layers, positional, seed=n_layers, normalization=normalization)
     tokens = torch.randint(0, 37, (4, 12), generator=torch.Generator().manual_seed(1))
     ref = reference_logits(model.cfg, model.weights(), tokens)
     fast = model(tokens)

@@ -62,11 +62,15 @@ def order_residuals(model: AttnOnlyTransformer, tokens: Tensor) -> tuple[Tensor,
     """Residual stream split by path order, patterns frozen at the clean pass.
 
     tokens [batch, pos] -> (R [n_layers + 1, batch, pos, d_model], clean logits
-    [batch, pos, d_vocab]); R.sum(0) @ W_U equals the clean logits to float tolerance."""
+    [batch, pos, d_vocab]); R.sum(0) @ W_U equals the clean logits to float tolerance.
+    With normalization="rms" the scales are frozen too, and R is as the unembedding reads
+    it (each order divided by the final stream's RMS)."""
     tokens = model.check_tokens(tokens)
     cfg = model.cfg
     w = model.weights()
     names = ["embed", "pos_embed"] + [f"pattern.{l}" for l in range(cfg.n_layers)]
+    rms = cfg.normalization == "rms"
+    names += [f"scale.{l}" for l in range(cfg.n_layers)] + ["scale.final"] if rms else []
     logits, cache = model.run_with_hooks(tokens, cache_names=names)
     x0 = cache["embed"]
     if cfg.positional == "standard":
@@ -76,10 +80,11 @@ def order_residuals(model: AttnOnlyTransformer, tokens: Tensor) -> tuple[Tensor,
     for l in range(cfg.n_layers):
         A = cache[f"pattern.{l}"]  # [batch, head, dest, src]
         # Orders 0..l exist before layer l; each moves up one order through this layer's heads.
-        v = R[: l + 1, :, None] @ w["W_V"][l]  # [l+1, batch, head, pos, d_head]
+        x = R[: l + 1] / cache[f"scale.{l}"] if rms else R[: l + 1]
+        v = x[:, :, None] @ w["W_V"][l]  # [l+1, batch, head, pos, d_head]
         out = ((A @ v) @ w["W_O"][l]).sum(2)  # [l+1, batch, pos, d_model]
         R[1 : l + 2] += out
-    return R, logits
+    return (R / cache["scale.final"] if rms else R), logits
 
 
 @torch.no_grad()

@@ -228,13 +228,16 @@ def path_expansion(
                  A^{lk,hk} ... A^{l1,h1} x0 W_OV^{l1,h1} ... W_OV^{lk,hk} W_U
 
     There are (1 + n_heads)^n_layers chains per source; max_order drops chains longer than
-    that (the terms then no longer sum to the logits). tokens: [batch, pos] or [pos]."""
+    that (the terms then no longer sum to the logits). tokens: [batch, pos] or [pos].
+    With normalization="rms" the per-position scales are frozen too: each head reads its
+    input divided by scale.{l}, the unembedding by scale.final, and the sum stays exact."""
     tokens = model.check_tokens(tokens)
     cfg = model.cfg
     w = model.weights()
     names = [f"pattern.{l}" for l in range(cfg.n_layers)]
-    logits, cache = model.run_with_cache(tokens, names=names)
+    logits, cache = model.run_with_cache(tokens, names=lambda name: name.startswith(("pat", "sca")))
     patterns = [cache[n] for n in names]
+    scale = _frozen_scales(model, cache)
     batch, n = tokens.shape
     starts = {"token": w["W_E"][tokens]}  # [batch, pos, d_model]
     if cfg.positional == "standard":
@@ -245,14 +248,25 @@ def path_expansion(
         for (source, chain), x in streams.items():
             if max_order is not None and len(chain) >= max_order:
                 continue
-            v = x[:, None] @ w["W_V"][l]  # [batch, head, pos, d_head]
+            v = (x / scale[l])[:, None] @ w["W_V"][l]  # [batch, head, pos, d_head]
             out = (patterns[l] @ v) @ w["W_O"][l]  # [batch, head, pos, d_model]
             for h in range(cfg.n_heads):
                 new[(source, chain + ((l, h),))] = out[:, h]
         streams.update(new)
-    terms = [PathTerm(chain, source, x @ w["W_U"]) for (source, chain), x in streams.items()]
+    terms = [
+        PathTerm(chain, source, (x / scale[-1]) @ w["W_U"])
+        for (source, chain), x in streams.items()
+    ]
     terms.sort(key=lambda t: (t.order, t.heads, t.source != "token"))
     return PathExpansion(terms=terms, logits=model(tokens), patterns=patterns)
+
+
+def _frozen_scales(model: AttnOnlyTransformer, cache: dict[str, Tensor]) -> list[Tensor | float]:
+    """The divisors of each layer's head input and of the unembedding's input, from a
+    forward pass's cache: [batch, pos, 1] each with normalization="rms", else 1.0."""
+    if model.cfg.normalization != "rms":
+        return [1.0] * (model.cfg.n_layers + 1)
+    return [cache[f"scale.{l}"] for l in range(model.cfg.n_layers)] + [cache["scale.final"]]
 
 
 # ---------------------------------------------------------------------- copying

@@ -5,6 +5,13 @@ Positional modes (the paper's choice is the default):
                  residual stream, so the stream carries token information alone;
   "standard":    W_pos is added to the residual stream (GPT-2 style);
   "none":        no positional information at all.
+
+Normalisation (`normalization`):
+  "none": the paper's analysed form: every path is linear once the patterns are frozen;
+  "rms":  a weightless RMS norm, x / sqrt(mean(x^2) + eps), on the inputs of the heads and
+          of the unembedding (no learned scale, no centring). It divides each position's
+          vector by one positive number, so every circuit is still the paper's weight
+          product, up to that per-position scale; path terms stay exact with it frozen.
 """
 
 from __future__ import annotations
@@ -19,11 +26,13 @@ from typing import Any
 from qkov.errors import QkovError
 
 POSITIONAL_MODES = ("shortformer", "standard", "none")
+NORMALIZATIONS = ("none", "rms")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Hyper-parameters of an attention-only transformer (no MLP, no LayerNorm, no biases)."""
+    """Hyper-parameters of an attention-only transformer (no MLP, no biases; no norm unless
+    normalization="rms")."""
 
     n_layers: int = 2
     n_heads: int = 4
@@ -34,6 +43,7 @@ class ModelConfig:
     positional: str = "shortformer"
     seed: int = 0
     init_std: float = 0.02
+    normalization: str = "none"
 
     def __post_init__(self) -> None:
         if self.d_head is None and isinstance(self.d_model, int) and isinstance(self.n_heads, int):
@@ -60,6 +70,11 @@ class ModelConfig:
             raise QkovError(
                 f"positional={self.positional!r} is unknown: use one of "
                 + ", ".join(POSITIONAL_MODES)
+            )
+        if self.normalization not in NORMALIZATIONS:
+            raise QkovError(
+                f"normalization={self.normalization!r} is unknown: use one of "
+                + ", ".join(NORMALIZATIONS)
             )
         if isinstance(self.init_std, bool) or not isinstance(self.init_std, (int, float)):
             raise QkovError(f"config field init_std must be a number, got {self.init_std!r}")

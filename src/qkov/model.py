@@ -8,20 +8,24 @@ Row-vector convention throughout (x @ W, as in code; the paper writes the transp
     W_O  [n_layers, n_heads, d_head, d_model]
     W_U  [d_model, d_vocab]                 unembedding
 
-No biases, no LayerNorm, no MLP. Attention scores are scaled by 1/sqrt(d_head) with a
-causal mask. With positional="shortformer" W_pos enters only the inputs of queries and keys.
+No biases, no MLP. Attention scores are scaled by 1/sqrt(d_head) with a causal mask. With
+positional="shortformer" W_pos enters only the inputs of queries and keys. With
+normalization="rms" each head's input and the unembedding's input are divided by their
+per-position RMS (no learned weights; W_pos is added after it, as in TransformerLens).
 
 Hook points (names for `run_with_cache` and `run_with_hooks`):
 
     embed              [batch, pos, d_model]   W_E[tokens]
     pos_embed          [pos, d_model]          W_pos[:pos]
     resid_pre.{l}      [batch, pos, d_model]   residual stream entering layer l
+    scale.{l}          [batch, pos, 1]         its RMS (normalization="rms" only)
     q.{l} k.{l} v.{l}  [batch, head, pos, d_head]
     scores.{l}         [batch, head, dest, src] scaled, masked attention scores
     pattern.{l}        [batch, head, dest, src] attention pattern (softmax of scores)
     z.{l}              [batch, head, pos, d_head] pattern-weighted values
     head_out.{l}       [batch, head, pos, d_model] each head's output written to the stream
     resid_post.{l}     [batch, pos, d_model]   residual stream leaving layer l
+    scale.final        [batch, pos, 1]         RMS of the final stream (normalization="rms")
     logits             [batch, pos, d_vocab]
 
 A hook is `fn(tensor, name) -> tensor | None`; returning a tensor replaces the activation.
@@ -41,17 +45,25 @@ from qkov.errors import QkovError
 from qkov.loss import unembed_cross_entropy
 
 Hook = Callable[[Tensor, str], Tensor | None]
+RMS_EPS = 1e-5
 WEIGHT_NAMES = ("W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O", "W_U")
+
+
+def rms_scale(resid: Tensor) -> Tensor:
+    """[..., d_model] -> [..., 1]: the divisor of normalization="rms", sqrt(mean(x^2) + eps)."""
+    return (resid.pow(2).mean(-1, keepdim=True) + RMS_EPS).sqrt()
 
 
 def hook_names(cfg: ModelConfig) -> list[str]:
     """Every hook point name of a model with this config, in forward order."""
     names = ["embed", "pos_embed"]
+    rms = cfg.normalization == "rms"
     for l in range(cfg.n_layers):
         names += [
             f"{n}.{l}"
             for n in (
                 "resid_pre",
+                *(("scale",) if rms else ()),
                 "q",
                 "k",
                 "v",
@@ -62,7 +74,7 @@ def hook_names(cfg: ModelConfig) -> list[str]:
                 "resid_post",
             )
         ]
-    return names + ["logits"]
+    return names + (["scale.final"] if rms else []) + ["logits"]
 
 
 class AttnOnlyTransformer(nn.Module):
@@ -173,7 +185,8 @@ class AttnOnlyTransformer(nn.Module):
         return unembed_cross_entropy(resid, self.W_U, targets)
 
     def resid_final(self, tokens: Tensor) -> Tensor:
-        """tokens [batch, pos] -> the final residual stream [batch, pos, d_model] (SDPA)."""
+        """tokens [batch, pos] -> the final residual stream [batch, pos, d_model] (SDPA), as
+        the unembedding reads it (divided by its RMS with normalization="rms")."""
         tokens = self.check_tokens(tokens)
         cfg = self.cfg
         n = tokens.shape[1]
@@ -182,19 +195,21 @@ class AttnOnlyTransformer(nn.Module):
         if cfg.positional == "standard":
             resid = resid + pos
         B, H, D, Dh = tokens.shape[0], cfg.n_heads, cfg.d_model, cfg.d_head
+        rms = cfg.normalization == "rms"
         for l in range(cfg.n_layers):
             # Stack heads: [d_model, n_heads * d_head]; one matmul per projection.
             W_Q = self.W_Q[l].permute(1, 0, 2).reshape(D, H * Dh)
             W_K = self.W_K[l].permute(1, 0, 2).reshape(D, H * Dh)
             W_V = self.W_V[l].permute(1, 0, 2).reshape(D, H * Dh)
-            qk_in = resid + pos if cfg.positional == "shortformer" else resid
+            x = resid / rms_scale(resid) if rms else resid
+            qk_in = x + pos if cfg.positional == "shortformer" else x
             q = (qk_in @ W_Q).view(B, n, H, Dh).transpose(1, 2)
             k = (qk_in @ W_K).view(B, n, H, Dh).transpose(1, 2)
-            v = (resid @ W_V).view(B, n, H, Dh).transpose(1, 2)
+            v = (x @ W_V).view(B, n, H, Dh).transpose(1, 2)
             z = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             z = z.transpose(1, 2).reshape(B, n, H * Dh)
             resid = resid + z @ self.W_O[l].reshape(H * Dh, D)
-        return resid
+        return resid / rms_scale(resid) if rms else resid
 
     def run_with_hooks(
         self,
@@ -244,19 +259,23 @@ class AttnOnlyTransformer(nn.Module):
             resid = resid + pos
         mask = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
         scale = 1.0 / math.sqrt(cfg.d_head)
+        rms = cfg.normalization == "rms"
         for l in range(cfg.n_layers):
             resid = point(f"resid_pre.{l}", resid)
-            qk_in = resid + pos if cfg.positional == "shortformer" else resid
-            x = qk_in[:, None]  # [batch, 1, pos, d_model] broadcasts over heads
-            q = point(f"q.{l}", x @ self.W_Q[l])  # [batch, head, pos, d_head]
-            k = point(f"k.{l}", x @ self.W_K[l])
-            v = point(f"v.{l}", resid[:, None] @ self.W_V[l])
+            x = resid / point(f"scale.{l}", rms_scale(resid)) if rms else resid
+            qk_in = (x + pos if cfg.positional == "shortformer" else x)[:, None]
+            # [batch, 1, pos, d_model] broadcasts over heads
+            q = point(f"q.{l}", qk_in @ self.W_Q[l])  # [batch, head, pos, d_head]
+            k = point(f"k.{l}", qk_in @ self.W_K[l])
+            v = point(f"v.{l}", x[:, None] @ self.W_V[l])
             scores = (q @ k.transpose(-1, -2)) * scale  # [batch, head, dest, src]
             scores = point(f"scores.{l}", scores.masked_fill(~mask, float("-inf")))
             pattern = point(f"pattern.{l}", scores.softmax(dim=-1))
             z = point(f"z.{l}", pattern @ v)  # [batch, head, pos, d_head]
             head_out = point(f"head_out.{l}", z @ self.W_O[l])  # [batch, head, pos, d_model]
             resid = point(f"resid_post.{l}", resid + head_out.sum(dim=1))
+        if rms:
+            resid = resid / point("scale.final", rms_scale(resid))
         logits = point("logits", resid @ self.W_U)
         return logits, cache
 
@@ -273,5 +292,6 @@ class AttnOnlyTransformer(nn.Module):
         return (
             f"n_layers={c.n_layers}, n_heads={c.n_heads}, d_model={c.d_model}, "
             f"d_head={c.d_head}, n_ctx={c.n_ctx}, d_vocab={c.d_vocab}, "
-            f"positional={c.positional!r}, params={c.n_params:,}"
+            f"positional={c.positional!r}, normalization={c.normalization!r}, "
+            f"params={c.n_params:,}"
         )

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from qkov.config import POSITIONAL_MODES
+from qkov.config import NORMALIZATIONS, POSITIONAL_MODES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +26,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--vocab-size", type=int, default=4096, help="BPE vocabulary size (= d_vocab of the model)"
     )
     m.add_argument("--positional", choices=POSITIONAL_MODES, default="shortformer")
+    m.add_argument(
+        "--normalization",
+        choices=NORMALIZATIONS,
+        default="none",
+        help="none (the paper's analysed form) or rms: a weightless RMS norm on the inputs "
+        "of the heads and the unembedding",
+    )
     m.add_argument(
         "--init-std",
         type=float,
@@ -111,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
             n_ctx=args.n_ctx,
             d_vocab=args.vocab_size,
             positional=args.positional,
+            normalization=args.normalization,
             seed=args.seed,
             **({} if args.init_std is None else {"init_std": args.init_std}),
         )

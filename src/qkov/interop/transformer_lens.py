@@ -31,6 +31,10 @@ against TL's logits, ablations, head scores) are approximate; weight-based circu
 computes on its fold_ln model, which also ignores the scale. Import with LN is opt-in
 (`fold_ln=True`). Shortformer + LN is refused, as TL refuses it: W_pos is shared by
 all layers but would need each layer's own ln weight folded in.
+
+TL's weightless RMS norm (normalization_type "RMSPre") is qkov's normalization="rms":
+such models import and export exactly, both ways, when their biases are zero (a bias
+direction would change each position's RMS, so biases are then refused).
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from torch import Tensor
 
 from qkov.config import ModelConfig
 from qkov.errors import QkovError
-from qkov.model import AttnOnlyTransformer
+from qkov.model import RMS_EPS, AttnOnlyTransformer
 
 INSTALL_HINT = "pip install 'qkov[interop]' (transformer-lens==3.9.0)"
 _ATTN_KEYS = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")
@@ -110,8 +114,10 @@ def _check_config(c: dict[str, Any], source: str) -> tuple[ModelConfig, str | No
     if pos not in ("standard", "shortformer"):
         raise bad(f"positional_embedding_type={pos!r} (need 'standard' or 'shortformer')")
     norm = c.get("normalization_type")
-    if norm not in (None, "LN", "LNPre"):
-        raise bad(f"normalization_type={norm!r} (need None, 'LN' or 'LNPre')")
+    if norm not in (None, "LN", "LNPre", "RMSPre"):
+        raise bad(f"normalization_type={norm!r} (need None, 'LN', 'LNPre' or 'RMSPre')")
+    if norm == "RMSPre" and abs(float(c.get("eps", RMS_EPS)) - RMS_EPS) > 1e-12:
+        raise bad(f"RMSPre with eps={c['eps']} (qkov's rms norm uses eps={RMS_EPS})")
     if pos == "shortformer" and norm == "LN":
         raise QkovError(
             f"{source}: shortformer + LayerNorm cannot be folded (W_pos is shared by all "
@@ -150,6 +156,7 @@ def _check_config(c: dict[str, Any], source: str) -> tuple[ModelConfig, str | No
         d_vocab=int(c["d_vocab"]),
         positional=pos,
         seed=seed if isinstance(seed, int) and seed >= 0 else 0,
+        normalization="rms" if norm == "RMSPre" else "none",
     )
     return cfg, norm, scale
 
@@ -256,6 +263,9 @@ def convert_state_dict(
     keeps d_model, so weight analyses compare 1:1 with TL's, which also ignore biases."""
     c = _cfg_dict(tl_cfg)
     cfg, norm, scale = _check_config(c, source)
+    rms = norm == "RMSPre"  # qkov's own normalization="rms": nothing to fold
+    if rms:
+        norm = None
     if norm is not None and not fold_ln:
         raise QkovError(
             f"{source} uses LayerNorm ({norm}), which qkov's model does not have: pass "
@@ -301,6 +311,12 @@ def convert_state_dict(
         )
 
     has_bias = any(bool(b.abs().max() > 0) for b in (b_Q, b_K, b_V, b_O, b_U) if b.numel())
+    if rms and has_bias and not drop_biases:
+        raise QkovError(
+            f"{source} has RMSPre normalisation and nonzero biases, which cannot be folded "
+            "exactly (the bias direction would change each position's RMS): pass "
+            "drop_biases=True to ignore them (approximate)"
+        )
     bias_dir = None
     if has_bias and drop_biases:
         notes.append("nonzero biases dropped: forward passes are approximate")
@@ -450,7 +466,8 @@ def to_transformer_lens(model: AttnOnlyTransformer) -> tuple[dict[str, Tensor], 
         "d_vocab_out": cfg.d_vocab,
         "attn_only": True,
         "act_fn": None,
-        "normalization_type": None,
+        "normalization_type": "RMSPre" if cfg.normalization == "rms" else None,
+        "eps": RMS_EPS,
         "seed": cfg.seed,
         "positional_embedding_type": "shortformer"
         if cfg.positional == "shortformer"

@@ -19,6 +19,7 @@ from qkov.circuits import (
     path_expansion,
     qk_circuit,
     qk_positional_terms,
+    token_embedding,
     top1_self_fraction,
 )
 from qkov.errors import QkovError
@@ -260,3 +261,19 @@ def test_cli_circuits_table_and_errors(tmp_path, capsys):
     assert main(["circuits", str(tmp_path / "m"), "-k", "0"]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and "--top-k must be >= 1" in err
+
+
+def test_rms_token_circuits_are_what_the_first_layer_reads():
+    """normalization="rms": the token QK circuit gives layer 0's scores exactly, and the
+    0-layer direct path gives the logits exactly (W_E rows divided by their RMS)."""
+    model = random_model(1, "none", norm="rms", std=0.7)
+    tokens = torch.randint(0, 40, (2, 10), generator=torch.Generator().manual_seed(3))
+    _, cache = model.run_with_cache(tokens)
+    for h in range(model.cfg.n_heads):
+        table = qk_circuit(model, 0, h).dense() / math.sqrt(model.cfg.d_head)
+        want = table[tokens[:, :, None], tokens[:, None, :]]  # [batch, dest, src]
+        mask = torch.ones(10, 10, dtype=torch.bool).tril()
+        torch.testing.assert_close(cache["scores.0"][:, h][:, mask], want[:, mask])
+    bigram = random_model(0, "none", norm="rms", std=0.7)
+    torch.testing.assert_close(bigram(tokens), direct_path(bigram).dense()[tokens])
+    assert (token_embedding(bigram) - bigram.W_E).abs().max() > 0.1  # the scale matters

@@ -9,6 +9,12 @@ Row-vector convention (as in the code, x @ W; the paper writes the transposes). 
 Over tokens: QK circuit `W_E W_QK W_E^T` ([destination, source]) and OV circuit
 `W_E W_OV W_U` ([source, out]), both vocab x vocab of rank <= d_head, so they stay
 factored (FactoredMatrix) and are never formed whole.
+
+With normalization="rms", W_E in the token circuits is `token_embedding(model)`: each
+token's row divided by its RMS, which is exactly what the first layer's heads read. Later
+layers and the unembedding divide by the RMS of the whole stream at that position, a
+positive per-position number the token circuits leave out (as the paper leaves out the
+LayerNorm scale): signs, eigenvalue signs and each row's ranking are unaffected.
 """
 
 from __future__ import annotations
@@ -41,6 +47,15 @@ def _check_head(model: AttnOnlyTransformer, layer: int, head: int) -> None:
 
 
 # ---------------------------------------------------------------------- circuits
+def token_embedding(model: AttnOnlyTransformer) -> Tensor:
+    """W_E as the first layer's heads read it: [d_vocab, d_model]; with normalization="rms"
+    each row is divided by its RMS (the scale rms_scale gives)."""
+    from qkov.model import rms_scale
+
+    W_E = model.W_E.detach()
+    return W_E / rms_scale(W_E) if model.cfg.normalization == "rms" else W_E
+
+
 def W_QK(model: AttnOnlyTransformer) -> FactoredMatrix:
     """W_Q W_K^T for every head: [n_layers, n_heads, d_model, d_model] (no 1/sqrt(d_head))."""
     w = model.weights()
@@ -56,21 +71,22 @@ def W_OV(model: AttnOnlyTransformer) -> FactoredMatrix:
 def qk_circuit(model: AttnOnlyTransformer, layer: int, head: int) -> FactoredMatrix:
     """Token QK circuit W_E W_Q W_K^T W_E^T: [d_vocab (destination), d_vocab (source)]."""
     _check_head(model, layer, head)
-    w = model.weights()
-    return FactoredMatrix(w["W_E"] @ w["W_Q"][layer, head], (w["W_E"] @ w["W_K"][layer, head]).T)
+    w, E = model.weights(), token_embedding(model)
+    return FactoredMatrix(E @ w["W_Q"][layer, head], (E @ w["W_K"][layer, head]).T)
 
 
 def ov_circuit(model: AttnOnlyTransformer, layer: int, head: int) -> FactoredMatrix:
     """Token OV circuit W_E W_V W_O W_U: [d_vocab (source), d_vocab (out logit)]."""
     _check_head(model, layer, head)
     w = model.weights()
-    return FactoredMatrix(w["W_E"] @ w["W_V"][layer, head], w["W_O"][layer, head] @ w["W_U"])
+    return FactoredMatrix(
+        token_embedding(model) @ w["W_V"][layer, head], w["W_O"][layer, head] @ w["W_U"]
+    )
 
 
 def direct_path(model: AttnOnlyTransformer) -> FactoredMatrix:
     """W_E W_U: [d_vocab, d_vocab], the bigram table of the zero-layer path."""
-    w = model.weights()
-    return FactoredMatrix(w["W_E"], w["W_U"])
+    return FactoredMatrix(token_embedding(model), model.W_U.detach())
 
 
 @dataclass(frozen=True)
@@ -102,7 +118,7 @@ def qk_positional_terms(model: AttnOnlyTransformer, layer: int, head: int) -> QK
             "use qk_circuit instead"
         )
     w = model.weights()
-    E, P = w["W_E"], w["W_pos"]
+    E, P = token_embedding(model), w["W_pos"]
     Q, K = w["W_Q"][layer, head], w["W_K"][layer, head]
     EQ, PQ, EK, PK = E @ Q, P @ Q, E @ K, P @ K  # [*, d_head]
     return QKTerms(

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from qkov.circuits import token_embedding
 from qkov.errors import QkovError
 from qkov.factored import FactoredMatrix
 from qkov.model import AttnOnlyTransformer
@@ -264,7 +265,7 @@ def induction_qk_term(
             f"K-composition needs an earlier head: got layer {src_layer} -> layer {layer} "
             f"in a {model.cfg.n_layers}-layer model"
         )
-    W_E = model.W_E.detach()
+    W_E = token_embedding(model)
     A = W_E @ model.W_Q[layer, head].detach()
     W_V0, W_O0 = model.W_V[src_layer, src_head].detach(), model.W_O[src_layer, src_head].detach()
     moved = (W_E @ W_V0) @ W_O0  # [d_vocab, d_model]: what h0 writes when it attends to a token

@@ -61,10 +61,18 @@ def model_cards(models: Sequence[dict]) -> str:
                 f"<tr><th>val loss (training)</th><td>{esc(num(val['value'], 4))} at step "
                 f"{esc(val.get('step'))}</td></tr>"
             )
+        note = ""
+        if cfg.get("normalization") == "rms":
+            note = (
+                '<p class="note">RMS-normalised: token circuits read each W<sub>E</sub> row '
+                "over its RMS, as layer 0 does; the per-position scales of later layers and "
+                "of the unembedding are frozen in the path terms and left out of the token "
+                "circuits (a positive factor per position).</p>"
+            )
         cards.append(
             f'<div class="card model-card"><h3><a href="#{model_id(i)}">'
             f"{esc(m.get('name') or f'model {i}')}</a></h3>"
-            f"<table>{rows}{extra}</table></div>"
+            f"<table>{rows}{extra}</table>{note}</div>"
         )
     return f'<div class="cards">{"".join(cards)}</div>'
 

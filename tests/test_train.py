@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import random
 
 import pytest
 import torch
@@ -149,7 +150,17 @@ def test_init_from_refuses_other_shapes_and_tokenizers(data, tmp_path, tiny_corp
     data2 = prepare(str(tiny_corpus), vocab_size=280, cache_dir=tmp_path / "c2")
     with pytest.raises(QkovError, match="d_vocab=300 but the corpus tokenizer has 280"):
         train(None, tc, tmp_path / "y", progress=False, data=data2)
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    other_corpus = tmp_path / "other"
+    other_corpus.mkdir()
+    rng = random.Random(1)
+    for i in range(20):
+        words = ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=5)) for _ in range(300)]
+        (other_corpus / f"t{i}.txt").write_text(" ".join(words))
+    data3 = prepare(str(other_corpus), vocab_size=300, cache_dir=tmp_path / "c3")
+    assert data3.d_vocab == 300
+    with pytest.raises(QkovError, match="trained with another tokenizer"):
+        train(None, tc, tmp_path / "w", progress=False, data=data3)
+    assert not any((tmp_path / d).exists() for d in ("x", "y", "w"))
     with pytest.raises(QkovError, match="does not exist"):
         train(None, small_tc(init_from=str(tmp_path / "nope")), tmp_path / "z", data=data)
     with pytest.raises(QkovError, match="--min-lr-ratio must be in"):

@@ -13,8 +13,16 @@ def test_json_round_trip():
         d_vocab=11,
         positional="standard",
         seed=4,
+        normalization="rms",
+        pos_init_std=0.5,
     )
     assert ModelConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_configs_written_before_normalization_load_as_the_norm_free_model():
+    old = {"n_layers": 1, "n_heads": 2, "d_model": 8, "d_vocab": 5, "init_std": 0.02}
+    cfg = ModelConfig.from_dict(old)
+    assert cfg.normalization == "none" and cfg.pos_init_std is None
 
 
 def test_d_head_defaults_to_d_model_over_heads():
@@ -31,6 +39,9 @@ def test_d_head_defaults_to_d_model_over_heads():
         ({"d_model": 10, "n_heads": 3}, "not divisible"),
         ({"n_ctx": 2.5}, "n_ctx must be an integer"),
         ({"d_vocab": True}, "d_vocab must be an integer"),
+        ({"normalization": "layernorm"}, "normalization='layernorm' is unknown"),
+        ({"pos_init_std": 0.0}, "pos_init_std must be a positive finite number"),
+        ({"pos_init_std": "big"}, "pos_init_std must be a number"),
     ],
 )
 def test_validation_names_field(kwargs, words):

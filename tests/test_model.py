@@ -150,3 +150,11 @@ def test_gradients_reach_every_used_weight():
     model(torch.randint(0, 37, (2, 12))).sum().backward()
     for name in ("W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O", "W_U"):
         assert getattr(model, name).grad is not None, name
+
+
+def test_pos_init_std_sets_the_scale_of_W_pos_alone():
+    base = dict(n_layers=1, n_heads=2, d_model=64, n_ctx=64, d_vocab=50, init_std=0.02)
+    a = AttnOnlyTransformer(ModelConfig(**base))
+    b = AttnOnlyTransformer(ModelConfig(**base, pos_init_std=1.0))
+    assert abs(float(b.W_pos.std()) - 1.0) < 0.05 and abs(float(a.W_pos.std()) - 0.02) < 0.002
+    assert torch.equal(a.W_E, b.W_E) and torch.equal(a.W_Q, b.W_Q)

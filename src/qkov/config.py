@@ -44,6 +44,7 @@ class ModelConfig:
     seed: int = 0
     init_std: float = 0.02
     normalization: str = "none"
+    pos_init_std: float | None = None  # std of the initial W_pos (None: init_std)
 
     def __post_init__(self) -> None:
         if self.d_head is None and isinstance(self.d_model, int) and isinstance(self.n_heads, int):
@@ -76,16 +77,20 @@ class ModelConfig:
                 f"normalization={self.normalization!r} is unknown: use one of "
                 + ", ".join(NORMALIZATIONS)
             )
-        if isinstance(self.init_std, bool) or not isinstance(self.init_std, (int, float)):
-            raise QkovError(f"config field init_std must be a number, got {self.init_std!r}")
-        try:
-            finite = math.isfinite(self.init_std)
-        except OverflowError:  # an int too big for a float
-            finite = False
-        if not (self.init_std > 0 and finite):
-            raise QkovError(
-                f"config field init_std must be a positive finite number, got {self.init_std}"
-            )
+        for name in ("init_std", "pos_init_std"):
+            value = getattr(self, name)
+            if value is None and name == "pos_init_std":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise QkovError(f"config field {name} must be a number, got {value!r}")
+            try:
+                finite = math.isfinite(value)
+            except OverflowError:  # an int too big for a float
+                finite = False
+            if not (value > 0 and finite):
+                raise QkovError(
+                    f"config field {name} must be a positive finite number, got {value}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -91,7 +91,7 @@ class AttnOnlyTransformer(nn.Module):
             return nn.Parameter(torch.randn(*shape, generator=g) * std)
 
         self.W_E = init(V, D)
-        self.W_pos = init(cfg.n_ctx, D)
+        self.W_pos = init(cfg.n_ctx, D, std=cfg.pos_init_std or cfg.init_std)
         if cfg.positional == "none":
             self.W_pos.data.zero_()
             self.W_pos.requires_grad_(False)

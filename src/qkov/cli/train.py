@@ -39,6 +39,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="std of the initial weights (default 0.02; W_O is scaled by 1/sqrt(2 n_layers))",
     )
+    m.add_argument(
+        "--pos-init-std",
+        type=float,
+        default=None,
+        help="std of the initial W_pos (default: --init-std); with --normalization rms the "
+        "normalised stream has RMS 1, so a W_pos of std ~0.02 starts 50x weaker than tokens",
+    )
     t = p.add_argument_group("training")
     t.add_argument(
         "--corpus",
@@ -121,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
             normalization=args.normalization,
             seed=args.seed,
             **({} if args.init_std is None else {"init_std": args.init_std}),
+            pos_init_std=args.pos_init_std,
         )
     try:
         train(cfg, tc, args.out, resume=args.resume, progress=not args.no_progress)

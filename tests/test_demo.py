@@ -41,15 +41,14 @@ def test_demo_writes_report_and_losses_order_by_depth(demo_out):
 
 
 def test_shipped_two_layer_model_has_induction_circuit(demo_out):
-    """The shipped 2-layer model: a layer-1 head labelled induction whose key reads
-    (K-composition far above the random baseline) a layer-0 previous-token head, through a
-    token-matching QK term. (Its induction score, 0.48, is still below the 0.5 the project
-    asks for: src/qkov/models/TRAINING.md.)"""
+    """The shipped 2-layer model: a layer-1 induction head (score >= 0.5 on the standard
+    probe) whose key reads (K-composition far above the random baseline) a layer-0
+    previous-token head, through a token-matching QK term."""
     main_model = json.loads((demo_out / "analysis.json").read_text())["models"][0]
     circuits = main_model["induction_circuits"]
     assert circuits, [h["role"] for h in main_model["heads"]]
     best = max(circuits, key=lambda c: c["induction_score"])
-    assert best["induction_head"][0] == 1 and best["induction_score"] >= 0.45
+    assert best["induction_head"][0] == 1 and best["induction_score"] >= 0.5
     assert best["partner_role"] == "previous_token" and best["previous_token_head"][0] == 0
     assert best["k_composition_z"] > 3 and best["qk_term_eigenvalue_score"] > 0.9
 

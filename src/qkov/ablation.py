@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from qkov.circuits import frozen_scales
 from qkov.errors import QkovError
 from qkov.model import AttnOnlyTransformer
 
@@ -68,10 +69,10 @@ def order_residuals(model: AttnOnlyTransformer, tokens: Tensor) -> tuple[Tensor,
     tokens = model.check_tokens(tokens)
     cfg = model.cfg
     w = model.weights()
-    names = ["embed", "pos_embed"] + [f"pattern.{l}" for l in range(cfg.n_layers)]
-    rms = cfg.normalization == "rms"
-    names += [f"scale.{l}" for l in range(cfg.n_layers)] + ["scale.final"] if rms else []
-    logits, cache = model.run_with_hooks(tokens, cache_names=names)
+    logits, cache = model.run_with_hooks(
+        tokens, cache_names=lambda n: n in ("embed", "pos_embed") or n.startswith(("pat", "sca"))
+    )
+    scale = frozen_scales(model, cache)
     x0 = cache["embed"]
     if cfg.positional == "standard":
         x0 = x0 + cache["pos_embed"]
@@ -80,11 +81,10 @@ def order_residuals(model: AttnOnlyTransformer, tokens: Tensor) -> tuple[Tensor,
     for l in range(cfg.n_layers):
         A = cache[f"pattern.{l}"]  # [batch, head, dest, src]
         # Orders 0..l exist before layer l; each moves up one order through this layer's heads.
-        x = R[: l + 1] / cache[f"scale.{l}"] if rms else R[: l + 1]
-        v = x[:, :, None] @ w["W_V"][l]  # [l+1, batch, head, pos, d_head]
+        v = (R[: l + 1] / scale[l])[:, :, None] @ w["W_V"][l]  # [l+1, batch, head, pos, d_head]
         out = ((A @ v) @ w["W_O"][l]).sum(2)  # [l+1, batch, pos, d_model]
         R[1 : l + 2] += out
-    return (R / cache["scale.final"] if rms else R), logits
+    return R / scale[-1], logits
 
 
 @torch.no_grad()

@@ -253,7 +253,7 @@ def path_expansion(
     names = [f"pattern.{l}" for l in range(cfg.n_layers)]
     logits, cache = model.run_with_cache(tokens, names=lambda name: name.startswith(("pat", "sca")))
     patterns = [cache[n] for n in names]
-    scale = _frozen_scales(model, cache)
+    scale = frozen_scales(model, cache)
     batch, n = tokens.shape
     starts = {"token": w["W_E"][tokens]}  # [batch, pos, d_model]
     if cfg.positional == "standard":
@@ -277,7 +277,7 @@ def path_expansion(
     return PathExpansion(terms=terms, logits=model(tokens), patterns=patterns)
 
 
-def _frozen_scales(model: AttnOnlyTransformer, cache: dict[str, Tensor]) -> list[Tensor | float]:
+def frozen_scales(model: AttnOnlyTransformer, cache: dict[str, Tensor]) -> list[Tensor | float]:
     """The divisors of each layer's head input and of the unembedding's input, from a
     forward pass's cache: [batch, pos, 1] each with normalization="rms", else 1.0."""
     if model.cfg.normalization != "rms":

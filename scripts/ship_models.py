@@ -1,7 +1,7 @@
-"""Copy trained run directories into src/qkov/models/ (what `qkov demo` analyses).
+"""Copy trained run directories into src/qkov/demo_models/ (what `qkov demo` analyses).
 
 Usage: python scripts/ship_models.py runs/attn0 runs/attn1 runs/attn2
-       python scripts/ship_models.py runs/attn2-ft --name attn2 --base src/qkov/models/attn2
+       python scripts/ship_models.py runs/attn2-ft --name attn2 --base src/qkov/demo_models/attn2
 Copies config.json, model.safetensors, tokenizer.json, train_config.json, versions.json and
 metrics.jsonl (the optimizer state is left out: it is only needed to resume). A run trained
 `--init-from` a base run is shipped with --base: the base's record (all but its weights)
@@ -19,7 +19,7 @@ from safetensors import safe_open
 
 RECORD = ("config.json", "train_config.json", "versions.json", "metrics.jsonl", "shipped.json")
 FILES = ("config.json", "model.safetensors", "tokenizer.json", "train_config.json", "versions.json")
-DEST = Path(__file__).resolve().parent.parent / "src" / "qkov" / "models"
+DEST = Path(__file__).resolve().parent.parent / "src" / "qkov" / "demo_models"
 
 
 def clean_metrics(text: str) -> str:
@@ -59,7 +59,7 @@ def main(runs: list[str], name: str | None = None, base: str | None = None) -> N
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+")
-    ap.add_argument("--name", help="folder name under src/qkov/models (default: the run's)")
+    ap.add_argument("--name", help="folder name under src/qkov/demo_models (default: the run's)")
     ap.add_argument("--base", help="the record of the run this one was --init-from")
     a = ap.parse_args()
     main(a.runs, a.name, a.base)

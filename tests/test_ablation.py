@@ -19,7 +19,7 @@ from qkov.ablation import (
     term_importance,
 )
 from qkov.circuits import path_expansion
-from qkov.probes import repeated_random_tokens
+from qkov.data.probes import repeated_random_tokens
 from test_heads import V, build_induction_model
 
 TOL = dict(atol=1e-4, rtol=1e-4)

@@ -9,16 +9,15 @@ import torch
 import torch.nn.functional as F
 
 from qkov import AttnOnlyTransformer, ModelConfig, QkovError
+from qkov.circuits import induction_qk_term
+from qkov.data.probes import induction_probe, repeated_random_tokens
 from qkov.heads import (
     Thresholds,
     classify_heads,
     head_scores,
-    induction_qk_term,
     induction_score,
     prefix_matching_score,
-    training_probe,
 )
-from qkov.probes import induction_probe, repeated_random_tokens
 
 V, N_CTX = 32, 32  # vocab big enough for a probe of n_ctx distinct tokens
 
@@ -284,40 +283,3 @@ def test_scores_serialise_and_zero_layer_model():
     assert len(d["induction"]) == 2 and len(d["induction"][0]) == 2 and d["seq_len"] == 32
     empty = head_scores(AttnOnlyTransformer(ModelConfig(n_layers=0, n_ctx=16, d_vocab=32)))
     assert empty.induction.shape == (0, 4)
-
-
-# ---------------------------------------------------------------------------- training probe
-def test_training_probe_on_handbuilt_and_random():
-    probe = training_probe(build_induction_model())
-    assert set(probe) == {"induction_score", "prev_token_score", "icl_score"}
-    assert probe["induction_score"] > 0.99 and probe["prev_token_score"] > 0.99
-    assert probe["icl_score"] < -3
-    cfg = ModelConfig(n_layers=2, n_heads=4, d_model=128, n_ctx=256, d_vocab=4096)
-    rnd = training_probe(AttnOnlyTransformer(cfg))
-    assert rnd["induction_score"] < 0.2 and abs(rnd["icl_score"]) < 0.5
-    assert training_probe(AttnOnlyTransformer(cfg), seed=0) == rnd  # fixed batch
-
-
-# ---------------------------------------------------------------------------- CLI
-def test_cli_heads_prints_labels_partners_and_terms(tmp_path, capsys):
-    from qkov import save_model
-    from qkov.cli import main
-
-    save_model(build_induction_model(), tmp_path / "m")
-    out_json = tmp_path / "heads.json"
-    assert (
-        main(["heads", str(tmp_path / "m"), "--batch", "4", "--terms", "--json", str(out_json)])
-        == 0
-    )
-    out = capsys.readouterr().out
-    assert "previous-token" in out and "induction" in out and "L0H0 (" in out
-    assert "virtual heads" in out and "ICL score" in out
-    import json
-
-    d = json.loads(out_json.read_text())
-    assert [r["label"] for r in d["classification"]["records"]][::2] == [
-        "previous-token",
-        "induction",
-    ]
-    assert main(["heads", str(tmp_path / "m"), "--text", str(tmp_path / "none.txt")]) == 2
-    assert "no tokenizer.json" in capsys.readouterr().err

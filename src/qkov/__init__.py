@@ -1,52 +1,54 @@
-"""qkov: reverse-engineer attention-only transformers (Elhage et al., 2021)."""
+"""qkov: reverse-engineer transformers into circuits (Elhage et al., 2021).
 
-from qkov.ablation import icl_score, term_importance
-from qkov.checkpoint import load, save_model
-from qkov.circuits import (
-    W_OV,
-    W_QK,
-    direct_path,
-    ov_circuit,
-    ov_copying,
-    ov_copying_all,
-    path_expansion,
-    qk_circuit,
-    qk_positional_terms,
-)
-from qkov.composition import composition_score, composition_scores
-from qkov.config import ModelConfig
-from qkov.errors import QkovError
-from qkov.factored import FactoredMatrix
-from qkov.heads import classify_heads, head_scores, training_probe
-from qkov.model import AttnOnlyTransformer
-from qkov.trigrams import factoring_bugs, skip_trigrams
+The public names below load on first use (PEP 562), so `import qkov` and `qkov --help`
+do not pay for importing torch."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "FactoredMatrix",
-    "W_OV",
-    "W_QK",
-    "composition_score",
-    "composition_scores",
-    "direct_path",
-    "factoring_bugs",
-    "ov_circuit",
-    "ov_copying",
-    "ov_copying_all",
-    "path_expansion",
-    "qk_circuit",
-    "qk_positional_terms",
-    "skip_trigrams",
-    "AttnOnlyTransformer",
-    "ModelConfig",
-    "QkovError",
-    "__version__",
-    "classify_heads",
-    "head_scores",
-    "icl_score",
-    "load",
-    "save_model",
-    "term_importance",
-    "training_probe",
-]
+# public name -> the module that defines it
+_EXPORTS = {
+    "icl_score": "qkov.ablation",
+    "term_importance": "qkov.ablation",
+    "load": "qkov.checkpoint",
+    "save_model": "qkov.checkpoint",
+    "W_OV": "qkov.circuits",
+    "W_QK": "qkov.circuits",
+    "direct_path": "qkov.circuits",
+    "ov_circuit": "qkov.circuits",
+    "ov_copying": "qkov.circuits",
+    "ov_copying_all": "qkov.circuits",
+    "path_expansion": "qkov.circuits",
+    "qk_circuit": "qkov.circuits",
+    "qk_positional_terms": "qkov.circuits",
+    "composition_score": "qkov.composition",
+    "composition_scores": "qkov.composition",
+    "ModelConfig": "qkov.config",
+    "shipped": "qkov.demo_models",
+    "QkovError": "qkov.errors",
+    "FactoredMatrix": "qkov.factored",
+    "classify_heads": "qkov.heads",
+    "head_scores": "qkov.heads",
+    "AttnOnlyTransformer": "qkov.model",
+    "training_probe": "qkov.training_probe",
+    "factoring_bugs": "qkov.trigrams",
+    "skip_trigrams": "qkov.trigrams",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'qkov' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # the next access skips this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -23,13 +23,14 @@ from qkov.ablation import lm_loss, term_importance
 from qkov.checkpoint import load
 from qkov.circuits import direct_path, eigenvalue_copying_score, ov_eigenvalues, qk_circuit
 from qkov.composition import composition_scores
+from qkov.data.probes import repeated_random_tokens
 from qkov.data.tokenizer import decode_token
 from qkov.errors import QkovError
 from qkov.factored import FactoredMatrix
-from qkov.heads import classify_heads, training_probe
+from qkov.heads import classify_heads
+from qkov.training_probe import training_probe
 from qkov.io import atomic_write_text
 from qkov.model import AttnOnlyTransformer
-from qkov.probes import repeated_random_tokens
 from qkov.report import SCHEMA_VERSION, dumps, render_report
 from qkov.trigrams import skip_trigrams
 
@@ -179,7 +180,7 @@ def analyze_model(
         "source": eval_source,
         "terms": terms,
     }
-    rec["icl_score"] = training_probe(model, seed=seed)["icl_score"]
+    rec["icl_score"] = training_probe(model, seed=seed)["probe_icl_score"]
     return rec
 
 

@@ -376,3 +376,24 @@ def ov_copying_all(model: AttnOnlyTransformer, chunk_size: int | None = None) ->
         for l in range(model.cfg.n_layers)
         for h in range(model.cfg.n_heads)
     ]
+
+
+def induction_qk_term(
+    model: AttnOnlyTransformer, layer: int, head: int, src_layer: int, src_head: int
+) -> FactoredMatrix:
+    """The K-composition term of head (layer, head) through earlier head (src_layer, src_head):
+    W_E W_QK^{h1} (W_E W_OV^{h0})^T [d_vocab (destination token), d_vocab (token h0 moved
+    into the source position)], kept factored with inner dim d_head:
+    A = W_E W_Q^{h1} [d_vocab, d_head], B = (W_E W_V^{h0} W_O^{h0} W_K^{h1})^T [d_head, d_vocab].
+    Token matching shows as mostly positive eigenvalues. Positions are not in this term."""
+    if not 0 <= src_layer < layer < model.cfg.n_layers:
+        raise QkovError(
+            f"K-composition needs an earlier head: got layer {src_layer} -> layer {layer} "
+            f"in a {model.cfg.n_layers}-layer model"
+        )
+    W_E = token_embedding(model)
+    A = W_E @ model.W_Q[layer, head].detach()
+    W_V0, W_O0 = model.W_V[src_layer, src_head].detach(), model.W_O[src_layer, src_head].detach()
+    moved = (W_E @ W_V0) @ W_O0  # [d_vocab, d_model]: what h0 writes when it attends to a token
+    B = (moved @ model.W_K[layer, head].detach()).T
+    return FactoredMatrix(A, B)

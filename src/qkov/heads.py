@@ -41,14 +41,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from qkov.circuits import token_embedding
-from qkov.errors import QkovError
-from qkov.factored import FactoredMatrix
-from qkov.model import AttnOnlyTransformer
-from qkov.probes import (
+from qkov.circuits import induction_qk_term
+from qkov.data.probes import (
     default_seq_len,
     induction_probe,
 )
+from qkov.errors import QkovError
+from qkov.model import AttnOnlyTransformer
 
 SCORE_NAMES = (
     "previous_token",
@@ -251,28 +250,6 @@ def head_scores(
     )
 
 
-# ---------------------------------------------------------------------------- induction QK term
-def induction_qk_term(
-    model: AttnOnlyTransformer, layer: int, head: int, src_layer: int, src_head: int
-) -> FactoredMatrix:
-    """The K-composition term of head (layer, head) through earlier head (src_layer, src_head):
-    W_E W_QK^{h1} (W_E W_OV^{h0})^T [d_vocab (destination token), d_vocab (token h0 moved
-    into the source position)], kept factored with inner dim d_head:
-    A = W_E W_Q^{h1} [d_vocab, d_head], B = (W_E W_V^{h0} W_O^{h0} W_K^{h1})^T [d_head, d_vocab].
-    Token matching shows as mostly positive eigenvalues. Positions are not in this term."""
-    if not 0 <= src_layer < layer < model.cfg.n_layers:
-        raise QkovError(
-            f"K-composition needs an earlier head: got layer {src_layer} -> layer {layer} "
-            f"in a {model.cfg.n_layers}-layer model"
-        )
-    W_E = token_embedding(model)
-    A = W_E @ model.W_Q[layer, head].detach()
-    W_V0, W_O0 = model.W_V[src_layer, src_head].detach(), model.W_O[src_layer, src_head].detach()
-    moved = (W_E @ W_V0) @ W_O0  # [d_vocab, d_model]: what h0 writes when it attends to a token
-    B = (moved @ model.W_K[layer, head].detach()).T
-    return FactoredMatrix(A, B)
-
-
 # ---------------------------------------------------------------------------- classification
 @dataclass(frozen=True)
 class Thresholds:
@@ -462,25 +439,3 @@ def classify_heads(
                     )
                 )
     return HeadClassification(records=tuple(records), scores=scores, thresholds=t)
-
-
-# ---------------------------------------------------------------------------- training probe
-def training_probe(model: AttnOnlyTransformer, seed: int = 0) -> dict[str, float]:
-    """Cheap phase-change probe for training logs, on a fixed `induction_probe` batch of 8
-    sequences of min(64, n_ctx) tokens: the best induction and previous-token scores over
-    heads, and `icl_score` on the same batch (loss late, inside the repeated block, minus
-    loss early, before it: about -log(d_vocab) once induction works)."""
-    from qkov.ablation import icl_from_logits
-
-    cfg = model.cfg
-    probe = induction_probe(cfg.d_vocab, 8, default_seq_len(cfg.n_ctx, cap=64), seed)
-    tokens = probe.tokens.to(model.device)
-    with torch.no_grad():
-        logits, cache = model.run_with_hooks(tokens, cache_names=lambda n: n.startswith("pattern."))
-        A = [cache[f"pattern.{l}"] for l in range(cfg.n_layers)]
-        ind = max(
-            (float(induction_score(a, tokens, probe.half_lens).max()) for a in A), default=math.nan
-        )
-        prev = max((float(previous_token_score(a).max()) for a in A), default=math.nan)
-        icl = icl_from_logits(logits, tokens)
-    return {"induction_score": ind, "prev_token_score": prev, "icl_score": icl.score}

@@ -448,8 +448,6 @@ def _init_weights(path: str, model_cfg: ModelConfig | None) -> AttnOnlyTransform
 
 
 def _probe_fn():
-    try:
-        from qkov.heads import training_probe
-    except ImportError:
-        return None
+    from qkov.training_probe import training_probe
+
     return training_probe

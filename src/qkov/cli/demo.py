@@ -1,8 +1,8 @@
 """`qkov demo`: the whole paper on the shipped 0-, 1- and 2-layer models, one command.
 
-The models in qkov/models/ were trained by `qkov train` on the default corpus; each
+The models in qkov/demo_models/ were trained by `qkov train` on the default corpus; each
 folder's config.json and train_config.json are the exact record of how (see
-qkov/models/TRAINING.md). `--train` retrains them from those records instead."""
+qkov/demo_models/TRAINING.md). `--train` retrains them from those records instead."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import json
 import time
 from pathlib import Path
 
-SHIPPED = Path(__file__).resolve().parent.parent / "models"
-NAMES = ("attn2", "attn1", "attn0")  # the main model first, as analyze expects
+from qkov.demo_models import DEMO_MODELS as SHIPPED
+from qkov.demo_models import NAMES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,16 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def shipped_dirs() -> list[Path]:
-    from qkov.errors import QkovError
+    from qkov.demo_models import shipped
 
-    dirs = [SHIPPED / n for n in NAMES]
-    missing = [str(d) for d in dirs if not (d / "model.safetensors").is_file()]
-    if missing:
-        raise QkovError(
-            f"shipped models missing ({', '.join(missing)}): reinstall qkov, or run "
-            "`qkov demo --train` to train them"
-        )
-    return dirs
+    return [shipped(n) for n in NAMES]
 
 
 def retrain(out: Path, device: str) -> list[Path]:

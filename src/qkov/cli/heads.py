@@ -71,8 +71,8 @@ def heldout_corpus(model, run_dir: str) -> str | None:
 def run(args: argparse.Namespace) -> int:
     from qkov.ablation import icl_score, term_importance
     from qkov.checkpoint import load
+    from qkov.data.probes import default_seq_len, induction_probe
     from qkov.heads import classify_heads, head_scores
-    from qkov.probes import default_seq_len, induction_probe
 
     model = load(args.dir)
     cfg = model.cfg

@@ -24,7 +24,7 @@ def _rng(seed: int, step: int) -> np.random.Generator:
 @dataclass
 class RepeatedRandom:
     """Pure repeated random tokens: each row is [random filler][block][block] with the block
-    length drawn per row in [L/4, L/2] (qkov.probes.induction_probe), so the repeat period
+    length drawn per row in [L/4, L/2] (qkov.data.probes.induction_probe), so the repeat period
     varies: a head that attends a fixed offset back cannot solve it, only token matching
     (induction) can. A 2-layer model trained on this alone tends to stall at "copy any token
     seen before": see InductionTask."""
@@ -35,7 +35,7 @@ class RepeatedRandom:
     skipped: int = 0
 
     def _make(self, seed: int, batch_size: int, n_ctx: int) -> torch.Tensor:
-        from qkov.probes import induction_probe
+        from qkov.data.probes import induction_probe
 
         # The probe never draws prefix ids: [0] keeps the separator out.
         tokens = induction_probe(self.d_vocab, batch_size, n_ctx + 2, seed=seed, prefix=[0])

@@ -1,0 +1,39 @@
+"""The training probe: a cheap phase-change probe logged in metrics.jsonl while training.
+
+Its numbers are on the fixed random-token probe, not on text, and are named so everywhere
+(probe_induction_score, probe_previous_token_score, probe_icl_score): the ICL score on
+held-out text is `qkov.ablation.icl_score`."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from qkov.ablation import icl_from_logits
+from qkov.data.probes import default_seq_len, induction_probe
+from qkov.heads import induction_score, previous_token_score
+from qkov.model import AttnOnlyTransformer
+
+
+def training_probe(model: AttnOnlyTransformer, seed: int = 0) -> dict[str, float]:
+    """On a fixed `induction_probe` batch of 8 sequences of min(64, n_ctx) tokens: the best
+    induction and previous-token scores over heads, and the ICL score on the same batch
+    (loss late, inside the repeated block, minus loss early, before it: about
+    -log(d_vocab) once induction works). NaN where there is no head (0 layers)."""
+    cfg = model.cfg
+    probe = induction_probe(cfg.d_vocab, 8, default_seq_len(cfg.n_ctx, cap=64), seed)
+    tokens = probe.tokens.to(model.device)
+    with torch.no_grad():
+        logits, cache = model.run_with_hooks(tokens, cache_names=lambda n: n.startswith("pattern."))
+        A = [cache[f"pattern.{l}"] for l in range(cfg.n_layers)]
+        ind = max(
+            (float(induction_score(a, tokens, probe.half_lens).max()) for a in A), default=math.nan
+        )
+        prev = max((float(previous_token_score(a).max()) for a in A), default=math.nan)
+        icl = icl_from_logits(logits, tokens)
+    return {
+        "probe_induction_score": ind,
+        "probe_previous_token_score": prev,
+        "probe_icl_score": icl.score,
+    }

@@ -1,0 +1,20 @@
+"""The training probe: best induction / previous-token scores and the probe ICL score."""
+
+from qkov import AttnOnlyTransformer, ModelConfig
+from qkov.training_probe import training_probe
+from tests.test_heads import build_induction_model
+
+
+def test_training_probe_on_handbuilt_and_random():
+    probe = training_probe(build_induction_model())
+    assert set(probe) == {
+        "probe_induction_score",
+        "probe_previous_token_score",
+        "probe_icl_score",
+    }
+    assert probe["probe_induction_score"] > 0.99 and probe["probe_previous_token_score"] > 0.99
+    assert probe["probe_icl_score"] < -3
+    cfg = ModelConfig(n_layers=2, n_heads=4, d_model=128, n_ctx=256, d_vocab=4096)
+    rnd = training_probe(AttnOnlyTransformer(cfg))
+    assert rnd["probe_induction_score"] < 0.2 and abs(rnd["probe_icl_score"]) < 0.5
+    assert training_probe(AttnOnlyTransformer(cfg), seed=0) == rnd  # fixed batch

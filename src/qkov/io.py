@@ -1,4 +1,5 @@
-"""Atomic file writes: a temp file in the same directory, fsync, then rename.
+"""Atomic file writes (a temp file in the same directory, fsync, then rename) and the checks
+a command runs on its output location before it does any work.
 
 A crash or a full disk mid-write leaves the previous file untouched."""
 
@@ -9,9 +10,12 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors.torch import save_file
+from qkov.errors import QkovError
+
+if TYPE_CHECKING:
+    import torch
 
 # mkstemp creates 0600 files; written results should get the usual 0644 (less the umask).
 _UMASK = os.umask(0)
@@ -54,6 +58,50 @@ def atomic_save_safetensors(
     path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> None:
     """save_file to a temp name in the same folder, then rename over `path`."""
+    from safetensors.torch import save_file
+
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with _replacing(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
+
+
+def _writable_folder(folder: Path, what: str, flag: str) -> None:
+    """The nearest existing ancestor of `folder` must be a writable directory (the folders
+    below it are created later)."""
+    probe = folder
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise QkovError(f"{flag} {what}: {probe} is a file, not a folder: choose another {flag}")
+    try:  # try it (os.access says yes to root everywhere, /proc included); leaves nothing
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".qkov-write-check.")
+    except OSError as e:
+        raise QkovError(
+            f"{flag} {what}: cannot write in {probe} ({e.strerror or e}): choose another {flag}"
+        ) from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def check_output_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Refuse, before any work, an output folder that cannot be written: a file in its place,
+    a file among its parents, or a read-only location. Writes nothing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise QkovError(f"{flag} {path} is a file, not a folder: choose another {flag}")
+    _writable_folder(path, str(path), flag)
+    return path
+
+
+def check_output_file(path: str | Path, flag: str) -> Path:
+    """Refuse, before any work, an output file that cannot be written: a folder in its place,
+    a file among its parents, or a read-only location. Writes nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise QkovError(f"{flag} {path} is a folder: give a file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise QkovError(f"{flag} {path} is not writable: choose another {flag}")
+    _writable_folder(path.parent, str(path), flag)
+    return path

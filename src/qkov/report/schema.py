@@ -1,50 +1,76 @@
-"""The analysis dict (the content of analysis.json), version 1.
+"""The analysis dict (the content of analysis.json), version 2.
 
-analysis.json holds every number the report shows; report.html is drawn from it alone,
-so a report can be re-rendered, diffed or read by other tools without the model.
-Row-vector convention (x @ W) as everywhere in qkov. Any key below may be absent or
-null: the report then says "not computed" (with the reason from `not_computed` if given).
+analysis.json holds every number the report shows; report.html is drawn from it alone
+(`qkov report analysis.json --out DIR` re-renders it), so a report can be re-rendered,
+diffed or read by other tools without the model. Row-vector convention (x @ W) as
+everywhere in qkov. Any key below may be absent or null: the report then says "not
+computed" (with the reason from `not_computed` if given). Names are the library's: a head's
+`label` is what `classify_heads` returns, its `scores` are `HeadScores` fields.
 
     {
-      "schema_version": 1,
+      "schema_version": 2,
       "generator": "qkov 0.1.0",
-      "models": [ MODEL, ... ]            # first = the main model; e.g. 0, 1, 2 layers
+      "models": [ MODEL, ... ]            # first = the main model; e.g. 2, 1, 0 layers
     }
 
     MODEL = {
-      "name": str,                         # "2L", or the checkpoint dir name
-      "source": str | null,                # checkpoint dir
+      "name": str,                         # "attn2", or the checkpoint dir name
+      "checkpoint": str | null,            # the checkpoint directory it was loaded from
       "config": {ModelConfig fields},      # n_layers, n_heads, d_model, d_head, n_ctx, ...
       "n_params": int,
       "tokenizer": {"vocab_size": int} | null,
-      "loss": {"value": float, "tokens": int, "source": str} | null,  # nats/token
-      "val_loss": {"value": float, "step": int} | null,  # last val_loss in metrics.jsonl
-      "bigrams": [{"source": str, "out": str, "logit": float}],  # direct path W_E W_U,
+      "evaluation": {                      # THE evaluation set: loss, icl, term importance
+        "description": str,                # e.g. "held-out documents of --corpus stdlib"
+        "kind": "text" | "random_tokens",  # text: real text; random_tokens: the probe
+        "n_sequences": int, "seq_len": int,
+        "n_tokens": int                    # predicted tokens: n_sequences * (seq_len - 1)
+      } | null,
+      "loss": {"value": float, "n_tokens": int} | null,  # nats/token on the evaluation set
+      "icl": {                             # in-context learning score on the evaluation set
+        "score": float,                    # mean loss in the late window - in the early one
+        "stderr": float,                   # standard error of that mean over sequences
+        "early": [int, int], "late": [int, int],  # position windows [start, stop)
+        "n_sequences": int
+      } | null,
+      "probe_icl_score": float | null,     # the same on the random-token probe (training probe)
+      "bigrams": [{"current": str, "out": str, "logit": float}],  # direct path W_E W_U,
                                            # each row centred (softmax ignores a row constant)
+      "token_filter": {"min_count": int, "n_kept": int, "n_tokens": int} | null,
+                                           # skip-trigrams rank only tokens seen >= min_count
+                                           # times in training (n_kept of n_tokens); null:
+                                           # all tokens (no counts recorded, or asked for)
       "heads": [HEAD, ...],
       "attention": {"tokens": [str], "patterns": [[[[float]]]],  # [layer][head][dest][src]
-                    "source": str},
+                    "text": str},          # what the tokens are, e.g. "sample text"
       "composition": {"q"|"k"|"v": [[[[float|null]]]],  # [l_earlier][h_earlier][l_later][h_later]
                       "baseline": {"q"|"k"|"v": float},  # mean score of random heads
                       "baseline_std": {"q"|"k"|"v": float}},
       "induction_circuits": [{"previous_token_head": [l, h], "induction_head": [l, h],
                               "k_composition": float, "k_composition_z": float,
-                              "partner_role": str, "previous_token_score": float,
+                              "partner_label": str, "previous_token_score": float,
                               "induction_score": float, "qk_term_eigenvalue_score": float}],
       "term_importance": {"clean_loss": float, "mode": "zero"|"mean", "n_tokens": int,
-                          "source": str,
                           "terms": [{"term": str, "kind": "order"|"head",
                                      "order": int, "loss_increase": float}]},
-      "icl_score": float | null,           # loss at a late token minus loss at an early token
-      "training": {"series": {name: [[step, value], ...]}},             # from metrics.jsonl
+                                           # on the evaluation set
+      "training": {"series": {name: [[tokens, value], ...]},   # from metrics.jsonl; x is
+                                           # tokens seen (a two-stage run continues its base)
+                   "last_val_loss": {"value": float, "step": int, "tokens": float} | null},
+      "phase_change": {"tokens": [float, float]} | null,  # where the probe induction score
+                                           # crosses from < 0.1 to >= half its final value
       "not_computed": {section: reason}    # why a section is missing
     }
 
     HEAD = {
       "layer": int, "head": int,
-      "role": str | null,                  # "induction", "previous_token", "copying", ...
-      "scores": {name: float},             # previous_token_score, induction_score, ...
-      "copying": float | null,             # sum(lambda) / sum(|lambda|) of the OV circuit
+      "label": str,                        # induction, previous_token, duplicate_token,
+                                           # copying, positional, other
+      "decided_by": str | null, "threshold": float | null,
+      "scores": {name: float|null},        # HeadScores on the random-token probe: previous_token,
+                                           # induction, prefix_matching, duplicate_token,
+                                           # copying (behavioural), positional
+      "text_scores": {name: float|null} | null,  # the same on the evaluation text (kind text)
+      "ov_eigenvalue_score": float | null, # sum(lambda) / sum(|lambda|) of the OV circuit
       "ov_eigenvalues": [[re, im], ...],   # nonzero eigenvalues of W_E W_OV W_U
       "qk_eigenvalues": [[re, im], ...],   # of W_E W_QK W_E^T
       "skip_trigrams": [{"source": str, "destination": str, "out": str, "score": float}]
@@ -57,19 +83,8 @@ from typing import Any
 
 from qkov.errors import QkovError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-SECTIONS = (
-    "bigrams",
-    "heads",
-    "attention",
-    "composition",
-    "induction_circuits",
-    "term_importance",
-    "icl_score",
-    "training",
-    "loss",
-)
 
 
 def validate(analysis: Any, source: str = "analysis") -> dict[str, Any]:

@@ -28,7 +28,7 @@ import torch
 from qkov import AttnOnlyTransformer, ModelConfig
 from qkov.circuits import (
     CHUNK_ELEMENTS,
-    eigenvalue_copying_score,
+    eigenvalue_score,
     ov_circuit,
     ov_eigenvalues,
     top1_self_fraction,
@@ -84,11 +84,11 @@ def dense_trigrams(model: AttnOnlyTransformer) -> list[float]:
 
 def dense_eig(model: AttnOnlyTransformer) -> float:
     ov = ov_circuit(model, 0, 0).dense(force=True)  # vocab x vocab: small --eig-vocab only
-    return eigenvalue_copying_score(torch.linalg.eigvals(ov))
+    return eigenvalue_score(torch.linalg.eigvals(ov))
 
 
 def factored_eig(model: AttnOnlyTransformer) -> float:
-    return eigenvalue_copying_score(ov_eigenvalues(model, 0, 0))
+    return eigenvalue_score(ov_eigenvalues(model, 0, 0))
 
 
 TASKS = {

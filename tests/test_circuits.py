@@ -11,10 +11,10 @@ from qkov.circuits import (
     W_OV,
     W_QK,
     direct_path,
-    eigenvalue_copying_score,
+    eigenvalue_score,
     ov_circuit,
-    ov_copying,
-    ov_copying_all,
+    ov_statistics,
+    ov_statistics_all,
     ov_eigenvalues,
     path_expansion,
     qk_circuit,
@@ -86,12 +86,12 @@ def test_standard_positional_terms_are_needed_and_exact():
     model = random_model(2, "standard", seed=1)
     tokens = torch.randint(0, 40, (1, 10), generator=torch.Generator().manual_seed(0))
     pe = path_expansion(model, tokens)
-    pos_terms = [t for t in pe.terms if t.source == "pos"]
+    pos_terms = [t for t in pe.terms if t.start == "pos"]
     assert len(pos_terms) == 9 and pe.term("direct[pos]").order == 0
     # The positional direct term is W_pos W_U by hand.
     W = model.weights()
     torch.testing.assert_close(pe.term("direct[pos]").logits[0], W["W_pos"] @ W["W_U"])
-    without = sum(t.logits for t in pe.terms if t.source == "token")
+    without = sum(t.logits for t in pe.terms if t.start == "token")
     assert (without - model(tokens)).abs().max() > 1e-2
 
 
@@ -187,7 +187,7 @@ def test_ov_eigenvalues_match_dense_vocab_and_d_model_forms():
             match_multisets(nonzero(eig, 1e-5), nonzero(vocab, 1e-5), 1e-4)
             match_multisets(nonzero(eig, 1e-5), nonzero(small, 1e-5), 1e-4)
             ref = float(vocab.real.sum() / vocab.abs().sum())
-            assert abs(ov_copying(model, l, h).eigenvalue_score - ref) < 1e-3
+            assert abs(ov_statistics(model, l, h).eigenvalue_score - ref) < 1e-3
 
 
 @pytest.mark.parametrize("chunk_size", [1, 7, None])
@@ -223,7 +223,7 @@ def planted_model(sign: float, d_vocab: int, d_model: int, seed: int = 0) -> Att
 
 @pytest.mark.parametrize("d_vocab,d_model", [(200, 16), (8, 16)])
 def test_planted_copying_head(d_vocab, d_model):
-    stats = ov_copying(planted_model(+1.0, d_vocab, d_model), 0, 0, chunk_size=33)
+    stats = ov_statistics(planted_model(+1.0, d_vocab, d_model), 0, 0, chunk_size=33)
     assert stats.eigenvalue_score > 0.99
     assert stats.top1_fraction == 1.0
     assert "L0H0" in repr(stats)
@@ -232,16 +232,16 @@ def test_planted_copying_head(d_vocab, d_model):
 
 @pytest.mark.parametrize("d_vocab,d_model", [(200, 16), (8, 16)])
 def test_planted_anti_copying_head(d_vocab, d_model):
-    stats = ov_copying_all(planted_model(-1.0, d_vocab, d_model))[0]
+    stats = ov_statistics_all(planted_model(-1.0, d_vocab, d_model))[0]
     assert stats.eigenvalue_score < -0.99
     assert stats.top1_fraction == 0.0
 
 
 def test_eigenvalue_score_edge_cases():
-    assert eigenvalue_copying_score(torch.tensor([1 + 1j, 1 - 1j])) == pytest.approx(
+    assert eigenvalue_score(torch.tensor([1 + 1j, 1 - 1j])) == pytest.approx(
         2 / (2 * math.sqrt(2))
     )
-    assert math.isnan(eigenvalue_copying_score(torch.zeros(3, dtype=torch.complex64)))
+    assert math.isnan(eigenvalue_score(torch.zeros(3, dtype=torch.complex64)))
 
 
 # ---------------------------------------------------------------------- CLI

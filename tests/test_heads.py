@@ -165,7 +165,7 @@ def test_classifier_labels_handbuilt_heads_and_finds_partner():
     model = build_induction_model()
     cls = classify_heads(model, batch=16, seed=0, n_baseline=50)
     prev, ind = cls.record(0, 0), cls.record(1, 0)
-    assert prev.label == "previous-token"
+    assert prev.label == "previous_token"
     assert prev.decided_by == "previous_token" and prev.threshold == Thresholds().previous_token
     assert ind.label == "induction" and ind.decided_by == "induction"
     assert ind.scores["induction"] > 0.95 and ind.scores["copying"] > 0.9
@@ -174,7 +174,7 @@ def test_classifier_labels_handbuilt_heads_and_finds_partner():
     assert ind.qk_term_eigenvalue_score == pytest.approx(1.0, abs=1e-3)
     for name in ("L0H1", "L1H1"):
         r = cls.record(int(name[1]), int(name[3]))
-        assert r.label not in ("induction", "previous-token") and r.k_composition == ()
+        assert r.label not in ("induction", "previous_token") and r.k_composition == ()
     assert [r.name for r in cls.with_label("induction")] == ["L1H0"]
     d = cls.to_dict()
     assert d["records"][2]["partners"] == ["L0H0"]
@@ -197,7 +197,7 @@ def test_induction_qk_term_matches_dense_and_errors():
 # ---------------------------------------------------------------------------- planted heads
 def test_previous_token_and_induction_scores_planted_vs_random():
     s = head_scores(build_induction_model(), batch=8)
-    assert s.source == "repeated-random"
+    assert s.measured_on == "random_tokens"
     assert s.previous_token[0, 0] > 0.99 and s.previous_token[1, 0] < 0.2
     assert s.induction[1, 0] > 0.99 and s.induction[0, 0] < 0.05
     assert s.prefix_matching[1, 0] > 0.99
@@ -214,7 +214,7 @@ def test_prefix_matching_on_text_with_repeats():
     g = torch.Generator().manual_seed(0)
     text = torch.randint(V, (8, N_CTX), generator=g)  # many repeats, no known structure
     s = head_scores(model, text)
-    assert s.source == "tokens"
+    assert s.measured_on == "tokens"
     torch.testing.assert_close(s.induction, s.prefix_matching)
     assert s.prefix_matching[1, 0] > 0.85 and s.prefix_matching[0, 1] < 0.3
 
@@ -242,7 +242,7 @@ def test_duplicate_token_score_planted_vs_random():
     s = head_scores(model, batch=8, seq_len=24)
     assert s.duplicate_token[0, 0] > 0.95 and s.duplicate_token[0, 1] < 0.2
     assert s.induction[0, 0] < 0.05 and s.previous_token[0, 0] < 0.2
-    assert classify_heads(model, batch=8).record(0, 0).label == "duplicate-token"
+    assert classify_heads(model, batch=8).record(0, 0).label == "duplicate_token"
 
 
 def test_copying_score_planted_copy_and_anti_copy_vs_random():
@@ -274,7 +274,7 @@ def test_positional_score_uniform_vs_token_driven():
 def test_random_model_has_no_induction_or_previous_token_head():
     cfg = ModelConfig(n_layers=2, n_heads=4, d_model=64, n_ctx=64, d_vocab=128, init_std=0.2)
     cls = classify_heads(AttnOnlyTransformer(cfg), batch=8, n_baseline=20)
-    assert not cls.with_label("induction") and not cls.with_label("previous-token")
+    assert not cls.with_label("induction") and not cls.with_label("previous_token")
 
 
 def test_scores_serialise_and_zero_layer_model():

@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 # public name -> the module that defines it
 _EXPORTS = {
     "icl_score": "qkov.ablation",
+    "evaluation_set": "qkov.data.evaluation",
     "term_importance": "qkov.ablation",
     "load": "qkov.checkpoint",
     "save_model": "qkov.checkpoint",
@@ -20,8 +21,12 @@ _EXPORTS = {
     "W_QK": "qkov.circuits",
     "direct_path": "qkov.circuits",
     "ov_circuit": "qkov.circuits",
+    "ov_statistics": "qkov.circuits",
+    "ov_statistics_all": "qkov.circuits",
     "ov_copying": "qkov.circuits",
     "ov_copying_all": "qkov.circuits",
+    "top_bigrams": "qkov.circuits",
+    "induction_qk_term": "qkov.circuits",
     "path_expansion": "qkov.circuits",
     "qk_circuit": "qkov.circuits",
     "qk_positional_terms": "qkov.circuits",

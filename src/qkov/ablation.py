@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from qkov.circuits import frozen_scales
 from qkov.errors import QkovError
+from qkov.loss import next_token_loss, token_losses
 from qkov.model import AttnOnlyTransformer
 
 ABLATION_MODES = ("zero", "mean")
@@ -51,10 +51,8 @@ def _need_two(tokens: Tensor) -> None:
         raise QkovError("loss needs sequences of at least 2 tokens (one to predict from)")
 
 
-def lm_loss(logits: Tensor, tokens: Tensor) -> float:
-    """Mean next-token cross-entropy: logits [batch, pos, d_vocab], tokens [batch, pos]."""
-    logits = logits.detach()[:, :-1].flatten(0, 1).float()
-    return float(F.cross_entropy(logits, tokens[:, 1:].flatten()))
+def _loss(logits: Tensor, tokens: Tensor) -> float:
+    return float(next_token_loss(logits.detach(), tokens))
 
 
 # ---------------------------------------------------------------------------- order decomposition
@@ -209,20 +207,20 @@ def term_importance(
     _need_two(tokens)
     cfg = model.cfg
     R, logits = order_residuals(model, tokens)
-    clean = lm_loss(logits, tokens)
+    clean = _loss(logits, tokens)
     W_U = model.W_U.detach()
     orders = []
     for k in range(cfg.n_layers + 1):
         removed = R[k] - R[k].mean(dim=(0, 1), keepdim=True) if mode == "mean" else R[k]
-        loss = lm_loss(logits - removed @ W_U, tokens)
+        loss = _loss(logits - removed @ W_U, tokens)
         n_terms = math.comb(cfg.n_layers, k) * cfg.n_heads**k
         orders.append(OrderAblation(k, n_terms, loss, loss - clean))
     heads = []
     if per_head:
         for l in range(cfg.n_layers):
             for h in range(cfg.n_heads):
-                z = lm_loss(head_ablation_logits(model, tokens, l, h, "zero"), tokens)
-                m = lm_loss(head_ablation_logits(model, tokens, l, h, "mean"), tokens)
+                z = _loss(head_ablation_logits(model, tokens, l, h, "zero"), tokens)
+                m = _loss(head_ablation_logits(model, tokens, l, h, "mean"), tokens)
                 heads.append(HeadAblation(l, h, z, z - clean, m, m - clean))
     return TermImportance(
         clean_loss=clean,
@@ -236,62 +234,84 @@ def term_importance(
 # ---------------------------------------------------------------------------- in-context learning
 @dataclass(frozen=True)
 class IclResult:
-    """In-context learning score (Olsson et al. 2022): loss at a late token minus loss at an
-    early token, with the loss curve it comes from.
+    """In-context learning score (Olsson et al. 2022): mean loss over a late window of token
+    positions minus mean loss over an early window, per sequence, then averaged over the
+    sequences with its standard error. Negative: later tokens are predicted better thanks to
+    the context.
 
-    loss_by_position[t - 1] is the mean loss of predicting token t (t = 1 .. pos-1) from the
-    tokens before it; `early` and `late` are such token indices t."""
+    Windows are [start, stop) ranges of token indices t (the loss of predicting token t from
+    the tokens before it); loss_by_position[t - 1] is the batch-mean loss of token t."""
 
     score: float
-    early: int
-    late: int
+    stderr: float  # standard error of the mean over sequences (NaN for one sequence)
+    early: tuple[int, int]
+    late: tuple[int, int]
     loss_early: float
     loss_late: float
+    n_sequences: int
     loss_by_position: Tensor  # [pos - 1]
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        d["early"], d["late"] = list(self.early), list(self.late)
         d["loss_by_position"] = self.loss_by_position.tolist()
-        return d
+        return {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()
+        }
 
 
-def icl_positions(seq_len: int) -> tuple[int, int]:
-    """The sequel's tokens 50 and 500 of a 512-token context, scaled to seq_len:
-    (early, late) token indices, 1 <= early < late <= seq_len - 1."""
+def icl_windows(seq_len: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The sequel's tokens 50 and 500 of a 512-token context, scaled to seq_len and widened
+    to windows of w = max(1, seq_len // 16) tokens: the early window is centred on token
+    seq_len * 50/512, the late one is the last w tokens. Returns ((a, b), (c, d)),
+    1 <= a < b <= c < d = seq_len."""
     if seq_len < 3:
         raise QkovError(f"an ICL score needs sequences of at least 3 tokens, got {seq_len}")
-    late = min(seq_len - 1, max(2, round(seq_len * 500 / 512)))
-    early = min(late - 1, max(1, round(seq_len * 50 / 512)))
-    return early, late
-
-
-def per_position_loss(logits: Tensor, tokens: Tensor) -> Tensor:
-    """Mean loss over the batch of predicting each token: [pos - 1] (token 1 .. pos-1)."""
-    loss = F.cross_entropy(
-        logits[:, :-1].transpose(1, 2).float(), tokens[:, 1:], reduction="none"
-    )  # [batch, pos - 1]
-    return loss.mean(0)
+    w = max(1, seq_len // 16)
+    late = (seq_len - w, seq_len)
+    start = min(max(1, round(seq_len * 50 / 512) - w // 2), late[0] - 1)
+    return (start, min(start + w, late[0])), late
 
 
 def icl_from_logits(
-    logits: Tensor, tokens: Tensor, early: int | None = None, late: int | None = None
+    logits: Tensor,
+    tokens: Tensor,
+    early: tuple[int, int] | None = None,
+    late: tuple[int, int] | None = None,
 ) -> IclResult:
-    """ICL score from a forward pass: logits [batch, pos, d_vocab], tokens [batch, pos]."""
-    curve = per_position_loss(logits.detach(), tokens).cpu()
-    e, lt = icl_positions(tokens.shape[1])
-    early, late = early or e, late or lt
-    if not 1 <= early < late <= tokens.shape[1] - 1:
-        raise QkovError(f"need 1 <= early < late <= {tokens.shape[1] - 1}, got {early}, {late}")
-    lo_e, lo_l = float(curve[early - 1]), float(curve[late - 1])
-    return IclResult(lo_l - lo_e, early, late, lo_e, lo_l, curve)
+    """ICL score from a forward pass: logits [batch, pos, d_vocab], tokens [batch, pos];
+    windows default to `icl_windows(pos)`."""
+    loss = token_losses(logits.detach(), tokens).cpu().double()  # [batch, pos - 1]
+    n = tokens.shape[1]
+    e, lt = icl_windows(n)
+    early, late = tuple(early or e), tuple(late or lt)
+    if not (1 <= early[0] < early[1] <= n and 1 <= late[0] < late[1] <= n):
+        raise QkovError(f"ICL windows must lie in [1, {n}), got {early} and {late}")
+    lo_e = loss[:, early[0] - 1 : early[1] - 1].mean(1)  # [batch]
+    lo_l = loss[:, late[0] - 1 : late[1] - 1].mean(1)  # [batch]
+    diff = lo_l - lo_e
+    B = diff.shape[0]
+    stderr = float(diff.std() / math.sqrt(B)) if B > 1 else math.nan
+    return IclResult(
+        score=float(diff.mean()),
+        stderr=stderr,
+        early=early,
+        late=late,
+        loss_early=float(lo_e.mean()),
+        loss_late=float(lo_l.mean()),
+        n_sequences=B,
+        loss_by_position=loss.mean(0).float(),
+    )
 
 
 @torch.no_grad()
 def icl_score(
-    model: AttnOnlyTransformer, tokens: Tensor, early: int | None = None, late: int | None = None
+    model: AttnOnlyTransformer,
+    tokens: Tensor,
+    early: tuple[int, int] | None = None,
+    late: tuple[int, int] | None = None,
 ) -> IclResult:
-    """Loss at token `late` minus loss at token `early` on tokens [batch, pos] (defaults:
-    `icl_positions(pos)`) and the per-position loss curve. Negative: later tokens are
-    predicted better thanks to the context."""
+    """The ICL score of `model` on tokens [batch, pos] (held-out text: the evaluation set);
+    see IclResult and `icl_windows`."""
     tokens = model.check_tokens(tokens)
     return icl_from_logits(model(tokens), tokens, early, late)

@@ -1,4 +1,4 @@
-"""QK and OV circuits, the direct path, path expansion and copying eigenvalues.
+"""QK and OV circuits, the direct path and its bigrams, path expansion, OV eigenvalues.
 
 Row-vector convention (as in the code, x @ W; the paper writes the transposes). For head
 (l, h) with a destination residual vector x_d and a source vector x_s:
@@ -20,19 +20,21 @@ LayerNorm scale): signs, eigenvalue signs and each row's ranking are unaffected.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from qkov.data.tokenizer import decode_token
 from qkov.errors import QkovError
 from qkov.factored import FactoredMatrix
 from qkov.model import AttnOnlyTransformer
 
-# Elements of one dense chunk in `top1_self_fraction`: 2**22 fp32 = 16 MiB.
+# Elements of one dense chunk of a vocab x vocab circuit (rows formed at once): 16 MiB of fp32.
 CHUNK_ELEMENTS = 2**22
 
 
-def _check_head(model: AttnOnlyTransformer, layer: int, head: int) -> None:
+def check_head(model: AttnOnlyTransformer, layer: int, head: int) -> None:
     cfg = model.cfg
     if not 0 <= layer < cfg.n_layers:
         raise QkovError(
@@ -70,14 +72,14 @@ def W_OV(model: AttnOnlyTransformer) -> FactoredMatrix:
 
 def qk_circuit(model: AttnOnlyTransformer, layer: int, head: int) -> FactoredMatrix:
     """Token QK circuit W_E W_Q W_K^T W_E^T: [d_vocab (destination), d_vocab (source)]."""
-    _check_head(model, layer, head)
+    check_head(model, layer, head)
     w, E = model.weights(), token_embedding(model)
     return FactoredMatrix(E @ w["W_Q"][layer, head], (E @ w["W_K"][layer, head]).T)
 
 
 def ov_circuit(model: AttnOnlyTransformer, layer: int, head: int) -> FactoredMatrix:
     """Token OV circuit W_E W_V W_O W_U: [d_vocab (source), d_vocab (out logit)]."""
-    _check_head(model, layer, head)
+    check_head(model, layer, head)
     w = model.weights()
     return FactoredMatrix(
         token_embedding(model) @ w["W_V"][layer, head], w["W_O"][layer, head] @ w["W_U"]
@@ -111,7 +113,7 @@ class QKTerms:
 
 def qk_positional_terms(model: AttnOnlyTransformer, layer: int, head: int) -> QKTerms:
     """Token/position split of the QK circuit: W_pos W_QK W_pos^T and the cross terms."""
-    _check_head(model, layer, head)
+    check_head(model, layer, head)
     if model.cfg.positional == "none":
         raise QkovError(
             "this model has positional='none', so its QK circuit has no positional terms: "
@@ -129,11 +131,6 @@ def qk_positional_terms(model: AttnOnlyTransformer, layer: int, head: int) -> QK
     )
 
 
-def pos_qk_circuit(model: AttnOnlyTransformer, layer: int, head: int) -> FactoredMatrix:
-    """W_pos W_QK W_pos^T: [n_ctx (destination), n_ctx (source)]."""
-    return qk_positional_terms(model, layer, head).pos_pos
-
-
 # ---------------------------------------------------------------------- path expansion
 Chain = tuple[tuple[int, int], ...]
 
@@ -143,11 +140,11 @@ class PathTerm:
     """One term of the path expansion: the logits carried by one path.
 
     heads: () for the direct path, ((l, h),) for a single head, a longer chain (layers
-    increasing) for a virtual head. source: "token" (W_E) or "pos" (W_pos in the residual
-    stream, positional="standard" only)."""
+    increasing) for a virtual head. start: where the path begins, "token" (W_E) or "pos"
+    (W_pos in the residual stream, positional="standard" only)."""
 
     heads: Chain
-    source: str
+    start: str
     logits: Tensor  # [batch, pos, d_vocab]
 
     @property
@@ -157,7 +154,7 @@ class PathTerm:
     @property
     def name(self) -> str:
         base = ">".join(f"L{l}H{h}" for l, h in self.heads) or "direct"
-        return base if self.source == "token" else f"{base}[pos]"
+        return base if self.start == "token" else f"{base}[pos]"
 
     def __repr__(self) -> str:
         return f"PathTerm({self.name}, logits={list(self.logits.shape)})"
@@ -168,7 +165,7 @@ class PathExpansion:
     """logits = sum of terms, attention patterns frozen at those of the forward pass.
 
     With positional="standard", W_pos sits in the residual stream beside W_E, so every path
-    has a second term starting from W_pos (source="pos"); shortformer and none add none."""
+    has a second term starting from W_pos (start="pos"); shortformer and none add none."""
 
     terms: list[PathTerm]
     logits: Tensor  # [batch, pos, d_vocab], the model's own forward pass
@@ -222,7 +219,7 @@ class PathExpansion:
                 {
                     "name": t.name,
                     "order": t.order,
-                    "source": t.source,
+                    "start": t.start,
                     "heads": [list(lh) for lh in t.heads],
                     "logit_rms": float(t.logits.pow(2).mean().sqrt()),
                 }
@@ -251,30 +248,33 @@ def path_expansion(
     cfg = model.cfg
     w = model.weights()
     names = [f"pattern.{l}" for l in range(cfg.n_layers)]
-    logits, cache = model.run_with_cache(tokens, names=lambda name: name.startswith(("pat", "sca")))
+    logits, cache = model.run_with_cache(tokens, names=lambda n: n.split(".")[0] in FROZEN)
     patterns = [cache[n] for n in names]
     scale = frozen_scales(model, cache)
     batch, n = tokens.shape
-    starts = {"token": w["W_E"][tokens]}  # [batch, pos, d_model]
+    starts = {"token": w["W_E"][tokens]}  # path start -> [batch, pos, d_model]
     if cfg.positional == "standard":
         starts["pos"] = w["W_pos"][:n].expand(batch, n, cfg.d_model)
     streams: dict[tuple[str, Chain], Tensor] = {(s, ()): x for s, x in starts.items()}
     for l in range(cfg.n_layers):
         new: dict[tuple[str, Chain], Tensor] = {}
-        for (source, chain), x in streams.items():
+        for (start, chain), x in streams.items():
             if max_order is not None and len(chain) >= max_order:
                 continue
             v = (x / scale[l])[:, None] @ w["W_V"][l]  # [batch, head, pos, d_head]
             out = (patterns[l] @ v) @ w["W_O"][l]  # [batch, head, pos, d_model]
             for h in range(cfg.n_heads):
-                new[(source, chain + ((l, h),))] = out[:, h]
+                new[(start, chain + ((l, h),))] = out[:, h]
         streams.update(new)
     terms = [
-        PathTerm(chain, source, (x / scale[-1]) @ w["W_U"])
-        for (source, chain), x in streams.items()
+        PathTerm(chain, start, (x / scale[-1]) @ w["W_U"]) for (start, chain), x in streams.items()
     ]
-    terms.sort(key=lambda t: (t.order, t.heads, t.source != "token"))
+    terms.sort(key=lambda t: (t.order, t.heads, t.start != "token"))
     return PathExpansion(terms=terms, logits=model(tokens), patterns=patterns)
+
+
+# Hook kinds a frozen-pattern decomposition reads: the patterns and the rms scales.
+FROZEN = ("pattern", "scale")
 
 
 def frozen_scales(model: AttnOnlyTransformer, cache: dict[str, Tensor]) -> list[Tensor | float]:
@@ -285,11 +285,13 @@ def frozen_scales(model: AttnOnlyTransformer, cache: dict[str, Tensor]) -> list[
     return [cache[f"scale.{l}"] for l in range(model.cfg.n_layers)] + [cache["scale.final"]]
 
 
-# ---------------------------------------------------------------------- copying
-def eigenvalue_copying_score(eigenvalues: Tensor) -> float:
+# ---------------------------------------------------------------------- OV eigenvalues
+def eigenvalue_score(eigenvalues: Tensor) -> float:
     """Sum(lambda) / sum(|lambda|) using real parts in the numerator: in [-1, 1].
 
-    Near 1: the circuit mostly raises what it reads (copying); near -1: suppresses it."""
+    Of an OV circuit (`ov_eigenvalue_score`): near 1 the circuit mostly raises what it
+    reads (the paper's copying eigenvalues), near -1 it suppresses it. Of a QK term: near 1
+    it matches tokens. (The behavioural copying score is `qkov.heads.copying_score`.)"""
     total = float(eigenvalues.abs().sum())
     if total == 0.0:
         return float("nan")
@@ -328,8 +330,8 @@ def top1_self_fraction(circuit: FactoredMatrix, chunk_size: int | None = None) -
 
 
 @dataclass
-class OVCopying:
-    """Copying statistics of one head's OV circuit."""
+class OVStatistics:
+    """The OV circuit's eigenvalues, their Sum(lambda)/Sum(|lambda|), and its top-1 fraction."""
 
     layer: int
     head: int
@@ -339,7 +341,8 @@ class OVCopying:
 
     def __repr__(self) -> str:
         return (
-            f"OVCopying(L{self.layer}H{self.head}, eigenvalue_score={self.eigenvalue_score:+.3f}, "
+            f"OVStatistics(L{self.layer}H{self.head}, "
+            f"eigenvalue_score={self.eigenvalue_score:+.3f}, "
             f"top1_fraction={self.top1_fraction:.3f})"
         )
 
@@ -354,25 +357,28 @@ class OVCopying:
 
 
 @torch.no_grad()
-def ov_copying(
+def ov_statistics(
     model: AttnOnlyTransformer, layer: int, head: int, chunk_size: int | None = None
-) -> OVCopying:
-    """Eigenvalue copying score and top-1 copying fraction of head (layer, head)."""
+) -> OVStatistics:
+    """OV eigenvalues, their Sum(lambda)/Sum(|lambda|) and the top-1 self fraction of head
+    (layer, head)."""
     circuit = ov_circuit(model, layer, head)
     eig = circuit.eigenvalues
-    return OVCopying(
+    return OVStatistics(
         layer=layer,
         head=head,
         eigenvalues=eig,
-        eigenvalue_score=eigenvalue_copying_score(eig),
+        eigenvalue_score=eigenvalue_score(eig),
         top1_fraction=top1_self_fraction(circuit, chunk_size),
     )
 
 
-def ov_copying_all(model: AttnOnlyTransformer, chunk_size: int | None = None) -> list[OVCopying]:
-    """ov_copying for every head, layer-major."""
+def ov_statistics_all(
+    model: AttnOnlyTransformer, chunk_size: int | None = None
+) -> list[OVStatistics]:
+    """ov_statistics for every head, layer-major."""
     return [
-        ov_copying(model, l, h, chunk_size)
+        ov_statistics(model, l, h, chunk_size)
         for l in range(model.cfg.n_layers)
         for h in range(model.cfg.n_heads)
     ]
@@ -397,3 +403,38 @@ def induction_qk_term(
     moved = (W_E @ W_V0) @ W_O0  # [d_vocab, d_model]: what h0 writes when it attends to a token
     B = (moved @ model.W_K[layer, head].detach()).T
     return FactoredMatrix(A, B)
+
+
+@torch.no_grad()
+def top_bigrams(model: AttnOnlyTransformer, k: int = 20) -> list[dict[str, Any]]:
+    """The k largest entries of the direct path W_E W_U with each row centred (softmax
+    ignores a constant per row): [{"current", "out", "logit"}], the logit added to `out`
+    when the current token is `current`. Rows are formed CHUNK_ELEMENTS at a time; the
+    vocab x vocab table never exists."""
+    table = direct_path(model)
+    V = model.cfg.d_vocab
+    chunk = max(1, CHUNK_ELEMENTS // V)
+    best_v, best_i = torch.empty(0), torch.empty(0, dtype=torch.long)
+    for start in range(0, V, chunk):
+        block = table.rows(start, start + chunk).dense(force=True).float()  # [c, V]
+        block = block - block.mean(dim=1, keepdim=True)
+        v, i = block.flatten().topk(min(k, block.numel()))
+        best_v = torch.cat([best_v, v.cpu()])
+        best_i = torch.cat([best_i, i.cpu() + start * V])  # flat index into [V, V]
+        best_v, order = best_v.topk(min(k, best_v.numel()))
+        best_i = best_i[order]
+    current, out = torch.unravel_index(best_i, (V, V))
+    return [
+        {
+            "current": decode_token(model.tokenizer, c),
+            "out": decode_token(model.tokenizer, o),
+            "logit": v,
+        }
+        for c, o, v in zip(current.tolist(), out.tolist(), best_v.tolist(), strict=True)
+    ]
+
+
+# Names from before "copying" meant only the behavioural score (kept for existing code).
+OVCopying = OVStatistics
+ov_copying = ov_statistics
+ov_copying_all = ov_statistics_all

@@ -21,6 +21,7 @@ from torch import Tensor
 from qkov.circuits import W_OV, W_QK
 from qkov.errors import QkovError
 from qkov.factored import FactoredMatrix
+from qkov.io import json_safe
 from qkov.model import AttnOnlyTransformer
 
 KINDS = ("q", "k", "v")
@@ -65,12 +66,8 @@ class CompositionScores:
         flat = torch.nan_to_num(scores, nan=float("-inf")).flatten()
         n = min(n, int(torch.isfinite(flat).sum()))
         vals, idx = flat.topk(n)
-        L, H = scores.shape[:2]
-        out = []
-        for v, i in zip(vals.tolist(), idx.tolist(), strict=True):
-            l0, h0, l1, h1 = i // (H * L * H), i // (L * H) % H, i // H % L, i % H
-            out.append((l0, h0, l1, h1, v))
-        return out
+        l0, h0, l1, h1 = (t.tolist() for t in torch.unravel_index(idx, scores.shape))
+        return list(zip(l0, h0, l1, h1, vals.tolist(), strict=True))
 
     def partner(self, layer: int, head: int, kind: str = "k") -> tuple[int, int, float]:
         """The earlier head (l0, h0, score) composing most with head (layer, head)."""
@@ -81,8 +78,8 @@ class CompositionScores:
                 f"1..{scores.shape[0] - 1} and a head in 0..{scores.shape[1] - 1}"
             )
         col = scores[:layer, :, layer, head]  # [layer, n_heads]
-        i = int(col.flatten().argmax())
-        return i // col.shape[1], i % col.shape[1], float(col.flatten()[i])
+        l0, h0 = (int(t) for t in torch.unravel_index(col.argmax(), col.shape))
+        return l0, h0, float(col[l0, h0])
 
     def __repr__(self) -> str:
         base = ", ".join(
@@ -91,15 +88,10 @@ class CompositionScores:
         return f"CompositionScores(shape={list(self.q.shape)}, baseline {base})"
 
     def to_dict(self) -> dict[str, object]:
-        def listify(x: object) -> object:  # NaN is not JSON: write null
-            if isinstance(x, list):
-                return [listify(y) for y in x]
-            return None if x != x else x
-
         return {
-            "q": listify(self.q.tolist()),
-            "k": listify(self.k.tolist()),
-            "v": listify(self.v.tolist()),
+            "q": json_safe(self.q.tolist()),  # NaN (no such pair) is not JSON: null
+            "k": json_safe(self.k.tolist()),
+            "v": json_safe(self.v.tolist()),
             "baseline_mean": dict(self.baseline_mean),
             "baseline_std": dict(self.baseline_std),
             "n_baseline": self.n_baseline,

@@ -35,18 +35,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from qkov.circuits import induction_qk_term
+from qkov.circuits import eigenvalue_score, induction_qk_term, ov_eigenvalues
+from qkov.composition import CompositionScores, composition_scores
 from qkov.data.probes import (
     default_seq_len,
     induction_probe,
 )
 from qkov.errors import QkovError
+from qkov.io import json_safe
 from qkov.model import AttnOnlyTransformer
 
 SCORE_NAMES = (
@@ -57,7 +59,16 @@ SCORE_NAMES = (
     "copying",
     "positional",
 )
-LABELS = ("previous-token", "induction", "duplicate-token", "copying", "positional", "other")
+# A head's label is the name of the score that decided it (or "other"): one spelling.
+LABELS = ("previous_token", "induction", "duplicate_token", "copying", "positional", "other")
+# The short column names of `HeadClassification.table`, explained under it.
+COLUMNS = {
+    "prev": "previous_token",
+    "induct": "induction",
+    "dup": "duplicate_token",
+    "copy": "copying",
+    "pos": "positional",
+}
 _COPY_CHUNK = 2**24  # elements of the [rows, pos, d_vocab] logit-effect block per step
 
 
@@ -174,7 +185,7 @@ class HeadScores:
     duplicate_token: Tensor
     copying: Tensor
     positional: Tensor
-    source: str  # "repeated-random" (the seeded probe) or "tokens" (given text)
+    measured_on: str  # "random_tokens" (the seeded induction probe) or "tokens" (given)
     n_sequences: int
     seq_len: int
 
@@ -184,23 +195,13 @@ class HeadScores:
     def best(self, name: str) -> tuple[float, int, int]:
         """(score, layer, head) of the head with the highest `name` score (NaN-safe)."""
         s = torch.nan_to_num(getattr(self, name), nan=-math.inf)
-        i = int(s.argmax())
-        layer, head = divmod(i, s.shape[1])
+        layer, head = (int(t) for t in torch.unravel_index(s.argmax(), s.shape))
         return float(getattr(self, name)[layer, head]), layer, head
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {n: _nan_none(getattr(self, n).tolist()) for n in SCORE_NAMES}
-        d.update(source=self.source, n_sequences=self.n_sequences, seq_len=self.seq_len)
+        d: dict[str, Any] = {n: json_safe(getattr(self, n).tolist()) for n in SCORE_NAMES}
+        d.update(measured_on=self.measured_on, n_sequences=self.n_sequences, seq_len=self.seq_len)
         return d
-
-
-def _nan_none(x: Any) -> Any:
-    """JSON has no NaN or inf: nested lists / dicts with them -> None."""
-    if isinstance(x, (list, tuple)):
-        return [_nan_none(v) for v in x]
-    if isinstance(x, dict):
-        return {k: _nan_none(v) for k, v in x.items()}
-    return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
 def head_scores(
@@ -221,9 +222,9 @@ def head_scores(
     cfg = model.cfg
     if tokens is None:
         probe = induction_probe(cfg.d_vocab, batch, seq_len or default_seq_len(cfg.n_ctx), seed)
-        tokens, half_len, source = probe.tokens, probe.half_lens, "repeated-random"
+        tokens, half_len, measured_on = probe.tokens, probe.half_lens, "random_tokens"
     else:
-        source = "tokens"
+        measured_on = "tokens"
     tokens = model.check_tokens(tokens)
     want = ("pattern.", "resid_pre.") if copying else ("pattern.",)
     with torch.no_grad():
@@ -246,7 +247,7 @@ def head_scores(
         k: (torch.stack([r.float().cpu() for r in v]) if v else empty) for k, v in rows.items()
     }
     return HeadScores(
-        **stacked, source=source, n_sequences=tokens.shape[0], seq_len=tokens.shape[1]
+        **stacked, measured_on=measured_on, n_sequences=tokens.shape[0], seq_len=tokens.shape[1]
     )
 
 
@@ -293,13 +294,14 @@ class HeadRecord:
 
     layer: int
     head: int
-    label: str
+    label: str  # one of LABELS
     decided_by: str | None  # the score that decided the label (None for "other")
     threshold: float | None
     scores: dict[str, float]
     ov_eigenvalue_score: float  # Sum(lambda)/Sum(|lambda|) of the OV circuit W_E W_OV W_U
     k_composition: tuple[KPartner, ...] = ()
     qk_term_eigenvalue_score: float | None = None
+    ov_eigenvalues: Tensor | None = field(default=None, repr=False, compare=False)  # [d_head]
 
     @property
     def name(self) -> str:
@@ -310,18 +312,26 @@ class HeadRecord:
         return tuple(p for p in self.k_composition if p.above_baseline)
 
     def to_dict(self) -> dict[str, Any]:
-        d = _nan_none(dataclasses.asdict(self))
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["k_composition"] = [p.to_dict() for p in self.k_composition]
+        d["ov_eigenvalues"] = (
+            None
+            if self.ov_eigenvalues is None
+            else [[float(z.real), float(z.imag)] for z in self.ov_eigenvalues.reshape(-1)]
+        )
         d["partners"] = [p.name for p in self.partners]
-        return d
+        return json_safe(d)
 
 
 @dataclass(frozen=True)
 class HeadClassification:
-    """`classify_heads` result: a record per head (layer-major) and the scores behind it."""
+    """`classify_heads` result: a record per head (layer-major), the scores behind it and
+    the composition scores its induction partners were ranked by (None below 2 layers)."""
 
     records: tuple[HeadRecord, ...]
     scores: HeadScores
     thresholds: Thresholds
+    composition: CompositionScores | None = field(default=None, repr=False)
 
     def record(self, layer: int, head: int) -> HeadRecord:
         for r in self.records:
@@ -342,15 +352,13 @@ class HeadClassification:
         }
 
     def table(self) -> str:
-        """A plain-text table: one row per head."""
-        cols = ("previous_token", "induction", "duplicate_token", "copying", "positional")
-        short = ("prev", "induct", "dup", "copy", "pos")
+        """A plain-text table: one row per head, and a legend of its columns."""
         lines = [
-            f"{'head':<6} " + " ".join(f"{s:>6}" for s in short) + f" {'OV eig':>6}  "
-            f"{'label':<15} {'decided by':<22} K-composition partners (score, z)"
+            f"{'head':<6} " + " ".join(f"{c:>6}" for c in COLUMNS) + f" {'OV eig':>6}  "
+            f"{'label':<15} {'decided by':<24} K-composition partners (score, z)"
         ]
         for r in self.records:
-            vals = " ".join(f"{r.scores[c]:>6.3f}" for c in cols)
+            vals = " ".join(_fmt(r.scores[c], "6.3f") for c in COLUMNS.values())
             why = f"{r.decided_by} >= {r.threshold:g}" if r.decided_by else "-"
             part = ""
             if r.label == "induction":
@@ -358,13 +366,20 @@ class HeadClassification:
                 part = part or "none above baseline"
                 if r.qk_term_eigenvalue_score is not None:
                     part += f"; QK term eig {r.qk_term_eigenvalue_score:+.3f}"
-            ov = (
-                f"{r.ov_eigenvalue_score:>+6.3f}"
-                if math.isfinite(r.ov_eigenvalue_score)
-                else "     -"
-            )
-            lines.append(f"{r.name:<6} {vals} {ov}  {r.label:<15} {why:<22} {part}".rstrip())
+            ov = _fmt(r.ov_eigenvalue_score, "+6.3f")
+            lines.append(f"{r.name:<6} {vals} {ov}  {r.label:<15} {why:<24} {part}".rstrip())
+        legend = ", ".join(f"{c} = {n}" for c, n in COLUMNS.items())
+        lines.append(
+            f"({legend} score, on {self.scores.n_sequences} x {self.scores.seq_len} "
+            f"{self.scores.measured_on.replace('_', ' ')}; OV eig = "
+            "Sum(lambda)/Sum(|lambda|) of the OV circuit; - : not defined)"
+        )
         return "\n".join(lines)
+
+
+def _fmt(x: float, spec: str) -> str:
+    width = int(spec.lstrip("+").split(".")[0])
+    return f"{x:{spec}}" if math.isfinite(x) else f"{'-':>{width}}"
 
 
 def _label(scores: dict[str, float], t: Thresholds) -> tuple[str, str | None, float | None]:
@@ -372,8 +387,8 @@ def _label(scores: dict[str, float], t: Thresholds) -> tuple[str, str | None, fl
     positional, else other. NaN scores never pass."""
     attention = [
         ("induction", "induction", t.induction),
-        ("previous-token", "previous_token", t.previous_token),
-        ("duplicate-token", "duplicate_token", t.duplicate_token),
+        ("previous_token", "previous_token", t.previous_token),
+        ("duplicate_token", "duplicate_token", t.duplicate_token),
     ]
     passed = [(scores[k], label, k, th) for label, k, th in attention if scores[k] >= th]
     if passed:
@@ -399,9 +414,6 @@ def classify_heads(
 ) -> HeadClassification:
     """Label every head from its scores (on the seeded repeated probe unless `tokens` given)
     and, for each induction head, rank the earlier heads its key reads (K-composition)."""
-    from qkov.circuits import eigenvalue_copying_score, ov_eigenvalues
-    from qkov.composition import composition_scores
-
     t = thresholds or Thresholds()
     cfg = model.cfg
     scores = head_scores(model, tokens, half_len=half_len, batch=batch, seq_len=seq_len, seed=seed)
@@ -412,30 +424,29 @@ def classify_heads(
             for h in range(cfg.n_heads):
                 s = scores.get(l, h)
                 label, key, th = _label(s, t)
-                ranked: list[KPartner] = []
+                ranked: tuple[KPartner, ...] = ()
                 qk_stat = None
                 if label == "induction" and comp is not None and l > 0:
-                    mean, std = comp.baseline_mean["k"], comp.baseline_std["k"]
-                    for l0 in range(l):
-                        for h0 in range(cfg.n_heads):
-                            k = float(comp.k[l0, h0, l, h])
-                            z = (k - mean) / std if std > 0 else math.inf
-                            ranked.append(KPartner(l0, h0, k, z, z >= t.partner_z))
-                    ranked.sort(key=lambda p: -p.score)
-                    top = ranked[0]
-                    term = induction_qk_term(model, l, h, top.layer, top.head)
-                    qk_stat = eigenvalue_copying_score(term.eigenvalues)
+                    ranked = _k_partners(comp, l, h, t.partner_z)
+                    term = induction_qk_term(model, l, h, ranked[0].layer, ranked[0].head)
+                    qk_stat = eigenvalue_score(term.eigenvalues)
+                ov = ov_eigenvalues(model, l, h)
                 records.append(
-                    HeadRecord(
-                        layer=l,
-                        head=h,
-                        label=label,
-                        decided_by=key,
-                        threshold=th,
-                        scores=s,
-                        ov_eigenvalue_score=eigenvalue_copying_score(ov_eigenvalues(model, l, h)),
-                        k_composition=tuple(ranked),
-                        qk_term_eigenvalue_score=qk_stat,
-                    )
+                    HeadRecord(l, h, label, key, th, s, eigenvalue_score(ov), ranked, qk_stat, ov)
                 )
-    return HeadClassification(records=tuple(records), scores=scores, thresholds=t)
+    return HeadClassification(tuple(records), scores, t, comp)
+
+
+def _k_partners(
+    comp: CompositionScores, layer: int, head: int, partner_z: float
+) -> tuple[KPartner, ...]:
+    """Every head of an earlier layer, ranked by its K-composition into (layer, head), with
+    its z-score against the random baseline."""
+    mean, std = comp.baseline_mean["k"], comp.baseline_std["k"]
+    ranked = []
+    for l0 in range(layer):
+        for h0 in range(comp.k.shape[1]):
+            k = float(comp.k[l0, h0, layer, head])
+            z = (k - mean) / std if std > 0 else math.inf
+            ranked.append(KPartner(l0, h0, k, z, z >= partner_z))
+    return tuple(sorted(ranked, key=lambda p: -p.score))

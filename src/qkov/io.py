@@ -5,12 +5,13 @@ A crash or a full disk mid-write leaves the previous file untouched."""
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from qkov.errors import QkovError
 
@@ -105,3 +106,12 @@ def check_output_file(path: str | Path, flag: str) -> Path:
         raise QkovError(f"{flag} {path} is not writable: choose another {flag}")
     _writable_folder(path.parent, str(path), flag)
     return path
+
+
+def json_safe(x: Any) -> Any:
+    """Nested lists, tuples and dicts with NaN or inf (not JSON) written as None (null)."""
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    return None if isinstance(x, float) and not math.isfinite(x) else x

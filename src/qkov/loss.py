@@ -1,4 +1,8 @@
-"""Next-token loss fused with the unembedding: `resid @ W_U` then cross-entropy, in chunks.
+"""Next-token loss: the one definition (`token_losses`, `next_token_loss`) and its fused
+form for training (`unembed_cross_entropy`: `resid @ W_U` then cross-entropy, in chunks).
+
+Contract everywhere: logits [batch, pos, d_vocab] and the tokens [batch, pos] they were
+computed from; position i predicts token i + 1, so the loss is over tokens 1 .. pos-1.
 
 The plain way materialises logits [tokens, d_vocab], then their log-softmax, then in the
 backward pass a zero-filled gradient of the same size and a second softmax. Here the loss
@@ -16,7 +20,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["chunk_rows", "unembed_cross_entropy"]
+__all__ = ["chunk_rows", "next_token_loss", "token_losses", "unembed_cross_entropy"]
+
+
+def token_losses(logits: Tensor, tokens: Tensor) -> Tensor:
+    """Loss of predicting each token from those before it: logits [batch, pos, d_vocab],
+    tokens [batch, pos] -> [batch, pos - 1] (column t - 1 is token t), in fp32."""
+    if tokens.shape[1] < 2:
+        raise ValueError("a next-token loss needs sequences of at least 2 tokens")
+    return F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), tokens[:, 1:], reduction="none")
+
+
+def next_token_loss(logits: Tensor, tokens: Tensor) -> Tensor:
+    """Mean next-token cross-entropy (nats/token): logits [batch, pos, d_vocab], tokens
+    [batch, pos] -> scalar; `token_losses` averaged."""
+    return token_losses(logits, tokens).mean()
 
 
 def chunk_rows(d_vocab: int, budget: int = 1 << 21) -> int:

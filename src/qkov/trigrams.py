@@ -18,6 +18,12 @@ top-k trigram's destination is among the k best for its source (top-k of a[:, s]
 out among the k best of its source (top-k of o[s, :]). Both are found by forming the
 circuits a block of sources at a time, then the vocab x k x k candidates are ranked.
 Heads beyond layer 0 are read through the direct embedding path only (composition ignored).
+
+Rare tokens: a byte-level BPE keeps tokens the training stream barely holds; their
+embeddings stay near their initialisation and their circuits are noise that can top a
+table (`'ó' ... 'ó' -> 'ARK'`). With `min_count`, every token of a trigram (source,
+destination and out) must have been seen at least that often in training
+(`model.token_counts`, written by `qkov train` as token_counts.json).
 """
 
 from __future__ import annotations
@@ -33,6 +39,29 @@ from qkov.data.tokenizer import decode_token
 from qkov.errors import QkovError
 from qkov.factored import FactoredMatrix
 from qkov.model import AttnOnlyTransformer
+
+DEFAULT_MIN_COUNT = 10  # what `qkov analyze` and `qkov circuits` use when counts exist
+
+
+def allowed_tokens(model: AttnOnlyTransformer, min_count: int | None) -> Tensor | None:
+    """[d_vocab] bool: tokens seen at least min_count times in training, or None (no filter)
+    for min_count None or 0. Needs model.token_counts (token_counts.json of the run)."""
+    if not min_count:
+        return None
+    if min_count < 0:
+        raise QkovError(f"min_count must be >= 0, got {min_count}")
+    counts = getattr(model, "token_counts", None)
+    if counts is None:
+        raise QkovError(
+            "this model has no token counts (token_counts.json, written by `qkov train`): "
+            "rank over all tokens (min_count=None / --all-tokens)"
+        )
+    keep = counts.to(torch.long) >= min_count
+    if int(keep.sum()) < 2:
+        raise QkovError(
+            f"fewer than 2 tokens were seen {min_count} times in training: lower the minimum count"
+        )
+    return keep
 
 
 def token_str(model: AttnOnlyTransformer, token: int) -> str:
@@ -103,6 +132,10 @@ class _HeadScorer:
         """a[:, start:stop]^T * sqrt(d_head): [c sources, d_vocab destinations]."""
         return self.qk_Bc[:, start:stop].T @ self.qk.A.T
 
+    def o_by_source(self, start: int, stop: int) -> Tensor:
+        """o[start:stop] before centring: [c sources, d_vocab outs]."""
+        return self.ov.A[start:stop] @ self.ov.B
+
     def a(self, d: int, s: int) -> float:
         return float(self.qk.A[d] @ self.qk_Bc[:, s]) * self.scale
 
@@ -133,12 +166,15 @@ def skip_trigrams(
     k: int = 10,
     chunk_size: int | None = None,
     per_source: int | None = None,
+    min_count: int | None = None,
 ) -> list[SkipTrigram]:
     """Top-k skip-trigrams of a head by score (see the module docstring), best first.
 
     per_source: keep at most this many trigrams per source token. A rare source with a
     huge logit boost otherwise fills the whole list with one (source, out) pair and every
     destination; per_source=1 lists the k sources with the best trigram each.
+    min_count: rank only trigrams whose three tokens were each seen at least this often in
+    training (`allowed_tokens`); None: all tokens.
 
     Memory: O(chunk_size * d_vocab + d_vocab * k^2); chunk_size (sources per block)
     defaults to 16 MiB of fp32. Time: two vocab^2 * d_head products, formed a block at a time."""
@@ -147,11 +183,15 @@ def skip_trigrams(
         raise QkovError(f"k must be >= 1, got {k}")
     if per_source is not None and per_source < 1:
         raise QkovError(f"per_source must be >= 1, got {per_source}")
-    k_eff = min(k, V)
     chunk = chunk_size or max(1, CHUNK_ELEMENTS // V)
     if chunk < 1:
         raise QkovError(f"chunk_size must be >= 1, got {chunk_size}")
     sc = _HeadScorer(model, layer, head)
+    keep = allowed_tokens(model, min_count)
+    k_eff = min(k, V if keep is None else int(keep.sum()))
+    # Tokens left out cannot be picked as destination or out: -inf before the top-ks
+    # (and as source: -inf candidates below).
+    drop = None if keep is None else torch.where(keep, 0.0, -math.inf).to(sc.qk.device)
     # One pass over source chunks: each source's k best destinations (by a) and outs (by o).
     # sigmoid is monotone and o's centring is a per-row constant, so both top-ks run on the
     # raw [c, d_vocab] blocks and the k survivors are transformed after.
@@ -162,27 +202,32 @@ def skip_trigrams(
     best_d, best_t = (torch.empty(V, k_eff, dtype=torch.long, device=dev) for _ in range(2))
     for start in range(0, V, chunk):
         stop = min(start + chunk, V)
-        torch.topk(
-            sc.a_by_source(start, stop), k_eff, dim=1, out=(best_a[start:stop], best_d[start:stop])
-        )
-        block = sc.ov.A[start:stop] @ sc.ov.B  # [c sources, d_vocab outs]
-        torch.topk(block, k_eff, dim=1, out=(best_o[start:stop], best_t[start:stop]))
-        del block
+        for block, vals, idx in (
+            (sc.a_by_source(start, stop), best_a, best_d),  # [c sources, d_vocab dests]
+            (sc.o_by_source(start, stop), best_o, best_t),  # [c sources, d_vocab outs]
+        ):
+            if drop is not None:
+                block += drop
+            torch.topk(block, k_eff, dim=1, out=(vals[start:stop], idx[start:stop]))
+            del block
     best_a *= sc.scale
     best_o -= sc.ov_mean[:, None]
     cand = torch.sigmoid(best_a)[:, :, None] * best_o[:, None, :]  # [src, k (dest), k (out)]
+    if keep is not None:
+        cand[~keep] = -math.inf
     if per_source is None:
-        _, flat = cand.flatten().topk(min(k, cand.numel()))
-        picks = [divmod(f, k_eff * k_eff) for f in flat.tolist()]
+        _, flat = cand.flatten().topk(min(k, int(torch.isfinite(cand).sum())))
+        s, i, j = torch.unravel_index(flat, cand.shape)  # source, dest rank, out rank
     else:  # the best per_source of each source, then the k best of those
         m = min(per_source, k_eff * k_eff)
-        vals, idx = cand.flatten(1).topk(m, dim=1)  # [src, m]
-        _, flat = vals.flatten().topk(min(k, vals.numel()))
-        picks = [(f // m, int(idx[f // m, f % m])) for f in flat.tolist()]
-    out = []
-    for s, rest in picks:
-        i, j = divmod(rest, k_eff)
-        out.append(sc.trigram(s, int(best_d[s, i]), int(best_t[s, j])))
+        vals, idx = cand.flatten(1).topk(m, dim=1)  # [src, m]: flat (dest rank, out rank)
+        _, flat = vals.flatten().topk(min(k, int(torch.isfinite(vals).sum())))
+        s, r = torch.unravel_index(flat, vals.shape)  # source, rank among its m best
+        i, j = torch.unravel_index(idx[s, r], (k_eff, k_eff))
+    out = [
+        sc.trigram(src, int(best_d[src, di]), int(best_t[src, oi]))
+        for src, di, oi in zip(s.tolist(), i.tolist(), j.tolist(), strict=True)
+    ]
     # Re-score exactly (scalar path) and sort: chunked and scalar rounding can differ slightly.
     return sorted(out, key=lambda t: -t.score)
 

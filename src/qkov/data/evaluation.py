@@ -1,0 +1,136 @@
+"""The evaluation set: the one batch of tokens a model's loss, ICL score and term importance
+are measured on, with the words that say what it is.
+
+For a model trained on text it is the held-out documents of its own corpus (the split
+`qkov train` never trained on): the first n_ctx tokens of each held-out document at least
+that long, so every sequence starts at a document start and the ICL score's late window
+reads the same document as its early one. Given text is cut into windows of n_ctx tokens.
+A model without a tokenizer (a synthetic task) is evaluated on the seeded random-token
+probe, and the set says so (kind "random_tokens"): its loss is not comparable with text.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from qkov.data.corpus import SYNTHETIC, load_corpus
+from qkov.data.probes import induction_probe
+from qkov.errors import QkovError
+
+DEFAULT_SEQUENCES = 256  # the stdlib split has ~70 documents of 256 tokens: all of them
+MIN_TOKENS = 3  # the ICL score needs an early and a late token to predict
+
+
+@dataclass(frozen=True)
+class EvaluationSet:
+    """tokens [n_sequences, seq_len]; kind "text" or "random_tokens"."""
+
+    tokens: Tensor
+    description: str
+    kind: str
+
+    @property
+    def n_tokens(self) -> int:
+        """Predicted tokens: every position but the first of each sequence."""
+        return self.tokens.shape[0] * (self.tokens.shape[1] - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "description": self.description,
+            "kind": self.kind,
+            "n_sequences": self.tokens.shape[0],
+            "seq_len": self.tokens.shape[1],
+            "n_tokens": self.n_tokens,
+        }
+
+
+def heldout_documents(
+    tokenizer: Any, corpus: str, n_ctx: int, max_sequences: int = DEFAULT_SEQUENCES
+) -> EvaluationSet:
+    """The first n_ctx tokens of each held-out document of `corpus` with at least n_ctx tokens
+    (at most max_sequences, in the split's order), encoded with `tokenizer`."""
+    _, val = load_corpus(corpus).split()
+    rows = []
+    for doc in val:
+        ids = tokenizer.encode(doc.text).ids
+        if len(ids) >= n_ctx:
+            rows.append(ids[:n_ctx])
+            if len(rows) == max_sequences:
+                break
+    if not rows:
+        raise QkovError(
+            f"no held-out document of --corpus {corpus} has n_ctx={n_ctx} tokens: "
+            "evaluate on a text file instead (--text-file)"
+        )
+    return EvaluationSet(
+        torch.tensor(rows, dtype=torch.long),
+        f"held-out documents of --corpus {corpus} (the first {n_ctx} tokens of each)",
+        "text",
+    )
+
+
+def text_windows(
+    tokenizer: Any, text: str, n_ctx: int, name: str, max_sequences: int = DEFAULT_SEQUENCES
+) -> EvaluationSet:
+    """Consecutive windows of min(n_ctx, length) tokens of `text` (named `name`)."""
+    ids = tokenizer.encode(text).ids
+    if len(ids) < MIN_TOKENS:
+        raise QkovError(
+            f"{name} encodes to {len(ids)} tokens: evaluation needs at least {MIN_TOKENS}; "
+            "pass a longer text"
+        )
+    n = min(n_ctx, len(ids))
+    rows = [ids[i : i + n] for i in range(0, len(ids) - n + 1, n)][:max_sequences]
+    return EvaluationSet(
+        torch.tensor(rows, dtype=torch.long), f"{name} ({len(rows)} windows of {n} tokens)", "text"
+    )
+
+
+def random_tokens(d_vocab: int, n_ctx: int, n_sequences: int = 16, seed: int = 0) -> EvaluationSet:
+    """The seeded repeated-random-token probe (`induction_probe`) as an evaluation set."""
+    seq_len = min(n_ctx, 128)
+    probe = induction_probe(d_vocab, n_sequences, seq_len, seed)
+    return EvaluationSet(
+        probe.tokens,
+        f"random tokens ending in a repeated block (the induction probe, seed {seed})",
+        "random_tokens",
+    )
+
+
+def training_corpus(run_dir: str | Path) -> str | None:
+    """The text corpus a run was trained on (its train_config.json), or None: no record,
+    or a synthetic task."""
+    path = Path(run_dir) / "train_config.json"
+    try:
+        corpus = json.loads(path.read_text(encoding="utf-8")).get("corpus")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return corpus if isinstance(corpus, str) and corpus not in SYNTHETIC else None
+
+
+def evaluation_set(
+    model: Any,
+    run_dir: str | Path | None = None,
+    *,
+    text: str | None = None,
+    text_name: str = "the given text",
+    max_sequences: int = DEFAULT_SEQUENCES,
+    seed: int = 0,
+) -> EvaluationSet:
+    """The evaluation set of a model: `text` if given; else the held-out documents of the
+    corpus named in run_dir/train_config.json; else the random-token probe."""
+    cfg, tok = model.cfg, model.tokenizer
+    if text is not None:
+        if tok is None:
+            raise QkovError("this model has no tokenizer.json: it cannot encode a text")
+        return text_windows(tok, text, cfg.n_ctx, text_name, max_sequences)
+    corpus = training_corpus(run_dir) if run_dir is not None else None
+    if corpus is not None and tok is not None:
+        return heldout_documents(tok, corpus, cfg.n_ctx, max_sequences)
+    return random_tokens(cfg.d_vocab, cfg.n_ctx, min(max_sequences, 16), seed)

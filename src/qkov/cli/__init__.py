@@ -10,7 +10,7 @@ import importlib
 import sys
 
 # Subcommand modules in the order `qkov --help` lists them.
-COMMANDS = ["demo", "train", "sample", "info", "analyze", "circuits", "heads"]
+COMMANDS = ["demo", "train", "sample", "info", "analyze", "report", "circuits", "heads"]
 
 
 def build_parser() -> argparse.ArgumentParser:

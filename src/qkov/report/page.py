@@ -11,6 +11,7 @@ import hashlib
 from typing import Any
 
 from qkov.report import sections as S
+from qkov.report.cards import loss_comparison, model_cards, model_id
 from qkov.report.escape import esc, jsonable
 from qkov.report.schema import SCHEMA_VERSION, validate
 from qkov.report.widgets import asset
@@ -35,17 +36,17 @@ def _section(sec_id: str, title: str, body: str) -> str:
 
 def model_block(index: int, m: dict) -> str:
     """Everything about one model, in the paper's order."""
-    mid = S.model_id(index)
+    mid = model_id(index)
     view = f"attn-{mid}"
     has_attn = bool((m.get("attention") or {}).get("patterns"))
     parts = [
         _section(f"{mid}-bigrams", "Direct path: bigram table", S.bigram_section(m)),
         _section(f"{mid}-heads", "Heads", S.heads_section(m, view if has_attn else None, mid)),
-        _section(f"{mid}-attention", "Attention on sample text", S.attention_section(m, view)),
+        _section(f"{mid}-attention", "Attention on a sample text", S.attention_section(m, view)),
         _section(f"{mid}-composition", "Composition (Q / K / V)", S.composition_section(m)),
         _section(f"{mid}-induction", "Induction circuit", S.induction_section(m)),
         _section(f"{mid}-terms", "Term importance", S.term_importance_section(m)),
-        _section(f"{mid}-training", "Training curve", S.training_section(m)),
+        _section(f"{mid}-training", "Training curves", S.training_section(m)),
     ]
     name = m.get("name") or f"model {index}"
     return f'<section class="model" id="{mid}"><h2>Model {esc(name)}</h2>{"".join(parts)}</section>'
@@ -58,7 +59,7 @@ def render_report(analysis: dict[str, Any], csp: bool = True) -> str:
     models = analysis["models"]
     style, script = asset("report.css"), asset("report.js")
     nav = "".join(
-        f'<a href="#{S.model_id(i)}">{esc(m.get("name") or i)}</a>' for i, m in enumerate(models)
+        f'<a href="#{model_id(i)}">{esc(m.get("name") or i)}</a>' for i, m in enumerate(models)
     )
     meta = (
         f'<meta http-equiv="Content-Security-Policy" content="{esc(_csp(style, script))}">'
@@ -68,9 +69,9 @@ def render_report(analysis: dict[str, Any], csp: bool = True) -> str:
     title = "qkov report: " + ", ".join(str(m.get("name") or i) for i, m in enumerate(models))
     body = (
         '<section id="models"><h2>Models</h2>'
-        + S.model_cards(models)
+        + model_cards(models)
         + "<h3>Loss side by side</h3>"
-        + S.loss_comparison(models)
+        + loss_comparison(models)
         + "</section>"
         + "".join(model_block(i, m) for i, m in enumerate(models))
     )

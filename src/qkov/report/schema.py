@@ -86,7 +86,6 @@ from qkov.errors import QkovError
 SCHEMA_VERSION = 2
 
 
-
 def validate(analysis: Any, source: str = "analysis") -> dict[str, Any]:
     """Check the top-level shape and version; returns the dict. Raises QkovError."""
     if not isinstance(analysis, dict):

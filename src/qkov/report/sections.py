@@ -6,10 +6,11 @@ drawing anything; nothing here computes: the report only draws data (STYLE.md ru
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
+from qkov.report.cards import evaluation_text, token_filter_text
 from qkov.report.escape import esc
+from qkov.report.fmt import count, num, si
 from qkov.report.svg import (
     attention_svg,
     circuit_diagram,
@@ -17,9 +18,17 @@ from qkov.report.svg import (
     hbar_chart,
     heatmap,
     line_chart,
-    num,
 )
-from qkov.report.widgets import attention_data, attention_strip, data_block, head_table, token_table
+from qkov.report.widgets import (
+    GROUPS,
+    SAME_AS,
+    attention_data,
+    attention_strip,
+    data_block,
+    head_table,
+    same_value,
+    token_table,
+)
 
 MAX_ATTN_TOKENS = 64
 
@@ -29,70 +38,8 @@ def not_computed(model: dict, section: str, default: str = "") -> str:
     return f'<p class="nc">Not computed{": " + esc(reason) if reason else "."}</p>'
 
 
-def model_id(index: int) -> str:
-    return f"m{index}"
-
-
 def _head_label(layer: Any, head: Any) -> str:
     return f"L{layer}H{head}"
-
-
-def model_cards(models: Sequence[dict]) -> str:
-    """One card per model: its config and where it came from."""
-    cards = []
-    for i, m in enumerate(models):
-        cfg = m.get("config") or {}
-        rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in cfg.items())
-        extra = ""
-        if m.get("n_params") is not None:
-            n_params = f"{int(m['n_params']):,}"
-            extra += f"<tr><th>parameters</th><td>{esc(n_params)}</td></tr>"
-        tokz = m.get("tokenizer") or {}
-        if tokz.get("vocab_size") is not None:
-            extra += f"<tr><th>tokenizer vocab</th><td>{esc(tokz['vocab_size'])}</td></tr>"
-        if m.get("source"):
-            extra += f"<tr><th>checkpoint</th><td><code>{esc(m['source'])}</code></td></tr>"
-        loss = m.get("loss") or {}
-        if loss.get("value") is not None:
-            extra += f"<tr><th>loss</th><td>{esc(num(loss['value'], 4))} nats/token</td></tr>"
-        val = m.get("val_loss") or {}
-        if val.get("value") is not None:
-            extra += (
-                f"<tr><th>val loss (training)</th><td>{esc(num(val['value'], 4))} at step "
-                f"{esc(val.get('step'))}</td></tr>"
-            )
-        note = ""
-        if cfg.get("normalization") == "rms":
-            note = (
-                '<p class="note">RMS-normalised: token circuits read each W<sub>E</sub> row '
-                "over its RMS, as layer 0 does; the per-position scales of later layers and "
-                "of the unembedding are frozen in the path terms and left out of the token "
-                "circuits (a positive factor per position).</p>"
-            )
-        cards.append(
-            f'<div class="card model-card"><h3><a href="#{model_id(i)}">'
-            f"{esc(m.get('name') or f'model {i}')}</a></h3>"
-            f"<table>{rows}{extra}</table>{note}</div>"
-        )
-    return f'<div class="cards">{"".join(cards)}</div>'
-
-
-def loss_comparison(models: Sequence[dict]) -> str:
-    """Loss of the models side by side (0 > 1 > 2 layers is the paper's story)."""
-    items = [
-        (str(m.get("name") or i), (m.get("loss") or {}).get("value")) for i, m in enumerate(models)
-    ]
-    if all(v is None for _, v in items):
-        return '<p class="nc">Not computed: no model has an evaluation loss.</p>'
-    sources = sorted(
-        {
-            str((m.get("loss") or {}).get("source"))
-            for m in models
-            if (m.get("loss") or {}).get("source")
-        }
-    )
-    note = f'<p class="note">Measured on: {esc("; ".join(sources))}.</p>' if sources else ""
-    return hbar_chart(items, "loss per model (nats per token)", " nats") + note
 
 
 def bigram_section(m: dict) -> str:
@@ -101,17 +48,54 @@ def bigram_section(m: dict) -> str:
         return not_computed(m, "bigrams")
     return (
         '<p class="note">Largest entries of the direct path W<sub>E</sub>W<sub>U</sub>: '
-        "the logit added to <i>out</i> when the current token is <i>source</i>.</p>"
-        + token_table(rows, [("source", "source"), ("out", "out")], ("logit", "logit"))
+        "the logit added to <i>out</i> when the current token is <i>current</i> (each row "
+        "centred).</p>"
+        + token_table(rows, [("current", "current"), ("out", "out")], ("logit", "logit"))
+    )
+
+
+def _scores_line(scores: dict | None, key: str) -> str:
+    """One group of a head's scores; a score equal to its twin (prefix_matching and
+    induction on the probe) is shown once, as in the head table."""
+    if not scores:
+        return ""
+    drop, twin = SAME_AS[key]
+    if same_value(scores.get(drop), scores.get(twin)):
+        scores = {k: v for k, v in scores.items() if k != drop}
+    where = dict(GROUPS)[key]
+    text = ", ".join(f"{k} {num(v)}" for k, v in scores.items())
+    return f'<p class="note scores">{esc(where)}: {esc(text)}</p>'
+
+
+def _head_attention(m: dict, layer: Any, head: Any, view_id: str | None) -> str:
+    att = m.get("attention") or {}
+    try:
+        pat = att["patterns"][int(layer)][int(head)] if view_id else None
+    except (KeyError, IndexError, TypeError, ValueError):
+        pat = None
+    if pat is None:
+        return ""
+    name = _head_label(layer, head)
+    tokens = att["tokens"][:MAX_ATTN_TOKENS]
+    svg = attention_svg(tokens, pat, view_id, f"{layer}.{head}", f"{name} attention")
+    return (
+        f"<figure>{svg}<figcaption>attention on {esc(att.get('text') or 'the sample text')} "
+        "(rows: destination, columns: source; hover for tokens)</figcaption></figure>"
     )
 
 
 def head_card(m: dict, h: dict, view_id: str | None, prefix: str) -> str:
-    """One head: role, scores, OV/QK eigenvalues, copying statistic, trigrams, attention."""
+    """One head: label, scores (probe and text), OV/QK eigenvalues, trigrams, attention."""
     layer, head = h.get("layer"), h.get("head")
     name = _head_label(layer, head)
-    role = h.get("role")
-    badge = f'<span class="badge {esc(role)}">{esc(role.replace("_", " "))}</span>' if role else ""
+    label = h.get("label")
+    badge = f'<span class="badge {esc(label)}">{esc(label)}</span>' if label else ""
+    why = ""
+    if h.get("decided_by"):
+        why = (
+            f'<p class="note">label decided by {esc(h["decided_by"])} \u2265 '
+            f"{esc(num(h.get('threshold')))} on the probe</p>"
+        )
     plots = []
     for key, title in (("ov_eigenvalues", "OV"), ("qk_eigenvalues", "QK")):
         if h.get(key) is not None:
@@ -119,39 +103,33 @@ def head_card(m: dict, h: dict, view_id: str | None, prefix: str) -> str:
                 f"<figure>{complex_scatter(h[key], f'{name} {title}')}"
                 f"<figcaption>{title} eigenvalues</figcaption></figure>"
             )
-    copy = h.get("copying")
-    stat = (
-        (f"<p>copying statistic \u03a3\u03bb/\u03a3|\u03bb| of OV: <b>{esc(num(copy))}</b></p>")
-        if copy is not None
-        else ""
-    )
-    scores = h.get("scores") or {}
-    score_txt = ", ".join(f"{esc(k.replace('_', ' '))} {esc(num(v))}" for k, v in scores.items())
+    stat = ""
+    if h.get("ov_eigenvalue_score") is not None:
+        stat = (
+            "<p>OV eigenvalue score \u03a3\u03bb/\u03a3|\u03bb|: "
+            f'<b class="ov-score">{esc(num(h["ov_eigenvalue_score"], signed=True))}</b></p>'
+        )
     trig = ""
     if h.get("skip_trigrams"):
-        trig = "<h5>top skip-trigrams</h5>" + token_table(
-            h["skip_trigrams"][:8],
-            [("source", "source"), ("destination", "\u2026 destination"), ("out", "\u2192 out")],
-            ("score", "score"),
-        )
-    attn = ""
-    att = m.get("attention") or {}
-    try:
-        pat = att["patterns"][int(layer)][int(head)] if view_id else None
-    except (KeyError, IndexError, TypeError, ValueError):
-        pat = None
-    if pat is not None:
-        tokens = att["tokens"][:MAX_ATTN_TOKENS]
-        attn = (
-            f"<figure>{attention_svg(tokens, pat, view_id, f'{layer}.{head}', f'{name} attention')}"
-            "<figcaption>attention on the sample text (rows: destination, columns: "
-            "source; hover for tokens)</figcaption></figure>"
+        trig = (
+            f"<h5>top skip-trigrams ({esc(token_filter_text(m.get('token_filter')))})</h5>"
+            + token_table(
+                h["skip_trigrams"][:8],
+                [
+                    ("source", "source"),
+                    ("destination", "\u2026 destination"),
+                    ("out", "\u2192 out"),
+                ],
+                ("score", "score"),
+            )
         )
     return (
         f'<div class="card head-card" id="{esc(prefix)}-{esc(name)}">'
-        f"<h4>{esc(name)}{badge}</h4>"
-        f'<p class="note">{score_txt}</p>{stat}<div class="plots">{"".join(plots)}</div>'
-        f"{attn}{trig}</div>"
+        f"<h4>{esc(name)}{badge}</h4>{why}"
+        f"{_scores_line(h.get('scores'), 'scores')}"
+        f"{_scores_line(h.get('text_scores'), 'text_scores')}"
+        f'{stat}<div class="plots">{"".join(plots)}</div>'
+        f"{_head_attention(m, layer, head, view_id)}{trig}</div>"
     )
 
 
@@ -180,8 +158,11 @@ def attention_section(m: dict, view_id: str) -> str:
         for l, heads in enumerate(att["patterns"])
         for h, p in enumerate(heads)
     }
-    return data_block(view_id, attention_data(tokens, pats)) + attention_strip(
-        view_id, tokens, pats
+    note = f'<p class="note">Tokens of {esc(att.get("text") or "the sample text")}.</p>'
+    return (
+        note
+        + data_block(view_id, attention_data(tokens, pats))
+        + attention_strip(view_id, tokens, pats)
     )
 
 
@@ -213,13 +194,11 @@ def composition_section(m: dict) -> str:
                 [grid[l0][h0][l1][h1] for l0 in range(l1) for h0 in range(len(grid[l0]))]
                 for h1 in range(n1)
             ]
-            plot = heatmap(
-                vals, rows, cols, f"{kind.upper()}-composition", vmin, vmax, hi="#a63603"
-            )
+            title = f"{kind.upper()}-composition into layer {l1}"
+            plot = heatmap(vals, rows, cols, title, vmin, vmax, hi="#a63603", title=title)
             spread = _baseline(b, (comp.get("baseline_std") or {}).get(kind))
             figs.append(
-                f"<figure>{plot}<figcaption>{kind.upper()}-composition into layer {l1}; "
-                f"baseline (random heads) {esc(spread)}"
+                f"<figure>{plot}<figcaption>baseline (random heads) {esc(spread)}"
                 "</figcaption></figure>"
             )
     return (
@@ -255,9 +234,7 @@ def induction_section(m: dict) -> str:
             c.get("k_composition"),
             c.get("previous_token_score"),
             c.get("induction_score"),
-            f"{c['partner_role'].replace('_', '-')} head"
-            if c.get("partner_role")
-            else "previous-token head",
+            c.get("partner_label") or "not classified",
         )
         + _circuit_note(c)
         for c in circuits
@@ -265,15 +242,16 @@ def induction_section(m: dict) -> str:
 
 
 def _circuit_note(c: dict) -> str:
-    parts = []
+    partner = _head_label(*c["previous_token_head"])
+    parts = ["previous_token and induction scores on the random-token probe"]
     if c.get("k_composition_z") is not None:
         parts.append(f"K-composition z-score against random heads {num(c['k_composition_z'])}")
     if c.get("qk_term_eigenvalue_score") is not None:
         parts.append(
-            "\u03a3\u03bb/\u03a3|\u03bb| of the QK term through the partner "
-            f"{num(c['qk_term_eigenvalue_score'])} (positive: token matching)"
+            f"\u03a3\u03bb/\u03a3|\u03bb| of the QK term through {partner}: "
+            f"{num(c['qk_term_eigenvalue_score'], signed=True)} (positive: token matching)"
         )
-    return f'<p class="note">{esc("; ".join(parts))}</p>' if parts else ""
+    return f'<p class="note circuit">{esc("; ".join(parts))}</p>'
 
 
 def term_importance_section(m: dict) -> str:
@@ -290,8 +268,8 @@ def term_importance_section(m: dict) -> str:
         (str(t.get("term")), t.get("loss_increase")) for t in terms if t.get("kind") != "order"
     ]
     info = (
-        f"Clean loss {num(ti.get('clean_loss'), 4)} nats on {ti.get('n_tokens', '?')} predicted "
-        f"tokens ({ti.get('source', 'evaluation tokens')}); {ti.get('mode', 'zero')} ablation."
+        f"Clean loss {num(ti.get('clean_loss'))} nats on {count(ti.get('n_tokens'))} predicted "
+        f"tokens of the evaluation set ({evaluation_text(m)}); {ti.get('mode', 'zero')} ablation."
     )
     out = [f'<p class="note">{esc(info)}</p>']
     if orders:
@@ -303,27 +281,49 @@ def term_importance_section(m: dict) -> str:
     return "".join(out)
 
 
+def _phase_band(m: dict) -> tuple[float, float] | None:
+    pc = m.get("phase_change")
+    try:
+        start, end = (float(t) for t in pc["tokens"])
+    except (TypeError, KeyError, ValueError):
+        return None
+    return start, end
+
+
 def training_section(m: dict) -> str:
+    """Training curves against tokens seen; the phase change is shaded and captioned only
+    where the analysis found one (MODEL.phase_change)."""
     tr = m.get("training") or {}
     series = tr.get("series") or {}
     if not series:
         return not_computed(m, "training", "no metrics.jsonl next to the checkpoint")
+    band = _phase_band(m)
     losses = {k: v for k, v in series.items() if "loss" in k}
-    icl = {k: v for k, v in series.items() if k.startswith("icl")}
+    icl = {k: v for k, v in series.items() if "icl" in k and k not in losses}
     scores = {k: v for k, v in series.items() if k not in losses and k not in icl}
     out = []
-    if losses:
-        out.append(line_chart(losses, "training loss", "step", "loss (nats)", width=420))
-    if scores:
-        out.append(line_chart(scores, "head scores over training", "step", "score", width=420))
-    if icl:
-        out.append(line_chart(icl, "ICL score over training", "step", "nats", width=420))
-    final = m.get("icl_score")
-    note = ""
-    if final is not None:
-        note = f'<p class="note">ICL score of the final model: {esc(num(final))} nats</p>'
-
-    return (
-        '<p class="note">The induction bump: induction score rises and the ICL score falls '
-        "together (the phase change).</p>" + f'<div class="plots">{"".join(out)}</div>' + note
-    )
+    for group, title, y_label in (
+        (losses, "training loss", "loss (nats)"),
+        (scores, "head scores over training (random-token probe)", "score"),
+        (icl, "ICL score over training (random-token probe)", "nats"),
+    ):
+        if group:
+            chart = line_chart(group, title, "tokens seen", y_label, width=420, band=band)
+            out.append(f"<figure>{chart}<figcaption>{esc(title)}</figcaption></figure>")
+    notes = []
+    if "val_loss" in losses:
+        last = tr.get("last_val_loss") or {}
+        at = f" (last {num(last['value'])} at {si(last.get('tokens'))} tokens)" if last else ""
+        notes.append(
+            f"val_loss is training's own held-out estimate{at}; the model card's loss is "
+            "measured on the evaluation set."
+        )
+    if band:
+        notes.append(
+            f"Phase change between {si(band[0])} and {si(band[1])} tokens (shaded): the probe "
+            "induction score rises from below 0.1 to half its final value while the probe ICL "
+            "score falls."
+        )
+    note = "".join(f'<p class="note">{esc(n)}</p>' for n in notes)
+    phase = ' class="phase-change"' if band else ""
+    return f'<div class="plots"{phase}>{"".join(out)}</div>{note}'

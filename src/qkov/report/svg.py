@@ -7,20 +7,14 @@ heatmap, whose cells are looked up by the page script from embedded JSON."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from qkov.report.escape import esc
+from qkov.report.fmt import num, si
+
+__all__ = ["num", "si"]  # re-exported: the plots and the sections share one formatter
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b")
-
-
-def num(x: float | None, digits: int = 3) -> str:
-    """Compact number for labels; None/NaN shows as an en dash."""
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "\u2013"
-    if x != 0 and (abs(x) >= 1e4 or abs(x) < 10**-digits):
-        return f"{x:.{max(digits - 1, 1)}e}"
-    return f"{x:.{digits}g}" if abs(x) >= 1 else f"{x:.{digits}f}".rstrip("0").rstrip(".") or "0"
 
 
 def _c(x: float) -> str:
@@ -50,7 +44,11 @@ def complex_scatter(eigs: Sequence[Sequence[float]], label: str, size: int = 170
     pad = 14
     r = (size - 2 * pad) / 2
     cx = cy = size / 2
-    pts = [(float(p[0]), float(p[1])) for p in eigs if p is not None and None not in p]
+    pts = [
+        (float(p[0]), float(p[1]))
+        for p in eigs
+        if p is not None and None not in p and all(math.isfinite(float(v)) for v in p)
+    ]
     scale = max((math.hypot(a, b) for a, b in pts), default=0.0) or 1.0
     out = [svg_open(size, size, f"{label}: eigenvalues in the complex plane")]
     out.append(
@@ -89,15 +87,19 @@ def heatmap(
     cell: int = 34,
     annotate: bool = True,
     hi: str = "#08519c",
+    title: str | None = None,
 ) -> str:
-    """A small labelled matrix; None cells are drawn hatched (not defined). Each cell has a
-    <title> tooltip "row \u2190 col: value"."""
+    """A small labelled matrix; None cells are drawn grey (not defined). Each cell has a
+    <title> tooltip "row \u2190 col: value"; `title` is drawn above the matrix."""
     finite = [v for row in values for v in row if v is not None and math.isfinite(v)]
     top = vmax if vmax is not None else max(finite, default=1.0)
     span = (top - vmin) or 1.0
-    left, head = 64, 54
-    w, h = left + cell * len(col_labels) + 4, head + cell * len(row_labels) + 4
+    left, head = 64, 54 + (18 if title else 0)
+    w = max(left + cell * len(col_labels) + 4, 8 * len(title or "") + 8)
+    h = head + cell * len(row_labels) + 4
     out = [svg_open(w, h, label)]
+    if title:
+        out.append(f'<text x="4" y="14" class="title">{esc(title)}</text>')
     for j, c in enumerate(col_labels):
         x = left + j * cell + cell / 2
         out.append(
@@ -111,7 +113,7 @@ def heatmap(
         )
         for j, v in enumerate(values[i]):
             x0, y0 = left + j * cell, head + i * cell
-            if v is None or not math.isfinite(v):
+            if v is None or not math.isfinite(v):  # e.g. a head composing with its own layer
                 out.append(f'<rect x="{x0}" y="{y0}" width="{cell}" height="{cell}" class="na"/>')
                 continue
             t = (v - vmin) / span
@@ -204,36 +206,65 @@ def hbar_chart(
     return "".join(out)
 
 
-def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    if hi <= lo:
-        return [lo]
-    raw = (hi - lo) / n
+def nice_step(lo: float, hi: float, n: int = 5) -> float:
+    """A 1-2-5 step giving about n intervals over [lo, hi]."""
+    raw = (hi - lo) / n if hi > lo else 1.0
     mag = 10 ** math.floor(math.log10(raw))
-    step = min((m * mag for m in (1, 2, 5, 10) if m * mag >= raw), default=raw)
-    start = math.ceil(lo / step) * step
-    return [start + k * step for k in range(int((hi - start) / step) + 1)]
+    return min((m * mag for m in (1, 2, 5, 10) if m * mag >= raw * (1 - 1e-9)), default=raw)
+
+
+def ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """Round tick values inside [lo, hi], about n intervals apart."""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        return [lo] if math.isfinite(lo) else []
+    step = nice_step(lo, hi, n)
+    first = math.ceil(lo / step - 1e-9)
+    last = math.floor(hi / step + 1e-9)
+    return [round(k * step, 12) for k in range(first, last + 1)]
+
+
+def y_range(values: Sequence[float], n: int = 5) -> tuple[float, float]:
+    """[lo, hi] covering every finite value, widened to round ticks (so no line touches or
+    leaves the frame); a constant series gets +-0.5 around its value."""
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return 0.0, 1.0
+    lo, hi = min(vals), max(vals)
+    if hi == lo:
+        return lo - 0.5, hi + 0.5
+    step = nice_step(lo, hi, n)
+    return math.floor(lo / step + 1e-9) * step, math.ceil(hi / step - 1e-9) * step
+
+
+def _tick_text(t: float, step: float) -> str:
+    """A y tick with just enough decimals for its step: 2.5, 3.0, 0.25."""
+    return num(t, max(0, -math.floor(math.log10(step) + 1e-9)) if step > 0 else 3)
 
 
 def line_chart(
-    series: dict[str, Sequence[Sequence[float]]],
+    series: dict[str, Sequence[Sequence[float | None]]],
     label: str,
     x_label: str,
     y_label: str,
     width: int = 560,
     height: int = 220,
+    x_format: Callable[[float], str] = si,
+    band: tuple[float, float] | None = None,
 ) -> str:
-    """Lines of [x, y] points with axes, ticks and a legend; None values break the line."""
+    """Lines of [x, y] points with axes, ticks and a legend; None values break the line.
+    The y-range covers every point of every series drawn; `band` shades an x interval."""
     left, right, top, bottom = 52, 12, 10, 36
-    pts = {k: [(float(x), y) for x, y in v if x is not None] for k, v in series.items()}
+    pts = {
+        k: [(float(p[0]), p[1]) for p in v if p and p[0] is not None and math.isfinite(p[0])]
+        for k, v in series.items()
+    }
     xs = [x for v in pts.values() for x, _ in v]
     ys = [y for v in pts.values() for _, y in v if y is not None and math.isfinite(y)]
     if not xs or not ys:
         return ""
     x0, x1 = min(xs), max(xs)
-    y0, y1 = min(ys), max(ys)
-    if y1 == y0:
-        y0, y1 = y0 - 0.5, y1 + 0.5
     x1 = x1 if x1 > x0 else x0 + 1
+    y0, y1 = y_range(ys)
     pw, ph = width - left - right, height - top - bottom
 
     def sx(x: float) -> float:
@@ -242,51 +273,63 @@ def line_chart(
     def sy(y: float) -> float:
         return top + (1 - (y - y0) / (y1 - y0)) * ph
 
-    out = [svg_open(width, height + 8 + 16 * ((len(pts) + 2) // 3), label)]
+    out = [svg_open(width, height + 8 + 16 * ((len(pts) + 1) // 2), label)]
     out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" class="frame"/>')
-    for t in _ticks(y0, y1):
+    if band is not None:
+        b0, b1 = (min(max(b, x0), x1) for b in band)
+        out.append(
+            f'<rect x="{_c(sx(b0))}" y="{top}" width="{_c(max(sx(b1) - sx(b0), 1))}" '
+            f'height="{ph}" class="band"><title>phase change: {esc(x_format(band[0]))} to '
+            f"{esc(x_format(band[1]))} {esc(x_label)}</title></rect>"
+        )
+    step = nice_step(y0, y1)
+    for t in ticks(y0, y1):
         out.append(
             f'<line x1="{left}" y1="{_c(sy(t))}" x2="{left + pw}" y2="{_c(sy(t))}" '
             f'class="grid"/><text x="{left - 4}" y="{_c(sy(t) + 3)}" class="tick" '
-            f'text-anchor="end">{esc(num(t))}</text>'
+            f'text-anchor="end">{esc(_tick_text(t, step))}</text>'
         )
-    for t in _ticks(x0, x1):
+    for t in ticks(x0, x1):
         out.append(
             f'<text x="{_c(sx(t))}" y="{top + ph + 13}" class="tick" '
-            f'text-anchor="middle">{esc(num(t))}</text>'
+            f'text-anchor="middle">{esc(x_format(t))}</text>'
         )
     out.append(
         f'<text x="{left + pw / 2}" y="{top + ph + 28}" class="tick" '
         f'text-anchor="middle">{esc(x_label)}</text>'
-    )
-    out.append(
         f'<text x="12" y="{top + ph / 2}" class="tick" text-anchor="middle" '
         f'transform="rotate(-90 12 {top + ph / 2})">{esc(y_label)}</text>'
     )
     for k, (name, v) in enumerate(pts.items()):
         colour = PALETTE[k % len(PALETTE)]
-        segs, cur = [], []
-        for x, y in v:
-            if y is None or not math.isfinite(y):
-                segs, cur = segs + [cur] if cur else segs, []
-            else:
-                cur.append(f"{_c(sx(x))},{_c(sy(y))}")
-        segs = segs + [cur] if cur else segs
-        for s in segs:
-            out.append(
-                f'<polyline points="{" ".join(s)}" fill="none" stroke="{colour}" '
-                'stroke-width="1.8"/>'
-            )
-            if len(s) == 1:
-                cx, cy = s[0].split(",")
-                out.append(f'<circle cx="{cx}" cy="{cy}" r="2.5" fill="{colour}"/>')
-        lx, ly = left + (k % 3) * 170, height + 12 + 16 * (k // 3)
+        out.extend(_polylines([(sx(x), None if y is None else sy(y)) for x, y in v], colour))
+        lx, ly = left + (k % 2) * (pw // 2), height + 12 + 16 * (k // 2)
         out.append(
             f'<rect x="{lx}" y="{ly - 8}" width="12" height="4" fill="{colour}"/>'
-            f'<text x="{lx + 16}" y="{ly - 3}" class="tick">{esc(name)}</text>'
+            f'<text x="{lx + 16}" y="{ly - 3}" class="tick legend">{esc(name)}</text>'
         )
     out.append("</svg>")
     return "".join(out)
+
+
+def _polylines(points: Sequence[tuple[float, float | None]], colour: str) -> list[str]:
+    """One polyline per run of defined points (a None or NaN y breaks the line); a run of one
+    point is a dot."""
+    runs: list[list[str]] = [[]]
+    for x, y in points:
+        if y is None or not math.isfinite(y):
+            runs.append([])
+        else:
+            runs[-1].append(f"{_c(x)},{_c(y)}")
+    out = []
+    for run in (r for r in runs if r):
+        out.append(
+            f'<polyline points="{" ".join(run)}" fill="none" stroke="{colour}" stroke-width="1.8"/>'
+        )
+        if len(run) == 1:
+            cx, cy = run[0].split(",")
+            out.append(f'<circle cx="{cx}" cy="{cy}" r="2.5" fill="{colour}"/>')
+    return out
 
 
 def circuit_diagram(
@@ -295,15 +338,15 @@ def circuit_diagram(
     k_comp: float | None,
     prev_score: float | None,
     ind_score: float | None,
-    prev_role: str = "previous-token head",
+    prev_label: str = "previous_token",
 ) -> str:
-    """Previous-token head --K-composition--> induction head, with their scores. `prev_role`
-    names the partner's own label, so a partner that is not a previous-token head says so."""
+    """Previous-token head --K-composition--> induction head, with their scores. `prev_label`
+    is the partner's own label, so a partner that is not a previous-token head says so."""
     w, h = 520, 112
     out = [svg_open(w, h, f"induction circuit L{prev[0]}H{prev[1]} to L{ind[0]}H{ind[1]}")]
     boxes = [
-        (10, f"L{prev[0]}H{prev[1]}", prev_role, prev_score, "prev-token"),
-        (330, f"L{ind[0]}H{ind[1]}", "induction head", ind_score, "induction"),
+        (10, f"L{prev[0]}H{prev[1]}", f"label: {prev_label}", prev_score, "previous_token"),
+        (330, f"L{ind[0]}H{ind[1]}", "label: induction", ind_score, "induction"),
     ]
     for x, name, role, score, what in boxes:
         out.append(
@@ -312,7 +355,7 @@ def circuit_diagram(
             f"{esc(name)}</text>"
             f'<text x="{x + 90}" y="62" class="tick" text-anchor="middle">{esc(role)}</text>'
             f'<text x="{x + 90}" y="80" class="tick" text-anchor="middle">'
-            f"{esc(what)} score {esc(num(score))}</text>"
+            f"{esc(what)} {esc(num(score))}</text>"
         )
     out.append(
         '<line x1="192" y1="56" x2="322" y2="56" class="arrow"/>'

@@ -29,6 +29,7 @@ FRAGMENT_CSS = """
 .qkov td.n, .qkov th.n { text-align: right; font-variant-numeric: tabular-nums; }
 .qkov .t, .qkov .tok { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 12px;
   white-space: pre; }
+.qkov td.tc { white-space: nowrap; } .qkov th.group { text-align: center; }
 .qkov .t { background: #eef1f4; border-radius: 3px; padding: 0 3px; }
 .qkov svg .tick { font-size: 10px; fill: #5b6470; } .qkov svg .axis { stroke: #9aa4ae; }
 .qkov svg .unit { fill: none; stroke: #c9d0d7; stroke-dasharray: 3 3; }
@@ -130,53 +131,87 @@ def attention_html(tokens: Sequence[str], pattern: Any, max_heads: int = 16) -> 
 
 
 SCORE_ORDER = (
-    "previous_token_score",
-    "induction_score",
-    "prefix_matching_score",
-    "copying_score",
-    "duplicate_token_score",
+    "previous_token",
+    "induction",
+    "prefix_matching",
+    "duplicate_token",
+    "copying",
+    "positional",
 )
+# A column equal to another on every head is shown once: on the repeated-random probe the
+# induction score *is* prefix matching; on text without a known repeat it is the reverse.
+SAME_AS = {
+    "scores": ("prefix_matching", "induction"),
+    "text_scores": ("induction", "prefix_matching"),
+}
+GROUPS = (("scores", "on the random-token probe"), ("text_scores", "on the evaluation text"))
 
 
-# Column headings; "copying" is the OV eigenvalue statistic, "copying_score" the
-# behavioural score of qkov.heads.
-DISPLAY = {"copying": "OV \u03a3\u03bb/\u03a3|\u03bb|", "copying_score": "copying score"}
-
-
-def head_table(records: Iterable[Mapping[str, Any] | Any]) -> str:
-    """A table of heads: layer, head, role, copying statistic and every score found."""
+def head_rows(records: Any) -> list[dict[str, Any]]:
+    """Plain HEAD dicts (schema.py) from analysis dicts, `HeadRecord`s or a
+    `HeadClassification` (its `.records`); fields are read, never computed."""
+    records = getattr(records, "records", records)
     rows = [jsonable(r) for r in records]
-    rows = [r for r in rows if isinstance(r, dict)]
+    return [r for r in rows if isinstance(r, dict)]
+
+
+def _score_columns(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[list[str], str]:
+    """Score names shown for `key` ("scores" or "text_scores"), and a note for a column left
+    out because it repeats another on every head."""
+    present = {n for r in rows for n, v in (r.get(key) or {}).items() if v is not None}
+    names = [n for n in SCORE_ORDER if n in present]
+    drop, same = SAME_AS[key]
+    if (
+        drop in names
+        and same in names
+        and all(
+            same_value((r.get(key) or {}).get(drop), (r.get(key) or {}).get(same)) for r in rows
+        )
+    ):
+        names.remove(drop)
+        where = dict(GROUPS)[key].removeprefix("on ")
+        return names, f"{drop} equals {same} on {where} for every head, so it is shown once."
+    return names, ""
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Both undefined, or equal to 1e-9."""
+    a, b = _f(a), _f(b)
+    return a == b or (a is not None and b is not None and abs(a - b) <= 1e-9)
+
+
+def head_table(records: Any) -> str:
+    """A table of heads: label, the scores on the random-token probe and on the evaluation
+    text (each group headed as such), and the OV circuit's sum(lambda)/sum(|lambda|)."""
+    rows = head_rows(records)
     if not rows:
         return '<p class="nc">no heads</p>'
-    flat = []
-    for r in rows:
-        scores = dict(r.get("scores") or {})
-        scores.update(
-            {
-                k: v
-                for k, v in r.items()
-                if isinstance(v, (int, float))
-                and not isinstance(v, bool)
-                and k not in ("layer", "head")
-            }
-        )
-        flat.append((r, scores))
-    names = sorted(
-        {k for _, s in flat for k in s},
-        key=lambda k: (SCORE_ORDER.index(k) if k in SCORE_ORDER else 99, k),
-    )
-    head = "".join(f'<th class="n">{esc(DISPLAY.get(n, n.replace("_", " ")))}</th>' for n in names)
+    groups, notes = [], []
+    for key, title in GROUPS:
+        names, note = _score_columns(rows, key)
+        if names:
+            groups.append((key, title, names))
+        notes += [note] if note else []
+    top = "".join(f'<th colspan="{len(n)}" class="group">{esc(t)}</th>' for _, t, n in groups)
+    sub = "".join(f'<th class="n">{esc(n)}</th>' for _, _, names in groups for n in names)
     body = []
-    for r, s in flat:
-        cells = "".join(f'<td class="n">{esc(num(_f(s.get(n))))}</td>' for n in names)
+    for r in rows:
+        cells = "".join(
+            f'<td class="n">{esc(num((r.get(key) or {}).get(n)))}</td>'
+            for key, _, names in groups
+            for n in names
+        )
+        ov = num(r.get("ov_eigenvalue_score"), signed=True)
         body.append(
             f"<tr><td>L{esc(r.get('layer'))}H{esc(r.get('head'))}</td>"
-            f"<td>{esc(r.get('role') or '')}</td>{cells}</tr>"
+            f'<td class="label">{esc(r.get("label") or "")}</td>{cells}'
+            f'<td class="n">{esc(ov)}</td></tr>'
         )
+    note = f'<p class="note">{esc(" ".join(notes))}</p>' if notes else ""
     return (
-        f'<table class="heads"><thead><tr><th>head</th><th>role</th>{head}</tr></thead>'
-        f"<tbody>{''.join(body)}</tbody></table>"
+        '<table class="heads"><thead><tr><th rowspan="2">head</th><th rowspan="2">label</th>'
+        f'{top}<th rowspan="2" class="n">OV \u03a3\u03bb/\u03a3|\u03bb|</th></tr>'
+        f"<tr>{sub}</tr></thead><tbody>{''.join(body)}</tbody></table>{note}"
     )
 
 
@@ -188,33 +223,41 @@ def _f(v: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def head_table_html(records: Iterable[Mapping[str, Any] | Any]) -> str:
-    """Notebook view of `head_table`."""
+def head_table_html(records: Any) -> str:
+    """Notebook view of `head_table`: HEAD dicts, `HeadRecord`s or a `HeadClassification`."""
     return fragment(head_table(records))
 
 
-def eigenvalues_html(eigenvalues: Any, label: str = "eigenvalues") -> str:
+def eigenvalues_html(eigenvalues: Any, label: str = "eigenvalues", score: Any = None) -> str:
     """Notebook view: eigenvalues ([[re, im], ...] or complex numbers) in the complex plane,
-    with the copying statistic sum(lambda)/sum(|lambda|)."""
+    captioned with the sum(lambda)/sum(|lambda|) it is given. An `OVCopying` record may be
+    passed instead: its `eigenvalues` and `eigenvalue_score` are drawn."""
+    if hasattr(eigenvalues, "eigenvalue_score"):
+        score = eigenvalues.eigenvalue_score if score is None else score
+        eigenvalues = eigenvalues.eigenvalues
     pts = []
     for e in jsonable(list(eigenvalues) if not isinstance(eigenvalues, list) else eigenvalues):
         pts.append(e if isinstance(e, list) else [e, 0.0])
-    total = sum(math.hypot(a, b) for a, b in pts)
-    stat = sum(a for a, _ in pts) / total if total else None
+    stat = (
+        f": \u03a3\u03bb/\u03a3|\u03bb| = {esc(num(score, signed=True))}"
+        if score is not None
+        else ""
+    )
     return fragment(
-        f"<figure>{complex_scatter(pts, label)}<figcaption>{esc(label)}: "
-        f"\u03a3\u03bb/\u03a3|\u03bb| = {esc(num(stat))}</figcaption></figure>"
+        f"<figure>{complex_scatter(pts, label)}<figcaption>{esc(label)}{stat}</figcaption></figure>"
     )
 
 
 def token_table(
     rows: Iterable[Mapping[str, Any]], columns: Sequence[tuple[str, str]], value: tuple[str, str]
 ) -> str:
-    """Table of token columns (escaped, visible whitespace) plus one numeric column.
-    columns: (key, heading) pairs; value: (key, heading)."""
+    """Table of token columns (escaped, visible whitespace, never broken inside a token)
+    plus one numeric column. columns: (key, heading) pairs; value: (key, heading)."""
     head = "".join(f"<th>{esc(h)}</th>" for _, h in columns) + f'<th class="n">{esc(value[1])}</th>'
     body = []
     for r in rows:
-        cells = "".join(f'<td><span class="t">{tok(r.get(k, ""))}</span></td>' for k, _ in columns)
+        cells = "".join(
+            f'<td class="tc"><span class="t">{tok(r.get(k, ""))}</span></td>' for k, _ in columns
+        )
         body.append(f'<tr>{cells}<td class="n">{esc(num(_f(r.get(value[0]))))}</td></tr>')
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"

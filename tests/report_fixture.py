@@ -1,0 +1,205 @@
+"""A hand-written analysis dict in schema version 2 (qkov/report/schema.py), with known
+numbers to look for in the rendered report and hostile token strings to keep inert.
+
+Three models in the demo's order: a 2-layer model with a phase change and an induction
+circuit, a 0-layer model and a 1-layer model (neither with a phase change)."""
+
+from __future__ import annotations
+
+import copy
+
+HOSTILE = [
+    "<script>window.__pwned=1</script>",
+    '"><img src=x onerror="window.__pwned=2">',
+    "</script><script>window.__pwned=3</script>",
+    "<!--",
+    "&amp;",
+    "\u2028",
+    "'onmouseover='window.__pwned=4",
+]
+LONG_TOKEN = "    return self.__dict__"  # must never wrap inside a table cell
+
+EVALUATION = {
+    "description": "held-out documents of --corpus stdlib",
+    "kind": "text",
+    "n_sequences": 8,
+    "seq_len": 65,
+    "n_tokens": 512,
+}
+SCORES = (
+    "previous_token",
+    "induction",
+    "prefix_matching",
+    "duplicate_token",
+    "copying",
+    "positional",
+)
+
+
+def _scores(*values: float | None) -> dict[str, float | None]:
+    return dict(zip(SCORES, values, strict=True))
+
+
+def _head(layer: int, head: int, label: str, scores: dict, text_scores: dict | None, ov: float):
+    decided = None if label == "other" else label
+    return {
+        "layer": layer,
+        "head": head,
+        "label": label,
+        "decided_by": decided,
+        "threshold": None if decided is None else 0.4,
+        "scores": scores,
+        "text_scores": text_scores,
+        "ov_eigenvalue_score": ov,
+        "ov_eigenvalues": [[1.5, 0.5], [1.5, -0.5], [-0.25, 0.0]],
+        "qk_eigenvalues": [[0.75, 0.0], [-0.1, 0.2]],
+        "skip_trigrams": [
+            {"source": HOSTILE[0], "destination": LONG_TOKEN, "out": HOSTILE[1], "score": 3.25},
+            {"source": " ", "destination": "\n", "out": "\t", "score": 0.000685},
+        ],
+    }
+
+
+def _attention(n_layers: int, tokens: list[str]) -> dict:
+    n = len(tokens)
+    # uniform causal attention: row i spreads 1 / (i + 1) over sources 0..i
+    pattern = [[1 / (i + 1) if j <= i else 0.0 for j in range(n)] for i in range(n)]
+    return {
+        "tokens": tokens,
+        "patterns": [[pattern, pattern] for _ in range(n_layers)],
+        "text": "sample text (repeated Python snippet)",
+    }
+
+
+def _training(with_bump: bool) -> dict:
+    tokens = [0, 4e6, 8e6, 12e6, 16e6, 24e6, 32e6]
+    train = [10.8, 5.0, 3.1, 2.9, 2.6, 2.5, 2.4]
+    series = {
+        "train_loss": [[t, v] for t, v in zip(tokens, train, strict=True)],
+        "val_loss": [[t, v + 0.05] for t, v in zip(tokens[1:], train[1:], strict=True)],
+        "probe_induction_score": [[t, 0.9 * (t >= 16e6) + 0.01] for t in tokens],
+        "probe_previous_token_score": [[t, 0.5] for t in tokens],
+        "probe_icl_score": [[t, -1.2 * (t >= 16e6) if with_bump else -0.1] for t in tokens],
+    }
+    return {
+        "series": series,
+        "last_val_loss": {"value": 2.45, "step": 900, "tokens": 32e6},
+    }
+
+
+def _model(name: str, n_layers: int) -> dict:
+    m = {
+        "name": name,
+        "checkpoint": f"runs/{name}",
+        "config": {
+            "n_layers": n_layers,
+            "n_heads": 2,
+            "d_model": 32,
+            "d_head": 16,
+            "n_ctx": 64,
+            "d_vocab": 64,
+            "normalization": "rms",
+        },
+        "n_params": 12_345,
+        "tokenizer": {"vocab_size": 64},
+        "evaluation": dict(EVALUATION),
+        "loss": {"value": 4.1 - n_layers * 0.8, "n_tokens": 512},
+        "icl": None,
+        "probe_icl_score": None,
+        "bigrams": [
+            {"current": HOSTILE[0], "out": "w1", "logit": 2.0},
+            {"current": " ", "out": "\n", "logit": 0.000685},
+        ],
+        "token_filter": {"min_count": 5, "n_kept": 3012, "n_tokens": 4096},
+        "heads": [],
+        "attention": None,
+        "composition": None,
+        "induction_circuits": None,
+        "term_importance": None,
+        "training": _training(with_bump=n_layers == 2),
+        "phase_change": None,
+        "not_computed": {},
+    }
+    if n_layers:
+        m["attention"] = _attention(n_layers, HOSTILE + ["w1", LONG_TOKEN])
+        m["icl"] = {
+            "score": -0.2,
+            "stderr": 0.05,
+            "early": [40, 50],
+            "late": [55, 64],
+            "n_sequences": 8,
+        }
+        m["probe_icl_score"] = -0.3
+        m["heads"] = [
+            _head(
+                0,
+                0,
+                "previous_token",
+                _scores(0.91, 0.02, 0.02, 0.01, 0.1, 0.3),
+                _scores(0.88, 0.03, 0.03, 0.02, 0.12, 0.25),
+                0.125,
+            ),
+            _head(0, 1, "other", _scores(0.1, 0.05, 0.05, 0.1, 0.2, 0.1), None, -0.5),
+        ]
+    return m
+
+
+def v2_analysis() -> dict:
+    """A fresh copy each call (tests may mutate it)."""
+    m2, m0, m1 = _model("attn2", 2), _model("attn0", 0), _model("attn1", 1)
+    m2["icl"] = {
+        "score": -0.51234,
+        "stderr": 0.0412,
+        "early": [40, 50],
+        "late": [55, 64],
+        "n_sequences": 8,
+    }
+    m2["probe_icl_score"] = -1.234
+    m2["heads"] += [
+        # on the probe prefix_matching == induction; on text they differ from the probe
+        _head(
+            1,
+            0,
+            "induction",
+            _scores(0.05, 0.62, 0.62, 0.01, 0.3, 0.1),
+            _scores(0.04, 0.4321, 0.4321, 0.02, 0.25, 0.1),
+            0.98123,
+        ),
+        _head(1, 1, "copying", _scores(0.01, 0.02, 0.02, 0.05, 0.7, 0.1), None, 0.75),
+    ]
+    null = None
+    m2["composition"] = {
+        kind: [
+            [[[null, null], [0.1 + s, 0.2 + s]] for s in (0.0, 0.3)],
+            [[[null, null], [null, null]] for _ in range(2)],
+        ]
+        for kind, s in (("q", 0.0), ("k", 0.0), ("v", 0.0))
+    }
+    m2["composition"]["k"][0][0][1][0] = 0.31  # L0H0 -> L1H0: the induction circuit
+    m2["composition"]["baseline"] = {"q": 0.05, "k": 0.05, "v": 0.05}
+    m2["composition"]["baseline_std"] = {"q": 0.01, "k": 0.01, "v": 0.01}
+    m2["induction_circuits"] = [
+        {
+            "previous_token_head": [0, 0],
+            "induction_head": [1, 0],
+            "k_composition": 0.31,
+            "k_composition_z": 35.2,
+            "partner_label": "previous_token",
+            "previous_token_score": 0.91,
+            "induction_score": 0.62,
+            "qk_term_eigenvalue_score": 0.98,
+        }
+    ]
+    m2["term_importance"] = {
+        "clean_loss": 2.5,
+        "mode": "zero",
+        "n_tokens": 512,
+        "terms": [
+            {"term": "order 0", "kind": "order", "order": 0, "loss_increase": 3.0},
+            {"term": "order 1", "kind": "order", "order": 1, "loss_increase": 0.5},
+            {"term": "order 2", "kind": "order", "order": 2, "loss_increase": 0.000685},
+            {"term": "L1H0", "kind": "head", "order": 2, "loss_increase": 0.2},
+        ],
+    }
+    m2["phase_change"] = {"tokens": [12e6, 16e6]}
+    return copy.deepcopy({"schema_version": 2, "generator": "qkov test", "models": [m2, m0, m1]})

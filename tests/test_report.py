@@ -1,7 +1,9 @@
-"""report/ and analyze: escaping, self-containment, schema, and the analysis of real models.
+"""report/: escaping, self-containment, schema, and what the rendered page shows.
 
-The analysis is built by `qkov.analyze` from small random models whose tokenizer holds
-hostile token strings, so the tests exercise the real pipeline, not a hand-made dict."""
+Rendering is checked on a hand-written schema-v2 analysis (tests/report_fixture.py) whose
+numbers are known, by parsing the HTML and reading the cells, captions and titles a reader
+sees. The tests at the end build the analysis through `qkov.analyze` from small random
+models whose tokenizer holds hostile token strings, so the real pipeline meets the report."""
 
 from __future__ import annotations
 
@@ -10,13 +12,13 @@ import math
 import re
 from html.parser import HTMLParser
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 import qkov
-from qkov.analyze import analyze, read_metrics, top_bigrams, write_analysis
 from qkov.errors import QkovError
 from qkov.report import (
     SCHEMA_VERSION,
@@ -28,17 +30,7 @@ from qkov.report import (
     script_json,
 )
 from qkov.report.escape import visible_token
-
-# Each would run or fetch something if it reached the page unescaped.
-HOSTILE = [
-    "<script>window.__pwned=1</script>",
-    '"><img src=x onerror="window.__pwned=2">',
-    "</script><script>window.__pwned=3</script>",
-    "<!--",
-    "&amp;",
-    "\u2028",
-    "'onmouseover='window.__pwned=4",
-]
+from report_fixture import HOSTILE, LONG_TOKEN, v2_analysis
 
 
 def make_model(n_layers: int, out: Path | None = None, seed: int = 0) -> qkov.AttnOnlyTransformer:
@@ -63,12 +55,13 @@ def make_model(n_layers: int, out: Path | None = None, seed: int = 0) -> qkov.At
             json.dumps(
                 {
                     "step": s,
+                    "tokens": s * 4096,
                     "train_loss": 4 - s / 300,
                     "val_loss": 4.2 - s / 320,
                     "lr": 1e-3,
-                    "induction_score": min(1.0, s / 400),
-                    "prev_token_score": 0.6,
-                    "icl_score": -s / 300,
+                    "probe_induction_score": min(1.0, s / 400),
+                    "probe_previous_token_score": 0.6,
+                    "probe_icl_score": -s / 300,
                 }
             )
             for s in range(0, 600, 100)
@@ -82,6 +75,8 @@ SAMPLE = " ".join(HOSTILE + ["w1", "w2", "w3"]) + " " + " ".join(HOSTILE + ["w1"
 
 def build_analysis(root: Path) -> dict:
     """Analysis of saved 2-, 0- and 1-layer random models (the demo's shape)."""
+    from qkov.analyze import analyze
+
     dirs = []
     for n in (2, 0, 1):
         d = root / f"{n}L"
@@ -96,10 +91,20 @@ def analysis(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def html(analysis) -> str:
-    return render_report(analysis)
+def page() -> str:
+    """The report of the hand-written v2 analysis."""
+    return render_report(v2_analysis())
 
 
+@pytest.fixture(params=["fixture", "analyze"])
+def html(request) -> str:
+    """Both reports: of the hand-written analysis and of `qkov.analyze`'s."""
+    if request.param == "fixture":
+        return render_report(v2_analysis())
+    return render_report(request.getfixturevalue("analysis"))
+
+
+# ---------------------------------------------------------------------------- HTML reading
 class _Tags(HTMLParser):
     """Every start tag with its attributes, and the text inside <script> elements."""
 
@@ -129,6 +134,83 @@ def parse(html: str) -> _Tags:
     p = _Tags()
     p.feed(html)
     return p
+
+
+class Node:
+    """An element of the parsed page: tag, attributes, children (Nodes and strings)."""
+
+    def __init__(self, tag: str, attrs: dict[str, str | None]) -> None:
+        self.tag, self.attrs, self.children = tag, attrs, []
+
+    @property
+    def text(self) -> str:
+        """The element's text as a reader sees it (scripts and styles left out)."""
+        if self.tag in ("script", "style"):
+            return ""
+        return "".join(c if isinstance(c, str) else c.text for c in self.children)
+
+    def has_class(self, name: str) -> bool:
+        return name in (self.attrs.get("class") or "").split()
+
+    def all(self, tag: str | None = None, cls: str | None = None) -> list[Node]:
+        """Descendants with this tag and/or class, in document order."""
+        out = []
+        for c in self.children:
+            if isinstance(c, Node):
+                if (tag is None or c.tag == tag) and (cls is None or c.has_class(cls)):
+                    out.append(c)
+                out += c.all(tag, cls)
+        return out
+
+    def by_id(self, id_: str) -> Node:
+        if self.attrs.get("id") == id_:
+            return self
+        for c in self.children:
+            if isinstance(c, Node):
+                try:
+                    return c.by_id(id_)
+                except KeyError:
+                    pass
+        raise KeyError(id_)
+
+
+class _Tree(HTMLParser):
+    VOID = {"meta", "link", "br", "img", "input", "hr", "col", "area", "base", "wbr", "source"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.root = Node("#document", {})
+        self.stack = [self.root]
+
+    def handle_starttag(self, tag, attrs):
+        node = Node(tag, dict(attrs))
+        self.stack[-1].children.append(node)
+        if tag not in self.VOID:
+            self.stack.append(node)
+
+    def handle_startendtag(self, tag, attrs):
+        self.stack[-1].children.append(Node(tag, dict(attrs)))
+
+    def handle_endtag(self, tag):
+        for i in range(len(self.stack) - 1, 0, -1):
+            if self.stack[i].tag == tag:
+                del self.stack[i:]
+                return
+
+    def handle_data(self, data):
+        self.stack[-1].children.append(data)
+
+
+def tree(html: str) -> Node:
+    t = _Tree()
+    t.feed(html)
+    assert len(t.stack) == 1, [n.tag for n in t.stack]  # every element closed
+    return t.root
+
+
+def table_rows(table: Node) -> list[list[str]]:
+    """The body rows of a table as cell texts."""
+    return [[td.text for td in tr.all("td")] for tr in table.all("tbody")[0].all("tr")]
 
 
 # ---------------------------------------------------------------------------- escaping
@@ -161,9 +243,7 @@ def test_visible_token_shows_whitespace_and_controls():
     assert visible_token("") == "\u2205"
 
 
-def test_hostile_tokens_are_text_not_markup(analysis, html):
-    tokens = analysis["models"][0]["attention"]["tokens"]
-    assert HOSTILE[0] in tokens  # the hostile strings did reach the analysis
+def test_hostile_tokens_are_text_not_markup(html):
     for bad in HOSTILE[:4]:
         assert bad not in html
     assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in html
@@ -177,6 +257,8 @@ def test_hostile_tokens_are_text_not_markup(analysis, html):
     for attrs, text in p.scripts:
         if attrs.get("type") == "application/json":
             json.loads(text)  # each data block parses back whole
+    # ...and a reader sees them as they are, in the token tables and the attention strip
+    assert HOSTILE[0] in tree(html).by_id("m0-attention").text
 
 
 def test_report_is_self_contained(html):
@@ -202,11 +284,11 @@ def test_report_is_self_contained(html):
         assert needle not in html
 
 
-def test_csp_hashes_admit_exactly_the_page_assets(html):
+def test_csp_hashes_admit_exactly_the_page_assets(page):
     import base64
     import hashlib
 
-    p = parse(html)
+    p = parse(page)
     csp = next(
         a["content"]
         for t, a in p.tags
@@ -218,49 +300,97 @@ def test_csp_hashes_admit_exactly_the_page_assets(html):
     assert "default-src 'none'" in csp and "unsafe-inline" not in csp
 
 
-# ---------------------------------------------------------------------------- content
-def test_analysis_covers_every_section(analysis):
-    assert analysis["schema_version"] == SCHEMA_VERSION
-    m2, m0, m1 = analysis["models"]
-    assert [m["config"]["n_layers"] for m in (m2, m0, m1)] == [2, 0, 1]
-    assert len(m2["heads"]) == 4 and len(m1["heads"]) == 2 and "heads" not in m0
-    h = m2["heads"][0]
-    assert len(h["ov_eigenvalues"]) == 16 and len(h["qk_eigenvalues"]) == 16
-    assert -1 <= h["copying"] <= 1 and h["skip_trigrams"]
-    comp = m2["composition"]
-    k = torch.tensor(
-        jsonable(comp["k"])
-        and [[[[math.nan if v is None else v for v in c] for c in b] for b in a] for a in comp["k"]]
+# ---------------------------------------------------------------------------- what is drawn
+def test_head_table_shows_each_label_and_score(page):
+    heads = tree(page).by_id("m0-heads").all("table", "heads")[0]
+    rows = table_rows(heads)
+    assert [r[:2] for r in rows] == [
+        ["L0H0", "previous_token"],
+        ["L0H1", "other"],
+        ["L1H0", "induction"],
+        ["L1H1", "copying"],
+    ]
+    groups = [th.text for th in heads.all("th", "group")]
+    assert groups == ["on the random-token probe", "on the evaluation text"]
+    probe_cols = int(heads.all("th", "group")[0].attrs["colspan"])
+    columns = [th.text for th in heads.all("thead")[0].all("tr")[1].all("th")]
+    probe, text = columns[:probe_cols], columns[probe_cols:]
+    # on the probe prefix matching is the induction score: shown once, as induction
+    assert probe == ["previous_token", "induction", "duplicate_token", "copying", "positional"]
+    assert text == ["previous_token", "prefix_matching", "duplicate_token", "copying", "positional"]
+    l1h0 = dict(
+        zip(["head", "label", *probe, *[f"text {c}" for c in text], "ov"], rows[2], strict=True)
     )
-    assert k.shape == (2, 2, 2, 2)  # [l_earlier, h_earlier, l_later, h_later]
-    assert k[0, :, 1].isfinite().all() and k[1].isnan().all() and k[:, :, 0].isnan().all()
-    assert set(comp["baseline"]) == {"q", "k", "v"}
-    orders = [t for t in m2["term_importance"]["terms"] if t["kind"] == "order"]
-    assert [t["order"] for t in orders] == [0, 1, 2]
-    series = m2["training"]["series"]
-    assert {"val_loss", "induction_score", "icl_score"} <= set(series) and "lr" not in series
-    assert m2["val_loss"] == {"value": 4.2 - 500 / 320, "step": 500}
-    att = m2["attention"]
-    n = len(att["tokens"])
-    rows = torch.tensor(att["patterns"])  # [layer, head, dest, src]
-    assert rows.shape == (2, 2, n, n)
-    assert torch.allclose(rows.sum(-1), torch.ones(2, 2, n), atol=1e-3)
-    assert all(math.isfinite(m["loss"]["value"]) for m in analysis["models"])
+    assert l1h0["induction"] == "0.620" and l1h0["text prefix_matching"] == "0.432"
+    assert l1h0["ov"] == "+0.981"  # HEAD.ov_eigenvalue_score, signed
+    assert rows[1][2 + len(probe) :] == ["\u2013"] * len(text) + ["-0.500"]  # no text scores
 
 
-def test_report_draws_each_section(analysis, html):
-    assert html.count('class="card head-card"') == 4 + 2
-    assert html.count("<figure>") >= 6
-    for text in (
-        "Loss side by side",
-        "Direct path: bigram table",
-        "Composition (Q / K / V)",
-        "Term importance",
-        "Training curve",
-        "K-composition",
-    ):
-        assert text in html
-    assert "induction" in html  # the circuit section, found or "No induction head found"
+def test_one_number_format(page):
+    doc = tree(page)
+    cells = [td.text for td in doc.all("td", "n")]
+    assert cells and all(re.fullmatch(r"[+-]?\d+\.\d{3,4}|\u2013", c) for c in cells), cells
+    bigram = table_rows(doc.by_id("m0-bigrams").all("table")[0])
+    assert [r[-1] for r in bigram] == ["2.000", "0.001"]  # 0.000685: not 6.85e-04
+    assert not re.search(r"\de[+-]\d", doc.text)  # no scientific notation anywhere
+
+
+def test_composition_heatmaps_have_titles(page):
+    titles = [t.text for t in tree(page).by_id("m0-composition").all("text", "title")]
+    assert titles == [f"{k}-composition into layer 1" for k in "QKV"]
+
+
+def test_phase_change_only_where_recorded(page):
+    doc = tree(page)
+    texts = {i: doc.by_id(f"m{i}-training").text for i in range(3)}
+    assert "Phase change between 12M and 16M tokens" in texts[0]
+    for i in (1, 2):  # the 0- and 1-layer models have training curves but no phase change
+        assert "phase change" not in texts[i].lower(), texts[i]
+        assert not doc.by_id(f"m{i}-training").all("rect", "band")
+    assert len(doc.by_id("m0-training").all("rect", "band")) == 3  # shaded on each chart
+    assert "induction bump" not in page
+
+
+def test_training_curves_are_in_tokens(page):
+    train = tree(page).by_id("m0-training")
+    ticks = [t.text for t in train.all("text", "tick")]
+    assert "tokens seen" in ticks and "step" not in ticks
+    assert {"0", "10M", "20M", "30M"} <= set(ticks)
+    legend = [t.text for t in train.all("text", "legend")]
+    assert "val_loss" in legend and "probe_icl_score" in legend
+    assert "val_loss is training's own held-out estimate" in train.text
+
+
+def test_model_card_shows_one_loss_with_what_it_rests_on(page):
+    card = tree(page).by_id("models").all("div", "model-card")[0]
+    rows = {tr.all("th")[0].text: tr.all("td")[0].text for tr in card.all("tr")}
+    assert rows["loss"] == "2.500 nats/token on 512 predicted tokens"
+    assert rows["evaluation set"].startswith("held-out documents of --corpus stdlib (text;")
+    assert rows["ICL score (evaluation set)"] == (
+        "-0.512 \u00b1 0.041 nats (mean loss at positions [55, 64) minus [40, 50); 8 sequences)"
+    )
+    assert rows["probe ICL score"] == "-1.234 nats (random-token training probe)"
+    assert "val_loss" not in card.text and "val loss" not in card.text  # no competing loss
+
+
+def test_skip_trigram_tables_name_the_token_filter_and_keep_tokens_whole(page):
+    card = tree(page).by_id("m0-L1H0")
+    assert card.all("h5")[0].text == (
+        "top skip-trigrams (tokens seen \u2265 5 times in training; 3,012 of 4,096 tokens)"
+    )
+    cells = card.all("td", "tc")
+    assert LONG_TOKEN in [c.text for c in cells]
+    css = re.search(r"\n\.t \{[^}]*\}", page).group(0)  # the token chip's own rule
+    assert "white-space: pre;" in css and "break" not in css
+    assert re.search(r"td\.tc \{ white-space: nowrap; \}", page)
+
+
+def test_induction_circuit_names_its_partner(page):
+    section = tree(page).by_id("m0-induction")
+    note = section.all("p", "circuit")[0].text
+    assert "\u03a3\u03bb/\u03a3|\u03bb| of the QK term through L0H0: +0.980" in note
+    assert "label: previous_token" in section.text
+    assert "partner 1" not in page and "previous-token" not in page
 
 
 def test_missing_sections_say_not_computed():
@@ -274,21 +404,118 @@ def test_missing_sections_say_not_computed():
             }
         ],
     }
-    html = render_report(a)
-    assert html.count("Not computed") >= 5
-    assert "qkov.composition failed" in html
+    doc = tree(render_report(a))
+    assert "Not computed: qkov.composition failed" in doc.by_id("m0-composition").text
+    for section in ("bigrams", "heads", "attention", "induction", "terms", "training"):
+        assert "Not computed" in doc.by_id(f"m0-{section}").text, section
 
 
 def test_schema_errors_are_qkov_errors():
     with pytest.raises(QkovError, match="schema_version"):
         render_report({"models": []})
-    with pytest.raises(QkovError, match="regenerate"):
-        render_report({"schema_version": 999, "models": [{"config": {}}]})
+    old = v2_analysis()
+    old["schema_version"] = 1
+    with pytest.raises(QkovError, match=r"schema_version 1 but this qkov reads version 2") as e:
+        render_report(old)
+    assert "\n" not in str(e.value)
     with pytest.raises(QkovError, match="no models"):
         render_report({"schema_version": SCHEMA_VERSION, "models": []})
 
 
+# ---------------------------------------------------------------------------- notebook views
+def test_notebook_views_escape_tokens():
+    pattern = torch.softmax(torch.randn(2, len(HOSTILE), len(HOSTILE)), -1).tril()
+    views = [
+        attention_html(HOSTILE, pattern),
+        head_table_html([{"layer": 0, "head": 1, "label": HOSTILE[1], "scores": {"x": 0.5}}]),
+        eigenvalues_html(torch.tensor([1 + 1j, -0.5 + 0j]), label=HOSTILE[0]),
+    ]
+    for v in views:
+        for bad in HOSTILE[:3]:
+            assert bad not in v
+        assert "http://" not in v.replace('xmlns="http://www.w3.org/2000/svg"', "")
+
+
+def test_notebook_views_read_records_and_compute_nothing():
+    from qkov.heads import HeadRecord
+    from qkov.report import widgets
+
+    assert not hasattr(widgets, "DISPLAY")
+    rec = HeadRecord(
+        layer=1,
+        head=0,
+        label="induction",
+        decided_by="induction",
+        threshold=0.4,
+        scores={"previous_token": 0.1, "induction": 0.7, "prefix_matching": 0.7},
+        ov_eigenvalue_score=0.25,
+    )
+    for records in ([rec], SimpleNamespace(records=(rec,))):  # records or a classification
+        rows = table_rows(tree(head_table_html(records)).all("table")[0])
+        assert rows == [["L1H0", "induction", "0.100", "0.700", "+0.250"]]
+    # The score shown is the one given (here deliberately not the eigenvalues' own).
+    eig = torch.tensor([1 + 1j, -0.5 + 0j])
+    assert "= -0.125</figcaption>" in eigenvalues_html(eig, score=-0.125)
+    record = SimpleNamespace(eigenvalues=eig, eigenvalue_score=0.5)  # an OVStatistics
+    assert "= +0.500</figcaption>" in eigenvalues_html(record, label="OV")
+    assert "\u03a3\u03bb" not in eigenvalues_html(eig)  # nothing given, nothing computed
+
+
+# ---------------------------------------------------------------------------- with qkov.analyze
+def test_analysis_covers_every_section(analysis):
+    assert analysis["schema_version"] == SCHEMA_VERSION
+    m2, m0, m1 = analysis["models"]
+    assert [m["config"]["n_layers"] for m in (m2, m0, m1)] == [2, 0, 1]
+    assert len(m2["heads"]) == 4 and len(m1["heads"]) == 2 and not m0.get("heads")
+    h = m2["heads"][0]
+    assert len(h["ov_eigenvalues"]) == 16 and len(h["qk_eigenvalues"]) == 16
+    assert -1 <= h["ov_eigenvalue_score"] <= 1 and h["skip_trigrams"]
+    assert set(h["scores"]) == {
+        "previous_token",
+        "induction",
+        "prefix_matching",
+        "duplicate_token",
+        "copying",
+        "positional",
+    }
+    comp = m2["composition"]
+    k = torch.tensor(
+        [[[[math.nan if v is None else v for v in c] for c in b] for b in a] for a in comp["k"]]
+    )
+    assert k.shape == (2, 2, 2, 2)  # [l_earlier, h_earlier, l_later, h_later]
+    assert k[0, :, 1].isfinite().all() and k[1].isnan().all() and k[:, :, 0].isnan().all()
+    assert set(comp["baseline"]) == {"q", "k", "v"}
+    orders = [t for t in m2["term_importance"]["terms"] if t["kind"] == "order"]
+    assert [t["order"] for t in orders] == [0, 1, 2]
+    series = m2["training"]["series"]
+    assert {"val_loss", "probe_induction_score", "probe_icl_score"} <= set(series)
+    assert "lr" not in series
+    assert series["val_loss"][-1] == [500 * 4096, 4.2 - 500 / 320]  # x: tokens seen
+    assert m2["training"]["last_val_loss"]["value"] == 4.2 - 500 / 320
+    att = m2["attention"]
+    n = len(att["tokens"])
+    rows = torch.tensor(att["patterns"])  # [layer, head, dest, src]
+    assert rows.shape == (2, 2, n, n)
+    assert torch.allclose(rows.sum(-1), torch.ones(2, 2, n), atol=1e-3)
+    for m in analysis["models"]:
+        assert math.isfinite(m["loss"]["value"]) and m["loss"]["n_tokens"] > 0
+        assert m["evaluation"]["n_tokens"] == m["loss"]["n_tokens"]
+
+
+def test_analyze_report_draws_each_section(analysis):
+    doc = tree(render_report(analysis))
+    assert len(doc.all("div", "head-card")) == 4 + 2
+    labels = [r[1] for r in table_rows(doc.by_id("m0-heads").all("table", "heads")[0])]
+    assert labels == [h["label"] for h in analysis["models"][0]["heads"]]
+    assert doc.by_id("m0-composition").all("text", "title")
+    assert doc.by_id("m0-training").all("polyline")
+    phase = analysis["models"][0].get("phase_change")
+    assert ("Phase change between" in doc.by_id("m0-training").text) == bool(phase)
+
+
 def test_write_analysis_round_trips(analysis, tmp_path):
+    from qkov.analyze import write_analysis
+
     json_path, html_path = write_analysis(tmp_path / "out", analysis)
     text = json_path.read_text(encoding="utf-8")
 
@@ -298,57 +525,22 @@ def test_write_analysis_round_trips(analysis, tmp_path):
     back = json.loads(text, parse_constant=no_nan)
     assert render_report(back) == html_path.read_text(encoding="utf-8")
     (tmp_path / "file").write_text("x")
-    with pytest.raises(QkovError, match="not a directory"):
+    with pytest.raises(QkovError, match="not a (directory|folder)"):
         write_analysis(tmp_path / "file", analysis)
 
 
-def test_top_bigrams_match_dense_table():
-    model = make_model(0)
-    got = top_bigrams(model, k=5)
-    table = model.W_E.detach() @ model.W_U.detach()
-    table = table - table.mean(dim=1, keepdim=True)
-    vals, idx = table.flatten().topk(5)
-    V = model.cfg.d_vocab
-    tok = model.tokenizer
-    want = [(tok.decode([int(i) // V]), tok.decode([int(i) % V])) for i in idx]
-    assert [(g["source"], g["out"]) for g in got] == want
-    assert torch.allclose(torch.tensor([g["logit"] for g in got]), vals, atol=1e-5)
-
-
-def test_read_metrics_skips_torn_line(tmp_path):
-    p = tmp_path / "metrics.jsonl"
-    p.write_text('{"step": 1, "train_loss": 2.0}\n{"step": 2, "val_loss": 1.5}\n{"step": 3, "tr')
-    series, val = read_metrics(p)
-    assert series == {"series": {"train_loss": [[1, 2.0]], "val_loss": [[2, 1.5]]}}
-    assert val == {"value": 1.5, "step": 2}
-    assert read_metrics(tmp_path / "missing.jsonl") == (None, None)
-
-
 def test_analyze_in_memory_model_without_tokenizer():
+    from qkov.analyze import analyze
+
     model = qkov.AttnOnlyTransformer(
         qkov.ModelConfig(n_layers=1, n_heads=2, d_model=16, n_ctx=16, d_vocab=40)
     )
     a = analyze(model, log=None)
     m = a["models"][0]
-    assert m["name"] == "1L" and m["attention"]["source"].startswith("repeated random")
+    assert m["name"] == "1L" and m["attention"]["text"]
     assert m["not_computed"]["training"]
-    assert "Not computed" in render_report(a)
-
-
-# ---------------------------------------------------------------------------- notebook views
-def test_notebook_views_escape_tokens():
-    pattern = torch.softmax(torch.randn(2, len(HOSTILE), len(HOSTILE)), -1).tril()
-    views = [
-        attention_html(HOSTILE, pattern),
-        head_table_html([{"layer": 0, "head": 1, "role": HOSTILE[1], "scores": {"x": 0.5}}]),
-        eigenvalues_html(torch.tensor([1 + 1j, -0.5 + 0j]), label=HOSTILE[0]),
-    ]
-    for v in views:
-        for bad in HOSTILE[:3]:
-            assert bad not in v
-        assert "http://" not in v.replace('xmlns="http://www.w3.org/2000/svg"', "")
-    stat = (1 - 0.5) / (math.sqrt(2) + 0.5)  # sum(Re lambda) / sum(|lambda|)
-    assert f"\u03a3\u03bb/\u03a3|\u03bb| = {stat:.3f}" in views[2]
+    doc = tree(render_report(a))
+    assert "Not computed" in doc.by_id("m0-training").text
 
 
 # ---------------------------------------------------------------------------- CLI

@@ -1,4 +1,5 @@
-"""Checkpoint directories: config.json + model.safetensors (+ tokenizer.json).
+"""Checkpoint directories: config.json + model.safetensors (+ tokenizer.json, and
+token_counts.json: how often each token id occurs in the training split).
 
 Weights load through safetensors only (no pickle); every write is atomic."""
 
@@ -20,6 +21,7 @@ from qkov.model import AttnOnlyTransformer
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 TOKENIZER = "tokenizer.json"
+TOKEN_COUNTS = "token_counts.json"
 
 
 def save_model(model: AttnOnlyTransformer, out_dir: str | Path) -> None:
@@ -84,7 +86,34 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> AttnOnlyTransf
                 f"d_vocab={cfg.d_vocab}: the tokenizer belongs to another model"
             )
         model.tokenizer = tok
+    if (path / TOKEN_COUNTS).is_file():
+        model.token_counts = read_token_counts(path / TOKEN_COUNTS, cfg.d_vocab)
     return model.to(device)
+
+
+def token_counts_record(counts: list[int], corpus: str) -> dict:
+    """token_counts.json: {"counts": [count per token id], "n_tokens", "corpus", "split"}."""
+    return {"counts": counts, "n_tokens": sum(counts), "corpus": corpus, "split": "train"}
+
+
+def write_token_counts(path: Path, counts: list[int], corpus: str) -> None:
+    atomic_write_text(Path(path), json.dumps(token_counts_record(counts, corpus)) + "\n")
+
+
+def read_token_counts(path: Path, d_vocab: int) -> torch.Tensor:
+    """The counts of a token_counts.json as a LongTensor [d_vocab], or QkovError."""
+    rec = read_json(path)
+    counts = rec.get("counts") if isinstance(rec, dict) else None
+    if (
+        not isinstance(counts, list)
+        or len(counts) != d_vocab
+        or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts)
+    ):
+        raise QkovError(
+            f"{path} must hold \"counts\": {d_vocab} non-negative integers (one per token id "
+            "of the model): restore it from the training run or delete it"
+        )
+    return torch.tensor(counts, dtype=torch.long)
 
 
 def _check_shapes(cfg: ModelConfig, weights: dict[str, torch.Tensor], source: str) -> None:

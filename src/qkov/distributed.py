@@ -38,6 +38,12 @@ class Dist:
         return self.rank == 0
 
 
+def launched_rank() -> int:
+    """This process's rank as torchrun set it (RANK), before `setup` joins the group; 0
+    without torchrun."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def setup(device: str, batch_size: int) -> Dist:
     """Join the torchrun process group if WORLD_SIZE > 1; check the batch splits evenly."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

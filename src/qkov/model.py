@@ -84,6 +84,7 @@ class AttnOnlyTransformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tokenizer = None  # a tokenizers.Tokenizer when loaded from a checkpoint dir
+        self.token_counts: Tensor | None = None  # [d_vocab] train-split counts (token_counts.json)
         L, H, D, Dh, V = cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head, cfg.d_vocab
         g = torch.Generator().manual_seed(cfg.seed)
 

@@ -6,11 +6,18 @@ A run directory holds:
     model.safetensors        the paper's matrices (what `qkov.load` reads)
     train_state.safetensors  weights + AdamW moments + step (what `--resume` reads)
     tokenizer.json           the corpus tokenizer (text corpora)
+    token_counts.json        how often each token id occurs in the train split (text corpora)
     metrics.jsonl            one JSON record per logged step
     versions.json            Python, torch and qkov versions of the run
 
 Batches depend only on (seed, step), so stopping at step k and resuming reproduces the
-uninterrupted run exactly on CPU."""
+uninterrupted run exactly on CPU.
+
+`train` is the loop; the machinery around it has a name each: `_prepare_run` makes every
+check before anything is built or written (resume, --init-from, memory, data), `RunLock`
+keeps a second process out of the directory, `_write_run_files` writes the run's record,
+`_save_checkpoint` the weights and optimizer state, `_StepLog` the metrics and progress,
+and `StopRequest` (qkov.interrupt) turns SIGINT/SIGTERM into a final checkpoint."""
 
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ import math
 import os
 import platform
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +38,18 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from qkov import distributed
-from qkov.checkpoint import load_safetensors, read_json
+from qkov.checkpoint import TOKEN_COUNTS, read_json, write_token_counts
 from qkov.config import ModelConfig
 from qkov.errors import QkovError
-from qkov.io import atomic_save_safetensors, atomic_write_text
-from qkov.model import WEIGHT_NAMES, AttnOnlyTransformer
+from qkov.interrupt import StopRequest, TrainingInterrupted
+from qkov.io import atomic_save_safetensors, atomic_write_text, check_output_dir
+from qkov.metrics import METRICS, read_records
+from qkov.model import AttnOnlyTransformer
+from qkov.resources import check_step_memory
+from qkov.runlock import RunLock
+from qkov.train_state import STATE, remove_stale_temp_files, restore_state, state_tensors
+
+__all__ = ["TrainConfig", "TrainingInterrupted", "evaluate", "lm_loss", "resume_config", "train"]
 
 
 @dataclass(frozen=True)
@@ -108,42 +123,6 @@ def _make_optimizer(model: AttnOnlyTransformer, tc: TrainConfig) -> torch.optim.
     return torch.optim.AdamW(params, lr=tc.lr, betas=(0.9, 0.99), weight_decay=tc.weight_decay)
 
 
-def _trainable_names(model: AttnOnlyTransformer) -> list[str]:
-    return [n for n in WEIGHT_NAMES if getattr(model, n).requires_grad]
-
-
-def state_tensors(model: AttnOnlyTransformer, opt: torch.optim.AdamW, step: int) -> dict:
-    """Everything needed to resume: weights, AdamW moments and step counts, the step."""
-    out = {f"model.{k}": v for k, v in model.weights().items()}
-    for name in _trainable_names(model):
-        st = opt.state.get(getattr(model, name), {})
-        if st:
-            out[f"adam.{name}.exp_avg"] = st["exp_avg"]
-            out[f"adam.{name}.exp_avg_sq"] = st["exp_avg_sq"]
-            out[f"adam.{name}.step"] = torch.as_tensor(st["step"], dtype=torch.float64).reshape(1)
-    out["step"] = torch.tensor([step], dtype=torch.int64)
-    return out
-
-
-def restore_state(model: AttnOnlyTransformer, opt: torch.optim.AdamW, path: Path) -> int:
-    """Load train_state.safetensors into model and optimizer; returns the step."""
-    st = load_safetensors(path)
-    if "step" not in st:
-        raise QkovError(f"{path} has no step: it is not a qkov train state; retrain or remove it")
-    model.load_weights(
-        {k[len("model.") :]: v for k, v in st.items() if k.startswith("model.")}, source=str(path)
-    )
-    for name in _trainable_names(model):
-        p = getattr(model, name)
-        if f"adam.{name}.exp_avg" in st:
-            opt.state[p] = {
-                "step": torch.tensor(float(st[f"adam.{name}.step"].item())),
-                "exp_avg": st[f"adam.{name}.exp_avg"].to(p.device).clone(),
-                "exp_avg_sq": st[f"adam.{name}.exp_avg_sq"].to(p.device).clone(),
-            }
-    return int(st["step"].item())
-
-
 def check_device(device: str) -> None:
     """Refuse a device torch cannot use here with one clear line (not a torch traceback)."""
     try:
@@ -170,53 +149,6 @@ def versions() -> dict[str, str]:
     }
 
 
-class TrainingInterrupted(KeyboardInterrupt):
-    """Raised after the checkpoint a SIGINT or SIGTERM asked for; `signum` says which."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-class _StopFlag:
-    """SIGTERM/SIGINT set a flag; the loop checkpoints and exits at the next step boundary."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopFlag:
-        for s in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None:  # second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __exit__(self, *exc: Any) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
-def _read_metrics(path: Path, upto_step: int) -> list[str]:
-    if not path.is_file():
-        return []
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line from a killed run
-        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= upto_step:
-            keep.append(line)
-    return keep
-
-
 def train(
     model_cfg: ModelConfig | None,
     tc: TrainConfig,
@@ -229,38 +161,82 @@ def train(
     """Train an attention-only model into `out_dir`; resume from its train state if asked.
 
     model_cfg: None on resume (read from out_dir/config.json). d_vocab is taken from the
-    corpus tokenizer. stop_after: stop (with a checkpoint) after this step, keeping the
-    schedule of `tc.steps` (used to test resume)."""
+    corpus tokenizer. On resume only tc.steps (if more than the run's) and tc.device are
+    used: see `resume_config`. stop_after: stop (with a checkpoint) after this step, keeping
+    the schedule of `tc.steps` (used to test resume)."""
+    out = Path(out_dir)
+    with RunLock(out) as lock:
+        run = _prepare_run(model_cfg, tc, out, resume, data, lock)  # checks; writes nothing
+        cfg, tc, data, dd = run.cfg, run.tc, run.data, run.dd
+        model, opt, step = _build_model(run)
+        if dd.main:  # only rank 0 writes files
+            _write_run_files(run, model, step, lock)
+        last = min(tc.steps, stop_after) if stop_after is not None else tc.steps
+        use_bf16 = torch.device(dd.device).type == "cuda"
+        fwd = distributed.wrap(model, dd)  # DDP under torchrun: averages gradients over ranks
+        model.train()
+        with _StepLog(run, model, step, last, progress) as log, StopRequest(str(out)) as stop:
+            while step < last:
+                batch = data.train_batch(step, tc.batch_size, cfg.n_ctx, tc.seed)
+                batch = distributed.share(batch, dd).to(dd.device)  # this rank's rows
+                lr = tc.lr_at(step)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+                    loss = fwd(batch[:, :-1], batch[:, 1:])  # fused unembed + loss
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                # Mean over ranks (same on all), and whether any rank was asked to stop.
+                loss_value, stopping = distributed.mean_and_any(loss.item(), stop.requested, dd)
+                _check_finite(loss_value, step, out)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                opt.step()
+                step += 1
+                log.step(step, loss_value, lr)
+                if stopping:
+                    stop.acknowledge()  # the final checkpoint is under way
+                if stopping or step % tc.ckpt_interval == 0 or step == last:
+                    _save_checkpoint(run, model, opt, step)
+                if stopping:  # another rank may have been the one signalled: SIGTERM then
+                    raise TrainingInterrupted(stop.signum or signal.SIGTERM)
+                stop.boundary()
+    distributed.teardown(dd)
+    return model
+
+
+@dataclass
+class _Run:
+    """What `_prepare_run` settled: the run's directory, configs, data and place in a job."""
+
+    out: Path
+    cfg: ModelConfig
+    tc: TrainConfig
+    data: Any  # a TokenStream or a synthetic task
+    dd: distributed.Dist
+    val: list[torch.Tensor]  # the fixed held-out batches
+    start: AttnOnlyTransformer | None  # the --init-from model
+    resume: bool
+
+
+def _prepare_run(
+    model_cfg: ModelConfig | None,
+    tc: TrainConfig,
+    out: Path,
+    resume: bool,
+    data: Any,
+    lock: RunLock,
+) -> _Run:
+    """Every check a run makes before it builds its model or writes a file, so a refused
+    run leaves nothing behind: the output folder, the lock, resume or overwrite, --init-from,
+    the device, the memory of a step, and whether the data can fill n_ctx."""
     from qkov.data import prepare
 
-    out = Path(out_dir)
-    state_path = out / "train_state.safetensors"
+    check_output_dir(out)
+    if distributed.launched_rank() == 0:
+        lock.acquire()  # an existing directory: refuse at once if another process writes it
     if resume:
-        if not state_path.is_file():
-            raise QkovError(f"cannot resume: {state_path} does not exist; start without --resume")
-        saved_cfg = ModelConfig.load(out / "config.json")
-        saved_tc = read_json(out / "train_config.json")
-        known = {f.name for f in dataclasses.fields(TrainConfig)}
-        if not isinstance(saved_tc, dict) or not set(saved_tc) <= known or "steps" not in saved_tc:
-            raise QkovError(
-                f"{out / 'train_config.json'} is not a qkov TrainConfig (known keys: "
-                f"{sorted(known)}): restore it from the run"
-            )
-        if model_cfg is not None and model_cfg != saved_cfg:
-            raise QkovError(
-                f"--resume: the model flags disagree with {out / 'config.json'}: "
-                "drop the model flags when resuming"
-            )
-        model_cfg = saved_cfg
-        # Steps may be extended on resume; everything else comes from the run.
-        try:
-            saved = TrainConfig(**saved_tc)
-        except (TypeError, OverflowError) as e:  # a value of the wrong type: "lr": "fast"
-            raise QkovError(
-                f"{out / 'train_config.json'} has a bad value ({e}): restore it from the run"
-            ) from None
-        tc = dataclasses.replace(saved, steps=max(tc.steps, saved.steps), device=tc.device)
-    elif state_path.is_file():
+        model_cfg, tc = _check_resume(model_cfg, tc, out)
+    elif (out / STATE).is_file():
         raise QkovError(
             f"{out} already holds a training run: pass --resume to continue it, "
             "or choose another --out"
@@ -273,165 +249,232 @@ def train(
         model_cfg = ModelConfig()
     check_device(tc.device)
     dd = distributed.setup(tc.device, tc.batch_size)  # torchrun: rank, world, device
-    device = dd.device
-
+    check_step_memory(model_cfg, tc.batch_size, dd.device, dd.world)  # before any allocation
     with distributed.main_first(dd):  # rank 0 fills the token cache, then the others read it
         data = data if data is not None else prepare(tc.corpus, model_cfg.d_vocab)
-    if data.d_vocab != model_cfg.d_vocab:
+    model_cfg = _check_vocab(model_cfg, data, out, resume, start, tc.init_from)
+    # Building the held-out batches checks that the data can fill n_ctx (too small a corpus,
+    # too short a synthetic context) before anything is written.
+    val = data.val_batches(tc.batch_size, model_cfg.n_ctx, tc.eval_batches)
+    return _Run(out, model_cfg, tc, data, dd, val, start, resume)
+
+
+def resume_config(
+    out_dir: str | Path, steps: int | None = None, device: str = "cpu"
+) -> TrainConfig:
+    """The TrainConfig that continues the run in `out_dir`: everything from its
+    train_config.json, on `device`; `steps` extends its schedule (None or fewer: its own)."""
+    out = Path(out_dir)
+    if not (out / STATE).is_file():
+        raise QkovError(f"cannot resume: {out / STATE} does not exist; start without --resume")
+    saved_tc = read_json(out / "train_config.json")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    if not isinstance(saved_tc, dict) or not set(saved_tc) <= known or "steps" not in saved_tc:
+        raise QkovError(
+            f"{out / 'train_config.json'} is not a qkov TrainConfig (known keys: "
+            f"{sorted(known)}): restore it from the run"
+        )
+    try:
+        saved = TrainConfig(**saved_tc)
+    except (TypeError, OverflowError) as e:  # a value of the wrong type: "lr": "fast"
+        raise QkovError(
+            f"{out / 'train_config.json'} has a bad value ({e}): restore it from the run"
+        ) from None
+    total = saved.steps if steps is None else max(steps, saved.steps)
+    return dataclasses.replace(saved, steps=total, device=device)
+
+
+def _check_resume(
+    model_cfg: ModelConfig | None, tc: TrainConfig, out: Path
+) -> tuple[ModelConfig, TrainConfig]:
+    """The run's own configs; model flags that contradict them are refused."""
+    tc = resume_config(out, tc.steps, tc.device)
+    saved_cfg = ModelConfig.load(out / "config.json")
+    if model_cfg is not None and model_cfg != saved_cfg:
+        raise QkovError(
+            f"--resume: the model flags disagree with {out / 'config.json'}: "
+            "drop the model flags when resuming"
+        )
+    return saved_cfg, tc
+
+
+def _check_vocab(
+    cfg: ModelConfig,
+    data: Any,
+    out: Path,
+    resume: bool,
+    start: AttnOnlyTransformer | None,
+    init_from: str | None,
+) -> ModelConfig:
+    """d_vocab from the corpus tokenizer; a resumed or --init-from model must match it."""
+    if data.d_vocab != cfg.d_vocab:
         if resume:
             raise QkovError(
                 f"corpus tokenizer has {data.d_vocab} tokens but {out} has "
-                f"d_vocab={model_cfg.d_vocab}: resume with the same --corpus"
+                f"d_vocab={cfg.d_vocab}: resume with the same --corpus"
             )
         if start is not None:
             raise QkovError(
-                f"--init-from {tc.init_from} has d_vocab={model_cfg.d_vocab} but the corpus "
+                f"--init-from {init_from} has d_vocab={cfg.d_vocab} but the corpus "
                 f"tokenizer has {data.d_vocab} tokens: use the corpus and --vocab-size it was "
                 "trained with"
             )
-        model_cfg = dataclasses.replace(model_cfg, d_vocab=data.d_vocab)
+        cfg = dataclasses.replace(cfg, d_vocab=data.d_vocab)
     if start is not None and start.tokenizer is not None and data.tokenizer is not None:
         if start.tokenizer.get_vocab() != data.tokenizer.get_vocab():
             raise QkovError(
-                f"--init-from {tc.init_from} was trained with another tokenizer than this "
+                f"--init-from {init_from} was trained with another tokenizer than this "
                 "corpus's: use the corpus it was trained on"
             )
+    return cfg
 
-    torch.manual_seed(tc.seed)
-    model = AttnOnlyTransformer(model_cfg).to(device)
-    if start is not None:
-        model.load_weights(start.weights(), source=tc.init_from)
-    model.tokenizer = data.tokenizer
-    opt = _make_optimizer(model, tc)
-    step = 0
-    if resume:
-        step = restore_state(model, opt, state_path)
-        if dd.main:  # temp files of writes a kill interrupted (qkov.io names them .NAME.*.tmp)
-            for stale in out.glob(".*.tmp"):
-                stale.unlink(missing_ok=True)
-    # Before anything is written: building the held-out batches checks that the data can
-    # fill n_ctx (too small a corpus, too short a synthetic context), so a bad run leaves no files.
-    val = data.val_batches(tc.batch_size, model_cfg.n_ctx, tc.eval_batches)
-    metrics_path = out / "metrics.jsonl"
-    if dd.main:  # only rank 0 writes files
-        out.mkdir(parents=True, exist_ok=True)
-        model_cfg.save(out / "config.json")
-        atomic_write_text(out / "train_config.json", json.dumps(dataclasses.asdict(tc), indent=2))
-        atomic_write_text(out / "versions.json", json.dumps(versions(), indent=2))
-        if data.tokenizer is not None:
-            atomic_write_text(out / "tokenizer.json", data.tokenizer.to_str())
-        text = "".join(s + "\n" for s in _read_metrics(metrics_path, step))
-        atomic_write_text(metrics_path, text)
 
-    probe = _probe_fn() if tc.probe_interval else None
-    last = min(tc.steps, stop_after) if stop_after is not None else tc.steps
-    tokens_per_step = tc.batch_size * model_cfg.n_ctx
-    use_bf16 = torch.device(device).type == "cuda"
+def _build_model(run: _Run) -> tuple[AttnOnlyTransformer, torch.optim.AdamW, int]:
+    """The model (initialised, --init-from, or resumed), its optimizer, and the step."""
+    torch.manual_seed(run.tc.seed)
+    model = AttnOnlyTransformer(run.cfg).to(run.dd.device)
+    if run.start is not None:
+        model.load_weights(run.start.weights(), source=run.tc.init_from)
+    model.tokenizer = run.data.tokenizer
+    opt = _make_optimizer(model, run.tc)
+    step = restore_state(model, opt, run.out / STATE) if run.resume else 0
+    return model, opt, step
 
-    def checkpoint(at: int) -> None:
-        # Only weights with a finite loss are written, so a divergence never replaces the
-        # last good checkpoint (the train loss of step `at` is only seen at the next step).
-        # Every rank checks (same weights, same batch), so all ranks stop together.
-        held_out = evaluate(model, val[:1])
-        if not math.isfinite(held_out):
-            raise QkovError(
-                f"loss became {held_out} at step {at} (held-out batch): training stopped; the "
-                f"last good checkpoint in {out} is kept; lower --lr or --grad-clip and --resume"
-            )
-        if not dd.main:
+
+def _write_run_files(run: _Run, model: AttnOnlyTransformer, step: int, lock: RunLock) -> None:
+    """Lock the directory (creating it), then write the run's record: configs, versions,
+    tokenizer, token counts, and metrics.jsonl cut back to `step` (a resume drops what the
+    lost steps logged)."""
+    out = run.out
+    lock.acquire(create=True)
+    if not run.resume and (out / STATE).is_file():  # another run finished here meanwhile
+        raise QkovError(
+            f"{out} already holds a training run: pass --resume to continue it, "
+            "or choose another --out"
+        )
+    remove_stale_temp_files(out)  # temp files of writes a kill interrupted
+    run.cfg.save(out / "config.json")
+    atomic_write_text(out / "train_config.json", json.dumps(dataclasses.asdict(run.tc), indent=2))
+    atomic_write_text(out / "versions.json", json.dumps(versions(), indent=2))
+    if run.data.tokenizer is not None:
+        atomic_write_text(out / "tokenizer.json", run.data.tokenizer.to_str())
+    if hasattr(run.data, "token_counts"):  # text corpora; synthetic tasks have no fixed stream
+        counts = run.data.token_counts()
+        write_token_counts(out / TOKEN_COUNTS, counts.tolist(), run.tc.corpus)
+        model.token_counts = torch.from_numpy(counts)
+    kept = read_records(out / METRICS, upto_step=step)
+    atomic_write_text(out / METRICS, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def _check_finite(loss_value: float, step: int, out: Path) -> None:
+    if not math.isfinite(loss_value):
+        raise QkovError(
+            f"loss became {loss_value} at step {step}: training stopped; the last good "
+            f"checkpoint in {out} is kept; lower --lr or --grad-clip and --resume"
+        )
+
+
+def _save_checkpoint(
+    run: _Run, model: AttnOnlyTransformer, opt: torch.optim.AdamW, at: int
+) -> None:
+    """model.safetensors, then train_state.safetensors, each written atomically.
+
+    Only weights with a finite loss are written, so a divergence never replaces the last
+    good checkpoint (the train loss of step `at` is only seen at the next step). Every rank
+    checks (same weights, same batch), so all ranks stop together."""
+    held_out = evaluate(model, run.val[:1])
+    if not math.isfinite(held_out):
+        raise QkovError(
+            f"loss became {held_out} at step {at} (held-out batch): training stopped; the "
+            f"last good checkpoint in {run.out} is kept; lower --lr or --grad-clip and --resume"
+        )
+    if not run.dd.main:
+        return
+    # model.safetensors first: a directory that --resume accepts is always loadable.
+    try:
+        atomic_save_safetensors(
+            run.out / "model.safetensors",
+            model.weights(),
+            metadata={"format": "qkov", "step": str(at)},
+        )
+        atomic_save_safetensors(run.out / STATE, state_tensors(model, opt, at))
+    except OSError as e:  # the atomic writes left the previous files in place
+        raise QkovError(
+            f"cannot write the step {at} checkpoint to {run.out} ({e.strerror or e}): is the "
+            "disk full? free space, then --resume from the last complete checkpoint"
+        ) from None
+
+
+class _StepLog:
+    """After each step: a metrics.jsonl record every eval (or probe) interval, on rank 0;
+    progress on stderr: a tqdm bar on a terminal, else (a redirected run) one plain line
+    per eval interval."""
+
+    def __init__(
+        self, run: _Run, model: AttnOnlyTransformer, step: int, last: int, progress: bool
+    ) -> None:
+        self.run, self.model, self.last = run, model, last
+        self.probe = _probe_fn() if run.tc.probe_interval else None
+        self.tokens_per_step = run.tc.batch_size * run.cfg.n_ctx
+        shown = progress and run.dd.main
+        self.lines = shown and not sys.stderr.isatty()
+        self.bar = tqdm(
+            total=last,
+            initial=step,
+            disable=not shown or self.lines,
+            unit="step",
+            desc=f"train {run.out.name}",
+            dynamic_ncols=True,
+        )
+        self.file = open(run.out / METRICS if run.dd.main else os.devnull, "a", encoding="utf-8")
+        self.t_last, self.tokens_since = time.perf_counter(), 0
+
+    def __enter__(self) -> _StepLog:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.close()
+        self.file.close()
+
+    def step(self, step: int, loss_value: float, lr: float) -> None:
+        tc = self.run.tc
+        self.bar.update(1)
+        self.tokens_since += self.tokens_per_step
+        logged = step % tc.eval_interval == 0 or step == self.last
+        probed = self.probe is not None and step % tc.probe_interval == 0
+        if not (self.run.dd.main and (logged or probed)):
             return
-        # model.safetensors first: a directory that --resume accepts is always loadable.
-        try:
-            atomic_save_safetensors(
-                out / "model.safetensors",
-                model.weights(),
-                metadata={"format": "qkov", "step": str(at)},
+        rec: dict[str, Any] = {
+            "step": step,
+            "tokens": step * self.tokens_per_step,
+            "train_loss": round(loss_value, 5),
+            "lr": lr,
+            "tokens_per_s": round(self.tokens_since / (time.perf_counter() - self.t_last), 1),
+        }
+        if logged:
+            rec["val_loss"] = round(evaluate(self.model, self.run.val), 5)
+        if probed:
+            self.model.eval()
+            # A score with no head to measure (0 layers) is NaN: leave it out.
+            scores = {k: float(v) for k, v in self.probe(self.model).items()}
+            rec.update({k: round(v, 5) for k, v in scores.items() if math.isfinite(v)})
+            self.model.train()
+        self.file.write(json.dumps(rec) + "\n")
+        self.file.flush()
+        self.bar.set_postfix(
+            loss=f"{loss_value:.3f}",
+            val=rec.get("val_loss", "-"),
+            tok_s=f"{rec['tokens_per_s']:.0f}",
+        )
+        if self.lines and logged:
+            print(
+                f"train {self.run.out.name}: step {step}/{self.last}, {rec['tokens']:,} tokens, "
+                f"train loss {loss_value:.4f}, val loss {rec['val_loss']:.4f}, "
+                f"{rec['tokens_per_s']:,.0f} tokens/s",
+                file=sys.stderr,
+                flush=True,
             )
-            atomic_save_safetensors(state_path, state_tensors(model, opt, at))
-        except OSError as e:  # the atomic writes left the previous files in place
-            raise QkovError(
-                f"cannot write the step {at} checkpoint to {out} ({e.strerror or e}): is the "
-                "disk full? free space, then --resume from the last complete checkpoint"
-            ) from None
-
-    bar = tqdm(
-        total=last,
-        initial=step,
-        disable=not (progress and dd.main) or None,
-        unit="step",
-        desc=f"train {out.name}",
-        dynamic_ncols=True,
-    )
-    t_last, tokens_since = time.perf_counter(), 0
-    model.train()
-    fwd = distributed.wrap(model, dd)  # DDP under torchrun: averages gradients over ranks
-    mpath = metrics_path if dd.main else os.devnull
-    with open(mpath, "a", encoding="utf-8") as mf, _StopFlag() as stop:
-        while step < last:
-            batch = data.train_batch(step, tc.batch_size, model_cfg.n_ctx, tc.seed)
-            batch = distributed.share(batch, dd).to(device)  # this rank's rows
-            lr = tc.lr_at(step)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                loss = fwd(batch[:, :-1], batch[:, 1:])  # fused unembed + loss
-            # Mean over ranks (same on all), and whether any rank was asked to stop.
-            loss_value, stopping = distributed.mean_and_any(
-                loss.item(), stop.signum is not None, dd
-            )
-            if not math.isfinite(loss_value):
-                raise QkovError(
-                    f"loss became {loss_value} at step {step}: training stopped; the last good "
-                    f"checkpoint in {out} is kept; lower --lr or --grad-clip and --resume"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            opt.step()
-            step += 1
-            tokens_since += tokens_per_step
-            bar.update(1)
-            logged = step % tc.eval_interval == 0 or step == last
-            if dd.main and (logged or (probe and step % tc.probe_interval == 0)):
-                now = time.perf_counter()
-                rec: dict[str, Any] = {
-                    "step": step,
-                    "tokens": step * tokens_per_step,
-                    "train_loss": round(loss_value, 5),
-                    "lr": lr,
-                    "tokens_per_s": round(tokens_since / (now - t_last), 1),
-                }
-                if logged:
-                    rec["val_loss"] = round(evaluate(model, val), 5)
-                if probe and step % tc.probe_interval == 0:
-                    model.eval()
-                    # A score with no head to measure (0 layers) is NaN: leave it out.
-                    rec.update(
-                        {
-                            k: round(float(v), 5)
-                            for k, v in probe(model).items()
-                            if math.isfinite(float(v))
-                        }
-                    )
-                    model.train()
-                mf.write(json.dumps(rec) + "\n")
-                mf.flush()
-                bar.set_postfix(
-                    loss=f"{loss_value:.3f}",
-                    val=rec.get("val_loss", "-"),
-                    tok_s=f"{rec['tokens_per_s']:.0f}",
-                )
-                t_last, tokens_since = time.perf_counter(), 0
-            if step % tc.ckpt_interval == 0 or step == last:
-                checkpoint(step)
-            if stopping:
-                checkpoint(step)
-                bar.close()
-                # Another rank may have been the one signalled: report SIGTERM then.
-                raise TrainingInterrupted(stop.signum or signal.SIGTERM)
-    bar.close()
-    distributed.teardown(dd)
-    return model
+        self.t_last, self.tokens_since = time.perf_counter(), 0
 
 
 def _init_weights(path: str, model_cfg: ModelConfig | None) -> AttnOnlyTransformer:

@@ -1,4 +1,7 @@
-"""`qkov train`: train an attention-only model on a corpus into a run directory."""
+"""`qkov train`: train an attention-only model on a corpus into a run directory.
+
+The model and training flags are made from ModelConfig's and TrainConfig's fields
+(qkov.cli.flags), so their defaults live only in those dataclasses."""
 
 from __future__ import annotations
 
@@ -7,78 +10,69 @@ import json
 import sys
 from pathlib import Path
 
-from qkov.config import NORMALIZATIONS, POSITIONAL_MODES
+from qkov.cli.flags import add_dataclass_flags, dataclass_values
+from qkov.config import NORMALIZATIONS, POSITIONAL_MODES, ModelConfig
+
+MODEL_HELP = {
+    "n_layers": "attention layers (0: a bigram model)",
+    "n_heads": "heads per layer",
+    "d_model": "width of the residual stream",
+    "d_head": "width of each head (default: d_model / n_heads)",
+    "n_ctx": "context length in tokens",
+    "d_vocab": "BPE vocabulary size (= d_vocab of the model)",
+    "positional": "shortformer: W_pos enters only queries and keys (the paper's); standard: "
+    "added to the residual stream; none",
+    "normalization": "none (the paper's analysed form) or rms: a weightless RMS norm on the "
+    "inputs of the heads and the unembedding",
+    "init_std": "std of the initial weights (W_O is scaled by 1/sqrt(2 n_layers))",
+    "pos_init_std": "std of the initial W_pos (default: --init-std); with --normalization rms "
+    "the normalised stream has RMS 1, so a W_pos of std ~0.02 starts 50x weaker than tokens",
+}
+TRAIN_HELP = {
+    "corpus": "stdlib, induction-task, repeated-random, or text files/folders/globs",
+    "batch_size": "sequences per step (the global batch under torchrun)",
+    "lr": "peak learning rate of AdamW",
+    "warmup": "steps of linear warmup",
+    "min_lr_ratio": "the cosine schedule ends at this fraction of --lr (1: constant lr after "
+    "warmup)",
+    "weight_decay": "AdamW weight decay",
+    "grad_clip": "clip the gradient norm to this",
+    "eval_interval": "log train and held-out loss every N steps",
+    "eval_batches": "held-out batches per evaluation",
+    "ckpt_interval": "write a checkpoint every N steps",
+    "probe_interval": "log induction / previous-token / ICL scores every N steps (0: off)",
+    "seed": "seed of the initial weights and of the batches",
+    "device": "cpu or cuda",
+}
+# Flags of TrainConfig fields written by hand below: steps has no default on --resume.
+BY_HAND = ("steps", "init_from")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from qkov.train import TrainConfig
+
     p = sub.add_parser(
         "train",
         help="train an attention-only model",
         description="Train an attention-only transformer; checkpoints go to --out.",
     )
     m = p.add_argument_group("model (ignored with --resume and --init-from)")
-    m.add_argument("--n-layers", type=int, default=2)
-    m.add_argument("--n-heads", type=int, default=4)
-    m.add_argument("--d-model", type=int, default=128)
-    m.add_argument("--d-head", type=int, default=None, help="default: d_model / n_heads")
-    m.add_argument("--n-ctx", type=int, default=256)
-    m.add_argument(
-        "--vocab-size", type=int, default=4096, help="BPE vocabulary size (= d_vocab of the model)"
-    )
-    m.add_argument("--positional", choices=POSITIONAL_MODES, default="shortformer")
-    m.add_argument(
-        "--normalization",
-        choices=NORMALIZATIONS,
-        default="none",
-        help="none (the paper's analysed form) or rms: a weightless RMS norm on the inputs "
-        "of the heads and the unembedding",
-    )
-    m.add_argument(
-        "--init-std",
-        type=float,
-        default=None,
-        help="std of the initial weights (default 0.02; W_O is scaled by 1/sqrt(2 n_layers))",
-    )
-    m.add_argument(
-        "--pos-init-std",
-        type=float,
-        default=None,
-        help="std of the initial W_pos (default: --init-std); with --normalization rms the "
-        "normalised stream has RMS 1, so a W_pos of std ~0.02 starts 50x weaker than tokens",
+    add_dataclass_flags(
+        m,
+        ModelConfig,
+        help=MODEL_HELP,
+        flags={"d_vocab": "--vocab-size"},
+        choices={"positional": POSITIONAL_MODES, "normalization": NORMALIZATIONS},
+        skip=("seed",),  # --seed is TrainConfig's, and seeds both
     )
     t = p.add_argument_group("training")
-    t.add_argument(
-        "--corpus",
-        default="stdlib",
-        help="stdlib (default), induction-task, repeated-random, or text files/folders/globs",
-    )
     t.add_argument(
         "--steps",
         type=int,
         default=None,
-        help="total steps (default 1500; with --resume: the run's own, or more)",
+        help=f"total steps (default: {TrainConfig.steps}; with --resume: the run's own, or more)",
     )
-    t.add_argument("--batch-size", type=int, default=16)
-    t.add_argument("--lr", type=float, default=3e-3)
-    t.add_argument("--warmup", type=int, default=100)
-    t.add_argument(
-        "--min-lr-ratio",
-        type=float,
-        default=0.1,
-        help="the cosine schedule ends at this fraction of --lr (1: constant lr after warmup)",
-    )
-    t.add_argument("--weight-decay", type=float, default=0.01)
-    t.add_argument("--grad-clip", type=float, default=1.0)
-    t.add_argument("--eval-interval", type=int, default=100)
-    t.add_argument("--ckpt-interval", type=int, default=250)
-    t.add_argument(
-        "--probe-interval",
-        type=int,
-        default=0,
-        help="log induction / previous-token / ICL scores every N steps (0: off)",
-    )
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_dataclass_flags(t, TrainConfig, help=TRAIN_HELP, skip=BY_HAND)
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument(
@@ -88,48 +82,28 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="start from the weights of this model directory (its config; a fresh optimizer "
         "and schedule): fine-tuning, or a second stage of training",
     )
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="print no progress on stderr (by default a bar on a terminal, else one line per "
+        "--eval-interval)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from qkov.config import ModelConfig
-    from qkov.train import TrainConfig, TrainingInterrupted, train
+    from qkov.metrics import last_record
+    from qkov.train import TrainConfig, TrainingInterrupted, resume_config, train
 
-    steps = args.steps
-    if steps is None:  # --resume without --steps keeps the run's schedule (train takes the max)
-        steps = 1 if args.resume else TrainConfig.steps
-    tc = TrainConfig(
-        corpus=args.corpus,
-        steps=steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        warmup=args.warmup,
-        min_lr_ratio=args.min_lr_ratio,
-        weight_decay=args.weight_decay,
-        grad_clip=args.grad_clip,
-        eval_interval=args.eval_interval,
-        ckpt_interval=args.ckpt_interval,
-        probe_interval=args.probe_interval,
-        seed=args.seed,
-        device=args.device,
-        init_from=args.init_from,
-    )
     cfg = None
-    if not (args.resume or args.init_from):
-        cfg = ModelConfig(
-            n_layers=args.n_layers,
-            n_heads=args.n_heads,
-            d_model=args.d_model,
-            d_head=args.d_head,
-            n_ctx=args.n_ctx,
-            d_vocab=args.vocab_size,
-            positional=args.positional,
-            normalization=args.normalization,
-            seed=args.seed,
-            **({} if args.init_std is None else {"init_std": args.init_std}),
-            pos_init_std=args.pos_init_std,
-        )
+    if args.resume:  # the run's own configs: only --steps (if more) and --device are taken
+        tc = resume_config(args.out, args.steps, args.device)
+    else:
+        steps = {} if args.steps is None else {"steps": args.steps}
+        values = dataclass_values(args, TrainConfig, skip=BY_HAND)
+        tc = TrainConfig(**values, **steps, init_from=args.init_from)
+        if args.init_from is None:  # else the config comes from --init-from
+            cfg = ModelConfig(**dataclass_values(args, ModelConfig, skip=("seed",)), seed=args.seed)
     try:
         train(cfg, tc, args.out, resume=args.resume, progress=not args.no_progress)
     except TrainingInterrupted as e:
@@ -137,17 +111,6 @@ def run(args: argparse.Namespace) -> int:
             f"interrupted: checkpoint saved in {args.out}; continue with --resume", file=sys.stderr
         )
         return 128 + int(e.signum)  # the shell convention: 130 for SIGINT, 143 for SIGTERM
-    last = _last_metrics(Path(args.out) / "metrics.jsonl")
+    last = last_record(Path(args.out) / "metrics.jsonl") or {}
     print(f"trained {args.out}: " + json.dumps(last))
     return 0
-
-
-def _last_metrics(path: Path) -> dict:
-    last: dict = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                last = json.loads(line)
-            except json.JSONDecodeError:
-                pass
-    return last

@@ -43,6 +43,11 @@ class TokenStream:
     def d_vocab(self) -> int:
         return self.tokenizer.get_vocab_size()
 
+    def token_counts(self) -> np.ndarray:
+        """[d_vocab] int64: how often each token id occurs in the train stream (what the
+        model was trained on; the validation split is not counted)."""
+        return np.bincount(np.asarray(self.train), minlength=self.d_vocab).astype(np.int64)
+
     def _windows(self, stream: np.ndarray, starts: np.ndarray, n: int) -> torch.Tensor:
         idx = starts[:, None] + np.arange(n + 1)[None, :]
         return torch.from_numpy(stream[idx].astype(np.int64))

@@ -1,0 +1,73 @@
+"""Command-line flags made from a config dataclass's fields, so each default lives only in
+the dataclass (STYLE: "the same names on the CLI").
+
+    add_dataclass_flags(group, ModelConfig, help={"n_ctx": "context length"})
+    ModelConfig(**dataclass_values(args, ModelConfig))
+
+Field `d_model` becomes `--d-model` (dest `d_model`), typed from its annotation (int,
+float, str, or one of them | None) with the field's default, shown in --help as
+"(default: ...)". A field whose default is None has no value to show: its help text says
+what None means, e.g. "(default: d_model / n_heads)"."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Collection, Mapping
+from typing import Any
+
+_TYPES = (int, float, str)
+
+
+def _flag_type(cls: type, name: str) -> type:
+    """int, float or str from an annotation such as `int`, `float | None`."""
+    hint = typing.get_type_hints(cls)[name]
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    kinds = [a for a in args if a is not type(None)]
+    if len(kinds) != 1 or kinds[0] not in _TYPES:
+        raise TypeError(f"{cls.__name__}.{name}: a flag needs an int, float or str field")
+    return kinds[0]
+
+
+def add_dataclass_flags(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cls: type,
+    *,
+    help: Mapping[str, str] | None = None,
+    flags: Mapping[str, str] | None = None,
+    choices: Mapping[str, Collection[str]] | None = None,
+    skip: Collection[str] = (),
+) -> None:
+    """Add one `--field-name` flag per field of dataclass `cls` (except `skip`).
+
+    help: text per field; flags: another flag name for a field (`{"d_vocab": "--vocab-size"}`;
+    the value still lands in `args.d_vocab`); choices: the allowed values of a field."""
+    help, flags, choices = help or {}, flags or {}, choices or {}
+    for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
+        default = field.default
+        if default is dataclasses.MISSING:
+            raise TypeError(f"{cls.__name__}.{field.name} has no default to give its flag")
+        text = help.get(field.name, "").replace("%", "%%")
+        if default is not None:
+            text = f"{text} (default: {default})".strip()
+        flag = flags.get(field.name, "--" + field.name.replace("_", "-"))
+        parser.add_argument(
+            flag,
+            dest=field.name,
+            metavar=None if field.name in choices else flag.lstrip("-").upper().replace("-", "_"),
+            type=_flag_type(cls, field.name),
+            default=default,
+            choices=choices.get(field.name),
+            help=text or None,
+        )
+
+
+def dataclass_values(
+    args: argparse.Namespace, cls: type, skip: Collection[str] = ()
+) -> dict[str, Any]:
+    """{field: value} of the flags `add_dataclass_flags` added for `cls`: `cls(**values)`."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name not in skip}

@@ -1,0 +1,56 @@
+"""The resumable state of a run: train_state.safetensors holds the weights, the AdamW
+moments and step counts, and the step, so `--resume` continues bit-exactly on CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from qkov.checkpoint import load_safetensors
+from qkov.errors import QkovError
+from qkov.model import WEIGHT_NAMES, AttnOnlyTransformer
+
+STATE = "train_state.safetensors"
+
+
+def _trainable_names(model: AttnOnlyTransformer) -> list[str]:
+    return [n for n in WEIGHT_NAMES if getattr(model, n).requires_grad]
+
+
+def state_tensors(model: AttnOnlyTransformer, opt: torch.optim.AdamW, step: int) -> dict:
+    """Everything needed to resume: weights, AdamW moments and step counts, the step."""
+    out = {f"model.{k}": v for k, v in model.weights().items()}
+    for name in _trainable_names(model):
+        st = opt.state.get(getattr(model, name), {})
+        if st:
+            out[f"adam.{name}.exp_avg"] = st["exp_avg"]
+            out[f"adam.{name}.exp_avg_sq"] = st["exp_avg_sq"]
+            out[f"adam.{name}.step"] = torch.as_tensor(st["step"], dtype=torch.float64).reshape(1)
+    out["step"] = torch.tensor([step], dtype=torch.int64)
+    return out
+
+
+def restore_state(model: AttnOnlyTransformer, opt: torch.optim.AdamW, path: Path) -> int:
+    """Load train_state.safetensors into model and optimizer; returns the step."""
+    st = load_safetensors(path)
+    if "step" not in st:
+        raise QkovError(f"{path} has no step: it is not a qkov train state; retrain or remove it")
+    model.load_weights(
+        {k[len("model.") :]: v for k, v in st.items() if k.startswith("model.")}, source=str(path)
+    )
+    for name in _trainable_names(model):
+        p = getattr(model, name)
+        if f"adam.{name}.exp_avg" in st:
+            opt.state[p] = {
+                "step": torch.tensor(float(st[f"adam.{name}.step"].item())),
+                "exp_avg": st[f"adam.{name}.exp_avg"].to(p.device).clone(),
+                "exp_avg_sq": st[f"adam.{name}.exp_avg_sq"].to(p.device).clone(),
+            }
+    return int(st["step"].item())
+
+
+def remove_stale_temp_files(run_dir: Path) -> None:
+    """Delete the temp files of writes a kill interrupted (qkov.io names them .NAME.*.tmp)."""
+    for stale in Path(run_dir).glob(".*.tmp"):
+        stale.unlink(missing_ok=True)

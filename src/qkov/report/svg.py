@@ -223,17 +223,16 @@ def ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return [round(k * step, 12) for k in range(first, last + 1)]
 
 
-def y_range(values: Sequence[float], n: int = 5) -> tuple[float, float]:
-    """[lo, hi] covering every finite value, widened to round ticks (so no line touches or
-    leaves the frame); a constant series gets +-0.5 around its value."""
+def y_range(values: Sequence[float | None], pad: float = 0.04) -> tuple[float, float]:
+    """[lo, hi] covering every finite value with `pad` of the span to spare on each side (so
+    no line runs along the frame); a constant series gets +-0.5 around its value."""
     vals = [v for v in values if v is not None and math.isfinite(v)]
     if not vals:
         return 0.0, 1.0
     lo, hi = min(vals), max(vals)
     if hi == lo:
         return lo - 0.5, hi + 0.5
-    step = nice_step(lo, hi, n)
-    return math.floor(lo / step + 1e-9) * step, math.ceil(hi / step - 1e-9) * step
+    return lo - pad * (hi - lo), hi + pad * (hi - lo)
 
 
 def _tick_text(t: float, step: float) -> str:

@@ -1,12 +1,14 @@
 """The CLI as a user meets it: commands that work, and one clear line for mistakes."""
 
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 
-from qkov.cli import main
+from qkov import shipped
+from qkov.cli import COMMANDS, HelpFormatter, build_parser, main
 from tiny import tiny_train
 
 
@@ -26,7 +28,21 @@ def test_train_info_sample(run_dir, capsys):
     assert json.loads((run_dir / "config.json").read_text())["d_vocab"] == 300
     assert main(["info", str(run_dir)]) == 0
     out = capsys.readouterr().out
-    assert "n_layers    1" in out and "params" in out and '"step": 6' in out
+    assert "{" not in out  # key  value rows, not a raw JSON line
+    blocks = [[]]  # the config rows, then the last metrics record's rows
+    for line in out.splitlines()[1:]:
+        if line.startswith("  "):
+            blocks[-1].append(line)
+        else:
+            blocks.append([])
+    assert len(blocks) == 2 and all(blocks), out
+    for rows in blocks:  # each block's values start in one column
+        assert len({re.match(r"  \S+\s+", r).end() for r in rows}) == 1, rows
+    rows = dict(r.split(None, 1) for r in blocks[0] + blocks[1])
+    assert rows["n_layers"] == "1" and rows["params"][0].isdigit()
+    assert rows["tokenizer"] == "300 tokens" and rows["step"] == "6"
+    assert rows["tokens"].endswith(("k", "M")) or rows["tokens"].isdigit()
+    assert re.fullmatch(r"\d\.\d\de-\d\d", rows["lr"]), rows["lr"]
     assert main(["sample", str(run_dir), "--prompt", "def ", "--tokens", "5"]) == 0
     assert capsys.readouterr().out.startswith("def ")
 
@@ -70,7 +86,7 @@ def test_fine_tune_with_init_from(run_dir, tiny_corpus, tmp_path, capsys):
     assert saved["init_from"] == str(run_dir) and saved["min_lr_ratio"] == 1.0
     capsys.readouterr()
     assert main(["info", str(out)]) == 0
-    assert f"init_from   {run_dir}" in capsys.readouterr().out
+    assert re.search(rf"\n  init_from +{re.escape(str(run_dir))} ", capsys.readouterr().out)
 
 
 @pytest.mark.parametrize(
@@ -82,6 +98,9 @@ def test_fine_tune_with_init_from(run_dir, tiny_corpus, tmp_path, capsys):
         (["sample", "/nonexistent/run"], "does not exist"),
         (["train", "--out", "x", "--init-from", "/nonexistent/run"], "does not exist"),
         (["train", "--out", "x", "--min-lr-ratio", "2"], "--min-lr-ratio must be in [0, 1]"),
+        (["sample", str(shipped("attn0")), "--temperature", "-1"], "--temperature must be a"),
+        (["sample", str(shipped("attn0")), "--tokens", "0"], "(--tokens) must be positive"),
+        (["sample", str(shipped("attn0")), "--prompt", ""], "encodes to no tokens"),
     ],
 )
 def test_user_mistakes_get_one_line(args, words, tmp_path):
@@ -99,3 +118,80 @@ def test_help_lists_commands():
     assert proc.returncode == 0
     for cmd in ("train", "sample", "info"):
         assert cmd in proc.stdout
+
+
+def test_cli_parser_imports_no_torch():
+    """`qkov --help` must not pay for importing torch: every cli module imports it (and
+    anything that imports it) inside its run function."""
+    code = "import qkov.cli, sys; qkov.cli.build_parser(); print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if proc.stdout.strip() != "False":  # name the culprits: cli modules whose import or
+        # register() pulls torch in
+        code = (
+            "import argparse, importlib, sys; from qkov.cli import CommandParser; "
+            "sub = argparse.ArgumentParser().add_subparsers(parser_class=CommandParser); "
+            "importlib.import_module('qkov.cli.' + sys.argv[1]).register(sub); "
+            "print('torch' in sys.modules)"
+        )
+        culprits = [
+            name
+            for name in COMMANDS
+            if subprocess.run(
+                [sys.executable, "-c", code, name], capture_output=True, text=True
+            ).stdout.strip()
+            != "False"
+        ]
+        pytest.fail(f"importing the parser imports torch (cli modules: {culprits}) {proc.stderr}")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_subcommand_help_shows_every_default(command):
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
+    text = " ".join(sub.format_help().split())  # unwrapped
+    for action in sub._actions:
+        if not HelpFormatter._shows_default(action) or "default" in (action.help or ""):
+            continue
+        value = repr(action.default) if isinstance(action.default, str) else action.default
+        assert f"default: {value}" in text, (command, action.dest, text)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_subcommand_mistake_prints_that_subcommands_usage(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "X", "--foo"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: qkov {command} "), err
+    errors = [ln for ln in err.splitlines() if ": error: " in ln]
+    assert errors == [err.splitlines()[-1]] and errors[0].startswith(f"qkov {command}: error:")
+
+
+def test_sample_streams_and_stops_quietly_when_the_reader_goes():
+    """--tokens 100000 prints its text as it comes (not after minutes), and a reader that
+    stops reading (`| head`) ends it with status 141, no traceback."""
+    argv = [sys.executable, "-m", "qkov", "sample", str(shipped("attn2")), "--tokens", "100000"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        got = b""
+        while len(got) < 40:  # the prompt and a few generated tokens
+            chunk = proc.stdout.read1(4096)
+            assert chunk, proc.stderr.read().decode()
+            got += chunk
+        assert got.startswith(b"def ")
+        proc.stdout.close()
+        assert proc.wait(timeout=120) == 141
+        assert b"Traceback" not in proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_circuits_says_when_no_factoring_bug_is_found(run_dir, capsys):
+    """One skip-trigram per head cannot pair into a factoring bug: the command says so,
+    with the count in the right grammatical number."""
+    assert main(["circuits", str(run_dir), "-k", "1", "--bugs", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "top 1 skip-trigram:" in out and "top 1 skip-trigrams" not in out
+    assert out.count("no factoring bug") == 2  # one per head of the 1-layer, 2-head model
+    assert main(["circuits", str(run_dir), "-k", "1", "--bugs", "0"]) == 0
+    assert "no factoring bug" not in capsys.readouterr().out  # none asked for

@@ -6,11 +6,64 @@ Each subcommand lives in its own module here with `register(subparsers)`; it set
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
+import os
 import sys
 
 # Subcommand modules in the order `qkov --help` lists them.
 COMMANDS = ["demo", "train", "sample", "info", "analyze", "report", "circuits", "heads"]
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """'1 layer', '2 layers', '0 layers' (`many` for an irregular plural)."""
+    return f"{n:,} {word if n == 1 else many or word + 's'}"
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Help that ends each option with its default, unless the text already names one
+    (flags and options whose default is None have none to show)."""
+
+    @staticmethod
+    def _shows_default(action: argparse.Action) -> bool:
+        d = action.default
+        return bool(action.option_strings) and not (
+            d is None or d is argparse.SUPPRESS or isinstance(d, bool)
+        )
+
+    @staticmethod
+    def _default(action: argparse.Action) -> str:
+        # repr for text, so a default prompt "def " shows its trailing space
+        return "%(default)r" if isinstance(action.default, str) else "%(default)s"
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and self._shows_default(action):
+            action = copy.copy(action)  # an option without help text still shows its default
+            action.help = "default: " + self._default(action)
+        return super()._format_action(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if self._shows_default(action) and "default" not in text:
+            text += f" (default: {self._default(action)})"
+        return text
+
+
+class CommandParser(argparse.ArgumentParser):
+    """The parser of one subcommand: its help shows defaults, and a mistake in its
+    arguments prints its own usage (not `qkov`'s) and one error line, exit status 2."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(**kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        # The top-level parser collects what a subcommand did not recognise and reports it
+        # under the top-level usage; refuse it here, under this command's usage, instead.
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reverse-engineer attention-only transformers: train, take apart, report.",
     )
     parser.add_argument("--version", action="version", version=f"qkov {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
     for name in COMMANDS:
         importlib.import_module(f"qkov.cli.{name}").register(sub)
     return parser
@@ -45,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"qkov {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of stdout went away (`qkov sample ... | head`): stop quietly, and keep
+        # Python's flush at exit from raising again; 128 + SIGPIPE, as `yes | head` gives.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

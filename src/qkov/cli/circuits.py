@@ -35,8 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from qkov.checkpoint import load
     from qkov.circuits import ov_copying
+    from qkov.cli import plural
     from qkov.errors import QkovError
-    from qkov.io import atomic_write_text
+    from qkov.io import atomic_write_text, check_output_file
     from qkov.trigrams import factoring_bugs, skip_trigrams
 
     if args.top_k < 1:
@@ -47,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
         raise QkovError(f"--bugs must be >= 0, got {args.bugs}")
     if args.chunk_size is not None and args.chunk_size < 1:
         raise QkovError(f"--chunk-size must be >= 1, got {args.chunk_size}")
+    if args.json is not None:
+        check_output_file(args.json, "--json")  # before the work, not after it
     model = load(args.dir, device=args.device)
     cfg = model.cfg
     if cfg.n_layers == 0:
@@ -73,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         )
         note = " (direct path only)" if l > 0 else ""
         print(
-            f"\nL{l}H{h} top {len(trigrams)} skip-trigrams{note}: "
+            f"\nL{l}H{h} top {plural(len(trigrams), 'skip-trigram')}{note}: "
             "score = sigmoid(attention) * logit boost"
         )
         for i, t in enumerate(trigrams, 1):
@@ -81,6 +84,11 @@ def run(args: argparse.Namespace) -> int:
         bugs = factoring_bugs(model, l, h, trigrams=trigrams)[: args.bugs]
         for b in bugs:
             print(f"  bug: {b.first} & {b.second}\n       => {b.crossed}")
+        if args.bugs and not bugs:
+            print(
+                "  no factoring bug: no two of these skip-trigrams share a source token "
+                "with different destinations and outs"
+            )
         results.append(
             {
                 **copying[(l, h)].to_dict(),

@@ -4,38 +4,75 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="describe a checkpoint directory")
+    p = sub.add_parser(
+        "info",
+        help="describe a checkpoint directory",
+        description="Print a checkpoint's config, parameter count, tokenizer and the last "
+        "record of its metrics.jsonl.",
+    )
     p.add_argument("dir", help="checkpoint directory")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from qkov.checkpoint import load
+    from qkov.metrics import METRICS, last_record
 
     model = load(args.dir)
     cfg = model.cfg
-    print(f"{args.dir}")
-    for k, v in cfg.to_dict().items():
-        print(f"  {k:<11} {v}")
-    print(f"  {'params':<11} {cfg.n_params:,}")
+    rows = [(k, str(v)) for k, v in cfg.to_dict().items()]
+    rows.append(("params", f"{cfg.n_params:,}"))
     tok = model.tokenizer
-    print(f"  {'tokenizer':<11} {tok.get_vocab_size() if tok else 'none'}")
+    rows.append(("tokenizer", f"{tok.get_vocab_size():,} tokens" if tok else "none"))
     base = _init_from(Path(args.dir) / "train_config.json")
     if base:
-        print(f"  {'init_from':<11} {base} (fine-tuned from its weights)")
-    metrics = Path(args.dir) / "metrics.jsonl"
-    if metrics.is_file():
-        lines = [ln for ln in metrics.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        if lines:
-            try:
-                print("  last       " + json.dumps(json.loads(lines[-1])))
-            except json.JSONDecodeError:
-                print("  last        (metrics.jsonl ends in a torn line)")
+        rows.append(("init_from", f"{base} (fine-tuned from its weights)"))
+    print(args.dir)
+    _print_rows(rows)
+    last = last_record(Path(args.dir) / METRICS)
+    if last is not None:
+        print(f"last record of {METRICS}")
+        _print_rows([(k, readable(k, v)) for k, v in last.items()])
     return 0
+
+
+def _print_rows(rows: list[tuple[str, str]]) -> None:
+    """`key  value` rows, the values in one column."""
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"  {k:<{width}}  {v}")
+
+
+def readable(key: str, value: object) -> str:
+    """A metrics value in the units a reader wants: 65.5M tokens, 21.7k tokens/s, 3e-04."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return json.dumps(value)
+    if not math.isfinite(value):
+        return str(value)
+    if key == "step":
+        return f"{value:,}"
+    if key == "tokens":
+        return _si(value)
+    if key == "tokens_per_s":
+        return f"{_si(value)} tokens/s"
+    if key == "lr":
+        return f"{value:.2e}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+def _si(x: float) -> str:
+    """65536000 -> 65.5M; 21685.3 -> 21.7k; 512 -> 512."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:.1f}{suffix}"
+    return f"{x:g}"
 
 
 def _init_from(path: Path) -> str | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,9 +13,8 @@ from qkov.ablation import (
     ablate_orders,
     head_ablation_logits,
     icl_from_logits,
-    icl_positions,
     icl_score,
-    lm_loss,
+    icl_windows,
     order_logits,
     order_residuals,
     term_importance,
@@ -123,7 +124,11 @@ def test_term_importance_records_and_handbuilt_story():
     h = 15
     tokens = repeated_random_tokens(V, batch=8, half_len=h, seed=0)
     ti = term_importance(model, tokens)
-    assert ti.clean_loss == pytest.approx(lm_loss(model(tokens), tokens), abs=1e-5)
+    # The clean loss against a reference written out here: -log softmax at the next token.
+    with torch.no_grad():
+        logp = model(tokens)[:, :-1].log_softmax(-1)
+    reference = -logp.gather(-1, tokens[:, 1:, None]).mean()
+    assert ti.clean_loss == pytest.approx(float(reference), abs=1e-5)
     assert [o.n_terms for o in ti.orders] == [1, 4, 4]
     d = {o.order: o.delta for o in ti.orders}
     # The induction head moves tokens with its (order-1) value path; it reads L0H0 through
@@ -164,15 +169,18 @@ def test_ablation_errors():
 
 
 # ---------------------------------------------------------------------------- ICL
-def test_icl_positions_scale_the_sequel():
-    assert icl_positions(512) == (50, 500)
-    assert icl_positions(256) == (25, 250)
-    assert icl_positions(3) == (1, 2)
+def test_icl_windows_scale_the_sequel():
+    """Tokens 50 and 500 of the sequel's 512-token context, widened to windows of n/16."""
+    assert icl_windows(512) == ((34, 66), (480, 512))
+    assert icl_windows(256) == ((17, 33), (240, 256))
+    assert icl_windows(3) == ((1, 2), (2, 3))
     with pytest.raises(QkovError):
-        icl_positions(2)
+        icl_windows(2)
 
 
-def test_icl_score_and_loss_curve():
+def test_icl_score_windows_and_spread():
+    """Per sequence: mean loss over the late window minus over the early one; the score is
+    their mean over sequences, the stderr their standard deviation / sqrt(n)."""
     model = build_induction_model()
     tokens = repeated_random_tokens(V, batch=8, half_len=16, seed=2)
     res = icl_score(model, tokens)
@@ -180,11 +188,17 @@ def test_icl_score_and_loss_curve():
         logits = model(tokens)
     loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")
     torch.testing.assert_close(res.loss_by_position, loss.mean(0), **TOL)
-    assert (res.early, res.late) == icl_positions(32)
-    assert res.score == pytest.approx(res.loss_late - res.loss_early)
+    (a, b), (c, d) = res.early, res.late
+    assert (res.early, res.late) == icl_windows(32) and res.n_sequences == 8
+    per_seq = loss[:, c - 1 : d - 1].mean(1) - loss[:, a - 1 : b - 1].mean(1)
+    assert res.score == pytest.approx(float(per_seq.mean()), abs=1e-5)
+    assert res.stderr == pytest.approx(float(per_seq.std() / 8**0.5), abs=1e-5)
     assert res.loss_late < 0.01 and res.score < -2  # second half predicted in context
-    custom = icl_from_logits(logits, tokens, early=5, late=20)
+    custom = icl_from_logits(logits, tokens, early=(5, 6), late=(20, 22))
     assert custom.loss_early == pytest.approx(float(loss.mean(0)[4]), abs=1e-5)
+    assert custom.loss_late == pytest.approx(float(loss.mean(0)[19:21].mean()), abs=1e-5)
     with pytest.raises(QkovError):
-        icl_from_logits(logits, tokens, early=20, late=5)
+        icl_from_logits(logits, tokens, early=(5, 6), late=(20, 40))
+    one = icl_from_logits(logits[:1], tokens[:1])
+    assert math.isnan(one.stderr) and one.to_dict()["stderr"] is None  # JSON-safe
     assert len(res.to_dict()["loss_by_position"]) == 31

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from qkov.cli import main
-from qkov.cli.demo import SHIPPED, shipped_dirs
+from qkov.demo_models import DEMO_MODELS, NAMES, shipped
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +16,7 @@ def demo_out(tmp_path_factory):
 
 
 def test_shipped_models_have_their_training_record():
-    for d in shipped_dirs():
+    for d in map(shipped, NAMES):
         for f in (
             "config.json",
             "train_config.json",
@@ -26,31 +26,44 @@ def test_shipped_models_have_their_training_record():
             "versions.json",
         ):
             assert (d / f).is_file(), d / f
-    assert (SHIPPED / "TRAINING.md").is_file()
+    assert (DEMO_MODELS / "TRAINING.md").is_file()
 
 
 def test_demo_writes_report_and_losses_order_by_depth(demo_out):
+    """One evaluation set for the three models (the held-out stdlib documents), each loss
+    with the tokens it rests on; deeper models predict better."""
     analysis = json.loads((demo_out / "analysis.json").read_text())
-    losses = {m["name"]: m["loss"]["value"] for m in analysis["models"]}
+    models = {m["name"]: m for m in analysis["models"]}
+    assert list(models) == ["attn2", "attn1", "attn0"]
+    losses = {n: m["loss"]["value"] for n, m in models.items()}
     assert losses["attn0"] > losses["attn1"] > losses["attn2"]
+    evaluations = {json.dumps(m["evaluation"], sort_keys=True) for m in models.values()}
+    assert len(evaluations) == 1  # the same set for all three
+    ev = models["attn2"]["evaluation"]
+    assert ev["kind"] == "text" and "held-out" in ev["description"]
+    assert ev["n_sequences"] == 4 and models["attn2"]["loss"]["n_tokens"] == 4 * 255
     html = (demo_out / "report.html").read_text()
     assert "attn2" in html and "<svg" in html
-    main_model = analysis["models"][0]
-    assert main_model["name"] == "attn2" and len(main_model["heads"]) == 8
-    assert "held-out" in main_model["loss"]["source"]
+    assert len(models["attn2"]["heads"]) == 8
 
 
-def test_shipped_two_layer_model_has_induction_circuit(demo_out):
-    """The shipped 2-layer model: a layer-1 induction head (score >= 0.5 on the standard
-    probe) whose key reads (K-composition far above the random baseline) a layer-0
-    previous-token head, through a token-matching QK term."""
+def test_demo_reports_what_classify_heads_finds(demo_out):
+    """The report's heads and induction circuit are classify_heads' on the shipped model (no
+    threshold tuned to today's weights: the shipped numbers are facts in TRAINING.md)."""
+    from qkov import load
+    from qkov.heads import classify_heads
+
     main_model = json.loads((demo_out / "analysis.json").read_text())["models"][0]
-    circuits = main_model["induction_circuits"]
-    assert circuits, [h["role"] for h in main_model["heads"]]
-    best = max(circuits, key=lambda c: c["induction_score"])
-    assert best["induction_head"][0] == 1 and best["induction_score"] >= 0.5
-    assert best["partner_role"] == "previous_token" and best["previous_token_head"][0] == 0
-    assert best["k_composition_z"] > 3 and best["qk_term_eigenvalue_score"] > 0.9
+    cls = classify_heads(load(shipped("attn2")))
+    assert [h["label"] for h in main_model["heads"]] == [r.label for r in cls.records]
+    induction = cls.with_label("induction")
+    assert len(main_model["induction_circuits"]) == len(induction)
+    for c, r in zip(main_model["induction_circuits"], induction, strict=True):
+        top = r.k_composition[0]
+        assert c["induction_head"] == [r.layer, r.head]
+        assert c["previous_token_head"] == [top.layer, top.head]
+        assert c["induction_score"] == r.scores["induction"]
+        assert c["partner_label"] == cls.record(top.layer, top.head).label
 
 
 def test_retrain_runs_a_fine_tuned_model_after_its_base(tiny_corpus, tmp_path):
@@ -58,9 +71,9 @@ def test_retrain_runs_a_fine_tuned_model_after_its_base(tiny_corpus, tmp_path):
     run's record in base/): the base is trained first, into run_dir/base, then the stage
     from it; the training curve runs on across both stages."""
     from qkov import load
-    from qkov.analyze import read_metrics, training_history
-    from qkov.cli.demo import _retrain
     from qkov.config import ModelConfig
+    from qkov.demo_models import _retrain
+    from qkov.metrics import read_records, training_history
 
     cfg = ModelConfig(n_layers=1, n_heads=2, d_model=16, n_ctx=16, d_vocab=300)
     common = dict(
@@ -87,8 +100,10 @@ def test_retrain_runs_a_fine_tuned_model_after_its_base(tiny_corpus, tmp_path):
     saved = json.loads((run / "train_config.json").read_text())
     assert saved["init_from"] == str(run / "base")  # started from the run it just trained
     assert load(run).cfg == cfg
-    history, last_val = training_history(run)
-    own, _ = read_metrics(run / "metrics.jsonl")
-    assert [s for s, _ in history["series"]["val_loss"]] == [2, 4, 6, 8, 10]
-    assert history["series"]["val_loss"][3:] == [[s + 6, v] for s, v in own["series"]["val_loss"]]
-    assert last_val["step"] == 10
+    # The curve is in tokens seen; the stage's tokens count on from the base's last record.
+    history = training_history(run)
+    per_step = 2 * 16  # batch_size * n_ctx
+    own = [(r["tokens"], r["val_loss"]) for r in read_records(run / "metrics.jsonl")]
+    assert [x for x, _ in history["series"]["val_loss"]] == [per_step * s for s in (2, 4, 6, 8, 10)]
+    assert history["series"]["val_loss"][3:] == [[x + 6 * per_step, v] for x, v in own]
+    assert history["last_val_loss"]["tokens"] == 10 * per_step

@@ -2,7 +2,7 @@
 
 from qkov import AttnOnlyTransformer, ModelConfig
 from qkov.training_probe import training_probe
-from tests.test_heads import build_induction_model
+from test_heads import build_induction_model
 
 
 def test_training_probe_on_handbuilt_and_random():

@@ -1,15 +1,14 @@
 """`analyze`: run every analysis on one or more models and collect the analysis dict.
 
-A thin orchestrator: the numbers come from qkov.circuits, composition, heads, trigrams and
-ablation; this module only picks the inputs (sample text, evaluation tokens), converts the
-records to the analysis.json schema (qkov.report.schema) and writes analysis.json +
-report.html. `qkov demo` passes the 0-, 1- and 2-layer models as one list, so the report
-shows their losses side by side.
+An orchestrator: it picks the inputs (the evaluation set of `qkov.data.evaluation`, the
+sample text of the attention views), calls the library (circuits, heads, composition,
+trigrams, ablation, metrics) and converts the records to the analysis.json schema
+(qkov.report.schema, version 2). It computes nothing itself. `qkov demo` passes the 2-, 1-
+and 0-layer models as one list, so the report shows their losses side by side.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,20 +18,22 @@ import torch
 from torch import Tensor
 
 from qkov import __version__
-from qkov.ablation import lm_loss, term_importance
+from qkov.ablation import icl_score, term_importance
 from qkov.checkpoint import load
-from qkov.circuits import direct_path, eigenvalue_copying_score, ov_eigenvalues, qk_circuit
-from qkov.composition import composition_scores
+from qkov.circuits import qk_circuit, top_bigrams
+from qkov.data.evaluation import DEFAULT_SEQUENCES, EvaluationSet, evaluation_set
 from qkov.data.probes import repeated_random_tokens
 from qkov.data.tokenizer import decode_token
 from qkov.errors import QkovError
-from qkov.factored import FactoredMatrix
-from qkov.heads import classify_heads
-from qkov.training_probe import training_probe
-from qkov.io import atomic_write_text
+from qkov.heads import HeadClassification, HeadRecord, attention_patterns, classify_heads
+from qkov.heads import head_scores as score_heads
+from qkov.io import atomic_write_text, check_output_dir
+from qkov.loss import next_token_loss
+from qkov.metrics import phase_change, training_history
 from qkov.model import AttnOnlyTransformer
 from qkov.report import SCHEMA_VERSION, dumps, render_report
-from qkov.trigrams import skip_trigrams
+from qkov.training_probe import training_probe
+from qkov.trigrams import DEFAULT_MIN_COUNT, skip_trigrams
 
 ModelLike = str | Path | AttnOnlyTransformer
 
@@ -42,10 +43,8 @@ SAMPLE_TEXT = (
     "def mean(values):\n    total = sum(values)\n    return total / len(values)\n\n"
     "def mean(values):\n    total = sum(values)\n    return total / len(values)\n"
 )
-# Series of metrics.jsonl drawn as training curves (bookkeeping fields are left out).
-SKIP_METRICS = {"step", "tokens", "lr", "tokens_per_s"}
 MAX_SAMPLE_TOKENS = 48
-CHUNK_ELEMENTS = 2**22  # rows of the bigram table formed at once: 16 MiB of fp32
+_ORDER_NAMES = {0: "direct path", 1: "single heads", 2: "virtual heads"}
 
 
 def _log_stderr(msg: str) -> None:
@@ -55,108 +54,216 @@ def _log_stderr(msg: str) -> None:
 def analyze(
     models: ModelLike | Sequence[ModelLike],
     *,
-    extra_models: Sequence[ModelLike] = (),
     names: Sequence[str] | None = None,
     text: str | None = None,
-    eval_text: str | None = None,
-    eval_tokens: Tensor | None = None,
-    eval_source: str | None = None,
+    text_name: str = "the given text",
+    evaluation: EvaluationSet | None = None,
+    max_sequences: int = DEFAULT_SEQUENCES,
     n_bigrams: int = 20,
     n_trigrams: int = 8,
+    min_token_count: int | None = DEFAULT_MIN_COUNT,
     seed: int = 0,
     log: Callable[[str], None] | None = _log_stderr,
 ) -> dict[str, Any]:
     """The analysis dict (schema: qkov.report.schema) of one or more models.
 
-    models: a checkpoint dir, a model, or a list of them (first = main model); extra_models
-    are appended (e.g. the 0- and 1-layer models next to a 2-layer one). text: sample text for
-    the attention views (default SAMPLE_TEXT). Loss and term importance use eval_tokens
-    [batch, pos] if given, else eval_text (or the sample text) encoded with each model's
-    tokenizer, else a seeded repeated-random-token batch for models without a tokenizer.
-    eval_source: words for where eval_tokens came from, shown in the report."""
+    models: a checkpoint dir, a model, or a list of them (first = main model). text: a text
+    to evaluate on and to show in the attention views (named text_name); without it each
+    model's evaluation set is the held-out documents of its training corpus, or the
+    random-token probe for a model without a text corpus (`qkov.data.evaluation`), and the
+    attention views show SAMPLE_TEXT; at most max_sequences sequences. evaluation: one set
+    for every model instead.
+    min_token_count: skip-trigrams rank only tokens seen that often in training (where the
+    run recorded token counts); None ranks all tokens."""
     items = list(models) if isinstance(models, (list, tuple)) else [models]
-    items += list(extra_models)
     if not items:
         raise QkovError("analyze needs at least one model or checkpoint directory")
     if names is not None and len(names) != len(items):
         raise QkovError(f"got {len(names)} names for {len(items)} models: pass one per model")
     records = []
     for i, item in enumerate(items):
-        model, source = (
-            (item, None) if isinstance(item, AttnOnlyTransformer) else (load(item), str(item))
+        in_memory = isinstance(item, AttnOnlyTransformer)
+        model = item if in_memory else load(item)
+        checkpoint = None if in_memory else str(item)
+        name = names[i] if names else (Path(item).name if checkpoint else f"{i}")
+        ev = evaluation or evaluation_set(
+            model,
+            checkpoint,
+            text=text,
+            text_name=text_name,
+            max_sequences=max_sequences,
+            seed=seed,
         )
-        name = names[i] if names else (Path(source).name if source else f"{model.cfg.n_layers}L")
         if log:
-            log(f"analyzing {name} ({model.cfg.n_layers} layers x {model.cfg.n_heads} heads)")
+            log(f"analyzing {name} ({_layers(model.cfg.n_layers)} x {model.cfg.n_heads} heads)")
         with torch.no_grad():
             records.append(
                 analyze_model(
                     model,
                     name=name,
-                    source=source,
-                    text=text,
-                    eval_text=eval_text,
-                    eval_tokens=eval_tokens,
-                    eval_source=eval_source,
+                    checkpoint=checkpoint,
+                    evaluation=ev,
+                    sample_text=text or SAMPLE_TEXT,
                     n_bigrams=n_bigrams,
                     n_trigrams=n_trigrams,
+                    min_token_count=min_token_count,
                     seed=seed,
                 )
             )
+    evaluations = {r["evaluation"]["description"] for r in records}
+    if log and len(evaluations) > 1:
+        log(
+            "note: the models were evaluated on different sets, so their losses are not "
+            "comparable: "
+            + "; ".join(f"{r['name']}: {r['evaluation']['description']}" for r in records)
+        )
     return {"schema_version": SCHEMA_VERSION, "generator": f"qkov {__version__}", "models": records}
+
+
+def _layers(n: int) -> str:
+    return f"{n} layer" + ("" if n == 1 else "s")
 
 
 def analyze_model(
     model: AttnOnlyTransformer,
     *,
     name: str,
-    source: str | None = None,
-    text: str | None = None,
-    eval_text: str | None = None,
-    eval_tokens: Tensor | None = None,
-    eval_source: str | None = None,
+    evaluation: EvaluationSet,
+    checkpoint: str | None = None,
+    sample_text: str = SAMPLE_TEXT,
     n_bigrams: int = 20,
     n_trigrams: int = 8,
+    min_token_count: int | None = DEFAULT_MIN_COUNT,
     seed: int = 0,
 ) -> dict[str, Any]:
     """One MODEL record of the analysis dict (see qkov.report.schema)."""
     model.eval()
-    cfg = model.cfg
-    tok = model.tokenizer
+    cfg, tok = model.cfg, model.tokenizer
+    tokens = model.check_tokens(evaluation.tokens)
+    loss = float(next_token_loss(model(tokens), tokens))
     rec: dict[str, Any] = {
         "name": name,
-        "source": source,
+        "checkpoint": checkpoint,
         "config": cfg.to_dict(),
         "n_params": cfg.n_params,
         "tokenizer": {"vocab_size": tok.get_vocab_size()} if tok is not None else None,
+        "evaluation": evaluation.to_dict(),
+        "loss": {"value": loss, "n_tokens": evaluation.n_tokens},
+        "bigrams": top_bigrams(model, n_bigrams),
         "not_computed": {},
     }
-    tokens, source_note = _eval_tokens(model, eval_tokens, eval_text or text or SAMPLE_TEXT, seed)
-    eval_source = f"{eval_source} ({source_note})" if eval_source else source_note
-    rec["loss"] = {
-        "value": lm_loss(model(tokens), tokens),
-        "tokens": tokens[:, 1:].numel(),
-        "source": eval_source,
-    }
-    rec["bigrams"] = top_bigrams(model, n_bigrams)
-    if source:
-        rec["training"], rec["val_loss"] = training_history(Path(source))
-    else:
-        rec["not_computed"]["training"] = "model given in memory (no metrics.jsonl)"
+    _training(rec, checkpoint)
+    # A 0-layer model sees only the current token: its ICL score is the baseline that
+    # token statistics alone give (early and late windows hold different tokens).
+    icl = icl_score(model, tokens).to_dict()
+    rec["icl"] = {k: icl[k] for k in ("score", "stderr", "early", "late", "n_sequences")}
     if cfg.n_layers == 0:
         return rec
-    rec["attention"] = sample_attention(model, text or SAMPLE_TEXT, seed)
+    rec["probe_icl_score"] = training_probe(model, seed=seed)["probe_icl_score"]
+    rec["attention"] = _attention(model, sample_text, seed)
     cls = classify_heads(model, seed=seed)
-    rec["heads"] = [_head(model, r, n_trigrams) for r in cls.records]
-    rec["induction_circuits"] = [
-        _circuit(r, cls) for r in cls.records if r.label == "induction" and r.k_composition
-    ]
-    if cfg.n_layers >= 2:
-        comp = composition_scores(model, seed=seed).to_dict()
+    text_scores = score_heads(model, tokens).to_dict() if evaluation.kind == "text" else None
+    keep = _token_filter(rec, model, min_token_count)
+    rec["heads"] = [_head(model, r, text_scores, n_trigrams, keep) for r in cls.records]
+    rec["induction_circuits"] = _induction_circuits(cls)
+    if cls.composition is not None:
+        comp = cls.composition.to_dict()
         rec["composition"] = {k: comp[k] for k in "qkv"} | {
             "baseline": comp["baseline_mean"],
             "baseline_std": comp["baseline_std"],
         }
+    rec["term_importance"] = _term_importance(model, tokens)
+    return rec
+
+
+def _training(rec: dict[str, Any], checkpoint: str | None) -> None:
+    """The training curves (in tokens seen) and where the induction head formed."""
+    history = training_history(checkpoint) if checkpoint else None
+    if history is None:
+        rec["not_computed"]["training"] = (
+            "model given in memory" if checkpoint is None else "no metrics.jsonl in the checkpoint"
+        )
+        return
+    rec["training"] = history
+    rec["phase_change"] = phase_change(history)
+
+
+def _token_filter(
+    rec: dict[str, Any], model: AttnOnlyTransformer, min_count: int | None
+) -> int | None:
+    """The minimum count skip-trigrams are ranked with (None: all tokens), recorded."""
+    counts = getattr(model, "token_counts", None)  # token_counts.json of the run
+    if not min_count or counts is None:
+        rec["token_filter"] = None
+        why = "no token counts recorded with this run" if counts is None else "asked for all"
+        rec["not_computed"]["token_filter"] = f"all tokens ranked ({why})"
+        return None
+    rec["token_filter"] = {
+        "min_count": min_count,
+        "n_kept": int((counts >= min_count).sum()),
+        "n_tokens": int(counts.numel()),
+    }
+    return min_count
+
+
+def _head(
+    model: AttnOnlyTransformer,
+    r: HeadRecord,
+    text_scores: dict[str, Any] | None,
+    n_trigrams: int,
+    min_count: int | None,
+) -> dict[str, Any]:
+    """A HEAD record: label and scores from classify_heads, spectra and skip-trigrams."""
+    trig = skip_trigrams(model, r.layer, r.head, k=n_trigrams, per_source=2, min_count=min_count)
+    return {
+        "layer": r.layer,
+        "head": r.head,
+        "label": r.label,
+        "decided_by": r.decided_by,
+        "threshold": r.threshold,
+        "scores": r.to_dict()["scores"],
+        "text_scores": (
+            {k: text_scores[k][r.layer][r.head] for k in r.scores} if text_scores else None
+        ),
+        "ov_eigenvalue_score": r.to_dict()["ov_eigenvalue_score"],
+        "ov_eigenvalues": r.to_dict()["ov_eigenvalues"],
+        "qk_eigenvalues": _complex_pairs(qk_circuit(model, r.layer, r.head).eigenvalues),
+        "skip_trigrams": [
+            {
+                "source": t.source_str,
+                "destination": t.destination_str,
+                "out": t.out_str,
+                "score": t.score,
+            }
+            for t in trig
+        ],
+    }
+
+
+def _induction_circuits(cls: HeadClassification) -> list[dict[str, Any]]:
+    """Each induction head and the earlier head its key reads most (K-composition)."""
+    out = []
+    for r in cls.with_label("induction"):
+        if not r.k_composition:
+            continue
+        top = r.k_composition[0]
+        partner = cls.record(top.layer, top.head)
+        out.append(
+            {
+                "previous_token_head": [top.layer, top.head],
+                "induction_head": [r.layer, r.head],
+                "k_composition": top.score,
+                "k_composition_z": top.z,
+                "partner_label": partner.label,
+                "previous_token_score": partner.scores.get("previous_token"),
+                "induction_score": r.scores.get("induction"),
+                "qk_term_eigenvalue_score": r.qk_term_eigenvalue_score,
+            }
+        )
+    return out
+
+
+def _term_importance(model: AttnOnlyTransformer, tokens: Tensor) -> dict[str, Any]:
     ti = term_importance(model, tokens)
     terms = [
         {
@@ -173,58 +280,27 @@ def analyze_model(
         {"term": f"{h.name} knocked out", "kind": "head", "order": 1, "loss_increase": h.zero_delta}
         for h in ti.heads
     ]
-    rec["term_importance"] = {
-        "clean_loss": ti.clean_loss,
-        "mode": ti.mode,
-        "n_tokens": ti.n_tokens,
-        "source": eval_source,
-        "terms": terms,
-    }
-    rec["icl_score"] = training_probe(model, seed=seed)["probe_icl_score"]
-    return rec
+    return {"clean_loss": ti.clean_loss, "mode": ti.mode, "n_tokens": ti.n_tokens, "terms": terms}
 
 
-_ORDER_NAMES = {0: "direct path", 1: "single heads", 2: "virtual heads"}
-
-
-def _head(model: AttnOnlyTransformer, r: Any, n_trigrams: int) -> dict[str, Any]:
-    """A HEAD record: scores and label from classify_heads, spectra and skip-trigrams."""
-    ov = ov_eigenvalues(model, r.layer, r.head)
-    qk = qk_circuit(model, r.layer, r.head).eigenvalues
-    trig = skip_trigrams(model, r.layer, r.head, k=n_trigrams, per_source=2)
+def _attention(model: AttnOnlyTransformer, text: str, seed: int) -> dict[str, Any]:
+    """The attention views: patterns on the first tokens of `text` (or, without a tokenizer,
+    on one repeated random sequence)."""
+    n_max = min(MAX_SAMPLE_TOKENS, model.cfg.n_ctx)
+    ids = model.tokenizer.encode(text).ids[:n_max] if model.tokenizer is not None else []
+    what = "sample text" if text == SAMPLE_TEXT else "the given text"
+    if not ids:
+        half = max(2, n_max // 2)
+        ids = repeated_random_tokens(model.cfg.d_vocab, 1, half, seed)[0].tolist()[:n_max]
+        what = f"repeated random tokens (seed {seed})"
+    patterns = attention_patterns(model, torch.tensor([ids]))[:, 0]  # [layer, head, dest, src]
     return {
-        "layer": r.layer,
-        "head": r.head,
-        "role": r.label.replace("-", "_"),
-        "scores": {f"{k}_score": v for k, v in r.scores.items()},
-        "copying": eigenvalue_copying_score(ov),
-        "ov_eigenvalues": _complex_pairs(ov),
-        "qk_eigenvalues": _complex_pairs(qk),
-        "skip_trigrams": [
-            {
-                "source": t.source_str,
-                "destination": t.destination_str,
-                "out": t.out_str,
-                "score": t.score,
-            }
-            for t in trig
+        "tokens": [decode_token(model.tokenizer, i) for i in ids],
+        "patterns": [
+            [[[round(x, 4) for x in row] for row in head] for head in layer]
+            for layer in patterns.tolist()
         ],
-    }
-
-
-def _circuit(r: Any, cls: Any) -> dict[str, Any]:
-    """An induction head and the earlier head its key reads most (K-composition)."""
-    top = r.k_composition[0]
-    partner = cls.record(top.layer, top.head)
-    return {
-        "previous_token_head": [top.layer, top.head],
-        "induction_head": [r.layer, r.head],
-        "k_composition": top.score,
-        "k_composition_z": top.z,
-        "partner_role": partner.label.replace("-", "_"),  # as the heads' "role"
-        "previous_token_score": partner.scores.get("previous_token"),
-        "induction_score": r.scores.get("induction"),
-        "qk_term_eigenvalue_score": r.qk_term_eigenvalue_score,
+        "text": what,
     }
 
 
@@ -232,137 +308,9 @@ def _complex_pairs(z: Tensor) -> list[list[float]]:
     return [[float(v.real), float(v.imag)] for v in z.reshape(-1)]
 
 
-def _eval_tokens(
-    model: AttnOnlyTransformer, tokens: Tensor | None, text: str, seed: int
-) -> tuple[Tensor, str]:
-    """Evaluation batch [batch, pos] and a description of where it came from."""
-    cfg = model.cfg
-    if tokens is not None:
-        t = model.check_tokens(tokens)
-        return t, f"given tokens ({t.shape[0]} x {t.shape[1]})"
-    if model.tokenizer is not None:
-        ids = model.tokenizer.encode(text).ids
-        if len(ids) < 3:
-            raise QkovError("evaluation text encodes to fewer than 3 tokens: pass a longer text")
-        n = min(cfg.n_ctx, 128, len(ids))
-        rows = [ids[i : i + n] for i in range(0, len(ids) - n + 1, n)][:16]
-        return model.check_tokens(torch.tensor(rows)), f"{len(rows) * n} tokens of text"
-    half = max(2, min(32, cfg.n_ctx // 2))
-    return (
-        model.check_tokens(repeated_random_tokens(cfg.d_vocab, 8, half, seed)),
-        f"repeated random tokens (8 x {2 * half}, seed {seed})",
-    )
-
-
-@torch.no_grad()
-def top_bigrams(model: AttnOnlyTransformer, k: int = 20) -> list[dict[str, Any]]:
-    """Largest entries of the direct path W_E W_U with each row centred (softmax ignores a
-    constant per row). Rows are formed in chunks; the vocab x vocab table never exists."""
-    table: FactoredMatrix = direct_path(model)
-    V = model.cfg.d_vocab
-    chunk = max(1, CHUNK_ELEMENTS // V)
-    best_v = torch.empty(0)
-    best_i = torch.empty(0, dtype=torch.long)
-    for start in range(0, V, chunk):
-        block = table.rows(start, start + chunk).dense(force=True).float()  # [c, V]
-        block = block - block.mean(dim=1, keepdim=True)
-        v, i = block.flatten().topk(min(k, block.numel()))
-        best_v = torch.cat([best_v, v.cpu()])
-        best_i = torch.cat([best_i, i.cpu() + start * V])
-        best_v, order = best_v.topk(min(k, best_v.numel()))
-        best_i = best_i[order]
-    out = []
-    for v, i in zip(best_v.tolist(), best_i.tolist(), strict=True):
-        s, t = divmod(i, V)
-        out.append(
-            {
-                "source": decode_token(model.tokenizer, s),
-                "out": decode_token(model.tokenizer, t),
-                "logit": v,
-            }
-        )
-    return out
-
-
-@torch.no_grad()
-def sample_attention(model: AttnOnlyTransformer, text: str, seed: int = 0) -> dict[str, Any]:
-    """Attention patterns [layer][head][dest][src] on the sample text (or, without a
-    tokenizer, on one repeated random sequence)."""
-    cfg = model.cfg
-    n_max = min(MAX_SAMPLE_TOKENS, cfg.n_ctx)
-    if model.tokenizer is not None:
-        ids = model.tokenizer.encode(text).ids[:n_max]
-        source = "sample text"
-    else:
-        ids = []
-    if not ids:
-        half = max(2, n_max // 2)
-        ids = repeated_random_tokens(cfg.d_vocab, 1, half, seed)[0].tolist()[:n_max]
-        source = f"repeated random tokens (seed {seed})"
-    tokens = torch.tensor([ids])
-    _, cache = model.run_with_cache(tokens, names=[f"pattern.{l}" for l in range(cfg.n_layers)])
-    return {
-        "tokens": [decode_token(model.tokenizer, i) for i in ids],
-        "patterns": [
-            [
-                [[round(x, 4) for x in row] for row in head]
-                for head in cache[f"pattern.{l}"][0].tolist()
-            ]
-            for l in range(cfg.n_layers)
-        ],
-        "source": source,
-    }
-
-
-def read_metrics(path: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """Training series {name: [[step, value], ...]} and the last val_loss from metrics.jsonl.
-    A torn last line (a run killed mid-write) is skipped."""
-    if not path.is_file():
-        return None, None
-    series: dict[str, list[list[float]]] = {}
-    last_val = None
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(rec, dict) or not isinstance(rec.get("step"), (int, float)):
-            continue
-        for key, value in rec.items():
-            if (
-                key in SKIP_METRICS
-                or isinstance(value, bool)
-                or not isinstance(value, (int, float))
-            ):
-                continue
-            series.setdefault(key, []).append([rec["step"], value])
-        if isinstance(rec.get("val_loss"), (int, float)):
-            last_val = {"value": rec["val_loss"], "step": rec["step"]}
-    return ({"series": series} if series else None), last_val
-
-
-def training_history(model_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """`read_metrics` of model_dir/metrics.jsonl, preceded by that of the run it was
-    fine-tuned from when model_dir/base/ holds it (`qkov train --init-from`): the base's
-    series first, then this run's with its steps counted on from the base's last step."""
-    training, last_val = read_metrics(model_dir / "metrics.jsonl")
-    base = training_history(model_dir / "base")[0] if (model_dir / "base").is_dir() else None
-    if base is None:
-        return training, last_val
-    offset = max(step for points in base["series"].values() for step, _ in points)
-    series = {k: [list(p) for p in v] for k, v in base["series"].items()}
-    for key, points in (training or {"series": {}})["series"].items():
-        series.setdefault(key, []).extend([step + offset, v] for step, v in points)
-    if last_val is not None:
-        last_val = {**last_val, "step": last_val["step"] + offset}
-    return {"series": series}, last_val
-
-
 def write_analysis(out_dir: str | Path, analysis: dict[str, Any]) -> tuple[Path, Path]:
     """Write analysis.json and report.html into out_dir, each atomically. Returns both paths."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise QkovError(f"{out} exists and is not a directory: pass a directory for --out")
+    out = check_output_dir(out_dir)
     html = render_report(analysis)  # validates before anything is written
     json_path, html_path = out / "analysis.json", out / "report.html"
     atomic_write_text(json_path, dumps(analysis, indent=1) + "\n")

@@ -174,6 +174,16 @@ def copying_score(
     return torch.stack(out)
 
 
+@torch.no_grad()
+def attention_patterns(model: AttnOnlyTransformer, tokens: Tensor) -> Tensor:
+    """Every head's attention pattern on tokens [batch, pos]:
+    [n_layers, batch, n_heads, dest, src] (rows: destinations, summing to 1 over sources)."""
+    tokens = model.check_tokens(tokens)
+    names = [f"pattern.{l}" for l in range(model.cfg.n_layers)]
+    _, cache = model.run_with_cache(tokens, names=names)
+    return torch.stack([cache[n] for n in names]).float()
+
+
 # ---------------------------------------------------------------------------- all heads
 @dataclass(frozen=True)
 class HeadScores:

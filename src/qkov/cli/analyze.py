@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -12,39 +13,96 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="take checkpoints apart into circuits; write analysis.json and report.html",
         description="Analyse one or more checkpoint directories (the first is the main model; "
         "give the 0-, 1- and 2-layer models together to compare their losses) and write "
-        "OUT/analysis.json and OUT/report.html, a single file that works offline.",
+        "OUT/analysis.json and OUT/report.html, a single file that works offline. Loss, ICL "
+        "score and term importance are measured on the evaluation set: --text-file if given, "
+        "else the held-out documents of each model's training corpus, else (a synthetic-task "
+        "model) the random-token probe.",
     )
     p.add_argument("dirs", nargs="+", metavar="DIR", help="checkpoint directories")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument(
         "--text-file",
-        help="sample text for the attention views and the loss "
-        "(default: a short repeated Python snippet)",
+        help="a text to evaluate on and to show in the attention views (default: held-out "
+        "documents of the training corpus; a short repeated Python snippet in the views)",
+    )
+    p.add_argument(
+        "--eval-seqs", type=int, default=256, help="at most this many evaluation sequences"
     )
     p.add_argument("--n-bigrams", type=int, default=20, help="rows of the bigram table")
     p.add_argument("--n-trigrams", type=int, default=8, help="skip-trigrams per head")
+    p.add_argument(
+        "--min-token-count",
+        type=int,
+        default=10,
+        help="rank skip-trigrams only over tokens seen at least this often in training "
+        "(where the run recorded token_counts.json)",
+    )
+    p.add_argument("--all-tokens", action="store_true", help="rank skip-trigrams over every token")
     p.add_argument("--seed", type=int, default=0, help="seed of the random probes")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from qkov.analyze import analyze, write_analysis
+def read_text_file(path: str, flag: str = "--text-file") -> str:
+    """The text of a file given on the command line; an unreadable or empty file is refused
+    with one line (never replaced by a default)."""
     from qkov.errors import QkovError
 
-    text = None
-    if args.text_file:
-        try:
-            text = Path(args.text_file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise QkovError(f"cannot read --text-file {args.text_file} ({e})") from None
-    if args.n_bigrams < 1 or args.n_trigrams < 1:
-        raise QkovError("--n-bigrams and --n-trigrams must be at least 1")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise QkovError(f"cannot read {flag} {path} ({e})") from None
+    if not text.strip():
+        raise QkovError(f"{flag} {path} is empty: pass a file with some text to evaluate on")
+    return text
+
+
+def run(args: argparse.Namespace) -> int:
+    from qkov.analyze import analyze, write_analysis
+    from qkov.errors import QkovError
+    from qkov.io import check_output_dir
+
+    check_output_dir(args.out)
+    text = read_text_file(args.text_file) if args.text_file else None
+    if args.n_bigrams < 1 or args.n_trigrams < 1 or args.eval_seqs < 1:
+        raise QkovError("--n-bigrams, --n-trigrams and --eval-seqs must be at least 1")
+    if args.min_token_count < 0:
+        raise QkovError(f"--min-token-count must be >= 0, got {args.min_token_count}")
     t0 = time.perf_counter()
     analysis = analyze(
-        args.dirs, text=text, n_bigrams=args.n_bigrams, n_trigrams=args.n_trigrams, seed=args.seed
+        args.dirs,
+        text=text,
+        text_name=args.text_file or "",
+        max_sequences=args.eval_seqs,
+        n_bigrams=args.n_bigrams,
+        n_trigrams=args.n_trigrams,
+        min_token_count=None if args.all_tokens else args.min_token_count,
+        seed=args.seed,
     )
     json_path, html_path = write_analysis(args.out, analysis)
     print(f"wrote {json_path} and {html_path} ({time.perf_counter() - t0:.1f}s)")
+    for line in summary(analysis):
+        print(line)
     return 0
+
+
+def summary(analysis: dict) -> list[str]:
+    """One line per model: its loss on the evaluation set (and how many tokens that is), its
+    ICL score, its induction circuits."""
+    lines = []
+    for rec in analysis["models"]:
+        ev, loss = rec["evaluation"], rec["loss"]
+        line = (
+            f"  {rec['name']}: loss {loss['value']:.3f} nats/token on {loss['n_tokens']:,} "
+            f"tokens of {ev['description']}"
+        )
+        icl = rec.get("icl")
+        if icl and icl.get("score") is not None:
+            line += f"; ICL score {icl['score']:+.3f} ± {icl['stderr'] or 0:.3f}"
+        for c in rec.get("induction_circuits", []):
+            (l1, h1), (l0, h0) = c["induction_head"], c["previous_token_head"]
+            line += (
+                f"; induction head L{l1}H{h1} (score {c['induction_score']:.2f}, "
+                f"K-composes with L{l0}H{h0})"
+            )
+        lines.append(line)
+    return lines

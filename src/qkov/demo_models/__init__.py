@@ -24,3 +24,35 @@ def shipped(name: str) -> Path:
             "qkov, or run `qkov demo --train` to train it"
         )
     return path
+
+
+def retrain(out: str | Path, device: str = "cpu") -> list[Path]:
+    """Train each shipped model again from its record into out/models/NAME (config.json,
+    train_config.json and shipped.json, the step it was shipped at; a model trained
+    `--init-from` a base run keeps the base's record in base/, trained first)."""
+    dirs = []
+    for name in NAMES:
+        run_dir = Path(out) / "models" / name
+        _retrain(DEMO_MODELS / name, run_dir, device)
+        dirs.append(run_dir)
+    return dirs
+
+
+def _retrain(record: Path, run_dir: Path, device: str) -> None:
+    import dataclasses
+    import json
+
+    from qkov.config import ModelConfig
+    from qkov.train import TrainConfig, train
+
+    cfg = ModelConfig.load(record / "config.json")
+    tc = TrainConfig(**json.loads((record / "train_config.json").read_text()))
+    tc = dataclasses.replace(tc, device=device)
+    if tc.init_from is not None:  # a second stage: first its base run, into run_dir/base
+        _retrain(record / "base", run_dir / "base", device)
+        tc = dataclasses.replace(tc, init_from=str(run_dir / "base"))
+        cfg = None  # the config comes from the base run
+    resume = (run_dir / "train_state.safetensors").is_file()
+    # shipped.json: the step the shipped run stopped at (its schedule may be longer).
+    stop = json.loads((record / "shipped.json").read_text())["step"]
+    train(None if resume else cfg, tc, run_dir, resume=resume, stop_after=stop)

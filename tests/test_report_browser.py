@@ -1,10 +1,12 @@
 """report.html in a real browser: headless Chromium (Debian's package) driven by selenium.
 
 Checks that the head cards and plots render, that hovering shows source/destination
-tokens, that the console has no errors, that the page makes no network request, and that
-the hostile token strings did not run. Screenshots go to $QKOV_SCREENSHOT_DIR (or the
-test's tmp dir). Skipped, with the reason, when Chromium, chromedriver or selenium is
-missing: `apt-get install chromium chromium-driver` and `pip install selenium`."""
+tokens (and, as unit tests of assets/report.js, exactly which cells and weights it shows
+for synthetic events on known patterns), that the console has no errors, that the page
+makes no network request, and that the hostile token strings did not run. Screenshots go
+to $QKOV_SCREENSHOT_DIR (or the test's tmp dir). Skipped, with the reason, when Chromium,
+chromedriver or selenium is missing: `apt-get install chromium chromium-driver` and
+`pip install selenium`."""
 
 from __future__ import annotations
 
@@ -72,10 +74,11 @@ def browser(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def analysis(tmp_path_factory):
-    from test_report import build_analysis
+def analysis():
+    """The hand-written schema-v2 analysis (known tokens and uniform causal attention)."""
+    from report_fixture import v2_analysis
 
-    return build_analysis(tmp_path_factory.mktemp("browser-models"))
+    return v2_analysis()
 
 
 def _shots_dir(tmp_path: Path) -> Path:
@@ -229,3 +232,90 @@ def test_demo_report_in_chromium(browser, tmp_path):
     assert errors == []
     events += [json.loads(e["message"])["message"] for e in browser.get_log("performance")]
     assert _requests(events, page.as_uri()) == []
+
+
+# ---------------------------------------------------------------------------- report.js
+# Synthetic events on the fixture's attention, whose every head attends uniformly to the
+# sources 0..i of destination i (weight 1 / (i + 1)), so each painted weight is known.
+HOVER_STRIP = """
+const [strip, i] = arguments;
+const spans = strip.querySelectorAll('.tok');
+spans[i].dispatchEvent(new MouseEvent('mouseenter', {clientX: 20, clientY: 20}));
+const tip = document.querySelector('.qkov-tip');
+return {tip: tip.textContent, on: tip.classList.contains('on'), nodes: tip.children.length,
+        bg: Array.from(spans).map(s => s.style.backgroundColor),
+        dest: Array.from(spans).map(s => s.classList.contains('dest'))};
+"""
+
+HOVER_CELL = """
+const [g, i, j] = arguments;
+const svg = g.ownerSVGElement, cell = +g.dataset.cell, margin = +g.dataset.margin;
+const pt = svg.createSVGPoint();
+pt.x = margin + (j + 0.5) * cell; pt.y = margin + (i + 0.5) * cell;
+const p = pt.matrixTransform(svg.getScreenCTM());
+svg.dispatchEvent(new MouseEvent('mousemove', {clientX: p.x, clientY: p.y, bubbles: true}));
+const tip = document.querySelector('.qkov-tip');
+return {tip: tip.textContent, on: tip.classList.contains('on')};
+"""
+
+
+def _alpha(css: str) -> float | None:
+    """The alpha of 'rgba(8, 81, 156, a)' (None for no colour)."""
+    if not css:
+        return None
+    return float(css.rsplit(",", 1)[1].rstrip(") "))
+
+
+def test_report_js_hover_details(browser, analysis, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    page = tmp_path / "report.html"
+    page.write_text(render_report(analysis), encoding="utf-8")
+    _open(browser, page)
+    from qkov.report.escape import visible_token
+
+    # the page shows tokens as visible_token writes them (U+2028 as the text "\\u2028")
+    tokens = [visible_token(t) for t in analysis["models"][0]["attention"]["tokens"]]
+    strip = browser.find_element(By.CSS_SELECTOR, "#m0-attention .qkov-strip")
+
+    # Strip: destination i paints sources 0..i with alpha 0.9 w + 0.05, w = 1 / (i + 1).
+    i = 3
+    got = browser.execute_script(HOVER_STRIP, strip, i)
+    want = [round(0.9 / (i + 1) + 0.05, 3) if j <= i else None for j in range(len(tokens))]
+    assert [None if a is None else round(a, 3) for a in map(_alpha, got["bg"])] == want
+    assert got["dest"] == [j == i for j in range(len(tokens))]
+    assert got["on"] and got["nodes"] == 0  # text only, never markup
+    assert got["tip"] == (
+        f"destination #{i} \u201c{tokens[i]}\u201d attends most to source #0 "
+        f"\u201c{tokens[0]}\u201d ({1 / (i + 1):.3f})"
+    )
+    # Choosing another head clears the painting.
+    browser.execute_script(
+        "const s = arguments[0].querySelector('select'); s.value = '1.0';"
+        "s.dispatchEvent(new Event('change'));",
+        strip,
+    )
+    assert browser.execute_script(
+        "return Array.from(arguments[0].querySelectorAll('.tok'))"
+        ".every(s => !s.style.backgroundColor && !s.classList.contains('dest'))",
+        strip,
+    )
+
+    # Heatmap: the cell under the pointer, named by destination and source; none above the
+    # diagonal (a source after its destination) and none after the pointer leaves.
+    g = browser.find_element(By.CSS_SELECTOR, "#m0-L1H0 g[data-attn]")
+    got = browser.execute_script(HOVER_CELL, g, 5, 2)
+    assert got["on"] and got["tip"] == (
+        f"L1H0  destination #5 \u201c{tokens[5]}\u201d  \u2190  source #2 "
+        f"\u201c{tokens[2]}\u201d:  {1 / 6:.3f}"
+    )
+    assert not browser.execute_script(HOVER_CELL, g, 2, 5)["on"]
+    browser.execute_script(HOVER_CELL, g, 5, 2)
+    browser.execute_script(
+        "arguments[0].ownerSVGElement.dispatchEvent(new MouseEvent('mouseleave'))", g
+    )
+    assert not browser.execute_script(
+        "return document.querySelector('.qkov-tip').classList.contains('on')"
+    )
+    errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
+    assert errors == []

@@ -10,8 +10,11 @@ import contextlib
 import dataclasses
 import io
 import json
+import os
+import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -106,27 +109,56 @@ def dirs(tiny_corpus, tmp_path_factory) -> dict[str, Path]:
     }
 
 
-def run_cli(argv: list[str], cwd: Path) -> tuple[int, str]:
-    """qkov ARGV in-process in `cwd`: (exit status, stderr); only a clean exit gets through."""
-    err = io.StringIO()
-    with (
-        contextlib.redirect_stderr(err),
-        contextlib.redirect_stdout(io.StringIO()),
-        contextlib.chdir(cwd),
-    ):
+@contextlib.contextmanager
+def _chdir(path: Path) -> Iterator[None]:
+    """contextlib.chdir, which needs Python 3.11 (qkov supports 3.10)."""
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def run_cli(argv: list[str], cwd: Path) -> tuple[int, str, str]:
+    """qkov ARGV in-process in `cwd`: (exit status, stdout, stderr); only a clean exit gets
+    through."""
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out), _chdir(cwd):
         try:
             code = main(argv)
         except SystemExit as e:  # argparse: --help/--version (0) or a usage error (2)
             code = e.code
-    return code, err.getvalue()
+    return code, out.getvalue(), err.getvalue()
 
 
-def assert_clean(code: int, err: str, argv: list[str]) -> None:
+# `qkov CMD: error: what is wrong` (a QkovError), or argparse's last line `qkov[ CMD]: error:`
+ERROR_LINE = re.compile(r"qkov( [a-z]+)?: error: \S.*")
+
+
+def assert_clean(code: int, out: str, err: str, argv: list[str]) -> None:
+    """Exit 0 with no error, or exit 2 with exactly one error line: a QkovError alone on
+    stderr, or argparse's usage of the command followed by its one error line. Never a
+    traceback, never another status."""
     assert code in (0, 2), (argv, code, err)
-    event(f"exit {code}" + (" (argparse)" if err.startswith("usage:") else ""))
     assert "Traceback" not in err, (argv, err)
-    if code == 2 and ": error: " in err and not err.startswith("usage:"):
-        assert len(err.strip().splitlines()) == 1, (argv, err)  # QkovError: one line
+    lines = err.strip().splitlines()
+    errors = [ln for ln in lines if ": error: " in ln]
+    if code == 0:
+        event("exit 0")
+        assert not errors, (argv, err)
+        return
+    if err.startswith("usage: qkov"):
+        event("exit 2 (argparse)")
+        assert len(errors) == 1 and ERROR_LINE.fullmatch(lines[-1]), (argv, err)
+        return
+    if not err:  # `qkov` with no command: its help, on stdout
+        event("exit 2 (no command)")
+        assert out.startswith("usage: qkov [-h]"), (argv, out)
+        return
+    event("exit 2 (QkovError)")
+    assert len(lines) == 1 and ERROR_LINE.fullmatch(lines[0]), (argv, err)
+    assert lines[0].startswith(f"qkov {argv[0]}: error: "), (argv, err)
 
 
 # ---------------------------------------------------------------- config parsing
@@ -160,7 +192,10 @@ def test_fuzz_config_json(text):
         event("QkovError")
         return
     event("ModelConfig")
-    assert isinstance(cfg, ModelConfig)
+    assert ModelConfig.from_json(cfg.to_json()) == cfg  # what parses, round-trips
+    data = json.loads(text)  # and holds what the text said, defaults for the rest
+    assert isinstance(data, dict), text
+    assert all(getattr(cfg, k) == v for k, v in data.items() if v is not None), (data, cfg)
 
 
 # ---------------------------------------------------------------- CLI arguments

@@ -49,7 +49,21 @@ class HelpFormatter(argparse.HelpFormatter):
         return text
 
 
-class CommandParser(argparse.ArgumentParser):
+def one_line(text: str) -> str:
+    """`text` with "\\n", "\\r" and other unprintable characters escaped: an error message
+    that quotes a path, prompt or argument stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its one error line kept one line whatever argument it quotes."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
+
+
+class CommandParser(Parser):
     """The parser of one subcommand: its help shows defaults, and a mistake in its
     arguments prints its own usage (not `qkov`'s) and one error line, exit status 2."""
 
@@ -69,7 +83,7 @@ class CommandParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from qkov import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="qkov",
         description="Reverse-engineer attention-only transformers: train, take apart, report.",
     )
@@ -91,9 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except QkovError as e:
-        # One line even when the message quotes a path or prompt holding "\n" or "\r".
-        msg = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(e))
-        print(f"qkov {args.command}: error: {msg}", file=sys.stderr)
+        print(f"qkov {args.command}: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"qkov {args.command}: interrupted", file=sys.stderr)

@@ -263,19 +263,18 @@ def c_full_disk(e: Env):
     """ENOSPC half-way through writing a checkpoint (a patched safetensors writer)."""
     import safetensors.torch
 
-    import qkov.io
-
     def full_disk(tensors, filename, metadata=None):
         data = safetensors.torch.save(tensors, metadata=metadata)
         with open(filename, "wb") as f:
             f.write(data[: len(data) // 2])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
 
-    real, qkov.io.save_file = qkov.io.save_file, full_disk
+    # qkov.io.atomic_save_safetensors imports save_file when it writes: patch it at its source.
+    real, safetensors.torch.save_file = safetensors.torch.save_file, full_disk
     try:
         return cli("train", "--resume", "--steps", "6", "--no-progress", "--out", e.run)
     finally:
-        qkov.io.save_file = real
+        safetensors.torch.save_file = real
 
 
 def c_resume_without_run(e: Env):
@@ -305,6 +304,10 @@ def c_seed_too_big(e: Env):
 
 def c_nan_temperature(e: Env):
     return cli("sample", e.run, "--temperature", "nan")
+
+
+def c_negative_temperature(e: Env):
+    return cli("sample", e.run, "--temperature", "-1")
 
 
 def c_prompt_not_utf8(e: Env):
@@ -367,7 +370,7 @@ CASES: list[tuple[str, Callable[[Env], tuple[int, str]], str]] = [
         c_negative_batch_size,
         "--batch-size must be a positive integer",
     ),
-    ("zero size: sample --tokens 0", c_zero_sample_tokens, "--tokens must be positive"),
+    ("zero size: sample --tokens 0", c_zero_sample_tokens, "(--tokens) must be positive"),
     ("zero size: d_head 0 in config.json", c_zero_d_head_in_config, "d_head must be positive"),
     (
         "d_model != n_heads * d_head (--d-model 10 --n-heads 3)",
@@ -385,8 +388,13 @@ CASES: list[tuple[str, Callable[[Env], tuple[int, str]], str]] = [
     ("unknown key in train_config.json", c_train_config_unknown_key, "is not a qkov TrainConfig"),
     ("unknown --device", c_bad_device, "is not a device"),
     ("--device cuda:99 (no such GPU)", c_missing_gpu, "--device cuda:99"),
-    ("seed beyond 64 bits", c_seed_too_big, "--seed must be in [0, 2**63)"),
-    ("--temperature nan", c_nan_temperature, "--temperature must be a number"),
+    ("seed beyond 64 bits", c_seed_too_big, "--seed must be an integer in [0, 2**63)"),
+    ("--temperature nan", c_nan_temperature, "--temperature must be a finite number >= 0"),
+    (
+        "--temperature -1 (was silently greedy)",
+        c_negative_temperature,
+        "--temperature must be a finite number >= 0 (0: greedy), got -1.0",
+    ),
     ("--prompt with bytes that are not UTF-8", c_prompt_not_utf8, "not valid UTF-8"),
     ("weights as a non-.pt pickle (.pkl)", c_pickle_not_pt, "qkov never unpickles"),
     (
@@ -547,3 +555,67 @@ def test_resume_without_steps_keeps_the_run_schedule(base, tmp_path):
     code, err = cli("train", "--resume", "--no-progress", "--out", env.run)
     assert code == 0, err
     assert json.loads((env.run / "train_config.json").read_text())["steps"] == 4
+
+
+# ---------------------------------------------------------------- unwritable outputs
+def _writers(e: Env) -> dict[str, Callable[[Path], list]]:
+    """Each command that writes, as argv with its output at a given path."""
+    analysis = e.tmp.parent / "analysis.json"
+    analysis.write_text("{}")  # `report` must refuse its --out before reading this
+    return {
+        "train --out": lambda p: ["train", "--corpus", e.corpus, *SMALL, "--out", p],
+        "analyze --out": lambda p: ["analyze", e.run, "--out", p],
+        "demo --out": lambda p: ["demo", "--out", p],
+        "heads --json": lambda p: ["heads", e.run, "--json", p],
+        "circuits --json": lambda p: ["circuits", e.run, "--json", p],
+        "report --out": lambda p: ["report", analysis, "--out", p],
+    }
+
+
+WRITERS = ["train --out", "analyze --out", "demo --out", "heads --json", "circuits --json"]
+WRITERS += ["report --out"]
+# Where the output cannot go: a read-only place, a path under a regular file, and the
+# wrong kind of thing already there (a file for a folder --out, a folder for a --json file).
+SHAPES = {
+    "/proc/x": lambda tmp, is_file: Path("/proc/x"),
+    "under a file": lambda tmp, is_file: tmp / "a-file" / "out",
+    "wrong kind in the way": lambda tmp, is_file: tmp / ("a-folder" if is_file else "a-file"),
+}
+
+
+def tree(*roots: Path) -> dict[str, bytes | None]:
+    """Every path under `roots` with its bytes (None for a folder)."""
+    return {
+        str(p): None if p.is_dir() else p.read_bytes()
+        for root in roots
+        for p in sorted([root, *root.rglob("*")])
+    }
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("writer", WRITERS)
+def test_unwritable_output_is_refused_before_any_work(writer, shape, base, tmp_path):
+    """Exit 2, one line naming the output path, nothing written and nothing lost."""
+    env = make_env(*base, tmp_path / "case")
+    (env.tmp / "a-file").write_text("keep me\n")
+    (env.tmp / "a-folder").mkdir()
+    (env.tmp / "a-folder" / "kept.txt").write_text("keep me too\n")
+    target = SHAPES[shape](env.tmp, writer.endswith("--json"))
+    argv = _writers(env)[writer](target)
+    before = tree(env.tmp, env.run)
+    code, err = cli(*argv)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, (writer, shape, code, err)
+    assert str(target) in lines[0] and "Traceback" not in err, (writer, shape, err)
+    assert tree(env.tmp, env.run) == before, (writer, shape)  # nothing written, nothing lost
+
+
+def test_analyze_refuses_an_empty_text_file(base, tmp_path):
+    """`--text-file empty.txt` must not silently fall back to a built-in snippet."""
+    env = make_env(*base, tmp_path / "case")
+    empty = env.tmp / "empty.txt"
+    empty.write_text("")
+    code, err = cli("analyze", env.run, "--out", env.tmp / "o", "--text-file", empty)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and str(empty) in lines[0], (code, err)
+    assert not (env.tmp / "o").exists()

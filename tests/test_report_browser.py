@@ -218,7 +218,10 @@ def test_demo_report_in_chromium(browser, tmp_path):
         assert browser.find_elements(By.CSS_SELECTOR, f"#m0-{section} svg"), section
     assert len(browser.find_elements(By.CSS_SELECTOR, "#m0-attention .qkov-strip .tok")) > 10
     body = browser.find_element(By.TAG_NAME, "body").text
-    assert "induction" in body and "attn0" in body and "attn1" in body
+    assert "attn0" in body and "attn1" in body
+    # the shipped 2-layer model has an induction head: its label cell says so (not a CSS class)
+    labels = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "#m0-heads td.label")]
+    assert "induction" in labels and "previous_token" in labels, labels
 
     browser.set_window_size(1400, 1000)
     browser.execute_script("window.scrollTo(0, 0)")

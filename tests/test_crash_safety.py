@@ -28,7 +28,8 @@ import qkov
 from qkov import load
 from qkov.cli import main
 from qkov.data import prepare
-from qkov.train import TrainConfig, train
+from qkov.interrupt import GRACE_S
+from qkov.train import resume_config, train
 from tiny import tiny_train
 
 STEPS, CKPT = 48, 2
@@ -201,6 +202,8 @@ def test_sigkill_at_random_moments_then_resume_is_exact(tiny_corpus, reference, 
         f"resumes; final weights equal the uninterrupted run (max |diff| = {diff})"
     )
     assert kills == N_KILLS and resumes == N_KILLS
+    # The "checkpoint write" kill waits for a temp file: at least one kill landed mid-write.
+    assert mid_write >= 1, "no SIGKILL landed inside a checkpoint write"
 
 
 def test_sigint_and_sigterm_write_final_checkpoint_and_exit_cleanly(
@@ -230,7 +233,7 @@ def test_sigint_and_sigterm_write_final_checkpoint_and_exit_cleanly(
         # --resume continues from there (two more steps, in-process).
         model = train(
             None,
-            TrainConfig(steps=1),
+            resume_config(run),
             run,
             resume=True,
             stop_after=step + 2,
@@ -259,3 +262,44 @@ def test_same_seed_same_weights_and_versions_recorded(tiny_corpus, reference, tm
     assert v["torch"] == torch.__version__
     assert v["qkov"] == qkov.__version__
     assert v["platform"]
+
+
+# One step of this configuration takes about 10 s on one CPU thread (the unembedding of a
+# 30000-token vocabulary), twice the watchdog's least grace period.
+SLOW = dict(
+    n_layers=1, n_heads=2, d_model=256, n_ctx=512, vocab_size=30000, batch_size=24, warmup=1,
+    eval_interval=1, eval_batches=1, ckpt_interval=1,
+)  # fmt: skip
+LIVENESS_S = 120  # generous: a stop that waited for the step would still pass it only by luck
+
+
+def test_sigterm_stops_a_slow_step_promptly_and_the_run_resumes(tmp_path):
+    """A step blocked in long torch ops ignores Python signal handlers; the watchdog exits
+    the process (143) GRACE_S after SIGTERM instead of waiting for the step to end."""
+    run = tmp_path / "slow"
+    first = ["train", "--corpus", "repeated-random", "--steps", "1", "--out", str(run)]
+    first += [f"--{k.replace('_', '-')}={v}" for k, v in SLOW.items()] + ["--no-progress"]
+    proc = spawn(first)
+    assert proc.wait(timeout=HANG_GUARD_S) == 0, proc.stderr.read()
+    proc.stderr.close()
+    step_s = 4096 * 3 / json.loads((run / "metrics.jsonl").read_text())["tokens_per_s"]
+    if step_s < 1.5 * GRACE_S:
+        pytest.skip(f"a step takes {step_s:.1f}s here: too quick to outlast the grace period")
+
+    # A fresh process (no step timed yet: the grace period is GRACE_S) continues to step 3.
+    proc = spawn(["train", "--resume", "--steps", "3", "--out", str(run), "--no-progress"])
+    wait_for(proc, lambda: json.loads((run / "train_config.json").read_text())["steps"] == 3)
+    t0 = time.monotonic()  # the run's files are written: step 2 is starting
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(timeout=LIVENESS_S)
+    elapsed = time.monotonic() - t0
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert rc == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM (the step in progress did not end within" in err, err
+    assert elapsed < GRACE_S + step_s, (elapsed, step_s)  # it did not wait for the step
+    # The last checkpoint (step 1) is intact, and --resume continues from it.
+    assert saved_step(run) == 1 == model_step(run)
+    model = train(None, resume_config(run), run, resume=True, stop_after=2, progress=False)
+    assert saved_step(run) == 2
+    torch.testing.assert_close(model.W_E.detach(), load(run).W_E)

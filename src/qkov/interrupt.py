@@ -42,7 +42,7 @@ class StopRequest:
         self.signum: int | None = None
         self._acknowledged = threading.Event()
         self._slowest_step_s = 0.0
-        self._t_boundary = time.monotonic()
+        self._t_boundary: float | None = None
         self._old: dict[int, Any] = {}
         self._pipe: tuple[int, int] | None = None
         self._old_wakeup = -1
@@ -53,9 +53,11 @@ class StopRequest:
         return self.signum is not None
 
     def boundary(self) -> None:
-        """A step ended: remember the slowest step (the grace period follows it)."""
+        """A step boundary (the first call: the loop starts). Remembers the slowest step,
+        which the grace period follows."""
         now = time.monotonic()
-        self._slowest_step_s = max(self._slowest_step_s, now - self._t_boundary)
+        if self._t_boundary is not None:
+            self._slowest_step_s = max(self._slowest_step_s, now - self._t_boundary)
         self._t_boundary = now
 
     def acknowledge(self) -> None:

@@ -165,7 +165,9 @@ def train(
     used: see `resume_config`. stop_after: stop (with a checkpoint) after this step, keeping
     the schedule of `tc.steps` (used to test resume)."""
     out = Path(out_dir)
-    with RunLock(out) as lock:
+    # Signals are caught from the start: a stop asked for during set-up takes effect at the
+    # first step boundary (or the watchdog exits the process: see qkov.interrupt).
+    with RunLock(out) as lock, StopRequest(str(out)) as stop:
         run = _prepare_run(model_cfg, tc, out, resume, data, lock)  # checks; writes nothing
         cfg, tc, data, dd = run.cfg, run.tc, run.data, run.dd
         model, opt, step = _build_model(run)
@@ -175,7 +177,8 @@ def train(
         use_bf16 = torch.device(dd.device).type == "cuda"
         fwd = distributed.wrap(model, dd)  # DDP under torchrun: averages gradients over ranks
         model.train()
-        with _StepLog(run, model, step, last, progress) as log, StopRequest(str(out)) as stop:
+        stop.boundary()  # the loop starts
+        with _StepLog(run, model, step, last, progress) as log:
             while step < last:
                 batch = data.train_batch(step, tc.batch_size, cfg.n_ctx, tc.seed)
                 batch = distributed.share(batch, dd).to(dd.device)  # this rank's rows

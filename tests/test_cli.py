@@ -166,6 +166,7 @@ def test_subcommand_mistake_prints_that_subcommands_usage(command, capsys):
     assert errors == [err.splitlines()[-1]] and errors[0].startswith(f"qkov {command}: error:")
 
 
+@pytest.mark.slow
 def test_sample_streams_and_stops_quietly_when_the_reader_goes():
     """--tokens 100000 prints its text as it comes (not after minutes), and a reader that
     stops reading (`| head`) ends it with status 141, no traceback."""

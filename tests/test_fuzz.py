@@ -328,6 +328,7 @@ def test_fuzz_cli_train(dirs, data):
     assert_clean(*run_cli(argv, dirs["root"] / "cwd"), argv)
 
 
+@pytest.mark.slow
 @settings(max_examples=150, **FUZZ)
 @given(
     st.lists(flags | junk | text, max_size=6),
@@ -398,6 +399,7 @@ def mutated_copy(dirs, name: str, mutate) -> tuple[tempfile.TemporaryDirectory, 
     return tmp, run
 
 
+@pytest.mark.slow
 @settings(max_examples=200, **FUZZ)
 @given(st.data())
 def test_fuzz_mutated_safetensors(dirs, data):

@@ -1,13 +1,21 @@
 import dataclasses
 import json
+import os
 import random
+import re
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 
 from qkov import ModelConfig, QkovError, load
+from qkov.cli import main
 from qkov.data import prepare
-from qkov.train import TrainConfig, train
+from qkov.metrics import read_records
+from qkov.train import TrainConfig, resume_config, train
+from tiny import tiny_train
 
 CFG = ModelConfig(n_layers=2, n_heads=2, d_model=16, n_ctx=16, d_vocab=300)
 
@@ -130,15 +138,7 @@ def test_init_from_starts_at_the_given_weights(data, tmp_path):
     saved = json.loads((tmp_path / "tuned/train_config.json").read_text())
     assert saved["init_from"] == str(tmp_path / "base")
     assert load(tmp_path / "tuned").cfg == src.cfg
-    # A resumed fine-tune continues from its own state, not from the source again.
-    train(
-        None,
-        dataclasses.replace(tc, steps=10),
-        tmp_path / "tuned",
-        resume=True,
-        progress=False,
-        data=data,
-    )
+    # Its resume: test_resumed_fine_tune_continues_its_own_state.
 
 
 def test_init_from_refuses_other_shapes_and_tokenizers(data, tmp_path, tiny_corpus):
@@ -165,3 +165,90 @@ def test_init_from_refuses_other_shapes_and_tokenizers(data, tmp_path, tiny_corp
         train(None, small_tc(init_from=str(tmp_path / "nope")), tmp_path / "z", data=data)
     with pytest.raises(QkovError, match="--min-lr-ratio must be in"):
         TrainConfig(min_lr_ratio=1.5)
+
+
+def test_resumed_fine_tune_continues_its_own_state(data, tmp_path):
+    """The resume of a run started --init-from: its own weights and schedule, its metrics."""
+    train(CFG, small_tc(steps=10), tmp_path / "base", progress=False, data=data)
+    # warmup=1: the 5-step schedule differs from the 10-step one from step 1 on.
+    tc = small_tc(steps=5, warmup=1, init_from=str(tmp_path / "base"), seed=1)
+    at5 = train(None, tc, tmp_path / "tuned", progress=False, data=data).weights()
+    resumed = train(
+        None, dataclasses.replace(tc, steps=10), tmp_path / "tuned", resume=True, data=data
+    )
+    steps = [r["step"] for r in read_records(tmp_path / "tuned/metrics.jsonl")]
+    assert steps == [5, 10]
+    assert json.loads((tmp_path / "tuned/train_config.json").read_text())["steps"] == 10
+    on_disk = load(tmp_path / "tuned").weights()
+    for name, w in resumed.weights().items():
+        assert torch.equal(w, on_disk[name]), name
+    assert not torch.equal(resumed.W_Q, at5["W_Q"])  # it trained on
+    # Restarting from the base (not from its own state) would give this run exactly.
+    fresh = train(None, dataclasses.replace(tc, steps=10), tmp_path / "fresh", data=data)
+    assert not torch.equal(resumed.W_Q, fresh.W_Q)
+
+
+def test_resume_config_keeps_the_run_schedule_unless_more_steps(data, tmp_path):
+    train(CFG, small_tc(steps=5), tmp_path / "run", progress=False, data=data)
+    assert resume_config(tmp_path / "run") == small_tc(steps=5)
+    assert resume_config(tmp_path / "run", steps=3).steps == 5
+    assert resume_config(tmp_path / "run", steps=9, device="cpu").steps == 9
+
+
+def test_token_counts_of_the_train_split_are_stored_and_loaded(data, tmp_path):
+    trained = train(CFG, small_tc(steps=5), tmp_path / "run", progress=False, data=data)
+    rec = json.loads((tmp_path / "run/token_counts.json").read_text())
+    want = np.bincount(np.asarray(data.train), minlength=300)
+    assert rec["counts"] == want.tolist() and len(rec["counts"]) == 300
+    assert rec["n_tokens"] == len(data.train) and rec["split"] == "train"
+    assert rec["corpus"] == small_tc().corpus
+    loaded = load(tmp_path / "run")
+    assert loaded.token_counts.dtype == torch.long
+    assert torch.equal(loaded.token_counts, torch.from_numpy(want))
+    assert torch.equal(trained.token_counts, loaded.token_counts)
+    (tmp_path / "run/token_counts.json").write_text('{"counts": [1, 2]}')
+    with pytest.raises(QkovError, match="300 non-negative integers"):
+        load(tmp_path / "run")
+    (tmp_path / "run/token_counts.json").unlink()
+    assert load(tmp_path / "run").token_counts is None
+
+
+def test_synthetic_task_writes_no_token_counts(tmp_path):
+    tc = small_tc(steps=2, corpus="repeated-random")
+    train(dataclasses.replace(CFG, d_vocab=24), tc, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run/token_counts.json").exists()
+    assert load(tmp_path / "run").token_counts is None
+
+
+@pytest.mark.parametrize("where", ["proc", "under a file", "a file"])
+def test_unwritable_out_is_refused_before_any_work(tiny_corpus, tmp_path, capsys, where):
+    blocker = tmp_path / "file"
+    blocker.write_text("keep")
+    out = {"proc": "/proc/x", "under a file": blocker / "run", "a file": blocker}[where]
+    assert main(tiny_train(tiny_corpus, out, steps=2)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"qkov train: error: --out {out}"), err
+    assert "choose another --out" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+    assert blocker.read_text() == "keep"
+
+
+def test_redirected_run_prints_plain_progress_lines(tiny_corpus, tmp_path):
+    """stderr is a pipe, not a terminal: one line per eval interval instead of a tqdm bar."""
+    prepare(str(tiny_corpus), 300)  # the token cache the child reads
+    argv = tiny_train(tiny_corpus, tmp_path / "run", progress=True, steps=6, eval_interval=2)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    res = subprocess.run(
+        [sys.executable, "-m", "qkov", *argv], env=env, capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr
+    lines = res.stderr.strip().splitlines()
+    pattern = (
+        r"train run: step (\d+)/6, ([\d,]+) tokens, train loss \d+\.\d{4}, "
+        r"val loss \d+\.\d{4}, [\d,]+ tokens/s"
+    )
+    found = [re.fullmatch(pattern, line) for line in lines]
+    assert all(found), lines
+    assert [int(m.group(1)) for m in found] == [2, 4, 6]
+    assert [m.group(2) for m in found] == ["64", "128", "192"]  # batch 2 x n_ctx 16 per step
+    assert "\r" not in res.stderr

@@ -2,10 +2,14 @@
 
 Usage: python scripts/ship_models.py runs/attn0 runs/attn1 runs/attn2
        python scripts/ship_models.py runs/attn2-ft --name attn2 --base src/qkov/demo_models/attn2
-Copies config.json, model.safetensors, tokenizer.json, train_config.json, versions.json and
-metrics.jsonl (the optimizer state is left out: it is only needed to resume). A run trained
-`--init-from` a base run is shipped with --base: the base's record (all but its weights)
-goes to NAME/base/, where `qkov demo --train` and the report's training curve find it."""
+       python scripts/ship_models.py --token-counts src/qkov/demo_models/attn*
+Copies config.json, model.safetensors, tokenizer.json, token_counts.json, train_config.json,
+versions.json and metrics.jsonl (the optimizer state is left out: it is only needed to
+resume). A run trained `--init-from` a base run is shipped with --base: the base's record
+(all but its weights) goes to NAME/base/, where `qkov demo --train` and the report's
+training curve find it.
+--token-counts writes token_counts.json into model folders trained before runs wrote it:
+the train split of their corpus, encoded with their own tokenizer.json, as training does."""
 
 from __future__ import annotations
 
@@ -18,7 +22,14 @@ from pathlib import Path
 from safetensors import safe_open
 
 RECORD = ("config.json", "train_config.json", "versions.json", "metrics.jsonl", "shipped.json")
-FILES = ("config.json", "model.safetensors", "tokenizer.json", "train_config.json", "versions.json")
+FILES = (
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "token_counts.json",
+    "train_config.json",
+    "versions.json",
+)
 DEST = Path(__file__).resolve().parent.parent / "src" / "qkov" / "demo_models"
 
 
@@ -56,10 +67,49 @@ def main(runs: list[str], name: str | None = None, base: str | None = None) -> N
         print(f"shipped {run} -> {dest}" + (f" (base record from {base})" if base else ""))
 
 
+def train_token_counts(model_dir: Path) -> list[int]:
+    """Counts per token id of the train split of the model's corpus, encoded with its
+    tokenizer.json: the split and encoding of qkov.data.prepare, counted as training does."""
+    import tempfile
+
+    import numpy as np
+    from tokenizers import Tokenizer
+
+    from qkov.data import load_corpus
+    from qkov.data.dataset import _encode_split
+
+    corpus = json.loads((model_dir / "train_config.json").read_text())["corpus"]
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    train_docs, _ = load_corpus(corpus).split()  # prepare's val_fraction
+    with tempfile.TemporaryDirectory() as tmp:
+        n = _encode_split(tok, [d.text for d in train_docs], Path(tmp) / "t", np.uint32, "count")
+        ids = np.fromfile(Path(tmp) / "t", dtype=np.uint32, count=n)
+    return np.bincount(ids, minlength=tok.get_vocab_size()).tolist()
+
+
+def write_token_counts(model_dirs: list[str]) -> None:
+    from qkov.checkpoint import write_token_counts
+
+    cache: dict[tuple[str, str], list[int]] = {}  # the demo models share corpus and tokenizer
+    for d in map(Path, model_dirs):
+        corpus = json.loads((d / "train_config.json").read_text())["corpus"]
+        key = (corpus, (d / "tokenizer.json").read_text())
+        if key not in cache:
+            cache[key] = train_token_counts(d)
+        write_token_counts(d / "token_counts.json", cache[key], corpus)
+        print(f"wrote {d / 'token_counts.json'} ({sum(cache[key]):,} tokens of {corpus})")
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+")
     ap.add_argument("--name", help="folder name under src/qkov/demo_models (default: the run's)")
     ap.add_argument("--base", help="the record of the run this one was --init-from")
+    ap.add_argument(
+        "--token-counts", action="store_true", help="write token_counts.json into these folders"
+    )
     a = ap.parse_args()
-    main(a.runs, a.name, a.base)
+    if a.token_counts:
+        write_token_counts(a.runs)
+    else:
+        main(a.runs, a.name, a.base)

@@ -262,3 +262,24 @@ def test_module_imports_without_transformer_lens():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "pip install 'qkov[interop]'" in out.stdout
+
+
+# ---------------------------------------------------------------------------- layout
+def test_transformer_lens_module_still_exports_every_name():
+    import qkov.interop as interop
+    import qkov.interop.transformer_lens as tl_module
+
+    for name in interop.__all__:
+        assert getattr(tl_module, name) is getattr(interop, name), name
+    assert "pip install" in tl_module.INSTALL_HINT
+
+
+def test_per_head_read_out_is_the_einsum_bit_for_bit():
+    """The LN and bias folds read a per-layer vector through every head: x W [L, H, d_head]."""
+    from qkov.interop.transformer_lens_convert import _read_per_head
+
+    g = torch.Generator().manual_seed(5)
+    for L, H, D, Dh in [(1, 4, 32, 8), (3, 4, 33, 8), (2, 3, 17, 5)]:
+        x = torch.randn(L, D, generator=g, dtype=torch.float64)
+        W = torch.randn(L, H, D, Dh, generator=g, dtype=torch.float64)
+        assert torch.equal(_read_per_head(x, W), torch.einsum("ld,lhde->lhe", x, W))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 
+from qkov.names import SCORE_NAMES
+
 HOSTILE = [
     "<script>window.__pwned=1</script>",
     '"><img src=x onerror="window.__pwned=2">',
@@ -26,14 +28,7 @@ EVALUATION = {
     "seq_len": 65,
     "n_tokens": 512,
 }
-SCORES = (
-    "previous_token",
-    "induction",
-    "prefix_matching",
-    "duplicate_token",
-    "copying",
-    "positional",
-)
+SCORES = SCORE_NAMES
 
 
 def _scores(*values: float | None) -> dict[str, float | None]:

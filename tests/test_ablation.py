@@ -8,7 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qkov import AttnOnlyTransformer, ModelConfig, QkovError
+import factories
+from factories import random_tokens
+from qkov import QkovError
 from qkov.ablation import (
     ablate_orders,
     head_ablation_logits,
@@ -26,26 +28,11 @@ from test_heads import V, build_induction_model
 TOL = dict(atol=1e-4, rtol=1e-4)
 
 
-def random_model(
-    n_layers: int, positional: str = "shortformer", n_heads: int = 3, norm: str = "none"
-):
-    cfg = ModelConfig(
-        normalization=norm,
-        n_layers=n_layers,
-        n_heads=n_heads,
-        d_model=24,
-        n_ctx=12,
-        d_vocab=40,
-        positional=positional,
-        init_std=0.4,
-        seed=n_layers,
+def random_model(n_layers: int, positional: str = "shortformer", n_heads: int = 3, norm="none"):
+    """This file's models: seeded by depth."""
+    return factories.random_model(
+        n_layers, positional, normalization=norm, n_heads=n_heads, seed=n_layers
     )
-    return AttnOnlyTransformer(cfg)
-
-
-def tokens_for(model, batch: int = 3, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(model.cfg.d_vocab, (batch, model.cfg.n_ctx), generator=g)
 
 
 # ---------------------------------------------------------------------------- path orders
@@ -54,7 +41,7 @@ def tokens_for(model, batch: int = 3, seed: int = 0):
 @pytest.mark.parametrize("n_layers", [1, 2, 3])
 def test_orders_sum_to_logits(n_layers, positional, norm):
     model = random_model(n_layers, positional, norm=norm)
-    tokens = tokens_for(model)
+    tokens = random_tokens(model)
     terms = order_logits(model, tokens)
     assert terms.shape == (n_layers + 1, 3, 12, 40)
     torch.testing.assert_close(terms.sum(0), model(tokens), **TOL)
@@ -67,7 +54,7 @@ def test_orders_sum_to_logits(n_layers, positional, norm):
 @pytest.mark.parametrize("positional", ["shortformer", "standard"])
 def test_orders_agree_with_circuits_path_expansion(positional, norm):
     model = random_model(2, positional, norm=norm)
-    tokens = tokens_for(model, seed=1)
+    tokens = random_tokens(model, seed=1)
     mine = order_logits(model, tokens)
     by_order = path_expansion(model, tokens).by_order()
     for k in range(3):
@@ -76,7 +63,7 @@ def test_orders_agree_with_circuits_path_expansion(positional, norm):
 
 def test_zero_layer_model_has_only_the_direct_term():
     model = random_model(0)
-    tokens = tokens_for(model)
+    tokens = random_tokens(model)
     terms = order_logits(model, tokens)
     assert terms.shape[0] == 1
     w = model.weights()
@@ -88,7 +75,7 @@ def test_zero_layer_model_has_only_the_direct_term():
 
 def test_one_layer_order_terms_are_direct_path_and_heads():
     model = random_model(1)
-    tokens = tokens_for(model)
+    tokens = random_tokens(model)
     w = model.weights()
     direct = w["W_E"][tokens] @ w["W_U"]
     torch.testing.assert_close(ablate_orders(model, tokens, [1]), direct, **TOL)
@@ -98,7 +85,7 @@ def test_one_layer_order_terms_are_direct_path_and_heads():
 def test_order2_ablation_equals_hooked_forward_without_layer0_in_values():
     """Removing the virtual heads = the forward pass whose layer-1 values read only W_E."""
     model = random_model(2)
-    tokens = tokens_for(model, seed=2)
+    tokens = random_tokens(model, seed=2)
     _, cache = model.run_with_cache(tokens, names=["embed"])
     w = model.weights()
 
@@ -111,7 +98,7 @@ def test_order2_ablation_equals_hooked_forward_without_layer0_in_values():
 
 def test_mean_ablation_keeps_the_mean_of_the_term():
     model = random_model(2)
-    tokens = tokens_for(model)
+    tokens = random_tokens(model)
     R, logits = order_residuals(model, tokens)
     W_U = model.weights()["W_U"]
     for k in range(3):
@@ -143,7 +130,7 @@ def test_term_importance_records_and_handbuilt_story():
 
 def test_head_ablation_single_head_model_equals_direct_path():
     model = random_model(1, n_heads=1)
-    tokens = tokens_for(model)
+    tokens = random_tokens(model)
     torch.testing.assert_close(
         head_ablation_logits(model, tokens, 0, 0, "zero"), ablate_orders(model, tokens, [1]), **TOL
     )
@@ -157,7 +144,7 @@ def test_head_ablation_single_head_model_equals_direct_path():
 
 def test_ablation_errors():
     model = random_model(1)
-    tokens = tokens_for(model)
+    tokens = random_tokens(model)
     with pytest.raises(QkovError, match="mode"):
         term_importance(model, tokens, mode="resample")
     with pytest.raises(QkovError, match="orders"):

@@ -6,6 +6,8 @@ import math
 import pytest
 import torch
 
+import factories
+from factories import match_multisets, nonzero
 from qkov import AttnOnlyTransformer, ModelConfig
 from qkov.circuits import (
     W_OV,
@@ -13,9 +15,9 @@ from qkov.circuits import (
     direct_path,
     eigenvalue_score,
     ov_circuit,
+    ov_eigenvalues,
     ov_statistics,
     ov_statistics_all,
-    ov_eigenvalues,
     path_expansion,
     qk_circuit,
     qk_positional_terms,
@@ -25,36 +27,18 @@ from qkov.circuits import (
 from qkov.errors import QkovError
 
 
-def match_multisets(a: torch.Tensor, b: torch.Tensor, tol: float) -> None:
-    """Every element of a pairs with a distinct element of b within tol (greedy, nearest)."""
-    assert a.numel() == b.numel(), (a, b)
-    left = list(b.tolist())
-    for z in a.tolist():
-        dist = [abs(z - w) for w in left]
-        i = min(range(len(left)), key=dist.__getitem__)
-        assert dist[i] <= tol, f"{z} has no partner in {left}"
-        left.pop(i)
-
-
-def nonzero(eigs: torch.Tensor, tol: float) -> torch.Tensor:
-    return eigs[eigs.abs() > tol]
-
-
-def random_model(
-    n_layers=1, positional="shortformer", seed=0, d_vocab=40, n_heads=2, std=0.5, norm="none"
-):
-    cfg = ModelConfig(
+def random_model(n_layers=1, positional="shortformer", seed=0, n_heads=2, std=0.5, norm="none"):
+    """This file's models: narrower than the default (d_model 16, 10 positions)."""
+    return factories.random_model(
+        n_layers,
+        positional,
         normalization=norm,
-        n_layers=n_layers,
         n_heads=n_heads,
         d_model=16,
         n_ctx=10,
-        d_vocab=d_vocab,
-        positional=positional,
-        seed=seed,
         init_std=std,
+        seed=seed,
     )
-    return AttnOnlyTransformer(cfg)
 
 
 def causal_softmax(scores: torch.Tensor) -> torch.Tensor:
@@ -238,9 +222,7 @@ def test_planted_anti_copying_head(d_vocab, d_model):
 
 
 def test_eigenvalue_score_edge_cases():
-    assert eigenvalue_score(torch.tensor([1 + 1j, 1 - 1j])) == pytest.approx(
-        2 / (2 * math.sqrt(2))
-    )
+    assert eigenvalue_score(torch.tensor([1 + 1j, 1 - 1j])) == pytest.approx(2 / (2 * math.sqrt(2)))
     assert math.isnan(eigenvalue_score(torch.zeros(3, dtype=torch.complex64)))
 
 

@@ -5,6 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from factories import match_multisets
 from qkov.errors import QkovError
 from qkov.factored import FactoredMatrix
 
@@ -16,17 +17,6 @@ def random_fm(m: int, r: int, n: int, batch: tuple[int, ...] = (), seed: int = 0
     A = torch.randn(*batch, m, r, generator=g, dtype=torch.float64)
     B = torch.randn(*batch, r, n, generator=g, dtype=torch.float64)
     return FactoredMatrix(A, B), A @ B
-
-
-def match_multisets(a: torch.Tensor, b: torch.Tensor, tol: float) -> None:
-    """Every element of a pairs with a distinct element of b within tol (greedy, nearest)."""
-    assert a.numel() == b.numel(), (a, b)
-    left = list(b.tolist())
-    for z in a.tolist():
-        dist = [abs(z - w) for w in left]
-        i = min(range(len(left)), key=dist.__getitem__)
-        assert dist[i] <= tol, f"{z} has no partner in {left}"
-        left.pop(i)
 
 
 def nonzero(eigs: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+import factories
 from qkov import AttnOnlyTransformer, ModelConfig, QkovError
 from qkov.model import hook_names
 
@@ -38,22 +39,17 @@ def reference_logits(cfg: ModelConfig, w: dict, tokens: torch.Tensor) -> torch.T
     return norm(x) @ w["W_U"]
 
 
-def random_model(
-    n_layers: int, positional: str, seed: int = 0, normalization: str = "none"
-) -> AttnOnlyTransformer:
-    cfg = ModelConfig(
-        n_layers=n_layers,
-        n_heads=3,
-        d_model=24,
-        d_head=8,
-        n_ctx=12,
-        d_vocab=37,
-        positional=positional,
-        seed=seed,
-        init_std=0.3,
+def random_model(n_layers: int, positional: str, seed: int = 0, normalization: str = "none"):
+    """This file's models: d_head 8 (not d_model / n_heads) and an odd vocabulary."""
+    return factories.random_model(
+        n_layers,
+        positional,
         normalization=normalization,
+        d_head=8,
+        d_vocab=37,
+        init_std=0.3,
+        seed=seed,
     )
-    return AttnOnlyTransformer(cfg)
 
 
 @pytest.mark.parametrize("normalization", ["none", "rms"])

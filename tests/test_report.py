@@ -19,6 +19,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 import qkov
 from qkov.errors import QkovError
+from qkov.names import SCORE_NAMES
 from qkov.report import (
     SCHEMA_VERSION,
     attention_html,
@@ -361,14 +362,7 @@ def test_analysis_covers_every_section(analysis):
     h = m2["heads"][0]
     assert len(h["ov_eigenvalues"]) == 16 and len(h["qk_eigenvalues"]) == 16
     assert -1 <= h["ov_eigenvalue_score"] <= 1 and h["skip_trigrams"]
-    assert set(h["scores"]) == {
-        "previous_token",
-        "induction",
-        "prefix_matching",
-        "duplicate_token",
-        "copying",
-        "positional",
-    }
+    assert tuple(h["scores"]) == SCORE_NAMES
     comp = m2["composition"]
     k = torch.tensor(
         [[[[math.nan if v is None else v for v in c] for c in b] for b in a] for a in comp["k"]]

@@ -50,17 +50,8 @@ from qkov.data.probes import (
 from qkov.errors import QkovError
 from qkov.io import json_safe
 from qkov.model import AttnOnlyTransformer
+from qkov.names import LABELS, SCORE_NAMES
 
-SCORE_NAMES = (
-    "previous_token",
-    "induction",
-    "prefix_matching",
-    "duplicate_token",
-    "copying",
-    "positional",
-)
-# A head's label is the name of the score that decided it (or "other"): one spelling.
-LABELS = ("previous_token", "induction", "duplicate_token", "copying", "positional", "other")
 # The short column names of `HeadClassification.table`, explained under it.
 COLUMNS = {
     "prev": "previous_token",

@@ -30,10 +30,6 @@ class Corpus:
     documents: list[Document]
     skipped: int = 0
 
-    @property
-    def n_chars(self) -> int:
-        return sum(len(d.text) for d in self.documents)
-
     def fingerprint(self) -> str:
         """A content hash: names and texts, so the token cache notices any change."""
         h = hashlib.sha256()

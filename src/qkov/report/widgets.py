@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from importlib.resources import files
 from typing import Any
 
+from qkov.names import SCORE_NAMES
 from qkov.report.escape import esc, jsonable, script_json, tok, visible_token
 from qkov.report.svg import attention_svg, complex_scatter, num
 
@@ -130,14 +131,7 @@ def attention_html(tokens: Sequence[str], pattern: Any, max_heads: int = 16) -> 
     return fragment(body)
 
 
-SCORE_ORDER = (
-    "previous_token",
-    "induction",
-    "prefix_matching",
-    "duplicate_token",
-    "copying",
-    "positional",
-)
+SCORE_ORDER = SCORE_NAMES
 # A column equal to another on every head is shown once: on the repeated-random probe the
 # induction score *is* prefix matching; on text without a known repeat it is the reverse.
 SAME_AS = {

@@ -1,0 +1,14 @@
+"""The words of qkov's vocabulary that are data: head scores and head labels, spelt the same
+in code, CLI, analysis.json and the report (see docs/DESIGN.md). Imports nothing."""
+
+# The detector scores of `qkov.heads.head_scores`, in the order tables show them.
+SCORE_NAMES = (
+    "previous_token",
+    "induction",
+    "prefix_matching",
+    "duplicate_token",
+    "copying",
+    "positional",
+)
+# A head's label: the name of the score that decided it, or "other".
+LABELS = ("previous_token", "induction", "duplicate_token", "copying", "positional", "other")

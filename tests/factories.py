@@ -1,0 +1,60 @@
+"""What several test files build: small random models, random tokens, and the multiset
+comparison of eigenvalue spectra (which have no natural order)."""
+
+from __future__ import annotations
+
+import torch
+
+from qkov import AttnOnlyTransformer, ModelConfig
+
+
+def random_model(
+    n_layers: int = 1,
+    positional: str = "shortformer",
+    *,
+    normalization: str = "none",
+    n_heads: int = 3,
+    d_model: int = 24,
+    d_head: int | None = None,
+    n_ctx: int = 12,
+    d_vocab: int = 40,
+    init_std: float = 0.4,
+    seed: int = 0,
+) -> AttnOnlyTransformer:
+    """A small model with random weights, large enough (init_std) that patterns are far
+    from uniform, so a wrong term or a wrong transpose shows in the logits."""
+    cfg = ModelConfig(
+        n_layers=n_layers,
+        n_heads=n_heads,
+        d_model=d_model,
+        d_head=d_head,
+        n_ctx=n_ctx,
+        d_vocab=d_vocab,
+        positional=positional,
+        normalization=normalization,
+        init_std=init_std,
+        seed=seed,
+    )
+    return AttnOnlyTransformer(cfg)
+
+
+def random_tokens(model: AttnOnlyTransformer, batch: int = 3, seed: int = 0) -> torch.Tensor:
+    """[batch, n_ctx] uniform random token ids for `model`."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(model.cfg.d_vocab, (batch, model.cfg.n_ctx), generator=g)
+
+
+def match_multisets(a: torch.Tensor, b: torch.Tensor, tol: float) -> None:
+    """Every element of a pairs with a distinct element of b within tol (greedy, nearest)."""
+    assert a.numel() == b.numel(), (a, b)
+    left = list(b.tolist())
+    for z in a.tolist():
+        dist = [abs(z - w) for w in left]
+        i = min(range(len(left)), key=dist.__getitem__)
+        assert dist[i] <= tol, f"{z} has no partner in {left}"
+        left.pop(i)
+
+
+def nonzero(eigs: torch.Tensor, tol: float) -> torch.Tensor:
+    """The entries of a spectrum with |lambda| > tol."""
+    return eigs[eigs.abs() > tol]

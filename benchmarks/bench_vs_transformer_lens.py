@@ -11,7 +11,7 @@ Training step = forward + next-token cross-entropy + backward + AdamW step, on a
 n_ctx + 1 tokens as qkov.train feeds it. Mode "train": each side's fastest loss, qkov's
 `model(x, targets)` (unembed fused with the loss, qkov.loss; what `qkov train` runs) vs
 `F.cross_entropy` on TL's logits (faster than TL's own return_type="loss"). Mode
-"train-unfused": the same `F.cross_entropy` on both sides' logits (qkov.train.lm_loss).
+"train-unfused": the same `F.cross_entropy` on both sides' logits (qkov.loss.next_token_loss).
 TL's model also trains its (zero-initialised) biases, as TL users' models do.
 """
 
@@ -26,10 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from qkov import AttnOnlyTransformer, ModelConfig
 from qkov.interop import to_hooked_transformer
-from qkov.train import lm_loss
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def make_steps(
 
     def train_unfused() -> None:
         opt.zero_grad(set_to_none=True)
-        lm_loss(model(x), y).backward()
+        F.cross_entropy(model(x).flatten(0, 1).float(), y.flatten()).backward()
         opt.step()
 
     def train() -> None:  # as qkov.train does it, minus clipping and logging

@@ -71,11 +71,6 @@ def test_report_module_does_not_import_torch(tmp_path):
     assert (tmp_path / "o" / "report.html").is_file()
 
 
-@pytest.mark.xfail(
-    reason="building the qkov parser imports every subcommand module; cli/heads.py imports "
-    "qkov.data.corpus, whose package __init__ imports torch (not the report's own imports)",
-    strict=False,
-)
 def test_qkov_report_command_does_not_import_torch(tmp_path):
     src = _write(tmp_path / "analysis.json", v2_analysis())
     code = (

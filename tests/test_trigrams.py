@@ -56,6 +56,38 @@ def test_per_source_cap_matches_brute_force(per_source):
     assert max(sources.count(s) for s in sources) <= per_source
 
 
+@pytest.mark.parametrize("per_source", [None, 1])
+def test_min_count_ranks_only_tokens_seen_often_enough(per_source):
+    """With token counts, every token of every trigram (source, destination, out) is one seen
+    >= min_count times, and the list is the brute-force top-k over those tokens alone."""
+    cfg = ModelConfig(n_layers=1, n_heads=2, d_model=16, n_ctx=8, d_vocab=25, init_std=0.5)
+    model = AttnOnlyTransformer(cfg)
+    ref = dense_trigram_scores(model, 0, 0)
+    # Leave out the tokens of the unfiltered top trigrams, so the filter must change the list.
+    top = skip_trigrams(model, 0, 0, k=3)
+    rare = {t for tri in top for t in (tri.source, tri.destination, tri.out)}
+    model.token_counts = torch.tensor([3 if i in rare else 50 for i in range(25)])
+    keep = torch.tensor([i not in rare for i in range(25)])
+    got = skip_trigrams(model, 0, 0, k=8, min_count=10, per_source=per_source)
+    for t in got:
+        assert not rare & {t.source, t.destination, t.out}
+    masked = ref.clone()
+    masked[~keep] = -math.inf
+    masked[:, ~keep] = -math.inf
+    masked[:, :, ~keep] = -math.inf
+    if per_source is None:
+        want = masked.flatten().topk(8).values
+    else:
+        want = masked.flatten(1).topk(1, dim=1).values.flatten().topk(8).values
+    torch.testing.assert_close(
+        torch.tensor([t.score for t in got], dtype=torch.float64), want, rtol=1e-4, atol=1e-5
+    )
+    assert skip_trigrams(model, 0, 0, k=3, min_count=None) == top  # None: no filter
+    model.token_counts = None
+    with pytest.raises(QkovError, match="token_counts.json"):
+        skip_trigrams(model, 0, 0, k=3, min_count=10)
+
+
 def keep_in_mind_model() -> AttnOnlyTransformer:
     """in/at attend to keep (QK); attending to keep raises mind and bay (OV)."""
     words = ["keep", "in", "at", "mind", "bay", "the", "a", "[UNK]"]

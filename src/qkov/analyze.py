@@ -85,7 +85,7 @@ def analyze(
         in_memory = isinstance(item, AttnOnlyTransformer)
         model = item if in_memory else load(item)
         checkpoint = None if in_memory else str(item)
-        name = names[i] if names else (Path(item).name if checkpoint else f"{i}")
+        name = names[i] if names else (Path(item).name if checkpoint else f"{model.cfg.n_layers}L")
         ev = evaluation or evaluation_set(
             model,
             checkpoint,
@@ -95,7 +95,10 @@ def analyze(
             seed=seed,
         )
         if log:
-            log(f"analyzing {name} ({_layers(model.cfg.n_layers)} x {model.cfg.n_heads} heads)")
+            log(
+                f"analyzing {name} ({_count(model.cfg.n_layers, 'layer')} x "
+                f"{_count(model.cfg.n_heads, 'head')})"
+            )
         with torch.no_grad():
             records.append(
                 analyze_model(
@@ -120,8 +123,8 @@ def analyze(
     return {"schema_version": SCHEMA_VERSION, "generator": f"qkov {__version__}", "models": records}
 
 
-def _layers(n: int) -> str:
-    return f"{n} layer" + ("" if n == 1 else "s")
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def analyze_model(

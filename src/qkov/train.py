@@ -34,12 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from qkov import distributed
 from qkov.checkpoint import TOKEN_COUNTS, read_json, write_token_counts
-from qkov.config import ModelConfig
+from qkov.config import ModelConfig, TrainConfig
 from qkov.errors import QkovError
 from qkov.interrupt import StopRequest, TrainingInterrupted
 from qkov.io import atomic_save_safetensors, atomic_write_text, check_output_dir
@@ -49,61 +48,7 @@ from qkov.resources import check_step_memory
 from qkov.runlock import RunLock
 from qkov.train_state import STATE, remove_stale_temp_files, restore_state, state_tensors
 
-__all__ = ["TrainConfig", "TrainingInterrupted", "evaluate", "lm_loss", "resume_config", "train"]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation and data settings of a run (CLI flags use the same names)."""
-
-    corpus: str = "stdlib"
-    steps: int = 1500
-    batch_size: int = 16
-    lr: float = 3e-3
-    warmup: int = 100
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    eval_interval: int = 100
-    eval_batches: int = 8
-    ckpt_interval: int = 250
-    probe_interval: int = 0  # 0: no head probes during training
-    seed: int = 0
-    device: str = "cpu"
-    init_from: str | None = None  # a model directory whose weights start the run (fine-tuning)
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "eval_interval", "eval_batches", "ckpt_interval"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise QkovError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
-        for name in ("warmup", "probe_interval", "seed"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise QkovError(f"--{name.replace('_', '-')} must be >= 0, got {v!r}")
-        if self.seed >= 2**63:  # torch.Generator takes 64-bit seeds
-            raise QkovError(f"--seed must be below 2**63, got {self.seed}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise QkovError(f"--lr must be a positive number, got {self.lr}")
-        if not self.grad_clip > 0:  # also refuses NaN
-            raise QkovError(f"--grad-clip must be positive, got {self.grad_clip}")
-        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
-            raise QkovError(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
-        if not 0 <= self.min_lr_ratio <= 1:  # also refuses NaN
-            raise QkovError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
-
-    def lr_at(self, step: int) -> float:
-        """Linear warmup to lr, then cosine decay to min_lr_ratio * lr at `steps`."""
-        if step < self.warmup:
-            return self.lr * (step + 1) / self.warmup
-        frac = min(1.0, (step - self.warmup) / max(1, self.steps - self.warmup))
-        cos = 0.5 * (1 + math.cos(math.pi * frac))
-        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * cos)
-
-
-def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy. logits [batch, pos, d_vocab], targets [batch, pos]."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+__all__ = ["TrainConfig", "TrainingInterrupted", "evaluate", "resume_config", "train"]
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""`qkov circuits DIR`: per-head OV copying statistics and top skip-trigrams."""
+"""`qkov circuits DIR`: per-head OV eigenvalue statistics and top skip-trigrams."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "circuits",
-        help="table of heads: OV copying statistics and top skip-trigrams",
-        description="For every head: the eigenvalue copying score sum(lambda)/sum(|lambda|) "
-        "of its OV circuit, the fraction of tokens it copies as top-1, and its top "
-        "skip-trigrams read from the factored QK and OV circuits.",
+        help="table of heads: OV eigenvalue statistics and top skip-trigrams",
+        description="For every head: sum(lambda)/sum(|lambda|) of its OV circuit's "
+        "eigenvalues (near 1: it copies what it attends to), the fraction of tokens whose own "
+        "logit is the top-1 in their OV row, and its top skip-trigrams read from the factored "
+        "QK and OV circuits, over tokens seen often enough in training.",
     )
     p.add_argument("dir", help="checkpoint directory (config.json + model.safetensors)")
     p.add_argument("-k", "--top-k", type=int, default=10, help="skip-trigrams per head")
@@ -23,6 +24,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=2,
         help="at most this many skip-trigrams per source token (0: no limit)",
     )
+    p.add_argument(
+        "--min-token-count",
+        type=int,
+        default=10,
+        help="rank skip-trigrams only over tokens seen at least this often in training "
+        "(token_counts.json of the run; without it, all tokens)",
+    )
+    p.add_argument("--all-tokens", action="store_true", help="rank skip-trigrams over every token")
     p.add_argument("--bugs", type=int, default=3, help="factoring bugs shown per head")
     p.add_argument(
         "--chunk-size", type=int, default=None, help="vocab rows per dense chunk (memory bound)"
@@ -34,18 +43,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from qkov.checkpoint import load
-    from qkov.circuits import ov_copying
-    from qkov.cli import plural
+    from qkov.circuits import ov_statistics
     from qkov.errors import QkovError
     from qkov.io import atomic_write_text, check_output_file
-    from qkov.trigrams import factoring_bugs, skip_trigrams
 
-    if args.top_k < 1:
-        raise QkovError(f"--top-k must be >= 1, got {args.top_k}")
-    if args.per_source < 0:
-        raise QkovError(f"--per-source must be >= 0 (0: no limit), got {args.per_source}")
-    if args.bugs < 0:
-        raise QkovError(f"--bugs must be >= 0, got {args.bugs}")
+    for flag, value, low in (
+        ("--top-k", args.top_k, 1),
+        ("--per-source", args.per_source, 0),
+        ("--bugs", args.bugs, 0),
+        ("--min-token-count", args.min_token_count, 0),
+    ):
+        if value < low:
+            raise QkovError(f"{flag} must be >= {low}, got {value}")
     if args.chunk_size is not None and args.chunk_size < 1:
         raise QkovError(f"--chunk-size must be >= 1, got {args.chunk_size}")
     if args.json is not None:
@@ -59,44 +68,62 @@ def run(args: argparse.Namespace) -> int:
         f"d_vocab={cfg.d_vocab} positional={cfg.positional}"
     )
     heads = [(l, h) for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
-    copying = {lh: ov_copying(model, *lh, chunk_size=args.chunk_size) for lh in heads}
-    print("\nhead   sum(l)/sum|l|   top-1 copying")
-    for (l, h), c in copying.items():
-        print(f"L{l}H{h:<3} {c.eigenvalue_score:+13.3f}   {c.top1_fraction:13.3f}")
-
-    results = []
-    for l, h in heads:
-        trigrams = skip_trigrams(
-            model,
-            l,
-            h,
-            k=args.top_k,
-            chunk_size=args.chunk_size,
-            per_source=args.per_source or None,
-        )
-        note = " (direct path only)" if l > 0 else ""
-        print(
-            f"\nL{l}H{h} top {plural(len(trigrams), 'skip-trigram')}{note}: "
-            "score = sigmoid(attention) * logit boost"
-        )
-        for i, t in enumerate(trigrams, 1):
-            print(f"  {i:>2}. {t}   attn {t.attention:+.2f}  boost {t.boost:+.2f}")
-        bugs = factoring_bugs(model, l, h, trigrams=trigrams)[: args.bugs]
-        for b in bugs:
-            print(f"  bug: {b.first} & {b.second}\n       => {b.crossed}")
-        if args.bugs and not bugs:
-            print(
-                "  no factoring bug: no two of these skip-trigrams share a source token "
-                "with different destinations and outs"
-            )
-        results.append(
-            {
-                **copying[(l, h)].to_dict(),
-                "skip_trigrams": [t.to_dict() for t in trigrams],
-                "factoring_bugs": [b.to_dict() for b in bugs],
-            }
-        )
+    ov = {lh: ov_statistics(model, *lh, chunk_size=args.chunk_size) for lh in heads}
+    print("\nhead   OV sum(l)/sum|l|   top-1 self fraction")
+    for (l, h), c in ov.items():
+        print(f"L{l}H{h:<3} {c.eigenvalue_score:+16.3f}   {c.top1_fraction:19.3f}")
+    min_count = None if args.all_tokens or model.token_counts is None else args.min_token_count
+    print("\n" + _filter_note(model, min_count))
+    results = [{**ov[lh].to_dict(), **_head_trigrams(model, *lh, args, min_count)} for lh in heads]
     if args.json is not None:
-        atomic_write_text(args.json, json.dumps({"heads": results}, indent=2) + "\n")
+        record = {"min_token_count": min_count, "heads": results}
+        atomic_write_text(args.json, json.dumps(record, indent=2) + "\n")
         print(f"\nwrote {args.json}")
     return 0
+
+
+def _filter_note(model, min_count: int | None) -> str:
+    """The skip-trigram tables' header: which tokens they rank over."""
+    if min_count:
+        kept = int((model.token_counts >= min_count).sum())
+        return (
+            f"skip-trigrams over tokens seen >= {min_count} times in training ({kept:,} of "
+            f"{model.cfg.d_vocab:,} tokens; --all-tokens for every token)"
+        )
+    why = "no token_counts.json in the run" if model.token_counts is None else "--all-tokens"
+    return f"skip-trigrams over all {model.cfg.d_vocab:,} tokens ({why})"
+
+
+def _head_trigrams(model, layer: int, head: int, args, min_count: int | None) -> dict:
+    """Print one head's skip-trigrams and factoring bugs; return them as JSON records."""
+    from qkov.cli import plural
+    from qkov.trigrams import factoring_bugs, skip_trigrams
+
+    trigrams = skip_trigrams(
+        model,
+        layer,
+        head,
+        k=args.top_k,
+        chunk_size=args.chunk_size,
+        per_source=args.per_source or None,
+        min_count=min_count,
+    )
+    note = " (direct path only)" if layer > 0 else ""
+    print(
+        f"\nL{layer}H{head} top {plural(len(trigrams), 'skip-trigram')}{note}: "
+        "score = sigmoid(attention) * logit boost"
+    )
+    for i, t in enumerate(trigrams, 1):
+        print(f"  {i:>2}. {t}   attn {t.attention:+.2f}  boost {t.boost:+.2f}")
+    bugs = factoring_bugs(model, layer, head, trigrams=trigrams)[: args.bugs]
+    for b in bugs:
+        print(f"  bug: {b.first} & {b.second}\n       => {b.crossed}")
+    if args.bugs and not bugs:
+        print(
+            "  no factoring bug: no two of these skip-trigrams share a source token "
+            "with different destinations and outs"
+        )
+    return {
+        "skip_trigrams": [t.to_dict() for t in trigrams],
+        "factoring_bugs": [b.to_dict() for b in bugs],
+    }

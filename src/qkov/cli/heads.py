@@ -44,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from qkov.ablation import icl_score, term_importance
     from qkov.checkpoint import load
+    from qkov.cli import plural
     from qkov.cli.analyze import read_text_file
     from qkov.data.evaluation import evaluation_set
     from qkov.errors import QkovError
@@ -62,10 +63,10 @@ def run(args: argparse.Namespace) -> int:
     )
     cls = classify_heads(model, batch=args.batch_size, seq_len=args.seq_len, seed=args.seed)
     s = cls.scores
-    layers = f"{cfg.n_layers} layer" + ("" if cfg.n_layers == 1 else "s")
     print(
-        f"{args.dir}: {layers} x {cfg.n_heads} heads; probe: {s.n_sequences} sequences of "
-        f"{s.seq_len} random tokens ending in a repeated block (seed {args.seed})"
+        f"{args.dir}: {plural(cfg.n_layers, 'layer')} x {plural(cfg.n_heads, 'head')}; probe: "
+        f"{plural(s.n_sequences, 'sequence')} of {s.seq_len} random tokens ending in a "
+        f"repeated block (seed {args.seed})"
     )
     print(cls.table() if cls.records else "(no heads: a 0-layer model is a bigram table)")
     result: dict[str, object] = {"classification": cls.to_dict(), "evaluation": ev.to_dict()}

@@ -49,7 +49,7 @@ BY_HAND = ("steps", "init_from")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from qkov.train import TrainConfig
+    from qkov.config import TrainConfig
 
     p = sub.add_parser(
         "train",
@@ -92,8 +92,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from qkov.config import TrainConfig
     from qkov.metrics import last_record
-    from qkov.train import TrainConfig, TrainingInterrupted, resume_config, train
+    from qkov.train import TrainingInterrupted, resume_config, train
 
     cfg = None
     if args.resume:  # the run's own configs: only --steps (if more) and --device are taken

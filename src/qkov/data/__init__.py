@@ -4,7 +4,6 @@ from qkov.data.corpus import Corpus, Document, load_corpus, stdlib_files
 from qkov.data.dataset import (
     TokenStream,
     default_cache_dir,
-    heldout_tokens,
     prepare,
 )
 from qkov.data.synthetic import InductionTask, RepeatedRandom
@@ -19,7 +18,6 @@ __all__ = [
     "TokenStream",
     "decode_token",
     "default_cache_dir",
-    "heldout_tokens",
     "load_corpus",
     "prepare",
     "stdlib_files",

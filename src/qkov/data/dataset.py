@@ -156,29 +156,3 @@ def prepare(
         n_documents=meta["n_documents"],
         skipped=meta["skipped"],
     )
-
-
-def heldout_tokens(
-    tokenizer: Tokenizer,
-    corpus: str = "stdlib",
-    n_seqs: int = 16,
-    n_ctx: int = 256,
-    val_fraction: float = 0.05,
-    max_docs: int = 200,
-) -> torch.Tensor:
-    """[n_seqs, n_ctx] evenly spaced windows of the corpus's held-out documents, encoded
-    with `tokenizer` (no cache, no tokenizer training: for evaluating a trained model)."""
-    _, val = load_corpus(corpus).split(val_fraction)
-    if not val:
-        raise QkovError(f"corpus {corpus!r} has no held-out documents: give it more files")
-    eot = tokenizer.token_to_id(EOT)
-    ids: list[int] = []
-    for enc in tokenizer.encode_batch([d.text for d in val[:max_docs]]):
-        ids += enc.ids + ([eot] if eot is not None else [])
-    if len(ids) < n_ctx:
-        raise QkovError(
-            f"held-out text of {corpus!r} has {len(ids)} tokens, fewer than n_ctx={n_ctx}"
-        )
-    stream = torch.tensor(ids, dtype=torch.long)
-    starts = torch.linspace(0, len(ids) - n_ctx, n_seqs).long()
-    return torch.stack([stream[s : s + n_ctx] for s in starts.tolist()])

@@ -124,6 +124,7 @@ def reference(tiny_corpus, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_is_exact(tiny_corpus, reference, tmp_path):
     rng = random.Random(7)
     run = tmp_path / "run"
@@ -273,6 +274,7 @@ SLOW = dict(
 LIVENESS_S = 120  # generous: a stop that waited for the step would still pass it only by luck
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_slow_step_promptly_and_the_run_resumes(tmp_path):
     """A step blocked in long torch ops ignores Python signal handlers; the watchdog exits
     the process (143) GRACE_S after SIGTERM instead of waiting for the step to end."""

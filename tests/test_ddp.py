@@ -76,6 +76,7 @@ def torchrun(tmp_path: Path, out: Path) -> str:
     return res.stdout
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process_and_resume(tmp_path):
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     stdout = torchrun(tmp_path, ddp)

@@ -22,6 +22,7 @@ def run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_induction_head_forms_with_previous_token_partner(run):
     cls = classify_heads(load(run), batch=16, seed=0)
     ind = max(cls.with_label("induction"), key=lambda r: r.scores["induction"])
@@ -32,6 +33,7 @@ def test_induction_head_forms_with_previous_token_partner(run):
     assert ind.qk_term_eigenvalue_score > 0.9  # the K-composition term matches tokens
 
 
+@pytest.mark.slow
 def test_metrics_show_the_phase_change(run):
     records = read_records(run / "metrics.jsonl")
     probes = [r for r in records if "probe_induction_score" in r]

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from qkov.cli import main
 from qkov.data import prepare
 from qkov.runlock import RunLock
@@ -40,6 +42,7 @@ def test_a_locked_directory_is_refused_and_left_untouched(tiny_corpus, tmp_path,
     assert main(tiny_train(tiny_corpus, run, steps=2)) == 0
 
 
+@pytest.mark.slow
 def test_second_process_on_a_running_directory_is_refused(tiny_corpus, tmp_path):
     prepare(str(tiny_corpus), 300)  # fill the token cache the children read
     run = tmp_path / "run"

@@ -89,7 +89,9 @@ class StopRequest:
         r, w = self._pipe
         os.close(w)  # the watchdog reads end-of-file and returns
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            # No timeout: closing r under a watchdog still reading it would let a file opened
+            # later reuse the number, and the watchdog read that file's bytes as signals.
+            self._thread.join()
         os.close(r)
         self._pipe = None
 

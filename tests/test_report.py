@@ -259,7 +259,8 @@ def test_model_card_shows_one_loss_with_what_it_rests_on(page):
     assert rows["loss"] == "2.500 nats/token on 512 predicted tokens"
     assert rows["evaluation set"].startswith("held-out documents of --corpus stdlib (text;")
     assert rows["ICL score (evaluation set)"] == (
-        "-0.512 \u00b1 0.041 nats (mean loss at positions [55, 64) minus [40, 50); 8 sequences)"
+        "-0.512 \u00b1 0.041 nats (mean loss on tokens 55\u201363 minus on tokens 40\u201349; "
+        "8 sequences)"
     )
     assert rows["probe ICL score"] == "-1.234 nats (random-token training probe)"
     assert "val_loss" not in card.text and "val loss" not in card.text  # no competing loss

@@ -36,14 +36,12 @@ def svg(text: str) -> ET.Element:
     [
         (0.2, "0.200"),
         (1, "1.000"),
-        (6.85e-4, "0.001"),  # rounds to a nonzero value: fixed decimals as any other
-        (4.2e-4, "0.0004"),  # would round to 0.000: one significant digit instead
-        (-3.1e-5, "-0.00003"),
-        (9.6e-5, "0.0001"),
-        (-0.0001e-3, "-0.0000001"),
+        (6.85e-4, "0.001"),  # fixed decimals, never 6.85e-04
+        (4.2e-4, "0.000"),  # rounds to zero: still three decimals (columns align)
+        (-3.1e-5, "0.000"),  # no "-0.000"
+        (-6e-4, "-0.001"),
         (1e-12, "0.000"),
         (-0.0, "0.000"),
-        (-1e-4 / 3, "-0.00003"),
         (2.4301, "2.430"),
         (65_536.0, "65.5k"),
         (None, "\u2013"),

@@ -48,13 +48,18 @@ def loss_text(m: dict) -> str | None:
 
 
 def icl_text(icl: dict | None) -> str | None:
-    """'-0.512 ± 0.041 nats (loss at positions [55, 64) minus [40, 50); 8 sequences)'."""
+    """'-0.512 ± 0.041 nats (mean loss on tokens 55–63 minus on tokens 40–49; 8 sequences)':
+    the windows are [start, stop) ranges of predicted-token indices."""
     if not icl or icl.get("score") is None:
         return None
     early, late = icl.get("early") or ["?", "?"], icl.get("late") or ["?", "?"]
+
+    def tokens(w: list) -> str:
+        return f"{w[0]}\u2013{w[1] - 1}" if all(isinstance(x, int) for x in w) else "?"
+
     return (
-        f"{num(icl['score'], signed=True)} \u00b1 {num(icl.get('stderr'))} nats (mean loss at "
-        f"positions [{late[0]}, {late[1]}) minus [{early[0]}, {early[1]}); "
+        f"{num(icl['score'], signed=True)} \u00b1 {num(icl.get('stderr'))} nats (mean loss on "
+        f"tokens {tokens(late)} minus on tokens {tokens(early)}; "
         f"{count(icl.get('n_sequences'))} sequences)"
     )
 

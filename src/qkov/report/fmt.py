@@ -1,8 +1,8 @@
 """The report's number formats, one rule each, used by every section and plot.
 
     num(x)     a measured value (score, loss, logit): fixed decimals (3 by default), so
-               0.2 shows as 0.200 and 1 as 1.000; a nonzero value that would round to
-               zero keeps one significant digit (0.0007); |x| >= 10^4 as si(x).
+               0.2 shows as 0.200, 1 as 1.000 and 0.000004 as 0.000 (columns stay
+               aligned; a table never mixes 6.85e-04 with 0.2); |x| >= 10^4 as si(x).
     count(n)   an integer count with thousands separators: 65,536.
     si(x)      an amount on an axis or of tokens: 4M, 16M, 65.5M, 1.5k, 250.
 
@@ -36,14 +36,6 @@ def num(x: Any, digits: int = 3, signed: bool = False) -> str:
     sign = "+" if signed and v > 0 else ""
     if abs(v) >= 1e4:
         return sign + si(v)
-    if v != 0 and abs(v) < 0.5 * 10**-digits:
-        if abs(v) < 1e-9:
-            return f"{0:.{digits}f}"
-        decimals = -math.floor(math.log10(abs(v)))
-        text = f"{v:.{decimals}f}"
-        if abs(float(text)) >= 10 ** (1 - decimals):  # 0.000096 -> 0.0001, not 0.00010
-            text = f"{v:.{max(decimals - 1, digits)}f}"
-        return sign + text
     text = f"{v:.{digits}f}"
     if float(text) == 0:
         text = text.lstrip("-")  # no "-0.000"

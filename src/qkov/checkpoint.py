@@ -110,7 +110,7 @@ def read_token_counts(path: Path, d_vocab: int) -> torch.Tensor:
         or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts)
     ):
         raise QkovError(
-            f"{path} must hold \"counts\": {d_vocab} non-negative integers (one per token id "
+            f'{path} must hold "counts": {d_vocab} non-negative integers (one per token id '
             "of the model): restore it from the training run or delete it"
         )
     return torch.tensor(counts, dtype=torch.long)

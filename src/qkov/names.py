@@ -1,5 +1,6 @@
-"""The words of qkov's vocabulary that are data: head scores and head labels, spelt the same
-in code, CLI, analysis.json and the report (see docs/DESIGN.md). Imports nothing."""
+"""The words of qkov's vocabulary that are data (head scores and head labels, spelt the same
+in code, CLI, analysis.json and the report; see docs/DESIGN.md) and the defaults the CLI
+shows before it imports torch. Imports nothing."""
 
 # The detector scores of `qkov.heads.head_scores`, in the order tables show them.
 SCORE_NAMES = (
@@ -12,3 +13,6 @@ SCORE_NAMES = (
 )
 # A head's label: the name of the score that decided it, or "other".
 LABELS = ("previous_token", "induction", "duplicate_token", "copying", "positional", "other")
+# Skip-trigram tables rank only tokens seen at least this often in training (the default of
+# `qkov analyze` and `qkov circuits`; see qkov.trigrams.allowed_tokens).
+MIN_TOKEN_COUNT = 10

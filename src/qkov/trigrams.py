@@ -39,8 +39,9 @@ from qkov.data.tokenizer import decode_token
 from qkov.errors import QkovError
 from qkov.factored import FactoredMatrix
 from qkov.model import AttnOnlyTransformer
+from qkov.names import MIN_TOKEN_COUNT
 
-DEFAULT_MIN_COUNT = 10  # what `qkov analyze` and `qkov circuits` use when counts exist
+DEFAULT_MIN_COUNT = MIN_TOKEN_COUNT  # what `qkov analyze` and `qkov circuits` use
 
 
 def allowed_tokens(model: AttnOnlyTransformer, min_count: int | None) -> Tensor | None:

@@ -6,6 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+from qkov.cli.flags import add_token_filter_flags
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -30,14 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--n-bigrams", type=int, default=20, help="rows of the bigram table")
     p.add_argument("--n-trigrams", type=int, default=8, help="skip-trigrams per head")
-    p.add_argument(
-        "--min-token-count",
-        type=int,
-        default=10,
-        help="rank skip-trigrams only over tokens seen at least this often in training "
-        "(where the run recorded token_counts.json)",
-    )
-    p.add_argument("--all-tokens", action="store_true", help="rank skip-trigrams over every token")
+    add_token_filter_flags(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the random probes")
     p.set_defaults(func=run)
 
@@ -58,6 +53,7 @@ def read_text_file(path: str, flag: str = "--text-file") -> str:
 
 def run(args: argparse.Namespace) -> int:
     from qkov.analyze import analyze, write_analysis
+    from qkov.cli.flags import min_token_count
     from qkov.errors import QkovError
     from qkov.io import check_output_dir
 
@@ -65,8 +61,6 @@ def run(args: argparse.Namespace) -> int:
     text = read_text_file(args.text_file) if args.text_file else None
     if args.n_bigrams < 1 or args.n_trigrams < 1 or args.eval_seqs < 1:
         raise QkovError("--n-bigrams, --n-trigrams and --eval-seqs must be at least 1")
-    if args.min_token_count < 0:
-        raise QkovError(f"--min-token-count must be >= 0, got {args.min_token_count}")
     t0 = time.perf_counter()
     analysis = analyze(
         args.dirs,
@@ -75,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         max_sequences=args.eval_seqs,
         n_bigrams=args.n_bigrams,
         n_trigrams=args.n_trigrams,
-        min_token_count=None if args.all_tokens else args.min_token_count,
+        min_token_count=min_token_count(args),
         seed=args.seed,
     )
     json_path, html_path = write_analysis(args.out, analysis)

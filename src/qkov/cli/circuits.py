@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from qkov.cli.flags import add_token_filter_flags
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -24,14 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=2,
         help="at most this many skip-trigrams per source token (0: no limit)",
     )
-    p.add_argument(
-        "--min-token-count",
-        type=int,
-        default=10,
-        help="rank skip-trigrams only over tokens seen at least this often in training "
-        "(token_counts.json of the run; without it, all tokens)",
-    )
-    p.add_argument("--all-tokens", action="store_true", help="rank skip-trigrams over every token")
+    add_token_filter_flags(p)
     p.add_argument("--bugs", type=int, default=3, help="factoring bugs shown per head")
     p.add_argument(
         "--chunk-size", type=int, default=None, help="vocab rows per dense chunk (memory bound)"
@@ -44,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from qkov.checkpoint import load
     from qkov.circuits import ov_statistics
+    from qkov.cli.flags import min_token_count
     from qkov.errors import QkovError
     from qkov.io import atomic_write_text, check_output_file
 
@@ -51,12 +47,12 @@ def run(args: argparse.Namespace) -> int:
         ("--top-k", args.top_k, 1),
         ("--per-source", args.per_source, 0),
         ("--bugs", args.bugs, 0),
-        ("--min-token-count", args.min_token_count, 0),
     ):
         if value < low:
             raise QkovError(f"{flag} must be >= {low}, got {value}")
     if args.chunk_size is not None and args.chunk_size < 1:
         raise QkovError(f"--chunk-size must be >= 1, got {args.chunk_size}")
+    wanted = min_token_count(args)
     if args.json is not None:
         check_output_file(args.json, "--json")  # before the work, not after it
     model = load(args.dir, device=args.device)
@@ -72,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     print("\nhead   OV sum(l)/sum|l|   top-1 self fraction")
     for (l, h), c in ov.items():
         print(f"L{l}H{h:<3} {c.eigenvalue_score:+16.3f}   {c.top1_fraction:19.3f}")
-    min_count = None if args.all_tokens or model.token_counts is None else args.min_token_count
+    min_count = wanted if model.token_counts is not None else None
     print("\n" + _filter_note(model, min_count))
     results = [{**ov[lh].to_dict(), **_head_trigrams(model, *lh, args, min_count)} for lh in heads]
     if args.json is not None:

@@ -71,3 +71,29 @@ def dataclass_values(
 ) -> dict[str, Any]:
     """{field: value} of the flags `add_dataclass_flags` added for `cls`: `cls(**values)`."""
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name not in skip}
+
+
+def add_token_filter_flags(parser: argparse.ArgumentParser) -> None:
+    """--min-token-count / --all-tokens: which tokens skip-trigram tables rank over (see
+    `qkov.trigrams.allowed_tokens`). Read them back with `min_token_count(args)`."""
+    from qkov.names import MIN_TOKEN_COUNT
+
+    parser.add_argument(
+        "--min-token-count",
+        type=int,
+        default=MIN_TOKEN_COUNT,
+        help="rank skip-trigrams only over tokens seen at least this often in training "
+        "(token_counts.json of the run; without it, all tokens)",
+    )
+    parser.add_argument(
+        "--all-tokens", action="store_true", help="rank skip-trigrams over every token"
+    )
+
+
+def min_token_count(args: argparse.Namespace) -> int | None:
+    """The minimum count the flags ask for (None: every token), checked."""
+    from qkov.errors import QkovError
+
+    if args.min_token_count < 0:
+        raise QkovError(f"--min-token-count must be >= 0, got {args.min_token_count}")
+    return None if args.all_tokens else args.min_token_count

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from qkov.config import ModelConfig
 from qkov.errors import QkovError
 from qkov.io import atomic_save_safetensors, atomic_write_text
-from qkov.model import AttnOnlyTransformer
+from qkov.model import AttnOnlyTransformer, check_weight_shapes
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -75,7 +75,9 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> AttnOnlyTransf
         )
     cfg = ModelConfig.load(path / CONFIG)
     weights = load_safetensors(path / WEIGHTS)
-    _check_shapes(cfg, weights, str(path / WEIGHTS))  # before allocating what config.json asks
+    check_weight_shapes(
+        cfg, weights, str(path / WEIGHTS)
+    )  # before allocating what config.json asks
     model = AttnOnlyTransformer(cfg)
     model.load_weights(weights, source=str(path / WEIGHTS))
     if (path / TOKENIZER).is_file():
@@ -114,27 +116,6 @@ def read_token_counts(path: Path, d_vocab: int) -> torch.Tensor:
             "of the model): restore it from the training run or delete it"
         )
     return torch.tensor(counts, dtype=torch.long)
-
-
-def _check_shapes(cfg: ModelConfig, weights: dict[str, torch.Tensor], source: str) -> None:
-    """Compare the file's shapes with the config's, so a hostile config.json (d_vocab=10**12)
-    is refused before the model is allocated."""
-    L, H, D, Dh, V = cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head, cfg.d_vocab
-    expected = {
-        "W_E": (V, D),
-        "W_pos": (cfg.n_ctx, D),
-        "W_Q": (L, H, D, Dh),
-        "W_K": (L, H, D, Dh),
-        "W_V": (L, H, D, Dh),
-        "W_O": (L, H, Dh, D),
-        "W_U": (D, V),
-    }
-    for name, shape in expected.items():
-        if name in weights and tuple(weights[name].shape) != shape:
-            raise QkovError(
-                f"{source}: {name} has shape {list(weights[name].shape)} but the config "
-                f"implies {list(shape)}: does config.json match the weights?"
-            )
 
 
 PICKLE_SUFFIXES = (".pt", ".pth")

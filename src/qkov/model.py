@@ -49,6 +49,32 @@ RMS_EPS = 1e-5
 WEIGHT_NAMES = ("W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O", "W_U")
 
 
+def weight_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of each of the paper's matrices for a config (see the module docstring)."""
+    L, H, D, Dh, V = cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head, cfg.d_vocab
+    return {
+        "W_E": (V, D),
+        "W_pos": (cfg.n_ctx, D),
+        "W_Q": (L, H, D, Dh),
+        "W_K": (L, H, D, Dh),
+        "W_V": (L, H, D, Dh),
+        "W_O": (L, H, Dh, D),
+        "W_U": (D, V),
+    }
+
+
+def check_weight_shapes(cfg: ModelConfig, weights: dict[str, Tensor], source: str) -> None:
+    """Every tensor of `weights` must have the shape `cfg` implies: a QkovError naming the
+    first that does not. Cheap, so a loader calls it before allocating the model (a hostile
+    config.json with d_vocab=10**12 is refused, not allocated)."""
+    for name, shape in weight_shapes(cfg).items():
+        if name in weights and tuple(weights[name].shape) != shape:
+            raise QkovError(
+                f"{source}: {name} has shape {list(weights[name].shape)} but the config "
+                f"implies {list(shape)}: does config.json match the weights?"
+            )
+
+
 def rms_scale(resid: Tensor) -> Tensor:
     """[..., d_model] -> [..., 1]: the divisor of normalization="rms", sqrt(mean(x^2) + eps)."""
     return (resid.pow(2).mean(-1, keepdim=True) + RMS_EPS).sqrt()
@@ -121,14 +147,10 @@ class AttnOnlyTransformer(nn.Module):
         missing = [n for n in required if n not in weights]
         if missing:
             raise QkovError(f"{source} is missing {missing}: was it saved by qkov?")
+        check_weight_shapes(self.cfg, weights, source)
         with torch.no_grad():
             for name, value in weights.items():
                 param: nn.Parameter = getattr(self, name)
-                if tuple(value.shape) != tuple(param.shape):
-                    raise QkovError(
-                        f"{source}: {name} has shape {list(value.shape)} but the config "
-                        f"implies {list(param.shape)}: does config.json match the weights?"
-                    )
                 if not torch.is_floating_point(value):
                     raise QkovError(f"{source}: {name} has dtype {value.dtype}, expected float")
                 param.copy_(value.to(param.dtype))

@@ -28,7 +28,7 @@ from torch import Tensor
 from qkov.data.tokenizer import decode_token
 from qkov.errors import QkovError
 from qkov.factored import FactoredMatrix
-from qkov.model import AttnOnlyTransformer
+from qkov.model import AttnOnlyTransformer, rms_scale
 
 # Elements of one dense chunk of a vocab x vocab circuit (rows formed at once): 16 MiB of fp32.
 CHUNK_ELEMENTS = 2**22
@@ -52,8 +52,6 @@ def check_head(model: AttnOnlyTransformer, layer: int, head: int) -> None:
 def token_embedding(model: AttnOnlyTransformer) -> Tensor:
     """W_E as the first layer's heads read it: [d_vocab, d_model]; with normalization="rms"
     each row is divided by its RMS (the scale rms_scale gives)."""
-    from qkov.model import rms_scale
-
     W_E = model.W_E.detach()
     return W_E / rms_scale(W_E) if model.cfg.normalization == "rms" else W_E
 

@@ -36,8 +36,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from qkov import distributed
-from qkov.checkpoint import TOKEN_COUNTS, read_json, write_token_counts
+from qkov import __version__, distributed
+from qkov.checkpoint import TOKEN_COUNTS, load, read_json, write_token_counts
 from qkov.config import ModelConfig, TrainConfig
 from qkov.errors import QkovError
 from qkov.interrupt import StopRequest, TrainingInterrupted
@@ -84,12 +84,10 @@ def check_device(device: str) -> None:
 
 
 def versions() -> dict[str, str]:
-    import qkov
-
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "qkov": qkov.__version__,
+        "qkov": __version__,
         "platform": platform.platform(),
     }
 
@@ -427,7 +425,6 @@ class _StepLog:
 
 def _init_weights(path: str, model_cfg: ModelConfig | None) -> AttnOnlyTransformer:
     """The model a fine-tuning run starts from; its config is the run's config."""
-    from qkov.checkpoint import load
 
     start = load(path)
     if model_cfg is not None and model_cfg != start.cfg:

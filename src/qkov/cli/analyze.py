@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from qkov.cli.flags import add_token_filter_flags
+from qkov.cli.flags import add_token_filter_flags, min_token_count
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,7 +53,6 @@ def read_text_file(path: str, flag: str = "--text-file") -> str:
 
 def run(args: argparse.Namespace) -> int:
     from qkov.analyze import analyze, write_analysis
-    from qkov.cli.flags import min_token_count
     from qkov.errors import QkovError
     from qkov.io import check_output_dir
 

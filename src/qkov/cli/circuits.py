@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from qkov.cli.flags import add_token_filter_flags
+from qkov.cli.flags import add_token_filter_flags, min_token_count
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +39,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from qkov.checkpoint import load
     from qkov.circuits import ov_statistics
-    from qkov.cli.flags import min_token_count
     from qkov.errors import QkovError
     from qkov.io import atomic_write_text, check_output_file
 

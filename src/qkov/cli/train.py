@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from qkov.cli.flags import add_dataclass_flags, dataclass_values
-from qkov.config import NORMALIZATIONS, POSITIONAL_MODES, ModelConfig
+from qkov.config import NORMALIZATIONS, POSITIONAL_MODES, ModelConfig, TrainConfig
 
 MODEL_HELP = {
     "n_layers": "attention layers (0: a bigram model)",
@@ -49,7 +49,6 @@ BY_HAND = ("steps", "init_from")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from qkov.config import TrainConfig
 
     p = sub.add_parser(
         "train",
@@ -92,7 +91,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qkov.config import TrainConfig
     from qkov.metrics import last_record
     from qkov.train import TrainingInterrupted, resume_config, train
 

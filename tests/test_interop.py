@@ -283,3 +283,28 @@ def test_per_head_read_out_is_the_einsum_bit_for_bit():
         x = torch.randn(L, D, generator=g, dtype=torch.float64)
         W = torch.randn(L, H, D, Dh, generator=g, dtype=torch.float64)
         assert torch.equal(_read_per_head(x, W), torch.einsum("ld,lhde->lhe", x, W))
+
+
+def test_zero_layer_layernorm_checkpoint_folds(tl):
+    """A 0-layer LN model (a bigram table behind ln_final) imports with fold_ln: W_E centred,
+    ln_final.w folded into W_U (it used to stop with a bare torch.stack RuntimeError)."""
+    cfg = tl.HookedTransformerConfig(
+        n_layers=0,
+        d_model=16,
+        n_ctx=8,
+        d_head=4,
+        n_heads=4,
+        d_vocab=20,
+        attn_only=True,
+        normalization_type="LN",
+        device="cpu",
+    )
+    model = tl.HookedTransformer(cfg)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        model.ln_final.w.copy_(1 + 0.5 * torch.randn(16, generator=g))
+    ours = from_transformer_lens(model, fold_ln=True)
+    assert ours.cfg.n_layers == 0
+    W_E, W_U = model.W_E.detach(), model.W_U.detach()
+    torch.testing.assert_close(ours.W_E.detach(), W_E - W_E.mean(-1, keepdim=True))
+    torch.testing.assert_close(ours.W_U.detach(), model.ln_final.w.detach()[:, None] * W_U)

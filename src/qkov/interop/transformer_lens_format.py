@@ -216,10 +216,12 @@ def read_state_dict(
         "b_V": (H, Dh),
         "b_O": (D,),
     }
+    def stacked(per_layer: list[Tensor], shape: tuple[int, ...]) -> Tensor:  # [L, *shape]
+        return torch.stack(per_layer) if L else torch.zeros(0, *shape, dtype=torch.float64)
+
     for name, shape in shapes.items():
-        per_layer = read_layers(name, f"attn.{name}", shape, name[0] == "b")  # L x shape
-        w[name] = torch.stack(per_layer) if L else torch.zeros(0, *shape, dtype=torch.float64)
-    if ln:  # [L, d_model] each; with L = 0 torch.stack raises (kept as it was)
-        w["ln_w"] = torch.stack(read_layers("ln_w", "ln1.w", (D,), False))
-        w["ln_b"] = torch.stack(read_layers("ln_b", "ln1.b", (D,), True))
+        w[name] = stacked(read_layers(name, f"attn.{name}", shape, name[0] == "b"), shape)
+    if ln:  # [L, d_model] each
+        w["ln_w"] = stacked(read_layers("ln_w", "ln1.w", (D,), False), (D,))
+        w["ln_b"] = stacked(read_layers("ln_b", "ln1.b", (D,), True), (D,))
     return w

@@ -259,3 +259,22 @@ def test_rms_token_circuits_are_what_the_first_layer_reads():
     bigram = random_model(0, "none", norm="rms", std=0.7)
     torch.testing.assert_close(bigram(tokens), direct_path(bigram).dense()[tokens])
     assert (token_embedding(bigram) - bigram.W_E).abs().max() > 0.1  # the scale matters
+
+
+def test_top_bigrams_match_the_dense_centred_table(monkeypatch):
+    """Chunked top-k of W_E W_U (rows centred) equals the dense table's top-k, chunk
+    boundaries included; tokens are named current / out."""
+    import qkov.circuits as circuits
+
+    model = random_model(0, seed=3)
+    E, U = model.W_E.detach().double(), model.W_U.detach().double()
+    table = E @ U
+    table = table - table.mean(1, keepdim=True)
+    want_v, want_i = table.flatten().topk(12)
+    monkeypatch.setattr(circuits, "CHUNK_ELEMENTS", 3 * model.cfg.d_vocab)  # 3 rows a chunk
+    got = circuits.top_bigrams(model, k=12)
+    assert [g["logit"] for g in got] == pytest.approx(want_v.tolist(), abs=1e-4)
+    V = model.cfg.d_vocab
+    assert [(g["current"], g["out"]) for g in got] == [
+        (f"[{i // V}]", f"[{i % V}]") for i in want_i.tolist()
+    ]

@@ -10,23 +10,11 @@ chromium-driver; never downloads a driver.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
+import sys
+import tempfile
 from pathlib import Path
 
-FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--hide-scrollbars",
-    "--window-size=1400,1000",
-)
 # Where each picture starts (CSS selectors of the report's sections), in the README's order.
 SHOTS = {
     "report.png": None,
@@ -40,18 +28,13 @@ def main() -> None:
     ap.add_argument("report", type=Path, help="a report.html written by qkov demo / analyze")
     ap.add_argument("out", type=Path, help="folder for the PNG files (docs/)")
     args = ap.parse_args()
-    os.environ.setdefault("SE_OFFLINE", "true")  # selenium must never fetch a driver
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from selenium.webdriver.common.by import By
 
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for flag in FLAGS:
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(
-        options=opts, service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver")
-    )
+    from chromium import start_chromium  # the browser tests' own start-up: one set of flags
+
+    profile = tempfile.mkdtemp(prefix="qkov-chromium-")
+    driver = start_chromium(Path(profile))
     try:
         driver.get(args.report.resolve().as_uri())
         args.out.mkdir(parents=True, exist_ok=True)
@@ -65,6 +48,7 @@ def main() -> None:
             print(f"wrote {args.out / name}")
     finally:
         driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ def tiny_corpus(tmp_path_factory) -> Path:
 
 
 def pytest_configure(config):
-    # The tests use tiny tensors: one thread avoids oversubscription on small shared machines.
+    # The tests use tiny tensors: one thread avoids oversubscription on small shared machines,
+    # and matches the subprocesses the crash tests start (OMP_NUM_THREADS=1): same kernels.
     import torch
 
     torch.set_num_threads(1)

@@ -432,15 +432,6 @@ def make_env(corpus: Path, run: Path, scratch: Path) -> Env:
 
 
 # ---------------------------------------------------------------- the tests
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (and the test machine has two shared cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("bad-inputs")

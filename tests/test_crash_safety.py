@@ -107,14 +107,6 @@ def weights_of(run: Path) -> dict[str, torch.Tensor]:
     return load(run).weights()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the subprocesses (OMP_NUM_THREADS=1): same kernels
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def reference(tiny_corpus, tmp_path_factory) -> Path:
     """The uninterrupted run, in-process (it also fills the token cache the children read)."""

@@ -76,14 +76,6 @@ config_dicts = near_valid | st.dictionaries(
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def dirs(tiny_corpus, tmp_path_factory) -> dict[str, Path]:
     """A tiny trained run (never modified), an empty dir, a binary-only corpus."""

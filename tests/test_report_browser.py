@@ -12,17 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
+from chromium import CHROMEDRIVER, CHROMIUM, start_chromium
 from qkov.report import render_report
-
-CHROMIUM = os.environ.get("QKOV_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = (
-    os.environ.get("QKOV_CHROMEDRIVER") or shutil.which("chromedriver") or "/usr/bin/chromedriver"
-)
 
 # Runs before any page script (CDP, not subject to the page's CSP): records alert() calls.
 PROBE = "window.__alerts = []; window.alert = function (m) { window.__alerts.push(String(m)); };"
@@ -45,28 +40,7 @@ pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason(
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    os.environ.setdefault("SE_OFFLINE", "true")  # selenium must never fetch a driver
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--window-size=1400,1000",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
-    ):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    driver = webdriver.Chrome(options=opts, service=Service(executable_path=CHROMEDRIVER))
+    driver = start_chromium(tmp_path_factory.mktemp("chromium-profile"), logging=True)
     driver.execute_cdp_cmd("Network.enable", {})
     driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": PROBE})
     yield driver

@@ -1,0 +1,42 @@
+"""Debian's Chromium driven by selenium, offline: where it is, and how it is started. Used by
+the browser tests and by scripts/screenshots.py."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+CHROMIUM = os.environ.get("QKOV_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = (
+    os.environ.get("QKOV_CHROMEDRIVER") or shutil.which("chromedriver") or "/usr/bin/chromedriver"
+)
+# Headless, and no background traffic: this machine's closed network refuses it anyway.
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1400,1000",
+)
+
+
+def start_chromium(profile_dir: Path, logging: bool = False):
+    """A selenium Chrome driver on Debian's Chromium with a fresh profile (never a
+    downloaded driver); with `logging`, the browser console and network logs are kept."""
+    os.environ.setdefault("SE_OFFLINE", "true")  # selenium must never fetch a driver
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in (*FLAGS, f"--user-data-dir={profile_dir}"):
+        opts.add_argument(flag)
+    if logging:
+        opts.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    return webdriver.Chrome(options=opts, service=Service(executable_path=CHROMEDRIVER))

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from qkov.cli import build_parser
+from qkov.cli import HelpFormatter, build_parser
 from qkov.cli.flags import add_dataclass_flags, dataclass_values
 from qkov.config import ModelConfig
 from qkov.train import TrainConfig
@@ -24,7 +24,7 @@ class Toy:
 
 
 def test_flags_from_fields_with_type_default_and_help():
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter)  # the CLI's: shows defaults
     add_dataclass_flags(p, Toy, help={"rate": "how fast", "width": "(default: all)"})
     assert Toy(**dataclass_values(p.parse_args([]), Toy)) == Toy()
     args = p.parse_args(["--batch-size", "3", "--rate", "0.25", "--width", "7"])
@@ -47,7 +47,8 @@ def test_train_help_shows_every_default_of_the_dataclasses():
         for f in dataclasses.fields(cls):
             if f.name in skip or f.default is None:
                 continue
-            assert f"(default: {f.default}" in text, (cls.__name__, f.name)
+            shown = repr(f.default) if isinstance(f.default, str) else f.default
+            assert f"(default: {shown}" in text, (cls.__name__, f.name)
     assert "--lr LR peak learning rate of AdamW (default: 0.003)" in text
     assert "(default: d_model / n_heads)" in text
     assert re.search(r"--no-progress print no progress", text)

@@ -5,9 +5,9 @@ the dataclass (STYLE: "the same names on the CLI").
     ModelConfig(**dataclass_values(args, ModelConfig))
 
 Field `d_model` becomes `--d-model` (dest `d_model`), typed from its annotation (int,
-float, str, or one of them | None) with the field's default, shown in --help as
-"(default: ...)". A field whose default is None has no value to show: its help text says
-what None means, e.g. "(default: d_model / n_heads)"."""
+float, str, or one of them | None) with the field's default, which the CLI's help formatter
+(qkov.cli.HelpFormatter) shows as "(default: ...)". A field whose default is None has no
+value to show: its help text says what None means, e.g. "(default: d_model / n_heads)"."""
 
 from __future__ import annotations
 
@@ -52,8 +52,6 @@ def add_dataclass_flags(
         if default is dataclasses.MISSING:
             raise TypeError(f"{cls.__name__}.{field.name} has no default to give its flag")
         text = help.get(field.name, "").replace("%", "%%")
-        if default is not None:
-            text = f"{text} (default: {default})".strip()
         flag = flags.get(field.name, "--" + field.name.replace("_", "-"))
         parser.add_argument(
             flag,

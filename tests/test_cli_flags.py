@@ -45,12 +45,13 @@ def test_train_help_shows_every_default_of_the_dataclasses():
     text = train_help()
     for cls, skip in ((ModelConfig, {"seed", "d_head", "pos_init_std"}), (TrainConfig, set())):
         for f in dataclasses.fields(cls):
-            if f.name in skip or f.default is None:
-                continue
+            if f.name in skip or f.default is None or isinstance(f.default, bool):
+                continue  # a switch (--bias) is off unless given
             shown = repr(f.default) if isinstance(f.default, str) else f.default
             assert f"(default: {shown}" in text, (cls.__name__, f.name)
     assert "--lr LR peak learning rate of AdamW (default: 0.003)" in text
     assert "(default: d_model / n_heads)" in text
+    assert re.search(r"--bias give the model biases", text)
     assert re.search(r"--no-progress print no progress", text)
 
 

@@ -39,19 +39,32 @@ def test_d_head_defaults_to_d_model_over_heads():
         ({"d_model": 10, "n_heads": 3}, "not divisible"),
         ({"n_ctx": 2.5}, "n_ctx must be an integer"),
         ({"d_vocab": True}, "d_vocab must be an integer"),
-        ({"normalization": "layernorm"}, "normalization='layernorm' is unknown"),
+        ({"normalization": "batchnorm"}, "normalization='batchnorm' is unknown"),
+        ({"d_mlp": -1}, "d_mlp must be >= 0"),
+        ({"d_mlp": 2.0}, "d_mlp must be an integer"),
+        ({"act_fn": "tanh"}, "act_fn='tanh' is unknown"),
+        ({"bias": 1}, "bias must be true or false"),
+        (
+            {"normalization": "layernorm"},  # shortformer is the default
+            "positional='shortformer' with normalization='layernorm' is not supported",
+        ),
+        (
+            {"normalization": "rmsnorm"},
+            "positional='shortformer' with normalization='rmsnorm' is not supported",
+        ),
         ({"pos_init_std": 0.0}, "pos_init_std must be a positive finite number"),
         ({"pos_init_std": "big"}, "pos_init_std must be a number"),
     ],
 )
 def test_validation_names_field(kwargs, words):
-    with pytest.raises(QkovError, match=words):
+    with pytest.raises(QkovError, match=words) as e:
         ModelConfig(**kwargs)
+    assert "\n" not in str(e.value)  # one line
 
 
 def test_unknown_keys_and_bad_json():
-    with pytest.raises(QkovError, match="unknown keys \\['d_mlp'\\]"):
-        ModelConfig.from_dict({"d_model": 8, "n_heads": 2, "d_mlp": 4})
+    with pytest.raises(QkovError, match="unknown keys \\['d_ff'\\]"):
+        ModelConfig.from_dict({"d_model": 8, "n_heads": 2, "d_ff": 4})
     with pytest.raises(QkovError, match="not valid JSON"):
         ModelConfig.from_json("{")
     with pytest.raises(QkovError, match="JSON object"):

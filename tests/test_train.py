@@ -44,6 +44,38 @@ def test_resume_equals_straight_run(data, tmp_path):
     assert steps == [5, 10, 15, 20]
 
 
+MLP_CFG = dataclasses.replace(
+    CFG, d_mlp=32, normalization="layernorm", bias=True, positional="standard"
+)
+
+
+def test_mlp_layernorm_bias_model_resumes_bit_exactly(data, tmp_path):
+    """A 3-step run of the general model stopped after step 1 and resumed ends on the
+    straight run's weights exactly; biases and norm weights train but do not decay."""
+    tc = small_tc(steps=3, ckpt_interval=1, eval_interval=1, probe_interval=1, weight_decay=0.5)
+    straight = train(MLP_CFG, tc, tmp_path / "a", progress=False, data=data)
+    train(MLP_CFG, tc, tmp_path / "b", stop_after=1, progress=False, data=data)
+    resumed = train(None, tc, tmp_path / "b", resume=True, progress=False, data=data)
+    assert set(straight.weights()) >= {"W_in", "W_out", "b_in", "b_U", "ln1_w", "ln_final_b"}
+    for name, w in straight.weights().items():
+        assert torch.equal(w, resumed.weights()[name]), name
+    assert not torch.equal(straight.b_U, torch.zeros_like(straight.b_U))  # it trained
+    assert load(tmp_path / "b").cfg == MLP_CFG
+    rec = read_records(tmp_path / "b/metrics.jsonl")[-1]
+    assert rec["step"] == 3 and "probe_induction_score" in rec
+
+
+def test_biases_and_norm_weights_are_not_decayed(data):
+    from qkov.model import Transformer
+    from qkov.train import _make_optimizer
+
+    model = Transformer(MLP_CFG)
+    opt = _make_optimizer(model, small_tc(weight_decay=0.5))
+    decays = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        assert decays[id(p)] == (0.5 if name.startswith("W_") else 0.0), name
+
+
 def test_same_seed_same_weights_and_loss_falls(data, tmp_path):
     a = train(CFG, small_tc(), tmp_path / "a", progress=False, data=data)
     b = train(CFG, small_tc(), tmp_path / "b", progress=False, data=data)

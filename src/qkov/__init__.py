@@ -39,6 +39,7 @@ _EXPORTS = {
     "classify_heads": "qkov.heads",
     "head_scores": "qkov.heads",
     "AttnOnlyTransformer": "qkov.model",
+    "Transformer": "qkov.model",
     "training_probe": "qkov.training_probe",
     "factoring_bugs": "qkov.trigrams",
     "skip_trigrams": "qkov.trigrams",

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from qkov.config import ModelConfig
 from qkov.errors import QkovError
 from qkov.io import atomic_save_safetensors, atomic_write_text
-from qkov.model import AttnOnlyTransformer, check_weight_shapes
+from qkov.model import Transformer, check_weight_shapes
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -24,7 +24,7 @@ TOKENIZER = "tokenizer.json"
 TOKEN_COUNTS = "token_counts.json"
 
 
-def save_model(model: AttnOnlyTransformer, out_dir: str | Path) -> None:
+def save_model(model: Transformer, out_dir: str | Path) -> None:
     """Write config.json and model.safetensors (and tokenizer.json if the model has one)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -61,7 +61,7 @@ def load_tokenizer(path: Path):
         ) from None
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> AttnOnlyTransformer:
+def load(path: str | Path, device: str | torch.device = "cpu") -> Transformer:
     """Load a checkpoint directory; the tokenizer (if present) is at `model.tokenizer`."""
     path = Path(path)
     if not path.exists():
@@ -78,7 +78,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> AttnOnlyTransf
     check_weight_shapes(
         cfg, weights, str(path / WEIGHTS)
     )  # before allocating what config.json asks
-    model = AttnOnlyTransformer(cfg)
+    model = Transformer(cfg)
     model.load_weights(weights, source=str(path / WEIGHTS))
     if (path / TOKENIZER).is_file():
         tok = load_tokenizer(path / TOKENIZER)

@@ -1,6 +1,6 @@
-"""The two configurations, validated at the door: ModelConfig (the shape of an attention-only
-transformer) and TrainConfig (optimisation and data of a run). Imports no torch, so the CLI
-builds its flags from them cheaply.
+"""The two configurations, validated at the door: ModelConfig (the shape of a decoder
+transformer; attention-only by default) and TrainConfig (optimisation and data of a run).
+Imports no torch, so the CLI builds its flags from them cheaply.
 
 Positional modes (the paper's choice is the default):
   "shortformer": W_pos is added only to the inputs of queries and keys, never to the
@@ -13,7 +13,14 @@ Normalisation (`normalization`):
   "rms":  a weightless RMS norm, x / sqrt(mean(x^2) + eps), on the inputs of the heads and
           of the unembedding (no learned scale, no centring). It divides each position's
           vector by one positive number, so every circuit is still the paper's weight
-          product, up to that per-position scale; path terms stay exact with it frozen.
+          product, up to that per-position scale; path terms stay exact with it frozen;
+  "layernorm": centre, divide by the RMS, then a learned weight and bias (GPT-2's);
+  "rmsnorm": divide by the RMS, then a learned weight.
+Each is pre-norm: before attention, before the MLP and before the unembedding.
+
+MLPs (`d_mlp` > 0): after each attention layer, x -> act(x W_in + b_in) W_out + b_out with
+act_fn one of ACT_FNS (gelu_new is GPT-2's tanh approximation). `bias` adds b_Q, b_K, b_V,
+b_O, b_U (and b_in, b_out with an MLP); without it the model has no biases at all.
 """
 
 from __future__ import annotations
@@ -28,13 +35,14 @@ from typing import Any
 from qkov.errors import QkovError
 
 POSITIONAL_MODES = ("shortformer", "standard", "none")
-NORMALIZATIONS = ("none", "rms")
+NORMALIZATIONS = ("none", "rms", "layernorm", "rmsnorm")
+ACT_FNS = ("gelu", "gelu_new", "relu", "silu")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Hyper-parameters of an attention-only transformer (no MLP, no biases; no norm unless
-    normalization="rms")."""
+    """Hyper-parameters of a decoder transformer. The defaults are the paper's attention-only
+    model: no MLP (d_mlp=0), no biases, no norm."""
 
     n_layers: int = 2
     n_heads: int = 4
@@ -47,6 +55,9 @@ class ModelConfig:
     init_std: float = 0.02
     normalization: str = "none"
     pos_init_std: float | None = None  # std of the initial W_pos (None: init_std)
+    d_mlp: int = 0  # 0: attention-only
+    act_fn: str = "gelu"
+    bias: bool = False
 
     def __post_init__(self) -> None:
         if self.d_head is None and isinstance(self.d_model, int) and isinstance(self.n_heads, int):
@@ -56,7 +67,16 @@ class ModelConfig:
                     "pass d_head explicitly or pick sizes with d_model = n_heads * d_head"
                 )
             object.__setattr__(self, "d_head", self.d_model // max(self.n_heads, 1))
-        for name in ("n_layers", "n_heads", "d_model", "d_head", "n_ctx", "d_vocab", "seed"):
+        for name in (
+            "n_layers",
+            "n_heads",
+            "d_model",
+            "d_head",
+            "n_ctx",
+            "d_vocab",
+            "seed",
+            "d_mlp",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise QkovError(f"config field {name} must be an integer, got {value!r}")
@@ -67,6 +87,12 @@ class ModelConfig:
             raise QkovError(
                 f"config field n_layers must be >= 0 (0 is a bigram model), got {self.n_layers}"
             )
+        if self.d_mlp < 0:
+            raise QkovError(f"config field d_mlp must be >= 0 (0: no MLP), got {self.d_mlp}")
+        if self.act_fn not in ACT_FNS:
+            raise QkovError(f"act_fn={self.act_fn!r} is unknown: use one of " + ", ".join(ACT_FNS))
+        if not isinstance(self.bias, bool):
+            raise QkovError(f"config field bias must be true or false, got {self.bias!r}")
         if not 0 <= self.seed < 2**63:  # torch.Generator takes 64-bit seeds
             raise QkovError(f"config field seed must be in [0, 2**63), got {self.seed}")
         if self.positional not in POSITIONAL_MODES:
@@ -78,6 +104,12 @@ class ModelConfig:
             raise QkovError(
                 f"normalization={self.normalization!r} is unknown: use one of "
                 + ", ".join(NORMALIZATIONS)
+            )
+        if self.positional == "shortformer" and self.normalization in ("layernorm", "rmsnorm"):
+            raise QkovError(
+                f"positional='shortformer' with normalization={self.normalization!r} is not "
+                "supported (W_pos would need each layer's norm folded in, as TransformerLens "
+                "also refuses): use positional='standard' or normalization='rms'"
             )
         for name in ("init_std", "pos_init_std"):
             value = getattr(self, name)
@@ -136,10 +168,18 @@ class ModelConfig:
 
     @property
     def n_params(self) -> int:
-        """Parameter count of the weights W_E, W_pos, W_Q, W_K, W_V, W_O, W_U."""
-        per_head = 4 * self.d_model * self.d_head
-        pos = self.n_ctx * self.d_model if self.positional != "none" else 0
-        return 2 * self.d_vocab * self.d_model + pos + self.n_layers * self.n_heads * per_head
+        """Parameter count of the weights: W_E, W_pos (if used), W_Q, W_K, W_V, W_O, W_U,
+        and those the config adds (W_in, W_out, biases, norm weights)."""
+        D, L = self.d_model, self.n_layers
+        per_head = 4 * D * self.d_head
+        pos = self.n_ctx * D if self.positional != "none" else 0
+        n = 2 * self.d_vocab * D + pos + L * self.n_heads * per_head + L * 2 * D * self.d_mlp
+        if self.bias:
+            n += L * (3 * self.n_heads * self.d_head + D) + self.d_vocab
+            n += L * (self.d_mlp + D) if self.d_mlp else 0
+        norms = 1 + L * (2 if self.d_mlp else 1)  # final, ln1 per layer, ln2 with an MLP
+        n += {"layernorm": 2 * D, "rmsnorm": D}.get(self.normalization, 0) * norms
+        return n
 
 
 @dataclass(frozen=True)

@@ -45,61 +45,82 @@ def chunk_rows(d_vocab: int, budget: int = 1 << 21) -> int:
 class _UnembedCrossEntropy(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)  # fp32 under autocast
-    def forward(ctx, resid: Tensor, W_U: Tensor, targets: Tensor, chunk: int) -> Tensor:
+    def forward(
+        ctx, resid: Tensor, W_U: Tensor, b_U: Tensor | None, targets: Tensor, chunk: int
+    ) -> Tensor:
         n = resid.shape[0]
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_b = b_U is not None and ctx.needs_input_grad[2]
         grad_x = torch.empty_like(resid) if need_x else None
         acc = torch.promote_types(torch.promote_types(resid.dtype, W_U.dtype), torch.float32)
         grad_w = torch.zeros(W_U.shape, dtype=acc, device=W_U.device) if need_w else None
+        grad_b = torch.zeros(W_U.shape[-1], dtype=acc, device=W_U.device) if need_b else None
         total = torch.zeros((), dtype=acc, device=resid.device)
         rows = torch.arange(min(chunk, n), device=resid.device)
         for i in range(0, n, chunk):
             x, t = resid[i : i + chunk], targets[i : i + chunk]
             logits = (x @ W_U).to(acc)  # [chunk, d_vocab], at least fp32
+            if b_U is not None:
+                logits += b_U.to(acc)
             picked = logits.gather(1, t[:, None]).squeeze(1)
             top = logits.amax(dim=-1, keepdim=True)
             e = logits.sub_(top).exp_()  # in place: one pass, no second copy of the logits
             z = e.sum(dim=-1)
             total += (top.squeeze(1) + z.log() - picked).sum()  # logsumexp - target logit
-            if need_x or need_w:
+            if need_x or need_w or need_b:
                 g = e.mul_((1.0 / (z * n))[:, None])  # softmax / n
                 g[rows[: len(t)], t] -= 1.0 / n  # = d(mean loss) / d logits
                 if need_x:
                     grad_x[i : i + chunk] = (g.to(W_U.dtype) @ W_U.T).to(resid.dtype)
                 if need_w:
                     grad_w.addmm_(x.T.to(acc), g)
-        ctx.save_for_backward(grad_x, grad_w.to(W_U.dtype) if need_w else None)
+                if need_b:
+                    grad_b += g.sum(dim=0)
+        ctx.save_for_backward(
+            grad_x,
+            grad_w.to(W_U.dtype) if need_w else None,
+            grad_b.to(b_U.dtype) if need_b else None,
+        )
         return total / n
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_out: Tensor):
-        grad_x, grad_w = ctx.saved_tensors
+        grad_x, grad_w, grad_b = ctx.saved_tensors
         return (
             grad_x * grad_out if grad_x is not None else None,
             grad_w * grad_out if grad_w is not None else None,
+            grad_b * grad_out if grad_b is not None else None,
             None,
             None,
         )
 
 
 def unembed_cross_entropy(
-    resid: Tensor, W_U: Tensor, targets: Tensor, chunk: int | None = None
+    resid: Tensor,
+    W_U: Tensor,
+    targets: Tensor,
+    chunk: int | None = None,
+    b_U: Tensor | None = None,
 ) -> Tensor:
-    """Mean next-token cross-entropy of `resid @ W_U` against `targets`, fused (see module).
+    """Mean next-token cross-entropy of `resid @ W_U + b_U` against `targets`, fused (see
+    module).
 
-    resid [..., d_model], W_U [d_model, d_vocab], targets [...] int -> scalar. Equals
-    `F.cross_entropy((resid @ W_U).float().flatten(0, -2), targets.flatten())` and its
-    gradients up to float rounding. Without gradients it is a chunked forward only."""
+    resid [..., d_model], W_U [d_model, d_vocab], b_U [d_vocab] or None, targets [...] int
+    -> scalar. Equals `F.cross_entropy((resid @ W_U + b_U).float().flatten(0, -2),
+    targets.flatten())` and its gradients up to float rounding. Without gradients it is a
+    chunked forward only."""
     x = resid.reshape(-1, resid.shape[-1])
     t = targets.reshape(-1).long()
     chunk = chunk or chunk_rows(W_U.shape[-1])
     acc = torch.promote_types(torch.promote_types(x.dtype, W_U.dtype), torch.float32)
-    if not (torch.is_grad_enabled() and (x.requires_grad or W_U.requires_grad)):
+    grads = x.requires_grad or W_U.requires_grad or (b_U is not None and b_U.requires_grad)
+    if not (torch.is_grad_enabled() and grads):
         with torch.no_grad():
-            total = sum(
-                F.cross_entropy((x[i : i + chunk] @ W_U).to(acc), t[i : i + chunk], reduction="sum")
-                for i in range(0, len(t), chunk)
-            )
+            total = 0.0
+            for i in range(0, len(t), chunk):
+                logits = (x[i : i + chunk] @ W_U).to(acc)
+                logits = logits + b_U.to(acc) if b_U is not None else logits
+                total += F.cross_entropy(logits, t[i : i + chunk], reduction="sum")
         return total / len(t)
-    return _UnembedCrossEntropy.apply(x, W_U, t, chunk)
+    return _UnembedCrossEntropy.apply(x, W_U, b_U, t, chunk)

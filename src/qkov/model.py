@@ -1,4 +1,5 @@
-"""AttnOnlyTransformer: an attention-only transformer whose weights are the paper's matrices.
+"""Transformer: a decoder transformer whose weights are the paper's matrices; the default
+config is the paper's attention-only model (AttnOnlyTransformer is the same class).
 
 Row-vector convention throughout (x @ W, as in code; the paper writes the transposes):
 
@@ -6,26 +7,44 @@ Row-vector convention throughout (x @ W, as in code; the paper writes the transp
     W_pos [n_ctx, d_model]                  positional embedding
     W_Q, W_K, W_V [n_layers, n_heads, d_model, d_head]
     W_O  [n_layers, n_heads, d_head, d_model]
+    W_in [n_layers, d_model, d_mlp]         MLP input (d_mlp > 0)
+    W_out [n_layers, d_mlp, d_model]        MLP output (d_mlp > 0)
     W_U  [d_model, d_vocab]                 unembedding
+    b_Q, b_K, b_V [n_layers, n_heads, d_head]; b_O [n_layers, d_model]; b_U [d_vocab];
+    b_in [n_layers, d_mlp]; b_out [n_layers, d_model]          (bias=True only)
+    ln1_w, ln1_b, ln2_w, ln2_b [n_layers, d_model]; ln_final_w, ln_final_b [d_model]
+                                            (layernorm: w and b; rmsnorm: w; ln2 with an MLP)
 
-No biases, no MLP. Attention scores are scaled by 1/sqrt(d_head) with a causal mask. With
-positional="shortformer" W_pos enters only the inputs of queries and keys. With
-normalization="rms" each head's input and the unembedding's input are divided by their
-per-position RMS (no learned weights; W_pos is added after it, as in TransformerLens).
+Each layer (pre-norm, as GPT-2 and TransformerLens):
 
-Hook points (names for `run_with_cache` and `run_with_hooks`):
+    resid_mid  = resid_pre + sum_h attn_h(norm1(resid_pre)) + b_O
+    resid_post = resid_mid + act(norm2(resid_mid) W_in + b_in) W_out + b_out   (d_mlp > 0)
+    logits     = norm_final(resid_post of the last layer) W_U + b_U
+
+Attention scores are scaled by 1/sqrt(d_head) with a causal mask. With
+positional="shortformer" W_pos enters only the inputs of queries and keys (after the norm,
+as in TransformerLens). normalization="rms" divides by the per-position RMS with no learned
+weights; "layernorm" and "rmsnorm" are TransformerLens's LN and RMS (eps 1e-5).
+
+Hook points (names for `run_with_cache` and `run_with_hooks`; see `hook_names`):
 
     embed              [batch, pos, d_model]   W_E[tokens]
     pos_embed          [pos, d_model]          W_pos[:pos]
     resid_pre.{l}      [batch, pos, d_model]   residual stream entering layer l
-    scale.{l}          [batch, pos, 1]         its RMS (normalization="rms" only)
+    scale.{l}          [batch, pos, 1]         its RMS (normalization="rms")
+    ln1_scale.{l}      [batch, pos, 1]         its norm's divisor (layernorm, rmsnorm)
     q.{l} k.{l} v.{l}  [batch, head, pos, d_head]
     scores.{l}         [batch, head, dest, src] scaled, masked attention scores
     pattern.{l}        [batch, head, dest, src] attention pattern (softmax of scores)
     z.{l}              [batch, head, pos, d_head] pattern-weighted values
     head_out.{l}       [batch, head, pos, d_model] each head's output written to the stream
+    resid_mid.{l}      [batch, pos, d_model]   after attention (d_mlp > 0)
+    ln2_scale.{l}      [batch, pos, 1]         the MLP input's norm divisor (d_mlp > 0, a norm)
+    mlp_pre.{l} mlp_post.{l} [batch, pos, d_mlp]  before / after the activation
+    mlp_out.{l}        [batch, pos, d_model]   the MLP's output written to the stream
     resid_post.{l}     [batch, pos, d_model]   residual stream leaving layer l
     scale.final        [batch, pos, 1]         RMS of the final stream (normalization="rms")
+    ln_final_scale     [batch, pos, 1]         the final norm's divisor (layernorm, rmsnorm)
     logits             [batch, pos, d_vocab]
 
 A hook is `fn(tensor, name) -> tensor | None`; returning a tensor replaces the activation.
@@ -45,14 +64,24 @@ from qkov.errors import QkovError
 from qkov.loss import unembed_cross_entropy
 
 Hook = Callable[[Tensor, str], Tensor | None]
-RMS_EPS = 1e-5
+Point = Callable[[str, Tensor], Tensor]  # run_with_hooks's hook point: (name, x) -> x
+RMS_EPS = 1e-5  # also the eps of layernorm and rmsnorm (TransformerLens's default)
+# The attention-only model's tensors (every config has them).
 WEIGHT_NAMES = ("W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O", "W_U")
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's tanh approximation
+    "relu": F.relu,
+    "silu": F.silu,
+}
 
 
 def weight_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """The shape of each of the paper's matrices for a config (see the module docstring)."""
+    """The shape of each tensor a model of this config has, and only those (see the module
+    docstring); the order in which they are initialised."""
     L, H, D, Dh, V = cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head, cfg.d_vocab
-    return {
+    M = cfg.d_mlp
+    shapes: dict[str, tuple[int, ...]] = {
         "W_E": (V, D),
         "W_pos": (cfg.n_ctx, D),
         "W_Q": (L, H, D, Dh),
@@ -61,6 +90,40 @@ def weight_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         "W_O": (L, H, Dh, D),
         "W_U": (D, V),
     }
+    if M:
+        shapes |= {"W_in": (L, D, M), "W_out": (L, M, D)}
+    if cfg.bias:
+        shapes |= {"b_Q": (L, H, Dh), "b_K": (L, H, Dh), "b_V": (L, H, Dh), "b_O": (L, D)}
+        shapes |= {"b_in": (L, M), "b_out": (L, D)} if M else {}
+        shapes["b_U"] = (V,)
+    if cfg.normalization in ("layernorm", "rmsnorm"):
+        parts = ("w", "b") if cfg.normalization == "layernorm" else ("w",)
+        for ln in ("ln1", "ln2") if M else ("ln1",):
+            shapes |= {f"{ln}_{p}": (L, D) for p in parts}
+        shapes |= {f"ln_final_{p}": (D,) for p in parts}
+    return shapes
+
+
+def is_attention_only(cfg: ModelConfig) -> bool:
+    """True for the paper's form the analyses assume: no MLP, no biases, no learned norm."""
+    return cfg.d_mlp == 0 and not cfg.bias and cfg.normalization in ("none", "rms")
+
+
+def require_attention_only(model: Transformer, what: str) -> None:
+    """Refuse (one QkovError line) a model the analysis `what` does not handle yet: one with
+    MLPs, biases or a learned norm (layernorm, rmsnorm)."""
+    cfg = model.cfg
+    if is_attention_only(cfg):
+        return
+    has = [f"d_mlp={cfg.d_mlp}"] if cfg.d_mlp else []
+    has += ["bias=True"] if cfg.bias else []
+    has += (
+        [f"normalization={cfg.normalization!r}"] if cfg.normalization not in ("none", "rms") else []
+    )
+    raise QkovError(
+        f"{what} does not support models with {', '.join(has)} yet: it needs an "
+        "attention-only model without biases (normalization 'none' or 'rms')"
+    )
 
 
 def check_weight_shapes(cfg: ModelConfig, weights: dict[str, Tensor], source: str) -> None:
@@ -80,73 +143,78 @@ def rms_scale(resid: Tensor) -> Tensor:
     return (resid.pow(2).mean(-1, keepdim=True) + RMS_EPS).sqrt()
 
 
+def _scale_name(cfg: ModelConfig, where: str, l: int | None = None) -> str:
+    """The hook name of a norm's divisor; where: "ln1", "ln2" or "ln_final"."""
+    if cfg.normalization == "rms" and where != "ln2":  # today's names
+        return "scale.final" if where == "ln_final" else f"scale.{l}"
+    return f"{where}_scale" if where == "ln_final" else f"{where}_scale.{l}"
+
+
 def hook_names(cfg: ModelConfig) -> list[str]:
     """Every hook point name of a model with this config, in forward order."""
     names = ["embed", "pos_embed"]
-    rms = cfg.normalization == "rms"
+    norm = cfg.normalization != "none"
     for l in range(cfg.n_layers):
-        names += [
-            f"{n}.{l}"
-            for n in (
-                "resid_pre",
-                *(("scale",) if rms else ()),
-                "q",
-                "k",
-                "v",
-                "scores",
-                "pattern",
-                "z",
-                "head_out",
-                "resid_post",
-            )
-        ]
-    return names + (["scale.final"] if rms else []) + ["logits"]
+        names += [f"resid_pre.{l}"] + ([_scale_name(cfg, "ln1", l)] if norm else [])
+        names += [f"{n}.{l}" for n in ("q", "k", "v", "scores", "pattern", "z", "head_out")]
+        if cfg.d_mlp:
+            names += [f"resid_mid.{l}"] + ([_scale_name(cfg, "ln2", l)] if norm else [])
+            names += [f"{n}.{l}" for n in ("mlp_pre", "mlp_post", "mlp_out")]
+        names.append(f"resid_post.{l}")
+    return names + ([_scale_name(cfg, "ln_final")] if norm else []) + ["logits"]
 
 
-class AttnOnlyTransformer(nn.Module):
-    """Attention-only transformer; weights are nn.Parameters named as in the paper."""
+class Transformer(nn.Module):
+    """Decoder transformer; weights are nn.Parameters named as in the paper."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         self.tokenizer = None  # a tokenizers.Tokenizer when loaded from a checkpoint dir
         self.token_counts: Tensor | None = None  # [d_vocab] train-split counts (token_counts.json)
-        L, H, D, Dh, V = cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head, cfg.d_vocab
+        L = cfg.n_layers
         g = torch.Generator().manual_seed(cfg.seed)
-
-        def init(*shape: int, std: float = cfg.init_std) -> nn.Parameter:
-            return nn.Parameter(torch.randn(*shape, generator=g) * std)
-
-        self.W_E = init(V, D)
-        self.W_pos = init(cfg.n_ctx, D, std=cfg.pos_init_std or cfg.init_std)
+        # Scale the writes to the residual stream down with depth (GPT-2 style).
+        write_std = cfg.init_std / math.sqrt(2 * max(L, 1))
+        std = {"W_pos": cfg.pos_init_std or cfg.init_std, "W_O": write_std, "W_out": write_std}
+        # Matrices draw from one generator in weight_shapes' order (the attention-only ones
+        # first, so their values do not depend on the rest); biases start at 0, norm weights 1.
+        for name, shape in weight_shapes(cfg).items():
+            if name.startswith("W_"):
+                value = torch.randn(*shape, generator=g) * std.get(name, cfg.init_std)
+            else:
+                value = torch.ones(shape) if name.endswith("_w") else torch.zeros(shape)
+            setattr(self, name, nn.Parameter(value))
         if cfg.positional == "none":
             self.W_pos.data.zero_()
             self.W_pos.requires_grad_(False)
-        self.W_Q = init(L, H, D, Dh)
-        self.W_K = init(L, H, D, Dh)
-        self.W_V = init(L, H, D, Dh)
-        # Scale the writes to the residual stream down with depth (GPT-2 style).
-        self.W_O = init(L, H, Dh, D, std=cfg.init_std / math.sqrt(2 * max(L, 1)))
-        self.W_U = init(D, V)
 
     # ------------------------------------------------------------------ weights
     @classmethod
-    def from_weights(cls, cfg: ModelConfig, weights: dict[str, Tensor]) -> AttnOnlyTransformer:
+    def from_weights(cls, cfg: ModelConfig, weights: dict[str, Tensor]) -> Transformer:
         """Build a model from a dict of the paper's matrices (missing W_pos ok if unused)."""
         model = cls(cfg)
         model.load_weights(weights)
         return model
 
     def load_weights(self, weights: dict[str, Tensor], source: str = "weights") -> None:
-        unknown = sorted(set(weights) - set(WEIGHT_NAMES))
+        expected = list(weight_shapes(self.cfg))
+        c = self.cfg
+        unknown = sorted(set(weights) - set(expected))
         if unknown:
             raise QkovError(
-                f"{source} has unknown tensors {unknown}: expected {list(WEIGHT_NAMES)}"
+                f"{source} has tensors {unknown} that a model with d_mlp={c.d_mlp}, "
+                f"bias={c.bias}, normalization={c.normalization!r} does not have: does "
+                f"config.json match the weights? (expected {expected})"
             )
-        required = [n for n in WEIGHT_NAMES if not (n == "W_pos" and self.cfg.positional == "none")]
+        required = [n for n in expected if not (n == "W_pos" and c.positional == "none")]
         missing = [n for n in required if n not in weights]
         if missing:
-            raise QkovError(f"{source} is missing {missing}: was it saved by qkov?")
+            raise QkovError(
+                f"{source} is missing {missing}, which a model with d_mlp={c.d_mlp}, "
+                f"bias={c.bias}, normalization={c.normalization!r} needs: was it saved by "
+                "qkov with this config.json?"
+            )
         check_weight_shapes(self.cfg, weights, source)
         with torch.no_grad():
             for name, value in weights.items():
@@ -158,8 +226,8 @@ class AttnOnlyTransformer(nn.Module):
                 self.W_pos.zero_()
 
     def weights(self) -> dict[str, Tensor]:
-        """The paper's matrices by name (detached views, same storage)."""
-        return {name: getattr(self, name).detach() for name in WEIGHT_NAMES}
+        """Exactly the tensors this config has, by name (detached views, same storage)."""
+        return {name: getattr(self, name).detach() for name in weight_shapes(self.cfg)}
 
     @property
     def device(self) -> torch.device:
@@ -192,24 +260,61 @@ class AttnOnlyTransformer(nn.Module):
             )
         return tokens.long().to(self.device)
 
+    def _param(self, name: str, l: int | None = None) -> Tensor | None:
+        """Weight `name` (of layer l), or None where the config has none (a bias, a norm)."""
+        p = getattr(self, name, None)
+        return p if p is None or l is None else p[l]
+
+    def _norm(
+        self, x: Tensor, where: str, l: int | None = None, point: Point | None = None
+    ) -> Tensor:
+        """Norm `where` (ln1, ln2 or ln_final) of layer l applied to x [..., d_model]: centre
+        (layernorm), divide by the RMS (its divisor is a hook point), then the learned weight
+        and bias (layernorm, rmsnorm). The identity without normalization."""
+        kind = self.cfg.normalization
+        if kind == "none":
+            return x
+        if kind == "layernorm":
+            x = x - x.mean(-1, keepdim=True)
+        scale = rms_scale(x)
+        x = x / (point(_scale_name(self.cfg, where, l), scale) if point else scale)
+        w, b = self._param(f"{where}_w", l), self._param(f"{where}_b", l)
+        x = x * w if w is not None else x
+        return x + b if b is not None else x
+
+    def _mlp(self, x: Tensor, l: int, point: Point | None = None) -> Tensor:
+        """act(x W_in + b_in) W_out + b_out for layer l: [batch, pos, d_model] -> same."""
+        b_in, b_out = self._param("b_in", l), self._param("b_out", l)
+        point = point or (lambda _, t: t)
+        pre = x @ self.W_in[l]  # [batch, pos, d_mlp]
+        pre = point(f"mlp_pre.{l}", pre + b_in if b_in is not None else pre)
+        post = point(f"mlp_post.{l}", ACTIVATIONS[self.cfg.act_fn](pre))
+        out = post @ self.W_out[l]  # [batch, pos, d_model]
+        return point(f"mlp_out.{l}", out + b_out if b_out is not None else out)
+
+    def unembed(self, resid: Tensor) -> Tensor:
+        """The final (normalised) stream [..., d_model] -> logits [..., d_vocab]."""
+        b_U = self._param("b_U")
+        return resid @ self.W_U + b_U if b_U is not None else resid @ self.W_U
+
     def forward(self, tokens: Tensor, targets: Tensor | None = None) -> Tensor:
         """tokens [batch, pos] -> logits [batch, pos, d_vocab] (fast path, SDPA); with
         targets [batch, pos], the mean next-token cross-entropy instead, fused with the
         unembedding (qkov.loss: the logits are never materialised)."""
         resid = self.resid_final(tokens)
         if targets is None:
-            return resid @ self.W_U
+            return self.unembed(resid)
         targets = self.check_tokens(targets)
         if targets.shape != resid.shape[:-1]:
             raise QkovError(
                 f"targets have shape {list(targets.shape)} but tokens {list(resid.shape[:-1])}: "
                 "pass one target id per input token"
             )
-        return unembed_cross_entropy(resid, self.W_U, targets)
+        return unembed_cross_entropy(resid, self.W_U, targets, b_U=self._param("b_U"))
 
     def resid_final(self, tokens: Tensor) -> Tensor:
         """tokens [batch, pos] -> the final residual stream [batch, pos, d_model] (SDPA), as
-        the unembedding reads it (divided by its RMS with normalization="rms")."""
+        the unembedding reads it (after the final norm, if any)."""
         tokens = self.check_tokens(tokens)
         cfg = self.cfg
         n = tokens.shape[1]
@@ -218,21 +323,30 @@ class AttnOnlyTransformer(nn.Module):
         if cfg.positional == "standard":
             resid = resid + pos
         B, H, D, Dh = tokens.shape[0], cfg.n_heads, cfg.d_model, cfg.d_head
-        rms = cfg.normalization == "rms"
         for l in range(cfg.n_layers):
             # Stack heads: [d_model, n_heads * d_head]; one matmul per projection.
             W_Q = self.W_Q[l].permute(1, 0, 2).reshape(D, H * Dh)
             W_K = self.W_K[l].permute(1, 0, 2).reshape(D, H * Dh)
             W_V = self.W_V[l].permute(1, 0, 2).reshape(D, H * Dh)
-            x = resid / rms_scale(resid) if rms else resid
+            x = self._norm(resid, "ln1", l)
             qk_in = x + pos if cfg.positional == "shortformer" else x
-            q = (qk_in @ W_Q).view(B, n, H, Dh).transpose(1, 2)
-            k = (qk_in @ W_K).view(B, n, H, Dh).transpose(1, 2)
-            v = (x @ W_V).view(B, n, H, Dh).transpose(1, 2)
+            q, k, v = qk_in @ W_Q, qk_in @ W_K, x @ W_V  # [batch, pos, n_heads * d_head]
+            if cfg.bias:
+                q, k, v = (
+                    q + self.b_Q[l].flatten(),
+                    k + self.b_K[l].flatten(),
+                    v + self.b_V[l].flatten(),
+                )
+            q, k, v = (t.view(B, n, H, Dh).transpose(1, 2) for t in (q, k, v))
             z = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             z = z.transpose(1, 2).reshape(B, n, H * Dh)
             resid = resid + z @ self.W_O[l].reshape(H * Dh, D)
-        return resid / rms_scale(resid) if rms else resid
+            if cfg.bias:
+                resid = resid + self.b_O[l]
+            if cfg.d_mlp:
+                x = self._norm(resid, "ln2", l)
+                resid = resid + self._mlp(x, l)
+        return self._norm(resid, "ln_final")
 
     def run_with_hooks(
         self,
@@ -282,24 +396,34 @@ class AttnOnlyTransformer(nn.Module):
             resid = resid + pos
         mask = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
         scale = 1.0 / math.sqrt(cfg.d_head)
-        rms = cfg.normalization == "rms"
         for l in range(cfg.n_layers):
             resid = point(f"resid_pre.{l}", resid)
-            x = resid / point(f"scale.{l}", rms_scale(resid)) if rms else resid
+            x = self._norm(resid, "ln1", l, point)
             qk_in = (x + pos if cfg.positional == "shortformer" else x)[:, None]
-            # [batch, 1, pos, d_model] broadcasts over heads
-            q = point(f"q.{l}", qk_in @ self.W_Q[l])  # [batch, head, pos, d_head]
-            k = point(f"k.{l}", qk_in @ self.W_K[l])
-            v = point(f"v.{l}", x[:, None] @ self.W_V[l])
+            # [batch, 1, pos, d_model] broadcasts over heads; biases [head, 1, d_head]
+            q, k, v = qk_in @ self.W_Q[l], qk_in @ self.W_K[l], x[:, None] @ self.W_V[l]
+            if cfg.bias:
+                q, k, v = (
+                    q + self.b_Q[l, :, None],
+                    k + self.b_K[l, :, None],
+                    v + self.b_V[l, :, None],
+                )
+            q = point(f"q.{l}", q)  # [batch, head, pos, d_head]
+            k = point(f"k.{l}", k)
+            v = point(f"v.{l}", v)
             scores = (q @ k.transpose(-1, -2)) * scale  # [batch, head, dest, src]
             scores = point(f"scores.{l}", scores.masked_fill(~mask, float("-inf")))
             pattern = point(f"pattern.{l}", scores.softmax(dim=-1))
             z = point(f"z.{l}", pattern @ v)  # [batch, head, pos, d_head]
             head_out = point(f"head_out.{l}", z @ self.W_O[l])  # [batch, head, pos, d_model]
-            resid = point(f"resid_post.{l}", resid + head_out.sum(dim=1))
-        if rms:
-            resid = resid / point("scale.final", rms_scale(resid))
-        logits = point("logits", resid @ self.W_U)
+            resid = resid + head_out.sum(dim=1)
+            if cfg.bias:
+                resid = resid + self.b_O[l]
+            if cfg.d_mlp:
+                resid = point(f"resid_mid.{l}", resid)
+                resid = resid + self._mlp(self._norm(resid, "ln2", l, point), l, point)
+            resid = point(f"resid_post.{l}", resid)
+        logits = point("logits", self.unembed(self._norm(resid, "ln_final", None, point)))
         return logits, cache
 
     def run_with_cache(
@@ -316,5 +440,10 @@ class AttnOnlyTransformer(nn.Module):
             f"n_layers={c.n_layers}, n_heads={c.n_heads}, d_model={c.d_model}, "
             f"d_head={c.d_head}, n_ctx={c.n_ctx}, d_vocab={c.d_vocab}, "
             f"positional={c.positional!r}, normalization={c.normalization!r}, "
-            f"params={c.n_params:,}"
+            + (f"d_mlp={c.d_mlp}, act_fn={c.act_fn!r}, " if c.d_mlp else "")
+            + ("bias=True, " if c.bias else "")
+            + f"params={c.n_params:,}"
         )
+
+
+AttnOnlyTransformer = Transformer  # the name before MLPs and norms: old code keeps working

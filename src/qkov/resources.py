@@ -30,18 +30,22 @@ class StepMemory:
 
 def step_memory(cfg: ModelConfig, batch_size: int) -> StepMemory:
     """Estimate the memory of one AdamW training step, with B = batch_size, T = n_ctx,
-    L, H, D, Dh, V the model's sizes and P = cfg.n_params (W_E, W_pos, W_Q, W_K, W_V,
-    W_O, W_U), all in fp32 (4 bytes):
+    L, H, D, Dh, V, M = d_mlp the model's sizes and P = cfg.n_params (every weight the
+    config has, W_in and W_out included), all in fp32 (4 bytes):
 
         params      = 4 bytes * (4 P + T D)        weights, gradients, exp_avg, exp_avg_sq;
                                                    + W_pos, allocated even when unused
         attention   = 4 bytes * L B H T^2          the pattern [batch, n_heads, n_ctx, n_ctx]
                                                    of each layer, kept for backward
-        activations = 4 bytes * (L (4 B T H Dh + 3 B T D) + 2 B T D + c V)
+        activations = 4 bytes * (L (4 B T H Dh + 3 B T D) + 2 B T D + c V
+                                 + L (2 B T M + 2 B T D))
                                                    q, k, v, z and the layer's stream
                                                    inputs; the final stream and its
                                                    gradient; one chunk of c logits
-                                                   (qkov.loss.chunk_rows)
+                                                   (qkov.loss.chunk_rows); with an MLP
+                                                   (M > 0; 0 otherwise) its pre- and post-
+                                                   activation [B, T, M] and its input and
+                                                   the mid-layer stream [B, T, D]
 
     An estimate, not a bound: it is meant to catch configurations off by orders of
     magnitude, not to predict the allocator to the byte."""
@@ -53,6 +57,8 @@ def step_memory(cfg: ModelConfig, batch_size: int) -> StepMemory:
     attention = L * B * H * T * T
     activations = L * (4 * B * T * H * Dh + 3 * B * T * D) + 2 * B * T * D
     activations += min(chunk_rows(V), B * T) * V
+    if cfg.d_mlp:
+        activations += L * (2 * B * T * cfg.d_mlp + 2 * B * T * D)
     return StepMemory(FLOAT_BYTES * params, FLOAT_BYTES * attention, FLOAT_BYTES * activations)
 
 

@@ -64,8 +64,15 @@ def evaluate(model: AttnOnlyTransformer, batches: list[torch.Tensor]) -> float:
 
 
 def _make_optimizer(model: AttnOnlyTransformer, tc: TrainConfig) -> torch.optim.AdamW:
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=tc.lr, betas=(0.9, 0.99), weight_decay=tc.weight_decay)
+    """AdamW; weight decay on the matrices (W_*, W_E and W_pos included, as always), none on
+    biases (b_*) and norm weights (ln*_w, ln*_b), which decay would pull away from 0 and 1."""
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in trainable if n.startswith("W_")]
+    groups = [{"params": decay, "weight_decay": tc.weight_decay}]
+    rest = [p for n, p in trainable if not n.startswith("W_")]
+    if rest:  # an attention-only model has none: its optimizer is today's
+        groups.append({"params": rest, "weight_decay": 0.0})
+    return torch.optim.AdamW(groups, lr=tc.lr, betas=(0.9, 0.99), weight_decay=tc.weight_decay)
 
 
 def check_device(device: str) -> None:
@@ -101,7 +108,7 @@ def train(
     progress: bool = True,
     data: Any = None,
 ) -> AttnOnlyTransformer:
-    """Train an attention-only model into `out_dir`; resume from its train state if asked.
+    """Train a model into `out_dir`; resume from its train state if asked.
 
     model_cfg: None on resume (read from out_dir/config.json). d_vocab is taken from the
     corpus tokenizer. On resume only tc.steps (if more than the run's) and tc.device are

@@ -9,13 +9,13 @@ import torch
 
 from qkov.checkpoint import load_safetensors
 from qkov.errors import QkovError
-from qkov.model import WEIGHT_NAMES, AttnOnlyTransformer
+from qkov.model import AttnOnlyTransformer
 
 STATE = "train_state.safetensors"
 
 
 def _trainable_names(model: AttnOnlyTransformer) -> list[str]:
-    return [n for n in WEIGHT_NAMES if getattr(model, n).requires_grad]
+    return [n for n in model.weights() if getattr(model, n).requires_grad]
 
 
 def state_tensors(model: AttnOnlyTransformer, opt: torch.optim.AdamW, step: int) -> dict:

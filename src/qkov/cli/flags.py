@@ -5,7 +5,8 @@ the dataclass (STYLE: "the same names on the CLI").
     ModelConfig(**dataclass_values(args, ModelConfig))
 
 Field `d_model` becomes `--d-model` (dest `d_model`), typed from its annotation (int,
-float, str, or one of them | None) with the field's default, which the CLI's help formatter
+float, str, or one of them | None; a bool field defaulting to False is a switch, `--bias`)
+with the field's default, which the CLI's help formatter
 (qkov.cli.HelpFormatter) shows as "(default: ...)". A field whose default is None has no
 value to show: its help text says what None means, e.g. "(default: d_model / n_heads)"."""
 
@@ -18,7 +19,7 @@ import typing
 from collections.abc import Collection, Mapping
 from typing import Any
 
-_TYPES = (int, float, str)
+_TYPES = (int, float, str, bool)
 
 
 def _flag_type(cls: type, name: str) -> type:
@@ -27,7 +28,7 @@ def _flag_type(cls: type, name: str) -> type:
     args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     kinds = [a for a in args if a is not type(None)]
     if len(kinds) != 1 or kinds[0] not in _TYPES:
-        raise TypeError(f"{cls.__name__}.{name}: a flag needs an int, float or str field")
+        raise TypeError(f"{cls.__name__}.{name}: a flag needs an int, float, str or bool field")
     return kinds[0]
 
 
@@ -53,11 +54,17 @@ def add_dataclass_flags(
             raise TypeError(f"{cls.__name__}.{field.name} has no default to give its flag")
         text = help.get(field.name, "").replace("%", "%%")
         flag = flags.get(field.name, "--" + field.name.replace("_", "-"))
+        kind = _flag_type(cls, field.name)
+        if kind is bool:
+            if default is not False:
+                raise TypeError(f"{cls.__name__}.{field.name}: a switch must default to False")
+            parser.add_argument(flag, dest=field.name, action="store_true", help=text or None)
+            continue
         parser.add_argument(
             flag,
             dest=field.name,
             metavar=None if field.name in choices else flag.lstrip("-").upper().replace("-", "_"),
-            type=_flag_type(cls, field.name),
+            type=kind,
             default=default,
             choices=choices.get(field.name),
             help=text or None,

@@ -1,4 +1,5 @@
-"""`qkov train`: train an attention-only model on a corpus into a run directory.
+"""`qkov train`: train a transformer (attention-only by default) on a corpus into a run
+directory.
 
 The model and training flags are made from ModelConfig's and TrainConfig's fields
 (qkov.cli.flags), so their defaults live only in those dataclasses."""
@@ -11,10 +12,10 @@ import sys
 from pathlib import Path
 
 from qkov.cli.flags import add_dataclass_flags, dataclass_values
-from qkov.config import NORMALIZATIONS, POSITIONAL_MODES, ModelConfig, TrainConfig
+from qkov.config import ACT_FNS, NORMALIZATIONS, POSITIONAL_MODES, ModelConfig, TrainConfig
 
 MODEL_HELP = {
-    "n_layers": "attention layers (0: a bigram model)",
+    "n_layers": "layers (0: a bigram model)",
     "n_heads": "heads per layer",
     "d_model": "width of the residual stream",
     "d_head": "width of each head (default: d_model / n_heads)",
@@ -22,8 +23,13 @@ MODEL_HELP = {
     "d_vocab": "BPE vocabulary size (= d_vocab of the model)",
     "positional": "shortformer: W_pos enters only queries and keys (the paper's); standard: "
     "added to the residual stream; none",
-    "normalization": "none (the paper's analysed form) or rms: a weightless RMS norm on the "
-    "inputs of the heads and the unembedding",
+    "normalization": "pre-norm before attention, the MLP and the unembedding: none (the paper's "
+    "analysed form), rms (weightless RMS norm), layernorm (learned weight and bias, GPT-2's) or "
+    "rmsnorm (learned weight); layernorm and rmsnorm need --positional standard or none",
+    "d_mlp": "width of each layer's MLP (0: attention-only, the paper's model)",
+    "act_fn": "the MLP's activation (gelu_new: GPT-2's tanh approximation)",
+    "bias": "give the model biases (b_Q, b_K, b_V, b_O, b_U; b_in, b_out with an MLP); "
+    "the analyses do not support them yet",
     "init_std": "std of the initial weights (W_O is scaled by 1/sqrt(2 n_layers))",
     "pos_init_std": "std of the initial W_pos (default: --init-std); with --normalization rms "
     "the normalised stream has RMS 1, so a W_pos of std ~0.02 starts 50x weaker than tokens",
@@ -52,8 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "train",
-        help="train an attention-only model",
-        description="Train an attention-only transformer; checkpoints go to --out.",
+        help="train a transformer (attention-only by default)",
+        description="Train a transformer (attention-only by default: --d-mlp adds MLPs); "
+        "checkpoints go to --out.",
     )
     m = p.add_argument_group("model (ignored with --resume and --init-from)")
     add_dataclass_flags(
@@ -61,7 +68,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         ModelConfig,
         help=MODEL_HELP,
         flags={"d_vocab": "--vocab-size"},
-        choices={"positional": POSITIONAL_MODES, "normalization": NORMALIZATIONS},
+        choices={
+            "positional": POSITIONAL_MODES,
+            "normalization": NORMALIZATIONS,
+            "act_fn": ACT_FNS,
+        },
         skip=("seed",),  # --seed is TrainConfig's, and seeds both
     )
     t = p.add_argument_group("training")

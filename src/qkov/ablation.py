@@ -34,7 +34,7 @@ from torch import Tensor
 from qkov.circuits import frozen_scales
 from qkov.errors import QkovError
 from qkov.loss import next_token_loss, token_losses
-from qkov.model import AttnOnlyTransformer
+from qkov.model import AttnOnlyTransformer, require_attention_only
 
 ABLATION_MODES = ("zero", "mean")
 
@@ -64,6 +64,7 @@ def order_residuals(model: AttnOnlyTransformer, tokens: Tensor) -> tuple[Tensor,
     [batch, pos, d_vocab]); R.sum(0) @ W_U equals the clean logits to float tolerance.
     With normalization="rms" the scales are frozen too, and R is as the unembedding reads
     it (each order divided by the final stream's RMS)."""
+    require_attention_only(model, "order_residuals")
     tokens = model.check_tokens(tokens)
     cfg = model.cfg
     w = model.weights()
@@ -88,6 +89,7 @@ def order_residuals(model: AttnOnlyTransformer, tokens: Tensor) -> tuple[Tensor,
 @torch.no_grad()
 def order_logits(model: AttnOnlyTransformer, tokens: Tensor) -> Tensor:
     """Logits per path order [n_layers + 1, batch, pos, d_vocab]; they sum to the logits."""
+    require_attention_only(model, "order_logits")
     R, _ = order_residuals(model, tokens)
     return R @ model.W_U.detach()
 
@@ -177,6 +179,7 @@ def head_ablation_logits(
     model: AttnOnlyTransformer, tokens: Tensor, layer: int, head: int, mode: str = "zero"
 ) -> Tensor:
     """Logits [batch, pos, d_vocab] with head (layer, head)'s output zeroed or mean-replaced."""
+    require_attention_only(model, "head_ablation_logits")
     _check_mode(mode)
     if not (0 <= layer < model.cfg.n_layers and 0 <= head < model.cfg.n_heads):
         raise QkovError(
@@ -202,6 +205,7 @@ def term_importance(
 ) -> TermImportance:
     """Loss increase on `tokens` [batch, pos] from ablating each path order in turn (patterns
     frozen) and, if per_head, from knocking out each head (zero and mean)."""
+    require_attention_only(model, "term_importance")
     _check_mode(mode)
     tokens = model.check_tokens(tokens)
     _need_two(tokens)

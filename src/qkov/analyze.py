@@ -30,7 +30,7 @@ from qkov.heads import head_scores as score_heads
 from qkov.io import atomic_write_text, check_output_dir
 from qkov.loss import next_token_loss
 from qkov.metrics import phase_change, training_history
-from qkov.model import AttnOnlyTransformer
+from qkov.model import AttnOnlyTransformer, require_attention_only
 from qkov.report import SCHEMA_VERSION, dumps, render_report
 from qkov.training_probe import training_probe
 from qkov.trigrams import DEFAULT_MIN_COUNT, skip_trigrams
@@ -140,6 +140,7 @@ def analyze_model(
     seed: int = 0,
 ) -> dict[str, Any]:
     """One MODEL record of the analysis dict (see qkov.report.schema)."""
+    require_attention_only(model, "analyze_model")
     model.eval()
     cfg, tok = model.cfg, model.tokenizer
     tokens = model.check_tokens(evaluation.tokens)

@@ -28,7 +28,7 @@ from torch import Tensor
 from qkov.data.tokenizer import decode_token
 from qkov.errors import QkovError
 from qkov.factored import FactoredMatrix
-from qkov.model import AttnOnlyTransformer, rms_scale
+from qkov.model import AttnOnlyTransformer, require_attention_only, rms_scale
 
 # Elements of one dense chunk of a vocab x vocab circuit (rows formed at once): 16 MiB of fp32.
 CHUNK_ELEMENTS = 2**22
@@ -58,18 +58,21 @@ def token_embedding(model: AttnOnlyTransformer) -> Tensor:
 
 def W_QK(model: AttnOnlyTransformer) -> FactoredMatrix:
     """W_Q W_K^T for every head: [n_layers, n_heads, d_model, d_model] (no 1/sqrt(d_head))."""
+    require_attention_only(model, "W_QK")
     w = model.weights()
     return FactoredMatrix(w["W_Q"], w["W_K"].transpose(-1, -2))
 
 
 def W_OV(model: AttnOnlyTransformer) -> FactoredMatrix:
     """W_V W_O for every head: [n_layers, n_heads, d_model, d_model]."""
+    require_attention_only(model, "W_OV")
     w = model.weights()
     return FactoredMatrix(w["W_V"], w["W_O"])
 
 
 def qk_circuit(model: AttnOnlyTransformer, layer: int, head: int) -> FactoredMatrix:
     """Token QK circuit W_E W_Q W_K^T W_E^T: [d_vocab (destination), d_vocab (source)]."""
+    require_attention_only(model, "qk_circuit")
     check_head(model, layer, head)
     w, E = model.weights(), token_embedding(model)
     return FactoredMatrix(E @ w["W_Q"][layer, head], (E @ w["W_K"][layer, head]).T)
@@ -77,6 +80,7 @@ def qk_circuit(model: AttnOnlyTransformer, layer: int, head: int) -> FactoredMat
 
 def ov_circuit(model: AttnOnlyTransformer, layer: int, head: int) -> FactoredMatrix:
     """Token OV circuit W_E W_V W_O W_U: [d_vocab (source), d_vocab (out logit)]."""
+    require_attention_only(model, "ov_circuit")
     check_head(model, layer, head)
     w = model.weights()
     return FactoredMatrix(
@@ -86,6 +90,7 @@ def ov_circuit(model: AttnOnlyTransformer, layer: int, head: int) -> FactoredMat
 
 def direct_path(model: AttnOnlyTransformer) -> FactoredMatrix:
     """W_E W_U: [d_vocab, d_vocab], the bigram table of the zero-layer path."""
+    require_attention_only(model, "direct_path")
     return FactoredMatrix(token_embedding(model), model.W_U.detach())
 
 
@@ -111,6 +116,7 @@ class QKTerms:
 
 def qk_positional_terms(model: AttnOnlyTransformer, layer: int, head: int) -> QKTerms:
     """Token/position split of the QK circuit: W_pos W_QK W_pos^T and the cross terms."""
+    require_attention_only(model, "qk_positional_terms")
     check_head(model, layer, head)
     if model.cfg.positional == "none":
         raise QkovError(
@@ -242,6 +248,7 @@ def path_expansion(
     that (the terms then no longer sum to the logits). tokens: [batch, pos] or [pos].
     With normalization="rms" the per-position scales are frozen too: each head reads its
     input divided by scale.{l}, the unembedding by scale.final, and the sum stays exact."""
+    require_attention_only(model, "path_expansion")
     tokens = model.check_tokens(tokens)
     cfg = model.cfg
     w = model.weights()
@@ -390,6 +397,7 @@ def induction_qk_term(
     into the source position)], kept factored with inner dim d_head:
     A = W_E W_Q^{h1} [d_vocab, d_head], B = (W_E W_V^{h0} W_O^{h0} W_K^{h1})^T [d_head, d_vocab].
     Token matching shows as mostly positive eigenvalues. Positions are not in this term."""
+    require_attention_only(model, "induction_qk_term")
     if not 0 <= src_layer < layer < model.cfg.n_layers:
         raise QkovError(
             f"K-composition needs an earlier head: got layer {src_layer} -> layer {layer} "

@@ -22,7 +22,7 @@ from qkov.circuits import W_OV, W_QK
 from qkov.errors import QkovError
 from qkov.factored import FactoredMatrix
 from qkov.io import json_safe
-from qkov.model import AttnOnlyTransformer
+from qkov.model import AttnOnlyTransformer, require_attention_only
 
 KINDS = ("q", "k", "v")
 
@@ -137,6 +137,7 @@ def composition_scores(
     model: AttnOnlyTransformer, n_baseline: int = 200, seed: int = 0
 ) -> CompositionScores:
     """Q-, K-, V-composition scores for every (earlier head, later head) pair + baseline."""
+    require_attention_only(model, "composition_scores")
     OV, QK = W_OV(model), W_QK(model)
     q = _masked(_pair_scores(OV, QK))
     k = _masked(_pair_scores(OV, QK.T))

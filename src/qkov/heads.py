@@ -49,7 +49,7 @@ from qkov.data.probes import (
 )
 from qkov.errors import QkovError
 from qkov.io import json_safe
-from qkov.model import AttnOnlyTransformer
+from qkov.model import AttnOnlyTransformer, require_attention_only
 from qkov.names import LABELS, SCORE_NAMES
 
 # The short column names of `HeadClassification.table`, explained under it.
@@ -146,6 +146,7 @@ def copying_score(
 
     pattern [batch, head, dest, src]; resid [batch, pos, d_model], the value input of `layer`
     (resid_pre); tokens [batch, pos]. Returns [head] in [-1, 1] (see module docstring)."""
+    require_attention_only(model, "copying_score")
     B, n = tokens.shape
     V = model.cfg.d_vocab
     W_U = model.W_U.detach()

@@ -38,7 +38,7 @@ from qkov.circuits import CHUNK_ELEMENTS, ov_circuit, qk_circuit
 from qkov.data.tokenizer import decode_token
 from qkov.errors import QkovError
 from qkov.factored import FactoredMatrix
-from qkov.model import AttnOnlyTransformer
+from qkov.model import AttnOnlyTransformer, require_attention_only
 from qkov.names import MIN_TOKEN_COUNT
 
 DEFAULT_MIN_COUNT = MIN_TOKEN_COUNT  # what `qkov analyze` and `qkov circuits` use
@@ -179,6 +179,7 @@ def skip_trigrams(
 
     Memory: O(chunk_size * d_vocab + d_vocab * k^2); chunk_size (sources per block)
     defaults to 16 MiB of fp32. Time: two vocab^2 * d_head products, formed a block at a time."""
+    require_attention_only(model, "skip_trigrams")
     V = model.cfg.d_vocab
     if k < 1:
         raise QkovError(f"k must be >= 1, got {k}")
@@ -246,6 +247,7 @@ def factoring_bugs(
 
     `keep ... in -> mind` and `keep ... at -> bay` give `keep ... in -> bay` with score
     sigmoid(a[in, keep]) * o[keep, bay] > 0: the head cannot express the pairing."""
+    require_attention_only(model, "factoring_bugs")
     trigrams = trigrams if trigrams is not None else skip_trigrams(model, layer, head, k)
     sc = _HeadScorer(model, layer, head)
     bugs = []

@@ -14,13 +14,14 @@ from torch import Tensor
 
 from qkov.errors import QkovError
 from qkov.interop.transformer_lens_format import BUFFERS, require_tl
-from qkov.model import RMS_EPS, AttnOnlyTransformer
+from qkov.model import RMS_EPS, AttnOnlyTransformer, require_attention_only
 
 
 def to_transformer_lens(model: AttnOnlyTransformer) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """qkov model -> (TL state dict with zero biases, TL config dict). Exact.
 
     positional="none" becomes TL "standard" with W_pos = 0."""
+    require_attention_only(model, "to_transformer_lens")
     cfg = model.cfg
     w = {k: v.detach().to("cpu").clone() for k, v in model.weights().items()}
     H, Dh, D = cfg.n_heads, cfg.d_head, cfg.d_model

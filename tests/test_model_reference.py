@@ -248,3 +248,57 @@ def test_fused_loss_with_b_U_equals_cross_entropy_of_the_logits():
             continue
         assert (a - b).abs().max() < 1e-10, name
     assert fused_grads[[n for n, _ in model.named_parameters()].index("b_U")].abs().sum() > 0
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # HookedTransformer's own
+@pytest.mark.parametrize(
+    "normalization, tl_norm, act_fn",
+    [("layernorm", "LN", "gelu_new"), ("rmsnorm", "RMS", "gelu"), ("rms", "RMSPre", "silu")],
+)
+def test_same_weights_give_transformer_lens_s_logits(normalization, tl_norm, act_fn):
+    """TransformerLens's HookedTransformer with the same config and weights, as a peer."""
+    tl = pytest.importorskip("transformer_lens")
+    model = general_model(
+        n_layers=2,
+        d_mlp=24,
+        normalization=normalization,
+        bias=True,
+        positional="standard",
+        act_fn=act_fn,
+    )
+    c = model.cfg
+    tl_cfg = tl.HookedTransformerConfig(
+        n_layers=c.n_layers,
+        d_model=c.d_model,
+        n_heads=c.n_heads,
+        d_head=c.d_head,
+        d_mlp=c.d_mlp,
+        n_ctx=c.n_ctx,
+        d_vocab=c.d_vocab,
+        act_fn=act_fn,
+        normalization_type=tl_norm,
+        positional_embedding_type="standard",
+        dtype=torch.float64,
+        device="cpu",
+    )
+    peer = tl.HookedTransformer(tl_cfg)
+    w = model.weights()
+    sd = {"embed.W_E": w["W_E"], "pos_embed.W_pos": w["W_pos"], "unembed.W_U": w["W_U"]}
+    sd["unembed.b_U"] = w["b_U"]
+    for l in range(c.n_layers):
+        for name in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O"):
+            sd[f"blocks.{l}.attn.{name}"] = w[name][l]
+        for name in ("W_in", "b_in", "W_out", "b_out"):
+            sd[f"blocks.{l}.mlp.{name}"] = w[name][l]
+        for ln in ("ln1", "ln2"):
+            for p in ("w", "b"):
+                if f"{ln}_{p}" in w:
+                    sd[f"blocks.{l}.{ln}.{p}"] = w[f"{ln}_{p}"][l]
+    for p in ("w", "b"):
+        if f"ln_final_{p}" in w:
+            sd[f"ln_final.{p}"] = w[f"ln_final_{p}"]
+    missing, unexpected = peer.load_state_dict(sd, strict=False)
+    assert not unexpected and all(k.endswith(("IGNORE", ".mask")) for k in missing), missing
+    tokens = torch.randint(0, 37, (2, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert (model(tokens) - peer(tokens)).abs().max() < 1e-8

@@ -7,13 +7,18 @@ signal number is also written to a pipe by the C-level handler (`signal.set_wake
 and a watchdog thread reading it exits the process with status 128 + signum (`os._exit`)
 on a second signal, or when the loop has not reached a step boundary within the grace
 period. That is safe: every checkpoint write is atomic (qkov.io), and `--resume` removes
-the temp file of a write the exit cut short."""
+the temp file of a write the exit cut short.
+
+Inside a Jupyter kernel (ipykernel imported) there is no watchdog: exiting would kill the
+kernel and the notebook's state with it. There a second signal raises KeyboardInterrupt at
+once, as Python does by default, and a long step ends before the run stops."""
 
 from __future__ import annotations
 
 import os
 import select
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -70,6 +75,10 @@ class StopRequest:
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is not threading.main_thread():
             return self
+        if "ipykernel" in sys.modules:  # no os._exit in a notebook's kernel
+            for s in SIGNALS:
+                self._old[s] = signal.signal(s, self._handle)
+            return self
         r, w = os.pipe()
         os.set_blocking(w, False)  # set_wakeup_fd needs a non-blocking write end
         self._pipe = (r, w)
@@ -81,7 +90,9 @@ class StopRequest:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._pipe is None:
+        if self._pipe is None:  # no watchdog: only the handlers to restore
+            for s, h in self._old.items():
+                signal.signal(s, h)
             return
         signal.set_wakeup_fd(self._old_wakeup)
         for s, h in self._old.items():
@@ -96,8 +107,11 @@ class StopRequest:
         self._pipe = None
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is None:  # a second signal is the watchdog's to act on
+        if self.signum is None:
             self.signum = signum
+        elif self._pipe is None:  # no watchdog (a notebook): a second signal stops now
+            raise KeyboardInterrupt
+        # with a watchdog, a second signal is the watchdog's to act on
 
     def _watch(self, r: int) -> None:
         """Read signal numbers from the wakeup pipe; exit when the loop does not stop."""

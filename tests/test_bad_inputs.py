@@ -140,7 +140,7 @@ def c_hostile_config_huge_vocab(e: Env):
 
 
 def c_unknown_config_key(e: Env):
-    edit_json(e.run / "config.json", d_mlp=64)
+    edit_json(e.run / "config.json", d_ff=64)
     return cli("info", e.run)
 
 
@@ -346,7 +346,7 @@ CASES: list[tuple[str, Callable[[Env], tuple[int, str]], str]] = [
         c_hostile_config_huge_vocab,
         "does config.json match the weights",
     ),
-    ("unknown config key", c_unknown_config_key, "unknown keys ['d_mlp']"),
+    ("unknown config key", c_unknown_config_key, "unknown keys ['d_ff']"),
     ("config.json is not JSON", c_config_not_json, "is not valid JSON"),
     ("config.json is not UTF-8", c_config_not_utf8, "cannot be read as UTF-8 JSON"),
     (

@@ -216,6 +216,7 @@ def read_state_dict(
         "b_V": (H, Dh),
         "b_O": (D,),
     }
+
     def stacked(per_layer: list[Tensor], shape: tuple[int, ...]) -> Tensor:  # [L, *shape]
         return torch.stack(per_layer) if L else torch.zeros(0, *shape, dtype=torch.float64)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from qkov import AttnOnlyTransformer, ModelConfig
+from qkov import AttnOnlyTransformer, ModelConfig, Transformer
 
 
 def random_model(
@@ -58,3 +58,45 @@ def match_multisets(a: torch.Tensor, b: torch.Tensor, tol: float) -> None:
 def nonzero(eigs: torch.Tensor, tol: float) -> torch.Tensor:
     """The entries of a spectrum with |lambda| > tol."""
     return eigs[eigs.abs() > tol]
+
+
+def general_model(
+    n_layers: int = 2,
+    *,
+    normalization: str = "layernorm",
+    d_mlp: int = 32,
+    bias: bool = True,
+    act_fn: str = "gelu",
+    positional: str = "standard",
+    n_heads: int = 3,
+    d_model: int = 24,
+    n_ctx: int = 12,
+    d_vocab: int = 40,
+    init_std: float = 0.4,
+    seed: int = 0,
+) -> Transformer:
+    """A small general model (MLPs, biases, a learned norm) whose biases and norm weights
+    are random too (the constructor starts them at 0 and 1, which would hide a missed fold)."""
+    cfg = ModelConfig(
+        n_layers=n_layers,
+        n_heads=n_heads,
+        d_model=d_model,
+        n_ctx=n_ctx,
+        d_vocab=d_vocab,
+        positional=positional,
+        normalization=normalization,
+        d_mlp=d_mlp,
+        act_fn=act_fn,
+        bias=bias,
+        init_std=init_std,
+        seed=seed,
+    )
+    model = Transformer(cfg)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("b_") or name.endswith("_b"):
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+            elif name.endswith("_w"):
+                p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g))
+    return model

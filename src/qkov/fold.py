@@ -1,0 +1,122 @@
+"""Fold the learned norms into the weights: an equivalent model whose only norm is a weightless
+divide by the per-position RMS (normalization="rms"), so every circuit is a weight product
+again, up to one positive number per position (the paper's treatment of LayerNorm).
+
+A pre-norm reads `norm(x) W + b` with norm(x) = c(x) / s(x) * w + b_ln, where c centres
+(layernorm) or is the identity (rmsnorm) and s is the RMS of c(x). Then
+
+    norm(x) W + b = (c(x) / s(x)) (diag(w) W) + (b_ln W + b)
+
+so each reading matrix (W_Q, W_K, W_V from ln1; W_in from ln2; W_U from ln_final) takes the
+weight on its rows and the norm's bias into its own bias. For layernorm c(x) has zero mean,
+so each reading matrix can also be centred over d_model (its mean row removed) without
+changing a number. Every writing matrix (W_E, W_pos, W_O, b_O, W_out, b_out) is then centred
+over d_model too: all readers centre anyway, so this changes nothing, and afterwards the
+residual stream itself has zero mean at every position. With a centred stream c is the
+identity, so the folded layernorm model is exactly normalization="rms" (TransformerLens
+needs an "LNPre" for the same step because it leaves the choice to centre writes optional).
+rmsnorm folds only its weight (no centring: its readers do not centre).
+
+`center_unembed` (TransformerLens's center_unembed) also removes W_U's and b_U's mean over
+the vocabulary: that shifts every position's logits by one constant, which softmax ignores,
+so log-probabilities are unchanged but the logits themselves are not. The analyses fold with
+center_unembed=False so that their terms sum to the model's own logits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import Tensor
+
+from qkov.model import Transformer
+
+# The norm each folded model keeps: its learned weights and biases are in the matrices.
+FOLDED_NORMALIZATION = {"none": "none", "rms": "rms", "layernorm": "rms", "rmsnorm": "rms"}
+
+
+def is_folded(model: Transformer) -> bool:
+    """True when the model has no learned norm weights (normalization "none" or "rms"), so its
+    circuits are weight products as they stand."""
+    return model.cfg.normalization in ("none", "rms")
+
+
+def _fold_reader(
+    W: Tensor, b: Tensor | None, w_ln: Tensor, b_ln: Tensor | None, centre: bool
+) -> tuple[Tensor, Tensor | None]:
+    """One reading matrix W [..., d_model, d_out] (bias b [..., d_out]) behind a norm with
+    weight w_ln [..., d_model] and bias b_ln: (diag(w) W, b_ln W + b), W centred over d_model
+    when the norm centres. Leading axes (layers, heads) broadcast."""
+    if b_ln is not None:
+        shift = (b_ln[..., None, :] @ W).squeeze(-2)  # [..., d_out]
+        b = shift if b is None else b + shift
+    W = W * w_ln[..., :, None]
+    if centre:
+        W = W - W.mean(-2, keepdim=True)
+    return W, b
+
+
+@torch.no_grad()
+def fold_layernorm(
+    model: Transformer, *, center_writing: bool = True, center_unembed: bool = True
+) -> Transformer:
+    """An equivalent model with the norms' weights (and layernorm's biases) folded into the
+    reading matrices and, for layernorm, the writing matrices centred (see the module
+    docstring). normalization: layernorm, rmsnorm and rms -> "rms"; none -> "none".
+
+    Same logits as `model` to float rounding (the fold is done in float64), except that
+    center_unembed=True shifts each position's logits by a constant (log-softmax unchanged).
+    A layernorm model gains biases (bias=True) where ln_b had none to go. With nothing to
+    fold (normalization "none" or "rms") and center_unembed=False the model itself is
+    returned. center_writing=False is allowed only without layernorm (the folded model would
+    need a centring norm that the folded config cannot express)."""
+    cfg = model.cfg
+    kind = cfg.normalization
+    if is_folded(model) and not center_unembed:
+        return model
+    if kind == "layernorm" and not center_writing:
+        raise ValueError(
+            "fold_layernorm(center_writing=False) on a layernorm model has no equivalent "
+            "normalization='rms' model: keep center_writing=True"
+        )
+    w = {k: v.double() for k, v in model.weights().items()}
+    layernorm = kind == "layernorm"
+    bias = cfg.bias or layernorm
+    if kind in ("layernorm", "rmsnorm"):
+        ln = lambda where, p: w.pop(f"{where}_{p}", None)  # noqa: E731
+        w1, b1 = ln("ln1", "w"), ln("ln1", "b")
+        heads_w1 = w1[:, None]  # [n_layers, 1, d_model]: the same norm for every head
+        heads_b1 = b1[:, None] if b1 is not None else None
+        for name in ("Q", "K", "V"):
+            w[f"W_{name}"], w[f"b_{name}"] = _fold_reader(
+                w[f"W_{name}"], w.get(f"b_{name}"), heads_w1, heads_b1, layernorm
+            )
+        if cfg.d_mlp:
+            w["W_in"], w["b_in"] = _fold_reader(
+                w["W_in"], w.get("b_in"), ln("ln2", "w"), ln("ln2", "b"), layernorm
+            )
+        w["W_U"], w["b_U"] = _fold_reader(
+            w["W_U"], w.get("b_U"), ln("ln_final", "w"), ln("ln_final", "b"), layernorm
+        )
+    if layernorm and center_writing:
+        for name in ("W_E", "W_pos", "W_O", "b_O", "W_out", "b_out"):
+            if w.get(name) is not None:
+                w[name] = w[name] - w[name].mean(-1, keepdim=True)
+    if center_unembed:
+        w["W_U"] = w["W_U"] - w["W_U"].mean(-1, keepdim=True)
+        if w.get("b_U") is not None:
+            w["b_U"] = w["b_U"] - w["b_U"].mean()
+    w = {k: v for k, v in w.items() if v is not None}
+    folded_cfg = dataclasses.replace(cfg, normalization=FOLDED_NORMALIZATION[kind], bias=bias)
+    dtype = model.W_E.dtype
+    folded = Transformer(folded_cfg).to(device=model.device, dtype=dtype)
+    # Biases the original lacked (a layernorm model with bias=False) stay at their zero init.
+    folded.load_weights({k: v.to(dtype) for k, v in w.items()} | _zero_biases(folded, w))
+    folded.tokenizer, folded.token_counts = model.tokenizer, model.token_counts
+    folded.train(model.training)
+    return folded
+
+
+def _zero_biases(folded: Transformer, have: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: torch.zeros_like(v) for k, v in folded.weights().items() if k not in have}

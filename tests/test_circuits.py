@@ -25,6 +25,7 @@ from qkov.circuits import (
     top1_self_fraction,
 )
 from qkov.errors import QkovError
+from qkov.fold import fold_layernorm
 
 
 def random_model(n_layers=1, positional="shortformer", seed=0, n_heads=2, std=0.5, norm="none"):
@@ -278,3 +279,93 @@ def test_top_bigrams_match_the_dense_centred_table(monkeypatch):
     assert [(g["current"], g["out"]) for g in got] == [
         (f"[{i // V}]", f"[{i % V}]") for i in want_i.tolist()
     ]
+
+
+# ---------------------------------------------------------------------- general models
+GENERAL = [
+    (norm, n_layers, act)
+    for norm in ("layernorm", "rmsnorm")
+    for n_layers in (1, 2, 3)
+    for act in ("gelu_new",)
+] + [("none", 2, "relu"), ("rms", 2, "silu")]
+
+
+@pytest.mark.parametrize("norm,n_layers,act", GENERAL)
+def test_path_expansion_sums_to_logits_with_mlp_norm_and_bias(norm, n_layers, act):
+    """Sources token, pos, bias and each MLP's output, through every chain of heads, sum to
+    the model's logits (patterns, norm scales and MLP outputs frozen), with and without a
+    max_order cut (whose remainder term keeps the sum exact)."""
+    model = factories.general_model(n_layers, normalization=norm, act_fn=act, seed=n_layers)
+    if norm == "none":
+        model = factories.general_model(n_layers, normalization=norm, act_fn=act, init_std=0.1)
+    tokens = factories.random_tokens(model)
+    logits = model(tokens)
+    pe = path_expansion(model, tokens)
+    starts = {t.start for t in pe.terms}
+    assert starts == {"token", "pos", "bias"} | {f"mlp{l}" for l in range(n_layers)}
+    # (1 + H)^(n_layers - l) chains from a source entering before layer l's heads.
+    H = model.cfg.n_heads
+    n_mlp_terms = sum((1 + H) ** (n_layers - 1 - l) for l in range(n_layers))
+    assert len(pe.terms) == 3 * (1 + H) ** n_layers + n_mlp_terms
+    torch.testing.assert_close(pe.total(), logits, atol=1e-4, rtol=0)
+    for cut in range(n_layers):
+        cut_pe = path_expansion(model, tokens, max_order=cut)
+        assert max(t.order for t in cut_pe.terms) == cut + 1
+        assert sum(t.cut is not None for t in cut_pe.terms) == 1
+        torch.testing.assert_close(cut_pe.total(), logits, atol=1e-4, rtol=0)
+
+
+def test_path_terms_of_a_general_model_match_hand_computation():
+    """1 layer, layernorm, bias, MLP: the bias's one-head term is A (b/s W_V + b_V) W_O
+    and the MLP's term is its output over the final scale through W_U, from folded weights
+    computed by hand here."""
+    model = factories.general_model(1, normalization="layernorm").double()
+    tokens = factories.random_tokens(model)
+    pe = path_expansion(model, tokens)
+    f = fold_layernorm(model, center_unembed=False)
+    _, cache = f.run_with_cache(tokens)
+    s_final = cache["ln_final_scale"] if "ln_final_scale" in cache else cache["scale.final"]
+    A = cache["pattern.0"]  # [batch, head, dest, src]
+    bV = f.b_V[0, 1].detach()
+    head_bias = (A[:, 1] @ bV.expand(tokens.shape[1], -1)) @ f.W_O[0, 1].detach()
+    torch.testing.assert_close(
+        pe.term("L0H1[bias]").logits, (head_bias / s_final) @ f.W_U.detach(), atol=1e-10, rtol=0
+    )
+    mlp = cache["mlp_out.0"] - f.b_out[0].detach()
+    torch.testing.assert_close(
+        pe.term("direct[mlp0]").logits, (mlp / s_final) @ f.W_U.detach(), atol=1e-10, rtol=0
+    )
+
+
+def test_token_circuits_of_a_general_model_are_the_folded_products():
+    model = factories.general_model(2, normalization="layernorm").double()
+    f = fold_layernorm(model, center_unembed=False)
+    E = f.W_E.detach() / f.W_E.detach().pow(2).mean(-1, keepdim=True).add(1e-5).sqrt()
+    l, h = 1, 2
+    qk = (E @ f.W_Q[l, h] + f.b_Q[l, h]) @ (E @ f.W_K[l, h] + f.b_K[l, h]).T
+    ov = (E @ f.W_V[l, h] + f.b_V[l, h]) @ f.W_O[l, h] @ f.W_U
+    torch.testing.assert_close(qk_circuit(model, l, h).dense(), qk.detach())
+    torch.testing.assert_close(ov_circuit(model, l, h).dense(), ov.detach())
+    # Layer 0 of a 1-layer model reads exactly the normalised token + position: with
+    # positions zeroed the QK circuit's entries are the model's attention scores.
+    m0 = factories.general_model(1, normalization="layernorm", positional="none").double()
+    tokens = factories.random_tokens(m0, batch=1)[0]
+    _, cache = m0.run_with_cache(tokens)
+    scores = cache["scores.0"][0, 0] * math.sqrt(m0.cfg.d_head)  # [dest, src]
+    want = qk_circuit(m0, 0, 0).dense()[tokens][:, tokens]
+    keep = torch.ones_like(scores, dtype=torch.bool).tril()
+    torch.testing.assert_close(scores[keep], want[keep])
+
+
+def test_effective_embedding_adds_mlp0_on_each_token():
+    model = factories.general_model(2, normalization="layernorm").double()
+    f = fold_layernorm(model, center_unembed=False)
+    plain, eff = token_embedding(model), token_embedding(model, effective_embedding=True)
+    x = f.W_E.detach() + f.b_O[0].detach()
+    x = x / x.pow(2).mean(-1, keepdim=True).add(1e-5).sqrt()
+    pre = x @ f.W_in[0] + f.b_in[0]
+    raw = f.W_E.detach() + torch.nn.functional.gelu(pre) @ f.W_out[0] + f.b_out[0]
+    want = raw / raw.pow(2).mean(-1, keepdim=True).add(1e-5).sqrt()
+    torch.testing.assert_close(eff, want.detach())
+    assert not torch.allclose(plain, eff)
+    assert direct_path(model, effective_embedding=True).shape == (40, 40)

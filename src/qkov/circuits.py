@@ -15,6 +15,11 @@ token's row divided by its RMS, which is exactly what the first layer's heads re
 layers and the unembedding divide by the RMS of the whole stream at that position, a
 positive per-position number the token circuits leave out (as the paper leaves out the
 LayerNorm scale): signs, eigenvalue signs and each row's ranking are unaffected.
+
+Models with learned norms (layernorm, rmsnorm) are read through `folded`: the norm weights
+folded into the weights (`qkov.fold`), leaving normalization="rms". Biases enter the token
+circuits where they belong to the head (b_Q, b_K, b_V); MLPs enter the token circuits only
+through `effective_embedding=True`, and the path expansion as sources of their own.
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from qkov.config import ModelConfig
 from qkov.data.tokenizer import decode_token
 from qkov.errors import QkovError
 from qkov.factored import FactoredMatrix
-from qkov.model import AttnOnlyTransformer, require_attention_only, rms_scale
+from qkov.model import AttnOnlyTransformer, Transformer, rms_scale
 
 # Elements of one dense chunk of a vocab x vocab circuit (rows formed at once): 16 MiB of fp32.
 CHUNK_ELEMENTS = 2**22
@@ -49,49 +55,90 @@ def check_head(model: AttnOnlyTransformer, layer: int, head: int) -> None:
 
 
 # ---------------------------------------------------------------------- circuits
-def token_embedding(model: AttnOnlyTransformer) -> Tensor:
-    """W_E as the first layer's heads read it: [d_vocab, d_model]; with normalization="rms"
-    each row is divided by its RMS (the scale rms_scale gives)."""
+def folded(model: Transformer) -> Transformer:
+    """The model the circuits read: learned norms folded into the weights
+    (`qkov.fold.fold_layernorm`, center_unembed=False); the model itself when it has none."""
+    from qkov.fold import fold_layernorm
+
+    return fold_layernorm(model, center_unembed=False)
+
+
+def token_embedding(model: Transformer, effective_embedding: bool = False) -> Tensor:
+    """Each token's residual vector as the heads read it: [d_vocab, d_model], of the folded
+    model (`folded`); with normalization="rms" (and folded layernorm/rmsnorm) each row is
+    divided by its RMS (rms_scale), as layer 0 reads a token alone.
+
+    effective_embedding=False: W_E, what layer 0's heads read (exact for them, up to W_pos).
+    effective_embedding=True (models with MLPs): W_E plus MLP 0's output on that token alone
+    (the MLP reading W_E + b_O of layer 0 through its norm; layer 0's attention and W_pos
+    ignored), the token as layer 1 and later read it when MLP 0 acts as part of the
+    embedding (GPT-2). An approximation: the attention output it leaves out is real."""
+    model = folded(model)
     W_E = model.W_E.detach()
+    if effective_embedding and model.cfg.d_mlp and model.cfg.n_layers:
+        x = W_E + model.b_O[0].detach() if model.cfg.bias else W_E
+        x = x / rms_scale(x) if model.cfg.normalization == "rms" else x
+        with torch.no_grad():
+            W_E = W_E + model._mlp(x[None], 0)[0]
     return W_E / rms_scale(W_E) if model.cfg.normalization == "rms" else W_E
 
 
-def W_QK(model: AttnOnlyTransformer) -> FactoredMatrix:
-    """W_Q W_K^T for every head: [n_layers, n_heads, d_model, d_model] (no 1/sqrt(d_head))."""
-    require_attention_only(model, "W_QK")
-    w = model.weights()
+def W_QK(model: Transformer) -> FactoredMatrix:
+    """W_Q W_K^T of the folded model for every head: [n_layers, n_heads, d_model, d_model]
+    (no 1/sqrt(d_head), no biases: the bilinear form alone)."""
+    w = folded(model).weights()
     return FactoredMatrix(w["W_Q"], w["W_K"].transpose(-1, -2))
 
 
-def W_OV(model: AttnOnlyTransformer) -> FactoredMatrix:
-    """W_V W_O for every head: [n_layers, n_heads, d_model, d_model]."""
-    require_attention_only(model, "W_OV")
-    w = model.weights()
+def W_OV(model: Transformer) -> FactoredMatrix:
+    """W_V W_O of the folded model for every head: [n_layers, n_heads, d_model, d_model]
+    (no b_V: the linear map alone)."""
+    w = folded(model).weights()
     return FactoredMatrix(w["W_V"], w["W_O"])
 
 
-def qk_circuit(model: AttnOnlyTransformer, layer: int, head: int) -> FactoredMatrix:
-    """Token QK circuit W_E W_Q W_K^T W_E^T: [d_vocab (destination), d_vocab (source)]."""
-    require_attention_only(model, "qk_circuit")
+def qk_circuit(
+    model: Transformer, layer: int, head: int, effective_embedding: bool = False
+) -> FactoredMatrix:
+    """Token QK circuit (E W_Q + b_Q)(E W_K + b_K)^T: [d_vocab (destination), d_vocab
+    (source)], E = token_embedding(model, effective_embedding), weights folded.
+
+    Exact for layer 0 of a model without W_pos in the stream, up to the 1/sqrt(d_head) and
+    the per-position norm scale (a layernorm/rmsnorm model reads each token over its own
+    RMS here, over the RMS of token + position in the model). Later layers read more than
+    tokens (earlier heads, MLPs): for them it is the embedding part only."""
     check_head(model, layer, head)
-    w, E = model.weights(), token_embedding(model)
-    return FactoredMatrix(E @ w["W_Q"][layer, head], (E @ w["W_K"][layer, head]).T)
+    m = folded(model)
+    w, E = m.weights(), token_embedding(m, effective_embedding)
+    q, k = E @ w["W_Q"][layer, head], E @ w["W_K"][layer, head]
+    if m.cfg.bias:
+        q, k = q + w["b_Q"][layer, head], k + w["b_K"][layer, head]
+    return FactoredMatrix(q, k.T)
 
 
-def ov_circuit(model: AttnOnlyTransformer, layer: int, head: int) -> FactoredMatrix:
-    """Token OV circuit W_E W_V W_O W_U: [d_vocab (source), d_vocab (out logit)]."""
-    require_attention_only(model, "ov_circuit")
+def ov_circuit(
+    model: Transformer, layer: int, head: int, effective_embedding: bool = False
+) -> FactoredMatrix:
+    """Token OV circuit (E W_V + b_V) W_O W_U: [d_vocab (source), d_vocab (out logit)], E =
+    token_embedding(model, effective_embedding), weights folded (W_U carries the final
+    norm's weight). What attending to a source token writes straight to the logits: exact
+    for the direct effect up to the final norm's per-position scale; it leaves out what
+    later heads and MLPs make of the write."""
     check_head(model, layer, head)
-    w = model.weights()
-    return FactoredMatrix(
-        token_embedding(model) @ w["W_V"][layer, head], w["W_O"][layer, head] @ w["W_U"]
-    )
+    m = folded(model)
+    w = m.weights()
+    v = token_embedding(m, effective_embedding) @ w["W_V"][layer, head]
+    v = v + w["b_V"][layer, head] if m.cfg.bias else v
+    return FactoredMatrix(v, w["W_O"][layer, head] @ w["W_U"])
 
 
-def direct_path(model: AttnOnlyTransformer) -> FactoredMatrix:
-    """W_E W_U: [d_vocab, d_vocab], the bigram table of the zero-layer path."""
-    require_attention_only(model, "direct_path")
-    return FactoredMatrix(token_embedding(model), model.W_U.detach())
+def direct_path(model: Transformer, effective_embedding: bool = False) -> FactoredMatrix:
+    """E W_U: [d_vocab, d_vocab], the bigram table of the zero-layer path (weights folded;
+    b_U, a constant per out token, is left out). Exact for a 0-layer model; with layers it
+    ignores every head, and it ignores the MLPs unless effective_embedding=True (then MLP 0
+    on the token alone is included; later MLPs are still left out)."""
+    m = folded(model)
+    return FactoredMatrix(token_embedding(m, effective_embedding), m.W_U.detach())
 
 
 @dataclass(frozen=True)
@@ -99,8 +146,9 @@ class QKTerms:
     """The four parts of a head's attention score when its input is token + position.
 
     Rows are destinations, columns sources; score = sum of the four / sqrt(d_head). Exact
-    for layer 0 (shortformer or standard); for later layers it covers only the embedding
-    part of the residual stream."""
+    for layer 0 (shortformer or standard) of a bias-free model; weights are folded, and
+    b_Q, b_K (bias=True) are left out; for later layers it covers only the embedding part
+    of the residual stream."""
 
     token_token: FactoredMatrix  # W_E   W_QK W_E^T    [d_vocab, d_vocab]
     token_pos: FactoredMatrix  # W_E   W_QK W_pos^T  [d_vocab, n_ctx]: dest token x src pos
@@ -116,8 +164,8 @@ class QKTerms:
 
 def qk_positional_terms(model: AttnOnlyTransformer, layer: int, head: int) -> QKTerms:
     """Token/position split of the QK circuit: W_pos W_QK W_pos^T and the cross terms."""
-    require_attention_only(model, "qk_positional_terms")
     check_head(model, layer, head)
+    model = folded(model)
     if model.cfg.positional == "none":
         raise QkovError(
             "this model has positional='none', so its QK circuit has no positional terms: "
@@ -139,26 +187,39 @@ def qk_positional_terms(model: AttnOnlyTransformer, layer: int, head: int) -> QK
 Chain = tuple[tuple[int, int], ...]
 
 
+def source_names(cfg: ModelConfig) -> list[str]:
+    """Where paths start, in order: "token" (W_E), "pos" (W_pos in the stream,
+    positional="standard"), "bias" (every constant the model adds: b_V W_O, b_O, b_out, b_U)
+    and "mlp{l}" (MLP l's output less b_out, taken from the clean forward pass)."""
+    names = ["token"] + (["pos"] if cfg.positional == "standard" else [])
+    names += ["bias"] if cfg.bias else []
+    return names + [f"mlp{l}" for l in range(cfg.n_layers)] if cfg.d_mlp else names
+
+
 @dataclass
 class PathTerm:
     """One term of the path expansion: the logits carried by one path.
 
     heads: () for the direct path, ((l, h),) for a single head, a longer chain (layers
-    increasing) for a virtual head. start: where the path begins, "token" (W_E) or "pos"
-    (W_pos in the residual stream, positional="standard" only)."""
+    increasing) for a virtual head. start: where the path begins (see `source_names`).
+    cut: set only on the remainder term of a `max_order` expansion: every path with more
+    than `cut` heads, from any start, summed (its order is reported as cut + 1)."""
 
     heads: Chain
     start: str
     logits: Tensor  # [batch, pos, d_vocab]
+    cut: int | None = None
 
     @property
     def order(self) -> int:
-        return len(self.heads)
+        return len(self.heads) if self.cut is None else self.cut + 1
 
     @property
     def name(self) -> str:
+        if self.cut is not None:
+            return f"order>{self.cut}"
         base = ">".join(f"L{l}H{h}" for l, h in self.heads) or "direct"
-        return base if self.start == "token" else f"{base}[pos]"
+        return base if self.start == "token" else f"{base}[{self.start}]"
 
     def __repr__(self) -> str:
         return f"PathTerm({self.name}, logits={list(self.logits.shape)})"
@@ -166,10 +227,12 @@ class PathTerm:
 
 @dataclass
 class PathExpansion:
-    """logits = sum of terms, attention patterns frozen at those of the forward pass.
+    """logits = sum of terms, attention patterns (and norm scales, MLP outputs) frozen at
+    those of the forward pass.
 
     With positional="standard", W_pos sits in the residual stream beside W_E, so every path
-    has a second term starting from W_pos (start="pos"); shortformer and none add none."""
+    has a second term starting from W_pos (start="pos"); shortformer and none add none. With
+    biases and MLPs, "bias" and each "mlp{l}" start paths too (see `source_names`)."""
 
     terms: list[PathTerm]
     logits: Tensor  # [batch, pos, d_vocab], the model's own forward pass
@@ -184,10 +247,19 @@ class PathExpansion:
         return float((self.total() - self.logits).abs().max())
 
     def by_order(self) -> dict[int, Tensor]:
-        """Sum of the terms of each order: 0 direct, 1 single heads, k >= 2 virtual heads."""
+        """Sum of the terms of each order: 0 direct, 1 single heads, k >= 2 virtual heads
+        (a max_order remainder counts as order max_order + 1)."""
         out: dict[int, Tensor] = {}
         for t in self.terms:
             out[t.order] = out[t.order] + t.logits if t.order in out else t.logits.clone()
+        return out
+
+    def by_start(self) -> dict[str, Tensor]:
+        """Sum of the terms of each start (the remainder under "remainder")."""
+        out: dict[str, Tensor] = {}
+        for t in self.terms:
+            key = "remainder" if t.cut is not None else t.start
+            out[key] = out[key] + t.logits if key in out else t.logits.clone()
         return out
 
     def term(self, name: str) -> PathTerm:
@@ -202,11 +274,11 @@ class PathExpansion:
 
     @property
     def heads(self) -> list[PathTerm]:
-        return [t for t in self.terms if t.order == 1]
+        return [t for t in self.terms if t.order == 1 and t.cut is None]
 
     @property
     def virtual_heads(self) -> list[PathTerm]:
-        return [t for t in self.terms if t.order >= 2]
+        return [t for t in self.terms if t.order >= 2 and t.cut is None]
 
     def __repr__(self) -> str:
         return (
@@ -234,57 +306,98 @@ class PathExpansion:
 
 @torch.no_grad()
 def path_expansion(
-    model: AttnOnlyTransformer, tokens: Tensor, max_order: int | None = None
+    model: Transformer, tokens: Tensor, max_order: int | None = None
 ) -> PathExpansion:
-    """Split the logits into the direct path, each head and each virtual head (any depth).
+    """Split the logits into paths: a start (see `source_names`), a chain of heads, then the
+    unembedding. Exact (to float rounding) on every architecture, with these frozen at the
+    clean forward pass: attention patterns, norm scales and MLP outputs.
 
-    With the attention patterns A^{l,h} [dest, src] frozen, the model is linear in its
-    residual input x0 (W_E[tokens], plus W_pos with positional="standard"):
+    Learned norms are folded first (`qkov.fold.fold_layernorm`, center_unembed=False), so
+    each head reads its input divided by the frozen scale.{l} and the unembedding by
+    scale.final. With the patterns A^{l,h} [dest, src] frozen the heads are linear in what
+    they read:
 
-        logits = x0 W_U + sum over chains (l1,h1) < ... < (lk,hk) of
-                 A^{lk,hk} ... A^{l1,h1} x0 W_OV^{l1,h1} ... W_OV^{lk,hk} W_U
+        logits = sum over starts x0 and chains (l1,h1) < ... < (lk,hk) of
+                 A^{lk,hk} ... A^{l1,h1} x0 W_OV^{l1,h1} ... W_OV^{lk,hk} W_U  (+ b_U)
 
-    There are (1 + n_heads)^n_layers chains per source; max_order drops chains longer than
-    that (the terms then no longer sum to the logits). tokens: [batch, pos] or [pos].
-    With normalization="rms" the per-position scales are frozen too: each head reads its
-    input divided by scale.{l}, the unembedding by scale.final, and the sum stays exact."""
-    require_attention_only(model, "path_expansion")
+    A source enters at its layer (mlp{l} after layer l's heads, so only later heads read
+    it). The bias start carries every constant: b_O and b_out enter its stream at their
+    layer, b_V W_O joins its one-head term, b_U its direct term. An MLP is opaque: what its
+    output does is its own start's paths; what its input read is not split.
+
+    There are (1 + n_heads)^n_layers chains per start; with max_order every path longer than
+    max_order heads goes into one remainder term (name "order>{max_order}"), so the terms
+    still sum to the logits. tokens: [batch, pos] or [pos]."""
+    from qkov.fold import fold_layernorm
+
     tokens = model.check_tokens(tokens)
+    clean = model(tokens)
+    model = fold_layernorm(model, center_unembed=False)
     cfg = model.cfg
     w = model.weights()
-    names = [f"pattern.{l}" for l in range(cfg.n_layers)]
-    logits, cache = model.run_with_cache(tokens, names=lambda n: n.split(".")[0] in FROZEN)
-    patterns = [cache[n] for n in names]
+    logits, cache = model.run_with_cache(tokens, names=_frozen_names)
+    patterns = [cache[f"pattern.{l}"] for l in range(cfg.n_layers)]
     scale = frozen_scales(model, cache)
     batch, n = tokens.shape
-    starts = {"token": w["W_E"][tokens]}  # path start -> [batch, pos, d_model]
+    streams: dict[tuple[str, Chain], Tensor] = {("token", ()): w["W_E"][tokens]}
     if cfg.positional == "standard":
-        starts["pos"] = w["W_pos"][:n].expand(batch, n, cfg.d_model)
-    streams: dict[tuple[str, Chain], Tensor] = {(s, ()): x for s, x in starts.items()}
+        streams[("pos", ())] = w["W_pos"][:n].expand(batch, n, cfg.d_model)
+    if cfg.bias:
+        streams[("bias", ())] = torch.zeros_like(streams[("token", ())])
+    remainder = None
     for l in range(cfg.n_layers):
         new: dict[tuple[str, Chain], Tensor] = {}
+        if remainder is not None:  # paths past the cut go on through every later head
+            v = (remainder / scale[l])[:, None] @ w["W_V"][l]
+            remainder = remainder + ((patterns[l] @ v) @ w["W_O"][l]).sum(1)
         for (start, chain), x in streams.items():
-            if max_order is not None and len(chain) >= max_order:
-                continue
             v = (x / scale[l])[:, None] @ w["W_V"][l]  # [batch, head, pos, d_head]
+            if start == "bias" and not chain:
+                v = v + w["b_V"][l][:, None]  # [head, 1, d_head]: the head's own constant
             out = (patterns[l] @ v) @ w["W_O"][l]  # [batch, head, pos, d_model]
+            if max_order is not None and len(chain) >= max_order:
+                remainder = out.sum(1) if remainder is None else remainder + out.sum(1)
+                continue
             for h in range(cfg.n_heads):
                 new[(start, chain + ((l, h),))] = out[:, h]
         streams.update(new)
+        if cfg.bias:
+            streams[("bias", ())] = streams[("bias", ())] + w["b_O"][l]
+        if cfg.d_mlp:
+            b_out = w["b_out"][l] if cfg.bias else 0.0
+            streams[(f"mlp{l}", ())] = cache[f"mlp_out.{l}"] - b_out
+            if cfg.bias:
+                streams[("bias", ())] = streams[("bias", ())] + b_out
     terms = [
         PathTerm(chain, start, (x / scale[-1]) @ w["W_U"]) for (start, chain), x in streams.items()
     ]
-    terms.sort(key=lambda t: (t.order, t.heads, t.start != "token"))
-    return PathExpansion(terms=terms, logits=model(tokens), patterns=patterns)
+    if remainder is not None:
+        terms.append(PathTerm((), "remainder", (remainder / scale[-1]) @ w["W_U"], max_order))
+    if cfg.bias:
+        bias_direct = next(t for t in terms if t.start == "bias" and not t.heads)
+        bias_direct.logits = bias_direct.logits + w["b_U"]
+    rank = {s: i for i, s in enumerate(source_names(cfg) + ["remainder"])}
+    terms.sort(key=lambda t: (t.order, t.heads, rank[t.start]))
+    return PathExpansion(terms=terms, logits=clean, patterns=patterns)
 
 
-# Hook kinds a frozen-pattern decomposition reads: the patterns and the rms scales.
-FROZEN = ("pattern", "scale")
+# Hook kinds a frozen-pattern decomposition reads: the patterns, the scales, the MLP outputs.
+FROZEN = ("pattern", "scale", "mlp_out")
 
 
-def frozen_scales(model: AttnOnlyTransformer, cache: dict[str, Tensor]) -> list[Tensor | float]:
+def _frozen_names(name: str) -> bool:
+    return name.split(".")[0] in FROZEN
+
+
+def frozen_scales(model: Transformer, cache: dict[str, Tensor]) -> list[Tensor | float]:
     """The divisors of each layer's head input and of the unembedding's input, from a
-    forward pass's cache: [batch, pos, 1] each with normalization="rms", else 1.0."""
+    forward pass's cache of a folded model (`qkov.fold`): [batch, pos, 1] each with
+    normalization="rms", else 1.0."""
+    if model.cfg.normalization not in ("none", "rms"):
+        raise QkovError(
+            f"frozen_scales needs a folded model (normalization 'none' or 'rms'), got "
+            f"{model.cfg.normalization!r}: pass qkov.fold.fold_layernorm(model) instead"
+        )
     if model.cfg.normalization != "rms":
         return [1.0] * (model.cfg.n_layers + 1)
     return [cache[f"scale.{l}"] for l in range(model.cfg.n_layers)] + [cache["scale.final"]]
@@ -396,8 +509,9 @@ def induction_qk_term(
     W_E W_QK^{h1} (W_E W_OV^{h0})^T [d_vocab (destination token), d_vocab (token h0 moved
     into the source position)], kept factored with inner dim d_head:
     A = W_E W_Q^{h1} [d_vocab, d_head], B = (W_E W_V^{h0} W_O^{h0} W_K^{h1})^T [d_head, d_vocab].
-    Token matching shows as mostly positive eigenvalues. Positions are not in this term."""
-    require_attention_only(model, "induction_qk_term")
+    Token matching shows as mostly positive eigenvalues. Positions are not in this term, nor
+    are biases or MLPs (weights are folded: `folded`)."""
+    model = folded(model)
     if not 0 <= src_layer < layer < model.cfg.n_layers:
         raise QkovError(
             f"K-composition needs an earlier head: got layer {src_layer} -> layer {layer} "

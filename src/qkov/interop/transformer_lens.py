@@ -1,13 +1,15 @@
-"""TransformerLens interop: read TL attention-only checkpoints, write qkov models in TL format.
+"""TransformerLens interop: import TL models into qkov's model and export qkov models to TL,
+both exactly (same logits), for every pre-norm TL model qkov's Transformer can compute.
 
 The entry points live here; the work is split by concept:
 
-    transformer_lens_format   TL's key layout, config check and shape-checked reading
-    transformer_lens_convert  convert_state_dict: attention scale, LayerNorm, biases folded
-                              into qkov's model (the exactness argument is in its docstring)
+    transformer_lens_format   TL's key layout, config check (what is refused) and reading
+    transformer_lens_convert  convert_state_dict: TL state dict -> qkov config and weights
     transformer_lens_export   qkov -> TL state dict, HookedTransformer or folder
 
-Every public name of those modules is importable from here and from qkov.interop.
+fold_ln is accepted everywhere for old callers and no longer needed: LayerNorm imports
+exactly (transformer_lens_convert's docstring). Every public name of those modules is
+importable from here and from qkov.interop.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from qkov.interop.transformer_lens_export import (
     to_transformer_lens,
 )
 from qkov.interop.transformer_lens_format import INSTALL_HINT, require_tl
-from qkov.model import AttnOnlyTransformer
+from qkov.model import Transformer
 
 __all__ = [
     "INSTALL_HINT",
@@ -55,7 +57,7 @@ def _read_weights(path: Path) -> dict[str, Tensor]:
 
 def load_transformer_lens(
     path: str | Path, tl_cfg: Any = None, *, fold_ln: bool = False
-) -> AttnOnlyTransformer:
+) -> Transformer:
     """Load a TL checkpoint from a weights file or a folder (config.json + one weights file).
 
     tl_cfg: the TL config (dict or HookedTransformerConfig); default: config.json beside
@@ -88,7 +90,7 @@ def load_transformer_lens(
     return converted.model()
 
 
-def from_hooked_transformer(model: Any, *, fold_ln: bool = False) -> AttnOnlyTransformer:
+def from_hooked_transformer(model: Any, *, fold_ln: bool = False) -> Transformer:
     """A qkov copy of an in-memory TL HookedTransformer (weights copied, on CPU)."""
     converted = convert_state_dict(
         model.state_dict(), model.cfg, fold_ln=fold_ln, source="HookedTransformer"
@@ -96,9 +98,7 @@ def from_hooked_transformer(model: Any, *, fold_ln: bool = False) -> AttnOnlyTra
     return converted.model()
 
 
-def from_transformer_lens(
-    source: Any, tl_cfg: Any = None, *, fold_ln: bool = False
-) -> AttnOnlyTransformer:
+def from_transformer_lens(source: Any, tl_cfg: Any = None, *, fold_ln: bool = False) -> Transformer:
     """Import a TL model: a HookedTransformer, a path, or a state dict (with tl_cfg)."""
     if isinstance(source, (str, Path)):
         return load_transformer_lens(source, tl_cfg, fold_ln=fold_ln)
@@ -113,7 +113,7 @@ def from_transformer_lens(
 
 def from_pretrained(
     name: str, *, allow_download: bool = False, fold_ln: bool = False
-) -> AttnOnlyTransformer:
+) -> Transformer:
     """Fetch a TL model by name from the Hugging Face hub (network!) and import it.
 
     Refuses unless allow_download=True: nothing in qkov downloads by default."""

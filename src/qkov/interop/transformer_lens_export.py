@@ -1,10 +1,13 @@
 """qkov model -> TransformerLens: a TL state dict and config, a HookedTransformer, or a folder.
 
-The export is exact: qkov's bias-free model is TL's with every bias zero, and
-normalization="rms" is TL's weightless "RMSPre" (key layout: transformer_lens_format)."""
+The export is exact for every qkov model: each weight goes to its TL key
+(transformer_lens_format.TL_KEYS); a bias=False model gets TL's biases as zeros;
+normalization "none", "rms", "layernorm", "rmsnorm" are TL's None, "RMSPre", "LN", "RMS";
+positional="none" is TL's "standard" with W_pos = 0."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -13,39 +16,40 @@ import torch
 from torch import Tensor
 
 from qkov.errors import QkovError
-from qkov.interop.transformer_lens_format import BUFFERS, require_tl
-from qkov.model import RMS_EPS, AttnOnlyTransformer, require_attention_only
+from qkov.interop.transformer_lens_format import BIASES, BUFFERS, TL_KEYS, require_tl, tl_key
+from qkov.model import RMS_EPS, Transformer, weight_shapes
+
+TL_NORMALIZATION = {"none": None, "rms": "RMSPre", "layernorm": "LN", "rmsnorm": "RMS"}
 
 
-def to_transformer_lens(model: AttnOnlyTransformer) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """qkov model -> (TL state dict with zero biases, TL config dict). Exact.
+def to_transformer_lens(model: Transformer) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """qkov model -> (TL state dict, TL config dict). Exact.
 
-    positional="none" becomes TL "standard" with W_pos = 0."""
-    require_attention_only(model, "to_transformer_lens")
+    A round trip through convert_state_dict gives back the same weights; a bias=True model
+    whose biases are all zero comes back with bias=False (TL has no bias switch)."""
     cfg = model.cfg
     w = {k: v.detach().to("cpu").clone() for k, v in model.weights().items()}
-    H, Dh, D = cfg.n_heads, cfg.d_head, cfg.d_model
-    sd: dict[str, Tensor] = {"embed.W_E": w["W_E"], "pos_embed.W_pos": w["W_pos"]}
-    for l in range(cfg.n_layers):
-        p = f"blocks.{l}.attn."
-        for name in ("W_Q", "W_K", "W_V", "W_O"):
-            sd[p + name] = w[name][l].contiguous()
-        for name in ("b_Q", "b_K", "b_V"):
-            sd[p + name] = torch.zeros(H, Dh, dtype=w["W_Q"].dtype)
-        sd[p + "b_O"] = torch.zeros(D, dtype=w["W_O"].dtype)
-    sd["unembed.W_U"] = w["W_U"]
-    sd["unembed.b_U"] = torch.zeros(cfg.d_vocab, dtype=w["W_U"].dtype)
+    if not cfg.bias:  # TL always has biases: zeros of the shapes a bias=True model has
+        full = weight_shapes(dataclasses.replace(cfg, bias=True))
+        w |= {b: torch.zeros(full[b], dtype=w["W_E"].dtype) for b in BIASES if b in full}
+    sd: dict[str, Tensor] = {}
+    for name, value in w.items():
+        if "{l}" in TL_KEYS[name]:
+            sd |= {tl_key(name, l): value[l].contiguous() for l in range(cfg.n_layers)}
+        else:
+            sd[tl_key(name)] = value
     tl_cfg = {
         "n_layers": cfg.n_layers,
-        "d_model": D,
+        "d_model": cfg.d_model,
         "n_ctx": cfg.n_ctx,
-        "d_head": Dh,
-        "n_heads": H,
+        "d_head": cfg.d_head,
+        "n_heads": cfg.n_heads,
         "d_vocab": cfg.d_vocab,
         "d_vocab_out": cfg.d_vocab,
-        "attn_only": True,
-        "act_fn": None,
-        "normalization_type": "RMSPre" if cfg.normalization == "rms" else None,
+        "attn_only": not cfg.d_mlp,
+        "d_mlp": cfg.d_mlp or None,
+        "act_fn": cfg.act_fn if cfg.d_mlp else None,
+        "normalization_type": TL_NORMALIZATION[cfg.normalization],
         "eps": RMS_EPS,
         "seed": cfg.seed,
         "positional_embedding_type": "shortformer"
@@ -55,7 +59,7 @@ def to_transformer_lens(model: AttnOnlyTransformer) -> tuple[dict[str, Tensor], 
     return sd, tl_cfg
 
 
-def to_hooked_transformer(model: AttnOnlyTransformer) -> Any:
+def to_hooked_transformer(model: Transformer) -> Any:
     """qkov model -> a TL HookedTransformer with the same weights (on CPU, float32)."""
     tl = require_tl()
     sd, tl_cfg = to_transformer_lens(model)
@@ -70,7 +74,7 @@ def to_hooked_transformer(model: AttnOnlyTransformer) -> Any:
     return hooked.eval()
 
 
-def save_transformer_lens(model: AttnOnlyTransformer, out_dir: str | Path) -> Path:
+def save_transformer_lens(model: Transformer, out_dir: str | Path) -> Path:
     """Write a TL-format folder: config.json (TL config) + model.safetensors (TL keys)."""
     from qkov.io import atomic_save_safetensors, atomic_write_text
 

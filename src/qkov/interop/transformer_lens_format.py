@@ -1,14 +1,21 @@
-"""TransformerLens's checkpoint format: the lazy import, the config check, the state-dict reader.
+"""TransformerLens's checkpoint format: the lazy import, the config check, the key table.
 
-TL stores the paper's matrices in qkov's layout, one tensor per layer:
+TL stores the paper's matrices in qkov's layout, one tensor per layer; `TL_KEYS` maps each
+qkov weight to its TL key ({l}: the layer):
 
     embed.W_E [d_vocab, d_model]   pos_embed.W_pos [n_ctx, d_model]   unembed.W_U [d_model, d_vocab]
     blocks.{l}.attn.W_Q, W_K, W_V [n_heads, d_model, d_head]   W_O [n_heads, d_head, d_model]
     blocks.{l}.attn.b_Q, b_K, b_V [n_heads, d_head]   b_O [d_model]   unembed.b_U [d_vocab]
-    blocks.{l}.ln1.w, .b and ln_final.w, .b [d_model]  (normalization_type "LN")
+    blocks.{l}.mlp.W_in [d_model, d_mlp]  b_in [d_mlp]  W_out [d_mlp, d_model]  b_out [d_model]
+    blocks.{l}.ln1.w, .b; blocks.{l}.ln2.w, .b; ln_final.w, .b [d_model]
 
-`read_state_dict` returns these as float64 tensors under the paper's names, each per-layer
-tensor stacked on a leading [n_layers] axis (W_Q [n_layers, n_heads, d_model, d_head]).
+TL's normalization_type is qkov's `normalization` (eps 1e-5 both): None = "none",
+"RMSPre" = "rms", "LN" = "layernorm", "RMS" = "rmsnorm"; "LNPre" (LN with its weights
+folded away) is "layernorm" with w = 1, b = 0. TL always has every bias (zeros when unused);
+qkov's bias=False model is TL's with all of them zero.
+
+`read_state_dict` returns qkov's weights of a bias=True model as float64 tensors under the
+paper's names, each per-layer tensor stacked on a leading [n_layers] axis.
 """
 
 from __future__ import annotations
@@ -23,20 +30,31 @@ from torch import Tensor
 
 from qkov.config import ModelConfig
 from qkov.errors import QkovError
-from qkov.model import RMS_EPS
+from qkov.model import RMS_EPS, weight_shapes
 
 INSTALL_HINT = "pip install 'qkov[interop]' (transformer-lens==3.9.0)"
-ATTN_KEYS = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")
 BUFFERS = ("mask", "IGNORE")  # TL attention buffers, not weights
-_LAYER_KEY = re.compile(r"blocks\.(\d+)\.(attn|ln1)\.(\w+)")
-_GLOBAL_KEYS = (
-    "embed.W_E",
-    "pos_embed.W_pos",
-    "unembed.W_U",
-    "unembed.b_U",
-    "ln_final.w",
-    "ln_final.b",
-)
+TL_KEYS = {  # qkov name -> TL key; "{l}" marks a per-layer tensor
+    "W_E": "embed.W_E",
+    "W_pos": "pos_embed.W_pos",
+    **{n: f"blocks.{{l}}.attn.{n}" for n in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V")},
+    "b_O": "blocks.{l}.attn.b_O",
+    **{n: f"blocks.{{l}}.mlp.{n}" for n in ("W_in", "b_in", "W_out", "b_out")},
+    **{f"{ln}_{p}": f"blocks.{{l}}.{ln}.{p}" for ln in ("ln1", "ln2") for p in ("w", "b")},
+    "ln_final_w": "ln_final.w",
+    "ln_final_b": "ln_final.b",
+    "W_U": "unembed.W_U",
+    "b_U": "unembed.b_U",
+}
+BIASES = ("b_Q", "b_K", "b_V", "b_O", "b_in", "b_out", "b_U")
+NORMALIZATIONS = {None: "none", "RMSPre": "rms", "LN": "layernorm", "LNPre": "layernorm"}
+NORMALIZATIONS["RMS"] = "rmsnorm"
+# TL's activation names -> qkov's; gelu_fast and gelu_pytorch_tanh are GPT-2's tanh gelu.
+ACT_FNS = {"gelu": "gelu", "relu": "relu", "silu": "silu", "gelu_new": "gelu_new"}
+ACT_FNS |= {"gelu_fast": "gelu_new", "gelu_pytorch_tanh": "gelu_new"}
+# TL architectures whose norm comes after each sublayer (transformer_lens.utilities.architectures)
+POST_NORM_ARCHITECTURES = ("Olmo2ForCausalLM", "Olmo3ForCausalLM")
+_LAYER_KEY = re.compile(r"blocks\.(\d+)\.(\w+)\.(\w+)")
 
 
 def require_tl():
@@ -46,6 +64,16 @@ def require_tl():
     except ImportError:
         raise QkovError(f"TransformerLens is not installed: {INSTALL_HINT}") from None
     return transformer_lens
+
+
+def tl_key(name: str, l: int | None = None) -> str:
+    """The TL key of qkov weight `name` (of layer l): tl_key("W_in", 0) = "blocks.0.mlp.W_in"."""
+    return TL_KEYS[name].format(l=l)
+
+
+def tl_keys(name: str, n_layers: int) -> list[str]:
+    """Every TL key of qkov weight `name`: one per layer, or one for a model-wide tensor."""
+    return [tl_key(name, l) for l in range(n_layers)] if "{l}" in TL_KEYS[name] else [tl_key(name)]
 
 
 # ---------------------------------------------------------------------------- config
@@ -60,49 +88,78 @@ def cfg_dict(tl_cfg: Any) -> dict[str, Any]:
     )
 
 
-def check_config(c: dict[str, Any], source: str) -> tuple[ModelConfig, str | None, float]:
-    """Validate a TL config; returns (qkov config, normalization, attention scale)."""
-    need = ("n_layers", "d_model", "n_ctx", "d_head", "n_heads", "d_vocab")
-    missing = [k for k in need if c.get(k) is None]
-    if missing:
-        raise QkovError(f"{source}: TL config lacks {missing}: pass the HookedTransformerConfig")
+def _refuse_unsupported(c: dict[str, Any], source: str) -> None:
+    """One QkovError line for any TL feature qkov's model does not compute."""
 
     def bad(what: str) -> QkovError:
-        return QkovError(f"{source}: {what}; qkov imports causal attention-only models only")
+        return QkovError(f"{source}: {what}, which qkov's model does not have")
 
-    if not c.get("attn_only", False):
-        raise bad("attn_only is False (the model has MLPs)")
     pos = c.get("positional_embedding_type", "standard")
     if pos not in ("standard", "shortformer"):
-        raise bad(f"positional_embedding_type={pos!r} (need 'standard' or 'shortformer')")
-    norm = c.get("normalization_type")
-    if norm not in (None, "LN", "LNPre", "RMSPre"):
-        raise bad(f"normalization_type={norm!r} (need None, 'LN', 'LNPre' or 'RMSPre')")
-    if norm == "RMSPre" and abs(float(c.get("eps", RMS_EPS)) - RMS_EPS) > 1e-12:
-        raise bad(f"RMSPre with eps={c['eps']} (qkov's rms norm uses eps={RMS_EPS})")
-    if pos == "shortformer" and norm == "LN":
+        raise bad(f"positional_embedding_type={pos!r} (qkov has 'standard' and 'shortformer')")
+    norm = c.get("normalization_type", "LN")  # TL's default
+    if norm not in NORMALIZATIONS:
+        raise bad(f"normalization_type={norm!r} (qkov reads None, LN, LNPre, RMS, RMSPre)")
+    if pos == "shortformer" and norm in ("LN", "LNPre", "RMS"):
         raise QkovError(
-            f"{source}: shortformer + LayerNorm cannot be folded (W_pos is shared by all "
-            "layers but each layer's ln1.w would have to be folded into it), as in TL"
+            f"{source}: shortformer positions with normalization_type={norm!r} are not "
+            "supported (qkov refuses shortformer with a learned norm): use 'standard' positions"
         )
-    checks = {
+    if norm is not None and abs(float(c.get("eps", RMS_EPS)) - RMS_EPS) > 1e-12:
+        raise bad(f"eps={c['eps']} (qkov's norms use eps={RMS_EPS})")
+    if norm in ("LN", "LNPre") and c.get("final_rms", False):
+        raise bad("final_rms=True with LayerNorm blocks (an RMS final norm after LN blocks)")
+    if not c.get("attn_only", False):
+        if c.get("gated_mlp", False):
+            raise bad("gated_mlp=True (an MLP with W_gate)")
+        if c.get("num_experts"):
+            raise bad(f"num_experts={c['num_experts']} (a mixture-of-experts MLP)")
+        if c.get("parallel_attn_mlp", False):
+            raise bad("parallel_attn_mlp=True (attention and MLP both reading resid_pre)")
+        act = c.get("act_fn", "relu")  # TL's default
+        if act not in ACT_FNS:
+            raise bad(f"act_fn={act!r} (qkov reads {', '.join(ACT_FNS)})")
+    if c.get("original_architecture") in POST_NORM_ARCHITECTURES:
+        raise bad(f"original_architecture={c['original_architecture']!r} (post-norm blocks)")
+    checks = {  # key: (TL's default, the value qkov needs)
         "attention_dir": ("causal", "causal"),
         "n_key_value_heads": (None, None),
         "use_local_attn": (False, False),
         "use_qk_norm": (False, False),
         "use_normalization_before_and_after": (False, False),
-        "final_rms": (False, False),
+        "scale_attn_by_inverse_layer_idx": (False, False),
+        "clip_qkv": (None, None),
+        "use_logn_attn": (False, False),
+        "post_embedding_ln": (False, False),
+        "use_attention_sinks": (False, False),
     }
     for key, (default, want) in checks.items():
         if c.get(key, default) != want:
-            raise bad(f"{key}={c[key]!r} is not supported (need {want!r})")
+            raise bad(f"{key}={c[key]!r}")
     for cap in ("attn_scores_soft_cap", "output_logits_soft_cap"):
         if (c.get(cap) or -1.0) > 0:
-            raise bad(f"{cap}={c[cap]} is not supported")
+            raise bad(f"{cap}={c[cap]}")
     d_vocab_out = c.get("d_vocab_out", -1)
     if d_vocab_out not in (-1, None, c["d_vocab"]):
         raise bad(f"d_vocab_out={d_vocab_out} differs from d_vocab={c['d_vocab']}")
-    d_head = int(c["d_head"])
+
+
+def check_config(c: dict[str, Any], source: str) -> tuple[ModelConfig, str | None, float]:
+    """Validate a TL config; returns (qkov config with bias=True, TL normalization_type,
+    attention scale). Absent keys take TL's defaults (normalization_type "LN", attn_only
+    False, act_fn "relu", d_mlp 4 d_model), as HookedTransformerConfig would."""
+    need = ("n_layers", "d_model", "n_ctx", "d_head", "n_heads", "d_vocab")
+    missing = [k for k in need if c.get(k) is None]
+    if missing:
+        raise QkovError(f"{source}: TL config lacks {missing}: pass the HookedTransformerConfig")
+    _refuse_unsupported(c, source)
+    norm = c.get("normalization_type", "LN")
+    d_model, d_head = int(c["d_model"]), int(c["d_head"])
+    d_mlp = 0
+    if not c.get("attn_only", False):
+        d_mlp = int(c["d_mlp"]) if c.get("d_mlp") is not None else 4 * d_model
+        if d_mlp <= 0:
+            raise QkovError(f"{source}: attn_only=False needs d_mlp > 0, got d_mlp={d_mlp}")
     if c.get("use_attn_scale", True):
         scale = float(c.get("attn_scale") or -1.0)
         scale = math.sqrt(d_head) if scale <= 0 else scale
@@ -112,62 +169,61 @@ def check_config(c: dict[str, Any], source: str) -> tuple[ModelConfig, str | Non
     cfg = ModelConfig(
         n_layers=int(c["n_layers"]),
         n_heads=int(c["n_heads"]),
-        d_model=int(c["d_model"]),
+        d_model=d_model,
         d_head=d_head,
         n_ctx=int(c["n_ctx"]),
         d_vocab=int(c["d_vocab"]),
-        positional=pos,
+        positional=c.get("positional_embedding_type", "standard"),
         seed=seed if isinstance(seed, int) and seed >= 0 else 0,
-        normalization="rms" if norm == "RMSPre" else "none",
+        normalization=NORMALIZATIONS[norm],
+        d_mlp=d_mlp,
+        act_fn=ACT_FNS[c.get("act_fn", "relu")] if d_mlp else ModelConfig.act_fn,
+        bias=True,
     )
     return cfg, norm, scale
 
 
 # ---------------------------------------------------------------------------- state dict
-def _sort_keys(
-    sd: Mapping[str, Tensor], n_layers: int, source: str
-) -> tuple[dict[str, Tensor], list[dict[str, Tensor]]]:
-    """Split TL keys into model-wide tensors and one dict per layer; unknown keys raise.
+def _describe(cfg: ModelConfig, norm: str | None) -> str:
+    """How the TL config's words name what a model has, for error messages."""
+    mlp = f"attn_only=False, d_mlp={cfg.d_mlp}" if cfg.d_mlp else "attn_only=True"
+    return f"{mlp}, normalization_type={norm!r}"
 
-    Per-layer names: the attention's own (W_Q, ..., b_O), and ln_w, ln_b for ln1.w, ln1.b."""
-    tensors: dict[str, Tensor] = {}
-    layers: list[dict[str, Tensor]] = [{} for _ in range(n_layers)]
+
+def _check_keys(sd: Mapping[str, Tensor], expected: set[str], cfg, norm, source) -> None:
+    """Every key of `sd` must be a weight the TL config implies (or an attention buffer)."""
     unknown = []
-    for key, value in sd.items():
+    for key in sd:
         m = _LAYER_KEY.fullmatch(key)
-        if m and int(m[1]) < n_layers:
-            if m[3] in BUFFERS:
-                continue
-            if (m[2] == "attn" and m[3] in ATTN_KEYS) or (m[2] == "ln1" and m[3] in ("w", "b")):
-                layers[int(m[1])][m[3] if m[2] == "attn" else f"ln_{m[3]}"] = value
-                continue
-        elif key in _GLOBAL_KEYS:
-            tensors[key] = value
+        if key in expected or (m and m[2] == "attn" and m[3] in BUFFERS):
             continue
         unknown.append(key)
-    if unknown:
-        hint = (
-            " (MLP weights: qkov models are attention-only)"
-            if any(".mlp." in k for k in unknown)
-            else ""
+    if not unknown:
+        return
+    if not cfg.d_mlp and any(".mlp." in k for k in unknown):
+        raise QkovError(
+            f"{source} holds MLP weights {[k for k in unknown if '.mlp.' in k][:4]} but its "
+            "TL config says attn_only=True: set attn_only=False and d_mlp if the model has MLPs"
         )
-        raise QkovError(f"{source} has tensors qkov cannot place: {unknown[:6]}{hint}")
-    return tensors, layers
+    norm_keys = [k for k in unknown if re.fullmatch(r"(blocks\.\d+\.ln[12]|ln_final)\.\w+", k)]
+    if norm_keys:
+        raise QkovError(
+            f"{source} holds norm weights {norm_keys[:4]} that a TL model with "
+            f"{_describe(cfg, norm)} does not have: does the config belong to these weights?"
+        )
+    raise QkovError(
+        f"{source} has tensors that a TL model with n_layers={cfg.n_layers}, "
+        f"{_describe(cfg, norm)} does not have: {unknown[:6]}"
+    )
 
 
-def _read_tensor(
-    value: Tensor | None, shape: tuple[int, ...], name: str, zero_ok: bool, source: str
-) -> Tensor:
-    """One TL tensor as float64 on CPU, its shape checked; absent reads as zeros if zero_ok."""
-    if value is None:
-        if not zero_ok:
-            raise QkovError(f"{source} is missing {name}: is it a TL attention-only model?")
-        return torch.zeros(shape, dtype=torch.float64)
+def _read_tensor(value: Any, shape: tuple[int, ...], key: str, source: str) -> Tensor:
+    """One TL tensor as float64 on CPU, its shape checked."""
     if not isinstance(value, Tensor) or not torch.is_floating_point(value):
-        raise QkovError(f"{source}: {name} is not a float tensor")
+        raise QkovError(f"{source}: {key} is not a float tensor")
     if tuple(value.shape) != shape:
         raise QkovError(
-            f"{source}: {name} has shape {list(value.shape)} but the TL config implies "
+            f"{source}: {key} has shape {list(value.shape)} but the TL config implies "
             f"{list(shape)}: does the config belong to these weights?"
         )
     return value.detach().to("cpu", torch.float64)
@@ -175,54 +231,32 @@ def _read_tensor(
 
 def read_state_dict(
     sd: Mapping[str, Tensor], cfg: ModelConfig, norm: str | None, source: str
-) -> dict[str, Any]:
-    """A TL state dict as float64 tensors under the paper's names (see the module docstring).
+) -> dict[str, Tensor]:
+    """A TL state dict as the float64 weights of qkov's `cfg` (bias=True), [L, ...] stacked.
 
-    Missing biases and ln biases read as zeros; lnf_w, lnf_b, ln_w, ln_b are present only
-    when norm is "LN" (lnf_w, lnf_b as None otherwise)."""
-    L, H, D, Dh = cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head
-    tensors, layers = _sort_keys(sd, L, source)
-    has_ln = any("ln_w" in d for d in layers) or "ln_final.w" in tensors
-    if has_ln and norm != "LN":
-        raise QkovError(
-            f"{source} holds LayerNorm weights but the config says normalization_type={norm!r}"
-        )
+    Absent biases and LN biases read as zeros (TL's init); "LNPre" has no norm weights in
+    the state dict, so they read as w = 1, b = 0."""
+    shapes = weight_shapes(cfg)
+    L = cfg.n_layers
+    stored = {n for n in shapes if norm != "LNPre" or not n.startswith("ln")}
+    expected = {key for n in stored for key in tl_keys(n, L)}
+    _check_keys(sd, expected, cfg, norm, source)
 
-    def read(key: str, shape: tuple[int, ...], zero_ok: bool) -> Tensor:
-        return _read_tensor(tensors.get(key), shape, key, zero_ok, source)
+    def default(name: str, key: str, shape: tuple[int, ...]) -> Tensor:
+        if name in stored and not (name in BIASES or name.endswith("_b")):
+            raise QkovError(f"{source} is missing {key}, which {_describe(cfg, norm)} needs")
+        fill = 1.0 if name.endswith("_w") else 0.0
+        return torch.full(shape, fill, dtype=torch.float64)
 
-    def read_layers(name: str, tl_name: str, shape: tuple[int, ...], zero_ok: bool) -> list:
-        return [
-            _read_tensor(layers[l].get(name), shape, f"blocks.{l}.{tl_name}", zero_ok, source)
-            for l in range(L)
-        ]
+    def read(name: str, shape: tuple[int, ...], l: int | None = None) -> Tensor:
+        key = tl_key(name, l)
+        return _read_tensor(sd[key], shape, key, source) if key in sd else default(name, key, shape)
 
-    ln = norm == "LN"
-    w: dict[str, Any] = {
-        "W_E": read("embed.W_E", (cfg.d_vocab, D), False),
-        "W_pos": read("pos_embed.W_pos", (cfg.n_ctx, D), False),
-        "W_U": read("unembed.W_U", (D, cfg.d_vocab), False),
-        "b_U": read("unembed.b_U", (cfg.d_vocab,), True),
-        "lnf_w": read("ln_final.w", (D,), not ln) if ln else None,
-        "lnf_b": read("ln_final.b", (D,), True) if ln else None,
-    }
-    shapes = {
-        "W_Q": (H, D, Dh),
-        "W_K": (H, D, Dh),
-        "W_V": (H, D, Dh),
-        "W_O": (H, Dh, D),
-        "b_Q": (H, Dh),
-        "b_K": (H, Dh),
-        "b_V": (H, Dh),
-        "b_O": (D,),
-    }
-
-    def stacked(per_layer: list[Tensor], shape: tuple[int, ...]) -> Tensor:  # [L, *shape]
-        return torch.stack(per_layer) if L else torch.zeros(0, *shape, dtype=torch.float64)
-
+    weights = {}
     for name, shape in shapes.items():
-        w[name] = stacked(read_layers(name, f"attn.{name}", shape, name[0] == "b"), shape)
-    if ln:  # [L, d_model] each
-        w["ln_w"] = stacked(read_layers("ln_w", "ln1.w", (D,), False), (D,))
-        w["ln_b"] = stacked(read_layers("ln_b", "ln1.b", (D,), True), (D,))
-    return w
+        if "{l}" in TL_KEYS[name]:  # [L, *shape of one layer]
+            per_layer = [read(name, shape[1:], l) for l in range(L)]
+            weights[name] = torch.stack(per_layer) if L else torch.zeros(shape, dtype=torch.float64)
+        else:
+            weights[name] = read(name, shape)
+    return weights

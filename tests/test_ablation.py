@@ -17,8 +17,10 @@ from qkov.ablation import (
     icl_from_logits,
     icl_score,
     icl_windows,
+    mlp_ablation_logits,
     order_logits,
     order_residuals,
+    source_order_residuals,
     term_importance,
 )
 from qkov.circuits import path_expansion
@@ -189,3 +191,41 @@ def test_icl_score_windows_and_spread():
     one = icl_from_logits(logits[:1], tokens[:1])
     assert math.isnan(one.stderr) and one.to_dict()["stderr"] is None  # JSON-safe
     assert len(res.to_dict()["loss_by_position"]) == 31
+
+
+# ---------------------------------------------------------------------------- general models
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+@pytest.mark.parametrize("n_layers", [1, 2, 3])
+def test_general_orders_sum_to_logits_and_match_path_expansion(norm, n_layers):
+    model = factories.general_model(n_layers, normalization=norm, seed=n_layers)
+    tokens = factories.random_tokens(model)
+    terms = order_logits(model, tokens)
+    torch.testing.assert_close(terms.sum(0), model(tokens), atol=1e-4, rtol=0)
+    by_order = path_expansion(model, tokens).by_order()
+    for k in range(n_layers + 1):
+        torch.testing.assert_close(terms[k], by_order[k], atol=1e-4, rtol=0)
+    S, logits, f = source_order_residuals(model, tokens)
+    by_start = path_expansion(model, tokens).by_start()
+    for name, R in S.items():
+        extra = f.b_U.detach() if name == "bias" else 0.0
+        torch.testing.assert_close(
+            R.sum(0) @ f.W_U.detach() + extra, by_start[name], atol=1e-4, rtol=0
+        )
+
+
+def test_mlp_paths_removed_equal_the_knock_out_of_the_last_mlp():
+    """Without a norm, nothing reads the last MLP's output but W_U: removing its paths
+    (frozen) and knocking it out (live) are the same ablation (without b_out, which the
+    knock-out removes and the paths leave to the "bias" start)."""
+    model = factories.general_model(1, normalization="none", bias=False, init_std=0.1)
+    tokens = factories.random_tokens(model)
+    ti = term_importance(model, tokens, per_head=False)
+    (m,) = ti.mlps
+    assert m.name == "MLP0"
+    assert abs(m.paths_loss - m.zero_loss) < 1e-5
+    ti_mean = term_importance(model, tokens, mode="mean", per_head=False)
+    assert abs(ti_mean.mlps[0].paths_loss - ti_mean.mlps[0].mean_loss) < 1e-5
+    assert "MLP0" in ti.table()
+    hooked = mlp_ablation_logits(model, tokens, 0, "zero")
+    _, cache = model.run_with_cache(tokens, names=["mlp_out.0"])
+    torch.testing.assert_close(hooked, model(tokens) - cache["mlp_out.0"] @ model.W_U.detach())

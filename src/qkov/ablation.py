@@ -16,6 +16,12 @@ in the paper's term-importance analysis. This works on the residual stream per o
 ((n_layers + 1) streams), not per path like `qkov.circuits.path_expansion` ((1 + n_heads)
 ^ n_layers logit tensors), so it fits real text with a large vocabulary.
 
+General models (MLPs, biases, layernorm/rmsnorm) are decomposed after folding their norms
+(`qkov.circuits.folded`), with the norm scales and each MLP's output frozen as well: the
+constants ("bias") and each MLP's output are starts of their own, each with its own order
+streams (`source_order_residuals`), and an order counts the heads on a path whatever its
+start. term_importance adds each MLP's knock-out and the removal of its paths.
+
 Per-head ablation is the ordinary knock-out: a hook on `head_out.{l}` sets one head's output
 to 0 ("zero") or to its mean over batch and positions ("mean"); later heads see the change
 (patterns not frozen).
@@ -31,10 +37,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from qkov.circuits import frozen_scales
+from qkov.circuits import FROZEN, folded, frozen_scales, source_names
 from qkov.errors import QkovError
 from qkov.loss import next_token_loss, token_losses
-from qkov.model import AttnOnlyTransformer, require_attention_only
+from qkov.model import AttnOnlyTransformer, Transformer
 
 ABLATION_MODES = ("zero", "mean")
 
@@ -57,41 +63,77 @@ def _loss(logits: Tensor, tokens: Tensor) -> float:
 
 # ---------------------------------------------------------------------------- order decomposition
 @torch.no_grad()
-def order_residuals(model: AttnOnlyTransformer, tokens: Tensor) -> tuple[Tensor, Tensor]:
-    """Residual stream split by path order, patterns frozen at the clean pass.
+def source_order_residuals(
+    model: Transformer, tokens: Tensor
+) -> tuple[dict[str, Tensor], Tensor, Transformer]:
+    """The residual stream split by start and path order, everything frozen at the clean
+    pass (patterns, norm scales, MLP outputs; see `qkov.circuits.path_expansion`).
 
-    tokens [batch, pos] -> (R [n_layers + 1, batch, pos, d_model], clean logits
-    [batch, pos, d_vocab]); R.sum(0) @ W_U equals the clean logits to float tolerance.
-    With normalization="rms" the scales are frozen too, and R is as the unembedding reads
-    it (each order divided by the final stream's RMS)."""
-    require_attention_only(model, "order_residuals")
+    tokens [batch, pos] -> ({start: [n_layers + 1, batch, pos, d_model]}, clean logits,
+    the folded model whose W_U (+ b_U) reads them). Starts are `circuits.source_names`;
+    each stream is as the unembedding reads it (over the final norm's frozen scale)."""
     tokens = model.check_tokens(tokens)
+    clean = model(tokens)
+    model = folded(model)
     cfg = model.cfg
     w = model.weights()
-    logits, cache = model.run_with_hooks(
-        tokens, cache_names=lambda n: n in ("embed", "pos_embed") or n.startswith(("pat", "sca"))
+    _, cache = model.run_with_hooks(
+        tokens, cache_names=lambda n: n in ("embed", "pos_embed") or n.split(".")[0] in FROZEN
     )
     scale = frozen_scales(model, cache)
     x0 = cache["embed"]
+    S = {name: x0.new_zeros(cfg.n_layers + 1, *x0.shape) for name in source_names(cfg)}
+    S["token"][0] = x0
     if cfg.positional == "standard":
-        x0 = x0 + cache["pos_embed"]
-    R = torch.zeros(cfg.n_layers + 1, *x0.shape, dtype=x0.dtype, device=x0.device)
-    R[0] = x0
+        S["pos"][0] = cache["pos_embed"].expand_as(x0)
     for l in range(cfg.n_layers):
         A = cache[f"pattern.{l}"]  # [batch, head, dest, src]
-        # Orders 0..l exist before layer l; each moves up one order through this layer's heads.
-        v = (R[: l + 1] / scale[l])[:, :, None] @ w["W_V"][l]  # [l+1, batch, head, pos, d_head]
-        out = ((A @ v) @ w["W_O"][l]).sum(2)  # [l+1, batch, pos, d_model]
-        R[1 : l + 2] += out
-    return R / scale[-1], logits
+        for name, R in S.items():
+            # Orders 0..l exist before layer l; each moves up one order through this layer.
+            v = (R[: l + 1] / scale[l])[:, :, None] @ w["W_V"][l]  # [l+1, batch, head, pos, d_head]
+            if name == "bias":
+                v[0] += w["b_V"][l][:, None]  # the heads' own constant, order 0 -> 1
+            R[1 : l + 2] += ((A @ v) @ w["W_O"][l]).sum(2)  # [l+1, batch, pos, d_model]
+        if cfg.bias:
+            S["bias"][0] += w["b_O"][l]
+        if cfg.d_mlp:
+            b_out = w["b_out"][l] if cfg.bias else 0.0
+            S[f"mlp{l}"][0] = cache[f"mlp_out.{l}"] - b_out
+            if cfg.bias:
+                S["bias"][0] += b_out
+    return {name: R / scale[-1] for name, R in S.items()}, clean, model
 
 
 @torch.no_grad()
-def order_logits(model: AttnOnlyTransformer, tokens: Tensor) -> Tensor:
-    """Logits per path order [n_layers + 1, batch, pos, d_vocab]; they sum to the logits."""
-    require_attention_only(model, "order_logits")
+def order_residuals(model: Transformer, tokens: Tensor) -> tuple[Tensor, Tensor]:
+    """Residual stream split by path order (the number of heads on the path, whatever its
+    start), patterns frozen at the clean pass.
+
+    tokens [batch, pos] -> (R [n_layers + 1, batch, pos, d_model], clean logits
+    [batch, pos, d_vocab]); R.sum(0) @ W_U (+ b_U) equals the clean logits to float
+    tolerance, with W_U, b_U those of `folded(model)` (the model's own when it has no
+    learned norm). With a norm the scales are frozen too, and R is as the unembedding reads
+    it (each order divided by the final stream's RMS). With biases and MLPs the constants
+    and each MLP's output are order-0 starts (`source_order_residuals` keeps them apart)."""
+    S, logits, _ = source_order_residuals(model, tokens)
+    return torch.stack(list(S.values())).sum(0), logits
+
+
+def _unembed(model: Transformer) -> tuple[Tensor, Tensor | float]:
+    """(W_U, b_U or 0.0) of the folded model: what reads order_residuals' R."""
+    m = folded(model)
+    return m.W_U.detach(), m.b_U.detach() if m.cfg.bias else 0.0
+
+
+@torch.no_grad()
+def order_logits(model: Transformer, tokens: Tensor) -> Tensor:
+    """Logits per path order [n_layers + 1, batch, pos, d_vocab]; they sum to the logits
+    (b_U, a constant, is counted in order 0)."""
     R, _ = order_residuals(model, tokens)
-    return R @ model.W_U.detach()
+    W_U, b_U = _unembed(model)
+    out = R @ W_U
+    out[0] += b_U
+    return out
 
 
 # ---------------------------------------------------------------------------- term importance
@@ -122,6 +164,25 @@ class HeadAblation:
 
 
 @dataclass(frozen=True)
+class MlpAblation:
+    """Loss deltas of one MLP layer: knocked out (its output set to zero, or to its mean;
+    later layers see the change), and its paths removed with everything else frozen
+    ("paths": its output and what later heads carry of it, in the term-importance mode)."""
+
+    layer: int
+    zero_loss: float
+    zero_delta: float
+    mean_loss: float
+    mean_delta: float
+    paths_loss: float
+    paths_delta: float
+
+    @property
+    def name(self) -> str:
+        return f"MLP{self.layer}"
+
+
+@dataclass(frozen=True)
 class TermImportance:
     """Term importance on given tokens: clean loss, per-order and per-head ablations."""
 
@@ -130,6 +191,7 @@ class TermImportance:
     orders: tuple[OrderAblation, ...]
     heads: tuple[HeadAblation, ...]
     n_tokens: int
+    mlps: tuple[MlpAblation, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -149,6 +211,17 @@ class TermImportance:
                 lines.append(
                     f"{h.name:<6} {h.zero_loss:>10.4f} {h.zero_delta:>+8.4f} "
                     f"{h.mean_loss:>10.4f} {h.mean_delta:>+8.4f}"
+                )
+        if self.mlps:
+            lines.append(
+                f"{'mlp':<6} {'zero loss':>10} {'delta':>8} {'mean loss':>10} {'delta':>8} "
+                f"{'paths':>8} {'delta':>8}"
+            )
+            for m in self.mlps:
+                lines.append(
+                    f"{m.name:<6} {m.zero_loss:>10.4f} {m.zero_delta:>+8.4f} "
+                    f"{m.mean_loss:>10.4f} {m.mean_delta:>+8.4f} "
+                    f"{m.paths_loss:>8.4f} {m.paths_delta:>+8.4f}"
                 )
         return "\n".join(lines)
 
@@ -171,7 +244,7 @@ def ablate_orders(
     removed = R[list(orders)].sum(0)  # [batch, pos, d_model]
     if mode == "mean":
         removed = removed - removed.mean(dim=(0, 1), keepdim=True)
-    return logits - removed @ model.W_U.detach()
+    return logits - removed @ _unembed(model)[0]
 
 
 @torch.no_grad()
@@ -179,7 +252,6 @@ def head_ablation_logits(
     model: AttnOnlyTransformer, tokens: Tensor, layer: int, head: int, mode: str = "zero"
 ) -> Tensor:
     """Logits [batch, pos, d_vocab] with head (layer, head)'s output zeroed or mean-replaced."""
-    require_attention_only(model, "head_ablation_logits")
     _check_mode(mode)
     if not (0 <= layer < model.cfg.n_layers and 0 <= head < model.cfg.n_heads):
         raise QkovError(
@@ -200,38 +272,69 @@ def head_ablation_logits(
 
 
 @torch.no_grad()
+def mlp_ablation_logits(
+    model: Transformer, tokens: Tensor, layer: int, mode: str = "zero"
+) -> Tensor:
+    """Logits [batch, pos, d_vocab] with MLP `layer`'s output zeroed or mean-replaced."""
+    _check_mode(mode)
+    if not (model.cfg.d_mlp and 0 <= layer < model.cfg.n_layers):
+        raise QkovError(
+            f"no MLP {layer} in a model with {model.cfg.n_layers} layers and "
+            f"d_mlp={model.cfg.d_mlp}"
+        )
+
+    def hook(out: Tensor, name: str) -> Tensor:  # [batch, pos, d_model]
+        return torch.zeros_like(out) if mode == "zero" else out.mean(dim=(0, 1)).expand_as(out)
+
+    logits, _ = model.run_with_hooks(tokens, hooks={f"mlp_out.{layer}": hook})
+    return logits
+
+
+@torch.no_grad()
 def term_importance(
     model: AttnOnlyTransformer, tokens: Tensor, mode: str = "zero", per_head: bool = True
 ) -> TermImportance:
     """Loss increase on `tokens` [batch, pos] from ablating each path order in turn (patterns
-    frozen) and, if per_head, from knocking out each head (zero and mean)."""
-    require_attention_only(model, "term_importance")
+    frozen) and, if per_head, from knocking out each head (zero and mean); with MLPs, each
+    MLP knocked out (zero and mean) and its paths removed (frozen, in `mode`). Orders count
+    heads on a path from any start, so an MLP's output (and the biases) are in order 0."""
     _check_mode(mode)
     tokens = model.check_tokens(tokens)
     _need_two(tokens)
     cfg = model.cfg
-    R, logits = order_residuals(model, tokens)
+    S, logits, _ = source_order_residuals(model, tokens)
+    R = torch.stack(list(S.values())).sum(0)
     clean = _loss(logits, tokens)
-    W_U = model.W_U.detach()
+    W_U, _ = _unembed(model)
+
+    def without(part: Tensor) -> float:  # loss with `part` [batch, pos, d_model] ablated
+        removed = part - part.mean(dim=(0, 1), keepdim=True) if mode == "mean" else part
+        return _loss(logits - removed @ W_U, tokens)
+
     orders = []
     for k in range(cfg.n_layers + 1):
-        removed = R[k] - R[k].mean(dim=(0, 1), keepdim=True) if mode == "mean" else R[k]
-        loss = _loss(logits - removed @ W_U, tokens)
+        loss = without(R[k])
         n_terms = math.comb(cfg.n_layers, k) * cfg.n_heads**k
         orders.append(OrderAblation(k, n_terms, loss, loss - clean))
-    heads = []
+    heads, mlps = [], []
     if per_head:
         for l in range(cfg.n_layers):
             for h in range(cfg.n_heads):
                 z = _loss(head_ablation_logits(model, tokens, l, h, "zero"), tokens)
                 m = _loss(head_ablation_logits(model, tokens, l, h, "mean"), tokens)
                 heads.append(HeadAblation(l, h, z, z - clean, m, m - clean))
+    for l in range(cfg.n_layers if cfg.d_mlp else 0):
+        z = _loss(mlp_ablation_logits(model, tokens, l, "zero"), tokens)
+        m = _loss(mlp_ablation_logits(model, tokens, l, "mean"), tokens)
+        p = without(S[f"mlp{l}"].sum(0))
+        mlps.append(MlpAblation(l, z, z - clean, m, m - clean, p, p - clean))
     return TermImportance(
         clean_loss=clean,
         mode=mode,
         orders=tuple(orders),
         heads=tuple(heads),
         n_tokens=tokens.shape[0] * (tokens.shape[1] - 1),
+        mlps=tuple(mlps),
     )
 
 

@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import factories
 from qkov import AttnOnlyTransformer, ModelConfig
 from qkov.composition import baseline_scores, composition_score, composition_scores
 from qkov.errors import QkovError
@@ -124,3 +125,29 @@ def test_to_dict_and_repr():
     assert "baseline" in repr(cs)
     with pytest.raises(QkovError, match="n_baseline"):
         composition_scores(model, n_baseline=1)
+
+
+def test_composition_of_a_general_model_is_that_of_its_folded_weights():
+    """layernorm + MLP + bias: the scores equal ||W_A W_B|| / (||W_A|| ||W_B||) computed here
+    from the folded weights (norm weight on the reading rows, centred writes)."""
+    model = factories.general_model(2, normalization="layernorm").double()
+    comp = composition_scores(model, n_baseline=4)
+    w = {k: v.detach() for k, v in model.weights().items()}
+    w1 = w["ln1_w"][1]  # layer 1's norm weight on its reading rows
+    for h0 in range(model.cfg.n_heads):
+        W_O = w["W_O"][0, h0] - w["W_O"][0, h0].mean(-1, keepdim=True)  # centred write
+        OV = w["W_V"][0, h0] * w["ln1_w"][0][:, None]
+        OV = (OV - OV.mean(0, keepdim=True)) @ W_O
+        for h1 in range(model.cfg.n_heads):
+            Q, K, V = (w[f"W_{x}"][1, h1] * w1[:, None] for x in "QKV")
+            Q, K, V = (m - m.mean(0, keepdim=True) for m in (Q, K, V))
+            QK, OV1 = Q @ K.T, V @ (w["W_O"][1, h1] - w["W_O"][1, h1].mean(-1, keepdim=True))
+
+            def score(a, b):
+                return torch.linalg.matrix_norm(a @ b) / (
+                    torch.linalg.matrix_norm(a) * torch.linalg.matrix_norm(b)
+                )
+
+            assert abs(float(comp.q[0, h0, 1, h1]) - float(score(OV, QK))) < 1e-9
+            assert abs(float(comp.k[0, h0, 1, h1]) - float(score(OV, QK.T))) < 1e-9
+            assert abs(float(comp.v[0, h0, 1, h1]) - float(score(OV, OV1))) < 1e-9

@@ -22,7 +22,7 @@ from qkov.circuits import W_OV, W_QK
 from qkov.errors import QkovError
 from qkov.factored import FactoredMatrix
 from qkov.io import json_safe
-from qkov.model import AttnOnlyTransformer, require_attention_only
+from qkov.model import AttnOnlyTransformer
 
 KINDS = ("q", "k", "v")
 
@@ -136,8 +136,11 @@ def baseline_scores(
 def composition_scores(
     model: AttnOnlyTransformer, n_baseline: int = 200, seed: int = 0
 ) -> CompositionScores:
-    """Q-, K-, V-composition scores for every (earlier head, later head) pair + baseline."""
-    require_attention_only(model, "composition_scores")
+    """Q-, K-, V-composition scores for every (earlier head, later head) pair + baseline.
+
+    General models are read through their folded weights (`qkov.circuits.W_OV`, `W_QK`: norm
+    weights folded in, writes centred for layernorm); the scores are of the weight matrices
+    alone, so biases and MLPs (which sit between heads of different layers) are not in them."""
     OV, QK = W_OV(model), W_QK(model)
     q = _masked(_pair_scores(OV, QK))
     k = _masked(_pair_scores(OV, QK.T))

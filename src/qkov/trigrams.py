@@ -18,6 +18,10 @@ top-k trigram's destination is among the k best for its source (top-k of a[:, s]
 out among the k best of its source (top-k of o[s, :]). Both are found by forming the
 circuits a block of sources at a time, then the vocab x k x k candidates are ranked.
 Heads beyond layer 0 are read through the direct embedding path only (composition ignored).
+General models: the circuits are `qkov.circuits.qk_circuit` / `ov_circuit` of the folded
+weights with the head's biases (b_Q, b_K, b_V); layer 0 of a layernorm/rmsnorm model is read
+with each token over its own RMS (positions left out), and MLPs are left out, so there the
+table is an approximation of what the head does, as for later layers of any model.
 
 Rare tokens: a byte-level BPE keeps tokens the training stream barely holds; their
 embeddings stay near their initialisation and their circuits are noise that can top a
@@ -38,7 +42,7 @@ from qkov.circuits import CHUNK_ELEMENTS, ov_circuit, qk_circuit
 from qkov.data.tokenizer import decode_token
 from qkov.errors import QkovError
 from qkov.factored import FactoredMatrix
-from qkov.model import AttnOnlyTransformer, require_attention_only
+from qkov.model import AttnOnlyTransformer
 from qkov.names import MIN_TOKEN_COUNT
 
 DEFAULT_MIN_COUNT = MIN_TOKEN_COUNT  # what `qkov analyze` and `qkov circuits` use
@@ -179,7 +183,6 @@ def skip_trigrams(
 
     Memory: O(chunk_size * d_vocab + d_vocab * k^2); chunk_size (sources per block)
     defaults to 16 MiB of fp32. Time: two vocab^2 * d_head products, formed a block at a time."""
-    require_attention_only(model, "skip_trigrams")
     V = model.cfg.d_vocab
     if k < 1:
         raise QkovError(f"k must be >= 1, got {k}")
@@ -247,7 +250,6 @@ def factoring_bugs(
 
     `keep ... in -> mind` and `keep ... at -> bay` give `keep ... in -> bay` with score
     sigmoid(a[in, keep]) * o[keep, bay] > 0: the head cannot express the pairing."""
-    require_attention_only(model, "factoring_bugs")
     trigrams = trigrams if trigrams is not None else skip_trigrams(model, layer, head, k)
     sc = _HeadScorer(model, layer, head)
     bugs = []

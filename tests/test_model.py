@@ -166,30 +166,21 @@ GENERAL = [
 
 @pytest.mark.parametrize("kw, words", GENERAL)
 def test_analyses_refuse_models_they_do_not_support_yet(kw, words):
-    """Every analysis that assumes the attention-only, bias-free form refuses the general
-    model with one line; the pattern-only head scores and the training probe still work."""
-    from qkov import ablation, analyze, circuits, composition, heads, trigrams
+    """An analysis that assumes the attention-only, bias-free form refuses the general model
+    with one line (the others read folded weights: tests/test_circuits.py, test_ablation.py,
+    test_composition.py, test_trigrams.py, test_interop.py); the pattern-only head scores
+    and the training probe work on every model."""
+    from qkov import analyze, heads
     from qkov.data.evaluation import EvaluationSet
-    from qkov.interop.transformer_lens_export import to_transformer_lens
     from qkov.training_probe import training_probe
 
     model = AttnOnlyTransformer(ModelConfig(n_layers=2, n_heads=2, d_model=16, d_vocab=37, **kw))
     tokens = torch.randint(0, 37, (2, 10), generator=torch.Generator().manual_seed(0))
     calls = {
-        "qk_circuit": lambda: circuits.qk_circuit(model, 0, 0),
-        "ov_circuit": lambda: circuits.ov_circuit(model, 0, 0),
-        "direct_path": lambda: circuits.direct_path(model),
-        "path_expansion": lambda: circuits.path_expansion(model, tokens),
-        "order_residuals": lambda: ablation.order_residuals(model, tokens),
-        "term_importance": lambda: ablation.term_importance(model, tokens),
-        "composition_scores": lambda: composition.composition_scores(model),
         "copying_score": lambda: heads.head_scores(model, tokens),
-        "skip_trigrams": lambda: trigrams.skip_trigrams(model, 0, 0),
-        "factoring_bugs": lambda: trigrams.factoring_bugs(model, 0, 0),
         "analyze_model": lambda: analyze.analyze_model(
             model, name="m", evaluation=EvaluationSet.__new__(EvaluationSet)
         ),
-        "to_transformer_lens": lambda: to_transformer_lens(model),
     }
     for what, call in calls.items():
         with pytest.raises(QkovError, match=f"^{what} does not support models with .*{words}") as e:

@@ -36,6 +36,7 @@ _EXPORTS = {
     "shipped": "qkov.demo_models",
     "QkovError": "qkov.errors",
     "FactoredMatrix": "qkov.factored",
+    "fold_layernorm": "qkov.fold",
     "classify_heads": "qkov.heads",
     "head_scores": "qkov.heads",
     "AttnOnlyTransformer": "qkov.model",

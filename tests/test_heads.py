@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qkov import AttnOnlyTransformer, ModelConfig, QkovError
+from factories import general_model, random_tokens
+from qkov import AttnOnlyTransformer, ModelConfig, QkovError, Transformer
 from qkov.circuits import induction_qk_term
 from qkov.data.probes import induction_probe, repeated_random_tokens
 from qkov.heads import (
@@ -283,3 +284,74 @@ def test_scores_serialise_and_zero_layer_model():
     assert len(d["induction"]) == 2 and len(d["induction"][0]) == 2 and d["seq_len"] == 32
     empty = head_scores(AttnOnlyTransformer(ModelConfig(n_layers=0, n_ctx=16, d_vocab=32)))
     assert empty.induction.shape == (0, 4)
+
+
+# ---------------------------------------------------------------------------- general models
+def planted_general_model() -> Transformer:
+    """A 2-layer model with MLPs, biases and layernorm (tests/factories.py's general_model:
+    random biases and norm weights) whose layer-0 heads have planted OV circuits: L0H0
+    copies the token it attends to into output dims that W_U reads as that token, L0H1 does
+    the opposite. Token dims [0, V), output dims [V, 2V), positions after (in the stream)."""
+    model = general_model(
+        2, n_heads=2, d_model=2 * V + N_CTX, d_mlp=16, n_ctx=N_CTX, d_vocab=V, init_std=0.02
+    )
+    w = {k: v.clone() for k, v in model.weights().items()}
+    tok = torch.arange(V)
+    for k in ("W_E", "W_pos", "W_U"):
+        w[k].zero_()
+    w["W_E"][tok, tok] = 1
+    w["W_pos"][torch.arange(N_CTX), 2 * V + torch.arange(N_CTX)] = 1
+    w["W_U"][V + tok, tok] = 10.0
+    for k in ("W_Q", "W_K", "W_V", "W_O"):
+        w[k][0].zero_()
+    for h, sign in ((0, 1.0), (1, -1.0)):
+        w["W_V"][0, h][tok, tok] = 1
+        w["W_O"][0, h][tok, V + tok] = sign
+    model.load_weights(w)
+    return model
+
+
+def brute_force_copying(model: Transformer, tokens: torch.Tensor) -> torch.Tensor:
+    """The copying score [n_layers, n_heads] from the model's own activations, unfolded:
+    each source's value vector (hook v.{l}) through W_O, then the final layernorm taken
+    linearly at that position's frozen scale (centre, divide, ln_final_w), then W_U; the
+    rank of the source token in it, one position at a time, in float64."""
+    _, cache = model.run_with_cache(tokens)
+    w = {k: v.double() for k, v in model.weights().items()}
+    B, n = tokens.shape
+    L, H, V_ = model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_vocab
+    out = torch.zeros(L, H, dtype=torch.float64)
+    for l in range(L):
+        for h in range(H):
+            total = 0.0
+            for b in range(B):
+                for j in range(n):
+                    u = cache[f"v.{l}"][b, h, j].double() @ w["W_O"][l, h]  # [d_model]
+                    u = (u - u.mean()) / cache["ln_final_scale"][b, j, 0].double()
+                    e = (u * w["ln_final_w"]) @ w["W_U"]  # [d_vocab]
+                    own = e[tokens[b, j]]
+                    rank = float((e > own).sum()) + 0.5 * float((e == own).sum() - 1)
+                    c = 1 - 2 * rank / (V_ - 1)
+                    total += c * float(cache[f"pattern.{l}"][b, h, :, j].sum())
+            out[l, h] = total / (B * n)
+    return out
+
+
+def test_copying_score_on_a_general_model_planted_and_brute_force():
+    """With MLPs, biases and layernorm the copying score reads the value vectors (b_V in)
+    through the folded W_O, W_U: the planted copier scores high, the anti-copier low, a
+    random general model near 0, and every head equals the brute-force score computed
+    from the unfolded model's own activations."""
+    model = planted_general_model()
+    s = head_scores(model, batch=8)
+    assert s.copying[0, 0] > 0.95 and s.copying[0, 1] < -0.95
+    cls = classify_heads(model, batch=8, n_baseline=20)
+    assert cls.record(0, 0).label == "copying" and cls.record(0, 1).label != "copying"
+    tokens = induction_probe(V, 4, N_CTX, seed=0).tokens
+    got = head_scores(model, tokens).copying.double()
+    torch.testing.assert_close(got, brute_force_copying(model, tokens), atol=1e-4, rtol=0)
+    rnd = general_model(2, n_heads=3, d_model=24, d_vocab=64, init_std=0.3)
+    tokens = random_tokens(rnd, batch=4)
+    got = head_scores(rnd, tokens).copying.double()
+    torch.testing.assert_close(got, brute_force_copying(rnd, tokens), atol=1e-4, rtol=0)
+    assert head_scores(rnd, batch=8).copying.abs().max() < 0.4

@@ -177,7 +177,6 @@ def test_analyses_refuse_models_they_do_not_support_yet(kw, words):
     model = AttnOnlyTransformer(ModelConfig(n_layers=2, n_heads=2, d_model=16, d_vocab=37, **kw))
     tokens = torch.randint(0, 37, (2, 10), generator=torch.Generator().manual_seed(0))
     calls = {
-        "copying_score": lambda: heads.head_scores(model, tokens),
         "analyze_model": lambda: analyze.analyze_model(
             model, name="m", evaluation=EvaluationSet.__new__(EvaluationSet)
         ),

@@ -15,11 +15,14 @@ A [batch, head, destination, source] of a forward pass (Olsson et al., 2022):
     duplicate_token  attention mass on earlier occurrences of the destination token itself.
     copying          does what the head moves raise the logit of the token it attends to?
                      Choice: for every source j, the head's direct logit effect
-                     e_j = resid_j W_OV W_U [d_vocab] (resid_j = the head's actual value input);
+                     e_j = v_j W_O W_U [d_vocab], v_j = x_j W_V + b_V the head's actual value
+                     vector (x_j: its normalised input), W_O, W_U of the folded model (norm
+                     weights folded in, `qkov.fold`); the final norm's scale (positive) and
+                     b_U (the same for every head) change no rank, so they are left out;
                      c_j = 1 - 2 * (rank of token_j in e_j, ties counted half) / (d_vocab-1)
                      in [-1, 1] (1: the head makes its source token the top logit); the score
                      is the attention-weighted mean of c_j over destinations. Direct path only
-                     (a head read by later heads may copy into them, which this does not see).
+                     (what later heads and MLPs make of the write is not seen).
     positional       1 - mean total-variation distance between a sequence's attention row and
                      the batch-mean row: 1 when the pattern depends on position only. On the
                      repeated probe every sequence has the same repeat structure, so induction
@@ -41,7 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from qkov.circuits import eigenvalue_score, induction_qk_term, ov_eigenvalues
+from qkov.circuits import eigenvalue_score, folded, induction_qk_term, ov_eigenvalues
 from qkov.composition import CompositionScores, composition_scores
 from qkov.data.probes import (
     default_seq_len,
@@ -49,7 +52,7 @@ from qkov.data.probes import (
 )
 from qkov.errors import QkovError
 from qkov.io import json_safe
-from qkov.model import AttnOnlyTransformer, require_attention_only
+from qkov.model import AttnOnlyTransformer, Transformer
 from qkov.names import LABELS, SCORE_NAMES
 
 # The short column names of `HeadClassification.table`, explained under it.
@@ -140,23 +143,24 @@ def positional_score(pattern: Tensor) -> Tensor:
 
 
 def copying_score(
-    model: AttnOnlyTransformer, layer: int, pattern: Tensor, resid: Tensor, tokens: Tensor
+    model: Transformer, layer: int, pattern: Tensor, value: Tensor, tokens: Tensor
 ) -> Tensor:
     """Attention-weighted rank of the source token in the head's direct logit effect.
 
-    pattern [batch, head, dest, src]; resid [batch, pos, d_model], the value input of `layer`
-    (resid_pre); tokens [batch, pos]. Returns [head] in [-1, 1] (see module docstring)."""
-    require_attention_only(model, "copying_score")
+    pattern [batch, head, dest, src]; value [batch, head, pos, d_head], the layer's value
+    vectors (hook `v.{layer}`: normalised input @ W_V + b_V); tokens [batch, pos]. Returns
+    [head] in [-1, 1] (see module docstring). Exact on every architecture: the rank of a
+    token in v_j W_O W_U (folded weights) is its rank in the head's write to the logits."""
     B, n = tokens.shape
     V = model.cfg.d_vocab
-    W_U = model.W_U.detach()
+    w = folded(model).weights()
     rows = max(1, _COPY_CHUNK // max(1, n * V))
     out = []
     for h in range(model.cfg.n_heads):
-        W_OV = model.W_V[layer, h].detach() @ model.W_O[layer, h].detach()  # [d_model, d_model]
-        c = torch.empty(B, n, device=resid.device)
+        OU = (w["W_O"][layer, h] @ w["W_U"]).to(value.dtype)  # [d_head, d_vocab]
+        c = torch.empty(B, n, device=value.device)
         for s in range(0, B, rows):
-            e = (resid[s : s + rows] @ W_OV) @ W_U  # [rows, pos, d_vocab]
+            e = value[s : s + rows, h] @ OU  # [rows, pos, d_vocab]
             own = e.gather(-1, tokens[s : s + rows, :, None])  # [rows, pos, 1]
             above = (e > own).sum(-1).float()
             ties = (e == own).sum(-1).float() - 1
@@ -228,10 +232,11 @@ def head_scores(
     else:
         measured_on = "tokens"
     tokens = model.check_tokens(tokens)
-    want = ("pattern.", "resid_pre.") if copying else ("pattern.",)
+    want = ("pattern.", "v.") if copying else ("pattern.",)
     with torch.no_grad():
         _, cache = model.run_with_hooks(tokens, cache_names=lambda n: n.startswith(want))
     rows: dict[str, list[Tensor]] = {name: [] for name in SCORE_NAMES}
+    reader = folded(model) if copying else model  # fold once, not per layer
     for l in range(cfg.n_layers):
         A = cache[f"pattern.{l}"].float()
         rows["previous_token"].append(previous_token_score(A))
@@ -240,8 +245,8 @@ def head_scores(
         rows["duplicate_token"].append(duplicate_token_score(A, tokens))
         rows["positional"].append(positional_score(A))
         if copying:
-            resid = cache[f"resid_pre.{l}"].float()
-            rows["copying"].append(copying_score(model, l, A, resid, tokens))
+            value = cache[f"v.{l}"].float()
+            rows["copying"].append(copying_score(reader, l, A, value, tokens))
         else:
             rows["copying"].append(torch.full((cfg.n_heads,), float("nan")))
     empty = torch.zeros(0, cfg.n_heads)

@@ -2,7 +2,8 @@
 numbers to look for in the rendered report and hostile token strings to keep inert.
 
 Three models in the demo's order: a 2-layer model with a phase change and an induction
-circuit, a 0-layer model and a 1-layer model (neither with a phase change)."""
+circuit, a 0-layer model and a 1-layer model (neither with a phase change); then a 2-layer
+model with MLPs, biases and layernorm, whose term importance has MLP knock-outs."""
 
 from __future__ import annotations
 
@@ -197,4 +198,43 @@ def v2_analysis() -> dict:
         ],
     }
     m2["phase_change"] = {"tokens": [12e6, 16e6]}
-    return copy.deepcopy({"schema_version": 2, "generator": "qkov test", "models": [m2, m0, m1]})
+    return copy.deepcopy(
+        {"schema_version": 2, "generator": "qkov test", "models": [m2, m0, m1, _mlp_model(m2)]}
+    )
+
+
+def _mlp_model(m2: dict) -> dict:
+    """The 2-layer model's heads and induction circuit in a model with MLPs, biases and
+    layernorm: knock-outs of heads and MLPs in layer-major order, as analyze writes them."""
+    m = copy.deepcopy(m2)
+    m["name"], m["checkpoint"] = "mlp2", "runs/mlp2"
+    m["config"] |= {
+        "normalization": "layernorm",
+        "positional": "standard",
+        "d_mlp": 128,
+        "act_fn": "gelu_new",
+        "bias": True,
+    }
+    terms = [
+        ("order 0: direct path, biases, MLPs", "order", 0, 4.5),
+        ("order 1: single heads (4)", "order", 1, 0.75),
+        ("order 2: virtual heads (4)", "order", 2, 0.0625),
+        ("L0H0 knocked out", "head", 1, 0.25),
+        ("L0H1 knocked out", "head", 1, 0.0125),
+        ("MLP0 knocked out", "mlp", 0, 1.875),
+        ("L1H0 knocked out", "head", 1, 0.5),
+        ("L1H1 knocked out", "head", 1, -0.03),
+        ("MLP1 knocked out", "mlp", 0, 0.625),
+    ]
+    m["term_importance"] = {
+        "clean_loss": 2.25,
+        "mode": "zero",
+        "n_tokens": 512,
+        "terms": [
+            {"term": term, "kind": kind, "order": order, "loss_increase": v}
+            for term, kind, order, v in terms
+        ],
+    }
+    m["training"], m["phase_change"] = None, None
+    m["not_computed"] = {"training": "model given in memory"}
+    return m

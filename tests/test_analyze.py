@@ -2,10 +2,13 @@
 qkov.data.evaluation)."""
 
 import json
+import math
 
 import pytest
 
+from factories import general_model
 from qkov import QkovError
+from qkov.ablation import term_importance
 from qkov.analyze import analyze
 from qkov.data.evaluation import evaluation_set, text_windows
 from test_report import SAMPLE, make_model
@@ -56,3 +59,38 @@ def test_a_text_too_short_to_evaluate_is_refused():
     with pytest.raises(QkovError, match="no tokenizer"):
         model.tokenizer = None
         evaluation_set(model, text="w1 w2 w3")
+
+
+def test_general_model_gets_every_analysis_with_its_mlp_terms():
+    """A model with MLPs, biases and layernorm gets everything an attention-only model gets
+    (heads, composition, induction circuits, trigrams, attention, term importance), and its
+    term importance holds each MLP's knock-out as a term of kind "mlp" (order 0), after its
+    layer's heads, equal to ablation.term_importance's own number; order 0 names its
+    sources."""
+    model = general_model(2, d_vocab=40, n_ctx=12)
+    analysis = analyze(model, log=None)
+    m = analysis["models"][0]
+    assert m["config"]["d_mlp"] == 32 and m["config"]["bias"] is True
+    assert len(m["heads"]) == 6 and m["composition"] and m["attention"]["patterns"]
+    assert all(h["skip_trigrams"] and h["qk_eigenvalues"] for h in m["heads"])
+    assert all(math.isfinite(v) for h in m["heads"] for v in h["scores"].values())
+    assert set(m["not_computed"]) == {"training", "token_filter"}  # no run directory
+    terms = m["term_importance"]["terms"]
+    assert [t["term"] for t in terms] == [
+        "order 0: direct path, biases, MLPs",
+        "order 1: single heads (6)",
+        "order 2: virtual heads (9)",
+        *[f"L0H{h} knocked out" for h in range(3)],
+        "MLP0 knocked out",
+        *[f"L1H{h} knocked out" for h in range(3)],
+        "MLP1 knocked out",
+    ]
+    mlp = [t for t in terms if t["kind"] == "mlp"]
+    assert [t["order"] for t in mlp] == [0, 0]
+    tokens = evaluation_set(model, None).tokens
+    want = term_importance(model, tokens).mlps
+    assert [t["loss_increase"] for t in mlp] == pytest.approx([x.zero_delta for x in want])
+    assert all(math.isfinite(t["loss_increase"]) for t in terms)
+    attn_only = analyze(make_model(2), log=None)["models"][0]["term_importance"]["terms"]
+    assert attn_only[0]["term"] == "order 0: direct path (1)"  # as before
+    assert not [t for t in attn_only if t["kind"] == "mlp"]

@@ -286,6 +286,54 @@ def test_induction_circuit_names_its_partner(page):
     assert "partner 1" not in page and "previous-token" not in page
 
 
+def test_mlp_model_card_shows_its_architecture_and_how_to_read_it(page):
+    """d_mlp, act_fn, normalization and bias are config keys: the card shows them, with
+    notes on what folding and MLPs mean for the circuits; the attention-only card has none."""
+    cards = tree(page).by_id("models").all("div", "model-card")
+    assert len(cards) == 4
+    mlp, attn = cards[3], cards[0]
+    rows = {tr.all("th")[0].text: tr.all("td")[0].text for tr in mlp.all("tr")}
+    assert (rows["d_mlp"], rows["act_fn"], rows["bias"]) == ("128", "gelu_new", "True")
+    assert (rows["normalization"], rows["positional"]) == ("layernorm", "standard")
+    assert "LayerNorm: the circuits read the folded model" in mlp.all("p", "folded")[0].text
+    assert "each MLP's output is a source of its own (order 0)" in mlp.all("p", "mlp")[0].text
+    assert "RMS-normalised" not in mlp.text
+    assert not attn.all("p", "folded") and not attn.all("p", "mlp")
+    assert "RMS-normalised" in attn.text
+
+
+def test_term_importance_charts_mlp_knockouts_beside_heads(page):
+    """The MLP model's knock-outs share one chart with its heads, in layer order, each bar
+    titled with its number; the order chart says what an order means with MLPs."""
+    terms = tree(page).by_id("m3-terms")
+    assert [h.text for h in terms.all("h5")] == [
+        "all terms of one order ablated (patterns frozen)",
+        "one head or MLP knocked out",
+    ]
+    order_chart, knock_chart = terms.all("svg")
+    labels = [t.text for t in knock_chart.all("text", "tick")][::2]  # name, value, name, ...
+    assert labels == [f"{n} knocked out" for n in ("L0H0", "L0H1", "MLP0", "L1H0", "L1H1", "MLP1")]
+    titles = [t.text for t in knock_chart.all("title")]
+    assert "MLP0 knocked out: 1.8750 nats" in titles and "MLP1 knocked out: 0.6250 nats" in titles
+    assert [t.text for t in order_chart.all("text", "tick")][0] == (
+        "order 0: direct path, biases, MLPs"
+    )
+    note = terms.all("p", "order-meaning")[0].text
+    assert note.startswith("An order counts the heads on a path.") and "MLP" in note
+    plain = tree(page).by_id("m0-terms")  # attention-only: as before
+    assert [h.text for h in plain.all("h5")][1] == "one head knocked out"
+    assert not plain.all("p", "order-meaning")
+
+
+def test_mlp_model_heads_and_induction_circuit_draw_as_attention_only(page):
+    doc = tree(page)
+    for section in ("heads", "induction", "composition"):
+        a, b = doc.by_id(f"m0-{section}"), doc.by_id(f"m3-{section}")
+        assert a.text.replace("m0-", "") == b.text.replace("m3-", ""), section
+    rows = table_rows(doc.by_id("m3-heads").all("table", "heads")[0])
+    assert [r[:2] for r in rows][2] == ["L1H0", "induction"]
+
+
 def test_missing_sections_say_not_computed():
     a = {
         "schema_version": SCHEMA_VERSION,

@@ -3,8 +3,10 @@
 An orchestrator: it picks the inputs (the evaluation set of `qkov.data.evaluation`, the
 sample text of the attention views), calls the library (circuits, heads, composition,
 trigrams, ablation, metrics) and converts the records to the analysis.json schema
-(qkov.report.schema, version 2). It computes nothing itself. `qkov demo` passes the 2-, 1-
-and 0-layer models as one list, so the report shows their losses side by side.
+(qkov.report.schema, version 2). It computes nothing itself. Every architecture qkov's
+model has (MLPs, biases, layernorm/rmsnorm) gets every analysis: the library reads learned
+norms through folded weights (`qkov.fold`). `qkov demo` passes the 2-, 1- and 0-layer
+models as one list, so the report shows their losses side by side.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from qkov import __version__
 from qkov.ablation import icl_score, term_importance
 from qkov.checkpoint import load
 from qkov.circuits import qk_circuit, top_bigrams
+from qkov.config import ModelConfig
 from qkov.data.evaluation import DEFAULT_SEQUENCES, EvaluationSet, evaluation_set
 from qkov.data.probes import repeated_random_tokens
 from qkov.data.tokenizer import decode_token
@@ -30,7 +33,7 @@ from qkov.heads import head_scores as score_heads
 from qkov.io import atomic_write_text, check_output_dir
 from qkov.loss import next_token_loss
 from qkov.metrics import phase_change, training_history
-from qkov.model import AttnOnlyTransformer, require_attention_only
+from qkov.model import AttnOnlyTransformer
 from qkov.report import SCHEMA_VERSION, dumps, render_report
 from qkov.training_probe import training_probe
 from qkov.trigrams import DEFAULT_MIN_COUNT, skip_trigrams
@@ -140,7 +143,6 @@ def analyze_model(
     seed: int = 0,
 ) -> dict[str, Any]:
     """One MODEL record of the analysis dict (see qkov.report.schema)."""
-    require_attention_only(model, "analyze_model")
     model.eval()
     cfg, tok = model.cfg, model.tokenizer
     tokens = model.check_tokens(evaluation.tokens)
@@ -268,23 +270,38 @@ def _induction_circuits(cls: HeadClassification) -> list[dict[str, Any]]:
 
 
 def _term_importance(model: AttnOnlyTransformer, tokens: Tensor) -> dict[str, Any]:
+    """The order ablations, then each layer's head knock-outs and its MLP's (forward order).
+    An order counts the heads on a path; MLP outputs and biases are sources like the
+    embedding, so their own contributions are order 0 (`qkov.ablation`)."""
     ti = term_importance(model, tokens)
+    cfg = model.cfg
     terms = [
         {
-            "term": f"order {o.order}: "
-            + _ORDER_NAMES.get(o.order, f"{o.order}-head chains")
-            + f" ({o.n_terms})",
+            "term": _order_name(o.order, o.n_terms, cfg),
             "kind": "order",
             "order": o.order,
             "loss_increase": o.delta,
         }
         for o in ti.orders
     ]
-    terms += [
-        {"term": f"{h.name} knocked out", "kind": "head", "order": 1, "loss_increase": h.zero_delta}
-        for h in ti.heads
-    ]
+    mlps = {m.layer: m for m in ti.mlps}
+    for l in range(cfg.n_layers):
+        for h in (h for h in ti.heads if h.layer == l):
+            name, delta = f"{h.name} knocked out", h.zero_delta
+            terms.append({"term": name, "kind": "head", "order": 1, "loss_increase": delta})
+        if l in mlps:  # an MLP's output is a source: order 0
+            name, delta = f"{mlps[l].name} knocked out", mlps[l].zero_delta
+            terms.append({"term": name, "kind": "mlp", "order": 0, "loss_increase": delta})
     return {"clean_loss": ti.clean_loss, "mode": ti.mode, "n_tokens": ti.n_tokens, "terms": terms}
+
+
+def _order_name(order: int, n_terms: int, cfg: ModelConfig) -> str:
+    """'order 1: single heads (4)'; order 0 of a model with biases or MLPs names those
+    sources too (its count of head chains, 1, would hide them)."""
+    if order == 0 and (cfg.bias or cfg.d_mlp):
+        parts = ["direct path"] + ["biases"] * cfg.bias + ["MLPs"] * bool(cfg.d_mlp)
+        return "order 0: " + ", ".join(parts)
+    return f"order {order}: " + _ORDER_NAMES.get(order, f"{order}-head chains") + f" ({n_terms})"
 
 
 def _attention(model: AttnOnlyTransformer, text: str, seed: int) -> dict[str, Any]:

@@ -18,6 +18,28 @@ RMS_NOTE = (
 )
 
 
+FOLDED_NOTE = (
+    '<p class="note folded">{norm}: the circuits read the folded model (qkov.fold): the '
+    "norm's learned weight and bias are folded into the matrices that read it and the writes "
+    "centred, leaving a weightless RMS divide per position, frozen in the path terms and left "
+    "out of the token circuits.</p>"
+)
+MLP_NOTE = (
+    '<p class="note mlp">MLPs: the token circuits (bigrams, OV and QK eigenvalues, '
+    "skip-trigrams) read the token embedding, not what the MLPs make of it; in term "
+    "importance each MLP's output is a source of its own (order 0).</p>"
+)
+
+
+def config_notes(cfg: dict) -> str:
+    """What the config changes about how to read the analyses (fixed HTML text)."""
+    norm = cfg.get("normalization")
+    notes = RMS_NOTE if norm == "rms" else ""
+    if norm in ("layernorm", "rmsnorm"):
+        notes = FOLDED_NOTE.format(norm="LayerNorm" if norm == "layernorm" else "RMSNorm")
+    return notes + (MLP_NOTE if cfg.get("d_mlp") else "")
+
+
 def model_id(index: int) -> str:
     return f"m{index}"
 
@@ -89,7 +111,7 @@ def model_cards(models: Sequence[dict]) -> str:
     """One card per model: config, checkpoint, and its evaluation-set numbers."""
     cards = []
     for i, m in enumerate(models):
-        note = RMS_NOTE if (m.get("config") or {}).get("normalization") == "rms" else ""
+        note = config_notes(m.get("config") or {})
         cards.append(
             f'<div class="card model-card"><h3><a href="#{model_id(i)}">'
             f"{esc(m.get('name') or f'model {i}')}</a></h3>"

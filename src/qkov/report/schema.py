@@ -1,5 +1,9 @@
 """The analysis dict (the content of analysis.json), version 2.
 
+Version 2 grew additively (old files still read, so the version stays): term kind "mlp"
+for models with MLPs, whose config also has d_mlp, act_fn, bias and normalization
+"layernorm"/"rmsnorm" (ModelConfig's fields, as every config key).
+
 analysis.json holds every number the report shows; report.html is drawn from it alone
 (`qkov report analysis.json --out DIR` re-renders it), so a report can be re-rendered,
 diffed or read by other tools without the model. Row-vector convention (x @ W) as
@@ -16,7 +20,9 @@ computed" (with the reason from `not_computed` if given). Names are the library'
     MODEL = {
       "name": str,                         # "attn2", or the checkpoint dir name
       "checkpoint": str | null,            # the checkpoint directory it was loaded from
-      "config": {ModelConfig fields},      # n_layers, n_heads, d_model, d_head, n_ctx, ...
+      "config": {ModelConfig fields},      # n_layers, n_heads, d_model, d_head, n_ctx, ...,
+                                           # d_mlp (0: attention-only), act_fn, bias,
+                                           # normalization (none|rms|layernorm|rmsnorm)
       "n_params": int,
       "tokenizer": {"vocab_size": int} | null,
       "evaluation": {                      # THE evaluation set: loss, icl, term importance
@@ -50,9 +56,15 @@ computed" (with the reason from `not_computed` if given). Names are the library'
                               "partner_label": str, "previous_token_score": float,
                               "induction_score": float, "qk_term_eigenvalue_score": float}],
       "term_importance": {"clean_loss": float, "mode": "zero"|"mean", "n_tokens": int,
-                          "terms": [{"term": str, "kind": "order"|"head",
+                          "terms": [{"term": str, "kind": "order"|"head"|"mlp",
                                      "order": int, "loss_increase": float}]},
-                                           # on the evaluation set
+                                           # on the evaluation set. kind "order": every path
+                                           # through `order` heads ablated (patterns frozen);
+                                           # an order counts heads only: the embeddings, the
+                                           # biases and each MLP's output are sources, order
+                                           # 0. "head": one head knocked out (order 1);
+                                           # "mlp": one MLP's output set to 0 (order 0), later
+                                           # layers see the change. Layer-major order.
       "training": {"series": {name: [[tokens, value], ...]},   # from metrics.jsonl; x is
                                            # tokens seen (a two-stage run continues its base)
                    "last_val_loss": {"value": float, "step": int, "tokens": float} | null},

@@ -254,9 +254,18 @@ def _circuit_note(c: dict) -> str:
     return f'<p class="note circuit">{esc("; ".join(parts))}</p>'
 
 
+ORDER_NOTE = (
+    "An order counts the heads on a path. The token (and position) embedding, the biases "
+    "and each MLP's output are sources: what they write straight to the logits is order 0, "
+    "a head reading them makes an order-1 path, and so on. An MLP knock-out sets its output "
+    "to zero; later layers see the change."
+)
+
+
 def term_importance_section(m: dict) -> str:
     ti = m.get("term_importance")
-    if (m.get("config") or {}).get("n_layers", 0) == 0:
+    cfg = m.get("config") or {}
+    if cfg.get("n_layers", 0) == 0:
         return ""
     if not ti or not ti.get("terms"):
         return not_computed(m, "term_importance")
@@ -264,20 +273,24 @@ def term_importance_section(m: dict) -> str:
     orders = [
         (str(t.get("term")), t.get("loss_increase")) for t in terms if t.get("kind") == "order"
     ]
-    heads = [
+    knocked = [
         (str(t.get("term")), t.get("loss_increase")) for t in terms if t.get("kind") != "order"
     ]
+    has_mlp = any(t.get("kind") == "mlp" for t in terms)
     info = (
         f"Clean loss {num(ti.get('clean_loss'))} nats on {count(ti.get('n_tokens'))} predicted "
         f"tokens of the evaluation set ({evaluation_text(m)}); {ti.get('mode', 'zero')} ablation."
     )
     out = [f'<p class="note">{esc(info)}</p>']
+    if has_mlp or cfg.get("d_mlp") or cfg.get("bias"):
+        out.append(f'<p class="note order-meaning">{esc(ORDER_NOTE)}</p>')
     if orders:
         out.append("<h5>all terms of one order ablated (patterns frozen)</h5>")
         out.append(hbar_chart(orders, "loss increase per path order", " nats"))
-    if heads:
-        out.append("<h5>one head knocked out</h5>")
-        out.append(hbar_chart(heads, "loss increase per head", " nats"))
+    if knocked:
+        what = "head or MLP" if has_mlp else "head"
+        out.append(f"<h5>one {what} knocked out</h5>")
+        out.append(hbar_chart(knocked, f"loss increase per {what}", " nats"))
     return "".join(out)
 
 

@@ -95,3 +95,32 @@ def test_report_of_analyze_output_matches_its_report(tmp_path):
     again = (tmp_path / "again" / "report.html").read_text(encoding="utf-8")
     assert again == (out / "report.html").read_text(encoding="utf-8")
     assert json.loads((out / "analysis.json").read_text())["schema_version"] == 2
+
+
+def test_analyze_and_report_of_a_trained_mlp_layernorm_bias_run(tiny_corpus, tmp_path):
+    """End to end on a model with MLPs, biases and layernorm (standard positions): a few
+    training steps, `qkov analyze` writes analysis.json with the MLP knock-outs and a report
+    that charts them and shows the architecture, and `qkov report` re-renders it exactly."""
+    from report_html import tree
+    from tiny import tiny_train
+
+    run = tmp_path / "run"
+    arch = {"n_layers": 2, "d_mlp": 32, "act_fn": "gelu_new", "normalization": "layernorm"}
+    argv = tiny_train(tiny_corpus, run, steps=4, positional="standard", **arch)
+    assert main([*argv, "--bias"]) == 0
+    out = tmp_path / "analyzed"
+    assert main(["analyze", str(run), "--out", str(out)]) == 0
+    analysis = json.loads((out / "analysis.json").read_text(encoding="utf-8"))
+    m = analysis["models"][0]
+    assert {k: m["config"][k] for k in arch} == arch and m["config"]["bias"] is True
+    assert m["evaluation"]["kind"] == "text" and m["training"]["series"]
+    mlp = [t for t in m["term_importance"]["terms"] if t["kind"] == "mlp"]
+    assert [t["term"] for t in mlp] == ["MLP0 knocked out", "MLP1 knocked out"]
+    html = (out / "report.html").read_text(encoding="utf-8")
+    ticks = [t.text for t in tree(html).by_id("m0-terms").all("text", "tick")]
+    assert "MLP0 knocked out" in ticks and "MLP1 knocked out" in ticks
+    card = tree(html).by_id("models").all("div", "model-card")[0]
+    rows = {tr.all("th")[0].text: tr.all("td")[0].text for tr in card.all("tr")}
+    assert (rows["d_mlp"], rows["normalization"], rows["bias"]) == ("32", "layernorm", "True")
+    assert main(["report", str(out / "analysis.json"), "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "report.html").read_text(encoding="utf-8") == html

@@ -26,6 +26,10 @@ from typing import Any
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 GRACE_S = 5.0  # the least time the step in progress is given to end
 MAX_GRACE_S = 60.0  # the most: twice the slowest step so far, within [GRACE_S, MAX_GRACE_S]
+# Signals within this time of the first are the same request: a launcher may signal the
+# process group and the process itself, and the full test suite once saw a lone SIGTERM
+# reach the watchdog twice. A person's second Ctrl-C comes later than this.
+SAME_REQUEST_S = 0.25
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -117,6 +121,7 @@ class StopRequest:
         """Read signal numbers from the wakeup pipe; exit when the loop does not stop."""
         first, grace = signal.SIGTERM, 0.0
         deadline: float | None = None
+        t_first: float | None = None  # when the first request arrived
         while True:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             ready, _, _ = select.select([r], [], [], timeout)
@@ -128,13 +133,16 @@ class StopRequest:
             data = os.read(r, 64)
             if not data:  # the write end closed: training is over
                 return
+            now = time.monotonic()
             for signum in data:
                 if signum not in SIGNALS:
                     continue
+                if t_first is not None and now - t_first < SAME_REQUEST_S:
+                    continue  # the same request delivered twice, not a second one
                 if deadline is not None or self._acknowledged.is_set():
                     self._exit(signum, f"a second {signal.Signals(signum).name}")
-                first, grace = signum, self.grace_s()
-                deadline = time.monotonic() + grace
+                first, grace, t_first = signum, self.grace_s(), now
+                deadline = now + grace
 
     def _exit(self, signum: int, why: str) -> None:
         msg = (

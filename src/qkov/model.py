@@ -109,23 +109,6 @@ def is_attention_only(cfg: ModelConfig) -> bool:
     return cfg.d_mlp == 0 and not cfg.bias and cfg.normalization in ("none", "rms")
 
 
-def require_attention_only(model: Transformer, what: str) -> None:
-    """Refuse (one QkovError line) a model the analysis `what` does not handle yet: one with
-    MLPs, biases or a learned norm (layernorm, rmsnorm)."""
-    cfg = model.cfg
-    if is_attention_only(cfg):
-        return
-    has = [f"d_mlp={cfg.d_mlp}"] if cfg.d_mlp else []
-    has += ["bias=True"] if cfg.bias else []
-    has += (
-        [f"normalization={cfg.normalization!r}"] if cfg.normalization not in ("none", "rms") else []
-    )
-    raise QkovError(
-        f"{what} does not support models with {', '.join(has)} yet: it needs an "
-        "attention-only model without biases (normalization 'none' or 'rms')"
-    )
-
-
 def check_weight_shapes(cfg: ModelConfig, weights: dict[str, Tensor], source: str) -> None:
     """Every tensor of `weights` must have the shape `cfg` implies: a QkovError naming the
     first that does not. Cheap, so a loader calls it before allocating the model (a hostile

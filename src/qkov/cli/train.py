@@ -28,8 +28,7 @@ MODEL_HELP = {
     "rmsnorm (learned weight); layernorm and rmsnorm need --positional standard or none",
     "d_mlp": "width of each layer's MLP (0: attention-only, the paper's model)",
     "act_fn": "the MLP's activation (gelu_new: GPT-2's tanh approximation)",
-    "bias": "give the model biases (b_Q, b_K, b_V, b_O, b_U; b_in, b_out with an MLP); "
-    "the analyses do not support them yet",
+    "bias": "give the model biases (b_Q, b_K, b_V, b_O, b_U; b_in, b_out with an MLP)",
     "init_std": "std of the initial weights (W_O is scaled by 1/sqrt(2 n_layers))",
     "pos_init_std": "std of the initial W_pos (default: --init-std); with --normalization rms "
     "the normalised stream has RMS 1, so a W_pos of std ~0.02 starts 50x weaker than tokens",

@@ -16,8 +16,8 @@ shortformer with a learned norm, post-norm blocks, ...) is refused with one line
 
 fold_ln: before qkov had norms, LayerNorm was folded into the weights with its scale
 dropped (an approximation). LayerNorm now imports exactly as normalization="layernorm",
-so fold_ln=True is accepted and changes nothing. (Analyses that assume the attention-only
-form refuse a layernorm model with one line: qkov.model.require_attention_only.)
+so fold_ln=True is accepted and changes nothing (the analyses fold norms themselves:
+qkov.fold.fold_layernorm).
 """
 
 from __future__ import annotations

@@ -34,17 +34,20 @@ def test_demo_writes_report_and_losses_order_by_depth(demo_out):
     with the tokens it rests on; deeper models predict better."""
     analysis = json.loads((demo_out / "analysis.json").read_text())
     models = {m["name"]: m for m in analysis["models"]}
-    assert list(models) == ["attn2", "attn1", "attn0"]
+    assert list(models) == ["attn2", "attn1", "attn0", "mlp2"]
     losses = {n: m["loss"]["value"] for n, m in models.items()}
     assert losses["attn0"] > losses["attn1"] > losses["attn2"]
+    assert losses["mlp2"] < losses["attn1"]  # MLPs and two layers: better than one layer
     evaluations = {json.dumps(m["evaluation"], sort_keys=True) for m in models.values()}
-    assert len(evaluations) == 1  # the same set for all three
+    assert len(evaluations) == 1  # the same set for all four
     ev = models["attn2"]["evaluation"]
     assert ev["kind"] == "text" and "held-out" in ev["description"]
     assert ev["n_sequences"] == 4 and models["attn2"]["loss"]["n_tokens"] == 4 * 255
     html = (demo_out / "report.html").read_text()
     assert "attn2" in html and "<svg" in html
-    assert len(models["attn2"]["heads"]) == 8
+    assert len(models["attn2"]["heads"]) == 8 == len(models["mlp2"]["heads"])
+    mlp_terms = [t for t in models["mlp2"]["term_importance"]["terms"] if t["kind"] == "mlp"]
+    assert [t["term"] for t in mlp_terms] == ["MLP0 knocked out", "MLP1 knocked out"]
 
 
 def test_demo_reports_what_classify_heads_finds(demo_out):

@@ -355,3 +355,21 @@ def test_copying_score_on_a_general_model_planted_and_brute_force():
     got = head_scores(rnd, tokens).copying.double()
     torch.testing.assert_close(got, brute_force_copying(rnd, tokens), atol=1e-4, rtol=0)
     assert head_scores(rnd, batch=8).copying.abs().max() < 0.4
+
+
+def test_knockout_partner_is_the_previous_token_head():
+    """Zeroing the hand-built previous-token head L0H0 breaks the induction head L1H0 (its
+    keys no longer hold the previous token); zeroing L0H1 changes nothing. classify_heads
+    records that ranking for each induction head."""
+    from qkov.heads import knockout_partners
+
+    model = build_induction_model()
+    probe = induction_probe(V, 16, N_CTX, seed=0)
+    ranked = knockout_partners(model, 1, 0, probe.tokens, probe.half_lens)
+    assert [p.name for p in ranked] == ["L0H0", "L0H1"]
+    assert ranked[0].drop > 0.5 and abs(ranked[1].drop) < 1e-3
+    clean = head_scores(model, probe.tokens, half_len=probe.half_lens).induction[1, 0]
+    assert ranked[0].induction_score == pytest.approx(float(clean) - ranked[0].drop)
+    cls = classify_heads(model, batch=16, seed=0, n_baseline=50)
+    assert cls.record(1, 0).knockout[0].name == "L0H0"
+    assert cls.record(0, 0).knockout == ()  # only induction heads are knocked against

@@ -181,7 +181,7 @@ def test_demo_report_in_chromium(browser, tmp_path):
     shots = _shots_dir(tmp_path)
 
     n_heads = sum(len(m.get("heads") or []) for m in analysis["models"])
-    assert n_heads == 12  # 2 x 4 + 1 x 4 (+ none in the 0-layer model)
+    assert n_heads == 20  # 2 x 4 + 1 x 4 + 2 x 4 (+ none in the 0-layer model)
     assert len(browser.find_elements(By.CSS_SELECTOR, ".head-card")) == n_heads
     sizes = browser.execute_script(
         "return Array.from(document.querySelectorAll('svg')).map(s => {"
@@ -192,7 +192,7 @@ def test_demo_report_in_chromium(browser, tmp_path):
         assert browser.find_elements(By.CSS_SELECTOR, f"#m0-{section} svg"), section
     assert len(browser.find_elements(By.CSS_SELECTOR, "#m0-attention .qkov-strip .tok")) > 10
     body = browser.find_element(By.TAG_NAME, "body").text
-    assert "attn0" in body and "attn1" in body
+    assert "attn0" in body and "attn1" in body and "mlp2" in body
     # the shipped 2-layer model has an induction head: its label cell says so (not a CSS class)
     labels = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "#m0-heads td.label")]
     assert "induction" in labels and "previous_token" in labels, labels

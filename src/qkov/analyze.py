@@ -264,6 +264,8 @@ def _induction_circuits(cls: HeadClassification) -> list[dict[str, Any]]:
                 "previous_token_score": partner.scores.get("previous_token"),
                 "induction_score": r.scores.get("induction"),
                 "qk_term_eigenvalue_score": r.qk_term_eigenvalue_score,
+                "knockout_head": [r.knockout[0].layer, r.knockout[0].head] if r.knockout else None,
+                "knockout_drop": r.knockout[0].drop if r.knockout else None,
             }
         )
     return out

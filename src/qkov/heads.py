@@ -292,12 +292,65 @@ class KPartner:
 
 
 @dataclass(frozen=True)
+class KnockoutPartner:
+    """An earlier head and the induction score of a later head with its output zeroed:
+    `drop` = clean score - that score (large: the later head needs this one)."""
+
+    layer: int
+    head: int
+    induction_score: float
+    drop: float
+
+    @property
+    def name(self) -> str:
+        return f"L{self.layer}H{self.head}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@torch.no_grad()
+def knockout_partners(
+    model: AttnOnlyTransformer, layer: int, head: int, tokens: Tensor, half_len: int | Tensor
+) -> tuple[KnockoutPartner, ...]:
+    """Every head of an earlier layer, ranked by how much zeroing its output lowers the
+    induction score of (layer, head) on tokens [batch, pos] ending in a repeated block of
+    half_len: the causal test of an induction head's previous-token partner. It finds the
+    partner also when the key reads it through an MLP, where the weight-based K-composition
+    score (a product of the two heads' matrices) does not see it. One forward pass per
+    earlier head."""
+
+    def induction(hooks: dict) -> float:
+        _, cache = model.run_with_hooks(
+            tokens, hooks=hooks, cache_names=lambda n: n == f"pattern.{layer}"
+        )
+        return float(induction_score(cache[f"pattern.{layer}"], tokens, half_len)[head])
+
+    def zero(h0: int):
+        def hook(out: Tensor, name: str) -> Tensor:  # head_out: [batch, head, pos, d_model]
+            out = out.clone()
+            out[:, h0] = 0
+            return out
+
+        return hook
+
+    clean = induction({})
+    ranked = []
+    for l0 in range(layer):
+        for h0 in range(model.cfg.n_heads):
+            score = induction({f"head_out.{l0}": zero(h0)})
+            ranked.append(KnockoutPartner(l0, h0, score, clean - score))
+    return tuple(sorted(ranked, key=lambda p: -p.drop))
+
+
+@dataclass(frozen=True)
 class HeadRecord:
     """One head: its scores, its label and the score and threshold that decided it.
 
     For an induction head: every earlier head ranked by K-composition (`k_composition`;
     `partners` keeps those above the baseline) and Sum(lambda)/Sum(|lambda|) of the induction
-    QK term through the top-ranked one (`qk_term_eigenvalue_score`)."""
+    QK term through the top-ranked one (`qk_term_eigenvalue_score`), and every earlier head
+    ranked by how much knocking it out lowers this head's induction score (`knockout`)."""
 
     layer: int
     head: int
@@ -309,6 +362,7 @@ class HeadRecord:
     k_composition: tuple[KPartner, ...] = ()
     qk_term_eigenvalue_score: float | None = None
     ov_eigenvalues: Tensor | None = field(default=None, repr=False, compare=False)  # [d_head]
+    knockout: tuple[KnockoutPartner, ...] = ()
 
     @property
     def name(self) -> str:
@@ -321,6 +375,7 @@ class HeadRecord:
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["k_composition"] = [p.to_dict() for p in self.k_composition]
+        d["knockout"] = [p.to_dict() for p in self.knockout]
         d["ov_eigenvalues"] = (
             None
             if self.ov_eigenvalues is None
@@ -373,6 +428,9 @@ class HeadClassification:
                 part = part or "none above baseline"
                 if r.qk_term_eigenvalue_score is not None:
                     part += f"; QK term eig {r.qk_term_eigenvalue_score:+.3f}"
+                if r.knockout:
+                    k = r.knockout[0]
+                    part += f"; knocking out {k.name} lowers its score by {k.drop:.2f}"
             ov = _fmt(r.ov_eigenvalue_score, "+6.3f")
             lines.append(f"{r.name:<6} {vals} {ov}  {r.label:<15} {why:<24} {part}".rstrip())
         legend = ", ".join(f"{c} = {n}" for c, n in COLUMNS.items())
@@ -420,10 +478,15 @@ def classify_heads(
     n_baseline: int = 200,
 ) -> HeadClassification:
     """Label every head from its scores (on the seeded repeated probe unless `tokens` given)
-    and, for each induction head, rank the earlier heads its key reads (K-composition)."""
+    and, for each induction head, rank the earlier heads its key reads (K-composition) and
+    the earlier heads it needs (`knockout_partners`, on the same tokens when they end in a
+    known repeated block)."""
     t = thresholds or Thresholds()
     cfg = model.cfg
     scores = head_scores(model, tokens, half_len=half_len, batch=batch, seq_len=seq_len, seed=seed)
+    if tokens is None:  # the probe head_scores drew (same seed): for the knock-outs
+        probe = induction_probe(cfg.d_vocab, batch, seq_len or default_seq_len(cfg.n_ctx), seed)
+        tokens, half_len = probe.tokens, probe.half_lens
     comp = composition_scores(model, n_baseline=n_baseline, seed=seed) if cfg.n_layers > 1 else None
     records = []
     with torch.no_grad():
@@ -432,14 +495,19 @@ def classify_heads(
                 s = scores.get(l, h)
                 label, key, th = _label(s, t)
                 ranked: tuple[KPartner, ...] = ()
+                knocked: tuple[KnockoutPartner, ...] = ()
                 qk_stat = None
                 if label == "induction" and comp is not None and l > 0:
                     ranked = _k_partners(comp, l, h, t.partner_z)
                     term = induction_qk_term(model, l, h, ranked[0].layer, ranked[0].head)
                     qk_stat = eigenvalue_score(term.eigenvalues)
+                    if half_len is not None:
+                        knocked = knockout_partners(model, l, h, tokens, half_len)
                 ov = ov_eigenvalues(model, l, h)
                 records.append(
-                    HeadRecord(l, h, label, key, th, s, eigenvalue_score(ov), ranked, qk_stat, ov)
+                    HeadRecord(
+                        l, h, label, key, th, s, eigenvalue_score(ov), ranked, qk_stat, ov, knocked
+                    )
                 )
     return HeadClassification(tuple(records), scores, t, comp)
 

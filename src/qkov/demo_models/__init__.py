@@ -1,4 +1,5 @@
-"""The models `qkov demo` analyses, shipped inside the package (not to be confused with
+"""The models `qkov demo` analyses (attention-only with 0, 1 and 2 layers, and a 2-layer
+model with MLPs), shipped inside the package (not to be confused with
 qkov/model.py, the transformer itself): trained by `qkov train` on the Python standard
 library; each folder holds the run's record (see TRAINING.md here). Imports no torch."""
 
@@ -9,11 +10,11 @@ from pathlib import Path
 from qkov.errors import QkovError
 
 DEMO_MODELS = Path(__file__).resolve().parent
-NAMES = ("attn2", "attn1", "attn0")  # the main model first, as analyze expects
+NAMES = ("attn2", "attn1", "attn0", "mlp2")  # the main model first, as analyze expects
 
 
 def shipped(name: str) -> Path:
-    """The directory of a model shipped with qkov ("attn0", "attn1" or "attn2"), for
+    """The directory of a model shipped with qkov ("attn0", "attn1", "attn2" or "mlp2"), for
     `qkov.load(qkov.shipped("attn2"))` in examples and notebooks."""
     if name not in NAMES:
         raise QkovError(f"no shipped model {name!r}: use one of {', '.join(NAMES)}")

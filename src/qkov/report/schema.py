@@ -54,7 +54,9 @@ computed" (with the reason from `not_computed` if given). Names are the library'
       "induction_circuits": [{"previous_token_head": [l, h], "induction_head": [l, h],
                               "k_composition": float, "k_composition_z": float,
                               "partner_label": str, "previous_token_score": float,
-                              "induction_score": float, "qk_term_eigenvalue_score": float}],
+                              "induction_score": float, "qk_term_eigenvalue_score": float,
+                              "knockout_head": [l, h] | null,  # the earlier head whose
+                              "knockout_drop": float | null}],  # zeroing lowers its score most
       "term_importance": {"clean_loss": float, "mode": "zero"|"mean", "n_tokens": int,
                           "terms": [{"term": str, "kind": "order"|"head"|"mlp",
                                      "order": int, "loss_increase": float}]},

@@ -251,6 +251,11 @@ def _circuit_note(c: dict) -> str:
             f"\u03a3\u03bb/\u03a3|\u03bb| of the QK term through {partner}: "
             f"{num(c['qk_term_eigenvalue_score'], signed=True)} (positive: token matching)"
         )
+    if c.get("knockout_head") and c.get("knockout_drop") is not None:
+        parts.append(
+            f"zeroing {_head_label(*c['knockout_head'])}'s output lowers the induction score "
+            f"by {num(c['knockout_drop'])} (the causal test of the partner)"
+        )
     return f'<p class="note circuit">{esc("; ".join(parts))}</p>'
 
 

@@ -23,6 +23,7 @@ FLAGS = (
     "--disable-sync",
     "--disable-dev-shm-usage",
     "--window-size=1400,1000",
+    "--hide-scrollbars",
 )
 
 

@@ -81,7 +81,7 @@ def render_report(analysis: dict[str, Any], csp: bool = True) -> str:
         '<meta name="referrer" content="no-referrer"><link rel="icon" href="data:,">'
         f"<title>{esc(title)}</title><style>{style}</style></head><body>"
         f'<header class="top"><h1>qkov report</h1><p>{esc(analysis.get("generator", "qkov"))}'
-        f" \u00b7 analysis schema v{SCHEMA_VERSION} \u00b7 attention-only transformers taken "
+        f" \u00b7 analysis schema v{SCHEMA_VERSION} \u00b7 transformers taken "
         "apart into QK and OV circuits (Elhage et al., 2021)</p></header>"
         f'<nav class="toc"><a href="#models">models</a>{nav}</nav><main>{body}</main>'
         f'<div class="qkov-tip" role="tooltip"></div><script>{script}</script></body></html>\n'

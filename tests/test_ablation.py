@@ -20,7 +20,7 @@ from qkov.ablation import (
     mlp_ablation_logits,
     order_logits,
     order_residuals,
-    source_order_residuals,
+    start_order_residuals,
     term_importance,
 )
 from qkov.circuits import path_expansion
@@ -204,7 +204,7 @@ def test_general_orders_sum_to_logits_and_match_path_expansion(norm, n_layers):
     by_order = path_expansion(model, tokens).by_order()
     for k in range(n_layers + 1):
         torch.testing.assert_close(terms[k], by_order[k], atol=1e-4, rtol=0)
-    S, logits, f = source_order_residuals(model, tokens)
+    S, logits, f = start_order_residuals(model, tokens)
     by_start = path_expansion(model, tokens).by_start()
     for name, R in S.items():
         extra = f.b_U.detach() if name == "bias" else 0.0

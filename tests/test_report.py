@@ -296,7 +296,7 @@ def test_mlp_model_card_shows_its_architecture_and_how_to_read_it(page):
     assert (rows["d_mlp"], rows["act_fn"], rows["bias"]) == ("128", "gelu_new", "True")
     assert (rows["normalization"], rows["positional"]) == ("layernorm", "standard")
     assert "LayerNorm: the circuits read the folded model" in mlp.all("p", "folded")[0].text
-    assert "each MLP's output is a source of its own (order 0)" in mlp.all("p", "mlp")[0].text
+    assert "each MLP's output starts paths of its own (order 0)" in mlp.all("p", "mlp")[0].text
     assert "RMS-normalised" not in mlp.text
     assert not attn.all("p", "folded") and not attn.all("p", "mlp")
     assert "RMS-normalised" in attn.text

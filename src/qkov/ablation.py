@@ -19,7 +19,7 @@ in the paper's term-importance analysis. This works on the residual stream per o
 General models (MLPs, biases, layernorm/rmsnorm) are decomposed after folding their norms
 (`qkov.circuits.folded`), with the norm scales and each MLP's output frozen as well: the
 constants ("bias") and each MLP's output are starts of their own, each with its own order
-streams (`source_order_residuals`), and an order counts the heads on a path whatever its
+streams (`start_order_residuals`), and an order counts the heads on a path whatever its
 start. term_importance adds each MLP's knock-out and the removal of its paths.
 
 Per-head ablation is the ordinary knock-out: a hook on `head_out.{l}` sets one head's output
@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from qkov.circuits import FROZEN, folded, frozen_scales, source_names
+from qkov.circuits import FROZEN, folded, frozen_scales, start_names
 from qkov.errors import QkovError
 from qkov.loss import next_token_loss, token_losses
 from qkov.model import AttnOnlyTransformer, Transformer
@@ -63,14 +63,14 @@ def _loss(logits: Tensor, tokens: Tensor) -> float:
 
 # ---------------------------------------------------------------------------- order decomposition
 @torch.no_grad()
-def source_order_residuals(
+def start_order_residuals(
     model: Transformer, tokens: Tensor
 ) -> tuple[dict[str, Tensor], Tensor, Transformer]:
     """The residual stream split by start and path order, everything frozen at the clean
     pass (patterns, norm scales, MLP outputs; see `qkov.circuits.path_expansion`).
 
     tokens [batch, pos] -> ({start: [n_layers + 1, batch, pos, d_model]}, clean logits,
-    the folded model whose W_U (+ b_U) reads them). Starts are `circuits.source_names`;
+    the folded model whose W_U (+ b_U) reads them). Starts are `circuits.start_names`;
     each stream is as the unembedding reads it (over the final norm's frozen scale)."""
     tokens = model.check_tokens(tokens)
     clean = model(tokens)
@@ -82,7 +82,7 @@ def source_order_residuals(
     )
     scale = frozen_scales(model, cache)
     x0 = cache["embed"]
-    S = {name: x0.new_zeros(cfg.n_layers + 1, *x0.shape) for name in source_names(cfg)}
+    S = {name: x0.new_zeros(cfg.n_layers + 1, *x0.shape) for name in start_names(cfg)}
     S["token"][0] = x0
     if cfg.positional == "standard":
         S["pos"][0] = cache["pos_embed"].expand_as(x0)
@@ -114,8 +114,8 @@ def order_residuals(model: Transformer, tokens: Tensor) -> tuple[Tensor, Tensor]
     tolerance, with W_U, b_U those of `folded(model)` (the model's own when it has no
     learned norm). With a norm the scales are frozen too, and R is as the unembedding reads
     it (each order divided by the final stream's RMS). With biases and MLPs the constants
-    and each MLP's output are order-0 starts (`source_order_residuals` keeps them apart)."""
-    S, logits, _ = source_order_residuals(model, tokens)
+    and each MLP's output are order-0 starts (`start_order_residuals` keeps them apart)."""
+    S, logits, _ = start_order_residuals(model, tokens)
     return torch.stack(list(S.values())).sum(0), logits
 
 
@@ -302,7 +302,7 @@ def term_importance(
     tokens = model.check_tokens(tokens)
     _need_two(tokens)
     cfg = model.cfg
-    S, logits, _ = source_order_residuals(model, tokens)
+    S, logits, _ = start_order_residuals(model, tokens)
     R = torch.stack(list(S.values())).sum(0)
     clean = _loss(logits, tokens)
     W_U, _ = _unembed(model)

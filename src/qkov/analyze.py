@@ -273,7 +273,7 @@ def _induction_circuits(cls: HeadClassification) -> list[dict[str, Any]]:
 
 def _term_importance(model: AttnOnlyTransformer, tokens: Tensor) -> dict[str, Any]:
     """The order ablations, then each layer's head knock-outs and its MLP's (forward order).
-    An order counts the heads on a path; MLP outputs and biases are sources like the
+    An order counts the heads on a path; MLP outputs and biases are path starts like the
     embedding, so their own contributions are order 0 (`qkov.ablation`)."""
     ti = term_importance(model, tokens)
     cfg = model.cfg
@@ -291,7 +291,7 @@ def _term_importance(model: AttnOnlyTransformer, tokens: Tensor) -> dict[str, An
         for h in (h for h in ti.heads if h.layer == l):
             name, delta = f"{h.name} knocked out", h.zero_delta
             terms.append({"term": name, "kind": "head", "order": 1, "loss_increase": delta})
-        if l in mlps:  # an MLP's output is a source: order 0
+        if l in mlps:  # an MLP's output starts paths: order 0
             name, delta = f"{mlps[l].name} knocked out", mlps[l].zero_delta
             terms.append({"term": name, "kind": "mlp", "order": 0, "loss_increase": delta})
     return {"clean_loss": ti.clean_loss, "mode": ti.mode, "n_tokens": ti.n_tokens, "terms": terms}
@@ -299,7 +299,7 @@ def _term_importance(model: AttnOnlyTransformer, tokens: Tensor) -> dict[str, An
 
 def _order_name(order: int, n_terms: int, cfg: ModelConfig) -> str:
     """'order 1: single heads (4)'; order 0 of a model with biases or MLPs names those
-    sources too (its count of head chains, 1, would hide them)."""
+    starts too (its count of head chains, 1, would hide them)."""
     if order == 0 and (cfg.bias or cfg.d_mlp):
         parts = ["direct path"] + ["biases"] * cfg.bias + ["MLPs"] * bool(cfg.d_mlp)
         return "order 0: " + ", ".join(parts)

@@ -19,7 +19,7 @@ LayerNorm scale): signs, eigenvalue signs and each row's ranking are unaffected.
 Models with learned norms (layernorm, rmsnorm) are read through `folded`: the norm weights
 folded into the weights (`qkov.fold`), leaving normalization="rms". Biases enter the token
 circuits where they belong to the head (b_Q, b_K, b_V); MLPs enter the token circuits only
-through `effective_embedding=True`, and the path expansion as sources of their own.
+through `effective_embedding=True`, and the path expansion as path starts of their own.
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ def qk_positional_terms(model: AttnOnlyTransformer, layer: int, head: int) -> QK
 Chain = tuple[tuple[int, int], ...]
 
 
-def source_names(cfg: ModelConfig) -> list[str]:
+def start_names(cfg: ModelConfig) -> list[str]:
     """Where paths start, in order: "token" (W_E), "pos" (W_pos in the stream,
     positional="standard"), "bias" (every constant the model adds: b_V W_O, b_O, b_out, b_U)
     and "mlp{l}" (MLP l's output less b_out, taken from the clean forward pass)."""
@@ -201,7 +201,7 @@ class PathTerm:
     """One term of the path expansion: the logits carried by one path.
 
     heads: () for the direct path, ((l, h),) for a single head, a longer chain (layers
-    increasing) for a virtual head. start: where the path begins (see `source_names`).
+    increasing) for a virtual head. start: where the path begins (see `start_names`).
     cut: set only on the remainder term of a `max_order` expansion: every path with more
     than `cut` heads, from any start, summed (its order is reported as cut + 1)."""
 
@@ -232,7 +232,7 @@ class PathExpansion:
 
     With positional="standard", W_pos sits in the residual stream beside W_E, so every path
     has a second term starting from W_pos (start="pos"); shortformer and none add none. With
-    biases and MLPs, "bias" and each "mlp{l}" start paths too (see `source_names`)."""
+    biases and MLPs, "bias" and each "mlp{l}" start paths too (see `start_names`)."""
 
     terms: list[PathTerm]
     logits: Tensor  # [batch, pos, d_vocab], the model's own forward pass
@@ -308,7 +308,7 @@ class PathExpansion:
 def path_expansion(
     model: Transformer, tokens: Tensor, max_order: int | None = None
 ) -> PathExpansion:
-    """Split the logits into paths: a start (see `source_names`), a chain of heads, then the
+    """Split the logits into paths: a start (see `start_names`), a chain of heads, then the
     unembedding. Exact (to float rounding) on every architecture, with these frozen at the
     clean forward pass: attention patterns, norm scales and MLP outputs.
 
@@ -376,7 +376,7 @@ def path_expansion(
     if cfg.bias:
         bias_direct = next(t for t in terms if t.start == "bias" and not t.heads)
         bias_direct.logits = bias_direct.logits + w["b_U"]
-    rank = {s: i for i, s in enumerate(source_names(cfg) + ["remainder"])}
+    rank = {s: i for i, s in enumerate(start_names(cfg) + ["remainder"])}
     terms.sort(key=lambda t: (t.order, t.heads, rank[t.start]))
     return PathExpansion(terms=terms, logits=clean, patterns=patterns)
 

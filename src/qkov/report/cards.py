@@ -27,7 +27,7 @@ FOLDED_NOTE = (
 MLP_NOTE = (
     '<p class="note mlp">MLPs: the token circuits (bigrams, OV and QK eigenvalues, '
     "skip-trigrams) read the token embedding, not what the MLPs make of it; in term "
-    "importance each MLP's output is a source of its own (order 0).</p>"
+    "importance each MLP's output starts paths of its own (order 0).</p>"
 )
 
 

@@ -63,7 +63,7 @@ computed" (with the reason from `not_computed` if given). Names are the library'
                                            # on the evaluation set. kind "order": every path
                                            # through `order` heads ablated (patterns frozen);
                                            # an order counts heads only: the embeddings, the
-                                           # biases and each MLP's output are sources, order
+                                           # biases and each MLP's output start paths, order
                                            # 0. "head": one head knocked out (order 1);
                                            # "mlp": one MLP's output set to 0 (order 0), later
                                            # layers see the change. Layer-major order.

@@ -261,7 +261,7 @@ def _circuit_note(c: dict) -> str:
 
 ORDER_NOTE = (
     "An order counts the heads on a path. The token (and position) embedding, the biases "
-    "and each MLP's output are sources: what they write straight to the logits is order 0, "
+    "and each MLP's output start paths: what they write straight to the logits is order 0, "
     "a head reading them makes an order-1 path, and so on. An MLP knock-out sets its output "
     "to zero; later layers see the change."
 )

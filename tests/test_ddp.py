@@ -49,8 +49,9 @@ out = sys.argv[1]
 cfg, tc = ModelConfig(**json.loads(sys.argv[2])), TrainConfig(**json.loads(sys.argv[3]))
 dist.init_process_group("gloo")  # owned by this script: train() joins it, leaves it open
 train(cfg, tc, out, stop_after=2, progress=False)
-with open(out + "/metrics.jsonl") as f:
-    print("STEPS_AFTER_STOP", [json.loads(line)["step"] for line in f])
+if dist.get_rank() == 0:  # one line: two ranks printing at once interleave their output
+    with open(out + "/metrics.jsonl") as f:
+        print("STEPS_AFTER_STOP", [json.loads(line)["step"] for line in f], flush=True)
 train(None, tc, out, resume=True, progress=False)
 dist.destroy_process_group()
 """

@@ -92,11 +92,17 @@ def general_model(
         seed=seed,
     )
     model = Transformer(cfg)
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.startswith("b_") or name.endswith("_b"):
-                p.copy_(0.3 * torch.randn(p.shape, generator=g))
-            elif name.endswith("_w"):
-                p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g))
+    randomise_biases_and_norms(model, seed + 1)
     return model
+
+
+@torch.no_grad()
+def randomise_biases_and_norms(model: Transformer, seed: int) -> None:
+    """Biases ~ N(0, 0.3) and norm weights ~ 1 + N(0, 0.3), in place (a fresh model's are 0
+    and 1, which would hide a bias or norm weight an analysis forgot)."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if name.startswith("b_") or name.endswith("_b"):
+            p.copy_(0.3 * torch.randn(p.shape, generator=g))
+        elif name.endswith("_w"):
+            p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g))

@@ -74,12 +74,9 @@ def build_induction_model(
     return model
 
 
-def one_layer_model(d_head: int = V + N_CTX) -> tuple[AttnOnlyTransformer, dict]:
-    """A 1-layer, 2-head model: token dims [0, V), output dims [V, 2V), positions after."""
-    cfg = ModelConfig(
-        n_layers=1, n_heads=2, d_model=2 * V + N_CTX, d_head=d_head, n_ctx=N_CTX, d_vocab=V
-    )
-    model = AttnOnlyTransformer(cfg)
+def planted_embedding(model: AttnOnlyTransformer) -> tuple[dict, torch.Tensor]:
+    """A copy of the model's weights with one-hot W_E (token dims [0, V)), W_pos (dims after
+    2V) and a W_U that reads output dims [V, 2V) as the tokens; and the token ids."""
     w = {k: v.clone() for k, v in model.weights().items()}
     tok = torch.arange(V)
     for k in ("W_E", "W_pos", "W_U"):
@@ -87,6 +84,16 @@ def one_layer_model(d_head: int = V + N_CTX) -> tuple[AttnOnlyTransformer, dict]
     w["W_E"][tok, tok] = 1
     w["W_pos"][torch.arange(N_CTX), 2 * V + torch.arange(N_CTX)] = 1
     w["W_U"][V + tok, tok] = 10.0
+    return w, tok
+
+
+def one_layer_model(d_head: int = V + N_CTX) -> tuple[AttnOnlyTransformer, dict]:
+    """A 1-layer, 2-head model: token dims [0, V), output dims [V, 2V), positions after."""
+    cfg = ModelConfig(
+        n_layers=1, n_heads=2, d_model=2 * V + N_CTX, d_head=d_head, n_ctx=N_CTX, d_vocab=V
+    )
+    model = AttnOnlyTransformer(cfg)
+    w, tok = planted_embedding(model)
     for k in ("W_Q", "W_K", "W_V", "W_O"):
         w[k][:, 0].zero_()
     return model, w
@@ -295,13 +302,7 @@ def planted_general_model() -> Transformer:
     model = general_model(
         2, n_heads=2, d_model=2 * V + N_CTX, d_mlp=16, n_ctx=N_CTX, d_vocab=V, init_std=0.02
     )
-    w = {k: v.clone() for k, v in model.weights().items()}
-    tok = torch.arange(V)
-    for k in ("W_E", "W_pos", "W_U"):
-        w[k].zero_()
-    w["W_E"][tok, tok] = 1
-    w["W_pos"][torch.arange(N_CTX), 2 * V + torch.arange(N_CTX)] = 1
-    w["W_U"][V + tok, tok] = 10.0
+    w, tok = planted_embedding(model)
     for k in ("W_Q", "W_K", "W_V", "W_O"):
         w[k][0].zero_()
     for h, sign in ((0, 1.0), (1, -1.0)):

@@ -14,6 +14,7 @@ import warnings
 import pytest
 import torch
 
+from factories import randomise_biases_and_norms
 from qkov import AttnOnlyTransformer, ModelConfig, QkovError
 from qkov.interop import (
     convert_state_dict,
@@ -253,15 +254,11 @@ def qkov_model(**kw) -> AttnOnlyTransformer:
     """A qkov model with random weights, biases and norm weights (a fresh model's are 0, 1)."""
     cfg = dict(n_layers=2, n_heads=4, d_model=32, n_ctx=16, d_vocab=50)  # init_std 0.02
     model = AttnOnlyTransformer(ModelConfig(**{**cfg, **kw}))
-    g = torch.Generator().manual_seed(1)
+    randomise_biases_and_norms(model, seed=1)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.startswith("b_") or name.endswith("_b"):
-                p.copy_(0.3 * torch.randn(p.shape, generator=g))
-            elif name.endswith("_w"):
-                p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g))
-            else:  # std 0.3 for sharp patterns, reads and writes 0.12 so logits stay O(1)
-                p.mul_(6 if name in ("W_O", "W_out", "W_U", "W_V") else 15)
+            if name.startswith("W_"):  # std 0.3 for sharp patterns, reads and writes 0.12
+                p.mul_(6 if name in ("W_O", "W_out", "W_U", "W_V") else 15)  # logits O(1)
     return model
 
 

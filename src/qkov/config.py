@@ -201,13 +201,14 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     init_from: str | None = None  # a model directory whose weights start the run (fine-tuning)
+    keep_checkpoints: int = 0  # weight snapshots kept in RUN/snapshots (qkov.snapshots)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_interval", "eval_batches", "ckpt_interval"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise QkovError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
-        for name in ("warmup", "probe_interval", "seed"):
+        for name in ("warmup", "probe_interval", "seed", "keep_checkpoints"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise QkovError(f"--{name.replace('_', '-')} must be >= 0, got {v!r}")

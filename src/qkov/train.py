@@ -46,6 +46,7 @@ from qkov.metrics import METRICS, read_records
 from qkov.model import AttnOnlyTransformer
 from qkov.resources import check_step_memory
 from qkov.runlock import RunLock
+from qkov.snapshots import save_snapshot, snapshot_steps
 from qkov.train_state import STATE, remove_stale_temp_files, restore_state, state_tensors
 
 __all__ = ["TrainConfig", "TrainingInterrupted", "evaluate", "resume_config", "train"]
@@ -124,6 +125,7 @@ def train(
         if dd.main:  # only rank 0 writes files
             _write_run_files(run, model, step, lock)
         last = min(tc.steps, stop_after) if stop_after is not None else tc.steps
+        keep = set(snapshot_steps(tc.steps, tc.keep_checkpoints)) if dd.main else set()
         use_bf16 = torch.device(dd.device).type == "cuda"
         fwd = distributed.wrap(model, dd)  # DDP under torchrun: averages gradients over ranks
         model.train()
@@ -150,6 +152,8 @@ def train(
                     stop.acknowledge()  # the final checkpoint is under way
                 if stopping or step % tc.ckpt_interval == 0 or step == last:
                     _save_checkpoint(run, model, opt, step)
+                if step in keep:
+                    save_snapshot(out, model, step)
                 if stopping:  # another rank may have been the one signalled: SIGTERM then
                     raise TrainingInterrupted(stop.signum or signal.SIGTERM)
                 stop.boundary()
@@ -408,9 +412,13 @@ class _StepLog:
             rec["val_loss"] = round(evaluate(self.model, self.run.val), 5)
         if probed:
             self.model.eval()
-            # A score with no head to measure (0 layers) is NaN: leave it out.
-            scores = {k: float(v) for k, v in self.probe(self.model).items()}
-            rec.update({k: round(v, 5) for k, v in scores.items() if math.isfinite(v)})
+            # A score with no head to measure (0 layers) is NaN: leave it out. Head names
+            # (probe_induction_head, probe_partner_head) are strings.
+            for k, v in self.probe(self.model).items():
+                if isinstance(v, str):
+                    rec[k] = v
+                elif math.isfinite(float(v)):
+                    rec[k] = round(float(v), 5)
             self.model.train()
         self.file.write(json.dumps(rec) + "\n")
         self.file.flush()

@@ -2,7 +2,10 @@
 
 Its numbers are on the fixed random-token probe, not on text, and are named so everywhere
 (probe_induction_score, probe_previous_token_score, probe_icl_score): the ICL score on
-held-out text is `qkov.ablation.icl_score`."""
+held-out text is `qkov.ablation.icl_score`. With two layers or more it also logs the induction
+circuit's weight statistics (`qkov.induction_circuit`) under the same prefix:
+probe_k_composition, probe_qk_eigenvalue, probe_ov_eigenvalue, and the two heads they are of
+(probe_induction_head, probe_partner_head)."""
 
 from __future__ import annotations
 
@@ -13,10 +16,11 @@ import torch
 from qkov.ablation import icl_from_logits
 from qkov.data.probes import default_seq_len, induction_probe
 from qkov.heads import induction_score, previous_token_score
+from qkov.induction_circuit import induction_circuit
 from qkov.model import AttnOnlyTransformer
 
 
-def training_probe(model: AttnOnlyTransformer, seed: int = 0) -> dict[str, float]:
+def training_probe(model: AttnOnlyTransformer, seed: int = 0) -> dict[str, float | str]:
     """On a fixed `induction_probe` batch of 8 sequences of min(64, n_ctx) tokens: the best
     induction and previous-token scores over heads, and the ICL score on the same batch
     (loss late, inside the repeated block, minus loss early, before it: about
@@ -27,13 +31,16 @@ def training_probe(model: AttnOnlyTransformer, seed: int = 0) -> dict[str, float
     with torch.no_grad():
         logits, cache = model.run_with_hooks(tokens, cache_names=lambda n: n.startswith("pattern."))
         A = [cache[f"pattern.{l}"] for l in range(cfg.n_layers)]
-        ind = max(
-            (float(induction_score(a, tokens, probe.half_lens).max()) for a in A), default=math.nan
-        )
+        per_head = [induction_score(a, tokens, probe.half_lens).cpu() for a in A]
+        ind = max((float(s.max()) for s in per_head), default=math.nan)
         prev = max((float(previous_token_score(a).max()) for a in A), default=math.nan)
         icl = icl_from_logits(logits, tokens)
-    return {
+    out: dict[str, float | str] = {
         "probe_induction_score": ind,
         "probe_previous_token_score": prev,
         "probe_icl_score": icl.score,
     }
+    if cfg.n_layers >= 2:
+        circuit = induction_circuit(model, torch.stack(per_head))
+        out.update({f"probe_{k}": v for k, v in circuit.items()})
+    return out

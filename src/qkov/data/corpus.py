@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import os
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,9 +53,20 @@ class Corpus:
         return train, val
 
 
+def stdlib_root() -> Path:
+    """The standard library folder the default corpus reads: $QKOV_STDLIB if set (to train on
+    one Python's library from another: the shipped models read Python 3.11's), else the
+    running Python's."""
+    env = os.environ.get("QKOV_STDLIB")
+    root = Path(env) if env else Path(sysconfig.get_paths()["stdlib"])
+    if not root.is_dir():
+        raise QkovError(f"QKOV_STDLIB={env!r} is not a folder: point it at a lib/python3.X folder")
+    return root
+
+
 def stdlib_files() -> list[Path]:
-    """The .py files of the running Python's standard library (no site-packages)."""
-    root = Path(sysconfig.get_paths()["stdlib"])
+    """The .py files of the standard library (`stdlib_root`; no site-packages)."""
+    root = stdlib_root()
     files = [
         p
         for p in root.rglob("*.py")

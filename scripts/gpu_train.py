@@ -1,0 +1,307 @@
+"""Train the shipped-model candidates side by side on one GPU, evaluate them, pack the best.
+
+Run on a GPU machine from the repository root (see src/qkov/demo_models/TRAINING.md):
+
+    python3 scripts/gpu_train.py --minutes 6 --stdlib-tar .gpu/stdlib311.tar.gz \
+        --cache .gpu/cache --out $OUT
+
+Every candidate is a plain `qkov train` command (printed to the log and written to
+summary.json), started at once on the same GPU and stopped by SIGTERM after --minutes (a
+stopped run writes its checkpoint first: its step is in summary.json, so `--steps STEP`
+with the same flags reproduces it, the learning rate being constant after warmup).
+The default corpus is Python 3.11's standard library: --stdlib-tar unpacks those files at
+the path they had where the shipped tokenizer was made, so document names, the held-out
+split and the token cache (--cache) are the same as on the CPU machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+STDLIB = "/root/.pyenv/versions/3.11.7/lib/python3.11"
+COMMON = (
+    "--corpus stdlib --vocab-size 2048 --positional shortformer --pos-init-std 1.0 "
+    "--warmup 500 --min-lr-ratio 1.0 --eval-interval 500 --ckpt-interval 1000 "
+    "--probe-interval 500 --seed 0 --device cuda"
+)
+# name: (what the run varies, flags). Each run's --steps is far more than fits: SIGTERM ends it.
+RUNS: dict[str, tuple[str, str]] = {
+    "a2_d512_h8_c512": (
+        "2L base",
+        "--n-layers 2 --d-model 512 --n-heads 8 --n-ctx 512 --batch-size 64 "
+        "--lr 1e-3 --normalization rms",
+    ),
+    "a2_d256_h8_c256": (
+        "2L narrower, shorter ctx",
+        "--n-layers 2 --d-model 256 --n-heads 8 --n-ctx 256 "
+        "--batch-size 128 --lr 2e-3 --normalization rms",
+    ),
+    "a2_d512_h8_c256": (
+        "2L shorter ctx",
+        "--n-layers 2 --d-model 512 --n-heads 8 --n-ctx 256 --batch-size 128 "
+        "--lr 1e-3 --normalization rms",
+    ),
+    "a2_d512_h16_c512": (
+        "2L more heads (d_head 32)",
+        "--n-layers 2 --d-model 512 --n-heads 16 --n-ctx 512 "
+        "--batch-size 64 --lr 1e-3 --normalization rms",
+    ),
+    "a2_d768_h12_c512": (
+        "2L ARENA width",
+        "--n-layers 2 --d-model 768 --n-heads 12 --n-ctx 512 --batch-size 64 "
+        "--lr 6e-4 --normalization rms",
+    ),
+    "a2_d512_h8_c512_nonorm": (
+        "2L no norm",
+        "--n-layers 2 --d-model 512 --n-heads 8 --n-ctx 512 --batch-size 64 "
+        "--lr 1e-3 --normalization none",
+    ),
+    "a2_d512_h8_c512_lr3e3": (
+        "2L higher lr",
+        "--n-layers 2 --d-model 512 --n-heads 8 --n-ctx 512 --batch-size 64 "
+        "--lr 3e-3 --normalization rms",
+    ),
+    "a2_d512_h8_c512_pos002": (
+        "2L small positional init",
+        "--n-layers 2 --d-model 512 --n-heads 8 --n-ctx 512 "
+        "--batch-size 64 --lr 1e-3 --normalization rms --pos-init-std 0.02",
+    ),
+    "a1_d512_h8_c512": (
+        "1L",
+        "--n-layers 1 --d-model 512 --n-heads 8 --n-ctx 512 --batch-size 64 --lr 1e-3 "
+        "--normalization rms",
+    ),
+    "a0_d512_c512": (
+        "0L",
+        "--n-layers 0 --d-model 512 --n-heads 8 --n-ctx 512 --batch-size 64 --lr 1e-3 "
+        "--normalization rms",
+    ),
+    "m2_d512_h8_c512": (
+        "2L with MLPs",
+        "--n-layers 2 --d-model 512 --n-heads 8 --n-ctx 512 --batch-size 64 "
+        "--lr 1e-3 --normalization rms --d-mlp 2048 --act-fn gelu",
+    ),
+}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def setup(stdlib_tar: Path, cache: Path) -> None:
+    if not Path(STDLIB).is_dir():
+        Path(STDLIB).parent.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(stdlib_tar) as tar:
+            tar.extractall(Path(STDLIB).parent, filter="data")
+    os.environ["QKOV_STDLIB"] = STDLIB
+    os.environ["QKOV_STOP_GRACE_S"] = "50"  # SIGTERM mid-evaluation still ends in a checkpoint
+    os.environ["QKOV_CACHE"] = str(cache.resolve())
+    os.environ["OMP_NUM_THREADS"] = "1"  # many runs share the CPU cores
+    os.environ["PYTHONPATH"] = str(Path("src").resolve())
+    sys.path.insert(0, str(Path("src").resolve()))
+
+
+def train_all(runs_dir: Path, minutes: float, only: list[str], smoke: bool) -> dict[str, dict]:
+    procs = {}
+    for name, (what, flags) in RUNS.items():
+        if only and name not in only:
+            continue
+        cmd = f"qkov train {flags} {COMMON} --steps 100000 --out runs/{name}"
+        if smoke:  # a CPU check of this script: tiny widths, same structure
+            cmd = (
+                cmd.replace("--d-model 512", "--d-model 32")
+                .replace("--d-model 768", "--d-model 48")
+                .replace("--d-model 256", "--d-model 32")
+                .replace("--n-ctx 512", "--n-ctx 128")
+                .replace("--n-ctx 256", "--n-ctx 128")
+                .replace("--d-mlp 2048", "--d-mlp 64")
+                .replace("--device cuda", "--device cpu")
+                + " --batch-size 4"
+            )
+        argv = [sys.executable, "-m", "qkov", *cmd.split()[1:]]
+        argv[argv.index("--out") + 1] = str(runs_dir / name)
+        logf = open(runs_dir / f"{name}.log", "w")
+        procs[name] = (subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT), cmd, what)
+        log(f"started {name}: {cmd}")
+    deadline = time.time() + minutes * 60
+    while time.time() < deadline and any(p.poll() is None for p, _, _ in procs.values()):
+        time.sleep(5)
+    for p, _, _ in procs.values():
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for name, (p, _, _) in procs.items():
+        try:
+            p.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            log(f"{name} did not stop in 90 s: killed")
+    return {
+        name: {"command": cmd, "varies": what, "returncode": p.returncode}
+        for name, (p, cmd, what) in procs.items()
+    }
+
+
+def evaluate(run: Path) -> dict:
+    import torch
+
+    from qkov.checkpoint import load
+    from qkov.circuits import ov_statistics_all
+    from qkov.composition import composition_scores
+    from qkov.heads import head_scores
+    from qkov.metrics import read_records
+    from qkov.repetition import repetition_test
+
+    model = load(run, device="cuda" if torch.cuda.is_available() else "cpu").eval()
+    recs = read_records(run / "metrics.jsonl")
+    last_val = [r for r in recs if "val_loss" in r]
+    out: dict = {
+        "config": model.cfg.to_dict(),
+        "n_params": model.cfg.n_params,
+        "val_loss": last_val[-1]["val_loss"] if last_val else None,
+        "tokens": last_val[-1]["tokens"] if last_val else None,
+        "last_record": recs[-1] if recs else None,
+    }
+    from safetensors import safe_open
+
+    with safe_open(str(run / "model.safetensors"), "pt") as f:
+        out["step"] = int(f.metadata().get("step", 0))
+    out["tokens"] = (
+        out["step"]
+        * json.loads((run / "train_config.json").read_text())["batch_size"]
+        * model.cfg.n_ctx
+    )
+    if model.cfg.n_layers == 0:
+        return out
+    reps = [repetition_test(model, seed=s) for s in range(5)]
+    ind = torch.stack([r.induction_scores for r in reps]).mean(0)
+    out["repetition"] = {
+        "induction_scores_mean5": ind.tolist(),
+        "first_half_loss": sum(r.first_half_loss for r in reps) / 5,
+        "repeated_half_loss": sum(r.repeated_half_loss for r in reps) / 5,
+        "uniform_loss": reps[0].uniform_loss,
+        "seed0": reps[0].to_dict(),
+    }
+    probes = torch.stack([head_scores(model, seed=s, copying=False).induction for s in range(8)])
+    out["probe_induction_min8"] = probes.min(0).values.tolist()
+    out["probe_induction_mean8"] = probes.mean(0).tolist()
+    prev = head_scores(model, seed=0, copying=False).previous_token
+    out["previous_token"] = prev.tolist()
+    out["ov_eigenvalue_score"] = [s.eigenvalue_score for s in ov_statistics_all(model)]
+    if model.cfg.n_layers >= 2:
+        comp = composition_scores(model)
+        out["k_composition"] = comp.k.tolist()
+        out["k_baseline"] = [comp.baseline_mean["k"], comp.baseline_std["k"]]
+    return out
+
+
+def pack(runs_dir: Path, names: list[str], out: Path) -> list[str]:
+    """The runs without optimizer state or snapshots, weights in fp16 (halving what comes
+    back; the loader upcasts to fp32), in one tar split into parts of at most 15 MB."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    tar_path = runs_dir / "models.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        for name in names:
+            for p in sorted((runs_dir / name).iterdir()):
+                if not p.is_file() or p.name == "train_state.safetensors":
+                    continue
+                if p.name == "model.safetensors":
+                    w = load_file(str(p))
+                    half = {k: v.half() for k, v in w.items()}
+                    if all(torch.isfinite(v).all() for v in half.values()):
+                        small = runs_dir / f"{name}.fp16.safetensors"
+                        save_file(half, str(small), metadata={"format": "qkov", "dtype": "float16"})
+                        tar.add(small, arcname=f"{name}/model.safetensors")
+                        continue
+                tar.add(p, arcname=f"{name}/{p.name}")
+    parts, part = [], 15 * 2**20
+    with open(tar_path, "rb") as f:
+        i = 0
+        while chunk := f.read(part):
+            (out / f"models.tar.{i}").write_bytes(chunk)
+            parts.append(f"models.tar.{i}")
+            i += 1
+    return parts
+
+
+def score2(ev: dict) -> float:
+    """Second-best induction score on the repetition test: the target wants two heads."""
+    rep = ev.get("repetition")
+    if not rep:
+        return -1.0
+    flat = sorted((s for row in rep["induction_scores_mean5"] for s in row), reverse=True)
+    return flat[1] if len(flat) > 1 else -1.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=6.0)
+    ap.add_argument("--stdlib-tar", type=Path, required=True)
+    ap.add_argument("--cache", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--runs", type=Path, default=Path("/tmp/qkov-runs"))
+    ap.add_argument("--only", nargs="*", default=[])
+    ap.add_argument("--budget-mb", type=float, default=55.0)
+    ap.add_argument("--smoke", action="store_true", help="tiny models on the CPU: test this script")
+    args = ap.parse_args()
+    t0 = time.time()
+    setup(args.stdlib_tar, args.cache)
+    args.runs.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    log(f"torch {torch.__version__}, {device}")
+    summary = {
+        "device": device,
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "minutes": args.minutes,
+        "runs": train_all(args.runs, args.minutes, args.only, args.smoke),
+    }
+    log(f"training done in {time.time() - t0:.0f} s")
+    for name in summary["runs"]:
+        try:
+            summary["runs"][name]["eval"] = evaluate(args.runs / name)
+            ev = summary["runs"][name]["eval"]
+            log(
+                f"{name}: step {ev['step']}, tokens {ev['tokens']:,}, val {ev['val_loss']}, "
+                f"second induction {score2(ev):.3f}"
+            )
+        except Exception as e:  # one broken run must not lose the others
+            summary["runs"][name]["eval_error"] = repr(e)
+            log(f"{name}: eval failed: {e!r}")
+    with tarfile.open(args.out / "logs.tar.gz", "w:gz") as tar:
+        for name in summary["runs"]:
+            for f in (args.runs / f"{name}.log", args.runs / name / "metrics.jsonl"):
+                if f.exists():
+                    tar.add(f, arcname=f"{name}/{f.name}")
+    # The candidates to bring back: best 2-layer (by its second-best induction head), and
+    # the 1-layer, 0-layer and MLP runs.
+    evals = {n: r.get("eval", {}) for n, r in summary["runs"].items()}
+    two = sorted((n for n in evals if n.startswith("a2_")), key=lambda n: -score2(evals[n]))
+    chosen = two[:1] + [n for n in evals if n[:2] in ("a1", "a0", "m2")] + two[1:2]
+    ok = [n for n in chosen if (args.runs / n / "model.safetensors").is_file()]
+    mb = {n: (args.runs / n / "model.safetensors").stat().st_size / 2**21 for n in ok}  # fp16
+    while ok and sum(mb[n] for n in ok) > args.budget_mb:
+        log(f"{ok[-1]}: would pass the {args.budget_mb} MB budget: not packed")
+        ok.pop()
+    packed = pack(args.runs, ok, args.out)
+    used = sum(mb[n] for n in ok)
+    summary["packed"] = {"runs": ok, "parts": packed}
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    log(f"packed {packed} ({used:.1f} MB); total {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

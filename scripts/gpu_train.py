@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -115,7 +114,7 @@ def train_all(runs_dir: Path, minutes: float, only: list[str], smoke: bool) -> d
     for name, (what, flags) in RUNS.items():
         if only and name not in only:
             continue
-        cmd = f"qkov train {flags} {COMMON} --steps 100000 --out runs/{name}"
+        cmd = f"qkov train {COMMON} {flags} --steps 100000 --out runs/{name}"
         if smoke:  # a CPU check of this script: tiny widths, same structure
             cmd = (
                 cmd.replace("--d-model 512", "--d-model 32")

@@ -11,8 +11,6 @@ import math
 import re
 from pathlib import Path
 
-import torch
-
 from qkov.checkpoint import CONFIG, TOKENIZER, load_safetensors, load_tokenizer
 from qkov.config import ModelConfig
 from qkov.errors import QkovError

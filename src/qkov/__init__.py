@@ -30,6 +30,7 @@ _EXPORTS = {
     "path_expansion": "qkov.circuits",
     "qk_circuit": "qkov.circuits",
     "qk_positional_terms": "qkov.circuits",
+    "qk_expansion": "qkov.qk_expansion",
     "composition_score": "qkov.composition",
     "composition_scores": "qkov.composition",
     "ModelConfig": "qkov.config",

@@ -30,6 +30,8 @@ _EXPORTS = {
     "path_expansion": "qkov.circuits",
     "qk_circuit": "qkov.circuits",
     "qk_positional_terms": "qkov.circuits",
+    "positional_qk": "qkov.circuits",
+    "virtual_head_ov": "qkov.circuits",
     "qk_expansion": "qkov.qk_expansion",
     "composition_score": "qkov.composition",
     "composition_scores": "qkov.composition",
@@ -45,6 +47,7 @@ _EXPORTS = {
     "training_probe": "qkov.training_probe",
     "factoring_bugs": "qkov.trigrams",
     "skip_trigrams": "qkov.trigrams",
+    "split_token_trigrams": "qkov.trigrams",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -37,6 +37,7 @@ from qkov.errors import QkovError
 from qkov.model import Transformer
 
 KINDS = ("direct", "Q-composition", "K-composition", "Q+K-composition")
+QK_MAX_ORDER = 2  # what `qkov heads --qk-terms` and analyze cut chains at (the paper's terms)
 
 
 def side_name(start: str, heads: Chain) -> str:
@@ -275,3 +276,19 @@ def qk_expansion_all(
         for l in range(model.cfg.n_layers)
         for h in range(model.cfg.n_heads)
     ]
+
+
+def qk_terms_table(expansions: list[QKExpansion], n_terms: int = 3) -> str:
+    """Per head: the term kinds by size, then its largest terms (the text `qkov heads
+    --qk-terms` prints)."""
+    lines = []
+    for qe in expansions:
+        kinds = ", ".join(f"{k} {v:.3f}" for k, v in qe.by_kind().items())
+        lines.append(f"L{qe.layer}H{qe.head:<3} kinds: {kinds}")
+        for t, size in qe.ranked()[:n_terms]:
+            lines.append(f"        {size:7.3f}  {t.name}  ({t.kind})")
+    lines.append(
+        "(size: RMS of the term's scores over causal (destination, source) pairs, each "
+        "destination's mean removed; query side \u00b7 key side)"
+    )
+    return "\n".join(lines)

@@ -390,7 +390,9 @@ def test_virtual_head_ov_against_dense_and_composition_scores(norm):
         assert v.v_composition == pytest.approx(float(v_scores[l0, h0, l1, h1]), rel=1e-4)
         dense = E @ W["W_V"][l0, h0] @ W["W_O"][l0, h0] @ W["W_V"][l1, h1] @ W["W_O"][l1, h1]
         dense = dense @ W["W_U"]  # [d_vocab, d_vocab]: small here, to check against
-        assert v.eigenvalue_score == pytest.approx(eigenvalue_score(torch.linalg.eigvals(dense)), abs=1e-3)
+        assert v.eigenvalue_score == pytest.approx(
+            eigenvalue_score(torch.linalg.eigvals(dense)), abs=1e-3
+        )
         json.dumps(v.to_dict())
 
 

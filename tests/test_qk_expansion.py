@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import factories
-from qkov import ModelConfig, Transformer, qk_expansion
+from qkov import qk_expansion
 from qkov.errors import QkovError
 from qkov.qk_expansion import qk_expansion_all, row_centred
 
@@ -82,7 +82,12 @@ def test_layer0_terms_are_the_weight_products():
     model = factories.random_model(1, "shortformer", n_heads=2, d_model=16, n_ctx=8)
     tokens = factories.random_tokens(model, batch=1)
     qe = qk_expansion(model, tokens, 0, 1)
-    assert {t.name for t in qe.terms} == {"token · token", "token · pos", "pos · token", "pos · pos"}
+    assert {t.name for t in qe.terms} == {
+        "token · token",
+        "token · pos",
+        "pos · token",
+        "pos · pos",
+    }
     assert {t.kind for t in qe.terms} == {"direct"}
     W = model.weights()
     q = W["W_E"][tokens[0]] @ W["W_Q"][0, 1]
@@ -97,36 +102,8 @@ def test_row_centred_size_ignores_row_constants():
     torch.testing.assert_close(row_centred(s), row_centred(shifted))
 
 
-def _induction_model(noise: float = 0.05, seed: int = 0) -> Transformer:
-    """Layer 0: L0H0 attends to the previous position (W_pos only) and writes the token it
-    reads into a second subspace; L0H1 random. Layer 1: L1H0's query reads the current
-    token, its key that second subspace (K-composition through L0H0); L1H1 random. Every
-    weight has Gaussian noise added, so every term is non-zero."""
-    V = n_ctx = d_head = 12
-    D = 2 * V + n_ctx
-    cfg = ModelConfig(
-        n_layers=2, n_heads=2, d_model=D, d_head=d_head, n_ctx=n_ctx, d_vocab=V, seed=seed
-    )
-    model = Transformer(cfg)
-    g = torch.Generator().manual_seed(seed)
-    W = {n: noise * torch.randn(p.shape, generator=g) for n, p in model.weights().items()}
-    eye, c = torch.eye(V), 5.0
-    W["W_E"][:, :V] += eye  # tokens in dims 0..V-1
-    W["W_pos"][:, 2 * V :] += torch.eye(n_ctx)  # positions in dims 2V..2V+n_ctx-1
-    W["W_Q"][0, 0, 2 * V :, :] += c * torch.eye(n_ctx)  # q_p = c e_p
-    W["W_K"][0, 0, 2 * V : 3 * V - 1, 1:] += c * torch.eye(n_ctx - 1)  # k_s = c e_{s+1}
-    W["W_V"][0, 0, :V, :] += eye
-    W["W_O"][0, 0, :, V : 2 * V] += eye  # writes the previous token into dims V..2V-1
-    W["W_Q"][1, 0, :V, :] += c * eye  # the current token
-    W["W_K"][1, 0, V : 2 * V, :] += c * eye  # the token before the source
-    W["W_V"][1, 0, :V, :] += eye
-    W["W_O"][1, 0, :, :V] += eye
-    W["W_U"][:V, :] += eye
-    return Transformer.from_weights(cfg, W)
-
-
 def test_planted_induction_head_is_k_composition_through_previous_token_head():
-    model = _induction_model()
+    model = factories.induction_model()
     g = torch.Generator().manual_seed(1)
     first = torch.stack([torch.randperm(12, generator=g)[:6] for _ in range(4)])
     tokens = torch.cat([first, first], dim=1)  # [a b c ...][a b c ...]

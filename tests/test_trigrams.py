@@ -191,7 +191,9 @@ def test_split_token_trigram_ralph_is_found_and_ranked_as_skip_trigrams():
     ref = dense_trigram_scores(model, 0, 0)
     for t in found.trigrams:
         assert t.score == pytest.approx(float(ref[t.source, t.destination, t.out]), abs=1e-5)
-    assert [t.score for t in found.trigrams] == sorted((t.score for t in found.trigrams), reverse=True)
+    assert [t.score for t in found.trigrams] == sorted(
+        (t.score for t in found.trigrams), reverse=True
+    )
     assert skip_trigrams(model, 0, 0, k=1)[0] == top  # here it is the head's best trigram too
     json.dumps(found.to_dict())
     # min_count drops the candidates with a rare token; without a tokenizer there are none.

@@ -620,7 +620,9 @@ def virtual_head_ov(model: Transformer) -> list[VirtualHeadOV]:
 
 # ---------------------------------------------------------------------- positional QK
 @torch.no_grad()
-def positional_qk(model: Transformer, layer: int, head: int, n_positions: int | None = None) -> Tensor:
+def positional_qk(
+    model: Transformer, layer: int, head: int, n_positions: int | None = None
+) -> Tensor:
     """W_pos W_QK W_pos^T / sqrt(d_head): [n_positions (destination), n_positions (source)],
     the position x position QK term of head (layer, head) (weights folded; the first
     n_positions positions, default n_ctx). A previous-token head shows the off-diagonal

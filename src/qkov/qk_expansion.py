@@ -7,7 +7,8 @@ clean forward pass, the residual stream entering layer l is exactly a sum of pat
 an MLP's output) then a chain of earlier heads. Head (l, h)'s query and key are linear in
 that stream, so with q = sum_i q_i and k = sum_j k_j
 
-    scores[b, d, s] = q[b, d] . k[b, s] / sqrt(d_head) = sum_{i, j} q_i[b, d] . k_j[b, s] / sqrt(d_head)
+    scores[b, d, s] = q[b, d] . k[b, s] / sqrt(d_head)
+                    = sum_{i, j} q_i[b, d] . k_j[b, s] / sqrt(d_head)
 
 one term per (query-side path, key-side path). A side is
 
@@ -83,7 +84,7 @@ class QKTerm:
     def size(self) -> float:
         """Row-centred RMS over the causal entries (src <= dest): softmax ignores a
         constant per destination, so a term that only shifts whole rows has size 0."""
-        return float(row_centred(self.scores).pow(2).sum().div(_n_causal(self.scores)).sqrt())
+        return centred_rms(self.scores)
 
     def __repr__(self) -> str:
         return f"QKTerm({self.name}, {self.kind}, scores={list(self.scores.shape)})"
@@ -106,6 +107,11 @@ def row_centred(scores: Tensor) -> Tensor:
     kept = scores.masked_fill(~mask, 0.0)
     mean = kept.sum(-1, keepdim=True) / mask.sum(-1, keepdim=True)
     return (kept - mean).masked_fill(~mask, 0.0)
+
+
+def centred_rms(scores: Tensor) -> float:
+    """RMS of `row_centred(scores)` over the causal entries: a term's size."""
+    return float(row_centred(scores).pow(2).sum().div(_n_causal(scores)).sqrt())
 
 
 @dataclass
@@ -143,7 +149,7 @@ class QKExpansion:
         sums: dict[str, Tensor] = {}
         for t in self.terms:
             sums[t.kind] = sums[t.kind] + t.scores if t.kind in sums else t.scores
-        sizes = {k: float(row_centred(s).pow(2).sum().div(_n_causal(s)).sqrt()) for k, s in sums.items()}
+        sizes = {k: centred_rms(s) for k, s in sums.items()}
         return dict(sorted(sizes.items(), key=lambda kv: -kv[1]))
 
     def summary(self, n_terms: int = 5) -> dict[str, object]:

@@ -106,3 +106,31 @@ def randomise_biases_and_norms(model: Transformer, seed: int) -> None:
             p.copy_(0.3 * torch.randn(p.shape, generator=g))
         elif name.endswith("_w"):
             p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g))
+
+
+def induction_model(noise: float = 0.05, seed: int = 0) -> Transformer:
+    """Layer 0: L0H0 attends to the previous position (W_pos only) and writes the token it
+    reads into a second subspace; L0H1 random. Layer 1: L1H0's query reads the current
+    token, its key that second subspace (K-composition through L0H0); L1H1 random. Every
+    weight has Gaussian noise added, so every term is non-zero."""
+    V = n_ctx = d_head = 12
+    D = 2 * V + n_ctx
+    cfg = ModelConfig(
+        n_layers=2, n_heads=2, d_model=D, d_head=d_head, n_ctx=n_ctx, d_vocab=V, seed=seed
+    )
+    model = Transformer(cfg)
+    g = torch.Generator().manual_seed(seed)
+    W = {n: noise * torch.randn(p.shape, generator=g) for n, p in model.weights().items()}
+    eye, c = torch.eye(V), 5.0
+    W["W_E"][:, :V] += eye  # tokens in dims 0..V-1
+    W["W_pos"][:, 2 * V :] += torch.eye(n_ctx)  # positions in dims 2V..2V+n_ctx-1
+    W["W_Q"][0, 0, 2 * V :, :] += c * torch.eye(n_ctx)  # q_p = c e_p
+    W["W_K"][0, 0, 2 * V : 3 * V - 1, 1:] += c * torch.eye(n_ctx - 1)  # k_s = c e_{s+1}
+    W["W_V"][0, 0, :V, :] += eye
+    W["W_O"][0, 0, :, V : 2 * V] += eye  # writes the previous token into dims V..2V-1
+    W["W_Q"][1, 0, :V, :] += c * eye  # the current token
+    W["W_K"][1, 0, V : 2 * V, :] += c * eye  # the token before the source
+    W["W_V"][1, 0, :V, :] += eye
+    W["W_O"][1, 0, :, :V] += eye
+    W["W_U"][:V, :] += eye
+    return Transformer.from_weights(cfg, W)

@@ -53,6 +53,14 @@ def _head(layer: int, head: int, label: str, scores: dict, text_scores: dict | N
             {"source": HOSTILE[0], "destination": LONG_TOKEN, "out": HOSTILE[1], "score": 3.25},
             {"source": " ", "destination": "\n", "out": "\t", "score": 0.000685},
         ],
+        "split_token_trigrams": {
+            "n_candidates": 12,
+            "n_favoured": 5,
+            "trigrams": [
+                {"source": " Ralph", "destination": " R", "out": "alph", "score": 1.625},
+                {"source": HOSTILE[2], "destination": "</script>", "out": HOSTILE[3], "score": 0.5},
+            ],
+        },
     }
 
 
@@ -198,9 +206,77 @@ def v2_analysis() -> dict:
         ],
     }
     m2["phase_change"] = {"tokens": [12e6, 16e6]}
+    m2.update(path_sections())
     return copy.deepcopy(
         {"schema_version": 2, "generator": "qkov test", "models": [m2, m0, m1, _mlp_model(m2)]}
     )
+
+
+ATTRIBUTION_TOKENS = ["def", " total", " =", HOSTILE[0], HOSTILE[1], " total", " ="]
+
+
+def path_sections() -> dict:
+    """The sections on paths: QK terms, virtual heads' OV, positional QK, attribution (with
+    hostile tokens in the text)."""
+    n = len(ATTRIBUTION_TOKENS)
+    paths = ["direct", "L0H0", "L0H1", "L1H0", "L1H1", "L0H0>L1H0"]
+    contributions = [[0.5, 0.25, -0.125, 0.0, 0.0625, 0.0] for _ in range(n - 1)]
+    contributions[5] = [1.0, -0.75, 0.125, 6.5, 0.25, 0.5]  # " total" -> " =": L1H0 on top
+    return {
+        "qk_terms": [
+            {
+                "layer": 1,
+                "head": 0,
+                "kinds": [
+                    {"kind": "K-composition", "size": 2.75},
+                    {"kind": "direct", "size": 0.5},
+                ],
+                "terms": [
+                    {"name": "token \u00b7 L0H0", "kind": "K-composition", "size": 2.5},
+                    {"name": "pos \u00b7 pos", "kind": "direct", "size": 0.375},
+                ],
+                "n_terms": 36,
+                "max_abs_error": 1e-6,
+            }
+        ],
+        "virtual_heads": [
+            {
+                "heads": [[0, 1], [1, 1]],
+                "name": "L0H1>L1H1",
+                "v_composition": 0.4375,
+                "ov_eigenvalue_score": 0.8125,
+            },
+            {
+                "heads": [[0, 0], [1, 0]],
+                "name": "L0H0>L1H0",
+                "v_composition": 0.1875,
+                "ov_eigenvalue_score": -0.3125,
+            },
+        ],
+        "positional_qk": [
+            {
+                "head": [0, h],
+                "scores": [[float(i - j == 1 + h) for j in range(6)] for i in range(6)],
+            }
+            for h in range(2)
+        ],
+        "attribution": {
+            "text": "sample text",
+            "tokens": ATTRIBUTION_TOKENS,
+            "predicted": [
+                " x",
+                " =",
+                HOSTILE[2],
+                " y",
+                " total",
+                " =",
+            ],
+            "paths": paths,
+            "logit": [sum(row) for row in contributions],
+            "contributions": contributions,
+            "max_abs_error": 2e-6,
+        },
+    }
 
 
 def _mlp_model(m2: dict) -> dict:

@@ -369,3 +369,49 @@ def test_effective_embedding_adds_mlp0_on_each_token():
     torch.testing.assert_close(eff, want.detach())
     assert not torch.allclose(plain, eff)
     assert direct_path(model, effective_embedding=True).shape == (40, 40)
+
+
+# ---------------------------------------------------------------------- virtual heads, positions
+@pytest.mark.parametrize("norm", ["none", "rms"])
+def test_virtual_head_ov_against_dense_and_composition_scores(norm):
+    from qkov.circuits import virtual_head_ov
+    from qkov.composition import composition_scores
+
+    model = random_model(3, seed=2, norm=norm)
+    vh = virtual_head_ov(model)
+    H = model.cfg.n_heads
+    assert len(vh) == 3 * H * H  # pairs of layers (0,1), (0,2), (1,2)
+    assert [v.v_composition for v in vh] == sorted((v.v_composition for v in vh), reverse=True)
+    v_scores = composition_scores(model, n_baseline=2).v
+    W = model.weights()
+    E = token_embedding(model)
+    for v in vh[:4]:
+        (l0, h0), (l1, h1) = v.heads
+        assert v.v_composition == pytest.approx(float(v_scores[l0, h0, l1, h1]), rel=1e-4)
+        dense = E @ W["W_V"][l0, h0] @ W["W_O"][l0, h0] @ W["W_V"][l1, h1] @ W["W_O"][l1, h1]
+        dense = dense @ W["W_U"]  # [d_vocab, d_vocab]: small here, to check against
+        assert v.eigenvalue_score == pytest.approx(
+            eigenvalue_score(torch.linalg.eigvals(dense)), abs=1e-3
+        )
+        json.dumps(v.to_dict())
+
+
+def test_positional_qk_of_a_planted_previous_token_head_is_off_diagonal():
+    from qkov.circuits import positional_qk
+
+    n = 10
+    cfg = ModelConfig(n_layers=1, n_heads=1, d_model=n, d_head=n, n_ctx=n, d_vocab=5)
+    W = {
+        "W_E": torch.zeros(5, n),
+        "W_pos": torch.eye(n),
+        "W_Q": torch.eye(n).reshape(1, 1, n, n),
+        "W_K": torch.diag(torch.ones(n - 1), 1).reshape(1, 1, n, n),  # k_s = e_{s+1}
+        "W_V": torch.eye(n).reshape(1, 1, n, n),
+        "W_O": torch.eye(n).reshape(1, 1, n, n),
+        "W_U": torch.zeros(n, 5),
+    }
+    model = AttnOnlyTransformer.from_weights(cfg, W)
+    pp = positional_qk(model, 0, 0, n_positions=6)
+    assert pp.shape == (6, 6)
+    expected = torch.diag(torch.ones(5), -1) / math.sqrt(n)  # destination d, source d - 1
+    torch.testing.assert_close(pp, expected)

@@ -296,3 +296,51 @@ def test_report_js_hover_details(browser, analysis, tmp_path):
     )
     errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
     assert errors == []
+
+
+@pytest.mark.parametrize("csp", [True, False], ids=["with-csp", "escaping-only"])
+def test_path_sections_in_chromium(browser, analysis, tmp_path, csp):
+    """The QK terms, virtual heads, positional QK and attribution sections render; hovering
+    an attribution token lists its top paths; changing the path recolours the text; hostile
+    tokens of the attributed text are text; no request, no console error."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from report_fixture import HOSTILE
+
+    page = tmp_path / "report.html"
+    page.write_text(render_report(analysis, csp=csp), encoding="utf-8")
+    events = _open(browser, page)
+    for sec in ("qk-terms", "positional-qk"):
+        svgs = browser.find_elements(By.CSS_SELECTOR, f"#m0-{sec} svg")
+        assert svgs and all(s.rect["width"] > 0 and s.rect["height"] > 0 for s in svgs)
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#m0-virtual-heads tbody tr")) == 2
+
+    view = browser.find_element(By.CSS_SELECTOR, "#m0-attribution .qkov-attrib")
+    spans = view.find_elements(By.CSS_SELECTOR, ".tok")
+    assert spans[3].text == HOSTILE[0] and spans[4].text == HOSTILE[1]  # shown as text
+    assert browser.execute_script("return window.__pwned") is None
+    assert not browser.find_elements(By.CSS_SELECTOR, "main img")
+    # Coloured by the selected path (L0H0: +0.25 at most positions, -0.75 at position 5).
+    colour = spans[5].value_of_css_property("background-color")
+    assert colour.startswith("rgba(214, 39, 40")  # red: L0H0 pushes " =" down there
+    Select(view.find_element(By.TAG_NAME, "select")).select_by_visible_text("L1H0")
+    assert spans[5].value_of_css_property("background-color").startswith("rgba(8, 81, 156")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", spans[5])
+    ActionChains(browser).move_to_element(spans[5]).perform()
+    tip = browser.find_element(By.CSS_SELECTOR, ".qkov-tip")
+    assert tip.is_displayed()
+    assert (
+        "next \u201c =\u201d" in tip.text
+        and "up: L1H0 +6.50, direct +1.00, L0H0>L1H0 +0.50" in tip.text
+    )
+    assert "down: L0H0 -0.75" in tip.text
+    _screenshot(
+        browser, _shots_dir(tmp_path) / f"report-attribution-{'csp' if csp else 'nocsp'}.png"
+    )
+
+    errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
+    assert errors == []
+    events += [json.loads(e["message"])["message"] for e in browser.get_log("performance")]
+    assert _requests(events, page.as_uri()) == []

@@ -10,7 +10,7 @@ from tokenizers.models import WordLevel
 
 from qkov import AttnOnlyTransformer, ModelConfig
 from qkov.errors import QkovError
-from qkov.trigrams import factoring_bugs, skip_trigrams, token_str
+from qkov.trigrams import factoring_bugs, skip_trigrams, split_token_trigrams, token_str
 
 
 def dense_trigram_scores(model: AttnOnlyTransformer, layer: int, head: int) -> torch.Tensor:
@@ -145,3 +145,61 @@ def test_errors_and_decoding():
         skip_trigrams(model, 0, 0, k=0)
     with pytest.raises(QkovError, match="layer 1 does not exist"):
         skip_trigrams(model, 1, 0)
+
+
+SPLIT_WORDS = [" Ralph", " R", "alph", " Rob", "ob", " Al", "ice", " Alice", " the", "[UNK]"]
+
+
+def ralph_model(noise: float = 0.05, seed: int = 0) -> AttnOnlyTransformer:
+    """One head planted to complete a split word: " R" attends to " Ralph" (QK), attending
+    to " Ralph" raises "alph" (OV). Every weight has Gaussian noise, so every trigram of the
+    vocabulary has some score."""
+    vocab = {w: i for i, w in enumerate(SPLIT_WORDS)}
+    V = len(vocab)
+    cfg = ModelConfig(
+        n_layers=1, n_heads=1, d_model=V, d_head=1, n_ctx=8, d_vocab=V, positional="none"
+    )
+    e = torch.eye(V)
+    g = torch.Generator().manual_seed(seed)
+
+    def noisy(x: torch.Tensor) -> torch.Tensor:
+        return x + noise * torch.randn(x.shape, generator=g)
+
+    ralph, r, alph = (e[vocab[w]] for w in (" Ralph", " R", "alph"))
+    weights = {
+        "W_E": noisy(e),
+        "W_Q": noisy(4.0 * r).reshape(1, 1, V, 1),
+        "W_K": noisy(ralph).reshape(1, 1, V, 1),
+        "W_V": noisy(ralph).reshape(1, 1, V, 1),
+        "W_O": noisy(5.0 * alph).reshape(1, 1, 1, V),
+        "W_U": noisy(e),
+    }
+    model = AttnOnlyTransformer.from_weights(cfg, weights)
+    model.tokenizer = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    return model
+
+
+def test_split_token_trigram_ralph_is_found_and_ranked_as_skip_trigrams():
+    model = ralph_model()
+    found = split_token_trigrams(model, 0, 0, k=3)
+    # " Ralph" = " R" + "alph", " Rob" = " R" + "ob", " Alice" = " Al" + "ice"
+    assert found.n_candidates == 3
+    top = found.trigrams[0]
+    assert (top.source_str, top.destination_str, top.out_str) == (" Ralph", " R", "alph")
+    assert top.attention > 0 and top.boost > 0 and found.n_favoured >= 1
+    # The same score as skip_trigrams (brute force over the dense table).
+    ref = dense_trigram_scores(model, 0, 0)
+    for t in found.trigrams:
+        assert t.score == pytest.approx(float(ref[t.source, t.destination, t.out]), abs=1e-5)
+    assert [t.score for t in found.trigrams] == sorted(
+        (t.score for t in found.trigrams), reverse=True
+    )
+    assert skip_trigrams(model, 0, 0, k=1)[0] == top  # here it is the head's best trigram too
+    json.dumps(found.to_dict())
+    # min_count drops the candidates with a rare token; without a tokenizer there are none.
+    model.token_counts = torch.tensor([50, 50, 50, 50, 50, 50, 50, 0, 50, 50])  # " Alice" rare
+    assert split_token_trigrams(model, 0, 0, min_count=10).n_candidates == 2
+    model.tokenizer = None
+    assert split_token_trigrams(model, 0, 0).n_candidates == 0
+    with pytest.raises(QkovError, match="k must be"):
+        split_token_trigrams(model, 0, 0, k=0)

@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 # public name -> the module that defines it
 _EXPORTS = {
     "icl_score": "qkov.ablation",
+    "attribute": "qkov.attribution",
     "evaluation_set": "qkov.data.evaluation",
     "term_importance": "qkov.ablation",
     "load": "qkov.checkpoint",
@@ -30,6 +31,9 @@ _EXPORTS = {
     "path_expansion": "qkov.circuits",
     "qk_circuit": "qkov.circuits",
     "qk_positional_terms": "qkov.circuits",
+    "positional_qk": "qkov.circuits",
+    "virtual_head_ov": "qkov.circuits",
+    "qk_expansion": "qkov.qk_expansion",
     "composition_score": "qkov.composition",
     "composition_scores": "qkov.composition",
     "ModelConfig": "qkov.config",
@@ -44,6 +48,7 @@ _EXPORTS = {
     "training_probe": "qkov.training_probe",
     "factoring_bugs": "qkov.trigrams",
     "skip_trigrams": "qkov.trigrams",
+    "split_token_trigrams": "qkov.trigrams",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -21,8 +21,9 @@ from torch import Tensor
 
 from qkov import __version__
 from qkov.ablation import icl_score, term_importance
+from qkov.attribution import attribute
 from qkov.checkpoint import load
-from qkov.circuits import qk_circuit, top_bigrams
+from qkov.circuits import positional_qk, qk_circuit, top_bigrams, virtual_head_ov
 from qkov.config import ModelConfig
 from qkov.data.evaluation import DEFAULT_SEQUENCES, EvaluationSet, evaluation_set
 from qkov.data.probes import repeated_random_tokens
@@ -34,9 +35,10 @@ from qkov.io import atomic_write_text, check_output_dir
 from qkov.loss import next_token_loss
 from qkov.metrics import phase_change, training_history
 from qkov.model import AttnOnlyTransformer
+from qkov.qk_expansion import QK_MAX_ORDER, qk_expansion_all
 from qkov.report import SCHEMA_VERSION, dumps, render_report
 from qkov.training_probe import training_probe
-from qkov.trigrams import DEFAULT_MIN_COUNT, skip_trigrams
+from qkov.trigrams import DEFAULT_MIN_COUNT, skip_trigrams, split_token_trigrams
 
 ModelLike = str | Path | AttnOnlyTransformer
 
@@ -47,6 +49,9 @@ SAMPLE_TEXT = (
     "def mean(values):\n    total = sum(values)\n    return total / len(values)\n"
 )
 MAX_SAMPLE_TOKENS = 48
+QK_TERM_SEQUENCES = 4  # evaluation sequences the QK terms are measured on
+POSITIONAL_QK_POSITIONS = 16  # the corner of W_pos W_QK W_pos^T shown per layer-0 head
+N_VIRTUAL_HEADS = 20  # virtual heads kept, by V-composition
 _ORDER_NAMES = {0: "direct path", 1: "single heads", 2: "virtual heads"}
 
 
@@ -179,7 +184,28 @@ def analyze_model(
             "baseline_std": comp["baseline_std"],
         }
     rec["term_importance"] = _term_importance(model, tokens)
+    rec["qk_terms"] = [
+        qe.summary() for qe in qk_expansion_all(model, tokens[:QK_TERM_SEQUENCES], QK_MAX_ORDER)
+    ]
+    if cfg.n_layers >= 2:
+        rec["virtual_heads"] = [v.to_dict() for v in virtual_head_ov(model)[:N_VIRTUAL_HEADS]]
+    if cfg.positional != "none":
+        rec["positional_qk"] = [
+            {
+                "head": [0, h],
+                "scores": _rounded(positional_qk(model, 0, h, POSITIONAL_QK_POSITIONS)),
+            }
+            for h in range(cfg.n_heads)
+        ]
+    else:
+        rec["not_computed"]["positional_qk"] = "positional='none': no W_pos"
+    ids, what = _sample_ids(model, sample_text, seed)
+    rec["attribution"] = {"text": what, **attribute(model, torch.tensor(ids)).to_dict()}
     return rec
+
+
+def _rounded(t: Tensor, digits: int = 3) -> list:
+    return [[round(x, digits) for x in row] for row in t.tolist()]
 
 
 def _training(rec: dict[str, Any], checkpoint: str | None) -> None:
@@ -221,6 +247,7 @@ def _head(
 ) -> dict[str, Any]:
     """A HEAD record: label and scores from classify_heads, spectra and skip-trigrams."""
     trig = skip_trigrams(model, r.layer, r.head, k=n_trigrams, per_source=2, min_count=min_count)
+    split = split_token_trigrams(model, r.layer, r.head, k=n_trigrams, min_count=min_count)
     return {
         "layer": r.layer,
         "head": r.head,
@@ -243,6 +270,19 @@ def _head(
             }
             for t in trig
         ],
+        "split_token_trigrams": {
+            "n_candidates": split.n_candidates,
+            "n_favoured": split.n_favoured,
+            "trigrams": [
+                {
+                    "source": t.source_str,
+                    "destination": t.destination_str,
+                    "out": t.out_str,
+                    "score": t.score,
+                }
+                for t in split.trigrams
+            ],
+        },
     }
 
 
@@ -309,13 +349,7 @@ def _order_name(order: int, n_terms: int, cfg: ModelConfig) -> str:
 def _attention(model: AttnOnlyTransformer, text: str, seed: int) -> dict[str, Any]:
     """The attention views: patterns on the first tokens of `text` (or, without a tokenizer,
     on one repeated random sequence)."""
-    n_max = min(MAX_SAMPLE_TOKENS, model.cfg.n_ctx)
-    ids = model.tokenizer.encode(text).ids[:n_max] if model.tokenizer is not None else []
-    what = "sample text" if text == SAMPLE_TEXT else "the given text"
-    if not ids:
-        half = max(2, n_max // 2)
-        ids = repeated_random_tokens(model.cfg.d_vocab, 1, half, seed)[0].tolist()[:n_max]
-        what = f"repeated random tokens (seed {seed})"
+    ids, what = _sample_ids(model, text, seed)
     patterns = attention_patterns(model, torch.tensor([ids]))[:, 0]  # [layer, head, dest, src]
     return {
         "tokens": [decode_token(model.tokenizer, i) for i in ids],
@@ -325,6 +359,19 @@ def _attention(model: AttnOnlyTransformer, text: str, seed: int) -> dict[str, An
         ],
         "text": what,
     }
+
+
+def _sample_ids(model: AttnOnlyTransformer, text: str, seed: int) -> tuple[list[int], str]:
+    """The tokens the attention and attribution views show: the first tokens of `text`,
+    or (no tokenizer) one repeated random sequence; and what they are."""
+    n_max = min(MAX_SAMPLE_TOKENS, model.cfg.n_ctx)
+    ids = model.tokenizer.encode(text).ids[:n_max] if model.tokenizer is not None else []
+    what = "sample text" if text == SAMPLE_TEXT else "the given text"
+    if len(ids) < 2:
+        half = max(2, n_max // 2)
+        ids = repeated_random_tokens(model.cfg.d_vocab, 1, half, seed)[0].tolist()[:n_max]
+        what = f"repeated random tokens (seed {seed})"
+    return ids, what
 
 
 def _complex_pairs(z: Tensor) -> list[list[float]]:

@@ -558,3 +558,76 @@ def top_bigrams(model: AttnOnlyTransformer, k: int = 20) -> list[dict[str, Any]]
 OVCopying = OVStatistics
 ov_copying = ov_statistics
 ov_copying_all = ov_statistics_all
+
+
+# ---------------------------------------------------------------------- virtual heads' OV
+@dataclass
+class VirtualHeadOV:
+    """The OV circuit of virtual head h0 -> h1 (V-composition), W_E W_OV^{h0} W_OV^{h1} W_U
+    [d_vocab (source), d_vocab (out)]: what h1 writes to the logits when it attends to a
+    position where h0 attended to a source token. eigenvalue_score: its Σλ/Σ|λ|;
+    v_composition: ||W_OV^{h0} W_OV^{h1}||_F / (||W_OV^{h0}||_F ||W_OV^{h1}||_F)."""
+
+    heads: Chain  # ((l0, h0), (l1, h1)), l0 < l1
+    v_composition: float
+    eigenvalue_score: float
+
+    @property
+    def name(self) -> str:
+        return ">".join(f"L{l}H{h}" for l, h in self.heads)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "heads": [list(lh) for lh in self.heads],
+            "name": self.name,
+            "v_composition": self.v_composition,
+            "ov_eigenvalue_score": self.eigenvalue_score,
+        }
+
+
+@torch.no_grad()
+def virtual_head_ov(model: Transformer) -> list[VirtualHeadOV]:
+    """Every two-head virtual head (l0 < l1) with its OV Σλ/Σ|λ| and V-composition score,
+    highest composition first. The spectrum is that of the d_head x d_head
+    W_O^{h1} W_U E W_V^{h0} W_O^{h0} W_V^{h1}, never the vocab x vocab circuit (E =
+    token_embedding; weights folded, biases and MLPs between the heads left out)."""
+    from qkov.composition import composition_score
+
+    m = folded(model)
+    w, E = m.weights(), token_embedding(m)
+    out = []
+    for l0 in range(m.cfg.n_layers):
+        for h0 in range(m.cfg.n_heads):
+            first = E @ w["W_V"][l0, h0] @ w["W_O"][l0, h0]  # [d_vocab, d_model]
+            for l1 in range(l0 + 1, m.cfg.n_layers):
+                for h1 in range(m.cfg.n_heads):
+                    circuit = FactoredMatrix(
+                        first @ w["W_V"][l1, h1], w["W_O"][l1, h1] @ w["W_U"]
+                    )  # [d_vocab, d_head] x [d_head, d_vocab]
+                    score = composition_score(
+                        FactoredMatrix(w["W_V"][l0, h0], w["W_O"][l0, h0]),
+                        FactoredMatrix(w["W_V"][l1, h1], w["W_O"][l1, h1]),
+                    )
+                    out.append(
+                        VirtualHeadOV(
+                            heads=((l0, h0), (l1, h1)),
+                            v_composition=float(score),
+                            eigenvalue_score=eigenvalue_score(circuit.eigenvalues),
+                        )
+                    )
+    return sorted(out, key=lambda v: -v.v_composition)
+
+
+# ---------------------------------------------------------------------- positional QK
+@torch.no_grad()
+def positional_qk(
+    model: Transformer, layer: int, head: int, n_positions: int | None = None
+) -> Tensor:
+    """W_pos W_QK W_pos^T / sqrt(d_head): [n_positions (destination), n_positions (source)],
+    the position x position QK term of head (layer, head) (weights folded; the first
+    n_positions positions, default n_ctx). A previous-token head shows the off-diagonal
+    (source = destination - 1). Exact for layer 0 up to the norm scale; later layers read
+    more than W_pos."""
+    terms = qk_positional_terms(model, layer, head)
+    n = min(n_positions or model.cfg.n_ctx, model.cfg.n_ctx)
+    return terms.pos_pos.rows(0, n).dense(force=True)[:, :n] / model.cfg.d_head**0.5

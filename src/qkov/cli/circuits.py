@@ -1,4 +1,5 @@
-"""`qkov circuits DIR`: per-head OV eigenvalue statistics and top skip-trigrams."""
+"""`qkov circuits DIR`: per-head OV eigenvalue statistics, top skip-trigrams (and the
+token-split ones), and the virtual heads' OV statistic ranked by V-composition."""
 
 from __future__ import annotations
 
@@ -29,6 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_token_filter_flags(p)
     p.add_argument("--bugs", type=int, default=3, help="factoring bugs shown per head")
     p.add_argument(
+        "--split-k",
+        type=int,
+        default=10,
+        help="token-split skip-trigrams [ab] ... [a] -> [b] shown per head (0: none)",
+    )
+    p.add_argument(
         "--chunk-size", type=int, default=None, help="vocab rows per dense chunk (memory bound)"
     )
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -46,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         ("--top-k", args.top_k, 1),
         ("--per-source", args.per_source, 0),
         ("--bugs", args.bugs, 0),
+        ("--split-k", args.split_k, 0),
     ):
         if value < low:
             raise QkovError(f"{flag} must be >= {low}, got {value}")
@@ -70,8 +78,9 @@ def run(args: argparse.Namespace) -> int:
     min_count = wanted if model.token_counts is not None else None
     print("\n" + _filter_note(model, min_count))
     results = [{**ov[lh].to_dict(), **_head_trigrams(model, *lh, args, min_count)} for lh in heads]
+    virtual = _virtual_heads(model)
     if args.json is not None:
-        record = {"min_token_count": min_count, "heads": results}
+        record = {"min_token_count": min_count, "heads": results, "virtual_heads": virtual}
         atomic_write_text(args.json, json.dumps(record, indent=2) + "\n")
         print(f"\nwrote {args.json}")
     return 0
@@ -92,7 +101,7 @@ def _filter_note(model, min_count: int | None) -> str:
 def _head_trigrams(model, layer: int, head: int, args, min_count: int | None) -> dict:
     """Print one head's skip-trigrams and factoring bugs; return them as JSON records."""
     from qkov.cli import plural
-    from qkov.trigrams import factoring_bugs, skip_trigrams
+    from qkov.trigrams import factoring_bugs, skip_trigrams, split_token_trigrams
 
     trigrams = skip_trigrams(
         model,
@@ -118,7 +127,33 @@ def _head_trigrams(model, layer: int, head: int, args, min_count: int | None) ->
             "  no factoring bug: no two of these skip-trigrams share a source token "
             "with different destinations and outs"
         )
-    return {
+    record = {
         "skip_trigrams": [t.to_dict() for t in trigrams],
         "factoring_bugs": [b.to_dict() for b in bugs],
     }
+    if args.split_k:
+        split = split_token_trigrams(model, layer, head, k=args.split_k, min_count=min_count)
+        print(
+            f"  token-split skip-trigrams [ab] ... [a] -> [b]{note}: {split.n_favoured:,} of "
+            f"{split.n_candidates:,} favoured (attention > 0 and boost > 0); top "
+            f"{len(split.trigrams)}:"
+        )
+        for i, t in enumerate(split.trigrams, 1):
+            print(f"  {i:>2}. {t}   attn {t.attention:+.2f}  boost {t.boost:+.2f}")
+        record["split_token_trigrams"] = split.to_dict()
+    return record
+
+
+def _virtual_heads(model, n: int = 10) -> list[dict]:
+    """Print the virtual heads (V-composition) with the highest composition scores and
+    their OV Σλ/Σ|λ|; return every one as JSON records."""
+    from qkov.circuits import virtual_head_ov
+
+    virtual = virtual_head_ov(model)
+    if not virtual:
+        return []
+    print(f"\nvirtual heads (V-composition), top {min(n, len(virtual))} of {len(virtual)}:")
+    print("virtual head    V-composition   OV sum(l)/sum|l|")
+    for v in virtual[:n]:
+        print(f"{v.name:<15} {v.v_composition:13.3f}   {v.eigenvalue_score:+16.3f}")
+    return [v.to_dict() for v in virtual]

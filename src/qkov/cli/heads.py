@@ -37,6 +37,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--terms", action="store_true", help="term importance: ablate each path order and head"
     )
+    p.add_argument(
+        "--qk-terms",
+        action="store_true",
+        help="split each head's attention scores on the evaluation set into QK terms "
+        "(query-side path x key-side path: direct, Q-, K-composition) and rank them",
+    )
+    p.add_argument(
+        "--qk-seqs", type=int, default=8, help="evaluation sequences the QK terms are measured on"
+    )
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.set_defaults(func=run)
 
@@ -53,8 +62,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.json:
         check_output_file(args.json, "--json")
-    if args.batch_size < 1 or args.eval_seqs < 1:
-        raise QkovError("--batch-size and --eval-seqs must be at least 1")
+    if args.batch_size < 1 or args.eval_seqs < 1 or args.qk_seqs < 1:
+        raise QkovError("--batch-size, --eval-seqs and --qk-seqs must be at least 1")
     text = read_text_file(args.text, "--text") if args.text else None
     model = load(args.dir)
     cfg = model.cfg
@@ -93,6 +102,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nterm importance on {where} (attention patterns frozen for path orders)")
         print(ti.table())
         result["term_importance"] = ti.to_dict()
+
+    if args.qk_terms and cls.records:
+        from qkov.qk_expansion import QK_MAX_ORDER, qk_expansion_all, qk_terms_table
+
+        tokens = ev.tokens[: args.qk_seqs]
+        expansions = qk_expansion_all(model, tokens, max_order=QK_MAX_ORDER)
+        print(
+            f"\nQK terms on {where} (first {tokens.shape[0]} sequences; earlier patterns "
+            f"frozen; chains of more than {QK_MAX_ORDER} heads summed as 'remainder')"
+        )
+        print(qk_terms_table(expansions))
+        result["qk_terms"] = [qe.summary() for qe in expansions]
 
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=1) + "\n")

@@ -10,6 +10,7 @@ import base64
 import hashlib
 from typing import Any
 
+from qkov.report import paths as P
 from qkov.report import sections as S
 from qkov.report.cards import loss_comparison, model_cards, model_id
 from qkov.report.escape import esc, jsonable
@@ -45,6 +46,16 @@ def model_block(index: int, m: dict) -> str:
         _section(f"{mid}-attention", "Attention on a sample text", S.attention_section(m, view)),
         _section(f"{mid}-composition", "Composition (Q / K / V)", S.composition_section(m)),
         _section(f"{mid}-induction", "Induction circuit", S.induction_section(m)),
+        _section(f"{mid}-qk-terms", "QK terms: what queries and keys read", P.qk_terms_section(m)),
+        _section(f"{mid}-virtual-heads", "Virtual heads' OV circuits", P.virtual_heads_section(m)),
+        _section(
+            f"{mid}-positional-qk", "Positional QK of layer-0 heads", P.positional_qk_section(m)
+        ),
+        _section(
+            f"{mid}-attribution",
+            "Attribution: paths behind each next token",
+            P.attribution_section(m, f"attrib-{mid}"),
+        ),
         _section(f"{mid}-terms", "Term importance", S.term_importance_section(m)),
         _section(f"{mid}-training", "Training curves", S.training_section(m)),
     ]

@@ -1,6 +1,7 @@
 """The analysis dict (the content of analysis.json), version 2.
 
-Version 2 grew additively (old files still read, so the version stays): term kind "mlp"
+Version 2 grew additively (old files still read, so the version stays): qk_terms,
+virtual_heads, positional_qk, attribution and each head's split_token_trigrams; term kind "mlp"
 for models with MLPs, whose config also has d_mlp, act_fn, bias and normalization
 "layernorm"/"rmsnorm" (ModelConfig's fields, as every config key).
 
@@ -72,6 +73,20 @@ computed" (with the reason from `not_computed` if given). Names are the library'
                    "last_val_loss": {"value": float, "step": int, "tokens": float} | null},
       "phase_change": {"tokens": [float, float]} | null,  # where the probe induction score
                                            # crosses from < 0.1 to >= half its final value
+      "qk_terms": [{"layer": int, "head": int,      # qkov.qk_expansion on the evaluation set:
+                    "kinds": [{"kind": str, "size": float}],  # direct | Q-composition |
+                                           # K-composition | Q+K-composition, largest first
+                    "terms": [{"name": str, "kind": str, "query": str, "key": str,
+                               "size": float}],  # the largest (query side . key side) terms
+                    "n_terms": int, "max_abs_error": float}],
+      "virtual_heads": [{"heads": [[l0, h0], [l1, h1]], "name": str, "v_composition": float,
+                         "ov_eigenvalue_score": float}],  # by V-composition, highest first
+      "positional_qk": [{"head": [0, h], "scores": [[float]]}],  # W_pos W_QK W_pos^T /
+                                           # sqrt(d_head) [destination][source], first positions
+      "attribution": {"text": str, "tokens": [str], "predicted": [str], "paths": [str],
+                      "logit": [float],    # logit of tokens[i + 1] at position i
+                      "contributions": [[float]],  # [position][path], summing to logit
+                      "max_abs_error": float},
       "not_computed": {section: reason}    # why a section is missing
     }
 
@@ -87,7 +102,10 @@ computed" (with the reason from `not_computed` if given). Names are the library'
       "ov_eigenvalue_score": float | null, # sum(lambda) / sum(|lambda|) of the OV circuit
       "ov_eigenvalues": [[re, im], ...],   # nonzero eigenvalues of W_E W_OV W_U
       "qk_eigenvalues": [[re, im], ...],   # of W_E W_QK W_E^T
-      "skip_trigrams": [{"source": str, "destination": str, "out": str, "score": float}]
+      "skip_trigrams": [{"source": str, "destination": str, "out": str, "score": float}],
+      "split_token_trigrams": {"n_candidates": int, "n_favoured": int,  # [ab] ... [a] -> [b]
+                               "trigrams": [{"source": str, "destination": str, "out": str,
+                                             "score": float}]}
     }
 """
 

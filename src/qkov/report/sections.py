@@ -11,6 +11,7 @@ from typing import Any
 from qkov.report.cards import evaluation_text, token_filter_text
 from qkov.report.escape import esc
 from qkov.report.fmt import count, num, si
+from qkov.report.paths import split_trigrams_block
 from qkov.report.svg import (
     attention_svg,
     circuit_diagram,
@@ -129,7 +130,8 @@ def head_card(m: dict, h: dict, view_id: str | None, prefix: str) -> str:
         f"{_scores_line(h.get('scores'), 'scores')}"
         f"{_scores_line(h.get('text_scores'), 'text_scores')}"
         f'{stat}<div class="plots">{"".join(plots)}</div>'
-        f"{_head_attention(m, layer, head, view_id)}{trig}</div>"
+        f"{_head_attention(m, layer, head, view_id)}{trig}"
+        f"{split_trigrams_block(m, h, token_table, token_filter_text(m.get('token_filter')))}</div>"
     )
 
 

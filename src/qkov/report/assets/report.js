@@ -94,10 +94,50 @@
     select.addEventListener("change", function () { paint(-1); });
   }
 
+  // Attribution view: tokens coloured by one path's push on the next token's logit (blue
+  // up, red down); hovering a token lists the paths pushing its next token up and down.
+  function wireAttrib(view) {
+    var d = data(view.getAttribute("data-src"));
+    var select = view.querySelector("select");
+    var spans = view.querySelectorAll(".tok[data-i]");
+    if (!d || !select) { return; }
+    function paint() {
+      var p = +select.value, top = 0, i;
+      for (i = 0; i < d.contributions.length; i++) { top = Math.max(top, Math.abs(d.contributions[i][p])); }
+      for (i = 0; i < spans.length; i++) {
+        var v = d.contributions[+spans[i].getAttribute("data-i")][p], a = top ? Math.abs(v) / top : 0;
+        spans[i].style.backgroundColor = a > 0.02 ? (v > 0 ? "rgba(8,81,156," : "rgba(214,39,40,") + (a * 0.85).toFixed(3) + ")" : "";
+        spans[i].style.color = a > 0.55 ? "#fff" : "";
+      }
+    }
+    function fmt(list) {
+      return list.map(function (e) { return d.paths[e[0]] + " " + (e[1] > 0 ? "+" : "") + e[1].toFixed(2); }).join(", ") || "none";
+    }
+    Array.prototype.forEach.call(spans, function (s) {
+      s.addEventListener("mouseenter", function (ev) {
+        var i = +s.getAttribute("data-i"), row = d.contributions[i];
+        var order = row.map(function (v, p) { return [p, v]; }).sort(function (a, b) { return b[1] - a[1]; });
+        var up = order.filter(function (e) { return e[1] > 0; }).slice(0, 3);
+        var down = order.filter(function (e) { return e[1] < 0; }).reverse().slice(0, 3);
+        show(ev, "#" + i + " " + q(d.tokens[i]) + " \u2192 next " + q(d.tokens[i + 1]) +
+          " (predicted " + q(d.predicted[i]) + "), logit " + d.logit[i].toFixed(2) + ";  " +
+          d.paths[+select.value] + ": " + row[+select.value].toFixed(2) +
+          ";  up: " + fmt(up) + ";  down: " + fmt(down));
+      });
+      s.addEventListener("mouseleave", hide);
+    });
+    select.addEventListener("change", paint);
+    paint();
+  }
+
   function init() {
     Array.prototype.forEach.call(document.querySelectorAll("g[data-attn]:not([data-wired])"), function (g) {
       g.setAttribute("data-wired", "1");
       wireHeatmap(g);
+    });
+    Array.prototype.forEach.call(document.querySelectorAll(".qkov-attrib:not([data-wired])"), function (v) {
+      v.setAttribute("data-wired", "1");
+      wireAttrib(v);
     });
     Array.prototype.forEach.call(document.querySelectorAll(".qkov-strip:not([data-wired])"), function (s) {
       s.setAttribute("data-wired", "1");

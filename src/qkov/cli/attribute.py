@@ -1,0 +1,58 @@
+"""`qkov attribute DIR --text-file F`: per position, the prediction, the actual next token and
+the paths pushing its logit up and down (exact: they sum to the logit)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "attribute",
+        help="per-token logit attribution of a text to paths (direct, heads, virtual heads)",
+        description="Run the model on a text and, at every position, split the logit of the "
+        "token that actually comes next into paths (the direct path, each head, each virtual "
+        "head, biases and MLP outputs), with attention patterns, norm scales and MLP outputs "
+        "frozen: the contributions sum exactly to the logit. A '*' marks a position whose "
+        "prediction (argmax) is not the actual next token.",
+    )
+    p.add_argument("dir", help="checkpoint directory (config.json, model.safetensors, tokenizer)")
+    p.add_argument("--text-file", required=True, help="the text (at most n_ctx tokens)")
+    p.add_argument("-k", "--top-k", type=int, default=3, help="paths shown up and down per token")
+    p.add_argument(
+        "--max-order",
+        type=int,
+        default=None,
+        help="paths through more heads than this are summed into one remainder path",
+    )
+    p.add_argument("--json", default=None, help="also write the attribution to this JSON file")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from qkov.attribution import attribute_text
+    from qkov.checkpoint import load
+    from qkov.cli.analyze import read_text_file
+    from qkov.errors import QkovError
+    from qkov.io import atomic_write_text, check_output_file
+
+    if args.top_k < 1:
+        raise QkovError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.max_order is not None and args.max_order < 0:
+        raise QkovError(f"--max-order must be >= 0, got {args.max_order}")
+    if args.json:
+        check_output_file(args.json, "--json")
+    text = read_text_file(args.text_file)
+    model = load(args.dir)
+    att = attribute_text(model, text, max_order=args.max_order)
+    print(
+        f"{args.dir} on {args.text_file}: {len(att.tokens)} tokens, {len(att.paths)} paths; "
+        f"logit of the actual next token split into paths (max |sum - logit| = "
+        f"{att.max_abs_error():.1e})"
+    )
+    print("\n".join(att.lines(args.top_k)))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(att.to_dict()) + "\n")
+        print(f"\nwrote {args.json}")
+    return 0

@@ -1,0 +1,82 @@
+"""Per-token attribution: contributions sum to the next token's logit; a planted induction
+head is the top path at a repeated token; `qkov attribute` prints it and refuses bad input."""
+
+import json
+
+import pytest
+import torch
+
+import factories
+from qkov import attribute, shipped
+from qkov.attribution import attribute_text
+from qkov.cli import main
+from qkov.errors import QkovError
+
+
+@pytest.mark.parametrize("max_order", [None, 1])
+@pytest.mark.parametrize("norm", ["none", "layernorm"])
+def test_contributions_sum_to_next_token_logits(norm, max_order):
+    model = factories.general_model(2, normalization=norm, init_std=0.3 if norm == "none" else 0.4)
+    tokens = factories.random_tokens(model, batch=1)[0]
+    att = attribute(model, tokens, max_order=max_order)
+    n = len(tokens)
+    with torch.no_grad():
+        logits = model(tokens[None])[0]
+    expected = logits[torch.arange(n - 1), tokens[1:]]
+    torch.testing.assert_close(att.contributions.sum(-1), expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(att.logit, expected)
+    assert att.contributions.shape == (n - 1, len(att.paths))
+    assert (att.predicted == logits[:-1].argmax(-1)).all()
+    assert {"direct", "L0H0", "L0H0>L1H1", "direct[mlp0]"} <= set(att.paths) or max_order == 1
+    up, down = att.top(3, k=2)
+    assert all(v > 0 for _, v in up) and all(v < 0 for _, v in down)
+    assert len(att.lines()) == n  # a header and a line per predicted position
+    json.dumps(att.to_dict())
+
+
+def test_planted_induction_head_is_top_path_at_repeated_token():
+    model = factories.induction_model()
+    g = torch.Generator().manual_seed(3)
+    first = torch.randperm(12, generator=g)[:6]
+    tokens = torch.cat([first, first])
+    att = attribute(model, tokens)
+    # At positions 7..10 of the second copy, the next token is the one after the first
+    # occurrence: the induction head L1H0 reading the token there is the top path.
+    for i in range(7, 11):
+        up, _ = att.top(i, k=1)
+        assert up[0][0] == "L1H0", (i, up)
+        assert up[0][1] > 0.5  # most of a one-hot copy (attention near 1)
+
+
+def test_attribute_refuses_bad_input():
+    model = factories.random_model(1)
+    with pytest.raises(QkovError, match="at least 2 tokens"):
+        attribute(model, torch.tensor([3]))
+    with pytest.raises(QkovError, match="one sequence"):
+        attribute(model, torch.zeros(2, 4, dtype=torch.long))
+    with pytest.raises(QkovError, match="no tokenizer"):
+        attribute_text(model, "hello")
+
+
+def test_cli_attribute(tmp_path, capsys):
+    text = tmp_path / "snippet.py"
+    text.write_text("def f(x):\n    y = x\n    return y\n")
+    out = tmp_path / "att.json"
+    assert (
+        main(["attribute", str(shipped("attn2")), "--text-file", str(text), "--json", str(out)])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    header = printed.splitlines()[0]
+    err = float(header.split("max |sum - logit| = ")[1].rstrip(")"))
+    assert err <= 1e-4
+    record = json.loads(out.read_text())
+    assert len(record["contributions"]) == len(record["tokens"]) - 1
+    assert "L1H0" in record["paths"] and "L0H1>L1H0" in record["paths"]
+    long = tmp_path / "long.txt"
+    long.write_text("x = 1\n" * 400)
+    assert main(["attribute", str(shipped("attn2")), "--text-file", str(long)]) == 2
+    assert "shorten it" in capsys.readouterr().err
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  ")
+    assert main(["attribute", str(shipped("attn2")), "--text-file", str(empty)]) == 2

@@ -109,12 +109,16 @@ def setup(stdlib_tar: Path, cache: Path) -> None:
     sys.path.insert(0, str(Path("src").resolve()))
 
 
-def train_all(runs_dir: Path, minutes: float, only: list[str], smoke: bool) -> dict[str, dict]:
+def train_all(
+    runs_dir: Path, minutes: float, only: list[str], smoke: bool, init_from: str | None = None
+) -> dict[str, dict]:
     procs = {}
     for name, (what, flags) in RUNS.items():
         if only and name not in only:
             continue
         cmd = f"qkov train {COMMON} {flags} --steps 100000 --out runs/{name}"
+        if init_from:  # a second stage: the weights of a first one, a fresh optimizer
+            cmd += f" --init-from {init_from} --warmup 200"
         if smoke:  # a CPU check of this script: tiny widths, same structure
             cmd = (
                 cmd.replace("--d-model 512", "--d-model 32")
@@ -251,6 +255,7 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=Path("/tmp/qkov-runs"))
     ap.add_argument("--only", nargs="*", default=[])
     ap.add_argument("--budget-mb", type=float, default=55.0)
+    ap.add_argument("--init-from", help="start the --only runs from these weights (stage 2)")
     ap.add_argument("--smoke", action="store_true", help="tiny models on the CPU: test this script")
     args = ap.parse_args()
     t0 = time.time()
@@ -266,7 +271,7 @@ def main() -> None:
         "torch": torch.__version__,
         "python": sys.version.split()[0],
         "minutes": args.minutes,
-        "runs": train_all(args.runs, args.minutes, args.only, args.smoke),
+        "runs": train_all(args.runs, args.minutes, args.only, args.smoke, args.init_from),
     }
     log(f"training done in {time.time() - t0:.0f} s")
     for name in summary["runs"]:

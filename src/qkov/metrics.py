@@ -62,7 +62,9 @@ def _tokens(rec: dict[str, Any]) -> float:
 
 def training_history(run_dir: str | Path) -> dict[str, Any] | None:
     """The training curves of a run: {"series": {name: [[tokens, value], ...]},
-    "last_val_loss": {"value", "step", "tokens"} | None}, None without a metrics.jsonl.
+    "last_val_loss": {"value", "step", "tokens"} | None, "circuit_heads": {"induction_head",
+    "partner_head"} | None (the heads of the last probe's induction-circuit statistics)},
+    None without a metrics.jsonl.
 
     A run trained `--init-from` a base run whose record is in run_dir/base/ (a shipped
     two-stage model) continues the base's curves, its tokens counted on from the base's."""
@@ -77,6 +79,7 @@ def training_history(run_dir: str | Path) -> dict[str, Any] | None:
         series = {k: [list(p) for p in v] for k, v in base["series"].items()}
         offset = max((p[0] for v in base["series"].values() for p in v), default=0.0)
     last_val = base["last_val_loss"] if base is not None else None
+    circuit = base.get("circuit_heads") if base is not None else None
     for rec in records:
         x = offset + _tokens(rec)
         for key, value in rec.items():
@@ -84,7 +87,9 @@ def training_history(run_dir: str | Path) -> dict[str, Any] | None:
                 series.setdefault(key, []).append([x, value])
         if _number(rec.get("val_loss")):
             last_val = {"value": rec["val_loss"], "step": rec["step"], "tokens": x}
-    return {"series": series, "last_val_loss": last_val}
+        if isinstance(rec.get("probe_induction_head"), str):
+            circuit = {k: rec.get(f"probe_{k}") for k in ("induction_head", "partner_head")}
+    return {"series": series, "last_val_loss": last_val, "circuit_heads": circuit}
 
 
 def phase_change(history: dict[str, Any] | None, final_min: float = 0.3) -> dict[str, Any] | None:

@@ -70,7 +70,10 @@ computed" (with the reason from `not_computed` if given). Names are the library'
                                            # layers see the change. Layer-major order.
       "training": {"series": {name: [[tokens, value], ...]},   # from metrics.jsonl; x is
                                            # tokens seen (a two-stage run continues its base)
-                   "last_val_loss": {"value": float, "step": int, "tokens": float} | null},
+                   "last_val_loss": {"value": float, "step": int, "tokens": float} | null,
+                   "circuit_heads": {"induction_head": str, "partner_head": str} | null},
+                                           # series probe_k_composition, probe_qk_eigenvalue,
+                                           # probe_ov_eigenvalue: qkov.induction_circuit
       "phase_change": {"tokens": [float, float]} | null,  # where the probe induction score
                                            # crosses from < 0.1 to >= half its final value
       "qk_terms": [{"layer": int, "head": int,      # qkov.qk_expansion on the evaluation set:

@@ -310,6 +310,9 @@ def _phase_band(m: dict) -> tuple[float, float] | None:
     return start, end
 
 
+CIRCUIT_SERIES = ("probe_k_composition", "probe_qk_eigenvalue", "probe_ov_eigenvalue")
+
+
 def training_section(m: dict) -> str:
     """Training curves against tokens seen; the phase change is shaded and captioned only
     where the analysis found one (MODEL.phase_change)."""
@@ -320,12 +323,16 @@ def training_section(m: dict) -> str:
     band = _phase_band(m)
     losses = {k: v for k, v in series.items() if "loss" in k}
     icl = {k: v for k, v in series.items() if "icl" in k and k not in losses}
-    scores = {k: v for k, v in series.items() if k not in losses and k not in icl}
+    circuit = {k: v for k, v in series.items() if k in CIRCUIT_SERIES}
+    scores = {
+        k: v for k, v in series.items() if k not in losses and k not in icl and k not in circuit
+    }
     out = []
     for group, title, y_label in (
         (losses, "training loss", "loss (nats)"),
         (scores, "head scores over training (random-token probe)", "score"),
         (icl, "ICL score over training (random-token probe)", "nats"),
+        (circuit, "the induction circuit forming (weights)", "statistic"),
     ):
         if group:
             chart = line_chart(group, title, "tokens seen", y_label, width=420, band=band)
@@ -337,6 +344,15 @@ def training_section(m: dict) -> str:
         notes.append(
             f"val_loss is training's own held-out estimate{at}; the model card's loss is "
             "measured on the evaluation set."
+        )
+    heads = tr.get("circuit_heads") or {}
+    if circuit and heads.get("induction_head"):
+        notes.append(
+            "The induction circuit, read from the weights at each probe: K-composition of the "
+            "best induction head's keys with its partner's output, Σλ/Σ|λ| of the induction QK "
+            "term through the partner (token matching), and of the induction head's OV circuit "
+            f"(copying). At the last probe the heads are {heads['induction_head']} and its "
+            f"partner {heads.get('partner_head')}."
         )
     if band:
         notes.append(

@@ -1,0 +1,115 @@
+"""The induction circuit's statistics, the repetition test and kept snapshots, checked on
+a hand-built induction model and against a training run's own log."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from factories import induction_model
+from qkov.composition import baseline_scores
+from qkov.config import ModelConfig, TrainConfig
+from qkov.induction_circuit import induction_circuit
+from qkov.repetition import repetition_test
+from qkov.snapshots import list_snapshots, load_snapshot, snapshot_steps
+from qkov.train import train
+from qkov.training_probe import training_probe
+
+
+def test_planted_circuit_is_found_with_its_partner():
+    model = induction_model(noise=0.02)
+    scores = torch.tensor([[0.0, 0.0], [0.9, 0.1]])
+    c = induction_circuit(model, scores)
+    assert c["induction_head"] == "L1H0" and c["partner_head"] == "L0H0"
+    # The key of L1H0 reads exactly what L0H0 writes: far above random weights of the same
+    # shapes (the baseline qkov.composition uses), where the random head L1H1 stays.
+    base = baseline_scores(model.cfg.d_model, model.cfg.d_head, 200, 0)["k"]
+    assert c["k_composition"] > float(base.mean() + 6 * base.std())
+    noise_only = induction_circuit(model, torch.tensor([[0.0, 0.0], [0.1, 0.9]]))
+    assert noise_only["induction_head"] == "L1H1"
+    assert noise_only["k_composition"] < float(base.mean() + 3 * base.std())
+    assert c["qk_eigenvalue"] > 0.9  # token matching: the planted QK term is c * identity
+    assert c["ov_eigenvalue"] > 0.9  # copying: W_E W_OV W_U is about the identity
+
+
+def test_circuit_needs_two_layers():
+    c = induction_circuit(
+        induction_model().__class__(ModelConfig(n_layers=1, d_vocab=8, d_model=8, n_heads=2)),
+        torch.zeros(1, 2),
+    )
+    assert c["induction_head"] is None and math.isnan(c["k_composition"])
+
+
+def test_repetition_test_scores_the_planted_head_and_its_losses():
+    model = induction_model(noise=0.02)
+    with torch.no_grad():
+        model.W_U.mul_(20.0)  # sharp logits: the copied token wins by a wide margin
+    r = repetition_test(model, batch=10, half_len=6, seed=0)
+    assert r.induction_scores.shape == (2, 2)
+    (layer, head, score), *_ = r.top_heads(1)
+    assert (layer, head) == (1, 0) and score > 0.9
+    # The planted head predicts the repeat; without it the repeat is no easier.
+    assert r.repeated_half_loss < r.first_half_loss / 2
+    with torch.no_grad():
+        model.W_O[1, 0].zero_()
+    knocked = repetition_test(model, batch=10, half_len=6, seed=0)
+    assert knocked.repeated_half_loss > 0.8 * knocked.first_half_loss
+    assert r.uniform_loss == pytest.approx(math.log(12))
+
+
+def test_repetition_losses_are_the_halves_of_the_token_losses():
+    from qkov.data.probes import repeated_random_tokens
+    from qkov.loss import token_losses
+
+    model = induction_model(noise=0.3, seed=1)
+    r = repetition_test(model, batch=4, half_len=5, seed=3)
+    tokens = repeated_random_tokens(12, 4, 5, 3)
+    with torch.no_grad():
+        losses = token_losses(model(tokens), tokens)  # [4, 9]: column t-1 predicts token t
+    assert r.first_half_loss == pytest.approx(float(losses[:, 0:4].mean()), rel=1e-5)
+    assert r.repeated_half_loss == pytest.approx(float(losses[:, 5:9].mean()), rel=1e-5)
+
+
+@pytest.mark.parametrize("total,n", [(1, 1), (10, 4), (1000, 16), (20000, 12), (50, 0)])
+def test_snapshot_steps(total, n):
+    steps = snapshot_steps(total, n)
+    if n == 0:
+        assert steps == []
+        return
+    assert steps == sorted(set(steps)) and steps[-1] == total and 1 <= len(steps) <= n
+    assert steps[0] >= max(1, total // 100)
+
+
+def test_logged_circuit_equals_the_snapshot_recomputed(tmp_path):
+    """What the training probe logs at a step is what the snapshot of that step gives."""
+    cfg = ModelConfig(n_layers=2, n_heads=2, d_model=16, n_ctx=16, d_vocab=32)
+    tc = TrainConfig(
+        corpus="induction-task",
+        steps=8,
+        batch_size=4,
+        probe_interval=1,
+        eval_interval=4,
+        keep_checkpoints=3,
+        warmup=1,
+    )
+    train(cfg, tc, tmp_path / "run", progress=False)
+    kept = list_snapshots(tmp_path / "run")
+    assert kept == snapshot_steps(8, 3)
+    records = {r["step"]: r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").open())}
+    for step in kept:
+        again = training_probe(load_snapshot(tmp_path / "run", step).eval())
+        logged = records[step]
+        for key in ("probe_k_composition", "probe_qk_eigenvalue", "probe_ov_eigenvalue"):
+            assert logged[key] == pytest.approx(again[key], abs=2e-5)
+        assert logged["probe_induction_head"] == again["probe_induction_head"]
+        assert logged["probe_partner_head"] == again["probe_partner_head"]
+
+
+def test_missing_snapshot_is_one_clear_error(tmp_path):
+    from qkov.errors import QkovError
+
+    with pytest.raises(QkovError, match="--keep-checkpoints"):
+        load_snapshot(tmp_path, 5)

@@ -111,9 +111,7 @@ def create_app(explorer: Explorer):
     async def _read_body(request: Request) -> bytes | Response:
         """The body, or a 413 as soon as it passes MAX_BODY_BYTES (never read whole)."""
         length = request.headers.get("content-length")
-        too_big = error(
-            f"request body over {MAX_BODY_BYTES // 1024} KiB: send a shorter text", 413
-        )
+        too_big = error(f"request body over {MAX_BODY_BYTES // 1024} KiB: send a shorter text", 413)
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
             return too_big if length.isdigit() else error("bad Content-Length header", 400)
         chunks, size = [], 0

@@ -12,17 +12,7 @@ import os
 import sys
 
 # Subcommand modules in the order `qkov --help` lists them.
-COMMANDS = [
-    "demo",
-    "train",
-    "sample",
-    "info",
-    "analyze",
-    "report",
-    "circuits",
-    "heads",
-    "explore",
-]
+COMMANDS = ["demo", "train", "sample", "info", "analyze", "report", "circuits", "heads", "explore"]
 
 
 def plural(n: int, word: str, many: str | None = None) -> str:

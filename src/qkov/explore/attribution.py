@@ -31,10 +31,11 @@ def next_token_attributions(
     largest |contribution| [{"name", "order", "logit"}], "rest": the other terms' sum}.
     total == sum(paths) + rest, to float rounding."""
     pe = path_expansion(model, tokens[None], max_order=MAX_ORDER)
-    logits = torch.stack([t.logits[0] for t in pe.terms])  # [term, pos, d_vocab]
-    centred = logits - logits.mean(-1, keepdim=True)
-    index = targets[None, :, None].expand(len(pe.terms), -1, 1)
-    share = centred.gather(-1, index)[..., 0]  # [term, pos]
+    # [term, pos]: each term's logit of the target minus its mean logit (no [term, pos,
+    # d_vocab] stack: one term's logits at a time)
+    share = torch.stack(
+        [t.logits[0].gather(-1, targets[:, None])[:, 0] - t.logits[0].mean(-1) for t in pe.terms]
+    )
     total = share.sum(0)  # [pos]
     out = []
     for i in range(tokens.shape[0]):

@@ -212,9 +212,10 @@ class Explorer:
 
 
 def _lower_triangle(pattern: torch.Tensor) -> list[list[float]]:
-    """[dest, src] -> row i holds sources 0..i (the rest is zero under the causal mask)."""
-    rows = pattern.float().tolist()
-    return [[round(x, 3) for x in row[: i + 1]] for i, row in enumerate(rows)]
+    """[dest, src] -> row i holds sources 0..i (the rest is zero under the causal mask),
+    rounded to 3 decimals (in float64, so each prints short)."""
+    rows = ((pattern.double() * 1000).round() / 1000).tolist()
+    return [row[: i + 1] for i, row in enumerate(rows)]
 
 
 def _rounded(a: dict[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ shipped models and on small random ones."""
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 import torch
@@ -237,5 +238,10 @@ def test_cli_binds_loopback_and_warns_otherwise(monkeypatch, capsys):
     assert "warning: --host 0.0.0.0 is not a loopback address" in capsys.readouterr().err
     assert main(["explore", "--port", "0"]) == 2
     assert main(["explore", "/no/such/run"]) == 2
+    with socket.socket() as busy:  # a port in use: one line, exit 2, before loading models
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert main(["explore", "--port", str(busy.getsockname()[1])]) == 2
+        assert "choose another --port" in capsys.readouterr().err
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2")

@@ -46,6 +46,30 @@ def run(args: argparse.Namespace) -> int:
             "that can reach it can use this server (it has no authentication)",
             file=sys.stderr,
         )
+    _check_port(args.host, args.port)
     explorer = Explorer.from_dirs(args.dirs)
     serve(explorer, args.host, args.port)
     return 0
+
+
+def _check_port(host: str, port: int) -> None:
+    """Refuse, before loading anything, an address this process cannot bind."""
+    import socket
+
+    from qkov.errors import QkovError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        msg = f"--host {host}: {e.strerror or e}: give an address such as 127.0.0.1"
+        raise QkovError(msg) from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise QkovError(
+                f"cannot listen on {host}:{port} ({e.strerror or e}): is another server using "
+                "it? choose another --port"
+            ) from None

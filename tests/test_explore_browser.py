@@ -121,9 +121,12 @@ def test_explore_in_chromium(tmp_path):
             ids = explorer.models["attn2"].model.tokenizer.encode(TEXT).ids
             _wait(
                 driver,
-                "return document.querySelectorAll('#tokens .tok').length == arguments[0]",
+                "const t = Array.from(document.querySelectorAll('#tokens .tok'));"
+                "return t.length == arguments[0] && t.map(s => s.textContent).join('')"
+                " == arguments[1] && !document.getElementById('status').textContent",
                 "the typed text's tokens",
                 len(ids),
+                TEXT.replace("\n", "\u21b5"),
             )
             toks = driver.find_elements(By.CSS_SELECTOR, "#tokens .tok")
             assert "".join(t.get_attribute("textContent") for t in toks) == TEXT.replace(
@@ -184,8 +187,8 @@ def test_explore_in_chromium(tmp_path):
             _wait(
                 driver,
                 "return document.querySelectorAll('#heads button.head').length == 8"
-                " && document.querySelectorAll('#tokens .tok').length > 0",
-                "mlp2 heads",
+                " && document.body.dataset.run == 'mlp2'",
+                "mlp2's heads and reading",
             )
             ActionChains(driver).move_to_element(
                 driver.find_elements(By.CSS_SELECTOR, "#tokens .tok")[5]
@@ -203,16 +206,18 @@ def test_explore_in_chromium(tmp_path):
             )
             _wait(
                 driver,
-                "return document.querySelectorAll('#tokens .tok').length > 0",
-                "attn0 tokens",
+                "return document.body.dataset.run == 'attn0'"
+                " && document.querySelectorAll('#tokens .tok').length > 0",
+                "attn0's reading",
             )
 
             # A hostile text is shown as text and never runs.
             Select(driver.find_element(By.ID, "model")).select_by_value("attn1")
             _wait(
                 driver,
-                "return document.querySelectorAll('#heads button.head').length == 4",
-                "attn1 heads",
+                "return document.querySelectorAll('#heads button.head').length == 4"
+                " && document.body.dataset.run == 'attn1'",
+                "attn1's heads and reading",
             )
             box.send_keys(Keys.CONTROL, "a")
             box.send_keys(Keys.DELETE)

@@ -56,6 +56,7 @@ async function chooseModel(name) {
   $("model-info").textContent = `${m.n_layers} layer${m.n_layers === 1 ? "" : "s"} \u00d7 ` +
     `${m.n_heads} heads${m.d_mlp ? ", MLPs" : ""}, n_ctx ${m.n_ctx}, vocab ${m.d_vocab}`;
   state.head = null; state.roles = []; state.run = null;
+  delete document.body.dataset.run;
   renderHeads(); renderHeadPanel(null);
   const roles = loadRoles(name);
   await runText();
@@ -102,6 +103,7 @@ async function runText() {
     if (state.dest === null || state.dest >= data.tokens.length) state.dest = data.tokens.length - 1;
     setError(""); setStatus("");
     renderTokens(); drawAll();
+    document.body.dataset.run = data.model;  // which model the shown reading is of
   } catch (e) {
     if (e.name === "AbortError") return;
     if (seq === state.seq) { setError(e.message); setStatus(""); }

@@ -287,6 +287,11 @@ class PathExpansion:
             f"logits={list(self.logits.shape)}, max_abs_error={self.max_abs_error():.2e})"
         )
 
+    def _repr_html_(self) -> str:  # Jupyter: the terms as bars (qkov.notebook)
+        from qkov.notebook import path_expansion_html
+
+        return path_expansion_html(self)
+
     def to_dict(self) -> dict[str, object]:
         return {
             "logits_shape": list(self.logits.shape),

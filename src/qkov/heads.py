@@ -413,6 +413,11 @@ class HeadClassification:
             "thresholds": dataclasses.asdict(self.thresholds),
         }
 
+    def _repr_html_(self) -> str:  # Jupyter: the report's head table (qkov.notebook)
+        from qkov.notebook import head_classification_html
+
+        return head_classification_html(self)
+
     def table(self) -> str:
         """A plain-text table: one row per head, and a legend of its columns."""
         lines = [

@@ -101,6 +101,16 @@ class SkipTrigram:
         return dict(vars(self))
 
 
+class SkipTrigramTable(list):
+    """The list `skip_trigrams` returns (a plain list in every other way), drawn as a table
+    in Jupyter (qkov.notebook)."""
+
+    def _repr_html_(self) -> str:
+        from qkov.notebook import skip_trigrams_html
+
+        return skip_trigrams_html(self)
+
+
 @dataclass(frozen=True)
 class FactoringBug:
     """Two trigrams sharing a source; the factored head also predicts their crossings."""
@@ -234,7 +244,7 @@ def skip_trigrams(
         for src, di, oi in zip(s.tolist(), i.tolist(), j.tolist(), strict=True)
     ]
     # Re-score exactly (scalar path) and sort: chunked and scalar rounding can differ slightly.
-    return sorted(out, key=lambda t: -t.score)
+    return SkipTrigramTable(sorted(out, key=lambda t: -t.score))
 
 
 @torch.no_grad()

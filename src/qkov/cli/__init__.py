@@ -22,6 +22,7 @@ COMMANDS = [
     "circuits",
     "heads",
     "attribute",
+    "explore",
 ]
 
 

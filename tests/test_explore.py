@@ -1,0 +1,247 @@
+"""`qkov explore`: the Explorer (a text through a model, head panels), its attribution
+adapter (exact: the paths sum to the logit), and the JSON API with its refusals, on the
+shipped models and on small random ones."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+import torch
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+
+from starlette.testclient import TestClient  # noqa: E402
+
+from explore_server import raw_get, running_server  # noqa: E402
+from factories import general_model, random_model  # noqa: E402
+from qkov.circuits import eigenvalue_score, qk_circuit  # noqa: E402
+from qkov.explore import Explorer  # noqa: E402
+from qkov.explore.app import MAX_BODY_BYTES, create_app, is_loopback  # noqa: E402
+from qkov.explore.attribution import next_token_attributions  # noqa: E402
+from qkov.names import LABELS  # noqa: E402
+
+TEXT = "import os\nimport sys\n\ndef f(x):\n    return x\n\nimport os\n"
+
+
+@pytest.fixture(scope="module")
+def explorer():
+    return Explorer.from_dirs([])  # the shipped models
+
+
+@pytest.fixture(scope="module")
+def client(explorer):
+    return TestClient(create_app(explorer))
+
+
+def centred(logits: torch.Tensor) -> torch.Tensor:
+    return logits - logits.mean(-1, keepdim=True)
+
+
+# ---------------------------------------------------------------------------- attribution
+@pytest.mark.parametrize(
+    "model",
+    [
+        random_model(2, n_heads=2),
+        random_model(1, "standard", normalization="rms"),
+        general_model(3),  # MLPs, biases, LayerNorm; chains past max_order go to a remainder
+    ],
+    ids=["attn-only", "standard-rms", "mlp-ln-bias-3-layers"],
+)
+def test_attributions_sum_to_the_centred_logit(model):
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(model.cfg.d_vocab, (model.cfg.n_ctx,), generator=g)
+    targets = torch.randint(model.cfg.d_vocab, (model.cfg.n_ctx,), generator=g)
+    out = next_token_attributions(model, tokens, targets, k=3)
+    with torch.no_grad():
+        want = centred(model(tokens[None])[0]).gather(-1, targets[:, None])[:, 0]
+    for i, a in enumerate(out):
+        assert len(a["paths"]) == 3
+        assert a["total"] == pytest.approx(float(want[i]), abs=1e-4)
+        assert sum(p["logit"] for p in a["paths"]) + a["rest"] == pytest.approx(a["total"])
+        sizes = [abs(p["logit"]) for p in a["paths"]]
+        assert sizes == sorted(sizes, reverse=True)
+    names = {p["name"] for a in out for p in a["paths"]}
+    if model.cfg.n_layers == 3:
+        assert any("mlp" in n or n.startswith("order>") or "bias" in n for n in names)
+
+
+# ---------------------------------------------------------------------------- the API
+def test_models_and_page(client, explorer):
+    r = client.get("/api/models")
+    assert r.status_code == 200
+    assert [m["name"] for m in r.json()["models"]] == ["attn2", "attn1", "attn0", "mlp2"]
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    for name in ("explore.js", "explore.css"):
+        assert client.get(f"/assets/{name}").status_code == 200
+    # the page names no other host
+    assert "http" not in page.text and "//" not in page.text.replace("<!--", "")
+
+
+@pytest.mark.parametrize("name", ["attn2", "attn1", "attn0", "mlp2"])
+def test_run_matches_the_model(client, explorer, name):
+    r = client.post("/api/run", json={"model": name, "text": TEXT})
+    assert r.status_code == 200, r.text
+    d = r.json()
+    model = explorer.models[name].model
+    ids = model.tokenizer.encode(TEXT).ids
+    assert d["ids"] == ids and "".join(d["tokens"]) == TEXT
+    n, cfg = len(ids), model.cfg
+    assert len(d["patterns"]) == cfg.n_layers
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(torch.tensor([ids]))
+    for l, layer in enumerate(d["patterns"]):
+        assert len(layer) == cfg.n_heads
+        for h, rows in enumerate(layer):
+            assert [len(r) for r in rows] == list(range(1, n + 1))  # sources 0..i
+            want = cache[f"pattern.{l}"][0, h]
+            for i, row in enumerate(rows):
+                assert row == pytest.approx(want[i, : i + 1].tolist(), abs=1e-3)
+    probs = logits[0].softmax(-1)
+    c = centred(logits[0])
+    for i, p in enumerate(d["predictions"]):
+        top = probs[i].topk(5)
+        assert [t["id"] for t in p["top"]] == top.indices.tolist()
+        t = p["target"]
+        assert t["actual"] == (i < n - 1)
+        assert t["id"] == (ids[i + 1] if i < n - 1 else p["top"][0]["id"])
+        assert t["prob"] == pytest.approx(float(probs[i, t["id"]]), abs=1e-4)
+        assert p["attribution"]["total"] == pytest.approx(float(c[i, t["id"]]), abs=2e-3)
+
+
+def test_model_is_optional(client):
+    r = client.post("/api/run", json={"text": "hello"})
+    assert r.status_code == 200 and r.json()["model"] == "attn2"
+
+
+def test_head_panel(client, explorer):
+    roles = client.get("/api/heads", params={"model": "attn1"}).json()["heads"]
+    assert [(r["layer"], r["head"]) for r in roles] == [(0, h) for h in range(4)]
+    assert all(r["label"] in LABELS for r in roles)
+    d = client.get("/api/head", params={"model": "attn1", "layer": 0, "head": 2}).json()
+    model = explorer.models["attn1"].model
+    qk = qk_circuit(model, 0, 2).eigenvalues
+    assert d["qk_eigenvalue_score"] == pytest.approx(eigenvalue_score(qk), abs=1e-3)
+    assert len(d["qk_eigenvalues"]) == len(d["ov_eigenvalues"]) == model.cfg.d_head
+    assert 1 <= len(d["skip_trigrams"]) <= 8 and d["label"] == roles[2]["label"]
+    scores = [t["score"] for t in d["skip_trigrams"]]
+    assert scores == sorted(scores, reverse=True)
+    assert client.get("/api/heads", params={"model": "attn0"}).json()["heads"] == []
+
+
+# ---------------------------------------------------------------------------- bad input
+BAD = [
+    ("empty text", json.dumps({"text": ""}), 400, "empty"),
+    ("blank text", json.dumps({"text": "  \n "}), 400, "empty"),
+    ("text over n_ctx", json.dumps({"text": "x = 1\n" * 300}), 413, "refused, not truncated"),
+    ("invalid JSON", '{"text": "abc"', 400, "not valid JSON"),
+    ("not an object", '["text"]', 400, "JSON object"),
+    ("text not a string", json.dumps({"text": 3}), 400, "must be a string"),
+    ("no text", json.dumps({"model": "attn1"}), 400, "missing"),
+    ("unknown field", json.dumps({"text": "a", "temp": 1}), 400, "unknown field"),
+    ("unknown model", json.dumps({"model": "gpt9", "text": "a"}), 400, "unknown model"),
+    ("body over the limit", json.dumps({"text": "a" * MAX_BODY_BYTES}), 413, "KiB"),
+    ("not UTF-8", b'{"text": "\xff"}', 400, "not valid JSON"),
+]
+
+
+@pytest.fixture(scope="module")
+def server(explorer):
+    with running_server(explorer) as base:
+        yield base
+
+
+def _post(base: str, body: str | bytes) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    data = body.encode() if isinstance(body, str) else body
+    req = urllib.request.Request(
+        base + "/api/run", data=data, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.mark.parametrize("what,body,status,says", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_is_a_json_error_and_the_server_stays_up(server, what, body, status, says):
+    got, data = _post(server, body)
+    assert got == status, data
+    assert says in data["error"] and "\n" not in data["error"]
+    assert _post(server, json.dumps({"text": "still up"}))[0] == 200
+
+
+def test_chunked_body_over_the_limit_is_refused_while_read(server):
+    """No Content-Length: the limit is enforced on the stream itself."""
+    import http.client
+
+    port = int(server.rsplit(":", 1)[1])
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    chunks = (b'{"text": "' + b"a" * 8192 for _ in range(20))
+    conn.request("POST", "/api/run", body=chunks, encode_chunked=True)
+    r = conn.getresponse()
+    assert r.status == 413 and "KiB" in json.loads(r.read())["error"]
+    conn.close()
+
+
+TRAVERSAL = [
+    "/../../etc/passwd",
+    "/assets/../../etc/passwd",
+    "/assets/..%2f..%2fetc%2fpasswd",
+    "/assets/%2e%2e/%2e%2e/etc/passwd",
+    "/assets/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+    "/assets/..%5c..%5cetc%5cpasswd",
+    "/%2e%2e/%2e%2e/etc/passwd",
+    "/assets/%252e%252e%252fetc%252fpasswd",
+    "/assets/explore.js/../../../etc/passwd",
+    "/assets/index.html",
+    "/assets/",
+    "/etc/passwd",
+]
+
+
+@pytest.mark.parametrize("path", TRAVERSAL)
+def test_no_file_outside_the_assets(server, path):
+    status, body = raw_get(server, path)
+    assert status == 404, (path, body[:200])
+    assert b"root:" not in body
+    assert raw_get(server, "/assets/explore.js")[0] == 200
+
+
+def test_bad_head_queries(client):
+    q = {"model": "attn1", "layer": 5, "head": 0}
+    assert client.get("/api/head", params=q).status_code == 404
+    assert client.get("/api/head", params={"layer": "x", "head": 0}).status_code == 400
+    assert client.get("/api/heads", params={"model": "nope"}).status_code == 400
+    assert client.get("/api/run").status_code == 405
+
+
+# ---------------------------------------------------------------------------- the command
+def test_cli_binds_loopback_and_warns_otherwise(monkeypatch, capsys):
+    from qkov.cli import main
+    from qkov.demo_models import shipped
+
+    calls = []
+    monkeypatch.setattr("qkov.explore.app.serve", lambda ex, host, port: calls.append((host, port)))
+    assert main(["explore", str(shipped("attn1"))]) == 0
+    assert calls[-1] == ("127.0.0.1", 8765)
+    assert "warning" not in capsys.readouterr().err
+    assert main(["explore", "--host", "0.0.0.0", "--port", "9000", str(shipped("attn0"))]) == 0
+    assert calls[-1] == ("0.0.0.0", 9000)
+    assert "warning: --host 0.0.0.0 is not a loopback address" in capsys.readouterr().err
+    assert main(["explore", "--port", "0"]) == 2
+    assert main(["explore", "/no/such/run"]) == 2
+    with socket.socket() as busy:  # a port in use: one line, exit 2, before loading models
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert main(["explore", "--port", str(busy.getsockname()[1])]) == 2
+        assert "choose another --port" in capsys.readouterr().err
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2")

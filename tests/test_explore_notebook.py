@@ -1,0 +1,128 @@
+"""Notebook views: each record's `_repr_html_` renders offline (no host named, no external
+script or style) and escapes every token and name, with hostile strings planted."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from html.parser import HTMLParser
+
+import pytest
+import torch
+
+import qkov
+from factories import random_model
+from qkov.circuits import PathExpansion, PathTerm, path_expansion
+from qkov.heads import classify_heads
+from qkov.notebook import AttentionPatterns, attention
+from qkov.trigrams import SkipTrigram, SkipTrigramTable, skip_trigrams
+
+HOSTILE = '<script>window.__pwned=1</script>"><img src=x onerror=alert(1)>'
+
+
+class _Tags(HTMLParser):
+    """Every start tag and its attributes, and every script's text."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.scripts: list[tuple[str, str]] = []  # (type, text)
+        self._script: str | None = None
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        self._script = (dict(attrs).get("type") or "text/javascript") if tag == "script" else None
+
+    def handle_endtag(self, tag):
+        self._script = None
+
+    def handle_data(self, data):
+        if self._script is not None:
+            self.scripts.append((self._script, data))
+
+
+def check_html(html: str) -> _Tags:
+    """Offline and escaped: no img or iframe, no src/href to anywhere, no planted markup."""
+    p = _Tags()
+    p.feed(html)
+    names = [t for t, _ in p.tags]
+    assert "img" not in names and "iframe" not in names and "link" not in names
+    for tag, attrs in p.tags:
+        assert "src" not in attrs and "href" not in attrs, (tag, attrs)
+        assert not any(k.startswith("on") for k in attrs), (tag, attrs)
+    for kind, text in p.scripts:  # the hover script, and JSON data that cannot close its block
+        if kind == "application/json":
+            assert "<" not in text and ">" not in text
+        else:
+            assert "__pwned" not in text and "alert(1)" not in text
+    assert "<script>window.__pwned" not in html and "<img" not in html
+    assert not re.search(r"https?://(?!www\.w3\.org/2000/svg)", html)
+    return p
+
+
+def test_attention_patterns(tmp_path):
+    model = qkov.load(qkov.shipped("attn1"))
+    view = attention(model, "import os\nimport os\n")
+    assert isinstance(view, AttentionPatterns)
+    assert view.pattern.shape == (1, 4, len(view.tokens), len(view.tokens))
+    torch.testing.assert_close(view.pattern.sum(-1), torch.ones(1, 4, len(view.tokens)))
+    html = view._repr_html_()
+    check_html(html)
+    assert "import" in html
+    # hostile tokens
+    n = 3
+    hostile = AttentionPatterns([HOSTILE, "a", "</script>"], torch.full((1, 1, n, n), 1 / n))
+    html = hostile._repr_html_()
+    check_html(html)
+    assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in html
+    # inside the JSON data block no string can close the script
+    assert html.count("</script>") == html.count("<script")
+
+
+def test_head_classification():
+    model = random_model(2, n_heads=2, n_ctx=16)
+    cls = classify_heads(model, batch=4, n_baseline=20)
+    html = cls._repr_html_()
+    check_html(html)
+    assert html.count("<tr>") >= 4 and "L1H1" in html
+    # a planted hostile label is escaped
+    bad = dataclasses.replace(cls.records[0], label=HOSTILE)
+    html = dataclasses.replace(cls, records=(bad,) + cls.records[1:])._repr_html_()
+    check_html(html)
+    assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in html
+
+
+def test_path_expansion():
+    model = random_model(2, n_heads=2)
+    tokens = torch.arange(model.cfg.n_ctx)[None] % model.cfg.d_vocab
+    pe = path_expansion(model, tokens)
+    html = pe._repr_html_()
+    check_html(html)
+    assert "L0H1&gt;L1H0" in html and "direct" in html
+    assert f"{len(pe.terms)} terms" in html
+    bad = PathExpansion(
+        terms=[PathTerm((), HOSTILE, pe.logits)], logits=pe.logits, patterns=pe.patterns
+    )
+    html = bad._repr_html_()
+    check_html(html)
+    assert "&lt;script&gt;" in html
+
+
+def test_skip_trigrams():
+    model = qkov.load(qkov.shipped("attn1"))
+    table = skip_trigrams(model, 0, 1, k=5)
+    assert isinstance(table, SkipTrigramTable) and isinstance(table, list) and len(table) == 5
+    html = table._repr_html_()
+    check_html(html)
+    assert html.count("<tr>") == 6
+    t = SkipTrigram(1, 2, 3, 0.5, 0.1, 0.2, HOSTILE, "</td>", "\n")
+    html = SkipTrigramTable([t])._repr_html_()
+    check_html(html)
+    assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in html and "&lt;/td&gt;" in html
+
+
+@pytest.mark.parametrize("text", ["", "x = 1\n" * 300])
+def test_attention_refuses_what_the_model_cannot_read(text):
+    model = qkov.load(qkov.shipped("attn1"))
+    with pytest.raises(qkov.QkovError):
+        attention(model, text)

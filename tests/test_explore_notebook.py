@@ -64,8 +64,9 @@ def test_attention_patterns(tmp_path):
     model = qkov.load(qkov.shipped("attn1"))
     view = attention(model, "import os\nimport os\n")
     assert isinstance(view, AttentionPatterns)
-    assert view.pattern.shape == (1, 4, len(view.tokens), len(view.tokens))
-    torch.testing.assert_close(view.pattern.sum(-1), torch.ones(1, 4, len(view.tokens)))
+    H, n = model.cfg.n_heads, len(view.tokens)
+    assert view.pattern.shape == (1, H, n, n)
+    torch.testing.assert_close(view.pattern.sum(-1), torch.ones(1, H, n))
     html = view._repr_html_()
     check_html(html)
     assert "import" in html

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from qkov.circuits import path_expansion
+from qkov.circuits import PathTerm, path_expansion
 from qkov.data.tokenizer import decode_token
 from qkov.errors import QkovError
 from qkov.model import Transformer
@@ -82,6 +82,22 @@ class Attribution:
 
 
 @torch.no_grad()
+def path_contributions(
+    model: Transformer, tokens: Tensor, targets: Tensor, max_order: int | None = None
+) -> tuple[list[PathTerm], Tensor, Tensor]:
+    """The math of every attribution qkov shows (`attribute`, `qkov attribute`, the report,
+    `qkov explore`): tokens [1, pos], targets [n] (n <= pos: the token whose logit to split
+    at each of the first n positions) -> (the path terms, for their names and orders,
+    contributions [n, n_paths], logits [n, d_vocab]); contributions.sum(-1) equals
+    logits[i, targets[i]] to float rounding."""
+    pe = path_expansion(model, tokens, max_order=max_order)
+    n = targets.shape[0]
+    idx = torch.arange(n, device=targets.device)
+    contributions = torch.stack([t.logits[0, idx, targets] for t in pe.terms], dim=-1)
+    return pe.terms, contributions, pe.logits[0, :n]
+
+
+@torch.no_grad()
 def attribute(model: Transformer, tokens: Tensor, max_order: int | None = None) -> Attribution:
     """Attribute each next-token logit of one sequence `tokens` ([pos] or [1, pos], at least
     2 tokens) to the paths of `path_expansion` (see the module docstring). max_order: paths
@@ -91,17 +107,15 @@ def attribute(model: Transformer, tokens: Tensor, max_order: int | None = None) 
         raise QkovError(f"attribute takes one sequence, got a batch of {tokens.shape[0]}")
     if tokens.shape[1] < 2:
         raise QkovError("attribute needs at least 2 tokens: a token and the one after it")
-    pe = path_expansion(model, tokens, max_order=max_order)
     nxt = tokens[0, 1:]  # [pos - 1]
     idx = torch.arange(nxt.shape[0], device=nxt.device)
-    contributions = torch.stack([t.logits[0, idx, nxt] for t in pe.terms], dim=-1)
-    logits = pe.logits[0, :-1]  # [pos - 1, d_vocab]
+    terms, contributions, logits = path_contributions(model, tokens, nxt, max_order)
     predicted = logits.argmax(-1)
     tok = model.tokenizer
     return Attribution(
         tokens=tokens[0].cpu(),
         token_strs=[decode_token(tok, i) for i in tokens[0].tolist()],
-        paths=[t.name for t in pe.terms],
+        paths=[t.name for t in terms],
         contributions=contributions.cpu(),
         predicted=predicted.cpu(),
         logit=logits[idx, nxt].cpu(),

@@ -46,6 +46,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--qk-seqs", type=int, default=8, help="evaluation sequences the QK terms are measured on"
     )
+    p.add_argument(
+        "--repetition",
+        action="store_true",
+        help="also run the repeated random tokens test peers report (batch 10, a block of 50 "
+        "repeated once): every head's induction score, the loss on each half, and the standard "
+        "probe's induction scores over 8 seeds",
+    )
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.set_defaults(func=run)
 
@@ -115,10 +122,43 @@ def run(args: argparse.Namespace) -> int:
         print(qk_terms_table(expansions))
         result["qk_terms"] = [qe.summary() for qe in expansions]
 
+    if args.repetition and cls.records:
+        result["repetition"] = _repetition(model)
+
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=1) + "\n")
         print(f"\nwrote {args.json}")
     return 0
+
+
+def _repetition(model) -> dict[str, object]:
+    """Print and return the repetition test (seed 0) and the probe over seeds 0-7."""
+    import torch
+
+    from qkov.heads import head_scores
+    from qkov.repetition import repetition_test
+
+    cfg = model.cfg
+    if 2 * 50 > cfg.n_ctx:
+        print(f"\nrepetition test: needs n_ctx >= 100 (this model: {cfg.n_ctx}); skipped")
+        return {}
+    r = repetition_test(model)
+    probes = torch.stack([head_scores(model, seed=s, copying=False).induction for s in range(8)])
+    print(
+        f"\nrepeated random tokens ({r.batch} sequences, a block of {r.half_len} repeated once, "
+        f"seed {r.seed}): loss on the first half {r.first_half_loss:.2f} nats, on the repeated "
+        f"half {r.repeated_half_loss:.2f} ({100 * r.repeated_fraction:.0f}% of the uniform "
+        f"ln {cfg.d_vocab} = {r.uniform_loss:.2f})"
+    )
+    print("head    repetition  probe seeds 0-7: min  mean  max")
+    for l in range(cfg.n_layers):
+        for h in range(cfg.n_heads):
+            p = probes[:, l, h]
+            print(
+                f"L{l}H{h:<4} {float(r.induction_scores[l, h]):10.3f}  {float(p.min()):21.3f} "
+                f"{float(p.mean()):5.3f} {float(p.max()):5.3f}"
+            )
+    return {**r.to_dict(), "probe_induction_by_seed": probes.tolist()}
 
 
 def _text_table(ts, n_layers: int, n_heads: int) -> str:

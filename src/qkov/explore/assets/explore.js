@@ -247,12 +247,12 @@ function renderPrediction() {
     tbl.append(tr);
   }
   const tr = el("tr", "total");
-  tr.append(el("td", "path", "sum = centred logit"), el("td", "n", fmt(a.total, 2, true)), el("td"));
+  tr.append(el("td", "path", "sum = logit"), el("td", "n", fmt(a.total, 2, true)), el("td"));
   tbl.append(tr);
   box.append(tbl);
   box.append(el("div", "muted", "Exact path expansion (attention patterns frozen): direct path " +
-    "W_E W_U, each head, virtual heads (L0Hx>L1Hy), MLP starts [mlpN]; each term centred over " +
-    "the vocabulary, so the terms sum to logit minus mean logit."));
+    "W_E W_U, each head, virtual heads (L0Hx>L1Hy), MLP starts [mlpN]; the terms sum to the " +
+    "logit (the numbers of qkov attribute and the report)."));
 }
 
 // ------------------------------------------------------------------ heads

@@ -22,9 +22,10 @@ constants ("bias") and each MLP's output are starts of their own, each with its 
 streams (`start_order_residuals`), and an order counts the heads on a path whatever its
 start. term_importance adds each MLP's knock-out and the removal of its paths.
 
-Per-head ablation is the ordinary knock-out: a hook on `head_out.{l}` sets one head's output
-to 0 ("zero") or to its mean over batch and positions ("mean"); later heads see the change
-(patterns not frozen).
+Per-head ablation is the ordinary knock-out: one head's output is set to 0 ("zero") or to
+its mean over batch and positions ("mean"), through a hook on `z.{l}` (W_O is linear and
+per head, so this is exactly that on `head_out.{l}`); later heads see the change (patterns
+not frozen).
 """
 
 from __future__ import annotations
@@ -259,15 +260,18 @@ def head_ablation_logits(
             f"of {model.cfg.n_heads} heads"
         )
 
+    # On z (the head's output before W_O, which is linear and per head): zeroing or
+    # mean-replacing z[:, head] is exactly that on head_out, without the [batch, head, pos,
+    # d_model] tensor.
     def hook(out: Tensor, name: str) -> Tensor:
-        out = out.clone()  # [batch, head, pos, d_model]
+        out = out.clone()  # [batch, head, pos, d_head]
         if mode == "zero":
             out[:, head] = 0
         else:
             out[:, head] = out[:, head].mean(dim=(0, 1))
         return out
 
-    logits, _ = model.run_with_hooks(tokens, hooks={f"head_out.{layer}": hook})
+    logits, _ = model.run_with_hooks(tokens, hooks={f"z.{layer}": hook})
     return logits
 
 

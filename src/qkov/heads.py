@@ -327,8 +327,8 @@ def knockout_partners(
         return float(induction_score(cache[f"pattern.{layer}"], tokens, half_len)[head])
 
     def zero(h0: int):
-        def hook(out: Tensor, name: str) -> Tensor:  # head_out: [batch, head, pos, d_model]
-            out = out.clone()
+        def hook(out: Tensor, name: str) -> Tensor:  # z: [batch, head, pos, d_head]
+            out = out.clone()  # zero z of a head = zero its head_out (W_O is per head)
             out[:, h0] = 0
             return out
 
@@ -338,7 +338,7 @@ def knockout_partners(
     ranked = []
     for l0 in range(layer):
         for h0 in range(model.cfg.n_heads):
-            score = induction({f"head_out.{l0}": zero(h0)})
+            score = induction({f"z.{l0}": zero(h0)})
             ranked.append(KnockoutPartner(l0, h0, score, clean - score))
     return tuple(sorted(ranked, key=lambda p: -p.drop))
 

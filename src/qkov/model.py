@@ -398,8 +398,14 @@ class Transformer(nn.Module):
             scores = point(f"scores.{l}", scores.masked_fill(~mask, float("-inf")))
             pattern = point(f"pattern.{l}", scores.softmax(dim=-1))
             z = point(f"z.{l}", pattern @ v)  # [batch, head, pos, d_head]
-            head_out = point(f"head_out.{l}", z @ self.W_O[l])  # [batch, head, pos, d_model]
-            resid = resid + head_out.sum(dim=1)
+            if f"head_out.{l}" in hooks or want(f"head_out.{l}"):
+                head_out = point(f"head_out.{l}", z @ self.W_O[l])  # [batch, head, pos, d_model]
+                resid = resid + head_out.sum(dim=1)
+            else:  # the same sum in one matmul: no [batch, head, pos, d_model] tensor
+                b, H, p, dh = z.shape
+                resid = resid + z.transpose(1, 2).reshape(b, p, H * dh) @ self.W_O[l].reshape(
+                    H * dh, -1
+                )
             if cfg.bias:
                 resid = resid + self.b_O[l]
             if cfg.d_mlp:

@@ -305,3 +305,30 @@ def test_same_weights_give_transformer_lens_s_logits(normalization, tl_norm, act
     tokens = torch.randint(0, 37, (2, 12), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert (model(tokens) - peer(tokens)).abs().max() < 1e-8
+
+
+@pytest.mark.parametrize("positional", ["shortformer", "standard"])
+def test_hooked_paths_agree_with_and_without_the_pattern(positional):
+    """run_with_hooks forms scores/pattern and head_out only when hooked or cached, else it
+    takes SDPA and one W_O matmul: both give the reference logits, and a z knock-out equals
+    the head_out knock-out."""
+    model = general_model(positional=positional, n_layers=2, d_mlp=16, normalization="rms")
+    tokens = torch.randint(
+        0, model.cfg.d_vocab, (3, 10), generator=torch.Generator().manual_seed(4)
+    )
+    want = reference_logits(model.cfg, model.weights(), tokens)
+    with torch.no_grad():
+        lean, _ = model.run_with_hooks(tokens)
+        full, _ = model.run_with_hooks(tokens, cache_names=lambda n: True)
+
+        def zero_head(out, name):
+            out = out.clone()
+            out[:, 1] = 0
+            return out
+
+        by_z, _ = model.run_with_hooks(tokens, hooks={"z.0": zero_head})
+        by_out, _ = model.run_with_hooks(tokens, hooks={"head_out.0": zero_head})
+    torch.testing.assert_close(lean.double(), want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(full.double(), want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(by_z, by_out, atol=1e-5, rtol=1e-5)
+    assert (by_z - lean).abs().max() > 1e-3  # the knock-out changed something

@@ -394,10 +394,14 @@ class Transformer(nn.Module):
             q = point(f"q.{l}", q)  # [batch, head, pos, d_head]
             k = point(f"k.{l}", k)
             v = point(f"v.{l}", v)
-            scores = (q @ k.transpose(-1, -2)) * scale  # [batch, head, dest, src]
-            scores = point(f"scores.{l}", scores.masked_fill(~mask, float("-inf")))
-            pattern = point(f"pattern.{l}", scores.softmax(dim=-1))
-            z = point(f"z.{l}", pattern @ v)  # [batch, head, pos, d_head]
+            if any(f"{n}.{l}" in hooks or want(f"{n}.{l}") for n in ("scores", "pattern")):
+                scores = (q @ k.transpose(-1, -2)) * scale  # [batch, head, dest, src]
+                scores = point(f"scores.{l}", scores.masked_fill(~mask, float("-inf")))
+                pattern = point(f"pattern.{l}", scores.softmax(dim=-1))
+                z = pattern @ v
+            else:  # the same z without the [batch, head, dest, src] tensors
+                z = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+            z = point(f"z.{l}", z)  # [batch, head, pos, d_head]
             if f"head_out.{l}" in hooks or want(f"head_out.{l}"):
                 head_out = point(f"head_out.{l}", z @ self.W_O[l])  # [batch, head, pos, d_model]
                 resid = resid + head_out.sum(dim=1)

@@ -296,12 +296,18 @@ def mlp_ablation_logits(
 
 @torch.no_grad()
 def term_importance(
-    model: AttnOnlyTransformer, tokens: Tensor, mode: str = "zero", per_head: bool = True
+    model: AttnOnlyTransformer,
+    tokens: Tensor,
+    mode: str = "zero",
+    per_head: bool = True,
+    mean_knockouts: bool = True,
 ) -> TermImportance:
     """Loss increase on `tokens` [batch, pos] from ablating each path order in turn (patterns
     frozen) and, if per_head, from knocking out each head (zero and mean); with MLPs, each
     MLP knocked out (zero and mean) and its paths removed (frozen, in `mode`). Orders count
-    heads on a path from any start, so an MLP's output (and the biases) are in order 0."""
+    heads on a path from any start, so an MLP's output (and the biases) are in order 0.
+    mean_knockouts=False skips the mean knock-outs (their fields are NaN): half the
+    forward passes, for callers that read only the zero ones."""
     _check_mode(mode)
     tokens = model.check_tokens(tokens)
     _need_two(tokens)
@@ -325,11 +331,19 @@ def term_importance(
         for l in range(cfg.n_layers):
             for h in range(cfg.n_heads):
                 z = _loss(head_ablation_logits(model, tokens, l, h, "zero"), tokens)
-                m = _loss(head_ablation_logits(model, tokens, l, h, "mean"), tokens)
+                m = (
+                    _loss(head_ablation_logits(model, tokens, l, h, "mean"), tokens)
+                    if mean_knockouts
+                    else math.nan
+                )
                 heads.append(HeadAblation(l, h, z, z - clean, m, m - clean))
     for l in range(cfg.n_layers if cfg.d_mlp else 0):
         z = _loss(mlp_ablation_logits(model, tokens, l, "zero"), tokens)
-        m = _loss(mlp_ablation_logits(model, tokens, l, "mean"), tokens)
+        m = (
+            _loss(mlp_ablation_logits(model, tokens, l, "mean"), tokens)
+            if mean_knockouts
+            else math.nan
+        )
         p = without(S[f"mlp{l}"].sum(0))
         mlps.append(MlpAblation(l, z, z - clean, m, m - clean, p, p - clean))
     return TermImportance(

@@ -315,7 +315,7 @@ def _term_importance(model: AttnOnlyTransformer, tokens: Tensor) -> dict[str, An
     """The order ablations, then each layer's head knock-outs and its MLP's (forward order).
     An order counts the heads on a path; MLP outputs and biases are path starts like the
     embedding, so their own contributions are order 0 (`qkov.ablation`)."""
-    ti = term_importance(model, tokens)
+    ti = term_importance(model, tokens, mean_knockouts=False)  # the record keeps zero ones
     cfg = model.cfg
     terms = [
         {

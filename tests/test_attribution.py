@@ -80,3 +80,23 @@ def test_cli_attribute(tmp_path, capsys):
     empty = tmp_path / "empty.txt"
     empty.write_text("  ")
     assert main(["attribute", str(shipped("attn2")), "--text-file", str(empty)]) == 2
+
+
+def test_by_head_groups_are_exact_sums_of_the_paths():
+    from factories import induction_model
+
+    from qkov.attribution import attribute
+
+    model = induction_model(noise=0.05)
+    tokens = torch.tensor([1, 2, 3, 4, 1, 2, 3, 4])
+    a = attribute(model, tokens)
+    g = a.by_head()
+    assert set(g.paths) == {"direct", "L0H0", "L0H1", "L1H0", "L1H1"}
+    torch.testing.assert_close(g.contributions.sum(-1), a.contributions.sum(-1))
+    # L1H0's group: its own path and every virtual head ending in it
+    members = [i for i, n in enumerate(a.paths) if n.split(">")[-1] == "L1H0"]
+    assert len(members) == 3  # L1H0, L0H0>L1H0, L0H1>L1H0
+    torch.testing.assert_close(
+        g.contributions[:, g.paths.index("L1H0")], a.contributions[:, members].sum(-1)
+    )
+    assert g.max_abs_error() < 1e-4

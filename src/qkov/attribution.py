@@ -9,6 +9,7 @@ contributions. Exact on every architecture path_expansion is (to float rounding)
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -34,6 +35,22 @@ class Attribution:
     predicted: Tensor = field(repr=False)  # [pos - 1] ids
     logit: Tensor = field(repr=False)  # [pos - 1]
     predicted_strs: list[str] = field(default_factory=list, repr=False)
+
+    def by_head(self) -> Attribution:
+        """The same attribution with paths grouped by the head that writes them into the
+        stream (the last head of the chain: "L0H0>L1H2" and "L1H2" both go to "L1H2");
+        paths through no head keep their names ("direct", MLP and bias starts). Still
+        exact: each group is a sum of terms."""
+        groups: dict[str, list[int]] = {}
+        for i, name in enumerate(self.paths):
+            base = name.split("[")[0]
+            key = base.split(">")[-1] if base.startswith("L") else name
+            groups.setdefault(key, []).append(i)
+        names = list(groups)
+        contributions = torch.stack(
+            [self.contributions[:, idx].sum(-1) for idx in groups.values()], dim=-1
+        )
+        return dataclasses.replace(self, paths=names, contributions=contributions)
 
     def max_abs_error(self) -> float:
         """max |sum of contributions - the model's logit of the next token|."""

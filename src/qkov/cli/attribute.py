@@ -26,6 +26,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="paths through more heads than this are summed into one remainder path",
     )
+    p.add_argument(
+        "--by-head",
+        action="store_true",
+        help="group the paths by the head that writes them into the stream (L0H0>L1H2 and "
+        "L1H2 both count for L1H2): each head's whole contribution",
+    )
     p.add_argument("--json", default=None, help="also write the attribution to this JSON file")
     p.set_defaults(func=run)
 
@@ -46,8 +52,11 @@ def run(args: argparse.Namespace) -> int:
     text = read_text_file(args.text_file)
     model = load(args.dir)
     att = attribute_text(model, text, max_order=args.max_order)
+    if args.by_head:
+        att = att.by_head()
+    what = "groups of paths by the head that writes them" if args.by_head else "paths"
     print(
-        f"{args.dir} on {args.text_file}: {len(att.tokens)} tokens, {len(att.paths)} paths; "
+        f"{args.dir} on {args.text_file}: {len(att.tokens)} tokens, {len(att.paths)} {what}; "
         f"logit of the actual next token split into paths (max |sum - logit| = "
         f"{att.max_abs_error():.1e})"
     )

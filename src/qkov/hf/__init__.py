@@ -76,7 +76,8 @@ def load_hf(
             + (", ..." if len(unknown) > 3 else "")
             + "): do config.json and the weights belong together?"
         )
-    for name, file_name in names.items():
+    for name in [n for n in allowed if n in names]:  # embeddings first: the clearest line
+        file_name = names[name]
         ref = index[file_name]
         if ref.shape != allowed[name]:
             raise QkovError(

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hf_models import hf_model, save_folder, tiny_tokenizer
 
+from hf_models import hf_model, save_folder, tiny_tokenizer
 from qkov.cli import main
 
 

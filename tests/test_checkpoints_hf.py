@@ -84,3 +84,21 @@ def test_bf16_folder_loads_and_every_analysis_runs(family, tmp_path):
     from factories import match_multisets
 
     match_multisets(b, a, tol=0.05 * scale)
+
+
+def test_rotary_qk_circuit_at_an_offset_is_the_models_score(tmp_path):
+    """Layer 0 of a rotary model: the token QK circuit at offset s - p equals the score the
+    model computes between those tokens at those positions (no bias, no norm: llama folded
+    to weightless rms, each token read over its own RMS, as layer 0 reads it)."""
+    model = qkov.load(save_folder(hf_model("llama"), tmp_path / "llama"))
+    tokens = torch.tensor([[5, 17, 3, 40, 11, 29, 8]])
+    _, cache = model.run_with_cache(tokens)
+    scores = cache["scores.0"][0] * model.cfg.d_head**0.5  # [head, dest, src], unscaled
+    for head in (0, 3):
+        for p, s in ((6, 6), (6, 2), (4, 0), (5, 4)):
+            circuit = qk_circuit(model, 0, head, offset=s - p)
+            expected = circuit[int(tokens[0, p]), int(tokens[0, s])]
+            torch.testing.assert_close(scores[head, p, s], expected, atol=1e-4, rtol=1e-4)
+    # Offset 0 is the plain W_Q W_K^T; another offset is not.
+    a, b = qk_circuit(model, 0, 1).dense(), qk_circuit(model, 0, 1, offset=-3).dense()
+    assert not torch.allclose(a, b, atol=1e-3)

@@ -35,7 +35,7 @@ def test_d_head_defaults_to_d_model_over_heads():
         ({"d_model": 0}, "d_model must be positive"),
         ({"n_heads": -1}, "n_heads must be positive"),
         ({"n_layers": -1}, "n_layers must be >= 0"),
-        ({"positional": "rotary"}, "positional='rotary' is unknown"),
+        ({"positional": "alibi"}, "positional='alibi' is unknown"),
         ({"d_model": 10, "n_heads": 3}, "not divisible"),
         ({"n_ctx": 2.5}, "n_ctx must be an integer"),
         ({"d_vocab": True}, "d_vocab must be an integer"),

@@ -62,7 +62,8 @@ def load_tokenizer(path: Path):
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> Transformer:
-    """Load a checkpoint directory; the tokenizer (if present) is at `model.tokenizer`."""
+    """Load a checkpoint directory (a qkov run, or a Hugging Face folder of a GPT-2, GPT-NeoX
+    or Llama-family model: `qkov.hf`); the tokenizer (if present) is at `model.tokenizer`."""
     path = Path(path)
     if not path.exists():
         raise QkovError(f"{path} does not exist: pass a directory written by `qkov train`")
@@ -73,6 +74,10 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Transformer:
             f"{path} has no {CONFIG}: pass a directory written by `qkov train` "
             "(it holds config.json and model.safetensors)"
         )
+    from qkov.hf import is_hf_folder, load_hf  # a Hugging Face folder (GPT-2, Pythia, Llama)
+
+    if is_hf_folder(path):
+        return load_hf(path, device)
     cfg = ModelConfig.load(path / CONFIG)
     weights = load_safetensors(path / WEIGHTS)
     check_weight_shapes(

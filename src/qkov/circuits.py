@@ -20,6 +20,16 @@ Models with learned norms (layernorm, rmsnorm) are read through `folded`: the no
 folded into the weights (`qkov.fold`), leaving normalization="rms". Biases enter the token
 circuits where they belong to the head (b_Q, b_K, b_V); MLPs enter the token circuits only
 through `effective_embedding=True`, and the path expansion as path starts of their own.
+
+Rotary models (positional="rotary": GPT-NeoX/Pythia, Llama): queries and keys are rotated by
+position, so a head's score is q R_{s-p} k^T with R depending on the relative offset s - p
+(qkov.rotary). The token QK circuit is therefore stated at one offset (`qk_circuit(...,
+offset=0)` by default: same position, where R is the identity and W_QK is the plain
+W_Q W_K^T; W_QK and induction_qk_term are at offset 0 too): exact at that offset, an
+approximation of the scores at others (the rotated dims turn, the rest do not). OV
+circuits, the direct path, the OV eigenvalues and the path expansion never involve the
+rotation and stay exact. Grouped-query heads are read through the fold, which gives every
+query head its own W_K, W_V.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ from qkov.data.tokenizer import decode_token
 from qkov.errors import QkovError
 from qkov.factored import FactoredMatrix
 from qkov.model import AttnOnlyTransformer, Transformer, rms_scale
+from qkov.rotary import relative_rotation
 
 # Elements of one dense chunk of a vocab x vocab circuit (rows formed at once): 16 MiB of fp32.
 CHUNK_ELEMENTS = 2**22
@@ -74,13 +85,13 @@ def token_embedding(model: Transformer, effective_embedding: bool = False) -> Te
     ignored), the token as layer 1 and later read it when MLP 0 acts as part of the
     embedding (GPT-2). An approximation: the attention output it leaves out is real."""
     model = folded(model)
-    W_E = model.W_E.detach()
+    W_E, eps = model.W_E.detach(), model.cfg.norm_eps
     if effective_embedding and model.cfg.d_mlp and model.cfg.n_layers:
         x = W_E + model.b_O[0].detach() if model.cfg.bias else W_E
-        x = x / rms_scale(x) if model.cfg.normalization == "rms" else x
+        x = x / rms_scale(x, eps) if model.cfg.normalization == "rms" else x
         with torch.no_grad():
             W_E = W_E + model._mlp(x[None], 0)[0]
-    return W_E / rms_scale(W_E) if model.cfg.normalization == "rms" else W_E
+    return W_E / rms_scale(W_E, eps) if model.cfg.normalization == "rms" else W_E
 
 
 def W_QK(model: Transformer) -> FactoredMatrix:
@@ -98,7 +109,7 @@ def W_OV(model: Transformer) -> FactoredMatrix:
 
 
 def qk_circuit(
-    model: Transformer, layer: int, head: int, effective_embedding: bool = False
+    model: Transformer, layer: int, head: int, effective_embedding: bool = False, offset: int = 0
 ) -> FactoredMatrix:
     """Token QK circuit (E W_Q + b_Q)(E W_K + b_K)^T: [d_vocab (destination), d_vocab
     (source)], E = token_embedding(model, effective_embedding), weights folded.
@@ -106,13 +117,21 @@ def qk_circuit(
     Exact for layer 0 of a model without W_pos in the stream, up to the 1/sqrt(d_head) and
     the per-position norm scale (a layernorm/rmsnorm model reads each token over its own
     RMS here, over the RMS of token + position in the model). Later layers read more than
-    tokens (earlier heads, MLPs): for them it is the embedding part only."""
+    tokens (earlier heads, MLPs): for them it is the embedding part only.
+
+    Rotary models: the circuit at relative offset `offset` (source position minus
+    destination position, <= 0 under the causal mask), (E W_Q + b_Q) R_offset (E W_K +
+    b_K)^T; exact at that offset only (see the module docstring). Other models ignore it."""
     check_head(model, layer, head)
     m = folded(model)
     w, E = m.weights(), token_embedding(m, effective_embedding)
     q, k = E @ w["W_Q"][layer, head], E @ w["W_K"][layer, head]
     if m.cfg.bias:
         q, k = q + w["b_Q"][layer, head], k + w["b_K"][layer, head]
+    c = m.cfg
+    if c.positional == "rotary" and offset:
+        R = relative_rotation(c.d_head, c.rotary_dim, c.rotary_base, offset)
+        q = q @ R.to(device=q.device, dtype=q.dtype)  # [d_vocab, d_head]
     return FactoredMatrix(q, k.T)
 
 
@@ -166,10 +185,10 @@ def qk_positional_terms(model: AttnOnlyTransformer, layer: int, head: int) -> QK
     """Token/position split of the QK circuit: W_pos W_QK W_pos^T and the cross terms."""
     check_head(model, layer, head)
     model = folded(model)
-    if model.cfg.positional == "none":
+    if model.cfg.positional in ("none", "rotary"):
         raise QkovError(
-            "this model has positional='none', so its QK circuit has no positional terms: "
-            "use qk_circuit instead"
+            f"this model has positional={model.cfg.positional!r}, so its QK circuit has no "
+            "W_pos terms: use qk_circuit instead (with offset= for a rotary model)"
         )
     w = model.weights()
     E, P = token_embedding(model), w["W_pos"]

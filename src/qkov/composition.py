@@ -9,6 +9,12 @@ later head h1 reads it through its query, key or value. The paper's matrices bec
 
 score(W_A, W_B) = ||W_A W_B||_F / (||W_A||_F ||W_B||_F), as in TransformerLens's
 `all_composition_scores` (which puts 0 where this module puts NaN: earlier layer >= later).
+
+On rotary models (GPT-NeoX/Pythia, Llama) W_QK is the unrotated W_Q W_K^T, as
+TransformerLens computes these scores: exact for the weights, while the scores the head
+computes turn the rotated dims by the relative offset, so Q- and K-composition are an
+approximation of what reaches the attention pattern (V-composition involves no rotation
+and is exact). Grouped-query heads count once per query head (the fold's per-head copies).
 """
 
 from __future__ import annotations

@@ -6,7 +6,11 @@ Positional modes (the paper's choice is the default):
   "shortformer": W_pos is added only to the inputs of queries and keys, never to the
                  residual stream, so the stream carries token information alone;
   "standard":    W_pos is added to the residual stream (GPT-2 style);
-  "none":        no positional information at all.
+  "none":        no positional information at all;
+  "rotary":      no W_pos: queries and keys are rotated by their position (RoPE, in the
+                 rotate_half layout of GPT-NeoX and Llama) on the first rotary_dim dimensions
+                 of each head (None: all of them), frequencies base^(-2i/rotary_dim) with
+                 base = rotary_base. Attention scores then depend on relative position.
 
 Normalisation (`normalization`):
   "none": the paper's analysed form: every path is linear once the patterns are frozen;
@@ -21,6 +25,13 @@ Each is pre-norm: before attention, before the MLP and before the unembedding.
 MLPs (`d_mlp` > 0): after each attention layer, x -> act(x W_in + b_in) W_out + b_out with
 act_fn one of ACT_FNS (gelu_new is GPT-2's tanh approximation). `bias` adds b_Q, b_K, b_V,
 b_O, b_U (and b_in, b_out with an MLP); without it the model has no biases at all.
+
+Public checkpoints need three more options (all off by default):
+  gated_mlp:  x -> (act(x W_gate) * (x W_in + b_in)) W_out + b_out (Llama's SiLU "SwiGLU");
+  parallel:   attention and MLP both read resid_pre (GPT-NeoX/Pythia's parallel residual);
+  n_kv_heads: grouped-query attention: n_kv_heads key/value heads, each shared by
+              n_heads / n_kv_heads consecutive query heads (None: n_heads, plain attention).
+norm_eps is the eps of every norm (1e-5, GPT-2's; Llama uses 1e-6).
 """
 
 from __future__ import annotations
@@ -34,7 +45,7 @@ from typing import Any
 
 from qkov.errors import QkovError
 
-POSITIONAL_MODES = ("shortformer", "standard", "none")
+POSITIONAL_MODES = ("shortformer", "standard", "none", "rotary")
 NORMALIZATIONS = ("none", "rms", "layernorm", "rmsnorm")
 ACT_FNS = ("gelu", "gelu_new", "relu", "silu")
 
@@ -58,6 +69,12 @@ class ModelConfig:
     d_mlp: int = 0  # 0: attention-only
     act_fn: str = "gelu"
     bias: bool = False
+    rotary_dim: int | None = None  # positional="rotary": rotated dims per head (None: d_head)
+    rotary_base: float = 10000.0
+    parallel: bool = False
+    n_kv_heads: int | None = None  # None: n_heads (no grouped-query attention)
+    gated_mlp: bool = False
+    norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
         if self.d_head is None and isinstance(self.d_model, int) and isinstance(self.n_heads, int):
@@ -67,7 +84,12 @@ class ModelConfig:
                     "pass d_head explicitly or pick sizes with d_model = n_heads * d_head"
                 )
             object.__setattr__(self, "d_head", self.d_model // max(self.n_heads, 1))
+        if self.positional == "rotary" and self.rotary_dim is None:
+            object.__setattr__(self, "rotary_dim", self.d_head)
+        if self.n_kv_heads is None:
+            object.__setattr__(self, "n_kv_heads", self.n_heads)
         for name in (
+            "n_kv_heads",
             "n_layers",
             "n_heads",
             "d_model",
@@ -111,6 +133,7 @@ class ModelConfig:
                 "supported (W_pos would need each layer's norm folded in, as TransformerLens "
                 "also refuses): use positional='standard' or normalization='rms'"
             )
+        self._check_options()
         for name in ("init_std", "pos_init_std"):
             value = getattr(self, name)
             if value is None and name == "pos_init_std":
@@ -125,6 +148,34 @@ class ModelConfig:
                 raise QkovError(
                     f"config field {name} must be a positive finite number, got {value}"
                 )
+
+    def _check_options(self) -> None:
+        """The options public checkpoints need: rotary, grouped-query attention, gated MLP."""
+        if self.n_kv_heads <= 0 or self.n_heads % self.n_kv_heads:
+            raise QkovError(
+                f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}: each key/value "
+                "head serves the same number of query heads"
+            )
+        if self.rotary_dim is not None:
+            r = self.rotary_dim
+            if self.positional != "rotary":
+                raise QkovError(
+                    f"rotary_dim={r} needs positional='rotary' (got {self.positional!r}): "
+                    "drop rotary_dim or set positional='rotary'"
+                )
+            if isinstance(r, bool) or not isinstance(r, int) or not 0 < r <= self.d_head or r % 2:
+                raise QkovError(
+                    f"rotary_dim={r!r} must be an even integer in [2, d_head={self.d_head}]"
+                )
+        for name in ("rotary_base", "norm_eps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < math.inf):
+                raise QkovError(f"config field {name} must be a positive finite number, got {v!r}")
+        for name in ("parallel", "gated_mlp"):
+            if not isinstance(getattr(self, name), bool):
+                raise QkovError(f"config field {name} must be true or false")
+        if (self.parallel or self.gated_mlp) and not self.d_mlp:
+            raise QkovError("parallel and gated_mlp need an MLP: set d_mlp > 0")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -171,11 +222,12 @@ class ModelConfig:
         """Parameter count of the weights: W_E, W_pos (if used), W_Q, W_K, W_V, W_O, W_U,
         and those the config adds (W_in, W_out, biases, norm weights)."""
         D, L = self.d_model, self.n_layers
-        per_head = 4 * D * self.d_head
-        pos = self.n_ctx * D if self.positional != "none" else 0
-        n = 2 * self.d_vocab * D + pos + L * self.n_heads * per_head + L * 2 * D * self.d_mlp
+        per_layer = 2 * D * self.d_head * (self.n_heads + self.n_kv_heads)  # Q, O; K, V
+        pos = self.n_ctx * D if self.positional in ("shortformer", "standard") else 0
+        mlp = (3 if self.gated_mlp else 2) * D * self.d_mlp
+        n = 2 * self.d_vocab * D + pos + L * (per_layer + mlp)
         if self.bias:
-            n += L * (3 * self.n_heads * self.d_head + D) + self.d_vocab
+            n += L * ((self.n_heads + 2 * self.n_kv_heads) * self.d_head + D) + self.d_vocab
             n += L * (self.d_mlp + D) if self.d_mlp else 0
         norms = 1 + L * (2 if self.d_mlp else 1)  # final, ln1 per layer, ln2 with an MLP
         n += {"layernorm": 2 * D, "rmsnorm": D}.get(self.normalization, 0) * norms

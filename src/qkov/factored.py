@@ -7,6 +7,10 @@ singular values, norms, single rows) is answered by the small factors instead.
     A [..., m, r] @ B [..., r, n]  ->  [..., m, n]   (leading dims: batch, e.g. [layer, head])
 
 `r` is the inner dimension (`rdim`), an upper bound on the rank.
+
+Half-precision factors (bf16, fp16: public checkpoints kept in their dtype) are widened to
+fp32 for spectra and norms: torch has no bf16 eig/QR on the CPU, and a bf16 sum of squares
+loses the digits these numbers need. Products and indexing keep the factors' dtype.
 """
 
 from __future__ import annotations
@@ -22,6 +26,11 @@ from qkov.errors import QkovError
 DENSE_LIMIT = 2**26
 
 Index = Any  # int | slice | list[int] | Tensor | Ellipsis, or a tuple of them
+
+
+def _wide(t: Tensor) -> Tensor:
+    """t in fp32 if it is half precision (bf16, fp16), else unchanged."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
 class FactoredMatrix:
@@ -127,7 +136,7 @@ class FactoredMatrix:
         AB (plus zeros when the rank is below r) without forming the m x m matrix."""
         if self.shape[-1] != self.shape[-2]:
             raise QkovError(f"eigenvalues need a square matrix, got shape {list(self.shape)}")
-        return torch.linalg.eigvals(self.B @ self.A)
+        return torch.linalg.eigvals(_wide(self.B) @ _wide(self.A))
 
     def svd(self) -> tuple[Tensor, Tensor, Tensor]:
         """Thin SVD through QR of the factors: AB = U @ diag(S) @ Vh.
@@ -135,8 +144,8 @@ class FactoredMatrix:
         A = Q_A R_A and B^T = Q_B R_B, so AB = Q_A (R_A R_B^T) Q_B^T and only the small
         core R_A R_B^T is decomposed. Returns U [..., m, k], S [..., k], Vh [..., k, n]
         with k = min(m, n, r), singular values descending."""
-        Q_A, R_A = torch.linalg.qr(self.A)
-        Q_B, R_B = torch.linalg.qr(self.B.transpose(-1, -2))
+        Q_A, R_A = torch.linalg.qr(_wide(self.A))
+        Q_B, R_B = torch.linalg.qr(_wide(self.B).transpose(-1, -2))
         U_core, S, Vh_core = torch.linalg.svd(R_A @ R_B.transpose(-1, -2), full_matrices=False)
         return Q_A @ U_core, S, Vh_core @ Q_B.transpose(-1, -2)
 
@@ -147,8 +156,9 @@ class FactoredMatrix:
 
     def norm(self) -> Tensor:
         """Frobenius norm [...] without forming AB: ||AB||_F^2 = sum((A^T A) * (B B^T))."""
-        gram_A = self.A.transpose(-1, -2) @ self.A  # [..., r, r]
-        gram_B = self.B @ self.B.transpose(-1, -2)  # [..., r, r]
+        A, B = _wide(self.A), _wide(self.B)
+        gram_A = A.transpose(-1, -2) @ A  # [..., r, r]
+        gram_B = B @ B.transpose(-1, -2)  # [..., r, r]
         return (gram_A * gram_B).sum(dim=(-1, -2)).clamp_min(0).sqrt()
 
     @property

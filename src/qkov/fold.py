@@ -17,6 +17,10 @@ identity, so the folded layernorm model is exactly normalization="rms" (Transfor
 needs an "LNPre" for the same step because it leaves the choice to centre writes optional).
 rmsnorm folds only its weight (no centring: its readers do not centre).
 
+Grouped-query attention (n_kv_heads < n_heads) is unfolded too: the folded model gives each
+query head its own copy of the W_K, W_V (and b_K, b_V) it reads, so every analysis sees the
+paper's per-head matrices. A gated MLP's W_gate reads the same norm as W_in and folds alike.
+
 `center_unembed` (TransformerLens's center_unembed) also removes W_U's and b_U's mean over
 the vocabulary: that shifts every position's logits by one constant, which softmax ignores,
 so log-probabilities are unchanged but the logits themselves are not. The analyses fold with
@@ -30,16 +34,17 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from qkov.model import Transformer
+from qkov.errors import QkovError
+from qkov.model import Transformer, per_query_head
 
 # The norm each folded model keeps: its learned weights and biases are in the matrices.
 FOLDED_NORMALIZATION = {"none": "none", "rms": "rms", "layernorm": "rms", "rmsnorm": "rms"}
 
 
 def is_folded(model: Transformer) -> bool:
-    """True when the model has no learned norm weights (normalization "none" or "rms"), so its
-    circuits are weight products as they stand."""
-    return model.cfg.normalization in ("none", "rms")
+    """True when the model has no learned norm weights (normalization "none" or "rms") and
+    one W_K, W_V per head, so its circuits are weight products as they stand."""
+    return model.cfg.normalization in ("none", "rms") and model.cfg.n_kv_heads == model.cfg.n_heads
 
 
 def _fold_reader(
@@ -71,16 +76,36 @@ def fold_layernorm(
     fold (normalization "none" or "rms") and center_unembed=False the model itself is
     returned. center_writing=False is allowed only without layernorm (the folded model would
     need a centring norm that the folded config cannot express)."""
-    cfg = model.cfg
-    kind = cfg.normalization
     if is_folded(model) and not center_unembed:
         return model
+    # Every analysis asks for the fold (per head, for some): a 124M-parameter model is folded
+    # once, and again only when a weight changes (each in-place write bumps a version).
+    key = (center_writing, center_unembed, [(p.data_ptr(), p._version) for p in model.parameters()])
+    cached = model.__dict__.get("_qkov_fold")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    folded = _fold(model, center_writing, center_unembed)
+    model.__dict__["_qkov_fold"] = (key, folded)  # not a submodule: no parameters, no state
+    return folded
+
+
+def _fold(model: Transformer, center_writing: bool, center_unembed: bool) -> Transformer:
+    cfg = model.cfg
+    kind = cfg.normalization
     if kind == "layernorm" and not center_writing:
         raise ValueError(
             "fold_layernorm(center_writing=False) on a layernorm model has no equivalent "
             "normalization='rms' model: keep center_writing=True"
         )
+    if kind == "layernorm" and cfg.gated_mlp:
+        raise QkovError(
+            "fold_layernorm: a gated MLP behind a layernorm would need a gate bias, which "
+            "the model has no place for: use normalization='rmsnorm' (as Llama does)"
+        )
     w = {k: v.double() for k, v in model.weights().items()}
+    for name in ("W_K", "W_V", "b_K", "b_V"):  # grouped-query attention: a copy per head
+        if name in w:
+            w[name] = per_query_head(w[name].transpose(0, 1), cfg.n_heads).transpose(0, 1)
     layernorm = kind == "layernorm"
     bias = cfg.bias or layernorm
     if kind in ("layernorm", "rmsnorm"):
@@ -93,9 +118,10 @@ def fold_layernorm(
                 w[f"W_{name}"], w.get(f"b_{name}"), heads_w1, heads_b1, layernorm
             )
         if cfg.d_mlp:
-            w["W_in"], w["b_in"] = _fold_reader(
-                w["W_in"], w.get("b_in"), ln("ln2", "w"), ln("ln2", "b"), layernorm
-            )
+            w2, b2 = ln("ln2", "w"), ln("ln2", "b")
+            w["W_in"], w["b_in"] = _fold_reader(w["W_in"], w.get("b_in"), w2, b2, layernorm)
+            if cfg.gated_mlp:
+                w["W_gate"] = _fold_reader(w["W_gate"], None, w2, None, layernorm)[0]
         w["W_U"], w["b_U"] = _fold_reader(
             w["W_U"], w.get("b_U"), ln("ln_final", "w"), ln("ln_final", "b"), layernorm
         )
@@ -108,9 +134,11 @@ def fold_layernorm(
         if w.get("b_U") is not None:
             w["b_U"] = w["b_U"] - w["b_U"].mean()
     w = {k: v for k, v in w.items() if v is not None}
-    folded_cfg = dataclasses.replace(cfg, normalization=FOLDED_NORMALIZATION[kind], bias=bias)
+    folded_cfg = dataclasses.replace(
+        cfg, normalization=FOLDED_NORMALIZATION[kind], bias=bias, n_kv_heads=cfg.n_heads
+    )
     dtype = model.W_E.dtype
-    folded = Transformer(folded_cfg).to(device=model.device, dtype=dtype)
+    folded = Transformer.empty(folded_cfg, device=model.device, dtype=dtype)
     # Biases the original lacked (a layernorm model with bias=False) stay at their zero init.
     folded.load_weights({k: v.to(dtype) for k, v in w.items()} | _zero_biases(folded, w))
     folded.tokenizer, folded.token_counts = model.tokenizer, model.token_counts

@@ -6,8 +6,10 @@ Row-vector convention throughout (x @ W, as in code; the paper writes the transp
     W_E  [d_vocab, d_model]                 token embedding
     W_pos [n_ctx, d_model]                  positional embedding
     W_Q, W_K, W_V [n_layers, n_heads, d_model, d_head]
+                                            (W_K, W_V: n_kv_heads instead of n_heads)
     W_O  [n_layers, n_heads, d_head, d_model]
     W_in [n_layers, d_model, d_mlp]         MLP input (d_mlp > 0)
+    W_gate [n_layers, d_model, d_mlp]       MLP gate (gated_mlp)
     W_out [n_layers, d_mlp, d_model]        MLP output (d_mlp > 0)
     W_U  [d_model, d_vocab]                 unembedding
     b_Q, b_K, b_V [n_layers, n_heads, d_head]; b_O [n_layers, d_model]; b_U [d_vocab];
@@ -21,6 +23,13 @@ Each layer (pre-norm, as GPT-2 and TransformerLens):
     resid_post = resid_mid + act(norm2(resid_mid) W_in + b_in) W_out + b_out   (d_mlp > 0)
     logits     = norm_final(resid_post of the last layer) W_U + b_U
 
+With parallel=True (GPT-NeoX) the MLP reads norm2(resid_pre) instead of norm2(resid_mid);
+with gated_mlp (Llama) act(x W_in + b_in) becomes act(x W_gate) * (x W_in + b_in). With
+n_kv_heads < n_heads, query head h reads key/value head h // (n_heads / n_kv_heads);
+`fold.fold_layernorm` (what the analyses read) gives every head its own W_K, W_V copy.
+positional="rotary" has no W_pos: queries and keys are rotated (qkov.rotary) after their
+hook points q.{l}, k.{l}, and rot_q.{l}, rot_k.{l} hold the rotated ones.
+
 Attention scores are scaled by 1/sqrt(d_head) with a causal mask. With
 positional="shortformer" W_pos enters only the inputs of queries and keys (after the norm,
 as in TransformerLens). normalization="rms" divides by the per-position RMS with no learned
@@ -29,11 +38,12 @@ weights; "layernorm" and "rmsnorm" are TransformerLens's LN and RMS (eps 1e-5).
 Hook points (names for `run_with_cache` and `run_with_hooks`; see `hook_names`):
 
     embed              [batch, pos, d_model]   W_E[tokens]
-    pos_embed          [pos, d_model]          W_pos[:pos]
+    pos_embed          [pos, d_model]          W_pos[:pos] (not with rotary)
     resid_pre.{l}      [batch, pos, d_model]   residual stream entering layer l
     scale.{l}          [batch, pos, 1]         its RMS (normalization="rms")
     ln1_scale.{l}      [batch, pos, 1]         its norm's divisor (layernorm, rmsnorm)
-    q.{l} k.{l} v.{l}  [batch, head, pos, d_head]
+    q.{l} k.{l} v.{l}  [batch, head, pos, d_head]   (k, v per query head with n_kv_heads)
+    rot_q.{l} rot_k.{l} [batch, head, pos, d_head]  rotated queries and keys (rotary)
     scores.{l}         [batch, head, dest, src] scaled, masked attention scores
     pattern.{l}        [batch, head, dest, src] attention pattern (softmax of scores)
     z.{l}              [batch, head, pos, d_head] pattern-weighted values
@@ -41,6 +51,7 @@ Hook points (names for `run_with_cache` and `run_with_hooks`; see `hook_names`):
     resid_mid.{l}      [batch, pos, d_model]   after attention (d_mlp > 0)
     ln2_scale.{l}      [batch, pos, 1]         the MLP input's norm divisor (d_mlp > 0, a norm)
     mlp_pre.{l} mlp_post.{l} [batch, pos, d_mlp]  before / after the activation
+                                            (gated: the gate's input; act(gate) * (x W_in + b_in))
     mlp_out.{l}        [batch, pos, d_model]   the MLP's output written to the stream
     resid_post.{l}     [batch, pos, d_model]   residual stream leaving layer l
     scale.final        [batch, pos, 1]         RMS of the final stream (normalization="rms")
@@ -62,6 +73,7 @@ from torch import Tensor, nn
 from qkov.config import ModelConfig
 from qkov.errors import QkovError
 from qkov.loss import unembed_cross_entropy
+from qkov.rotary import rotary_cos_sin, rotate
 
 Hook = Callable[[Tensor, str], Tensor | None]
 Point = Callable[[str, Tensor], Tensor]  # run_with_hooks's hook point: (name, x) -> x
@@ -80,20 +92,23 @@ def weight_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """The shape of each tensor a model of this config has, and only those (see the module
     docstring); the order in which they are initialised."""
     L, H, D, Dh, V = cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head, cfg.d_vocab
-    M = cfg.d_mlp
+    M, KV = cfg.d_mlp, cfg.n_kv_heads
     shapes: dict[str, tuple[int, ...]] = {
         "W_E": (V, D),
         "W_pos": (cfg.n_ctx, D),
         "W_Q": (L, H, D, Dh),
-        "W_K": (L, H, D, Dh),
-        "W_V": (L, H, D, Dh),
+        "W_K": (L, KV, D, Dh),
+        "W_V": (L, KV, D, Dh),
         "W_O": (L, H, Dh, D),
         "W_U": (D, V),
     }
+    if cfg.positional == "rotary":  # no W_pos (n_ctx may be 131072: never allocate it)
+        del shapes["W_pos"]
     if M:
         shapes |= {"W_in": (L, D, M), "W_out": (L, M, D)}
+        shapes |= {"W_gate": (L, D, M)} if cfg.gated_mlp else {}
     if cfg.bias:
-        shapes |= {"b_Q": (L, H, Dh), "b_K": (L, H, Dh), "b_V": (L, H, Dh), "b_O": (L, D)}
+        shapes |= {"b_Q": (L, H, Dh), "b_K": (L, KV, Dh), "b_V": (L, KV, Dh), "b_O": (L, D)}
         shapes |= {"b_in": (L, M), "b_out": (L, D)} if M else {}
         shapes["b_U"] = (V,)
     if cfg.normalization in ("layernorm", "rmsnorm"):
@@ -106,7 +121,12 @@ def weight_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 def is_attention_only(cfg: ModelConfig) -> bool:
     """True for the paper's form the analyses assume: no MLP, no biases, no learned norm."""
-    return cfg.d_mlp == 0 and not cfg.bias and cfg.normalization in ("none", "rms")
+    return (
+        cfg.d_mlp == 0
+        and not cfg.bias
+        and cfg.normalization in ("none", "rms")
+        and cfg.n_kv_heads == cfg.n_heads
+    )
 
 
 def check_weight_shapes(cfg: ModelConfig, weights: dict[str, Tensor], source: str) -> None:
@@ -121,9 +141,15 @@ def check_weight_shapes(cfg: ModelConfig, weights: dict[str, Tensor], source: st
             )
 
 
-def rms_scale(resid: Tensor) -> Tensor:
+def rms_scale(resid: Tensor, eps: float = RMS_EPS) -> Tensor:
     """[..., d_model] -> [..., 1]: the divisor of normalization="rms", sqrt(mean(x^2) + eps)."""
-    return (resid.pow(2).mean(-1, keepdim=True) + RMS_EPS).sqrt()
+    return (resid.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+
+
+def per_query_head(x: Tensor, n_heads: int) -> Tensor:
+    """Key/value weights [n_kv_heads, ...] -> [n_heads, ...]: query head h reads kv head
+    h // (n_heads / n_kv_heads) (grouped-query attention; a no-op without it)."""
+    return x if x.shape[0] == n_heads else x.repeat_interleave(n_heads // x.shape[0], dim=0)
 
 
 def _scale_name(cfg: ModelConfig, where: str, l: int | None = None) -> str:
@@ -135,11 +161,13 @@ def _scale_name(cfg: ModelConfig, where: str, l: int | None = None) -> str:
 
 def hook_names(cfg: ModelConfig) -> list[str]:
     """Every hook point name of a model with this config, in forward order."""
-    names = ["embed", "pos_embed"]
+    names = ["embed"] + ([] if cfg.positional == "rotary" else ["pos_embed"])
     norm = cfg.normalization != "none"
     for l in range(cfg.n_layers):
         names += [f"resid_pre.{l}"] + ([_scale_name(cfg, "ln1", l)] if norm else [])
-        names += [f"{n}.{l}" for n in ("q", "k", "v", "scores", "pattern", "z", "head_out")]
+        names += [f"{n}.{l}" for n in ("q", "k", "v")]
+        names += [f"rot_{n}.{l}" for n in ("q", "k")] if cfg.positional == "rotary" else []
+        names += [f"{n}.{l}" for n in ("scores", "pattern", "z", "head_out")]
         if cfg.d_mlp:
             names += [f"resid_mid.{l}"] + ([_scale_name(cfg, "ln2", l)] if norm else [])
             names += [f"{n}.{l}" for n in ("mlp_pre", "mlp_post", "mlp_out")]
@@ -171,8 +199,20 @@ class Transformer(nn.Module):
         if cfg.positional == "none":
             self.W_pos.data.zero_()
             self.W_pos.requires_grad_(False)
+        if cfg.positional == "rotary":
+            self.W_pos = None  # a rotary model has none; positions rotate q and k
 
     # ------------------------------------------------------------------ weights
+    @classmethod
+    def empty(
+        cls, cfg: ModelConfig, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    ) -> Transformer:
+        """A model whose weights are allocated but not initialised (no random draws): for
+        loaders and the fold, which then write every weight (`load_weights`)."""
+        with torch.device("meta"):
+            model = cls(cfg)
+        return model.to_empty(device=device).to(dtype=dtype or torch.float32)
+
     @classmethod
     def from_weights(cls, cfg: ModelConfig, weights: dict[str, Tensor]) -> Transformer:
         """Build a model from a dict of the paper's matrices (missing W_pos ok if unused)."""
@@ -259,7 +299,7 @@ class Transformer(nn.Module):
             return x
         if kind == "layernorm":
             x = x - x.mean(-1, keepdim=True)
-        scale = rms_scale(x)
+        scale = rms_scale(x, self.cfg.norm_eps)
         x = x / (point(_scale_name(self.cfg, where, l), scale) if point else scale)
         w, b = self._param(f"{where}_w", l), self._param(f"{where}_b", l)
         x = x * w if w is not None else x
@@ -270,8 +310,13 @@ class Transformer(nn.Module):
         b_in, b_out = self._param("b_in", l), self._param("b_out", l)
         point = point or (lambda _, t: t)
         pre = x @ self.W_in[l]  # [batch, pos, d_mlp]
-        pre = point(f"mlp_pre.{l}", pre + b_in if b_in is not None else pre)
-        post = point(f"mlp_post.{l}", ACTIVATIONS[self.cfg.act_fn](pre))
+        pre = pre + b_in if b_in is not None else pre
+        act = ACTIVATIONS[self.cfg.act_fn]
+        if self.cfg.gated_mlp:  # act(x W_gate) * (x W_in + b_in)
+            gate = point(f"mlp_pre.{l}", x @ self.W_gate[l])
+            post = point(f"mlp_post.{l}", act(gate) * pre)
+        else:
+            post = point(f"mlp_post.{l}", act(point(f"mlp_pre.{l}", pre)))
         out = post @ self.W_out[l]  # [batch, pos, d_model]
         return point(f"mlp_out.{l}", out + b_out if b_out is not None else out)
 
@@ -302,34 +347,45 @@ class Transformer(nn.Module):
         cfg = self.cfg
         n = tokens.shape[1]
         resid = self.W_E[tokens]
-        pos = self.W_pos[:n]
+        pos = self.W_pos[:n] if self.W_pos is not None else None
         if cfg.positional == "standard":
             resid = resid + pos
         B, H, D, Dh = tokens.shape[0], cfg.n_heads, cfg.d_model, cfg.d_head
+        rot = self._rotary(n)
         for l in range(cfg.n_layers):
             # Stack heads: [d_model, n_heads * d_head]; one matmul per projection.
             W_Q = self.W_Q[l].permute(1, 0, 2).reshape(D, H * Dh)
-            W_K = self.W_K[l].permute(1, 0, 2).reshape(D, H * Dh)
-            W_V = self.W_V[l].permute(1, 0, 2).reshape(D, H * Dh)
+            W_K = per_query_head(self.W_K[l], H).permute(1, 0, 2).reshape(D, H * Dh)
+            W_V = per_query_head(self.W_V[l], H).permute(1, 0, 2).reshape(D, H * Dh)
+            resid_pre = resid
             x = self._norm(resid, "ln1", l)
             qk_in = x + pos if cfg.positional == "shortformer" else x
             q, k, v = qk_in @ W_Q, qk_in @ W_K, x @ W_V  # [batch, pos, n_heads * d_head]
             if cfg.bias:
                 q, k, v = (
                     q + self.b_Q[l].flatten(),
-                    k + self.b_K[l].flatten(),
-                    v + self.b_V[l].flatten(),
+                    k + per_query_head(self.b_K[l], H).flatten(),
+                    v + per_query_head(self.b_V[l], H).flatten(),
                 )
             q, k, v = (t.view(B, n, H, Dh).transpose(1, 2) for t in (q, k, v))
+            if rot is not None:
+                q, k = rotate(q, *rot), rotate(k, *rot)
             z = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             z = z.transpose(1, 2).reshape(B, n, H * Dh)
             resid = resid + z @ self.W_O[l].reshape(H * Dh, D)
             if cfg.bias:
                 resid = resid + self.b_O[l]
             if cfg.d_mlp:
-                x = self._norm(resid, "ln2", l)
+                x = self._norm(resid_pre if cfg.parallel else resid, "ln2", l)
                 resid = resid + self._mlp(x, l)
         return self._norm(resid, "ln_final")
+
+    def _rotary(self, n: int) -> tuple[Tensor, Tensor] | None:
+        """cos, sin [n, rotary_dim] of positions 0..n-1 for positional="rotary", else None."""
+        c = self.cfg
+        if c.positional != "rotary":
+            return None
+        return rotary_cos_sin(n, c.rotary_dim, c.rotary_base, self.device)
 
     def run_with_hooks(
         self,
@@ -374,26 +430,34 @@ class Transformer(nn.Module):
         cfg = self.cfg
         n = tokens.shape[1]
         resid = point("embed", self.W_E[tokens])
-        pos = point("pos_embed", self.W_pos[:n])
+        pos = point("pos_embed", self.W_pos[:n]) if self.W_pos is not None else None
+        rot = self._rotary(n)
         if cfg.positional == "standard":
             resid = resid + pos
         mask = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
         scale = 1.0 / math.sqrt(cfg.d_head)
         for l in range(cfg.n_layers):
-            resid = point(f"resid_pre.{l}", resid)
+            resid = resid_pre = point(f"resid_pre.{l}", resid)
             x = self._norm(resid, "ln1", l, point)
             qk_in = (x + pos if cfg.positional == "shortformer" else x)[:, None]
+            W_K, W_V = (
+                per_query_head(self.W_K[l], cfg.n_heads),
+                per_query_head(self.W_V[l], cfg.n_heads),
+            )
             # [batch, 1, pos, d_model] broadcasts over heads; biases [head, 1, d_head]
-            q, k, v = qk_in @ self.W_Q[l], qk_in @ self.W_K[l], x[:, None] @ self.W_V[l]
+            q, k, v = qk_in @ self.W_Q[l], qk_in @ W_K, x[:, None] @ W_V
             if cfg.bias:
                 q, k, v = (
                     q + self.b_Q[l, :, None],
-                    k + self.b_K[l, :, None],
-                    v + self.b_V[l, :, None],
+                    k + per_query_head(self.b_K[l], cfg.n_heads)[:, None],
+                    v + per_query_head(self.b_V[l], cfg.n_heads)[:, None],
                 )
             q = point(f"q.{l}", q)  # [batch, head, pos, d_head]
             k = point(f"k.{l}", k)
             v = point(f"v.{l}", v)
+            if rot is not None:
+                q = point(f"rot_q.{l}", rotate(q, *rot))
+                k = point(f"rot_k.{l}", rotate(k, *rot))
             if any(f"{n}.{l}" in hooks or want(f"{n}.{l}") for n in ("scores", "pattern")):
                 scores = (q @ k.transpose(-1, -2)) * scale  # [batch, head, dest, src]
                 scores = point(f"scores.{l}", scores.masked_fill(~mask, float("-inf")))
@@ -414,7 +478,8 @@ class Transformer(nn.Module):
                 resid = resid + self.b_O[l]
             if cfg.d_mlp:
                 resid = point(f"resid_mid.{l}", resid)
-                resid = resid + self._mlp(self._norm(resid, "ln2", l, point), l, point)
+                mlp_in = resid_pre if cfg.parallel else resid
+                resid = resid + self._mlp(self._norm(mlp_in, "ln2", l, point), l, point)
             resid = point(f"resid_post.{l}", resid)
         logits = point("logits", self.unembed(self._norm(resid, "ln_final", None, point)))
         return logits, cache
@@ -435,6 +500,9 @@ class Transformer(nn.Module):
             f"positional={c.positional!r}, normalization={c.normalization!r}, "
             + (f"d_mlp={c.d_mlp}, act_fn={c.act_fn!r}, " if c.d_mlp else "")
             + ("bias=True, " if c.bias else "")
+            + (f"n_kv_heads={c.n_kv_heads}, " if c.n_kv_heads != c.n_heads else "")
+            + ("parallel=True, " if c.parallel else "")
+            + ("gated_mlp=True, " if c.gated_mlp else "")
             + f"params={c.n_params:,}"
         )
 

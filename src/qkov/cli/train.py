@@ -29,6 +29,12 @@ MODEL_HELP = {
     "d_mlp": "width of each layer's MLP (0: attention-only, the paper's model)",
     "act_fn": "the MLP's activation (gelu_new: GPT-2's tanh approximation)",
     "bias": "give the model biases (b_Q, b_K, b_V, b_O, b_U; b_in, b_out with an MLP)",
+    "rotary_dim": "with --positional rotary: rotated dims per head (default: d_head)",
+    "rotary_base": "with --positional rotary: the base of the rotation frequencies",
+    "parallel": "attention and MLP both read the layer's input (GPT-NeoX)",
+    "n_kv_heads": "grouped-query attention: key/value heads (default: n_heads)",
+    "gated_mlp": "gated MLP act(x W_gate) * (x W_in) (Llama)",
+    "norm_eps": "eps of every norm",
     "init_std": "std of the initial weights (W_O is scaled by 1/sqrt(2 n_layers))",
     "pos_init_std": "std of the initial W_pos (default: --init-std); with --normalization rms "
     "the normalised stream has RMS 1, so a W_pos of std ~0.02 starts 50x weaker than tokens",

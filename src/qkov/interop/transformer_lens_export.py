@@ -28,6 +28,19 @@ def to_transformer_lens(model: Transformer) -> tuple[dict[str, Tensor], dict[str
     A round trip through convert_state_dict gives back the same weights; a bias=True model
     whose biases are all zero comes back with bias=False (TL has no bias switch)."""
     cfg = model.cfg
+    unsupported = {
+        "positional='rotary'": cfg.positional == "rotary",
+        "parallel": cfg.parallel,
+        "gated_mlp": cfg.gated_mlp,
+        f"n_kv_heads={cfg.n_kv_heads}": cfg.n_kv_heads != cfg.n_heads,
+        f"norm_eps={cfg.norm_eps}": cfg.norm_eps != RMS_EPS,
+    }
+    if any(unsupported.values()):
+        raise QkovError(
+            "exporting to TransformerLens does not cover "
+            + ", ".join(k for k, v in unsupported.items() if v)
+            + " (the Hugging Face checkpoint itself loads in TransformerLens)"
+        )
     w = {k: v.detach().to("cpu").clone() for k, v in model.weights().items()}
     if not cfg.bias:  # TL always has biases: zeros of the shapes a bias=True model has
         full = weight_shapes(dataclasses.replace(cfg, bias=True))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from qkov.names import LABELS
 from qkov.report.cards import evaluation_text, token_filter_text
 from qkov.report.escape import esc
 from qkov.report.fmt import count, num, si
@@ -143,8 +144,37 @@ def heads_section(m: dict, view_id: str | None, prefix: str) -> str:
                 '<p class="note">A 0-layer model has no heads: its logits are the bigram table.</p>'
             )
         return not_computed(m, "heads")
-    cards = "".join(head_card(m, h, view_id, prefix) for h in heads)
-    return head_table(heads) + f'<div class="cards">{cards}</div>'
+    if len(heads) <= EXPANDED_HEADS:
+        cards = "".join(head_card(m, h, view_id, prefix) for h in heads)
+        return head_table(heads) + f'<div class="cards">{cards}</div>'
+    # Many heads (GPT-2 small has 144): by role, then by the score that decided the role;
+    # the first EXPANDED_HEADS cards open, the rest folded.
+    heads = sorted(heads, key=_role_and_score)
+    top = "".join(head_card(m, h, view_id, prefix) for h in heads[:EXPANDED_HEADS])
+    rest = "".join(head_card(m, h, view_id, prefix) for h in heads[EXPANDED_HEADS:])
+    return (
+        head_table(heads)
+        + f'<p class="note">{len(heads)} heads, sorted by label and by the score that decided '
+        f"it; the top {EXPANDED_HEADS} are shown, the rest folded below.</p>"
+        + f'<div class="cards">{top}</div>'
+        + f"<details><summary>the other {len(heads) - EXPANDED_HEADS} heads</summary>"
+        + f'<div class="cards">{rest}</div></details>'
+    )
+
+
+EXPANDED_HEADS = 16  # more heads than this: sorted, and the rest folded
+
+
+def _role_and_score(h: dict) -> tuple[int, float]:
+    """Sort key: labels in LABELS order ("other" last), then the deciding score, highest first."""
+    label = h.get("label") or "other"
+    rank = LABELS.index(label) if label in LABELS else len(LABELS)
+    score = (h.get("scores") or {}).get(h.get("decided_by") or label)
+    try:
+        value = float(score)
+    except (TypeError, ValueError):
+        value = float("nan")
+    return rank, -value if math.isfinite(value) else math.inf
 
 
 def attention_section(m: dict, view_id: str) -> str:

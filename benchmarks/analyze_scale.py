@@ -1,0 +1,90 @@
+"""`qkov analyze` at GPT-2-small shape: wall time and peak RSS against the targets
+(<= 10 minutes, <= 8 GB on the project's 2-core CPU).
+
+A random GPT-2-small-shaped Hugging Face folder (12 layers x 12 heads, d_model 768, d_mlp
+3072, d_vocab 50257, n_ctx 1024; std-0.02 weights, as GPT-2 initialises) is written with
+safetensors (no transformers needed), then `qkov analyze` runs on it in a child process,
+so its peak RSS is the child's alone (getrusage RUSAGE_CHILDREN).
+
+    python benchmarks/analyze_scale.py [--n-layers 12] [--n-heads 12] [--d-model 768]
+                                       [--d-vocab 50257] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+TARGET_S, TARGET_GB = 600, 8.0
+
+
+def write_gpt2_folder(out: Path, n_layers: int, n_heads: int, d_model: int, d_vocab: int) -> None:
+    """config.json + model.safetensors of a random GPT-2 (Conv1D layout, tied W_U)."""
+    D, M, n_ctx = d_model, 4 * d_model, 1024
+    g = torch.Generator().manual_seed(0)
+    rand = lambda *shape: torch.randn(*shape, generator=g) * 0.02  # noqa: E731
+    t = {"wte.weight": rand(d_vocab, D), "wpe.weight": rand(n_ctx, D)}
+    t |= {"ln_f.weight": torch.ones(D), "ln_f.bias": torch.zeros(D)}
+    for l in range(n_layers):
+        p = f"h.{l}."
+        t |= {p + "ln_1.weight": torch.ones(D), p + "ln_1.bias": torch.zeros(D)}
+        t |= {p + "ln_2.weight": torch.ones(D), p + "ln_2.bias": torch.zeros(D)}
+        t |= {p + "attn.c_attn.weight": rand(D, 3 * D), p + "attn.c_attn.bias": torch.zeros(3 * D)}
+        t |= {p + "attn.c_proj.weight": rand(D, D), p + "attn.c_proj.bias": torch.zeros(D)}
+        t |= {p + "mlp.c_fc.weight": rand(D, M), p + "mlp.c_fc.bias": torch.zeros(M)}
+        t |= {p + "mlp.c_proj.weight": rand(M, D), p + "mlp.c_proj.bias": torch.zeros(D)}
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(t, str(out / "model.safetensors"), metadata={"format": "pt"})
+    config = {
+        "model_type": "gpt2",
+        "n_layer": n_layers,
+        "n_head": n_heads,
+        "n_embd": D,
+        "n_positions": n_ctx,
+        "vocab_size": d_vocab,
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": 1e-5,
+    }
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n-layers", type=int, default=12)
+    ap.add_argument("--n-heads", type=int, default=12)
+    ap.add_argument("--d-model", type=int, default=768)
+    ap.add_argument("--d-vocab", type=int, default=50257)
+    ap.add_argument("--keep", type=Path, help="write the folder and report here (default: tmp)")
+    args = ap.parse_args()
+    root = args.keep or Path(tempfile.mkdtemp(prefix="qkov-scale-"))
+    folder = root / "gpt2-small-random"
+    write_gpt2_folder(folder, args.n_layers, args.n_heads, args.d_model, args.d_vocab)
+    cmd = [sys.executable, "-m", "qkov", "analyze", str(folder), "--out", str(root / "out")]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - start
+    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB -> GiB
+    if done.returncode != 0:
+        print(done.stderr[-2000:], file=sys.stderr)
+        print(f"qkov analyze failed (exit {done.returncode}) after {wall:.0f} s")
+        return 1
+    shape = f"{args.n_layers} layers x {args.n_heads} heads, d_model {args.d_model}"
+    print(f"qkov analyze, GPT-2-small-shaped random checkpoint ({shape}, d_vocab {args.d_vocab})")
+    print(f"  wall time {wall:7.1f} s   target <= {TARGET_S} s   ratio {wall / TARGET_S:.2f}")
+    print(
+        f"  peak RSS  {peak_gb:7.2f} GB  target <= {TARGET_GB} GB  ratio {peak_gb / TARGET_GB:.2f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Public checkpoints from a local Hugging Face folder, read with safetensors alone (no
+`transformers` at run time, no pickle): GPT-2, GPT-NeoX/Pythia and the Llama family
+(Llama, Mistral, Qwen2), each turned into qkov's Transformer with the same logits.
+
+One module per family says how its config.json maps to a ModelConfig, which tensors (and
+shapes) the folder must hold, and how they become the paper's matrices. Weights are upcast
+to float32 by default (dtype=None keeps the stored bf16/fp16), so every analysis runs in
+fp32 on a CPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from qkov.errors import QkovError
+from qkov.hf import gpt2, gpt_neox, llama
+from qkov.hf.folder import (
+    CONFIG,
+    download,
+    is_hf_folder,
+    load_tokenizer,
+    read_config,
+    read_tensors,
+    tensor_index,
+)
+from qkov.model import Transformer
+
+FAMILIES: dict[str, ModuleType] = {
+    "gpt2": gpt2,
+    "gpt_neox": gpt_neox,
+    "llama": llama,
+    "mistral": llama,
+    "qwen2": llama,
+}
+
+__all__ = ["FAMILIES", "download", "is_hf_folder", "load_hf"]
+
+
+def load_hf(
+    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = torch.float32
+) -> Transformer:
+    """The model of a Hugging Face folder (config.json, model.safetensors or shards with
+    model.safetensors.index.json, tokenizer.json if present) as a qkov Transformer.
+
+    dtype: the weights' dtype in the model (float32 by default; None keeps the stored one).
+    Everything is checked against config.json from the file headers before a weight is read."""
+    path = Path(path)
+    hf = read_config(path)
+    source = str(path / CONFIG)
+    kind = hf.get("model_type")
+    if kind not in FAMILIES:
+        raise QkovError(
+            f"{source}: model_type {kind!r} is not supported: qkov reads " + ", ".join(FAMILIES)
+        )
+    family = FAMILIES[kind]
+    cfg = family.model_config(hf, source)
+    tokenizer = load_tokenizer(path, cfg.d_vocab)
+    index = tensor_index(path)
+    names = _names(index, family)  # stripped name -> name in the files
+    expected = family.hf_shapes(cfg, hf)
+    allowed = expected | family.optional_shapes(cfg, hf)
+    missing = [n for n in expected if n not in names]
+    if missing:
+        raise QkovError(
+            f"{path} has no tensor {missing[0]!r}"
+            + (f" (nor {len(missing) - 1} more)" if len(missing) > 1 else "")
+            + f", which its {CONFIG} implies: do config.json and the weights belong together?"
+        )
+    unknown = sorted(n for n in names if n not in allowed)
+    if unknown:
+        raise QkovError(
+            f"{path} holds tensors a {kind} model has no place for ({', '.join(unknown[:3])}"
+            + (", ..." if len(unknown) > 3 else "")
+            + "): do config.json and the weights belong together?"
+        )
+    for name in [n for n in allowed if n in names]:  # embeddings first: the clearest line
+        file_name = names[name]
+        ref = index[file_name]
+        if ref.shape != allowed[name]:
+            raise QkovError(
+                f"{ref.file}: tensor {file_name} has shape {list(ref.shape)} but {CONFIG} "
+                f"implies {list(allowed[name])}: do config.json and the weights belong together?"
+            )
+    tensors = read_tensors(index, list(names.values()))
+    tensors = {s: tensors[f] for s, f in names.items()}
+    if dtype is not None:
+        tensors = {k: v.to(dtype) for k, v in tensors.items()}
+    weights = family.convert(tensors, cfg, hf)
+    del tensors
+    model = Transformer.empty(cfg, dtype=weights["W_E"].dtype)
+    model.load_weights(weights, source=str(path))
+    model.tokenizer = tokenizer
+    return model.to(device)
+
+
+def _names(index: dict, family: ModuleType) -> dict[str, str]:
+    """Tensor names without the family's prefix (transformer., gpt_neox., model.), leaving out
+    the buffers old checkpoints saved (causal masks, rotary frequencies)."""
+    out = {}
+    for name in index:
+        if name.endswith(family.IGNORED):
+            continue
+        out[name.removeprefix(family.PREFIX)] = name
+    return out

@@ -1,0 +1,130 @@
+"""Tiny random Hugging Face models built offline from a config (transformers is a test
+dependency only), saved as a model folder the way the hub holds them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+D_VOCAB = 96
+TEXT = "the cat sat on the mat. the dog sat on the log."
+
+# name -> (config class, model class, config kwargs)
+FAMILIES = {
+    "gpt2": (
+        "GPT2Config",
+        "GPT2LMHeadModel",
+        dict(n_layer=2, n_head=4, n_embd=32, n_positions=24),
+    ),
+    "gpt_neox": (
+        "GPTNeoXConfig",
+        "GPTNeoXForCausalLM",
+        dict(
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            hidden_size=32,
+            intermediate_size=48,
+            max_position_embeddings=24,
+            rope_parameters={"rope_theta": 500.0, "partial_rotary_factor": 0.5},
+        ),
+    ),
+    "gpt_neox_sequential": (
+        "GPTNeoXConfig",
+        "GPTNeoXForCausalLM",
+        dict(
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            hidden_size=32,
+            intermediate_size=48,
+            max_position_embeddings=24,
+            use_parallel_residual=False,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "llama": (
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        dict(
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            hidden_size=32,
+            intermediate_size=48,
+            max_position_embeddings=24,
+            rope_parameters={"rope_type": "default", "rope_theta": 300.0},
+        ),
+    ),
+    "mistral": (
+        "MistralConfig",
+        "MistralForCausalLM",
+        dict(
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            hidden_size=32,
+            head_dim=12,
+            intermediate_size=48,
+            max_position_embeddings=24,
+            sliding_window=None,
+        ),
+    ),
+    "qwen2": (
+        "Qwen2Config",
+        "Qwen2ForCausalLM",
+        dict(
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            hidden_size=32,
+            intermediate_size=48,
+            max_position_embeddings=24,
+            tie_word_embeddings=True,
+        ),
+    ),
+}
+
+
+def hf_model(name: str, seed: int = 0):
+    """A tiny random model of family `name`, weights noised (norms and biases included) so
+    that a wrong transpose, split or convention shows in the logits."""
+    cfg_cls, model_cls, kwargs = FAMILIES[name]
+    cfg = getattr(transformers, cfg_cls)(vocab_size=D_VOCAB, **kwargs)
+    cfg.bos_token_id = cfg.eos_token_id = cfg.pad_token_id = None
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_cls)(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    model.config._attn_implementation = "eager"
+    return model
+
+
+def tiny_tokenizer():
+    """A byte-level BPE of fewer than D_VOCAB tokens, trained on TEXT."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=D_VOCAB - 8, initial_alphabet=[])
+    tok.train_from_iterator([TEXT] * 4, trainer)
+    assert tok.get_vocab_size() <= D_VOCAB, (tok.get_vocab_size(), len(alphabet))
+    return tok
+
+
+def save_folder(model, out: Path, tokenizer=None, **save_kwargs) -> Path:
+    """save_pretrained (safetensors; max_shard_size= for shards) plus tokenizer.json."""
+    model.save_pretrained(out, **save_kwargs)
+    if tokenizer is not None:
+        tokenizer.save(str(out / "tokenizer.json"))
+    return out
+
+
+def hf_logits(model, tokens: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(tokens).logits.float()

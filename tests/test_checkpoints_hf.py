@@ -1,0 +1,104 @@
+"""Public-checkpoint folders (GPT-2, GPT-NeoX/Pythia, Llama, Mistral, Qwen2) load into qkov
+with transformers' logits: tiny random models built offline, saved with save_pretrained
+(single file, sharded, bf16), read by qkov.load with safetensors alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+import qkov
+from hf_models import FAMILIES, TEXT, hf_logits, hf_model, save_folder, tiny_tokenizer
+from qkov.circuits import ov_circuit, qk_circuit
+from qkov.heads import head_scores
+
+
+def _tokens(model, n: int = 20, batch: int = 2) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(model.config.vocab_size, (batch, n), generator=g)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_logits_equal_transformers(family, tmp_path):
+    hf = hf_model(family)
+    folder = save_folder(hf, tmp_path / family, tiny_tokenizer())
+    model = qkov.load(folder)
+    tokens = _tokens(hf)
+    expected = hf_logits(hf, tokens)
+    assert model.W_E.dtype == torch.float32
+    torch.testing.assert_close(model(tokens), expected, atol=1e-4, rtol=0)
+    logits, cache = model.run_with_cache(tokens)  # the hooked forward pass agrees too
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "llama"])
+def test_sharded_folder_loads_the_same_model(family, tmp_path):
+    hf = hf_model(family)
+    folder = save_folder(hf, tmp_path / family, max_shard_size="20KB")
+    assert (folder / "model.safetensors.index.json").is_file()
+    assert len(list(folder.glob("model-*-of-*.safetensors"))) > 2
+    tokens = _tokens(hf)
+    torch.testing.assert_close(qkov.load(folder)(tokens), hf_logits(hf, tokens), atol=1e-4, rtol=0)
+
+
+def test_tokenizer_round_trips(tmp_path):
+    tok = tiny_tokenizer()
+    folder = save_folder(hf_model("gpt2"), tmp_path / "gpt2", tok)
+    model = qkov.load(folder)
+    ids = model.tokenizer.encode(TEXT).ids
+    from transformers import PreTrainedTokenizerFast
+
+    reference = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
+    assert ids == reference(TEXT)["input_ids"]
+    assert model.tokenizer.decode(ids) == TEXT
+    assert model(torch.tensor([ids])).shape == (1, len(ids), model.cfg.d_vocab)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "llama", "qwen2"])
+def test_bf16_folder_loads_and_every_analysis_runs(family, tmp_path):
+    hf = hf_model(family).to(torch.bfloat16)
+    folder = save_folder(hf, tmp_path / family)
+    # Upcast (the default): exactly the bf16 weights, computed in fp32.
+    model = qkov.load(folder)
+    tokens = _tokens(hf)
+    # The reference reloads the folder in fp32 (hf.float() would keep bf16-rounded rotary
+    # frequencies, a buffer .to(bfloat16) rounded).
+    reference = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    reference.config._attn_implementation = "eager"
+    torch.testing.assert_close(model(tokens), hf_logits(reference, tokens), atol=1e-4, rtol=0)
+    # Kept in bf16: circuits, eigenvalues (through fp32) and head scores still compute.
+    kept = qkov.hf.load_hf(folder, dtype=None)
+    assert kept.W_E.dtype == torch.bfloat16
+    for m in (model, kept):
+        ov, qk = ov_circuit(m, 1, 2), qk_circuit(m, 0, 1)
+        eig = ov.eigenvalues
+        assert eig.shape == (m.cfg.d_head,) and torch.isfinite(torch.view_as_real(eig)).all()
+        assert torch.isfinite(qk.eigenvalues.real).all()
+        scores = head_scores(m)
+        assert torch.isfinite(scores.induction).all()
+    # bf16 eigenvalues agree with the fp32 ones of the same weights, to bf16 precision.
+    a = ov_circuit(model, 1, 2).eigenvalues
+    b = ov_circuit(kept, 1, 2).eigenvalues
+    scale = float(a.abs().max())
+    from factories import match_multisets
+
+    match_multisets(b, a, tol=0.05 * scale)
+
+
+def test_rotary_qk_circuit_at_an_offset_is_the_models_score(tmp_path):
+    """Layer 0 of a rotary model: the token QK circuit at offset s - p equals the score the
+    model computes between those tokens at those positions (no bias, no norm: llama folded
+    to weightless rms, each token read over its own RMS, as layer 0 reads it)."""
+    model = qkov.load(save_folder(hf_model("llama"), tmp_path / "llama"))
+    tokens = torch.tensor([[5, 17, 3, 40, 11, 29, 8]])
+    _, cache = model.run_with_cache(tokens)
+    scores = cache["scores.0"][0] * model.cfg.d_head**0.5  # [head, dest, src], unscaled
+    for head in (0, 3):
+        for p, s in ((6, 6), (6, 2), (4, 0), (5, 4)):
+            circuit = qk_circuit(model, 0, head, offset=s - p)
+            expected = circuit[int(tokens[0, p]), int(tokens[0, s])]
+            torch.testing.assert_close(scores[head, p, s], expected, atol=1e-4, rtol=1e-4)
+    # Offset 0 is the plain W_Q W_K^T; another offset is not.
+    a, b = qk_circuit(model, 0, 1).dense(), qk_circuit(model, 0, 1, offset=-3).dense()
+    assert not torch.allclose(a, b, atol=1e-3)

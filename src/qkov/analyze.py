@@ -50,6 +50,10 @@ SAMPLE_TEXT = (
 )
 MAX_SAMPLE_TOKENS = 48
 QK_TERM_SEQUENCES = 4  # evaluation sequences the QK terms are measured on
+QK_TERM_POSITIONS = 256  # ... their first tokens (a term is [batch, dest, src]: pos^2 each)
+# Knock-outs (a forward pass per head) and the per-head scores on the evaluation text are
+# measured on its first sequences: their records give the tokens they rest on.
+ABLATION_SEQUENCES = 16
 POSITIONAL_QK_POSITIONS = 16  # the corner of W_pos W_QK W_pos^T shown per layer-0 head
 N_VIRTUAL_HEADS = 20  # virtual heads kept, by V-composition
 _ORDER_NAMES = {0: "direct path", 1: "single heads", 2: "virtual heads"}
@@ -173,7 +177,11 @@ def analyze_model(
     rec["probe_icl_score"] = training_probe(model, seed=seed)["probe_icl_score"]
     rec["attention"] = _attention(model, sample_text, seed)
     cls = classify_heads(model, seed=seed)
-    text_scores = score_heads(model, tokens).to_dict() if evaluation.kind == "text" else None
+    text_scores = (
+        score_heads(model, tokens[:ABLATION_SEQUENCES]).to_dict()
+        if evaluation.kind == "text"
+        else None
+    )
     keep = _token_filter(rec, model, min_token_count)
     rec["heads"] = [_head(model, r, text_scores, n_trigrams, keep) for r in cls.records]
     rec["induction_circuits"] = _induction_circuits(cls)
@@ -183,10 +191,17 @@ def analyze_model(
             "baseline": comp["baseline_mean"],
             "baseline_std": comp["baseline_std"],
         }
-    rec["term_importance"] = _term_importance(model, tokens)
+    rec["term_importance"] = _term_importance(model, tokens[:ABLATION_SEQUENCES])
     rec["qk_terms"] = [
-        qe.summary() for qe in qk_expansion_all(model, tokens[:QK_TERM_SEQUENCES], QK_MAX_ORDER)
+        qe.summary()
+        for qe in qk_expansion_all(
+            model, tokens[:QK_TERM_SEQUENCES, :QK_TERM_POSITIONS], QK_MAX_ORDER
+        )
     ]
+    rec["qk_terms_measured_on"] = {
+        "n_sequences": min(QK_TERM_SEQUENCES, tokens.shape[0]),
+        "seq_len": min(QK_TERM_POSITIONS, tokens.shape[1]),
+    }
     if cfg.n_layers >= 2:
         rec["virtual_heads"] = [v.to_dict() for v in virtual_head_ov(model)[:N_VIRTUAL_HEADS]]
     if cfg.positional != "none":

@@ -44,8 +44,14 @@ def qk_terms_section(m: dict) -> str:
             + hbar_chart(terms, f"{name} largest QK terms", width=420)
             + "</figure>"
         )
+    on = m.get("qk_terms_measured_on") or {}
+    where = (
+        f"the first {on['seq_len']} tokens of {on['n_sequences']} evaluation sequences"
+        if on.get("seq_len") and on.get("n_sequences")
+        else "the evaluation set"
+    )
     return (
-        '<p class="note">Each head\'s attention scores on the evaluation set split exactly '
+        f'<p class="note">Each head\'s attention scores on {esc(where)} split exactly '
         "into terms by the path its query reads and the path its key reads (earlier "
         "patterns frozen): direct (token, position, bias, MLP output on both sides), "
         "Q-composition (earlier heads on the query side), K-composition (on the key side), "

@@ -76,6 +76,8 @@ computed" (with the reason from `not_computed` if given). Names are the library'
                                            # probe_ov_eigenvalue: qkov.induction_circuit
       "phase_change": {"tokens": [float, float]} | null,  # where the probe induction score
                                            # crosses from < 0.1 to >= half its final value
+      "qk_terms_measured_on": {"n_sequences": int, "seq_len": int},  # the evaluation
+                                           # sequences (their first tokens) of qk_terms
       "qk_terms": [{"layer": int, "head": int,      # qkov.qk_expansion on the evaluation set:
                     "kinds": [{"kind": str, "size": float}],  # direct | Q-composition |
                                            # K-composition | Q+K-composition, largest first

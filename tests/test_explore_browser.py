@@ -99,6 +99,9 @@ def test_explore_in_chromium(tmp_path):
     shots = Path(os.environ.get("QKOV_SCREENSHOT_DIR") or tmp_path / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
     explorer = Explorer.from_dirs([])
+    n_heads = {  # head buttons each model shows: every head of every layer
+        name: m.model.cfg.n_layers * m.model.cfg.n_heads for name, m in explorer.models.items()
+    }
     driver = start_chromium(tmp_path / "profile", logging=True)
     try:
         driver.execute_cdp_cmd("Network.enable", {})
@@ -109,8 +112,9 @@ def test_explore_in_chromium(tmp_path):
             driver.get(base + "/")
             _wait(
                 driver,
-                "return document.querySelectorAll('#heads button.head').length == 8",
+                "return document.querySelectorAll('#heads button.head').length == arguments[0]",
                 "the attn2 head buttons",
+                n_heads["attn2"],
             )
 
             # Type a text: the tokens and a pattern render.
@@ -164,7 +168,7 @@ def test_explore_in_chromium(tmp_path):
             assert lit >= 1
             after_panel = driver.find_element(By.ID, "prediction").text
             assert after_panel != before_panel and "paths pushing" in after_panel
-            assert "sum = centred logit" in after_panel
+            assert "sum = logit" in after_panel
             assert _canvas_signature(driver) != before_canvas
             _screenshot(driver, shots / "explore-hover.png")
             # Choosing another head repaints the pattern and the sources lit up.
@@ -186,9 +190,10 @@ def test_explore_in_chromium(tmp_path):
             )
             _wait(
                 driver,
-                "return document.querySelectorAll('#heads button.head').length == 8"
+                "return document.querySelectorAll('#heads button.head').length == arguments[0]"
                 " && document.body.dataset.run == 'mlp2'",
                 "mlp2's heads and reading",
+                n_heads["mlp2"],
             )
             ActionChains(driver).move_to_element(
                 driver.find_elements(By.CSS_SELECTOR, "#tokens .tok")[5]
@@ -215,9 +220,10 @@ def test_explore_in_chromium(tmp_path):
             Select(driver.find_element(By.ID, "model")).select_by_value("attn1")
             _wait(
                 driver,
-                "return document.querySelectorAll('#heads button.head').length == 4"
+                "return document.querySelectorAll('#heads button.head').length == arguments[0]"
                 " && document.body.dataset.run == 'attn1'",
                 "attn1's heads and reading",
+                n_heads["attn1"],
             )
             box.send_keys(Keys.CONTROL, "a")
             box.send_keys(Keys.DELETE)

@@ -113,3 +113,16 @@ def test_missing_snapshot_is_one_clear_error(tmp_path):
 
     with pytest.raises(QkovError, match="--keep-checkpoints"):
         load_snapshot(tmp_path, 5)
+
+
+def test_phase_change_is_not_placed_where_no_probe_saw_it():
+    from qkov.metrics import phase_change
+
+    def history(values):
+        return {
+            "series": {"probe_induction_score": [[1e6 * (i + 1), v] for i, v in enumerate(values)]}
+        }
+
+    assert phase_change(history([0.02, 0.05, 0.6, 0.8])) == {"tokens": [2e6, 3e6]}
+    assert phase_change(history([0.67, 0.89, 0.90])) is None  # formed before the first probe
+    assert phase_change(history([0.02, 0.1, 0.2])) is None  # no head

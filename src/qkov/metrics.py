@@ -96,11 +96,14 @@ def phase_change(history: dict[str, Any] | None, final_min: float = 0.3) -> dict
     """Where the induction head formed, read off the training probe of `training_history`:
     {"tokens": [start, end]}, end the first point where probe_induction_score reaches half its
     final value, start the last point before it still below 0.1 (or the first point). None
-    when the run has no probe series or its final score is below `final_min` (no head)."""
+    when the run has no probe series, its final score is below `final_min` (no head), or
+    the first probe already reaches half of it (the change came before the first probe)."""
     points = ((history or {}).get("series") or {}).get("probe_induction_score") or []
     if not points or points[-1][1] < final_min:
         return None
     half = points[-1][1] / 2
     end = next(i for i, (_, v) in enumerate(points) if v >= half)
+    if end == 0:  # the first probe already shows the head: it formed before, unseen
+        return None
     start = max((i for i in range(end) if points[i][1] < 0.1), default=0)
     return {"tokens": [points[start][0], points[end][0]]}

@@ -45,9 +45,14 @@ def chunk_rows(d_vocab: int, budget: int = 1 << 21) -> int:
 
 class _UnembedCrossEntropy(torch.autograd.Function):
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)  # fp32 under autocast
     def forward(
-        ctx, resid: Tensor, W_U: Tensor, b_U: Tensor | None, targets: Tensor, chunk: int
+        ctx,
+        resid: Tensor,
+        W_U: Tensor,
+        b_U: Tensor | None,
+        targets: Tensor,
+        chunk: int,
+        mm: torch.dtype | None,
     ) -> Tensor:
         n = resid.shape[0]
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -57,9 +62,11 @@ class _UnembedCrossEntropy(torch.autograd.Function):
         grad_w = torch.zeros(W_U.shape, dtype=acc, device=W_U.device) if need_w else None
         grad_b = torch.zeros(W_U.shape[-1], dtype=acc, device=W_U.device) if need_b else None
         total = torch.zeros((), dtype=acc, device=resid.device)
+        W = W_U if mm is None else W_U.to(mm)  # the matmuls' operand (bf16 under autocast)
         for i in range(0, n, chunk):
             x, t = resid[i : i + chunk], targets[i : i + chunk]
-            logits = (x @ W_U).to(acc)  # [chunk, d_vocab], at least fp32
+            x = x if mm is None else x.to(mm)
+            logits = (x @ W).to(acc)  # [chunk, d_vocab]; the softmax is at least fp32
             if b_U is not None:
                 logits += b_U.to(acc)
             logp = torch.log_softmax(logits, dim=-1)  # one fused pass (max, sum of exp, write)
@@ -70,10 +77,12 @@ class _UnembedCrossEntropy(torch.autograd.Function):
                 # the 1 / n of the mean is applied to the small products, not to this buffer.
                 g = logp.exp_().scatter_(1, t[:, None], picked.exp() - 1.0)
                 if need_x:
-                    gx = g.to(W_U.dtype) @ W_U.T  # [chunk, d_model]
+                    gx = g.to(W.dtype) @ W.T  # [chunk, d_model]
                     grad_x[i : i + chunk] = gx.mul_(1.0 / n).to(resid.dtype)
-                if need_w:
+                if need_w and mm is None:
                     grad_w.addmm_(x.T.to(acc), g, alpha=1.0 / n)
+                elif need_w:  # low precision product, summed over chunks in fp32
+                    grad_w.add_(x.T @ g.to(mm), alpha=1.0 / n)
                 if need_b:
                     grad_b.add_(g.sum(dim=0), alpha=1.0 / n)
         ctx.save_for_backward(
@@ -84,13 +93,13 @@ class _UnembedCrossEntropy(torch.autograd.Function):
         return total / n
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_out: Tensor):
         grad_x, grad_w, grad_b = ctx.saved_tensors
         return (
             grad_x * grad_out if grad_x is not None else None,
             grad_w * grad_out if grad_w is not None else None,
             grad_b * grad_out if grad_b is not None else None,
+            None,
             None,
             None,
         )
@@ -109,18 +118,21 @@ def unembed_cross_entropy(
     resid [..., d_model], W_U [d_model, d_vocab], b_U [d_vocab] or None, targets [...] int
     -> scalar. Equals `F.cross_entropy((resid @ W_U + b_U).float().flatten(0, -2),
     targets.flatten())` and its gradients up to float rounding. Without gradients it is a
-    chunked forward only."""
+    chunked forward only. Under autocast the matmuls run in its dtype (bf16: the tensor
+    cores' rate) and the softmax and all sums in fp32, as autocast runs linear + cross-entropy."""
     x = resid.reshape(-1, resid.shape[-1])
     t = targets.reshape(-1).long()
     chunk = chunk or chunk_rows(W_U.shape[-1])
     acc = torch.promote_types(torch.promote_types(x.dtype, W_U.dtype), torch.float32)
+    dev = x.device.type
+    mm = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
     grads = x.requires_grad or W_U.requires_grad or (b_U is not None and b_U.requires_grad)
     if not (torch.is_grad_enabled() and grads):
         with torch.no_grad():
             total = 0.0
             for i in range(0, len(t), chunk):
-                logits = (x[i : i + chunk] @ W_U).to(acc)
+                logits = (x[i : i + chunk] @ W_U).to(acc)  # (autocast applies)
                 logits = logits + b_U.to(acc) if b_U is not None else logits
                 total += F.cross_entropy(logits, t[i : i + chunk], reduction="sum")
         return total / len(t)
-    return _UnembedCrossEntropy.apply(x, W_U, b_U, t, chunk)
+    return _UnembedCrossEntropy.apply(x, W_U, b_U, t, chunk, mm)

@@ -39,8 +39,15 @@ def next_token_loss(logits: Tensor, tokens: Tensor) -> Tensor:
 
 
 def chunk_rows(d_vocab: int, budget: int = 1 << 21) -> int:
-    """Tokens per chunk: about `budget` logits (8 MB in fp32), at least 128 rows."""
+    """Tokens per chunk: about `budget` logits (default 8 MB in fp32), at least 128 rows."""
     return max(128, budget // max(1, d_vocab))
+
+
+def vocab_padding(d_vocab: int, device: torch.device) -> int:
+    """Columns of zeros the fused loss appends to W_U (their logits set to -inf, so their
+    gradient is 0): on a GPU, rows of an odd length (d_vocab 50257) push cuBLAS onto slow
+    unaligned kernels (5x slower on an H200); a multiple of 64 gets the tensor cores'."""
+    return (-d_vocab) % 64 if device.type == "cuda" else 0
 
 
 class _UnembedCrossEntropy(torch.autograd.Function):
@@ -59,16 +66,21 @@ class _UnembedCrossEntropy(torch.autograd.Function):
         need_b = b_U is not None and ctx.needs_input_grad[2]
         grad_x = torch.empty_like(resid) if need_x else None
         acc = torch.promote_types(torch.promote_types(resid.dtype, W_U.dtype), torch.float32)
-        grad_w = torch.zeros(W_U.shape, dtype=acc, device=W_U.device) if need_w else None
+        D, V = W_U.shape
+        W = W_U if mm is None else W_U.to(mm)  # the matmuls' operand (bf16 under autocast)
+        pad = vocab_padding(V, W.device)
+        W = F.pad(W, (0, pad)) if pad else W
+        grad_w = torch.zeros(D, V + pad, dtype=acc, device=W_U.device) if need_w else None
         grad_b = torch.zeros(W_U.shape[-1], dtype=acc, device=W_U.device) if need_b else None
         total = torch.zeros((), dtype=acc, device=resid.device)
-        W = W_U if mm is None else W_U.to(mm)  # the matmuls' operand (bf16 under autocast)
         for i in range(0, n, chunk):
             x, t = resid[i : i + chunk], targets[i : i + chunk]
             x = x if mm is None else x.to(mm)
             logits = (x @ W).to(acc)  # [chunk, d_vocab]; the softmax is at least fp32
             if b_U is not None:
-                logits += b_U.to(acc)
+                logits[:, :V] += b_U.to(acc)
+            if pad:
+                logits[:, V:] = float("-inf")
             logp = torch.log_softmax(logits, dim=-1)  # one fused pass (max, sum of exp, write)
             picked = logp.gather(1, t[:, None])  # [chunk, 1] log p(target)
             total -= picked.sum()
@@ -84,10 +96,10 @@ class _UnembedCrossEntropy(torch.autograd.Function):
                 elif need_w:  # low precision product, summed over chunks in fp32
                     grad_w.add_(x.T @ g.to(mm), alpha=1.0 / n)
                 if need_b:
-                    grad_b.add_(g.sum(dim=0), alpha=1.0 / n)
+                    grad_b.add_(g[:, :V].sum(dim=0), alpha=1.0 / n)
         ctx.save_for_backward(
             grad_x,
-            grad_w.to(W_U.dtype) if need_w else None,
+            grad_w[:, :V].to(W_U.dtype, memory_format=torch.contiguous_format) if need_w else None,
             grad_b.to(b_U.dtype) if need_b else None,
         )
         return total / n
@@ -122,7 +134,9 @@ def unembed_cross_entropy(
     cores' rate) and the softmax and all sums in fp32, as autocast runs linear + cross-entropy."""
     x = resid.reshape(-1, resid.shape[-1])
     t = targets.reshape(-1).long()
-    chunk = chunk or chunk_rows(W_U.shape[-1])
+    # A CPU wants a chunk of logits that stays in cache (8 MB); a GPU wants matmuls big enough
+    # for its tensor cores and few launches (512 MB: 2.7k rows at d_vocab 50k).
+    chunk = chunk or chunk_rows(W_U.shape[-1], 1 << 21 if x.device.type == "cpu" else 1 << 27)
     acc = torch.promote_types(torch.promote_types(x.dtype, W_U.dtype), torch.float32)
     dev = x.device.type
     mm = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None

@@ -124,8 +124,8 @@ def rounds(
     max_rounds: int,
 ) -> tuple[dict[str, list[float]], dict[str, list[float]], list[float]]:
     """Interleaved rounds: each round measures the matmul peak, then runs every step once in
-    a rotated order. Stops when every ratio (name: (numerator, denominator) of speed) and
-    every MFU is stable to +-5%. Returns (seconds per step, ratios, peaks), per round."""
+    a rotated order. Stops when every ratio (name: (numerator, denominator) of speed) is
+    stable to +-5%. Returns (seconds per step, ratios, peaks), per round."""
     names = list(steps)
     for n in names:  # warm-up
         steps[n]()
@@ -140,8 +140,7 @@ def rounds(
             times[n].append(time.perf_counter() - t0)
         for key, (a, b) in ratios.items():
             rat[key].append(times[b][-1] / times[a][-1])
-        mfus = [[1 / (t * p) for t, p in zip(times[n], peaks, strict=True)] for n in names]
-        if r + 1 >= min_rounds and all(stable(v) for v in [*rat.values(), *mfus]):
+        if r + 1 >= min_rounds and all(stable(v) for v in rat.values()):
             break
     return times, rat, peaks
 

@@ -17,7 +17,8 @@ libraries read the same weights. Rows:
     path_expansion           16 tokens, max_order 1: the direct term + 144 heads' terms
 
 Each time is the median of --reps calls (interleaved with TL's where TL has one), after a
-warm-up call; agreement with TL is checked before timing where both compute one number.
+warm-up call (--reps 1: one cold call each); agreement with TL is checked before timing
+where both compute one number.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ from qkov.trigrams import skip_trigrams
 
 
 def timed(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
-    """Median seconds per call of each fn, order alternated each repetition, after a warm-up."""
-    for f in fns.values():
+    """Median seconds per call of each fn, order alternated each repetition, after a warm-up
+    (none with reps 1: each call then runs once, cold)."""
+    for f in fns.values() if reps > 1 else ():
         f()
     times: dict[str, list[float]] = {n: [] for n in fns}
     names = list(fns)

@@ -1,40 +1,51 @@
-"""qkov vs TransformerLens: forward and training tokens/s on identical weights.
+"""Training speed against peers and against the hardware: qkov vs TransformerLens vs a plain
+SDPA model, each as tokens/s and model FLOPs utilisation (MFU), in one process.
 
-Both models run in this process on the same weights (the qkov model exported with
-qkov.interop.to_hooked_transformer: attn_only and shortformer by default; with --mlp, the
-general model: MLPs (gelu), biases, LayerNorm, standard positions). Repetitions are interleaved
-(qkov, TL, TL, qkov, ...) so that load from other processes hits both alike; the table
-reports the median per-step time as tokens/s and the ratio qkov / TL.
+Columns, all on identical weights and batches (TL: the qkov model exported with
+qkov.interop.to_hooked_transformer; plain: benchmarks/plain_model.py, the same architecture
+written nanoGPT's way; attention-only, shortformer, or with --mlp the general model, where
+the plain model has no column):
 
-    python benchmarks/bench_vs_transformer_lens.py [--reps 15] [--threads 2] [--quick] [--mlp]
+    TL            F.cross_entropy on TL's logits (faster than its return_type="loss")
+    plain         F.cross_entropy on the plain model's logits
+    qkov CE       F.cross_entropy on qkov's logits (qkov.loss.next_token_loss's way)
+    qkov fused    model(x, targets): the unembedding fused with the loss (what `qkov train` runs)
 
-Training step = forward + next-token cross-entropy + backward + AdamW step, on a batch of
-n_ctx + 1 tokens as qkov.train feeds it. Mode "train": each side's fastest loss, qkov's
-`model(x, targets)` (unembed fused with the loss, qkov.loss; what `qkov train` runs) vs
-`F.cross_entropy` on TL's logits (faster than TL's own return_type="loss"). Mode
-"train-unfused": the same `F.cross_entropy` on both sides' logits (qkov.loss.next_token_loss).
-TL's model also trains its (zero-initialised) biases, as TL users' models do (with --mlp
-both sides train biases). "peak" is the share of the measured float32 matmul rate (a
-[tokens, d_model] @ [d_model, d_mlp or d_model] product in this process) that the step's
-dense matmul FLOPs reach: 6 x tokens x matmul weights, plus 12 x n_ctx x d_model per token
-and layer for attention scores and mixing (causal masking not discounted).
+A step = forward + loss + backward + AdamW, on a batch of n_ctx + 1 tokens as qkov.train
+feeds it. MFU = qkov.flops.train_step_flops(config) / step time / matmul peak, where the
+peak (qkov.flops.matmul_peak: fp32 2048^2 matmuls) is re-measured in every round, so each
+round's MFU divides by the rate the machine gave in that same round.
+
+Rounds are interleaved (each round runs every column once, in a rotated order) so that load
+from other processes hits all columns alike, and continue until every ratio's 95% interval
+for the median (order statistics, distribution-free) is within +-5% of it, or --max-rounds.
+The table shows medians and, as the spread, that interval.
+
+    python benchmarks/bench_vs_transformer_lens.py [--min-rounds 7] [--max-rounds 40]
+        [--threads 2] [--quick] [--mlp] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from qkov import AttnOnlyTransformer, ModelConfig
-from qkov.interop import to_hooked_transformer
+from qkov import ModelConfig, Transformer
+from qkov.flops import matmul_peak, train_step_flops
+
+sys.path.insert(0, str(Path(__file__).parent))
+from plain_model import PlainSDPA  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -68,126 +79,157 @@ class Case:
         general = dict(d_mlp=self.d_mlp, act_fn="gelu", bias=True, normalization="layernorm")
         return ModelConfig(**shape, **general, positional="standard")
 
-    def train_flops(self) -> float:
-        """Dense matmul FLOPs of one training step (forward + backward = 3 x forward)."""
-        D, L, n = self.d_model, self.n_layers, self.n_ctx
-        weights = L * (4 * D * D + 2 * D * self.d_mlp) + D * self.d_vocab
-        attention = L * 2 * n * D  # q k^T and pattern v: 2 n D multiply-adds per token
-        return 6 * self.batch * n * (weights + attention)
-
 
 CASES = [Case(128, 4, 2048, 128, 32), Case(256, 8, 4096, 256, 16)]
 MLP_CASES = [Case(128, 4, 2048, 128, 32, d_mlp=512)]
 
 
-def matmul_rate(case: Case, reps: int = 10) -> float:
-    """Measured float32 FLOP/s of a [tokens, d_model] @ [d_model, d_mlp or d_model] matmul."""
-    g = torch.Generator().manual_seed(0)
-    a = torch.randn(case.batch * case.n_ctx, case.d_model, generator=g)
-    b = torch.randn(case.d_model, case.d_mlp or case.d_model, generator=g)
-    a @ b
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * a.shape[0] * a.shape[1] * b.shape[1] * reps / (time.perf_counter() - t0)
-
-
-def make_steps(
+def train_step(
     model: torch.nn.Module, batch: torch.Tensor, fused: bool = False
-) -> dict[str, Callable[[], None]]:
-    """batch [batch, n_ctx + 1]: inputs batch[:, :-1], next-token targets batch[:, 1:].
-    fused: the model takes targets and returns the loss (qkov)."""
+) -> Callable[[], None]:
+    """One AdamW step on batch [batch, n_ctx + 1]: inputs batch[:, :-1], next-token targets
+    batch[:, 1:]. fused: the model takes targets and returns the loss (qkov)."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x, y = batch[:, :-1], batch[:, 1:]
 
-    def forward() -> None:
-        with torch.no_grad():
-            model(x)
-
-    def train_unfused() -> None:
+    def step() -> None:
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x).flatten(0, 1).float(), y.flatten()).backward()
+        if fused:
+            loss = model(x, y)
+        else:
+            loss = F.cross_entropy(model(x).flatten(0, 1).float(), y.flatten())
+        loss.backward()
         opt.step()
 
-    def train() -> None:  # as qkov.train does it, minus clipping and logging
-        if not fused:
-            return train_unfused()
-        opt.zero_grad(set_to_none=True)
-        model(x, y).backward()
-        opt.step()
-
-    return {"forward": forward, "train": train, "train-unfused": train_unfused}
+    return step
 
 
-def interleaved(fns: dict[str, Callable[[], None]], reps: int, warmup: int = 2) -> dict:
-    """Median seconds per call of each fn, alternating the order every repetition."""
-    names = list(fns)
-    for _ in range(warmup):
-        for n in names:
-            fns[n]()
+def median_interval(values: list[float]) -> tuple[float, float, float]:
+    """(median, low, high): a distribution-free ~95% interval for the median, from order
+    statistics (k = floor((n - 1.96 sqrt(n)) / 2) values cut from each end)."""
+    v = sorted(values)
+    k = max(0, math.floor((len(v) - 1.96 * math.sqrt(len(v))) / 2))
+    return statistics.median(v), v[k], v[len(v) - 1 - k]
+
+
+def stable(values: list[float], tolerance: float = 0.05) -> bool:
+    med, lo, hi = median_interval(values)
+    return lo >= med * (1 - tolerance) and hi <= med * (1 + tolerance)
+
+
+def rounds(
+    steps: dict[str, Callable[[], None]],
+    ratios: dict[str, tuple[str, str]],
+    min_rounds: int,
+    max_rounds: int,
+) -> tuple[dict[str, list[float]], dict[str, list[float]], list[float]]:
+    """Interleaved rounds: each round measures the matmul peak, then runs every step once in
+    a rotated order. Stops when every ratio (name: (numerator, denominator) of speed) is
+    stable to +-5%. Returns (seconds per step, ratios, peaks), per round."""
+    names = list(steps)
+    for n in names:  # warm-up
+        steps[n]()
     times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(reps):
-        for n in names if r % 2 == 0 else names[::-1]:
+    peaks: list[float] = []
+    rat: dict[str, list[float]] = {r: [] for r in ratios}
+    for r in range(max_rounds):
+        peaks.append(matmul_peak(reps=3))
+        for n in names[r % len(names) :] + names[: r % len(names)]:
             t0 = time.perf_counter()
-            fns[n]()
+            steps[n]()
             times[n].append(time.perf_counter() - t0)
-    return {n: (statistics.median(t), statistics.quantiles(t, n=4)) for n, t in times.items()}
+        for key, (a, b) in ratios.items():
+            rat[key].append(times[b][-1] / times[a][-1])
+        if r + 1 >= min_rounds and all(stable(v) for v in rat.values()):
+            break
+    return times, rat, peaks
 
 
-def run_case(case: Case, reps: int) -> list[tuple[str, str, float, float, float, str]]:
-    qkov_model = AttnOnlyTransformer(case.config())
+def run_case(case: Case, min_rounds: int, max_rounds: int) -> None:
+    cfg = case.config()
+    qkov_model = Transformer(cfg)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        from qkov.interop import to_hooked_transformer
+
         tl_model = to_hooked_transformer(qkov_model).train()
     batch = torch.randint(
         0, case.d_vocab, (case.batch, case.n_ctx + 1), generator=torch.Generator()
     )
+    x = batch[:, :-1]
     with torch.no_grad():  # same weights -> same logits, checked before timing
-        err = (qkov_model(batch[:, :-1]) - tl_model(batch[:, :-1])).abs().max().item()
+        err = (qkov_model(x) - tl_model(x)).abs().max().item()
     assert err < 1e-4, f"qkov and TL disagree by {err}"
-    q, t = make_steps(qkov_model, batch, fused=True), make_steps(tl_model, batch)
-    rows = []
-    n_tok = case.batch * case.n_ctx
-    for mode in ("forward", "train", "train-unfused"):
-        res = interleaved({"qkov": q[mode], "tl": t[mode]}, reps)
-        (mq, iq), (mt, it) = res["qkov"], res["tl"]
-        spread = (
-            f"IQR qkov {iq[0] * 1e3:.0f}-{iq[2] * 1e3:.0f} ms, "
-            f"TL {it[0] * 1e3:.0f}-{it[2] * 1e3:.0f} ms"
-        )
-        if mode == "train":
-            rate = matmul_rate(case)
-            peak = case.train_flops() / rate
-            spread += f"; peak qkov {peak / mq:.0%}, TL {peak / mt:.0%} of {rate / 1e9:.0f} GFLOP/s"
-        rows.append((case.label, mode, n_tok / mq, n_tok / mt, mt / mq, spread))
-    return rows
+    steps = {"TL": train_step(tl_model, batch)}
+    if not case.d_mlp:
+        steps["plain"] = train_step(PlainSDPA(cfg), batch)
+    steps["qkov CE"] = train_step(qkov_model, batch)
+    steps["qkov fused"] = train_step(Transformer(cfg), batch, fused=True)
+    ratios = {"qkov CE / plain": ("qkov CE", "plain"), "qkov fused / TL": ("qkov fused", "TL")}
+    ratios = {k: v for k, v in ratios.items() if v[1] in steps}
+    times, rat, peaks = rounds(steps, ratios, min_rounds, max_rounds)
+    flops, n_tok = train_step_flops(cfg, case.batch), case.batch * case.n_ctx
+    med_peak, lo_peak, hi_peak = median_interval(peaks)
+    print(
+        f"\n{case.label}: {len(peaks)} rounds, {flops / 1e9:.1f} GFLOP/step, matmul peak "
+        f"{med_peak / 1e9:.0f} GFLOP/s [{lo_peak / 1e9:.0f}-{hi_peak / 1e9:.0f}]"
+    )
+    print("| column | tok/s | MFU [95% interval] |")
+    print("| --- | ---: | --- |")
+    for n, t in times.items():
+        med, lo, hi = median_interval([flops / (s * p) for s, p in zip(t, peaks, strict=True)])
+        print(f"| {n} | {n_tok / statistics.median(t):,.0f} | {med:.0%} [{lo:.0%}-{hi:.0%}] |")
+    for key, v in rat.items():
+        med, lo, hi = median_interval(v)
+        print(f"{key}: {med:.2f}x [{lo:.2f}-{hi:.2f}]" + ("" if stable(v) else " (not stable)"))
+
+
+def profile_case(case: Case, fused: bool, rows: int = 12) -> None:
+    """torch.profiler's top entries (self CPU time) over 5 training steps of qkov."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = Transformer(case.config())
+    batch = torch.randint(
+        0, case.d_vocab, (case.batch, case.n_ctx + 1), generator=torch.Generator()
+    )
+    step = train_step(model, batch, fused=fused)
+    for _ in range(2):
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(5):
+            step()
+    print(f"\nprofile {case.label}, qkov {'fused' if fused else 'CE'}, 5 steps")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=15, help="timed repetitions per model and mode")
+    ap.add_argument("--min-rounds", type=int, default=7)
+    ap.add_argument("--max-rounds", type=int, default=40)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
-    ap.add_argument("--quick", action="store_true", help="first config only, 5 reps")
+    ap.add_argument("--quick", action="store_true", help="first config only, 3-5 rounds")
     ap.add_argument("--mlp", action="store_true", help="the MLP + LayerNorm + bias model")
+    ap.add_argument("--profile", action="store_true", help="torch.profiler top entries instead")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     cases = MLP_CASES if args.mlp else CASES
-    cases, reps = (cases[:1], 5) if args.quick else (cases, args.reps)
+    if args.quick:
+        cases, args.min_rounds, args.max_rounds = cases[:1], 3, 5
+    if args.profile:
+        for case in cases:
+            for fused in (False, True):
+                profile_case(case, fused)
+        return
     from importlib.metadata import version
 
     print(
         f"# torch {torch.__version__}, transformer-lens {version('transformer-lens')}, "
         f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-        f"{reps} interleaved reps, median"
+        "medians of interleaved rounds; MFU = qkov.flops.train_step_flops / time / peak"
     )
-    print("| config | mode | qkov tok/s | TL tok/s | qkov / TL | spread |")
-    print("| --- | --- | ---: | ---: | ---: | --- |")
     for case in cases:
-        for label, mode, q, t, ratio, spread in run_case(case, reps):
-            print(
-                f"| {label} | {mode} | {q:,.0f} | {t:,.0f} | {ratio:.2f}x | {spread} |", flush=True
-            )
+        run_case(case, args.min_rounds, args.max_rounds)
 
 
 if __name__ == "__main__":

@@ -60,3 +60,48 @@ def test_model_loss_equals_loss_of_logits_with_same_gradients():
         a(x[:, :-1], x[:, :-2])
     with pytest.raises(QkovError, match="out of range"):
         a(x[:, :-1], torch.full((4, 12), 40))
+
+
+def test_fused_loss_under_autocast_matches_autocast_cross_entropy():
+    """Under bf16 autocast the fused loss runs its matmuls in bf16 (as autocast runs
+    `resid @ W_U`) and its softmax in fp32: loss and gradients agree with autocast's own
+    linear + cross-entropy to bf16 rounding."""
+    from qkov.loss import unembed_cross_entropy
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 32, generator=g, requires_grad=True)
+    W_U = (torch.randn(32, 1000, generator=g) * 0.3).requires_grad_()
+    t = torch.randint(0, 1000, (300,), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = unembed_cross_entropy(x, W_U, t, chunk=128)
+        fused_grads = torch.autograd.grad(fused, [x, W_U])
+        plain = F.cross_entropy((x @ W_U).float(), t)
+        plain_grads = torch.autograd.grad(plain, [x, W_U])
+    assert fused.dtype == torch.float32
+    torch.testing.assert_close(fused, plain, rtol=1e-4, atol=0)
+    for a, b in zip(fused_grads, plain_grads, strict=True):
+        torch.testing.assert_close(a.float(), b.float(), rtol=0, atol=2e-2 * b.abs().max().item())
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_fused_loss_with_padded_vocab_equals_cross_entropy(monkeypatch, autocast):
+    """The GPU path pads W_U to a multiple of 64 columns with -inf logits: forced here on
+    the CPU, loss and gradients (resid, W_U, b_U) still equal those of the plain logits."""
+    import qkov.loss
+
+    monkeypatch.setattr(qkov.loss, "vocab_padding", lambda d_vocab, device: (-d_vocab) % 64)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(300, 16, generator=g, requires_grad=True)
+    W_U = (torch.randn(16, 101, generator=g) * 0.3).requires_grad_()
+    b_U = torch.randn(101, generator=g, requires_grad=True)
+    t = torch.randint(0, 101, (300,), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        fused = qkov.loss.unembed_cross_entropy(x, W_U, t, chunk=128, b_U=b_U)
+        fused_grads = torch.autograd.grad(fused, [x, W_U, b_U])
+        plain = F.cross_entropy((x @ W_U + b_U).float(), t)
+        plain_grads = torch.autograd.grad(plain, [x, W_U, b_U])
+    tol = 2e-2 if autocast else 1e-5
+    torch.testing.assert_close(fused, plain, rtol=tol, atol=0)
+    for a, b in zip(fused_grads, plain_grads, strict=True):
+        assert a.shape == b.shape and a.is_contiguous()
+        torch.testing.assert_close(a.float(), b.float(), rtol=0, atol=tol * b.abs().max().item())

@@ -277,10 +277,12 @@ def test_redirected_run_prints_plain_progress_lines(tiny_corpus, tmp_path):
     lines = res.stderr.strip().splitlines()
     pattern = (
         r"train run: step (\d+)/6, ([\d,]+) tokens, train loss \d+\.\d{4}, "
-        r"val loss \d+\.\d{4}, [\d,]+ tokens/s"
+        r"val loss \d+\.\d{4}, [\d,]+ tokens/s, MFU \d+%"
     )
     found = [re.fullmatch(pattern, line) for line in lines]
     assert all(found), lines
     assert [int(m.group(1)) for m in found] == [2, 4, 6]
     assert [m.group(2) for m in found] == ["64", "128", "192"]  # batch 2 x n_ctx 16 per step
     assert "\r" not in res.stderr
+    records = read_records(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in records] == [2, 4, 6] and all(r["mfu"] > 0 for r in records)

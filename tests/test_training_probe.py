@@ -11,6 +11,11 @@ def test_training_probe_on_handbuilt_and_random():
         "probe_induction_score",
         "probe_previous_token_score",
         "probe_icl_score",
+        "probe_induction_head",  # two layers: the induction circuit's weight statistics too
+        "probe_partner_head",
+        "probe_k_composition",
+        "probe_qk_eigenvalue",
+        "probe_ov_eigenvalue",
     }
     assert probe["probe_induction_score"] > 0.99 and probe["probe_previous_token_score"] > 0.99
     assert probe["probe_icl_score"] < -3

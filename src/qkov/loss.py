@@ -8,9 +8,10 @@ The plain way materialises logits [tokens, d_vocab], then their log-softmax, the
 backward pass a zero-filled gradient of the same size and a second softmax. Here the loss
 is the last operation of the graph, so its gradient with respect to the logits,
 softmax(logits) - onehot(target), is known in the forward pass: each chunk of tokens
-computes its logits once, turns them in place into that gradient, and immediately
+computes its logits and their log-softmax once, turns that in place into the gradient
+(the 1/n of the mean folded into the products that read it), and immediately
 contracts it into the gradients of `resid` and `W_U`; backward only scales them by the
-incoming gradient. Same matmuls, one pass over a small buffer instead of four over a big
+incoming gradient. Same matmuls, two passes over a small buffer instead of four over a big
 one, and peak memory of one chunk of logits (d_vocab 50k, 16k tokens: 3 GB less).
 """
 
@@ -38,59 +39,79 @@ def next_token_loss(logits: Tensor, tokens: Tensor) -> Tensor:
 
 
 def chunk_rows(d_vocab: int, budget: int = 1 << 21) -> int:
-    """Tokens per chunk: about `budget` logits (8 MB in fp32), at least 128 rows."""
+    """Tokens per chunk: about `budget` logits (default 8 MB in fp32), at least 128 rows."""
     return max(128, budget // max(1, d_vocab))
+
+
+def vocab_padding(d_vocab: int, device: torch.device) -> int:
+    """Columns of zeros the fused loss appends to W_U (their logits set to -inf, so their
+    gradient is 0): on a GPU, rows of an odd length (d_vocab 50257) push cuBLAS onto slow
+    unaligned kernels (5x slower on an H200); a multiple of 64 gets the tensor cores'."""
+    return (-d_vocab) % 64 if device.type == "cuda" else 0
 
 
 class _UnembedCrossEntropy(torch.autograd.Function):
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)  # fp32 under autocast
     def forward(
-        ctx, resid: Tensor, W_U: Tensor, b_U: Tensor | None, targets: Tensor, chunk: int
+        ctx,
+        resid: Tensor,
+        W_U: Tensor,
+        b_U: Tensor | None,
+        targets: Tensor,
+        chunk: int,
+        mm: torch.dtype | None,
     ) -> Tensor:
         n = resid.shape[0]
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_b = b_U is not None and ctx.needs_input_grad[2]
         grad_x = torch.empty_like(resid) if need_x else None
         acc = torch.promote_types(torch.promote_types(resid.dtype, W_U.dtype), torch.float32)
-        grad_w = torch.zeros(W_U.shape, dtype=acc, device=W_U.device) if need_w else None
+        D, V = W_U.shape
+        W = W_U if mm is None else W_U.to(mm)  # the matmuls' operand (bf16 under autocast)
+        pad = vocab_padding(V, W.device)
+        W = F.pad(W, (0, pad)) if pad else W
+        grad_w = torch.zeros(D, V + pad, dtype=acc, device=W_U.device) if need_w else None
         grad_b = torch.zeros(W_U.shape[-1], dtype=acc, device=W_U.device) if need_b else None
         total = torch.zeros((), dtype=acc, device=resid.device)
-        rows = torch.arange(min(chunk, n), device=resid.device)
         for i in range(0, n, chunk):
             x, t = resid[i : i + chunk], targets[i : i + chunk]
-            logits = (x @ W_U).to(acc)  # [chunk, d_vocab], at least fp32
+            x = x if mm is None else x.to(mm)
+            logits = (x @ W).to(acc)  # [chunk, d_vocab]; the softmax is at least fp32
             if b_U is not None:
-                logits += b_U.to(acc)
-            picked = logits.gather(1, t[:, None]).squeeze(1)
-            top = logits.amax(dim=-1, keepdim=True)
-            e = logits.sub_(top).exp_()  # in place: one pass, no second copy of the logits
-            z = e.sum(dim=-1)
-            total += (top.squeeze(1) + z.log() - picked).sum()  # logsumexp - target logit
+                logits[:, :V] += b_U.to(acc)
+            if pad:
+                logits[:, V:] = float("-inf")
+            logp = torch.log_softmax(logits, dim=-1)  # one fused pass (max, sum of exp, write)
+            picked = logp.gather(1, t[:, None])  # [chunk, 1] log p(target)
+            total -= picked.sum()
             if need_x or need_w or need_b:
-                g = e.mul_((1.0 / (z * n))[:, None])  # softmax / n
-                g[rows[: len(t)], t] -= 1.0 / n  # = d(mean loss) / d logits
+                # d(sum of losses) / d logits = softmax - onehot(target), formed in place;
+                # the 1 / n of the mean is applied to the small products, not to this buffer.
+                g = logp.exp_().scatter_(1, t[:, None], picked.exp() - 1.0)
                 if need_x:
-                    grad_x[i : i + chunk] = (g.to(W_U.dtype) @ W_U.T).to(resid.dtype)
-                if need_w:
-                    grad_w.addmm_(x.T.to(acc), g)
+                    gx = g.to(W.dtype) @ W.T  # [chunk, d_model]
+                    grad_x[i : i + chunk] = gx.mul_(1.0 / n).to(resid.dtype)
+                if need_w and mm is None:
+                    grad_w.addmm_(x.T.to(acc), g, alpha=1.0 / n)
+                elif need_w:  # low precision product, summed over chunks in fp32
+                    grad_w.add_(x.T @ g.to(mm), alpha=1.0 / n)
                 if need_b:
-                    grad_b += g.sum(dim=0)
+                    grad_b.add_(g[:, :V].sum(dim=0), alpha=1.0 / n)
         ctx.save_for_backward(
             grad_x,
-            grad_w.to(W_U.dtype) if need_w else None,
+            grad_w[:, :V].to(W_U.dtype, memory_format=torch.contiguous_format) if need_w else None,
             grad_b.to(b_U.dtype) if need_b else None,
         )
         return total / n
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_out: Tensor):
         grad_x, grad_w, grad_b = ctx.saved_tensors
         return (
             grad_x * grad_out if grad_x is not None else None,
             grad_w * grad_out if grad_w is not None else None,
             grad_b * grad_out if grad_b is not None else None,
+            None,
             None,
             None,
         )
@@ -109,18 +130,23 @@ def unembed_cross_entropy(
     resid [..., d_model], W_U [d_model, d_vocab], b_U [d_vocab] or None, targets [...] int
     -> scalar. Equals `F.cross_entropy((resid @ W_U + b_U).float().flatten(0, -2),
     targets.flatten())` and its gradients up to float rounding. Without gradients it is a
-    chunked forward only."""
+    chunked forward only. Under autocast the matmuls run in its dtype (bf16: the tensor
+    cores' rate) and the softmax and all sums in fp32, as autocast runs linear + cross-entropy."""
     x = resid.reshape(-1, resid.shape[-1])
     t = targets.reshape(-1).long()
-    chunk = chunk or chunk_rows(W_U.shape[-1])
+    # A CPU wants a chunk of logits that stays in cache (8 MB); a GPU wants matmuls big enough
+    # for its tensor cores and few launches (512 MB: 2.7k rows at d_vocab 50k).
+    chunk = chunk or chunk_rows(W_U.shape[-1], 1 << 21 if x.device.type == "cpu" else 1 << 27)
     acc = torch.promote_types(torch.promote_types(x.dtype, W_U.dtype), torch.float32)
+    dev = x.device.type
+    mm = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
     grads = x.requires_grad or W_U.requires_grad or (b_U is not None and b_U.requires_grad)
     if not (torch.is_grad_enabled() and grads):
         with torch.no_grad():
             total = 0.0
             for i in range(0, len(t), chunk):
-                logits = (x[i : i + chunk] @ W_U).to(acc)
+                logits = (x[i : i + chunk] @ W_U).to(acc)  # (autocast applies)
                 logits = logits + b_U.to(acc) if b_U is not None else logits
                 total += F.cross_entropy(logits, t[i : i + chunk], reduction="sum")
         return total / len(t)
-    return _UnembedCrossEntropy.apply(x, W_U, b_U, t, chunk)
+    return _UnembedCrossEntropy.apply(x, W_U, b_U, t, chunk, mm)

@@ -2,8 +2,9 @@
 
 The one reader of that file (train, info, analyze and the report all come here). Each record
 has "step" and "tokens" (tokens seen so far) and any of: train_loss, val_loss, lr,
-tokens_per_s, and the training probe's probe_induction_score, probe_previous_token_score,
-probe_icl_score (see `qkov.training_probe`). A torn last line (a run killed
+tokens_per_s, mfu (model FLOPs utilisation, qkov.flops), and the training probe's
+probe_induction_score, probe_previous_token_score, probe_icl_score (see
+`qkov.training_probe`). A torn last line (a run killed
 mid-write) is skipped. Imports no torch."""
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 METRICS = "metrics.jsonl"
 # Bookkeeping fields, not drawn as training curves.
-BOOKKEEPING = {"step", "tokens", "lr", "tokens_per_s"}
+BOOKKEEPING = {"step", "tokens", "lr", "tokens_per_s", "mfu"}
 # Names written by runs before the training probe's keys said "probe": read as today's.
 LEGACY_KEYS = {
     "induction_score": "probe_induction_score",

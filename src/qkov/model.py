@@ -275,11 +275,18 @@ class Transformer(nn.Module):
                 f"sequence of {n} tokens is longer than n_ctx={self.cfg.n_ctx}: "
                 "truncate it or use a model with a larger n_ctx"
             )
-        lo, hi = int(tokens.min()), int(tokens.max())
-        if lo < 0 or hi >= self.cfg.d_vocab:
+        V = self.cfg.d_vocab
+        if tokens.device.type != "cpu":
+            # On an accelerator a host-side check would stop the host every step (a sync):
+            # the check is queued on the device instead, and a bad id stops the run there.
+            ok = ((tokens >= 0) & (tokens < V)).all()
+            torch._assert_async(ok, f"a token id is out of range [0, {V})")
+            return tokens.long().to(self.device)
+        lo, hi = (int(t) for t in torch.aminmax(tokens))
+        if lo < 0 or hi >= V:
             raise QkovError(
-                f"token id {hi if hi >= self.cfg.d_vocab else lo} is out of range "
-                f"[0, {self.cfg.d_vocab}): was the text encoded with this model's tokenizer?"
+                f"token id {hi if hi >= V else lo} is out of range "
+                f"[0, {V}): was the text encoded with this model's tokenizer?"
             )
         return tokens.long().to(self.device)
 
@@ -340,39 +347,58 @@ class Transformer(nn.Module):
             )
         return unembed_cross_entropy(resid, self.W_U, targets, b_U=self._param("b_U"))
 
+    def _stacked_qkv(self) -> tuple[Tensor, Tensor | None]:
+        """W_Q, W_K and W_V of every layer side by side, as one matmul reads them:
+        [n_layers, d_model, 3 * n_heads * d_head] (column = (Q/K/V, head, d_head)), and the
+        biases [n_layers, 3 * n_heads * d_head] (None without). One copy per forward pass
+        for all layers (the public weights are per head); gradients flow back through it."""
+        L, D, H = self.cfg.n_layers, self.cfg.d_model, self.cfg.n_heads
+        HDh = H * self.cfg.d_head
+
+        def per_head(w: Tensor) -> Tensor:  # grouped-query K/V: [L, n_kv, ...] -> [L, H, ...]
+            return w if w.shape[1] == H else w.repeat_interleave(H // w.shape[1], dim=1)
+
+        # [L, head, D, d_head] -> [L, D, head, d_head]: cat writes each into place
+        qkv = (self.W_Q, per_head(self.W_K), per_head(self.W_V))
+        W = torch.cat([w.transpose(1, 2) for w in qkv], dim=2)
+        if not self.cfg.bias:
+            return W.view(L, D, 3 * HDh), None
+        b = torch.cat([self.b_Q, per_head(self.b_K), per_head(self.b_V)], dim=1).view(L, 3 * HDh)
+        return W.view(L, D, 3 * HDh), b
+
     def resid_final(self, tokens: Tensor) -> Tensor:
         """tokens [batch, pos] -> the final residual stream [batch, pos, d_model] (SDPA), as
         the unembedding reads it (after the final norm, if any)."""
         tokens = self.check_tokens(tokens)
         cfg = self.cfg
-        n = tokens.shape[1]
-        resid = self.W_E[tokens]
+        B, n = tokens.shape
+        H, Dh = cfg.n_heads, cfg.d_head
+        resid = F.embedding(tokens, self.W_E)  # W_E[tokens], with a cheaper backward
         pos = self.W_pos[:n] if self.W_pos is not None else None
         if cfg.positional == "standard":
             resid = resid + pos
-        B, H, D, Dh = tokens.shape[0], cfg.n_heads, cfg.d_model, cfg.d_head
         rot = self._rotary(n)
+        W_QKV, b_QKV = self._stacked_qkv()
         for l in range(cfg.n_layers):
-            # Stack heads: [d_model, n_heads * d_head]; one matmul per projection.
-            W_Q = self.W_Q[l].permute(1, 0, 2).reshape(D, H * Dh)
-            W_K = per_query_head(self.W_K[l], H).permute(1, 0, 2).reshape(D, H * Dh)
-            W_V = per_query_head(self.W_V[l], H).permute(1, 0, 2).reshape(D, H * Dh)
             resid_pre = resid
             x = self._norm(resid, "ln1", l)
-            qk_in = x + pos if cfg.positional == "shortformer" else x
-            q, k, v = qk_in @ W_Q, qk_in @ W_K, x @ W_V  # [batch, pos, n_heads * d_head]
-            if cfg.bias:
-                q, k, v = (
-                    q + self.b_Q[l].flatten(),
-                    k + per_query_head(self.b_K[l], H).flatten(),
-                    v + per_query_head(self.b_V[l], H).flatten(),
-                )
-            q, k, v = (t.view(B, n, H, Dh).transpose(1, 2) for t in (q, k, v))
+            W, b = W_QKV[l], None if b_QKV is None else b_QKV[l]  # [D, 3 H Dh], [3 H Dh]
+            if cfg.positional == "shortformer":  # queries and keys read x + pos, values x
+                qk, v = (x + pos) @ W[:, : 2 * H * Dh], x @ W[:, 2 * H * Dh :]
+                if b is not None:
+                    qk, v = qk + b[: 2 * H * Dh], v + b[2 * H * Dh :]
+                q, k = qk.view(B, n, 2, H, Dh).permute(2, 0, 3, 1, 4)
+                v = v.view(B, n, H, Dh).transpose(1, 2)
+            else:  # one matmul for all heads' queries, keys and values
+                qkv = x @ W if b is None else x @ W + b  # [batch, pos, 3 H Dh]
+                # [batch, pos, 3, head, d_head] -> three [batch, head, pos, d_head] views
+                q, k, v = qkv.view(B, n, 3, H, Dh).permute(2, 0, 3, 1, 4)
             if rot is not None:
                 q, k = rotate(q, *rot), rotate(k, *rot)
             z = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             z = z.transpose(1, 2).reshape(B, n, H * Dh)
-            resid = resid + z @ self.W_O[l].reshape(H * Dh, D)
+            # W_O[l] [head, d_head, d_model] is contiguous: the reshape is a view, not a copy
+            resid = resid + z @ self.W_O[l].reshape(H * Dh, -1)
             if cfg.bias:
                 resid = resid + self.b_O[l]
             if cfg.d_mlp:

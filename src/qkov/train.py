@@ -40,6 +40,7 @@ from qkov import __version__, distributed
 from qkov.checkpoint import TOKEN_COUNTS, load, read_json, write_token_counts
 from qkov.config import ModelConfig, TrainConfig
 from qkov.errors import QkovError
+from qkov.flops import matmul_peak, mfu, train_step_flops
 from qkov.interrupt import StopRequest, TrainingInterrupted
 from qkov.io import atomic_save_safetensors, atomic_write_text, check_output_dir
 from qkov.metrics import METRICS, read_records
@@ -384,6 +385,13 @@ class _StepLog:
             dynamic_ncols=True,
         )
         self.file = open(run.out / METRICS if run.dd.main else os.devnull, "a", encoding="utf-8")
+        # MFU: the step's FLOPs from the config over this device's measured matmul rate
+        # (bf16 on a GPU, as autocast runs it; a small fp32 product on a CPU: ~40 ms).
+        dev = torch.device(run.dd.device)
+        gpu = dev.type == "cuda"
+        self.step_flops = train_step_flops(run.cfg, run.tc.batch_size)
+        dtype, size = (torch.bfloat16, 8192) if gpu else (torch.float32, 1024)
+        self.peak = matmul_peak(dev, dtype, size, reps=3) if run.dd.main else 0.0
         self.t_last, self.tokens_since = time.perf_counter(), 0
 
     def __enter__(self) -> _StepLog:
@@ -401,13 +409,17 @@ class _StepLog:
         probed = self.probe is not None and step % tc.probe_interval == 0
         if not (self.run.dd.main and (logged or probed)):
             return
+        seconds = time.perf_counter() - self.t_last
+        steps_since = self.tokens_since / self.tokens_per_step
         rec: dict[str, Any] = {
             "step": step,
             "tokens": step * self.tokens_per_step,
             "train_loss": round(loss_value, 5),
             "lr": lr,
-            "tokens_per_s": round(self.tokens_since / (time.perf_counter() - self.t_last), 1),
+            "tokens_per_s": round(self.tokens_since / seconds, 1),
         }
+        if self.peak:  # the share of the matmul peak the steps reached (qkov.flops)
+            rec["mfu"] = round(mfu(self.step_flops * steps_since, seconds, self.peak), 4)
         if logged:
             rec["val_loss"] = round(evaluate(self.model, self.run.val), 5)
         if probed:
@@ -426,12 +438,13 @@ class _StepLog:
             loss=f"{loss_value:.3f}",
             val=rec.get("val_loss", "-"),
             tok_s=f"{rec['tokens_per_s']:.0f}",
+            mfu=f"{rec.get('mfu', 0):.0%}",
         )
         if self.lines and logged:
             print(
                 f"train {self.run.out.name}: step {step}/{self.last}, {rec['tokens']:,} tokens, "
                 f"train loss {loss_value:.4f}, val loss {rec['val_loss']:.4f}, "
-                f"{rec['tokens_per_s']:,.0f} tokens/s",
+                f"{rec['tokens_per_s']:,.0f} tokens/s, MFU {rec.get('mfu', 0):.0%}",
                 file=sys.stderr,
                 flush=True,
             )

@@ -1,0 +1,135 @@
+"""Analysis at scale: qkov's analyses on a 12-layer x 12-head model with a 50k vocabulary,
+against TransformerLens's equivalents where they exist, as ratios in one run.
+
+    python benchmarks/bench_analysis_scale.py [--vocab 50257] [--reps 3] [--threads 0]
+
+The model is random (init_std 0.5, d_model 768, d_head 64, n_ctx 256, shortformer), GPT-2
+small's shape without MLPs; TL's copy comes from qkov.interop.to_hooked_transformer, so both
+libraries read the same weights. Rows:
+
+    composition_scores       vs TL all_composition_scores("Q"), ("K"), ("V")
+    OV eigenvalues, all      qkov ov_circuit(l, h).eigenvalues for every head (W_E W_OV W_U,
+                             kept factored) vs TL (W_E @ model.OV @ W_U).eigenvalues
+    classify_heads           vs TL detect_head for previous-token, duplicate-token and
+                             induction heads on the same 16 repeated-token sequences
+    ov_statistics (1 head)   eigenvalues + the full-vocabulary top-1 self fraction (V^2 d_head)
+    skip_trigrams (1 head)   top 10 over all (source, destination, out) of one head
+    path_expansion           16 tokens, max_order 1: the direct term + 144 heads' terms
+
+Each time is the median of --reps calls (interleaved with TL's where TL has one), after a
+warm-up call (--reps 1: one cold call each); agreement with TL is checked before timing
+where both compute one number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+
+from qkov import ModelConfig, Transformer
+from qkov.circuits import ov_circuit, ov_statistics, path_expansion
+from qkov.composition import composition_scores
+from qkov.data.probes import induction_probe
+from qkov.heads import classify_heads
+from qkov.trigrams import skip_trigrams
+
+
+def timed(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
+    """Median seconds per call of each fn, order alternated each repetition, after a warm-up
+    (none with reps 1: each call then runs once, cold)."""
+    for f in fns.values() if reps > 1 else ():
+        f()
+    times: dict[str, list[float]] = {n: [] for n in fns}
+    names = list(fns)
+    for r in range(reps):
+        for n in names if r % 2 == 0 else names[::-1]:
+            t0 = time.perf_counter()
+            fns[n]()
+            times[n].append(time.perf_counter() - t0)
+    return {n: statistics.median(t) for n, t in times.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--vocab", type=int, default=50257)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = ModelConfig(
+        n_layers=12, n_heads=12, d_model=768, n_ctx=256, d_vocab=args.vocab, init_std=0.5
+    )
+    model = Transformer(cfg).eval()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from transformer_lens.head_detector import detect_head
+
+            from qkov.interop import to_hooked_transformer
+
+            tl = to_hooked_transformer(model)
+        # token ids in, as qkov takes them (a list of [1, pos] sequences: their rows)
+        tl.to_tokens = lambda seq, **kw: torch.cat(seq) if isinstance(seq, list) else seq
+    except ImportError as e:
+        print(f"TransformerLens not importable ({e}): qkov rows only")
+        tl = None
+    probe = induction_probe(cfg.d_vocab, 16, 128, seed=0)
+    L, H = cfg.n_layers, cfg.n_heads
+    print(
+        f"# torch {torch.__version__}, {torch.get_num_threads()} threads; model L{L} H{H} "
+        f"d{cfg.d_model} V{cfg.d_vocab}; median of {args.reps}"
+    )
+    print("| analysis | qkov s | TL s | TL / qkov |")
+    print("| --- | ---: | ---: | ---: |")
+
+    def row(name: str, qkov: Callable[[], object], peer: Callable[[], object] | None) -> None:
+        fns = {"qkov": qkov} | ({"tl": peer} if peer is not None and tl is not None else {})
+        t = timed(fns, args.reps)
+        if "tl" in t:
+            print(f"| {name} | {t['qkov']:.2f} | {t['tl']:.2f} | {t['tl'] / t['qkov']:.1f}x |")
+        else:
+            print(f"| {name} | {t['qkov']:.2f} | - | - |", flush=True)
+
+    with torch.no_grad():
+        if tl is not None:  # same weights, same numbers: checked before timing
+            ours = composition_scores(model, n_baseline=10).k
+            theirs = tl.all_composition_scores("K")
+            err = max(
+                abs(float(ours[l1, h1, l2, h2]) - float(theirs[l1, h1, l2, h2]))
+                for l1, h1, l2, h2 in [(0, 0, 1, 0), (3, 5, 7, 2), (10, 11, 11, 4)]
+            )
+            assert err < 1e-4, f"K-composition disagrees with TL by {err}"
+
+        row(
+            "composition_scores (Q, K, V + baseline)",
+            lambda: composition_scores(model),
+            lambda: [tl.all_composition_scores(m) for m in "QKV"],
+        )
+        row(
+            "OV eigenvalues, all 144 heads (W_E W_OV W_U)",
+            lambda: [ov_circuit(model, l, h).eigenvalues for l in range(L) for h in range(H)],
+            lambda: (tl.W_E @ tl.OV @ tl.W_U).eigenvalues,
+        )
+        seqs = [s[None] for s in probe.tokens]
+        kinds = ("previous_token_head", "duplicate_token_head", "induction_head")
+        row(
+            "classify_heads (16 probe sequences)",
+            lambda: classify_heads(model),
+            lambda: [detect_head(tl, seqs, kind) for kind in kinds],
+        )
+        row("ov_statistics, 1 head (full-vocab top-1)", lambda: ov_statistics(model, 5, 3), None)
+        row("skip_trigrams, 1 head (top 10)", lambda: skip_trigrams(model, 0, 3, k=10), None)
+        tokens = probe.tokens[:1, :16]
+        row(
+            "path_expansion (16 tokens, order <= 1)", lambda: path_expansion(model, tokens, 1), None
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -42,10 +42,13 @@ def test_demo_writes_report_and_losses_order_by_depth(demo_out):
     assert len(evaluations) == 1  # the same set for all four
     ev = models["attn2"]["evaluation"]
     assert ev["kind"] == "text" and "held-out" in ev["description"]
-    assert ev["n_sequences"] == 4 and models["attn2"]["loss"]["n_tokens"] == 4 * 255
+    n_ctx = models["attn2"]["config"]["n_ctx"]
+    assert ev["n_sequences"] == 4 and models["attn2"]["loss"]["n_tokens"] == 4 * (n_ctx - 1)
     html = (demo_out / "report.html").read_text()
     assert "attn2" in html and "<svg" in html
-    assert len(models["attn2"]["heads"]) == 8 == len(models["mlp2"]["heads"])
+    for name in ("attn2", "mlp2"):
+        c = models[name]["config"]
+        assert len(models[name]["heads"]) == c["n_layers"] * c["n_heads"]
     mlp_terms = [t for t in models["mlp2"]["term_importance"]["terms"] if t["kind"] == "mlp"]
     assert [t["term"] for t in mlp_terms] == ["MLP0 knocked out", "MLP1 knocked out"]
 

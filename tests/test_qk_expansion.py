@@ -10,7 +10,7 @@ import torch
 import factories
 from qkov import qk_expansion
 from qkov.errors import QkovError
-from qkov.qk_expansion import qk_expansion_all, row_centred
+from qkov.qk_terms import qk_expansion_all, row_centred
 
 NORMS = ["none", "rms", "layernorm", "rmsnorm"]
 

@@ -181,7 +181,8 @@ def test_demo_report_in_chromium(browser, tmp_path):
     shots = _shots_dir(tmp_path)
 
     n_heads = sum(len(m.get("heads") or []) for m in analysis["models"])
-    assert n_heads == 20  # 2 x 4 + 1 x 4 + 2 x 4 (+ none in the 0-layer model)
+    configs = [m["config"] for m in analysis["models"]]
+    assert n_heads == sum(c["n_layers"] * c["n_heads"] for c in configs)  # a card per head
     assert len(browser.find_elements(By.CSS_SELECTOR, ".head-card")) == n_heads
     sizes = browser.execute_script(
         "return Array.from(document.querySelectorAll('svg')).map(s => {"

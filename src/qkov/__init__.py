@@ -33,7 +33,7 @@ _EXPORTS = {
     "qk_positional_terms": "qkov.circuits",
     "positional_qk": "qkov.circuits",
     "virtual_head_ov": "qkov.circuits",
-    "qk_expansion": "qkov.qk_expansion",
+    "qk_expansion": "qkov.qk_terms",
     "composition_score": "qkov.composition",
     "composition_scores": "qkov.composition",
     "ModelConfig": "qkov.config",

@@ -35,7 +35,7 @@ from qkov.io import atomic_write_text, check_output_dir
 from qkov.loss import next_token_loss
 from qkov.metrics import phase_change, training_history
 from qkov.model import AttnOnlyTransformer
-from qkov.qk_expansion import QK_MAX_ORDER, qk_expansion_all
+from qkov.qk_terms import QK_MAX_ORDER, qk_expansion_all
 from qkov.report import SCHEMA_VERSION, dumps, render_report
 from qkov.training_probe import training_probe
 from qkov.trigrams import DEFAULT_MIN_COUNT, skip_trigrams, split_token_trigrams

@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         result["term_importance"] = ti.to_dict()
 
     if args.qk_terms and cls.records:
-        from qkov.qk_expansion import QK_MAX_ORDER, qk_expansion_all, qk_terms_table
+        from qkov.qk_terms import QK_MAX_ORDER, qk_expansion_all, qk_terms_table
 
         tokens = ev.tokens[: args.qk_seqs]
         expansions = qk_expansion_all(model, tokens, max_order=QK_MAX_ORDER)

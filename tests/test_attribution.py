@@ -84,7 +84,6 @@ def test_cli_attribute(tmp_path, capsys):
 
 def test_by_head_groups_are_exact_sums_of_the_paths():
     from factories import induction_model
-
     from qkov.attribution import attribute
 
     model = induction_model(noise=0.05)

@@ -39,4 +39,3 @@ def next_token_attributions(
         rest = float(total[i]) - sum(p["logit"] for p in paths)
         out.append({"total": float(total[i]), "paths": paths, "rest": rest})
     return out
-

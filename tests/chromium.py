@@ -27,6 +27,20 @@ FLAGS = (
 )
 
 
+def skip_reason() -> str | None:
+    """Why the browser tests cannot run here (None: they can): Debian's Chromium, its
+    driver and selenium are all needed; nothing is ever downloaded."""
+    if not Path(CHROMIUM).is_file():
+        return f"Chromium not found at {CHROMIUM}: apt-get install chromium chromium-driver"
+    if not Path(CHROMEDRIVER).is_file():
+        return f"chromedriver not found at {CHROMEDRIVER}: apt-get install chromium-driver"
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed: pip install selenium"
+    return None
+
+
 def start_chromium(profile_dir: Path, logging: bool = False):
     """A selenium Chrome driver on Debian's Chromium with a fresh profile (never a
     downloaded driver); with `logging`, the browser console and network logs are kept."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from chromium import CHROMEDRIVER, CHROMIUM, start_chromium
+from chromium import skip_reason, start_chromium
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
@@ -37,19 +37,7 @@ def _repeat_position(ids: list[int]) -> int:
     raise AssertionError("the text has no repeated bigram")
 
 
-def _skip_reason() -> str | None:
-    if not Path(CHROMIUM).is_file():
-        return f"Chromium not found at {CHROMIUM}: apt-get install chromium chromium-driver"
-    if not Path(CHROMEDRIVER).is_file():
-        return f"chromedriver not found at {CHROMEDRIVER}: apt-get install chromium-driver"
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        return "selenium is not installed: pip install selenium"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
 
 
 def _wait(driver, script: str, what: str, *args, timeout: float = 60):

@@ -16,26 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from chromium import CHROMEDRIVER, CHROMIUM, start_chromium
+from chromium import skip_reason, start_chromium
 from qkov.report import render_report
 
 # Runs before any page script (CDP, not subject to the page's CSP): records alert() calls.
 PROBE = "window.__alerts = []; window.alert = function (m) { window.__alerts.push(String(m)); };"
 
 
-def _skip_reason() -> str | None:
-    if not Path(CHROMIUM).is_file():
-        return f"Chromium not found at {CHROMIUM}: apt-get install chromium chromium-driver"
-    if not Path(CHROMEDRIVER).is_file():
-        return f"chromedriver not found at {CHROMEDRIVER}: apt-get install chromium-driver"
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        return "selenium is not installed: pip install selenium"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
 
 
 @pytest.fixture(scope="module")

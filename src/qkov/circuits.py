@@ -550,21 +550,32 @@ def induction_qk_term(
 
 
 @torch.no_grad()
-def top_bigrams(model: AttnOnlyTransformer, k: int = 20) -> list[dict[str, Any]]:
+def top_bigrams(
+    model: AttnOnlyTransformer, k: int = 20, n_rows: int | None = None, seed: int = 0
+) -> list[dict[str, Any]]:
     """The k largest entries of the direct path W_E W_U with each row centred (softmax
     ignores a constant per row): [{"current", "out", "logit"}], the logit added to `out`
     when the current token is `current`. Rows are formed CHUNK_ELEMENTS at a time; the
-    vocab x vocab table never exists."""
+    vocab x vocab table never exists.
+
+    n_rows: an ESTIMATE for large vocabularies: only the rows of a seeded sample of n_rows
+    current tokens (`qkov.trigrams.sample_tokens`; outs range over the whole vocabulary), so
+    the list is the exact top-k of that sample. None (or >= d_vocab): every row, exact.
+    Time: n_rows * d_vocab * d_model (d_vocab^2 * d_model when exact)."""
+    from qkov.trigrams import sample_tokens
+
     table = direct_path(model)
     V = model.cfg.d_vocab
+    rows = sample_tokens(V, n_rows, seed).to(table.device)  # [R] current tokens, sorted
     chunk = max(1, CHUNK_ELEMENTS // V)
     best_v, best_i = torch.empty(0), torch.empty(0, dtype=torch.long)
-    for start in range(0, V, chunk):
-        block = table.rows(start, start + chunk).dense(force=True).float()  # [c, V]
+    for start in range(0, rows.numel(), chunk):
+        ids = rows[start : start + chunk]
+        block = (table.A[ids] @ table.B).float()  # [c, V]
         block = block - block.mean(dim=1, keepdim=True)
         v, i = block.flatten().topk(min(k, block.numel()))
         best_v = torch.cat([best_v, v.cpu()])
-        best_i = torch.cat([best_i, i.cpu() + start * V])  # flat index into [V, V]
+        best_i = torch.cat([best_i, ids.cpu()[i.cpu() // V] * V + i.cpu() % V])  # into [V, V]
         best_v, order = best_v.topk(min(k, best_v.numel()))
         best_i = best_i[order]
     current, out = torch.unravel_index(best_i, (V, V))
@@ -619,15 +630,18 @@ def virtual_head_ov(model: Transformer) -> list[VirtualHeadOV]:
 
     m = folded(model)
     w, E = m.weights(), token_embedding(m)
+    wide = lambda t: t.float() if t.dtype in (torch.bfloat16, torch.float16) else t  # noqa: E731
+    # The circuit is A B with A = E W_V^{h0} W_O^{h0} W_V^{h1}, B = W_O^{h1} W_U, and its
+    # nonzero spectrum is that of B A = W_O^{h1} (W_U E) W_V^{h0} W_O^{h0} W_V^{h1}:
+    # W_U E [d_model, d_model] is formed once (d_vocab * d_model^2), each pair costs d_model^2.
+    UE = wide(w["W_U"]) @ wide(E)  # [d_model, d_model]
     out = []
     for l0 in range(m.cfg.n_layers):
         for h0 in range(m.cfg.n_heads):
-            first = E @ w["W_V"][l0, h0] @ w["W_O"][l0, h0]  # [d_vocab, d_model]
+            first = UE @ wide(w["W_V"][l0, h0]) @ wide(w["W_O"][l0, h0])  # [d_model, d_model]
             for l1 in range(l0 + 1, m.cfg.n_layers):
                 for h1 in range(m.cfg.n_heads):
-                    circuit = FactoredMatrix(
-                        first @ w["W_V"][l1, h1], w["W_O"][l1, h1] @ w["W_U"]
-                    )  # [d_vocab, d_head] x [d_head, d_vocab]
+                    BA = wide(w["W_O"][l1, h1]) @ first @ wide(w["W_V"][l1, h1])  # [d_head]^2
                     score = composition_score(
                         FactoredMatrix(w["W_V"][l0, h0], w["W_O"][l0, h0]),
                         FactoredMatrix(w["W_V"][l1, h1], w["W_O"][l1, h1]),
@@ -636,7 +650,7 @@ def virtual_head_ov(model: Transformer) -> list[VirtualHeadOV]:
                         VirtualHeadOV(
                             heads=((l0, h0), (l1, h1)),
                             v_composition=float(score),
-                            eigenvalue_score=eigenvalue_score(circuit.eigenvalues),
+                            eigenvalue_score=eigenvalue_score(torch.linalg.eigvals(BA)),
                         )
                     )
     return sorted(out, key=lambda v: -v.v_composition)

@@ -69,6 +69,17 @@ def allowed_tokens(model: AttnOnlyTransformer, min_count: int | None) -> Tensor 
     return keep
 
 
+def sample_tokens(d_vocab: int, n: int | None, seed: int = 0) -> Tensor:
+    """[min(n, d_vocab)] sorted token ids: a seeded sample without replacement, or every id
+    (0..d_vocab-1) for n None or n >= d_vocab. The same (d_vocab, n, seed) gives the same ids."""
+    if n is None or n >= d_vocab:
+        return torch.arange(d_vocab)
+    if n < 1:
+        raise QkovError(f"a token sample needs at least 1 token, got {n}")
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(d_vocab, generator=g)[:n].sort().values
+
+
 def token_str(model: AttnOnlyTransformer, token: int) -> str:
     """Text of one token via model.tokenizer, or '[id]' without a tokenizer."""
     return decode_token(model.tokenizer, token)
@@ -143,13 +154,13 @@ class _HeadScorer:
         self.qk_Bc = self.qk.B - self.qk.B.mean(-1, keepdim=True)  # [d_head, d_vocab]
         self.ov_mean = self.ov.A @ self.ov.B.mean(-1)  # [d_vocab], OV row means
 
-    def a_by_source(self, start: int, stop: int) -> Tensor:
-        """a[:, start:stop]^T * sqrt(d_head): [c sources, d_vocab destinations]."""
-        return self.qk_Bc[:, start:stop].T @ self.qk.A.T
+    def a_by_source(self, sources: Tensor) -> Tensor:
+        """a[:, sources]^T * sqrt(d_head): [c sources, d_vocab destinations]."""
+        return self.qk_Bc[:, sources].T @ self.qk.A.T
 
-    def o_by_source(self, start: int, stop: int) -> Tensor:
-        """o[start:stop] before centring: [c sources, d_vocab outs]."""
-        return self.ov.A[start:stop] @ self.ov.B
+    def o_by_source(self, sources: Tensor) -> Tensor:
+        """o[sources] before centring: [c sources, d_vocab outs]."""
+        return self.ov.A[sources] @ self.ov.B
 
     def a(self, d: int, s: int) -> float:
         return float(self.qk.A[d] @ self.qk_Bc[:, s]) * self.scale
@@ -182,6 +193,8 @@ def skip_trigrams(
     chunk_size: int | None = None,
     per_source: int | None = None,
     min_count: int | None = None,
+    n_sources: int | None = None,
+    seed: int = 0,
 ) -> list[SkipTrigram]:
     """Top-k skip-trigrams of a head by score (see the module docstring), best first.
 
@@ -191,8 +204,14 @@ def skip_trigrams(
     min_count: rank only trigrams whose three tokens were each seen at least this often in
     training (`allowed_tokens`); None: all tokens.
 
-    Memory: O(chunk_size * d_vocab + d_vocab * k^2); chunk_size (sources per block)
-    defaults to 16 MiB of fp32. Time: two vocab^2 * d_head products, formed a block at a time."""
+    n_sources: an ESTIMATE for large vocabularies: rank only the trigrams of a seeded sample
+    of n_sources source tokens (`sample_tokens`; destinations and outs still range over the
+    whole vocabulary), so the list is the exact top-k of that sample, not of the head. None
+    (or n_sources >= d_vocab): every source, exact.
+
+    Memory: O(chunk_size * d_vocab + n_sources * k^2); chunk_size (sources per block)
+    defaults to 16 MiB of fp32. Time: two n_sources * d_vocab * d_head products (vocab^2 *
+    d_head when exact), formed a block at a time."""
     V = model.cfg.d_vocab
     if k < 1:
         raise QkovError(f"k must be >= 1, got {k}")
@@ -213,23 +232,26 @@ def skip_trigrams(
     # Results go into preallocated [src, k] tensors: small tensors kept alive between the big
     # temporary blocks would fragment the heap (measured: RSS grew ~V^2 bytes without this).
     dev, dt = sc.qk.device, sc.qk.dtype
-    best_a, best_o = (torch.empty(V, k_eff, dtype=dt, device=dev) for _ in range(2))
-    best_d, best_t = (torch.empty(V, k_eff, dtype=torch.long, device=dev) for _ in range(2))
-    for start in range(0, V, chunk):
-        stop = min(start + chunk, V)
+    src_ids = sample_tokens(V, n_sources, seed).to(dev)  # [S] sources ranked, sorted
+    S = src_ids.numel()
+    best_a, best_o = (torch.empty(S, k_eff, dtype=dt, device=dev) for _ in range(2))
+    best_d, best_t = (torch.empty(S, k_eff, dtype=torch.long, device=dev) for _ in range(2))
+    for start in range(0, S, chunk):
+        stop = min(start + chunk, S)
+        ids = src_ids[start:stop]
         for block, vals, idx in (
-            (sc.a_by_source(start, stop), best_a, best_d),  # [c sources, d_vocab dests]
-            (sc.o_by_source(start, stop), best_o, best_t),  # [c sources, d_vocab outs]
+            (sc.a_by_source(ids), best_a, best_d),  # [c sources, d_vocab dests]
+            (sc.o_by_source(ids), best_o, best_t),  # [c sources, d_vocab outs]
         ):
             if drop is not None:
                 block += drop
             torch.topk(block, k_eff, dim=1, out=(vals[start:stop], idx[start:stop]))
             del block
     best_a *= sc.scale
-    best_o -= sc.ov_mean[:, None]
+    best_o -= sc.ov_mean[src_ids, None]
     cand = torch.sigmoid(best_a)[:, :, None] * best_o[:, None, :]  # [src, k (dest), k (out)]
     if keep is not None:
-        cand[~keep] = -math.inf
+        cand[~keep[src_ids]] = -math.inf
     if per_source is None:
         _, flat = cand.flatten().topk(min(k, int(torch.isfinite(cand).sum())))
         s, i, j = torch.unravel_index(flat, cand.shape)  # source, dest rank, out rank
@@ -240,8 +262,8 @@ def skip_trigrams(
         s, r = torch.unravel_index(flat, vals.shape)  # source, rank among its m best
         i, j = torch.unravel_index(idx[s, r], (k_eff, k_eff))
     out = [
-        sc.trigram(src, int(best_d[src, di]), int(best_t[src, oi]))
-        for src, di, oi in zip(s.tolist(), i.tolist(), j.tolist(), strict=True)
+        sc.trigram(int(src_ids[r]), int(best_d[r, di]), int(best_t[r, oi]))
+        for r, di, oi in zip(s.tolist(), i.tolist(), j.tolist(), strict=True)
     ]
     # Re-score exactly (scalar path) and sort: chunked and scalar rounding can differ slightly.
     return SkipTrigramTable(sorted(out, key=lambda t: -t.score))
@@ -340,15 +362,20 @@ def split_token_trigrams(
     head: int,
     k: int = 10,
     min_count: int | None = None,
+    candidates: Tensor | None = None,
 ) -> SplitTokenTrigrams:
     """The head's token-split skip-trigrams (see `SplitTokenTrigrams`), ranked by the score
     of `skip_trigrams` (sigmoid(attention) * boost, from the same factored circuits). Exact
     for a 1-layer head; for later heads the direct path only, as `skip_trigrams`.
-    min_count: only tokens seen that often in training (`allowed_tokens`)."""
+    min_count: only tokens seen that often in training (`allowed_tokens`). candidates: the
+    `split_token_candidates(model, allowed_tokens(model, min_count))` of this model, when a
+    caller scores many heads (reading the vocabulary's texts once, not per head)."""
     if k < 1:
         raise QkovError(f"k must be >= 1, got {k}")
     sc = _HeadScorer(model, layer, head)
-    cand = split_token_candidates(model, allowed_tokens(model, min_count)).to(sc.qk.device)
+    if candidates is None:
+        candidates = split_token_candidates(model, allowed_tokens(model, min_count))
+    cand = candidates.to(sc.qk.device)
     if cand.shape[0] == 0:
         return SplitTokenTrigrams(layer, head, 0, 0, [])
     s, d, t = cand.unbind(1)

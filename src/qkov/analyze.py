@@ -14,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-from dataclasses import dataclass
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,13 @@ from qkov.data.evaluation import DEFAULT_SEQUENCES, EvaluationSet, evaluation_se
 from qkov.data.probes import default_seq_len, repeated_random_tokens
 from qkov.data.tokenizer import decode_token
 from qkov.errors import QkovError
-from qkov.heads import HeadClassification, HeadRecord, attention_patterns, classify_heads
-from qkov.heads import copying_columns
+from qkov.heads import (
+    HeadClassification,
+    HeadRecord,
+    attention_patterns,
+    classify_heads,
+    copying_columns,
+)
 from qkov.heads import head_scores as score_heads
 from qkov.io import atomic_write_text, check_output_dir
 from qkov.loss import next_token_loss

@@ -192,16 +192,18 @@ def copying_score(
     inside = slot >= 0
     n_rivals = (m - inside.float()).clamp(min=1)  # sampled columns other than the own one
     rows = max(1, _COPY_CHUNK // max(1, n * m))
+    W_U = w["W_U"].to(value.dtype)  # [d_model, d_vocab]
+    W_U_cols, W_U_own = W_U[:, cols], W_U.T[tokens]  # [d_model, m], [batch, pos, d_model]
     out = []
     for h in range(model.cfg.n_heads):
         W_O = w["W_O"][layer, h].to(value.dtype)  # [d_head, d_model]
-        OU = W_O @ w["W_U"][:, cols].to(value.dtype)  # [d_head, m]
+        OU = W_O @ W_U_cols  # [d_head, m]
         c = torch.empty(B, n, device=value.device)
         for s in range(0, B, rows):
             e = value[s : s + rows, h] @ OU  # [rows, pos, m]
             sl, ins = slot[s : s + rows], inside[s : s + rows]
             own_in = e.gather(-1, sl.clamp(min=0)[..., None])[..., 0]  # exact where inside
-            own_out = ((value[s : s + rows, h] @ W_O) * w["W_U"].T[tokens[s : s + rows]]).sum(-1)
+            own_out = ((value[s : s + rows, h] @ W_O) * W_U_own[s : s + rows]).sum(-1)
             own = torch.where(ins, own_in, own_out.to(e.dtype))[..., None]  # [rows, pos, 1]
             above = (e > own).sum(-1).float()
             ties = (e == own).sum(-1).float() - ins.float()

@@ -105,10 +105,15 @@ class CompositionScores:
 
 
 def _pair_scores(OV: FactoredMatrix, right: FactoredMatrix) -> Tensor:
-    """composition_score of OV [L, H, D, D] (earlier) with right [L, H, D, D] (later)."""
-    left = FactoredMatrix(OV.A[:, :, None, None], OV.B[:, :, None, None])  # [L, H, 1, 1, D, D]
-    rgt = FactoredMatrix(right.A[None, None], right.B[None, None])  # [1, 1, L, H, D, D]
-    return composition_score(left, rgt)  # [L, H, L, H]
+    """composition_score of OV [L, H, D, D] (earlier) with right [L, H, D, D] (later), one
+    earlier layer at a time (the broadcast product holds H x L x H factors of [D, d_head]:
+    gigabytes at GPT-2 size if every earlier layer were done at once)."""
+    rgt = FactoredMatrix(right.A[None], right.B[None])  # [1, L, H, D, D]
+    rows = []
+    for l0 in range(OV.shape[0]):
+        left = FactoredMatrix(OV.A[l0, :, None, None], OV.B[l0, :, None, None])  # [H, 1, 1, D, D]
+        rows.append(composition_score(left, rgt))  # [H, L, H]
+    return torch.stack(rows)  # [L, H, L, H]
 
 
 def _masked(scores: Tensor) -> Tensor:

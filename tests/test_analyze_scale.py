@@ -175,3 +175,39 @@ def test_download_without_huggingface_hub_is_one_line(command, tmp_path, monkeyp
     argv += ["--out", str(tmp_path / "out")] if command == "analyze" else []
     line = _one_line(argv)
     assert "huggingface_hub" in line and "pip install" in line
+
+
+def _power_sums(z: torch.Tensor, n: int = 4) -> torch.Tensor:
+    """sum(z^k) for k = 1..n: equal spectra have equal power sums, whatever the order."""
+    z = z.to(torch.complex128)
+    return torch.stack([(z**k).sum() for k in range(1, n + 1)])
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"bias": True, "normalization": "layernorm", "d_mlp": 32, "positional": "standard"},
+        {"bias": True, "normalization": "rmsnorm", "positional": "rotary", "rotary_dim": 4},
+    ],
+    ids=["attn-only", "layernorm+bias", "rotary+bias"],
+)
+def test_qk_and_ov_eigenvalues_from_grams_equal_the_circuits_spectra(extra):
+    from qkov.circuits import ov_eigenvalues, qk_eigenvalues
+    from qkov.model import Transformer
+
+    torch.manual_seed(1)
+    cfg = ModelConfig(n_layers=2, n_heads=2, d_model=16, d_head=8, d_vocab=40, n_ctx=12, **extra)
+    model = Transformer(cfg).eval().double()  # fp64: the two orders of products agree closely
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)  # biases and norm weights nonzero
+    for l in range(2):
+        for h in range(2):
+            for offset in (0, -3):
+                want = _power_sums(qk_circuit(model, l, h, offset=offset).eigenvalues)
+                got = _power_sums(qk_eigenvalues(model, l, h, offset=offset))
+                torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+            want = _power_sums(ov_circuit(model, l, h).eigenvalues)
+            got = _power_sums(ov_eigenvalues(model, l, h))
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)

@@ -26,7 +26,7 @@ from qkov import __version__
 from qkov.ablation import icl_from_logits, term_importance
 from qkov.attribution import attribute
 from qkov.checkpoint import load
-from qkov.circuits import positional_qk, qk_circuit, top_bigrams, virtual_head_ov
+from qkov.circuits import positional_qk, qk_eigenvalues, top_bigrams, virtual_head_ov
 from qkov.config import ModelConfig
 from qkov.data.evaluation import DEFAULT_SEQUENCES, EvaluationSet, evaluation_set
 from qkov.data.probes import default_seq_len, repeated_random_tokens
@@ -408,7 +408,7 @@ def _head(
         ),
         "ov_eigenvalue_score": r.to_dict()["ov_eigenvalue_score"],
         "ov_eigenvalues": r.to_dict()["ov_eigenvalues"],
-        "qk_eigenvalues": _complex_pairs(qk_circuit(model, r.layer, r.head).eigenvalues),
+        "qk_eigenvalues": _complex_pairs(qk_eigenvalues(model, r.layer, r.head)),
         "skip_trigrams": [
             {
                 "source": t.source_str,

@@ -34,6 +34,7 @@ query head its own W_K, W_V.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,12 +87,72 @@ def token_embedding(model: Transformer, effective_embedding: bool = False) -> Te
     embedding (GPT-2). An approximation: the attention output it leaves out is real."""
     model = folded(model)
     W_E, eps = model.W_E.detach(), model.cfg.norm_eps
+    if not effective_embedding:  # every circuit of every head asks: computed once per W_E
+        return _cached(model, "token_embedding", lambda: _plain_embedding(model), W_E)
     if effective_embedding and model.cfg.d_mlp and model.cfg.n_layers:
         x = W_E + model.b_O[0].detach() if model.cfg.bias else W_E
         x = x / rms_scale(x, eps) if model.cfg.normalization == "rms" else x
         with torch.no_grad():
             W_E = W_E + model._mlp(x[None], 0)[0]
     return W_E / rms_scale(W_E, eps) if model.cfg.normalization == "rms" else W_E
+
+
+def _plain_embedding(model: Transformer) -> Tensor:
+    W_E = model.W_E.detach()
+    rms = model.cfg.normalization == "rms"
+    return W_E / rms_scale(W_E, model.cfg.norm_eps) if rms else W_E
+
+
+def _cached(model: Transformer, name: str, make: Callable[[], Any], *inputs: Tensor) -> Any:
+    """make(), kept on `model` (a folded model) until one of `inputs` changes (a new tensor,
+    or an in-place write, which bumps its version)."""
+    key = [(t.data_ptr(), t._version, t.dtype, t.device) for t in inputs]
+    store = model.__dict__.setdefault("_qkov_circuit_cache", {})
+    if name in store and store[name][0] == key:
+        return store[name][1]
+    value = make()
+    store[name] = (key, value)
+    return value
+
+
+def _embedding_grams(model: Transformer) -> dict[str, Tensor]:
+    """Of E = token_embedding(model) [d_vocab, d_model], the d_model-sized products the token
+    circuits' spectra need (fp32 or wider): E^T E, W_U^T-side W_U E, E^T 1 and W_U 1."""
+    m = folded(model)
+    E = token_embedding(m)
+
+    def make() -> dict[str, Tensor]:
+        Ew, Uw = _wide(E), _wide(m.W_U.detach())
+        return {"EE": Ew.T @ Ew, "UE": Uw @ Ew, "E1": Ew.sum(0), "U1": Uw.sum(1)}
+
+    return _cached(m, "embedding_grams", make, E, m.W_U)
+
+
+def _wide(t: Tensor) -> Tensor:
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
+def qk_eigenvalues(model: Transformer, layer: int, head: int, offset: int = 0) -> Tensor:
+    """Nonzero spectrum [d_head] (complex) of the token QK circuit `qk_circuit(model, layer,
+    head, offset=offset)`, from the d_head x d_head (E W_K + b_K)^T (E W_Q + b_Q) R_offset,
+    expanded through E^T E and E^T 1 (formed once per model): d_model^2 * d_head per head,
+    never a d_vocab-sized product. Same eigenvalues as `qk_circuit(...).eigenvalues` up to
+    float rounding."""
+    check_head(model, layer, head)
+    m = folded(model)
+    w, g = m.weights(), _embedding_grams(m)
+    W_Q, W_K = _wide(w["W_Q"][layer, head]), _wide(w["W_K"][layer, head])
+    M = W_K.T @ g["EE"] @ W_Q  # [d_head, d_head]
+    if m.cfg.bias:
+        b_Q, b_K = _wide(w["b_Q"][layer, head]), _wide(w["b_K"][layer, head])
+        kE1, qE1 = W_K.T @ g["E1"], g["E1"] @ W_Q  # [d_head]
+        M = M + torch.outer(kE1, b_Q) + torch.outer(b_K, qE1)
+        M = M + m.cfg.d_vocab * torch.outer(b_K, b_Q)
+    c = m.cfg
+    if c.positional == "rotary" and offset:
+        R = relative_rotation(c.d_head, c.rotary_dim, c.rotary_base, offset)
+        M = M @ R.to(device=M.device, dtype=M.dtype)
+    return torch.linalg.eigvals(M)
 
 
 def W_QK(model: Transformer) -> FactoredMatrix:
@@ -441,11 +502,19 @@ def eigenvalue_score(eigenvalues: Tensor) -> float:
 
 
 def ov_eigenvalues(model: AttnOnlyTransformer, layer: int, head: int) -> Tensor:
-    """Nonzero spectrum [d_head] (complex) of the OV circuit W_E W_OV W_U.
+    """Nonzero spectrum [d_head] (complex) of the OV circuit W_E W_OV W_U (`ov_circuit`).
 
     Same nonzero eigenvalues as the d_model x d_model W_OV W_U W_E; computed from the even
-    smaller d_head x d_head W_O W_U W_E W_V, never the vocab x vocab matrix."""
-    return ov_circuit(model, layer, head).eigenvalues
+    smaller d_head x d_head W_O W_U (W_E W_V + b_V), with W_U W_E and W_U 1 formed once per
+    model, never the vocab x vocab matrix (nor a d_vocab-sized product per head)."""
+    check_head(model, layer, head)
+    m = folded(model)
+    w, g = m.weights(), _embedding_grams(m)
+    W_O, W_V = _wide(w["W_O"][layer, head]), _wide(w["W_V"][layer, head])
+    M = W_O @ g["UE"] @ W_V  # [d_head, d_head]
+    if m.cfg.bias:
+        M = M + torch.outer(W_O @ g["U1"], _wide(w["b_V"][layer, head]))
+    return torch.linalg.eigvals(M)
 
 
 @torch.no_grad()

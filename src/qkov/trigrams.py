@@ -38,10 +38,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from qkov.circuits import CHUNK_ELEMENTS, ov_circuit, qk_circuit
+from qkov.circuits import CHUNK_ELEMENTS, check_head, folded, token_embedding
 from qkov.data.tokenizer import decode_token
 from qkov.errors import QkovError
-from qkov.factored import FactoredMatrix
 from qkov.model import AttnOnlyTransformer
 from qkov.names import MIN_TOKEN_COUNT
 
@@ -142,31 +141,60 @@ class FactoringBug:
 
 
 class _HeadScorer:
-    """The centred circuits a and o of one head, kept factored."""
+    """The centred circuits a and o of one head, kept factored: `qk_circuit` (offset 0) and
+    `ov_circuit` of the folded model, (E W_Q + b_Q)(E W_K + b_K)^T and (E W_V + b_V) W_O W_U.
+    The factors every row needs whole (the queries of all destinations, W_O W_U over all
+    outs) are formed once; the source side (keys, values) only for the sources asked for,
+    so a sample of sources costs its own rows, not d_vocab of them."""
 
     def __init__(self, model: AttnOnlyTransformer, layer: int, head: int):
+        check_head(model, layer, head)
         self.model = model
-        self.qk: FactoredMatrix = qk_circuit(model, layer, head)  # [dest, src]
-        self.ov: FactoredMatrix = ov_circuit(model, layer, head)  # [src, out]
+        m = folded(model)
+        w, bias = m.weights(), m.cfg.bias
+        self.E = token_embedding(m)  # [d_vocab, d_model]
+        self.W_K, self.W_V = w["W_K"][layer, head], w["W_V"][layer, head]  # [d_model, d_head]
+        self.b_K = w["b_K"][layer, head] if bias else None
+        self.b_V = w["b_V"][layer, head] if bias else None
+        q = self.E @ w["W_Q"][layer, head]
+        self.q = q + w["b_Q"][layer, head] if bias else q  # [d_vocab (dest), d_head]
+        self.OU = w["W_O"][layer, head] @ w["W_U"]  # [d_head, d_vocab (out)]
         self.scale = 1.0 / math.sqrt(model.cfg.d_head)
-        # Centring through the factors: with QK = A B, mean_s QK[d, s] = A[d] . mean_s B[:, s],
-        # so a[d, s] * sqrt(d_head) = A[d] . (B[:, s] - mean B): no pass over a vocab row.
-        self.qk_Bc = self.qk.B - self.qk.B.mean(-1, keepdim=True)  # [d_head, d_vocab]
-        self.ov_mean = self.ov.A @ self.ov.B.mean(-1)  # [d_vocab], OV row means
+        # Centring through the factors: mean_s QK[d, s] = q[d] . mean_s k[s], so
+        # a[d, s] * sqrt(d_head) = q[d] . (k[s] - mean k): no pass over a vocab row; the mean
+        # key is that of the mean embedding (linear). Likewise each OV row's mean.
+        k_mean = self.E.mean(0) @ self.W_K
+        self.k_mean = k_mean + self.b_K if bias else k_mean  # [d_head]
+        self.OU_mean = self.OU.mean(-1)  # [d_head]
+        self.device, self.dtype = self.q.device, self.q.dtype
+
+    def k_centred(self, sources: Tensor | int) -> Tensor:
+        """k[sources] - mean k: [c, d_head] (or [d_head] for one source)."""
+        k = self.E[sources] @ self.W_K
+        return (k + self.b_K if self.b_K is not None else k) - self.k_mean
+
+    def v(self, sources: Tensor | int) -> Tensor:
+        """The OV circuit's left factor at sources, E W_V + b_V: [c, d_head]."""
+        v = self.E[sources] @ self.W_V
+        return v + self.b_V if self.b_V is not None else v
+
+    def ov_mean(self, sources: Tensor | int) -> Tensor:
+        """Means of the OV rows of sources: [c]."""
+        return self.v(sources) @ self.OU_mean
 
     def a_by_source(self, sources: Tensor) -> Tensor:
         """a[:, sources]^T * sqrt(d_head): [c sources, d_vocab destinations]."""
-        return self.qk_Bc[:, sources].T @ self.qk.A.T
+        return self.k_centred(sources) @ self.q.T
 
     def o_by_source(self, sources: Tensor) -> Tensor:
         """o[sources] before centring: [c sources, d_vocab outs]."""
-        return self.ov.A[sources] @ self.ov.B
+        return self.v(sources) @ self.OU
 
     def a(self, d: int, s: int) -> float:
-        return float(self.qk.A[d] @ self.qk_Bc[:, s]) * self.scale
+        return float(self.q[d] @ self.k_centred(s)) * self.scale
 
     def o(self, s: int, t: int) -> float:
-        return float(self.ov.A[s] @ self.ov.B[:, t] - self.ov_mean[s])
+        return float(self.v(s) @ self.OU[:, t] - self.ov_mean(s))
 
     def trigram(self, s: int, d: int, t: int) -> SkipTrigram:
         a, o = self.a(d, s), self.o(s, t)
@@ -225,13 +253,13 @@ def skip_trigrams(
     k_eff = min(k, V if keep is None else int(keep.sum()))
     # Tokens left out cannot be picked as destination or out: -inf before the top-ks
     # (and as source: -inf candidates below).
-    drop = None if keep is None else torch.where(keep, 0.0, -math.inf).to(sc.qk.device)
+    drop = None if keep is None else torch.where(keep, 0.0, -math.inf).to(sc.device)
     # One pass over source chunks: each source's k best destinations (by a) and outs (by o).
     # sigmoid is monotone and o's centring is a per-row constant, so both top-ks run on the
     # raw [c, d_vocab] blocks and the k survivors are transformed after.
     # Results go into preallocated [src, k] tensors: small tensors kept alive between the big
     # temporary blocks would fragment the heap (measured: RSS grew ~V^2 bytes without this).
-    dev, dt = sc.qk.device, sc.qk.dtype
+    dev, dt = sc.device, sc.dtype
     src_ids = sample_tokens(V, n_sources, seed).to(dev)  # [S] sources ranked, sorted
     S = src_ids.numel()
     best_a, best_o = (torch.empty(S, k_eff, dtype=dt, device=dev) for _ in range(2))
@@ -248,7 +276,7 @@ def skip_trigrams(
             torch.topk(block, k_eff, dim=1, out=(vals[start:stop], idx[start:stop]))
             del block
     best_a *= sc.scale
-    best_o -= sc.ov_mean[src_ids, None]
+    best_o -= sc.ov_mean(src_ids)[:, None]
     cand = torch.sigmoid(best_a)[:, :, None] * best_o[:, None, :]  # [src, k (dest), k (out)]
     if keep is not None:
         cand[~keep[src_ids]] = -math.inf
@@ -375,12 +403,12 @@ def split_token_trigrams(
     sc = _HeadScorer(model, layer, head)
     if candidates is None:
         candidates = split_token_candidates(model, allowed_tokens(model, min_count))
-    cand = candidates.to(sc.qk.device)
+    cand = candidates.to(sc.device)
     if cand.shape[0] == 0:
         return SplitTokenTrigrams(layer, head, 0, 0, [])
     s, d, t = cand.unbind(1)
-    a = (sc.qk.A[d] * sc.qk_Bc[:, s].T).sum(-1) * sc.scale  # [n] centred attention logits
-    o = (sc.ov.A[s] * sc.ov.B[:, t].T).sum(-1) - sc.ov_mean[s]  # [n] centred boosts
+    a = (sc.q[d] * sc.k_centred(s)).sum(-1) * sc.scale  # [n] centred attention logits
+    o = (sc.v(s) * sc.OU[:, t].T).sum(-1) - sc.ov_mean(s)  # [n] centred boosts
     score = torch.sigmoid(a) * o
     best = score.topk(min(k, score.numel())).indices
     trigrams = [sc.trigram(*(int(x) for x in cand[i])) for i in best.tolist()]

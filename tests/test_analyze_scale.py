@@ -211,3 +211,20 @@ def test_qk_and_ov_eigenvalues_from_grams_equal_the_circuits_spectra(extra):
             want = _power_sums(ov_circuit(model, l, h).eigenvalues)
             got = _power_sums(ov_eigenvalues(model, l, h))
             torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_report_labels_the_estimates(tmp_path, monkeypatch):
+    folder = tmp_path / "gpt2"
+    write_gpt2_folder(folder, n_layers=1, n_heads=2, d_model=16, d_vocab=64)
+    for name in ("BIGRAM_BUDGET", "TRIGRAM_BUDGET", "TERM_BUDGET"):
+        monkeypatch.setattr(A, name, 1)
+    monkeypatch.setattr("qkov.heads.COPY_EXACT_BUDGET", 1)
+    monkeypatch.setattr("qkov.heads.COPY_MIN_COLUMNS", 8)
+    analysis = A.analyze(folder, log=None)
+    assert analysis["models"][0]["scale"]["copying_columns"] is not None
+    A.write_analysis(tmp_path / "out", analysis)
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "seeded sample of 1 of 64 current tokens" in html
+    assert "seeded sample of 1 of 64 source tokens" in html
+    assert "seeded sample of 8 of 64 logits (scaled to the whole vocabulary)" in html
+    assert "order&gt;0" in html

@@ -153,7 +153,8 @@ def copying_columns(d_vocab: int, n_tokens: int, d_head: int) -> int | None:
     estimate."""
     if n_tokens * d_vocab * d_head <= COPY_EXACT_BUDGET:
         return None
-    return min(d_vocab, max(COPY_MIN_COLUMNS, COPY_EXACT_BUDGET // max(1, n_tokens * d_head)))
+    n = max(COPY_MIN_COLUMNS, COPY_EXACT_BUDGET // max(1, n_tokens * d_head))
+    return None if n >= d_vocab else n
 
 
 def copying_score(

@@ -400,12 +400,13 @@ def split_token_trigrams(
     caller scores many heads (reading the vocabulary's texts once, not per head)."""
     if k < 1:
         raise QkovError(f"k must be >= 1, got {k}")
-    sc = _HeadScorer(model, layer, head)
+    check_head(model, layer, head)
     if candidates is None:
         candidates = split_token_candidates(model, allowed_tokens(model, min_count))
-    cand = candidates.to(sc.device)
-    if cand.shape[0] == 0:
+    if candidates.shape[0] == 0:
         return SplitTokenTrigrams(layer, head, 0, 0, [])
+    sc = _HeadScorer(model, layer, head)
+    cand = candidates.to(sc.device)
     s, d, t = cand.unbind(1)
     a = (sc.q[d] * sc.k_centred(s)).sum(-1) * sc.scale  # [n] centred attention logits
     o = (sc.v(s) * sc.OU[:, t].T).sum(-1) - sc.ov_mean(s)  # [n] centred boosts

@@ -32,6 +32,7 @@ destination and out) must have been seen at least that often in training
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -143,9 +144,9 @@ class FactoringBug:
 class _HeadScorer:
     """The centred circuits a and o of one head, kept factored: `qk_circuit` (offset 0) and
     `ov_circuit` of the folded model, (E W_Q + b_Q)(E W_K + b_K)^T and (E W_V + b_V) W_O W_U.
-    The factors every row needs whole (the queries of all destinations, W_O W_U over all
-    outs) are formed once; the source side (keys, values) only for the sources asked for,
-    so a sample of sources costs its own rows, not d_vocab of them."""
+    The factors a ranked row needs whole (the queries of all destinations, W_O W_U over
+    all outs) are formed once, on first use; everything else only for the tokens asked
+    for, so a sample of sources (or a list of token-split candidates) costs its own rows."""
 
     def __init__(self, model: AttnOnlyTransformer, layer: int, head: int):
         check_head(model, layer, head)
@@ -153,20 +154,39 @@ class _HeadScorer:
         m = folded(model)
         w, bias = m.weights(), m.cfg.bias
         self.E = token_embedding(m)  # [d_vocab, d_model]
-        self.W_K, self.W_V = w["W_K"][layer, head], w["W_V"][layer, head]  # [d_model, d_head]
+        self.W_Q, self.W_K = w["W_Q"][layer, head], w["W_K"][layer, head]  # [d_model, d_head]
+        self.W_V, self.W_O = w["W_V"][layer, head], w["W_O"][layer, head]
+        self.W_U = w["W_U"]  # [d_model, d_vocab]
+        self.b_Q = w["b_Q"][layer, head] if bias else None
         self.b_K = w["b_K"][layer, head] if bias else None
         self.b_V = w["b_V"][layer, head] if bias else None
-        q = self.E @ w["W_Q"][layer, head]
-        self.q = q + w["b_Q"][layer, head] if bias else q  # [d_vocab (dest), d_head]
-        self.OU = w["W_O"][layer, head] @ w["W_U"]  # [d_head, d_vocab (out)]
         self.scale = 1.0 / math.sqrt(model.cfg.d_head)
         # Centring through the factors: mean_s QK[d, s] = q[d] . mean_s k[s], so
         # a[d, s] * sqrt(d_head) = q[d] . (k[s] - mean k): no pass over a vocab row; the mean
         # key is that of the mean embedding (linear). Likewise each OV row's mean.
         k_mean = self.E.mean(0) @ self.W_K
         self.k_mean = k_mean + self.b_K if bias else k_mean  # [d_head]
-        self.OU_mean = self.OU.mean(-1)  # [d_head]
-        self.device, self.dtype = self.q.device, self.q.dtype
+        self.OU_mean = self.W_O @ self.W_U.mean(-1)  # [d_head]
+        self.device, self.dtype = self.E.device, self.E.dtype
+
+    def q_rows(self, destinations: Tensor | int) -> Tensor:
+        """The queries E W_Q + b_Q of destinations: [c, d_head]."""
+        q = self.E[destinations] @ self.W_Q
+        return q + self.b_Q if self.b_Q is not None else q
+
+    def OU_cols(self, outs: Tensor | int) -> Tensor:
+        """W_O W_U at outs: [d_head, c]."""
+        return self.W_O @ self.W_U[:, outs]
+
+    @functools.cached_property
+    def q(self) -> Tensor:
+        """Every destination's query: [d_vocab, d_head] (formed on first use)."""
+        return self.q_rows(slice(None))
+
+    @functools.cached_property
+    def OU(self) -> Tensor:
+        """W_O W_U over every out: [d_head, d_vocab] (formed on first use)."""
+        return self.W_O @ self.W_U
 
     def k_centred(self, sources: Tensor | int) -> Tensor:
         """k[sources] - mean k: [c, d_head] (or [d_head] for one source)."""
@@ -191,10 +211,10 @@ class _HeadScorer:
         return self.v(sources) @ self.OU
 
     def a(self, d: int, s: int) -> float:
-        return float(self.q[d] @ self.k_centred(s)) * self.scale
+        return float(self.q_rows(d) @ self.k_centred(s)) * self.scale
 
     def o(self, s: int, t: int) -> float:
-        return float(self.v(s) @ self.OU[:, t] - self.ov_mean(s))
+        return float(self.v(s) @ self.OU_cols(t) - self.ov_mean(s))
 
     def trigram(self, s: int, d: int, t: int) -> SkipTrigram:
         a, o = self.a(d, s), self.o(s, t)
@@ -408,8 +428,8 @@ def split_token_trigrams(
     sc = _HeadScorer(model, layer, head)
     cand = candidates.to(sc.device)
     s, d, t = cand.unbind(1)
-    a = (sc.q[d] * sc.k_centred(s)).sum(-1) * sc.scale  # [n] centred attention logits
-    o = (sc.v(s) * sc.OU[:, t].T).sum(-1) - sc.ov_mean(s)  # [n] centred boosts
+    a = (sc.q_rows(d) * sc.k_centred(s)).sum(-1) * sc.scale  # [n] centred attention logits
+    o = (sc.v(s) * sc.OU_cols(t).T).sum(-1) - sc.ov_mean(s)  # [n] centred boosts
     score = torch.sigmoid(a) * o
     best = score.topk(min(k, score.numel())).indices
     trigrams = [sc.trigram(*(int(x) for x in cand[i])) for i in best.tolist()]

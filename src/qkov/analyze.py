@@ -73,7 +73,7 @@ _ORDER_NAMES = {0: "direct path", 1: "single heads", 2: "virtual heads"}
 # its budget; above it the plan says what is sampled or cut, and analysis.json records it
 # ("scale"). The demo models (2048 tokens, 8 heads) are under every budget: all exact.
 BIGRAM_BUDGET = 2**34  # rows * d_vocab * d_model of the direct path, once per model
-TRIGRAM_BUDGET = 2**30  # sources * d_vocab * d_head of a head's two circuits, per head
+TRIGRAM_BUDGET = 2**29  # sources * d_vocab * d_head of a head's two circuits, per head
 FORWARD_BUDGET = 3 * 2**37  # evaluation tokens * parameters: the forward passes on the eval set
 KNOCKOUT_BUDGET = 2**43  # heads * tokens * parameters: one forward pass per head knock-out
 TERM_BUDGET = 2**28  # path terms * tokens * d_vocab: the logits path_expansion forms

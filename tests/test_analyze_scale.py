@@ -119,13 +119,17 @@ def test_plan_keeps_small_models_exact_and_samples_gpt2_small():
     small = ModelConfig(n_layers=2, n_heads=8, d_model=256, d_vocab=2048, n_ctx=512)
     plan = A.ScalePlan.of(small, torch.zeros(63, 512, dtype=torch.long))
     assert plan == A.ScalePlan(None, None, None, 63, None, True, None, True, plan.qk_sides)
+    mlp = ModelConfig(n_layers=2, n_heads=8, d_model=512, d_vocab=2048, n_ctx=512, d_mlp=2048)
+    assert A.ScalePlan.of(mlp, torch.zeros(63, 512, dtype=torch.long)).term_importance_on is None
     big = ModelConfig(
         n_layers=12, n_heads=12, d_model=768, d_vocab=50257, n_ctx=1024, d_mlp=3072,
         positional="standard", normalization="layernorm", bias=True, act_fn="gelu_new",
     )  # fmt: skip
     plan = A.ScalePlan.of(big, torch.zeros(16, 1024, dtype=torch.long))
     assert plan.bigram_rows and plan.trigram_sources and plan.copying_columns
-    assert plan.n_sequences < 16 and plan.term_tokens and not plan.head_knockouts
+    assert plan.n_sequences < 16 and plan.term_importance_on and not plan.head_knockouts
+    short = A.ScalePlan.of(big, torch.zeros(16, 128, dtype=torch.long))  # the random probe
+    assert short.term_importance_on == [1, 128] and not short.head_knockouts
     assert plan.path_max_order is not None and not plan.qk_terms
 
 
@@ -136,6 +140,7 @@ def test_analyze_a_tiny_hf_folder_with_every_estimate_on(tmp_path, monkeypatch):
     write_gpt2_folder(folder, n_layers=2, n_heads=2, d_model=16, d_vocab=64)
     for name in ("BIGRAM_BUDGET", "TRIGRAM_BUDGET", "FORWARD_BUDGET", "TERM_BUDGET"):
         monkeypatch.setattr(A, name, 1)
+    monkeypatch.setattr(A, "ORDER_BUDGET", 1)
     monkeypatch.setattr(A, "QK_SIDES_LIMIT", 1)
     analysis = A.analyze(folder, log=None)
     rec = analysis["models"][0]
@@ -145,7 +150,8 @@ def test_analyze_a_tiny_hf_folder_with_every_estimate_on(tmp_path, monkeypatch):
     assert plan["path_max_order"] == 0 and plan["head_knockouts"] is False
     assert "qk_terms" in rec["not_computed"] and "head_knockouts" in rec["not_computed"]
     assert not [t for t in rec["term_importance"]["terms"] if t["kind"] == "head"]
-    assert rec["term_importance"]["n_tokens"] <= A.TERM_TOKENS
+    assert plan["term_importance_on"] == [1, 2]
+    assert rec["term_importance"]["n_tokens"] == 1  # positions - 1 predicted
     assert len({t["source"] for h in rec["heads"] for t in h["skip_trigrams"][:1]}) >= 1
     A.write_analysis(tmp_path / "out", analysis)
     assert (tmp_path / "out" / "report.html").exists()

@@ -77,7 +77,7 @@ TRIGRAM_BUDGET = 2**29  # sources * d_vocab * d_head of a head's two circuits, p
 FORWARD_BUDGET = 3 * 2**37  # evaluation tokens * parameters: the forward passes on the eval set
 KNOCKOUT_BUDGET = 2**43  # heads * tokens * parameters: one forward pass per head knock-out
 TERM_BUDGET = 2**28  # path terms * tokens * d_vocab: the logits path_expansion forms
-TERM_TOKENS = 64  # tokens term importance reads when the evaluation set is over budget
+ORDER_BUDGET = 2**38  # starts * layer-order pairs * tokens * d_model^2: the order split
 QK_SIDES_LIMIT = 256  # query-side (and key-side) paths per head for the QK terms
 
 
@@ -223,7 +223,8 @@ def analyze_model(
             "baseline": comp["baseline_mean"],
             "baseline_std": comp["baseline_std"],
         }
-    ti_tokens = tokens if plan.term_tokens is None else tokens[:1, : plan.term_tokens]
+    on = plan.term_importance_on
+    ti_tokens = tokens if on is None else tokens[: on[0], : on[1]]
     rec["term_importance"] = _term_importance(model, ti_tokens, per_head=plan.head_knockouts)
     if not plan.head_knockouts:
         rec["not_computed"]["head_knockouts"] = (
@@ -266,8 +267,9 @@ class ScalePlan:
     bigram_rows: top_bigrams over a seeded sample of that many current tokens (estimate);
     trigram_sources: each head's skip-trigrams over a seeded sample of sources (estimate);
     copying_columns: the copying score ranks among a seeded sample of logits (estimate);
-    n_sequences: evaluation sequences kept; term_tokens: term importance on the first
-    sequence's first tokens; head_knockouts: per-head knock-outs in term importance;
+    n_sequences: evaluation sequences kept; term_importance_on: [sequences, positions] of
+    the evaluation set term importance reads (its first ones; None: all of it);
+    head_knockouts: per-head knock-outs in term importance;
     path_max_order: the attribution's path expansion cut (exact remainder term "order>k");
     qk_terms: the per-head QK expansion (qk_sides: its query-side paths per head)."""
 
@@ -275,7 +277,7 @@ class ScalePlan:
     trigram_sources: int | None
     copying_columns: int | None
     n_sequences: int
-    term_tokens: int | None
+    term_importance_on: list[int] | None
     head_knockouts: bool
     path_max_order: int | None
     qk_terms: bool
@@ -288,7 +290,7 @@ class ScalePlan:
         per_seq = tokens.shape[1] * max(1, cfg.n_params)
         n_seq = max(1, min(tokens.shape[0], FORWARD_BUDGET // per_seq))
         n_tok = n_seq * tokens.shape[1]
-        cut = n_seq < tokens.shape[0] or n_tok * cfg.n_params > FORWARD_BUDGET
+        term_on = _term_importance_on(cfg, n_seq, tokens.shape[1])
         knock = n_heads * n_tok * cfg.n_params
         probe = 16 * default_seq_len(cfg.n_ctx)  # classify_heads' probe tokens
         return ScalePlan(
@@ -296,8 +298,8 @@ class ScalePlan:
             trigram_sources=_rows(V, cfg.d_head, TRIGRAM_BUDGET),
             copying_columns=copying_columns(V, probe, cfg.d_head),
             n_sequences=n_seq,
-            term_tokens=TERM_TOKENS if cut else None,
-            head_knockouts=not cut and knock <= KNOCKOUT_BUDGET,
+            term_importance_on=term_on,
+            head_knockouts=term_on is None and knock <= KNOCKOUT_BUDGET,
             path_max_order=_path_max_order(cfg, min(MAX_SAMPLE_TOKENS, cfg.n_ctx)),
             qk_terms=_qk_sides(cfg, QK_MAX_ORDER) <= QK_SIDES_LIMIT,
             qk_sides=_qk_sides(cfg, QK_MAX_ORDER),
@@ -305,6 +307,23 @@ class ScalePlan:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _term_importance_on(cfg: ModelConfig, n_seq: int, seq_len: int) -> list[int] | None:
+    """None when the order split (`qkov.ablation.start_order_residuals`: every start's
+    stream at every order through every layer) of n_seq x seq_len tokens fits ORDER_BUDGET;
+    else the [sequences, positions] that fit: whole sequences if one fits, else the first
+    positions of the first sequence."""
+    from qkov.circuits import start_names
+
+    L = cfg.n_layers
+    per_token = len(start_names(cfg)) * max(1, L * (L + 1) // 2) * cfg.d_model**2 * 2
+    fit = ORDER_BUDGET // per_token
+    if n_seq * seq_len <= fit:
+        return None
+    if fit >= seq_len:
+        return [fit // seq_len, seq_len]
+    return [1, max(2, fit)]
 
 
 def _rows(d_vocab: int, inner: int, budget: int) -> int | None:

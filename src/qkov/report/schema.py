@@ -94,7 +94,8 @@ computed" (with the reason from `not_computed` if given). Names are the library'
         "bigram_rows": int | null,         #   as a seeded sample (null: exact, every row):
         "trigram_sources": int | null,     #   bigram rows, skip-trigram sources,
         "copying_columns": int | null,     #   copying-score logit columns;
-        "n_sequences": int, "term_tokens": int | null, "head_knockouts": bool,
+        "n_sequences": int, "term_importance_on": [int, int] | null,  # [seqs, positions]
+        "head_knockouts": bool,
         "path_max_order": int | null,      #   attribution cut (exact remainder "order>k")
         "qk_terms": bool, "qk_sides": int
       } | null,

@@ -104,7 +104,7 @@ class CompositionScores:
         }
 
 
-def _pair_scores(OV: FactoredMatrix, right: FactoredMatrix) -> Tensor:
+def pair_scores(OV: FactoredMatrix, right: FactoredMatrix) -> Tensor:
     """composition_score of OV [L, H, D, D] (earlier) with right [L, H, D, D] (later), every
     pair at once through the factors: with OV = A0 B0, right = A1 B1 and M = B0 A1 [r0, r1],
     ||OV right||_F^2 = tr(M^T (A0^T A0) M (B1 B1^T)), so the pairs cost one
@@ -161,9 +161,9 @@ def composition_scores(
     weights folded in, writes centred for layernorm); the scores are of the weight matrices
     alone, so biases and MLPs (which sit between heads of different layers) are not in them."""
     OV, QK = W_OV(model), W_QK(model)
-    q = _masked(_pair_scores(OV, QK))
-    k = _masked(_pair_scores(OV, QK.T))
-    v = _masked(_pair_scores(OV, OV))
+    q = _masked(pair_scores(OV, QK))
+    k = _masked(pair_scores(OV, QK.T))
+    v = _masked(pair_scores(OV, OV))
     base = baseline_scores(model.cfg.d_model, model.cfg.d_head, n_baseline, seed)
     return CompositionScores(
         q=q,

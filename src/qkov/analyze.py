@@ -11,8 +11,11 @@ models as one list, so the report shows their losses side by side.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +23,22 @@ import torch
 from torch import Tensor
 
 from qkov import __version__
-from qkov.ablation import icl_score, term_importance
+from qkov.ablation import icl_from_logits, term_importance
 from qkov.attribution import attribute
 from qkov.checkpoint import load
-from qkov.circuits import positional_qk, qk_circuit, top_bigrams, virtual_head_ov
+from qkov.circuits import positional_qk, qk_eigenvalues, top_bigrams, virtual_head_ov
 from qkov.config import ModelConfig
 from qkov.data.evaluation import DEFAULT_SEQUENCES, EvaluationSet, evaluation_set
-from qkov.data.probes import repeated_random_tokens
+from qkov.data.probes import default_seq_len, repeated_random_tokens
 from qkov.data.tokenizer import decode_token
 from qkov.errors import QkovError
-from qkov.heads import HeadClassification, HeadRecord, attention_patterns, classify_heads
+from qkov.heads import (
+    HeadClassification,
+    HeadRecord,
+    attention_patterns,
+    classify_heads,
+    copying_columns,
+)
 from qkov.heads import head_scores as score_heads
 from qkov.io import atomic_write_text, check_output_dir
 from qkov.loss import next_token_loss
@@ -38,7 +47,13 @@ from qkov.model import AttnOnlyTransformer
 from qkov.qk_terms import QK_MAX_ORDER, qk_expansion_all
 from qkov.report import SCHEMA_VERSION, dumps, render_report
 from qkov.training_probe import training_probe
-from qkov.trigrams import DEFAULT_MIN_COUNT, skip_trigrams, split_token_trigrams
+from qkov.trigrams import (
+    DEFAULT_MIN_COUNT,
+    allowed_tokens,
+    skip_trigrams,
+    split_token_candidates,
+    split_token_trigrams,
+)
 
 ModelLike = str | Path | AttnOnlyTransformer
 
@@ -57,6 +72,17 @@ ABLATION_SEQUENCES = 16
 POSITIONAL_QK_POSITIONS = 16  # the corner of W_pos W_QK W_pos^T shown per layer-0 head
 N_VIRTUAL_HEADS = 20  # virtual heads kept, by V-composition
 _ORDER_NAMES = {0: "direct path", 1: "single heads", 2: "virtual heads"}
+
+# Scale (`ScalePlan`): every analysis is exact while its cost, in multiply-adds, stays under
+# its budget; above it the plan says what is sampled or cut, and analysis.json records it
+# ("scale"). The demo models (2048 tokens, 8 heads) are under every budget: all exact.
+BIGRAM_BUDGET = 2**34  # rows * d_vocab * d_model of the direct path, once per model
+TRIGRAM_BUDGET = 2**29  # sources * d_vocab * d_head of a head's two circuits, per head
+FORWARD_BUDGET = 3 * 2**37  # evaluation tokens * parameters: the forward passes on the eval set
+KNOCKOUT_BUDGET = 2**43  # heads * tokens * parameters: one forward pass per head knock-out
+TERM_BUDGET = 2**28  # path terms * tokens * d_vocab: the logits path_expansion forms
+ORDER_BUDGET = 2**38  # starts * layer-order pairs * tokens * d_model^2: the order split
+QK_SIDES_LIMIT = 256  # query-side (and key-side) paths per head for the QK terms
 
 
 def _log_stderr(msg: str) -> None:
@@ -154,8 +180,17 @@ def analyze_model(
     """One MODEL record of the analysis dict (see qkov.report.schema)."""
     model.eval()
     cfg, tok = model.cfg, model.tokenizer
+    plan = ScalePlan.of(cfg, evaluation.tokens)
+    if plan.n_sequences < evaluation.tokens.shape[0]:
+        evaluation = EvaluationSet(
+            evaluation.tokens[: plan.n_sequences],
+            f"{evaluation.description} (first {plan.n_sequences} of "
+            f"{evaluation.tokens.shape[0]} sequences: the forward-pass budget at this scale)",
+            evaluation.kind,
+        )
     tokens = model.check_tokens(evaluation.tokens)
-    loss = float(next_token_loss(model(tokens), tokens))
+    logits = model(tokens)
+    loss = float(next_token_loss(logits, tokens))
     rec: dict[str, Any] = {
         "name": name,
         "checkpoint": checkpoint,
@@ -164,13 +199,15 @@ def analyze_model(
         "tokenizer": {"vocab_size": tok.get_vocab_size()} if tok is not None else None,
         "evaluation": evaluation.to_dict(),
         "loss": {"value": loss, "n_tokens": evaluation.n_tokens},
-        "bigrams": top_bigrams(model, n_bigrams),
+        "bigrams": top_bigrams(model, n_bigrams, n_rows=plan.bigram_rows, seed=seed),
         "not_computed": {},
+        "scale": plan.to_dict(),
     }
     _training(rec, checkpoint)
     # A 0-layer model sees only the current token: its ICL score is the baseline that
     # token statistics alone give (early and late windows hold different tokens).
-    icl = icl_score(model, tokens).to_dict()
+    icl = icl_from_logits(logits, tokens).to_dict()
+    del logits
     rec["icl"] = {k: icl[k] for k in ("score", "stderr", "early", "late", "n_sequences")}
     if cfg.n_layers == 0:
         return rec
@@ -183,7 +220,10 @@ def analyze_model(
         else None
     )
     keep = _token_filter(rec, model, min_token_count)
-    rec["heads"] = [_head(model, r, text_scores, n_trigrams, keep) for r in cls.records]
+    split = split_token_candidates(model, allowed_tokens(model, keep))  # once, not per head
+    rec["heads"] = [
+        _head(model, r, text_scores, n_trigrams, keep, split, plan, seed) for r in cls.records
+    ]
     rec["induction_circuits"] = _induction_circuits(cls)
     if cls.composition is not None:
         comp = cls.composition.to_dict()
@@ -191,17 +231,32 @@ def analyze_model(
             "baseline": comp["baseline_mean"],
             "baseline_std": comp["baseline_std"],
         }
-    rec["term_importance"] = _term_importance(model, tokens[:ABLATION_SEQUENCES])
-    rec["qk_terms"] = [
-        qe.summary()
-        for qe in qk_expansion_all(
-            model, tokens[:QK_TERM_SEQUENCES, :QK_TERM_POSITIONS], QK_MAX_ORDER
+    on = plan.term_importance_on
+    ti_tokens = tokens[:ABLATION_SEQUENCES] if on is None else tokens[: on[0], : on[1]]
+    rec["term_importance"] = _term_importance(model, ti_tokens, per_head=plan.head_knockouts)
+    if not plan.head_knockouts:
+        rec["not_computed"]["head_knockouts"] = (
+            f"{cfg.n_layers * cfg.n_heads} heads x one forward pass each is over the budget at "
+            "this scale: term importance shows the path orders only (`qkov.ablation."
+            "head_ablation_logits` knocks out chosen heads)"
         )
-    ]
-    rec["qk_terms_measured_on"] = {
-        "n_sequences": min(QK_TERM_SEQUENCES, tokens.shape[0]),
-        "seq_len": min(QK_TERM_POSITIONS, tokens.shape[1]),
-    }
+    if plan.qk_terms:
+        rec["qk_terms"] = [
+            qe.summary()
+            for qe in qk_expansion_all(
+                model, tokens[:QK_TERM_SEQUENCES, :QK_TERM_POSITIONS], QK_MAX_ORDER
+            )
+        ]
+        rec["qk_terms_measured_on"] = {
+            "n_sequences": min(QK_TERM_SEQUENCES, tokens.shape[0]),
+            "seq_len": min(QK_TERM_POSITIONS, tokens.shape[1]),
+        }
+    else:
+        rec["not_computed"]["qk_terms"] = (
+            f"{plan.qk_sides} query-side paths per head at max_order {QK_MAX_ORDER} (the terms "
+            "are their pairs): over the limit at this scale; `qkov heads --qk-terms` splits "
+            "chosen heads"
+        )
     if cfg.n_layers >= 2:
         rec["virtual_heads"] = [v.to_dict() for v in virtual_head_ov(model)[:N_VIRTUAL_HEADS]]
     if cfg.positional != "none":
@@ -215,8 +270,105 @@ def analyze_model(
     else:
         rec["not_computed"]["positional_qk"] = "positional='none': no W_pos"
     ids, what = _sample_ids(model, sample_text, seed)
-    rec["attribution"] = {"text": what, **attribute(model, torch.tensor(ids)).to_dict()}
+    att = attribute(model, torch.tensor(ids), max_order=plan.path_max_order)
+    rec["attribution"] = {"text": what, **att.to_dict()}
     return rec
+
+
+@dataclass(frozen=True)
+class ScalePlan:
+    """What `analyze_model` samples or cuts for a model of this size (None/True: exact).
+
+    bigram_rows: top_bigrams over a seeded sample of that many current tokens (estimate);
+    trigram_sources: each head's skip-trigrams over a seeded sample of sources (estimate);
+    copying_columns: the copying score ranks among a seeded sample of logits (estimate);
+    n_sequences: evaluation sequences kept; term_importance_on: [sequences, positions] of
+    the evaluation set term importance reads (its first ones; None: all of it);
+    head_knockouts: per-head knock-outs in term importance;
+    path_max_order: the attribution's path expansion cut (exact remainder term "order>k");
+    qk_terms: the per-head QK expansion (qk_sides: its query-side paths per head)."""
+
+    bigram_rows: int | None
+    trigram_sources: int | None
+    copying_columns: int | None
+    n_sequences: int
+    term_importance_on: list[int] | None
+    head_knockouts: bool
+    path_max_order: int | None
+    qk_terms: bool
+    qk_sides: int
+
+    @staticmethod
+    def of(cfg: ModelConfig, tokens: Tensor) -> ScalePlan:
+        """The plan for cfg and the evaluation tokens [n_sequences, seq_len]."""
+        V, n_heads = cfg.d_vocab, cfg.n_layers * cfg.n_heads
+        per_seq = tokens.shape[1] * max(1, cfg.n_params)
+        n_seq = max(1, min(tokens.shape[0], FORWARD_BUDGET // per_seq))
+        n_tok = n_seq * tokens.shape[1]
+        term_on = _term_importance_on(cfg, n_seq, tokens.shape[1])
+        knock = n_heads * n_tok * cfg.n_params
+        probe = 16 * default_seq_len(cfg.n_ctx)  # classify_heads' probe tokens
+        return ScalePlan(
+            bigram_rows=_rows(V, cfg.d_model, BIGRAM_BUDGET),
+            trigram_sources=_rows(V, cfg.d_head, TRIGRAM_BUDGET),
+            copying_columns=copying_columns(V, probe, cfg.d_head),
+            n_sequences=n_seq,
+            term_importance_on=term_on,
+            head_knockouts=term_on is None and knock <= KNOCKOUT_BUDGET,
+            path_max_order=_path_max_order(cfg, min(MAX_SAMPLE_TOKENS, cfg.n_ctx)),
+            qk_terms=_qk_sides(cfg, QK_MAX_ORDER) <= QK_SIDES_LIMIT,
+            qk_sides=_qk_sides(cfg, QK_MAX_ORDER),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _term_importance_on(cfg: ModelConfig, n_seq: int, seq_len: int) -> list[int] | None:
+    """None when the order split (`qkov.ablation.start_order_residuals`: every start's
+    stream at every order through every layer) of n_seq x seq_len tokens fits ORDER_BUDGET;
+    else the [sequences, positions] that fit: whole sequences if one fits, else the first
+    positions of the first sequence."""
+    from qkov.circuits import start_names
+
+    L = cfg.n_layers
+    per_token = len(start_names(cfg)) * max(1, L * (L + 1) // 2) * cfg.d_model**2 * 2
+    fit = ORDER_BUDGET // per_token
+    if n_seq * seq_len <= fit:
+        return None
+    if fit >= seq_len:
+        return [fit // seq_len, seq_len]
+    return [1, max(2, fit)]
+
+
+def _rows(d_vocab: int, inner: int, budget: int) -> int | None:
+    """None (every row) when d_vocab^2 * inner fits the budget, else the rows that fit."""
+    if d_vocab * d_vocab * inner <= budget:
+        return None
+    return max(1, budget // (d_vocab * inner))
+
+
+def _n_paths(cfg: ModelConfig, max_order: int | None, n_layers: int | None = None) -> int:
+    """An upper bound on path_expansion's terms: starts x chains of at most max_order heads
+    through n_layers layers (default all) (+ the remainder)."""
+    L, H = cfg.n_layers if n_layers is None else n_layers, cfg.n_heads
+    top = L if max_order is None else min(L, max_order)
+    starts = 2 + bool(cfg.bias) + (L if cfg.d_mlp else 0)
+    return starts * sum(math.comb(L, k) * H**k for k in range(top + 1)) + 1
+
+
+def _path_max_order(cfg: ModelConfig, n_tokens: int) -> int | None:
+    """The longest cut whose terms' logits fit TERM_BUDGET: None (every chain), else the
+    largest max_order that fits (0 at least: per-start direct terms + the exact remainder)."""
+    for order in (None, *range(cfg.n_layers - 1, 0, -1)):
+        if _n_paths(cfg, order) * n_tokens * cfg.d_vocab <= TERM_BUDGET:
+            return order
+    return 0
+
+
+def _qk_sides(cfg: ModelConfig, max_order: int) -> int:
+    """Query-side paths of the last layer's heads in the QK expansion (an upper bound)."""
+    return _n_paths(cfg, max_order, cfg.n_layers - 1) if cfg.n_layers else 0
 
 
 def _rounded(t: Tensor, digits: int = 3) -> list:
@@ -259,10 +411,25 @@ def _head(
     text_scores: dict[str, Any] | None,
     n_trigrams: int,
     min_count: int | None,
+    candidates: Tensor,
+    plan: ScalePlan,
+    seed: int,
 ) -> dict[str, Any]:
-    """A HEAD record: label and scores from classify_heads, spectra and skip-trigrams."""
-    trig = skip_trigrams(model, r.layer, r.head, k=n_trigrams, per_source=2, min_count=min_count)
-    split = split_token_trigrams(model, r.layer, r.head, k=n_trigrams, min_count=min_count)
+    """A HEAD record: label and scores from classify_heads, spectra and skip-trigrams (over
+    the plan's sample of sources at scale)."""
+    trig = skip_trigrams(
+        model,
+        r.layer,
+        r.head,
+        k=n_trigrams,
+        per_source=2,
+        min_count=min_count,
+        n_sources=plan.trigram_sources,
+        seed=seed,
+    )
+    split = split_token_trigrams(
+        model, r.layer, r.head, k=n_trigrams, min_count=min_count, candidates=candidates
+    )
     return {
         "layer": r.layer,
         "head": r.head,
@@ -275,7 +442,7 @@ def _head(
         ),
         "ov_eigenvalue_score": r.to_dict()["ov_eigenvalue_score"],
         "ov_eigenvalues": r.to_dict()["ov_eigenvalues"],
-        "qk_eigenvalues": _complex_pairs(qk_circuit(model, r.layer, r.head).eigenvalues),
+        "qk_eigenvalues": _complex_pairs(qk_eigenvalues(model, r.layer, r.head)),
         "skip_trigrams": [
             {
                 "source": t.source_str,
@@ -326,11 +493,15 @@ def _induction_circuits(cls: HeadClassification) -> list[dict[str, Any]]:
     return out
 
 
-def _term_importance(model: AttnOnlyTransformer, tokens: Tensor) -> dict[str, Any]:
+def _term_importance(
+    model: AttnOnlyTransformer, tokens: Tensor, per_head: bool = True
+) -> dict[str, Any]:
     """The order ablations, then each layer's head knock-outs and its MLP's (forward order).
     An order counts the heads on a path; MLP outputs and biases are path starts like the
-    embedding, so their own contributions are order 0 (`qkov.ablation`)."""
-    ti = term_importance(model, tokens, mean_knockouts=False)  # the record keeps zero ones
+    embedding, so their own contributions are order 0 (`qkov.ablation`). Every order is
+    ablated exactly (one residual stream per order: no cut is needed); per_head=False
+    leaves out the knock-outs (one forward pass each)."""
+    ti = term_importance(model, tokens, per_head=per_head, mean_knockouts=False)
     cfg = model.cfg
     terms = [
         {

@@ -34,6 +34,7 @@ query head its own W_K, W_V.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,12 +87,72 @@ def token_embedding(model: Transformer, effective_embedding: bool = False) -> Te
     embedding (GPT-2). An approximation: the attention output it leaves out is real."""
     model = folded(model)
     W_E, eps = model.W_E.detach(), model.cfg.norm_eps
+    if not effective_embedding:  # every circuit of every head asks: computed once per W_E
+        return _cached(model, "token_embedding", lambda: _plain_embedding(model), W_E)
     if effective_embedding and model.cfg.d_mlp and model.cfg.n_layers:
         x = W_E + model.b_O[0].detach() if model.cfg.bias else W_E
         x = x / rms_scale(x, eps) if model.cfg.normalization == "rms" else x
         with torch.no_grad():
             W_E = W_E + model._mlp(x[None], 0)[0]
     return W_E / rms_scale(W_E, eps) if model.cfg.normalization == "rms" else W_E
+
+
+def _plain_embedding(model: Transformer) -> Tensor:
+    W_E = model.W_E.detach()
+    rms = model.cfg.normalization == "rms"
+    return W_E / rms_scale(W_E, model.cfg.norm_eps) if rms else W_E
+
+
+def _cached(model: Transformer, name: str, make: Callable[[], Any], *inputs: Tensor) -> Any:
+    """make(), kept on `model` (a folded model) until one of `inputs` changes (a new tensor,
+    or an in-place write, which bumps its version)."""
+    key = [(t.data_ptr(), t._version, t.dtype, t.device) for t in inputs]
+    store = model.__dict__.setdefault("_qkov_circuit_cache", {})
+    if name in store and store[name][0] == key:
+        return store[name][1]
+    value = make()
+    store[name] = (key, value)
+    return value
+
+
+def _embedding_grams(model: Transformer) -> dict[str, Tensor]:
+    """Of E = token_embedding(model) [d_vocab, d_model], the d_model-sized products the token
+    circuits' spectra need (fp32 or wider): E^T E, W_U^T-side W_U E, E^T 1 and W_U 1."""
+    m = folded(model)
+    E = token_embedding(m)
+
+    def make() -> dict[str, Tensor]:
+        Ew, Uw = _wide(E), _wide(m.W_U.detach())
+        return {"EE": Ew.T @ Ew, "UE": Uw @ Ew, "E1": Ew.sum(0), "U1": Uw.sum(1)}
+
+    return _cached(m, "embedding_grams", make, E, m.W_U)
+
+
+def _wide(t: Tensor) -> Tensor:
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
+def qk_eigenvalues(model: Transformer, layer: int, head: int, offset: int = 0) -> Tensor:
+    """Nonzero spectrum [d_head] (complex) of the token QK circuit `qk_circuit(model, layer,
+    head, offset=offset)`, from the d_head x d_head (E W_K + b_K)^T (E W_Q + b_Q) R_offset,
+    expanded through E^T E and E^T 1 (formed once per model): d_model^2 * d_head per head,
+    never a d_vocab-sized product. Same eigenvalues as `qk_circuit(...).eigenvalues` up to
+    float rounding."""
+    check_head(model, layer, head)
+    m = folded(model)
+    w, g = m.weights(), _embedding_grams(m)
+    W_Q, W_K = _wide(w["W_Q"][layer, head]), _wide(w["W_K"][layer, head])
+    M = W_K.T @ g["EE"] @ W_Q  # [d_head, d_head]
+    if m.cfg.bias:
+        b_Q, b_K = _wide(w["b_Q"][layer, head]), _wide(w["b_K"][layer, head])
+        kE1, qE1 = W_K.T @ g["E1"], g["E1"] @ W_Q  # [d_head]
+        M = M + torch.outer(kE1, b_Q) + torch.outer(b_K, qE1)
+        M = M + m.cfg.d_vocab * torch.outer(b_K, b_Q)
+    c = m.cfg
+    if c.positional == "rotary" and offset:
+        R = relative_rotation(c.d_head, c.rotary_dim, c.rotary_base, offset)
+        M = M @ R.to(device=M.device, dtype=M.dtype)
+    return torch.linalg.eigvals(M)
 
 
 def W_QK(model: Transformer) -> FactoredMatrix:
@@ -441,11 +502,19 @@ def eigenvalue_score(eigenvalues: Tensor) -> float:
 
 
 def ov_eigenvalues(model: AttnOnlyTransformer, layer: int, head: int) -> Tensor:
-    """Nonzero spectrum [d_head] (complex) of the OV circuit W_E W_OV W_U.
+    """Nonzero spectrum [d_head] (complex) of the OV circuit W_E W_OV W_U (`ov_circuit`).
 
     Same nonzero eigenvalues as the d_model x d_model W_OV W_U W_E; computed from the even
-    smaller d_head x d_head W_O W_U W_E W_V, never the vocab x vocab matrix."""
-    return ov_circuit(model, layer, head).eigenvalues
+    smaller d_head x d_head W_O W_U (W_E W_V + b_V), with W_U W_E and W_U 1 formed once per
+    model, never the vocab x vocab matrix (nor a d_vocab-sized product per head)."""
+    check_head(model, layer, head)
+    m = folded(model)
+    w, g = m.weights(), _embedding_grams(m)
+    W_O, W_V = _wide(w["W_O"][layer, head]), _wide(w["W_V"][layer, head])
+    M = W_O @ g["UE"] @ W_V  # [d_head, d_head]
+    if m.cfg.bias:
+        M = M + torch.outer(W_O @ g["U1"], _wide(w["b_V"][layer, head]))
+    return torch.linalg.eigvals(M)
 
 
 @torch.no_grad()
@@ -550,21 +619,32 @@ def induction_qk_term(
 
 
 @torch.no_grad()
-def top_bigrams(model: AttnOnlyTransformer, k: int = 20) -> list[dict[str, Any]]:
+def top_bigrams(
+    model: AttnOnlyTransformer, k: int = 20, n_rows: int | None = None, seed: int = 0
+) -> list[dict[str, Any]]:
     """The k largest entries of the direct path W_E W_U with each row centred (softmax
     ignores a constant per row): [{"current", "out", "logit"}], the logit added to `out`
     when the current token is `current`. Rows are formed CHUNK_ELEMENTS at a time; the
-    vocab x vocab table never exists."""
+    vocab x vocab table never exists.
+
+    n_rows: an ESTIMATE for large vocabularies: only the rows of a seeded sample of n_rows
+    current tokens (`qkov.trigrams.sample_tokens`; outs range over the whole vocabulary), so
+    the list is the exact top-k of that sample. None (or >= d_vocab): every row, exact.
+    Time: n_rows * d_vocab * d_model (d_vocab^2 * d_model when exact)."""
+    from qkov.trigrams import sample_tokens
+
     table = direct_path(model)
     V = model.cfg.d_vocab
+    rows = sample_tokens(V, n_rows, seed).to(table.device)  # [R] current tokens, sorted
     chunk = max(1, CHUNK_ELEMENTS // V)
     best_v, best_i = torch.empty(0), torch.empty(0, dtype=torch.long)
-    for start in range(0, V, chunk):
-        block = table.rows(start, start + chunk).dense(force=True).float()  # [c, V]
+    for start in range(0, rows.numel(), chunk):
+        ids = rows[start : start + chunk]
+        block = (table.A[ids] @ table.B).float()  # [c, V]
         block = block - block.mean(dim=1, keepdim=True)
         v, i = block.flatten().topk(min(k, block.numel()))
         best_v = torch.cat([best_v, v.cpu()])
-        best_i = torch.cat([best_i, i.cpu() + start * V])  # flat index into [V, V]
+        best_i = torch.cat([best_i, ids.cpu()[i.cpu() // V] * V + i.cpu() % V])  # into [V, V]
         best_v, order = best_v.topk(min(k, best_v.numel()))
         best_i = best_i[order]
     current, out = torch.unravel_index(best_i, (V, V))
@@ -615,30 +695,46 @@ def virtual_head_ov(model: Transformer) -> list[VirtualHeadOV]:
     highest composition first. The spectrum is that of the d_head x d_head
     W_O^{h1} W_U E W_V^{h0} W_O^{h0} W_V^{h1}, never the vocab x vocab circuit (E =
     token_embedding; weights folded, biases and MLPs between the heads left out)."""
-    from qkov.composition import composition_score
+    from qkov.composition import pair_scores
 
     m = folded(model)
     w, E = m.weights(), token_embedding(m)
+    wide = lambda t: t.float() if t.dtype in (torch.bfloat16, torch.float16) else t  # noqa: E731
+    # The circuit is A B with A = E W_V^{h0} W_O^{h0} W_V^{h1}, B = W_O^{h1} W_U, and its
+    # nonzero spectrum is that of B A = W_O^{h1} (W_U E) W_V^{h0} W_O^{h0} W_V^{h1}:
+    # W_U E [d_model, d_model] is formed once (d_vocab * d_model^2), each pair costs d_model^2.
+    cfg = m.cfg
+    UE = wide(w["W_U"]) @ wide(E)  # [d_model, d_model]
+    ov = FactoredMatrix(w["W_V"], w["W_O"])  # [n_layers, n_heads, d_model, d_model]
+    v_comp = pair_scores(ov, ov)  # [l0, h0, l1, h1], every pair at once
+    # B A = (W_O^{h1} W_U E W_V^{h0}) (W_O^{h0} W_V^{h1}): both factors for every pair of
+    # heads from two [N d_head, d_model] x [d_model, N d_head] products (N = n_layers n_heads).
+    N, r = cfg.n_layers * cfg.n_heads, cfg.d_head
+    W_O = wide(w["W_O"]).reshape(N * r, cfg.d_model)  # rows: head n, then d_head
+    W_V = wide(w["W_V"]).flatten(0, 1).transpose(0, 1).reshape(cfg.d_model, N * r)
+    P = ((W_O @ UE) @ W_V).reshape(N, r, N, r)  # P[n1, :, n0] = W_O^{n1} W_U E W_V^{n0}
+    Q = (W_O @ W_V).reshape(N, r, N, r)  # Q[n0, :, n1] = W_O^{n0} W_V^{n1}
+    pairs = [
+        (l0 * cfg.n_heads + h0, l1 * cfg.n_heads + h1)
+        for l0 in range(cfg.n_layers)
+        for h0 in range(cfg.n_heads)
+        for l1 in range(l0 + 1, cfg.n_layers)
+        for h1 in range(cfg.n_heads)
+    ]
     out = []
-    for l0 in range(m.cfg.n_layers):
-        for h0 in range(m.cfg.n_heads):
-            first = E @ w["W_V"][l0, h0] @ w["W_O"][l0, h0]  # [d_vocab, d_model]
-            for l1 in range(l0 + 1, m.cfg.n_layers):
-                for h1 in range(m.cfg.n_heads):
-                    circuit = FactoredMatrix(
-                        first @ w["W_V"][l1, h1], w["W_O"][l1, h1] @ w["W_U"]
-                    )  # [d_vocab, d_head] x [d_head, d_vocab]
-                    score = composition_score(
-                        FactoredMatrix(w["W_V"][l0, h0], w["W_O"][l0, h0]),
-                        FactoredMatrix(w["W_V"][l1, h1], w["W_O"][l1, h1]),
-                    )
-                    out.append(
-                        VirtualHeadOV(
-                            heads=((l0, h0), (l1, h1)),
-                            v_composition=float(score),
-                            eigenvalue_score=eigenvalue_score(circuit.eigenvalues),
-                        )
-                    )
+    if pairs:
+        n0, n1 = (torch.tensor(x) for x in zip(*pairs, strict=True))
+        BA = P[n1, :, n0] @ Q[n0, :, n1]  # [pairs, d_head, d_head]
+        eig = torch.linalg.eigvals(BA)  # [pairs, d_head]
+        for i, (a, b) in enumerate(pairs):
+            (l0, h0), (l1, h1) = divmod(a, cfg.n_heads), divmod(b, cfg.n_heads)
+            out.append(
+                VirtualHeadOV(
+                    heads=((l0, h0), (l1, h1)),
+                    v_composition=float(v_comp[l0, h0, l1, h1]),
+                    eigenvalue_score=eigenvalue_score(eig[i]),
+                )
+            )
     return sorted(out, key=lambda v: -v.v_composition)
 
 

@@ -104,11 +104,24 @@ class CompositionScores:
         }
 
 
-def _pair_scores(OV: FactoredMatrix, right: FactoredMatrix) -> Tensor:
-    """composition_score of OV [L, H, D, D] (earlier) with right [L, H, D, D] (later)."""
-    left = FactoredMatrix(OV.A[:, :, None, None], OV.B[:, :, None, None])  # [L, H, 1, 1, D, D]
-    rgt = FactoredMatrix(right.A[None, None], right.B[None, None])  # [1, 1, L, H, D, D]
-    return composition_score(left, rgt)  # [L, H, L, H]
+def pair_scores(OV: FactoredMatrix, right: FactoredMatrix) -> Tensor:
+    """composition_score of OV [L, H, D, D] (earlier) with right [L, H, D, D] (later), every
+    pair at once through the factors: with OV = A0 B0, right = A1 B1 and M = B0 A1 [r0, r1],
+    ||OV right||_F^2 = tr(M^T (A0^T A0) M (B1 B1^T)), so the pairs cost one
+    [N r0, D] x [D, N r1] product (N = L H) and r^3 per pair, never a D-sized one."""
+    L, H = OV.shape[:2]
+    wide = lambda t: t.float() if t.dtype in (torch.bfloat16, torch.float16) else t  # noqa: E731
+    A0, B0 = wide(OV.A).flatten(0, 1), wide(OV.B).flatten(0, 1)  # [N, D, r0], [N, r0, D]
+    A1, B1 = wide(right.A).flatten(0, 1), wide(right.B).flatten(0, 1)  # [N, D, r1], [N, r1, D]
+    N, D, r0 = A0.shape
+    r1 = A1.shape[-1]
+    M = B0.reshape(N * r0, D) @ A1.transpose(0, 1).reshape(D, N * r1)  # [N r0, N r1]
+    M = M.reshape(N, r0, N, r1).transpose(1, 2)  # [N0, N1, r0, r1]
+    G0 = A0.transpose(-1, -2) @ A0  # [N, r0, r0]
+    G1 = B1 @ B1.transpose(-1, -2)  # [N, r1, r1]
+    sq = ((G0[:, None] @ M) * (M @ G1[None])).sum(dim=(-1, -2))  # [N0, N1]
+    norms = OV.norm().flatten()[:, None] * right.norm().flatten()[None]  # [N0, N1]
+    return (sq.clamp_min(0).sqrt() / norms).reshape(L, H, L, H)
 
 
 def _masked(scores: Tensor) -> Tensor:
@@ -148,9 +161,9 @@ def composition_scores(
     weights folded in, writes centred for layernorm); the scores are of the weight matrices
     alone, so biases and MLPs (which sit between heads of different layers) are not in them."""
     OV, QK = W_OV(model), W_QK(model)
-    q = _masked(_pair_scores(OV, QK))
-    k = _masked(_pair_scores(OV, QK.T))
-    v = _masked(_pair_scores(OV, OV))
+    q = _masked(pair_scores(OV, QK))
+    k = _masked(pair_scores(OV, QK.T))
+    v = _masked(pair_scores(OV, OV))
     base = baseline_scores(model.cfg.d_model, model.cfg.d_head, n_baseline, seed)
     return CompositionScores(
         q=q,

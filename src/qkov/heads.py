@@ -64,6 +64,10 @@ COLUMNS = {
     "pos": "positional",
 }
 _COPY_CHUNK = 2**24  # elements of the [rows, pos, d_vocab] logit-effect block per step
+# copying_score ranks among every logit while tokens * d_vocab * d_head stays under this
+# (per head); above it, among a seeded sample of columns (an estimate, recorded by analyze).
+COPY_EXACT_BUDGET = 2**30
+COPY_MIN_COLUMNS = 1024
 
 
 # ---------------------------------------------------------------------------- scores per layer
@@ -142,29 +146,70 @@ def positional_score(pattern: Tensor) -> Tensor:
     return 1 - tv[..., 1:].mean(dim=(0, 2))
 
 
+def copying_columns(d_vocab: int, n_tokens: int, d_head: int) -> int | None:
+    """How many logit columns `copying_score` compares each source token with: None (all of
+    them, exact) while n_tokens * d_vocab * d_head <= COPY_EXACT_BUDGET per head, else the
+    seeded sample that fits the budget (at least COPY_MIN_COLUMNS): the score is then an
+    estimate."""
+    if n_tokens * d_vocab * d_head <= COPY_EXACT_BUDGET:
+        return None
+    n = max(COPY_MIN_COLUMNS, COPY_EXACT_BUDGET // max(1, n_tokens * d_head))
+    return None if n >= d_vocab else n
+
+
 def copying_score(
-    model: Transformer, layer: int, pattern: Tensor, value: Tensor, tokens: Tensor
+    model: Transformer,
+    layer: int,
+    pattern: Tensor,
+    value: Tensor,
+    tokens: Tensor,
+    n_columns: int | None | str = "auto",
+    seed: int = 0,
 ) -> Tensor:
     """Attention-weighted rank of the source token in the head's direct logit effect.
 
     pattern [batch, head, dest, src]; value [batch, head, pos, d_head], the layer's value
     vectors (hook `v.{layer}`: normalised input @ W_V + b_V); tokens [batch, pos]. Returns
     [head] in [-1, 1] (see module docstring). Exact on every architecture: the rank of a
-    token in v_j W_O W_U (folded weights) is its rank in the head's write to the logits."""
+    token in v_j W_O W_U (folded weights) is its rank in the head's write to the logits.
+
+    n_columns: None ranks among all d_vocab logits (exact); an int ranks among a seeded
+    sample of that many logit columns (`qkov.trigrams.sample_tokens`; the source's own logit
+    always counts as itself, never as a rival) and scales the count to d_vocab - 1: an
+    unbiased ESTIMATE of the rank, equal to the exact one when the sample is every token.
+    "auto": `copying_columns` (exact where that is cheap, e.g. the demo models)."""
+    from qkov.trigrams import sample_tokens
+
     B, n = tokens.shape
     V = model.cfg.d_vocab
+    if n_columns == "auto":
+        n_columns = copying_columns(V, B * n, model.cfg.d_head)
     w = folded(model).weights()
-    rows = max(1, _COPY_CHUNK // max(1, n * V))
+    cols = sample_tokens(V, n_columns, seed).to(value.device)  # [m] sorted logit columns
+    m = cols.numel()
+    where = torch.full((V,), -1, dtype=torch.long, device=value.device)
+    where[cols] = torch.arange(m, device=value.device)
+    slot = where[tokens]  # [batch, pos]: the own token's column in the sample, or -1
+    inside = slot >= 0
+    n_rivals = (m - inside.float()).clamp(min=1)  # sampled columns other than the own one
+    rows = max(1, _COPY_CHUNK // max(1, n * m))
+    W_U = w["W_U"].to(value.dtype)  # [d_model, d_vocab]
+    W_U_cols, W_U_own = W_U[:, cols], W_U.T[tokens]  # [d_model, m], [batch, pos, d_model]
     out = []
     for h in range(model.cfg.n_heads):
-        OU = (w["W_O"][layer, h] @ w["W_U"]).to(value.dtype)  # [d_head, d_vocab]
+        W_O = w["W_O"][layer, h].to(value.dtype)  # [d_head, d_model]
+        OU = W_O @ W_U_cols  # [d_head, m]
         c = torch.empty(B, n, device=value.device)
         for s in range(0, B, rows):
-            e = value[s : s + rows, h] @ OU  # [rows, pos, d_vocab]
-            own = e.gather(-1, tokens[s : s + rows, :, None])  # [rows, pos, 1]
+            e = value[s : s + rows, h] @ OU  # [rows, pos, m]
+            sl, ins = slot[s : s + rows], inside[s : s + rows]
+            own_in = e.gather(-1, sl.clamp(min=0)[..., None])[..., 0]  # exact where inside
+            own_out = ((value[s : s + rows, h] @ W_O) * W_U_own[s : s + rows]).sum(-1)
+            own = torch.where(ins, own_in, own_out.to(e.dtype))[..., None]  # [rows, pos, 1]
             above = (e > own).sum(-1).float()
-            ties = (e == own).sum(-1).float() - 1
-            c[s : s + rows] = 1 - 2 * (above + 0.5 * ties) / max(V - 1, 1)
+            ties = (e == own).sum(-1).float() - ins.float()
+            rank = (above + 0.5 * ties) * (V - 1) / n_rivals[s : s + rows]
+            c[s : s + rows] = 1 - 2 * rank / max(V - 1, 1)
         weight = pattern[:, h].sum(dim=1)  # [batch, src]: total attention each source gets
         out.append((weight * c).sum() / (B * n))
     return torch.stack(out)

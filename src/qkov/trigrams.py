@@ -32,16 +32,16 @@ destination and out) must have been seen at least that often in training
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from qkov.circuits import CHUNK_ELEMENTS, ov_circuit, qk_circuit
+from qkov.circuits import CHUNK_ELEMENTS, check_head, folded, token_embedding
 from qkov.data.tokenizer import decode_token
 from qkov.errors import QkovError
-from qkov.factored import FactoredMatrix
 from qkov.model import AttnOnlyTransformer
 from qkov.names import MIN_TOKEN_COUNT
 
@@ -67,6 +67,17 @@ def allowed_tokens(model: AttnOnlyTransformer, min_count: int | None) -> Tensor 
             f"fewer than 2 tokens were seen {min_count} times in training: lower the minimum count"
         )
     return keep
+
+
+def sample_tokens(d_vocab: int, n: int | None, seed: int = 0) -> Tensor:
+    """[min(n, d_vocab)] sorted token ids: a seeded sample without replacement, or every id
+    (0..d_vocab-1) for n None or n >= d_vocab. The same (d_vocab, n, seed) gives the same ids."""
+    if n is None or n >= d_vocab:
+        return torch.arange(d_vocab)
+    if n < 1:
+        raise QkovError(f"a token sample needs at least 1 token, got {n}")
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(d_vocab, generator=g)[:n].sort().values
 
 
 def token_str(model: AttnOnlyTransformer, token: int) -> str:
@@ -131,31 +142,79 @@ class FactoringBug:
 
 
 class _HeadScorer:
-    """The centred circuits a and o of one head, kept factored."""
+    """The centred circuits a and o of one head, kept factored: `qk_circuit` (offset 0) and
+    `ov_circuit` of the folded model, (E W_Q + b_Q)(E W_K + b_K)^T and (E W_V + b_V) W_O W_U.
+    The factors a ranked row needs whole (the queries of all destinations, W_O W_U over
+    all outs) are formed once, on first use; everything else only for the tokens asked
+    for, so a sample of sources (or a list of token-split candidates) costs its own rows."""
 
     def __init__(self, model: AttnOnlyTransformer, layer: int, head: int):
+        check_head(model, layer, head)
         self.model = model
-        self.qk: FactoredMatrix = qk_circuit(model, layer, head)  # [dest, src]
-        self.ov: FactoredMatrix = ov_circuit(model, layer, head)  # [src, out]
+        m = folded(model)
+        w, bias = m.weights(), m.cfg.bias
+        self.E = token_embedding(m)  # [d_vocab, d_model]
+        self.W_Q, self.W_K = w["W_Q"][layer, head], w["W_K"][layer, head]  # [d_model, d_head]
+        self.W_V, self.W_O = w["W_V"][layer, head], w["W_O"][layer, head]
+        self.W_U = w["W_U"]  # [d_model, d_vocab]
+        self.b_Q = w["b_Q"][layer, head] if bias else None
+        self.b_K = w["b_K"][layer, head] if bias else None
+        self.b_V = w["b_V"][layer, head] if bias else None
         self.scale = 1.0 / math.sqrt(model.cfg.d_head)
-        # Centring through the factors: with QK = A B, mean_s QK[d, s] = A[d] . mean_s B[:, s],
-        # so a[d, s] * sqrt(d_head) = A[d] . (B[:, s] - mean B): no pass over a vocab row.
-        self.qk_Bc = self.qk.B - self.qk.B.mean(-1, keepdim=True)  # [d_head, d_vocab]
-        self.ov_mean = self.ov.A @ self.ov.B.mean(-1)  # [d_vocab], OV row means
+        # Centring through the factors: mean_s QK[d, s] = q[d] . mean_s k[s], so
+        # a[d, s] * sqrt(d_head) = q[d] . (k[s] - mean k): no pass over a vocab row; the mean
+        # key is that of the mean embedding (linear). Likewise each OV row's mean.
+        k_mean = self.E.mean(0) @ self.W_K
+        self.k_mean = k_mean + self.b_K if bias else k_mean  # [d_head]
+        self.OU_mean = self.W_O @ self.W_U.mean(-1)  # [d_head]
+        self.device, self.dtype = self.E.device, self.E.dtype
 
-    def a_by_source(self, start: int, stop: int) -> Tensor:
-        """a[:, start:stop]^T * sqrt(d_head): [c sources, d_vocab destinations]."""
-        return self.qk_Bc[:, start:stop].T @ self.qk.A.T
+    def q_rows(self, destinations: Tensor | int) -> Tensor:
+        """The queries E W_Q + b_Q of destinations: [c, d_head]."""
+        q = self.E[destinations] @ self.W_Q
+        return q + self.b_Q if self.b_Q is not None else q
 
-    def o_by_source(self, start: int, stop: int) -> Tensor:
-        """o[start:stop] before centring: [c sources, d_vocab outs]."""
-        return self.ov.A[start:stop] @ self.ov.B
+    def OU_cols(self, outs: Tensor | int) -> Tensor:
+        """W_O W_U at outs: [d_head, c]."""
+        return self.W_O @ self.W_U[:, outs]
+
+    @functools.cached_property
+    def q(self) -> Tensor:
+        """Every destination's query: [d_vocab, d_head] (formed on first use)."""
+        return self.q_rows(slice(None))
+
+    @functools.cached_property
+    def OU(self) -> Tensor:
+        """W_O W_U over every out: [d_head, d_vocab] (formed on first use)."""
+        return self.W_O @ self.W_U
+
+    def k_centred(self, sources: Tensor | int) -> Tensor:
+        """k[sources] - mean k: [c, d_head] (or [d_head] for one source)."""
+        k = self.E[sources] @ self.W_K
+        return (k + self.b_K if self.b_K is not None else k) - self.k_mean
+
+    def v(self, sources: Tensor | int) -> Tensor:
+        """The OV circuit's left factor at sources, E W_V + b_V: [c, d_head]."""
+        v = self.E[sources] @ self.W_V
+        return v + self.b_V if self.b_V is not None else v
+
+    def ov_mean(self, sources: Tensor | int) -> Tensor:
+        """Means of the OV rows of sources: [c]."""
+        return self.v(sources) @ self.OU_mean
+
+    def a_by_source(self, sources: Tensor) -> Tensor:
+        """a[:, sources]^T * sqrt(d_head): [c sources, d_vocab destinations]."""
+        return self.k_centred(sources) @ self.q.T
+
+    def o_by_source(self, sources: Tensor) -> Tensor:
+        """o[sources] before centring: [c sources, d_vocab outs]."""
+        return self.v(sources) @ self.OU
 
     def a(self, d: int, s: int) -> float:
-        return float(self.qk.A[d] @ self.qk_Bc[:, s]) * self.scale
+        return float(self.q_rows(d) @ self.k_centred(s)) * self.scale
 
     def o(self, s: int, t: int) -> float:
-        return float(self.ov.A[s] @ self.ov.B[:, t] - self.ov_mean[s])
+        return float(self.v(s) @ self.OU_cols(t) - self.ov_mean(s))
 
     def trigram(self, s: int, d: int, t: int) -> SkipTrigram:
         a, o = self.a(d, s), self.o(s, t)
@@ -182,6 +241,8 @@ def skip_trigrams(
     chunk_size: int | None = None,
     per_source: int | None = None,
     min_count: int | None = None,
+    n_sources: int | None = None,
+    seed: int = 0,
 ) -> list[SkipTrigram]:
     """Top-k skip-trigrams of a head by score (see the module docstring), best first.
 
@@ -191,8 +252,14 @@ def skip_trigrams(
     min_count: rank only trigrams whose three tokens were each seen at least this often in
     training (`allowed_tokens`); None: all tokens.
 
-    Memory: O(chunk_size * d_vocab + d_vocab * k^2); chunk_size (sources per block)
-    defaults to 16 MiB of fp32. Time: two vocab^2 * d_head products, formed a block at a time."""
+    n_sources: an ESTIMATE for large vocabularies: rank only the trigrams of a seeded sample
+    of n_sources source tokens (`sample_tokens`; destinations and outs still range over the
+    whole vocabulary), so the list is the exact top-k of that sample, not of the head. None
+    (or n_sources >= d_vocab): every source, exact.
+
+    Memory: O(chunk_size * d_vocab + n_sources * k^2); chunk_size (sources per block)
+    defaults to 16 MiB of fp32. Time: two n_sources * d_vocab * d_head products (vocab^2 *
+    d_head when exact), formed a block at a time."""
     V = model.cfg.d_vocab
     if k < 1:
         raise QkovError(f"k must be >= 1, got {k}")
@@ -206,30 +273,33 @@ def skip_trigrams(
     k_eff = min(k, V if keep is None else int(keep.sum()))
     # Tokens left out cannot be picked as destination or out: -inf before the top-ks
     # (and as source: -inf candidates below).
-    drop = None if keep is None else torch.where(keep, 0.0, -math.inf).to(sc.qk.device)
+    drop = None if keep is None else torch.where(keep, 0.0, -math.inf).to(sc.device)
     # One pass over source chunks: each source's k best destinations (by a) and outs (by o).
     # sigmoid is monotone and o's centring is a per-row constant, so both top-ks run on the
     # raw [c, d_vocab] blocks and the k survivors are transformed after.
     # Results go into preallocated [src, k] tensors: small tensors kept alive between the big
     # temporary blocks would fragment the heap (measured: RSS grew ~V^2 bytes without this).
-    dev, dt = sc.qk.device, sc.qk.dtype
-    best_a, best_o = (torch.empty(V, k_eff, dtype=dt, device=dev) for _ in range(2))
-    best_d, best_t = (torch.empty(V, k_eff, dtype=torch.long, device=dev) for _ in range(2))
-    for start in range(0, V, chunk):
-        stop = min(start + chunk, V)
+    dev, dt = sc.device, sc.dtype
+    src_ids = sample_tokens(V, n_sources, seed).to(dev)  # [S] sources ranked, sorted
+    S = src_ids.numel()
+    best_a, best_o = (torch.empty(S, k_eff, dtype=dt, device=dev) for _ in range(2))
+    best_d, best_t = (torch.empty(S, k_eff, dtype=torch.long, device=dev) for _ in range(2))
+    for start in range(0, S, chunk):
+        stop = min(start + chunk, S)
+        ids = src_ids[start:stop]
         for block, vals, idx in (
-            (sc.a_by_source(start, stop), best_a, best_d),  # [c sources, d_vocab dests]
-            (sc.o_by_source(start, stop), best_o, best_t),  # [c sources, d_vocab outs]
+            (sc.a_by_source(ids), best_a, best_d),  # [c sources, d_vocab dests]
+            (sc.o_by_source(ids), best_o, best_t),  # [c sources, d_vocab outs]
         ):
             if drop is not None:
                 block += drop
             torch.topk(block, k_eff, dim=1, out=(vals[start:stop], idx[start:stop]))
             del block
     best_a *= sc.scale
-    best_o -= sc.ov_mean[:, None]
+    best_o -= sc.ov_mean(src_ids)[:, None]
     cand = torch.sigmoid(best_a)[:, :, None] * best_o[:, None, :]  # [src, k (dest), k (out)]
     if keep is not None:
-        cand[~keep] = -math.inf
+        cand[~keep[src_ids]] = -math.inf
     if per_source is None:
         _, flat = cand.flatten().topk(min(k, int(torch.isfinite(cand).sum())))
         s, i, j = torch.unravel_index(flat, cand.shape)  # source, dest rank, out rank
@@ -240,8 +310,8 @@ def skip_trigrams(
         s, r = torch.unravel_index(flat, vals.shape)  # source, rank among its m best
         i, j = torch.unravel_index(idx[s, r], (k_eff, k_eff))
     out = [
-        sc.trigram(src, int(best_d[src, di]), int(best_t[src, oi]))
-        for src, di, oi in zip(s.tolist(), i.tolist(), j.tolist(), strict=True)
+        sc.trigram(int(src_ids[r]), int(best_d[r, di]), int(best_t[r, oi]))
+        for r, di, oi in zip(s.tolist(), i.tolist(), j.tolist(), strict=True)
     ]
     # Re-score exactly (scalar path) and sort: chunked and scalar rounding can differ slightly.
     return SkipTrigramTable(sorted(out, key=lambda t: -t.score))
@@ -340,20 +410,26 @@ def split_token_trigrams(
     head: int,
     k: int = 10,
     min_count: int | None = None,
+    candidates: Tensor | None = None,
 ) -> SplitTokenTrigrams:
     """The head's token-split skip-trigrams (see `SplitTokenTrigrams`), ranked by the score
     of `skip_trigrams` (sigmoid(attention) * boost, from the same factored circuits). Exact
     for a 1-layer head; for later heads the direct path only, as `skip_trigrams`.
-    min_count: only tokens seen that often in training (`allowed_tokens`)."""
+    min_count: only tokens seen that often in training (`allowed_tokens`). candidates: the
+    `split_token_candidates(model, allowed_tokens(model, min_count))` of this model, when a
+    caller scores many heads (reading the vocabulary's texts once, not per head)."""
     if k < 1:
         raise QkovError(f"k must be >= 1, got {k}")
-    sc = _HeadScorer(model, layer, head)
-    cand = split_token_candidates(model, allowed_tokens(model, min_count)).to(sc.qk.device)
-    if cand.shape[0] == 0:
+    check_head(model, layer, head)
+    if candidates is None:
+        candidates = split_token_candidates(model, allowed_tokens(model, min_count))
+    if candidates.shape[0] == 0:
         return SplitTokenTrigrams(layer, head, 0, 0, [])
+    sc = _HeadScorer(model, layer, head)
+    cand = candidates.to(sc.device)
     s, d, t = cand.unbind(1)
-    a = (sc.qk.A[d] * sc.qk_Bc[:, s].T).sum(-1) * sc.scale  # [n] centred attention logits
-    o = (sc.ov.A[s] * sc.ov.B[:, t].T).sum(-1) - sc.ov_mean[s]  # [n] centred boosts
+    a = (sc.q_rows(d) * sc.k_centred(s)).sum(-1) * sc.scale  # [n] centred attention logits
+    o = (sc.v(s) * sc.OU_cols(t).T).sum(-1) - sc.ov_mean(s)  # [n] centred boosts
     score = torch.sigmoid(a) * o
     best = score.topk(min(k, score.numel())).indices
     trigrams = [sc.trigram(*(int(x) for x in cand[i])) for i in best.tolist()]

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from qkov.cli.flags import add_token_filter_flags, min_token_count
+from qkov.cli.flags import add_download_flag, add_token_filter_flags, min_token_count, model_dirs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "else the held-out documents of each model's training corpus, else (a synthetic-task "
         "model) the random-token probe.",
     )
-    p.add_argument("dirs", nargs="+", metavar="DIR", help="checkpoint directories")
+    p.add_argument(
+        "dirs", nargs="+", metavar="DIR", help="checkpoint directories (hub ids with --download)"
+    )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument(
         "--text-file",
@@ -33,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-bigrams", type=int, default=20, help="rows of the bigram table")
     p.add_argument("--n-trigrams", type=int, default=8, help="skip-trigrams per head")
     add_token_filter_flags(p)
+    add_download_flag(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the random probes")
     p.set_defaults(func=run)
 
@@ -60,15 +63,17 @@ def run(args: argparse.Namespace) -> int:
     text = read_text_file(args.text_file) if args.text_file else None
     if args.n_bigrams < 1 or args.n_trigrams < 1 or args.eval_seqs < 1:
         raise QkovError("--n-bigrams, --n-trigrams and --eval-seqs must be at least 1")
+    wanted = min_token_count(args)
+    dirs = model_dirs(args, args.dirs)
     t0 = time.perf_counter()
     analysis = analyze(
-        args.dirs,
+        dirs,
         text=text,
         text_name=args.text_file or "",
         max_sequences=args.eval_seqs,
         n_bigrams=args.n_bigrams,
         n_trigrams=args.n_trigrams,
-        min_token_count=min_token_count(args),
+        min_token_count=wanted,
         seed=args.seed,
     )
     json_path, html_path = write_analysis(args.out, analysis)

@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from qkov.cli.flags import add_token_filter_flags, min_token_count
+from qkov.cli.flags import add_download_flag, add_token_filter_flags, min_token_count, model_dirs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +19,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "logit is the top-1 in their OV row, and its top skip-trigrams read from the factored "
         "QK and OV circuits, over tokens seen often enough in training.",
     )
-    p.add_argument("dir", help="checkpoint directory (config.json + model.safetensors)")
+    p.add_argument(
+        "dir",
+        help="checkpoint directory (config.json + model.safetensors; a hub id with --download)",
+    )
+    add_download_flag(p)
     p.add_argument("-k", "--top-k", type=int, default=10, help="skip-trigrams per head")
     p.add_argument(
         "--per-source",
@@ -62,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     wanted = min_token_count(args)
     if args.json is not None:
         check_output_file(args.json, "--json")  # before the work, not after it
+    (args.dir,) = model_dirs(args, [args.dir])
     model = load(args.dir, device=args.device)
     cfg = model.cfg
     if cfg.n_layers == 0:

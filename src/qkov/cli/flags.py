@@ -102,3 +102,25 @@ def min_token_count(args: argparse.Namespace) -> int | None:
     if args.min_token_count < 0:
         raise QkovError(f"--min-token-count must be >= 0, got {args.min_token_count}")
     return None if args.all_tokens else args.min_token_count
+
+
+def add_download_flag(parser: argparse.ArgumentParser) -> None:
+    """--download: the DIR arguments are Hugging Face hub repository ids to fetch first
+    (`qkov.hf.download`). Read them back with `model_dirs(args, dirs)`."""
+    parser.add_argument(
+        "--download",
+        action="store_true",
+        help="DIR is a Hugging Face hub repository id (e.g. gpt2, EleutherAI/pythia-70m): "
+        "fetch its config.json, safetensors and tokenizer.json into the hub cache first "
+        "(needs huggingface_hub and the network; nothing else in qkov uses either)",
+    )
+
+
+def model_dirs(args: argparse.Namespace, dirs: list[str]) -> list[str]:
+    """The checkpoint folders to load: `dirs` as given, or with --download each hub id
+    fetched (call it after every other input check: downloading is the slow part)."""
+    if not getattr(args, "download", False):
+        return list(dirs)
+    from qkov.hf import download
+
+    return [str(download(d)) for d in dirs]

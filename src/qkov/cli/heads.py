@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from qkov.cli.flags import add_download_flag, model_dirs
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -17,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "evaluation set: --text if given, else held-out documents of the training corpus, "
         "else the probe.",
     )
-    p.add_argument("dir", help="checkpoint directory")
+    p.add_argument("dir", help="checkpoint directory (a hub id with --download)")
+    add_download_flag(p)
     p.add_argument(
         "--batch-size", "--batch", type=int, default=16, help="sequences in the probe batch"
     )
@@ -72,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.eval_seqs < 1 or args.qk_seqs < 1:
         raise QkovError("--batch-size, --eval-seqs and --qk-seqs must be at least 1")
     text = read_text_file(args.text, "--text") if args.text else None
+    (args.dir,) = model_dirs(args, [args.dir])
     model = load(args.dir)
     cfg = model.cfg
     ev = evaluation_set(

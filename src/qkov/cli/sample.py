@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from qkov.cli.flags import add_download_flag, model_dirs
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -14,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "re-chosen by the model (token healing: a prompt ending in a space reads as the "
         "start of the next word), unless --no-heal.",
     )
-    p.add_argument("dir", help="checkpoint directory")
+    p.add_argument("dir", help="checkpoint directory (a hub id with --download)")
+    add_download_flag(p)
     p.add_argument("--prompt", default="def ", help="text to continue")
     p.add_argument("--tokens", type=int, default=64, help="how many tokens to generate")
     p.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
@@ -32,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from qkov.checkpoint import load
     from qkov.sampling import sample_text
 
+    (args.dir,) = model_dirs(args, [args.dir])
     model = load(args.dir)
     pieces = sample_text(model, args.prompt, args.tokens, args.temperature, args.seed, args.heal)
     for text in pieces:

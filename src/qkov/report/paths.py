@@ -128,6 +128,13 @@ def attribution_section(m: dict, view_id: str) -> str:
     if not att or not att.get("tokens") or not att.get("paths"):
         return _nc(m, "attribution")
     tokens, paths = att["tokens"], att["paths"]
+    cut = (m.get("scale") or {}).get("path_max_order")
+    cut_note = (
+        f'<p class="note estimate">Paths through more than {int(cut)} heads are summed into '
+        f"one exact remainder path, order&gt;{int(cut)} (max_order {int(cut)} at this size).</p>"
+        if cut is not None
+        else ""
+    )
     data = {
         "tokens": [visible_token(t) for t in tokens],
         "predicted": [visible_token(t) for t in att.get("predicted") or []],
@@ -153,6 +160,7 @@ def attribution_section(m: dict, view_id: str) -> str:
         "next (blue: up, red: down); the paths' contributions sum exactly to that logit "
         f"(max error {esc(num(att.get('max_abs_error'), digits=6))}). Hover a token for the "
         "paths that push its next token up and down.</p>"
+        + cut_note
         + data_block(view_id, data)
         + f'<div class="qkov-attrib" data-src="{esc(view_id)}"><label>path '
         f'<select>{options}</select></label><div class="tokens">{spans}</div></div>'

@@ -44,6 +44,20 @@ def _head_label(layer: Any, head: Any) -> str:
     return f"L{layer}H{head}"
 
 
+def scale_note(m: dict, key: str, what: str) -> str:
+    """'Estimate: ... a seeded sample of N of V <what>' when analyze sampled (`scale` in
+    analysis.json, `qkov.analyze.ScalePlan`); '' when the table is exact."""
+    n = (m.get("scale") or {}).get(key)
+    if not n:
+        return ""
+    V = (m.get("config") or {}).get("d_vocab")
+    return (
+        f'<p class="note estimate">Estimate: the largest entries over a seeded sample of '
+        f"{esc(count(n))} of {esc(count(V))} {esc(what)} (the exact table costs d_vocab² "
+        "per head at this size).</p>"
+    )
+
+
 def bigram_section(m: dict) -> str:
     rows = m.get("bigrams")
     if not rows:
@@ -52,6 +66,7 @@ def bigram_section(m: dict) -> str:
         '<p class="note">Largest entries of the direct path W<sub>E</sub>W<sub>U</sub>: '
         "the logit added to <i>out</i> when the current token is <i>current</i> (each row "
         "centred).</p>"
+        + scale_note(m, "bigram_rows", "current tokens")
         + token_table(rows, [("current", "current"), ("out", "out")], ("logit", "logit"))
     )
 
@@ -115,6 +130,7 @@ def head_card(m: dict, h: dict, view_id: str | None, prefix: str) -> str:
     if h.get("skip_trigrams"):
         trig = (
             f"<h5>top skip-trigrams ({esc(token_filter_text(m.get('token_filter')))})</h5>"
+            + scale_note(m, "trigram_sources", "source tokens")
             + token_table(
                 h["skip_trigrams"][:8],
                 [
@@ -144,9 +160,17 @@ def heads_section(m: dict, view_id: str | None, prefix: str) -> str:
                 '<p class="note">A 0-layer model has no heads: its logits are the bigram table.</p>'
             )
         return not_computed(m, "heads")
+    cols = (m.get("scale") or {}).get("copying_columns")
+    copy_note = (
+        f'<p class="note estimate">Estimate: each copying score ranks the source token among '
+        f"a seeded sample of {esc(count(cols))} of {esc(count(m['config']['d_vocab']))} logits "
+        "(scaled to the whole vocabulary).</p>"
+        if cols and m.get("config")
+        else ""
+    )
     if len(heads) <= EXPANDED_HEADS:
         cards = "".join(head_card(m, h, view_id, prefix) for h in heads)
-        return head_table(heads) + f'<div class="cards">{cards}</div>'
+        return head_table(heads) + copy_note + f'<div class="cards">{cards}</div>'
     # Many heads (GPT-2 small has 144): by role, then by the score that decided the role;
     # the first EXPANDED_HEADS cards open, the rest folded.
     heads = sorted(heads, key=_role_and_score)
@@ -154,6 +178,7 @@ def heads_section(m: dict, view_id: str | None, prefix: str) -> str:
     rest = "".join(head_card(m, h, view_id, prefix) for h in heads[EXPANDED_HEADS:])
     return (
         head_table(heads)
+        + copy_note
         + f'<p class="note">{len(heads)} heads, sorted by label and by the score that decided '
         f"it; the top {EXPANDED_HEADS} are shown, the rest folded below.</p>"
         + f'<div class="cards">{top}</div>'
@@ -324,6 +349,9 @@ def term_importance_section(m: dict) -> str:
     if orders:
         out.append("<h5>all terms of one order ablated (patterns frozen)</h5>")
         out.append(hbar_chart(orders, "loss increase per path order", " nats"))
+    reason = (m.get("not_computed") or {}).get("head_knockouts")
+    if reason:
+        out.append(f'<p class="note estimate">Per-head knock-outs not computed: {esc(reason)}</p>')
     if knocked:
         what = "head or MLP" if has_mlp else "head"
         out.append(f"<h5>one {what} knocked out</h5>")

@@ -1,0 +1,236 @@
+"""Analysis at scale (`qkov.analyze.ScalePlan`): the estimates a large vocabulary needs are
+the exact values when their sample is the whole set, and the exact values of the sample
+otherwise; small models keep every exact computation; `analyze` records the plan; the
+--download flag's error paths (no test downloads anything)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import qkov.analyze as A
+from qkov.circuits import direct_path, ov_circuit, qk_circuit, top_bigrams
+from qkov.cli import main
+from qkov.config import ModelConfig
+from qkov.heads import copying_columns, copying_score
+from qkov.model import AttnOnlyTransformer
+from qkov.trigrams import sample_tokens, skip_trigrams
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from analyze_scale import write_gpt2_folder  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model() -> AttnOnlyTransformer:
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layers=2, n_heads=2, d_model=16, d_head=8, d_vocab=40, n_ctx=12)
+    return AttnOnlyTransformer(cfg).eval()
+
+
+def _key(t):
+    return (t.source, t.destination, t.out, round(t.score, 5))
+
+
+def test_sample_tokens_is_seeded_sorted_and_whole_at_full_size():
+    assert torch.equal(sample_tokens(10, None), torch.arange(10))
+    assert torch.equal(sample_tokens(10, 10), torch.arange(10))
+    s = sample_tokens(100, 7, seed=3)
+    assert torch.equal(s, sample_tokens(100, 7, seed=3)) and len(set(s.tolist())) == 7
+    assert torch.equal(s, s.sort().values)
+
+
+def test_skip_trigrams_sample_is_exact_top_k_of_its_sources(model):
+    V = model.cfg.d_vocab
+    full = skip_trigrams(model, 1, 0, k=6)
+    assert [_key(t) for t in skip_trigrams(model, 1, 0, k=6, n_sources=V)] == [
+        _key(t) for t in full
+    ]
+    # Over a sample: the brute-force top-6 of score(s, d, t) for the sampled sources only.
+    src = sample_tokens(V, 9, seed=1)
+    qk, ov = qk_circuit(model, 1, 0).dense(), ov_circuit(model, 1, 0).dense()
+    a = (qk - qk.mean(1, keepdim=True)) / model.cfg.d_head**0.5  # [dest, src]
+    o = ov - ov.mean(1, keepdim=True)  # [src, out]
+    score = torch.sigmoid(a.T)[:, :, None] * o[:, None, :]  # [src, dest, out]
+    want = score[src].flatten().topk(6).values
+    got = skip_trigrams(model, 1, 0, k=6, n_sources=9, seed=1)
+    assert {t.source for t in got} <= set(src.tolist())
+    torch.testing.assert_close(torch.tensor([t.score for t in got]), want, atol=1e-5, rtol=0)
+
+
+def test_top_bigrams_sample_is_exact_top_k_of_its_rows(model):
+    V = model.cfg.d_vocab
+    assert top_bigrams(model, 5, n_rows=V) == top_bigrams(model, 5)
+    table = direct_path(model).dense()
+    table = table - table.mean(1, keepdim=True)
+    rows = sample_tokens(V, 11, seed=2)
+    want = table[rows].flatten().topk(5).values
+    got = top_bigrams(model, 5, n_rows=11, seed=2)
+    torch.testing.assert_close(torch.tensor([b["logit"] for b in got]), want, atol=1e-5, rtol=0)
+
+
+def _copy_inputs(model):
+    tokens = torch.randint(
+        0, model.cfg.d_vocab, (3, 10), generator=torch.Generator().manual_seed(0)
+    )
+    _, cache = model.run_with_hooks(tokens, cache_names=lambda n: n.startswith(("pattern.", "v.")))
+    return cache["pattern.1"].float(), cache["v.1"].float(), tokens
+
+
+def test_copying_score_sampled_columns_equal_exact_at_full_size_and_estimate_otherwise(model):
+    pattern, value, tokens = _copy_inputs(model)
+    V = model.cfg.d_vocab
+    exact = copying_score(model, 1, pattern, value, tokens, n_columns=None)
+    assert torch.equal(copying_score(model, 1, pattern, value, tokens), exact)  # auto: exact
+    torch.testing.assert_close(
+        copying_score(model, 1, pattern, value, tokens, n_columns=V), exact, atol=1e-6, rtol=0
+    )
+    # A sample: the rank among the sampled rivals, scaled to d_vocab - 1 (brute force).
+    cols = sample_tokens(V, 13, seed=4)
+    w = A.folded(model).weights() if hasattr(A, "folded") else model.weights()
+    got = copying_score(model, 1, pattern, value, tokens, n_columns=13, seed=4)
+    for h in range(model.cfg.n_heads):
+        e = value[:, h] @ w["W_O"][1, h] @ w["W_U"]  # [batch, pos, V]
+        own = e.gather(-1, tokens[..., None])
+        rivals = torch.zeros(V, dtype=torch.bool)
+        rivals[cols] = True
+        c = torch.empty(tokens.shape)
+        for b in range(tokens.shape[0]):
+            for p in range(tokens.shape[1]):
+                r = rivals.clone()
+                r[tokens[b, p]] = False
+                above = float((e[b, p, r] > own[b, p]).sum())
+                c[b, p] = 1 - 2 * above / int(r.sum())
+        want = (pattern[:, h].sum(1) * c).sum() / tokens.numel()
+        torch.testing.assert_close(got[h], want, atol=1e-5, rtol=0)
+
+
+def test_copying_columns_exact_under_budget():
+    assert copying_columns(2048, 16 * 128, 64) is None  # the demo models' probe
+    m = copying_columns(50257, 16 * 128, 64)
+    assert m is not None and m < 50257
+
+
+def test_plan_keeps_small_models_exact_and_samples_gpt2_small():
+    small = ModelConfig(n_layers=2, n_heads=8, d_model=256, d_vocab=2048, n_ctx=512)
+    plan = A.ScalePlan.of(small, torch.zeros(63, 512, dtype=torch.long))
+    assert plan == A.ScalePlan(None, None, None, 63, None, True, None, True, plan.qk_sides)
+    mlp = ModelConfig(n_layers=2, n_heads=8, d_model=512, d_vocab=2048, n_ctx=512, d_mlp=2048)
+    assert A.ScalePlan.of(mlp, torch.zeros(63, 512, dtype=torch.long)).term_importance_on is None
+    big = ModelConfig(
+        n_layers=12, n_heads=12, d_model=768, d_vocab=50257, n_ctx=1024, d_mlp=3072,
+        positional="standard", normalization="layernorm", bias=True, act_fn="gelu_new",
+    )  # fmt: skip
+    plan = A.ScalePlan.of(big, torch.zeros(16, 1024, dtype=torch.long))
+    assert plan.bigram_rows and plan.trigram_sources and plan.copying_columns
+    assert plan.n_sequences < 16 and plan.term_importance_on and not plan.head_knockouts
+    short = A.ScalePlan.of(big, torch.zeros(16, 128, dtype=torch.long))  # the random probe
+    assert short.term_importance_on == [1, 128] and not short.head_knockouts
+    assert plan.path_max_order is not None and not plan.qk_terms
+
+
+def test_analyze_a_tiny_hf_folder_with_every_estimate_on(tmp_path, monkeypatch):
+    """Budgets shrunk so that a tiny GPT-2 folder takes every scale path: analyze records
+    the plan, the sampled parts, and still writes a report."""
+    folder = tmp_path / "gpt2"
+    write_gpt2_folder(folder, n_layers=2, n_heads=2, d_model=16, d_vocab=64)
+    for name in ("BIGRAM_BUDGET", "TRIGRAM_BUDGET", "FORWARD_BUDGET", "TERM_BUDGET"):
+        monkeypatch.setattr(A, name, 1)
+    monkeypatch.setattr(A, "ORDER_BUDGET", 1)
+    monkeypatch.setattr(A, "QK_SIDES_LIMIT", 1)
+    analysis = A.analyze(folder, log=None)
+    rec = analysis["models"][0]
+    plan = rec["scale"]
+    assert plan["bigram_rows"] == 1 and plan["trigram_sources"] == 1
+    assert plan["n_sequences"] == 1 and rec["evaluation"]["n_sequences"] == 1
+    assert plan["path_max_order"] == 0 and plan["head_knockouts"] is False
+    assert "qk_terms" in rec["not_computed"] and "head_knockouts" in rec["not_computed"]
+    assert not [t for t in rec["term_importance"]["terms"] if t["kind"] == "head"]
+    assert plan["term_importance_on"] == [1, 2]
+    assert rec["term_importance"]["n_tokens"] == 1  # positions - 1 predicted
+    assert len({t["source"] for h in rec["heads"] for t in h["skip_trigrams"][:1]}) >= 1
+    A.write_analysis(tmp_path / "out", analysis)
+    assert (tmp_path / "out" / "report.html").exists()
+
+
+def _one_line(argv: list[str]) -> str:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        assert main(argv) == 2
+    lines = err.getvalue().strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", ["analyze", "heads", "circuits", "sample"])
+def test_missing_dir_without_download_is_one_line(command, tmp_path):
+    argv = [command, str(tmp_path / "gpt2")]
+    argv += ["--out", str(tmp_path / "out")] if command == "analyze" else []
+    assert "gpt2" in _one_line(argv)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["analyze", "heads", "circuits", "sample"])
+def test_download_without_huggingface_hub_is_one_line(command, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # import raises ImportError
+    argv = [command, "gpt2", "--download"]
+    argv += ["--out", str(tmp_path / "out")] if command == "analyze" else []
+    line = _one_line(argv)
+    assert "huggingface_hub" in line and "pip install" in line
+
+
+def _power_sums(z: torch.Tensor, n: int = 4) -> torch.Tensor:
+    """sum(z^k) for k = 1..n: equal spectra have equal power sums, whatever the order."""
+    z = z.to(torch.complex128)
+    return torch.stack([(z**k).sum() for k in range(1, n + 1)])
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"bias": True, "normalization": "layernorm", "d_mlp": 32, "positional": "standard"},
+        {"bias": True, "normalization": "rmsnorm", "positional": "rotary", "rotary_dim": 4},
+    ],
+    ids=["attn-only", "layernorm+bias", "rotary+bias"],
+)
+def test_qk_and_ov_eigenvalues_from_grams_equal_the_circuits_spectra(extra):
+    from qkov.circuits import ov_eigenvalues, qk_eigenvalues
+    from qkov.model import Transformer
+
+    torch.manual_seed(1)
+    cfg = ModelConfig(n_layers=2, n_heads=2, d_model=16, d_head=8, d_vocab=40, n_ctx=12, **extra)
+    model = Transformer(cfg).eval().double()  # fp64: the two orders of products agree closely
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)  # biases and norm weights nonzero
+    for l in range(2):
+        for h in range(2):
+            for offset in (0, -3):
+                want = _power_sums(qk_circuit(model, l, h, offset=offset).eigenvalues)
+                got = _power_sums(qk_eigenvalues(model, l, h, offset=offset))
+                torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+            want = _power_sums(ov_circuit(model, l, h).eigenvalues)
+            got = _power_sums(ov_eigenvalues(model, l, h))
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_report_labels_the_estimates(tmp_path, monkeypatch):
+    folder = tmp_path / "gpt2"
+    write_gpt2_folder(folder, n_layers=1, n_heads=2, d_model=16, d_vocab=64)
+    for name in ("BIGRAM_BUDGET", "TRIGRAM_BUDGET", "TERM_BUDGET"):
+        monkeypatch.setattr(A, name, 1)
+    monkeypatch.setattr("qkov.heads.COPY_EXACT_BUDGET", 1)
+    monkeypatch.setattr("qkov.heads.COPY_MIN_COLUMNS", 8)
+    analysis = A.analyze(folder, log=None)
+    assert analysis["models"][0]["scale"]["copying_columns"] is not None
+    A.write_analysis(tmp_path / "out", analysis)
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "seeded sample of 1 of 64 current tokens" in html
+    assert "seeded sample of 1 of 64 source tokens" in html
+    assert "seeded sample of 8 of 64 logits (scaled to the whole vocabulary)" in html
+    assert "order&gt;0" in html

@@ -14,16 +14,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="analyse the shipped 0/1/2-layer models and write the report",
-        description="Analyse the attention-only models shipped with qkov (0, 1 and 2 "
-        "layers, trained on the Python standard library) and write OUT/report.html and "
-        "OUT/analysis.json. Losses and ICL scores are measured on the held-out documents of "
-        "the standard library. With --train, retrain the models first (about an hour on a CPU).",
+        description="Analyse the models shipped with qkov (attention-only with 0, 1 and 2 "
+        "layers, and 2 layers with MLPs, trained on the Python standard library) and write "
+        "OUT/report.html and OUT/analysis.json. Losses and ICL scores are measured on the "
+        "held-out documents of the standard library. With --train, retrain the models first "
+        "(minutes each on a GPU with --device cuda; hours on a CPU).",
     )
     p.add_argument("--out", default="qkov-demo", help="output directory")
     p.add_argument(
         "--train",
         action="store_true",
-        help="retrain the three models from their recorded configs into OUT/models",
+        help="retrain the four models from their recorded configs into OUT/models",
     )
     p.add_argument("--device", default="cpu", help="device for --train (cpu or cuda)")
     p.add_argument(

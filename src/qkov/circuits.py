@@ -389,6 +389,56 @@ class PathExpansion:
         }
 
 
+def residual_paths(
+    model: Transformer,
+    tokens: Tensor,
+    cache: dict[str, Tensor],
+    layer: int,
+    max_order: int | None = None,
+) -> dict[tuple[str, Chain], Tensor]:
+    """The residual stream entering `layer` as a sum of paths, {(start, chain): [batch,
+    pos, d_model]}, of a folded model (`qkov.fold`) with the patterns, scales and MLP
+    outputs of `cache` frozen: the split `path_expansion` makes before W_U (and
+    `qkov.qk_terms` reads on each side of a head). Chains
+    longer than max_order heads are summed under ("remainder", ())."""
+    cfg, w = model.cfg, model.weights()
+    scale = frozen_scales(model, cache)
+    batch, n = tokens.shape
+    streams: dict[tuple[str, Chain], Tensor] = {("token", ()): w["W_E"][tokens]}
+    if cfg.positional == "standard":
+        streams[("pos", ())] = w["W_pos"][:n].expand(batch, n, cfg.d_model)
+    if cfg.bias:
+        streams[("bias", ())] = torch.zeros_like(streams[("token", ())])
+    remainder: Tensor | None = None
+    for l in range(layer):
+        pattern = cache[f"pattern.{l}"]  # [batch, head, dest, src]
+        new: dict[tuple[str, Chain], Tensor] = {}
+        if remainder is not None:  # past the cut: on through every later head
+            v = (remainder / scale[l])[:, None] @ w["W_V"][l]
+            remainder = remainder + ((pattern @ v) @ w["W_O"][l]).sum(1)
+        for (start, chain), x in streams.items():
+            v = (x / scale[l])[:, None] @ w["W_V"][l]  # [batch, head, pos, d_head]
+            if start == "bias" and not chain:
+                v = v + w["b_V"][l][:, None]  # [head, 1, d_head]: the head's own constant
+            out = (pattern @ v) @ w["W_O"][l]  # [batch, head, pos, d_model]
+            if max_order is not None and len(chain) >= max_order:
+                remainder = out.sum(1) if remainder is None else remainder + out.sum(1)
+                continue
+            for h in range(cfg.n_heads):
+                new[(start, chain + ((l, h),))] = out[:, h]
+        streams.update(new)
+        if cfg.bias:
+            streams[("bias", ())] = streams[("bias", ())] + w["b_O"][l]
+        if cfg.d_mlp:
+            b_out = w["b_out"][l] if cfg.bias else 0.0
+            streams[(f"mlp{l}", ())] = cache[f"mlp_out.{l}"] - b_out
+            if cfg.bias:
+                streams[("bias", ())] = streams[("bias", ())] + b_out
+    if remainder is not None:
+        streams[("remainder", ())] = remainder
+    return streams
+
+
 @torch.no_grad()
 def path_expansion(
     model: Transformer, tokens: Tensor, max_order: int | None = None
@@ -423,36 +473,8 @@ def path_expansion(
     logits, cache = model.run_with_cache(tokens, names=_frozen_names)
     patterns = [cache[f"pattern.{l}"] for l in range(cfg.n_layers)]
     scale = frozen_scales(model, cache)
-    batch, n = tokens.shape
-    streams: dict[tuple[str, Chain], Tensor] = {("token", ()): w["W_E"][tokens]}
-    if cfg.positional == "standard":
-        streams[("pos", ())] = w["W_pos"][:n].expand(batch, n, cfg.d_model)
-    if cfg.bias:
-        streams[("bias", ())] = torch.zeros_like(streams[("token", ())])
-    remainder = None
-    for l in range(cfg.n_layers):
-        new: dict[tuple[str, Chain], Tensor] = {}
-        if remainder is not None:  # paths past the cut go on through every later head
-            v = (remainder / scale[l])[:, None] @ w["W_V"][l]
-            remainder = remainder + ((patterns[l] @ v) @ w["W_O"][l]).sum(1)
-        for (start, chain), x in streams.items():
-            v = (x / scale[l])[:, None] @ w["W_V"][l]  # [batch, head, pos, d_head]
-            if start == "bias" and not chain:
-                v = v + w["b_V"][l][:, None]  # [head, 1, d_head]: the head's own constant
-            out = (patterns[l] @ v) @ w["W_O"][l]  # [batch, head, pos, d_model]
-            if max_order is not None and len(chain) >= max_order:
-                remainder = out.sum(1) if remainder is None else remainder + out.sum(1)
-                continue
-            for h in range(cfg.n_heads):
-                new[(start, chain + ((l, h),))] = out[:, h]
-        streams.update(new)
-        if cfg.bias:
-            streams[("bias", ())] = streams[("bias", ())] + w["b_O"][l]
-        if cfg.d_mlp:
-            b_out = w["b_out"][l] if cfg.bias else 0.0
-            streams[(f"mlp{l}", ())] = cache[f"mlp_out.{l}"] - b_out
-            if cfg.bias:
-                streams[("bias", ())] = streams[("bias", ())] + b_out
+    streams = residual_paths(model, tokens, cache, cfg.n_layers, max_order)
+    remainder = streams.pop(("remainder", ()), None)
     terms = [
         PathTerm(chain, start, (x / scale[-1]) @ w["W_U"]) for (start, chain), x in streams.items()
     ]

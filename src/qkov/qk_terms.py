@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from qkov.circuits import Chain, check_head, frozen_scales
+from qkov.circuits import Chain, check_head, frozen_scales, residual_paths
 from qkov.errors import QkovError
 from qkov.model import Transformer
 
@@ -222,55 +222,6 @@ def qk_expansion(
     ]
     clean = (cache[f"q.{layer}"][:, head] @ cache[f"k.{layer}"][:, head].transpose(-1, -2)) * inv
     return QKExpansion(layer=layer, head=head, terms=terms, scores=clean)
-
-
-def residual_paths(
-    model: Transformer,
-    tokens: Tensor,
-    cache: dict[str, Tensor],
-    layer: int,
-    max_order: int | None = None,
-) -> dict[tuple[str, Chain], Tensor]:
-    """The residual stream entering `layer` as a sum of paths, {(start, chain): [batch,
-    pos, d_model]}, of a folded model (`qkov.fold`) with the patterns, scales and MLP
-    outputs of `cache` frozen: the split `circuits.path_expansion` makes before W_U. Chains
-    longer than max_order heads are summed under ("remainder", ())."""
-    cfg, w = model.cfg, model.weights()
-    scale = frozen_scales(model, cache)
-    batch, n = tokens.shape
-    streams: dict[tuple[str, Chain], Tensor] = {("token", ()): w["W_E"][tokens]}
-    if cfg.positional == "standard":
-        streams[("pos", ())] = w["W_pos"][:n].expand(batch, n, cfg.d_model)
-    if cfg.bias:
-        streams[("bias", ())] = torch.zeros_like(streams[("token", ())])
-    remainder: Tensor | None = None
-    for l in range(layer):
-        pattern = cache[f"pattern.{l}"]  # [batch, head, dest, src]
-        new: dict[tuple[str, Chain], Tensor] = {}
-        if remainder is not None:  # past the cut: on through every later head
-            v = (remainder / scale[l])[:, None] @ w["W_V"][l]
-            remainder = remainder + ((pattern @ v) @ w["W_O"][l]).sum(1)
-        for (start, chain), x in streams.items():
-            v = (x / scale[l])[:, None] @ w["W_V"][l]  # [batch, head, pos, d_head]
-            if start == "bias" and not chain:
-                v = v + w["b_V"][l][:, None]  # [head, 1, d_head]: the head's own constant
-            out = (pattern @ v) @ w["W_O"][l]  # [batch, head, pos, d_model]
-            if max_order is not None and len(chain) >= max_order:
-                remainder = out.sum(1) if remainder is None else remainder + out.sum(1)
-                continue
-            for h in range(cfg.n_heads):
-                new[(start, chain + ((l, h),))] = out[:, h]
-        streams.update(new)
-        if cfg.bias:
-            streams[("bias", ())] = streams[("bias", ())] + w["b_O"][l]
-        if cfg.d_mlp:
-            b_out = w["b_out"][l] if cfg.bias else 0.0
-            streams[(f"mlp{l}", ())] = cache[f"mlp_out.{l}"] - b_out
-            if cfg.bias:
-                streams[("bias", ())] = streams[("bias", ())] + b_out
-    if remainder is not None:
-        streams[("remainder", ())] = remainder
-    return streams
 
 
 def qk_expansion_all(

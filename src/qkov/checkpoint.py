@@ -66,7 +66,10 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Transformer:
     or Llama-family model: `qkov.hf`); the tokenizer (if present) is at `model.tokenizer`."""
     path = Path(path)
     if not path.exists():
-        raise QkovError(f"{path} does not exist: pass a directory written by `qkov train`")
+        raise QkovError(
+            f"{path} does not exist: pass a directory written by `qkov train`, or a Hugging "
+            "Face model folder (`--download REPO_ID` or qkov.hf.download fetches one)"
+        )
     if not path.is_dir():
         raise QkovError(f"{path} is not a directory: pass a directory written by `qkov train`")
     if not (path / CONFIG).is_file():

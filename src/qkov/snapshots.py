@@ -7,7 +7,6 @@ They live in RUN/snapshots/step-00001234.safetensors; the run's config.json desc
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 
@@ -74,7 +73,3 @@ def load_snapshot(run_dir: str | Path, step: int) -> Transformer:
         model.tokenizer = load_tokenizer(run / TOKENIZER)
     return model
 
-
-def check_keep(n: int) -> None:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0 or not math.isfinite(n):
-        raise QkovError(f"--keep-checkpoints must be an integer >= 0, got {n!r}")

@@ -12,9 +12,20 @@ def plain(resid, W_U, targets):
     return F.cross_entropy((resid @ W_U).flatten(0, -2), targets.flatten())
 
 
+@pytest.fixture(params=["cpu branch", "accelerator branch"])
+def branch(request, monkeypatch):
+    """Both ways the fused loss forms softmax - onehot: the CPU's (softmax, with a host-side
+    underflow check) and an accelerator's (log-softmax, then exp), both run here."""
+    import qkov.loss
+
+    on_host = request.param == "cpu branch"
+    monkeypatch.setattr(qkov.loss, "host_sync_is_free", lambda device: on_host)
+    return request.param
+
+
 @pytest.mark.parametrize("chunk", [1, 7, 64, 1000])
 @pytest.mark.parametrize("scale", [1.0, -2.5])
-def test_value_and_gradients_match_plain(chunk, scale):
+def test_value_and_gradients_match_plain(chunk, scale, branch):
     g = torch.Generator().manual_seed(chunk)
     resid = torch.randn(3, 21, 16, generator=g, dtype=torch.float64) * 2
     W_U = torch.randn(16, 50, generator=g, dtype=torch.float64)
@@ -27,6 +38,22 @@ def test_value_and_gradients_match_plain(chunk, scale):
         grads.append((loss.detach(), r.grad, w.grad))
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_a_target_too_unlikely_for_float32_costs_its_exact_loss(branch):
+    """Logits 100 apart: p(target) ~ e^-100 underflows float32, yet the loss is the exact
+    log-sum-exp minus the target's logit (not inf), and the gradients stay those of plain."""
+    resid = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], requires_grad=True)
+    W_U = torch.tensor([[100.0, 0.0, 3.0], [0.0, 50.0, 1.0]], requires_grad=True)
+    t = torch.tensor([1, 0, 2])  # targets ~100, ~50 and ~96 nats below the top logit
+    loss = unembed_cross_entropy(resid, W_U, t, chunk=2)
+    ref_r, ref_w = resid.detach().clone().requires_grad_(), W_U.detach().clone().requires_grad_()
+    ref = plain(ref_r, ref_w, t)
+    assert 81 < loss.item() < 83  # their mean, 82
+    torch.testing.assert_close(loss, ref)
+    loss.backward(), ref.backward()
+    torch.testing.assert_close(resid.grad, ref_r.grad)
+    torch.testing.assert_close(W_U.grad, ref_w.grad)
 
 
 def test_only_weights_need_gradients_and_no_grad_path():
@@ -62,7 +89,7 @@ def test_model_loss_equals_loss_of_logits_with_same_gradients():
         a(x[:, :-1], torch.full((4, 12), 40))
 
 
-def test_fused_loss_under_autocast_matches_autocast_cross_entropy():
+def test_fused_loss_under_autocast_matches_autocast_cross_entropy(branch):
     """Under bf16 autocast the fused loss runs its matmuls in bf16 (as autocast runs
     `resid @ W_U`) and its softmax in fp32: loss and gradients agree with autocast's own
     linear + cross-entropy to bf16 rounding."""
@@ -84,7 +111,7 @@ def test_fused_loss_under_autocast_matches_autocast_cross_entropy():
 
 
 @pytest.mark.parametrize("autocast", [False, True])
-def test_fused_loss_with_padded_vocab_equals_cross_entropy(monkeypatch, autocast):
+def test_fused_loss_with_padded_vocab_equals_cross_entropy(monkeypatch, autocast, branch):
     """The GPU path pads W_U to a multiple of 64 columns with -inf logits: forced here on
     the CPU, loss and gradients (resid, W_U, b_U) still equal those of the plain logits."""
     import qkov.loss

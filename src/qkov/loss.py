@@ -23,6 +23,8 @@ from torch import Tensor
 
 __all__ = ["chunk_rows", "next_token_loss", "token_losses", "unembed_cross_entropy"]
 
+_TINY_P = 1e-30  # below this a float32 probability loses digits (normal floats end at 1e-38)
+
 
 def token_losses(logits: Tensor, tokens: Tensor) -> Tensor:
     """Loss of predicting each token from those before it: logits [batch, pos, d_vocab],
@@ -41,6 +43,12 @@ def next_token_loss(logits: Tensor, tokens: Tensor) -> Tensor:
 def chunk_rows(d_vocab: int, budget: int = 1 << 21) -> int:
     """Tokens per chunk: about `budget` logits (default 8 MB in fp32), at least 128 rows."""
     return max(128, budget // max(1, d_vocab))
+
+
+def host_sync_is_free(device: torch.device) -> bool:
+    """Whether reading a device value on the host costs nothing (a CPU): the fused loss's
+    CPU branch checks for underflow there; an accelerator's would stall its queue."""
+    return device.type == "cpu"
 
 
 def vocab_padding(d_vocab: int, device: torch.device) -> int:
@@ -81,13 +89,32 @@ class _UnembedCrossEntropy(torch.autograd.Function):
                 logits[:, :V] += b_U.to(acc)
             if pad:
                 logits[:, V:] = float("-inf")
-            logp = torch.log_softmax(logits, dim=-1)  # one fused pass (max, sum of exp, write)
-            picked = logp.gather(1, t[:, None])  # [chunk, 1] log p(target)
-            total -= picked.sum()
+            if host_sync_is_free(logits.device):
+                # softmax is one pass per row, in cache (max, exp and sum, scale); -log p is
+                # the loss, except where p(target) is too small for fp32 to hold it: those
+                # rows take log-sum-exp of their logits. (The check is a host sync, free on
+                # a CPU; an accelerator takes the branch below, which needs none.)
+                p = torch.softmax(logits, dim=-1)
+                p_target = p.gather(1, t[:, None])  # [chunk, 1]
+                losses = -p_target.log()
+                tiny = p_target[:, 0] < _TINY_P
+                if tiny.any():
+                    rows = tiny.nonzero()[:, 0]
+                    exact = logits[rows].logsumexp(-1) - logits[rows].gather(1, t[rows, None])[:, 0]
+                    losses[rows, 0] = exact
+                total += losses.sum()
+                p_minus_1 = p_target - 1.0
+            else:
+                p = torch.log_softmax(logits, dim=-1)  # one pass per row: max, sum of exp, write
+                picked = p.gather(1, t[:, None])  # [chunk, 1] log p(target)
+                total -= picked.sum()
+                p_minus_1 = picked.exp() - 1.0
+                if need_x or need_w or need_b:
+                    p.exp_()
             if need_x or need_w or need_b:
                 # d(sum of losses) / d logits = softmax - onehot(target), formed in place;
                 # the 1 / n of the mean is applied to the small products, not to this buffer.
-                g = logp.exp_().scatter_(1, t[:, None], picked.exp() - 1.0)
+                g = p.scatter_(1, t[:, None], p_minus_1)
                 if need_x:
                     gx = g.to(W.dtype) @ W.T  # [chunk, d_model]
                     grad_x[i : i + chunk] = gx.mul_(1.0 / n).to(resid.dtype)

@@ -72,4 +72,3 @@ def load_snapshot(run_dir: str | Path, step: int) -> Transformer:
     if (run / TOKENIZER).is_file():
         model.tokenizer = load_tokenizer(run / TOKENIZER)
     return model
-

@@ -105,23 +105,28 @@ class CompositionScores:
 
 
 def pair_scores(OV: FactoredMatrix, right: FactoredMatrix) -> Tensor:
-    """composition_score of OV [L, H, D, D] (earlier) with right [L, H, D, D] (later), every
-    pair at once through the factors: with OV = A0 B0, right = A1 B1 and M = B0 A1 [r0, r1],
-    ||OV right||_F^2 = tr(M^T (A0^T A0) M (B1 B1^T)), so the pairs cost one
-    [N r0, D] x [D, N r1] product (N = L H) and r^3 per pair, never a D-sized one."""
+    """composition_score of OV [L, H, D, D] (earlier) with right [L, H, D, D] (later) for
+    every pair whose earlier head sits in an earlier layer (NaN elsewhere), through the
+    factors. With OV = A0 B0 and right = A1 B1 (rank r), take QR factorisations A0 = Q0 R0
+    and B1^T = Q1 S1: the Q's have orthonormal columns and leave a Frobenius norm unchanged,
+    so ||OV right||_F = ||(R0 B0)(A1 S1^T)||_F, a [r, D] x [D, r] product. Each later layer
+    costs one [l1 H r, D] x [D, H r] matmul and its squared block sums, never a D x D."""
     L, H = OV.shape[:2]
     wide = lambda t: t.float() if t.dtype in (torch.bfloat16, torch.float16) else t  # noqa: E731
-    A0, B0 = wide(OV.A).flatten(0, 1), wide(OV.B).flatten(0, 1)  # [N, D, r0], [N, r0, D]
-    A1, B1 = wide(right.A).flatten(0, 1), wide(right.B).flatten(0, 1)  # [N, D, r1], [N, r1, D]
-    N, D, r0 = A0.shape
-    r1 = A1.shape[-1]
-    M = B0.reshape(N * r0, D) @ A1.transpose(0, 1).reshape(D, N * r1)  # [N r0, N r1]
-    M = M.reshape(N, r0, N, r1).transpose(1, 2)  # [N0, N1, r0, r1]
-    G0 = A0.transpose(-1, -2) @ A0  # [N, r0, r0]
-    G1 = B1 @ B1.transpose(-1, -2)  # [N, r1, r1]
-    sq = ((G0[:, None] @ M) * (M @ G1[None])).sum(dim=(-1, -2))  # [N0, N1]
-    norms = OV.norm().flatten()[:, None] * right.norm().flatten()[None]  # [N0, N1]
-    return (sq.clamp_min(0).sqrt() / norms).reshape(L, H, L, H)
+    A0, B0 = wide(OV.A), wide(OV.B)  # [L, H, D, r0], [L, H, r0, D]
+    A1, B1 = wide(right.A), wide(right.B)  # [L, H, D, r1], [L, H, r1, D]
+    D, r0, r1 = A0.shape[-2], A0.shape[-1], A1.shape[-1]
+    left = torch.linalg.qr(A0, mode="r").R @ B0  # [L, H, r0, D]: R0 B0
+    later = A1 @ torch.linalg.qr(B1.transpose(-1, -2), mode="r").R.transpose(-1, -2)  # A1 S1^T
+    norm0 = left.square().sum(dim=(-1, -2)).sqrt()  # [L, H] = ||OV||_F
+    norm1 = later.square().sum(dim=(-1, -2)).sqrt()  # [L, H] = ||right||_F
+    out = torch.full((L, H, L, H), float("nan"), dtype=left.dtype, device=left.device)
+    for l1 in range(1, L):
+        cols = later[l1].permute(1, 0, 2).reshape(D, H * r1)  # [D, (h1, r1)]
+        prod = left[:l1].reshape(l1 * H * r0, D) @ cols  # [(l0, h0, r0), (h1, r1)]
+        sq = prod.square_().reshape(l1, H, r0, H, r1).sum(dim=(2, 4))  # [l0, h0, h1]
+        out[:l1, :, l1] = sq.sqrt() / (norm0[:l1, :, None] * norm1[l1][None, None])
+    return out
 
 
 def _masked(scores: Tensor) -> Tensor:

@@ -206,9 +206,12 @@ def copying_score(
             own_in = e.gather(-1, sl.clamp(min=0)[..., None])[..., 0]  # exact where inside
             own_out = ((value[s : s + rows, h] @ W_O) * W_U_own[s : s + rows]).sum(-1)
             own = torch.where(ins, own_in, own_out.to(e.dtype))[..., None]  # [rows, pos, 1]
-            above = (e > own).sum(-1).float()
-            ties = (e == own).sum(-1).float() - ins.float()
-            rank = (above + 0.5 * ties) * (V - 1) / n_rivals[s : s + rows]
+            # rank = rivals above + half the tied ones (the own column, when sampled, ties
+            # itself and is no rival). With sign(e - own) summed, s = above - below and
+            # above + below + ties = m, so above + ties / 2 = (m + s) / 2: one pass, exact
+            # (integers) in float32.
+            signs = e.sub_(own).sign_().sum(-1)
+            rank = 0.5 * (m + signs - ins.float()) * (V - 1) / n_rivals[s : s + rows]
             c[s : s + rows] = 1 - 2 * rank / max(V - 1, 1)
         weight = pattern[:, h].sum(dim=1)  # [batch, src]: total attention each source gets
         out.append((weight * c).sum() / (B * n))

@@ -8,8 +8,11 @@ small's shape without MLPs; TL's copy comes from qkov.interop.to_hooked_transfor
 libraries read the same weights. Rows:
 
     composition_scores       vs TL all_composition_scores("Q"), ("K"), ("V")
-    OV eigenvalues, all      qkov ov_circuit(l, h).eigenvalues for every head (W_E W_OV W_U,
-                             kept factored) vs TL (W_E @ model.OV @ W_U).eigenvalues
+    OV eigenvalues, all      qkov ov_eigenvalues(l, h) for every head (d_head x d_head
+                             W_O (W_U W_E) W_V, W_U W_E formed once per model), and the
+                             generic ov_circuit(l, h).eigenvalues (W_E W_OV W_U kept
+                             factored: two d_vocab-sized products per head), each vs TL
+                             (W_E @ model.OV @ W_U).eigenvalues
     classify_heads           vs TL detect_head for previous-token, duplicate-token and
                              induction heads on the same 16 repeated-token sequences
     ov_statistics (1 head)   eigenvalues + the full-vocabulary top-1 self fraction (V^2 d_head)
@@ -32,7 +35,7 @@ from collections.abc import Callable
 import torch
 
 from qkov import ModelConfig, Transformer
-from qkov.circuits import ov_circuit, ov_statistics, path_expansion
+from qkov.circuits import ov_circuit, ov_eigenvalues, ov_statistics, path_expansion
 from qkov.composition import composition_scores
 from qkov.data.probes import induction_probe
 from qkov.heads import classify_heads
@@ -111,8 +114,18 @@ def main() -> None:
             lambda: composition_scores(model),
             lambda: [tl.all_composition_scores(m) for m in "QKV"],
         )
+        if tl is not None:  # the spectrum of one head, both ways, against TL's
+            theirs = (tl.W_E @ tl.OV[3, 5] @ tl.W_U).eigenvalues.abs().sort().values
+            for ours in (ov_eigenvalues(model, 3, 5), ov_circuit(model, 3, 5).eigenvalues):
+                err = float(((ours.abs().sort().values - theirs).abs() / theirs.abs().max()).max())
+                assert err < 1e-3, f"OV eigenvalues disagree with TL by {err} (relative)"
         row(
-            "OV eigenvalues, all 144 heads (W_E W_OV W_U)",
+            "OV eigenvalues, all 144 heads: ov_eigenvalues (W_U W_E formed once)",
+            lambda: [ov_eigenvalues(model, l, h) for l in range(L) for h in range(H)],
+            lambda: (tl.W_E @ tl.OV @ tl.W_U).eigenvalues,
+        )
+        row(
+            "OV eigenvalues, all 144 heads: ov_circuit(l, h).eigenvalues (generic factored)",
             lambda: [ov_circuit(model, l, h).eigenvalues for l in range(L) for h in range(H)],
             lambda: (tl.W_E @ tl.OV @ tl.W_U).eigenvalues,
         )

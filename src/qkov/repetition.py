@@ -9,7 +9,12 @@ Tokens are drawn uniformly from the whole vocabulary, without replacement within
 every repeated token has exactly one earlier occurrence): `qkov.data.probes.
 repeated_random_tokens`. Unlike qkov's standard probe (`induction_probe`), the period is the
 same in every row, so a head that attends a fixed offset back would also score here: use
-this test to compare with published numbers, the standard probe to label heads."""
+this test to compare with published numbers, the standard probe to label heads.
+
+`RepeatedTokenLogit` says why the repeated half costs what it does: its loss is the
+log-sum-exp of the logits less the repeated token's logit, both measured from the mean
+logit, and the second splits exactly into what each writer into the residual stream adds
+(the embedding, each head, each MLP, the biases), the final norm's scale frozen."""
 
 from __future__ import annotations
 
@@ -23,6 +28,26 @@ from qkov.data.probes import repeated_random_tokens
 from qkov.heads import induction_score
 from qkov.loss import token_losses
 from qkov.model import Transformer
+
+
+@dataclass
+class RepeatedTokenLogit:
+    """Means over the repeated half's predictions (tokens half_len+1 .. 2*half_len-1):
+    target, the repeated token's logit less the mean logit; spread, the log-sum-exp of the
+    logits less the mean logit (so the repeated-half loss = spread - target); writers, what
+    each writer into the residual stream adds to target through the unembedding (direct
+    logit attribution, the final norm's scale frozen): "embed" (W_E), "pos" (W_pos, where
+    it is in the stream), each head ("L1H6": its whole output, whatever it read), each MLP
+    ("mlp0", with its output bias) and "bias" (b_O of every layer and b_U). They sum to
+    target."""
+
+    target: float
+    spread: float
+    writers: dict[str, float]
+
+    def top(self, k: int = 6) -> list[tuple[str, float]]:
+        """The k writers that move the repeated token's logit most, largest |push| first."""
+        return sorted(self.writers.items(), key=lambda kv: -abs(kv[1]))[:k]
 
 
 @dataclass
@@ -40,6 +65,7 @@ class RepetitionTest:
     first_half_loss: float
     repeated_half_loss: float
     uniform_loss: float
+    repeated_token_logit: RepeatedTokenLogit | None = None
 
     @property
     def repeated_fraction(self) -> float:
@@ -63,6 +89,9 @@ class RepetitionTest:
             "repeated_half_loss": self.repeated_half_loss,
             "uniform_loss": self.uniform_loss,
             "repeated_fraction": self.repeated_fraction,
+            "repeated_token_logit": (
+                None if self.repeated_token_logit is None else vars(self.repeated_token_logit)
+            ),
         }
 
 
@@ -95,4 +124,53 @@ def repetition_test(
         first_half_loss=float(first.mean()),
         repeated_half_loss=float(repeated.mean()),
         uniform_loss=math.log(cfg.d_vocab),
+        repeated_token_logit=repeated_token_logit(model, tokens, half_len),
+    )
+
+
+@torch.no_grad()
+def repeated_token_logit(model: Transformer, tokens: Tensor, half_len: int) -> RepeatedTokenLogit:
+    """Split the repeated half of tokens [batch, 2 * half_len] (a block repeated once) into
+    spread - target, and target by writer (see `RepeatedTokenLogit`). Exact on every
+    architecture: the model is folded (`qkov.fold.fold_layernorm`: a learned final norm's
+    weight and bias go into W_U and b_U, layernorm's centring into the writers), so the
+    logits are the final stream, a sum of its writers, over the frozen final scale, @ W_U."""
+    from qkov.circuits import frozen_scales
+    from qkov.fold import fold_layernorm
+
+    m = fold_layernorm(model, center_unembed=False)
+    cfg, w = m.cfg, m.weights()
+    kinds = ("scale", "head_out", "mlp_out")
+    logits, cache = m.run_with_cache(tokens, names=lambda n: n.split(".")[0] in kinds)
+    at = slice(half_len, 2 * half_len - 1)  # the positions that predict the repeat's tokens
+    t = tokens[:, half_len + 1 :]  # [batch, half_len - 1]
+    W_U = w["W_U"].float()
+    u = W_U.T[t] - W_U.mean(1)  # [batch, half_len - 1, d_model]: target column less the mean
+    final = frozen_scales(m, cache)[-1]
+    final = final[:, at] if isinstance(final, Tensor) else final
+
+    def push(x: Tensor) -> float:  # x [batch, pos, d_model] or [d_model] (a bias)
+        x = x[:, at] if x.ndim == 3 else x
+        return float(((x.float() / final) * u).sum(-1).mean())
+
+    writers = {"embed": push(w["W_E"][tokens])}
+    if cfg.positional == "standard":
+        writers["pos"] = push(w["W_pos"][at])
+    bias = torch.zeros(cfg.d_model, device=m.device)
+    for l in range(cfg.n_layers):
+        out = cache[f"head_out.{l}"]  # [batch, head, pos, d_model]
+        writers.update({f"L{l}H{h}": push(out[:, h]) for h in range(cfg.n_heads)})
+        if cfg.bias:
+            bias = bias + w["b_O"][l]
+        if cfg.d_mlp:
+            writers[f"mlp{l}"] = push(cache[f"mlp_out.{l}"])  # with its b_out
+    if cfg.bias:  # b_O of every layer through W_U, and b_U itself
+        b_U = w["b_U"].float()
+        writers["bias"] = push(bias) + float((b_U[t] - b_U.mean()).mean())
+    lg = logits[:, at].float()
+    mean = lg.mean(-1)
+    return RepeatedTokenLogit(
+        target=float((lg.gather(-1, t[..., None])[..., 0] - mean).mean()),
+        spread=float((lg.logsumexp(-1) - mean).mean()),
+        writers=writers,
     )

@@ -162,6 +162,19 @@ def _repetition(model) -> dict[str, object]:
                 f"L{l}H{h:<4} {float(r.induction_scores[l, h]):10.3f}  {float(p.min()):21.3f} "
                 f"{float(p.mean()):5.3f} {float(p.max()):5.3f}"
             )
+    x = r.repeated_token_logit
+    print(
+        f"the repeated half's loss, split (means over its predictions; logits counted from "
+        f"their mean): log-sum-exp {x.spread:.2f} - the repeated token's logit "
+        f"{x.target:.2f} = {x.spread - x.target:.2f} nats"
+    )
+    top = x.top(8)
+    rest = x.target - sum(v for _, v in top)
+    print(
+        "the repeated token's logit by writer: "
+        + ", ".join(f"{name} {v:+.2f}" for name, v in top)
+        + (f", the other {len(x.writers) - len(top)} {rest:+.2f}" if len(x.writers) > 8 else "")
+    )
     return {**r.to_dict(), "probe_induction_by_seed": probes.tolist()}
 
 

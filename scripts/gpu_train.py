@@ -15,8 +15,12 @@ split and the token cache (--cache) are the same as on the CPU machine.
 
 --only picks the runs: by default the round-2 recipes (ROUND2_RUNS, prepared for the
 repeated-half target and not yet run); round 1's eleven, which chose today's shipped
-models, keep their names in RUNS. A run with a vocabulary other than 2,048 tokenizes the
-corpus on the GPU machine first (the carried cache holds only the 2,048-token stream).
+models, keep their names in RUNS. The token cache must hold every vocabulary the runs use
+(a missing one is made on the GPU machine first, eating into its minutes; the 2,048- and
+8,192-token streams together are 38 MB). The device tool copies at most 64 MiB: with the
+cache and the library's tar carried, leave the shipped models (37 MB) out of the copy
+(`git rm -r -q --cached src/qkov/demo_models` and the folder in .git/info/exclude for the
+call, then `git reset -q` and the exclude line removed).
 """
 
 from __future__ import annotations

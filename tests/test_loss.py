@@ -68,6 +68,7 @@ def test_only_weights_need_gradients_and_no_grad_path():
             unembed_cross_entropy(resid, W_U, t, chunk=9), plain(resid, W_U, t)
         )
     assert chunk_rows(2048) == 1024 and chunk_rows(50_000) == 128
+    assert chunk_rows(2048, max_rows=512) == 512 and chunk_rows(50_000, max_rows=512) == 128
 
 
 def test_model_loss_equals_loss_of_logits_with_same_gradients():

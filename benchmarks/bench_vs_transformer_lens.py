@@ -22,7 +22,10 @@ for the median (order statistics, distribution-free) is within +-5% of it, or --
 The table shows medians and, as the spread, that interval.
 
     python benchmarks/bench_vs_transformer_lens.py [--min-rounds 7] [--max-rounds 40]
-        [--threads 2] [--quick] [--mlp] [--profile]
+        [--threads 2] [--quick] [--mlp] [--profile] [--allocator kept|default]
+
+The process keeps freed memory as `qkov train` does on a CPU (qkov.allocator); with
+--allocator default it runs on glibc's own thresholds (the A/B of that setting: run both).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from qkov import ModelConfig, Transformer
+from qkov.allocator import keep_freed_memory
 from qkov.flops import matmul_peak, train_step_flops
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -210,7 +214,16 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="first config only, 3-5 rounds")
     ap.add_argument("--mlp", action="store_true", help="the MLP + LayerNorm + bias model")
     ap.add_argument("--profile", action="store_true", help="torch.profiler top entries instead")
+    ap.add_argument(
+        "--allocator",
+        choices=("kept", "default"),
+        default="kept",
+        help="kept: qkov.allocator.keep_freed_memory(), as qkov train sets it on a CPU (every "
+        "column runs in this process, so all get it); default: glibc's own thresholds",
+    )
     args = ap.parse_args()
+    if args.allocator == "kept" and not keep_freed_memory():
+        print("# qkov.allocator.keep_freed_memory() did not take (not glibc): default allocator")
     if args.threads:
         torch.set_num_threads(args.threads)
     cases = MLP_CASES if args.mlp else CASES
@@ -226,7 +239,8 @@ def main() -> None:
     print(
         f"# torch {torch.__version__}, transformer-lens {version('transformer-lens')}, "
         f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-        "medians of interleaved rounds; MFU = qkov.flops.train_step_flops / time / peak"
+        "medians of interleaved rounds; MFU = qkov.flops.train_step_flops / time / peak; "
+        f"allocator {args.allocator}"
     )
     for case in cases:
         run_case(case, args.min_rounds, args.max_rounds)

@@ -37,6 +37,7 @@ import torch
 from tqdm import tqdm
 
 from qkov import __version__, distributed
+from qkov.allocator import keep_freed_memory
 from qkov.checkpoint import TOKEN_COUNTS, load, read_json, write_token_counts
 from qkov.config import ModelConfig, TrainConfig
 from qkov.errors import QkovError
@@ -128,6 +129,8 @@ def train(
         last = min(tc.steps, stop_after) if stop_after is not None else tc.steps
         keep = set(snapshot_steps(tc.steps, tc.keep_checkpoints)) if dd.main else set()
         use_bf16 = torch.device(dd.device).type == "cuda"
+        if not use_bf16:  # a CPU: each step's buffers stay in the process (qkov.allocator)
+            keep_freed_memory()
         fwd = distributed.wrap(model, dd)  # DDP under torchrun: averages gradients over ranks
         model.train()
         stop.boundary()  # the loop starts

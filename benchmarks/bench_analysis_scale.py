@@ -27,10 +27,10 @@ where both compute one number.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -41,20 +41,8 @@ from qkov.data.probes import induction_probe
 from qkov.heads import classify_heads
 from qkov.trigrams import skip_trigrams
 
-
-def timed(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
-    """Median seconds per call of each fn, order alternated each repetition, after a warm-up
-    (none with reps 1: each call then runs once, cold)."""
-    for f in fns.values() if reps > 1 else ():
-        f()
-    times: dict[str, list[float]] = {n: [] for n in fns}
-    names = list(fns)
-    for r in range(reps):
-        for n in names if r % 2 == 0 else names[::-1]:
-            t0 = time.perf_counter()
-            fns[n]()
-            times[n].append(time.perf_counter() - t0)
-    return {n: statistics.median(t) for n, t in times.items()}
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_analysis import timed  # noqa: E402  (median of interleaved calls)
 
 
 def main() -> None:
@@ -93,7 +81,7 @@ def main() -> None:
 
     def row(name: str, qkov: Callable[[], object], peer: Callable[[], object] | None) -> None:
         fns = {"qkov": qkov} | ({"tl": peer} if peer is not None and tl is not None else {})
-        t = timed(fns, args.reps)
+        t = timed(fns, args.reps, warmup=args.reps > 1)
         if "tl" in t:
             print(f"| {name} | {t['qkov']:.2f} | {t['tl']:.2f} | {t['tl'] / t['qkov']:.1f}x |")
         else:

@@ -40,12 +40,20 @@ def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise QkovError(f"{path} does not exist: is this a qkov checkpoint directory?")
     try:
         return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise QkovError(
-            f"{path} is not a readable safetensors file ({msg}): "
-            "it may be truncated or corrupt; restore it or retrain"
+    except SAFETENSORS_ERRORS as e:
+        raise unreadable_safetensors(
+            path, e, "it may be truncated or corrupt; restore it or retrain"
         ) from None
+
+
+SAFETENSORS_ERRORS = (SafetensorError, OSError, ValueError, RuntimeError)
+
+
+def unreadable_safetensors(path: Path, error: Exception, remedy: str) -> QkovError:
+    """The one line for a safetensors file that cannot be read: its path, the reader's
+    first line of complaint, and `remedy`."""
+    msg = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return QkovError(f"{path} is not a readable safetensors file ({msg}): {remedy}")
 
 
 def load_tokenizer(path: Path):

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 
+from qkov.checkpoint import SAFETENSORS_ERRORS, unreadable_safetensors
 from qkov.errors import QkovError
 
 CONFIG = "config.json"
@@ -100,11 +101,9 @@ def tensor_index(path: Path) -> dict[str, TensorRef]:
                 for key in f.keys():
                     sl = f.get_slice(key)
                     index[key] = TensorRef(file, tuple(sl.get_shape()), sl.get_dtype())
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise QkovError(
-                f"{file} is not a readable safetensors file ({msg}): it may be truncated; "
-                "download it again"
+        except SAFETENSORS_ERRORS as e:
+            raise unreadable_safetensors(
+                file, e, "it may be truncated; download it again"
             ) from None
     return index
 

@@ -13,6 +13,15 @@ transformers = pytest.importorskip("transformers")
 D_VOCAB = 96
 TEXT = "the cat sat on the mat. the dog sat on the log."
 
+# The shape every rotary family shares: 2 layers, 4 heads, d_model 32, d_mlp 48, ctx 24.
+SHAPE = dict(
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    hidden_size=32,
+    intermediate_size=48,
+    max_position_embeddings=24,
+)
+
 # name -> (config class, model class, config kwargs)
 FAMILIES = {
     "gpt2": (
@@ -24,11 +33,7 @@ FAMILIES = {
         "GPTNeoXConfig",
         "GPTNeoXForCausalLM",
         dict(
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            hidden_size=32,
-            intermediate_size=48,
-            max_position_embeddings=24,
+            **SHAPE,
             rope_parameters={"rope_theta": 500.0, "partial_rotary_factor": 0.5},
         ),
     ),
@@ -36,11 +41,7 @@ FAMILIES = {
         "GPTNeoXConfig",
         "GPTNeoXForCausalLM",
         dict(
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            hidden_size=32,
-            intermediate_size=48,
-            max_position_embeddings=24,
+            **SHAPE,
             use_parallel_residual=False,
             tie_word_embeddings=True,
         ),
@@ -49,12 +50,8 @@ FAMILIES = {
         "LlamaConfig",
         "LlamaForCausalLM",
         dict(
-            num_hidden_layers=2,
-            num_attention_heads=4,
+            **SHAPE,
             num_key_value_heads=2,
-            hidden_size=32,
-            intermediate_size=48,
-            max_position_embeddings=24,
             rope_parameters={"rope_type": "default", "rope_theta": 300.0},
         ),
     ),
@@ -62,13 +59,9 @@ FAMILIES = {
         "MistralConfig",
         "MistralForCausalLM",
         dict(
-            num_hidden_layers=2,
-            num_attention_heads=4,
+            **SHAPE,
             num_key_value_heads=1,
-            hidden_size=32,
             head_dim=12,
-            intermediate_size=48,
-            max_position_embeddings=24,
             sliding_window=None,
         ),
     ),
@@ -76,12 +69,8 @@ FAMILIES = {
         "Qwen2Config",
         "Qwen2ForCausalLM",
         dict(
-            num_hidden_layers=2,
-            num_attention_heads=4,
+            **SHAPE,
             num_key_value_heads=2,
-            hidden_size=32,
-            intermediate_size=48,
-            max_position_embeddings=24,
             tie_word_embeddings=True,
         ),
     ),

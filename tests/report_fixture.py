@@ -194,6 +194,21 @@ def v2_analysis() -> dict:
             "qk_term_eigenvalue_score": 0.98,
         }
     ]
+    m2["repetition"] = {
+        "batch": 10,
+        "half_len": 50,
+        "seed": 0,
+        "induction_scores": [[0.01, 0.0], [0.87, 0.12]],
+        "first_half_loss": 12.85,
+        "repeated_half_loss": 5.56,
+        "uniform_loss": 7.625,
+        "repeated_fraction": 5.56 / 7.625,
+        "repeated_token_logit": {
+            "target": 7.23,
+            "spread": 12.79,
+            "writers": {"embed": 0.02, "L0H0": 0.04, "L0H1": -0.03, "L1H0": 7.1, "L1H1": 0.1},
+        },
+    }
     m2["term_importance"] = {
         "clean_loss": 2.5,
         "mode": "zero",

@@ -286,6 +286,16 @@ def test_induction_circuit_names_its_partner(page):
     assert "partner 1" not in page and "previous-token" not in page
 
 
+def test_repetition_section_shows_both_halves_and_the_split(page):
+    section = tree(page).by_id("m0-repetition")
+    text = section.text
+    assert "on the repeated half 5.560 (73% of the uniform 7.625)" in text
+    assert "Highest induction scores on it" in text and "L1H0 0.870, L1H1 0.120" in text
+    assert "5.560 nats = the log-sum-exp of the logits 12.79" in text
+    bars = [t.text for t in section.all("title")]  # one bar per writer, largest first
+    assert bars[0].startswith("L1H0: 7.1") and len(bars) == 5
+
+
 def test_mlp_model_card_shows_its_architecture_and_how_to_read_it(page):
     """d_mlp, act_fn, normalization and bias are config keys: the card shows them, with
     notes on what folding and MLPs mean for the circuits; the attention-only card has none."""
@@ -347,7 +357,15 @@ def test_missing_sections_say_not_computed():
     }
     doc = tree(render_report(a))
     assert "Not computed: qkov.composition failed" in doc.by_id("m0-composition").text
-    for section in ("bigrams", "heads", "attention", "induction", "terms", "training"):
+    for section in (
+        "bigrams",
+        "heads",
+        "attention",
+        "induction",
+        "repetition",
+        "terms",
+        "training",
+    ):
         assert "Not computed" in doc.by_id(f"m0-{section}").text, section
 
 
@@ -434,6 +452,13 @@ def test_analysis_covers_every_section(analysis):
     for m in analysis["models"]:
         assert math.isfinite(m["loss"]["value"]) and m["loss"]["n_tokens"] > 0
         assert m["evaluation"]["n_tokens"] == m["loss"]["n_tokens"]
+    for m in (m2, m1):  # the repeated half's loss = spread - target; writers sum to target
+        r = m["repetition"]
+        x = r["repeated_token_logit"]
+        assert len(r["induction_scores"]) == m["config"]["n_layers"]
+        assert x["spread"] - x["target"] == pytest.approx(r["repeated_half_loss"], rel=1e-4)
+        assert sum(x["writers"].values()) == pytest.approx(x["target"], rel=1e-3, abs=1e-4)
+    assert "repetition" not in m0
 
 
 def test_analyze_report_draws_each_section(analysis):

@@ -45,6 +45,7 @@ from qkov.loss import next_token_loss
 from qkov.metrics import phase_change, training_history
 from qkov.model import AttnOnlyTransformer
 from qkov.qk_terms import QK_MAX_ORDER, qk_expansion_all
+from qkov.repetition import repetition_test
 from qkov.report import SCHEMA_VERSION, dumps, render_report
 from qkov.training_probe import training_probe
 from qkov.trigrams import (
@@ -225,6 +226,12 @@ def analyze_model(
         _head(model, r, text_scores, n_trigrams, keep, split, plan, seed) for r in cls.records
     ]
     rec["induction_circuits"] = _induction_circuits(cls)
+    # The peers' test: 10 sequences, a block of 50 (or n_ctx / 2) repeated once.
+    half = min(50, cfg.n_ctx // 2)
+    if half >= 4:
+        rec["repetition"] = repetition_test(model, half_len=half, seed=seed).to_dict()
+    else:
+        rec["not_computed"]["repetition"] = f"n_ctx {cfg.n_ctx} holds no repeated block of 4"
     if cls.composition is not None:
         comp = cls.composition.to_dict()
         rec["composition"] = {k: comp[k] for k in "qkv"} | {

@@ -46,6 +46,7 @@ def model_block(index: int, m: dict) -> str:
         _section(f"{mid}-attention", "Attention on a sample text", S.attention_section(m, view)),
         _section(f"{mid}-composition", "Composition (Q / K / V)", S.composition_section(m)),
         _section(f"{mid}-induction", "Induction circuit", S.induction_section(m)),
+        _section(f"{mid}-repetition", "Repeated random tokens", S.repetition_section(m)),
         _section(f"{mid}-qk-terms", "QK terms: what queries and keys read", P.qk_terms_section(m)),
         _section(f"{mid}-virtual-heads", "Virtual heads' OV circuits", P.virtual_heads_section(m)),
         _section(

@@ -58,6 +58,16 @@ computed" (with the reason from `not_computed` if given). Names are the library'
                               "induction_score": float, "qk_term_eigenvalue_score": float,
                               "knockout_head": [l, h] | null,  # the earlier head whose
                               "knockout_drop": float | null}],  # zeroing lowers its score most
+      "repetition": {"batch": int, "half_len": int, "seed": int,  # random tokens, a block
+                     "induction_scores": [[float]],  # of half_len repeated once: per head
+                     "first_half_loss": float, "repeated_half_loss": float,
+                     "uniform_loss": float,        # ln d_vocab
+                     "repeated_fraction": float,   # repeated_half_loss / uniform_loss
+                     "repeated_token_logit": {"target": float, "spread": float,
+                                              "writers": {str: float}}},
+                                           # repeated half: loss = spread (log-sum-exp) -
+                                           # target (the repeated token's logit), both less
+                                           # the mean logit; writers split target exactly
       "term_importance": {"clean_loss": float, "mode": "zero"|"mean", "n_tokens": int,
                           "terms": [{"term": str, "kind": "order"|"head"|"mlp",
                                      "order": int, "loss_increase": float}]},

@@ -298,6 +298,54 @@ def induction_section(m: dict) -> str:
     )
 
 
+def repetition_section(m: dict) -> str:
+    """The peers' repeated random tokens test: each half's loss, the heads that score on it,
+    and the repeated half's loss split into log-sum-exp less the repeated token's logit, that
+    logit by writer (a bar each)."""
+    r = m.get("repetition")
+    if (m.get("config") or {}).get("n_layers", 0) < 1:
+        return ""
+    if not r:
+        return not_computed(m, "repetition")
+    n_heads = len(r["induction_scores"][0]) if r["induction_scores"] else 0
+    flat = [
+        (v, l, h)
+        for l, row in enumerate(r["induction_scores"])
+        for h, v in enumerate(row)
+        if v is not None
+    ]
+    top = sorted(flat, reverse=True)[: min(5, len(flat))]
+    intro = (
+        f"{r['batch']} sequences of random tokens, a block of {r['half_len']} repeated once "
+        f"(seed {r['seed']}; the test TransformerLens and ARENA report). Loss on the first "
+        f"half {num(r['first_half_loss'])} nats, on the repeated half "
+        f"{num(r['repeated_half_loss'])} ({r['repeated_fraction']:.0%} of the uniform "
+        f"{num(r['uniform_loss'])}). Highest induction scores on it (attention from each "
+        "repeated token to the token after its first occurrence): "
+        + ", ".join(f"{_head_label(l, h)} {num(v)}" for v, l, h in top)
+        + "."
+    )
+    out = [f'<p class="note">{esc(intro)}</p>']
+    x = r.get("repeated_token_logit")
+    if x:
+        writers = sorted(x["writers"].items(), key=lambda kv: -abs(kv[1]))
+        shown = writers[:8]
+        if len(writers) > len(shown):
+            rest = sum(v for _, v in writers[len(shown) :])
+            shown.append((f"the other {len(writers) - len(shown)}", rest))
+        split = (
+            f"The repeated half's loss, {num(x['spread'] - x['target'])} nats = the "
+            f"log-sum-exp of the logits {num(x['spread'])} (a uniform guess: "
+            f"{num(r['uniform_loss'])}) less the repeated token's logit {num(x['target'])}, "
+            "both counted from the mean logit, means over the repeated half's predictions. "
+            "What writes that logit into the residual stream, exactly (the final norm's "
+            f"scale frozen; {n_heads} heads a layer):"
+        )
+        out.append(f'<p class="note">{esc(split)}</p>')
+        out.append(hbar_chart(shown, "the repeated token's logit by writer", ""))
+    return "".join(out)
+
+
 def _circuit_note(c: dict) -> str:
     partner = _head_label(*c["previous_token_head"])
     parts = ["previous_token and induction scores on the random-token probe"]

@@ -2,8 +2,8 @@
 
 Usage: qkov demo --out /tmp/demo && python scripts/screenshots.py /tmp/demo/report.html docs
 Writes docs/report.png (the top: model cards and losses), docs/report-heads.png (the 2-layer
-model's head table and cards) and docs/report-induction.png (its induction circuit, term
-importance and training curves), docs/report-training.png (its training curves and the
+model's head table and cards), docs/report-induction.png (its induction circuits),
+docs/report-repetition.png (the repeated-random-tokens test and its loss split), docs/report-training.png (its training curves and the
 induction circuit forming) and docs/report-mlp2.png (the same for the model with
 MLPs). Needs `selenium` (the test extra) and chromium +
 chromium-driver; never downloads a driver.
@@ -22,6 +22,7 @@ SHOTS = {
     "report.png": None,
     "report-heads.png": "#m0-heads",
     "report-induction.png": "#m0-induction",
+    "report-repetition.png": "#m0-repetition",  # the peers' test and its loss split
     "report-training.png": "#m0-training",  # the circuit forming over training
     "report-mlp2.png": "#m3-induction",  # the 2-layer model with MLPs (the demo's fourth)
 }

@@ -292,8 +292,14 @@ def test_repetition_section_shows_both_halves_and_the_split(page):
     assert "on the repeated half 5.560 (73% of the uniform 7.625)" in text
     assert "Highest induction scores on it" in text and "L1H0 0.870, L1H1 0.120" in text
     assert "5.560 nats = the log-sum-exp of the logits 12.79" in text
-    bars = [t.text for t in section.all("title")]  # one bar per writer, largest first
-    assert bars[0].startswith("L1H0: 7.1") and len(bars) == 5
+    bars = [t.text for t in section.all("title")]  # the loss's parts, then each writer
+    assert bars[:4] == [
+        "log-sum-exp of the logits: 12.7900 nats",
+        "that of a uniform guess: 7.6250 nats",
+        "the repeated token's logit: 7.2300 nats",
+        "the loss: their difference: 5.5600 nats",
+    ]
+    assert bars[4].startswith("L1H0: 7.1") and len(bars) == 4 + 5  # largest first
 
 
 def test_mlp_model_card_shows_its_architecture_and_how_to_read_it(page):

@@ -342,6 +342,15 @@ def repetition_section(m: dict) -> str:
             f"scale frozen; {n_heads} heads a layer):"
         )
         out.append(f'<p class="note">{esc(split)}</p>')
+        parts = [
+            ("log-sum-exp of the logits", x["spread"]),
+            ("that of a uniform guess", r["uniform_loss"]),
+            ("the repeated token's logit", x["target"]),
+            ("the loss: their difference", x["spread"] - x["target"]),
+        ]
+        out.append("<h5>the repeated half's loss (logits counted from their mean)</h5>")
+        out.append(hbar_chart(parts, "the repeated half's loss", " nats", width=620))
+        out.append("<h5>the repeated token's logit by writer</h5>")
         out.append(hbar_chart(shown, "the repeated token's logit by writer", ""))
     return "".join(out)
 

@@ -3,10 +3,10 @@
 Usage: qkov demo --out /tmp/demo && python scripts/screenshots.py /tmp/demo/report.html docs
 Writes docs/report.png (the top: model cards and losses), docs/report-heads.png (the 2-layer
 model's head table and cards), docs/report-induction.png (its induction circuits),
-docs/report-repetition.png (the repeated-random-tokens test and its loss split), docs/report-training.png (its training curves and the
-induction circuit forming) and docs/report-mlp2.png (the same for the model with
-MLPs). Needs `selenium` (the test extra) and chromium +
-chromium-driver; never downloads a driver.
+docs/report-repetition.png (the repeated-random-tokens test and its loss split),
+docs/report-training.png (its training curves and the induction circuit forming) and
+docs/report-mlp2.png (the same for the model with MLPs). Needs `selenium` (the test extra)
+and chromium + chromium-driver; never downloads a driver.
 """
 
 from __future__ import annotations

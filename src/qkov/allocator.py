@@ -4,8 +4,8 @@ A training step allocates and frees the same large buffers every step (logit chu
 attention outputs, gradients). glibc serves a large request with mmap, or trims the top of
 its heap once enough is free, so the memory goes back to the kernel and the next step
 faults it in again, page by page: measured on the 2-core CI machine at d_model 128 (L2,
-V2048, ctx 128, batch 32), ~6,000 minor page faults and 10-17 ms of kernel time per ~80 ms
-step; with the thresholds below, under 150 faults and 1-3 ms. `keep_freed_memory` raises
+V2048, ctx 128, batch 32), 5,600-7,700 minor page faults and 10-19 ms of kernel time per
+~80 ms step; with the thresholds below, 0-154 faults and 0.5-3.6 ms. `keep_freed_memory` raises
 both thresholds: requests up to 32 MB (glibc's ceiling for this setting on 64-bit) come
 from the heap, and the heap is trimmed only past 1 GB free. The process keeps what a step
 used at its peak, which the next step needs again anyway.

@@ -204,8 +204,8 @@ def v2_analysis() -> dict:
         "uniform_loss": 7.625,
         "repeated_fraction": 5.56 / 7.625,
         "repeated_token_logit": {
-            "target": 7.23,
-            "spread": 12.79,
+            "logit": 7.23,
+            "log_sum_exp": 12.79,
             "writers": {"embed": 0.02, "L0H0": 0.04, "L0H1": -0.03, "L1H0": 7.1, "L1H1": 0.1},
         },
     }

@@ -74,18 +74,18 @@ def test_repetition_losses_are_the_halves_of_the_token_losses():
 
 
 def test_repeated_token_logit_splits_the_repeated_half_loss_exactly():
-    """loss = spread - target on the repeated half, the writers sum to target, and the
+    """loss = log_sum_exp - logit on the repeated half, the writers sum to logit, and the
     planted induction head is the writer that lifts the repeated token most."""
     model = induction_model(noise=0.02)
     with torch.no_grad():
         model.W_U.mul_(20.0)
     r = repetition_test(model, batch=10, half_len=6, seed=0)
     x = r.repeated_token_logit
-    assert x.spread - x.target == pytest.approx(r.repeated_half_loss, rel=1e-5)
-    assert sum(x.writers.values()) == pytest.approx(x.target, rel=1e-4)
+    assert x.log_sum_exp - x.logit == pytest.approx(r.repeated_half_loss, rel=1e-5)
+    assert sum(x.writers.values()) == pytest.approx(x.logit, rel=1e-4)
     assert set(x.writers) == {"embed", "L0H0", "L0H1", "L1H0", "L1H1"}
     (name, value), *_ = x.top(1)
-    assert name == "L1H0" and value > 0.5 * x.target
+    assert name == "L1H0" and value > 0.5 * x.logit
 
 
 @pytest.mark.parametrize(
@@ -97,8 +97,8 @@ def test_repeated_token_logit_is_exact_on_general_models(shape):
     model = general_model(**shape)
     r = repetition_test(model, batch=3, half_len=4, seed=1)
     x = r.repeated_token_logit
-    assert x.spread - x.target == pytest.approx(r.repeated_half_loss, rel=1e-4)
-    assert sum(x.writers.values()) == pytest.approx(x.target, rel=1e-3, abs=1e-4)
+    assert x.log_sum_exp - x.logit == pytest.approx(r.repeated_half_loss, rel=1e-4)
+    assert sum(x.writers.values()) == pytest.approx(x.logit, rel=1e-3, abs=1e-4)
     want = {"embed", "mlp0", "mlp1"} | {f"L{l}H{h}" for l in range(2) for h in range(3)}
     want |= {"pos"} if model.cfg.positional == "standard" else set()
     want |= {"bias"} if model.cfg.bias else set()

@@ -458,12 +458,12 @@ def test_analysis_covers_every_section(analysis):
     for m in analysis["models"]:
         assert math.isfinite(m["loss"]["value"]) and m["loss"]["n_tokens"] > 0
         assert m["evaluation"]["n_tokens"] == m["loss"]["n_tokens"]
-    for m in (m2, m1):  # the repeated half's loss = spread - target; writers sum to target
+    for m in (m2, m1):  # the repeated half's loss = log_sum_exp - logit; writers sum to it
         r = m["repetition"]
         x = r["repeated_token_logit"]
         assert len(r["induction_scores"]) == m["config"]["n_layers"]
-        assert x["spread"] - x["target"] == pytest.approx(r["repeated_half_loss"], rel=1e-4)
-        assert sum(x["writers"].values()) == pytest.approx(x["target"], rel=1e-3, abs=1e-4)
+        assert x["log_sum_exp"] - x["logit"] == pytest.approx(r["repeated_half_loss"], rel=1e-4)
+        assert sum(x["writers"].values()) == pytest.approx(x["logit"], rel=1e-3, abs=1e-4)
     assert "repetition" not in m0
 
 

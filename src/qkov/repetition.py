@@ -33,16 +33,16 @@ from qkov.model import Transformer
 @dataclass
 class RepeatedTokenLogit:
     """Means over the repeated half's predictions (tokens half_len+1 .. 2*half_len-1):
-    target, the repeated token's logit less the mean logit; spread, the log-sum-exp of the
-    logits less the mean logit (so the repeated-half loss = spread - target); writers, what
-    each writer into the residual stream adds to target through the unembedding (direct
+    logit, the repeated token's logit less the mean logit; log_sum_exp, the log-sum-exp of
+    the logits less the mean logit (so the repeated-half loss = log_sum_exp - logit);
+    writers, what each writer into the residual stream adds to logit through the unembedding (direct
     logit attribution, the final norm's scale frozen): "embed" (W_E), "pos" (W_pos, where
     it is in the stream), each head ("L1H6": its whole output, whatever it read), each MLP
     ("mlp0", with its output bias) and "bias" (b_O of every layer and b_U). They sum to
-    target."""
+    logit."""
 
-    target: float
-    spread: float
+    logit: float
+    log_sum_exp: float
     writers: dict[str, float]
 
     def top(self, k: int = 6) -> list[tuple[str, float]]:
@@ -131,7 +131,7 @@ def repetition_test(
 @torch.no_grad()
 def repeated_token_logit(model: Transformer, tokens: Tensor, half_len: int) -> RepeatedTokenLogit:
     """Split the repeated half of tokens [batch, 2 * half_len] (a block repeated once) into
-    spread - target, and target by writer (see `RepeatedTokenLogit`). Exact on every
+    log_sum_exp - logit, and logit by writer (see `RepeatedTokenLogit`). Exact on every
     architecture: the model is folded (`qkov.fold.fold_layernorm`: a learned final norm's
     weight and bias go into W_U and b_U, layernorm's centring into the writers), so the
     logits are the final stream, a sum of its writers, over the frozen final scale, @ W_U."""
@@ -145,7 +145,7 @@ def repeated_token_logit(model: Transformer, tokens: Tensor, half_len: int) -> R
     at = slice(half_len, 2 * half_len - 1)  # the positions that predict the repeat's tokens
     t = tokens[:, half_len + 1 :]  # [batch, half_len - 1]
     W_U = w["W_U"].float()
-    u = W_U.T[t] - W_U.mean(1)  # [batch, half_len - 1, d_model]: target column less the mean
+    u = W_U.T[t] - W_U.mean(1)  # [batch, half_len - 1, d_model]: its column less the mean
     final = frozen_scales(m, cache)[-1]
     final = final[:, at] if isinstance(final, Tensor) else final
 
@@ -170,7 +170,7 @@ def repeated_token_logit(model: Transformer, tokens: Tensor, half_len: int) -> R
     lg = logits[:, at].float()
     mean = lg.mean(-1)
     return RepeatedTokenLogit(
-        target=float((lg.gather(-1, t[..., None])[..., 0] - mean).mean()),
-        spread=float((lg.logsumexp(-1) - mean).mean()),
+        logit=float((lg.gather(-1, t[..., None])[..., 0] - mean).mean()),
+        log_sum_exp=float((lg.logsumexp(-1) - mean).mean()),
         writers=writers,
     )

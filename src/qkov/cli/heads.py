@@ -165,11 +165,11 @@ def _repetition(model) -> dict[str, object]:
     x = r.repeated_token_logit
     print(
         f"the repeated half's loss, split (means over its predictions; logits counted from "
-        f"their mean): log-sum-exp {x.spread:.2f} - the repeated token's logit "
-        f"{x.target:.2f} = {x.spread - x.target:.2f} nats"
+        f"their mean): log-sum-exp {x.log_sum_exp:.2f} - the repeated token's logit "
+        f"{x.logit:.2f} = {x.log_sum_exp - x.logit:.2f} nats"
     )
     top = x.top(8)
-    rest = x.target - sum(v for _, v in top)
+    rest = x.logit - sum(v for _, v in top)
     print(
         "the repeated token's logit by writer: "
         + ", ".join(f"{name} {v:+.2f}" for name, v in top)

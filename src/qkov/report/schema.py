@@ -63,11 +63,11 @@ computed" (with the reason from `not_computed` if given). Names are the library'
                      "first_half_loss": float, "repeated_half_loss": float,
                      "uniform_loss": float,        # ln d_vocab
                      "repeated_fraction": float,   # repeated_half_loss / uniform_loss
-                     "repeated_token_logit": {"target": float, "spread": float,
+                     "repeated_token_logit": {"logit": float, "log_sum_exp": float,
                                               "writers": {str: float}}},
-                                           # repeated half: loss = spread (log-sum-exp) -
-                                           # target (the repeated token's logit), both less
-                                           # the mean logit; writers split target exactly
+                                           # repeated half: loss = log_sum_exp - logit
+                                           # (the repeated token's), both less the mean
+                                           # logit; writers split logit exactly
       "term_importance": {"clean_loss": float, "mode": "zero"|"mean", "n_tokens": int,
                           "terms": [{"term": str, "kind": "order"|"head"|"mlp",
                                      "order": int, "loss_increase": float}]},

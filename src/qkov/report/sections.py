@@ -334,19 +334,19 @@ def repetition_section(m: dict) -> str:
             rest = sum(v for _, v in writers[len(shown) :])
             shown.append((f"the other {len(writers) - len(shown)}", rest))
         split = (
-            f"The repeated half's loss, {num(x['spread'] - x['target'])} nats = the "
-            f"log-sum-exp of the logits {num(x['spread'])} (a uniform guess: "
-            f"{num(r['uniform_loss'])}) less the repeated token's logit {num(x['target'])}, "
+            f"The repeated half's loss, {num(x['log_sum_exp'] - x['logit'])} nats = the "
+            f"log-sum-exp of the logits {num(x['log_sum_exp'])} (a uniform guess: "
+            f"{num(r['uniform_loss'])}) less the repeated token's logit {num(x['logit'])}, "
             "both counted from the mean logit, means over the repeated half's predictions. "
             "What writes that logit into the residual stream, exactly (the final norm's "
             f"scale frozen; {n_heads} heads a layer):"
         )
         out.append(f'<p class="note">{esc(split)}</p>')
         parts = [
-            ("log-sum-exp of the logits", x["spread"]),
+            ("log-sum-exp of the logits", x["log_sum_exp"]),
             ("that of a uniform guess", r["uniform_loss"]),
-            ("the repeated token's logit", x["target"]),
-            ("the loss: their difference", x["spread"] - x["target"]),
+            ("the repeated token's logit", x["logit"]),
+            ("the loss: their difference", x["log_sum_exp"] - x["logit"]),
         ]
         out.append("<h5>the repeated half's loss (logits counted from their mean)</h5>")
         out.append(hbar_chart(parts, "the repeated half's loss", " nats", width=620))

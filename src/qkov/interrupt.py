@@ -27,8 +27,7 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 GRACE_S = 5.0  # the least time the step in progress is given to end
 MAX_GRACE_S = 60.0  # the most: twice the slowest step so far, within [GRACE_S, MAX_GRACE_S]
 # Signals within this time of the first are the same request: a launcher may signal the
-# process group and the process itself, and the full test suite once saw a lone SIGTERM
-# reach the watchdog twice. A person's second Ctrl-C comes later than this.
+# process group and the process itself. A person's second Ctrl-C comes later than this.
 SAME_REQUEST_S = 0.25
 
 
@@ -147,12 +146,14 @@ class StopRequest:
             for signum in data:
                 if signum not in SIGNALS:
                     continue
-                if t_first is not None and now - t_first < SAME_REQUEST_S:
-                    continue  # the same request delivered twice, not a second one
-                if deadline is not None or self._acknowledged.is_set():
+                if t_first is not None:  # this thread has seen a request before
+                    if now - t_first < SAME_REQUEST_S:
+                        continue  # the same request delivered twice, not a second one
                     self._exit(signum, f"a second {signal.Signals(signum).name}")
+                # The first request. On a loaded machine this thread may read it only after
+                # the loop has already acknowledged it: that is still the first, not a second.
                 first, grace, t_first = signum, self.grace_s(), now
-                deadline = now + grace
+                deadline = None if self._acknowledged.is_set() else now + grace
 
     def _exit(self, signum: int, why: str) -> None:
         msg = (

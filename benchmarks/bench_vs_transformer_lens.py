@@ -10,6 +10,8 @@ the plain model has no column):
     plain         F.cross_entropy on the plain model's logits
     qkov CE       F.cross_entropy on qkov's logits (qkov.loss.next_token_loss's way)
     qkov fused    model(x, targets): the unembedding fused with the loss (what `qkov train` runs)
+    fused, SDPA   the same with PyTorch's attention instead of qkov's CPU kernel
+                  (qkov.attention): what the kernel adds, in the same process
 
 A step = forward + loss + backward + AdamW, on a batch of n_ctx + 1 tokens as qkov.train
 feeds it. MFU = qkov.flops.train_step_flops(config) / step time / matmul peak, where the
@@ -46,6 +48,7 @@ import torch.nn.functional as F
 
 from qkov import ModelConfig, Transformer
 from qkov.allocator import keep_freed_memory
+from qkov.attention import kernel_enabled
 from qkov.flops import matmul_peak, train_step_flops
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -89,20 +92,22 @@ MLP_CASES = [Case(128, 4, 2048, 128, 32, d_mlp=512)]
 
 
 def train_step(
-    model: torch.nn.Module, batch: torch.Tensor, fused: bool = False
+    model: torch.nn.Module, batch: torch.Tensor, fused: bool = False, kernel: bool = True
 ) -> Callable[[], None]:
     """One AdamW step on batch [batch, n_ctx + 1]: inputs batch[:, :-1], next-token targets
-    batch[:, 1:]. fused: the model takes targets and returns the loss (qkov)."""
+    batch[:, 1:]. fused: the model takes targets and returns the loss (qkov); kernel=False:
+    qkov's attention is PyTorch's SDPA, not its CPU kernel."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x, y = batch[:, :-1], batch[:, 1:]
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        if fused:
-            loss = model(x, y)
-        else:
-            loss = F.cross_entropy(model(x).flatten(0, 1).float(), y.flatten())
-        loss.backward()
+        with kernel_enabled(kernel):
+            if fused:
+                loss = model(x, y)
+            else:
+                loss = F.cross_entropy(model(x).flatten(0, 1).float(), y.flatten())
+            loss.backward()
         opt.step()
 
     return step
@@ -169,7 +174,12 @@ def run_case(case: Case, min_rounds: int, max_rounds: int) -> None:
         steps["plain"] = train_step(PlainSDPA(cfg), batch)
     steps["qkov CE"] = train_step(qkov_model, batch)
     steps["qkov fused"] = train_step(Transformer(cfg), batch, fused=True)
-    ratios = {"qkov CE / plain": ("qkov CE", "plain"), "qkov fused / TL": ("qkov fused", "TL")}
+    steps["fused, SDPA"] = train_step(Transformer(cfg), batch, fused=True, kernel=False)
+    ratios = {
+        "qkov CE / plain": ("qkov CE", "plain"),
+        "qkov fused / TL": ("qkov fused", "TL"),
+        "kernel / SDPA (fused)": ("qkov fused", "fused, SDPA"),
+    }
     ratios = {k: v for k, v in ratios.items() if v[1] in steps}
     times, rat, peaks = rounds(steps, ratios, min_rounds, max_rounds)
     flops, n_tok = train_step_flops(cfg, case.batch), case.batch * case.n_ctx

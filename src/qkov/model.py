@@ -70,6 +70,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from qkov.attention import causal_attention
 from qkov.config import ModelConfig
 from qkov.errors import QkovError
 from qkov.loss import unembed_cross_entropy
@@ -395,7 +396,7 @@ class Transformer(nn.Module):
                 q, k, v = qkv.view(B, n, 3, H, Dh).permute(2, 0, 3, 1, 4)
             if rot is not None:
                 q, k = rotate(q, *rot), rotate(k, *rot)
-            z = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            z = causal_attention(q, k, v)  # qkov's CPU kernel, or SDPA
             z = z.transpose(1, 2).reshape(B, n, H * Dh)
             # W_O[l] [head, d_head, d_model] is contiguous: the reshape is a view, not a copy
             resid = resid + z @ self.W_O[l].reshape(H * Dh, -1)

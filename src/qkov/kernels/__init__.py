@@ -1,0 +1,115 @@
+"""C kernels for CPU training, compiled on this machine the first time they are needed.
+
+A kernel is a C file next to this module, built with the machine's C compiler (`$CC`, else
+`cc`) for the CPU it runs on (`-O3 -march=native`) and loaded with ctypes: no torch
+headers, no build step at install time, nothing to download. The shared library is cached
+under `$QKOV_CACHE/kernels/` (default `~/.cache/qkov/kernels/`), named by a hash of the
+source, the flags, the compiler's version, the CPU's instruction sets (a cache shared by
+machines of different CPUs never loads code built for another) and the specialisation
+(`-DDH=32`), and written
+to a temporary name then renamed, so concurrent builds cannot load a half-written file.
+
+Where no compiler or OpenMP is available, or `QKOV_KERNELS=0`, `load` returns None and the
+caller falls back to PyTorch (`reason()` says why). The library is linked against OpenMP by
+its soname, `libgomp.so.1`, which torch has already loaded: the kernels run on torch's own
+thread pool (`torch.set_num_threads`), not a second one competing for the cores.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+__all__ = ["load", "reason"]
+
+HERE = Path(__file__).parent
+# -ffast-math only when compiling (it lets glibc's vector expf be used); linking without it
+# keeps crtfastmath.o out of the library, which would set flush-to-zero for the whole process.
+COMPILE_FLAGS = ["-O3", "-march=native", "-fPIC", "-ffast-math", "-fopenmp"]
+LINK_FLAGS = ["-shared", "-fopenmp"]
+
+_loaded: dict[tuple[str, tuple[str, ...]], ctypes.CDLL | None] = {}
+_reasons: dict[tuple[str, tuple[str, ...]], str] = {}
+
+
+def _compiler() -> str | None:
+    cc = os.environ.get("CC", "cc")
+    return shutil.which(cc)
+
+
+def _cpu() -> str:
+    """What `-march=native` builds for: the CPU's model and instruction-set flags."""
+    try:
+        info = Path("/proc/cpuinfo").read_text().splitlines()
+        return "\n".join(
+            next((line for line in info if line.startswith(key)), "")
+            for key in ("model name", "flags")
+        )
+    except OSError:
+        return platform.machine() + platform.processor()
+
+
+def _cache_dir() -> Path:
+    from qkov.data.dataset import default_cache_dir
+
+    return default_cache_dir() / "kernels"
+
+
+def _build(name: str, defines: tuple[str, ...]) -> tuple[ctypes.CDLL | None, str]:
+    if os.environ.get("QKOV_KERNELS", "1") == "0":
+        return None, "QKOV_KERNELS=0"
+    cc = _compiler()
+    if cc is None:
+        return None, "no C compiler (set CC, or install gcc)"
+    source = HERE / f"{name}.c"
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as e:
+        return None, f"{cc} --version failed: {e}"
+    flags = [f"-D{d}" for d in defines]
+    key = hashlib.sha256(
+        "\0".join(
+            [source.read_text(), *COMPILE_FLAGS, *LINK_FLAGS, *flags, version.stdout, _cpu()]
+        ).encode()
+    ).hexdigest()[:16]
+    out = _cache_dir() / f"{name}-{'-'.join(defines)}-{key}.so"
+    if not out.exists():
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+                obj, lib = Path(tmp) / f"{name}.o", Path(tmp) / f"{name}.so"
+                for cmd in (
+                    [cc, *COMPILE_FLAGS, *flags, "-c", str(source), "-o", str(obj)],
+                    [cc, *LINK_FLAGS, str(obj), "-o", str(lib), "-lm"],
+                ):
+                    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+                    if done.returncode != 0:
+                        last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+                        return None, f"{' '.join(cmd[:2])} ... failed: {last}"
+                os.replace(lib, out)
+        except (OSError, subprocess.SubprocessError) as e:
+            return None, f"could not build {out.name}: {e}"
+    try:
+        return ctypes.CDLL(str(out)), ""
+    except OSError as e:
+        return None, f"could not load {out}: {e}"
+
+
+def load(name: str, defines: tuple[str, ...] = ()) -> ctypes.CDLL | None:
+    """The compiled kernel `name` (src/qkov/kernels/<name>.c) with these `-D` defines
+    (e.g. ("DH=32",)), built on first use and cached; None where it cannot be built here."""
+    key = (name, defines)
+    if key not in _loaded:
+        _loaded[key], _reasons[key] = _build(name, defines)
+    return _loaded[key]
+
+
+def reason(name: str, defines: tuple[str, ...] = ()) -> str:
+    """Why `load(name, defines)` returned None ("" if it did not, or was not called)."""
+    return _reasons.get((name, defines), "")

@@ -141,8 +141,9 @@ static float softmax_row(float *row, int len, int ncols, float scale) {
     for (int j = 1; j < len; j++) m = fmaxf(m, row[j] * scale);
     /* exp over the whole padded row, vectorised; the argument is <= 0 for j < len (m is
      * their max), so clamping it there changes nothing and keeps the masked ones finite */
+    for (int j0 = 0; j0 < ncols; j0 += 16) /* whole vectors: no scalar remainder */
 #pragma omp simd
-    for (int j = 0; j < ncols; j++) row[j] = expf(fminf(row[j] * scale - m, 0.0f));
+        for (int j = j0; j < j0 + 16; j++) row[j] = expf(fminf(row[j] * scale - m, 0.0f));
     for (int j = len; j < ncols; j++) row[j] = 0.0f;
     float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
@@ -237,8 +238,9 @@ static int backward_range(int n, int H, int bh0, int bh1, float scale, const flo
                 const float m = lse[(i64)bh * n + i];
                 float delta = 0.0f;
                 for (int c = 0; c < DH; c++) delta += dO[r * DH + c] * oh[i * so.n + c];
+                for (int j0 = 0; j0 < ncols; j0 += 16)
 #pragma omp simd
-                for (int j = 0; j < ncols; j++) p[j] = expf(fminf(p[j] * scale - m, 0.0f));
+                    for (int j = j0; j < j0 + 16; j++) p[j] = expf(fminf(p[j] * scale - m, 0.0f));
                 for (int j = len; j < ncols; j++) p[j] = 0.0f;
 #pragma omp simd
                 for (int j = 0; j < ncols; j++) ds[j] = p[j] * (ds[j] - delta) * scale;

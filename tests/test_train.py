@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from qkov import ModelConfig, QkovError, load
+from qkov.attention import implementation, kernel_available
 from qkov.cli import main
 from qkov.data import prepare
 from qkov.metrics import read_records
@@ -102,7 +103,12 @@ def test_run_directory_is_loadable(data, tmp_path):
     assert loaded.tokenizer.get_vocab_size() == 300
     tokens = torch.randint(0, 300, (1, 16))
     torch.testing.assert_close(loaded(tokens), trained(tokens))
-    assert json.loads((tmp_path / "run/versions.json").read_text())["torch"] == torch.__version__
+    record = json.loads((tmp_path / "run/versions.json").read_text())
+    assert record["torch"] == torch.__version__
+    # which attention the steps ran: qkov's kernel wherever it builds, else SDPA and why
+    assert record["attention"] == implementation(CFG.d_head, "cpu")
+    kernel = CFG.d_head % 16 == 0 and kernel_available(CFG.d_head)
+    assert record["attention"].startswith("qkov CPU kernel" if kernel else "PyTorch SDPA (")
 
 
 def test_refuses_to_overwrite_and_resume_without_run(data, tmp_path):

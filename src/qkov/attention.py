@@ -25,7 +25,7 @@ from torch import Tensor
 
 from qkov import kernels
 
-__all__ = ["causal_attention", "kernel_available", "kernel_enabled"]
+__all__ = ["causal_attention", "implementation", "kernel_available", "kernel_enabled"]
 
 _enabled = True
 
@@ -49,6 +49,18 @@ def _library(d_head: int) -> ctypes.CDLL | None:
 def kernel_available(d_head: int) -> bool:
     """Whether qkov's CPU kernel runs for this d_head here (built on first call)."""
     return d_head % 16 == 0 and _library(d_head) is not None
+
+
+def implementation(d_head: int, device: str | torch.device) -> str:
+    """Which attention a float32 training step runs for this d_head on this device, in
+    words (what `qkov train` records in versions.json)."""
+    if torch.device(device).type != "cpu":
+        return "PyTorch SDPA (not a CPU)"
+    if d_head % 16:
+        return f"PyTorch SDPA (d_head {d_head} is not a multiple of 16)"
+    if not kernel_available(d_head):
+        return f"PyTorch SDPA ({kernels.reason('causal_attention', (f'DH={d_head}',))})"
+    return f"qkov CPU kernel (causal_attention.c, d_head {d_head})"
 
 
 @contextmanager

@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from qkov import __version__, distributed
 from qkov.allocator import keep_freed_memory
+from qkov.attention import implementation
 from qkov.checkpoint import TOKEN_COUNTS, load, read_json, write_token_counts
 from qkov.config import ModelConfig, TrainConfig
 from qkov.errors import QkovError
@@ -316,7 +317,8 @@ def _write_run_files(run: _Run, model: AttnOnlyTransformer, step: int, lock: Run
     remove_stale_temp_files(out)  # temp files of writes a kill interrupted
     run.cfg.save(out / "config.json")
     atomic_write_text(out / "train_config.json", json.dumps(dataclasses.asdict(run.tc), indent=2))
-    atomic_write_text(out / "versions.json", json.dumps(versions(), indent=2))
+    record = versions() | {"attention": implementation(run.cfg.d_head, run.dd.device)}
+    atomic_write_text(out / "versions.json", json.dumps(record, indent=2))
     if run.data.tokenizer is not None:
         atomic_write_text(out / "tokenizer.json", run.data.tokenizer.to_str())
     if hasattr(run.data, "token_counts"):  # text corpora; synthetic tasks have no fixed stream

@@ -75,6 +75,12 @@ def test_general_model_gets_every_analysis_with_its_mlp_terms():
     assert all(h["skip_trigrams"] and h["qk_eigenvalues"] for h in m["heads"])
     assert all(math.isfinite(v) for h in m["heads"] for v in h["scores"].values())
     assert set(m["not_computed"]) == {"training", "token_filter"}  # no run directory
+    # its final layernorm's divisor on the evaluation set, what its circuits are divided by
+    ev_tokens = evaluation_set(model, None).tokens[:16]
+    _, cache = model.run_with_cache(ev_tokens)
+    assert m["final_scale"]["median"] == pytest.approx(
+        cache["ln_final_scale"].flatten().quantile(0.5).item()
+    )
     terms = m["term_importance"]["terms"]
     assert [t["term"] for t in terms] == [
         "order 0: direct path, biases, MLPs",
@@ -91,6 +97,8 @@ def test_general_model_gets_every_analysis_with_its_mlp_terms():
     want = term_importance(model, tokens).mlps
     assert [t["loss_increase"] for t in mlp] == pytest.approx([x.zero_delta for x in want])
     assert all(math.isfinite(t["loss_increase"]) for t in terms)
-    attn_only = analyze(make_model(2), log=None)["models"][0]["term_importance"]["terms"]
+    attn_only_model = analyze(make_model(2), log=None)["models"][0]
+    assert "final_scale" not in attn_only_model  # no final norm: its circuits are logits
+    attn_only = attn_only_model["term_importance"]["terms"]
     assert attn_only[0]["term"] == "order 0: direct path (1)"  # as before
     assert not [t for t in attn_only if t["kind"] == "mlp"]

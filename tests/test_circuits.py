@@ -14,6 +14,7 @@ from qkov.circuits import (
     W_QK,
     direct_path,
     eigenvalue_score,
+    final_norm_scale,
     ov_circuit,
     ov_eigenvalues,
     ov_statistics,
@@ -415,3 +416,37 @@ def test_positional_qk_of_a_planted_previous_token_head_is_off_diagonal():
     assert pp.shape == (6, 6)
     expected = torch.diag(torch.ones(5), -1) / math.sqrt(n)  # destination d, source d - 1
     torch.testing.assert_close(pp, expected)
+
+
+def test_a_heads_ov_circuit_over_the_final_scale_is_its_logit_effect():
+    """The claim `final_norm_scale` (and the report's note) rests on: a layer-0 head's token
+    OV circuit is what it writes before the final norm; divided by the final norm's scale
+    at the destination it is the head's direct effect on the logits there."""
+    # shortformer: the stream holds tokens alone, so the token circuit is exact
+    cfg = ModelConfig(n_layers=1, n_heads=2, d_model=32, d_vocab=20, n_ctx=8, normalization="rms")
+    torch.manual_seed(0)
+    model = AttnOnlyTransformer(cfg)
+    tokens = torch.randint(0, 20, (3, 8))
+    logits, cache = model.run_with_cache(tokens)
+    scale = cache["scale.final"]  # [batch, pos, 1]
+    # the logits are the sum of every write to the stream over that scale, times W_U
+    torch.testing.assert_close(logits, cache["resid_post.0"] / scale @ model.W_U)
+    for head in range(2):
+        ov = ov_circuit(model, 0, head)
+        via_circuit = cache["pattern.0"][:, head] @ (ov.A @ ov.B)[tokens] / scale
+        direct = cache["head_out.0"][:, head] @ model.W_U / scale
+        torch.testing.assert_close(via_circuit, direct, atol=1e-5, rtol=1e-4)
+    fs = final_norm_scale(model, tokens)
+    q = torch.quantile(scale.flatten(), torch.tensor([0.5, 0.1, 0.9]))
+    assert (fs.median, fs.p10, fs.p90) == pytest.approx(q.tolist())
+    assert fs.n_positions == 3 * 8 and fs.p10 <= fs.median <= fs.p90
+
+
+def test_final_norm_scale_of_layernorm_and_of_no_norm():
+    model = factories.general_model(1)  # layernorm: the divisor is ln_final_scale
+    tokens = torch.randint(0, 40, (2, 12))
+    _, cache = model.run_with_cache(tokens)
+    fs = final_norm_scale(model, tokens)
+    assert fs.median == pytest.approx(cache["ln_final_scale"].flatten().quantile(0.5).item())
+    plain = AttnOnlyTransformer(ModelConfig(n_layers=1, n_heads=2, d_model=16, d_vocab=20))
+    assert final_norm_scale(plain, tokens % 20) is None  # no final norm: already logits

@@ -537,3 +537,19 @@ def test_cli_analyze(tmp_path, capsys):
     assert main(["analyze", str(tmp_path / "nope"), "--out", str(tmp_path / "o2")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "o2").exists()
+
+
+def test_final_scale_is_noted_where_circuits_are_written_before_the_norm():
+    """A model with a final norm (final_scale recorded) gets the note on its bigram and
+    skip-trigram tables, with the measured scale; one without (the fixture's m0 as
+    written) gets none: its circuits are logits."""
+    plain = tree(render_report(v2_analysis()))
+    assert not plain.all("p", "units")
+    analysis = v2_analysis()
+    analysis["models"][0]["final_scale"] = {"median": 10.61, "p10": 8.6, "p90": 13.0,
+                                            "n_positions": 4096}  # fmt: skip
+    doc = tree(render_report(analysis))
+    notes = [p.text for p in doc.all("p", "units")]
+    assert len(notes) == 2  # the bigram table, the heads' skip-trigrams
+    assert all("median 10.610" in n and "8.600-13.000" in n and "\u00f7 10.610" in n for n in notes)
+    assert doc.by_id("m0-bigrams").all("p", "units")

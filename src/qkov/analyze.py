@@ -26,7 +26,13 @@ from qkov import __version__
 from qkov.ablation import icl_from_logits, term_importance
 from qkov.attribution import attribute
 from qkov.checkpoint import load
-from qkov.circuits import positional_qk, qk_eigenvalues, top_bigrams, virtual_head_ov
+from qkov.circuits import (
+    final_norm_scale,
+    positional_qk,
+    qk_eigenvalues,
+    top_bigrams,
+    virtual_head_ov,
+)
 from qkov.config import ModelConfig
 from qkov.data.evaluation import DEFAULT_SEQUENCES, EvaluationSet, evaluation_set
 from qkov.data.probes import default_seq_len, repeated_random_tokens
@@ -205,6 +211,11 @@ def analyze_model(
         "scale": plan.to_dict(),
     }
     _training(rec, checkpoint)
+    # The token circuits (bigrams, skip-trigrams) are written before the final norm: its
+    # divisor on this text turns them into logits (absent without a final norm).
+    scale = final_norm_scale(model, tokens[:ABLATION_SEQUENCES])
+    if scale is not None:
+        rec["final_scale"] = scale.to_dict()
     # A 0-layer model sees only the current token: its ICL score is the baseline that
     # token statistics alone give (early and late windows hold different tokens).
     icl = icl_from_logits(logits, tokens).to_dict()

@@ -510,6 +510,36 @@ def frozen_scales(model: Transformer, cache: dict[str, Tensor]) -> list[Tensor |
     return [cache[f"scale.{l}"] for l in range(model.cfg.n_layers)] + [cache["scale.final"]]
 
 
+@dataclass(frozen=True)
+class FinalScale:
+    """The final norm's divisor over the positions of some tokens: what turns the token
+    circuits' outputs (OV circuits, skip-trigram boosts, bigrams: written before the final
+    norm) into logits at a position, logit = value / scale."""
+
+    median: float
+    p10: float
+    p90: float
+    n_positions: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"median": self.median, "p10": self.p10, "p90": self.p90,
+                "n_positions": self.n_positions}  # fmt: skip
+
+
+@torch.no_grad()
+def final_norm_scale(model: Transformer, tokens: Tensor) -> FinalScale | None:
+    """The final norm's per-position divisor (hook scale.final or ln_final_scale) over
+    tokens [batch, pos]: its median and 10th/90th percentiles. None for a model without a
+    final norm (normalization="none"), whose circuits are already in logits."""
+    if model.cfg.normalization == "none":
+        return None
+    names = ("scale.final", "ln_final_scale")
+    _, cache = model.run_with_cache(tokens, lambda name: name in names)
+    s = next(cache[n] for n in names if n in cache).flatten().float()
+    q = torch.quantile(s, torch.tensor([0.5, 0.1, 0.9], device=s.device)).tolist()
+    return FinalScale(q[0], q[1], q[2], s.numel())
+
+
 # ---------------------------------------------------------------------- OV eigenvalues
 def eigenvalue_score(eigenvalues: Tensor) -> float:
     """Sum(lambda) / sum(|lambda|) using real parts in the numerator: in [-1, 1].

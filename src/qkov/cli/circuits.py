@@ -82,6 +82,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"L{l}H{h:<3} {c.eigenvalue_score:+16.3f}   {c.top1_fraction:19.3f}")
     min_count = wanted if model.token_counts is not None else None
     print("\n" + _filter_note(model, min_count))
+    if cfg.normalization != "none":
+        print(
+            "boost and score are written before the final norm, which divides each position "
+            "by its scale: logit = boost / scale (`qkov analyze` measures the scale on the "
+            "evaluation text: final_scale in analysis.json, noted in the report)"
+        )
     results = [{**ov[lh].to_dict(), **_head_trigrams(model, *lh, args, min_count)} for lh in heads]
     virtual = _virtual_heads(model)
     if args.json is not None:

@@ -42,6 +42,11 @@ computed" (with the reason from `not_computed` if given). Names are the library'
       "probe_icl_score": float | null,     # the same on the random-token probe (training probe)
       "bigrams": [{"current": str, "out": str, "logit": float}],  # direct path W_E W_U,
                                            # each row centred (softmax ignores a row constant)
+      "final_scale": {"median": float, "p10": float, "p90": float, "n_positions": int},
+                                           # optional: the final norm's divisor per position
+                                           # on the evaluation text (absent: no final norm);
+                                           # bigram logits and skip-trigram scores are
+                                           # written before it: logit = value / scale
       "token_filter": {"min_count": int, "n_kept": int, "n_tokens": int} | null,
                                            # skip-trigrams rank only tokens seen >= min_count
                                            # times in training (n_kept of n_tokens); null:

@@ -58,6 +58,22 @@ def scale_note(m: dict, key: str, what: str) -> str:
     )
 
 
+def final_scale_note(m: dict, what: str) -> str:
+    """For a model with a final norm (`final_scale` in analysis.json): `what` is written
+    before the norm divides each position by its scale, so in logits it is value / scale;
+    '' without a final norm (the values are logits)."""
+    fs = m.get("final_scale")
+    if not fs:
+        return ""
+    return (
+        f'<p class="note units">{esc(what)} are written before the final norm, which divides '
+        f"each position's stream by its scale: median {esc(num(fs['median']))} on the "
+        f"evaluation text (10-90%: {esc(num(fs['p10']))}-{esc(num(fs['p90']))}). In logits "
+        f"they are about value ÷ {esc(num(fs['median']))}; within this model they rank "
+        "the same.</p>"
+    )
+
+
 def bigram_section(m: dict) -> str:
     rows = m.get("bigrams")
     if not rows:
@@ -66,6 +82,7 @@ def bigram_section(m: dict) -> str:
         '<p class="note">Largest entries of the direct path W<sub>E</sub>W<sub>U</sub>: '
         "the logit added to <i>out</i> when the current token is <i>current</i> (each row "
         "centred).</p>"
+        + final_scale_note(m, "These logits")
         + scale_note(m, "bigram_rows", "current tokens")
         + token_table(rows, [("current", "current"), ("out", "out")], ("logit", "logit"))
     )
@@ -168,9 +185,10 @@ def heads_section(m: dict, view_id: str | None, prefix: str) -> str:
         if cols and m.get("config")
         else ""
     )
+    units = final_scale_note(m, "Skip-trigram scores (sigmoid(attention) × logit boost)")
     if len(heads) <= EXPANDED_HEADS:
         cards = "".join(head_card(m, h, view_id, prefix) for h in heads)
-        return head_table(heads) + copy_note + f'<div class="cards">{cards}</div>'
+        return head_table(heads) + copy_note + units + f'<div class="cards">{cards}</div>'
     # Many heads (GPT-2 small has 144): by role, then by the score that decided the role;
     # the first EXPANDED_HEADS cards open, the rest folded.
     heads = sorted(heads, key=_role_and_score)
@@ -179,6 +197,7 @@ def heads_section(m: dict, view_id: str | None, prefix: str) -> str:
     return (
         head_table(heads)
         + copy_note
+        + units
         + f'<p class="note">{len(heads)} heads, sorted by label and by the score that decided '
         f"it; the top {EXPANDED_HEADS} are shown, the rest folded below.</p>"
         + f'<div class="cards">{top}</div>'

@@ -127,6 +127,8 @@ def test_head_panel(client, explorer):
     assert 1 <= len(d["skip_trigrams"]) <= 8 and d["label"] == roles[2]["label"]
     scores = [t["score"] for t in d["skip_trigrams"]]
     assert scores == sorted(scores, reverse=True)
+    # the shipped models have a final (RMS) norm: the scores are written before it
+    assert model.cfg.normalization == "rms" and d["score_units"] == "before the final norm"
     assert client.get("/api/heads", params={"model": "attn0"}).json()["heads"] == []
 
 

@@ -274,6 +274,8 @@ def _panel(model: Transformer, layer: int, head: int) -> dict[str, Any]:
         "ov_eigenvalues": pairs(ov.eigenvalues),
         "ov_top1_fraction": _finite(ov.top1_fraction),
         "trigram_min_count": min_count,
+        # scores of a model with a final norm are written before it (qkov.circuits.FinalScale)
+        "score_units": "logits" if model.cfg.normalization == "none" else "before the final norm",
         "skip_trigrams": [
             {
                 "source": t.source_str,

@@ -29,9 +29,9 @@ from pathlib import Path
 __all__ = ["load", "reason"]
 
 HERE = Path(__file__).parent
-# -ffast-math only when compiling (it lets glibc's vector expf be used); linking without it
-# keeps crtfastmath.o out of the library, which would set flush-to-zero for the whole process.
-COMPILE_FLAGS = ["-O3", "-march=native", "-fPIC", "-ffast-math", "-fopenmp"]
+# No -ffast-math: the kernels vectorise their own exp and reductions (OpenMP simd), and
+# float semantics stay IEEE (a -ffast-math library can also set flush-to-zero process-wide).
+COMPILE_FLAGS = ["-O3", "-march=native", "-fPIC", "-fopenmp"]
 LINK_FLAGS = ["-shared", "-fopenmp"]
 
 _loaded: dict[tuple[str, tuple[str, ...]], ctypes.CDLL | None] = {}

@@ -540,9 +540,10 @@ def test_cli_analyze(tmp_path, capsys):
 
 
 def test_final_scale_is_noted_where_circuits_are_written_before_the_norm():
-    """A model with a final norm (final_scale recorded) gets the note on its bigram and
-    skip-trigram tables, with the measured scale; one without (the fixture's m0 as
-    written) gets none: its circuits are logits."""
+    """A model with a final norm (final_scale recorded) gets the note on its skip-trigram
+    tables (OV circuits: written before the norm), with the measured scale, and none on its
+    bigrams (the direct path reads each token over its own RMS: logits for a 0-layer
+    model); one without a final norm gets none: its circuits are logits."""
     plain = tree(render_report(v2_analysis()))
     assert not plain.all("p", "units")
     analysis = v2_analysis()
@@ -550,6 +551,8 @@ def test_final_scale_is_noted_where_circuits_are_written_before_the_norm():
                                             "n_positions": 4096}  # fmt: skip
     doc = tree(render_report(analysis))
     notes = [p.text for p in doc.all("p", "units")]
-    assert len(notes) == 2  # the bigram table, the heads' skip-trigrams
-    assert all("median 10.610" in n and "8.600-13.000" in n and "\u00f7 10.610" in n for n in notes)
-    assert doc.by_id("m0-bigrams").all("p", "units")
+    assert len(notes) == 1  # above the heads' cards and their skip-trigrams
+    assert (
+        "median 10.610" in notes[0] and "8.600-13.000" in notes[0] and "\u00f7 10.610" in notes[0]
+    )
+    assert not doc.by_id("m0-bigrams").all("p", "units")

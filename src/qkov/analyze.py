@@ -211,8 +211,8 @@ def analyze_model(
         "scale": plan.to_dict(),
     }
     _training(rec, checkpoint)
-    # The token circuits (bigrams, skip-trigrams) are written before the final norm: its
-    # divisor on this text turns them into logits (absent without a final norm).
+    # A head's OV circuit (its skip-trigram boosts) is written before the final norm: the
+    # norm's divisor on this text turns it into logits (absent without a final norm).
     scale = final_norm_scale(model, tokens[:ABLATION_SEQUENCES])
     if scale is not None:
         rec["final_scale"] = scale.to_dict()

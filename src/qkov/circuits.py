@@ -512,9 +512,11 @@ def frozen_scales(model: Transformer, cache: dict[str, Tensor]) -> list[Tensor |
 
 @dataclass(frozen=True)
 class FinalScale:
-    """The final norm's divisor over the positions of some tokens: what turns the token
-    circuits' outputs (OV circuits, skip-trigram boosts, bigrams: written before the final
-    norm) into logits at a position, logit = value / scale."""
+    """The final norm's divisor over the positions of some tokens: what turns a head's
+    token OV circuit (and so its skip-trigram boosts), which reads normalised tokens but
+    writes into the stream before the final norm, into logits at a position: logit = value
+    / scale. (Not the direct path: `direct_path` reads each token over its own RMS, which
+    for a 0-layer model is exactly the final norm, so its bigrams are already logits there.)"""
 
     median: float
     p10: float

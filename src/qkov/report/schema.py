@@ -45,7 +45,7 @@ computed" (with the reason from `not_computed` if given). Names are the library'
       "final_scale": {"median": float, "p10": float, "p90": float, "n_positions": int},
                                            # optional: the final norm's divisor per position
                                            # on the evaluation text (absent: no final norm);
-                                           # bigram logits and skip-trigram scores are
+                                           # skip-trigram scores (OV circuits) are
                                            # written before it: logit = value / scale
       "token_filter": {"min_count": int, "n_kept": int, "n_tokens": int} | null,
                                            # skip-trigrams rank only tokens seen >= min_count

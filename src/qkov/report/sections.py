@@ -59,9 +59,9 @@ def scale_note(m: dict, key: str, what: str) -> str:
 
 
 def final_scale_note(m: dict, what: str) -> str:
-    """For a model with a final norm (`final_scale` in analysis.json): `what` is written
-    before the norm divides each position by its scale, so in logits it is value / scale;
-    '' without a final norm (the values are logits)."""
+    """For a model with a final norm (`final_scale` in analysis.json): `what` (OV circuit
+    values, which read normalised tokens) is written before the norm divides each position
+    by its scale, so in logits it is value / scale; '' without a final norm (logits)."""
     fs = m.get("final_scale")
     if not fs:
         return ""
@@ -82,7 +82,6 @@ def bigram_section(m: dict) -> str:
         '<p class="note">Largest entries of the direct path W<sub>E</sub>W<sub>U</sub>: '
         "the logit added to <i>out</i> when the current token is <i>current</i> (each row "
         "centred).</p>"
-        + final_scale_note(m, "These logits")
         + scale_note(m, "bigram_rows", "current tokens")
         + token_table(rows, [("current", "current"), ("out", "out")], ("logit", "logit"))
     )

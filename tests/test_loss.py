@@ -1,5 +1,8 @@
 """The fused unembed + cross-entropy equals the plain computation, values and gradients."""
 
+import os
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,32 +15,52 @@ def plain(resid, W_U, targets):
     return F.cross_entropy((resid @ W_U).flatten(0, -2), targets.flatten())
 
 
-@pytest.fixture(params=["cpu branch", "accelerator branch"])
+@pytest.fixture(params=["kernel", "cpu branch", "accelerator branch"])
 def branch(request, monkeypatch):
-    """Both ways the fused loss forms softmax - onehot: the CPU's (softmax, with a host-side
-    underflow check) and an accelerator's (log-softmax, then exp), both run here."""
+    """The three ways the fused loss forms softmax - onehot, all run here: qkov's C kernel
+    (float32 on a CPU, where a compiler builds it), PyTorch's ops on a CPU (softmax, with a
+    host-side underflow check) and an accelerator's (log-softmax, then exp)."""
     import qkov.loss
 
-    on_host = request.param == "cpu branch"
+    if request.param == "kernel":
+        probe = qkov.loss._softmax_xent(torch.zeros(2, 5), torch.zeros(2, dtype=torch.long))
+        assert (probe is not None) == has_compiler()  # with a compiler it must build
+        if probe is None:
+            return "cpu branch"  # (no compiler: what a CPU runs then)
+    else:
+        monkeypatch.setattr(qkov.loss, "_kernel_enabled", False)
+    on_host = request.param != "accelerator branch"
     monkeypatch.setattr(qkov.loss, "host_sync_is_free", lambda device: on_host)
     return request.param
 
 
+def has_compiler() -> bool:
+    return shutil.which(os.environ.get("CC", "cc")) is not None
+
+
 @pytest.mark.parametrize("chunk", [1, 7, 64, 1000])
 @pytest.mark.parametrize("scale", [1.0, -2.5])
-def test_value_and_gradients_match_plain(chunk, scale, branch):
+@pytest.mark.parametrize("d_vocab", [50, 64])  # a remainder after 16-float vectors, and none
+def test_value_and_gradients_match_plain(chunk, scale, d_vocab, branch):
+    # the C kernel is float32 only: there against plain in float64, to float32's precision
+    dtype = torch.float32 if branch == "kernel" else torch.float64
     g = torch.Generator().manual_seed(chunk)
     resid = torch.randn(3, 21, 16, generator=g, dtype=torch.float64) * 2
-    W_U = torch.randn(16, 50, generator=g, dtype=torch.float64)
-    targets = torch.randint(50, (3, 21), generator=g)
+    W_U = torch.randn(16, d_vocab, generator=g, dtype=torch.float64)
+    targets = torch.randint(d_vocab, (3, 21), generator=g)
     grads = []
-    for fn in (plain, lambda r, w, t: unembed_cross_entropy(r, w, t, chunk=chunk)):
-        r, w = resid.clone().requires_grad_(), W_U.clone().requires_grad_()
+    for fn, dt in ((plain, torch.float64), (fused(chunk), dtype)):
+        r, w = (x.detach().to(dt).clone().requires_grad_() for x in (resid, W_U))
         loss = fn(r, w, targets)
         (scale * loss).backward()
-        grads.append((loss.detach(), r.grad, w.grad))
+        grads.append((loss.detach().double(), r.grad.double(), w.grad.double()))
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-6)
     for a, b in zip(*grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(a, b, **tol)
+
+
+def fused(chunk):
+    return lambda r, w, t: unembed_cross_entropy(r, w, t, chunk=chunk)
 
 
 def test_a_target_too_unlikely_for_float32_costs_its_exact_loss(branch):

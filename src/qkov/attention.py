@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from qkov import kernels
+from qkov.kernels import pointer as _ptr
 
 __all__ = ["causal_attention", "implementation", "kernel_available", "kernel_enabled"]
 
@@ -36,10 +37,6 @@ class _Strides(ctypes.Structure):
 
 def _strides(x: Tensor) -> _Strides:
     return _Strides(x.stride(0), x.stride(1), x.stride(2))
-
-
-def _ptr(x: Tensor) -> ctypes.c_void_p:
-    return ctypes.c_void_p(x.data_ptr())
 
 
 def _library(d_head: int) -> ctypes.CDLL | None:

@@ -13,16 +13,29 @@ computes its logits and their log-softmax once, turns that in place into the gra
 contracts it into the gradients of `resid` and `W_U`; backward only scales them by the
 incoming gradient. Same matmuls, two passes over a small buffer instead of four over a big
 one, and peak memory of one chunk of logits (d_vocab 50k, 16k tokens: 3 GB less).
+
+Between the two matmuls of a chunk, three ways to form softmax - onehot and the loss: on a
+CPU in float32, qkov's C kernel (qkov/kernels/softmax_xent.c: each row in place, the loss
+as log-sum-exp minus the target's logit); on a CPU otherwise (float64, no compiler),
+PyTorch's softmax with a host-side check for probabilities too small for float32; on an
+accelerator, log-softmax then exp (no host sync). Tests run all three against the plain
+loss.
 """
 
 from __future__ import annotations
+
+import ctypes
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from qkov import kernels
+from qkov.kernels import pointer
+
 __all__ = ["chunk_rows", "next_token_loss", "token_losses", "unembed_cross_entropy"]
 
+_kernel_enabled = True  # tests switch the C kernel off to reach PyTorch's CPU branch
 _TINY_P = 1e-30  # below this a float32 probability loses digits (normal floats end at 1e-38)
 
 
@@ -60,6 +73,17 @@ def vocab_padding(d_vocab: int, device: torch.device) -> int:
     return (-d_vocab) % 64 if device.type == "cuda" else 0
 
 
+def _softmax_xent(logits: Tensor, t: Tensor) -> ctypes.CDLL | None:
+    """qkov's C kernel for a chunk of logits [rows, V] and its targets [rows] (qkov/kernels/
+    softmax_xent.c) where it applies: float32 logits and int64 targets, contiguous, on a
+    CPU, and buildable here; else None (PyTorch's ops)."""
+    if logits.device.type != "cpu" or logits.dtype != torch.float32 or t.dtype != torch.int64:
+        return None
+    if not (logits.is_contiguous() and t.is_contiguous() and _kernel_enabled):
+        return None
+    return kernels.load("softmax_xent")
+
+
 class _UnembedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -91,7 +115,17 @@ class _UnembedCrossEntropy(torch.autograd.Function):
                 logits[:, :V] += b_U.to(acc)
             if pad:
                 logits[:, V:] = float("-inf")
-            if host_sync_is_free(logits.device):
+            lib = _softmax_xent(logits, t)
+            if lib is not None:
+                # qkov's C kernel: per row in place, softmax - onehot, and the exact loss
+                # log-sum-exp - logit (no probability's log: nothing underflows)
+                losses = torch.empty(len(t), dtype=acc)
+                lib.qkov_softmax_xent(
+                    len(t), logits.shape[1], pointer(logits), pointer(t), pointer(losses)
+                )
+                total += losses.sum()
+                p, p_minus_1 = logits, None  # already the gradient
+            elif host_sync_is_free(logits.device):
                 # softmax is one pass per row, in cache (max, exp and sum, scale); -log p is
                 # the loss, except where p(target) is too small for fp32 to hold it: those
                 # rows take log-sum-exp of their logits. (The check is a host sync, free on
@@ -116,7 +150,7 @@ class _UnembedCrossEntropy(torch.autograd.Function):
             if need_x or need_w or need_b:
                 # d(sum of losses) / d logits = softmax - onehot(target), formed in place;
                 # the 1 / n of the mean is applied to the small products, not to this buffer.
-                g = p.scatter_(1, t[:, None], p_minus_1)
+                g = p if p_minus_1 is None else p.scatter_(1, t[:, None], p_minus_1)
                 if need_x:
                     gx = g.to(W.dtype) @ W.T  # [chunk, d_model]
                     grad_x[i : i + chunk] = gx.mul_(1.0 / n).to(resid.dtype)

@@ -26,7 +26,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-__all__ = ["load", "reason"]
+__all__ = ["load", "pointer", "reason"]
 
 HERE = Path(__file__).parent
 # No -ffast-math: the kernels vectorise their own exp and reductions (OpenMP simd), and
@@ -73,9 +73,18 @@ def _build(name: str, defines: tuple[str, ...]) -> tuple[ctypes.CDLL | None, str
     except (OSError, subprocess.SubprocessError) as e:
         return None, f"{cc} --version failed: {e}"
     flags = [f"-D{d}" for d in defines]
+    headers = [h.read_text() for h in sorted(HERE.glob("*.h"))]  # what the sources include
     key = hashlib.sha256(
         "\0".join(
-            [source.read_text(), *COMPILE_FLAGS, *LINK_FLAGS, *flags, version.stdout, _cpu()]
+            [
+                source.read_text(),
+                *headers,
+                *COMPILE_FLAGS,
+                *LINK_FLAGS,
+                *flags,
+                version.stdout,
+                _cpu(),
+            ]
         ).encode()
     ).hexdigest()[:16]
     out = _cache_dir() / f"{name}-{'-'.join(defines)}-{key}.so"
@@ -108,6 +117,12 @@ def load(name: str, defines: tuple[str, ...] = ()) -> ctypes.CDLL | None:
     if key not in _loaded:
         _loaded[key], _reasons[key] = _build(name, defines)
     return _loaded[key]
+
+
+def pointer(x) -> ctypes.c_void_p:
+    """A tensor's data address, as a kernel's `float *` / `long long *` argument (the
+    caller checks dtype, device and layout)."""
+    return ctypes.c_void_p(x.data_ptr())
 
 
 def reason(name: str, defines: tuple[str, ...] = ()) -> str:

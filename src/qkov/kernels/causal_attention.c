@@ -20,6 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "vec.h"
+
 #ifndef DH
 #error "compile with -DDH=<d_head>"
 #endif
@@ -33,12 +35,6 @@
 #define CB 32 /* score columns per register block; padded key counts are multiples of it */
 #define NV (DH / 16)                   /* vectors per row of d_head floats */
 #define RC (NV <= 2 ? RB : 16 / NV)   /* rows per register block in `combine` */
-
-typedef long long i64;
-typedef float vf __attribute__((vector_size(64)));              /* 16 floats */
-typedef float vfu __attribute__((vector_size(64), aligned(4))); /* the same, unaligned */
-#define LOAD(p) (*(const vfu *)(p))
-#define STORE(p, x) (*(vfu *)(p) = (x))
 
 static int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
@@ -131,31 +127,6 @@ typedef struct {
 
 static const float *at(const float *x, strides s, int bh, int H) {
     return x + (bh / H) * s.b + (bh % H) * s.h;
-}
-
-typedef int vi __attribute__((vector_size(64)));
-#define SPLAT(x) ((vf){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x})
-
-/* e^x on 16 floats, for x <= 0 (softmax's arguments): x = n ln 2 + r with |r| <= ln 2 / 2,
- * e^r by its Taylor polynomial of degree 7 (error < 1e-8 relative, under float's 6e-8),
- * 2^n by writing n into the exponent bits. Below -87 (e^x < 2e-38, float's normal range
- * ends) it is 0. Written here, not taken from libm, so that it is always 16 lanes wide. */
-static inline vf vexp(vf x) {
-    const vi under = x < SPLAT(-87.0f);
-    x = (vf)(((vi)x & ~under) | ((vi)SPLAT(-87.0f) & under));
-    const vi n = -__builtin_convertvector(SPLAT(0.5f) - x * SPLAT(1.44269504f), vi);
-    const vf nf = __builtin_convertvector(n, vf);
-    const vf r = (x - nf * SPLAT(0.693145752f)) - nf * SPLAT(1.42860677e-06f);
-    vf p = SPLAT(1.0f / 5040);
-    p = p * r + SPLAT(1.0f / 720);
-    p = p * r + SPLAT(1.0f / 120);
-    p = p * r + SPLAT(1.0f / 24);
-    p = p * r + SPLAT(1.0f / 6);
-    p = p * r + SPLAT(0.5f);
-    p = p * r + SPLAT(1.0f);
-    p = p * r + SPLAT(1.0f);
-    const vf two_n = (vf)((n + 127) << 23);
-    return (vf)((vi)(p * two_n) & ~under);
 }
 
 /* row[j] = e^(row[j] * scale - m) for j < len, 0 for len <= j < ncols (a multiple of 16):

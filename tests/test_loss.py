@@ -1,13 +1,10 @@
 """The fused unembed + cross-entropy equals the plain computation, values and gradients."""
 
-import os
-import shutil
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from qkov import AttnOnlyTransformer, ModelConfig, QkovError
+from qkov import AttnOnlyTransformer, ModelConfig, QkovError, kernels
 from qkov.loss import chunk_rows, unembed_cross_entropy
 
 
@@ -35,7 +32,7 @@ def branch(request, monkeypatch):
 
 
 def has_compiler() -> bool:
-    return shutil.which(os.environ.get("CC", "cc")) is not None
+    return kernels.compiler() is not None
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 64, 1000])

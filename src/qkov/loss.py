@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from qkov import kernels
-from qkov.kernels import pointer
 
 __all__ = ["chunk_rows", "next_token_loss", "token_losses", "unembed_cross_entropy"]
 
@@ -120,9 +119,8 @@ class _UnembedCrossEntropy(torch.autograd.Function):
                 # qkov's C kernel: per row in place, softmax - onehot, and the exact loss
                 # log-sum-exp - logit (no probability's log: nothing underflows)
                 losses = torch.empty(len(t), dtype=acc)
-                lib.qkov_softmax_xent(
-                    len(t), logits.shape[1], pointer(logits), pointer(t), pointer(losses)
-                )
+                ptr = kernels.pointer
+                lib.qkov_softmax_xent(len(t), logits.shape[1], ptr(logits), ptr(t), ptr(losses))
                 total += losses.sum()
                 p, p_minus_1 = logits, None  # already the gradient
             elif host_sync_is_free(logits.device):

@@ -26,7 +26,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-__all__ = ["load", "pointer", "reason"]
+__all__ = ["compiler", "load", "pointer", "reason"]
 
 HERE = Path(__file__).parent
 # No -ffast-math: the kernels vectorise their own exp and reductions (OpenMP simd), and
@@ -38,7 +38,8 @@ _loaded: dict[tuple[str, tuple[str, ...]], ctypes.CDLL | None] = {}
 _reasons: dict[tuple[str, tuple[str, ...]], str] = {}
 
 
-def _compiler() -> str | None:
+def compiler() -> str | None:
+    """The C compiler the kernels are built with (`$CC`, else `cc`), or None if not found."""
     cc = os.environ.get("CC", "cc")
     return shutil.which(cc)
 
@@ -64,7 +65,7 @@ def _cache_dir() -> Path:
 def _build(name: str, defines: tuple[str, ...]) -> tuple[ctypes.CDLL | None, str]:
     if os.environ.get("QKOV_KERNELS", "1") == "0":
         return None, "QKOV_KERNELS=0"
-    cc = _compiler()
+    cc = compiler()
     if cc is None:
         return None, "no C compiler (set CC, or install gcc)"
     source = HERE / f"{name}.c"
@@ -87,7 +88,7 @@ def _build(name: str, defines: tuple[str, ...]) -> tuple[ctypes.CDLL | None, str
             ]
         ).encode()
     ).hexdigest()[:16]
-    out = _cache_dir() / f"{name}-{'-'.join(defines)}-{key}.so"
+    out = _cache_dir() / ("-".join([name, *defines, key]) + ".so")
     if not out.exists():
         try:
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -76,6 +76,52 @@ def test_outputs_and_gradients_equal_the_definition(B, H, n, Dh, layout):
         torch.testing.assert_close(g.double(), r, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("split_v", [False, True])
+@pytest.mark.parametrize("n,Dh", [(1, 32), (45, 32), (70, 64)])
+def test_packed_heads_equal_the_definition_and_their_gradients_keep_the_layout(split_v, n, Dh):
+    # the model's layouts: [B, n, 3 H Dh] (one projection), or [B, n, 2 H Dh] and
+    # [B, n, H Dh] (shortformer: queries and keys read x + pos, values x)
+    B, H = 2, 3
+    g = torch.Generator().manual_seed(2)
+    if split_v:
+        qk = torch.randn(B, n, 2 * H * Dh, generator=g, requires_grad=True)
+        v = torch.randn(B, n, H * Dh, generator=g, requires_grad=True)
+        leaves, views = (qk, v), (*qk.view(B, n, 2, H, Dh).unbind(2), v.view(B, n, H, Dh))
+        z = attn.causal_attention_packed(qk, H, v)
+    else:
+        buf = torch.randn(B, n, 3 * H * Dh, generator=g, requires_grad=True)
+        leaves, views = (buf,), buf.view(B, n, 3, H, Dh).unbind(2)
+        z = attn.causal_attention_packed(buf, H)
+    q, k, vh = (x.transpose(1, 2) for x in views)  # [B, H, n, Dh]
+    exact = [x.detach().double().requires_grad_() for x in leaves]
+    if split_v:
+        qk64, v64 = exact
+        ev = (*qk64.view(B, n, 2, H, Dh).unbind(2), v64.view(B, n, H, Dh))
+    else:
+        ev = exact[0].view(B, n, 3, H, Dh).unbind(2)
+    ref = reference(*(x.transpose(1, 2) for x in ev)).transpose(1, 2).reshape(B, n, H * Dh)
+    assert z.shape == (B, n, H * Dh) and z.is_contiguous()
+    torch.testing.assert_close(z.double(), ref, atol=2e-6, rtol=1e-5)
+    dz = torch.randn(B, n, H * Dh, generator=torch.Generator().manual_seed(3))
+    grads = torch.autograd.grad(z, leaves, dz)
+    ref_grads = torch.autograd.grad(ref, exact, dz.double())
+    for got, want, leaf in zip(grads, ref_grads, leaves, strict=True):
+        assert got.shape == leaf.shape and got.is_contiguous()
+        torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+    # and the same numbers as causal_attention on the views
+    torch.testing.assert_close(
+        z, attn.causal_attention(q, k, vh).transpose(1, 2).reshape(B, n, H * Dh), atol=0, rtol=0
+    )
+
+
+def test_packed_heads_not_contiguous_take_the_views_path():
+    buf = torch.randn(2, 9, 2 * 3 * 3 * 32)[..., ::2]  # every other column: not contiguous
+    z = attn.causal_attention_packed(buf, 3)
+    q, k, v = buf.view(2, 9, 3, 3, 32).permute(2, 0, 3, 1, 4)
+    expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(z, expected.transpose(1, 2).reshape(2, 9, 96))
+
+
 def test_large_scores_stay_finite_and_as_exact_as_pytorchs():
     # scores of several hundred: a softmax that did not subtract the row's max would
     # overflow. At that size float32 scores carry errors of ~1e-3 whatever computes them,

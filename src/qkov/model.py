@@ -70,7 +70,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qkov.attention import causal_attention
+from qkov.attention import causal_attention, causal_attention_packed
 from qkov.config import ModelConfig
 from qkov.errors import QkovError
 from qkov.loss import unembed_cross_entropy
@@ -385,19 +385,17 @@ class Transformer(nn.Module):
             x = self._norm(resid, "ln1", l)
             W, b = W_QKV[l], None if b_QKV is None else b_QKV[l]  # [D, 3 H Dh], [3 H Dh]
             if cfg.positional == "shortformer":  # queries and keys read x + pos, values x
-                qk, v = (x + pos) @ W[:, : 2 * H * Dh], x @ W[:, 2 * H * Dh :]
+                qkv, v = (x + pos) @ W[:, : 2 * H * Dh], x @ W[:, 2 * H * Dh :]
                 if b is not None:
-                    qk, v = qk + b[: 2 * H * Dh], v + b[2 * H * Dh :]
-                q, k = qk.view(B, n, 2, H, Dh).permute(2, 0, 3, 1, 4)
-                v = v.view(B, n, H, Dh).transpose(1, 2)
-            else:  # one matmul for all heads' queries, keys and values
-                qkv = x @ W if b is None else x @ W + b  # [batch, pos, 3 H Dh]
-                # [batch, pos, 3, head, d_head] -> three [batch, head, pos, d_head] views
+                    qkv, v = qkv + b[: 2 * H * Dh], v + b[2 * H * Dh :]
+            else:  # one matmul for all heads' queries, keys and values: [batch, pos, 3 H Dh]
+                qkv, v = (x @ W if b is None else x @ W + b), None
+            if rot is None:  # the heads packed as the matmuls made them, z [batch, pos, H Dh]
+                z = causal_attention_packed(qkv, H, v)  # qkov's CPU kernel, or SDPA
+            else:  # [batch, pos, 3, head, d_head] -> three [batch, head, pos, d_head] views
                 q, k, v = qkv.view(B, n, 3, H, Dh).permute(2, 0, 3, 1, 4)
-            if rot is not None:
-                q, k = rotate(q, *rot), rotate(k, *rot)
-            z = causal_attention(q, k, v)  # qkov's CPU kernel, or SDPA
-            z = z.transpose(1, 2).reshape(B, n, H * Dh)
+                z = causal_attention(rotate(q, *rot), rotate(k, *rot), v)
+                z = z.transpose(1, 2).reshape(B, n, H * Dh)
             # W_O[l] [head, d_head, d_model] is contiguous: the reshape is a view, not a copy
             resid = resid + z @ self.W_O[l].reshape(H * Dh, -1)
             if cfg.bias:

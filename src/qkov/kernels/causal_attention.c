@@ -2,18 +2,19 @@
  *
  * qkov.kernels compiles this file with the machine's C compiler the first time a model of
  * that d_head trains on a CPU (-DDH=<d_head> -O3 -march=native) and calls it through
- * ctypes; Python threads split the (batch, head) pairs between them (ctypes releases the
- * GIL). No torch headers, no Python API: plain float arrays with strides.
+ * ctypes; torch's OpenMP threads split the (batch, head) pairs between them. No torch
+ * headers, no Python API: plain float arrays with strides.
  *
- * Per (batch, head), queries in blocks of QB rows: a block's scores S = Q K^T * scale
- * reach only the keys at or before its last row (the causal half is never computed),
- * P = softmax(S) row by row, O = P V. The forward pass stores the log-sum-exp of each row;
- * the backward pass recomputes P from it (no [n, n] buffer kept between the passes):
- *   dV += P^T dO,  dP = dO V^T,  dS = P (dP - rowsum(dO O)) * scale,
- *   dQ  = dS K,    dK += dS^T Q.
+ * Per (batch, head), queries in blocks of QB rows: a block's scores S = (Q * scale) K^T
+ * (the queries scaled as they are loaded) reach only the keys at or before its last row
+ * (the causal half is never computed). Forward: each row of S becomes e^(S - max) in
+ * place, O = that V, and each row of O is divided by its sum as it is stored; the
+ * log-sum-exp of each row is kept. The backward pass recomputes P = e^(S - lse) from it
+ * (no [n, n] buffer kept between the passes):
+ *   dV += P^T dO,  G = P (dO V^T - rowsum(dO O)),  dK += G^T (Q * scale),  dQ = scale G K.
  * The products are two register-blocked loops the compiler vectorises: `scores` (rows of
  * A against columns of B^T, the reduction over d_head) and `combine` (rows of A times B,
- * the output d_head wide).
+ * the output d_head wide); K^T and V^T are made 16 x 16 blocks at a time by shuffles.
  */
 #include <math.h>
 #include <omp.h>
@@ -100,24 +101,43 @@ static void prefetch_row(const float *row) {
     for (int c = 0; c < DH; c += 16) __builtin_prefetch(row + c);
 }
 
-/* One head's [n, DH] rows (strided) into a contiguous [rows, DH] buffer, zero past n. */
-static void load_rows(const float *src, i64 stride, int n, int rows, float *dst) {
+/* One head's [n, DH] rows (strided) times mul into a contiguous [rows, DH] buffer, zero
+ * past n. */
+static void load_rows(const float *src, i64 stride, int n, int rows, float *dst, float mul) {
     for (int i = 0; i < rows; i++) {
         if (i + PF < n) prefetch_row(src + (i + PF) * stride);
-        if (i < n)
-            memcpy(dst + (i64)i * DH, src + i * stride, DH * sizeof(float));
-        else
-            memset(dst + (i64)i * DH, 0, DH * sizeof(float));
+        for (int v = 0; v < NV; v++)
+            STORE(dst + (i64)i * DH + 16 * v,
+                  i < n ? LOAD(src + i * stride + 16 * v) * mul : SPLAT(0.0f));
     }
 }
 
-/* The transpose of one head's rows: dst[c, j] = src[j, c] for j < n, 0 for n <= j < ld. */
-static void load_transposed(const float *src, i64 stride, int n, int ld, float *dst) {
-    for (int c = 0; c < DH; c++) memset(dst + (i64)c * ld + n, 0, (ld - n) * sizeof(float));
-    for (int j = 0; j < n; j++) {
-        if (j + PF < n) prefetch_row(src + (j + PF) * stride);
-        for (int c = 0; c < DH; c++) dst[(i64)c * ld + j] = src[j * stride + c];
+/* The first n rows of a contiguous [., DH] buffer, each times mul[i] (or 1 if mul is
+ * NULL), into a head's strided rows. */
+static void store_rows(const float *src, const float *mul, int n, float *dst, i64 stride) {
+    for (int i = 0; i < n; i++) {
+        const float m = mul ? mul[i] : 1.0f;
+        for (int v = 0; v < NV; v++)
+            STORE(dst + i * stride + 16 * v, LOAD(src + (i64)i * DH + 16 * v) * m);
     }
+}
+
+/* The transpose of one head's rows: dst[c, j] = src[j, c] for j < n, 0 for n <= j < ld
+ * (ld a multiple of 16), 16 rows at a time. */
+static void load_transposed(const float *src, i64 stride, int n, int ld, float *dst) {
+    for (int j0 = 0; j0 < n; j0 += 16) {
+        for (int i = 0; i < 16; i++)
+            if (j0 + 16 + i < n) prefetch_row(src + (j0 + 16 + i) * stride);
+        for (int v = 0; v < NV; v++) {
+            vf R[16];
+            for (int i = 0; i < 16; i++)
+                R[i] = j0 + i < n ? LOAD(src + (j0 + i) * stride + 16 * v) : SPLAT(0.0f);
+            transpose16(R);
+            for (int c = 0; c < 16; c++) STORE(dst + (i64)(16 * v + c) * ld + j0, R[c]);
+        }
+    }
+    const int done = round_up(n, 16);
+    for (int c = 0; c < DH; c++) memset(dst + (i64)c * ld + done, 0, (ld - done) * sizeof(float));
 }
 
 /* Strides, in floats, of a [batch, head, pos, DH] tensor whose last dimension is contiguous. */
@@ -129,66 +149,74 @@ static const float *at(const float *x, strides s, int bh, int H) {
     return x + (bh / H) * s.b + (bh % H) * s.h;
 }
 
-/* row[j] = e^(row[j] * scale - m) for j < len, 0 for len <= j < ncols (a multiple of 16):
- * whole vectors; masked entries get an argument clamped to 0, then are zeroed. */
-static void exp_row(float *row, int len, int ncols, float scale, float m) {
-    for (int j0 = 0; j0 < ncols; j0 += 16) {
-        vf x = LOAD(row + j0) * scale - m;
-        x = (vf)((vi)x & (vi)(x < SPLAT(0.0f))); /* min(x, 0): the masked ones may be > 0 */
-        STORE(row + j0, vexp(x));
-    }
-    for (int j = len; j < ncols; j++) row[j] = 0.0f;
+/* The argument of exp for the 16 entries of a row from j0: x - m where j < len, else -100
+ * (whose exp is 0); never above 0 (a masked score may exceed the row's max). */
+static inline vf exp_arg(const float *row, int j0, int len, float m) {
+    const vf x = LOAD(row + j0) - m;
+    const vf capped = vselect(x < SPLAT(0.0f), x, SPLAT(0.0f));
+    return j0 + 16 <= len ? capped : vselect(IOTA + j0 < len, capped, SPLAT(-100.0f));
 }
 
-/* Softmax of one row of scores over its first `len` entries, the rest of its `ncols` (a
- * multiple of 16) set to 0; returns the row's log-sum-exp. The scores are scaled here. */
-static float softmax_row(float *row, int len, int ncols, float scale) {
-    float m = -INFINITY;
-#pragma omp simd reduction(max : m)
-    for (int j = 0; j < len; j++) m = row[j] * scale > m ? row[j] * scale : m; /* no libm call */
-    exp_row(row, len, ncols, scale, m);
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int j = 0; j < ncols; j++) sum += row[j];
-    const float inv = 1.0f / sum;
-#pragma omp simd
-    for (int j = 0; j < ncols; j++) row[j] *= inv;
-    return m + logf(sum);
+/* Softmax's numerator for one row of (already scaled) scores, in place: row[j] = e^(row[j]
+ * - m) for j < len, 0 for len <= j < ncols (a multiple of 16), m the max of the first len.
+ * Returns the sum of the row; *max = m. One pass for the max, one for exp and the sum. */
+static float exp_row(float *row, int len, int ncols, float *max) {
+    vf mv = SPLAT(-INFINITY);
+    int j0 = 0;
+    for (; j0 + 16 <= len; j0 += 16) mv = vmax(mv, LOAD(row + j0));
+    if (j0 < len) mv = vmax(mv, vselect(IOTA + j0 < len, LOAD(row + j0), SPLAT(-INFINITY)));
+    const float m = hmax(mv);
+    vf sum = SPLAT(0.0f);
+    for (j0 = 0; j0 < ncols; j0 += 16) {
+        const vf e = vexp(exp_arg(row, j0, len, m));
+        STORE(row + j0, e);
+        sum += e;
+    }
+    *max = m;
+    return hsum(sum);
 }
 
 /* Forward for the (batch, head) pairs bh0 <= bh < bh1 (bh = batch * H + head):
- * o = softmax(q k^T * scale, causal) v, and lse[bh, i] = the log-sum-exp of row i. */
+ * o = softmax(q k^T * scale, causal) v, and lse[bh, i] = the log-sum-exp of row i.
+ * The queries are scaled as they are loaded, and each output row is divided by its
+ * softmax's sum as it is stored (the [rows, keys] block is never normalised). */
 static int forward_range(int n, int H, int bh0, int bh1, float scale, const float *q,
                            strides sq, const float *k, strides sk, const float *v, strides sv,
                            float *o, strides so, float *lse) {
     const int np = round_up(n, CB);
     float *KT = malloc(sizeof(float) * DH * np), *V = malloc(sizeof(float) * np * DH);
-    float *Q = malloc(sizeof(float) * QB * DH), *S = malloc(sizeof(float) * QB * np);
+    float *Q = malloc(sizeof(float) * np * DH), *S = malloc(sizeof(float) * QB * np);
     float *O = malloc(sizeof(float) * QB * DH);
     if (!KT || !V || !Q || !S || !O) {
         free(KT), free(V), free(Q), free(S), free(O);
         return 1;
     }
+    float inv[QB], max[QB], sum[QB], row_lse[QB];
     for (int bh = bh0; bh < bh1; bh++) {
-        const float *qh = at(q, sq, bh, H);
         float *oh = (float *)at(o, so, bh, H);
         load_transposed(at(k, sk, bh, H), sk.n, n, np, KT);
-        load_rows(at(v, sv, bh, H), sv.n, n, np, V);
+        load_rows(at(v, sv, bh, H), sv.n, n, np, V, 1.0f);
+        load_rows(at(q, sq, bh, H), sq.n, n, np, Q, scale);
         for (int i0 = 0; i0 < n; i0 += QB) {
             const int nr = n - i0 < QB ? n - i0 : QB, keys = i0 + nr;
             const int ncols = round_up(keys, CB), nr8 = round_up(nr, RB);
-            load_rows(qh + i0 * sq.n, sq.n, nr, nr8, Q);
-            scores(Q, KT, np, nr8, ncols, S, np);
-            for (int r = 0; r < nr8; r++) {
+            scores(Q + (i64)i0 * DH, KT, np, nr8, ncols, S, np);
+            for (int r = 0; r < QB; r++) {
                 float *row = S + (i64)r * np;
-                if (r < nr)
-                    lse[(i64)bh * n + i0 + r] = softmax_row(row, i0 + r + 1, ncols, scale);
-                else
-                    memset(row, 0, ncols * sizeof(float));
+                if (r < nr) {
+                    sum[r] = exp_row(row, i0 + r + 1, ncols, &max[r]);
+                } else {
+                    if (r < nr8) memset(row, 0, ncols * sizeof(float));
+                    max[r] = 0.0f, sum[r] = 1.0f;
+                }
             }
+            for (int r = 0; r < QB; r += 16) {
+                STORE(inv + r, SPLAT(1.0f) / LOAD(sum + r));
+                STORE(row_lse + r, LOAD(max + r) + vlog(LOAD(sum + r)));
+            }
+            memcpy(lse + (i64)bh * n + i0, row_lse, nr * sizeof(float));
             combine(S, np, 0, V, ncols, O, nr8, 0);
-            for (int r = 0; r < nr; r++)
-                memcpy(oh + (i0 + r) * so.n, O + (i64)r * DH, DH * sizeof(float));
+            store_rows(O, inv, nr, oh + i0 * so.n, so.n);
         }
     }
     free(KT), free(V), free(Q), free(S), free(O);
@@ -196,7 +224,9 @@ static int forward_range(int n, int H, int bh0, int bh1, float scale, const floa
 }
 
 /* Backward for the pairs bh0 <= bh < bh1: dq, dk, dv from do (the gradient of o), with P
- * recomputed from lse. dq, dk and dv are written, not accumulated. */
+ * recomputed from lse. dq, dk and dv are written, not accumulated. With the queries
+ * scaled as they are loaded (Qs = Q * scale, the scores as the forward pass made them) and
+ * G = dL/dS = P (dP - rowsum(dO O)), dK += G^T Qs and dQ = scale * G K. */
 static int backward_range(int n, int H, int bh0, int bh1, float scale, const float *q,
                             strides sq, const float *k, strides sk, const float *v, strides sv,
                             const float *o, strides so, const float *dout, strides sdo,
@@ -213,20 +243,22 @@ static int backward_range(int n, int H, int bh0, int bh1, float scale, const flo
             free(dS);
         return 1;
     }
+    float scales[QB];
+    for (int r = 0; r < QB; r++) scales[r] = scale;
     for (int bh = bh0; bh < bh1; bh++) {
         const float *qh = at(q, sq, bh, H), *oh = at(o, so, bh, H), *doh = at(dout, sdo, bh, H);
         const float *kh = at(k, sk, bh, H);
         float *dqh = (float *)at(dq, sdq, bh, H);
         load_transposed(kh, sk.n, n, np, KT);
         load_transposed(at(v, sv, bh, H), sv.n, n, np, VT);
-        load_rows(kh, sk.n, n, np, K);
+        load_rows(kh, sk.n, n, np, K, 1.0f);
         memset(dK, 0, sizeof(float) * np * DH);
         memset(dV, 0, sizeof(float) * np * DH);
         for (int i0 = 0; i0 < n; i0 += QB) {
             const int nr = n - i0 < QB ? n - i0 : QB, keys = i0 + nr;
             const int ncols = round_up(keys, CB), nr8 = round_up(nr, RB);
-            load_rows(qh + i0 * sq.n, sq.n, nr, nr8, Q);
-            load_rows(doh + i0 * sdo.n, sdo.n, nr, nr8, dO);
+            load_rows(qh + i0 * sq.n, sq.n, nr, nr8, Q, scale);
+            load_rows(doh + i0 * sdo.n, sdo.n, nr, nr8, dO, 1.0f);
             scores(Q, KT, np, nr8, ncols, P, np);
             scores(dO, VT, np, nr8, ncols, dS, np);
             for (int r = 0; r < nr8; r++) {
@@ -237,24 +269,24 @@ static int backward_range(int n, int H, int bh0, int bh1, float scale, const flo
                     continue;
                 }
                 const int i = i0 + r, len = i + 1;
-                const float m = lse[(i64)bh * n + i];
-                float delta = 0.0f;
-                for (int c = 0; c < DH; c++) delta += dO[r * DH + c] * oh[i * so.n + c];
-                exp_row(p, len, ncols, scale, m); /* P recomputed: m is the row's lse */
-#pragma omp simd
-                for (int j = 0; j < ncols; j++) ds[j] = p[j] * (ds[j] - delta) * scale;
+                const float m = lse[(i64)bh * n + i]; /* P recomputed: m is the row's lse */
+                vf dot = SPLAT(0.0f);
+                for (int c = 0; c < NV; c++)
+                    dot += LOAD(dO + r * DH + 16 * c) * LOAD(oh + i * so.n + 16 * c);
+                const vf delta = SPLAT(hsum(dot));
+                for (int j0 = 0; j0 < ncols; j0 += 16) {
+                    const vf e = vexp(exp_arg(p, j0, len, m));
+                    STORE(p + j0, e);
+                    STORE(ds + j0, e * (LOAD(ds + j0) - delta));
+                }
             }
             combine(P, np, 1, dO, nr8, dV, ncols, 1);   /* dV[j] += sum_r P[r, j] dO[r] */
-            combine(dS, np, 1, Q, nr8, dK, ncols, 1);   /* dK[j] += sum_r dS[r, j] Q[r] */
-            combine(dS, np, 0, K, ncols, dQ, nr8, 0);   /* dQ[r] = sum_j dS[r, j] K[j] */
-            for (int r = 0; r < nr; r++)
-                memcpy(dqh + (i0 + r) * sdq.n, dQ + (i64)r * DH, DH * sizeof(float));
+            combine(dS, np, 1, Q, nr8, dK, ncols, 1);   /* dK[j] += sum_r G[r, j] Qs[r] */
+            combine(dS, np, 0, K, ncols, dQ, nr8, 0);   /* dQ[r] = sum_j G[r, j] K[j] */
+            store_rows(dQ, scales, nr, dqh + i0 * sdq.n, sdq.n);
         }
-        float *dkh = (float *)at(dk, sdk, bh, H), *dvh = (float *)at(dv, sdv, bh, H);
-        for (int j = 0; j < n; j++) {
-            memcpy(dkh + j * sdk.n, dK + (i64)j * DH, DH * sizeof(float));
-            memcpy(dvh + j * sdv.n, dV + (i64)j * DH, DH * sizeof(float));
-        }
+        store_rows(dK, NULL, n, (float *)at(dk, sdk, bh, H), sdk.n);
+        store_rows(dV, NULL, n, (float *)at(dv, sdv, bh, H), sdv.n);
     }
     free(KT), free(VT), free(K), free(dK), free(dV), free(Q), free(dO), free(dQ), free(P),
         free(dS);

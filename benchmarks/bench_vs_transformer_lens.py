@@ -13,9 +13,10 @@ the plain model has no column):
     fused, SDPA   the same with PyTorch's attention instead of qkov's CPU kernel
                   (qkov.attention): what the kernel adds, in the same process
 
-A step = forward + loss + backward + AdamW, on a batch of n_ctx + 1 tokens as qkov.train
-feeds it. MFU = qkov.flops.train_step_flops(config) / step time / matmul peak, where the
-peak (qkov.flops.matmul_peak: fp32 2048^2 matmuls) is re-measured in every round, so each
+A step = forward + loss + backward + AdamW (PyTorch's fused AdamW, as `qkov train` runs it;
+every column the same optimizer), on a batch of n_ctx + 1 tokens as qkov.train feeds it.
+MFU = qkov.flops.train_step_flops(config) / step time / matmul peak, where the peak
+(qkov.flops.matmul_peak: fp32 2048^2 matmuls) is re-measured in every round, so each
 round's MFU divides by the rate the machine gave in that same round.
 
 Rounds are interleaved (each round runs every column once, in a rotated order) so that load
@@ -97,7 +98,7 @@ def train_step(
     """One AdamW step on batch [batch, n_ctx + 1]: inputs batch[:, :-1], next-token targets
     batch[:, 1:]. fused: the model takes targets and returns the loss (qkov); kernel=False:
     qkov's attention is PyTorch's SDPA, not its CPU kernel."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as qkov.train's
     x, y = batch[:, :-1], batch[:, 1:]
 
     def step() -> None:

@@ -70,7 +70,7 @@ def train_step(
     model: torch.nn.Module, batch: torch.Tensor, device: torch.device, fused: bool
 ) -> Callable[[], None]:
     """One step as `qkov train` runs it: autocast bf16 on a GPU, loss, backward, AdamW."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as qkov.train's
     x, y = batch[:, :-1], batch[:, 1:]
     gpu = device.type == "cuda"
 

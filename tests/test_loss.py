@@ -131,23 +131,26 @@ def test_fused_loss_under_autocast_matches_autocast_cross_entropy(branch):
         torch.testing.assert_close(a.float(), b.float(), rtol=0, atol=2e-2 * b.abs().max().item())
 
 
+@pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("autocast", [False, True])
-def test_fused_loss_with_padded_vocab_equals_cross_entropy(monkeypatch, autocast, branch):
+def test_fused_loss_with_padded_vocab_equals_cross_entropy(monkeypatch, autocast, bias, branch):
     """The GPU path pads W_U to a multiple of 64 columns with -inf logits: forced here on
-    the CPU, loss and gradients (resid, W_U, b_U) still equal those of the plain logits."""
+    the CPU, loss and gradients (resid, W_U, b_U) still equal those of the plain logits
+    (under autocast without b_U, the accelerator branch keeps the logits in bf16)."""
     import qkov.loss
 
     monkeypatch.setattr(qkov.loss, "vocab_padding", lambda d_vocab, device: (-d_vocab) % 64)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(300, 16, generator=g, requires_grad=True)
     W_U = (torch.randn(16, 101, generator=g) * 0.3).requires_grad_()
-    b_U = torch.randn(101, generator=g, requires_grad=True)
+    b_U = torch.randn(101, generator=g, requires_grad=True) if bias else None
+    leaves = [x, W_U, b_U] if bias else [x, W_U]
     t = torch.randint(0, 101, (300,), generator=g)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         fused = qkov.loss.unembed_cross_entropy(x, W_U, t, chunk=128, b_U=b_U)
-        fused_grads = torch.autograd.grad(fused, [x, W_U, b_U])
-        plain = F.cross_entropy((x @ W_U + b_U).float(), t)
-        plain_grads = torch.autograd.grad(plain, [x, W_U, b_U])
+        fused_grads = torch.autograd.grad(fused, leaves)
+        plain = F.cross_entropy((x @ W_U + (b_U if bias else 0)).float(), t)
+        plain_grads = torch.autograd.grad(plain, leaves)
     tol = 2e-2 if autocast else 1e-5
     torch.testing.assert_close(fused, plain, rtol=tol, atol=0)
     for a, b in zip(fused_grads, plain_grads, strict=True):

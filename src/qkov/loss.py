@@ -14,12 +14,13 @@ contracts it into the gradients of `resid` and `W_U`; backward only scales them 
 incoming gradient. Same matmuls, two passes over a small buffer instead of four over a big
 one, and peak memory of one chunk of logits (d_vocab 50k, 16k tokens: 3 GB less).
 
-Between the two matmuls of a chunk, three ways to form softmax - onehot and the loss: on a
+Between the two matmuls of a chunk, four ways to form softmax - onehot and the loss: on a
 CPU in float32, qkov's C kernel (qkov/kernels/softmax_xent.c: each row in place, the loss
 as log-sum-exp minus the target's logit); on a CPU otherwise (float64, no compiler),
 PyTorch's softmax with a host-side check for probabilities too small for float32; on an
-accelerator, log-softmax then exp (no host sync). Tests run all three against the plain
-loss.
+accelerator, log-softmax then exp (no host sync), and under autocast (without b_U) both
+read the logits in bf16 and only the softmax's arithmetic is fp32 (`_low_precision_chunk`).
+Tests run all of them against the plain loss.
 """
 
 from __future__ import annotations
@@ -83,6 +84,54 @@ def _softmax_xent(logits: Tensor, t: Tensor) -> ctypes.CDLL | None:
     return kernels.load("softmax_xent")
 
 
+def _fp32_chunk(logits: Tensor, t: Tensor, grads: bool) -> tuple[Tensor, Tensor]:
+    """A chunk's logits [rows, V] in fp32 (or fp64), targets [rows] -> (softmax - onehot,
+    formed in place in `logits`: d(summed loss) / d logits; the chunk's summed loss)."""
+    lib = _softmax_xent(logits, t)
+    if lib is not None:
+        # qkov's C kernel: per row in place, softmax - onehot, and the exact loss
+        # log-sum-exp - logit (no probability's log: nothing underflows)
+        losses = torch.empty(len(t), dtype=logits.dtype)
+        ptr = kernels.pointer
+        lib.qkov_softmax_xent(len(t), logits.shape[1], ptr(logits), ptr(t), ptr(losses))
+        return logits, losses.sum()
+    if host_sync_is_free(logits.device):
+        # softmax is one pass per row, in cache (max, exp and sum, scale); -log p is the
+        # loss, except where p(target) is too small for fp32 to hold it: those rows take
+        # log-sum-exp of their logits. (The check is a host sync, free on a CPU; an
+        # accelerator takes the branch below, which needs none.)
+        p = torch.softmax(logits, dim=-1)
+        p_target = p.gather(1, t[:, None])  # [rows, 1]
+        losses = -p_target.log()
+        tiny = p_target[:, 0] < _TINY_P
+        if tiny.any():
+            rows = tiny.nonzero()[:, 0]
+            exact = logits[rows].logsumexp(-1) - logits[rows].gather(1, t[rows, None])[:, 0]
+            losses[rows, 0] = exact
+        return p.scatter_(1, t[:, None], p_target - 1.0), losses.sum()
+    p = torch.log_softmax(logits, dim=-1)  # one pass per row: max, sum of exp, write
+    picked = p.gather(1, t[:, None])  # [rows, 1] log p(target)
+    if grads:
+        p.exp_().scatter_(1, t[:, None], picked.exp() - 1.0)
+    return p, -picked.sum()
+
+
+def _low_precision_chunk(
+    logits: Tensor, t: Tensor, acc: torch.dtype, grads: bool
+) -> tuple[Tensor | None, Tensor]:
+    """A chunk on an accelerator under autocast: logits [rows, V] in the matmuls' dtype
+    (bf16), targets [rows]. Returns (softmax - onehot in that dtype, the operand both
+    gradient matmuls read; None without grads) and the chunk's summed loss in `acc`. The
+    loss is -log p(target) from a log-softmax that reads the bf16 logits and works in acc
+    (fp32); the softmax also reads them directly. About 20 bytes of memory traffic per
+    logit, against 44 for converting the logits to fp32 first (five passes over them)."""
+    log_p = torch.log_softmax(logits, dim=-1, dtype=acc).gather(1, t[:, None])  # [rows, 1]
+    if not grads:
+        return None, -log_p.sum()
+    g = torch.softmax(logits, dim=-1)  # accumulated in fp32, written in logits' dtype
+    return g.scatter_(1, t[:, None], (log_p.exp() - 1.0).to(g.dtype)), -log_p.sum()
+
+
 class _UnembedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -109,53 +158,32 @@ class _UnembedCrossEntropy(torch.autograd.Function):
         for i in range(0, n, chunk):
             x, t = resid[i : i + chunk], targets[i : i + chunk]
             x = x if mm is None else x.to(mm)
-            logits = (x @ W).to(acc)  # [chunk, d_vocab]; the softmax is at least fp32
-            if b_U is not None:
-                logits[:, :V] += b_U.to(acc)
-            if pad:
-                logits[:, V:] = float("-inf")
-            lib = _softmax_xent(logits, t)
-            if lib is not None:
-                # qkov's C kernel: per row in place, softmax - onehot, and the exact loss
-                # log-sum-exp - logit (no probability's log: nothing underflows)
-                losses = torch.empty(len(t), dtype=acc)
-                ptr = kernels.pointer
-                lib.qkov_softmax_xent(len(t), logits.shape[1], ptr(logits), ptr(t), ptr(losses))
-                total += losses.sum()
-                p, p_minus_1 = logits, None  # already the gradient
-            elif host_sync_is_free(logits.device):
-                # softmax is one pass per row, in cache (max, exp and sum, scale); -log p is
-                # the loss, except where p(target) is too small for fp32 to hold it: those
-                # rows take log-sum-exp of their logits. (The check is a host sync, free on
-                # a CPU; an accelerator takes the branch below, which needs none.)
-                p = torch.softmax(logits, dim=-1)
-                p_target = p.gather(1, t[:, None])  # [chunk, 1]
-                losses = -p_target.log()
-                tiny = p_target[:, 0] < _TINY_P
-                if tiny.any():
-                    rows = tiny.nonzero()[:, 0]
-                    exact = logits[rows].logsumexp(-1) - logits[rows].gather(1, t[rows, None])[:, 0]
-                    losses[rows, 0] = exact
-                total += losses.sum()
-                p_minus_1 = p_target - 1.0
+            grads = need_x or need_w or need_b
+            if mm is not None and b_U is None and not host_sync_is_free(W.device):
+                # an accelerator under autocast: the logits stay in the matmuls' dtype
+                logits = x @ W  # [chunk, d_vocab + pad]
+                if pad:
+                    logits[:, V:] = float("-inf")
+                g, loss_sum = _low_precision_chunk(logits, t, acc, grads)
             else:
-                p = torch.log_softmax(logits, dim=-1)  # one pass per row: max, sum of exp, write
-                picked = p.gather(1, t[:, None])  # [chunk, 1] log p(target)
-                total -= picked.sum()
-                p_minus_1 = picked.exp() - 1.0
-                if need_x or need_w or need_b:
-                    p.exp_()
-            if need_x or need_w or need_b:
-                # d(sum of losses) / d logits = softmax - onehot(target), formed in place;
-                # the 1 / n of the mean is applied to the small products, not to this buffer.
-                g = p if p_minus_1 is None else p.scatter_(1, t[:, None], p_minus_1)
-                if need_x:
-                    gx = g.to(W.dtype) @ W.T  # [chunk, d_model]
+                logits = (x @ W).to(acc)  # [chunk, d_vocab]; the softmax is at least fp32
+                if b_U is not None:
+                    logits[:, :V] += b_U.to(acc)
+                if pad:
+                    logits[:, V:] = float("-inf")
+                g, loss_sum = _fp32_chunk(logits, t, grads)
+            total += loss_sum
+            if grads:  # the 1 / n of the mean is applied to the small products, not to g
+                g_mm = g if mm is None else g.to(mm)  # the matmuls' operand, made once
+                if need_x and mm is None and resid.dtype == acc:  # written in place
+                    torch.mm(g, W.T, out=grad_x[i : i + chunk]).mul_(1.0 / n)
+                elif need_x:
+                    gx = g_mm @ W.T  # [chunk, d_model]
                     grad_x[i : i + chunk] = gx.mul_(1.0 / n).to(resid.dtype)
                 if need_w and mm is None:
                     grad_w.addmm_(x.T.to(acc), g, alpha=1.0 / n)
                 elif need_w:  # low precision product, summed over chunks in fp32
-                    grad_w.add_(x.T @ g.to(mm), alpha=1.0 / n)
+                    grad_w.add_(x.T @ g_mm, alpha=1.0 / n)
                 if need_b:
                     grad_b.add_(g[:, :V].sum(dim=0), alpha=1.0 / n)
         ctx.save_for_backward(

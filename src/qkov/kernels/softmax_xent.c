@@ -18,12 +18,8 @@ void qkov_softmax_xent(int rows, int V, float *logits, const long long *targets,
         const float logit_t = row[t]; /* before the row is overwritten */
         const int full = V / 16 * 16;
         vf mv = SPLAT(-INFINITY);
-        for (int j = 0; j < full; j += 16) {
-            const vf x = LOAD(row + j);
-            mv = (vf)(((vi)x & (vi)(x > mv)) | ((vi)mv & ~(vi)(x > mv)));
-        }
-        float m = -INFINITY;
-        for (int l = 0; l < 16; l++) m = mv[l] > m ? mv[l] : m;
+        for (int j = 0; j < full; j += 16) mv = vmax(mv, LOAD(row + j));
+        float m = hmax(mv);
         for (int j = full; j < V; j++) m = row[j] > m ? row[j] : m;
         vf sv = SPLAT(0.0f);
         for (int j = 0; j < full; j += 16) {
@@ -31,8 +27,7 @@ void qkov_softmax_xent(int rows, int V, float *logits, const long long *targets,
             STORE(row + j, e);
             sv += e;
         }
-        float sum = 0.0f;
-        for (int l = 0; l < 16; l++) sum += sv[l];
+        float sum = hsum(sv);
         for (int j = full; j < V; j++) {
             const float e = expf(row[j] - m);
             row[j] = e;

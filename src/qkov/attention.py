@@ -10,6 +10,9 @@ autocast, another d_head, no C compiler, `QKOV_KERNELS=0`) it is PyTorch's SDPA.
 
 The kernel's output is laid out [batch, pos, head, d_head] (returned as the usual
 [batch, head, pos, d_head] view), so merging the heads afterwards is a view, not a copy.
+The model's fast path calls `causal_attention_packed` on the projections' own output
+([batch, pos, 3 H d_head], or queries and keys apart from values): there the backward pass
+also writes dq, dk and dv straight into that layout, with nothing to stack or transpose.
 """
 
 from __future__ import annotations

@@ -39,16 +39,30 @@
 
 static int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
-/* S[r, j] = sum_c A[r, c] BT[c, j] for r < nr (a multiple of RB), j < ncols (a multiple
- * of CB). A: [nr, DH] contiguous; BT: [DH, ldb]; S: [nr, lds]. */
+/* The columns of a query block's scores that each group of RB rows needs: the keys up to
+ * the group's last row (i0 + g RB + RB - 1), rounded up to whole 16-float vectors, at most
+ * ncols. Nondecreasing in g; past a group's count its scores are never computed or read,
+ * which skips a quarter of the diagonal tile of 32 x 32. */
+static void group_cols(int i0, int groups, int ncols, int *cols) {
+    for (int g = 0; g < groups; g++) {
+        const int c = round_up(i0 + g * RB + RB, 16);
+        cols[g] = c < ncols ? c : ncols;
+    }
+}
+
+/* S[r, j] = sum_c A[r, c] BT[c, j] for r < nr (a multiple of RB) and j < cols[r / RB] (a
+ * multiple of 16). A: [nr, DH] contiguous; BT: [DH, ldb]; S: [nr, lds]. */
 static void scores(const float *restrict A, const float *restrict BT, int ldb, int nr,
-                   int ncols, float *restrict S, int lds) {
-    for (int r0 = 0; r0 < nr; r0 += RB)
-        for (int j0 = 0; j0 < ncols; j0 += CB) {
+                   const int *cols, float *restrict S, int lds) {
+    for (int r0 = 0; r0 < nr; r0 += RB) {
+        const int nc = cols[r0 / RB];
+        for (int j0 = 0; j0 < nc; j0 += CB) {
+            const int two = j0 + 16 < nc; /* a 32-column tile, or the last 16 columns */
             vf acc0[RB] = {0}, acc1[RB] = {0};
 #pragma GCC unroll 2
             for (int c = 0; c < DH; c++) {
-                const vf b0 = LOAD(BT + (i64)c * ldb + j0), b1 = LOAD(BT + (i64)c * ldb + j0 + 16);
+                const vf b0 = LOAD(BT + (i64)c * ldb + j0);
+                const vf b1 = two ? LOAD(BT + (i64)c * ldb + j0 + 16) : SPLAT(0.0f);
 #pragma GCC unroll 8
                 for (int r = 0; r < RB; r++) {
                     const float a = A[(r0 + r) * DH + c];
@@ -59,16 +73,24 @@ static void scores(const float *restrict A, const float *restrict BT, int ldb, i
 #pragma GCC unroll 8
             for (int r = 0; r < RB; r++) {
                 STORE(S + (i64)(r0 + r) * lds + j0, acc0[r]);
-                STORE(S + (i64)(r0 + r) * lds + j0 + 16, acc1[r]);
+                if (two) STORE(S + (i64)(r0 + r) * lds + j0 + 16, acc1[r]);
             }
         }
+    }
 }
 
 /* C[r, :] = sum_k A(r, k) B[k, :] (+= C[r, :] if acc_c) for r < nr (a multiple of RB),
- * k < nk; A(r, k) = A[r * lda + k], or A[k * lda + r] if transposed. B: [nk, DH]; C: [nr, DH]. */
+ * over the k a causal block holds. Not transposed, A(r, k) = A[r * lda + k]: A's rows are
+ * query rows and k < cols[r / RB] (the keys its scores hold). Transposed, A(r, k) =
+ * A[k * lda + r]: A's rows k < nk are query rows, C's rows keys, and k runs over the query
+ * groups whose scores reach key r (cols[k / RB] > r; for a group of RC keys that holds for
+ * all of them or none, RC dividing 16). B: [., DH]; C: [nr, DH]. */
 static void combine(const float *restrict A, int lda, int transposed, const float *restrict B,
-                    int nk, float *restrict C, int nr, int acc_c) {
+                    const int *cols, int nk, float *restrict C, int nr, int acc_c) {
+    int k0 = 0;
     for (int r0 = 0; r0 < nr; r0 += RC) {
+        while (transposed && k0 < nk && cols[k0 / RB] <= r0) k0 += RB;
+        const int k1 = transposed ? nk : cols[r0 / RB];
         vf acc[RC][NV];
 #pragma GCC unroll 16
         for (int r = 0; r < RC; r++)
@@ -76,7 +98,7 @@ static void combine(const float *restrict A, int lda, int transposed, const floa
             for (int v = 0; v < NV; v++)
                 acc[r][v] = acc_c ? LOAD(C + (i64)(r0 + r) * DH + 16 * v) : (vf){0};
 #pragma GCC unroll 2
-        for (int k = 0; k < nk; k++) {
+        for (int k = transposed ? k0 : 0; k < k1; k++) {
             vf b[NV];
 #pragma GCC unroll 16
             for (int v = 0; v < NV; v++) b[v] = LOAD(B + (i64)k * DH + 16 * v);
@@ -192,6 +214,7 @@ static int forward_range(int n, int H, int bh0, int bh1, float scale, const floa
         return 1;
     }
     float inv[QB], max[QB], sum[QB], row_lse[QB];
+    int cols[QB / RB];
     for (int bh = bh0; bh < bh1; bh++) {
         float *oh = (float *)at(o, so, bh, H);
         load_transposed(at(k, sk, bh, H), sk.n, n, np, KT);
@@ -200,13 +223,14 @@ static int forward_range(int n, int H, int bh0, int bh1, float scale, const floa
         for (int i0 = 0; i0 < n; i0 += QB) {
             const int nr = n - i0 < QB ? n - i0 : QB, keys = i0 + nr;
             const int ncols = round_up(keys, CB), nr8 = round_up(nr, RB);
-            scores(Q + (i64)i0 * DH, KT, np, nr8, ncols, S, np);
+            group_cols(i0, nr8 / RB, ncols, cols);
+            scores(Q + (i64)i0 * DH, KT, np, nr8, cols, S, np);
             for (int r = 0; r < QB; r++) {
                 float *row = S + (i64)r * np;
                 if (r < nr) {
-                    sum[r] = exp_row(row, i0 + r + 1, ncols, &max[r]);
+                    sum[r] = exp_row(row, i0 + r + 1, cols[r / RB], &max[r]);
                 } else {
-                    if (r < nr8) memset(row, 0, ncols * sizeof(float));
+                    if (r < nr8) memset(row, 0, cols[r / RB] * sizeof(float));
                     max[r] = 0.0f, sum[r] = 1.0f;
                 }
             }
@@ -215,7 +239,7 @@ static int forward_range(int n, int H, int bh0, int bh1, float scale, const floa
                 STORE(row_lse + r, LOAD(max + r) + vlog(LOAD(sum + r)));
             }
             memcpy(lse + (i64)bh * n + i0, row_lse, nr * sizeof(float));
-            combine(S, np, 0, V, ncols, O, nr8, 0);
+            combine(S, np, 0, V, cols, ncols, O, nr8, 0);
             store_rows(O, inv, nr, oh + i0 * so.n, so.n);
         }
     }
@@ -244,6 +268,7 @@ static int backward_range(int n, int H, int bh0, int bh1, float scale, const flo
         return 1;
     }
     float scales[QB];
+    int cols[QB / RB];
     for (int r = 0; r < QB; r++) scales[r] = scale;
     for (int bh = bh0; bh < bh1; bh++) {
         const float *qh = at(q, sq, bh, H), *oh = at(o, so, bh, H), *doh = at(dout, sdo, bh, H);
@@ -259,13 +284,15 @@ static int backward_range(int n, int H, int bh0, int bh1, float scale, const flo
             const int ncols = round_up(keys, CB), nr8 = round_up(nr, RB);
             load_rows(qh + i0 * sq.n, sq.n, nr, nr8, Q, scale);
             load_rows(doh + i0 * sdo.n, sdo.n, nr, nr8, dO, 1.0f);
-            scores(Q, KT, np, nr8, ncols, P, np);
-            scores(dO, VT, np, nr8, ncols, dS, np);
+            group_cols(i0, nr8 / RB, ncols, cols);
+            scores(Q, KT, np, nr8, cols, P, np);
+            scores(dO, VT, np, nr8, cols, dS, np);
             for (int r = 0; r < nr8; r++) {
                 float *p = P + (i64)r * np, *ds = dS + (i64)r * np;
+                const int nc = cols[r / RB];
                 if (r >= nr) {
-                    memset(p, 0, ncols * sizeof(float));
-                    memset(ds, 0, ncols * sizeof(float));
+                    memset(p, 0, nc * sizeof(float));
+                    memset(ds, 0, nc * sizeof(float));
                     continue;
                 }
                 const int i = i0 + r, len = i + 1;
@@ -274,15 +301,15 @@ static int backward_range(int n, int H, int bh0, int bh1, float scale, const flo
                 for (int c = 0; c < NV; c++)
                     dot += LOAD(dO + r * DH + 16 * c) * LOAD(oh + i * so.n + 16 * c);
                 const vf delta = SPLAT(hsum(dot));
-                for (int j0 = 0; j0 < ncols; j0 += 16) {
+                for (int j0 = 0; j0 < nc; j0 += 16) {
                     const vf e = vexp(exp_arg(p, j0, len, m));
                     STORE(p + j0, e);
                     STORE(ds + j0, e * (LOAD(ds + j0) - delta));
                 }
             }
-            combine(P, np, 1, dO, nr8, dV, ncols, 1);   /* dV[j] += sum_r P[r, j] dO[r] */
-            combine(dS, np, 1, Q, nr8, dK, ncols, 1);   /* dK[j] += sum_r G[r, j] Qs[r] */
-            combine(dS, np, 0, K, ncols, dQ, nr8, 0);   /* dQ[r] = sum_j G[r, j] K[j] */
+            combine(P, np, 1, dO, cols, nr8, dV, ncols, 1); /* dV[j] += sum_r P[r, j] dO[r] */
+            combine(dS, np, 1, Q, cols, nr8, dK, ncols, 1); /* dK[j] += sum_r G[r, j] Qs[r] */
+            combine(dS, np, 0, K, cols, ncols, dQ, nr8, 0); /* dQ[r] = sum_j G[r, j] K[j] */
             store_rows(dQ, scales, nr, dqh + i0 * sdq.n, sdq.n);
         }
         store_rows(dK, NULL, n, (float *)at(dk, sdk, bh, H), sdk.n);

@@ -122,6 +122,31 @@ def test_packed_heads_not_contiguous_take_the_views_path():
     torch.testing.assert_close(z, expected.transpose(1, 2).reshape(2, 9, 96))
 
 
+def test_the_kernels_log_sum_exp_of_each_row_is_exact():
+    # the backward pass recomputes P from this (the kernel's own vector log and exp). With
+    # all scores 0 a row's log-sum-exp is log(len) exactly; on random scores it is no
+    # further from the float64 definition than PyTorch's float32 logsumexp of them.
+    if not attn.kernel_available(32):
+        assert attn.implementation(32, "cpu").startswith("PyTorch SDPA")
+        return
+    zeros = torch.zeros(1, 1, 300, 32)
+    lse = attn._kernel_forward(zeros, zeros, zeros, torch.empty_like(zeros))
+    exact = torch.arange(1, 301, dtype=torch.float64).log()
+    torch.testing.assert_close(lse[0, 0].double(), exact, rtol=2e-7, atol=1e-7)
+    mask = torch.ones(100, 100, dtype=torch.bool).triu(1)
+    for scale in (1.0, 5.0):
+        _, (q, k, v) = qkv(2, 3, 100, 32, scale=scale, seed=3)
+        q, k, v = (x.detach() for x in (q, k, v))
+        o = torch.empty_like(q)
+        lse = attn._kernel_forward(q, k, v, o).double()
+        exact = (q.double() @ k.double().transpose(-1, -2) / math.sqrt(32)).masked_fill(
+            mask, float("-inf")
+        )
+        theirs = (q @ k.transpose(-1, -2) / math.sqrt(32)).masked_fill(mask, float("-inf"))
+        torch_error = (theirs.logsumexp(-1).double() - exact.logsumexp(-1)).abs().max()
+        assert (lse - exact.logsumexp(-1)).abs().max() <= max(2 * torch_error, 1e-6)
+
+
 def test_large_scores_stay_finite_and_as_exact_as_pytorchs():
     # scores of several hundred: a softmax that did not subtract the row's max would
     # overflow. At that size float32 scores carry errors of ~1e-3 whatever computes them,

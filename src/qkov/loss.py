@@ -155,10 +155,10 @@ class _UnembedCrossEntropy(torch.autograd.Function):
         grad_w = torch.zeros(D, V + pad, dtype=acc, device=W_U.device) if need_w else None
         grad_b = torch.zeros(W_U.shape[-1], dtype=acc, device=W_U.device) if need_b else None
         total = torch.zeros((), dtype=acc, device=resid.device)
+        grads = need_x or need_w or need_b
         for i in range(0, n, chunk):
             x, t = resid[i : i + chunk], targets[i : i + chunk]
             x = x if mm is None else x.to(mm)
-            grads = need_x or need_w or need_b
             if mm is not None and b_U is None and not host_sync_is_free(W.device):
                 # an accelerator under autocast: the logits stay in the matmuls' dtype
                 logits = x @ W  # [chunk, d_vocab + pad]

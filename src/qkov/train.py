@@ -77,8 +77,7 @@ def _make_optimizer(model: AttnOnlyTransformer, tc: TrainConfig) -> torch.optim.
     rest = [p for n, p in trainable if not n.startswith("W_")]
     if rest:  # an attention-only model has none: its optimizer is today's
         groups.append({"params": rest, "weight_decay": 0.0})
-    # fused: one kernel per parameter instead of a dozen elementwise ops (CPU and CUDA)
-    fused = model.device.type in ("cpu", "cuda")
+    fused = model.device.type in ("cpu", "cuda")  # one kernel per parameter, not a dozen ops
     return torch.optim.AdamW(
         groups, lr=tc.lr, betas=(0.9, 0.99), weight_decay=tc.weight_decay, fused=fused
     )

@@ -2,7 +2,7 @@
  * chunk of logits, in place,
  *     loss[r] = logsumexp(row) - row[target[r]]          (exact: no log of a probability)
  *     row     = softmax(row) - onehot(target[r])         (d loss / d logits)
- * in two passes over the row (max; then exp, sum and the scaled write), the row in L1.
+ * in three passes over the row, in L1 after the first (max; exp and sum; the scaling).
  * Rows are split between torch's OpenMP threads. Built by qkov.kernels like every kernel.
  */
 #include <math.h>

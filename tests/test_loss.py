@@ -12,23 +12,27 @@ def plain(resid, W_U, targets):
     return F.cross_entropy((resid @ W_U).flatten(0, -2), targets.flatten())
 
 
-@pytest.fixture(params=["kernel", "cpu branch", "accelerator branch"])
+@pytest.fixture(params=["kernel", "kernel, no MKL", "cpu branch", "accelerator branch"])
 def branch(request, monkeypatch):
-    """The three ways the fused loss forms softmax - onehot, all run here: qkov's C kernel
-    (float32 on a CPU, where a compiler builds it), PyTorch's ops on a CPU (softmax, with a
-    host-side underflow check) and an accelerator's (log-softmax, then exp)."""
+    """The ways the fused loss runs, all run here: qkov's C kernel (float32 on a CPU, where a
+    compiler builds it), the whole loss in it where torch has MKL (`qkov_unembed_xent`) or
+    only softmax - onehot between PyTorch's matmuls (without MKL, or with b_U); PyTorch's
+    ops on a CPU (softmax, with a host-side underflow check) and an accelerator's
+    (log-softmax, then exp)."""
     import qkov.loss
 
-    if request.param == "kernel":
+    if request.param.startswith("kernel"):
         probe = qkov.loss._softmax_xent(torch.zeros(2, 5), torch.zeros(2, dtype=torch.long))
         assert (probe is not None) == has_compiler()  # with a compiler it must build
         if probe is None:
             return "cpu branch"  # (no compiler: what a CPU runs then)
+        if request.param == "kernel, no MKL":
+            monkeypatch.setattr(qkov.loss.kernels, "blas", lambda: None)
     else:
         monkeypatch.setattr(qkov.loss, "_kernel_enabled", False)
     on_host = request.param != "accelerator branch"
     monkeypatch.setattr(qkov.loss, "host_sync_is_free", lambda device: on_host)
-    return request.param
+    return "kernel" if request.param.startswith("kernel") else request.param
 
 
 def has_compiler() -> bool:
@@ -89,6 +93,48 @@ def test_only_weights_need_gradients_and_no_grad_path():
         )
     assert chunk_rows(2048) == 1024 and chunk_rows(50_000) == 128
     assert chunk_rows(2048, max_rows=512) == 512 and chunk_rows(50_000, max_rows=512) == 128
+
+
+def test_the_whole_loss_runs_in_the_kernel_where_torch_has_mkl():
+    import qkov.loss
+
+    x, W_U, t = torch.randn(6, 8), torch.randn(8, 32), torch.randint(32, (6,))
+    whole = qkov.loss._whole_loss_kernel(x, W_U, t, 4)
+    assert (whole is not None) == (has_compiler() and torch.backends.mkl.is_available())
+    assert (kernels.blas() is not None) == torch.backends.mkl.is_available()
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("n", [1, 5, 67])  # fewer rows than threads; blocks left over
+def test_whole_loss_kernel_splits_rows_between_any_threads(threads, n):
+    """Each thread's rows, its blocks (4 rows) and its partial grad_W_U, summed: the same
+    loss and gradients as plain (float64), whatever the thread count and row count."""
+    g = torch.Generator().manual_seed(n)
+    resid, W_U = torch.randn(n, 16, generator=g) * 2, torch.randn(16, 40, generator=g)
+    t = torch.randint(40, (n,), generator=g)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        r, w = resid.clone().requires_grad_(), W_U.clone().requires_grad_()
+        loss = unembed_cross_entropy(r, w, t, chunk=4)
+        loss.backward()
+    finally:
+        torch.set_num_threads(before)
+    r64, w64 = resid.double().requires_grad_(), W_U.double().requires_grad_()
+    ref = plain(r64, w64, t)
+    ref.backward()
+    tol = dict(rtol=2e-5, atol=2e-6)
+    torch.testing.assert_close(loss.double(), ref.detach(), **tol)
+    torch.testing.assert_close(r.grad.double(), r64.grad, **tol)
+    torch.testing.assert_close(w.grad.double(), w64.grad, **tol)
+
+
+@pytest.mark.parametrize("bad", [-1, 32])
+def test_a_target_out_of_range_is_refused_before_any_kernel_runs(bad):
+    x, W_U = torch.randn(4, 8, requires_grad=True), torch.randn(8, 32, requires_grad=True)
+    t = torch.tensor([0, 3, bad, 5])
+    with pytest.raises(QkovError, match=f"target id {bad} is out of range \\[0, 32\\)"):
+        unembed_cross_entropy(x, W_U, t)
 
 
 def test_model_loss_equals_loss_of_logits_with_same_gradients():

@@ -26,7 +26,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-__all__ = ["compiler", "load", "pointer", "reason"]
+__all__ = ["blas", "compiler", "load", "pointer", "reason"]
 
 HERE = Path(__file__).parent
 # No -ffast-math: the kernels vectorise their own exp and reductions (OpenMP simd), and
@@ -118,6 +118,34 @@ def load(name: str, defines: tuple[str, ...] = ()) -> ctypes.CDLL | None:
     if key not in _loaded:
         _loaded[key], _reasons[key] = _build(name, defines)
     return _loaded[key]
+
+
+_blas: list[tuple[ctypes.c_void_p, ctypes.c_void_p] | None] = []
+
+
+def blas() -> tuple[ctypes.c_void_p, ctypes.c_void_p] | None:
+    """torch's own MKL, for a kernel that calls BLAS from its threads: the addresses of
+    `sgemm_` (Fortran interface) and `MKL_Set_Num_Threads_Local` (the calling thread's
+    thread count), found in torch's libtorch_cpu; None where torch is not built with MKL
+    (the caller keeps PyTorch's matmuls) or with `QKOV_KERNELS=0`."""
+    if os.environ.get("QKOV_KERNELS", "1") == "0":
+        return None
+    if not _blas:
+        import torch
+
+        found = None
+        if torch.backends.mkl.is_available():
+            path = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
+            try:
+                lib = ctypes.CDLL(str(path))
+                found = (
+                    ctypes.cast(lib.sgemm_, ctypes.c_void_p),
+                    ctypes.cast(lib.MKL_Set_Num_Threads_Local, ctypes.c_void_p),
+                )
+            except (OSError, AttributeError):  # another platform's library, or no symbol
+                found = None
+        _blas.append(found)
+    return _blas[0]
 
 
 def pointer(x) -> ctypes.c_void_p:

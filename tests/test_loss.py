@@ -202,3 +202,23 @@ def test_fused_loss_with_padded_vocab_equals_cross_entropy(monkeypatch, autocast
     for a, b in zip(fused_grads, plain_grads, strict=True):
         assert a.shape == b.shape and a.is_contiguous()
         torch.testing.assert_close(a.float(), b.float(), rtol=0, atol=tol * b.abs().max().item())
+
+
+def test_implementation_says_how_the_loss_runs_and_why(monkeypatch):
+    import qkov.loss
+
+    whole = has_compiler() and torch.backends.mkl.is_available()
+    cpu = qkov.loss.implementation(16, 300, False, "cpu")
+    assert cpu.startswith("qkov C kernel, the whole loss" if whole else "PyTorch")
+    assert "(the model has b_U)" in qkov.loss.implementation(16, 300, True, "cpu")
+    assert qkov.loss.implementation(16, 300, False, "meta") == "PyTorch, in chunks (not a CPU)"
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # another thread's partial grad_W_U: 4 * 1024 * 50257 bytes
+    try:
+        big = qkov.loss.implementation(1024, 50_257, False, "cpu")
+    finally:
+        torch.set_num_threads(before)
+    assert "too much memory" in big or not whole
+    monkeypatch.setattr(qkov.loss.kernels, "blas", lambda: None)
+    no_mkl = qkov.loss.implementation(16, 300, False, "cpu")
+    assert "(torch is not built with MKL)" in no_mkl or not has_compiler()

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from qkov import ModelConfig, QkovError, load
+from qkov import ModelConfig, QkovError, kernels, load
 from qkov.attention import implementation, kernel_available
 from qkov.cli import main
 from qkov.data import prepare
+from qkov.loss import implementation as loss_implementation
 from qkov.metrics import read_records
 from qkov.train import TrainConfig, resume_config, train
 from tiny import tiny_train
@@ -109,6 +110,10 @@ def test_run_directory_is_loadable(data, tmp_path):
     assert record["attention"] == implementation(CFG.d_head, "cpu")
     kernel = CFG.d_head % 16 == 0 and kernel_available(CFG.d_head)
     assert record["attention"].startswith("qkov CPU kernel" if kernel else "PyTorch SDPA (")
+    # and how the loss ran: the whole of it in qkov's kernel where torch has MKL
+    assert record["loss"] == loss_implementation(CFG.d_model, CFG.d_vocab, CFG.bias, "cpu")
+    whole = kernels.compiler() is not None and torch.backends.mkl.is_available()
+    assert record["loss"].startswith("qkov C kernel, the whole loss" if whole else "PyTorch")
 
 
 def test_refuses_to_overwrite_and_resume_without_run(data, tmp_path):

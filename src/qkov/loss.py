@@ -40,7 +40,13 @@ from torch import Tensor
 from qkov import kernels
 from qkov.errors import QkovError
 
-__all__ = ["chunk_rows", "next_token_loss", "token_losses", "unembed_cross_entropy"]
+__all__ = [
+    "chunk_rows",
+    "implementation",
+    "next_token_loss",
+    "token_losses",
+    "unembed_cross_entropy",
+]
 
 _kernel_enabled = True  # tests switch the C kernel off to reach PyTorch's CPU branch
 _TINY_P = 1e-30  # below this a float32 probability loses digits (normal floats end at 1e-38)
@@ -91,28 +97,51 @@ def _softmax_xent(logits: Tensor, t: Tensor) -> ctypes.CDLL | None:
     return kernels.load("softmax_xent")
 
 
+_PARTIAL_LIMIT = 64 << 20  # bytes of the other threads' partial grad_W_U, all together
+
+
+def _why_not_whole(device: torch.device, dtype: torch.dtype, d_model: int, d_vocab: int) -> str:
+    """Why the whole loss cannot run in qkov's C kernel here ("" where it can)."""
+    if device.type != "cpu":
+        return "not a CPU"
+    if dtype != torch.float32:
+        return f"{dtype} weights (the kernel is float32)"
+    if not _kernel_enabled or kernels.load("softmax_xent") is None:
+        return kernels.reason("softmax_xent") or "the kernel is switched off"
+    if kernels.blas() is None:
+        return "torch is not built with MKL"
+    if (torch.get_num_threads() - 1) * d_model * d_vocab * 4 > _PARTIAL_LIMIT:
+        return "each thread's partial grad_W_U would take too much memory"
+    return ""
+
+
+def implementation(d_model: int, d_vocab: int, b_U: bool, device: str | torch.device) -> str:
+    """How a float32 training step computes the fused loss on this device, in words (what
+    `qkov train` records in versions.json)."""
+    device = torch.device(device)
+    why = "the model has b_U" if b_U else _why_not_whole(device, torch.float32, d_model, d_vocab)
+    if not why:
+        return "qkov C kernel, the whole loss (softmax_xent.c; torch's MKL on each thread)"
+    if device.type == "cpu" and _softmax_xent(torch.zeros(1, 1), torch.zeros(1).long()):
+        return f"PyTorch matmuls in chunks, qkov C kernel for softmax - onehot ({why})"
+    return f"PyTorch, in chunks ({why})"
+
+
 def _whole_loss_kernel(x: Tensor, W_U: Tensor, t: Tensor, chunk: int) -> tuple[Tensor, ...] | None:
     """The whole loss and both gradients in qkov's C kernel (`qkov_unembed_xent` in
     softmax_xent.c: each thread its own rows, their logits made, turned into the gradient
     and contracted in its cache, blocks of `chunk` rows, torch's MKL for the products) where
-    it applies: float32 on a CPU, x [n, D] and W_U [D, V] contiguous, torch built with MKL,
-    each thread's partial grad_W_U (D V floats) at most 64 MB. Returns (summed loss, grad_x,
-    grad_W_U of the mean loss) or None (the chunk loop below runs instead)."""
-    if x.device.type != "cpu" or not x.dtype == W_U.dtype == torch.float32 or not _kernel_enabled:
-        return None
-    if not (x.is_contiguous() and W_U.is_contiguous()):
-        return None
+    it applies (`_why_not_whole`: float32 on a CPU, torch built with MKL, the other threads'
+    partial grad_W_U at most 64 MB together). Returns (summed loss, grad_x, grad_W_U of the
+    mean loss) or None (the chunk loop runs instead)."""
     (n, D), V = x.shape, W_U.shape[1]
-    if (torch.get_num_threads() - 1) * D * V * 4 > 64 << 20:
+    if x.dtype != W_U.dtype or _why_not_whole(x.device, x.dtype, D, V):
         return None
-    lib, blas = kernels.load("softmax_xent"), kernels.blas()
-    if lib is None or blas is None:
-        return None
-    t = t.contiguous()
+    x, W_U, t = x.contiguous(), W_U.contiguous(), t.contiguous()
     losses, grad_x, grad_w = torch.empty(n), torch.empty(n, D), torch.empty(D, V)
     ptr = kernels.pointer
     args = (ptr(x), ptr(W_U), ptr(t), ptr(losses), ptr(grad_x), ptr(grad_w))
-    if lib.qkov_unembed_xent(n, D, V, *args, chunk, *blas):
+    if kernels.load("softmax_xent").qkov_unembed_xent(n, D, V, *args, chunk, *kernels.blas()):
         raise MemoryError("unembed_cross_entropy: the kernel could not allocate its buffers")
     return losses.sum(), grad_x, grad_w
 

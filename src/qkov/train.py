@@ -45,6 +45,7 @@ from qkov.errors import QkovError
 from qkov.flops import matmul_peak, mfu, train_step_flops
 from qkov.interrupt import StopRequest, TrainingInterrupted
 from qkov.io import atomic_save_safetensors, atomic_write_text, check_output_dir
+from qkov.loss import implementation as loss_implementation
 from qkov.metrics import METRICS, read_records
 from qkov.model import AttnOnlyTransformer
 from qkov.resources import check_step_memory
@@ -321,7 +322,10 @@ def _write_run_files(run: _Run, model: AttnOnlyTransformer, step: int, lock: Run
     remove_stale_temp_files(out)  # temp files of writes a kill interrupted
     run.cfg.save(out / "config.json")
     atomic_write_text(out / "train_config.json", json.dumps(dataclasses.asdict(run.tc), indent=2))
-    record = versions() | {"attention": implementation(run.cfg.d_head, run.dd.device)}
+    record = versions() | {
+        "attention": implementation(run.cfg.d_head, run.dd.device),
+        "loss": loss_implementation(run.cfg.d_model, run.cfg.d_vocab, run.cfg.bias, run.dd.device),
+    }
     atomic_write_text(out / "versions.json", json.dumps(record, indent=2))
     if run.data.tokenizer is not None:
         atomic_write_text(out / "tokenizer.json", run.data.tokenizer.to_str())

@@ -222,3 +222,23 @@ def test_implementation_says_how_the_loss_runs_and_why(monkeypatch):
     monkeypatch.setattr(qkov.loss.kernels, "blas", lambda: None)
     no_mkl = qkov.loss.implementation(16, 300, False, "cpu")
     assert "(torch is not built with MKL)" in no_mkl or not has_compiler()
+
+
+def test_float32_loss_is_right_whatever_torchs_default_dtype():
+    x, W_U = torch.randn(9, 8), torch.randn(8, 32)
+    t = torch.randint(32, (9,))
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # the kernels' buffers must still be float32
+    try:
+        r, w = x.clone().requires_grad_(), W_U.clone().requires_grad_()
+        loss = unembed_cross_entropy(r, w, t, chunk=4)
+        loss.backward()
+    finally:
+        torch.set_default_dtype(before)
+    r_ref, w_ref = x.clone().requires_grad_(), W_U.clone().requires_grad_()
+    ref = plain(r_ref, w_ref, t)
+    ref.backward()
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(r.grad, r_ref.grad)
+    torch.testing.assert_close(w.grad, w_ref.grad)

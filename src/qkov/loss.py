@@ -138,7 +138,12 @@ def _whole_loss_kernel(x: Tensor, W_U: Tensor, t: Tensor, chunk: int) -> tuple[T
     if x.dtype != W_U.dtype or _why_not_whole(x.device, x.dtype, D, V):
         return None
     x, W_U, t = x.contiguous(), W_U.contiguous(), t.contiguous()
-    losses, grad_x, grad_w = torch.empty(n), torch.empty(n, D), torch.empty(D, V)
+    f32 = dict(dtype=torch.float32)  # what the kernel writes, whatever torch's default dtype
+    losses, grad_x, grad_w = (
+        torch.empty(n, **f32),
+        torch.empty(n, D, **f32),
+        torch.empty(D, V, **f32),
+    )
     ptr = kernels.pointer
     args = (ptr(x), ptr(W_U), ptr(t), ptr(losses), ptr(grad_x), ptr(grad_w))
     if kernels.load("softmax_xent").qkov_unembed_xent(n, D, V, *args, chunk, *kernels.blas()):

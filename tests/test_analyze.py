@@ -1,15 +1,17 @@
 """analyze: which evaluation set each model gets, and that it says so (qkov.analyze,
 qkov.data.evaluation)."""
 
+import dataclasses
 import json
 import math
 
 import pytest
 
 from factories import general_model
-from qkov import QkovError
+from qkov import AttnOnlyTransformer, QkovError
 from qkov.ablation import term_importance
 from qkov.analyze import analyze
+from qkov.circuits import embedding_rms
 from qkov.data.evaluation import evaluation_set, text_windows
 from test_report import SAMPLE, make_model
 
@@ -81,6 +83,8 @@ def test_general_model_gets_every_analysis_with_its_mlp_terms():
     assert m["final_scale"]["median"] == pytest.approx(
         cache["ln_final_scale"].flatten().quantile(0.5).item()
     )
+    # and, with layers, the RMS of W_E's rows the bigram table divides by (not the logits)
+    assert m["embedding_rms"] == pytest.approx(embedding_rms(model))
     terms = m["term_importance"]["terms"]
     assert [t["term"] for t in terms] == [
         "order 0: direct path, biases, MLPs",
@@ -99,6 +103,20 @@ def test_general_model_gets_every_analysis_with_its_mlp_terms():
     assert all(math.isfinite(t["loss_increase"]) for t in terms)
     attn_only_model = analyze(make_model(2), log=None)["models"][0]
     assert "final_scale" not in attn_only_model  # no final norm: its circuits are logits
+    assert "embedding_rms" not in attn_only_model
     attn_only = attn_only_model["term_importance"]["terms"]
     assert attn_only[0]["term"] == "order 0: direct path (1)"  # as before
     assert not [t for t in attn_only if t["kind"] == "mlp"]
+
+
+def test_a_0_layer_rms_models_bigram_table_is_its_logits_and_needs_no_rms():
+    """Shortformer, no layers: the final norm divides each position by its token's own RMS,
+    the table's own divisor, so analyze records the final scale but no embedding RMS (the
+    report adds no note: the table is the logits); with a layer it records both."""
+    for n_layers in (0, 1):
+        words = make_model(n_layers)  # its hostile word-level tokenizer
+        model = AttnOnlyTransformer(dataclasses.replace(words.cfg, normalization="rms"))
+        model.tokenizer = words.tokenizer
+        m = analyze(model, log=None)["models"][0]
+        assert "final_scale" in m
+        assert ("embedding_rms" in m) == (n_layers > 0)

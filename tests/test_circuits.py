@@ -14,6 +14,7 @@ from qkov.circuits import (
     W_QK,
     direct_path,
     eigenvalue_score,
+    embedding_rms,
     final_norm_scale,
     ov_circuit,
     ov_eigenvalues,
@@ -27,6 +28,7 @@ from qkov.circuits import (
 )
 from qkov.errors import QkovError
 from qkov.fold import fold_layernorm
+from qkov.model import rms_scale
 
 
 def random_model(n_layers=1, positional="shortformer", seed=0, n_heads=2, std=0.5, norm="none"):
@@ -440,6 +442,36 @@ def test_a_heads_ov_circuit_over_the_final_scale_is_its_logit_effect():
     q = torch.quantile(scale.flatten(), torch.tensor([0.5, 0.1, 0.9]))
     assert (fs.median, fs.p10, fs.p90) == pytest.approx(q.tolist())
     assert fs.n_positions == 3 * 8 and fs.p10 <= fs.median <= fs.p90
+
+
+@pytest.mark.parametrize("n_layers", [0, 1])
+def test_the_direct_path_times_the_tokens_rms_over_the_final_scale_is_its_logit(n_layers):
+    """The claim `embedding_rms` (and the report's note on bigram tables) rests on: the
+    table reads each token over its own RMS; the embedding's own term of the logits at a
+    position is the table's row times that RMS over the final norm's scale there. With no
+    layers (shortformer) the two divisors are the same and the table is the logits."""
+    cfg = ModelConfig(
+        n_layers=n_layers, n_heads=2, d_model=32, d_vocab=20, n_ctx=8, normalization="rms"
+    )
+    torch.manual_seed(1)
+    model = AttnOnlyTransformer(cfg)
+    tokens = torch.randint(0, 20, (3, 8))
+    logits, cache = model.run_with_cache(tokens)
+    scale = cache["scale.final"]  # [batch, pos, 1]
+    table = direct_path(model).dense()  # [current, out]
+    rms = rms_scale(model.W_E.detach(), cfg.norm_eps)  # [d_vocab, 1]
+    embedding_term = model.W_E.detach()[tokens] @ model.W_U.detach() / scale
+    torch.testing.assert_close(table[tokens] * rms[tokens] / scale, embedding_term)
+    if n_layers == 0:
+        torch.testing.assert_close(table[tokens], logits)
+    else:  # the heads write into the stream too: the table alone is not the logits
+        assert not torch.allclose(table[tokens], logits, atol=1e-3)
+    es = embedding_rms(model)
+    q = torch.quantile(rms.flatten(), torch.tensor([0.5, 0.1, 0.9]))
+    assert (es["median"], es["p10"], es["p90"]) == pytest.approx(q.tolist())
+    assert es["n_tokens"] == 20
+    plain = AttnOnlyTransformer(ModelConfig(n_layers=1, n_heads=2, d_model=16, d_vocab=20))
+    assert embedding_rms(plain) is None  # no norm: the table divides by nothing
 
 
 def test_final_norm_scale_of_layernorm_and_of_no_norm():

@@ -556,3 +556,11 @@ def test_final_scale_is_noted_where_circuits_are_written_before_the_norm():
         "median 10.610" in notes[0] and "8.600-13.000" in notes[0] and "\u00f7 10.610" in notes[0]
     )
     assert not doc.by_id("m0-bigrams").all("p", "units")
+    # with layers analyze also records W_E's RMS: the bigram table, read over each token's
+    # own RMS, is then not the logits, and its note says by how much
+    analysis["models"][0]["embedding_rms"] = {"median": 2.5, "p10": 2.0, "p90": 3.25,
+                                              "n_tokens": 64}  # fmt: skip
+    bigrams = tree(render_report(analysis)).by_id("m0-bigrams")
+    (note,) = [p.text for p in bigrams.all("p", "units")]
+    assert "median 2.500" in note and "2.000-3.250" in note and "median 10.610" in note
+    assert "value \u00d7 2.500 \u00f7 10.610" in note

@@ -27,6 +27,7 @@ from qkov.ablation import icl_from_logits, term_importance
 from qkov.attribution import attribute
 from qkov.checkpoint import load
 from qkov.circuits import (
+    embedding_rms,
     final_norm_scale,
     positional_qk,
     qk_eigenvalues,
@@ -216,6 +217,10 @@ def analyze_model(
     scale = final_norm_scale(model, tokens[:ABLATION_SEQUENCES])
     if scale is not None:
         rec["final_scale"] = scale.to_dict()
+        # The bigram table reads each token over its own RMS: the final norm's divisor only
+        # where nothing else is in the stream (no layers, no W_pos added to it).
+        if cfg.n_layers or cfg.positional == "standard":
+            rec["embedding_rms"] = embedding_rms(model)
     # A 0-layer model sees only the current token: its ICL score is the baseline that
     # token statistics alone give (early and late windows hold different tokens).
     icl = icl_from_logits(logits, tokens).to_dict()

@@ -516,7 +516,8 @@ class FinalScale:
     token OV circuit (and so its skip-trigram boosts), which reads normalised tokens but
     writes into the stream before the final norm, into logits at a position: logit = value
     / scale. (Not the direct path: `direct_path` reads each token over its own RMS, which
-    for a 0-layer model is exactly the final norm, so its bigrams are already logits there.)"""
+    for a 0-layer model is exactly the final norm, so its bigrams are already logits there;
+    elsewhere see `embedding_rms`.)"""
 
     median: float
     p10: float
@@ -540,6 +541,24 @@ def final_norm_scale(model: Transformer, tokens: Tensor) -> FinalScale | None:
     s = next(cache[n] for n in names if n in cache).flatten().float()
     q = torch.quantile(s, torch.tensor([0.5, 0.1, 0.9], device=s.device)).tolist()
     return FinalScale(q[0], q[1], q[2], s.numel())
+
+
+@torch.no_grad()
+def embedding_rms(model: Transformer) -> dict[str, Any] | None:
+    """The RMS of each row of W_E (the folded model's: centred for layernorm), the divisor
+    `direct_path` reads each token over: median and 10th/90th percentiles over the
+    vocabulary ({"median", "p10", "p90", "n_tokens"}); None without normalization.
+
+    The direct path is then exact only where the final norm divides by that same RMS (a
+    0-layer model with no W_pos in the stream). Elsewhere the final norm divides the whole
+    stream at position i by its scale s_i, and the logit the current token t adds directly
+    is the table's value x rms(W_E[t]) / s_i."""
+    m = folded(model)
+    if m.cfg.normalization != "rms":  # what the folded model's norms all become
+        return None
+    r = rms_scale(m.W_E.detach(), m.cfg.norm_eps).flatten().float()
+    q = torch.quantile(r, torch.tensor([0.5, 0.1, 0.9], device=r.device)).tolist()
+    return {"median": q[0], "p10": q[1], "p90": q[2], "n_tokens": r.numel()}
 
 
 # ---------------------------------------------------------------------- OV eigenvalues

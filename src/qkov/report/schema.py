@@ -47,6 +47,11 @@ computed" (with the reason from `not_computed` if given). Names are the library'
                                            # on the evaluation text (absent: no final norm);
                                            # skip-trigram scores (OV circuits) are
                                            # written before it: logit = value / scale
+      "embedding_rms": {"median": float, "p10": float, "p90": float, "n_tokens": int},
+                                           # optional, with final_scale where the bigram
+                                           # table is not the logits (layers, or W_pos in
+                                           # the stream): the RMS of W_E's rows, which the
+                                           # table divides by; logit = value x rms / scale
       "token_filter": {"min_count": int, "n_kept": int, "n_tokens": int} | null,
                                            # skip-trigrams rank only tokens seen >= min_count
                                            # times in training (n_kept of n_tokens); null:

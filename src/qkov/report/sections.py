@@ -74,6 +74,24 @@ def final_scale_note(m: dict, what: str) -> str:
     )
 
 
+def direct_path_note(m: dict) -> str:
+    """Where the bigram table is not the model's own logits (`embedding_rms` in
+    analysis.json: a final norm, and layers or W_pos in the stream): it reads each token
+    over its own RMS, the model divides the whole stream; '' where the table is exact."""
+    es, fs = m.get("embedding_rms"), m.get("final_scale")
+    if not es or not fs:
+        return ""
+    return (
+        '<p class="note units">The table reads each current token alone, over its own RMS '
+        f"(W<sub>E</sub>'s rows: median {esc(num(es['median']))}, 10-90% "
+        f"{esc(num(es['p10']))}-{esc(num(es['p90']))}); in this model the final norm divides "
+        "the whole stream at each position by its scale (median "
+        f"{esc(num(fs['median']))} on the evaluation text). The logit a token adds through "
+        "the direct path is value × its RMS ÷ the scale: about value × "
+        f"{esc(num(es['median']))} ÷ {esc(num(fs['median']))}.</p>"
+    )
+
+
 def bigram_section(m: dict) -> str:
     rows = m.get("bigrams")
     if not rows:
@@ -82,6 +100,7 @@ def bigram_section(m: dict) -> str:
         '<p class="note">Largest entries of the direct path W<sub>E</sub>W<sub>U</sub>: '
         "the logit added to <i>out</i> when the current token is <i>current</i> (each row "
         "centred).</p>"
+        + direct_path_note(m)
         + scale_note(m, "bigram_rows", "current tokens")
         + token_table(rows, [("current", "current"), ("out", "out")], ("logit", "logit"))
     )

@@ -12,7 +12,9 @@ to a temporary name then renamed, so concurrent builds cannot load a half-writte
 Where no compiler or OpenMP is available, or `QKOV_KERNELS=0`, `load` returns None and the
 caller falls back to PyTorch (`reason()` says why). The library is linked against OpenMP by
 its soname, `libgomp.so.1`, which torch has already loaded: the kernels run on torch's own
-thread pool (`torch.set_num_threads`), not a second one competing for the cores.
+thread pool (`torch.set_num_threads`), not a second one competing for the cores. A kernel
+that multiplies matrices calls torch's own MKL (`blas()`: its `sgemm_`, passed in as a
+function pointer), never a BLAS of its own.
 """
 
 from __future__ import annotations

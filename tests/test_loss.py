@@ -1,5 +1,7 @@
 """The fused unembed + cross-entropy equals the plain computation, values and gradients."""
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -104,6 +106,25 @@ def test_the_whole_loss_runs_in_the_kernel_where_torch_has_mkl():
     assert (kernels.blas() is not None) == torch.backends.mkl.is_available()
 
 
+@contextmanager
+def torch_setting(get, set_, value):
+    """A process-wide torch setting (threads, default dtype) for the block, then restored."""
+    before = get()
+    set_(value)
+    try:
+        yield
+    finally:
+        set_(before)
+
+
+def loss_and_grads(fn, resid, W_U, t, dtype=None):
+    """fn(resid, W_U, t)'s loss and both gradients, on copies (in `dtype`, if given)."""
+    r, w = (x.detach().to(dtype or x.dtype).clone().requires_grad_() for x in (resid, W_U))
+    loss = fn(r, w, t)
+    loss.backward()
+    return loss.detach(), r.grad, w.grad
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("n", [1, 5, 67])  # fewer rows than threads; blocks left over
 def test_whole_loss_kernel_splits_rows_between_any_threads(threads, n):
@@ -112,21 +133,11 @@ def test_whole_loss_kernel_splits_rows_between_any_threads(threads, n):
     g = torch.Generator().manual_seed(n)
     resid, W_U = torch.randn(n, 16, generator=g) * 2, torch.randn(16, 40, generator=g)
     t = torch.randint(40, (n,), generator=g)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        r, w = resid.clone().requires_grad_(), W_U.clone().requires_grad_()
-        loss = unembed_cross_entropy(r, w, t, chunk=4)
-        loss.backward()
-    finally:
-        torch.set_num_threads(before)
-    r64, w64 = resid.double().requires_grad_(), W_U.double().requires_grad_()
-    ref = plain(r64, w64, t)
-    ref.backward()
-    tol = dict(rtol=2e-5, atol=2e-6)
-    torch.testing.assert_close(loss.double(), ref.detach(), **tol)
-    torch.testing.assert_close(r.grad.double(), r64.grad, **tol)
-    torch.testing.assert_close(w.grad.double(), w64.grad, **tol)
+    with torch_setting(torch.get_num_threads, torch.set_num_threads, threads):
+        got = loss_and_grads(fused(4), resid, W_U, t)
+    want = loss_and_grads(plain, resid, W_U, t, torch.float64)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a.double(), b, rtol=2e-5, atol=2e-6)
 
 
 @pytest.mark.parametrize("bad", [-1, 32])
@@ -227,18 +238,10 @@ def test_implementation_says_how_the_loss_runs_and_why(monkeypatch):
 def test_float32_loss_is_right_whatever_torchs_default_dtype():
     x, W_U = torch.randn(9, 8), torch.randn(8, 32)
     t = torch.randint(32, (9,))
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)  # the kernels' buffers must still be float32
-    try:
-        r, w = x.clone().requires_grad_(), W_U.clone().requires_grad_()
-        loss = unembed_cross_entropy(r, w, t, chunk=4)
-        loss.backward()
-    finally:
-        torch.set_default_dtype(before)
-    r_ref, w_ref = x.clone().requires_grad_(), W_U.clone().requires_grad_()
-    ref = plain(r_ref, w_ref, t)
-    ref.backward()
-    assert loss.dtype == torch.float32
-    torch.testing.assert_close(loss, ref)
-    torch.testing.assert_close(r.grad, r_ref.grad)
-    torch.testing.assert_close(w.grad, w_ref.grad)
+    # the kernels' buffers must still be float32 when torch makes float64 by default
+    with torch_setting(torch.get_default_dtype, torch.set_default_dtype, torch.float64):
+        got = loss_and_grads(fused(4), x, W_U, t)
+    want = loss_and_grads(plain, x, W_U, t)
+    assert got[0].dtype == torch.float32
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)

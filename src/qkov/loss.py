@@ -122,7 +122,7 @@ def implementation(d_model: int, d_vocab: int, b_U: bool, device: str | torch.de
     why = "the model has b_U" if b_U else _why_not_whole(device, torch.float32, d_model, d_vocab)
     if not why:
         return "qkov C kernel, the whole loss (softmax_xent.c; torch's MKL on each thread)"
-    if device.type == "cpu" and _softmax_xent(torch.zeros(1, 1), torch.zeros(1).long()):
+    if device.type == "cpu" and _kernel_enabled and kernels.load("softmax_xent") is not None:
         return f"PyTorch matmuls in chunks, qkov C kernel for softmax - onehot ({why})"
     return f"PyTorch, in chunks ({why})"
 
@@ -138,12 +138,7 @@ def _whole_loss_kernel(x: Tensor, W_U: Tensor, t: Tensor, chunk: int) -> tuple[T
     if x.dtype != W_U.dtype or _why_not_whole(x.device, x.dtype, D, V):
         return None
     x, W_U, t = x.contiguous(), W_U.contiguous(), t.contiguous()
-    f32 = dict(dtype=torch.float32)  # what the kernel writes, whatever torch's default dtype
-    losses, grad_x, grad_w = (
-        torch.empty(n, **f32),
-        torch.empty(n, D, **f32),
-        torch.empty(D, V, **f32),
-    )
+    losses, grad_x, grad_w = x.new_empty(n), x.new_empty(n, D), x.new_empty(D, V)  # float32
     ptr = kernels.pointer
     args = (ptr(x), ptr(W_U), ptr(t), ptr(losses), ptr(grad_x), ptr(grad_w))
     if kernels.load("softmax_xent").qkov_unembed_xent(n, D, V, *args, chunk, *kernels.blas()):
@@ -213,9 +208,8 @@ class _UnembedCrossEntropy(torch.autograd.Function):
         n = resid.shape[0]
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_b = b_U is not None and ctx.needs_input_grad[2]
-        whole = None
-        if need_x and need_w and b_U is None and mm is None:  # training without b_U
-            whole = _whole_loss_kernel(resid, W_U, targets, chunk)
+        training = need_x and need_w and b_U is None and mm is None  # (without b_U)
+        whole = _whole_loss_kernel(resid, W_U, targets, chunk) if training else None
         if whole is not None:
             total, grad_x, grad_w = whole
             ctx.save_for_backward(grad_x, grad_w, None)

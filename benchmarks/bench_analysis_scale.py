@@ -35,10 +35,11 @@ from pathlib import Path
 import torch
 
 from qkov import ModelConfig, Transformer
-from qkov.circuits import ov_circuit, ov_eigenvalues, ov_statistics, path_expansion
+from qkov.circuits import ov_circuit, ov_eigenvalues, ov_statistics
 from qkov.composition import composition_scores
 from qkov.data.probes import induction_probe
 from qkov.heads import classify_heads
+from qkov.paths import path_expansion
 from qkov.trigrams import skip_trigrams
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -134,3 +134,18 @@ def induction_model(noise: float = 0.05, seed: int = 0) -> Transformer:
     W["W_O"][1, 0, :, :V] += eye
     W["W_U"][:V, :] += eye
     return Transformer.from_weights(cfg, W)
+
+
+def circuit_model(n_layers=1, positional="shortformer", seed=0, n_heads=2, std=0.5, norm="none"):
+    """The circuit and path tests' models: narrower than the default (d_model 16, 10
+    positions)."""
+    return random_model(
+        n_layers,
+        positional,
+        normalization=norm,
+        n_heads=n_heads,
+        d_model=16,
+        n_ctx=10,
+        init_std=std,
+        seed=seed,
+    )

@@ -23,8 +23,8 @@ from qkov.ablation import (
     start_order_residuals,
     term_importance,
 )
-from qkov.circuits import path_expansion
 from qkov.data.probes import repeated_random_tokens
+from qkov.paths import path_expansion
 from test_heads import V, build_induction_model
 
 TOL = dict(atol=1e-4, rtol=1e-4)
@@ -54,7 +54,7 @@ def test_orders_sum_to_logits(n_layers, positional, norm):
 
 @pytest.mark.parametrize("norm", ["none", "rms"])
 @pytest.mark.parametrize("positional", ["shortformer", "standard"])
-def test_orders_agree_with_circuits_path_expansion(positional, norm):
+def test_orders_agree_with_the_path_expansion(positional, norm):
     model = random_model(2, positional, norm=norm)
     tokens = random_tokens(model, seed=1)
     mine = order_logits(model, tokens)

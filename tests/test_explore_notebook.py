@@ -12,9 +12,9 @@ import torch
 
 import qkov
 from factories import random_model
-from qkov.circuits import PathExpansion, PathTerm, path_expansion
 from qkov.heads import classify_heads
 from qkov.notebook import AttentionPatterns, attention
+from qkov.paths import PathExpansion, PathTerm, path_expansion
 from qkov.trigrams import SkipTrigram, SkipTrigramTable, skip_trigrams
 
 HOSTILE = '<script>window.__pwned=1</script>"><img src=x onerror=alert(1)>'

@@ -28,7 +28,7 @@ _EXPORTS = {
     "ov_copying_all": "qkov.circuits",
     "top_bigrams": "qkov.circuits",
     "induction_qk_term": "qkov.circuits",
-    "path_expansion": "qkov.circuits",
+    "path_expansion": "qkov.paths",
     "qk_circuit": "qkov.circuits",
     "qk_positional_terms": "qkov.circuits",
     "positional_qk": "qkov.circuits",

@@ -13,7 +13,7 @@ logits - R_k W_U ("zero") or logits - R_k W_U + mean(R_k) W_U ("mean", mean over
 positions): exactly the forward pass run with frozen patterns and each head's value input fed
 without its order-(k-1) part. Keys and queries keep their clean inputs (frozen patterns), as
 in the paper's term-importance analysis. This works on the residual stream per order
-((n_layers + 1) streams), not per path like `qkov.circuits.path_expansion` ((1 + n_heads)
+((n_layers + 1) streams), not per path like `qkov.paths.path_expansion` ((1 + n_heads)
 ^ n_layers logit tensors), so it fits real text with a large vocabulary.
 
 General models (MLPs, biases, layernorm/rmsnorm) are decomposed after folding their norms
@@ -38,10 +38,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from qkov.circuits import FROZEN, folded, frozen_scales, start_names
+from qkov.circuits import folded
 from qkov.errors import QkovError
 from qkov.loss import next_token_loss, token_losses
 from qkov.model import AttnOnlyTransformer, Transformer
+from qkov.paths import FROZEN, frozen_scales, start_names
 
 ABLATION_MODES = ("zero", "mean")
 
@@ -68,10 +69,10 @@ def start_order_residuals(
     model: Transformer, tokens: Tensor
 ) -> tuple[dict[str, Tensor], Tensor, Transformer]:
     """The residual stream split by start and path order, everything frozen at the clean
-    pass (patterns, norm scales, MLP outputs; see `qkov.circuits.path_expansion`).
+    pass (patterns, norm scales, MLP outputs; see `qkov.paths.path_expansion`).
 
     tokens [batch, pos] -> ({start: [n_layers + 1, batch, pos, d_model]}, clean logits,
-    the folded model whose W_U (+ b_U) reads them). Starts are `circuits.start_names`;
+    the folded model whose W_U (+ b_U) reads them). Starts are `paths.start_names`;
     each stream is as the unembedding reads it (over the final norm's frozen scale)."""
     tokens = model.check_tokens(tokens)
     clean = model(tokens)

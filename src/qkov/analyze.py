@@ -352,7 +352,7 @@ def _term_importance_on(cfg: ModelConfig, n_seq: int, seq_len: int) -> list[int]
     stream at every order through every layer) of n_seq x seq_len tokens fits ORDER_BUDGET;
     else the [sequences, positions] that fit: whole sequences if one fits, else the first
     positions of the first sequence."""
-    from qkov.circuits import start_names
+    from qkov.paths import start_names
 
     L = cfg.n_layers
     per_token = len(start_names(cfg)) * max(1, L * (L + 1) // 2) * cfg.d_model**2 * 2

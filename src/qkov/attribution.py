@@ -1,6 +1,6 @@
 """Per-token logit attribution on a text: which paths push the actual next token's logit up or down.
 
-Built on `qkov.circuits.path_expansion`: with the attention patterns, norm scales and MLP
+Built on `qkov.paths.path_expansion`: with the attention patterns, norm scales and MLP
 outputs frozen at the forward pass, the logits are exactly a sum of paths (the direct
 path, each head, each virtual head, each bias and MLP start), so at every position the
 logit of the token that actually comes next is exactly the sum of its paths'
@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from qkov.circuits import PathTerm, path_expansion
 from qkov.data.tokenizer import decode_token
 from qkov.errors import QkovError
 from qkov.model import Transformer
+from qkov.paths import PathTerm, path_expansion
 
 
 @dataclass

@@ -3,7 +3,7 @@
 The paper's 2-layer QK terms ("both Q-composition and K-composition come into play"). With
 the attention patterns of earlier layers, the norm scales and the MLP outputs frozen at the
 clean forward pass, the residual stream entering layer l is exactly a sum of paths, as in
-`qkov.circuits.path_expansion`: a start (the token embedding, the positions, the biases or
+`qkov.paths.path_expansion`: a start (the token embedding, the positions, the biases or
 an MLP's output) then a chain of earlier heads. Head (l, h)'s query and key are linear in
 that stream, so with q = sum_i q_i and k = sum_j k_j
 
@@ -33,9 +33,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from qkov.circuits import Chain, check_head, frozen_scales, residual_paths
+from qkov.circuits import check_head
 from qkov.errors import QkovError
 from qkov.model import Transformer
+from qkov.paths import Chain, frozen_scales, residual_paths
 
 KINDS = ("direct", "Q-composition", "K-composition", "Q+K-composition")
 QK_MAX_ORDER = 2  # what `qkov heads --qk-terms` and analyze cut chains at (the paper's terms)

@@ -135,8 +135,8 @@ def repeated_token_logit(model: Transformer, tokens: Tensor, half_len: int) -> R
     architecture: the model is folded (`qkov.fold.fold_layernorm`: a learned final norm's
     weight and bias go into W_U and b_U, layernorm's centring into the writers), so the
     logits are the final stream, a sum of its writers, over the frozen final scale, @ W_U."""
-    from qkov.circuits import frozen_scales
     from qkov.fold import fold_layernorm
+    from qkov.paths import frozen_scales
 
     m = fold_layernorm(model, center_unembed=False)
     cfg, w = m.cfg, m.weights()

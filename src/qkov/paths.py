@@ -1,0 +1,265 @@
+"""Path expansion: the logits as an exact sum of paths (start, chain of heads, unembedding).
+
+With the attention patterns, the norm scales and the MLP outputs frozen at a forward pass,
+every head is linear in what it reads, so the residual stream entering any layer, and the
+logits, split into one term per start (`start_names`) and chain of heads (layers
+increasing): the direct path, single heads, virtual heads. `path_expansion` makes the split
+at the unembedding, `residual_paths` at any layer (the QK terms of `qkov.qk_terms` read it
+on each side of a head). The core invariant, checked by the tests on every architecture:
+the terms sum to the model's own logits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from qkov.config import ModelConfig
+from qkov.errors import QkovError
+from qkov.model import Transformer
+
+Chain = tuple[tuple[int, int], ...]
+
+
+def start_names(cfg: ModelConfig) -> list[str]:
+    """Where paths start, in order: "token" (W_E), "pos" (W_pos in the stream,
+    positional="standard"), "bias" (every constant the model adds: b_V W_O, b_O, b_out, b_U)
+    and "mlp{l}" (MLP l's output less b_out, taken from the clean forward pass)."""
+    names = ["token"] + (["pos"] if cfg.positional == "standard" else [])
+    names += ["bias"] if cfg.bias else []
+    return names + [f"mlp{l}" for l in range(cfg.n_layers)] if cfg.d_mlp else names
+
+
+@dataclass
+class PathTerm:
+    """One term of the path expansion: the logits carried by one path.
+
+    heads: () for the direct path, ((l, h),) for a single head, a longer chain (layers
+    increasing) for a virtual head. start: where the path begins (see `start_names`).
+    cut: set only on the remainder term of a `max_order` expansion: every path with more
+    than `cut` heads, from any start, summed (its order is reported as cut + 1)."""
+
+    heads: Chain
+    start: str
+    logits: Tensor  # [batch, pos, d_vocab]
+    cut: int | None = None
+
+    @property
+    def order(self) -> int:
+        return len(self.heads) if self.cut is None else self.cut + 1
+
+    @property
+    def name(self) -> str:
+        if self.cut is not None:
+            return f"order>{self.cut}"
+        base = ">".join(f"L{l}H{h}" for l, h in self.heads) or "direct"
+        return base if self.start == "token" else f"{base}[{self.start}]"
+
+    def __repr__(self) -> str:
+        return f"PathTerm({self.name}, logits={list(self.logits.shape)})"
+
+
+@dataclass
+class PathExpansion:
+    """logits = sum of terms, attention patterns (and norm scales, MLP outputs) frozen at
+    those of the forward pass.
+
+    With positional="standard", W_pos sits in the residual stream beside W_E, so every path
+    has a second term starting from W_pos (start="pos"); shortformer and none add none. With
+    biases and MLPs, "bias" and each "mlp{l}" start paths too (see `start_names`)."""
+
+    terms: list[PathTerm]
+    logits: Tensor  # [batch, pos, d_vocab], the model's own forward pass
+    patterns: list[Tensor] = field(repr=False)  # per layer [batch, n_heads, dest, src]
+
+    def total(self) -> Tensor:
+        """Sum of all terms [batch, pos, d_vocab]."""
+        return torch.stack([t.logits for t in self.terms]).sum(0)
+
+    def max_abs_error(self) -> float:
+        """max |sum of terms - model logits|."""
+        return float((self.total() - self.logits).abs().max())
+
+    def by_order(self) -> dict[int, Tensor]:
+        """Sum of the terms of each order: 0 direct, 1 single heads, k >= 2 virtual heads
+        (a max_order remainder counts as order max_order + 1)."""
+        out: dict[int, Tensor] = {}
+        for t in self.terms:
+            out[t.order] = out[t.order] + t.logits if t.order in out else t.logits.clone()
+        return out
+
+    def by_start(self) -> dict[str, Tensor]:
+        """Sum of the terms of each start (the remainder under "remainder")."""
+        out: dict[str, Tensor] = {}
+        for t in self.terms:
+            key = "remainder" if t.cut is not None else t.start
+            out[key] = out[key] + t.logits if key in out else t.logits.clone()
+        return out
+
+    def term(self, name: str) -> PathTerm:
+        for t in self.terms:
+            if t.name == name:
+                return t
+        raise QkovError(f"no path term named {name!r}: names look like 'direct', 'L0H1>L1H0'")
+
+    @property
+    def direct(self) -> list[PathTerm]:
+        return [t for t in self.terms if t.order == 0]
+
+    @property
+    def heads(self) -> list[PathTerm]:
+        return [t for t in self.terms if t.order == 1 and t.cut is None]
+
+    @property
+    def virtual_heads(self) -> list[PathTerm]:
+        return [t for t in self.terms if t.order >= 2 and t.cut is None]
+
+    def __repr__(self) -> str:
+        return (
+            f"PathExpansion({len(self.terms)} terms: {len(self.direct)} direct, "
+            f"{len(self.heads)} head, {len(self.virtual_heads)} virtual-head; "
+            f"logits={list(self.logits.shape)}, max_abs_error={self.max_abs_error():.2e})"
+        )
+
+    def _repr_html_(self) -> str:  # Jupyter: the terms as bars (qkov.notebook)
+        from qkov.notebook import path_expansion_html
+
+        return path_expansion_html(self)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "logits_shape": list(self.logits.shape),
+            "max_abs_error": self.max_abs_error(),
+            "terms": [
+                {
+                    "name": t.name,
+                    "order": t.order,
+                    "start": t.start,
+                    "heads": [list(lh) for lh in t.heads],
+                    "logit_rms": float(t.logits.pow(2).mean().sqrt()),
+                }
+                for t in self.terms
+            ],
+        }
+
+
+def residual_paths(
+    model: Transformer,
+    tokens: Tensor,
+    cache: dict[str, Tensor],
+    layer: int,
+    max_order: int | None = None,
+) -> dict[tuple[str, Chain], Tensor]:
+    """The residual stream entering `layer` as a sum of paths, {(start, chain): [batch,
+    pos, d_model]}, of a folded model (`qkov.fold`) with the patterns, scales and MLP
+    outputs of `cache` frozen: the split `path_expansion` makes before W_U (and
+    `qkov.qk_terms` reads on each side of a head). Chains
+    longer than max_order heads are summed under ("remainder", ())."""
+    cfg, w = model.cfg, model.weights()
+    scale = frozen_scales(model, cache)
+    batch, n = tokens.shape
+    streams: dict[tuple[str, Chain], Tensor] = {("token", ()): w["W_E"][tokens]}
+    if cfg.positional == "standard":
+        streams[("pos", ())] = w["W_pos"][:n].expand(batch, n, cfg.d_model)
+    if cfg.bias:
+        streams[("bias", ())] = torch.zeros_like(streams[("token", ())])
+    remainder: Tensor | None = None
+    for l in range(layer):
+        pattern = cache[f"pattern.{l}"]  # [batch, head, dest, src]
+        new: dict[tuple[str, Chain], Tensor] = {}
+        if remainder is not None:  # past the cut: on through every later head
+            v = (remainder / scale[l])[:, None] @ w["W_V"][l]
+            remainder = remainder + ((pattern @ v) @ w["W_O"][l]).sum(1)
+        for (start, chain), x in streams.items():
+            v = (x / scale[l])[:, None] @ w["W_V"][l]  # [batch, head, pos, d_head]
+            if start == "bias" and not chain:
+                v = v + w["b_V"][l][:, None]  # [head, 1, d_head]: the head's own constant
+            out = (pattern @ v) @ w["W_O"][l]  # [batch, head, pos, d_model]
+            if max_order is not None and len(chain) >= max_order:
+                remainder = out.sum(1) if remainder is None else remainder + out.sum(1)
+                continue
+            for h in range(cfg.n_heads):
+                new[(start, chain + ((l, h),))] = out[:, h]
+        streams.update(new)
+        if cfg.bias:
+            streams[("bias", ())] = streams[("bias", ())] + w["b_O"][l]
+        if cfg.d_mlp:
+            b_out = w["b_out"][l] if cfg.bias else 0.0
+            streams[(f"mlp{l}", ())] = cache[f"mlp_out.{l}"] - b_out
+            if cfg.bias:
+                streams[("bias", ())] = streams[("bias", ())] + b_out
+    if remainder is not None:
+        streams[("remainder", ())] = remainder
+    return streams
+
+
+@torch.no_grad()
+def path_expansion(
+    model: Transformer, tokens: Tensor, max_order: int | None = None
+) -> PathExpansion:
+    """Split the logits into paths: a start (see `start_names`), a chain of heads, then the
+    unembedding. Exact (to float rounding) on every architecture, with these frozen at the
+    clean forward pass: attention patterns, norm scales and MLP outputs.
+
+    Learned norms are folded first (`qkov.fold.fold_layernorm`, center_unembed=False), so
+    each head reads its input divided by the frozen scale.{l} and the unembedding by
+    scale.final. With the patterns A^{l,h} [dest, src] frozen the heads are linear in what
+    they read:
+
+        logits = sum over starts x0 and chains (l1,h1) < ... < (lk,hk) of
+                 A^{lk,hk} ... A^{l1,h1} x0 W_OV^{l1,h1} ... W_OV^{lk,hk} W_U  (+ b_U)
+
+    A source enters at its layer (mlp{l} after layer l's heads, so only later heads read
+    it). The bias start carries every constant: b_O and b_out enter its stream at their
+    layer, b_V W_O joins its one-head term, b_U its direct term. An MLP is opaque: what its
+    output does is its own start's paths; what its input read is not split.
+
+    There are (1 + n_heads)^n_layers chains per start; with max_order every path longer than
+    max_order heads goes into one remainder term (name "order>{max_order}"), so the terms
+    still sum to the logits. tokens: [batch, pos] or [pos]."""
+    from qkov.fold import fold_layernorm
+
+    tokens = model.check_tokens(tokens)
+    clean = model(tokens)
+    model = fold_layernorm(model, center_unembed=False)
+    cfg = model.cfg
+    w = model.weights()
+    logits, cache = model.run_with_cache(tokens, names=_frozen_names)
+    patterns = [cache[f"pattern.{l}"] for l in range(cfg.n_layers)]
+    scale = frozen_scales(model, cache)
+    streams = residual_paths(model, tokens, cache, cfg.n_layers, max_order)
+    remainder = streams.pop(("remainder", ()), None)
+    terms = [
+        PathTerm(chain, start, (x / scale[-1]) @ w["W_U"]) for (start, chain), x in streams.items()
+    ]
+    if remainder is not None:
+        terms.append(PathTerm((), "remainder", (remainder / scale[-1]) @ w["W_U"], max_order))
+    if cfg.bias:
+        bias_direct = next(t for t in terms if t.start == "bias" and not t.heads)
+        bias_direct.logits = bias_direct.logits + w["b_U"]
+    rank = {s: i for i, s in enumerate(start_names(cfg) + ["remainder"])}
+    terms.sort(key=lambda t: (t.order, t.heads, rank[t.start]))
+    return PathExpansion(terms=terms, logits=clean, patterns=patterns)
+
+
+# Hook kinds a frozen-pattern decomposition reads: the patterns, the scales, the MLP outputs.
+FROZEN = ("pattern", "scale", "mlp_out")
+
+
+def _frozen_names(name: str) -> bool:
+    return name.split(".")[0] in FROZEN
+
+
+def frozen_scales(model: Transformer, cache: dict[str, Tensor]) -> list[Tensor | float]:
+    """The divisors of each layer's head input and of the unembedding's input, from a
+    forward pass's cache of a folded model (`qkov.fold`): [batch, pos, 1] each with
+    normalization="rms", else 1.0."""
+    if model.cfg.normalization not in ("none", "rms"):
+        raise QkovError(
+            f"frozen_scales needs a folded model (normalization 'none' or 'rms'), got "
+            f"{model.cfg.normalization!r}: pass qkov.fold.fold_layernorm(model) instead"
+        )
+    if model.cfg.normalization != "rms":
+        return [1.0] * (model.cfg.n_layers + 1)
+    return [cache[f"scale.{l}"] for l in range(model.cfg.n_layers)] + [cache["scale.final"]]

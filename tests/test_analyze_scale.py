@@ -1,4 +1,4 @@
-"""Analysis at scale (`qkov.analyze.ScalePlan`): the estimates a large vocabulary needs are
+"""Analysis at scale (`qkov.budget.ScalePlan`): the estimates a large vocabulary needs are
 the exact values when their sample is the whole set, and the exact values of the sample
 otherwise; small models keep every exact computation; `analyze` records the plan; the
 --download flag's error paths (no test downloads anything)."""
@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import qkov.analyze as A
+import qkov.budget as budget
 from qkov.circuits import direct_path, ov_circuit, qk_circuit, top_bigrams
 from qkov.cli import main
 from qkov.config import ModelConfig
@@ -117,18 +118,19 @@ def test_copying_columns_exact_under_budget():
 
 def test_plan_keeps_small_models_exact_and_samples_gpt2_small():
     small = ModelConfig(n_layers=2, n_heads=8, d_model=256, d_vocab=2048, n_ctx=512)
-    plan = A.ScalePlan.of(small, torch.zeros(63, 512, dtype=torch.long))
-    assert plan == A.ScalePlan(None, None, None, 63, None, True, None, True, plan.qk_sides)
+    plan = budget.ScalePlan.of(small, torch.zeros(63, 512, dtype=torch.long))
+    assert plan == budget.ScalePlan(None, None, None, 63, None, True, None, True, plan.qk_sides)
     mlp = ModelConfig(n_layers=2, n_heads=8, d_model=512, d_vocab=2048, n_ctx=512, d_mlp=2048)
-    assert A.ScalePlan.of(mlp, torch.zeros(63, 512, dtype=torch.long)).term_importance_on is None
+    mlp_plan = budget.ScalePlan.of(mlp, torch.zeros(63, 512, dtype=torch.long))
+    assert mlp_plan.term_importance_on is None
     big = ModelConfig(
         n_layers=12, n_heads=12, d_model=768, d_vocab=50257, n_ctx=1024, d_mlp=3072,
         positional="standard", normalization="layernorm", bias=True, act_fn="gelu_new",
     )  # fmt: skip
-    plan = A.ScalePlan.of(big, torch.zeros(16, 1024, dtype=torch.long))
+    plan = budget.ScalePlan.of(big, torch.zeros(16, 1024, dtype=torch.long))
     assert plan.bigram_rows and plan.trigram_sources and plan.copying_columns
     assert plan.n_sequences < 16 and plan.term_importance_on and not plan.head_knockouts
-    short = A.ScalePlan.of(big, torch.zeros(16, 128, dtype=torch.long))  # the random probe
+    short = budget.ScalePlan.of(big, torch.zeros(16, 128, dtype=torch.long))  # the random probe
     assert short.term_importance_on == [1, 128] and not short.head_knockouts
     assert plan.path_max_order is not None and not plan.qk_terms
 
@@ -139,9 +141,9 @@ def test_analyze_a_tiny_hf_folder_with_every_estimate_on(tmp_path, monkeypatch):
     folder = tmp_path / "gpt2"
     write_gpt2_folder(folder, n_layers=2, n_heads=2, d_model=16, d_vocab=64)
     for name in ("BIGRAM_BUDGET", "TRIGRAM_BUDGET", "FORWARD_BUDGET", "TERM_BUDGET"):
-        monkeypatch.setattr(A, name, 1)
-    monkeypatch.setattr(A, "ORDER_BUDGET", 1)
-    monkeypatch.setattr(A, "QK_SIDES_LIMIT", 1)
+        monkeypatch.setattr(budget, name, 1)
+    monkeypatch.setattr(budget, "ORDER_BUDGET", 1)
+    monkeypatch.setattr(budget, "QK_SIDES_LIMIT", 1)
     analysis = A.analyze(folder, log=None)
     rec = analysis["models"][0]
     plan = rec["scale"]
@@ -223,7 +225,7 @@ def test_report_labels_the_estimates(tmp_path, monkeypatch):
     folder = tmp_path / "gpt2"
     write_gpt2_folder(folder, n_layers=1, n_heads=2, d_model=16, d_vocab=64)
     for name in ("BIGRAM_BUDGET", "TRIGRAM_BUDGET", "TERM_BUDGET"):
-        monkeypatch.setattr(A, name, 1)
+        monkeypatch.setattr(budget, name, 1)
     monkeypatch.setattr("qkov.heads.COPY_EXACT_BUDGET", 1)
     monkeypatch.setattr("qkov.heads.COPY_MIN_COLUMNS", 8)
     analysis = A.analyze(folder, log=None)

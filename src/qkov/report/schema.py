@@ -112,7 +112,7 @@ computed" (with the reason from `not_computed` if given). Names are the library'
                       "logit": [float],    # logit of tokens[i + 1] at position i
                       "contributions": [[float]],  # [position][path], summing to logit
                       "max_abs_error": float},
-      "scale": {                           # qkov.analyze.ScalePlan: what a large model got
+      "scale": {                           # qkov.budget.ScalePlan: what a large model got
         "bigram_rows": int | null,         #   as a seeded sample (null: exact, every row):
         "trigram_sources": int | null,     #   bigram rows, skip-trigram sources,
         "copying_columns": int | null,     #   copying-score logit columns;

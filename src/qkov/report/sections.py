@@ -46,7 +46,7 @@ def _head_label(layer: Any, head: Any) -> str:
 
 def scale_note(m: dict, key: str, what: str) -> str:
     """'Estimate: ... a seeded sample of N of V <what>' when analyze sampled (`scale` in
-    analysis.json, `qkov.analyze.ScalePlan`); '' when the table is exact."""
+    analysis.json, `qkov.budget.ScalePlan`); '' when the table is exact."""
     n = (m.get("scale") or {}).get(key)
     if not n:
         return ""

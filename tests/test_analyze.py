@@ -52,6 +52,13 @@ def test_given_text_is_the_evaluation_set_of_every_model(tmp_path):
     assert evs[0] == evs[1] and evs[0]["description"].startswith("sample.txt")
     assert not any("not comparable" in n for n in notes)
     assert [m["name"] for m in analysis["models"]] == ["2L", "0L"]
+    # Progress: each model's stages, in order, each with the seconds since its start.
+    stages = [n for n in notes if n.startswith("  [")]
+    assert [n.split("] ", 1)[1] for n in stages if "done" in n] == ["2L: done", "0L: done"]
+    two = [n.split("] 2L: ", 1)[1] for n in stages if "] 2L: " in n]
+    assert two[0].startswith("loss on") and two[1].startswith("head scores") and len(two) >= 6
+    seconds = [float(n[3 : n.index("s]")]) for n in stages if "] 2L: " in n]
+    assert seconds == sorted(seconds)
 
 
 def test_a_text_too_short_to_evaluate_is_refused():

@@ -12,6 +12,7 @@ models as one list, so the report shows their losses side by side.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,7 @@ def analyze(
                     n_trigrams=n_trigrams,
                     min_token_count=min_token_count,
                     seed=seed,
+                    log=log,
                 )
             )
     evaluations = {r["evaluation"]["description"] for r in records}
@@ -169,10 +171,14 @@ def analyze_model(
     n_trigrams: int = 8,
     min_token_count: int | None = DEFAULT_MIN_COUNT,
     seed: int = 0,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """One MODEL record of the analysis dict (see qkov.report.schema)."""
+    """One MODEL record of the analysis dict (see qkov.report.schema). log: one line as
+    each stage starts, with the seconds since the model's analysis began (long on a large
+    model: GPT-2 small takes minutes)."""
     model.eval()
     cfg, tok = model.cfg, model.tokenizer
+    stage = _Stages(name, log)
     plan = ScalePlan.of(cfg, evaluation.tokens)
     if plan.n_sequences < evaluation.tokens.shape[0]:
         evaluation = EvaluationSet(
@@ -182,6 +188,7 @@ def analyze_model(
             evaluation.kind,
         )
     tokens = model.check_tokens(evaluation.tokens)
+    stage(f"loss on {evaluation.n_tokens:,} tokens, bigrams")
     logits = model(tokens)
     loss = float(next_token_loss(logits, tokens))
     rec: dict[str, Any] = {
@@ -212,7 +219,9 @@ def analyze_model(
     del logits
     rec["icl"] = {k: icl[k] for k in ("score", "stderr", "early", "late", "n_sequences")}
     if cfg.n_layers == 0:
+        stage("done")
         return rec
+    stage(f"head scores and labels ({_count(cfg.n_layers * cfg.n_heads, 'head')})")
     rec["probe_icl_score"] = training_probe(model, seed=seed)["probe_icl_score"]
     rec["attention"] = _attention(model, sample_text, seed)
     cls = classify_heads(model, seed=seed)
@@ -222,12 +231,14 @@ def analyze_model(
         else None
     )
     keep = _token_filter(rec, model, min_token_count)
+    stage("OV and QK spectra, skip-trigrams of every head")
     split = split_token_candidates(model, allowed_tokens(model, keep))  # once, not per head
     rec["heads"] = [
         _head(model, r, text_scores, n_trigrams, keep, split, plan, seed) for r in cls.records
     ]
     rec["induction_circuits"] = _induction_circuits(cls)
     # The peers' test: 10 sequences, a block of 50 (or n_ctx / 2) repeated once.
+    stage("repeated random tokens test")
     half = min(50, cfg.n_ctx // 2)
     if half >= 4:
         rec["repetition"] = repetition_test(model, half_len=half, seed=seed).to_dict()
@@ -241,6 +252,8 @@ def analyze_model(
         }
     on = plan.term_importance_on
     ti_tokens = tokens[:ABLATION_SEQUENCES] if on is None else tokens[: on[0], : on[1]]
+    n_seq, seq_len = ti_tokens.shape
+    stage(f"term importance on {_count(n_seq, 'sequence')} of {seq_len} tokens")
     rec["term_importance"] = _term_importance(model, ti_tokens, per_head=plan.head_knockouts)
     if not plan.head_knockouts:
         rec["not_computed"]["head_knockouts"] = (
@@ -249,6 +262,7 @@ def analyze_model(
             "head_ablation_logits` knocks out chosen heads)"
         )
     if plan.qk_terms:
+        stage("QK terms of every head")
         rec["qk_terms"] = [
             qe.summary()
             for qe in qk_expansion_all(
@@ -265,6 +279,7 @@ def analyze_model(
             "are their pairs): over the limit at this scale; `qkov heads --qk-terms` splits "
             "chosen heads"
         )
+    stage("virtual heads, positional QK, attribution of the sample text")
     if cfg.n_layers >= 2:
         rec["virtual_heads"] = [v.to_dict() for v in virtual_head_ov(model)[:N_VIRTUAL_HEADS]]
     if cfg.positional != "none":
@@ -280,7 +295,19 @@ def analyze_model(
     ids, what = _sample_ids(model, sample_text, seed)
     att = attribute(model, torch.tensor(ids), max_order=plan.path_max_order)
     rec["attribution"] = {"text": what, **att.to_dict()}
+    stage("done")
     return rec
+
+
+class _Stages:
+    """Progress of one model's analysis: `stage(what)` logs "  [12.3s] NAME: what"."""
+
+    def __init__(self, name: str, log: Callable[[str], None] | None) -> None:
+        self.name, self.log, self.t0 = name, log, time.perf_counter()
+
+    def __call__(self, what: str) -> None:
+        if self.log:
+            self.log(f"  [{time.perf_counter() - self.t0:.1f}s] {self.name}: {what}")
 
 
 def _rounded(t: Tensor, digits: int = 3) -> list:

@@ -29,6 +29,11 @@ FAMILIES = {
         "GPT2LMHeadModel",
         dict(n_layer=2, n_head=4, n_embd=32, n_positions=24),
     ),
+    "gpt2_untied": (
+        "GPT2Config",
+        "GPT2LMHeadModel",
+        dict(n_layer=2, n_head=4, n_embd=32, n_positions=24, tie_word_embeddings=False),
+    ),
     "gpt_neox": (
         "GPTNeoXConfig",
         "GPTNeoXForCausalLM",
@@ -46,6 +51,16 @@ FAMILIES = {
             tie_word_embeddings=True,
         ),
     ),
+    "gpt_neox_full_rotary": (
+        "GPTNeoXConfig",
+        "GPTNeoXForCausalLM",
+        dict(
+            **SHAPE,
+            use_parallel_residual=False,
+            attention_bias=False,
+            rope_parameters={"rope_theta": 700.0, "partial_rotary_factor": 1.0},
+        ),
+    ),
     "llama": (
         "LlamaConfig",
         "LlamaForCausalLM",
@@ -53,6 +68,17 @@ FAMILIES = {
             **SHAPE,
             num_key_value_heads=2,
             rope_parameters={"rope_type": "default", "rope_theta": 300.0},
+        ),
+    ),
+    "llama_mqa_bias_tied": (
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        dict(
+            **SHAPE,
+            num_key_value_heads=1,
+            head_dim=6,
+            attention_bias=True,
+            tie_word_embeddings=True,
         ),
     ),
     "mistral": (

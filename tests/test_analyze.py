@@ -127,3 +127,20 @@ def test_a_0_layer_rms_models_bigram_table_is_its_logits_and_needs_no_rms():
         m = analyze(model, log=None)["models"][0]
         assert "final_scale" in m
         assert ("embedding_rms" in m) == (n_layers > 0)
+
+
+def test_positional_qk_keeps_small_values():
+    """The W_pos W_QK W_pos^T maps are stored to significant digits: a model whose positions
+    are small still gets its map (a fixed 3 decimals wrote it as zeros)."""
+    import torch
+
+    from qkov.circuits import positional_qk
+
+    model = make_model(1)
+    with torch.no_grad():
+        model.W_pos.mul_(0.02)  # every score under 0.0005: 3 decimals would round it to 0
+    want = positional_qk(model, 0, 1, 16)
+    assert want.abs().max() < 5e-4 and want.abs().min() > 0
+    got = analyze(model, text=SAMPLE, log=None)["models"][0]["positional_qk"][1]
+    assert got["head"] == [0, 1]
+    torch.testing.assert_close(torch.tensor(got["scores"]), want, rtol=1e-3, atol=0)

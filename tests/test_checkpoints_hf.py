@@ -4,6 +4,8 @@ with transformers' logits: tiny random models built offline, saved with save_pre
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import transformers
@@ -11,6 +13,7 @@ import transformers
 import qkov
 from hf_models import FAMILIES, TEXT, hf_logits, hf_model, save_folder, tiny_tokenizer
 from qkov.circuits import ov_circuit, qk_circuit
+from qkov.errors import QkovError
 from qkov.heads import head_scores
 
 
@@ -32,7 +35,7 @@ def test_logits_equal_transformers(family, tmp_path):
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "llama"])
+@pytest.mark.parametrize("family", ["gpt2_untied", "gpt_neox", "llama"])
 def test_sharded_folder_loads_the_same_model(family, tmp_path):
     hf = hf_model(family)
     folder = save_folder(hf, tmp_path / family, max_shard_size="20KB")
@@ -102,3 +105,71 @@ def test_rotary_qk_circuit_at_an_offset_is_the_models_score(tmp_path):
     # Offset 0 is the plain W_Q W_K^T; another offset is not.
     a, b = qk_circuit(model, 0, 1).dense(), qk_circuit(model, 0, 1, offset=-3).dense()
     assert not torch.allclose(a, b, atol=1e-3)
+
+
+def _edit_config(folder, **changes) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | changes))
+
+
+def _reference(folder):
+    reference = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    reference.config._attn_implementation = "eager"
+    return reference
+
+
+def test_rope_scaling_is_read_before_rope_parameters(tmp_path):
+    """An older config's rope_scaling beside rope_parameters is what transformers computes
+    with: a scaled one is refused, a default one's rope_theta is the one used."""
+    hf = hf_model("llama")  # rope_parameters: default, rope_theta 300
+    folder = save_folder(hf, tmp_path / "llama")
+    tokens = _tokens(hf)
+    _edit_config(folder, rope_scaling={"rope_type": "linear", "factor": 2.0})
+    scaled = hf_logits(_reference(folder), tokens)
+    assert not torch.allclose(scaled, hf_logits(hf, tokens), atol=1e-2)  # transformers scales
+    with pytest.raises(QkovError, match="rope_type='linear' is not supported"):
+        qkov.load(folder)
+    _edit_config(folder, rope_scaling="linear")  # not an object: one line, no traceback
+    with pytest.raises(QkovError, match="rope_scaling must be a JSON object"):
+        qkov.load(folder)
+    _edit_config(folder, rope_scaling={"rope_type": "default", "rope_theta": 55.0})
+    model = qkov.load(folder)
+    assert model.cfg.rotary_base == 55.0
+    torch.testing.assert_close(
+        model(tokens), hf_logits(_reference(folder), tokens), atol=1e-4, rtol=0
+    )
+
+
+def test_untied_gpt2_without_its_unembedding_is_refused(tmp_path):
+    """tie_word_embeddings false: transformers finds lm_head.weight missing (and would draw
+    it at random), so qkov refuses rather than unembed with W_E."""
+    folder = save_folder(hf_model("gpt2"), tmp_path / "gpt2")  # tied: no lm_head.weight
+    _edit_config(folder, tie_word_embeddings=False)
+    _, info = transformers.AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True)
+    assert "lm_head.weight" in info["missing_keys"]
+    with pytest.raises(QkovError, match="has no tensor 'lm_head.weight'"):
+        qkov.load(folder)
+
+
+@pytest.mark.parametrize("family", ["gpt_neox", "llama_mqa_bias_tied", "qwen2"])
+def test_analyze_reads_a_rotary_folder(family, tmp_path):
+    """`qkov analyze` on a rotary folder: every analysis but the W_pos QK map (a rotary
+    model has no W_pos; said so), and its loss is transformers' loss on the same tokens."""
+    from qkov.analyze import analyze, write_analysis
+    from qkov.data.evaluation import evaluation_set
+
+    hf = hf_model(family)
+    folder = save_folder(hf, tmp_path / family, tiny_tokenizer())
+    text = " ".join([TEXT] * 3)
+    analysis = analyze(folder, text=text, log=None)
+    rec = analysis["models"][0]
+    assert "rotary" in rec["not_computed"]["positional_qk"] and "positional_qk" not in rec
+    assert len(rec["heads"]) == 2 * 4 and rec["attribution"]["tokens"]
+    tokens = evaluation_set(qkov.load(folder), text=text).tokens
+    logits = hf_logits(hf, tokens)
+    expected = torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten()
+    )
+    assert rec["loss"]["value"] == pytest.approx(float(expected), abs=1e-4)
+    write_analysis(tmp_path / "out", analysis)
+    assert (tmp_path / "out" / "report.html").stat().st_size > 0

@@ -282,7 +282,7 @@ def analyze_model(
     stage("virtual heads, positional QK, attribution of the sample text")
     if cfg.n_layers >= 2:
         rec["virtual_heads"] = [v.to_dict() for v in virtual_head_ov(model)[:N_VIRTUAL_HEADS]]
-    if cfg.positional != "none":
+    if cfg.positional not in ("none", "rotary"):
         rec["positional_qk"] = [
             {
                 "head": [0, h],
@@ -291,7 +291,12 @@ def analyze_model(
             for h in range(cfg.n_heads)
         ]
     else:
-        rec["not_computed"]["positional_qk"] = "positional='none': no W_pos"
+        rec["not_computed"]["positional_qk"] = (
+            "positional='rotary': no W_pos; a rotary head's score depends on the offset "
+            "(qkov.circuits.qk_circuit(model, layer, head, offset=...))"
+            if cfg.positional == "rotary"
+            else "positional='none': no W_pos"
+        )
     ids, what = _sample_ids(model, sample_text, seed)
     att = attribute(model, torch.tensor(ids), max_order=plan.path_max_order)
     rec["attribution"] = {"text": what, **att.to_dict()}
@@ -310,8 +315,10 @@ class _Stages:
             self.log(f"  [{time.perf_counter() - self.t0:.1f}s] {self.name}: {what}")
 
 
-def _rounded(t: Tensor, digits: int = 3) -> list:
-    return [[round(x, digits) for x in row] for row in t.tolist()]
+def _rounded(t: Tensor, digits: int = 4) -> list:
+    """A matrix as nested lists, each entry to `digits` significant digits (never to a fixed
+    number of decimals, which writes a map of small values as zeros)."""
+    return [[float(f"{x:.{digits}g}") for x in row] for row in t.tolist()]
 
 
 def _training(rec: dict[str, Any], checkpoint: str | None) -> None:

@@ -194,8 +194,12 @@ def activation(hf: dict[str, Any], key: str, source: str) -> str:
 
 def rope(hf: dict[str, Any], source: str, theta: float, fraction: float) -> tuple[float, float]:
     """(rope_theta, partial_rotary_factor) from transformers 5's rope_parameters or the older
-    top-level keys; scaled RoPE variants (llama3, yarn, linear, ...) are refused."""
-    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    top-level keys; scaled RoPE variants (llama3, yarn, linear, ...) are refused. An older
+    config's rope_scaling takes precedence over rope_parameters, as transformers reads it."""
+    key = "rope_scaling" if hf.get("rope_scaling") else "rope_parameters"
+    params = hf.get(key) or {}
+    if not isinstance(params, dict):
+        raise QkovError(f"{source}: {key} must be a JSON object, got {params!r}: restore it")
     kind = params.get("rope_type", params.get("type", "default"))
     if kind != "default":
         raise QkovError(

@@ -1,5 +1,5 @@
 """GPT-2 (`model_type` "gpt2"): learned positions in the stream, pre-LayerNorm, gelu_new MLP,
-biases everywhere, W_U tied to W_E.
+biases everywhere, W_U tied to W_E (lm_head.weight when tie_word_embeddings is false).
 
 Its Linear layers are Conv1D: weight [in, out], so x @ weight as in qkov (no transpose).
 c_attn.weight [d_model, 3 d_model] is [W_Q | W_K | W_V], each split into heads by column
@@ -50,6 +50,8 @@ def hf_shapes(cfg: ModelConfig, hf: dict[str, Any]) -> dict[str, tuple[int, ...]
     D, M, V = cfg.d_model, cfg.d_mlp, cfg.d_vocab
     shapes = {"wte.weight": (V, D), "wpe.weight": (cfg.n_ctx, D)}
     shapes |= {"ln_f.weight": (D,), "ln_f.bias": (D,)}
+    if not field(hf, "tie_word_embeddings", True):  # untied: the folder holds its own W_U
+        shapes["lm_head.weight"] = (V, D)
     for l in range(cfg.n_layers):
         p = f"h.{l}."
         shapes |= {p + "ln_1.weight": (D,), p + "ln_1.bias": (D,)}

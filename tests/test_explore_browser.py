@@ -139,6 +139,15 @@ def test_explore_in_chromium(tmp_path):
                 "return document.querySelectorAll('#head-panel .trigrams tr').length > 0",
                 "the head panel",
             )
+            # the two eigenvalue plots fit inside the head panel (at 1280 px they spilled out)
+            driver.set_window_size(1280, 1100)
+            panel, figs = driver.execute_script(
+                "const p = document.getElementById('head-panel').getBoundingClientRect();"
+                "const f = Array.from(document.querySelectorAll('#head-panel figure canvas'));"
+                "return [p.right, f.map(c => c.getBoundingClientRect().right)];"
+            )
+            assert len(figs) == 2 and max(figs) <= panel, (panel, figs)
+            driver.set_window_size(1500, 1100)
             _screenshot(driver, shots / "explore.png")
 
             # Hovering a token changes the view: its sources light up, the prediction panel

@@ -133,6 +133,10 @@ def test_visible_token_shows_whitespace_and_controls():
     assert visible_token("\x00") == "\\x00"
     assert visible_token("\ud800x") == "\ufffdx"  # lone surrogate cannot be UTF-8
     assert visible_token("") == "\u2205"
+    # whitespace only, newline included: a code indent's spaces are shown, not left blank
+    assert visible_token("\n    ") == "\u21b5" + "\u2423" * 4
+    assert visible_token("\t ") == "\u21e5\u2423"
+    assert visible_token(" a b") == " a b"  # spaces beside text stay spaces
 
 
 def test_hostile_tokens_are_text_not_markup(html):
@@ -564,3 +568,52 @@ def test_final_scale_is_noted_where_circuits_are_written_before_the_norm():
     (note,) = [p.text for p in bigrams.all("p", "units")]
     assert "median 2.500" in note and "2.000-3.250" in note and "median 10.610" in note
     assert "value \u00d7 2.500 \u00f7 10.610" in note
+
+
+def test_wide_head_table_scrolls_in_its_box_and_names_may_wrap(page):
+    """Ten score columns are wider than a laptop page: the table sits in its own scrolling
+    box (the page never scrolls sideways) and a score's name may wrap after "_"."""
+    section = tree(page).by_id("m0-heads")
+    box = section.all("div", "wide")[0]
+    assert box.all("table", "heads")
+    assert re.search(r"\n\.wide \{ overflow-x: auto;", page)
+    assert "previous_<wbr>token" in page
+
+
+def test_token_strips_may_wrap_between_tokens_only(page):
+    """The sample text is one line of unbreakable token spans unless the line may break
+    between two of them (at 800 px it ran off the page)."""
+    strip = page[page.index('<div class="qkov-strip"') :]
+    strip = strip[: strip.index("</div></div>")]
+    assert strip.count('<span class="tok"') > 3
+    assert "</span><span" not in strip and strip.count("</span><wbr><span") > 3
+
+
+def test_circuit_note_says_when_the_knocked_out_head_is_not_the_partner():
+    """`knockout_head` is the earlier head whose zeroing lowers the induction score most;
+    where that is not the partner, the note says so instead of calling it the partner's
+    causal test."""
+    a = v2_analysis()
+    circuit = a["models"][0]["induction_circuits"][0]
+    circuit.update(knockout_head=[0, 0], knockout_drop=0.5)
+    note = tree(render_report(a)).by_id("m0-induction").all("p", "circuit")[0].text
+    assert "zeroing L0H0's output lowers the induction score by 0.500 (the causal test of" in note
+    circuit.update(knockout_head=[0, 1])
+    note = tree(render_report(a)).by_id("m0-induction").all("p", "circuit")[0].text
+    assert "zeroing L0H1's output lowers the induction score by 0.500" in note
+    assert "causal test of the partner" not in note and "not the partner L0H0" in note
+
+
+def test_bar_labels_keep_small_values_apart_and_long_names_inside():
+    """A chart of knock-outs of 0.0013 and -0.0004 nats is not labelled 0.001 and 0.000 (a
+    red bar beside "0.000"); a long bar name starts inside the chart, not left of it."""
+    from qkov.report.svg import hbar_chart
+
+    svg = hbar_chart([("L0H0", 0.0013), ("L0H1", -0.0004)], "knock-outs", " nats")
+    labels = re.findall(r'class="tick">([^<]*nats)</text>', svg)
+    assert labels == ["0.0013 nats", "-0.0004 nats"]
+    assert "2.500" in hbar_chart([("a", 2.5), ("b", 0.0004)], "x")  # the usual 3 decimals
+    name = "order 0: direct path, biases, MLPs and more"
+    svg = hbar_chart([(name, 1.0)], "orders")
+    x = float(re.search(r'<text x="([\d.]+)"[^>]*text-anchor="end">' + name, svg).group(1))
+    assert x >= 5.6 * len(name)  # its estimated width fits left of its end

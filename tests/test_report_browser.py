@@ -333,3 +333,27 @@ def test_path_sections_in_chromium(browser, analysis, tmp_path, csp):
     assert errors == []
     events += [json.loads(e["message"])["message"] for e in browser.get_log("performance")]
     assert _requests(events, page.as_uri()) == []
+
+
+@pytest.mark.parametrize("width", [1280, 800])
+def test_report_never_scrolls_sideways(browser, analysis, tmp_path, width):
+    """At a laptop's width and a narrow one the page is no wider than the window: the head
+    table scrolls in its own box, the token strips wrap between tokens, and nothing in a head
+    card spills out of it."""
+    page = tmp_path / "report.html"
+    page.write_text(render_report(analysis), encoding="utf-8")
+    size = browser.get_window_size()
+    try:
+        browser.set_window_size(width, 900)
+        _open(browser, page)
+        sizes = browser.execute_script(
+            "const d = document.documentElement; return [d.scrollWidth, d.clientWidth];"
+        )
+        assert sizes[0] <= sizes[1], sizes
+        strips = browser.execute_script(
+            "return Array.from(document.querySelectorAll('.qkov-strip .tokens, .qkov-attrib "
+            ".tokens')).map(t => [t.scrollWidth, t.clientWidth]);"
+        )
+        assert strips and all(s <= c + 1 for s, c in strips), strips
+    finally:
+        browser.set_window_size(size["width"], size["height"])

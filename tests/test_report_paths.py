@@ -69,3 +69,20 @@ def test_analyze_writes_exact_paths_data(tmp_path):
     assert len(m2["positional_qk"]) == 2
     assert all("split_token_trigrams" in h for h in m2["heads"])
     render_report(analysis)  # draws without error
+
+
+def test_positional_qk_says_when_a_map_is_flat():
+    """A map whose entries are all one value (a random model's, rounded to 0.000 in
+    analysis.json) draws blank: the section says so, and that each map has its own scale."""
+    a = v2_analysis()
+    page = render_report(a)
+    section = tree(page).by_id("m0-positional-qk")
+    assert "its own smallest (white) to its largest" in section.text
+    assert not section.all("p", "flat")
+    a["models"][0]["positional_qk"][1]["scores"] = [[0.0] * 6 for _ in range(6)]
+    flat = tree(render_report(a)).by_id("m0-positional-qk").all("p", "flat")
+    assert len(flat) == 1 and "the map of L0H1 has one value (0.000)" in flat[0].text
+    for entry in a["models"][0]["positional_qk"]:
+        entry["scores"] = [[0.0] * 6 for _ in range(6)]
+    flat = tree(render_report(a)).by_id("m0-positional-qk").all("p", "flat")
+    assert "Every entry of each map has one value (0.000)" in flat[0].text

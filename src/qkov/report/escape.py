@@ -33,7 +33,8 @@ def _has_surrogate(text: str) -> bool:
 
 def visible_token(token: str) -> str:
     """A token as a reader should see it: newline/tab shown as symbols, other control
-    characters as \\xNN, and a space as '\u2423' when the token is only whitespace.
+    characters as \\xNN, and a space as '\u2423' when the token is only whitespace
+    (newlines and tabs included: a code indent "\\n" + 8 spaces shows its 8 spaces).
     Returns plain (unescaped) text: pass the result through `esc`."""
     token = _clean(str(token))
     out = []
@@ -47,7 +48,7 @@ def visible_token(token: str) -> str:
         else:
             out.append(ch)
     shown = "".join(out)
-    if shown == "" or shown.strip() == "":
+    if token.strip() == "":
         shown = shown.replace(" ", "\u2423") or "\u2205"
     return shown
 

@@ -89,7 +89,7 @@ def positional_qk_section(m: dict) -> str:
         return ""
     if not maps:
         return _nc(m, "positional_qk")
-    figs = []
+    figs, flat = [], []
     for entry in maps:
         layer, head = (entry.get("head") or [0, 0])[:2]
         vals = entry.get("scores") or []
@@ -97,6 +97,8 @@ def positional_qk_section(m: dict) -> str:
         # Only the causal part is ever used: sources after the destination drawn as undefined.
         shown = [[v if j <= i else None for j, v in enumerate(row)] for i, row in enumerate(vals)]
         finite = [v for row in shown for v in row if isinstance(v, (int, float))]
+        if finite and min(finite) == max(finite):
+            flat.append((f"L{layer}H{head}", finite[0]))
         labels = [str(i) for i in range(n)]
         name = f"L{layer}H{head}"
         plot = heatmap(
@@ -115,7 +117,24 @@ def positional_qk_section(m: dict) -> str:
         '<p class="note">W<sub>pos</sub>W<sub>QK</sub>W<sub>pos</sub><sup>T</sup>/'
         "\u221ad<sub>head</sub> of each layer-0 head (rows: destination position, columns: "
         "source position): a previous_token head lights the diagonal just below the main "
-        "one.</p>" + f'<div class="plots">{"".join(figs)}</div>'
+        "one. Each map is coloured from its own smallest (white) to its largest value "
+        "(blue); hover a cell for its value.</p>"
+        + _flat_maps_note(flat, maps)
+        + f'<div class="plots">{"".join(figs)}</div>'
+    )
+
+
+def _flat_maps_note(flat: list[tuple[str, float]], maps: list) -> str:
+    """Maps whose causal entries are all one value in analysis.json (e.g. all 0.0 where the
+    stored values were rounded) draw blank: say so rather than leave an empty map."""
+    if not flat:
+        return ""
+    values = {num(v) for _, v in flat}
+    value = f" ({values.pop()})" if len(values) == 1 else ""
+    which = "each map" if len(flat) == len(maps) else "the map of " + ", ".join(n for n, _ in flat)
+    return (
+        f'<p class="note flat">Every entry of {esc(which)} has one value{esc(value)} in '
+        "analysis.json, so it draws blank: no position is preferred at the precision stored.</p>"
     )
 
 
@@ -148,7 +167,7 @@ def attribution_section(m: dict, view_id: str) -> str:
         for i, p in enumerate(paths)
     )
     n_pred = len(data["contributions"])
-    spans = "".join(
+    spans = "<wbr>".join(  # the line may wrap between tokens, never inside one
         f'<span class="tok" data-i="{i}">{tok(t)}</span>'
         if i < n_pred
         else f'<span class="tok last">{tok(t)}</span>'

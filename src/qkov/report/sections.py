@@ -403,9 +403,14 @@ def _circuit_note(c: dict) -> str:
             f"{num(c['qk_term_eigenvalue_score'], signed=True)} (positive: token matching)"
         )
     if c.get("knockout_head") and c.get("knockout_drop") is not None:
+        knocked = _head_label(*c["knockout_head"])
+        if list(c["knockout_head"]) == list(c["previous_token_head"]):
+            why = "the causal test of the partner"
+        else:  # the earlier head whose knock-out lowers the score most is another head
+            why = f"the earlier head whose knock-out lowers it most; not the partner {partner}"
         parts.append(
-            f"zeroing {_head_label(*c['knockout_head'])}'s output lowers the induction score "
-            f"by {num(c['knockout_drop'])} (the causal test of the partner)"
+            f"zeroing {knocked}'s output lowers the induction score by "
+            f"{num(c['knockout_drop'])} ({why})"
         )
     return f'<p class="note circuit">{esc("; ".join(parts))}</p>'
 

@@ -173,9 +173,15 @@ def attention_svg(
 def hbar_chart(
     items: Sequence[tuple[str, float]], label: str, unit: str = "", width: int = 520
 ) -> str:
-    """Horizontal bars (values may be negative); labels escaped, <title> per bar."""
-    row, left, right = 22, 150, 70
+    """Horizontal bars (values may be negative); labels escaped, <title> per bar. The
+    label column widens for long labels (the plot keeps its width); value labels get
+    `bar_digits` decimals."""
+    row, right = 22, 70
+    # about 5.6 px a character at the 10 px tick font: a long label is not cut off at the left
+    left = max(150, math.ceil(5.6 * max((len(str(n)) for n, _ in items), default=0)) + 12)
+    width += left - 150
     vals = [v for _, v in items if v is not None and math.isfinite(v)]
+    digits = bar_digits(vals)
     lo, hi = min(0.0, *vals) if vals else 0.0, max(0.0, *vals) if vals else 1.0
     span = (hi - lo) or 1.0
     plot_w = width - left - right
@@ -200,10 +206,20 @@ def hbar_chart(
         )
         out.append(
             f'<text x="{_c(max(x + bw, zero) + 4)}" y="{y + 13}" class="tick">'
-            f"{esc(num(v))}{esc(unit)}</text>"
+            f"{esc(num(v, digits))}{esc(unit)}</text>"
         )
     out.append("</svg>")
     return "".join(out)
+
+
+def bar_digits(values: Sequence[float]) -> int:
+    """Decimals of a bar chart's value labels: the report's 3, or more where the largest
+    |value| is under 0.1, so that it shows two significant digits (bars of 0.0013 and
+    -0.0004 nats are not all labelled 0.000 beside bars of visibly different lengths)."""
+    top = max((abs(v) for v in values), default=0.0)
+    if not top or top >= 0.1:
+        return 3
+    return min(6, max(3, 1 - math.floor(math.log10(top))))
 
 
 def nice_step(lo: float, hi: float, n: int = 5) -> float:

@@ -40,6 +40,8 @@ FRAGMENT_CSS = """
 .qkov-tip { position: absolute; display: none; z-index: 10; pointer-events: none;
   background: #12263a; color: #fff; padding: 4px 8px; border-radius: 4px; font: 12px monospace; }
 .qkov-tip.on { display: block; }
+.qkov .wide { overflow-x: auto; max-width: 100%; }
+.qkov table.heads thead tr + tr th { white-space: normal; }
 """
 
 
@@ -80,7 +82,10 @@ def attention_strip(view_id: str, tokens: Sequence[str], keys: Iterable[str]) ->
     options = "".join(
         f'<option value="{esc(k)}">L{esc(k.replace(".", "H"))}</option>' for k in keys
     )
-    spans = "".join(f'<span class="tok" data-i="{i}">{tok(t)}</span>' for i, t in enumerate(tokens))
+    # <wbr> between tokens: a token is never broken, but the line may wrap between two.
+    spans = "<wbr>".join(
+        f'<span class="tok" data-i="{i}">{tok(t)}</span>' for i, t in enumerate(tokens)
+    )
     return (
         f'<div class="qkov-strip" data-src="{esc(view_id)}"><label>head '
         f'<select>{options}</select></label> <span class="note">hover a token: its '
@@ -187,7 +192,12 @@ def head_table(records: Any) -> str:
             groups.append((key, title, names))
         notes += [note] if note else []
     top = "".join(f'<th colspan="{len(n)}" class="group">{esc(t)}</th>' for _, t, n in groups)
-    sub = "".join(f'<th class="n">{esc(n)}</th>' for _, _, names in groups for n in names)
+    # a score's name may wrap after its underscores (previous_/token): ten columns fit a laptop
+    sub = "".join(
+        f'<th class="n">{esc(n).replace("_", "_<wbr>")}</th>'
+        for _, _, names in groups
+        for n in names
+    )
     body = []
     for r in rows:
         cells = "".join(
@@ -202,10 +212,12 @@ def head_table(records: Any) -> str:
             f'<td class="n">{esc(ov)}</td></tr>'
         )
     note = f'<p class="note">{esc(" ".join(notes))}</p>' if notes else ""
+    # In a scrolling box: with both score groups the table is wider than a laptop page.
     return (
-        '<table class="heads"><thead><tr><th rowspan="2">head</th><th rowspan="2">label</th>'
+        '<div class="wide"><table class="heads"><thead><tr><th rowspan="2">head</th>'
+        '<th rowspan="2">label</th>'
         f'{top}<th rowspan="2" class="n">OV \u03a3\u03bb/\u03a3|\u03bb|</th></tr>'
-        f"<tr>{sub}</tr></thead><tbody>{''.join(body)}</tbody></table>{note}"
+        f"<tr>{sub}</tr></thead><tbody>{''.join(body)}</tbody></table></div>{note}"
     )
 
 

@@ -339,10 +339,11 @@ function renderHeadPanel(d) {
   }
   box.append(tbl);
   box.append(el("div", "muted", d.trigram_min_count
-    ? `tokens seen at least ${d.trigram_min_count} times in training` : "over all tokens"));
+    ? `Ranked over tokens seen at least ${d.trigram_min_count} times in training.`
+    : "Ranked over all tokens."));
   if (d.score_units !== "logits") {
-    box.append(el("div", "muted", "scores are written before the final norm: divided by its " +
-      "scale at a position they are logits (the report gives the scale on the evaluation text)"));
+    box.append(el("div", "muted", "Scores are written before the final norm: divided by its " +
+      "scale at a position they are logits (the report gives the scale on the evaluation text)."));
   }
 }
 

@@ -140,7 +140,7 @@ def test_analyze_a_tiny_hf_folder_with_every_estimate_on(tmp_path, monkeypatch):
     the plan, the sampled parts, and still writes a report."""
     folder = tmp_path / "gpt2"
     write_gpt2_folder(folder, n_layers=2, n_heads=2, d_model=16, d_vocab=64)
-    for name in ("BIGRAM_BUDGET", "TRIGRAM_BUDGET", "FORWARD_BUDGET", "TERM_BUDGET"):
+    for name in ("BIGRAM_BUDGET", "TRIGRAM_BUDGET", "FORWARD_BUDGET", "PATH_BUDGET"):
         monkeypatch.setattr(budget, name, 1)
     monkeypatch.setattr(budget, "ORDER_BUDGET", 1)
     monkeypatch.setattr(budget, "QK_SIDES_LIMIT", 1)
@@ -224,7 +224,7 @@ def test_qk_and_ov_eigenvalues_from_grams_equal_the_circuits_spectra(extra):
 def test_report_labels_the_estimates(tmp_path, monkeypatch):
     folder = tmp_path / "gpt2"
     write_gpt2_folder(folder, n_layers=1, n_heads=2, d_model=16, d_vocab=64)
-    for name in ("BIGRAM_BUDGET", "TRIGRAM_BUDGET", "TERM_BUDGET"):
+    for name in ("BIGRAM_BUDGET", "TRIGRAM_BUDGET", "PATH_BUDGET"):
         monkeypatch.setattr(budget, name, 1)
     monkeypatch.setattr("qkov.heads.COPY_EXACT_BUDGET", 1)
     monkeypatch.setattr("qkov.heads.COPY_MIN_COLUMNS", 8)

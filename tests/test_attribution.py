@@ -34,6 +34,23 @@ def test_contributions_sum_to_next_token_logits(norm, max_order):
     json.dumps(att.to_dict())
 
 
+@pytest.mark.parametrize("max_order", [None, 0, 1])
+def test_each_contribution_is_its_path_terms_logit_of_the_next_token(max_order):
+    """path_contributions reads only the targets' W_U columns; path by path, it equals the
+    logit of the next token in path_expansion's term of the same name (biases, MLPs,
+    layernorm and the remainder included)."""
+    from qkov.paths import path_expansion
+
+    model = factories.general_model(2, normalization="layernorm", init_std=0.4)
+    tokens = factories.random_tokens(model, batch=1)[0]
+    att = attribute(model, tokens, max_order=max_order)
+    pe = path_expansion(model, tokens, max_order=max_order)
+    assert att.paths == [t.name for t in pe.terms]
+    n = len(tokens) - 1
+    want = torch.stack([t.logits[0, torch.arange(n), tokens[1:]] for t in pe.terms], -1)
+    torch.testing.assert_close(att.contributions, want, atol=1e-5, rtol=1e-5)
+
+
 def test_planted_induction_head_is_top_path_at_repeated_token():
     model = factories.induction_model()
     g = torch.Generator().manual_seed(3)
@@ -99,3 +116,18 @@ def test_by_head_groups_are_exact_sums_of_the_paths():
         g.contributions[:, g.paths.index("L1H0")], a.contributions[:, members].sum(-1)
     )
     assert g.max_abs_error() < 1e-4
+
+
+def test_cli_attribute_cuts_a_large_model_and_says_so(tmp_path, capsys, monkeypatch):
+    text = tmp_path / "snippet.py"
+    text.write_text("def f(x):\n    y = x\n    return y\n")
+    monkeypatch.setattr("qkov.budget.PATH_BUDGET", 1)  # as if attn2 were GPT-2-sized
+    assert main(["attribute", str(shipped("attn2")), "--text-file", str(text)]) == 0
+    out = capsys.readouterr().out
+    assert "paths through more than 0 heads summed into 'order>0' (the budget" in out
+    assert "max |sum - logit| = " in out and "L1H" not in out
+    assert (
+        main(["attribute", str(shipped("attn2")), "--text-file", str(text), "--max-order", "1"])
+        == 0
+    )
+    assert "the budget" not in capsys.readouterr().out

@@ -130,6 +130,25 @@ def test_head_panel(client, explorer):
     # the shipped models have a final (RMS) norm: the scores are written before it
     assert model.cfg.normalization == "rms" and d["score_units"] == "before the final norm"
     assert client.get("/api/heads", params={"model": "attn0"}).json()["heads"] == []
+    assert d["sampled_sources"] is None  # 2,048 tokens: every source, exact
+
+
+def test_head_panel_of_a_large_vocabulary_ranks_a_sample(monkeypatch):
+    """Over the trigram budget (GPT-2's 50k tokens; forced here) the panel ranks the seeded
+    sample of sources analyze uses, says so, and its numbers are those of that sample."""
+    from qkov.circuits import ov_circuit, top1_self_fraction
+    from qkov.explore.session import _panel
+    from qkov.trigrams import sample_tokens, skip_trigrams
+
+    model = random_model(1, n_heads=2, d_vocab=64)
+    monkeypatch.setattr("qkov.budget.TRIGRAM_BUDGET", 64 * model.cfg.d_head * 10)  # 10 of 64
+    d = _panel(model, 0, 1)
+    assert d["sampled_sources"] == 10
+    rows = sample_tokens(64, 10)
+    want = top1_self_fraction(ov_circuit(model, 0, 1), rows=rows)
+    assert d["ov_top1_fraction"] == pytest.approx(want, abs=1e-4)
+    sampled = skip_trigrams(model, 0, 1, k=8, per_source=2, n_sources=10)
+    assert [t["source"] for t in d["skip_trigrams"]] == [t.source_str for t in sampled]
 
 
 # ---------------------------------------------------------------------------- bad input
@@ -244,3 +263,26 @@ def test_cli_binds_loopback_and_warns_otherwise(monkeypatch, capsys):
         assert "choose another --port" in capsys.readouterr().err
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2")
+
+
+def test_a_large_model_is_cut_where_the_budget_says(monkeypatch):
+    """The explorer's path expansion stops at the attribution budget's cut (GPT-2 small
+    would otherwise keep ~145k paths of order <= 2: 19 GB for 48 tokens), and stays exact:
+    the remainder carries the rest."""
+    from qkov.budget import attribution_max_order
+    from qkov.explore.attribution import max_order
+
+    model = general_model(3)
+    n = model.cfg.n_ctx
+    assert max_order(model, n) == 2  # small: the explorer's own cut
+    monkeypatch.setattr("qkov.budget.PATH_BUDGET", 1)
+    assert attribution_max_order(model.cfg, n) == 0 and max_order(model, n) == 0
+    g = torch.Generator().manual_seed(2)
+    tokens = torch.randint(model.cfg.d_vocab, (n,), generator=g)
+    out = next_token_attributions(model, tokens, tokens, k=40)
+    names = {p["name"] for a in out for p in a["paths"]}
+    assert "order>0" in names and not any(name.startswith("L") for name in names)
+    with torch.no_grad():
+        want = model(tokens[None])[0].gather(-1, tokens[:, None])[:, 0]
+    for i, a in enumerate(out):
+        assert a["total"] == pytest.approx(float(want[i]), abs=1e-4)

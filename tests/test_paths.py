@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import factories
+from qkov.errors import QkovError
 from qkov.fold import fold_layernorm
-from qkov.paths import path_expansion
+from qkov.paths import count_paths, path_expansion
 
 random_model = factories.circuit_model
 
@@ -133,3 +134,32 @@ def test_path_terms_of_a_general_model_match_hand_computation():
     torch.testing.assert_close(
         pe.term("direct[mlp0]").logits, (mlp / s_final) @ f.W_U.detach(), atol=1e-10, rtol=0
     )
+
+
+def test_count_paths_is_the_number_of_terms():
+    """count_paths (what the budget and the memory guard weigh) is the number of terms the
+    expansion makes, for every cut (a bound where a start enters past layer 0: MLPs)."""
+    for n_layers in (1, 2, 3):
+        model = random_model(n_layers, "standard", seed=n_layers)
+        tokens = torch.randint(0, 40, (1, 6), generator=torch.Generator().manual_seed(0))
+        for cut in (None, *range(n_layers)):
+            n = len(path_expansion(model, tokens, max_order=cut).terms)
+            # + 1: the remainder, which only a cut below n_layers makes
+            assert count_paths(model.cfg, cut) == n + (cut is None or cut >= n_layers)
+    model = factories.general_model(3, normalization="layernorm")
+    n = len(path_expansion(model, factories.random_tokens(model, batch=1)).terms)
+    assert count_paths(model.cfg, None) >= n
+
+
+def test_an_expansion_too_large_for_memory_is_refused_with_the_cut_that_fits(monkeypatch):
+    """Checked before any work: a 3-layer model whose every chain does not fit (memory
+    made small here) is refused with one line naming the largest max_order that fits."""
+    model = random_model(3, "shortformer", seed=1)
+    tokens = torch.randint(0, 40, (1, 10), generator=torch.Generator().manual_seed(0))
+    per_path = 10 * (model.cfg.d_model + model.cfg.d_vocab) * 4  # fp32 bytes a term keeps
+    room = count_paths(model.cfg, 1) * per_path  # order 1 fits, order 2 does not
+    monkeypatch.setattr("qkov.resources.available_memory", lambda device="cpu": 2 * room)
+    with pytest.raises(QkovError, match=r"paths over 10 tokens needs .* pass max_order=1 "):
+        path_expansion(model, tokens)
+    pe = path_expansion(model, tokens, max_order=1)
+    torch.testing.assert_close(pe.total(), model(tokens), atol=1e-4, rtol=0)

@@ -132,3 +132,23 @@ def test_qk_expansion_all_and_bad_head():
         qk_expansion(model, tokens, 2, 0)
     with pytest.raises(QkovError, match="max_order"):
         qk_expansion(model, tokens, 1, 0, max_order=-1)
+
+
+def test_an_expansion_too_large_for_memory_is_refused_with_the_cut_that_fits(monkeypatch):
+    """Checked before any work (GPT-2's last layer has ~10^4 sides at order 2, 10^8 side
+    pairs): with memory made small here, every chain of a 3-layer model's last layer does
+    not fit, order 1 does; the refusal names it, and that cut stays exact."""
+    from qkov.paths import count_paths
+
+    model = factories.general_model(3)
+    tokens = factories.random_tokens(model, batch=1)
+    cfg, n = model.cfg, tokens.shape[1]
+
+    def need(order):
+        sides = count_paths(cfg, order, 2) + 1
+        return 4 * (sides * n * cfg.d_model + sides**2 * n * n)
+
+    monkeypatch.setattr("qkov.resources.available_memory", lambda device="cpu": 2 * need(1))
+    with pytest.raises(QkovError, match=r"QK expansion of L2H0 needs .* pass max_order=1 "):
+        qk_expansion(model, tokens, 2, 0)
+    _check_sums(model, tokens, max_order=1)

@@ -18,7 +18,7 @@ from torch import Tensor
 from qkov.data.tokenizer import decode_token
 from qkov.errors import QkovError
 from qkov.model import Transformer
-from qkov.paths import PathTerm, path_expansion
+from qkov.paths import PathTerm, unembedded_paths
 
 
 @dataclass
@@ -104,14 +104,19 @@ def path_contributions(
 ) -> tuple[list[PathTerm], Tensor, Tensor]:
     """The math of every attribution qkov shows (`attribute`, `qkov attribute`, the report,
     `qkov explore`): tokens [1, pos], targets [n] (n <= pos: the token whose logit to split
-    at each of the first n positions) -> (the path terms, for their names and orders,
-    contributions [n, n_paths], logits [n, d_vocab]); contributions.sum(-1) equals
-    logits[i, targets[i]] to float rounding."""
-    pe = path_expansion(model, tokens, max_order=max_order)
+    at each of the first n positions) -> (the path terms, for their names and orders, each
+    term's `logits` being its contributions [1, n]; contributions [n, n_paths]; logits
+    [n, d_vocab]); contributions.sum(-1) equals logits[i, targets[i]] to float rounding.
+    Only the targets' columns of W_U are read: d_model per path and position, not d_vocab."""
     n = targets.shape[0]
-    idx = torch.arange(n, device=targets.device)
-    contributions = torch.stack([t.logits[0, idx, targets] for t in pe.terms], dim=-1)
-    return pe.terms, contributions, pe.logits[0, :n]
+
+    def read(x: Tensor, W_U: Tensor, b_U: Tensor | None) -> Tensor:
+        own = (x[:, :n] * W_U[:, targets].T).sum(-1)  # [1, n]: x_i . W_U[:, targets[i]]
+        return own if b_U is None else own + b_U[targets]
+
+    terms, logits, _ = unembedded_paths(model, tokens, max_order, read)
+    contributions = torch.stack([t.logits[0] for t in terms], dim=-1)  # [n, n_paths]
+    return terms, contributions, logits[0, :n]
 
 
 @torch.no_grad()

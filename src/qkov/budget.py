@@ -8,7 +8,6 @@ estimates. The demo models (2,048 tokens, 8 heads) are under every budget: all e
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +16,7 @@ from torch import Tensor
 from qkov.config import ModelConfig
 from qkov.data.probes import default_seq_len
 from qkov.heads import copying_columns
-from qkov.paths import start_names
+from qkov.paths import count_paths, largest_order, start_names
 from qkov.qk_terms import QK_MAX_ORDER
 
 MAX_SAMPLE_TOKENS = 48  # tokens of the sample text the attention views and attribution read
@@ -25,7 +24,7 @@ BIGRAM_BUDGET = 2**34  # rows * d_vocab * d_model of the direct path, once per m
 TRIGRAM_BUDGET = 2**29  # sources * d_vocab * d_head of a head's two circuits, per head
 FORWARD_BUDGET = 3 * 2**37  # evaluation tokens * parameters: the forward passes on the eval set
 KNOCKOUT_BUDGET = 2**43  # heads * tokens * parameters: one forward pass per head knock-out
-TERM_BUDGET = 2**28  # path terms * tokens * d_vocab: the logits path_expansion forms
+PATH_BUDGET = 2**27  # paths * tokens * d_model: the streams the attribution keeps (512 MiB)
 ORDER_BUDGET = 2**38  # starts * layer-order pairs * tokens * d_model^2: the order split
 QK_SIDES_LIMIT = 256  # query-side (and key-side) paths per head for the QK terms
 
@@ -65,12 +64,12 @@ class ScalePlan:
         probe = 16 * default_seq_len(cfg.n_ctx)  # classify_heads' probe tokens
         return ScalePlan(
             bigram_rows=_rows(V, cfg.d_model, BIGRAM_BUDGET),
-            trigram_sources=_rows(V, cfg.d_head, TRIGRAM_BUDGET),
+            trigram_sources=trigram_sources(cfg),
             copying_columns=copying_columns(V, probe, cfg.d_head),
             n_sequences=n_seq,
             term_importance_on=term_on,
             head_knockouts=term_on is None and knock <= KNOCKOUT_BUDGET,
-            path_max_order=_path_max_order(cfg, min(MAX_SAMPLE_TOKENS, cfg.n_ctx)),
+            path_max_order=attribution_max_order(cfg, min(MAX_SAMPLE_TOKENS, cfg.n_ctx)),
             qk_terms=_qk_sides(cfg, QK_MAX_ORDER) <= QK_SIDES_LIMIT,
             qk_sides=_qk_sides(cfg, QK_MAX_ORDER),
         )
@@ -101,24 +100,20 @@ def _rows(d_vocab: int, inner: int, budget: int) -> int | None:
     return max(1, budget // (d_vocab * inner))
 
 
-def _n_paths(cfg: ModelConfig, max_order: int | None, n_layers: int | None = None) -> int:
-    """An upper bound on path_expansion's terms: starts x chains of at most max_order heads
-    through n_layers layers (default all) (+ the remainder)."""
-    L, H = cfg.n_layers if n_layers is None else n_layers, cfg.n_heads
-    top = L if max_order is None else min(L, max_order)
-    starts = 2 + bool(cfg.bias) + (L if cfg.d_mlp else 0)
-    return starts * sum(math.comb(L, k) * H**k for k in range(top + 1)) + 1
+def trigram_sources(cfg: ModelConfig) -> int | None:
+    """Source tokens a head's skip-trigrams (and its OV top-1 fraction) are ranked over:
+    None (all, exact) while d_vocab^2 * d_head fits TRIGRAM_BUDGET, else a seeded sample."""
+    return _rows(cfg.d_vocab, cfg.d_head, TRIGRAM_BUDGET)
 
 
-def _path_max_order(cfg: ModelConfig, n_tokens: int) -> int | None:
-    """The longest cut whose terms' logits fit TERM_BUDGET: None (every chain), else the
-    largest max_order that fits (0 at least: per-start direct terms + the exact remainder)."""
-    for order in (None, *range(cfg.n_layers - 1, 0, -1)):
-        if _n_paths(cfg, order) * n_tokens * cfg.d_vocab <= TERM_BUDGET:
-            return order
-    return 0
+def attribution_max_order(cfg: ModelConfig, n_tokens: int) -> int | None:
+    """The attribution's cut for n_tokens tokens: None (every chain) while the streams
+    `qkov.attribution.path_contributions` keeps (paths x tokens x d_model) fit PATH_BUDGET,
+    else the largest max_order that fits (0 at least). `qkov explore` and `qkov attribute`
+    cut where analyze does."""
+    return largest_order(cfg, lambda k: count_paths(cfg, k) * n_tokens * cfg.d_model <= PATH_BUDGET)
 
 
 def _qk_sides(cfg: ModelConfig, max_order: int) -> int:
     """Query-side paths of the last layer's heads in the QK expansion (an upper bound)."""
-    return _n_paths(cfg, max_order, cfg.n_layers - 1) if cfg.n_layers else 0
+    return count_paths(cfg, max_order, cfg.n_layers - 1) if cfg.n_layers else 0

@@ -349,26 +349,32 @@ def ov_eigenvalues(model: AttnOnlyTransformer, layer: int, head: int) -> Tensor:
 
 
 @torch.no_grad()
-def top1_self_fraction(circuit: FactoredMatrix, chunk_size: int | None = None) -> float:
+def top1_self_fraction(
+    circuit: FactoredMatrix, chunk_size: int | None = None, rows: Tensor | None = None
+) -> float:
     """Fraction of rows i of a square circuit whose largest entry is (strictly) column i.
 
     For an OV circuit: the fraction of tokens whose own logit is the top-1 output when the
-    head attends to them. Rows are formed chunk_size at a time (default: 16 MiB of fp32),
-    so memory stays O(chunk_size * d_vocab)."""
+    head attends to them. rows: an ESTIMATE over only these row ids (a seeded sample,
+    `qkov.trigrams.sample_tokens`; each row still compared over every column); None: every
+    row, exact. Rows are formed chunk_size at a time (default: 16 MiB of fp32), so memory
+    stays O(chunk_size * d_vocab)."""
     if circuit.ndim != 2 or circuit.shape[0] != circuit.shape[1]:
         raise QkovError(f"top1_self_fraction needs one square matrix, got {list(circuit.shape)}")
     n = circuit.shape[0]
+    ids = torch.arange(n) if rows is None else rows.cpu()
     chunk = chunk_size or max(1, CHUNK_ELEMENTS // n)
     if chunk < 1:
         raise QkovError(f"chunk_size must be >= 1, got {chunk_size}")
     hits = 0
-    for start in range(0, n, chunk):
-        block = circuit.rows(start, start + chunk).dense(force=True)  # [c, n]
-        idx = torch.arange(block.shape[0], device=block.device)
-        own = block[idx, start + idx].clone()
-        block[idx, start + idx] = float("-inf")
+    for start in range(0, ids.numel(), chunk):
+        part = ids[start : start + chunk].to(circuit.device)  # [c] row ids
+        block = (circuit.A[part] @ circuit.B).float()  # [c, n]
+        idx = torch.arange(part.numel(), device=block.device)
+        own = block[idx, part].clone()
+        block[idx, part] = float("-inf")
         hits += int((own > block.max(dim=-1).values).sum())
-    return hits / n
+    return hits / max(1, ids.numel())
 
 
 @dataclass
@@ -400,18 +406,23 @@ class OVStatistics:
 
 @torch.no_grad()
 def ov_statistics(
-    model: AttnOnlyTransformer, layer: int, head: int, chunk_size: int | None = None
+    model: AttnOnlyTransformer,
+    layer: int,
+    head: int,
+    chunk_size: int | None = None,
+    rows: Tensor | None = None,
 ) -> OVStatistics:
     """OV eigenvalues, their Sum(lambda)/Sum(|lambda|) and the top-1 self fraction of head
-    (layer, head)."""
+    (layer, head); rows: the top-1 fraction over only these tokens (an estimate,
+    `top1_self_fraction`)."""
     circuit = ov_circuit(model, layer, head)
-    eig = circuit.eigenvalues
+    eig = ov_eigenvalues(model, layer, head)
     return OVStatistics(
         layer=layer,
         head=head,
         eigenvalues=eig,
         eigenvalue_score=eigenvalue_score(eig),
-        top1_fraction=top1_self_fraction(circuit, chunk_size),
+        top1_fraction=top1_self_fraction(circuit, chunk_size, rows),
     )
 
 

@@ -10,6 +10,8 @@ the terms sum to the model's own logits."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -29,6 +31,44 @@ def start_names(cfg: ModelConfig) -> list[str]:
     names = ["token"] + (["pos"] if cfg.positional == "standard" else [])
     names += ["bias"] if cfg.bias else []
     return names + [f"mlp{l}" for l in range(cfg.n_layers)] if cfg.d_mlp else names
+
+
+def count_paths(cfg: ModelConfig, max_order: int | None, n_layers: int | None = None) -> int:
+    """An upper bound on the terms of a path expansion through n_layers layers (default
+    all) cut at max_order: starts x chains of at most max_order heads (+ the remainder)."""
+    L, H = cfg.n_layers if n_layers is None else n_layers, cfg.n_heads
+    top = L if max_order is None else min(L, max_order)
+    starts = 2 + bool(cfg.bias) + (L if cfg.d_mlp else 0)
+    return starts * sum(math.comb(L, k) * H**k for k in range(top + 1)) + 1
+
+
+def largest_order(cfg: ModelConfig, fits: Callable[[int | None], bool]) -> int | None:
+    """The longest cut that fits: None (every chain) if fits(None), else the largest
+    max_order k < n_layers with fits(k), 0 at least (per-start direct terms and the exact
+    remainder)."""
+    for order in (None, *range(cfg.n_layers - 1, 0, -1)):
+        if fits(order):
+            return order
+    return 0
+
+
+def check_path_memory(
+    cfg: ModelConfig, max_order: int | None, need: Callable[[int | None], int], what: str
+) -> None:
+    """Refuse, before any work, an expansion cut at max_order whose memory need(order) (in
+    bytes) is more than half the memory free, naming the max_order that fits (a 12-layer
+    model has 13^12 chains per start: it must be cut)."""
+    from qkov.resources import available_memory
+
+    have = available_memory()
+    if have is None or need(max_order) <= have // 2:
+        return
+    k = largest_order(cfg, lambda order: need(order) <= have // 2)
+    raise QkovError(
+        f"{what} needs ~{need(max_order) / 1e9:.1f} GB, more than half the {have / 1e9:.1f} "
+        f"GB free: pass max_order={k} (paths through more heads are summed into one exact "
+        "remainder) or fewer tokens"
+    )
 
 
 @dataclass
@@ -218,29 +258,64 @@ def path_expansion(
     There are (1 + n_heads)^n_layers chains per start; with max_order every path longer than
     max_order heads goes into one remainder term (name "order>{max_order}"), so the terms
     still sum to the logits. tokens: [batch, pos] or [pos]."""
+    terms, clean, patterns = unembedded_paths(model, tokens, max_order, _full_logits)
+    return PathExpansion(terms=terms, logits=clean, patterns=patterns)
+
+
+def _full_logits(x: Tensor, W_U: Tensor, b_U: Tensor | None) -> Tensor:
+    return x @ W_U if b_U is None else x @ W_U + b_U  # [batch, pos, d_vocab]
+
+
+@torch.no_grad()
+def unembedded_paths(
+    model: Transformer,
+    tokens: Tensor,
+    max_order: int | None,
+    read: Callable[[Tensor, Tensor, Tensor | None], Tensor],
+) -> tuple[list[PathTerm], Tensor, list[Tensor]]:
+    """The core of `path_expansion`, with the readout chosen by the caller: (terms, the
+    model's own logits [batch, pos, d_vocab], the patterns). Each term's `logits` is
+    read(x, W_U, b_U): x [batch, pos, d_model] the path's final stream over the frozen final
+    scale, W_U [d_model, d_vocab] of the folded model, b_U [d_vocab] for the one term that
+    carries it (the bias start's direct path), else None. `path_expansion` reads whole
+    logits; `qkov.attribution.path_contributions` reads only each position's target token
+    (d_model per position instead of d_vocab, so a 50k vocabulary costs no more)."""
     from qkov.fold import fold_layernorm
 
     tokens = model.check_tokens(tokens)
+    width = model.cfg.d_model + (model.cfg.d_vocab if read is _full_logits else 0)
+    check_path_memory(
+        model.cfg,
+        max_order,
+        lambda order: count_paths(model.cfg, order) * tokens.numel() * width * 4,  # fp32
+        f"the path expansion of {count_paths(model.cfg, max_order):,} paths over "
+        f"{tokens.numel()} tokens",
+    )
     clean = model(tokens)
     model = fold_layernorm(model, center_unembed=False)
     cfg = model.cfg
     w = model.weights()
-    logits, cache = model.run_with_cache(tokens, names=_frozen_names)
+    _, cache = model.run_with_cache(tokens, names=_frozen_names)
     patterns = [cache[f"pattern.{l}"] for l in range(cfg.n_layers)]
     scale = frozen_scales(model, cache)
     streams = residual_paths(model, tokens, cache, cfg.n_layers, max_order)
     remainder = streams.pop(("remainder", ()), None)
+    b_U = w["b_U"] if cfg.bias else None
     terms = [
-        PathTerm(chain, start, (x / scale[-1]) @ w["W_U"]) for (start, chain), x in streams.items()
+        PathTerm(
+            chain,
+            start,
+            read(x / scale[-1], w["W_U"], b_U if (start, chain) == ("bias", ()) else None),
+        )
+        for (start, chain), x in streams.items()
     ]
     if remainder is not None:
-        terms.append(PathTerm((), "remainder", (remainder / scale[-1]) @ w["W_U"], max_order))
-    if cfg.bias:
-        bias_direct = next(t for t in terms if t.start == "bias" and not t.heads)
-        bias_direct.logits = bias_direct.logits + w["b_U"]
+        terms.append(
+            PathTerm((), "remainder", read(remainder / scale[-1], w["W_U"], None), max_order)
+        )
     rank = {s: i for i, s in enumerate(start_names(cfg) + ["remainder"])}
     terms.sort(key=lambda t: (t.order, t.heads, rank[t.start]))
-    return PathExpansion(terms=terms, logits=clean, patterns=patterns)
+    return terms, clean, patterns
 
 
 # Hook kinds a frozen-pattern decomposition reads: the patterns, the scales, the MLP outputs.

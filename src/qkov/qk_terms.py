@@ -36,7 +36,7 @@ from torch import Tensor
 from qkov.circuits import check_head
 from qkov.errors import QkovError
 from qkov.model import Transformer
-from qkov.paths import Chain, frozen_scales, residual_paths
+from qkov.paths import Chain, check_path_memory, count_paths, frozen_scales, residual_paths
 
 KINDS = ("direct", "Q-composition", "K-composition", "Q+K-composition")
 QK_MAX_ORDER = 2  # what `qkov heads --qk-terms` and analyze cut chains at (the paper's terms)
@@ -197,12 +197,18 @@ def qk_expansion(
     if max_order is not None and max_order < 0:
         raise QkovError(f"max_order must be >= 0 (or None for every chain), got {max_order}")
     tokens = model.check_tokens(tokens)
+    cfg, (batch, n) = model.cfg, tokens.shape
+
+    def need(order: int | None) -> int:  # fp32 bytes: the streams, then the side pairs' terms
+        sides = count_paths(cfg, order, layer) + 1  # + the shortformer's "pos" side
+        return 4 * (sides * batch * n * cfg.d_model + sides**2 * batch * n * n)
+
+    check_path_memory(cfg, max_order, need, f"the QK expansion of L{layer}H{head}")
     model = fold_layernorm(model, center_unembed=False)
     cfg, w = model.cfg, model.weights()
     _, cache = model.run_with_cache(tokens, names=lambda n: n.split(".")[0] in _FROZEN)
     scale = frozen_scales(model, cache)
     streams = residual_paths(model, tokens, cache, layer, max_order)
-    batch, n = tokens.shape
     W_Q, W_K = w["W_Q"][layer, head], w["W_K"][layer, head]  # [d_model, d_head]
     q_sides: dict[tuple[str, Chain], Tensor] = {}
     k_sides: dict[tuple[str, Chain], Tensor] = {}

@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--max-order",
         type=int,
         default=None,
-        help="paths through more heads than this are summed into one remainder path",
+        help="paths through more heads than this are summed into one remainder path (default: "
+        "none, or on a large model the cut that keeps the paths within qkov's budget, said so)",
     )
     p.add_argument(
         "--by-head",
@@ -38,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from qkov.attribution import attribute_text
+    from qkov.budget import attribution_max_order
     from qkov.checkpoint import load
     from qkov.cli.analyze import read_text_file
     from qkov.errors import QkovError
@@ -51,14 +53,22 @@ def run(args: argparse.Namespace) -> int:
         check_output_file(args.json, "--json")
     text = read_text_file(args.text_file)
     model = load(args.dir)
-    att = attribute_text(model, text, max_order=args.max_order)
+    order, cut_note = args.max_order, ""
+    if order is None and model.tokenizer is not None:  # no tokenizer: attribute_text says so
+        order = attribution_max_order(model.cfg, len(model.tokenizer.encode(text).ids))
+        if order is not None:
+            cut_note = (
+                f"; paths through more than {order} heads summed into 'order>{order}' (the "
+                "budget at this size; --max-order to choose)"
+            )
+    att = attribute_text(model, text, max_order=order)
     if args.by_head:
         att = att.by_head()
     what = "groups of paths by the head that writes them" if args.by_head else "paths"
     print(
         f"{args.dir} on {args.text_file}: {len(att.tokens)} tokens, {len(att.paths)} {what}; "
         f"logit of the actual next token split into paths (max |sum - logit| = "
-        f"{att.max_abs_error():.1e})"
+        f"{att.max_abs_error():.1e}){cut_note}"
     )
     print("\n".join(att.lines(args.top_k)))
     if args.json:

@@ -15,8 +15,18 @@ from torch import Tensor
 from qkov.attribution import path_contributions
 from qkov.model import Transformer
 
-# Chains of more heads than this go into one exact remainder term (bounded work per request).
+# Chains of more heads than this go into one exact remainder term (bounded work per request);
+# on a large model the cut is lower, where analyze's budget puts it (`qkov.budget`).
 MAX_ORDER = 2
+
+
+def max_order(model: Transformer, n_tokens: int) -> int:
+    """The cut of a request's path expansion: MAX_ORDER, or the attribution budget's lower
+    one for a model as large as GPT-2 (`qkov.budget.attribution_max_order`)."""
+    from qkov.budget import attribution_max_order
+
+    fits = attribution_max_order(model.cfg, n_tokens)
+    return MAX_ORDER if fits is None else min(MAX_ORDER, fits)
 
 
 @torch.no_grad()
@@ -27,7 +37,9 @@ def next_token_attributions(
     per position {"total": the logit of the target, "paths": the k terms with the largest
     |contribution| [{"name", "order", "logit"}], "rest": the other terms' sum}.
     total == sum(paths) + rest, to float rounding."""
-    terms, share, _ = path_contributions(model, tokens[None], targets, MAX_ORDER)
+    terms, share, _ = path_contributions(
+        model, tokens[None], targets, max_order(model, tokens.shape[0])
+    )
     total = share.sum(-1)  # [pos]
     out = []
     for i in range(tokens.shape[0]):

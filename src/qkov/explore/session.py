@@ -252,18 +252,25 @@ def _roles(model: Transformer) -> list[dict[str, Any]]:
 
 
 def _panel(model: Transformer, layer: int, head: int) -> dict[str, Any]:
-    from qkov.circuits import eigenvalue_score, ov_statistics, qk_circuit
-    from qkov.trigrams import DEFAULT_MIN_COUNT, skip_trigrams
+    """A head's panel. On a large vocabulary (GPT-2's) the skip-trigrams and the OV top-1
+    fraction are ranked over the seeded sample of sources `qkov analyze` uses
+    (`qkov.budget.trigram_sources`; said in "sampled_sources"), so a panel takes seconds."""
+    from qkov.budget import trigram_sources
+    from qkov.circuits import eigenvalue_score, ov_statistics, qk_eigenvalues
+    from qkov.trigrams import DEFAULT_MIN_COUNT, sample_tokens, skip_trigrams
 
+    n_sources = trigram_sources(model.cfg)
+    rows = None if n_sources is None else sample_tokens(model.cfg.d_vocab, n_sources)
     with torch.no_grad():
-        ov = ov_statistics(model, layer, head)
-        qk = qk_circuit(model, layer, head).eigenvalues
+        ov = ov_statistics(model, layer, head, rows=rows)
+        qk = qk_eigenvalues(model, layer, head)
     min_count = DEFAULT_MIN_COUNT if getattr(model, "token_counts", None) is not None else None
+    kw = dict(k=N_TRIGRAMS, per_source=2, n_sources=n_sources)
     try:
-        trig = skip_trigrams(model, layer, head, k=N_TRIGRAMS, per_source=2, min_count=min_count)
+        trig = skip_trigrams(model, layer, head, min_count=min_count, **kw)
     except QkovError:  # too few tokens seen that often: rank them all
         min_count = None
-        trig = skip_trigrams(model, layer, head, k=N_TRIGRAMS, per_source=2)
+        trig = skip_trigrams(model, layer, head, **kw)
 
     def pairs(eig: torch.Tensor) -> list[list[float]]:
         return [[round(float(z.real), 4), round(float(z.imag), 4)] for z in eig]
@@ -274,6 +281,8 @@ def _panel(model: Transformer, layer: int, head: int) -> dict[str, Any]:
         "ov_eigenvalues": pairs(ov.eigenvalues),
         "ov_top1_fraction": _finite(ov.top1_fraction),
         "trigram_min_count": min_count,
+        # the skip-trigrams and the top-1 fraction: over this many sampled sources (null: all)
+        "sampled_sources": n_sources,
         # scores of a model with a final norm are written before it (qkov.circuits.FinalScale)
         "score_units": "logits" if model.cfg.normalization == "none" else "before the final norm",
         "skip_trigrams": [

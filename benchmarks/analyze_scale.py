@@ -70,11 +70,10 @@ def main() -> int:
     write_gpt2_folder(folder, args.n_layers, args.n_heads, args.d_model, args.d_vocab)
     cmd = [sys.executable, "-m", "qkov", "analyze", str(folder), "--out", str(root / "out")]
     start = time.perf_counter()
-    done = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
+    done = subprocess.run(cmd)  # its stderr passes through: the progress of each stage
     wall = time.perf_counter() - start
     peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB -> GiB
     if done.returncode != 0:
-        print(done.stderr[-2000:], file=sys.stderr)
         print(f"qkov analyze failed (exit {done.returncode}) after {wall:.0f} s")
         return 1
     shape = f"{args.n_layers} layers x {args.n_heads} heads, d_model {args.d_model}"

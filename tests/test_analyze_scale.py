@@ -236,3 +236,29 @@ def test_report_labels_the_estimates(tmp_path, monkeypatch):
     assert "seeded sample of 1 of 64 source tokens" in html
     assert "seeded sample of 8 of 64 logits (scaled to the whole vocabulary)" in html
     assert "order&gt;0" in html
+
+
+def test_circuits_cli_ranks_the_budgets_sample_and_says_so(tmp_path, monkeypatch, capsys):
+    """Over the trigram budget (forced here on a tiny GPT-2 folder) `qkov circuits` ranks
+    analyze's seeded sample of sources, says so, and its top-1 fraction is that of the
+    sample; --exact ranks every source."""
+    import json
+
+    from qkov.checkpoint import load
+    from qkov.circuits import ov_circuit, top1_self_fraction
+
+    folder = tmp_path / "gpt2"
+    write_gpt2_folder(folder, n_layers=1, n_heads=2, d_model=16, d_vocab=64)
+    monkeypatch.setattr(budget, "TRIGRAM_BUDGET", 64 * 8 * 12)  # d_head 8: 12 of 64 sources
+    out = tmp_path / "c.json"
+    assert main(["circuits", str(folder), "-k", "3", "--json", str(out)]) == 0
+    assert "seeded sample of 12 of 64 source tokens" in capsys.readouterr().out
+    model = load(folder)
+    sample = sample_tokens(64, 12)
+    heads = json.loads(out.read_text())["heads"]
+    for h in range(2):
+        want = top1_self_fraction(ov_circuit(model, 0, h), rows=sample)
+        assert heads[h]["top1_fraction"] == pytest.approx(want)
+        assert {t["source"] for t in heads[h]["skip_trigrams"]} <= set(sample.tolist())
+    assert main(["circuits", str(folder), "-k", "3", "--exact"]) == 0
+    assert "seeded sample" not in capsys.readouterr().out

@@ -42,16 +42,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--chunk-size", type=int, default=None, help="vocab rows per dense chunk (memory bound)"
     )
+    p.add_argument(
+        "--exact",
+        action="store_true",
+        help="rank every source token even on a large vocabulary (default there: the seeded "
+        "sample of sources `qkov analyze` uses, said so; GPT-2 small exact takes ~30 min)",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from qkov.budget import trigram_sources
     from qkov.checkpoint import load
     from qkov.circuits import ov_statistics
     from qkov.errors import QkovError
     from qkov.io import atomic_write_text, check_output_file
+    from qkov.trigrams import allowed_tokens, sample_tokens, split_token_candidates
 
     for flag, value, low in (
         ("--top-k", args.top_k, 1),
@@ -76,12 +84,23 @@ def run(args: argparse.Namespace) -> int:
         f"d_vocab={cfg.d_vocab} positional={cfg.positional}"
     )
     heads = [(l, h) for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
-    ov = {lh: ov_statistics(model, *lh, chunk_size=args.chunk_size) for lh in heads}
+    args.n_sources = None if args.exact else trigram_sources(cfg)
+    rows = None if args.n_sources is None else sample_tokens(cfg.d_vocab, args.n_sources)
+    if rows is not None:
+        print(
+            f"estimates: the top-1 self fraction and the skip-trigrams rank a seeded sample of "
+            f"{args.n_sources:,} of {cfg.d_vocab:,} source tokens (as `qkov analyze` does at "
+            "this size; --exact for every one)"
+        )
     print("\nhead   OV sum(l)/sum|l|   top-1 self fraction")
-    for (l, h), c in ov.items():
-        print(f"L{l}H{h:<3} {c.eigenvalue_score:+16.3f}   {c.top1_fraction:19.3f}")
+    ov = {}
+    for l, h in heads:  # a row as soon as it is computed: at GPT-2 size these take minutes
+        ov[(l, h)] = c = ov_statistics(model, l, h, chunk_size=args.chunk_size, rows=rows)
+        print(f"L{l}H{h:<3} {c.eigenvalue_score:+16.3f}   {c.top1_fraction:19.3f}", flush=True)
     min_count = wanted if model.token_counts is not None else None
     print("\n" + _filter_note(model, min_count))
+    if args.split_k:  # the vocabulary's texts read once, not per head
+        args.candidates = split_token_candidates(model, allowed_tokens(model, min_count))
     if cfg.normalization != "none":
         print(
             "boost and score are written before the final norm, which divides each position "
@@ -122,6 +141,7 @@ def _head_trigrams(model, layer: int, head: int, args, min_count: int | None) ->
         chunk_size=args.chunk_size,
         per_source=args.per_source or None,
         min_count=min_count,
+        n_sources=args.n_sources,
     )
     note = " (direct path only)" if layer > 0 else ""
     print(
@@ -129,7 +149,7 @@ def _head_trigrams(model, layer: int, head: int, args, min_count: int | None) ->
         "score = sigmoid(attention) * logit boost"
     )
     for i, t in enumerate(trigrams, 1):
-        print(f"  {i:>2}. {t}   attn {t.attention:+.2f}  boost {t.boost:+.2f}")
+        print(f"  {i:>2}. {t}   attn {t.attention:+.2f}  boost {t.boost:+.2f}", flush=True)
     bugs = factoring_bugs(model, layer, head, trigrams=trigrams)[: args.bugs]
     for b in bugs:
         print(f"  bug: {b.first} & {b.second}\n       => {b.crossed}")
@@ -143,7 +163,9 @@ def _head_trigrams(model, layer: int, head: int, args, min_count: int | None) ->
         "factoring_bugs": [b.to_dict() for b in bugs],
     }
     if args.split_k:
-        split = split_token_trigrams(model, layer, head, k=args.split_k, min_count=min_count)
+        split = split_token_trigrams(
+            model, layer, head, k=args.split_k, min_count=min_count, candidates=args.candidates
+        )
         print(
             f"  token-split skip-trigrams [ab] ... [a] -> [b]{note}: {split.n_favoured:,} of "
             f"{split.n_candidates:,} favoured (attention > 0 and boost > 0); top "

@@ -10,6 +10,7 @@ the terms sum to the model's own logits."""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -207,20 +208,24 @@ def residual_paths(
     remainder: Tensor | None = None
     for l in range(layer):
         pattern = cache[f"pattern.{l}"]  # [batch, head, dest, src]
+        heads = functools.partial(_through_heads, w, l, pattern, scale[l])
         new: dict[tuple[str, Chain], Tensor] = {}
-        if remainder is not None:  # past the cut: on through every later head
-            v = (remainder / scale[l])[:, None] @ w["W_V"][l]
-            remainder = remainder + ((pattern @ v) @ w["W_O"][l]).sum(1)
+        # Past the cut, paths are only summed: with the patterns frozen the heads are linear,
+        # so the remainder and every stream at max_order go through layer l as one sum (one
+        # head pass per layer, not one per stream: GPT-2 has ~10^4 streams at order 2).
+        carry, carry_b_V = remainder, False
         for (start, chain), x in streams.items():
-            v = (x / scale[l])[:, None] @ w["W_V"][l]  # [batch, head, pos, d_head]
-            if start == "bias" and not chain:
-                v = v + w["b_V"][l][:, None]  # [head, 1, d_head]: the head's own constant
-            out = (pattern @ v) @ w["W_O"][l]  # [batch, head, pos, d_model]
+            bias_direct = start == "bias" and not chain
             if max_order is not None and len(chain) >= max_order:
-                remainder = out.sum(1) if remainder is None else remainder + out.sum(1)
+                carry = x if carry is None else carry + x
+                carry_b_V |= bias_direct
                 continue
+            out = heads(x, bias_direct)
             for h in range(cfg.n_heads):
                 new[(start, chain + ((l, h),))] = out[:, h]
+        if carry is not None:
+            past = heads(carry, carry_b_V).sum(1)  # [batch, pos, d_model]
+            remainder = past if remainder is None else remainder + past
         streams.update(new)
         if cfg.bias:
             streams[("bias", ())] = streams[("bias", ())] + w["b_O"][l]
@@ -232,6 +237,18 @@ def residual_paths(
     if remainder is not None:
         streams[("remainder", ())] = remainder
     return streams
+
+
+def _through_heads(
+    w: dict[str, Tensor], l: int, pattern: Tensor, scale: Tensor | float, x: Tensor, b_V: bool
+) -> Tensor:
+    """What layer l's heads write, each on its own, reading x [batch, pos, d_model] with the
+    pattern [batch, head, dest, src] and the scale frozen (and b_V: the heads' own constant,
+    for the bias start's direct stream): [batch, head, pos, d_model]."""
+    v = (x / scale)[:, None] @ w["W_V"][l]  # [batch, head, pos, d_head]
+    if b_V:
+        v = v + w["b_V"][l][:, None]  # [head, 1, d_head]
+    return (pattern @ v) @ w["W_O"][l]
 
 
 @torch.no_grad()

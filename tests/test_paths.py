@@ -159,7 +159,7 @@ def test_an_expansion_too_large_for_memory_is_refused_with_the_cut_that_fits(mon
     per_path = 10 * (model.cfg.d_model + model.cfg.d_vocab) * 4  # fp32 bytes a term keeps
     room = count_paths(model.cfg, 1) * per_path  # order 1 fits, order 2 does not
     monkeypatch.setattr("qkov.resources.available_memory", lambda device="cpu": 2 * room)
-    with pytest.raises(QkovError, match=r"paths over 10 tokens needs .* pass max_order=1 "):
+    with pytest.raises(QkovError, match=r"paths over 10 tokens needs .* cut it at max_order=1 "):
         path_expansion(model, tokens)
     pe = path_expansion(model, tokens, max_order=1)
     torch.testing.assert_close(pe.total(), model(tokens), atol=1e-4, rtol=0)

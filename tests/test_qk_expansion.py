@@ -149,6 +149,27 @@ def test_an_expansion_too_large_for_memory_is_refused_with_the_cut_that_fits(mon
         return 4 * (sides * n * cfg.d_model + sides**2 * n * n)
 
     monkeypatch.setattr("qkov.resources.available_memory", lambda device="cpu": 2 * need(1))
-    with pytest.raises(QkovError, match=r"QK expansion of L2H0 needs .* pass max_order=1 "):
+    with pytest.raises(QkovError, match=r"QK expansion of L2H0 needs .* cut it at max_order=1 "):
         qk_expansion(model, tokens, 2, 0)
     _check_sums(model, tokens, max_order=1)
+
+
+def test_cli_qk_terms_of_chosen_heads(tmp_path, capsys):
+    """`qkov heads --qk-terms --qk-heads L1H0 --qk-max-order 1`: that head alone, cut where
+    asked, the numbers qk_expansion gives; a head the model has not is one line, exit 2."""
+    import qkov
+    from qkov.cli import main
+
+    model = factories.general_model(2)
+    qkov.save_model(model, tmp_path / "m")
+    out = tmp_path / "h.json"
+    argv = ["heads", str(tmp_path / "m"), "--qk-terms", "--qk-heads", "L1H0"]
+    assert main(argv + ["--qk-max-order", "1", "--qk-seqs", "2", "--json", str(out)]) == 0
+    qk_part = capsys.readouterr().out.split("\nQK terms on ")[1]
+    assert "chains of more than 1 heads summed" in qk_part
+    assert qk_part.count(" kinds: ") == 1 and "\nL1H0   kinds: " in qk_part
+    (got,) = json.loads(out.read_text())["qk_terms"]
+    assert (got["layer"], got["head"]) == (1, 0)
+    assert main(argv[:-1] + ["L2H0"]) == 2
+    assert "--qk-heads: 'L2H0' is not a head of this model" in capsys.readouterr().err
+    assert main(argv + ["--qk-max-order", "-1"]) == 2

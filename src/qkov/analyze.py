@@ -276,8 +276,8 @@ def analyze_model(
     else:
         rec["not_computed"]["qk_terms"] = (
             f"{plan.qk_sides} query-side paths per head at max_order {QK_MAX_ORDER} (the terms "
-            "are their pairs): over the limit at this scale; `qkov heads --qk-terms` splits "
-            "chosen heads"
+            "are their pairs): over the limit at this scale; `qkov heads --qk-terms --qk-heads "
+            "L5H1 --qk-max-order 1` splits chosen heads"
         )
     stage("virtual heads, positional QK, attribution of the sample text")
     if cfg.n_layers >= 2:

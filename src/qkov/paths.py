@@ -67,8 +67,9 @@ def check_path_memory(
     k = largest_order(cfg, lambda order: need(order) <= have // 2)
     raise QkovError(
         f"{what} needs ~{need(max_order) / 1e9:.1f} GB, more than half the {have / 1e9:.1f} "
-        f"GB free: pass max_order={k} (paths through more heads are summed into one exact "
-        "remainder) or fewer tokens"
+        f"GB free: cut it at max_order={k} (paths through more heads are summed into one "
+        "exact remainder; on the command line --max-order, or --qk-max-order for QK terms) "
+        "or give fewer tokens"
     )
 
 

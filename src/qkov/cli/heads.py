@@ -50,6 +50,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--qk-seqs", type=int, default=8, help="evaluation sequences the QK terms are measured on"
     )
     p.add_argument(
+        "--qk-heads",
+        default=None,
+        help="with --qk-terms: only these heads, e.g. L1H0,L5H1 (default: every head)",
+    )
+    p.add_argument(
+        "--qk-max-order",
+        type=int,
+        default=None,
+        help="with --qk-terms: chains of more heads are summed into one remainder side "
+        "(default 2, the paper's terms; a deep model's later layers need 0 or 1)",
+    )
+    p.add_argument(
         "--repetition",
         action="store_true",
         help="also run the repeated random tokens test peers report (batch 10, a block of 50 "
@@ -74,10 +86,13 @@ def run(args: argparse.Namespace) -> int:
         check_output_file(args.json, "--json")
     if args.batch_size < 1 or args.eval_seqs < 1 or args.qk_seqs < 1:
         raise QkovError("--batch-size, --eval-seqs and --qk-seqs must be at least 1")
+    if args.qk_max_order is not None and args.qk_max_order < 0:
+        raise QkovError(f"--qk-max-order must be >= 0, got {args.qk_max_order}")
     text = read_text_file(args.text, "--text") if args.text else None
     (args.dir,) = model_dirs(args, [args.dir])
     model = load(args.dir)
     cfg = model.cfg
+    chosen = _chosen_heads(args.qk_heads, cfg)  # checked before the work
     ev = evaluation_set(
         model, args.dir, text=text, text_name=args.text or "", max_sequences=args.eval_seqs
     )
@@ -115,13 +130,14 @@ def run(args: argparse.Namespace) -> int:
         result["term_importance"] = ti.to_dict()
 
     if args.qk_terms and cls.records:
-        from qkov.qk_terms import QK_MAX_ORDER, qk_expansion_all, qk_terms_table
+        from qkov.qk_terms import QK_MAX_ORDER, qk_expansion, qk_terms_table
 
         tokens = ev.tokens[: args.qk_seqs]
-        expansions = qk_expansion_all(model, tokens, max_order=QK_MAX_ORDER)
+        order = QK_MAX_ORDER if args.qk_max_order is None else args.qk_max_order
+        expansions = [qk_expansion(model, tokens, l, h, max_order=order) for l, h in chosen]
         print(
             f"\nQK terms on {where} (first {tokens.shape[0]} sequences; earlier patterns "
-            f"frozen; chains of more than {QK_MAX_ORDER} heads summed as 'remainder')"
+            f"frozen; chains of more than {order} heads summed as 'remainder')"
         )
         print(qk_terms_table(expansions))
         result["qk_terms"] = [qe.summary() for qe in expansions]
@@ -189,3 +205,23 @@ def _text_table(ts, n_layers: int, n_heads: int) -> str:
             lines.append(f"L{l}H{h:<4} " + " ".join(f"{r[n]:>6.3f}" for n in cols.values()))
     lines.append("(" + ", ".join(f"{c} = {n}" for c, n in cols.items()) + " score)")
     return "\n".join(lines)
+
+
+def _chosen_heads(spec: str | None, cfg) -> list[tuple[int, int]]:
+    """--qk-heads "L1H0,L5H1" as [(1, 0), (5, 1)]; None: every head, layer-major."""
+    import re
+
+    from qkov.errors import QkovError
+
+    if spec is None:
+        return [(l, h) for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
+    heads = []
+    for name in spec.split(","):
+        m = re.fullmatch(r"L(\d+)H(\d+)", name.strip())
+        if m is None or not (int(m[1]) < cfg.n_layers and int(m[2]) < cfg.n_heads):
+            raise QkovError(
+                f"--qk-heads: {name.strip()!r} is not a head of this model: write heads as "
+                f"L1H0,L1H3 (layers 0-{cfg.n_layers - 1}, heads 0-{cfg.n_heads - 1})"
+            )
+        heads.append((int(m[1]), int(m[2])))
+    return heads

@@ -58,9 +58,10 @@ async function chooseModel(name) {
   state.head = null; state.roles = []; state.run = null;
   delete document.body.dataset.run;
   renderHeads(); renderHeadPanel(null);
-  const roles = loadRoles(name);
+  // The text first, then the heads' roles: the server computes one request at a time, and
+  // the roles take far longer on a large model (GPT-2 small: ~15 s, the text ~2 s).
   await runText();
-  await roles;
+  await loadRoles(name);
 }
 
 async function loadRoles(name) {

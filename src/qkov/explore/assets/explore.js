@@ -339,9 +339,13 @@ function renderHeadPanel(d) {
     tbl.append(tr);
   }
   box.append(tbl);
-  box.append(el("div", "muted", d.trigram_min_count
-    ? `Ranked over tokens seen at least ${d.trigram_min_count} times in training.`
-    : "Ranked over all tokens."));
+  const over = d.trigram_min_count
+    ? `tokens seen at least ${d.trigram_min_count} times in training` : "all tokens";
+  box.append(el("div", "muted", d.sampled_sources
+    ? `Estimate: ranked over a seeded sample of ${d.sampled_sources} source tokens of ` +
+      `${state.model.d_vocab} (as qkov analyze does at this size), and over ${over}; ` +
+      "the OV top-1 fraction is over the same sample."
+    : `Ranked over ${over}.`));
   if (d.score_units !== "logits") {
     box.append(el("div", "muted", "Scores are written before the final norm: divided by its " +
       "scale at a position they are logits (the report gives the scale on the evaluation text)."));

@@ -329,3 +329,65 @@ def _mlp_model(m2: dict) -> dict:
     m["training"], m["phase_change"] = None, None
     m["not_computed"] = {"training": "model given in memory"}
     return m
+
+
+def gpt2_shaped(n_layers: int = 12, n_heads: int = 12, n_tokens: int = 48, seed: int = 0) -> dict:
+    """A GPT-2-small-shaped analysis (12 x 12 = 144 heads, 64 eigenvalues a spectrum, 48
+    attention tokens, every composition pair) of seeded random numbers, to check that the
+    report of a large model stays small and keeps every value."""
+    import random
+
+    rng = random.Random(seed)
+    m = v2_analysis()["models"][0]
+    m["name"] = "gpt2-shaped"
+    m["config"].update(n_layers=n_layers, n_heads=n_heads, d_model=768, d_head=64)
+    labels = ["other", "induction", "previous_token", "copying"]
+    heads = []
+    for layer in range(n_layers):
+        for head in range(n_heads):
+            h = _head(
+                layer,
+                head,
+                rng.choice(labels),
+                _scores(*(round(rng.random(), 4) for _ in SCORES)),
+                None,
+                rng.uniform(-1, 1),
+            )
+            h["ov_eigenvalues"] = [[rng.gauss(0, 1), rng.gauss(0, 1)] for _ in range(64)]
+            h["qk_eigenvalues"] = [[rng.gauss(0, 1), rng.gauss(0, 1)] for _ in range(64)]
+            heads.append(h)
+    m["heads"] = heads
+    tokens = [f"t{i}" for i in range(n_tokens - len(HOSTILE))] + HOSTILE
+
+    def pattern() -> list:
+        rows = []
+        for i in range(n_tokens):
+            w = [rng.random() ** 4 for _ in range(i + 1)]
+            s = sum(w)
+            rows.append([x / s for x in w] + [0.0] * (n_tokens - i - 1))
+        return rows
+
+    m["attention"] = {
+        "tokens": tokens,
+        "patterns": [[pattern() for _ in range(n_heads)] for _ in range(n_layers)],
+        "text": "random tokens",
+    }
+    m["composition"] = {
+        kind: [
+            [
+                [
+                    [0.03 + 0.01 * rng.random() if l0 < l1 else None for _ in range(n_heads)]
+                    for l1 in range(n_layers)
+                ]
+                for _ in range(n_heads)
+            ]
+            for l0 in range(n_layers)
+        ]
+        for kind in "qkv"
+    }
+    m["composition"]["baseline"] = {"q": 0.035, "k": 0.035, "v": 0.035}
+    m["composition"]["baseline_std"] = {"q": 0.001, "k": 0.001, "v": 0.001}
+    m["induction_circuits"] = []
+    m["repetition"] = None
+    m["phase_change"] = None
+    return {"schema_version": 2, "generator": "qkov test", "models": [m]}

@@ -617,3 +617,102 @@ def test_bar_labels_keep_small_values_apart_and_long_names_inside():
     svg = hbar_chart([(name, 1.0)], "orders")
     x = float(re.search(r'<text x="([\d.]+)"[^>]*text-anchor="end">' + name, svg).group(1))
     assert x >= 5.6 * len(name)  # its estimated width fits left of its end
+
+
+# ---------------------------------------------------------------- a GPT-2-small-sized report
+@pytest.fixture(scope="module")
+def gpt2_analysis():
+    from report_fixture import gpt2_shaped
+
+    return gpt2_shaped()
+
+
+@pytest.fixture(scope="module")
+def gpt2_page(gpt2_analysis):
+    return render_report(gpt2_analysis)
+
+
+def test_gpt2_sized_report_stays_small(gpt2_page):
+    """144 heads: 14.8 MB and 363k elements when every composition cell, attention cell and
+    eigenvalue was an SVG element with a tooltip; now a few MB and a few tens of thousands."""
+    assert len(gpt2_page.encode()) < 4_000_000
+    assert gpt2_page.count("<") < 40_000
+    assert gpt2_page.count("<rect") < 3_000 and gpt2_page.count("<title>") < 3_000
+    assert gpt2_page.count("<circle") < 1_000
+    doc = tree(gpt2_page)
+    comp = doc.by_id("m0-composition")
+    assert len(comp.all("image")) == 3 and not comp.all("rect", "cell")
+    assert len(doc.by_id("m0-heads").all("image")) == 144  # an attention map a card
+
+
+def test_gpt2_sized_composition_keeps_every_score(gpt2_analysis, gpt2_page):
+    """The dense maps' hover data holds every (later, earlier) score of analysis.json, and
+    each pixel's colour is its score's."""
+    from qkov.report.svg import level
+    from test_svg import png_of, read_png
+
+    comp = gpt2_analysis["models"][0]["composition"]
+    blocks = {a.get("id"): text for a, text in parse(gpt2_page).scripts}
+    data = json.loads(blocks["comp-m0"])
+    assert len(data["rows"]) == len(data["cols"]) == 132
+    assert data["rows"][0] == "L1H0" and data["cols"][-1] == "L10H11"
+    doc = tree(gpt2_page)
+    images = doc.by_id("m0-composition").all("image")
+    vmax = max(v for k in "qkv" for v in _flat_values(comp[k]))
+    for kind, img in zip("qkv", images, strict=True):
+        pixels, _, _ = read_png(png_of(img.attrs["href"]))
+        n = 0
+        for i, row in enumerate(data["rows"]):
+            l1, h1 = (int(x) for x in row[1:].split("H"))
+            for j, col in enumerate(data["cols"]):
+                l0, h0 = (int(x) for x in col[1:].split("H"))
+                v = comp[kind][l0][h0][l1][h1]
+                if l0 >= l1:
+                    assert data[kind][i][j] is None and pixels[i][j] == 0
+                    continue
+                n += 1
+                assert data[kind][i][j] == round(v, 3)
+                base = comp["baseline"][kind]
+                assert pixels[i][j] == level((v - base) / (vmax - base))
+        assert n == 144 * 132 // 2  # 9,504 pairs, each present once
+    # the strongest pairs are listed, highest first, with the report's number format
+    top = table_rows(doc.by_id("m0-composition").all("table", "top-pairs")[0])
+    scores = [float(r[1]) for r in top]
+    assert len(top) == 8 and scores == sorted(scores, reverse=True)
+
+
+def _flat_values(x):
+    if isinstance(x, list):
+        return [v for item in x for v in _flat_values(item)]
+    return [x] if isinstance(x, (int, float)) else []
+
+
+def test_gpt2_sized_heads_keep_every_head_and_the_attention_data(gpt2_analysis, gpt2_page):
+    """Every head has its row and card; attention maps are images whose hover reads the
+    causal rows of every head's pattern; eigenvalues are dots, each one drawn."""
+    m = gpt2_analysis["models"][0]
+    doc = tree(gpt2_page)
+    heads = doc.by_id("m0-heads")
+    assert len(heads.all("div", "head-card")) == 144
+    assert len(table_rows(heads.all("table", "heads")[0])) == 144
+    assert heads.all("div", "tall")  # the 144-row table scrolls in its own box
+    assert "every eigenvalue is in analysis.json" in heads.text
+    dots = [p.attrs["d"].count("h0") for p in heads.all("path") if p.has_class("dots")]
+    assert sum(dots) == 144 * 2 * 64
+    blocks = {a.get("id"): text for a, text in parse(gpt2_page).scripts}
+    att = json.loads(blocks["attn-m0"])
+    for key, pat in att["patterns"].items():
+        layer, head = (int(x) for x in key.split("."))
+        full = m["attention"]["patterns"][layer][head]
+        assert [len(r) for r in pat] == list(range(1, 49))  # causal part only
+        assert pat == [[round(v, 3) for v in row[: i + 1]] for i, row in enumerate(full)]
+
+
+def test_small_models_keep_their_svg_heatmaps(page):
+    """Up to 16 heads nothing changes: annotated composition cells with tooltips, one rect a
+    shown attention cell, one circle with its value a eigenvalue; no raster image."""
+    doc = tree(page)
+    assert not doc.all("image")
+    assert doc.by_id("m0-composition").all("rect", "cell")
+    assert any(c.has_class("eig") for c in doc.by_id("m0-heads").all("circle"))
+    assert not doc.by_id("m0-heads").all("div", "tall")

@@ -357,3 +357,75 @@ def test_report_never_scrolls_sideways(browser, analysis, tmp_path, width):
         assert strips and all(s <= c + 1 for s, c in strips), strips
     finally:
         browser.set_window_size(size["width"], size["height"])
+
+
+@pytest.mark.parametrize("width", [1280, 800])
+def test_gpt2_sized_report_in_chromium(browser, tmp_path, width):
+    """144 heads: the page loads with a few tens of thousands of elements, never scrolls
+    sideways (a 132-column composition heatmap of 34 px cells once made it 4,584 px wide),
+    makes no request, and hovering a composition map or a card's attention image shows the
+    value stored in analysis.json."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    from report_fixture import gpt2_shaped
+
+    analysis = gpt2_shaped()
+    page = tmp_path / "report.html"
+    page.write_text(render_report(analysis), encoding="utf-8")
+    size = browser.get_window_size()
+    try:
+        browser.set_window_size(width, 900)
+        events = _open(browser, page)
+        nodes = browser.execute_script("return document.getElementsByTagName('*').length")
+        assert nodes < 40_000, nodes
+        sizes = browser.execute_script(
+            "const d = document.documentElement; return [d.scrollWidth, d.clientWidth];"
+        )
+        assert sizes[0] <= sizes[1], sizes
+        # the composition maps are drawn: each image has a size on screen
+        boxes = browser.execute_script(
+            "return Array.from(document.querySelectorAll('#m0-composition image')).map(i => {"
+            "const r = i.getBoundingClientRect(); return [r.width, r.height]; });"
+        )
+        assert len(boxes) == 3 and all(w >= 264 and h >= 264 for w, h in boxes), boxes
+        # hover cells of the K map (a mouse event at the cell's centre): the tip names both
+        # heads and shows the score from analysis.json; above the diagonal: not defined
+        g = browser.find_element(By.CSS_SELECTOR, "#m0-composition g[data-grid='k']")
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", g)
+        hover = (
+            "const g = arguments[0], svg = g.ownerSVGElement, c = +g.dataset.cell;"
+            "const p = svg.createSVGPoint();"
+            "p.x = +g.dataset.x0 + c * (arguments[2] + 0.5);"
+            "p.y = +g.dataset.y0 + c * (arguments[1] + 0.5);"
+            "const q = p.matrixTransform(svg.getScreenCTM());"
+            "svg.dispatchEvent(new MouseEvent('mousemove', {clientX: q.x, clientY: q.y,"
+            " bubbles: true}));"
+            "return document.querySelector('.qkov-tip').textContent;"
+        )
+        k = analysis["models"][0]["composition"]["k"]
+        for (i, j), (l1, h1, l0, h0) in (
+            ((0, 0), (1, 0, 0, 0)),
+            ((131, 131), (11, 11, 10, 11)),
+            ((30, 17), (3, 6, 1, 5)),
+        ):
+            want = f"K  L{l1}H{h1} \u2190 L{l0}H{h0}:  {k[l0][h0][l1][h1]:.3f}"
+            assert browser.execute_script(hover, g, i, j) == want
+        assert browser.execute_script(hover, g, 0, 12) == "K  L1H0 \u2190 L1H0:  not defined"
+        tip = browser.find_element(By.CSS_SELECTOR, ".qkov-tip")
+        assert tip.is_displayed()
+        _screenshot(browser, _shots_dir(tmp_path) / f"report-gpt2-{width}.png")
+        # a card's attention image: bottom-left is destination late, source early
+        heat = browser.find_element(By.CSS_SELECTOR, "#m0-heads svg.attn")
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", heat)
+        box = heat.rect
+        ActionChains(browser).move_to_element_with_offset(
+            heat, -box["width"] / 2 + 8, box["height"] / 2 - 8
+        ).perform()
+        assert tip.is_displayed() and "\u2190  source #0" in tip.text, tip.text
+        errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
+        assert errors == []
+        events += [json.loads(e["message"])["message"] for e in browser.get_log("performance")]
+        assert _requests(events, page.as_uri()) == []
+    finally:
+        browser.set_window_size(size["width"], size["height"])

@@ -44,7 +44,9 @@ def model_block(index: int, m: dict) -> str:
         _section(f"{mid}-bigrams", "Direct path: bigram table", S.bigram_section(m)),
         _section(f"{mid}-heads", "Heads", S.heads_section(m, view if has_attn else None, mid)),
         _section(f"{mid}-attention", "Attention on a sample text", S.attention_section(m, view)),
-        _section(f"{mid}-composition", "Composition (Q / K / V)", S.composition_section(m)),
+        _section(
+            f"{mid}-composition", "Composition (Q / K / V)", S.composition_section(m, f"comp-{mid}")
+        ),
         _section(f"{mid}-induction", "Induction circuit", S.induction_section(m)),
         _section(f"{mid}-repetition", "Repeated random tokens", S.repetition_section(m)),
         _section(f"{mid}-qk-terms", "QK terms: what queries and keys read", P.qk_terms_section(m)),

@@ -17,6 +17,7 @@ from qkov.report.svg import (
     attention_svg,
     circuit_diagram,
     complex_scatter,
+    dense_heatmap,
     hbar_chart,
     heatmap,
     line_chart,
@@ -28,6 +29,7 @@ from qkov.report.widgets import (
     attention_strip,
     data_block,
     head_table,
+    round_matrix,
     same_value,
     token_table,
 )
@@ -119,7 +121,9 @@ def _scores_line(scores: dict | None, key: str) -> str:
     return f'<p class="note scores">{esc(where)}: {esc(text)}</p>'
 
 
-def _head_attention(m: dict, layer: Any, head: Any, view_id: str | None) -> str:
+def _head_attention(
+    m: dict, layer: Any, head: Any, view_id: str | None, dense: bool = False
+) -> str:
     att = m.get("attention") or {}
     try:
         pat = att["patterns"][int(layer)][int(head)] if view_id else None
@@ -129,15 +133,17 @@ def _head_attention(m: dict, layer: Any, head: Any, view_id: str | None) -> str:
         return ""
     name = _head_label(layer, head)
     tokens = att["tokens"][:MAX_ATTN_TOKENS]
-    svg = attention_svg(tokens, pat, view_id, f"{layer}.{head}", f"{name} attention")
+    svg = attention_svg(tokens, pat, view_id, f"{layer}.{head}", f"{name} attention", raster=dense)
     return (
         f"<figure>{svg}<figcaption>attention on {esc(att.get('text') or 'the sample text')} "
         "(rows: destination, columns: source; hover for tokens)</figcaption></figure>"
     )
 
 
-def head_card(m: dict, h: dict, view_id: str | None, prefix: str) -> str:
-    """One head: label, scores (probe and text), OV/QK eigenvalues, trigrams, attention."""
+def head_card(m: dict, h: dict, view_id: str | None, prefix: str, dense: bool = False) -> str:
+    """One head: label, scores (probe and text), OV/QK eigenvalues, trigrams, attention.
+    `dense` (many heads): the attention map is one image and the eigenvalues dots without a
+    tooltip each (the values are in analysis.json)."""
     layer, head = h.get("layer"), h.get("head")
     name = _head_label(layer, head)
     label = h.get("label")
@@ -152,7 +158,7 @@ def head_card(m: dict, h: dict, view_id: str | None, prefix: str) -> str:
     for key, title in (("ov_eigenvalues", "OV"), ("qk_eigenvalues", "QK")):
         if h.get(key) is not None:
             plots.append(
-                f"<figure>{complex_scatter(h[key], f'{name} {title}')}"
+                f"<figure>{complex_scatter(h[key], f'{name} {title}', compact=dense)}"
                 f"<figcaption>{title} eigenvalues</figcaption></figure>"
             )
     stat = ""
@@ -182,7 +188,7 @@ def head_card(m: dict, h: dict, view_id: str | None, prefix: str) -> str:
         f"{_scores_line(h.get('scores'), 'scores')}"
         f"{_scores_line(h.get('text_scores'), 'text_scores')}"
         f'{stat}<div class="plots">{"".join(plots)}</div>'
-        f"{_head_attention(m, layer, head, view_id)}{trig}"
+        f"{_head_attention(m, layer, head, view_id, dense)}{trig}"
         f"{split_trigrams_block(m, h, token_table, token_filter_text(m.get('token_filter')))}</div>"
     )
 
@@ -210,14 +216,17 @@ def heads_section(m: dict, view_id: str | None, prefix: str) -> str:
     # Many heads (GPT-2 small has 144): by role, then by the score that decided the role;
     # the first EXPANDED_HEADS cards open, the rest folded.
     heads = sorted(heads, key=_role_and_score)
-    top = "".join(head_card(m, h, view_id, prefix) for h in heads[:EXPANDED_HEADS])
-    rest = "".join(head_card(m, h, view_id, prefix) for h in heads[EXPANDED_HEADS:])
+    top = "".join(head_card(m, h, view_id, prefix, True) for h in heads[:EXPANDED_HEADS])
+    rest = "".join(head_card(m, h, view_id, prefix, True) for h in heads[EXPANDED_HEADS:])
     return (
-        head_table(heads)
+        head_table(heads, tall=True)
         + copy_note
         + units
         + f'<p class="note">{len(heads)} heads, sorted by label and by the score that decided '
-        f"it; the top {EXPANDED_HEADS} are shown, the rest folded below.</p>"
+        f"it; the top {EXPANDED_HEADS} are shown, the rest folded below. At this size each "
+        "attention map is one image (hover a cell for its tokens and weight) and the "
+        "eigenvalues are dots without a tooltip each: every eigenvalue is in analysis.json "
+        "(the head's ov_eigenvalues and qk_eigenvalues).</p>"
         + f'<div class="cards">{top}</div>'
         + f"<details><summary>the other {len(heads) - EXPANDED_HEADS} heads</summary>"
         + f'<div class="cards">{rest}</div></details>'
@@ -247,8 +256,9 @@ def attention_section(m: dict, view_id: str) -> str:
         return not_computed(m, "attention")
     tokens = att["tokens"][:MAX_ATTN_TOKENS]
     n = len(tokens)
+    # Causal rows only (destination i reads sources 0..i): the page never looks further.
     pats = {
-        f"{l}.{h}": [row[:n] for row in p[:n]]
+        f"{l}.{h}": [row[: i + 1] for i, row in enumerate(p[:n])]
         for l, heads in enumerate(att["patterns"])
         for h, p in enumerate(heads)
     }
@@ -260,7 +270,7 @@ def attention_section(m: dict, view_id: str) -> str:
     )
 
 
-def composition_section(m: dict) -> str:
+def composition_section(m: dict, view_id: str = "") -> str:
     comp = m.get("composition")
     n_layers = (m.get("config") or {}).get("n_layers", 0)
     if n_layers is not None and n_layers < 2:
@@ -274,6 +284,9 @@ def composition_section(m: dict) -> str:
     vmax = max(finite, default=1.0)
     figs = []
     n_layers = len(comp.get("q") or comp.get("k") or comp.get("v") or [])
+    n_heads = sum(len(layer) for layer in (comp.get("q") or comp.get("k") or comp.get("v") or []))
+    if n_heads > EXPANDED_HEADS and view_id:
+        return _dense_composition(comp, n_layers, vmax, view_id)
     for kind in "qkv":
         grid = comp.get(kind)  # [l_earlier][h_earlier][l_later][h_later]
         if grid is None:
@@ -295,11 +308,88 @@ def composition_section(m: dict) -> str:
                 f"<figure>{plot}<figcaption>baseline (random heads) {esc(spread)}"
                 "</figcaption></figure>"
             )
+    return COMPOSITION_NOTE + f'<div class="plots">{"".join(figs)}</div>'
+
+
+COMPOSITION_NOTE = (
+    '<p class="note">Rows: later head (reads), columns: earlier head (writes). '
+    "Score \u2016W<sub>A</sub>W<sub>B</sub>\u2016<sub>F</sub> / "
+    "(\u2016W<sub>A</sub>\u2016<sub>F</sub>\u2016W<sub>B</sub>\u2016<sub>F</sub>); "
+    "white = at or below the baseline.</p>"
+)
+TOP_PAIRS = 8  # the strongest pairs listed under each dense composition map
+
+
+def _dense_composition(comp: dict, n_layers: int, vmax: float, view_id: str) -> str:
+    """Many heads (GPT-2 small: 132 x 132 pairs a kind): each kind is one image of every
+    (later head, earlier head) pair, blocks of a layer's heads, cells with no earlier head
+    grey; hover reads the values from a JSON block; the strongest pairs are listed."""
+    first = comp.get("q") or comp.get("k") or comp.get("v")
+    sizes = [len(first[l]) for l in range(n_layers)]
+    rows = [(l1, h1) for l1 in range(1, n_layers) for h1 in range(sizes[l1])]
+    cols = [(l0, h0) for l0 in range(n_layers - 1) for h0 in range(sizes[l0])]
+    base = comp.get("baseline") or {}
+    data: dict[str, Any] = {
+        "rows": [_head_label(*r) for r in rows],
+        "cols": [_head_label(*c) for c in cols],
+    }
+    figs, tops = [], []
+    for kind in "qkv":
+        grid = comp.get(kind)  # [l_earlier][h_earlier][l_later][h_later]
+        if grid is None:
+            continue
+        vals = [[grid[l0][h0][l1][h1] if l0 < l1 else None for l0, h0 in cols] for l1, h1 in rows]
+        data[kind] = round_matrix(vals)  # 3 decimals: the hover shows num(v)
+        b = base.get(kind)
+        vmin = b if isinstance(b, (int, float)) else 0.0
+        title = f"{kind.upper()}-composition"
+        plot = dense_heatmap(
+            vals,
+            [(f"L{l}", sizes[l]) for l in range(1, n_layers)],
+            [(f"L{l}", sizes[l]) for l in range(n_layers - 1)],
+            f"{title}: {len(rows)} later heads x {len(cols)} earlier heads",
+            vmin,
+            vmax,
+            hi="#a63603",
+            title=title,
+            src=view_id,
+            key=kind,
+        )
+        spread = _baseline(b, (comp.get("baseline_std") or {}).get(kind))
+        figs.append(
+            f"<figure>{plot}<figcaption>baseline (random heads) {esc(spread)}; hover a cell "
+            "for its heads and score</figcaption></figure>"
+        )
+        ranked = sorted(
+            (
+                (v, r, c)
+                for r, row in zip(data["rows"], vals, strict=True)
+                for c, v in zip(data["cols"], row, strict=True)
+                if isinstance(v, (int, float)) and math.isfinite(v)
+            ),
+            key=lambda t: -t[0],
+        )[:TOP_PAIRS]
+        items = "".join(
+            f'<tr><td>{esc(r)} \u2190 {esc(c)}</td><td class="n">{esc(num(v))}</td></tr>'
+            for v, r, c in ranked
+        )
+        tops.append(
+            f'<table class="top-pairs"><thead><tr><th>{esc(kind.upper())}: later \u2190 '
+            f'earlier</th><th class="n">score</th></tr></thead><tbody>{items}</tbody></table>'
+        )
+    n_pairs = sum(1 for l1, _ in rows for l0, _ in cols if l0 < l1)
+    note = (
+        f'<p class="note">{len(rows) + sizes[0]} heads: each kind is one map of all '
+        f"{n_pairs:,} (later, earlier) pairs, a block per layer (grey: the earlier head is not "
+        f"in an earlier layer); hover a cell for its score. The {TOP_PAIRS} strongest pairs "
+        "of each kind are listed; every score is in analysis.json (composition).</p>"
+    )
     return (
-        '<p class="note">Rows: later head (reads), columns: earlier head (writes). '
-        "Score \u2016W<sub>A</sub>W<sub>B</sub>\u2016<sub>F</sub> / "
-        "(\u2016W<sub>A</sub>\u2016<sub>F</sub>\u2016W<sub>B</sub>\u2016<sub>F</sub>); "
-        "white = at or below the baseline.</p>" + f'<div class="plots">{"".join(figs)}</div>'
+        COMPOSITION_NOTE
+        + note
+        + data_block(view_id, data)
+        + f'<div class="plots">{"".join(figs)}</div>'
+        + f'<h5>strongest pairs</h5><div class="plots">{"".join(tops)}</div>'
     )
 
 

@@ -6,7 +6,10 @@ heatmap, whose cells are looked up by the page script from embedded JSON."""
 
 from __future__ import annotations
 
+import base64
 import math
+import struct
+import zlib
 from collections.abc import Callable, Sequence
 
 from qkov.report.escape import esc
@@ -30,6 +33,60 @@ def blend(t: float, lo: str = "#ffffff", hi: str = "#08519c") -> str:
     return "#" + "".join(f"{round(x + (y - x) * t):02x}" for x, y in zip(a, b, strict=True))
 
 
+LEVELS = 101  # colours of a raster heatmap: t rounded to 0.01 (index 0: transparent)
+
+
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    return (
+        struct.pack(">I", len(data))
+        + tag
+        + data
+        + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+    )
+
+
+def png_indexed(rows: Sequence[bytes], palette: Sequence[str]) -> bytes:
+    """An 8-bit palette PNG (stdlib only): `rows` of palette indices, one byte a pixel;
+    index 0 is fully transparent."""
+    height, width = len(rows), len(rows[0]) if rows else 0
+    raw = b"".join(b"\x00" + bytes(r) for r in rows)  # filter type 0 on every row
+    plte = b"".join(bytes(int(c[i : i + 2], 16) for i in (1, 3, 5)) for c in palette)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0))
+        + _png_chunk(b"PLTE", plte)
+        + _png_chunk(b"tRNS", b"\x00")
+        + _png_chunk(b"IDAT", zlib.compress(raw, 9))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def ramp(hi: str = "#08519c", levels: int = LEVELS) -> list[str]:
+    """The raster palette: index 0 (transparent, drawn white), then `levels` colours from
+    white (t = 0) to `hi` (t = 1)."""
+    return ["#ffffff"] + [blend(k / (levels - 1), hi=hi) for k in range(levels)]
+
+
+def level(t: float, levels: int = LEVELS) -> int:
+    """Palette index (1..levels) of t in [0, 1]."""
+    t = 0.0 if not math.isfinite(t) else min(max(t, 0.0), 1.0)
+    return 1 + round(t * (levels - 1))
+
+
+def raster_uri(index_rows: Sequence[Sequence[int]], hi: str = "#08519c") -> str:
+    """A data: URI of the PNG with one pixel a cell (the page scales it up, pixelated)."""
+    png = png_indexed([bytes(r) for r in index_rows], ramp(hi))
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def raster_image(x: float, y: float, w: float, h: float, uri: str) -> str:
+    """An <image> of a raster heatmap, scaled without smoothing (one pixel a cell)."""
+    return (
+        f'<image class="px" x="{_c(x)}" y="{_c(y)}" width="{_c(w)}" height="{_c(h)}" '
+        f'preserveAspectRatio="none" image-rendering="pixelated" href="{uri}"/>'
+    )
+
+
 def svg_open(width: float, height: float, label: str, cls: str = "plot") -> str:
     return (
         f'<svg class="{cls}" viewBox="0 0 {_c(width)} {_c(height)}" width="{_c(width)}" '
@@ -38,9 +95,12 @@ def svg_open(width: float, height: float, label: str, cls: str = "plot") -> str:
     )
 
 
-def complex_scatter(eigs: Sequence[Sequence[float]], label: str, size: int = 170) -> str:
+def complex_scatter(
+    eigs: Sequence[Sequence[float]], label: str, size: int = 170, compact: bool = False
+) -> str:
     """Eigenvalues in the complex plane, scaled by the largest |lambda|; points with a
-    positive real part in green (copying / matching), negative in red."""
+    positive real part in green (copying / matching), negative in red. `compact` (many
+    heads): the points are two paths of dots, without a tooltip each."""
     pad = 14
     r = (size - 2 * pad) / 2
     cx = cy = size / 2
@@ -60,7 +120,19 @@ def complex_scatter(eigs: Sequence[Sequence[float]], label: str, size: int = 170
         f'<text x="{size - 2}" y="{size - 2}" class="tick" text-anchor="end">'
         f"|\u03bb|max={esc(num(scale))}</text>"
     )
-    for a, b in pts:
+    if compact:
+        for cls, keep in (("pos", True), ("neg", False)):
+            d = "".join(
+                f"M{_c(cx + a / scale * r)} {_c(cy - b / scale * r)}h0"
+                for a, b in pts
+                if (a > 0) == keep
+            )
+            if d:
+                out.append(f'<path d="{d}" class="eig dots {cls}"/>')
+        pts_drawn: list = []
+    else:
+        pts_drawn = pts
+    for a, b in pts_drawn:
         x, y = cx + a / scale * r, cy - b / scale * r
         cls = "pos" if a > 0 else "neg"
         sign = "+" if b >= 0 else "\u2212"
@@ -140,10 +212,12 @@ def attention_svg(
     label: str,
     cell: int | None = None,
     min_weight: float = 0.01,
+    raster: bool = False,
 ) -> str:
     """Attention pattern [dest, src] as a lower-triangular heatmap. Cells under `min_weight`
     are left blank to keep the file small. `src` (the id of a JSON data block) and `key`
-    ("layer.head") let the page script show "destination \u2190 source: weight" on hover."""
+    ("layer.head") let the page script show "destination \u2190 source: weight" on hover.
+    `raster` (many heads): the cells are one PNG image, a pixel each, not a rect each."""
     n = len(tokens)
     cell = cell or max(5, min(16, 340 // max(n, 1)))
     margin = 4
@@ -156,6 +230,20 @@ def attention_svg(
     out.append(
         f'<rect x="{margin}" y="{margin}" width="{cell * n}" height="{cell * n}" class="attn-bg"/>'
     )
+    if raster:
+        rows = []
+        for i in range(n):
+            row = pattern[i] if i < len(pattern) else []
+            rows.append(
+                [
+                    level(row[j]) if j <= i and j < len(row) and _shown(row[j], min_weight) else 0
+                    for j in range(n)
+                ]
+            )
+        if n:
+            out.append(raster_image(margin, margin, cell * n, cell * n, raster_uri(rows)))
+        out.append("</g></svg>")
+        return "".join(out)
     for i in range(n):
         row = pattern[i]
         for j in range(min(i + 1, len(row))):
@@ -167,6 +255,97 @@ def attention_svg(
                 f'height="{cell}" fill="{blend(v)}"/>'
             )
     out.append("</g></svg>")
+    return "".join(out)
+
+
+def _shown(v: float | None, min_weight: float) -> bool:
+    return v is not None and math.isfinite(v) and v >= min_weight
+
+
+def dense_heatmap(
+    values: Sequence[Sequence[float | None]],
+    row_groups: Sequence[tuple[str, int]],
+    col_groups: Sequence[tuple[str, int]],
+    label: str,
+    vmin: float,
+    vmax: float,
+    hi: str = "#08519c",
+    title: str | None = None,
+    src: str = "",
+    key: str = "",
+    size: int = 400,
+) -> str:
+    """A large matrix (e.g. 132 x 132 heads) as one PNG image, a pixel a cell, with a label
+    per block of rows / columns (`*_groups`: (label, count) in order, e.g. a layer's heads),
+    lines between blocks and a colour bar from vmin to vmax. Undefined cells (None) are
+    grey. No per-cell element: `src` (a JSON data block) and `key` let the page script show
+    a cell's labels and value on hover."""
+    n_rows, n_cols = len(values), max((len(r) for r in values), default=0)
+    cell = max(2, min(16, size // max(n_rows, n_cols, 1)))
+    left, head = 34, 30 + (18 if title else 0)
+    w = max(left + cell * n_cols + 8, 8 * len(title or "") + 8, 240)
+    h = head + cell * n_rows + 40
+    span = (vmax - vmin) or 1.0
+    rows = [
+        [
+            level((v - vmin) / span, LEVELS)
+            if v is not None and isinstance(v, (int, float)) and math.isfinite(v)
+            else 0
+            for v in list(r) + [None] * (n_cols - len(r))
+        ]
+        for r in values
+    ]
+    out = [svg_open(w, h, label, cls="plot dense")]
+    if title:
+        out.append(f'<text x="4" y="14" class="title">{esc(title)}</text>')
+    gw, gh = cell * n_cols, cell * n_rows
+    out.append(
+        f'<g data-grid="{esc(key)}" data-src="{esc(src)}" data-cell="{cell}" '
+        f'data-x0="{left}" data-y0="{head}">'
+        f'<rect x="{left}" y="{head}" width="{gw}" height="{gh}" class="na"/>'
+    )
+    if n_rows and n_cols:
+        out.append(raster_image(left, head, gw, gh, raster_uri(rows, hi)))
+    out.append("</g>")
+    for groups, vertical in ((col_groups, True), (row_groups, False)):
+        at = 0
+        for k, (name, count) in enumerate(groups):
+            mid = (at + count / 2) * cell
+            if vertical:
+                out.append(
+                    f'<text x="{_c(left + mid)}" y="{head - 4}" class="tick" '
+                    f'text-anchor="middle">{esc(name)}</text>'
+                )
+            else:
+                out.append(
+                    f'<text x="{left - 4}" y="{_c(head + mid + 3)}" class="tick" '
+                    f'text-anchor="end">{esc(name)}</text>'
+                )
+            at += count
+            if 0 < k + 1 < len(groups):
+                p = at * cell
+                out.append(
+                    f'<line x1="{_c(left + p)}" y1="{head}" x2="{_c(left + p)}" '
+                    f'y2="{head + gh}" class="sep"/>'
+                    if vertical
+                    else f'<line x1="{left}" y1="{_c(head + p)}" x2="{left + gw}" '
+                    f'y2="{_c(head + p)}" class="sep"/>'
+                )
+    # colour bar: the palette's ends and middle, labelled with the values they stand for
+    bar_y, bar_w = head + gh + 10, 160
+    grad = f"{esc(key)}-{esc(src)}-bar"
+    out.append(
+        f'<defs><linearGradient id="{grad}"><stop offset="0" stop-color="#ffffff"/>'
+        f'<stop offset="1" stop-color="{hi}"/></linearGradient></defs>'
+        f'<rect x="{left}" y="{bar_y}" width="{bar_w}" height="8" fill="url(#{grad})" '
+        'class="cbar"/>'
+        f'<text x="{left}" y="{bar_y + 20}" class="tick">{esc(num(vmin))}</text>'
+        f'<text x="{left + bar_w}" y="{bar_y + 20}" class="tick" text-anchor="end">'
+        f"{esc(num(vmax))}</text>"
+        f'<rect x="{left + bar_w + 14}" y="{bar_y}" width="8" height="8" class="na"/>'
+        f'<text x="{left + bar_w + 26}" y="{bar_y + 8}" class="tick">not defined</text>'
+    )
+    out.append("</svg>")
     return "".join(out)
 
 

@@ -36,6 +36,7 @@ FRAGMENT_CSS = """
 .qkov svg .unit { fill: none; stroke: #c9d0d7; stroke-dasharray: 3 3; }
 .qkov svg .eig.pos { fill: #2ca02c; } .qkov svg .eig.neg { fill: #d62728; }
 .qkov svg .attn-bg { fill: #fbfcfd; stroke: #d6dbe1; }
+.qkov svg image.px { image-rendering: pixelated; }
 .qkov .tokens { line-height: 1.9; } .qkov .tok.dest { outline: 2px solid #ff7f0e; }
 .qkov-tip { position: absolute; display: none; z-index: 10; pointer-events: none;
   background: #12263a; color: #fff; padding: 4px 8px; border-radius: 4px; font: 12px monospace; }
@@ -179,9 +180,10 @@ def same_value(a: Any, b: Any) -> bool:
     return a == b or (a is not None and b is not None and abs(a - b) <= 1e-9)
 
 
-def head_table(records: Any) -> str:
+def head_table(records: Any, tall: bool = False) -> str:
     """A table of heads: label, the scores on the random-token probe and on the evaluation
-    text (each group headed as such), and the OV circuit's sum(lambda)/sum(|lambda|)."""
+    text (each group headed as such), and the OV circuit's sum(lambda)/sum(|lambda|).
+    `tall` (many heads): the table scrolls in a box of its own height, its header kept."""
     rows = head_rows(records)
     if not rows:
         return '<p class="nc">no heads</p>'
@@ -214,7 +216,8 @@ def head_table(records: Any) -> str:
     note = f'<p class="note">{esc(" ".join(notes))}</p>' if notes else ""
     # In a scrolling box: with both score groups the table is wider than a laptop page.
     return (
-        '<div class="wide"><table class="heads"><thead><tr><th rowspan="2">head</th>'
+        f'<div class="wide{" tall" if tall else ""}"><table class="heads"><thead><tr>'
+        '<th rowspan="2">head</th>'
         '<th rowspan="2">label</th>'
         f'{top}<th rowspan="2" class="n">OV \u03a3\u03bb/\u03a3|\u03bb|</th></tr>'
         f"<tr>{sub}</tr></thead><tbody>{''.join(body)}</tbody></table></div>{note}"

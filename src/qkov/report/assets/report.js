@@ -67,6 +67,31 @@
     svg.addEventListener("mouseleave", hide);
   }
 
+  // A raster heatmap (one image, a pixel a cell): the cell under the pointer is found from
+  // its position; labels and values come from the JSON block (d.rows, d.cols, d[key]).
+  function wireGrid(g) {
+    var d = data(g.getAttribute("data-src"));
+    if (!d) { return; }
+    var key = g.getAttribute("data-grid");
+    var cell = +g.getAttribute("data-cell");
+    var x0 = +g.getAttribute("data-x0"), y0 = +g.getAttribute("data-y0");
+    var svg = g.ownerSVGElement;
+    svg.addEventListener("mousemove", function (ev) {
+      var m = svg.getScreenCTM();
+      if (!m) { return; }
+      var pt = svg.createSVGPoint();
+      pt.x = ev.clientX; pt.y = ev.clientY;
+      var p = pt.matrixTransform(m.inverse());
+      var i = Math.floor((p.y - y0) / cell), j = Math.floor((p.x - x0) / cell);
+      var vals = d[key];
+      if (!vals || i < 0 || j < 0 || i >= d.rows.length || j >= d.cols.length) { hide(); return; }
+      var v = vals[i][j];
+      show(ev, key.toUpperCase() + "  " + d.rows[i] + " \u2190 " + d.cols[j] + ":  " +
+        (v === null ? "not defined" : v.toFixed(3)));
+    });
+    svg.addEventListener("mouseleave", hide);
+  }
+
   function wireStrip(strip) {
     var d = data(strip.getAttribute("data-src"));
     var select = strip.querySelector("select");
@@ -134,6 +159,10 @@
     Array.prototype.forEach.call(document.querySelectorAll("g[data-attn]:not([data-wired])"), function (g) {
       g.setAttribute("data-wired", "1");
       wireHeatmap(g);
+    });
+    Array.prototype.forEach.call(document.querySelectorAll("g[data-grid]:not([data-wired])"), function (g) {
+      g.setAttribute("data-wired", "1");
+      wireGrid(g);
     });
     Array.prototype.forEach.call(document.querySelectorAll(".qkov-attrib:not([data-wired])"), function (v) {
       v.setAttribute("data-wired", "1");

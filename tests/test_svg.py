@@ -10,17 +10,14 @@ from xml.etree import ElementTree as ET
 import pytest
 
 from qkov.report.fmt import count, num, si
+from qkov.report.raster import blend, level, png_indexed, ramp
 from qkov.report.svg import (
-    blend,
     circuit_diagram,
     complex_scatter,
     dense_heatmap,
     hbar_chart,
     heatmap,
-    level,
     line_chart,
-    png_indexed,
-    ramp,
     ticks,
     y_range,
 )

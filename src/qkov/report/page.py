@@ -13,6 +13,7 @@ from typing import Any
 from qkov.report import paths as P
 from qkov.report import sections as S
 from qkov.report.cards import loss_comparison, model_cards, model_id
+from qkov.report.composition import composition_section
 from qkov.report.escape import esc, jsonable
 from qkov.report.schema import SCHEMA_VERSION, validate
 from qkov.report.widgets import asset
@@ -45,7 +46,7 @@ def model_block(index: int, m: dict) -> str:
         _section(f"{mid}-heads", "Heads", S.heads_section(m, view if has_attn else None, mid)),
         _section(f"{mid}-attention", "Attention on a sample text", S.attention_section(m, view)),
         _section(
-            f"{mid}-composition", "Composition (Q / K / V)", S.composition_section(m, f"comp-{mid}")
+            f"{mid}-composition", "Composition (Q / K / V)", composition_section(m, f"comp-{mid}")
         ),
         _section(f"{mid}-induction", "Induction circuit", S.induction_section(m)),
         _section(f"{mid}-repetition", "Repeated random tokens", S.repetition_section(m)),

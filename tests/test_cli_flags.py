@@ -62,3 +62,18 @@ def test_train_flag_defaults_are_the_dataclass_defaults():
     assert TrainConfig(**values) == TrainConfig()
     assert args.steps is None  # not given: the run's own schedule on --resume
     assert args.d_vocab == 4096  # --vocab-size
+
+
+def test_given_flags_lists_what_the_command_line_gave_even_at_its_default():
+    from qkov.cli.flags import given_flags
+
+    args = build_parser().parse_args(
+        ["train", "--out", "x", "--d-model", "128", "--bias", "--lr", "1e-3", "--vocab-size", "9"]
+    )
+    assert given_flags(args, ModelConfig) == {
+        "d_model": "--d-model",
+        "bias": "--bias",
+        "d_vocab": "--vocab-size",
+    }
+    assert given_flags(args, TrainConfig) == {"lr": "--lr"}
+    assert given_flags(build_parser().parse_args(["train", "--out", "x"])) == {}

@@ -421,3 +421,24 @@ def test_zero_layer_layernorm_checkpoint_imports_exactly(tl):
     assert torch.equal(ours.ln_final_w.detach(), model.ln_final.w.detach())
     x = tokens(8) % 20
     torch.testing.assert_close(ours(x), model(x), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        (dict(positional="rotary"), "positional='rotary'"),
+        (dict(d_mlp=8, gated_mlp=True), "gated_mlp"),
+        (dict(d_mlp=8, parallel=True), "parallel"),
+        (dict(n_kv_heads=1), "n_kv_heads=1"),
+        (dict(normalization="layernorm", positional="standard", norm_eps=1e-6), "norm_eps=1e-06"),
+    ],
+)
+def test_export_refusal_of_a_trained_model_says_what_exports(kw, words):
+    """A model qkov trained has no Hugging Face checkpoint to fall back on: the one-line
+    refusal names what TL export needs (it only pointed to "the checkpoint itself")."""
+    cfg = ModelConfig(n_layers=1, n_heads=2, d_model=8, n_ctx=4, d_vocab=5, **kw)
+    with pytest.raises(QkovError) as e:
+        to_transformer_lens(AttnOnlyTransformer(cfg))
+    msg = str(e.value)
+    assert "\n" not in msg and words in msg
+    assert "export needs standard, shortformer or no positions, a plain MLP" in msg

@@ -297,3 +297,92 @@ def test_redirected_run_prints_plain_progress_lines(tiny_corpus, tmp_path):
     assert "\r" not in res.stderr
     records = read_records(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in records] == [2, 4, 6] and all(r["mfu"] > 0 for r in records)
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("qkov train: error: "), err
+    return err[0]
+
+
+def test_model_flags_that_contradict_init_from_or_resume_are_refused(tiny_corpus, tmp_path, capsys):
+    """--init-from DIR and --resume take the model (and, resuming, the training) from the
+    run: a flag saying otherwise was silently ignored (a 32-wide model trained when
+    --d-model 64 was asked for). It is refused, nothing written; the same values pass."""
+    base = tmp_path / "base"
+    assert main(tiny_train(tiny_corpus, base, steps=2)) == 0
+    before = {p.name: p.read_bytes() for p in base.iterdir() if p.is_file()}
+    capsys.readouterr()
+    init = ["train", "--init-from", str(base), "--corpus", str(tiny_corpus), "--steps", "2"]
+    init += ["--batch-size", "2", "--no-progress", "--out", str(tmp_path / "ft")]
+    assert main([*init, "--d-model", "32", "--n-ctx", "8"]) == 2
+    line = _one_error_line(capsys)
+    assert "--d-model 32 (it has 16), --n-ctx 8 (it has 16) would be ignored" in line
+    assert not (tmp_path / "ft").exists()
+    assert main([*init, "--d-mlp", "8"]) == 2 and "--d-mlp 8 (it has 0)" in _one_error_line(capsys)
+    # Given with the values the run has (its own command line), they are accepted.
+    assert main([*init, "--d-model", "16", "--n-heads", "2", "--seed", "5"]) == 0
+    assert json.loads((tmp_path / "ft/config.json").read_text())["d_model"] == 16
+    capsys.readouterr()
+    resume = ["train", "--resume", "--steps", "3", "--no-progress", "--out", str(base)]
+    for flags, words in [
+        (["--d-model", "32"], "--d-model 32 (it has 16)"),
+        (["--lr", "1e-4"], "--lr 0.0001 (it has 0.003)"),
+        (["--bias"], "--bias on (it has off)"),
+        (["--init-from", str(tmp_path / "ft")], "drop --init-from"),
+    ]:
+        assert main([*resume, *flags]) == 2, flags
+        assert words in _one_error_line(capsys)
+    assert {p.name: p.read_bytes() for p in base.iterdir() if p.is_file()} == before
+    # The original command line plus --resume still continues the run.
+    assert main([*tiny_train(tiny_corpus, base, steps=3), "--resume"]) == 0
+    assert read_records(base / "metrics.jsonl")[-1]["step"] == 3
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--act-fn", "relu"], "--act-fn does nothing without an MLP: add --d-mlp N"),
+        (["--act-fn", "gelu"], "--act-fn does nothing without an MLP"),  # even the default
+        (["--norm-eps", "1e-6"], "--norm-eps does nothing without a norm"),
+        (["--rotary-base", "500"], "--rotary-base does nothing without --positional rotary"),
+        (["--positional", "none", "--pos-init-std", "1"], "--pos-init-std does nothing with"),
+    ],
+)
+def test_a_model_flag_with_nothing_to_do_is_refused(tiny_corpus, tmp_path, capsys, flags, words):
+    assert main([*tiny_train(tiny_corpus, tmp_path / "run", steps=2), *flags]) == 2
+    assert words in _one_error_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_divergence_message_says_what_works(data, tmp_path):
+    """--resume takes the run's --lr, so it would diverge again: the message sends the
+    user to --init-from (after a checkpoint) or a new run (before the first)."""
+    poison = {"W_U": float("inf")}
+    with pytest.raises(QkovError) as e:
+        _train_poisoned(CFG, small_tc(steps=3), tmp_path / "early", data, poison)
+    assert "before its first checkpoint; train again with a lower --lr" in str(e.value)
+    train(CFG, small_tc(steps=20), tmp_path / "run", stop_after=5, progress=False, data=data)
+    with pytest.raises(QkovError) as e:
+        _train_diverging(tmp_path / "run", data)
+    assert f"--init-from {tmp_path / 'run'} --out NEW_DIR" in str(e.value)
+    assert "--resume" not in str(e.value)
+
+
+def _train_poisoned(cfg, tc, out, data, poison):
+    """A new run whose weights are poisoned as it starts: its first loss is not finite."""
+    from qkov import train as train_mod
+
+    orig = train_mod._make_optimizer
+
+    def poisoned(model, tc):
+        with torch.no_grad():
+            for name, value in poison.items():
+                getattr(model, name).fill_(value)
+        return orig(model, tc)
+
+    train_mod._make_optimizer = poisoned
+    try:
+        train(cfg, tc, out, progress=False, data=data)
+    finally:
+        train_mod._make_optimizer = orig

@@ -339,10 +339,21 @@ def _write_run_files(run: _Run, model: AttnOnlyTransformer, step: int, lock: Run
 
 def _check_finite(loss_value: float, step: int, out: Path) -> None:
     if not math.isfinite(loss_value):
-        raise QkovError(
-            f"loss became {loss_value} at step {step}: training stopped; the last good "
-            f"checkpoint in {out} is kept; lower --lr or --grad-clip and --resume"
+        raise QkovError(_diverged(f"loss became {loss_value} at step {step}", out))
+
+
+def _diverged(what: str, out: Path) -> str:
+    """The message of a run whose loss stopped being finite: what is kept, what to do.
+    --resume would repeat the same steps (it takes the run's --lr and --grad-clip)."""
+    if not (out / STATE).is_file():
+        return (
+            f"{what}: training stopped before its first checkpoint; train again with a lower "
+            "--lr or --grad-clip"
         )
+    return (
+        f"{what}: training stopped; the last good checkpoint in {out} is kept; go on from "
+        f"its weights with a lower --lr or --grad-clip: --init-from {out} --out NEW_DIR"
+    )
 
 
 def _save_checkpoint(
@@ -355,10 +366,7 @@ def _save_checkpoint(
     checks (same weights, same batch), so all ranks stop together."""
     held_out = evaluate(model, run.val[:1])
     if not math.isfinite(held_out):
-        raise QkovError(
-            f"loss became {held_out} at step {at} (held-out batch): training stopped; the "
-            f"last good checkpoint in {run.out} is kept; lower --lr or --grad-clip and --resume"
-        )
+        raise QkovError(_diverged(f"loss became {held_out} at step {at} (held-out batch)", run.out))
     if not run.dd.main:
         return
     # model.safetensors first: a directory that --resume accepts is always loadable.

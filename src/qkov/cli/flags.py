@@ -3,6 +3,7 @@ the dataclass (STYLE: "the same names on the CLI").
 
     add_dataclass_flags(group, ModelConfig, help={"n_ctx": "context length"})
     ModelConfig(**dataclass_values(args, ModelConfig))
+    given_flags(args, ModelConfig)   # {"d_model": "--d-model"}: the flags the line gave
 
 Field `d_model` becomes `--d-model` (dest `d_model`), typed from its annotation (int,
 float, str, or one of them | None; a bool field defaulting to False is a switch, `--bias`)
@@ -20,6 +21,35 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 _TYPES = (int, float, str, bool)
+_GIVEN = "_given_flags"  # the namespace attribute that lists the flags given on the line
+
+
+def _record(action: argparse.Action, namespace: argparse.Namespace) -> None:
+    given = dict(getattr(namespace, _GIVEN, None) or {})
+    given[action.dest] = action.option_strings[0]
+    setattr(namespace, _GIVEN, given)
+
+
+class _Store(argparse._StoreAction):
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[override]
+        super().__call__(parser, namespace, values, option_string)
+        _record(self, namespace)
+
+
+class _Switch(argparse._StoreTrueAction):
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[override]
+        super().__call__(parser, namespace, values, option_string)
+        _record(self, namespace)
+
+
+def given_flags(args: argparse.Namespace, cls: type | None = None) -> dict[str, str]:
+    """{field: flag} of the flags `add_dataclass_flags` added that the command line gave
+    (even at their default value), of dataclass `cls`'s fields only when given."""
+    given = getattr(args, _GIVEN, None) or {}
+    if cls is None:
+        return dict(given)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in given.items() if k in fields}
 
 
 def _flag_type(cls: type, name: str) -> type:
@@ -58,11 +88,12 @@ def add_dataclass_flags(
         if kind is bool:
             if default is not False:
                 raise TypeError(f"{cls.__name__}.{field.name}: a switch must default to False")
-            parser.add_argument(flag, dest=field.name, action="store_true", help=text or None)
+            parser.add_argument(flag, dest=field.name, action=_Switch, help=text or None)
             continue
         parser.add_argument(
             flag,
             dest=field.name,
+            action=_Store,
             metavar=None if field.name in choices else flag.lstrip("-").upper().replace("-", "_"),
             type=kind,
             default=default,

@@ -7,12 +7,14 @@ The model and training flags are made from ModelConfig's and TrainConfig's field
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
-from qkov.cli.flags import add_dataclass_flags, dataclass_values
+from qkov.cli.flags import add_dataclass_flags, dataclass_values, given_flags
 from qkov.config import ACT_FNS, NORMALIZATIONS, POSITIONAL_MODES, ModelConfig, TrainConfig
+from qkov.errors import QkovError
 
 MODEL_HELP = {
     "n_layers": "layers (0: a bigram model)",
@@ -60,6 +62,8 @@ TRAIN_HELP = {
 }
 # Flags of TrainConfig fields written by hand below: steps has no default on --resume.
 BY_HAND = ("steps", "init_from")
+# TrainConfig fields --resume takes from the command line (see resume_config).
+RESUME_TAKES = ("steps", "device")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -70,7 +74,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train a transformer (attention-only by default: --d-mlp adds MLPs); "
         "checkpoints go to --out.",
     )
-    m = p.add_argument_group("model (ignored with --resume and --init-from)")
+    m = p.add_argument_group(
+        "model (with --resume the run's, with --init-from DIR's: give none, or the same values)"
+    )
     add_dataclass_flags(
         m,
         ModelConfig,
@@ -116,12 +122,16 @@ def run(args: argparse.Namespace) -> int:
     cfg = None
     if args.resume:  # the run's own configs: only --steps (if more) and --device are taken
         tc = resume_config(args.out, args.steps, args.device)
+        _check_given_flags(args, tc)
     else:
         steps = {} if args.steps is None else {"steps": args.steps}
         values = dataclass_values(args, TrainConfig, skip=BY_HAND)
         tc = TrainConfig(**values, **steps, init_from=args.init_from)
         if args.init_from is None:  # else the config comes from --init-from
             cfg = ModelConfig(**dataclass_values(args, ModelConfig, skip=("seed",)), seed=args.seed)
+            _check_unused_flags(args, cfg)
+        else:
+            _check_given_flags(args, None)
     try:
         train(cfg, tc, args.out, resume=args.resume, progress=not args.no_progress)
     except TrainingInterrupted as e:
@@ -132,3 +142,65 @@ def run(args: argparse.Namespace) -> int:
     last = last_record(Path(args.out) / "metrics.jsonl") or {}
     print(f"trained {args.out}: " + json.dumps(last))
     return 0
+
+
+def _check_unused_flags(args: argparse.Namespace, cfg: ModelConfig) -> None:
+    """A model flag the configuration gives nothing to do is refused, not ignored."""
+    given = given_flags(args, ModelConfig)
+    unused = {  # field: (the flag does nothing, how to make it do something)
+        "act_fn": (cfg.d_mlp == 0, "without an MLP: add --d-mlp N"),
+        "rotary_base": (cfg.positional != "rotary", "without --positional rotary: add it"),
+        "norm_eps": (cfg.normalization == "none", "without a norm: add --normalization"),
+        "pos_init_std": (
+            cfg.positional in ("none", "rotary"),
+            f"with --positional {cfg.positional} (no W_pos): use shortformer or standard",
+        ),
+    }
+    for name, (idle, mend) in unused.items():
+        if name in given and idle:
+            raise QkovError(f"{given[name]} does nothing {mend}, or drop {given[name]}")
+
+
+def _check_given_flags(args: argparse.Namespace, tc: TrainConfig | None) -> None:
+    """With --resume (tc: the run's TrainConfig) or --init-from (tc None) the model's
+    configuration is the run's or DIR's, and with --resume the training flags but --steps
+    and --device are the run's: a flag given on the command line that says otherwise is
+    refused (it would be ignored), one the same value is accepted."""
+    from qkov.checkpoint import load
+
+    given = {k: v for k, v in given_flags(args, ModelConfig).items() if k != "seed"}
+    if tc is not None:  # --seed is TrainConfig's (it seeds the model of a new run too)
+        given |= {k: v for k, v in given_flags(args, TrainConfig).items() if k not in RESUME_TAKES}
+        if args.init_from is not None and args.init_from != tc.init_from:
+            raise QkovError(
+                f"--resume continues {args.out} from its own weights: drop --init-from "
+                "(or start a new run from it with another --out)"
+            )
+    if not given:
+        return
+    if tc is None:
+        where, mend = f"--init-from {args.init_from}", "the model comes from it"
+        saved: dict = load(args.init_from).cfg.to_dict()
+    else:
+        where, mend = f"--resume of {args.out}", "the run continues as it was configured"
+        saved = ModelConfig.load(Path(args.out) / "config.json").to_dict()
+        saved |= dataclasses.asdict(tc)
+    if tc is not None and "d_vocab" in given and args.d_vocab >= saved["d_vocab"]:
+        del given["d_vocab"]  # the corpus's BPE may have learned fewer tokens than asked for
+    wrong = [
+        f"{flag} {_shown(getattr(args, name))} (it has {_shown(saved[name])})"
+        for name, flag in given.items()
+        if getattr(args, name) != saved[name]
+    ]
+    if wrong:
+        raise QkovError(
+            f"{where}: "
+            + ", ".join(wrong)
+            + f" would be ignored: {mend}; drop "
+            + ("that flag" if len(wrong) == 1 else "those flags")
+            + ("" if tc is None else ", or start a new run with another --out")
+        )
+
+
+def _shown(value: object) -> str:
+    return "on" if value is True else "off" if value is False else str(value)

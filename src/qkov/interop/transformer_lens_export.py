@@ -39,7 +39,9 @@ def to_transformer_lens(model: Transformer) -> tuple[dict[str, Tensor], dict[str
         raise QkovError(
             "exporting to TransformerLens does not cover "
             + ", ".join(k for k, v in unsupported.items() if v)
-            + " (the Hugging Face checkpoint itself loads in TransformerLens)"
+            + ": TransformerLens export needs standard, shortformer or no positions, a plain "
+            f"MLP, n_kv_heads = n_heads and norm_eps={RMS_EPS} (for a model imported from a "
+            "Hugging Face checkpoint, load that checkpoint in TransformerLens itself)"
         )
     w = {k: v.detach().to("cpu").clone() for k, v in model.weights().items()}
     if not cfg.bias:  # TL always has biases: zeros of the shapes a bias=True model has

@@ -185,7 +185,7 @@ def _check_given_flags(args: argparse.Namespace, tc: TrainConfig | None) -> None
         where, mend = f"--resume of {args.out}", "the run continues as it was configured"
         saved = ModelConfig.load(Path(args.out) / "config.json").to_dict()
         saved |= dataclasses.asdict(tc)
-    if tc is not None and "d_vocab" in given and args.d_vocab >= saved["d_vocab"]:
+    if "d_vocab" in given and args.d_vocab >= saved["d_vocab"]:
         del given["d_vocab"]  # the corpus's BPE may have learned fewer tokens than asked for
     wrong = [
         f"{flag} {_shown(getattr(args, name))} (it has {_shown(saved[name])})"

@@ -132,14 +132,7 @@ def test_report_in_chromium(browser, analysis, tmp_path, csp):
     tip = browser.find_element(By.CSS_SELECTOR, ".qkov-tip")
     assert tip.is_displayed() and "destination #" in tip.text and "source #" in tip.text
     _screenshot(browser, shots / f"report-hover-token-{'csp' if csp else 'nocsp'}.png")
-    heat = browser.find_element(By.CSS_SELECTOR, "#m0-heads svg.attn")
-    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", heat)
-    box = heat.rect
-    # Bottom-left area of the lower triangle: destination late, source early.
-    ActionChains(browser).move_to_element_with_offset(
-        heat, -box["width"] / 2 + 8, box["height"] / 2 - 8
-    ).perform()
-    assert tip.is_displayed() and "\u2190  source #0" in tip.text, tip.text
+    _hover_a_cards_first_source(browser, tip)
     browser.save_screenshot(str(shots / f"report-hover-attention-{'csp' if csp else 'nocsp'}.png"))
 
     _screenshot(browser, shots / f"report-{'csp' if csp else 'nocsp'}.png")
@@ -346,10 +339,7 @@ def test_report_never_scrolls_sideways(browser, analysis, tmp_path, width):
     try:
         browser.set_window_size(width, 900)
         _open(browser, page)
-        sizes = browser.execute_script(
-            "const d = document.documentElement; return [d.scrollWidth, d.clientWidth];"
-        )
-        assert sizes[0] <= sizes[1], sizes
+        _assert_no_sideways_scroll(browser)
         strips = browser.execute_script(
             "return Array.from(document.querySelectorAll('.qkov-strip .tokens, .qkov-attrib "
             ".tokens')).map(t => [t.scrollWidth, t.clientWidth]);"
@@ -365,7 +355,6 @@ def test_gpt2_sized_report_in_chromium(browser, tmp_path, width):
     sideways (a 132-column composition heatmap of 34 px cells once made it 4,584 px wide),
     makes no request, and hovering a composition map or a card's attention image shows the
     value stored in analysis.json."""
-    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
     from report_fixture import gpt2_shaped
@@ -379,10 +368,7 @@ def test_gpt2_sized_report_in_chromium(browser, tmp_path, width):
         events = _open(browser, page)
         nodes = browser.execute_script("return document.getElementsByTagName('*').length")
         assert nodes < 40_000, nodes
-        sizes = browser.execute_script(
-            "const d = document.documentElement; return [d.scrollWidth, d.clientWidth];"
-        )
-        assert sizes[0] <= sizes[1], sizes
+        _assert_no_sideways_scroll(browser)
         # the composition maps are drawn: each image has a size on screen
         boxes = browser.execute_script(
             "return Array.from(document.querySelectorAll('#m0-composition image')).map(i => {"
@@ -416,16 +402,32 @@ def test_gpt2_sized_report_in_chromium(browser, tmp_path, width):
         assert tip.is_displayed()
         _screenshot(browser, _shots_dir(tmp_path) / f"report-gpt2-{width}.png")
         # a card's attention image: bottom-left is destination late, source early
-        heat = browser.find_element(By.CSS_SELECTOR, "#m0-heads svg.attn")
-        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", heat)
-        box = heat.rect
-        ActionChains(browser).move_to_element_with_offset(
-            heat, -box["width"] / 2 + 8, box["height"] / 2 - 8
-        ).perform()
-        assert tip.is_displayed() and "\u2190  source #0" in tip.text, tip.text
+        _hover_a_cards_first_source(browser, tip)
         errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
         assert errors == []
         events += [json.loads(e["message"])["message"] for e in browser.get_log("performance")]
         assert _requests(events, page.as_uri()) == []
     finally:
         browser.set_window_size(size["width"], size["height"])
+
+
+def _assert_no_sideways_scroll(browser) -> None:
+    sizes = browser.execute_script(
+        "const d = document.documentElement; return [d.scrollWidth, d.clientWidth];"
+    )
+    assert sizes[0] <= sizes[1], sizes
+
+
+def _hover_a_cards_first_source(browser, tip) -> None:
+    """Point at the bottom-left of the first head card's attention map (destination late,
+    source early): the tip names source #0."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    heat = browser.find_element(By.CSS_SELECTOR, "#m0-heads svg.attn")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", heat)
+    box = heat.rect
+    ActionChains(browser).move_to_element_with_offset(
+        heat, -box["width"] / 2 + 8, box["height"] / 2 - 8
+    ).perform()
+    assert tip.is_displayed() and "\u2190  source #0" in tip.text, tip.text

@@ -45,6 +45,15 @@
 
   function q(s) { return "\u201c" + s + "\u201d"; }
 
+  // The pointer's position in the SVG's own coordinates (null before it is laid out).
+  function svgPoint(svg, ev) {
+    var m = svg.getScreenCTM();
+    if (!m) { return null; }
+    var pt = svg.createSVGPoint();
+    pt.x = ev.clientX; pt.y = ev.clientY;
+    return pt.matrixTransform(m.inverse());
+  }
+
   function wireHeatmap(g) {
     var d = data(g.getAttribute("data-src"));
     if (!d) { return; }
@@ -53,11 +62,8 @@
     var margin = +g.getAttribute("data-margin");
     var svg = g.ownerSVGElement;
     svg.addEventListener("mousemove", function (ev) {
-      var m = svg.getScreenCTM();
-      if (!m) { return; }
-      var pt = svg.createSVGPoint();
-      pt.x = ev.clientX; pt.y = ev.clientY;
-      var p = pt.matrixTransform(m.inverse());
+      var p = svgPoint(svg, ev);
+      if (!p) { return; }
       var i = Math.floor((p.y - margin) / cell), j = Math.floor((p.x - margin) / cell);
       var pat = d.patterns[key], n = d.tokens.length;
       if (i < 0 || j < 0 || i >= n || j >= n || j > i || !pat) { hide(); return; }
@@ -77,11 +83,8 @@
     var x0 = +g.getAttribute("data-x0"), y0 = +g.getAttribute("data-y0");
     var svg = g.ownerSVGElement;
     svg.addEventListener("mousemove", function (ev) {
-      var m = svg.getScreenCTM();
-      if (!m) { return; }
-      var pt = svg.createSVGPoint();
-      pt.x = ev.clientX; pt.y = ev.clientY;
-      var p = pt.matrixTransform(m.inverse());
+      var p = svgPoint(svg, ev);
+      if (!p) { return; }
       var i = Math.floor((p.y - y0) / cell), j = Math.floor((p.x - x0) / cell);
       var vals = d[key];
       if (!vals || i < 0 || j < 0 || i >= d.rows.length || j >= d.cols.length) { hide(); return; }

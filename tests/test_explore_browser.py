@@ -2,7 +2,8 @@
 server on 127.0.0.1. Types a text; the tokens and a pattern render; hovering a token
 changes the view; switching models works; no console error; no request leaves
 127.0.0.1; `<script>alert(1)</script>` typed in the box shows as text. Screenshots go to
-$QKOV_SCREENSHOT_DIR (or the test's tmp dir); the README's are docs/explore*.png."""
+$QKOV_SCREENSHOT_DIR (or the test's tmp dir); the README's docs/explore.png is its
+explore-hover.png, docs/explore-escaped.png its explore-escaped.png."""
 
 from __future__ import annotations
 

@@ -39,14 +39,20 @@ def restore_state(model: AttnOnlyTransformer, opt: torch.optim.AdamW, path: Path
     model.load_weights(
         {k[len("model.") :]: v for k, v in st.items() if k.startswith("model.")}, source=str(path)
     )
+    # Through AdamW's own load_state_dict, which puts each tensor where this optimizer keeps
+    # it: the moments on the parameter's device and dtype, the step counts on the CPU, or on
+    # the parameter's device for a fused (or capturable) AdamW, as a GPU's fused kernel needs.
+    index = {id(p): i for i, p in enumerate(p for g in opt.param_groups for p in g["params"])}
+    state = {}
     for name in _trainable_names(model):
         p = getattr(model, name)
         if f"adam.{name}.exp_avg" in st:
-            opt.state[p] = {
+            state[index[id(p)]] = {
                 "step": torch.tensor(float(st[f"adam.{name}.step"].item())),
-                "exp_avg": st[f"adam.{name}.exp_avg"].to(p.device).clone(),
-                "exp_avg_sq": st[f"adam.{name}.exp_avg_sq"].to(p.device).clone(),
+                "exp_avg": st[f"adam.{name}.exp_avg"],
+                "exp_avg_sq": st[f"adam.{name}.exp_avg_sq"],
             }
+    opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
     return int(st["step"].item())
 
 

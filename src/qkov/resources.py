@@ -98,13 +98,15 @@ def check_step_memory(
     have = available_memory(device)
     if have is None or total <= have:
         return
+    mlp = cfg.d_mlp and cfg.d_mlp > 4 * cfg.d_model  # an MLP wider than usual: name it first
     if need.params >= need.attention + need.activations:
-        mend = "lower --d-model, --vocab-size or --n-layers"
+        mend = "lower " + ("--d-mlp, " if mlp else "") + "--d-model, --vocab-size or --n-layers"
     else:
-        mend = "lower --n-ctx or --batch-size"
+        mend = "lower " + ("--d-mlp, " if mlp else "") + "--n-ctx or --batch-size"
     raise QkovError(
         f"n_ctx={cfg.n_ctx}, batch_size={batch_size}, d_model={cfg.d_model}, "
-        f"d_vocab={cfg.d_vocab}, n_layers={cfg.n_layers} needs about {_gb(total)} for a "
+        + (f"d_mlp={cfg.d_mlp}, " if cfg.d_mlp else "")
+        + f"d_vocab={cfg.d_vocab}, n_layers={cfg.n_layers} needs about {_gb(total)} for a "
         f"training step (weights and AdamW state {_gb(need.params)}, attention patterns "
         f"{_gb(need.attention)}, other activations {_gb(need.activations)}) but {_gb(have)} "
         f"is available on {device}: {mend}"

@@ -345,6 +345,19 @@ def test_term_importance_charts_mlp_knockouts_beside_heads(page):
     assert not plain.all("p", "order-meaning")
 
 
+def test_only_mlp_knockouts_are_titled_so():
+    """At scale the per-head knock-outs are left out and the MLPs' stay: the chart's title
+    says MLP, not "head or MLP"."""
+    a = v2_analysis()
+    m = a["models"][3]
+    m["term_importance"]["terms"] = [
+        t for t in m["term_importance"]["terms"] if t.get("kind") != "head"
+    ]
+    m.setdefault("not_computed", {})["head_knockouts"] = "over the budget at this scale"
+    terms = tree(render_report(a)).by_id("m3-terms")
+    assert [h.text for h in terms.all("h5")][1] == "one MLP knocked out"
+
+
 def test_mlp_model_heads_and_induction_circuit_draw_as_attention_only(page):
     doc = tree(page)
     for section in ("heads", "induction", "composition"):

@@ -406,7 +406,8 @@ def term_importance_section(m: dict) -> str:
     if reason:
         out.append(f'<p class="note estimate">Per-head knock-outs not computed: {esc(reason)}</p>')
     if knocked:
-        what = "head or MLP" if has_mlp else "head"
+        has_head = any(t.get("kind") == "head" for t in terms)
+        what = {(True, True): "head or MLP", (False, True): "MLP"}.get((has_head, has_mlp), "head")
         out.append(f"<h5>one {what} knocked out</h5>")
         out.append(hbar_chart(knocked, f"loss increase per {what}", " nats"))
     return "".join(out)

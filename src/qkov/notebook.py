@@ -12,6 +12,7 @@ head the same way."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,12 +23,21 @@ from torch import Tensor
 from qkov.report.escape import esc
 from qkov.report.fmt import num
 from qkov.report.svg import hbar_chart
-from qkov.report.widgets import attention_html, fragment, head_table, token_table
+from qkov.report.widgets import (
+    DENSE_HEADS,
+    attention_html,
+    fragment,
+    head_rows,
+    head_table,
+    shown_tokens,
+    token_table,
+)
 
 
 def head_classification_html(classification: Any) -> str:
-    """A `HeadClassification` (or its records) as the report's head table."""
-    return fragment(head_table(classification))
+    """A `HeadClassification` (or its records) as the report's head table; past DENSE_HEADS
+    heads it scrolls in a box of its own, its header kept (as in the report)."""
+    return fragment(head_table(classification, tall=len(head_rows(classification)) > DENSE_HEADS))
 
 
 def skip_trigrams_html(trigrams: Sequence[Any], title: str = "skip-trigrams") -> str:
@@ -51,11 +61,27 @@ def path_expansion_html(expansion: Any, k: int = 16) -> str:
     note = (
         f"{len(expansion.terms)} terms ({len(expansion.direct)} direct, "
         f"{len(expansion.heads)} head, {len(expansion.virtual_heads)} virtual-head) of "
-        f"logits {shape}; |sum of terms - logits| \u2264 {num(expansion.max_abs_error(), 2)}"
+        f"logits {shape}; |sum of terms - logits| \u2264 {_upper(expansion.max_abs_error())}"
         + (f"; {rest} smaller terms not drawn" if rest > 0 else "")
     )
     chart = hbar_chart(items, "path expansion: logit RMS per term", width=560)
-    return fragment(f'<p class="note">{esc(note)}</p><figure>{chart}</figure>')
+    cap = "bar: the RMS of a term's logits over batch, positions and vocabulary; largest first"
+    return fragment(
+        f'<p class="note">{esc(note)}</p>'
+        f"<figure>{chart}<figcaption>{esc(cap)}</figcaption></figure>"
+    )
+
+
+def _upper(x: float) -> str:
+    """A small non-negative error, two significant digits, never rounded below its value
+    (0.0043 -> 0.0044, 2.7e-06 -> 2.7e-06): a bound must not read 0.00."""
+    x = float(x)
+    if not math.isfinite(x) or x <= 0:
+        return num(x)
+    text = f"{x:.2g}"
+    if float(text) < x:
+        text = f"{x * (1 + 1e-12) + 10 ** (math.floor(math.log10(x)) - 1):.2g}"
+    return text
 
 
 @dataclass(frozen=True)
@@ -71,7 +97,9 @@ class AttentionPatterns:
         return {"tokens": list(self.tokens), "pattern": self.pattern.tolist()}
 
     def _repr_html_(self) -> str:
-        return attention_html(self.tokens, self.pattern.tolist())
+        # only the tokens the view draws leave the tensor (GPT-2 on 1024 tokens: 151M weights)
+        n = shown_tokens(int(self.pattern.shape[0] * self.pattern.shape[1]), len(self.tokens))
+        return attention_html(self.tokens, self.pattern[:, :, :n, :n].tolist())
 
 
 @torch.no_grad()

@@ -43,6 +43,14 @@ FRAGMENT_CSS = """
 .qkov-tip.on { display: block; }
 .qkov .wide { overflow-x: auto; max-width: 100%; }
 .qkov table.heads thead tr + tr th { white-space: normal; }
+.qkov figure { margin: 0; } .qkov p.note { color: #5b6470; margin: 4px 0 8px; }
+.qkov figcaption { font-size: 12px; color: #5b6470; text-align: center; }
+.qkov .plots { display: flex; gap: 8px; flex-wrap: wrap; align-items: flex-start; }
+.qkov .plots.layer { flex-wrap: nowrap; }
+.qkov svg .bar.pos { fill: #4a7fb5; } .qkov svg .bar.neg { fill: #d0704f; }
+.qkov .qkov-strip .tok { padding: 1px 1px; border-radius: 2px; border-right: 1px solid #dfe4ea; }
+.qkov .wide.tall { max-height: 70vh; overflow-y: auto; }
+.qkov .wide.tall thead { position: sticky; top: 0; z-index: 1; background: #fff; }
 """
 
 
@@ -118,21 +126,68 @@ def fragment(body: str) -> str:
     )
 
 
-def attention_html(tokens: Sequence[str], pattern: Any, max_heads: int = 16) -> str:
+MAX_WEIGHTS = 300_000  # attention weights one notebook view embeds (causal rows, all heads)
+DENSE_HEADS = 16  # more heads than this: each heatmap a small image, a row of them a layer
+DENSE_MAP = 64  # side of a heatmap in a dense view (CSS px)
+
+
+def shown_tokens(n_heads: int, n_tokens: int, budget: int = MAX_WEIGHTS) -> int:
+    """How many leading tokens an attention view draws: all of them, or as many as keep the
+    causal weights it embeds (n(n+1)/2 a head) within `budget` (64 at GPT-2's 144 heads)."""
+    fit = int((math.sqrt(1 + 8 * budget / max(n_heads, 1)) - 1) / 2)
+    return max(1, min(n_tokens, fit))
+
+
+def attention_html(tokens: Sequence[str], pattern: Any, max_heads: int | None = None) -> str:
     """Notebook view of attention pattern(s) on one text: a heatmap per head and a token
-    strip. `pattern`: [dest, src], [head, dest, src] or [layer, head, dest, src]."""
+    strip. `pattern`: [dest, src], [head, dest, src] or [layer, head, dest, src]. Every head
+    is drawn (the first `max_heads` if given), on the first `shown_tokens` tokens, as the
+    note above the view says; past DENSE_HEADS heads each map is a small image (the
+    report's raster drawing), one row a layer."""
     patterns = _as_patterns(pattern)
-    keys = list(patterns)[:max_heads]
+    keys = list(patterns)
+    total = len(keys)
+    keys = keys[:max_heads] if max_heads else keys
+    n_all = len(tokens)
+    n = shown_tokens(len(keys), n_all)
+    tokens = list(tokens)[:n]
+    # Causal rows only (destination i reads sources 0..i): the page never looks further.
+    pats = {k: [list(row[: i + 1]) for i, row in enumerate(patterns[k][:n])] for k in keys}
+    dense = len(keys) > DENSE_HEADS
+    cell = round(DENSE_MAP / max(n, 1), 2) if dense else None
     view = new_id("qkov-attn")
-    maps = "".join(
-        f"<figure>{attention_svg(tokens, patterns[k], view, k, f'attention L{k}')}"
-        f"<figcaption>L{esc(k.replace('.', 'H'))}</figcaption></figure>"
-        for k in keys
-    )
+
+    def fig(k: str) -> str:
+        name = f"L{k.replace('.', 'H')}"
+        svg = attention_svg(tokens, pats[k], view, k, f"attention {name}", cell, raster=dense)
+        return f"<figure>{svg}<figcaption>{esc(name)}</figcaption></figure>"
+
+    if dense:  # one row a layer, scrolling sideways in its own box if wider than the page
+        layers: dict[str, list[str]] = {}
+        for k in keys:
+            layers.setdefault(k.split(".")[0], []).append(k)
+        maps = "".join(
+            f'<div class="plots layer">{"".join(fig(k) for k in ks)}</div>'
+            for ks in layers.values()
+        )
+        maps = f'<div class="wide">{maps}</div>'
+    else:
+        maps = f'<div class="plots">{"".join(fig(k) for k in keys)}</div>'
+    heads = f"{len(keys)} of {total}" if len(keys) < total else f"{total}"
+    heads += " head" if total == 1 else " heads"
+    note = f"{heads} on {n_all} tokens"
+    if n < n_all:
+        note += (
+            f"; the first {n} tokens are drawn (a view embeds at most {MAX_WEIGHTS:,} "
+            "weights): pass a shorter text for the rest"
+        )
+    if dense:
+        note += "; hover a map for its cell, or a token in the strip for a head's weights"
     body = (
-        data_block(view, attention_data(tokens, {k: patterns[k] for k in keys}))
+        f'<p class="note">{esc(note)}.</p>'
+        + data_block(view, attention_data(tokens, pats))
         + attention_strip(view, tokens, keys)
-        + f'<div class="plots">{maps}</div>'
+        + maps
     )
     return fragment(body)
 

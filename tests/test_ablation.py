@@ -229,3 +229,24 @@ def test_mlp_paths_removed_equal_the_knock_out_of_the_last_mlp():
     hooked = mlp_ablation_logits(model, tokens, 0, "zero")
     _, cache = model.run_with_cache(tokens, names=["mlp_out.0"])
     torch.testing.assert_close(hooked, model(tokens) - cache["mlp_out.0"] @ model.W_U.detach())
+
+
+def test_term_importance_table_names_what_order_0_removes():
+    """Order 0 removes every start through no head: with biases and MLPs, more than the
+    direct path. `qkov heads --terms` (TermImportance.table) names them as the report does
+    (analyze's term "order 0: direct path, biases, MLPs"), not "direct path" alone."""
+    from qkov.analyze import _order_name
+
+    model = factories.general_model(2)
+    tokens = random_tokens(model, 2)
+    ti = term_importance(model, tokens, per_head=False)
+    S, _, _ = start_order_residuals(model, tokens)
+    assert any(k.startswith("mlp") for k in S) and any("bias" in k for k in S)  # in order 0
+    line = next(x for x in ti.table().splitlines() if x.startswith("0 "))
+    want = _order_name(0, 1, model.cfg).removeprefix("order 0: ")
+    assert want == "direct path, biases, MLPs" and line.startswith(f"0 {want} ")
+    attn_only = factories.general_model(2, d_mlp=0, bias=False, normalization="none")
+    ti = term_importance(attn_only, tokens, per_head=False)
+    assert next(x for x in ti.table().splitlines() if x.startswith("0 ")).startswith(
+        "0 direct path "
+    )

@@ -144,3 +144,41 @@ def test_positional_qk_keeps_small_values():
     got = analyze(model, text=SAMPLE, log=None)["models"][0]["positional_qk"][1]
     assert got["head"] == [0, 1]
     torch.testing.assert_close(torch.tensor(got["scores"]), want, rtol=1e-3, atol=0)
+
+
+def test_head_scores_say_what_they_rest_on_and_match_it():
+    """The head table's text scores rest on the first ABLATION_SEQUENCES sequences of the
+    evaluation set, `qkov heads`' on all of them: analysis.json records which (and the
+    probe's size and seed), the numbers are head_scores on exactly those tokens, and the
+    report says so beside the table."""
+    import torch
+
+    from qkov.analyze import ABLATION_SEQUENCES
+    from qkov.data.evaluation import EvaluationSet
+    from qkov.heads import classify_heads, head_scores
+    from qkov.report import render_report
+
+    model = make_model(2)
+    g = torch.Generator().manual_seed(0)
+    n_seqs = ABLATION_SEQUENCES + 4
+    tokens = torch.randint(0, model.cfg.d_vocab, (n_seqs, 24), generator=g)
+    ev = EvaluationSet(tokens, "twenty random rows", "text")
+    analysis = analyze([model], evaluation=ev, seed=3, log=None)
+    m = analysis["models"][0]
+    on = m["head_scores_measured_on"]
+    assert on["text"] == {"n_sequences": ABLATION_SEQUENCES, "seq_len": 24, "of_sequences": n_seqs}
+    want = head_scores(model, tokens[: on["text"]["n_sequences"]])
+    probe = on["probe"]
+    cls = classify_heads(model, batch=probe["n_sequences"], seq_len=probe["seq_len"], seed=3)
+    assert probe["seed"] == 3
+    for h in m["heads"]:
+        for k, v in h["text_scores"].items():
+            w = float(getattr(want, k)[h["layer"], h["head"]])
+            assert (v is None and math.isnan(w)) or v == pytest.approx(w, abs=1e-6), k
+        for k, v in h["scores"].items():
+            w = cls.record(h["layer"], h["head"]).scores[k]
+            assert (v is None and math.isnan(w)) or v == pytest.approx(w, abs=1e-6), k
+    html = render_report(analysis)
+    assert f"the first {ABLATION_SEQUENCES} of its {n_seqs} sequences" in html
+    assert f"{probe['n_sequences']} sequences of {probe['seq_len']} random tokens" in html
+    assert "(seed 3)" in html

@@ -203,3 +203,25 @@ def test_split_token_trigram_ralph_is_found_and_ranked_as_skip_trigrams():
     assert split_token_trigrams(model, 0, 0).n_candidates == 0
     with pytest.raises(QkovError, match="k must be"):
         split_token_trigrams(model, 0, 0, k=0)
+
+
+def test_saturated_attention_ties_rank_by_attention_whatever_k():
+    """Where sigmoid(attention) rounds to 1 in fp32, destinations tie on score: each tie goes
+    to the higher attention (the exact order), so the top 8 are the top 8 of a longer list:
+    analysis.json and the explorer (8) name the same trigrams as `qkov circuits -k 10`.
+    The shipped attn2's L0H0 has such ties (' m' ... ' p' / ' w' / ' P' -> 'apping')."""
+    import qkov
+
+    model = qkov.load(qkov.shipped("attn2"))
+
+    def key(t):
+        return (t.source, t.destination, t.out)
+
+    for per_source in (2, None):
+        short = skip_trigrams(model, 0, 0, k=8, per_source=per_source, min_count=100)
+        long = skip_trigrams(model, 0, 0, k=10, per_source=per_source, min_count=100)
+        assert [key(t) for t in short] == [key(t) for t in long[:8]]
+        pairs = list(zip(long, long[1:], strict=False))
+        assert any(a.score == b.score for a, b in pairs)  # the ties are there
+        for a, b in pairs:
+            assert (a.score, a.attention) >= (b.score, b.attention)

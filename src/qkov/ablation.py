@@ -194,6 +194,8 @@ class TermImportance:
     heads: tuple[HeadAblation, ...]
     n_tokens: int
     mlps: tuple[MlpAblation, ...] = ()
+    # What order 0 removes: every path start through no head (the report names them too).
+    order0_starts: tuple[str, ...] = ("direct path",)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -202,6 +204,7 @@ class TermImportance:
         lines = [f"clean loss {self.clean_loss:.4f} on {self.n_tokens} predicted tokens"]
         lines.append(f"{'order':<26} {'terms':>6} {'loss':>8} {'delta':>8}  ({self.mode} ablation)")
         kinds = {0: "direct path", 1: "single heads", 2: "virtual heads"}
+        kinds[0] = ", ".join(self.order0_starts)
         for o in self.orders:
             kind = kinds.get(o.order, f"{o.order}-head chains")
             lines.append(f"{o.order} {kind:<24} {o.n_terms:>6} {o.loss:>8.4f} {o.delta:>+8.4f}")
@@ -354,6 +357,7 @@ def term_importance(
         heads=tuple(heads),
         n_tokens=tokens.shape[0] * (tokens.shape[1] - 1),
         mlps=tuple(mlps),
+        order0_starts=("direct path",) + ("biases",) * cfg.bias + ("MLPs",) * bool(cfg.d_mlp),
     )
 
 

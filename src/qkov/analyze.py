@@ -230,6 +230,24 @@ def analyze_model(
         if evaluation.kind == "text"
         else None
     )
+    # What each group of head scores rests on (the report says it beside the head table):
+    # the probe classify_heads drew, and the first sequences of the evaluation text.
+    rec["head_scores_measured_on"] = {
+        "probe": {
+            "n_sequences": cls.scores.n_sequences,
+            "seq_len": cls.scores.seq_len,
+            "seed": seed,
+        },
+        "text": (
+            {
+                "n_sequences": text_scores["n_sequences"],
+                "seq_len": text_scores["seq_len"],
+                "of_sequences": int(tokens.shape[0]),
+            }
+            if text_scores
+            else None
+        ),
+    }
     keep = _token_filter(rec, model, min_token_count)
     stage("OV and QK spectra, skip-trigrams of every head")
     split = split_token_candidates(model, allowed_tokens(model, keep))  # once, not per head

@@ -300,13 +300,20 @@ def skip_trigrams(
     cand = torch.sigmoid(best_a)[:, :, None] * best_o[:, None, :]  # [src, k (dest), k (out)]
     if keep is not None:
         cand[~keep[src_ids]] = -math.inf
+    # Stable sorts, not topk: where sigmoid(attention) rounds to 1 (fp32, attention > ~17)
+    # several destinations tie on score, and a tie must go to the higher attention (the
+    # exact order; ranks are by attention, source-major), whatever k is: otherwise
+    # `qkov circuits -k 10` and analyze's 8 name different destinations for one score.
     if per_source is None:
-        _, flat = cand.flatten().topk(min(k, int(torch.isfinite(cand).sum())))
+        n = min(k, int(torch.isfinite(cand).sum()))
+        flat = cand.flatten().sort(descending=True, stable=True).indices[:n]
         s, i, j = torch.unravel_index(flat, cand.shape)  # source, dest rank, out rank
     else:  # the best per_source of each source, then the k best of those
         m = min(per_source, k_eff * k_eff)
-        vals, idx = cand.flatten(1).topk(m, dim=1)  # [src, m]: flat (dest rank, out rank)
-        _, flat = vals.flatten().topk(min(k, int(torch.isfinite(vals).sum())))
+        vals, idx = cand.flatten(1).sort(dim=1, descending=True, stable=True)
+        vals, idx = vals[:, :m], idx[:, :m]  # [src, m]: flat (dest rank, out rank)
+        n = min(k, int(torch.isfinite(vals).sum()))
+        flat = vals.flatten().sort(descending=True, stable=True).indices[:n]
         s, r = torch.unravel_index(flat, vals.shape)  # source, rank among its m best
         i, j = torch.unravel_index(idx[s, r], (k_eff, k_eff))
     out = [
@@ -314,7 +321,8 @@ def skip_trigrams(
         for r, di, oi in zip(s.tolist(), i.tolist(), j.tolist(), strict=True)
     ]
     # Re-score exactly (scalar path) and sort: chunked and scalar rounding can differ slightly.
-    return SkipTrigramTable(sorted(out, key=lambda t: -t.score))
+    # Equal scores (a saturated sigmoid) go by attention, as above.
+    return SkipTrigramTable(sorted(out, key=lambda t: (-t.score, -t.attention)))
 
 
 @torch.no_grad()

@@ -96,6 +96,10 @@ computed" (with the reason from `not_computed` if given). Names are the library'
                                            # probe_ov_eigenvalue: qkov.induction_circuit
       "phase_change": {"tokens": [float, float]} | null,  # where the probe induction score
                                            # crosses from < 0.1 to >= half its final value
+      "head_scores_measured_on": {         # what each HEAD's scores rest on:
+        "probe": {"n_sequences": int, "seq_len": int, "seed": int},  # "scores"
+        "text": {"n_sequences": int, "seq_len": int,  # "text_scores": the first
+                 "of_sequences": int} | null},  # n_sequences of the evaluation set's
       "qk_terms_measured_on": {"n_sequences": int, "seq_len": int},  # the evaluation
                                            # sequences (their first tokens) of qk_terms
       "qk_terms": [{"layer": int, "head": int,      # qkov.qk_expansion on the evaluation set:

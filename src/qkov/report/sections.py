@@ -190,6 +190,31 @@ def head_card(m: dict, h: dict, view_id: str | None, prefix: str, dense: bool = 
     )
 
 
+def measured_on_note(m: dict) -> str:
+    """What the head table's two groups of scores rest on (`head_scores_measured_on`): the
+    probe's size and seed, and how many of the evaluation set's sequences the text scores
+    read (`qkov heads` scores every one, so a reader comparing the two must see this)."""
+    on = m.get("head_scores_measured_on") or {}
+    parts = []
+    probe = on.get("probe")
+    if probe:
+        parts.append(
+            f"The random-token probe: {count(probe.get('n_sequences'))} sequences of "
+            f"{count(probe.get('seq_len'))} random tokens ending in a repeated block (seed "
+            f"{esc(probe.get('seed'))})."
+        )
+    text = on.get("text")
+    if text:
+        n, of = text.get("n_sequences"), text.get("of_sequences")
+        which = f"its {count(n)} sequences"
+        if n != of:
+            which = f"the first {count(n)} of its {count(of)} sequences"
+        parts.append(
+            f"The evaluation text: {which} ({count(n)} × {count(text.get('seq_len'))} tokens)."
+        )
+    return f'<p class="note">{" ".join(parts)}</p>' if parts else ""
+
+
 def heads_section(m: dict, view_id: str | None, prefix: str) -> str:
     heads = m.get("heads")
     if not heads:
@@ -207,6 +232,7 @@ def heads_section(m: dict, view_id: str | None, prefix: str) -> str:
         else ""
     )
     units = final_scale_note(m, "Skip-trigram scores (sigmoid(attention) × logit boost)")
+    copy_note = measured_on_note(m) + copy_note
     if len(heads) <= EXPANDED_HEADS:
         cards = "".join(head_card(m, h, view_id, prefix) for h in heads)
         return head_table(heads) + copy_note + units + f'<div class="cards">{cards}</div>'

@@ -41,6 +41,8 @@ def test_train_info_sample(run_dir, capsys):
     rows = dict(r.split(None, 1) for r in blocks[0] + blocks[1])
     assert rows["n_layers"] == "1" and rows["params"][0].isdigit()
     assert rows["tokenizer"] == "300 tokens" and rows["step"] == "6"
+    assert rows["weights"] == "of step 6"  # model.safetensors' own record, as the metrics'
+    assert "the weights are of step" not in out
     assert rows["tokens"].endswith(("k", "M")) or rows["tokens"].isdigit()
     assert re.fullmatch(r"\d\.\d\de-\d\d", rows["lr"]), rows["lr"]
     assert main(["sample", str(run_dir), "--prompt", "def ", "--tokens", "5"]) == 0
@@ -196,3 +198,14 @@ def test_circuits_says_when_no_factoring_bug_is_found(run_dir, capsys):
     assert out.count("no factoring bug") == 2  # one per head of the 1-layer, 2-head model
     assert main(["circuits", str(run_dir), "-k", "1", "--bugs", "0"]) == 0
     assert "no factoring bug" not in capsys.readouterr().out  # none asked for
+
+
+def test_info_says_when_the_weights_are_newer_than_the_last_metrics(capsys):
+    """A run stopped between two records (the shipped attn2: SIGTERM at step 1,941, the
+    last record at 1,500): info says whose numbers its last record gives."""
+    from qkov import shipped
+
+    assert main(["info", str(shipped("attn2"))]) == 0
+    out = capsys.readouterr().out
+    assert "last record of metrics.jsonl (the weights are of step 1,941)" in out
+    assert "  weights " in out and "of step 1,941" in out

@@ -56,6 +56,20 @@ def unreadable_safetensors(path: Path, error: Exception, remedy: str) -> QkovErr
     return QkovError(f"{path} is not a readable safetensors file ({msg}): {remedy}")
 
 
+def weights_step(run_dir: str | Path) -> int | None:
+    """The training step model.safetensors was written at (its metadata, as `qkov train`
+    records it), or None: no such record (a saved or imported model) or no file."""
+    from safetensors import safe_open
+
+    path = Path(run_dir) / WEIGHTS
+    try:
+        with safe_open(str(path), "pt") as f:
+            step = (f.metadata() or {}).get("step")
+    except (OSError, SafetensorError):
+        return None
+    return int(step) if step is not None and str(step).isdigit() else None
+
+
 def load_tokenizer(path: Path):
     """Load a HF tokenizers tokenizer.json, or raise QkovError."""
     from tokenizers import Tokenizer

@@ -20,15 +20,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qkov.checkpoint import load
+    from qkov.checkpoint import load, weights_step
     from qkov.metrics import METRICS, last_record
 
     model = load(args.dir)
     cfg = model.cfg
+    step = weights_step(args.dir)
     rows = [(k, str(v)) for k, v in cfg.to_dict().items()]
     rows.append(("params", f"{cfg.n_params:,}"))
     tok = model.tokenizer
     rows.append(("tokenizer", f"{tok.get_vocab_size():,} tokens" if tok else "none"))
+    if step is not None:
+        rows.append(("weights", f"of step {step:,}"))
     base = _init_from(Path(args.dir) / "train_config.json")
     if base:
         rows.append(("init_from", f"{base} (fine-tuned from its weights)"))
@@ -36,7 +39,11 @@ def run(args: argparse.Namespace) -> int:
     _print_rows(rows)
     last = last_record(Path(args.dir) / METRICS)
     if last is not None:
-        print(f"last record of {METRICS}")
+        older = step is not None and isinstance(last.get("step"), int) and last["step"] < step
+        # a run stopped between two records: its weights are newer than its last metrics
+        print(
+            f"last record of {METRICS}" + (f" (the weights are of step {step:,})" if older else "")
+        )
         _print_rows([(k, readable(k, v)) for k, v in last.items()])
     return 0
 

@@ -261,7 +261,10 @@ def test_model_card_shows_one_loss_with_what_it_rests_on(page):
     card = tree(page).by_id("models").all("div", "model-card")[0]
     rows = {tr.all("th")[0].text: tr.all("td")[0].text for tr in card.all("tr")}
     assert rows["loss"] == "2.500 nats/token on 512 predicted tokens"
-    assert rows["evaluation set"].startswith("held-out documents of --corpus stdlib (text;")
+    # one parenthesis, whatever the description's own (the probe's: "(..., seed 0)")
+    assert (
+        rows["evaluation set"] == "held-out documents of --corpus stdlib (8 sequences of 65 tokens)"
+    )
     assert rows["ICL score (evaluation set)"] == (
         "-0.512 \u00b1 0.041 nats (mean loss on tokens 55\u201363 minus on tokens 40\u201349; "
         "8 sequences)"
@@ -729,3 +732,26 @@ def test_small_models_keep_their_svg_heatmaps(page):
     assert doc.by_id("m0-composition").all("rect", "cell")
     assert any(c.has_class("eig") for c in doc.by_id("m0-heads").all("circle"))
     assert not doc.by_id("m0-heads").all("div", "tall")
+
+
+def test_evaluation_text_keeps_one_parenthesis():
+    """The probe's description ends in its own parenthesis: the size joins it (it read
+    "(..., seed 0) (random tokens; 16 sequences ...)")."""
+    from qkov.report.cards import evaluation_text
+
+    probe = {
+        "description": "random tokens ending in a repeated block (the induction probe, seed 0)",
+        "kind": "random_tokens",
+        "n_sequences": 16,
+        "seq_len": 128,
+    }
+    assert evaluation_text({"evaluation": probe}) == (
+        "random tokens ending in a repeated block (the induction probe, seed 0; 16 sequences "
+        "of 128 tokens)"
+    )
+    text = {"description": "notes.txt", "kind": "text", "n_sequences": 3, "seq_len": 64}
+    assert evaluation_text({"evaluation": text}) == "notes.txt (3 sequences of 64 tokens)"
+    odd = dict(text, description="my probe", kind="random_tokens")
+    assert (
+        evaluation_text({"evaluation": odd}) == "my probe (random tokens; 3 sequences of 64 tokens)"
+    )

@@ -54,11 +54,12 @@ def evaluation_text(m: dict) -> str:
     ev = m.get("evaluation") or {}
     if not ev:
         return "evaluation set not recorded"
-    kind = "random tokens" if ev.get("kind") == "random_tokens" else "text"
-    return (
-        f"{ev.get('description') or 'evaluation set'} ({kind}; {count(ev.get('n_sequences'))} "
-        f"sequences of {count(ev.get('seq_len'))} tokens)"
-    )
+    what = ev.get("description") or "evaluation set"
+    size = f"{count(ev.get('n_sequences'))} sequences of {count(ev.get('seq_len'))} tokens"
+    if ev.get("kind") == "random_tokens" and not what.startswith("random tokens"):
+        size = "random tokens; " + size  # a text's description says what it is
+    # one parenthesis: "... (the induction probe, seed 0; 16 sequences of 128 tokens)"
+    return f"{what[:-1]}; {size})" if what.endswith(")") else f"{what} ({size})"
 
 
 def loss_text(m: dict) -> str | None:

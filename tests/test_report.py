@@ -234,6 +234,16 @@ def test_one_number_format(page):
 def test_composition_heatmaps_have_titles(page):
     titles = [t.text for t in tree(page).by_id("m0-composition").all("text", "title")]
     assert titles == [f"{k}-composition into layer 1" for k in "QKV"]
+    captions = [c.text for c in tree(page).by_id("m0-composition").all("figcaption")]
+    assert captions == ["baseline (random heads) 0.050 \u00b1 0.010"] * 3
+
+
+def test_a_small_baseline_spread_keeps_two_significant_digits():
+    """A spread of 0.0004 read '\u00b1 0.000', as if the baseline had none."""
+    a = v2_analysis()
+    a["models"][0]["composition"]["baseline_std"] = {"q": 0.0004, "k": 0.0004, "v": 0.0004}
+    captions = [c.text for c in tree(render_report(a)).by_id("m0-composition").all("figcaption")]
+    assert captions == ["baseline (random heads) 0.05000 \u00b1 0.00040"] * 3
 
 
 def test_phase_change_only_where_recorded(page):

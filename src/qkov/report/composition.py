@@ -11,7 +11,7 @@ from typing import Any
 from qkov.report.escape import esc
 from qkov.report.fmt import num
 from qkov.report.sections import EXPANDED_HEADS, _head_label, not_computed
-from qkov.report.svg import dense_heatmap, heatmap
+from qkov.report.svg import bar_digits, dense_heatmap, heatmap
 from qkov.report.widgets import data_block, round_matrix
 
 
@@ -139,7 +139,12 @@ def _dense_composition(comp: dict, n_layers: int, vmax: float, view_id: str) -> 
 
 
 def _baseline(mean: Any, std: Any) -> str:
-    return num(mean) + (f" \u00b1 {num(std)}" if isinstance(std, (int, float)) else "")
+    """'0.043 \u00b1 0.012', or more decimals where the spread is small, so that it shows
+    two significant digits (a spread of 0.0004 read '\u00b1 0.000')."""
+    if not isinstance(std, (int, float)):
+        return num(mean)
+    digits = bar_digits([std])
+    return f"{num(mean, digits)} \u00b1 {num(std, digits)}"
 
 
 def _flat(x: Any) -> list:

@@ -46,6 +46,7 @@ def test_each_contribution_is_its_path_terms_logit_of_the_next_token(max_order):
     att = attribute(model, tokens, max_order=max_order)
     pe = path_expansion(model, tokens, max_order=max_order)
     assert att.paths == [t.name for t in pe.terms]
+    assert att.orders == [t.order for t in pe.terms] == att.to_dict()["orders"]
     n = len(tokens) - 1
     want = torch.stack([t.logits[0, torch.arange(n), tokens[1:]] for t in pe.terms], -1)
     torch.testing.assert_close(att.contributions, want, atol=1e-5, rtol=1e-5)

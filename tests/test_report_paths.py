@@ -86,3 +86,28 @@ def test_positional_qk_says_when_a_map_is_flat():
         entry["scores"] = [[0.0] * 6 for _ in range(6)]
     flat = tree(render_report(a)).by_id("m0-positional-qk").all("p", "flat")
     assert "Every entry of each map has one value (0.000)" in flat[0].text
+
+
+def test_attribution_menu_groups_paths_by_their_recorded_order():
+    """With the orders analysis.json records (analyze writes them), the path menu groups
+    its options by order, the remainder named for what it holds; each option keeps its
+    index, so the page's colouring reads the same column."""
+    analysis = v2_analysis()
+    att = analysis["models"][0]["attribution"]
+    att["orders"] = [len(p.split(">")) if p.startswith("L") else 0 for p in att["paths"]]
+    analysis["models"][0]["scale"] = {"path_max_order": 2}
+    att["paths"].append("order>2")  # as a cut at 2 names its remainder
+    att["orders"].append(3)
+    for row in att["contributions"]:
+        row.append(0.0)
+    section = tree(render_report(analysis)).by_id("m0-attribution")
+    groups = section.all("optgroup")
+    assert [g.attrs["label"] for g in groups] == [
+        "order 0: no head (direct path, biases, MLPs)",
+        "order 1: single heads",
+        "order 2: chains of 2 heads (virtual heads)",
+        "the remainder: every path through more than 2 heads",
+    ]
+    shown = [(o.attrs["value"], o.text) for g in groups for o in g.all("option")]
+    assert sorted(int(v) for v, _ in shown) == list(range(len(att["paths"])))
+    assert all(att["paths"][int(v)] == name for v, name in shown)

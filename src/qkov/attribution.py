@@ -35,6 +35,8 @@ class Attribution:
     predicted: Tensor = field(repr=False)  # [pos - 1] ids
     logit: Tensor = field(repr=False)  # [pos - 1]
     predicted_strs: list[str] = field(default_factory=list, repr=False)
+    # each path's order (heads on it; a remainder: max_order + 1); empty once by_head grouped
+    orders: list[int] = field(default_factory=list, repr=False)
 
     def by_head(self) -> Attribution:
         """The same attribution with paths grouped by the head that writes them into the
@@ -50,7 +52,7 @@ class Attribution:
         contributions = torch.stack(
             [self.contributions[:, idx].sum(-1) for idx in groups.values()], dim=-1
         )
-        return dataclasses.replace(self, paths=names, contributions=contributions)
+        return dataclasses.replace(self, paths=names, contributions=contributions, orders=[])
 
     def max_abs_error(self) -> float:
         """max |sum of contributions - the model's logit of the next token|."""
@@ -92,6 +94,7 @@ class Attribution:
             "tokens": self.token_strs,
             "predicted": self.predicted_strs,
             "paths": self.paths,
+            "orders": self.orders,
             "logit": [round(float(x), digits) for x in self.logit],
             "contributions": [[round(float(x), digits) for x in row] for row in self.contributions],
             "max_abs_error": self.max_abs_error(),
@@ -142,6 +145,7 @@ def attribute(model: Transformer, tokens: Tensor, max_order: int | None = None) 
         predicted=predicted.cpu(),
         logit=logits[idx, nxt].cpu(),
         predicted_strs=[decode_token(tok, i) for i in predicted.tolist()],
+        orders=[t.order for t in terms],
     )
 
 

@@ -162,10 +162,7 @@ def attribution_section(m: dict, view_id: str) -> str:
         "contributions": round_matrix(att.get("contributions") or []),
     }
     first_head = next((i for i, p in enumerate(paths) if str(p).startswith("L")), 0)
-    options = "".join(
-        f'<option value="{i}"{" selected" if i == first_head else ""}>{esc(p)}</option>'
-        for i, p in enumerate(paths)
-    )
+    options = _path_options(paths, att.get("orders"), first_head, cut)
     n_pred = len(data["contributions"])
     spans = "<wbr>".join(  # the line may wrap between tokens, never inside one
         f'<span class="tok" data-i="{i}">{tok(t)}</span>'
@@ -184,6 +181,31 @@ def attribution_section(m: dict, view_id: str) -> str:
         + f'<div class="qkov-attrib" data-src="{esc(view_id)}"><label>path '
         f'<select>{options}</select></label><div class="tokens">{spans}</div></div>'
     )
+
+
+ORDER_GROUPS = {0: "order 0: no head (direct path, biases, MLPs)", 1: "order 1: single heads"}
+
+
+def _path_options(paths: list, orders: Any, selected: int, cut: Any) -> str:
+    """The path menu's <option>s, in <optgroup>s by order where analysis.json records the
+    orders (GPT-2 has 1,240 paths to a cut of 1: a flat list of them is hard to use)."""
+
+    def option(i: int) -> str:
+        return f'<option value="{i}"{" selected" if i == selected else ""}>{esc(paths[i])}</option>'
+
+    if not isinstance(orders, list) or len(orders) != len(paths):
+        return "".join(option(i) for i in range(len(paths)))
+    groups: dict[Any, list[int]] = {}
+    for i, o in enumerate(orders):
+        groups.setdefault(o, []).append(i)
+    out = []
+    for o, idx in groups.items():
+        if isinstance(cut, int) and isinstance(o, int) and o > cut:
+            label = f"the remainder: every path through more than {cut} heads"
+        else:
+            label = ORDER_GROUPS.get(o, f"order {o}: chains of {o} heads (virtual heads)")
+        out.append(f'<optgroup label="{esc(label)}">{"".join(option(i) for i in idx)}</optgroup>')
+    return "".join(out)
 
 
 def split_trigrams_block(m: dict, h: dict, token_table: Any, filter_text: str) -> str:

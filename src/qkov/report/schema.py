@@ -113,6 +113,7 @@ computed" (with the reason from `not_computed` if given). Names are the library'
       "positional_qk": [{"head": [0, h], "scores": [[float]]}],  # W_pos W_QK W_pos^T /
                                            # sqrt(d_head) [destination][source], first positions
       "attribution": {"text": str, "tokens": [str], "predicted": [str], "paths": [str],
+                      "orders": [int],     # each path's order (heads on it); optional
                       "logit": [float],    # logit of tokens[i + 1] at position i
                       "contributions": [[float]],  # [position][path], summing to logit
                       "max_abs_error": float},

@@ -109,3 +109,60 @@ def test_induction_task_too_short_context_leaves_no_run_directory(tmp_path):
     argv = ["train", "--corpus", "induction-task", "--n-ctx", "2", "--vocab-size", "50"]
     assert main([*argv, "--out", str(out), "--no-progress"]) == 2
     assert not out.exists()
+
+
+def test_each_file_is_read_once_and_hidden_files_are_skipped(tmp_path, monkeypatch):
+    """A symlink to a file already read, overlapping globs and a symlinked folder loop under
+    `**` read each file once (a copy in both splits would leak training text into the
+    held-out one); a folder's hidden files (.git) are skipped, as a glob skips them."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "a.txt").write_text("alpha " * 50)
+    (tmp_path / "c" / "sub").mkdir()
+    (tmp_path / "c" / "sub" / "b.txt").write_text("beta " * 50)
+    (tmp_path / "c" / "link.txt").symlink_to("a.txt")
+    (tmp_path / "c" / "sub" / "loop").symlink_to("..")
+    (tmp_path / "c" / ".git").mkdir()
+    (tmp_path / "c" / ".git" / "config").write_text("[core]\n\tbare = false\n")
+    (tmp_path / "c" / ".notes.txt").write_text("hidden " * 50)
+    names = ["c/a.txt", "c/sub/b.txt"]
+    assert [d.name for d in load_corpus("c").documents] == names
+    assert [d.name for d in load_corpus("c/a.txt,c/*.txt,c/**").documents] == names
+
+
+def test_a_glob_that_matches_nothing_is_refused_even_beside_others(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.txt").write_text("alpha " * 50)
+    with pytest.raises(QkovError, match=r"corpus glob 'notes/\*\.md' matches no file"):
+        load_corpus("a.txt,notes/*.md")
+
+
+def test_skipped_files_are_named(tmp_path):
+    (tmp_path / "text.txt").write_bytes(b"hello world\n")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 ol\xe9\n".encode("latin-1"))
+    corpus = load_corpus(str(tmp_path))
+    assert [d.text for d in corpus.documents] == ["hello world\n"]
+    assert corpus.skipped_files == (str(tmp_path / "latin1.txt"),)
+
+
+def test_skipped_files_and_a_missing_heldout_split_are_announced(tmp_path, capsys):
+    """One document: no held-out split, so the "val loss" is on training text: said."""
+    (tmp_path / "book.txt").write_text("the quick brown fox jumps over the lazy dog\n" * 200)
+    (tmp_path / "old.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    data = prepare(str(tmp_path), vocab_size=300, cache_dir=tmp_path / "cache")
+    assert "1 file(s) skipped" in capsys.readouterr().err
+    assert len(data.val) == 0
+    data.val_batches(2, 16, 1)
+    assert "val loss is measured on training text" in capsys.readouterr().err
+
+
+def test_absolute_spec_and_an_unreadable_run_corpus(tmp_path, monkeypatch):
+    from qkov.data.corpus import absolute_spec
+    from qkov.data.evaluation import heldout_documents
+
+    monkeypatch.chdir(tmp_path)
+    assert absolute_spec("stdlib") == "stdlib"
+    assert absolute_spec("induction-task") == "induction-task"
+    assert absolute_spec("a.txt, notes/**/*.md,") == f"{tmp_path}/a.txt,{tmp_path}/notes/**/*.md"
+    with pytest.raises(QkovError, match="run from the folder it was trained in, or evaluate"):
+        heldout_documents(None, "gone/", 16)

@@ -151,3 +151,22 @@ def test_sample_text_refusals(attn2, tiny):
         sample_text(attn2, "", 3)
     with pytest.raises(QkovError, match="--temperature must be a finite number >= 0"):
         sample_text(attn2, "def ", 3, temperature=-1)
+
+
+def test_a_vocabulary_padded_past_the_tokenizer_samples_only_known_ids():
+    """A model whose d_vocab is padded past its tokenizer (HF models often are): ids the
+    tokenizer lacks would decode to nothing, so they are never sampled; healing still works."""
+    from qkov.data.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(["the quick brown fox jumps over the lazy dog\n"] * 20, 270)
+    n_known = tok.get_vocab_size()
+    cfg = ModelConfig(n_layers=1, n_heads=2, d_model=8, n_ctx=8, d_vocab=n_known + 30)
+    model = AttnOnlyTransformer(cfg).eval()
+    with torch.no_grad():
+        model.W_U[:, n_known:] += 50.0  # the padding ids would win every draw
+    model.tokenizer = tok
+    text = "".join(sample_text(model, "the ", 40, temperature=2.0, seed=1))  # healed
+    assert text.startswith("the") and len(text) >= 40  # 40 tokens of at least a byte each
+    allowed = torch.arange(cfg.d_vocab) < n_known
+    new = list(generate_stream(model, torch.tensor([1, 2]), 50, 2.0, 0, allowed=allowed))
+    assert max(new) < n_known

@@ -71,19 +71,23 @@ def generate_stream(
     temperature: float = 0.8,
     seed: int = 0,
     first_allowed: Tensor | None = None,
+    allowed: Tensor | None = None,
 ) -> Iterator[int]:
     """Yield `n_tokens` token ids continuing `prompt` [pos], one at a time; the context is
     cut to the last n_ctx tokens. temperature 0 is greedy. `first_allowed` [d_vocab] (bool)
-    restricts the first token (token healing, see `heal_prompt`).
+    restricts the first token (token healing, see `heal_prompt`), `allowed` every token (a
+    tokenizer smaller than the model's padded vocabulary).
 
     The arguments are checked now, not at the first `next()`."""
     seq = check_sampling_args(model, prompt, n_tokens, temperature, seed)
-    if first_allowed is not None and first_allowed.shape != (model.cfg.d_vocab,):
-        raise QkovError(
-            f"first_allowed must be a mask [d_vocab={model.cfg.d_vocab}], "
-            f"got shape {list(first_allowed.shape)}"
-        )
-    return _stream(model, seq, n_tokens, float(temperature), seed, first_allowed)
+    for name, mask in (("first_allowed", first_allowed), ("allowed", allowed)):
+        if mask is not None and mask.shape != (model.cfg.d_vocab,):
+            raise QkovError(
+                f"{name} must be a mask [d_vocab={model.cfg.d_vocab}], got shape {list(mask.shape)}"
+            )
+    if first_allowed is not None and allowed is not None:
+        first_allowed = first_allowed.bool() & allowed.bool()
+    return _stream(model, seq, n_tokens, float(temperature), seed, first_allowed, allowed)
 
 
 @torch.no_grad()
@@ -94,6 +98,7 @@ def _stream(
     temperature: float,
     seed: int,
     first_allowed: Tensor | None,
+    allowed: Tensor | None = None,
 ) -> Iterator[int]:
     g = torch.Generator().manual_seed(seed)
     n_ctx = model.cfg.n_ctx
@@ -106,6 +111,8 @@ def _stream(
             )
         if i == 0 and first_allowed is not None:
             logits = logits.masked_fill(~first_allowed.bool().cpu(), -math.inf)
+        elif allowed is not None:
+            logits = logits.masked_fill(~allowed.bool().cpu(), -math.inf)
         if temperature == 0:
             nxt = logits.argmax()
         else:
@@ -200,5 +207,13 @@ def sample_text(
     first_allowed = None
     if heal:
         ids, first_allowed = heal_prompt(tok, ids)
-    new = generate_stream(model, torch.tensor(ids), n_tokens, temperature, seed, first_allowed)
+    # A model's vocabulary may be padded past its tokenizer's (a multiple of 64, say): an id
+    # the tokenizer lacks would decode to nothing, so it is never sampled.
+    d_vocab, n_known = model.cfg.d_vocab, tok.get_vocab_size()
+    allowed = torch.arange(d_vocab) < n_known if n_known < d_vocab else None
+    if first_allowed is not None and allowed is not None:  # heal_prompt's mask is n_known long
+        first_allowed = torch.cat([first_allowed, torch.zeros(d_vocab - n_known, dtype=torch.bool)])
+    new = generate_stream(
+        model, torch.tensor(ids), n_tokens, temperature, seed, first_allowed, allowed
+    )
     return decode_stream(tok, ids, new)

@@ -124,6 +124,10 @@ def run(args: argparse.Namespace) -> int:
         tc = resume_config(args.out, args.steps, args.device)
         _check_given_flags(args, tc)
     else:
+        from qkov.data.corpus import absolute_spec
+
+        # Recorded absolute, so that the run's corpus is found again from any folder.
+        args.corpus = absolute_spec(args.corpus)
         steps = {} if args.steps is None else {"steps": args.steps}
         values = dataclass_values(args, TrainConfig, skip=BY_HAND)
         tc = TrainConfig(**values, **steps, init_from=args.init_from)

@@ -25,11 +25,12 @@ class Document:
 
 @dataclass
 class Corpus:
-    """Documents plus the count of files skipped as binary or non-UTF-8."""
+    """Documents plus the count (and names) of files skipped as binary or non-UTF-8."""
 
     spec: str
     documents: list[Document]
     skipped: int = 0
+    skipped_files: tuple[str, ...] = ()
 
     def fingerprint(self) -> str:
         """A content hash: names and texts, so the token cache notices any change."""
@@ -75,19 +76,38 @@ def stdlib_files() -> list[Path]:
     return sorted(files)
 
 
+def _visible_files(folder: Path) -> list[Path]:
+    """The files under `folder`, sorted, without hidden ones (a name starting with "." at
+    any level below it: .git, .venv, editor files), as a glob's `*` and `**` skip them."""
+    return sorted(
+        f
+        for f in folder.rglob("*")
+        if f.is_file() and not any(part.startswith(".") for part in f.relative_to(folder).parts)
+    )
+
+
 def _expand(spec: str) -> list[Path]:
+    """The files a spec names, each once: a file reached twice (overlapping globs, a
+    symlink to a file already read, a symlinked folder loop under `**`) is read once, so
+    no text lands in both the train and the held-out split."""
     paths: list[Path] = []
     for part in spec.split(","):
         part = part.strip()
         if not part:
             continue
         if any(ch in part for ch in "*?["):
-            matches = sorted(Path(p) for p in glob.glob(part, recursive=True))
-            paths += [p for p in matches if p.is_file()]
+            matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(part), recursive=True))
+            files = [p for p in matches if p.is_file()]
+            if not files:
+                raise QkovError(
+                    f"corpus glob {part!r} matches no file: fix the pattern (quote it so the "
+                    "shell does not expand it) or drop it from --corpus"
+                )
+            paths += files
             continue
         p = Path(part).expanduser()
         if p.is_dir():
-            paths += sorted(f for f in p.rglob("*") if f.is_file())
+            paths += _visible_files(p)
         elif p.is_file():
             paths.append(p)
         else:
@@ -95,25 +115,47 @@ def _expand(spec: str) -> list[Path]:
                 f"corpus {part!r} is not a file, folder or glob that exists: "
                 "use --corpus stdlib, repeated-random, induction-task, or a path to text files"
             )
-    return paths
+    seen: set[str] = set()
+    unique = []
+    for p in paths:
+        real = os.path.realpath(p)
+        if real not in seen:
+            seen.add(real)
+            unique.append(p)
+    return unique
 
 
-def read_text_files(paths: list[Path]) -> tuple[list[Document], int]:
-    """Read UTF-8 text; files that are binary (NUL bytes) or not UTF-8 are counted, not read."""
-    docs, skipped = [], 0
+def absolute_spec(spec: str) -> str:
+    """`spec` with each path or glob made absolute (and ~ expanded): what a run records,
+    so that its corpus (qkov analyze's held-out documents, --resume) is found again from
+    any folder. stdlib and the synthetic tasks are names, left as they are."""
+    if spec == "stdlib" or spec in SYNTHETIC:
+        return spec
+    parts = (part.strip() for part in spec.split(","))
+    return ",".join(os.path.abspath(os.path.expanduser(part)) for part in parts if part)
+
+
+def read_text_files(paths: list[Path]) -> tuple[list[Document], list[str]]:
+    """Read UTF-8 text; files that are binary (NUL bytes), not UTF-8 or unreadable are
+    listed (their names), not read."""
+    docs: list[Document] = []
+    skipped: list[str] = []
     for p in paths:
         try:
-            raw = p.read_bytes()
+            with open(p, "rb") as f:
+                head = f.read(8192)  # a large binary file is refused without reading it all
+                if b"\0" in head:
+                    skipped.append(str(p))
+                    continue
+                raw = head + f.read()
         except OSError:
-            skipped += 1
-            continue
-        if b"\0" in raw[:8192]:
-            skipped += 1
+            skipped.append(str(p))
             continue
         try:
-            text = raw.decode("utf-8")
+            text = raw.decode("utf-8")  # a BOM stays: dropping it would change the stdlib
+            # corpus's fingerprint (two files have one), so its token cache and tokenizer
         except UnicodeDecodeError:
-            skipped += 1
+            skipped.append(str(p))
             continue
         if text.strip():
             docs.append(Document(str(p), text))
@@ -129,7 +171,7 @@ def load_corpus(spec: str = "stdlib") -> Corpus:
     if not docs:
         what = "only binary or non-UTF-8 files" if skipped else "no text"
         raise QkovError(
-            f"corpus {spec!r} has {what} ({len(paths)} files, {skipped} skipped): "
+            f"corpus {spec!r} has {what} ({len(paths)} files, {len(skipped)} skipped): "
             "point --corpus at UTF-8 text files or use --corpus stdlib"
         )
-    return Corpus(spec, docs, skipped)
+    return Corpus(spec, docs, len(skipped), tuple(skipped))

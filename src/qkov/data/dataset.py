@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,9 +68,18 @@ class TokenStream:
         return self._windows(self.train, starts, n_ctx)
 
     def val_batches(self, batch_size: int, n_ctx: int, n_batches: int) -> list[torch.Tensor]:
-        """Evenly spaced, fixed windows of the held-out stream."""
+        """Evenly spaced, fixed windows of the held-out stream; of the train stream, with a
+        notice on stderr, when the held-out split is shorter than n_ctx + 2 tokens (a
+        one-document corpus): its "val loss" is then a loss on training text."""
         stream = self.val if len(self.val) >= n_ctx + 2 else self.train
         self._check(stream, n_ctx, "validation")
+        if stream is self.train:
+            print(
+                f"qkov: the held-out split has {len(self.val)} tokens, fewer than n_ctx+2="
+                f"{n_ctx + 2}: val loss is measured on training text; add documents to the "
+                "corpus (the split is by document) for a held-out loss",
+                file=sys.stderr,
+            )
         total = batch_size * n_batches
         starts = np.linspace(0, len(stream) - n_ctx - 1, num=total).astype(np.int64)
         return [
@@ -107,6 +117,13 @@ def prepare(
     if corpus in SYNTHETIC_TASKS:
         return SYNTHETIC_TASKS[corpus](d_vocab=vocab_size)
     docs = load_corpus(corpus)
+    if docs.skipped:
+        names = ", ".join(docs.skipped_files[:3]) + (", ..." if docs.skipped > 3 else "")
+        print(
+            f"qkov: corpus {corpus!r}: {docs.skipped} file(s) skipped as binary, unreadable or "
+            f"not UTF-8 ({names}); convert them to UTF-8 to train on them",
+            file=sys.stderr,
+        )
     key = f"{docs.fingerprint()}-v{vocab_size}-c{CACHE_VERSION}"
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder = root / key

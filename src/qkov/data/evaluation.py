@@ -55,7 +55,14 @@ def heldout_documents(
 ) -> EvaluationSet:
     """The first n_ctx tokens of each held-out document of `corpus` with at least n_ctx tokens
     (at most max_sequences, in the split's order), encoded with `tokenizer`."""
-    _, val = load_corpus(corpus).split()
+    try:
+        _, val = load_corpus(corpus).split()
+    except QkovError as e:  # its mend names --corpus, a flag of qkov train, not of this command
+        raise QkovError(
+            f"the held-out documents of the run's corpus {corpus!r} (train_config.json) "
+            f"cannot be read ({str(e).split(':')[0]}): run from the folder it was trained "
+            "in, or evaluate on a text file (--text-file)"
+        ) from None
     rows = []
     for doc in val:
         ids = tokenizer.encode(doc.text).ids

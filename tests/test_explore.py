@@ -164,6 +164,9 @@ BAD = [
     ("unknown model", json.dumps({"model": "gpt9", "text": "a"}), 400, "unknown model"),
     ("body over the limit", json.dumps({"text": "a" * MAX_BODY_BYTES}), 413, "KiB"),
     ("not UTF-8", b'{"text": "\xff"}', 400, "not valid JSON"),
+    # valid JSON, but a lone surrogate is no Unicode text (the tokenizer raised: a bare 500)
+    ("lone surrogate", b'{"text": "import \\ud800 os"}', 400, "surrogate"),
+    ("lone low surrogate", b'{"text": "\\udc00"}', 400, "surrogate"),
 ]
 
 
@@ -286,3 +289,88 @@ def test_a_large_model_is_cut_where_the_budget_says(monkeypatch):
         want = model(tokens[None])[0].gather(-1, tokens[:, None])[:, 0]
     for i, a in enumerate(out):
         assert a["total"] == pytest.approx(float(want[i]), abs=1e-4)
+
+
+# ---------------------------------------------------------------------------- audit regressions
+def _gappy_explorer() -> Explorer:
+    """A model whose tokenizer lacks most characters (a byte-level BPE trained without the
+    byte alphabet and with no unknown token: it silently drops what it cannot spell)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=40, initial_alphabet=[], show_progress=False)
+    tok.train_from_iterator(["the cat sat on the mat"] * 4, trainer)
+    model = random_model(1, n_heads=2, d_vocab=64)
+    model.tokenizer = tok
+    return Explorer({"gappy": model})
+
+
+def test_characters_the_tokenizer_drops_are_refused_not_hidden():
+    """Text the tokenizer cannot spell was silently dropped: the page showed a reading of a
+    text the user did not type (the reason over-long text is refused, not truncated)."""
+    client = TestClient(create_app(_gappy_explorer()))
+    ok = client.post("/api/run", json={"text": "the cat sat"})
+    assert ok.status_code == 200 and "".join(ok.json()["tokens"]) == "the cat sat"
+    for text, shown in [
+        ("the \U0001f431 sat", "\U0001f431"),
+        ("the\x00cat", "\\x00"),
+        ("\u05e9the", "\u05e9"),
+        ("the caf\u00e9", "\u00e9"),
+    ]:
+        r = client.post("/api/run", json={"text": text})
+        assert r.status_code == 400, (text, r.text)
+        err = r.json()["error"]
+        assert "cannot spell" in err and shown in err and "\n" not in err, err
+
+
+def test_a_client_gone_mid_body_is_no_server_error():
+    """A client that disconnects while sending its body: the app answers (to no one) instead
+    of raising ClientDisconnect into uvicorn, which logged a traceback per disconnect."""
+    import asyncio
+
+    app = create_app(_gappy_explorer())
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/api/run",
+        "raw_path": b"/api/run",
+        "query_string": b"",
+        "headers": [(b"content-length", b"100")],
+        "http_version": "1.1",
+        "scheme": "http",
+        "server": ("127.0.0.1", 80),
+        "client": ("127.0.0.1", 1),
+        "root_path": "",
+    }
+    events = iter(
+        [{"type": "http.request", "body": b'{"te', "more_body": True}, {"type": "http.disconnect"}]
+    )
+    sent = []
+
+    async def receive():
+        return next(events)
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))  # raised ClientDisconnect before the fix
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 400
+
+
+def test_an_unexpected_failure_is_still_a_json_error(monkeypatch, capsys):
+    """A bug in the compute (here: a raising run) answers JSON, which the page can show, not
+    Starlette's plain-text 500 (the page then said only that the body is not JSON)."""
+    ex = _gappy_explorer()
+
+    def broken(*args):
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setattr(ex, "run", broken)
+    client = TestClient(create_app(ex), raise_server_exceptions=False)
+    r = client.post("/api/run", json={"text": "the cat"})
+    assert r.status_code == 500
+    assert r.json()["error"].startswith("internal error (RuntimeError: boom)")
+    assert "Traceback" in capsys.readouterr().err
+    assert client.post("/api/run", json={"text": "the"}).status_code == 500  # still answers

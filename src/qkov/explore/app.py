@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from importlib.resources import files
 from typing import Any
@@ -51,7 +52,7 @@ def create_app(explorer: Explorer):
     """The Starlette app serving `explorer` (assets are read once, here)."""
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
@@ -76,6 +77,10 @@ def create_app(explorer: Explorer):
             return error(str(e), e.status)
         except QkovError as e:
             return error(str(e), 400)
+        except Exception as e:  # a bug: JSON still (the page shows it), the trace in the log
+            traceback.print_exc()
+            line = (str(e).splitlines() or [""])[0][:200]
+            return error(f"internal error ({type(e).__name__}: {line}): please report it", 500)
 
     async def index(request: Request) -> Response:
         return Response(page, media_type="text/html; charset=utf-8", headers=HEADERS)
@@ -120,11 +125,14 @@ def create_app(explorer: Explorer):
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
             return too_big if length.isdigit() else error("bad Content-Length header", 400)
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                return too_big
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    return too_big
+                chunks.append(chunk)
+        except ClientDisconnect:  # gone mid-body: answer no one, log no traceback
+            return error("the client disconnected before sending the whole body", 400)
         return b"".join(chunks)
 
     async def http_error(request: Request, exc: HTTPException) -> Response:

@@ -119,6 +119,14 @@ class Explorer:
                 "shorten it",
                 413,
             )
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:  # JSON's "\ud800": no Unicode text, the tokenizer raises
+            raise RequestError(
+                f"text holds a lone surrogate ({text[e.start]!r} at character {e.start}), which "
+                "is not Unicode text: send valid UTF-8"
+            ) from None
+        _refuse_dropped(em, text)
         ids = em.model.tokenizer.encode(text).ids
         n_ctx = em.model.cfg.n_ctx
         if len(ids) > n_ctx:
@@ -209,6 +217,26 @@ class Explorer:
             if (layer, head) not in em._panels:
                 em._panels[(layer, head)] = _panel(em.model, layer, head)
         return {"model": em.name, **role, **em._panels[(layer, head)]}
+
+
+def _refuse_dropped(em: ExploreModel, text: str) -> None:
+    """Refuse (400) a text with characters the tokenizer cannot spell: one with neither the
+    byte alphabet nor an unknown token drops them silently, and the page would show a
+    reading of a text the user did not type (as truncation would). A character is dropped
+    where it encodes, alone, to no token (BPE only merges symbols it has, so it is then
+    dropped in context too; the encoding's offsets are unreliable once bytes are dropped).
+    Whitespace is let pass (some pre-tokenizers split on it and drop it)."""
+    chars = sorted({ch for ch in text if not ch.isspace()})
+    alone = em.model.tokenizer.encode_batch(chars, add_special_tokens=False)
+    gone = {ch for ch, enc in zip(chars, alone, strict=True) if not enc.ids}
+    if gone:
+        at = [i for i, ch in enumerate(text) if ch in gone]
+        shown = ", ".join(f"{text[i]!r} at character {i}" for i in at[:3])
+        more = f" and {len(at) - 3} more" if len(at) > 3 else ""
+        raise RequestError(
+            f"model {em.name}'s tokenizer cannot spell {shown}{more} (it would drop them, "
+            "not read them): remove them or choose another model"
+        )
 
 
 def _lower_triangle(pattern: torch.Tensor) -> list[list[float]]:

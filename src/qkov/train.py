@@ -39,7 +39,14 @@ from tqdm import tqdm
 from qkov import __version__, distributed
 from qkov.allocator import keep_freed_memory
 from qkov.attention import implementation
-from qkov.checkpoint import TOKEN_COUNTS, load, read_json, write_token_counts
+from qkov.checkpoint import (
+    TOKEN_COUNTS,
+    TOKENIZER,
+    load,
+    load_tokenizer,
+    read_json,
+    write_token_counts,
+)
 from qkov.config import ModelConfig, TrainConfig
 from qkov.errors import QkovError
 from qkov.flops import matmul_peak, mfu, train_step_flops
@@ -292,6 +299,15 @@ def _check_vocab(
             raise QkovError(
                 f"--init-from {init_from} was trained with another tokenizer than this "
                 "corpus's: use the corpus it was trained on"
+            )
+    saved = out / TOKENIZER
+    if resume and data.tokenizer is not None and saved.is_file():
+        # An edited corpus trains a new BPE (the token cache follows the content): the run
+        # would go on with other token ids under the same weights, and overwrite its own.
+        if load_tokenizer(saved).get_vocab() != data.tokenizer.get_vocab():
+            raise QkovError(
+                f"the corpus changed since {out} began: its tokenizer is not the run's "
+                f"{saved}; restore the corpus, or train a new run on it with another --out"
             )
     return cfg
 

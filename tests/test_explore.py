@@ -374,3 +374,54 @@ def test_an_unexpected_failure_is_still_a_json_error(monkeypatch, capsys):
     assert r.json()["error"].startswith("internal error (RuntimeError: boom)")
     assert "Traceback" in capsys.readouterr().err
     assert client.post("/api/run", json={"text": "the"}).status_code == 500  # still answers
+
+
+def test_a_bad_request_is_refused_while_the_worker_is_busy():
+    """The one compute thread busy (a slow /api/heads, held here until released): a request
+    for an unknown model, a head that does not exist or an empty text is answered at once,
+    not after the slow work (README: checked before any work)."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from qkov import shipped
+    from qkov.checkpoint import load_tokenizer
+
+    model = random_model(1, n_heads=2)
+    model.tokenizer = load_tokenizer(shipped("attn1") / "tokenizer.json")  # only to be asked
+    ex = Explorer({"m": model})
+    release, started = threading.Event(), threading.Event()
+
+    def slow_roles(model):
+        started.set()
+        release.wait(120)
+        return {"model": "m", "heads": []}
+
+    ex.roles = slow_roles
+    with running_server(ex) as base:
+        busy = threading.Thread(
+            target=lambda: urllib.request.urlopen(base + "/api/heads?model=m", timeout=150).read()
+        )
+        busy.start()
+        assert started.wait(60)  # the worker is now held
+        answers = []
+
+        def ask():
+            for url in ("/api/heads?model=nope", "/api/head?model=m&layer=5&head=0"):
+                try:
+                    urllib.request.urlopen(base + url, timeout=150)
+                except urllib.error.HTTPError as e:
+                    answers.append((e.code, json.loads(e.read())["error"]))
+            answers.append(_post(base, json.dumps({"model": "m", "text": "  "})))
+
+        asker = threading.Thread(target=ask)
+        asker.start()
+        asker.join(60)
+        done_while_busy = not asker.is_alive()
+        release.set()
+        busy.join(60)
+        asker.join(60)
+    assert done_while_busy, "a bad request waited behind the busy worker"
+    assert [a[0] for a in answers] == [400, 404, 400]
+    assert "unknown model" in answers[0][1] and "no head L5H0" in answers[1][1]
+    assert "empty" in answers[2][1]["error"]

@@ -72,6 +72,7 @@ def create_app(explorer: Explorer):
 
     async def call(fn, *args) -> Response:
         try:
+            explorer.check(fn.__name__, *args)  # a bad request is refused before it queues
             return answer(await asyncio.get_running_loop().run_in_executor(compute, fn, *args))
         except RequestError as e:
             return error(str(e), e.status)

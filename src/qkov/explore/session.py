@@ -197,9 +197,19 @@ class Explorer:
                 em._roles = _roles(em.model)
         return {"model": em.name, "heads": em._roles}
 
-    def head(self, model: str | None, layer: Any, head: Any) -> dict[str, Any]:
-        """One head's panel: role, QK and OV eigenvalues and their Σλ/Σ|λ|, the OV top-1
-        fraction, the behavioural copying score, the top skip-trigrams. Cached."""
+    def check(self, what: str, model: Any, *args: Any) -> None:
+        """Refuse (RequestError) a request for `what` ("run", "roles" or "head") that names
+        no model, no head or a text that cannot be read, without computing anything: the
+        app asks this before queueing, so a bad request is not kept waiting behind the one
+        compute thread (classify_heads on GPT-2 small takes ~15 s)."""
+        if what == "run":
+            self.encode(self.model(model), *args)
+        elif what == "head":
+            self._head_of(model, *args)
+        else:
+            self.model(model)
+
+    def _head_of(self, model: Any, layer: Any, head: Any) -> tuple[ExploreModel, int, int]:
         em = self.model(model)
         cfg = em.model.cfg
         try:
@@ -212,6 +222,13 @@ class Explorer:
                 f"of {cfg.n_heads} heads",
                 404,
             )
+        return em, layer, head
+
+    def head(self, model: str | None, layer: Any, head: Any) -> dict[str, Any]:
+        """One head's panel: role, QK and OV eigenvalues and their Σλ/Σ|λ|, the OV top-1
+        fraction, the behavioural copying score, the top skip-trigrams. Cached."""
+        em, layer, head = self._head_of(model, layer, head)
+        cfg = em.model.cfg
         role = self.roles(em.name)["heads"][layer * cfg.n_heads + head]
         with em.lock:
             if (layer, head) not in em._panels:

@@ -173,3 +173,32 @@ def test_analyze_reads_a_rotary_folder(family, tmp_path):
     assert rec["loss"]["value"] == pytest.approx(float(expected), abs=1e-4)
     write_analysis(tmp_path / "out", analysis)
     assert (tmp_path / "out" / "report.html").stat().st_size > 0
+
+
+def test_padding_ids_past_the_tokenizer_are_never_ranked(tmp_path):
+    """A vocabulary padded past its tokenizer (Pythia: 50,304 ids, 50,277 tokens; here 96
+    and the tiny BPE's): skip-trigrams never name an id no text can hold, and analyze
+    says those ids were left out."""
+    from qkov.analyze import analyze
+    from qkov.trigrams import skip_trigrams
+
+    folder = save_folder(hf_model("gpt2"), tmp_path / "gpt2", tiny_tokenizer())
+    model = qkov.load(folder)
+    n_known = model.tokenizer.get_vocab_size()
+    assert n_known < model.cfg.d_vocab
+
+    def top_ids(m):
+        return [
+            max(t.source, t.destination, t.out)
+            for h in range(m.cfg.n_heads)
+            for t in skip_trigrams(m, 0, h, k=50)
+        ]
+
+    assert max(top_ids(model)) < n_known
+    bare = qkov.load(folder)
+    bare.tokenizer = None  # no tokenizer, no filter: padding ids do rank among the top
+    assert max(top_ids(bare)) >= n_known
+    rec = analyze(folder, text=" ".join([TEXT] * 3), log=None)["models"][0]
+    assert (
+        f"ids {n_known:,}-{model.cfg.d_vocab - 1:,}, padding" in rec["not_computed"]["token_filter"]
+    )

@@ -359,6 +359,9 @@ def _token_filter(
     if not min_count or counts is None:
         rec["token_filter"] = None
         why = "no token counts recorded with this run" if counts is None else "asked for all"
+        tok, V = model.tokenizer, model.cfg.d_vocab
+        if tok is not None and tok.get_vocab_size() < V:  # padded: `allowed_tokens` drops them
+            why += f"; ids {tok.get_vocab_size():,}-{V - 1:,}, padding no text holds, left out"
         rec["not_computed"]["token_filter"] = f"all tokens ranked ({why})"
         return None
     rec["token_filter"] = {

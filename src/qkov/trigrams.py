@@ -49,10 +49,14 @@ DEFAULT_MIN_COUNT = MIN_TOKEN_COUNT  # what `qkov analyze` and `qkov circuits` u
 
 
 def allowed_tokens(model: AttnOnlyTransformer, min_count: int | None) -> Tensor | None:
-    """[d_vocab] bool: tokens seen at least min_count times in training, or None (no filter)
-    for min_count None or 0. Needs model.token_counts (token_counts.json of the run)."""
+    """[d_vocab] bool: tokens seen at least min_count times in training (min_count None or
+    0: every token), and only ids the model's tokenizer has: a checkpoint whose vocabulary
+    is padded past its tokenizer (Pythia: 50,304 ids, 50,277 tokens) never names an id no
+    text can hold. None: no filter at all. min_count needs model.token_counts
+    (token_counts.json of the run)."""
+    known = _tokenizer_ids(model)
     if not min_count:
-        return None
+        return known
     if min_count < 0:
         raise QkovError(f"min_count must be >= 0, got {min_count}")
     counts = getattr(model, "token_counts", None)
@@ -62,11 +66,22 @@ def allowed_tokens(model: AttnOnlyTransformer, min_count: int | None) -> Tensor 
             "rank over all tokens (min_count=None / --all-tokens)"
         )
     keep = counts.to(torch.long) >= min_count
+    keep = keep if known is None else keep & known
     if int(keep.sum()) < 2:
         raise QkovError(
             f"fewer than 2 tokens were seen {min_count} times in training: lower the minimum count"
         )
     return keep
+
+
+def _tokenizer_ids(model: AttnOnlyTransformer) -> Tensor | None:
+    """[d_vocab] bool: the ids below the tokenizer's size, where it has fewer tokens than
+    the model has ids (padding); None where it covers every id or there is none."""
+    tok = getattr(model, "tokenizer", None)
+    V = model.cfg.d_vocab
+    if tok is None or tok.get_vocab_size() >= V:
+        return None
+    return torch.arange(V) < tok.get_vocab_size()
 
 
 def sample_tokens(d_vocab: int, n: int | None, seed: int = 0) -> Tensor:

@@ -84,12 +84,12 @@ def run(args: argparse.Namespace) -> int:
         f"d_vocab={cfg.d_vocab} positional={cfg.positional}"
     )
     heads = [(l, h) for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
-    args.n_sources = None if args.exact else trigram_sources(cfg)
-    rows = None if args.n_sources is None else sample_tokens(cfg.d_vocab, args.n_sources)
+    n_sources = None if args.exact else trigram_sources(cfg)
+    rows = None if n_sources is None else sample_tokens(cfg.d_vocab, n_sources)
     if rows is not None:
         print(
             f"estimates: the top-1 self fraction and the skip-trigrams rank a seeded sample of "
-            f"{args.n_sources:,} of {cfg.d_vocab:,} source tokens (as `qkov analyze` does at "
+            f"{n_sources:,} of {cfg.d_vocab:,} source tokens (as `qkov analyze` does at "
             "this size; --exact for every one)"
         )
     print("\nhead   OV sum(l)/sum|l|   top-1 self fraction")
@@ -99,15 +99,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"L{l}H{h:<3} {c.eigenvalue_score:+16.3f}   {c.top1_fraction:19.3f}", flush=True)
     min_count = wanted if model.token_counts is not None else None
     print("\n" + _filter_note(model, min_count))
-    if args.split_k:  # the vocabulary's texts read once, not per head
-        args.candidates = split_token_candidates(model, allowed_tokens(model, min_count))
+    candidates = (  # the vocabulary's texts read once, not per head
+        split_token_candidates(model, allowed_tokens(model, min_count)) if args.split_k else None
+    )
     if cfg.normalization != "none":
         print(
             "boost and score are written before the final norm, which divides each position "
             "by its scale: logit = boost / scale (`qkov analyze` measures the scale on the "
             "evaluation text: final_scale in analysis.json, noted in the report)"
         )
-    results = [{**ov[lh].to_dict(), **_head_trigrams(model, *lh, args, min_count)} for lh in heads]
+    results = [
+        {**ov[lh].to_dict(), **_head_trigrams(model, *lh, args, min_count, n_sources, candidates)}
+        for lh in heads
+    ]
     virtual = _virtual_heads(model)
     if args.json is not None:
         record = {"min_token_count": min_count, "heads": results, "virtual_heads": virtual}
@@ -128,7 +132,9 @@ def _filter_note(model, min_count: int | None) -> str:
     return f"skip-trigrams over all {model.cfg.d_vocab:,} tokens ({why})"
 
 
-def _head_trigrams(model, layer: int, head: int, args, min_count: int | None) -> dict:
+def _head_trigrams(
+    model, layer: int, head: int, args, min_count: int | None, n_sources, candidates
+) -> dict:
     """Print one head's skip-trigrams and factoring bugs; return them as JSON records."""
     from qkov.cli import plural
     from qkov.trigrams import factoring_bugs, skip_trigrams, split_token_trigrams
@@ -141,7 +147,7 @@ def _head_trigrams(model, layer: int, head: int, args, min_count: int | None) ->
         chunk_size=args.chunk_size,
         per_source=args.per_source or None,
         min_count=min_count,
-        n_sources=args.n_sources,
+        n_sources=n_sources,
     )
     note = " (direct path only)" if layer > 0 else ""
     print(
@@ -164,7 +170,7 @@ def _head_trigrams(model, layer: int, head: int, args, min_count: int | None) ->
     }
     if args.split_k:
         split = split_token_trigrams(
-            model, layer, head, k=args.split_k, min_count=min_count, candidates=args.candidates
+            model, layer, head, k=args.split_k, min_count=min_count, candidates=candidates
         )
         print(
             f"  token-split skip-trigrams [ab] ... [a] -> [b]{note}: {split.n_favoured:,} of "

@@ -70,9 +70,9 @@ def create_app(explorer: Explorer):
         body = json.dumps(data, ensure_ascii=False, allow_nan=False).encode("utf-8")
         return Response(body, media_type="application/json", headers=HEADERS)
 
-    async def call(fn, *args) -> Response:
+    async def call(what: str, fn, *args) -> Response:
         try:
-            explorer.check(fn.__name__, *args)  # a bad request is refused before it queues
+            explorer.check(what, *args)  # a bad request is refused before it queues
             return answer(await asyncio.get_running_loop().run_in_executor(compute, fn, *args))
         except RequestError as e:
             return error(str(e), e.status)
@@ -110,14 +110,14 @@ def create_app(explorer: Explorer):
             return error(f"unknown field(s) {', '.join(unknown)}: send only model and text", 400)
         if "text" not in data:
             return error('missing "text": send {"text": "..."}', 400)
-        return await call(explorer.run, data.get("model"), data["text"])
+        return await call("run", explorer.run, data.get("model"), data["text"])
 
     async def heads(request: Request) -> Response:
-        return await call(explorer.roles, request.query_params.get("model"))
+        return await call("roles", explorer.roles, request.query_params.get("model"))
 
     async def head(request: Request) -> Response:
         q = request.query_params
-        return await call(explorer.head, q.get("model"), q.get("layer"), q.get("head"))
+        return await call("head", explorer.head, q.get("model"), q.get("layer"), q.get("head"))
 
     async def _read_body(request: Request) -> bytes | Response:
         """The body, or a 413 as soon as it passes MAX_BODY_BYTES (never read whole)."""

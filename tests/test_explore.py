@@ -376,6 +376,36 @@ def test_an_unexpected_failure_is_still_a_json_error(monkeypatch, capsys):
     assert client.post("/api/run", json={"text": "the"}).status_code == 500  # still answers
 
 
+def _held_explorer():
+    """An Explorer over a random model (with attn1's tokenizer) whose /api/heads holds the
+    one compute thread until `release` is set (`started` says it holds it), and whose runs
+    record their texts in `computed`."""
+    import threading
+
+    from qkov import shipped
+    from qkov.checkpoint import load_tokenizer
+
+    tok = load_tokenizer(shipped("attn1") / "tokenizer.json")
+    model = random_model(1, n_heads=2, d_vocab=tok.get_vocab_size())
+    model.tokenizer = tok
+    ex = Explorer({"m": model})
+    release, started, computed = threading.Event(), threading.Event(), []
+
+    def slow_roles(model):
+        started.set()
+        release.wait(120)
+        return {"model": "m", "heads": []}
+
+    run = ex.run
+
+    def recorded_run(model, text):
+        computed.append(text)
+        return run(model, text)
+
+    ex.roles, ex.run = slow_roles, recorded_run
+    return ex, started, release, computed
+
+
 def test_a_bad_request_is_refused_while_the_worker_is_busy():
     """The one compute thread busy (a slow /api/heads, held here until released): a request
     for an unknown model, a head that does not exist or an empty text is answered at once,
@@ -384,20 +414,7 @@ def test_a_bad_request_is_refused_while_the_worker_is_busy():
     import urllib.error
     import urllib.request
 
-    from qkov import shipped
-    from qkov.checkpoint import load_tokenizer
-
-    model = random_model(1, n_heads=2)
-    model.tokenizer = load_tokenizer(shipped("attn1") / "tokenizer.json")  # only to be asked
-    ex = Explorer({"m": model})
-    release, started = threading.Event(), threading.Event()
-
-    def slow_roles(model):
-        started.set()
-        release.wait(120)
-        return {"model": "m", "heads": []}
-
-    ex.roles = slow_roles
+    ex, started, release, _ = _held_explorer()
     with running_server(ex) as base:
         busy = threading.Thread(
             target=lambda: urllib.request.urlopen(base + "/api/heads?model=m", timeout=150).read()
@@ -425,3 +442,59 @@ def test_a_bad_request_is_refused_while_the_worker_is_busy():
     assert [a[0] for a in answers] == [400, 404, 400]
     assert "unknown model" in answers[0][1] and "no head L5H0" in answers[1][1]
     assert "empty" in answers[2][1]["error"]
+
+
+def test_a_queued_request_whose_client_left_is_not_computed():
+    """The one compute thread busy (a slow /api/heads, held until released): a /api/run
+    queued behind it whose client then disconnects (the page aborts a run when the text is
+    retyped) is dropped, never computed; a client still waiting gets its answer."""
+    import logging
+    import threading
+    import urllib.request
+
+    ex, started, release, computed = _held_explorer()
+    skipped = threading.Event()
+
+    class OnSkip(logging.Handler):  # the app logs each request it drops
+        def emit(self, record):
+            if "not computed: its client disconnected" in record.getMessage():
+                skipped.set()
+
+    log, handler = logging.getLogger("qkov.explore"), OnSkip()
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        with running_server(ex) as base:
+            busy = threading.Thread(
+                target=lambda: urllib.request.urlopen(
+                    base + "/api/heads?model=m", timeout=150
+                ).read()
+            )
+            busy.start()
+            assert started.wait(60)  # the worker is now held
+            body = json.dumps({"model": "m", "text": "gone"}).encode()
+            port = int(base.rsplit(":", 1)[1])
+            with socket.create_connection(("127.0.0.1", port), timeout=60) as gone:
+                gone.sendall(
+                    b"POST /api/run HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+                    b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+                )
+            answers = []
+            waiting = threading.Thread(
+                target=lambda: answers.append(
+                    _post(base, json.dumps({"model": "m", "text": "stays"}))
+                )
+            )
+            waiting.start()
+            dropped = skipped.wait(60)
+            release.set()
+            busy.join(60)
+            waiting.join(60)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    assert computed == ["stays"]  # ["gone", "stays"] before the fix
+    assert dropped  # and the app logged it
+    status, data = answers[0]
+    assert status == 200 and data["ids"] == ex.models["m"].model.tokenizer.encode("stays").ids

@@ -151,6 +151,35 @@ def test_head_panel_of_a_large_vocabulary_ranks_a_sample(monkeypatch):
     assert [t["source"] for t in d["skip_trigrams"]] == [t.source_str for t in sampled]
 
 
+def test_predictions_are_never_padding_ids(tmp_path):
+    """A Hugging Face model whose vocabulary is padded past its tokenizer (Pythia: 50,304
+    ids, 50,277 tokens; here 96 and the tiny BPE's): the top predictions, the last
+    position's target and every rank are among the tokenizer's ids (a padding id was shown
+    as "[92]"); the probabilities stay the model's softmax over every id."""
+    import qkov
+    from hf_models import TEXT, hf_model, save_folder, tiny_tokenizer
+
+    model = qkov.load(save_folder(hf_model("gpt2"), tmp_path / "gpt2", tiny_tokenizer()))
+    n_known = model.tokenizer.get_vocab_size()
+    assert n_known < model.cfg.d_vocab
+    with torch.no_grad():
+        model.b_U[n_known:] += 5.0  # the padding ids would top every position
+    d = TestClient(create_app(Explorer({"gpt2": model}))).post("/api/run", json={"text": TEXT})
+    assert d.status_code == 200, d.text
+    ids = model.tokenizer.encode(TEXT).ids
+    with torch.no_grad():
+        logits = model(torch.tensor([ids]))[0]
+    probs = logits.softmax(-1)
+    for i, p in enumerate(d.json()["predictions"]):
+        assert [t["id"] for t in p["top"]] == logits[i, :n_known].topk(5).indices.tolist()
+        assert [t["prob"] for t in p["top"]] == pytest.approx(
+            probs[i, [t["id"] for t in p["top"]]].tolist(), abs=1e-4
+        )
+        t = p["target"]
+        assert t["id"] < n_known
+        assert t["rank"] == int((logits[i, :n_known] > logits[i, t["id"]]).sum()) + 1
+
+
 # ---------------------------------------------------------------------------- bad input
 BAD = [
     ("empty text", json.dumps({"text": ""}), 400, "empty"),

@@ -67,15 +67,16 @@ def atomic_save_safetensors(
     with _replacing(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
         if metadata is not None and len(metadata) > 1:
-            _sort_metadata(tmp)
+            _sort_metadata(tmp, path)
 
 
-def _sort_metadata(path: str) -> None:
+def _sort_metadata(tmp: str, path: Path) -> None:
     """Rewrite a safetensors header in place with its __metadata__ keys sorted: safetensors
     (0.8) keeps them in a Rust HashMap and writes them in a random order, per call
     (safetensors issue #584). The header keeps its length (the same JSON members in
-    another order; padded with spaces, as safetensors pads it), so the data does not move."""
-    with open(path, "r+b") as f:
+    another order; padded with spaces, as safetensors pads it), so the data does not move.
+    tmp: the file written; path: the name it will have."""
+    with open(tmp, "r+b") as f:
         n = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(n))  # "__metadata__" first, then the tensors in file order
         header["__metadata__"] = dict(sorted(header["__metadata__"].items()))

@@ -250,7 +250,9 @@ def pack(runs_dir: Path, names: list[str], out: Path) -> list[str]:
     """The runs without optimizer state or snapshots, weights in fp16 (halving what comes
     back; the loader upcasts to fp32), in one tar split into parts of at most 15 MB."""
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
+
+    from qkov.io import atomic_save_safetensors  # metadata keys sorted: reproducible bytes
 
     tar_path = runs_dir / "models.tar"
     with tarfile.open(tar_path, "w") as tar:
@@ -263,7 +265,8 @@ def pack(runs_dir: Path, names: list[str], out: Path) -> list[str]:
                     half = {k: v.half() for k, v in w.items()}
                     if all(torch.isfinite(v).all() for v in half.values()):
                         small = runs_dir / f"{name}.fp16.safetensors"
-                        save_file(half, str(small), metadata={"format": "qkov", "dtype": "float16"})
+                        meta = {"format": "qkov", "dtype": "float16"}
+                        atomic_save_safetensors(small, half, metadata=meta)
                         tar.add(small, arcname=f"{name}/model.safetensors")
                         continue
                 tar.add(p, arcname=f"{name}/{p.name}")

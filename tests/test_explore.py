@@ -151,6 +151,35 @@ def test_head_panel_of_a_large_vocabulary_ranks_a_sample(monkeypatch):
     assert [t["source"] for t in d["skip_trigrams"]] == [t.source_str for t in sampled]
 
 
+def test_predictions_are_never_padding_ids(tmp_path):
+    """A Hugging Face model whose vocabulary is padded past its tokenizer (Pythia: 50,304
+    ids, 50,277 tokens; here 96 and the tiny BPE's): the top predictions, the last
+    position's target and every rank are among the tokenizer's ids (a padding id was shown
+    as "[92]"); the probabilities stay the model's softmax over every id."""
+    import qkov
+    from hf_models import TEXT, hf_model, save_folder, tiny_tokenizer
+
+    model = qkov.load(save_folder(hf_model("gpt2"), tmp_path / "gpt2", tiny_tokenizer()))
+    n_known = model.tokenizer.get_vocab_size()
+    assert n_known < model.cfg.d_vocab
+    with torch.no_grad():
+        model.b_U[n_known:] += 5.0  # the padding ids would top every position
+    d = TestClient(create_app(Explorer({"gpt2": model}))).post("/api/run", json={"text": TEXT})
+    assert d.status_code == 200, d.text
+    ids = model.tokenizer.encode(TEXT).ids
+    with torch.no_grad():
+        logits = model(torch.tensor([ids]))[0]
+    probs = logits.softmax(-1)
+    for i, p in enumerate(d.json()["predictions"]):
+        assert [t["id"] for t in p["top"]] == logits[i, :n_known].topk(5).indices.tolist()
+        assert [t["prob"] for t in p["top"]] == pytest.approx(
+            probs[i, [t["id"] for t in p["top"]]].tolist(), abs=1e-4
+        )
+        t = p["target"]
+        assert t["id"] < n_known
+        assert t["rank"] == int((logits[i, :n_known] > logits[i, t["id"]]).sum()) + 1
+
+
 # ---------------------------------------------------------------------------- bad input
 BAD = [
     ("empty text", json.dumps({"text": ""}), 400, "empty"),
@@ -376,6 +405,36 @@ def test_an_unexpected_failure_is_still_a_json_error(monkeypatch, capsys):
     assert client.post("/api/run", json={"text": "the"}).status_code == 500  # still answers
 
 
+def _held_explorer():
+    """An Explorer over a random model (with attn1's tokenizer) whose /api/heads holds the
+    one compute thread until `release` is set (`started` says it holds it), and whose runs
+    record their texts in `computed`."""
+    import threading
+
+    from qkov import shipped
+    from qkov.checkpoint import load_tokenizer
+
+    tok = load_tokenizer(shipped("attn1") / "tokenizer.json")
+    model = random_model(1, n_heads=2, d_vocab=tok.get_vocab_size())
+    model.tokenizer = tok
+    ex = Explorer({"m": model})
+    release, started, computed = threading.Event(), threading.Event(), []
+
+    def slow_roles(model):
+        started.set()
+        release.wait(120)
+        return {"model": "m", "heads": []}
+
+    run = ex.run
+
+    def recorded_run(model, text):
+        computed.append(text)
+        return run(model, text)
+
+    ex.roles, ex.run = slow_roles, recorded_run
+    return ex, started, release, computed
+
+
 def test_a_bad_request_is_refused_while_the_worker_is_busy():
     """The one compute thread busy (a slow /api/heads, held here until released): a request
     for an unknown model, a head that does not exist or an empty text is answered at once,
@@ -384,20 +443,7 @@ def test_a_bad_request_is_refused_while_the_worker_is_busy():
     import urllib.error
     import urllib.request
 
-    from qkov import shipped
-    from qkov.checkpoint import load_tokenizer
-
-    model = random_model(1, n_heads=2)
-    model.tokenizer = load_tokenizer(shipped("attn1") / "tokenizer.json")  # only to be asked
-    ex = Explorer({"m": model})
-    release, started = threading.Event(), threading.Event()
-
-    def slow_roles(model):
-        started.set()
-        release.wait(120)
-        return {"model": "m", "heads": []}
-
-    ex.roles = slow_roles
+    ex, started, release, _ = _held_explorer()
     with running_server(ex) as base:
         busy = threading.Thread(
             target=lambda: urllib.request.urlopen(base + "/api/heads?model=m", timeout=150).read()
@@ -425,3 +471,59 @@ def test_a_bad_request_is_refused_while_the_worker_is_busy():
     assert [a[0] for a in answers] == [400, 404, 400]
     assert "unknown model" in answers[0][1] and "no head L5H0" in answers[1][1]
     assert "empty" in answers[2][1]["error"]
+
+
+def test_a_queued_request_whose_client_left_is_not_computed():
+    """The one compute thread busy (a slow /api/heads, held until released): a /api/run
+    queued behind it whose client then disconnects (the page aborts a run when the text is
+    retyped) is dropped, never computed; a client still waiting gets its answer."""
+    import logging
+    import threading
+    import urllib.request
+
+    ex, started, release, computed = _held_explorer()
+    skipped = threading.Event()
+
+    class OnSkip(logging.Handler):  # the app logs each request it drops
+        def emit(self, record):
+            if "not computed: its client disconnected" in record.getMessage():
+                skipped.set()
+
+    log, handler = logging.getLogger("qkov.explore"), OnSkip()
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        with running_server(ex) as base:
+            busy = threading.Thread(
+                target=lambda: urllib.request.urlopen(
+                    base + "/api/heads?model=m", timeout=150
+                ).read()
+            )
+            busy.start()
+            assert started.wait(60)  # the worker is now held
+            body = json.dumps({"model": "m", "text": "gone"}).encode()
+            port = int(base.rsplit(":", 1)[1])
+            with socket.create_connection(("127.0.0.1", port), timeout=60) as gone:
+                gone.sendall(
+                    b"POST /api/run HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+                    b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+                )
+            answers = []
+            waiting = threading.Thread(
+                target=lambda: answers.append(
+                    _post(base, json.dumps({"model": "m", "text": "stays"}))
+                )
+            )
+            waiting.start()
+            dropped = skipped.wait(60)
+            release.set()
+            busy.join(60)
+            waiting.join(60)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    assert computed == ["stays"]  # ["gone", "stays"] before the fix
+    assert dropped  # and the app logged it
+    status, data = answers[0]
+    assert status == 200 and data["ids"] == ex.models["m"].model.tokenizer.encode("stays").ids

@@ -5,6 +5,7 @@ A crash or a full disk mid-write leaves the previous file untouched."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -58,12 +59,35 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_save_safetensors(
     path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> None:
-    """save_file to a temp name in the same folder, then rename over `path`."""
+    """save_file to a temp name in the same folder, then rename over `path`. The metadata's
+    keys are sorted in the header, so the same tensors and metadata give the same bytes."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with _replacing(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
+        if metadata is not None and len(metadata) > 1:
+            _sort_metadata(tmp, path)
+
+
+def _sort_metadata(tmp: str, path: Path) -> None:
+    """Rewrite a safetensors header in place with its __metadata__ keys sorted: safetensors
+    (0.8) keeps them in a Rust HashMap and writes them in a random order, per call
+    (safetensors issue #584). The header keeps its length (the same JSON members in
+    another order; padded with spaces, as safetensors pads it), so the data does not move.
+    tmp: the file written; path: the name it will have."""
+    with open(tmp, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))  # "__metadata__" first, then the tensors in file order
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        if len(text) > n:
+            raise QkovError(
+                f"cannot sort the metadata of {path}: its header grew from {n} to {len(text)} "
+                "bytes (safetensors escapes text differently?): please report it"
+            )
+        f.seek(8)
+        f.write(text.ljust(n))
 
 
 def _writable_folder(folder: Path, what: str, flag: str) -> None:

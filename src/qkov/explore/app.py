@@ -11,12 +11,14 @@ calls the explorer and answers JSON; the page is three bundled files (no CDN, no
     GET  /api/head?model=M&layer=L&head=H   one head's panel
 
 Every error is JSON {"error": "one line: what is wrong and how to mend it"} with a 4xx
-status; the server stays up."""
+status; the server stays up. A request whose client disconnects while it waits for the
+compute thread is dropped from the queue, never computed (logged on "qkov.explore")."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from importlib.resources import files
@@ -24,6 +26,8 @@ from typing import Any
 
 from qkov.errors import QkovError
 from qkov.explore.session import Explorer, RequestError
+
+log = logging.getLogger("qkov.explore")
 
 MAX_BODY_BYTES = 64 * 1024  # a request body over this is refused (413) before it is parsed
 
@@ -70,10 +74,26 @@ def create_app(explorer: Explorer):
         body = json.dumps(data, ensure_ascii=False, allow_nan=False).encode("utf-8")
         return Response(body, media_type="application/json", headers=HEADERS)
 
-    async def call(what: str, fn, *args) -> Response:
+    async def call(request: Request, what: str, fn, *args) -> Response:
         try:
             explorer.check(what, *args)  # a bad request is refused before it queues
-            return answer(await asyncio.get_running_loop().run_in_executor(compute, fn, *args))
+            job = compute.submit(fn, *args)
+            result = asyncio.wrap_future(job)
+            gone = asyncio.ensure_future(_disconnected(request))
+            try:
+                await asyncio.wait([result, gone], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                gone.cancel()
+            # Client gone first: a job still queued is cancelled, so the compute thread skips
+            # it (cancel() fails once the job runs, and that one finishes, answering no one).
+            if not result.done() and job.cancel():
+                log.info(
+                    "%s %s not computed: its client disconnected while it queued",
+                    request.method,
+                    request.url.path,
+                )
+                return error("the client disconnected before its request was computed", 499)
+            return answer(await result)
         except RequestError as e:
             return error(str(e), e.status)
         except QkovError as e:
@@ -110,14 +130,16 @@ def create_app(explorer: Explorer):
             return error(f"unknown field(s) {', '.join(unknown)}: send only model and text", 400)
         if "text" not in data:
             return error('missing "text": send {"text": "..."}', 400)
-        return await call("run", explorer.run, data.get("model"), data["text"])
+        return await call(request, "run", explorer.run, data.get("model"), data["text"])
 
     async def heads(request: Request) -> Response:
-        return await call("roles", explorer.roles, request.query_params.get("model"))
+        return await call(request, "roles", explorer.roles, request.query_params.get("model"))
 
     async def head(request: Request) -> Response:
         q = request.query_params
-        return await call("head", explorer.head, q.get("model"), q.get("layer"), q.get("head"))
+        return await call(
+            request, "head", explorer.head, q.get("model"), q.get("layer"), q.get("head")
+        )
 
     async def _read_body(request: Request) -> bytes | Response:
         """The body, or a 413 as soon as it passes MAX_BODY_BYTES (never read whole)."""
@@ -135,6 +157,12 @@ def create_app(explorer: Explorer):
         except ClientDisconnect:  # gone mid-body: answer no one, log no traceback
             return error("the client disconnected before sending the whole body", 400)
         return b"".join(chunks)
+
+    async def _disconnected(request: Request) -> None:
+        """Returns once the client has gone: after the body, the server's next message is
+        http.disconnect (uvicorn sends it when the socket closes, or after the response)."""
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
         if exc.status_code == 404:

@@ -142,16 +142,26 @@ class Explorer:
     def run(self, model: str | None, text: Any) -> dict[str, Any]:
         """tokens, patterns [layer][head][dest][src <= dest], per-position top predictions
         and the paths that push the target token (the actual next token; at the last
-        position, the top prediction)."""
+        position, the top prediction). Predictions and ranks are among the tokenizer's ids
+        only (a vocabulary padded past it, as Pythia's, has ids no text holds); their
+        probabilities are the model's softmax over every id."""
+        from qkov.trigrams import allowed_tokens
+
         em = self.model(model)
         tokens = self.encode(em, text)
         m, tok = em.model, em.model.tokenizer
+        known = allowed_tokens(m, None)  # [d_vocab] bool; None: the tokenizer has every id
         with em.lock, torch.no_grad():
             names = [f"pattern.{l}" for l in range(m.cfg.n_layers)]
             logits, cache = m.run_with_cache(tokens[None], names=names)
             logits = logits[0].float()  # [pos, d_vocab]
             probs = logits.softmax(-1)
-            top_p, top_i = probs.topk(TOP_PREDICTIONS, dim=-1)  # [pos, k]
+            ranked = logits.clone()  # [pos, d_vocab]: padding ids at -inf, never ranked
+            if known is not None:
+                ranked[:, ~known.to(logits.device)] = float("-inf")
+            k = min(TOP_PREDICTIONS, m.cfg.d_vocab if known is None else int(known.sum()))
+            top_i = ranked.topk(k, dim=-1).indices  # [pos, k]
+            top_p = probs.gather(-1, top_i)  # [pos, k]
             targets = torch.cat([tokens[1:], top_i[-1:, 0]])  # actual next token; last: top-1
             attributions = next_token_attributions(m, tokens, targets, TOP_PATHS)
             patterns = [
@@ -173,7 +183,7 @@ class Explorer:
                         "id": t,
                         "actual": i < n - 1,
                         "prob": round(float(probs[i, t]), 4),
-                        "rank": int((logits[i] > logits[i, t]).sum()) + 1,
+                        "rank": int((ranked[i] > logits[i, t]).sum()) + 1,
                     },
                     "attribution": _rounded(attributions[i]),
                 }

@@ -132,3 +132,23 @@ def test_cli_attribute_cuts_a_large_model_and_says_so(tmp_path, capsys, monkeypa
         == 0
     )
     assert "the budget" not in capsys.readouterr().out
+
+
+def test_predictions_are_never_padding_ids(tmp_path):
+    """On a vocabulary padded past its tokenizer (Pythia: 50,304 ids, 50,277 tokens) the
+    prediction shown at each position is the top logit among the tokenizer's ids: no text
+    holds a padding id. The logits and contributions stay the model's own."""
+    import qkov
+    from hf_models import TEXT, hf_model, save_folder, tiny_tokenizer
+
+    model = qkov.load(save_folder(hf_model("gpt2"), tmp_path / "gpt2", tiny_tokenizer()))
+    n_known = model.tokenizer.get_vocab_size()
+    assert n_known < model.cfg.d_vocab
+    with torch.no_grad():
+        model.b_U[n_known:] += 5.0  # the padding ids would top every position
+    ids = torch.tensor(model.tokenizer.encode(TEXT).ids)
+    a = attribute(model, ids, max_order=1)
+    with torch.no_grad():
+        logits = model(ids[None])[0, :-1]
+    assert a.predicted.tolist() == logits[:, :n_known].argmax(-1).tolist()
+    assert torch.allclose(a.logit, logits[torch.arange(len(ids) - 1), ids[1:]], atol=1e-4)

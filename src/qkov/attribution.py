@@ -10,12 +10,13 @@ contributions. Exact on every architecture path_expansion is (to float rounding)
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from qkov.data.tokenizer import decode_token
+from qkov.data.tokenizer import decode_token, known_ids
 from qkov.errors import QkovError
 from qkov.model import Transformer
 from qkov.paths import PathTerm, unembedded_paths
@@ -135,8 +136,10 @@ def attribute(model: Transformer, tokens: Tensor, max_order: int | None = None) 
     nxt = tokens[0, 1:]  # [pos - 1]
     idx = torch.arange(nxt.shape[0], device=nxt.device)
     terms, contributions, logits = path_contributions(model, tokens, nxt, max_order)
-    predicted = logits.argmax(-1)
     tok = model.tokenizer
+    known = known_ids(model.cfg.d_vocab, tok)  # a padded vocabulary's padding ids: no text
+    ranked = logits if known is None else logits.masked_fill(~known.to(logits.device), -math.inf)
+    predicted = ranked.argmax(-1)  # [pos - 1]; never a padding id
     return Attribution(
         tokens=tokens[0].cpu(),
         token_strs=[decode_token(tok, i) for i in tokens[0].tolist()],

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from qkov.data.tokenizer import known_ids
 from qkov.errors import QkovError
 
 if TYPE_CHECKING:
@@ -209,10 +210,10 @@ def sample_text(
         ids, first_allowed = heal_prompt(tok, ids)
     # A model's vocabulary may be padded past its tokenizer's (a multiple of 64, say): an id
     # the tokenizer lacks would decode to nothing, so it is never sampled.
-    d_vocab, n_known = model.cfg.d_vocab, tok.get_vocab_size()
-    allowed = torch.arange(d_vocab) < n_known if n_known < d_vocab else None
+    allowed = known_ids(model.cfg.d_vocab, tok)
     if first_allowed is not None and allowed is not None:  # heal_prompt's mask is n_known long
-        first_allowed = torch.cat([first_allowed, torch.zeros(d_vocab - n_known, dtype=torch.bool)])
+        padding = torch.zeros(model.cfg.d_vocab - first_allowed.numel(), dtype=torch.bool)
+        first_allowed = torch.cat([first_allowed, padding])
     new = generate_stream(
         model, torch.tensor(ids), n_tokens, temperature, seed, first_allowed, allowed
     )

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from qkov.circuits import CHUNK_ELEMENTS, check_head, folded, token_embedding
-from qkov.data.tokenizer import decode_token
+from qkov.data.tokenizer import decode_token, known_ids
 from qkov.errors import QkovError
 from qkov.model import AttnOnlyTransformer
 from qkov.names import MIN_TOKEN_COUNT
@@ -54,7 +54,7 @@ def allowed_tokens(model: AttnOnlyTransformer, min_count: int | None) -> Tensor 
     is padded past its tokenizer (Pythia: 50,304 ids, 50,277 tokens) never names an id no
     text can hold. None: no filter at all. min_count needs model.token_counts
     (token_counts.json of the run)."""
-    known = _tokenizer_ids(model)
+    known = known_ids(model.cfg.d_vocab, getattr(model, "tokenizer", None))
     if not min_count:
         return known
     if min_count < 0:
@@ -72,16 +72,6 @@ def allowed_tokens(model: AttnOnlyTransformer, min_count: int | None) -> Tensor 
             f"fewer than 2 tokens were seen {min_count} times in training: lower the minimum count"
         )
     return keep
-
-
-def _tokenizer_ids(model: AttnOnlyTransformer) -> Tensor | None:
-    """[d_vocab] bool: the ids below the tokenizer's size, where it has fewer tokens than
-    the model has ids (padding); None where it covers every id or there is none."""
-    tok = getattr(model, "tokenizer", None)
-    V = model.cfg.d_vocab
-    if tok is None or tok.get_vocab_size() >= V:
-        return None
-    return torch.arange(V) < tok.get_vocab_size()
 
 
 def sample_tokens(d_vocab: int, n: int | None, seed: int = 0) -> Tensor:

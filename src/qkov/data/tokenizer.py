@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from qkov.errors import QkovError
@@ -44,3 +45,12 @@ def decode_token(tok: Tokenizer | None, token_id: int) -> str:
     if not text or "\ufffd" in text:
         return tok.id_to_token(token_id) or f"[{token_id}]"
     return text
+
+
+def known_ids(d_vocab: int, tok: Tokenizer | None) -> torch.Tensor | None:
+    """[d_vocab] bool: the ids the tokenizer has, where the model's vocabulary is padded past
+    it (Pythia: 50,304 ids, 50,277 tokens): no text holds the others, so nothing samples,
+    predicts or ranks them. None where the tokenizer covers every id, or there is none."""
+    if tok is None or tok.get_vocab_size() >= d_vocab:
+        return None
+    return torch.arange(d_vocab) < tok.get_vocab_size()

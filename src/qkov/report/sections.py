@@ -12,9 +12,9 @@ from qkov.names import LABELS
 from qkov.report.cards import evaluation_text, token_filter_text
 from qkov.report.escape import esc
 from qkov.report.fmt import count, num, si
+from qkov.report.heatmaps import attention_svg
 from qkov.report.paths import split_trigrams_block
 from qkov.report.svg import (
-    attention_svg,
     circuit_diagram,
     complex_scatter,
     hbar_chart,

@@ -130,20 +130,6 @@ def test_matches_reference(d_mlp, normalization, bias, positional, n_layers):
     assert set(cache) == set(hook_names(model.cfg))
 
 
-def test_hook_names_of_the_general_model():
-    names = hook_names(
-        ModelConfig(
-            n_layers=1, d_mlp=8, normalization="layernorm", bias=True, positional="standard"
-        )
-    )
-    assert names[-3:] == ["resid_post.0", "ln_final_scale", "logits"]
-    for n in ("ln1_scale.0", "resid_mid.0", "ln2_scale.0", "mlp_pre.0", "mlp_post.0", "mlp_out.0"):
-        assert n in names
-    rms = hook_names(ModelConfig(n_layers=1, d_mlp=8, normalization="rms"))
-    assert {"scale.0", "ln2_scale.0", "scale.final"} <= set(rms)  # today's names kept for rms
-    assert hook_names(ModelConfig(n_layers=1)) == hook_names(ModelConfig(n_layers=1, bias=True))
-
-
 def test_mlp_hooks_edit_the_forward_pass():
     model = general_model(n_layers=1, d_mlp=8, normalization="layernorm", positional="standard")
     tokens = torch.arange(10)[None]

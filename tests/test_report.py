@@ -675,7 +675,7 @@ def test_gpt2_sized_composition_keeps_every_score(gpt2_analysis, gpt2_page):
     """The dense maps' hover data holds every (later, earlier) score of analysis.json, and
     each pixel's colour is its score's."""
     from qkov.report.raster import level
-    from test_svg import png_of, read_png
+    from test_heatmaps import png_of, read_png
 
     comp = gpt2_analysis["models"][0]["composition"]
     blocks = {a.get("id"): text for a, text in parse(gpt2_page).scripts}

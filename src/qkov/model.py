@@ -35,30 +35,8 @@ positional="shortformer" W_pos enters only the inputs of queries and keys (after
 as in TransformerLens). normalization="rms" divides by the per-position RMS with no learned
 weights; "layernorm" and "rmsnorm" are TransformerLens's LN and RMS (eps 1e-5).
 
-Hook points (names for `run_with_cache` and `run_with_hooks`; see `hook_names`):
-
-    embed              [batch, pos, d_model]   W_E[tokens]
-    pos_embed          [pos, d_model]          W_pos[:pos] (not with rotary)
-    resid_pre.{l}      [batch, pos, d_model]   residual stream entering layer l
-    scale.{l}          [batch, pos, 1]         its RMS (normalization="rms")
-    ln1_scale.{l}      [batch, pos, 1]         its norm's divisor (layernorm, rmsnorm)
-    q.{l} k.{l} v.{l}  [batch, head, pos, d_head]   (k, v per query head with n_kv_heads)
-    rot_q.{l} rot_k.{l} [batch, head, pos, d_head]  rotated queries and keys (rotary)
-    scores.{l}         [batch, head, dest, src] scaled, masked attention scores
-    pattern.{l}        [batch, head, dest, src] attention pattern (softmax of scores)
-    z.{l}              [batch, head, pos, d_head] pattern-weighted values
-    head_out.{l}       [batch, head, pos, d_model] each head's output written to the stream
-    resid_mid.{l}      [batch, pos, d_model]   after attention (d_mlp > 0)
-    ln2_scale.{l}      [batch, pos, 1]         the MLP input's norm divisor (d_mlp > 0, a norm)
-    mlp_pre.{l} mlp_post.{l} [batch, pos, d_mlp]  before / after the activation
-                                            (gated: the gate's input; act(gate) * (x W_in + b_in))
-    mlp_out.{l}        [batch, pos, d_model]   the MLP's output written to the stream
-    resid_post.{l}     [batch, pos, d_model]   residual stream leaving layer l
-    scale.final        [batch, pos, 1]         RMS of the final stream (normalization="rms")
-    ln_final_scale     [batch, pos, 1]         the final norm's divisor (layernorm, rmsnorm)
-    logits             [batch, pos, d_vocab]
-
-A hook is `fn(tensor, name) -> tensor | None`; returning a tensor replaces the activation.
+Hook points (the names `run_with_cache` and `run_with_hooks` take) are listed in
+qkov.hook_points.
 """
 
 from __future__ import annotations
@@ -73,73 +51,20 @@ from torch import Tensor, nn
 from qkov.attention import causal_attention, causal_attention_packed
 from qkov.config import ModelConfig
 from qkov.errors import QkovError
+from qkov.hook_points import Hook, Point, hook_names, scale_name
 from qkov.loss import unembed_cross_entropy
 from qkov.rotary import rotary_cos_sin, rotate
+from qkov.weights import WEIGHT_NAMES as WEIGHT_NAMES  # re-exported: old import path
+from qkov.weights import check_weight_shapes, weight_shapes
+from qkov.weights import is_attention_only as is_attention_only  # re-exported
 
-Hook = Callable[[Tensor, str], Tensor | None]
-Point = Callable[[str, Tensor], Tensor]  # run_with_hooks's hook point: (name, x) -> x
 RMS_EPS = 1e-5  # also the eps of layernorm and rmsnorm (TransformerLens's default)
-# The attention-only model's tensors (every config has them).
-WEIGHT_NAMES = ("W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O", "W_U")
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu": F.gelu,
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's tanh approximation
     "relu": F.relu,
     "silu": F.silu,
 }
-
-
-def weight_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """The shape of each tensor a model of this config has, and only those (see the module
-    docstring); the order in which they are initialised."""
-    L, H, D, Dh, V = cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head, cfg.d_vocab
-    M, KV = cfg.d_mlp, cfg.n_kv_heads
-    shapes: dict[str, tuple[int, ...]] = {
-        "W_E": (V, D),
-        "W_pos": (cfg.n_ctx, D),
-        "W_Q": (L, H, D, Dh),
-        "W_K": (L, KV, D, Dh),
-        "W_V": (L, KV, D, Dh),
-        "W_O": (L, H, Dh, D),
-        "W_U": (D, V),
-    }
-    if cfg.positional == "rotary":  # no W_pos (n_ctx may be 131072: never allocate it)
-        del shapes["W_pos"]
-    if M:
-        shapes |= {"W_in": (L, D, M), "W_out": (L, M, D)}
-        shapes |= {"W_gate": (L, D, M)} if cfg.gated_mlp else {}
-    if cfg.bias:
-        shapes |= {"b_Q": (L, H, Dh), "b_K": (L, KV, Dh), "b_V": (L, KV, Dh), "b_O": (L, D)}
-        shapes |= {"b_in": (L, M), "b_out": (L, D)} if M else {}
-        shapes["b_U"] = (V,)
-    if cfg.normalization in ("layernorm", "rmsnorm"):
-        parts = ("w", "b") if cfg.normalization == "layernorm" else ("w",)
-        for ln in ("ln1", "ln2") if M else ("ln1",):
-            shapes |= {f"{ln}_{p}": (L, D) for p in parts}
-        shapes |= {f"ln_final_{p}": (D,) for p in parts}
-    return shapes
-
-
-def is_attention_only(cfg: ModelConfig) -> bool:
-    """True for the paper's form the analyses assume: no MLP, no biases, no learned norm."""
-    return (
-        cfg.d_mlp == 0
-        and not cfg.bias
-        and cfg.normalization in ("none", "rms")
-        and cfg.n_kv_heads == cfg.n_heads
-    )
-
-
-def check_weight_shapes(cfg: ModelConfig, weights: dict[str, Tensor], source: str) -> None:
-    """Every tensor of `weights` must have the shape `cfg` implies: a QkovError naming the
-    first that does not. Cheap, so a loader calls it before allocating the model (a hostile
-    config.json with d_vocab=10**12 is refused, not allocated)."""
-    for name, shape in weight_shapes(cfg).items():
-        if name in weights and tuple(weights[name].shape) != shape:
-            raise QkovError(
-                f"{source}: {name} has shape {list(weights[name].shape)} but the config "
-                f"implies {list(shape)}: does config.json match the weights?"
-            )
 
 
 def rms_scale(resid: Tensor, eps: float = RMS_EPS) -> Tensor:
@@ -151,29 +76,6 @@ def per_query_head(x: Tensor, n_heads: int) -> Tensor:
     """Key/value weights [n_kv_heads, ...] -> [n_heads, ...]: query head h reads kv head
     h // (n_heads / n_kv_heads) (grouped-query attention; a no-op without it)."""
     return x if x.shape[0] == n_heads else x.repeat_interleave(n_heads // x.shape[0], dim=0)
-
-
-def _scale_name(cfg: ModelConfig, where: str, l: int | None = None) -> str:
-    """The hook name of a norm's divisor; where: "ln1", "ln2" or "ln_final"."""
-    if cfg.normalization == "rms" and where != "ln2":  # today's names
-        return "scale.final" if where == "ln_final" else f"scale.{l}"
-    return f"{where}_scale" if where == "ln_final" else f"{where}_scale.{l}"
-
-
-def hook_names(cfg: ModelConfig) -> list[str]:
-    """Every hook point name of a model with this config, in forward order."""
-    names = ["embed"] + ([] if cfg.positional == "rotary" else ["pos_embed"])
-    norm = cfg.normalization != "none"
-    for l in range(cfg.n_layers):
-        names += [f"resid_pre.{l}"] + ([_scale_name(cfg, "ln1", l)] if norm else [])
-        names += [f"{n}.{l}" for n in ("q", "k", "v")]
-        names += [f"rot_{n}.{l}" for n in ("q", "k")] if cfg.positional == "rotary" else []
-        names += [f"{n}.{l}" for n in ("scores", "pattern", "z", "head_out")]
-        if cfg.d_mlp:
-            names += [f"resid_mid.{l}"] + ([_scale_name(cfg, "ln2", l)] if norm else [])
-            names += [f"{n}.{l}" for n in ("mlp_pre", "mlp_post", "mlp_out")]
-        names.append(f"resid_post.{l}")
-    return names + ([_scale_name(cfg, "ln_final")] if norm else []) + ["logits"]
 
 
 class Transformer(nn.Module):
@@ -308,7 +210,7 @@ class Transformer(nn.Module):
         if kind == "layernorm":
             x = x - x.mean(-1, keepdim=True)
         scale = rms_scale(x, self.cfg.norm_eps)
-        x = x / (point(_scale_name(self.cfg, where, l), scale) if point else scale)
+        x = x / (point(scale_name(self.cfg, where, l), scale) if point else scale)
         w, b = self._param(f"{where}_w", l), self._param(f"{where}_b", l)
         x = x * w if w is not None else x
         return x + b if b is not None else x

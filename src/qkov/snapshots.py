@@ -14,7 +14,8 @@ from qkov.checkpoint import CONFIG, TOKENIZER, load_safetensors, load_tokenizer
 from qkov.config import ModelConfig
 from qkov.errors import QkovError
 from qkov.io import atomic_save_safetensors
-from qkov.model import Transformer, check_weight_shapes
+from qkov.model import Transformer
+from qkov.weights import check_weight_shapes
 
 FOLDER = "snapshots"
 _NAME = re.compile(r"step-(\d{8})\.safetensors")

@@ -17,7 +17,8 @@ from torch import Tensor
 
 from qkov.errors import QkovError
 from qkov.interop.transformer_lens_format import BIASES, BUFFERS, TL_KEYS, require_tl, tl_key
-from qkov.model import RMS_EPS, Transformer, weight_shapes
+from qkov.model import RMS_EPS, Transformer
+from qkov.weights import weight_shapes
 
 TL_NORMALIZATION = {"none": None, "rms": "RMSPre", "layernorm": "LN", "rmsnorm": "RMS"}
 

@@ -30,7 +30,8 @@ from torch import Tensor
 
 from qkov.config import ModelConfig
 from qkov.errors import QkovError
-from qkov.model import RMS_EPS, weight_shapes
+from qkov.model import RMS_EPS
+from qkov.weights import weight_shapes
 
 INSTALL_HINT = "pip install 'qkov[interop]' (transformer-lens==3.9.0)"
 BUFFERS = ("mask", "IGNORE")  # TL attention buffers, not weights

@@ -10,8 +10,10 @@ from typing import Any
 
 from qkov.report.escape import esc
 from qkov.report.fmt import num
-from qkov.report.sections import EXPANDED_HEADS, _head_label, not_computed
-from qkov.report.svg import bar_digits, dense_heatmap, heatmap
+from qkov.report.heads import EXPANDED_HEADS, _head_label
+from qkov.report.heatmaps import dense_heatmap, heatmap
+from qkov.report.notes import not_computed
+from qkov.report.svg import bar_digits
 from qkov.report.widgets import data_block, round_matrix
 
 

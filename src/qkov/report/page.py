@@ -15,6 +15,7 @@ from qkov.report import sections as S
 from qkov.report.cards import loss_comparison, model_cards, model_id
 from qkov.report.composition import composition_section
 from qkov.report.escape import esc, jsonable
+from qkov.report.heads import attention_section, heads_section
 from qkov.report.schema import SCHEMA_VERSION, validate
 from qkov.report.widgets import asset
 
@@ -43,8 +44,8 @@ def model_block(index: int, m: dict) -> str:
     has_attn = bool((m.get("attention") or {}).get("patterns"))
     parts = [
         _section(f"{mid}-bigrams", "Direct path: bigram table", S.bigram_section(m)),
-        _section(f"{mid}-heads", "Heads", S.heads_section(m, view if has_attn else None, mid)),
-        _section(f"{mid}-attention", "Attention on a sample text", S.attention_section(m, view)),
+        _section(f"{mid}-heads", "Heads", heads_section(m, view if has_attn else None, mid)),
+        _section(f"{mid}-attention", "Attention on a sample text", attention_section(m, view)),
         _section(
             f"{mid}-composition", "Composition (Q / K / V)", composition_section(m, f"comp-{mid}")
         ),

@@ -10,7 +10,8 @@ from typing import Any
 
 from qkov.report.escape import esc, tok, visible_token
 from qkov.report.fmt import num
-from qkov.report.svg import hbar_chart, heatmap
+from qkov.report.heatmaps import heatmap
+from qkov.report.svg import hbar_chart
 from qkov.report.widgets import data_block, round_matrix
 
 

@@ -19,7 +19,8 @@ from typing import Any
 
 from qkov.names import SCORE_NAMES
 from qkov.report.escape import esc, jsonable, script_json, tok, visible_token
-from qkov.report.svg import attention_svg, complex_scatter, num
+from qkov.report.heatmaps import attention_svg
+from qkov.report.svg import complex_scatter, num
 
 _ids = itertools.count()
 

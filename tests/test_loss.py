@@ -188,6 +188,28 @@ def test_fused_loss_under_autocast_matches_autocast_cross_entropy(branch):
         torch.testing.assert_close(a.float(), b.float(), rtol=0, atol=2e-2 * b.abs().max().item())
 
 
+def test_accelerator_chunk_keeps_softmax_in_the_logits_dtype_under_cuda_autocast(monkeypatch):
+    """CUDA's autocast (not a CPU's) runs torch.softmax without a dtype in fp32: emulated
+    here, the accelerator branch's softmax - onehot must still come out in bf16, the
+    operand both gradient matmuls read, not as a [rows, d_vocab] fp32 copy."""
+    import qkov.loss
+
+    softmax = torch.softmax
+
+    def cuda_autocast_softmax(x, dim, dtype=None):  # autocast's fp32_set_opt_dtype policy
+        return softmax(x, dim, dtype=torch.float32 if dtype is None else dtype)
+
+    monkeypatch.setattr(torch, "softmax", cuda_autocast_softmax)
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(64, 300, generator=g).bfloat16()
+    t = torch.randint(0, 300, (64,), generator=g)
+    grad, loss = qkov.loss._low_precision_chunk(logits, t, torch.float32, grads=True)
+    assert grad.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    expected = torch.softmax(logits.float(), -1)
+    expected[torch.arange(64), t] -= 1.0
+    torch.testing.assert_close(grad.float(), expected, rtol=0, atol=1e-2)
+
+
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("autocast", [False, True])
 def test_fused_loss_with_padded_vocab_equals_cross_entropy(monkeypatch, autocast, bias, branch):

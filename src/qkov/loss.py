@@ -190,7 +190,10 @@ def _low_precision_chunk(
     log_p = torch.log_softmax(logits, dim=-1, dtype=acc).gather(1, t[:, None])  # [rows, 1]
     if not grads:
         return None, -log_p.sum()
-    g = torch.softmax(logits, dim=-1)  # accumulated in fp32, written in logits' dtype
+    # Accumulated in fp32, written in logits' dtype. The dtype is named because CUDA's
+    # autocast runs softmax without one in fp32 (its fp32_set_opt_dtype ops; a CPU's does
+    # not): a [rows, d_vocab] fp32 copy, and another pass to bring it back to bf16.
+    g = torch.softmax(logits, dim=-1, dtype=logits.dtype)
     return g.scatter_(1, t[:, None], (log_p.exp() - 1.0).to(g.dtype)), -log_p.sum()
 
 

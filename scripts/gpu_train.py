@@ -150,6 +150,13 @@ def train_all(
     corpus: str = "stdlib",
 ) -> dict[str, dict]:
     procs = {}
+    if not smoke:  # measured once, alone: each run's own would overlap the others' steps
+        import torch
+
+        from qkov.flops import matmul_peak
+
+        os.environ["QKOV_MATMUL_PEAK"] = str(matmul_peak("cuda", torch.bfloat16, 8192, reps=10))
+        log(f"bf16 matmul peak {float(os.environ['QKOV_MATMUL_PEAK']) / 1e12:.0f} TFLOP/s")
     for name, (what, flags) in RUNS.items():
         if only and name not in only:
             continue

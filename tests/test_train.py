@@ -305,6 +305,30 @@ def test_redirected_run_prints_plain_progress_lines(tiny_corpus, tmp_path):
     assert [r["step"] for r in records] == [2, 4, 6] and all(r["mfu"] > 0 for r in records)
 
 
+def test_a_matmul_peak_measured_by_a_launcher_is_what_mfu_divides_by(
+    tiny_corpus, tmp_path, monkeypatch, capsys
+):
+    """$QKOV_MATMUL_PEAK (runs sharing one GPU: scripts/gpu_train.py measures once, alone):
+    MFU is the step's FLOPs per second over that rate; a bad value is one error line before
+    anything is written."""
+    from qkov.flops import train_step_flops
+
+    monkeypatch.setenv("QKOV_MATMUL_PEAK", "1e9")
+    argv = tiny_train(tiny_corpus, tmp_path / "run", steps=4, eval_interval=2)
+    assert main(argv) == 0
+    cfg = load(tmp_path / "run").cfg
+    tc = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    per_token = train_step_flops(cfg, tc["batch_size"]) / (tc["batch_size"] * cfg.n_ctx)
+    for r in read_records(tmp_path / "run" / "metrics.jsonl"):
+        assert r["mfu"] == pytest.approx(r["tokens_per_s"] * per_token / 1e9, rel=1e-3, abs=1e-4)
+    capsys.readouterr()
+    for bad in ("fast", "-5", "nan"):
+        monkeypatch.setenv("QKOV_MATMUL_PEAK", bad)
+        assert main(tiny_train(tiny_corpus, tmp_path / f"bad{bad}", steps=2)) == 2
+        assert "QKOV_MATMUL_PEAK" in _one_error_line(capsys)
+        assert not (tmp_path / f"bad{bad}").exists()
+
+
 def _one_error_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("qkov train: error: "), err

@@ -109,6 +109,7 @@ def train(
     used: see `resume_config`. stop_after: stop (with a checkpoint) after this step, keeping
     the schedule of `tc.steps` (used to test resume)."""
     out = Path(out_dir)
+    _given_peak()  # a bad $QKOV_MATMUL_PEAK is refused before anything is written
     # Signals are caught from the start: a stop asked for during set-up takes effect at the
     # first step boundary (or the watchdog exits the process: see qkov.interrupt).
     with RunLock(out) as lock, StopRequest(str(out)) as stop:
@@ -242,6 +243,24 @@ def _save_checkpoint(run: Run, model: AttnOnlyTransformer, opt: torch.optim.Adam
         ) from None
 
 
+def _given_peak() -> float | None:
+    """$QKOV_MATMUL_PEAK (FLOP/s), where a launcher measured the matmul rate once before
+    starting several runs on one device: each run's own measurement would overlap the
+    others' steps, read low, and so overstate MFU. None: unset, each run measures."""
+    given = os.environ.get("QKOV_MATMUL_PEAK")
+    if not given:
+        return None
+    try:
+        peak = float(given)
+    except ValueError:
+        peak = math.nan
+    if not math.isfinite(peak) or peak <= 0:
+        raise QkovError(
+            f"QKOV_MATMUL_PEAK={given!r} is not a positive FLOP/s rate: unset it to measure"
+        )
+    return peak
+
+
 class _StepLog:
     """After each step: a metrics.jsonl record every eval (or probe) interval, on rank 0;
     progress on stderr: a tqdm bar on a terminal, else (a redirected run) one plain line
@@ -270,7 +289,8 @@ class _StepLog:
         gpu = dev.type == "cuda"
         self.step_flops = train_step_flops(run.cfg, run.tc.batch_size)
         dtype, size = (torch.bfloat16, 8192) if gpu else (torch.float32, 1024)
-        self.peak = matmul_peak(dev, dtype, size, reps=3) if run.dd.main else 0.0
+        peak = _given_peak() or matmul_peak(dev, dtype, size, reps=3)
+        self.peak = peak if run.dd.main else 0.0
         self.t_last, self.tokens_since = time.perf_counter(), 0
 
     def __enter__(self) -> _StepLog:

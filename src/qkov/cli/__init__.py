@@ -96,7 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = Parser(
         prog="qkov",
-        description="Reverse-engineer attention-only transformers: train, take apart, report.",
+        description=(
+            "Reverse-engineer transformers into circuits: train small ones or read GPT-2, Pythia "
+            "and Llama-style checkpoints from local folders; take them apart, report, explore."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"qkov {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)

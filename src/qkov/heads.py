@@ -357,6 +357,10 @@ class KnockoutPartner:
         return dataclasses.asdict(self)
 
 
+class _PatternReached(Exception):
+    """Raised by a hook to end a forward pass once the pattern it needs is computed."""
+
+
 @torch.no_grad()
 def knockout_partners(
     model: AttnOnlyTransformer, layer: int, head: int, tokens: Tensor, half_len: int | Tensor
@@ -369,10 +373,17 @@ def knockout_partners(
     earlier head."""
 
     def induction(hooks: dict) -> float:
-        _, cache = model.run_with_hooks(
-            tokens, hooks=hooks, cache_names=lambda n: n == f"pattern.{layer}"
-        )
-        return float(induction_score(cache[f"pattern.{layer}"], tokens, half_len)[head])
+        pattern = {}
+
+        def stop(x: Tensor, name: str) -> None:  # the layers after this one and the
+            pattern[name] = x  # unembedding cannot change this pattern: skip them
+            raise _PatternReached
+
+        try:
+            model.run_with_hooks(tokens, hooks={**hooks, f"pattern.{layer}": stop})
+        except _PatternReached:
+            pass
+        return float(induction_score(pattern[f"pattern.{layer}"], tokens, half_len)[head])
 
     def zero(h0: int):
         def hook(out: Tensor, name: str) -> Tensor:  # z: [batch, head, pos, d_head]

@@ -78,6 +78,15 @@ def per_query_head(x: Tensor, n_heads: int) -> Tensor:
     return x if x.shape[0] == n_heads else x.repeat_interleave(n_heads // x.shape[0], dim=0)
 
 
+def _per_head(x: Tensor, W: Tensor) -> Tensor:
+    """x [batch, pos, d_model] @ W [head, d_model, d_head] -> [batch, head, pos, d_head], as
+    one matmul over the heads side by side (broadcasting x over the heads would copy it
+    once per head first)."""
+    H, D, dh = W.shape
+    out = x @ W.transpose(0, 1).reshape(D, H * dh)  # [batch, pos, head * d_head]
+    return out.view(*x.shape[:-1], H, dh).transpose(-3, -2).contiguous()
+
+
 class Transformer(nn.Module):
     """Decoder transformer; weights are nn.Parameters named as in the paper."""
 
@@ -366,13 +375,13 @@ class Transformer(nn.Module):
         for l in range(cfg.n_layers):
             resid = resid_pre = point(f"resid_pre.{l}", resid)
             x = self._norm(resid, "ln1", l, point)
-            qk_in = (x + pos if cfg.positional == "shortformer" else x)[:, None]
+            qk_in = x + pos if cfg.positional == "shortformer" else x
             W_K, W_V = (
                 per_query_head(self.W_K[l], cfg.n_heads),
                 per_query_head(self.W_V[l], cfg.n_heads),
             )
-            # [batch, 1, pos, d_model] broadcasts over heads; biases [head, 1, d_head]
-            q, k, v = qk_in @ self.W_Q[l], qk_in @ W_K, x[:, None] @ W_V
+            # [batch, head, pos, d_head] each; biases [head, 1, d_head]
+            q, k, v = _per_head(qk_in, self.W_Q[l]), _per_head(qk_in, W_K), _per_head(x, W_V)
             if cfg.bias:
                 q, k, v = (
                     q + self.b_Q[l, :, None],

@@ -4,7 +4,7 @@ Usage: python scripts/ship_models.py runs/attn0 runs/attn1 runs/attn2
        python scripts/ship_models.py runs/attn2-ft --name attn2 --base src/qkov/demo_models/attn2
        python scripts/ship_models.py --token-counts src/qkov/demo_models/attn*
 Copies config.json, model.safetensors, tokenizer.json, token_counts.json, train_config.json,
-versions.json and metrics.jsonl (the optimizer state is left out: it is only needed to
+versions.json, metrics.jsonl and heldout.json (the optimizer state is left out: it is only needed to
 resume). A run trained `--init-from` a base run is shipped with --base: the base's record
 (all but its weights) goes to NAME/base/, where `qkov demo --train` and the report's
 training curve find it.
@@ -53,6 +53,8 @@ def main(runs: list[str], name: str | None = None, base: str | None = None) -> N
         dest.mkdir(parents=True, exist_ok=True)
         for f in FILES:
             shutil.copy2(run / f, dest / f)
+        if (run / "heldout.json").is_file():  # runs before 2026-12-06 did not write it
+            shutil.copy2(run / "heldout.json", dest / "heldout.json")
         metrics = clean_metrics((run / "metrics.jsonl").read_text())
         with safe_open(str(run / "model.safetensors"), "pt") as f:
             step = int(f.metadata()["step"])  # the step these weights are from

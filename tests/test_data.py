@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -166,3 +168,71 @@ def test_absolute_spec_and_an_unreadable_run_corpus(tmp_path, monkeypatch):
     assert absolute_spec("a.txt, notes/**/*.md,") == f"{tmp_path}/a.txt,{tmp_path}/notes/**/*.md"
     with pytest.raises(QkovError, match="run from the folder it was trained in, or evaluate"):
         heldout_documents(None, "gone/", 16)
+
+
+def _library(root, n=60):
+    """A stand-in standard library: n small .py modules under root (lib/python3.X)."""
+    root.mkdir(parents=True)
+    for i in range(n):
+        body = "".join(f"def f{i}_{j}(x):\n    return x * {i + j}\n" for j in range(12))
+        (root / f"mod{i:02d}.py").write_text(body, encoding="utf-8")
+    return root
+
+
+def test_evaluation_finds_the_held_out_documents_by_text_wherever_the_library_is(
+    tmp_path, monkeypatch
+):
+    """The split is by file name, and names are absolute paths: with the library installed
+    at another path (another machine), a split by name holds out other documents, most of
+    them trained on. heldout.json names them by their text, so evaluation reads the same
+    documents at any path, and says which are missing where the corpus changed."""
+    import json
+    import shutil
+
+    from qkov.data.corpus import heldout_record, text_sha256
+    from qkov.data.evaluation import evaluation_set, heldout_documents
+    from qkov.data.tokenizer import train_tokenizer
+
+    here = _library(tmp_path / "a" / "lib" / "python3.11")
+    monkeypatch.setenv("QKOV_STDLIB", str(here))
+    corpus = load_corpus("stdlib")
+    train, val = corpus.split(0.2)
+    record = heldout_record(corpus, 0.2)
+    assert [r["sha256"] for r in record["documents"]] == [text_sha256(d.text) for d in val]
+    tok = train_tokenizer((d.text for d in train), 300)
+    at_training = heldout_documents(tok, "stdlib", 16, record=record).tokens
+
+    there = tmp_path / "b" / "lib" / "python3.11"
+    shutil.copytree(here, there)
+    monkeypatch.setenv("QKOV_STDLIB", str(there))
+    moved = load_corpus("stdlib")
+    _, by_name = moved.split(0.2)
+    trained = {text_sha256(d.text) for d in train}
+    assert any(text_sha256(d.text) in trained for d in by_name)  # what a split by name reads
+    ev = heldout_documents(tok, "stdlib", 16, record=record)
+    assert torch.equal(ev.tokens, at_training)
+    assert "found unchanged" not in ev.description
+
+    # one held-out document edited, one removed: the others are read, and that is said
+    first, second = (Path(d.name).name for d in val[:2])
+    (there / first).write_text("def changed():\n    return 0\n" * 8, encoding="utf-8")
+    (there / second).unlink()
+    ev = heldout_documents(tok, "stdlib", 16, record=record)
+    assert torch.equal(ev.tokens, at_training[2:])
+    n = len(record["documents"])
+    assert f"the {n - 2} of the {n} held out in training found unchanged" in ev.description
+
+    # a run's record is read from its folder; a damaged one is refused, none is said
+    class Model:
+        cfg = type("Cfg", (), {"n_ctx": 16, "d_vocab": tok.get_vocab_size()})
+        tokenizer = tok
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train_config.json").write_text(json.dumps({"corpus": "stdlib"}), encoding="utf-8")
+    assert "split by file name" in evaluation_set(Model(), run).description
+    (run / "heldout.json").write_text(json.dumps(record), encoding="utf-8")
+    assert torch.equal(evaluation_set(Model(), run).tokens, at_training[2:])
+    (run / "heldout.json").write_text('{"documents": [{"name": 1}]}', encoding="utf-8")
+    with pytest.raises(QkovError, match="heldout.json is not a list of held-out documents"):
+        evaluation_set(Model(), run)

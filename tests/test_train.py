@@ -46,6 +46,22 @@ def test_resume_equals_straight_run(data, tmp_path):
     assert steps == [5, 10, 15, 20]
 
 
+def test_a_run_records_its_held_out_documents_and_a_resume_keeps_them(data, tiny_corpus, tmp_path):
+    """heldout.json: the corpus split's held-out documents by name and text hash, what
+    evaluation reads them by (`qkov.data.evaluation.heldout_documents`); a resume does not
+    rewrite it (the first record is the split the run began on)."""
+    from qkov.data.corpus import heldout_record, load_corpus, text_sha256
+
+    train(CFG, small_tc(steps=10), tmp_path / "r", stop_after=5, progress=False, data=data)
+    record = json.loads((tmp_path / "r" / "heldout.json").read_text())
+    _, val = load_corpus(str(tiny_corpus)).split()
+    assert [r["sha256"] for r in record["documents"]] == [text_sha256(d.text) for d in val]
+    assert record == heldout_record(load_corpus(str(tiny_corpus)))
+    (tmp_path / "r" / "heldout.json").write_text(json.dumps({"documents": []}))
+    train(None, small_tc(steps=10), tmp_path / "r", resume=True, progress=False, data=data)
+    assert json.loads((tmp_path / "r" / "heldout.json").read_text()) == {"documents": []}
+
+
 MLP_CFG = dataclasses.replace(
     CFG, d_mlp=32, normalization="layernorm", bias=True, positional="standard"
 )

@@ -7,6 +7,7 @@ A run directory holds:
     train_state.safetensors  weights + AdamW moments + step (what `--resume` reads)
     tokenizer.json           the corpus tokenizer (text corpora)
     token_counts.json        how often each token id occurs in the train split (text corpora)
+    heldout.json             the held-out documents: names and text hashes (text corpora)
     metrics.jsonl            one JSON record per logged step
     versions.json            Python, torch and qkov versions of the run
 
@@ -41,6 +42,7 @@ from qkov.allocator import keep_freed_memory
 from qkov.attention import implementation
 from qkov.checkpoint import TOKEN_COUNTS, write_token_counts
 from qkov.config import ModelConfig, TrainConfig
+from qkov.data.corpus import HELDOUT
 from qkov.errors import QkovError
 from qkov.flops import matmul_peak, mfu, train_step_flops
 from qkov.interrupt import StopRequest, TrainingInterrupted
@@ -194,6 +196,9 @@ def _write_run_files(run: Run, model: AttnOnlyTransformer, step: int, lock: RunL
         counts = run.data.token_counts()
         write_token_counts(out / TOKEN_COUNTS, counts.tolist(), run.tc.corpus)
         model.token_counts = torch.from_numpy(counts)
+    heldout = getattr(run.data, "heldout", None)
+    if heldout is not None and not (out / HELDOUT).is_file():  # a resume keeps the first
+        atomic_write_text(out / HELDOUT, json.dumps(heldout, indent=1))
     kept = read_records(out / METRICS, upto_step=step)
     atomic_write_text(out / METRICS, "".join(json.dumps(r) + "\n" for r in kept))
 

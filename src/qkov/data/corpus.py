@@ -11,6 +11,7 @@ import os
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from qkov.errors import QkovError
 
@@ -52,6 +53,30 @@ class Corpus:
         if not train:
             train, val = val, []
         return train, val
+
+
+HELDOUT = "heldout.json"  # a run's record of the documents it held out (`heldout_record`)
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def heldout_record(corpus: Corpus, val_fraction: float = 0.05) -> dict[str, Any]:
+    """The held-out split as a run records it (heldout.json): each held-out document's name
+    and the SHA-256 of its text. Evaluation finds the documents by their text, so on any
+    machine it reads the ones training never saw: names are absolute paths, and with the
+    library installed elsewhere a split by name would hold out other documents, most of
+    them trained on (84 of 94 for the default corpus). A held-out text that is also a
+    training document's text is left out: it was trained on."""
+    train, val = corpus.split(val_fraction)
+    trained = {text_sha256(d.text) for d in train}
+    kept = [(d.name, text_sha256(d.text)) for d in val]
+    return {
+        "corpus": corpus.spec,
+        "val_fraction": val_fraction,
+        "documents": [{"name": n, "sha256": h} for n, h in kept if h not in trained],
+    }
 
 
 def stdlib_root() -> Path:

@@ -12,13 +12,14 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from qkov.data.corpus import load_corpus
+from qkov.data.corpus import heldout_record, load_corpus
 from qkov.data.synthetic import SYNTHETIC_TASKS, InductionTask, RepeatedRandom
 from qkov.data.tokenizer import EOT, train_tokenizer
 from qkov.errors import QkovError
@@ -39,6 +40,7 @@ class TokenStream:
     tokenizer: Tokenizer
     n_documents: int
     skipped: int
+    heldout: dict[str, Any] | None = None  # `heldout_record`: what a run writes to heldout.json
 
     @property
     def d_vocab(self) -> int:
@@ -172,4 +174,5 @@ def prepare(
         tokenizer=Tokenizer.from_file(str(folder / "tokenizer.json")),
         n_documents=meta["n_documents"],
         skipped=meta["skipped"],
+        heldout=heldout_record(docs, val_fraction),
     )

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from qkov.data.corpus import SYNTHETIC, load_corpus
+from qkov.data.corpus import HELDOUT, SYNTHETIC, load_corpus, text_sha256
 from qkov.data.probes import induction_probe
 from qkov.errors import QkovError
 
@@ -51,18 +51,42 @@ class EvaluationSet:
 
 
 def heldout_documents(
-    tokenizer: Any, corpus: str, n_ctx: int, max_sequences: int = DEFAULT_SEQUENCES
+    tokenizer: Any,
+    corpus: str,
+    n_ctx: int,
+    max_sequences: int = DEFAULT_SEQUENCES,
+    record: dict[str, Any] | None = None,
 ) -> EvaluationSet:
     """The first n_ctx tokens of each held-out document of `corpus` with at least n_ctx tokens
-    (at most max_sequences, in the split's order), encoded with `tokenizer`."""
+    (at most max_sequences, in the split's order), encoded with `tokenizer`. record: the
+    run's heldout.json (`heldout_record`): the documents are found by their text, so they
+    are the ones training held out wherever the corpus now lives; those no longer there
+    unchanged are said. None (a run from before runs recorded it): split by name, as
+    training did, which holds only where the corpus's files have the same paths."""
     try:
-        _, val = load_corpus(corpus).split()
+        documents = load_corpus(corpus)
     except QkovError as e:  # its mend names --corpus, a flag of qkov train, not of this command
         raise QkovError(
             f"the held-out documents of the run's corpus {corpus!r} (train_config.json) "
             f"cannot be read ({str(e).split(':')[0]}): run from the folder it was trained "
             "in, or evaluate on a text file (--text-file)"
         ) from None
+    if record is None:
+        _, val = documents.split()
+        found = "split by file name: the run has no heldout.json"
+    else:
+        by_text = {}
+        for d in documents.documents:
+            by_text.setdefault(text_sha256(d.text), d)
+        wanted = [r["sha256"] for r in record["documents"]]
+        val = [by_text[h] for h in wanted if h in by_text]
+        missing = len(wanted) - len(val)
+        found = f"the {len(val)} of the {len(wanted)} held out in training found unchanged"
+        if not val:
+            raise QkovError(
+                f"none of the {len(wanted)} documents the run held out (heldout.json) is in "
+                f"--corpus {corpus} as it is now: evaluate on a text file (--text-file)"
+            )
     rows = []
     for doc in val:
         ids = tokenizer.encode(doc.text).ids
@@ -75,9 +99,10 @@ def heldout_documents(
             f"no held-out document of --corpus {corpus} has n_ctx={n_ctx} tokens: "
             "evaluate on a text file instead (--text-file)"
         )
+    said = "" if record is not None and not missing else f"; {found}"
     return EvaluationSet(
         torch.tensor(rows, dtype=torch.long),
-        f"held-out documents of --corpus {corpus} (the first {n_ctx} tokens of each)",
+        f"held-out documents of --corpus {corpus} (the first {n_ctx} tokens of each{said})",
         "text",
     )
 
@@ -110,6 +135,24 @@ def random_tokens(d_vocab: int, n_ctx: int, n_sequences: int = 16, seed: int = 0
     )
 
 
+def heldout_of(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run's heldout.json (`qkov.data.corpus.heldout_record`), or None where the run has
+    none (it is from before runs wrote it). One that cannot be read is refused."""
+    path = Path(run_dir) / HELDOUT
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if all(isinstance(r["sha256"], str) for r in record["documents"]):
+            return record
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    raise QkovError(
+        f"{path} is not a list of held-out documents as qkov train writes it: restore it, or "
+        "delete it to split the corpus by file name"
+    )
+
+
 def training_corpus(run_dir: str | Path) -> str | None:
     """The text corpus a run was trained on (its train_config.json), or None: no record,
     or a synthetic task."""
@@ -139,5 +182,5 @@ def evaluation_set(
         return text_windows(tok, text, cfg.n_ctx, text_name, max_sequences)
     corpus = training_corpus(run_dir) if run_dir is not None else None
     if corpus is not None and tok is not None:
-        return heldout_documents(tok, corpus, cfg.n_ctx, max_sequences)
+        return heldout_documents(tok, corpus, cfg.n_ctx, max_sequences, heldout_of(run_dir))
     return random_tokens(cfg.d_vocab, cfg.n_ctx, min(max_sequences, 16), seed)

@@ -43,6 +43,7 @@ from qkov.errors import QkovError
 from qkov.loss import next_token_loss, token_losses
 from qkov.model import AttnOnlyTransformer, Transformer
 from qkov.paths import FROZEN, frozen_scales, start_names
+from qkov.reprs import capped, num, wrap
 
 ABLATION_MODES = ("zero", "mean")
 
@@ -148,6 +149,12 @@ class OrderAblation:
     loss: float
     delta: float  # loss increase over the clean loss
 
+    def __repr__(self) -> str:
+        return (
+            f"OrderAblation(order {self.order}, {self.n_terms} terms: loss {num(self.loss)}, "
+            f"delta {num(self.delta, '+.3f')})"
+        )
+
 
 @dataclass(frozen=True)
 class HeadAblation:
@@ -163,6 +170,13 @@ class HeadAblation:
     @property
     def name(self) -> str:
         return f"L{self.layer}H{self.head}"
+
+    def __repr__(self) -> str:
+        return (
+            f"HeadAblation({self.name}: zero loss {num(self.zero_loss)} "
+            f"({num(self.zero_delta, '+.3f')}), mean loss {num(self.mean_loss)} "
+            f"({num(self.mean_delta, '+.3f')}))"
+        )
 
 
 @dataclass(frozen=True)
@@ -183,6 +197,14 @@ class MlpAblation:
     def name(self) -> str:
         return f"MLP{self.layer}"
 
+    def __repr__(self) -> str:
+        return (
+            f"MlpAblation({self.name}: zero loss {num(self.zero_loss)} "
+            f"({num(self.zero_delta, '+.3f')}), mean loss {num(self.mean_loss)} "
+            f"({num(self.mean_delta, '+.3f')}), paths removed {num(self.paths_loss)} "
+            f"({num(self.paths_delta, '+.3f')}))"
+        )
+
 
 @dataclass(frozen=True)
 class TermImportance:
@@ -199,6 +221,26 @@ class TermImportance:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def __repr__(self) -> str:
+        """Clean loss, each order's delta, and the heads and MLPs whose zero knock-out
+        costs most (`_TOP` of each)."""
+        kinds = {0: ", ".join(self.order0_starts), 1: "single heads", 2: "virtual heads"}
+        orders = [
+            f"{o.order} {kinds.get(o.order, f'{o.order}-head chains')} {num(o.delta, '+.3f')}"
+            for o in self.orders
+        ]
+        lines = [
+            f"TermImportance(clean loss {num(self.clean_loss)} on {self.n_tokens} predicted "
+            f"tokens; {self.mode} ablation of each order:",
+            wrap("", orders, sep="; "),
+        ]
+        for what, parts in (("heads", self.heads), ("MLPs", self.mlps)):
+            if parts:
+                worst = sorted(parts, key=lambda p: -_finite(p.zero_delta))
+                top = [f"{p.name} {num(p.zero_delta, '+.3f')}" for p in worst]
+                lines.append(wrap(f"{what} knocked out (zero), largest delta: ", capped(top, _TOP)))
+        return "\n".join(lines) + ")"
 
     def table(self) -> str:
         lines = [f"clean loss {self.clean_loss:.4f} on {self.n_tokens} predicted tokens"]
@@ -381,6 +423,15 @@ class IclResult:
     n_sequences: int
     loss_by_position: Tensor  # [pos - 1]
 
+    def __repr__(self) -> str:
+        spread = f" \u00b1 {num(self.stderr)}" if math.isfinite(self.stderr) else ""
+        n = f"{self.n_sequences} sequence" + "s" * (self.n_sequences != 1)
+        return (
+            f"IclResult(score={num(self.score, '+.3f')}{spread} over {n}, "
+            f"loss {num(self.loss_early)} at tokens {_span(self.early)} -> "
+            f"{num(self.loss_late)} at {_span(self.late)})"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["early"], d["late"] = list(self.early), list(self.late)
@@ -388,6 +439,19 @@ class IclResult:
         return {
             k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()
         }
+
+
+_TOP = 5  # heads (and MLPs) a TermImportance's repr lists
+
+
+def _finite(x: float) -> float:
+    return x if math.isfinite(x) else -math.inf
+
+
+def _span(window: tuple[int, int]) -> str:
+    """'34-65' for the [start, stop) window (34, 66); '5' for (5, 6)."""
+    a, b = window
+    return str(a) if b - a == 1 else f"{a}-{b - 1}"
 
 
 def icl_windows(seq_len: int) -> tuple[tuple[int, int], tuple[int, int]]:

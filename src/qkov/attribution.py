@@ -20,6 +20,7 @@ from qkov.data.tokenizer import decode_token, known_ids
 from qkov.errors import QkovError
 from qkov.model import Transformer
 from qkov.paths import PathTerm, unembedded_paths
+from qkov.reprs import capped, num, preview, tensor, wrap
 
 
 @dataclass
@@ -87,6 +88,26 @@ class Attribution:
                 f"{float(self.logit[i]):7.2f}  {fmt}"
             )
         return out
+
+    def __repr__(self) -> str:
+        c = self.contributions
+        hits = int((self.predicted == self.tokens[1 : len(self.predicted) + 1]).sum())
+        lines = [
+            f"Attribution({preview(self.token_strs)}: {len(self.token_strs)} tokens, "
+            f"{len(self.paths)} paths;",
+            f"  contributions {tensor(c, ('pos', 'path'))}, max_abs_error "
+            f"{num(self.max_abs_error() if c.numel() else 0.0, '.1e')};",
+            f"  next token predicted at {hits} of {len(self.predicted)} positions",
+        ]
+        if c.numel():
+            size = c.abs().mean(0)  # [path]: mean |contribution| over positions
+            top = [
+                f"{self.paths[p]} {num(float(size[p]), '.2f')}"
+                for p in size.argsort(descending=True)
+            ]
+            lines[-1] += ";"
+            lines.append(wrap("largest mean |contribution|: ", capped(top, 5)))
+        return "\n".join(lines) + ")"
 
     def to_dict(self, digits: int = 3) -> dict[str, object]:
         """The report's attribution record: tokens, next-token logits and every path's

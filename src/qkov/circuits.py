@@ -237,6 +237,19 @@ class QKTerms:
     pos_token: FactoredMatrix  # W_pos W_QK W_E^T    [n_ctx, d_vocab]: dest pos x src token
     pos_pos: FactoredMatrix  # W_pos W_QK W_pos^T  [n_ctx, n_ctx]
 
+    def __repr__(self) -> str:
+        # rows: the destination's token (d_vocab) or position (n_ctx), columns: the source's
+        axis = {"token": "d_vocab", "pos": "n_ctx"}
+        terms = ",\n".join(
+            f"  {name} [{axis[name.split('_')[0]]}={fm.shape[-2]}, "
+            f"{axis[name.split('_')[1]]}={fm.shape[-1]}] {float(fm.norm()):.3g}"
+            for name, fm in vars(self).items()
+        )
+        return (
+            f"QKTerms(destination x source, rank <= {self.token_token.rdim}; "
+            f"Frobenius norms:\n{terms})"
+        )
+
     def to_dict(self) -> dict[str, dict[str, object]]:
         return {
             name: {"shape": list(fm.shape), "frobenius_norm": float(fm.norm())}
@@ -281,6 +294,12 @@ class FinalScale:
     p10: float
     p90: float
     n_positions: int
+
+    def __repr__(self) -> str:
+        return (
+            f"FinalScale(median {self.median:.3f}, p10-p90 {self.p10:.3f}-{self.p90:.3f} "
+            f"over {self.n_positions} positions)"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {"median": self.median, "p10": self.p10, "p90": self.p90,
@@ -521,6 +540,12 @@ class VirtualHeadOV:
     @property
     def name(self) -> str:
         return ">".join(f"L{l}H{h}" for l, h in self.heads)
+
+    def __repr__(self) -> str:
+        return (
+            f"VirtualHeadOV({self.name}, v_composition={self.v_composition:.3f}, "
+            f"eigenvalue_score={self.eigenvalue_score:+.3f})"
+        )
 
     def to_dict(self) -> dict[str, object]:
         return {

@@ -54,6 +54,7 @@ from qkov.errors import QkovError
 from qkov.io import json_safe
 from qkov.model import AttnOnlyTransformer, Transformer
 from qkov.names import LABELS, SCORE_NAMES
+from qkov.reprs import axes, capped, num, wrap
 
 # The short column names of `HeadClassification.table`, explained under it.
 COLUMNS = {
@@ -257,6 +258,17 @@ class HeadScores:
         d.update(measured_on=self.measured_on, n_sequences=self.n_sequences, seq_len=self.seq_len)
         return d
 
+    def __repr__(self) -> str:
+        best = []
+        for name in SCORE_NAMES if self.induction.numel() else ():
+            score, l, h = self.best(name)
+            best.append(f"{name} {num(score)}" + (f" (L{l}H{h})" if math.isfinite(score) else ""))
+        shape = axes(self.induction.shape, ("layer", "head"))
+        return (
+            f"HeadScores({len(SCORE_NAMES)} scores, each {shape}, on {_measured(self)};\n"
+            + wrap("best: ", best or ["no heads"], end=")")
+        )
+
 
 def head_scores(
     model: AttnOnlyTransformer,
@@ -335,6 +347,11 @@ class KPartner:
     def name(self) -> str:
         return f"L{self.layer}H{self.head}"
 
+    def __repr__(self) -> str:
+        above = "above" if self.above_baseline else "not above"
+        z = num(self.z, ".1f")
+        return f"KPartner({self.name}, score={num(self.score)}, z={z}, {above} baseline)"
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -352,6 +369,12 @@ class KnockoutPartner:
     @property
     def name(self) -> str:
         return f"L{self.layer}H{self.head}"
+
+    def __repr__(self) -> str:
+        return (
+            f"KnockoutPartner({self.name}, induction_score={num(self.induction_score)}, "
+            f"drop={num(self.drop, '+.3f')})"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -443,6 +466,25 @@ class HeadRecord:
         d["partners"] = [p.name for p in self.partners]
         return json_safe(d)
 
+    def __repr__(self) -> str:
+        scores = " ".join(f"{c} {num(self.scores.get(n))}" for c, n in COLUMNS.items())
+        lines = [
+            f"HeadRecord({_summary(self)}, OV eig {num(self.ov_eigenvalue_score, '+.3f')}",
+            f"  scores: {scores}",
+        ]
+        if self.k_composition:
+            ranked = [f"{p.name} ({num(p.score)}, z={num(p.z, '.1f')})" for p in self.k_composition]
+            lead = f"K-composition ({len(self.partners)} above baseline): "
+            lines.append(wrap(lead, capped(ranked, 3)))
+        if self.qk_term_eigenvalue_score is not None:
+            lines.append(f"  QK term eig {num(self.qk_term_eigenvalue_score, '+.3f')}")
+        if self.knockout:
+            k = self.knockout[0]
+            lines.append(
+                f"  knocking out {k.name} lowers its induction score by {num(k.drop, '.2f')}"
+            )
+        return "\n".join(lines) + ")"
+
 
 @dataclass(frozen=True)
 class HeadClassification:
@@ -471,6 +513,25 @@ class HeadClassification:
             "scores": self.scores.to_dict(),
             "thresholds": dataclasses.asdict(self.thresholds),
         }
+
+    def __repr__(self) -> str:
+        """Labelled heads grouped by label (best first, `_PER_LABEL` of each), the rest
+        counted."""
+        counts = {lab: len(self.with_label(lab)) for lab in LABELS}
+        tally = [f"{n} {lab}" for lab, n in counts.items() if n]
+        shape = axes(self.scores.induction.shape, ("layer", "head"))
+        lines = [
+            f"HeadClassification({len(self.records)} heads {shape} on {_measured(self.scores)}",
+            wrap("labels: ", tally or ["none"]),
+        ]
+        for lab in LABELS[:-1]:
+            group = sorted(self.with_label(lab), key=lambda r: -_decisive(r))
+            lines += [f"  {_summary(r)}" for r in group[:_PER_LABEL]]
+            if len(group) > _PER_LABEL:
+                lines.append(f"  ... and {len(group) - _PER_LABEL} more {lab}")
+        if counts["other"]:
+            lines.append(f"  {counts['other']} other: no score above its threshold")
+        return "\n".join(lines) + ")"
 
     def _repr_html_(self) -> str:  # Jupyter: the report's head table (qkov.notebook)
         from qkov.notebook import head_classification_html
@@ -504,6 +565,31 @@ class HeadClassification:
             "Sum(lambda)/Sum(|lambda|) of the OV circuit; - : not defined)"
         )
         return "\n".join(lines)
+
+
+_PER_LABEL = 5  # heads of each label a HeadClassification's repr lists
+
+
+def _measured(scores: HeadScores) -> str:
+    return f"{scores.n_sequences} x {scores.seq_len} {scores.measured_on.replace('_', ' ')}"
+
+
+def _decisive(r: HeadRecord) -> float:
+    """The score that decided r's label (NaN-safe for sorting)."""
+    x = r.scores.get(r.decided_by, math.nan) if r.decided_by else math.nan
+    return x if math.isfinite(x) else -math.inf
+
+
+def _summary(r: HeadRecord) -> str:
+    """'L1H6 induction 0.869 (partner L0H7, z=72.6)': a head's label, the score that decided
+    it and, for an induction head, its top K-composition partner."""
+    if r.decided_by is None:
+        return f"{r.name} {r.label}"
+    out = f"{r.name} {r.label} {num(r.scores.get(r.decided_by))}"
+    if r.label == "induction" and r.k_composition:
+        p = r.partners[0] if r.partners else None
+        out += f" (partner {p.name}, z={num(p.z, '.1f')})" if p else " (no partner above baseline)"
+    return out
 
 
 def _fmt(x: float, spec: str) -> str:

@@ -32,6 +32,7 @@ from qkov.report.widgets import (
     shown_tokens,
     token_table,
 )
+from qkov.reprs import preview, tensor
 
 
 def head_classification_html(classification: Any) -> str:
@@ -95,6 +96,13 @@ class AttentionPatterns:
 
     def to_dict(self) -> dict[str, Any]:
         return {"tokens": list(self.tokens), "pattern": self.pattern.tolist()}
+
+    def __repr__(self) -> str:
+        names = ("layer", "head", "dest", "src")
+        return (
+            f"AttentionPatterns({preview(self.tokens)}: {len(self.tokens)} tokens,\n"
+            f"  pattern {tensor(self.pattern, names)})"
+        )
 
     def _repr_html_(self) -> str:
         # only the tokens the view draws leave the tensor (GPT-2 on 1024 tokens: 151M weights)

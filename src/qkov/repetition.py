@@ -28,6 +28,7 @@ from qkov.data.probes import repeated_random_tokens
 from qkov.heads import induction_score
 from qkov.loss import token_losses
 from qkov.model import Transformer
+from qkov.reprs import capped, num, tensor, wrap
 
 
 @dataclass
@@ -48,6 +49,14 @@ class RepeatedTokenLogit:
     def top(self, k: int = 6) -> list[tuple[str, float]]:
         """The k writers that move the repeated token's logit most, largest |push| first."""
         return sorted(self.writers.items(), key=lambda kv: -abs(kv[1]))[:k]
+
+    def __repr__(self) -> str:
+        top = [f"{name} {num(v, '+.3f')}" for name, v in self.top(len(self.writers))]
+        return (
+            f"RepeatedTokenLogit(logit {num(self.logit, '+.3f')}, log_sum_exp "
+            f"{num(self.log_sum_exp)} (loss {num(self.log_sum_exp - self.logit)});\n"
+            + wrap(f"{len(self.writers)} writers, largest |push|: ", capped(top, 5), end=")")
+        )
 
 
 @dataclass
@@ -78,6 +87,27 @@ class RepetitionTest:
         order = flat.argsort(descending=True)[:k].tolist()
         n_heads = self.induction_scores.shape[1]
         return [(i // n_heads, i % n_heads, float(flat[i])) for i in order]
+
+    def __repr__(self) -> str:
+        heads = [f"L{l}H{h} {num(s)}" for l, h, s in self.top_heads(3)]
+        lines = [
+            f"RepetitionTest({self.batch} x (2 x {self.half_len}) repeated random tokens, "
+            f"seed {self.seed}:",
+            f"  loss {num(self.first_half_loss)} on the first half -> "
+            f"{num(self.repeated_half_loss)} on the repeat "
+            f"({num(100 * self.repeated_fraction, '.0f')}% of uniform {num(self.uniform_loss)});",
+            f"  induction_scores {tensor(self.induction_scores, ('layer', 'head'))}, top "
+            + (", ".join(heads) or "-"),
+        ]
+        t = self.repeated_token_logit
+        if t is not None:
+            writers = [f"{name} {num(v, '+.2f')}" for name, v in t.top(3)]
+            lines[-1] += ";"
+            lines.append(
+                f"  repeated token's logit {num(t.logit, '+.3f')}: {', '.join(writers)} "
+                f"(of {len(t.writers)} writers)"
+            )
+        return "\n".join(lines) + ")"
 
     def to_dict(self) -> dict[str, object]:
         return {

@@ -22,6 +22,7 @@ from torch import Tensor
 from qkov.data.corpus import HELDOUT, SYNTHETIC, load_corpus, text_sha256
 from qkov.data.probes import induction_probe
 from qkov.errors import QkovError
+from qkov.reprs import tensor, wrap
 
 DEFAULT_SEQUENCES = 256  # the stdlib split has ~70 documents of 256 tokens: all of them
 MIN_TOKENS = 3  # the ICL score needs an early and a late token to predict
@@ -39,6 +40,13 @@ class EvaluationSet:
     def n_tokens(self) -> int:
         """Predicted tokens: every position but the first of each sequence."""
         return self.tokens.shape[0] * (self.tokens.shape[1] - 1)
+
+    def __repr__(self) -> str:
+        about = wrap(f"EvaluationSet({self.kind}: ", self.description.split(" "), ";", " ", "")
+        return (
+            f"{about}\n  tokens {tensor(self.tokens, ('sequence', 'pos'))}, "
+            f"{self.n_tokens} predicted tokens)"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -55,6 +55,18 @@ class Converted:
     def model(self) -> Transformer:
         return Transformer.from_weights(self.config, self.weights)
 
+    def __repr__(self) -> str:
+        c = self.config
+        mlp = f"d_mlp={c.d_mlp}" if c.d_mlp else "attention-only"
+        exact = "exact" if self.exact else "not exact (nonzero biases dropped)"
+        n = len(self.notes)
+        notes = f"; {n} note{'s' * (n != 1)} (.notes)" if n else ""
+        return (
+            f"Converted(n_layers={c.n_layers}, n_heads={c.n_heads}, d_model={c.d_model}, "
+            f"d_vocab={c.d_vocab}, {mlp}, {c.positional}, norm {c.normalization};\n"
+            f"  {len(self.weights)} weights, {exact}{notes})"
+        )
+
 
 def _weights_dtype(state_dict: Mapping[str, Tensor]) -> torch.dtype:
     """The imported weights' dtype: W_E's if float32 or float64, else float32."""

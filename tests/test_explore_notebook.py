@@ -133,6 +133,18 @@ def test_attention_refuses_what_the_model_cannot_read(text):
         attention(model, text)
 
 
+def test_a_model_without_layers_has_no_attention_to_show():
+    """attn0 (0 layers): the view says so in one line (it raised a torch stack error);
+    `attention_patterns` gives an empty [0, batch, head, dest, src]."""
+    from qkov.heads import attention_patterns
+
+    model = qkov.load(qkov.shipped("attn0"))
+    with pytest.raises(qkov.QkovError, match="0 layers: it has no heads"):
+        attention(model, "def f(x):\n    return x\n")
+    tokens = torch.tensor([[1, 2, 3]])
+    assert attention_patterns(model, tokens).shape == (0, 1, model.cfg.n_heads, 3, 3)
+
+
 def test_attention_many_heads_draws_every_head_compactly():
     """GPT-2's 144 heads on a long text: every head is in the menu and drawn as one small
     image (not 16 heads, silently, as thousands of rects and 100 MB); the weights embedded

@@ -226,6 +226,9 @@ def attention_patterns(model: AttnOnlyTransformer, tokens: Tensor) -> Tensor:
     tokens = model.check_tokens(tokens)
     names = [f"pattern.{l}" for l in range(model.cfg.n_layers)]
     _, cache = model.run_with_cache(tokens, names=names)
+    if not names:  # a 0-layer model: no heads, no patterns
+        b, n = tokens.shape
+        return torch.zeros(0, b, model.cfg.n_heads, n, n, device=tokens.device)
     return torch.stack([cache[n] for n in names]).float()
 
 

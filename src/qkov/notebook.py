@@ -118,6 +118,8 @@ def attention(model: Any, text: str | Tensor) -> AttentionPatterns:
     from qkov.errors import QkovError
     from qkov.heads import attention_patterns
 
+    if not model.cfg.n_layers:
+        raise QkovError("this model has 0 layers: it has no heads, so no attention to show")
     if isinstance(text, str):
         if model.tokenizer is None:
             raise QkovError("this model has no tokenizer: pass token ids instead of text")

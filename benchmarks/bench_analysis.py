@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 
 from qkov import AttnOnlyTransformer, ModelConfig
-from qkov.circuits import top1_self_fraction
 from qkov.composition import composition_scores
+from qkov.eigenvalues import top1_self_fraction
 from qkov.factored import FactoredMatrix
 
 sys.path.insert(0, str(Path(__file__).parent))

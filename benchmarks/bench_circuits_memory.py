@@ -26,13 +26,8 @@ import time
 import torch
 
 from qkov import AttnOnlyTransformer, ModelConfig
-from qkov.circuits import (
-    CHUNK_ELEMENTS,
-    eigenvalue_score,
-    ov_circuit,
-    ov_eigenvalues,
-    top1_self_fraction,
-)
+from qkov.circuits import CHUNK_ELEMENTS, ov_circuit
+from qkov.eigenvalues import eigenvalue_score, ov_eigenvalues, top1_self_fraction
 from qkov.trigrams import skip_trigrams
 
 K = 10

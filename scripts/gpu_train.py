@@ -204,8 +204,8 @@ def evaluate(run: Path) -> dict:
     import torch
 
     from qkov.checkpoint import load
-    from qkov.circuits import ov_statistics_all
     from qkov.composition import composition_scores
+    from qkov.eigenvalues import ov_statistics_all
     from qkov.heads import head_scores
     from qkov.metrics import read_records
     from qkov.repetition import repetition_test

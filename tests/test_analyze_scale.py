@@ -201,7 +201,7 @@ def _power_sums(z: torch.Tensor, n: int = 4) -> torch.Tensor:
     ids=["attn-only", "layernorm+bias", "rotary+bias"],
 )
 def test_qk_and_ov_eigenvalues_from_grams_equal_the_circuits_spectra(extra):
-    from qkov.circuits import ov_eigenvalues, qk_eigenvalues
+    from qkov.eigenvalues import ov_eigenvalues, qk_eigenvalues
     from qkov.model import Transformer
 
     torch.manual_seed(1)
@@ -245,7 +245,8 @@ def test_circuits_cli_ranks_the_budgets_sample_and_says_so(tmp_path, monkeypatch
     import json
 
     from qkov.checkpoint import load
-    from qkov.circuits import ov_circuit, top1_self_fraction
+    from qkov.circuits import ov_circuit
+    from qkov.eigenvalues import top1_self_fraction
 
     folder = tmp_path / "gpt2"
     write_gpt2_folder(folder, n_layers=1, n_heads=2, d_model=16, d_vocab=64)

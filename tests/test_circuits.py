@@ -1,4 +1,4 @@
-"""Circuits and copying against dense references and planted heads."""
+"""Circuits against dense references and planted heads."""
 
 import json
 import math
@@ -7,23 +7,17 @@ import pytest
 import torch
 
 import factories
-from factories import match_multisets, nonzero
 from qkov import AttnOnlyTransformer, ModelConfig
 from qkov.circuits import (
     W_OV,
     W_QK,
     direct_path,
-    eigenvalue_score,
     embedding_rms,
     final_norm_scale,
     ov_circuit,
-    ov_eigenvalues,
-    ov_statistics,
-    ov_statistics_all,
     qk_circuit,
     qk_positional_terms,
     token_embedding,
-    top1_self_fraction,
 )
 from qkov.errors import QkovError
 from qkov.fold import fold_layernorm
@@ -83,81 +77,11 @@ def test_bad_head_and_positional_errors():
         qk_positional_terms(model, 0, 0)
 
 
-# ---------------------------------------------------------------------- copying
-def test_ov_eigenvalues_match_dense_vocab_and_d_model_forms():
-    model = random_model(2, seed=6)
-    W = {k: v.double() for k, v in model.weights().items()}
-    for l in range(2):
-        for h in range(2):
-            ov = W["W_V"][l, h] @ W["W_O"][l, h]
-            eig = ov_eigenvalues(model, l, h).to(torch.complex128)
-            vocab = torch.linalg.eigvals(W["W_E"] @ ov @ W["W_U"])  # 40 x 40
-            small = torch.linalg.eigvals(ov @ W["W_U"] @ W["W_E"])  # 16 x 16
-            match_multisets(nonzero(eig, 1e-5), nonzero(vocab, 1e-5), 1e-4)
-            match_multisets(nonzero(eig, 1e-5), nonzero(small, 1e-5), 1e-4)
-            ref = float(vocab.real.sum() / vocab.abs().sum())
-            assert abs(ov_statistics(model, l, h).eigenvalue_score - ref) < 1e-3
-
-
-@pytest.mark.parametrize("chunk_size", [1, 7, None])
-def test_top1_fraction_matches_dense_argmax(chunk_size):
-    model = random_model(1, seed=7, n_heads=4)
-    for h in range(4):
-        dense = ov_circuit(model, 0, h).dense()
-        own = dense.diagonal()
-        others = dense.clone().fill_diagonal_(float("-inf")).max(-1).values
-        want = int((own > others).sum()) / 40
-        assert top1_self_fraction(ov_circuit(model, 0, h), chunk_size) == want
-        rows = torch.tensor([0, 3, 4, 17, 39])  # an estimate over these rows alone
-        part = int((own[rows] > others[rows]).sum()) / 5
-        assert top1_self_fraction(ov_circuit(model, 0, h), chunk_size, rows) == part
-
-
-def planted_model(sign: float, d_vocab: int, d_model: int, seed: int = 0) -> AttnOnlyTransformer:
-    """One head with W_OV = sign * identity on the token subspace; W_U = W_E^T."""
-    g = torch.Generator().manual_seed(seed)
-    cfg = ModelConfig(
-        n_layers=1, n_heads=1, d_model=d_model, d_head=d_model, n_ctx=8, d_vocab=d_vocab
-    )
-    E = torch.randn(d_vocab, d_model, generator=g)
-    E = E / E.norm(dim=-1, keepdim=True)  # unit rows: E E^T has 1 on the diagonal, < 1 off it
-    weights = {
-        "W_E": E,
-        "W_pos": torch.randn(8, d_model, generator=g),
-        "W_Q": torch.randn(1, 1, d_model, d_model, generator=g),
-        "W_K": torch.randn(1, 1, d_model, d_model, generator=g),
-        "W_V": torch.eye(d_model)[None, None] * 0.5,
-        "W_O": torch.eye(d_model)[None, None] * 3.0 * sign,
-        "W_U": E.T.clone(),
-    }
-    return AttnOnlyTransformer.from_weights(cfg, weights)
-
-
-@pytest.mark.parametrize("d_vocab,d_model", [(200, 16), (8, 16)])
-def test_planted_copying_head(d_vocab, d_model):
-    stats = ov_statistics(planted_model(+1.0, d_vocab, d_model), 0, 0, chunk_size=33)
-    assert stats.eigenvalue_score > 0.99
-    assert stats.top1_fraction == 1.0
-    assert "L0H0" in repr(stats)
-    json.dumps(stats.to_dict())
-
-
-@pytest.mark.parametrize("d_vocab,d_model", [(200, 16), (8, 16)])
-def test_planted_anti_copying_head(d_vocab, d_model):
-    stats = ov_statistics_all(planted_model(-1.0, d_vocab, d_model))[0]
-    assert stats.eigenvalue_score < -0.99
-    assert stats.top1_fraction == 0.0
-
-
-def test_eigenvalue_score_edge_cases():
-    assert eigenvalue_score(torch.tensor([1 + 1j, 1 - 1j])) == pytest.approx(2 / (2 * math.sqrt(2)))
-    assert math.isnan(eigenvalue_score(torch.zeros(3, dtype=torch.complex64)))
-
-
 # ---------------------------------------------------------------------- CLI
 def test_cli_circuits_table_and_errors(tmp_path, capsys):
     from qkov import save_model
     from qkov.cli import main
+    from test_eigenvalues import planted_model
 
     save_model(planted_model(+1.0, 30, 8), tmp_path / "m")
     assert (
@@ -243,31 +167,7 @@ def test_effective_embedding_adds_mlp0_on_each_token():
     assert direct_path(model, effective_embedding=True).shape == (40, 40)
 
 
-# ---------------------------------------------------------------------- virtual heads, positions
-@pytest.mark.parametrize("norm", ["none", "rms"])
-def test_virtual_head_ov_against_dense_and_composition_scores(norm):
-    from qkov.circuits import virtual_head_ov
-    from qkov.composition import composition_scores
-
-    model = random_model(3, seed=2, norm=norm)
-    vh = virtual_head_ov(model)
-    H = model.cfg.n_heads
-    assert len(vh) == 3 * H * H  # pairs of layers (0,1), (0,2), (1,2)
-    assert [v.v_composition for v in vh] == sorted((v.v_composition for v in vh), reverse=True)
-    v_scores = composition_scores(model, n_baseline=2).v
-    W = model.weights()
-    E = token_embedding(model)
-    for v in vh[:4]:
-        (l0, h0), (l1, h1) = v.heads
-        assert v.v_composition == pytest.approx(float(v_scores[l0, h0, l1, h1]), rel=1e-4)
-        dense = E @ W["W_V"][l0, h0] @ W["W_O"][l0, h0] @ W["W_V"][l1, h1] @ W["W_O"][l1, h1]
-        dense = dense @ W["W_U"]  # [d_vocab, d_vocab]: small here, to check against
-        assert v.eigenvalue_score == pytest.approx(
-            eigenvalue_score(torch.linalg.eigvals(dense)), abs=1e-3
-        )
-        json.dumps(v.to_dict())
-
-
+# ---------------------------------------------------------------------- positions
 def test_positional_qk_of_a_planted_previous_token_head_is_off_diagonal():
     from qkov.circuits import positional_qk
 

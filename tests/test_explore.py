@@ -17,7 +17,8 @@ from starlette.testclient import TestClient  # noqa: E402
 
 from explore_server import raw_get, running_server  # noqa: E402
 from factories import general_model, random_model  # noqa: E402
-from qkov.circuits import eigenvalue_score, qk_circuit  # noqa: E402
+from qkov.circuits import qk_circuit  # noqa: E402
+from qkov.eigenvalues import eigenvalue_score  # noqa: E402
 from qkov.explore import Explorer  # noqa: E402
 from qkov.explore.app import MAX_BODY_BYTES, create_app, is_loopback  # noqa: E402
 from qkov.explore.attribution import next_token_attributions  # noqa: E402
@@ -136,7 +137,8 @@ def test_head_panel(client, explorer):
 def test_head_panel_of_a_large_vocabulary_ranks_a_sample(monkeypatch):
     """Over the trigram budget (GPT-2's 50k tokens; forced here) the panel ranks the seeded
     sample of sources analyze uses, says so, and its numbers are those of that sample."""
-    from qkov.circuits import ov_circuit, top1_self_fraction
+    from qkov.circuits import ov_circuit
+    from qkov.eigenvalues import top1_self_fraction
     from qkov.explore.session import _panel
     from qkov.trigrams import sample_tokens, skip_trigrams
 

@@ -20,13 +20,14 @@ import qkov
 from factories import circuit_model, general_model, induction_model, random_model
 from qkov.ablation import icl_from_logits, icl_score, term_importance
 from qkov.attribution import attribute
-from qkov.circuits import final_norm_scale, qk_positional_terms, virtual_head_ov
+from qkov.circuits import final_norm_scale, qk_positional_terms
 from qkov.data.evaluation import evaluation_set, random_tokens
 from qkov.heads import HeadClassification, HeadScores, Thresholds, classify_heads, head_scores
 from qkov.interop.transformer_lens_convert import Converted
 from qkov.names import LABELS, SCORE_NAMES
 from qkov.notebook import AttentionPatterns, attention
 from qkov.repetition import repetition_test
+from qkov.virtual_heads import virtual_head_ov
 
 LONG_FLOAT = re.compile(r"\d\.\d{5,}")  # a float printed whole: 3.874301708221435
 LINE = 100  # the longest line a repr may print

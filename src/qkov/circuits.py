@@ -1,6 +1,8 @@
-"""QK and OV circuits, the direct path and its bigrams, OV eigenvalues, virtual heads' OV.
+"""QK and OV circuits, the direct path and its bigrams.
 
-(The path expansion, which splits the logits themselves into paths, is `qkov.paths`.)
+(The path expansion, which splits the logits themselves into paths, is `qkov.paths`; the
+circuits' eigenvalues and OV statistics are `qkov.eigenvalues`, virtual heads' OV circuits
+`qkov.virtual_heads`.)
 
 Row-vector convention (as in the code, x @ W; the paper writes the transposes). For head
 (l, h) with a destination residual vector x_d and a source vector x_s:
@@ -36,6 +38,7 @@ query head its own W_K, W_V.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -90,7 +93,7 @@ def token_embedding(model: Transformer, effective_embedding: bool = False) -> Te
     model = folded(model)
     W_E, eps = model.W_E.detach(), model.cfg.norm_eps
     if not effective_embedding:  # every circuit of every head asks: computed once per W_E
-        return _cached(model, "token_embedding", lambda: _plain_embedding(model), W_E)
+        return cached(model, "token_embedding", lambda: _plain_embedding(model), W_E)
     if effective_embedding and model.cfg.d_mlp and model.cfg.n_layers:
         x = W_E + model.b_O[0].detach() if model.cfg.bias else W_E
         x = x / rms_scale(x, eps) if model.cfg.normalization == "rms" else x
@@ -105,7 +108,7 @@ def _plain_embedding(model: Transformer) -> Tensor:
     return W_E / rms_scale(W_E, model.cfg.norm_eps) if rms else W_E
 
 
-def _cached(model: Transformer, name: str, make: Callable[[], Any], *inputs: Tensor) -> Any:
+def cached(model: Transformer, name: str, make: Callable[[], Any], *inputs: Tensor) -> Any:
     """make(), kept on `model` (a folded model) until one of `inputs` changes (a new tensor,
     or an in-place write, which bumps its version)."""
     key = [(t.data_ptr(), t._version, t.dtype, t.device) for t in inputs]
@@ -115,46 +118,6 @@ def _cached(model: Transformer, name: str, make: Callable[[], Any], *inputs: Ten
     value = make()
     store[name] = (key, value)
     return value
-
-
-def _embedding_grams(model: Transformer) -> dict[str, Tensor]:
-    """Of E = token_embedding(model) [d_vocab, d_model], the d_model-sized products the token
-    circuits' spectra need (fp32 or wider): E^T E, W_U^T-side W_U E, E^T 1 and W_U 1."""
-    m = folded(model)
-    E = token_embedding(m)
-
-    def make() -> dict[str, Tensor]:
-        Ew, Uw = _wide(E), _wide(m.W_U.detach())
-        return {"EE": Ew.T @ Ew, "UE": Uw @ Ew, "E1": Ew.sum(0), "U1": Uw.sum(1)}
-
-    return _cached(m, "embedding_grams", make, E, m.W_U)
-
-
-def _wide(t: Tensor) -> Tensor:
-    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
-
-
-def qk_eigenvalues(model: Transformer, layer: int, head: int, offset: int = 0) -> Tensor:
-    """Nonzero spectrum [d_head] (complex) of the token QK circuit `qk_circuit(model, layer,
-    head, offset=offset)`, from the d_head x d_head (E W_K + b_K)^T (E W_Q + b_Q) R_offset,
-    expanded through E^T E and E^T 1 (formed once per model): d_model^2 * d_head per head,
-    never a d_vocab-sized product. Same eigenvalues as `qk_circuit(...).eigenvalues` up to
-    float rounding."""
-    check_head(model, layer, head)
-    m = folded(model)
-    w, g = m.weights(), _embedding_grams(m)
-    W_Q, W_K = _wide(w["W_Q"][layer, head]), _wide(w["W_K"][layer, head])
-    M = W_K.T @ g["EE"] @ W_Q  # [d_head, d_head]
-    if m.cfg.bias:
-        b_Q, b_K = _wide(w["b_Q"][layer, head]), _wide(w["b_K"][layer, head])
-        kE1, qE1 = W_K.T @ g["E1"], g["E1"] @ W_Q  # [d_head]
-        M = M + torch.outer(kE1, b_Q) + torch.outer(b_K, qE1)
-        M = M + m.cfg.d_vocab * torch.outer(b_K, b_Q)
-    c = m.cfg
-    if c.positional == "rotary" and offset:
-        R = relative_rotation(c.d_head, c.rotary_dim, c.rotary_base, offset)
-        M = M @ R.to(device=M.device, dtype=M.dtype)
-    return torch.linalg.eigvals(M)
 
 
 def W_QK(model: Transformer) -> FactoredMatrix:
@@ -338,124 +301,6 @@ def embedding_rms(model: Transformer) -> dict[str, Any] | None:
     return {"median": q[0], "p10": q[1], "p90": q[2], "n_tokens": r.numel()}
 
 
-# ---------------------------------------------------------------------- OV eigenvalues
-def eigenvalue_score(eigenvalues: Tensor) -> float:
-    """Sum(lambda) / sum(|lambda|) using real parts in the numerator: in [-1, 1].
-
-    Of an OV circuit (`ov_eigenvalue_score`): near 1 the circuit mostly raises what it
-    reads (the paper's copying eigenvalues), near -1 it suppresses it. Of a QK term: near 1
-    it matches tokens. (The behavioural copying score is `qkov.heads.copying_score`.)"""
-    total = float(eigenvalues.abs().sum())
-    if total == 0.0:
-        return float("nan")
-    return float(eigenvalues.real.sum()) / total
-
-
-def ov_eigenvalues(model: AttnOnlyTransformer, layer: int, head: int) -> Tensor:
-    """Nonzero spectrum [d_head] (complex) of the OV circuit W_E W_OV W_U (`ov_circuit`).
-
-    Same nonzero eigenvalues as the d_model x d_model W_OV W_U W_E; computed from the even
-    smaller d_head x d_head W_O W_U (W_E W_V + b_V), with W_U W_E and W_U 1 formed once per
-    model, never the vocab x vocab matrix (nor a d_vocab-sized product per head)."""
-    check_head(model, layer, head)
-    m = folded(model)
-    w, g = m.weights(), _embedding_grams(m)
-    W_O, W_V = _wide(w["W_O"][layer, head]), _wide(w["W_V"][layer, head])
-    M = W_O @ g["UE"] @ W_V  # [d_head, d_head]
-    if m.cfg.bias:
-        M = M + torch.outer(W_O @ g["U1"], _wide(w["b_V"][layer, head]))
-    return torch.linalg.eigvals(M)
-
-
-@torch.no_grad()
-def top1_self_fraction(
-    circuit: FactoredMatrix, chunk_size: int | None = None, rows: Tensor | None = None
-) -> float:
-    """Fraction of rows i of a square circuit whose largest entry is (strictly) column i.
-
-    For an OV circuit: the fraction of tokens whose own logit is the top-1 output when the
-    head attends to them. rows: an ESTIMATE over only these row ids (a seeded sample,
-    `qkov.trigrams.sample_tokens`; each row still compared over every column); None: every
-    row, exact. Rows are formed chunk_size at a time (default: 16 MiB of fp32), so memory
-    stays O(chunk_size * d_vocab)."""
-    if circuit.ndim != 2 or circuit.shape[0] != circuit.shape[1]:
-        raise QkovError(f"top1_self_fraction needs one square matrix, got {list(circuit.shape)}")
-    n = circuit.shape[0]
-    ids = torch.arange(n) if rows is None else rows.cpu()
-    chunk = chunk_size or max(1, CHUNK_ELEMENTS // n)
-    if chunk < 1:
-        raise QkovError(f"chunk_size must be >= 1, got {chunk_size}")
-    hits = 0
-    for start in range(0, ids.numel(), chunk):
-        part = ids[start : start + chunk].to(circuit.device)  # [c] row ids
-        block = (circuit.A[part] @ circuit.B).float()  # [c, n]
-        idx = torch.arange(part.numel(), device=block.device)
-        own = block[idx, part].clone()
-        block[idx, part] = float("-inf")
-        hits += int((own > block.max(dim=-1).values).sum())
-    return hits / max(1, ids.numel())
-
-
-@dataclass
-class OVStatistics:
-    """The OV circuit's eigenvalues, their Sum(lambda)/Sum(|lambda|), and its top-1 fraction."""
-
-    layer: int
-    head: int
-    eigenvalues: Tensor  # [d_head] complex
-    eigenvalue_score: float  # sum(lambda) / sum(|lambda|)
-    top1_fraction: float  # tokens whose own logit is top-1 in their OV row
-
-    def __repr__(self) -> str:
-        return (
-            f"OVStatistics(L{self.layer}H{self.head}, "
-            f"eigenvalue_score={self.eigenvalue_score:+.3f}, "
-            f"top1_fraction={self.top1_fraction:.3f})"
-        )
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "layer": self.layer,
-            "head": self.head,
-            "eigenvalue_score": self.eigenvalue_score,
-            "top1_fraction": self.top1_fraction,
-            "eigenvalues": [[float(z.real), float(z.imag)] for z in self.eigenvalues],
-        }
-
-
-@torch.no_grad()
-def ov_statistics(
-    model: AttnOnlyTransformer,
-    layer: int,
-    head: int,
-    chunk_size: int | None = None,
-    rows: Tensor | None = None,
-) -> OVStatistics:
-    """OV eigenvalues, their Sum(lambda)/Sum(|lambda|) and the top-1 self fraction of head
-    (layer, head); rows: the top-1 fraction over only these tokens (an estimate,
-    `top1_self_fraction`)."""
-    circuit = ov_circuit(model, layer, head)
-    eig = ov_eigenvalues(model, layer, head)
-    return OVStatistics(
-        layer=layer,
-        head=head,
-        eigenvalues=eig,
-        eigenvalue_score=eigenvalue_score(eig),
-        top1_fraction=top1_self_fraction(circuit, chunk_size, rows),
-    )
-
-
-def ov_statistics_all(
-    model: AttnOnlyTransformer, chunk_size: int | None = None
-) -> list[OVStatistics]:
-    """ov_statistics for every head, layer-major."""
-    return [
-        ov_statistics(model, l, h, chunk_size)
-        for l in range(model.cfg.n_layers)
-        for h in range(model.cfg.n_heads)
-    ]
-
-
 def induction_qk_term(
     model: AttnOnlyTransformer, layer: int, head: int, src_layer: int, src_head: int
 ) -> FactoredMatrix:
@@ -519,92 +364,6 @@ def top_bigrams(
     ]
 
 
-# Names from before "copying" meant only the behavioural score (kept for existing code).
-OVCopying = OVStatistics
-ov_copying = ov_statistics
-ov_copying_all = ov_statistics_all
-
-
-# ---------------------------------------------------------------------- virtual heads' OV
-@dataclass
-class VirtualHeadOV:
-    """The OV circuit of virtual head h0 -> h1 (V-composition), W_E W_OV^{h0} W_OV^{h1} W_U
-    [d_vocab (source), d_vocab (out)]: what h1 writes to the logits when it attends to a
-    position where h0 attended to a source token. eigenvalue_score: its Σλ/Σ|λ|;
-    v_composition: ||W_OV^{h0} W_OV^{h1}||_F / (||W_OV^{h0}||_F ||W_OV^{h1}||_F)."""
-
-    heads: Chain  # ((l0, h0), (l1, h1)), l0 < l1
-    v_composition: float
-    eigenvalue_score: float
-
-    @property
-    def name(self) -> str:
-        return ">".join(f"L{l}H{h}" for l, h in self.heads)
-
-    def __repr__(self) -> str:
-        return (
-            f"VirtualHeadOV({self.name}, v_composition={self.v_composition:.3f}, "
-            f"eigenvalue_score={self.eigenvalue_score:+.3f})"
-        )
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "heads": [list(lh) for lh in self.heads],
-            "name": self.name,
-            "v_composition": self.v_composition,
-            "ov_eigenvalue_score": self.eigenvalue_score,
-        }
-
-
-@torch.no_grad()
-def virtual_head_ov(model: Transformer) -> list[VirtualHeadOV]:
-    """Every two-head virtual head (l0 < l1) with its OV Σλ/Σ|λ| and V-composition score,
-    highest composition first. The spectrum is that of the d_head x d_head
-    W_O^{h1} W_U E W_V^{h0} W_O^{h0} W_V^{h1}, never the vocab x vocab circuit (E =
-    token_embedding; weights folded, biases and MLPs between the heads left out)."""
-    from qkov.composition import pair_scores
-
-    m = folded(model)
-    w, E = m.weights(), token_embedding(m)
-    wide = lambda t: t.float() if t.dtype in (torch.bfloat16, torch.float16) else t  # noqa: E731
-    # The circuit is A B with A = E W_V^{h0} W_O^{h0} W_V^{h1}, B = W_O^{h1} W_U, and its
-    # nonzero spectrum is that of B A = W_O^{h1} (W_U E) W_V^{h0} W_O^{h0} W_V^{h1}:
-    # W_U E [d_model, d_model] is formed once (d_vocab * d_model^2), each pair costs d_model^2.
-    cfg = m.cfg
-    UE = wide(w["W_U"]) @ wide(E)  # [d_model, d_model]
-    ov = FactoredMatrix(w["W_V"], w["W_O"])  # [n_layers, n_heads, d_model, d_model]
-    v_comp = pair_scores(ov, ov)  # [l0, h0, l1, h1], every pair at once
-    # B A = (W_O^{h1} W_U E W_V^{h0}) (W_O^{h0} W_V^{h1}): both factors for every pair of
-    # heads from two [N d_head, d_model] x [d_model, N d_head] products (N = n_layers n_heads).
-    N, r = cfg.n_layers * cfg.n_heads, cfg.d_head
-    W_O = wide(w["W_O"]).reshape(N * r, cfg.d_model)  # rows: head n, then d_head
-    W_V = wide(w["W_V"]).flatten(0, 1).transpose(0, 1).reshape(cfg.d_model, N * r)
-    P = ((W_O @ UE) @ W_V).reshape(N, r, N, r)  # P[n1, :, n0] = W_O^{n1} W_U E W_V^{n0}
-    Q = (W_O @ W_V).reshape(N, r, N, r)  # Q[n0, :, n1] = W_O^{n0} W_V^{n1}
-    pairs = [
-        (l0 * cfg.n_heads + h0, l1 * cfg.n_heads + h1)
-        for l0 in range(cfg.n_layers)
-        for h0 in range(cfg.n_heads)
-        for l1 in range(l0 + 1, cfg.n_layers)
-        for h1 in range(cfg.n_heads)
-    ]
-    out = []
-    if pairs:
-        n0, n1 = (torch.tensor(x) for x in zip(*pairs, strict=True))
-        BA = P[n1, :, n0] @ Q[n0, :, n1]  # [pairs, d_head, d_head]
-        eig = torch.linalg.eigvals(BA)  # [pairs, d_head]
-        for i, (a, b) in enumerate(pairs):
-            (l0, h0), (l1, h1) = divmod(a, cfg.n_heads), divmod(b, cfg.n_heads)
-            out.append(
-                VirtualHeadOV(
-                    heads=((l0, h0), (l1, h1)),
-                    v_composition=float(v_comp[l0, h0, l1, h1]),
-                    eigenvalue_score=eigenvalue_score(eig[i]),
-                )
-            )
-    return sorted(out, key=lambda v: -v.v_composition)
-
-
 # ---------------------------------------------------------------------- positional QK
 @torch.no_grad()
 def positional_qk(
@@ -618,3 +377,26 @@ def positional_qk(
     terms = qk_positional_terms(model, layer, head)
     n = min(n_positions or model.cfg.n_ctx, model.cfg.n_ctx)
     return terms.pos_pos.rows(0, n).dense(force=True)[:, :n] / model.cfg.d_head**0.5
+
+
+# Moved out of this module, which each of their modules imports: the names callers import
+# from here load from there on first use (PEP 562).
+_MOVED = {
+    "eigenvalue_score": "qkov.eigenvalues",
+    "qk_eigenvalues": "qkov.eigenvalues",
+    "ov_eigenvalues": "qkov.eigenvalues",
+    "top1_self_fraction": "qkov.eigenvalues",
+    "OVStatistics": "qkov.eigenvalues",
+    "ov_statistics": "qkov.eigenvalues",
+    "ov_statistics_all": "qkov.eigenvalues",
+    "OVCopying": "qkov.eigenvalues",
+    "ov_copying": "qkov.eigenvalues",
+    "ov_copying_all": "qkov.eigenvalues",
+    "virtual_head_ov": "qkov.virtual_heads",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module 'qkov.circuits' has no attribute {name!r}")

@@ -19,8 +19,9 @@ import math
 import torch
 from torch import Tensor
 
-from qkov.circuits import W_OV, W_QK, eigenvalue_score, induction_qk_term, ov_circuit
+from qkov.circuits import W_OV, W_QK, induction_qk_term, ov_circuit
 from qkov.composition import composition_score
+from qkov.eigenvalues import eigenvalue_score
 from qkov.model import Transformer
 
 KEYS = (

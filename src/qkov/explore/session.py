@@ -311,7 +311,7 @@ def _panel(model: Transformer, layer: int, head: int) -> dict[str, Any]:
     fraction are ranked over the seeded sample of sources `qkov analyze` uses
     (`qkov.budget.trigram_sources`; said in "sampled_sources"), so a panel takes seconds."""
     from qkov.budget import trigram_sources
-    from qkov.circuits import eigenvalue_score, ov_statistics, qk_eigenvalues
+    from qkov.eigenvalues import eigenvalue_score, ov_statistics, qk_eigenvalues
     from qkov.trigrams import DEFAULT_MIN_COUNT, sample_tokens, skip_trigrams
 
     n_sources = trigram_sources(model.cfg)

@@ -295,7 +295,7 @@ def head_table_html(records: Any) -> str:
 
 def eigenvalues_html(eigenvalues: Any, label: str = "eigenvalues", score: Any = None) -> str:
     """Notebook view: eigenvalues ([[re, im], ...] or complex numbers) in the complex plane,
-    captioned with the sum(lambda)/sum(|lambda|) it is given. A `qkov.circuits.OVStatistics`
+    captioned with the sum(lambda)/sum(|lambda|) it is given. A `qkov.eigenvalues.OVStatistics`
     record may be passed instead: its `eigenvalues` and `eigenvalue_score` are drawn."""
     if hasattr(eigenvalues, "eigenvalue_score"):
         score = eigenvalues.eigenvalue_score if score is None else score

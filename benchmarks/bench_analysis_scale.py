@@ -36,10 +36,10 @@ import torch
 
 from qkov import ModelConfig, Transformer
 from qkov.circuits import ov_circuit
+from qkov.classification import classify_heads
 from qkov.composition import composition_scores
 from qkov.data.probes import induction_probe
 from qkov.eigenvalues import ov_eigenvalues, ov_statistics
-from qkov.heads import classify_heads
 from qkov.paths import path_expansion
 from qkov.trigrams import skip_trigrams
 

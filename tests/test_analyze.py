@@ -154,8 +154,9 @@ def test_head_scores_say_what_they_rest_on_and_match_it():
     import torch
 
     from qkov.analyze import ABLATION_SEQUENCES
+    from qkov.classification import classify_heads
     from qkov.data.evaluation import EvaluationSet
-    from qkov.heads import classify_heads, head_scores
+    from qkov.heads import head_scores
     from qkov.report import render_report
 
     model = make_model(2)

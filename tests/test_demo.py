@@ -57,7 +57,7 @@ def test_demo_reports_what_classify_heads_finds(demo_out):
     """The report's heads and induction circuit are classify_heads' on the shipped model (no
     threshold tuned to today's weights: the shipped numbers are facts in TRAINING.md)."""
     from qkov import load
-    from qkov.heads import classify_heads
+    from qkov.classification import classify_heads
 
     main_model = json.loads((demo_out / "analysis.json").read_text())["models"][0]
     cls = classify_heads(load(shipped("attn2")))

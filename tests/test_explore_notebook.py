@@ -13,7 +13,7 @@ import torch
 
 import qkov
 from factories import random_model
-from qkov.heads import classify_heads
+from qkov.classification import classify_heads
 from qkov.notebook import AttentionPatterns, attention, head_classification_html
 from qkov.paths import PathExpansion, PathTerm, path_expansion
 from qkov.report import widgets

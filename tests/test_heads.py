@@ -11,10 +11,9 @@ import torch.nn.functional as F
 from factories import general_model, random_tokens
 from qkov import AttnOnlyTransformer, ModelConfig, QkovError, Transformer
 from qkov.circuits import induction_qk_term
+from qkov.classification import classify_heads
 from qkov.data.probes import induction_probe, repeated_random_tokens
 from qkov.heads import (
-    Thresholds,
-    classify_heads,
     head_scores,
     induction_score,
     prefix_matching_score,
@@ -169,26 +168,6 @@ def test_handbuilt_induction_model_predicts_second_half():
     assert loss < 0.1
 
 
-def test_classifier_labels_handbuilt_heads_and_finds_partner():
-    model = build_induction_model()
-    cls = classify_heads(model, batch=16, seed=0, n_baseline=50)
-    prev, ind = cls.record(0, 0), cls.record(1, 0)
-    assert prev.label == "previous_token"
-    assert prev.decided_by == "previous_token" and prev.threshold == Thresholds().previous_token
-    assert ind.label == "induction" and ind.decided_by == "induction"
-    assert ind.scores["induction"] > 0.95 and ind.scores["copying"] > 0.9
-    assert [p.name for p in ind.partners] == ["L0H0"]  # L0H1 is at the random baseline
-    assert ind.k_composition[0].name == "L0H0" and ind.k_composition[0].z > 3
-    assert ind.qk_term_eigenvalue_score == pytest.approx(1.0, abs=1e-3)
-    for name in ("L0H1", "L1H1"):
-        r = cls.record(int(name[1]), int(name[3]))
-        assert r.label not in ("induction", "previous_token") and r.k_composition == ()
-    assert [r.name for r in cls.with_label("induction")] == ["L1H0"]
-    d = cls.to_dict()
-    assert d["records"][2]["partners"] == ["L0H0"]
-    assert "L1H0" in cls.table() and "L0H0 (" in cls.table()
-
-
 def test_induction_qk_term_matches_dense_and_errors():
     model = build_induction_model()
     term = induction_qk_term(model, 1, 0, 0, 0)
@@ -279,12 +258,6 @@ def test_positional_score_uniform_vs_token_driven():
     assert t.positional[0, 0] > 0.99 and t.positional[1, 0] < 0.7  # position vs token driven
 
 
-def test_random_model_has_no_induction_or_previous_token_head():
-    cfg = ModelConfig(n_layers=2, n_heads=4, d_model=64, n_ctx=64, d_vocab=128, init_std=0.2)
-    cls = classify_heads(AttnOnlyTransformer(cfg), batch=8, n_baseline=20)
-    assert not cls.with_label("induction") and not cls.with_label("previous_token")
-
-
 def test_scores_serialise_and_zero_layer_model():
     s = head_scores(build_induction_model(), batch=4)
     d = s.to_dict()
@@ -356,21 +329,3 @@ def test_copying_score_on_a_general_model_planted_and_brute_force():
     got = head_scores(rnd, tokens).copying.double()
     torch.testing.assert_close(got, brute_force_copying(rnd, tokens), atol=1e-4, rtol=0)
     assert head_scores(rnd, batch=8).copying.abs().max() < 0.4
-
-
-def test_knockout_partner_is_the_previous_token_head():
-    """Zeroing the hand-built previous-token head L0H0 breaks the induction head L1H0 (its
-    keys no longer hold the previous token); zeroing L0H1 changes nothing. classify_heads
-    records that ranking for each induction head."""
-    from qkov.heads import knockout_partners
-
-    model = build_induction_model()
-    probe = induction_probe(V, 16, N_CTX, seed=0)
-    ranked = knockout_partners(model, 1, 0, probe.tokens, probe.half_lens)
-    assert [p.name for p in ranked] == ["L0H0", "L0H1"]
-    assert ranked[0].drop > 0.5 and abs(ranked[1].drop) < 1e-3
-    clean = head_scores(model, probe.tokens, half_len=probe.half_lens).induction[1, 0]
-    assert ranked[0].induction_score == pytest.approx(float(clean) - ranked[0].drop)
-    cls = classify_heads(model, batch=16, seed=0, n_baseline=50)
-    assert cls.record(1, 0).knockout[0].name == "L0H0"
-    assert cls.record(0, 0).knockout == ()  # only induction heads are knocked against

@@ -4,8 +4,8 @@ that K-composes with it, in a phase change visible in metrics.jsonl (about 20 s 
 import pytest
 
 from qkov import load
+from qkov.classification import classify_heads
 from qkov.cli import main
-from qkov.heads import classify_heads
 from qkov.metrics import phase_change, read_records, training_history
 
 RECIPE = (

@@ -432,7 +432,7 @@ def test_notebook_views_escape_tokens():
 
 
 def test_notebook_views_read_records_and_compute_nothing():
-    from qkov.heads import HeadRecord
+    from qkov.classification import HeadRecord
     from qkov.report import widgets
 
     assert not hasattr(widgets, "DISPLAY")

@@ -41,7 +41,7 @@ _EXPORTS = {
     "QkovError": "qkov.errors",
     "FactoredMatrix": "qkov.factored",
     "fold_layernorm": "qkov.fold",
-    "classify_heads": "qkov.heads",
+    "classify_heads": "qkov.classification",
     "head_scores": "qkov.heads",
     "AttnOnlyTransformer": "qkov.model",
     "Transformer": "qkov.model",

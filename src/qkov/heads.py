@@ -1,5 +1,8 @@
 """Head detectors: what each head does, read off the model's own attention patterns.
 
+(The labels drawn from these scores, with an induction head's partners, are
+`qkov.classification`.)
+
 Every score is a tensor [n_layers, n_heads] computed from the patterns
 A [batch, head, destination, source] of a forward pass (Olsson et al., 2022):
 
@@ -36,16 +39,15 @@ scores as "induction" too, and models trained on a fixed-period task learn exact
 
 from __future__ import annotations
 
-import dataclasses
+import importlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from qkov.circuits import eigenvalue_score, folded, induction_qk_term, ov_eigenvalues
-from qkov.composition import CompositionScores, composition_scores
+from qkov.circuits import folded
 from qkov.data.probes import (
     default_seq_len,
     induction_probe,
@@ -53,17 +55,9 @@ from qkov.data.probes import (
 from qkov.errors import QkovError
 from qkov.io import json_safe
 from qkov.model import AttnOnlyTransformer, Transformer
-from qkov.names import LABELS, SCORE_NAMES
-from qkov.reprs import axes, capped, num, wrap
+from qkov.names import SCORE_NAMES
+from qkov.reprs import axes, num, wrap
 
-# The short column names of `HeadClassification.table`, explained under it.
-COLUMNS = {
-    "prev": "previous_token",
-    "induct": "induction",
-    "dup": "duplicate_token",
-    "copy": "copying",
-    "pos": "positional",
-}
 _COPY_CHUNK = 2**24  # elements of the [rows, pos, d_vocab] logit-effect block per step
 # copying_score ranks among every logit while tokens * d_vocab * d_head stays under this
 # (per head); above it, among a seeded sample of columns (an estimate, recorded by analyze).
@@ -268,7 +262,7 @@ class HeadScores:
             best.append(f"{name} {num(score)}" + (f" (L{l}H{h})" if math.isfinite(score) else ""))
         shape = axes(self.induction.shape, ("layer", "head"))
         return (
-            f"HeadScores({len(SCORE_NAMES)} scores, each {shape}, on {_measured(self)};\n"
+            f"HeadScores({len(SCORE_NAMES)} scores, each {shape}, on {measurement(self)};\n"
             + wrap("best: ", best or ["no heads"], end=")")
         )
 
@@ -321,360 +315,17 @@ def head_scores(
     )
 
 
-# ---------------------------------------------------------------------------- classification
-@dataclass(frozen=True)
-class Thresholds:
-    """Score thresholds of `classify_heads`; partner_z: K-composition z-score against the
-    random baseline above which an earlier head counts as an induction head's partner."""
-
-    previous_token: float = 0.4
-    induction: float = 0.4
-    duplicate_token: float = 0.4
-    copying: float = 0.4
-    positional: float = 0.9
-    partner_z: float = 3.0
-
-
-@dataclass(frozen=True)
-class KPartner:
-    """An earlier head read by a later head's key: its K-composition score and its z-score
-    (score - baseline mean) / baseline std against random heads of the same shapes."""
-
-    layer: int
-    head: int
-    score: float
-    z: float
-    above_baseline: bool
-
-    @property
-    def name(self) -> str:
-        return f"L{self.layer}H{self.head}"
-
-    def __repr__(self) -> str:
-        above = "above" if self.above_baseline else "not above"
-        z = num(self.z, ".1f")
-        return f"KPartner({self.name}, score={num(self.score)}, z={z}, {above} baseline)"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class KnockoutPartner:
-    """An earlier head and the induction score of a later head with its output zeroed:
-    `drop` = clean score - that score (large: the later head needs this one)."""
-
-    layer: int
-    head: int
-    induction_score: float
-    drop: float
-
-    @property
-    def name(self) -> str:
-        return f"L{self.layer}H{self.head}"
-
-    def __repr__(self) -> str:
-        return (
-            f"KnockoutPartner({self.name}, induction_score={num(self.induction_score)}, "
-            f"drop={num(self.drop, '+.3f')})"
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-class _PatternReached(Exception):
-    """Raised by a hook to end a forward pass once the pattern it needs is computed."""
-
-
-@torch.no_grad()
-def knockout_partners(
-    model: AttnOnlyTransformer, layer: int, head: int, tokens: Tensor, half_len: int | Tensor
-) -> tuple[KnockoutPartner, ...]:
-    """Every head of an earlier layer, ranked by how much zeroing its output lowers the
-    induction score of (layer, head) on tokens [batch, pos] ending in a repeated block of
-    half_len: the causal test of an induction head's previous-token partner. It finds the
-    partner also when the key reads it through an MLP, where the weight-based K-composition
-    score (a product of the two heads' matrices) does not see it. One forward pass per
-    earlier head."""
-
-    def induction(hooks: dict) -> float:
-        pattern = {}
-
-        def stop(x: Tensor, name: str) -> None:  # the layers after this one and the
-            pattern[name] = x  # unembedding cannot change this pattern: skip them
-            raise _PatternReached
-
-        try:
-            model.run_with_hooks(tokens, hooks={**hooks, f"pattern.{layer}": stop})
-        except _PatternReached:
-            pass
-        return float(induction_score(pattern[f"pattern.{layer}"], tokens, half_len)[head])
-
-    def zero(h0: int):
-        def hook(out: Tensor, name: str) -> Tensor:  # z: [batch, head, pos, d_head]
-            out = out.clone()  # zero z of a head = zero its head_out (W_O is per head)
-            out[:, h0] = 0
-            return out
-
-        return hook
-
-    clean = induction({})
-    ranked = []
-    for l0 in range(layer):
-        for h0 in range(model.cfg.n_heads):
-            score = induction({f"z.{l0}": zero(h0)})
-            ranked.append(KnockoutPartner(l0, h0, score, clean - score))
-    return tuple(sorted(ranked, key=lambda p: -p.drop))
-
-
-@dataclass(frozen=True)
-class HeadRecord:
-    """One head: its scores, its label and the score and threshold that decided it.
-
-    For an induction head: every earlier head ranked by K-composition (`k_composition`;
-    `partners` keeps those above the baseline) and Sum(lambda)/Sum(|lambda|) of the induction
-    QK term through the top-ranked one (`qk_term_eigenvalue_score`), and every earlier head
-    ranked by how much knocking it out lowers this head's induction score (`knockout`)."""
-
-    layer: int
-    head: int
-    label: str  # one of LABELS
-    decided_by: str | None  # the score that decided the label (None for "other")
-    threshold: float | None
-    scores: dict[str, float]
-    ov_eigenvalue_score: float  # Sum(lambda)/Sum(|lambda|) of the OV circuit W_E W_OV W_U
-    k_composition: tuple[KPartner, ...] = ()
-    qk_term_eigenvalue_score: float | None = None
-    ov_eigenvalues: Tensor | None = field(default=None, repr=False, compare=False)  # [d_head]
-    knockout: tuple[KnockoutPartner, ...] = ()
-
-    @property
-    def name(self) -> str:
-        return f"L{self.layer}H{self.head}"
-
-    @property
-    def partners(self) -> tuple[KPartner, ...]:
-        return tuple(p for p in self.k_composition if p.above_baseline)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        d["k_composition"] = [p.to_dict() for p in self.k_composition]
-        d["knockout"] = [p.to_dict() for p in self.knockout]
-        d["ov_eigenvalues"] = (
-            None
-            if self.ov_eigenvalues is None
-            else [[float(z.real), float(z.imag)] for z in self.ov_eigenvalues.reshape(-1)]
-        )
-        d["partners"] = [p.name for p in self.partners]
-        return json_safe(d)
-
-    def __repr__(self) -> str:
-        scores = " ".join(f"{c} {num(self.scores.get(n))}" for c, n in COLUMNS.items())
-        lines = [
-            f"HeadRecord({_summary(self)}, OV eig {num(self.ov_eigenvalue_score, '+.3f')}",
-            f"  scores: {scores}",
-        ]
-        if self.k_composition:
-            ranked = [f"{p.name} ({num(p.score)}, z={num(p.z, '.1f')})" for p in self.k_composition]
-            lead = f"K-composition ({len(self.partners)} above baseline): "
-            lines.append(wrap(lead, capped(ranked, 3)))
-        if self.qk_term_eigenvalue_score is not None:
-            lines.append(f"  QK term eig {num(self.qk_term_eigenvalue_score, '+.3f')}")
-        if self.knockout:
-            k = self.knockout[0]
-            lines.append(
-                f"  knocking out {k.name} lowers its induction score by {num(k.drop, '.2f')}"
-            )
-        return "\n".join(lines) + ")"
-
-
-@dataclass(frozen=True)
-class HeadClassification:
-    """`classify_heads` result: a record per head (layer-major), the scores behind it and
-    the composition scores its induction partners were ranked by (None below 2 layers)."""
-
-    records: tuple[HeadRecord, ...]
-    scores: HeadScores
-    thresholds: Thresholds
-    composition: CompositionScores | None = field(default=None, repr=False)
-
-    def record(self, layer: int, head: int) -> HeadRecord:
-        for r in self.records:
-            if (r.layer, r.head) == (layer, head):
-                return r
-        raise QkovError(f"no head L{layer}H{head} in this classification")
-
-    def with_label(self, label: str) -> list[HeadRecord]:
-        if label not in LABELS:
-            raise QkovError(f"unknown label {label!r}: use one of {', '.join(LABELS)}")
-        return [r for r in self.records if r.label == label]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "records": [r.to_dict() for r in self.records],
-            "scores": self.scores.to_dict(),
-            "thresholds": dataclasses.asdict(self.thresholds),
-        }
-
-    def __repr__(self) -> str:
-        """Labelled heads grouped by label (best first, `_PER_LABEL` of each), the rest
-        counted."""
-        counts = {lab: len(self.with_label(lab)) for lab in LABELS}
-        tally = [f"{n} {lab}" for lab, n in counts.items() if n]
-        shape = axes(self.scores.induction.shape, ("layer", "head"))
-        lines = [
-            f"HeadClassification({len(self.records)} heads {shape} on {_measured(self.scores)}",
-            wrap("labels: ", tally or ["none"]),
-        ]
-        for lab in LABELS[:-1]:
-            group = sorted(self.with_label(lab), key=lambda r: -_decisive(r))
-            lines += [f"  {_summary(r)}" for r in group[:_PER_LABEL]]
-            if len(group) > _PER_LABEL:
-                lines.append(f"  ... and {len(group) - _PER_LABEL} more {lab}")
-        if counts["other"]:
-            lines.append(f"  {counts['other']} other: no score above its threshold")
-        return "\n".join(lines) + ")"
-
-    def _repr_html_(self) -> str:  # Jupyter: the report's head table (qkov.notebook)
-        from qkov.notebook import head_classification_html
-
-        return head_classification_html(self)
-
-    def table(self) -> str:
-        """A plain-text table: one row per head, and a legend of its columns."""
-        lines = [
-            f"{'head':<6} " + " ".join(f"{c:>6}" for c in COLUMNS) + f" {'OV eig':>6}  "
-            f"{'label':<15} {'decided by':<24} K-composition partners (score, z)"
-        ]
-        for r in self.records:
-            vals = " ".join(_fmt(r.scores[c], "6.3f") for c in COLUMNS.values())
-            why = f"{r.decided_by} >= {r.threshold:g}" if r.decided_by else "-"
-            part = ""
-            if r.label == "induction":
-                part = ", ".join(f"{p.name} ({p.score:.3f}, z={p.z:.1f})" for p in r.partners)
-                part = part or "none above baseline"
-                if r.qk_term_eigenvalue_score is not None:
-                    part += f"; QK term eig {r.qk_term_eigenvalue_score:+.3f}"
-                if r.knockout:
-                    k = r.knockout[0]
-                    part += f"; knocking out {k.name} lowers its score by {k.drop:.2f}"
-            ov = _fmt(r.ov_eigenvalue_score, "+6.3f")
-            lines.append(f"{r.name:<6} {vals} {ov}  {r.label:<15} {why:<24} {part}".rstrip())
-        legend = ", ".join(f"{c} = {n}" for c, n in COLUMNS.items())
-        lines.append(
-            f"({legend} score, on {self.scores.n_sequences} x {self.scores.seq_len} "
-            f"{self.scores.measured_on.replace('_', ' ')}; OV eig = "
-            "Sum(lambda)/Sum(|lambda|) of the OV circuit; - : not defined)"
-        )
-        return "\n".join(lines)
-
-
-_PER_LABEL = 5  # heads of each label a HeadClassification's repr lists
-
-
-def _measured(scores: HeadScores) -> str:
+def measurement(scores: HeadScores) -> str:
+    """'16 x 64 random tokens': what the scores were measured on (their records' reprs)."""
     return f"{scores.n_sequences} x {scores.seq_len} {scores.measured_on.replace('_', ' ')}"
 
 
-def _decisive(r: HeadRecord) -> float:
-    """The score that decided r's label (NaN-safe for sorting)."""
-    x = r.scores.get(r.decided_by, math.nan) if r.decided_by else math.nan
-    return x if math.isfinite(x) else -math.inf
+# The classification of heads into labels moved to qkov.classification, which imports this
+# module; the names callers import from here load from there on first use (PEP 562).
+_MOVED = ("HeadClassification", "HeadRecord", "Thresholds", "classify_heads", "knockout_partners")
 
 
-def _summary(r: HeadRecord) -> str:
-    """'L1H6 induction 0.869 (partner L0H7, z=72.6)': a head's label, the score that decided
-    it and, for an induction head, its top K-composition partner."""
-    if r.decided_by is None:
-        return f"{r.name} {r.label}"
-    out = f"{r.name} {r.label} {num(r.scores.get(r.decided_by))}"
-    if r.label == "induction" and r.k_composition:
-        p = r.partners[0] if r.partners else None
-        out += f" (partner {p.name}, z={num(p.z, '.1f')})" if p else " (no partner above baseline)"
-    return out
-
-
-def _fmt(x: float, spec: str) -> str:
-    width = int(spec.lstrip("+").split(".")[0])
-    return f"{x:{spec}}" if math.isfinite(x) else f"{'-':>{width}}"
-
-
-def _label(scores: dict[str, float], t: Thresholds) -> tuple[str, str | None, float | None]:
-    """Attention labels first (the highest score above its threshold), then copying, then
-    positional, else other. NaN scores never pass."""
-    attention = [
-        ("induction", "induction", t.induction),
-        ("previous_token", "previous_token", t.previous_token),
-        ("duplicate_token", "duplicate_token", t.duplicate_token),
-    ]
-    passed = [(scores[k], label, k, th) for label, k, th in attention if scores[k] >= th]
-    if passed:
-        _, label, key, th = max(passed, key=lambda x: x[0])
-        return label, key, th
-    if scores["copying"] >= t.copying:
-        return "copying", "copying", t.copying
-    if scores["positional"] >= t.positional:
-        return "positional", "positional", t.positional
-    return "other", None, None
-
-
-def classify_heads(
-    model: AttnOnlyTransformer,
-    tokens: Tensor | None = None,
-    *,
-    thresholds: Thresholds | None = None,
-    half_len: int | Tensor | None = None,
-    batch: int = 16,
-    seq_len: int | None = None,
-    seed: int = 0,
-    n_baseline: int = 200,
-) -> HeadClassification:
-    """Label every head from its scores (on the seeded repeated probe unless `tokens` given)
-    and, for each induction head, rank the earlier heads its key reads (K-composition) and
-    the earlier heads it needs (`knockout_partners`, on the same tokens when they end in a
-    known repeated block)."""
-    t = thresholds or Thresholds()
-    cfg = model.cfg
-    scores = head_scores(model, tokens, half_len=half_len, batch=batch, seq_len=seq_len, seed=seed)
-    if tokens is None:  # the probe head_scores drew (same seed): for the knock-outs
-        probe = induction_probe(cfg.d_vocab, batch, seq_len or default_seq_len(cfg.n_ctx), seed)
-        tokens, half_len = probe.tokens, probe.half_lens
-    comp = composition_scores(model, n_baseline=n_baseline, seed=seed) if cfg.n_layers > 1 else None
-    records = []
-    with torch.no_grad():
-        for l in range(cfg.n_layers):
-            for h in range(cfg.n_heads):
-                s = scores.get(l, h)
-                label, key, th = _label(s, t)
-                ranked: tuple[KPartner, ...] = ()
-                knocked: tuple[KnockoutPartner, ...] = ()
-                qk_stat = None
-                if label == "induction" and comp is not None and l > 0:
-                    ranked = _k_partners(comp, l, h, t.partner_z)
-                    term = induction_qk_term(model, l, h, ranked[0].layer, ranked[0].head)
-                    qk_stat = eigenvalue_score(term.eigenvalues)
-                    if half_len is not None:
-                        knocked = knockout_partners(model, l, h, tokens, half_len)
-                ov = ov_eigenvalues(model, l, h)
-                records.append(
-                    HeadRecord(
-                        l, h, label, key, th, s, eigenvalue_score(ov), ranked, qk_stat, ov, knocked
-                    )
-                )
-    return HeadClassification(tuple(records), scores, t, comp)
-
-
-def _k_partners(
-    comp: CompositionScores, layer: int, head: int, partner_z: float
-) -> tuple[KPartner, ...]:
-    """Every head of an earlier layer, ranked by its K-composition into (layer, head), with
-    its z-score against the random baseline."""
-    mean, std = comp.baseline_mean["k"], comp.baseline_std["k"]
-    ranked = []
-    for l0 in range(layer):
-        for h0 in range(comp.k.shape[1]):
-            k = float(comp.k[l0, h0, layer, head])
-            z = (k - mean) / std if std > 0 else math.inf
-            ranked.append(KPartner(l0, h0, k, z, z >= partner_z))
-    return tuple(sorted(ranked, key=lambda p: -p.score))
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        return getattr(importlib.import_module("qkov.classification"), name)
+    raise AttributeError(f"module 'qkov.heads' has no attribute {name!r}")

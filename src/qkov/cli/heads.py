@@ -75,11 +75,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from qkov.ablation import icl_score, term_importance
     from qkov.checkpoint import load
+    from qkov.classification import classify_heads
     from qkov.cli import plural
     from qkov.cli.analyze import read_text_file
     from qkov.data.evaluation import evaluation_set
     from qkov.errors import QkovError
-    from qkov.heads import classify_heads, head_scores
+    from qkov.heads import head_scores
     from qkov.io import atomic_write_text, check_output_file
 
     if args.json:

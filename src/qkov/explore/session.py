@@ -286,7 +286,7 @@ def _finite(x: float) -> float | None:
 
 
 def _roles(model: Transformer) -> list[dict[str, Any]]:
-    from qkov.heads import classify_heads
+    from qkov.classification import classify_heads
 
     if model.cfg.n_layers == 0:
         return []

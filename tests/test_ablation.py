@@ -1,12 +1,9 @@
-"""Term importance, head ablation and ICL score checked against the math (qkov.ablation)."""
+"""Term importance and head ablation checked against the math (qkov.ablation)."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-import torch.nn.functional as F
 
 import factories
 from factories import random_tokens
@@ -14,9 +11,6 @@ from qkov import QkovError
 from qkov.ablation import (
     ablate_orders,
     head_ablation_logits,
-    icl_from_logits,
-    icl_score,
-    icl_windows,
     mlp_ablation_logits,
     order_logits,
     order_residuals,
@@ -155,42 +149,6 @@ def test_ablation_errors():
         head_ablation_logits(model, tokens, 1, 0)
     with pytest.raises(QkovError, match="at least 2"):
         term_importance(model, tokens[:, :1])
-
-
-# ---------------------------------------------------------------------------- ICL
-def test_icl_windows_scale_the_sequel():
-    """Tokens 50 and 500 of the sequel's 512-token context, widened to windows of n/16."""
-    assert icl_windows(512) == ((34, 66), (480, 512))
-    assert icl_windows(256) == ((17, 33), (240, 256))
-    assert icl_windows(3) == ((1, 2), (2, 3))
-    with pytest.raises(QkovError):
-        icl_windows(2)
-
-
-def test_icl_score_windows_and_spread():
-    """Per sequence: mean loss over the late window minus over the early one; the score is
-    their mean over sequences, the stderr their standard deviation / sqrt(n)."""
-    model = build_induction_model()
-    tokens = repeated_random_tokens(V, batch=8, half_len=16, seed=2)
-    res = icl_score(model, tokens)
-    with torch.no_grad():
-        logits = model(tokens)
-    loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")
-    torch.testing.assert_close(res.loss_by_position, loss.mean(0), **TOL)
-    (a, b), (c, d) = res.early, res.late
-    assert (res.early, res.late) == icl_windows(32) and res.n_sequences == 8
-    per_seq = loss[:, c - 1 : d - 1].mean(1) - loss[:, a - 1 : b - 1].mean(1)
-    assert res.score == pytest.approx(float(per_seq.mean()), abs=1e-5)
-    assert res.stderr == pytest.approx(float(per_seq.std() / 8**0.5), abs=1e-5)
-    assert res.loss_late < 0.01 and res.score < -2  # second half predicted in context
-    custom = icl_from_logits(logits, tokens, early=(5, 6), late=(20, 22))
-    assert custom.loss_early == pytest.approx(float(loss.mean(0)[4]), abs=1e-5)
-    assert custom.loss_late == pytest.approx(float(loss.mean(0)[19:21].mean()), abs=1e-5)
-    with pytest.raises(QkovError):
-        icl_from_logits(logits, tokens, early=(5, 6), late=(20, 40))
-    one = icl_from_logits(logits[:1], tokens[:1])
-    assert math.isnan(one.stderr) and one.to_dict()["stderr"] is None  # JSON-safe
-    assert len(res.to_dict()["loss_by_position"]) == 31
 
 
 # ---------------------------------------------------------------------------- general models

@@ -18,12 +18,13 @@ import torch
 
 import qkov
 from factories import circuit_model, general_model, induction_model, random_model
-from qkov.ablation import icl_from_logits, icl_score, term_importance
+from qkov.ablation import term_importance
 from qkov.attribution import attribute
 from qkov.circuits import final_norm_scale, qk_positional_terms
 from qkov.classification import HeadClassification, Thresholds, classify_heads
 from qkov.data.evaluation import evaluation_set, random_tokens
 from qkov.heads import HeadScores, head_scores
+from qkov.icl import icl_from_logits, icl_score
 from qkov.interop.transformer_lens_convert import Converted
 from qkov.names import LABELS, SCORE_NAMES
 from qkov.notebook import AttentionPatterns, attention

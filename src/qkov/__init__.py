@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "icl_score": "qkov.ablation",
+    "icl_score": "qkov.icl",
     "attribute": "qkov.attribution",
     "evaluation_set": "qkov.data.evaluation",
     "term_importance": "qkov.ablation",

@@ -2,7 +2,7 @@
 
 Its numbers are on the fixed random-token probe, not on text, and are named so everywhere
 (probe_induction_score, probe_previous_token_score, probe_icl_score): the ICL score on
-held-out text is `qkov.ablation.icl_score`. With two layers or more it also logs the induction
+held-out text is `qkov.icl.icl_score`. With two layers or more it also logs the induction
 circuit's weight statistics (`qkov.induction_circuit`) under the same prefix:
 probe_k_composition, probe_qk_eigenvalue, probe_ov_eigenvalue, and the two heads they are of
 (probe_induction_head, probe_partner_head)."""
@@ -13,9 +13,9 @@ import math
 
 import torch
 
-from qkov.ablation import icl_from_logits
 from qkov.data.probes import default_seq_len, induction_probe
 from qkov.heads import induction_score, previous_token_score
+from qkov.icl import icl_from_logits
 from qkov.induction_circuit import induction_circuit
 from qkov.model import AttnOnlyTransformer
 

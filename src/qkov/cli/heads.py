@@ -73,7 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qkov.ablation import icl_score, term_importance
+    from qkov.ablation import term_importance
     from qkov.checkpoint import load
     from qkov.classification import classify_heads
     from qkov.cli import plural
@@ -81,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from qkov.data.evaluation import evaluation_set
     from qkov.errors import QkovError
     from qkov.heads import head_scores
+    from qkov.icl import icl_score
     from qkov.io import atomic_write_text, check_output_file
 
     if args.json:

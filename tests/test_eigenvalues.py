@@ -89,3 +89,31 @@ def test_planted_anti_copying_head(d_vocab, d_model):
 def test_eigenvalue_score_edge_cases():
     assert eigenvalue_score(torch.tensor([1 + 1j, 1 - 1j])) == pytest.approx(2 / (2 * math.sqrt(2)))
     assert math.isnan(eigenvalue_score(torch.zeros(3, dtype=torch.complex64)))
+
+
+def test_top1_fraction_counts_only_the_tokenizers_ids(tmp_path):
+    """A vocabulary padded past its tokenizer (Pythia: 50,304 ids, 50,277 tokens): the OV
+    top-1 fraction counts the tokenizer's ids as rows and as rivals, as skip-trigrams do;
+    checked against the dense OV matrix over those ids."""
+    import qkov
+    from hf_models import hf_model, save_folder, tiny_tokenizer
+    from qkov.factored import FactoredMatrix
+
+    model = qkov.load(save_folder(hf_model("gpt2"), tmp_path / "gpt2", tiny_tokenizer()))
+    n = model.tokenizer.get_vocab_size()
+    assert n < model.cfg.d_vocab
+    dense = ov_circuit(model, 0, 1).dense().float()
+    over_known = float((dense[:n, :n].argmax(-1) == torch.arange(n)).float().mean())
+    over_all = float((dense.argmax(-1) == torch.arange(len(dense))).float().mean())
+    assert over_known != over_all  # the padding ids change the number here
+    assert ov_statistics(model, 0, 1).top1_fraction == pytest.approx(over_known)
+
+    # a padding column that tops every row: unfiltered, only that padding id is its own top-1
+    A, B = torch.randn(12, 3), torch.randn(3, 12)
+    A[:, 0], B[0, 10:] = 1.0, 0.0
+    B[0, 11] = 1000.0  # ids 10 and 11 are padding
+    known = torch.arange(12) < 10
+    dense = (A @ B)[:10, :10]
+    expected = float((dense.argmax(-1) == torch.arange(10)).float().mean())
+    assert top1_self_fraction(FactoredMatrix(A, B)) == pytest.approx(1 / 12)
+    assert top1_self_fraction(FactoredMatrix(A, B), known=known) == pytest.approx(expected)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from qkov.circuits import CHUNK_ELEMENTS, cached, check_head, folded, ov_circuit, token_embedding
+from qkov.data.tokenizer import known_ids
 from qkov.errors import QkovError
 from qkov.factored import FactoredMatrix
 from qkov.model import AttnOnlyTransformer, Transformer
@@ -86,19 +87,25 @@ def ov_eigenvalues(model: AttnOnlyTransformer, layer: int, head: int) -> Tensor:
 
 @torch.no_grad()
 def top1_self_fraction(
-    circuit: FactoredMatrix, chunk_size: int | None = None, rows: Tensor | None = None
+    circuit: FactoredMatrix,
+    chunk_size: int | None = None,
+    rows: Tensor | None = None,
+    known: Tensor | None = None,
 ) -> float:
     """Fraction of rows i of a square circuit whose largest entry is (strictly) column i.
 
     For an OV circuit: the fraction of tokens whose own logit is the top-1 output when the
     head attends to them. rows: an ESTIMATE over only these row ids (a seeded sample,
     `qkov.trigrams.sample_tokens`; each row still compared over every column); None: every
-    row, exact. Rows are formed chunk_size at a time (default: 16 MiB of fp32), so memory
-    stays O(chunk_size * d_vocab)."""
+    row, exact. known [n] bool: the ids that count, as rows and as rivals (a vocabulary
+    padded past its tokenizer: `qkov.data.tokenizer.known_ids`); None: all. Rows are formed
+    chunk_size at a time (default: 16 MiB of fp32), so memory stays O(chunk_size * d_vocab)."""
     if circuit.ndim != 2 or circuit.shape[0] != circuit.shape[1]:
         raise QkovError(f"top1_self_fraction needs one square matrix, got {list(circuit.shape)}")
     n = circuit.shape[0]
     ids = torch.arange(n) if rows is None else rows.cpu()
+    if known is not None:
+        ids = ids[known.cpu()[ids]]  # padding ids: no text holds them, as rows or rivals
     chunk = chunk_size or max(1, CHUNK_ELEMENTS // n)
     if chunk < 1:
         raise QkovError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -106,6 +113,8 @@ def top1_self_fraction(
     for start in range(0, ids.numel(), chunk):
         part = ids[start : start + chunk].to(circuit.device)  # [c] row ids
         block = (circuit.A[part] @ circuit.B).float()  # [c, n]
+        if known is not None:
+            block[:, ~known.to(block.device)] = float("-inf")
         idx = torch.arange(part.numel(), device=block.device)
         own = block[idx, part].clone()
         block[idx, part] = float("-inf")
@@ -150,15 +159,17 @@ def ov_statistics(
 ) -> OVStatistics:
     """OV eigenvalues, their Sum(lambda)/Sum(|lambda|) and the top-1 self fraction of head
     (layer, head); rows: the top-1 fraction over only these tokens (an estimate,
-    `top1_self_fraction`)."""
+    `top1_self_fraction`). A vocabulary padded past its tokenizer counts only the
+    tokenizer's ids (no text holds the others), as skip-trigrams do."""
     circuit = ov_circuit(model, layer, head)
     eig = ov_eigenvalues(model, layer, head)
+    known = known_ids(model.cfg.d_vocab, getattr(model, "tokenizer", None))
     return OVStatistics(
         layer=layer,
         head=head,
         eigenvalues=eig,
         eigenvalue_score=eigenvalue_score(eig),
-        top1_fraction=top1_self_fraction(circuit, chunk_size, rows),
+        top1_fraction=top1_self_fraction(circuit, chunk_size, rows, known),
     )
 
 

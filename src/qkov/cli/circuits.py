@@ -45,8 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--exact",
         action="store_true",
-        help="rank every source token even on a large vocabulary (default there: the seeded "
-        "sample of sources `qkov analyze` uses, said so; GPT-2 small exact takes ~30 min)",
+        help="rank every source token (and token-split candidate) even on a large vocabulary "
+        "(default there: the seeded samples `qkov analyze` uses, said so; GPT-2 small exact "
+        "takes ~30 min)",
     )
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -54,12 +55,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qkov.budget import trigram_sources
+    from qkov.budget import split_candidates, trigram_sources
     from qkov.checkpoint import load
     from qkov.circuits import ov_statistics
     from qkov.errors import QkovError
     from qkov.io import atomic_write_text, check_output_file
-    from qkov.trigrams import allowed_tokens, sample_tokens, split_token_candidates
+    from qkov.trigrams import (
+        allowed_tokens,
+        sample_candidates,
+        sample_tokens,
+        split_token_candidates,
+    )
 
     for flag, value, low in (
         ("--top-k", args.top_k, 1),
@@ -102,6 +108,15 @@ def run(args: argparse.Namespace) -> int:
     candidates = (  # the vocabulary's texts read once, not per head
         split_token_candidates(model, allowed_tokens(model, min_count)) if args.split_k else None
     )
+    if candidates is not None and not args.exact:
+        n_all = candidates.shape[0]
+        candidates = sample_candidates(candidates, split_candidates(cfg))
+        if candidates.shape[0] < n_all:
+            print(
+                f"estimates: the token-split skip-trigrams rank a seeded sample of "
+                f"{candidates.shape[0]:,} of {n_all:,} candidates (as `qkov analyze` does at "
+                "this size; --exact for every one)"
+            )
     if cfg.normalization != "none":
         print(
             "boost and score are written before the final norm, which divides each position "

@@ -245,7 +245,7 @@ class Transformer(nn.Module):
                 param: nn.Parameter = getattr(self, name)
                 if not torch.is_floating_point(value):
                     raise QkovError(f"{source}: {name} has dtype {value.dtype}, expected float")
-                param.copy_(value.to(param.dtype))
+                param.copy_(value)  # cast to the model's dtype as it is copied
             if self.cfg.positional == "none":
                 self.W_pos.zero_()
 

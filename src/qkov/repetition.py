@@ -161,9 +161,7 @@ def repeated_token_logit(model: Transformer, tokens: Tensor, half_len: int) -> R
     bias = torch.zeros(cfg.d_model, device=m.device)
     for l in range(cfg.n_layers):
         z = cache[f"z.{l}"]  # [batch, head, pos, d_head]
-        writers.update(
-            {f"L{l}H{h}": push(z[:, h] @ w["W_O"][l, h]) for h in range(cfg.n_heads)}
-        )
+        writers.update({f"L{l}H{h}": push(z[:, h] @ w["W_O"][l, h]) for h in range(cfg.n_heads)})
         if cfg.bias:
             bias = bias + w["b_O"][l]
         if cfg.d_mlp:

@@ -105,7 +105,12 @@ def build(shape: str, root: Path) -> Path:
     model.to(dtype)
     model.save_pretrained(folder, max_shard_size="2GB")
     byte_pair_tokenizer(n_tokens).save(str(folder / "tokenizer.json"))
-    model.float()  # the stored (rounded) weights, in fp32 as qkov.load reads them
+    del model
+    gc.collect()
+    # The reference reads the folder back in fp32, as qkov.load does. (The model in memory,
+    # cast to bf16 and back, is not it: its rotary inv_freq buffer was rounded to bf16 too,
+    # which moves TinyLlama's logits by 2.5e-3.)
+    model = getattr(transformers, model_cls).from_pretrained(folder, dtype=torch.float32).eval()
     model.config._attn_implementation = "eager"
     with torch.no_grad():
         logits = model(REFERENCE_TOKENS).logits.float()

@@ -153,6 +153,21 @@ def per_query_head(x: Tensor, n_heads: int) -> Tensor:
     return x if x.shape[0] == n_heads else x.repeat_interleave(n_heads // x.shape[0], dim=0)
 
 
+def _project(x: Tensor, W: Tensor) -> Tensor:
+    """x [batch, pos, d_model] through each head's W [n, d_model, d_head]: [batch, n, pos,
+    d_head], as one [batch pos, d_model] x [d_model, n d_head] matmul (broadcasting x over the
+    heads runs batch x n small matmuls: slower than the whole MLP at TinyLlama's shape)."""
+    n, d_model, d_head = W.shape
+    out = x @ W.transpose(0, 1).reshape(d_model, n * d_head)  # [batch, pos, n d_head]
+    return out.unflatten(-1, (n, d_head)).transpose(-3, -2)
+
+
+def _per_query_head_axis(x: Tensor, n_heads: int) -> Tensor:
+    """[batch, n_kv_heads, pos, d_head] -> [batch, n_heads, pos, d_head] (`per_query_head`
+    on the head axis of activations)."""
+    return x if x.shape[1] == n_heads else x.repeat_interleave(n_heads // x.shape[1], dim=1)
+
+
 def _scale_name(cfg: ModelConfig, where: str, l: int | None = None) -> str:
     """The hook name of a norm's divisor; where: "ln1", "ln2" or "ln_final"."""
     if cfg.normalization == "rms" and where != "ln2":  # today's names
@@ -464,19 +479,21 @@ class Transformer(nn.Module):
         for l in range(cfg.n_layers):
             resid = resid_pre = point(f"resid_pre.{l}", resid)
             x = self._norm(resid, "ln1", l, point)
-            qk_in = (x + pos if cfg.positional == "shortformer" else x)[:, None]
-            W_K, W_V = (
-                per_query_head(self.W_K[l], cfg.n_heads),
-                per_query_head(self.W_V[l], cfg.n_heads),
+            qk_in = x + pos if cfg.positional == "shortformer" else x
+            # [batch, head, pos, d_head]; keys and values of the n_kv_heads, then one copy per
+            # query head (grouped-query attention); biases [head, 1, d_head]
+            q, k, v = (
+                _project(qk_in, self.W_Q[l]),
+                _project(qk_in, self.W_K[l]),
+                _project(x, self.W_V[l]),
             )
-            # [batch, 1, pos, d_model] broadcasts over heads; biases [head, 1, d_head]
-            q, k, v = qk_in @ self.W_Q[l], qk_in @ W_K, x[:, None] @ W_V
             if cfg.bias:
                 q, k, v = (
                     q + self.b_Q[l, :, None],
-                    k + per_query_head(self.b_K[l], cfg.n_heads)[:, None],
-                    v + per_query_head(self.b_V[l], cfg.n_heads)[:, None],
+                    k + self.b_K[l, :, None],
+                    v + self.b_V[l, :, None],
                 )
+            k, v = _per_query_head_axis(k, cfg.n_heads), _per_query_head_axis(v, cfg.n_heads)
             q = point(f"q.{l}", q)  # [batch, head, pos, d_head]
             k = point(f"k.{l}", k)
             v = point(f"v.{l}", v)

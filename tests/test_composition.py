@@ -157,12 +157,9 @@ def test_k_composition_alone_is_the_same_k_and_the_same_labels():
     """The explorer's head roles need K-composition alone (the partners); each kind costs
     pairs x d_head^2 x d_model (~20 s at TinyLlama-1.1B's 704 heads), so it asks for K only:
     the same K scores, partners and labels, and Q, V say they were not computed."""
-    from factories import induction_model
-
-    from qkov.errors import QkovError
     from qkov.heads import classify_heads
 
-    model = induction_model(noise=0.02)
+    model = factories.induction_model(noise=0.02)
     full = composition_scores(model)
     only_k = composition_scores(model, kinds=("k",))
     assert torch.equal(torch.nan_to_num(only_k.k), torch.nan_to_num(full.k))

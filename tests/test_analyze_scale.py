@@ -337,3 +337,6 @@ def test_analyze_prints_progress_inside_the_per_head_stage(tmp_path, monkeypatch
     A.analyze(folder, log=lines.append)
     progress = [line.split(": ", 1)[1] for line in lines if line.endswith(" of 4 heads")]
     assert progress == ["1 of 4 heads", "2 of 4 heads", "3 of 4 heads"]
+    # The head-score stage (4.5 min at TinyLlama's shape) says which part it is in.
+    said = [line.split(": ", 1)[-1] for line in lines]
+    assert "head scores on the repeated-token probe, composition scores, labels" in said

@@ -351,3 +351,21 @@ def test_final_norm_scale_of_layernorm_and_of_no_norm():
     assert fs.median == pytest.approx(cache["ln_final_scale"].flatten().quantile(0.5).item())
     plain = AttnOnlyTransformer(ModelConfig(n_layers=1, n_heads=2, d_model=16, d_vocab=20))
     assert final_norm_scale(plain, tokens % 20) is None  # no final norm: already logits
+
+
+def test_virtual_head_ov_top_is_the_head_of_every_pair_in_chunks(monkeypatch):
+    """Every pair at once formed [N d_head]^2 twice (16 GB at TinyLlama-1.1B's 704 heads,
+    where analyze was killed): pairs now go VIRTUAL_CHUNK at a time and `top` keeps only
+    the highest V-composition, with the same numbers as every pair at once."""
+    import qkov.circuits as C
+
+    model = factories.general_model(3, normalization="rmsnorm", d_model=24, n_heads=3)
+    every = C.virtual_head_ov(model)
+    assert len(every) == 3 * 3 * 3  # (l0 < l1) layer pairs x heads^2
+    monkeypatch.setattr(C, "VIRTUAL_CHUNK", 2)
+    top = C.virtual_head_ov(model, top=5)
+    assert [v.heads for v in top] == [v.heads for v in every[:5]]
+    for a, b in zip(top, every, strict=False):
+        assert a.v_composition == pytest.approx(b.v_composition)
+        assert a.eigenvalue_score == pytest.approx(b.eigenvalue_score, abs=1e-5)
+    assert [v.heads for v in C.virtual_head_ov(model)] == [v.heads for v in every]

@@ -226,12 +226,14 @@ def analyze_model(
     stage(f"head scores and labels ({_count(cfg.n_layers * cfg.n_heads, 'head')})")
     rec["probe_icl_score"] = training_probe(model, seed=seed)["probe_icl_score"]
     rec["attention"] = _attention(model, sample_text, seed)
+    # Minutes at 1B (TinyLlama: a forward pass of the probe, Q/K/V-composition of 704 heads):
+    # a line for each part.
+    stage("head scores on the repeated-token probe, composition scores, labels")
     cls = classify_heads(model, seed=seed)
-    text_scores = (
-        score_heads(model, tokens[:ABLATION_SEQUENCES]).to_dict()
-        if evaluation.kind == "text"
-        else None
-    )
+    text_scores = None
+    if evaluation.kind == "text":
+        stage("head scores on the evaluation text")
+        text_scores = score_heads(model, tokens[:ABLATION_SEQUENCES]).to_dict()
     # What each group of head scores rests on (the report says it beside the head table):
     # the probe classify_heads drew, and the first sequences of the evaluation text.
     rec["head_scores_measured_on"] = {
@@ -306,7 +308,8 @@ def analyze_model(
         )
     stage("virtual heads, positional QK, attribution of the sample text")
     if cfg.n_layers >= 2:
-        rec["virtual_heads"] = [v.to_dict() for v in virtual_head_ov(model)[:N_VIRTUAL_HEADS]]
+        top = virtual_head_ov(model, top=N_VIRTUAL_HEADS)
+        rec["virtual_heads"] = [v.to_dict() for v in top]
     if cfg.positional not in ("none", "rotary"):
         rec["positional_qk"] = [
             {

@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         {**ov[lh].to_dict(), **_head_trigrams(model, *lh, args, min_count, n_sources, candidates)}
         for lh in heads
     ]
-    virtual = _virtual_heads(model)
+    virtual = _virtual_heads(model, exact=args.exact)
     if args.json is not None:
         record = {"min_token_count": min_count, "heads": results, "virtual_heads": virtual}
         atomic_write_text(args.json, json.dumps(record, indent=2) + "\n")
@@ -198,15 +198,22 @@ def _head_trigrams(
     return record
 
 
-def _virtual_heads(model, n: int = 10) -> list[dict]:
+VIRTUAL_JSON = 1000  # virtual heads in --json without --exact
+
+
+def _virtual_heads(model, n: int = 10, exact: bool = False) -> list[dict]:
     """Print the virtual heads (V-composition) with the highest composition scores and
-    their OV Σλ/Σ|λ|; return every one as JSON records."""
+    their OV Σλ/Σ|λ|; return them as JSON records: every one with exact, else the
+    VIRTUAL_JSON highest (TinyLlama-1.1B has 236,544, each a d_head^2 d_model product)."""
     from qkov.circuits import virtual_head_ov
 
-    virtual = virtual_head_ov(model)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    n_all = H * H * L * (L - 1) // 2
+    virtual = virtual_head_ov(model, top=None if exact else VIRTUAL_JSON)
     if not virtual:
         return []
-    print(f"\nvirtual heads (V-composition), top {min(n, len(virtual))} of {len(virtual)}:")
+    kept = "" if len(virtual) == n_all else f" (--json keeps the {len(virtual):,} highest)"
+    print(f"\nvirtual heads (V-composition), top {min(n, len(virtual))} of {n_all:,}{kept}:")
     print("virtual head    V-composition   OV sum(l)/sum|l|")
     for v in virtual[:n]:
         print(f"{v.name:<15} {v.v_composition:13.3f}   {v.eigenvalue_score:+16.3f}")

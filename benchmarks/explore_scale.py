@@ -1,5 +1,5 @@
-"""`qkov explore` and `qkov circuits` at GPT-2-small shape and larger: seconds and peak RSS
-of each question against interactive targets, on this machine.
+"""`qkov explore`, `qkov circuits` and `qkov heads` at GPT-2-small shape and larger: seconds
+and peak RSS of each question against interactive targets, on this machine.
 
 A random GPT-2-small-shaped Hugging Face folder (as `analyze_scale.py` writes it, plus the
 shipped attn2's tokenizer.json: 2,048 tokens of the 50,257 ids, enough to type text), or
@@ -8,7 +8,8 @@ a tokenizer of the real one's size; the text is cut to its first 48 tokens), is 
 `Explorer` in this process: a 48-token text through the model (`/api/run`: tokens,
 patterns, predictions, the attribution's paths), every head's role (`/api/heads`,
 classify_heads, once per model) and one head's panel (`/api/head`). Then `qkov circuits`
-runs on the folder in a child process (its peak RSS is the child's alone).
+and `qkov heads` run on the folder, each in a child process (its wall time and peak
+RSS from /usr/bin/time).
 
     python benchmarks/explore_scale.py [--shape gpt2-small] [--n-layers 12] [--keep DIR]
                                        [--skip-circuits]
@@ -43,7 +44,7 @@ def main() -> int:
     ap.add_argument("--shape", default="gpt2-small", choices=["gpt2-small", *SHAPES])
     ap.add_argument("--n-layers", type=int, default=12)
     ap.add_argument("--keep", type=Path, help="write the folder here (default: tmp)")
-    ap.add_argument("--skip-circuits", action="store_true")
+    ap.add_argument("--skip-circuits", action="store_true", help="and qkov heads")
     args = ap.parse_args()
     from qkov.explore.session import Explorer
 

@@ -18,6 +18,7 @@ RSS from /usr/bin/time).
 from __future__ import annotations
 
 import argparse
+import gc
 import resource
 import subprocess
 import sys
@@ -94,6 +95,9 @@ def main() -> int:
         t, target = times[what], targets[what.split()[0]]
         print(f"  {label:<18} {t:7.1f} s   target <= {target:5.0f} s   ratio {t / target:.2f}")
     print(f"  peak RSS of the explorer process {rss:.2f} GB")
+    ex.models.clear()  # the children below load the model again: not two copies at once
+    answer = None
+    gc.collect()
     if args.skip_circuits:
         return 0
     qkov = [sys.executable, "-m", "qkov"]

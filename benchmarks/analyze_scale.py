@@ -1,13 +1,16 @@
-"""`qkov analyze` at GPT-2-small shape: wall time and peak RSS against the targets
-(<= 10 minutes, <= 8 GB on the project's 2-core CPU).
+"""`qkov analyze` at GPT-2-small shape and larger: wall time and peak RSS against the
+targets (<= 10 minutes, <= 8 GB at GPT-2 small, <= 12 GB at 1B, on the project's 2-core CPU).
 
-A random GPT-2-small-shaped Hugging Face folder (12 layers x 12 heads, d_model 768, d_mlp
-3072, d_vocab 50257, n_ctx 1024; std-0.02 weights, as GPT-2 initialises) is written with
-safetensors (no transformers needed), then `qkov analyze` runs on it in a child process,
-so its peak RSS is the child's alone (getrusage RUSAGE_CHILDREN).
+The default: a random GPT-2-small-shaped Hugging Face folder (12 layers x 12 heads, d_model
+768, d_mlp 3072, d_vocab 50257, n_ctx 1024; std-0.02 weights, as GPT-2 initialises) written
+with safetensors (no transformers needed). `--shape gpt2-medium | pythia-410m |
+tinyllama-1.1b`: a folder of that shape built offline by transformers (`hf_shapes.py`,
+stored in the hub's dtype), whose logits are first checked against transformers'. Then
+`qkov analyze` runs on it in a child process, so its peak RSS is the child's alone
+(getrusage RUSAGE_CHILDREN).
 
-    python benchmarks/analyze_scale.py [--n-layers 12] [--n-heads 12] [--d-model 768]
-                                       [--d-vocab 50257] [--keep DIR]
+    python benchmarks/analyze_scale.py [--shape gpt2-small] [--n-layers 12] [--n-heads 12]
+                                       [--d-model 768] [--d-vocab 50257] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -24,7 +27,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-TARGET_S, TARGET_GB = 600, 8.0
+sys.path.insert(0, str(Path(__file__).parent))
+from hf_shapes import SHAPES, build  # noqa: E402
+
+TARGET_S = 600
+TARGET_GB = {"gpt2-small": 8.0, "gpt2-medium": 12.0, "pythia-410m": 12.0,
+             "tinyllama-1.1b": 12.0}  # fmt: skip
 
 
 def write_gpt2_folder(out: Path, n_layers: int, n_heads: int, d_model: int, d_vocab: int) -> None:
@@ -59,6 +67,7 @@ def write_gpt2_folder(out: Path, n_layers: int, n_heads: int, d_model: int, d_vo
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", default="gpt2-small", choices=["gpt2-small", *SHAPES])
     ap.add_argument("--n-layers", type=int, default=12)
     ap.add_argument("--n-heads", type=int, default=12)
     ap.add_argument("--d-model", type=int, default=768)
@@ -66,8 +75,17 @@ def main() -> int:
     ap.add_argument("--keep", type=Path, help="write the folder and report here (default: tmp)")
     args = ap.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="qkov-scale-"))
-    folder = root / "gpt2-small-random"
-    write_gpt2_folder(folder, args.n_layers, args.n_heads, args.d_model, args.d_vocab)
+    if args.shape == "gpt2-small":
+        folder = root / "gpt2-small-random"
+        write_gpt2_folder(folder, args.n_layers, args.n_heads, args.d_model, args.d_vocab)
+        shape = f"{args.n_layers} layers x {args.n_heads} heads, d_model {args.d_model}"
+        shape = f"GPT-2-small-shaped random checkpoint ({shape}, d_vocab {args.d_vocab})"
+    else:
+        folder = build(args.shape, root)
+        check = [sys.executable, str(Path(__file__).parent / "hf_shapes.py"), "--check"]
+        if subprocess.run([*check, str(root), args.shape]).returncode != 0:
+            return 1
+        shape = f"random {args.shape}-shaped checkpoint"
     cmd = [sys.executable, "-m", "qkov", "analyze", str(folder), "--out", str(root / "out")]
     start = time.perf_counter()
     done = subprocess.run(cmd)  # its stderr passes through: the progress of each stage
@@ -76,12 +94,11 @@ def main() -> int:
     if done.returncode != 0:
         print(f"qkov analyze failed (exit {done.returncode}) after {wall:.0f} s")
         return 1
-    shape = f"{args.n_layers} layers x {args.n_heads} heads, d_model {args.d_model}"
-    print(f"qkov analyze, GPT-2-small-shaped random checkpoint ({shape}, d_vocab {args.d_vocab})")
+    target_gb = TARGET_GB[args.shape]
+    print(f"qkov analyze, {shape}")
     print(f"  wall time {wall:7.1f} s   target <= {TARGET_S} s   ratio {wall / TARGET_S:.2f}")
-    print(
-        f"  peak RSS  {peak_gb:7.2f} GB  target <= {TARGET_GB} GB  ratio {peak_gb / TARGET_GB:.2f}"
-    )
+    ratio = peak_gb / target_gb
+    print(f"  peak RSS  {peak_gb:7.2f} GB  target <= {target_gb} GB  ratio {ratio:.2f}")
     return 0
 
 

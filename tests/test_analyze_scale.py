@@ -24,6 +24,7 @@ from qkov.trigrams import sample_tokens, skip_trigrams
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from analyze_scale import write_gpt2_folder  # noqa: E402
+from hf_shapes import byte_pair_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +120,9 @@ def test_copying_columns_exact_under_budget():
 def test_plan_keeps_small_models_exact_and_samples_gpt2_small():
     small = ModelConfig(n_layers=2, n_heads=8, d_model=256, d_vocab=2048, n_ctx=512)
     plan = budget.ScalePlan.of(small, torch.zeros(63, 512, dtype=torch.long))
-    assert plan == budget.ScalePlan(None, None, None, 63, None, True, None, True, plan.qk_sides)
+    assert plan == budget.ScalePlan(
+        None, None, plan.split_candidates, None, 63, None, True, None, True, plan.qk_sides
+    )
     mlp = ModelConfig(n_layers=2, n_heads=8, d_model=512, d_vocab=2048, n_ctx=512, d_mlp=2048)
     mlp_plan = budget.ScalePlan.of(mlp, torch.zeros(63, 512, dtype=torch.long))
     assert mlp_plan.term_importance_on is None
@@ -263,3 +266,78 @@ def test_circuits_cli_ranks_the_budgets_sample_and_says_so(tmp_path, monkeypatch
         assert {t["source"] for t in heads[h]["skip_trigrams"]} <= set(sample.tolist())
     assert main(["circuits", str(folder), "-k", "3", "--exact"]) == 0
     assert "seeded sample" not in capsys.readouterr().out
+
+
+def _folder_with_split_candidates(tmp_path: Path) -> Path:
+    """A tiny GPT-2 folder whose tokenizer has 43 token-split candidates ("ab" = "a" + "b")."""
+    folder = tmp_path / "gpt2"
+    write_gpt2_folder(folder, n_layers=2, n_heads=2, d_model=16, d_vocab=300)
+    byte_pair_tokenizer(300).save(str(folder / "tokenizer.json"))
+    return folder
+
+
+def test_analyze_samples_token_split_candidates_past_the_budget_and_says_so(tmp_path, monkeypatch):
+    """A 50k tokenizer has ~10^5 token-split candidates, each ~4 d_model x d_head products
+    per head (minutes per model at Pythia-410m's 384 heads): past SPLIT_BUDGET every head
+    ranks the same seeded sample, exactly, and the head record and report say so."""
+    from qkov.checkpoint import load
+    from qkov.trigrams import (
+        allowed_tokens,
+        sample_candidates,
+        split_token_candidates,
+        split_token_trigrams,
+    )
+
+    folder = _folder_with_split_candidates(tmp_path)
+    monkeypatch.setattr(budget, "SPLIT_BUDGET", 16 * 8 * 10)  # d_model 16, d_head 8: 10
+    analysis = A.analyze(folder, log=None)
+    rec = analysis["models"][0]
+    assert rec["scale"]["split_candidates"] == 10
+    model = load(folder)
+    candidates = split_token_candidates(model, allowed_tokens(model, None))
+    assert candidates.shape[0] == 43
+    sample = sample_candidates(candidates, 10)
+    assert sample.shape[0] == 10 and len({tuple(r) for r in sample.tolist()}) == 10
+    for h in rec["heads"]:
+        split = h["split_token_trigrams"]
+        assert split["n_candidates"] == 10 and split["of_candidates"] == 43
+        want = split_token_trigrams(model, h["layer"], h["head"], k=8, candidates=sample)
+        assert split["n_favoured"] == want.n_favoured
+        assert [t["score"] for t in split["trigrams"]] == pytest.approx(
+            [t.score for t in want.trigrams]
+        )
+    A.write_analysis(tmp_path / "out", analysis)
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "over a seeded sample of 10 of 43 candidates" in html
+    # Under the budget: every candidate, nothing said.
+    monkeypatch.setattr(budget, "SPLIT_BUDGET", 2**29)
+    exact = A.analyze(folder, log=None)["models"][0]["heads"][0]["split_token_trigrams"]
+    assert exact["n_candidates"] == 43 and "of_candidates" not in exact
+
+
+def test_circuits_cli_samples_token_split_candidates_past_the_budget(tmp_path, monkeypatch, capsys):
+    import json
+
+    folder = _folder_with_split_candidates(tmp_path)
+    monkeypatch.setattr(budget, "SPLIT_BUDGET", 16 * 8 * 10)
+    out = tmp_path / "c.json"
+    assert main(["circuits", str(folder), "-k", "3", "--split-k", "2", "--json", str(out)]) == 0
+    assert "seeded sample of 10 of 43 candidates" in capsys.readouterr().out
+    heads = json.loads(out.read_text())["heads"]
+    assert {h["split_token_trigrams"]["n_candidates"] for h in heads} == {10}
+    assert main(["circuits", str(folder), "-k", "3", "--split-k", "2", "--exact"]) == 0
+    assert "of 43 candidates" not in capsys.readouterr().out
+
+
+def test_analyze_prints_progress_inside_the_per_head_stage(tmp_path, monkeypatch):
+    """A 1B model's per-head stage takes minutes: it logs how many heads are done (here
+    after every head, PROGRESS_S forced to 0; the last one is the next stage's line)."""
+    folder = _folder_with_split_candidates(tmp_path)
+    monkeypatch.setattr(A, "PROGRESS_S", 0.0)
+    lines: list[str] = []
+    A.analyze(folder, log=lines.append)
+    progress = [line.split(": ", 1)[1] for line in lines if line.endswith(" of 4 heads")]
+    assert progress == ["1 of 4 heads", "2 of 4 heads", "3 of 4 heads"]
+    # The head-score stage (4.5 min at TinyLlama's shape) says which part it is in.
+    said = [line.split(": ", 1)[-1] for line in lines]
+    assert "head scores on the repeated-token probe, composition scores, labels" in said

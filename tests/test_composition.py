@@ -151,3 +151,24 @@ def test_composition_of_a_general_model_is_that_of_its_folded_weights():
             assert abs(float(comp.q[0, h0, 1, h1]) - float(score(OV, QK))) < 1e-9
             assert abs(float(comp.k[0, h0, 1, h1]) - float(score(OV, QK.T))) < 1e-9
             assert abs(float(comp.v[0, h0, 1, h1]) - float(score(OV, OV1))) < 1e-9
+
+
+def test_k_composition_alone_is_the_same_k_and_the_same_labels():
+    """The explorer's head roles need K-composition alone (the partners); each kind costs
+    pairs x d_head^2 x d_model (~20 s at TinyLlama-1.1B's 704 heads), so it asks for K only:
+    the same K scores, partners and labels, and Q, V say they were not computed."""
+    from qkov.heads import classify_heads
+
+    model = factories.induction_model(noise=0.02)
+    full = composition_scores(model)
+    only_k = composition_scores(model, kinds=("k",))
+    assert torch.equal(torch.nan_to_num(only_k.k), torch.nan_to_num(full.k))
+    assert only_k.q is None and only_k.v is None and only_k.to_dict()["q"] is None
+    with pytest.raises(QkovError, match="Q-composition was not computed"):
+        only_k.top("q")
+    assert only_k.baseline_mean == full.baseline_mean
+    a, b = classify_heads(model), classify_heads(model, composition=("k",))
+    assert [(r.name, r.label, r.partners) for r in a.records] == [
+        (r.name, r.label, r.partners) for r in b.records
+    ]
+    assert any(r.partners for r in b.records)

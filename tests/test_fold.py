@@ -56,3 +56,46 @@ def test_layernorm_fold_centres_the_stream() -> None:
 def test_fold_of_a_model_without_norm_weights_is_itself() -> None:
     model = random_model(2, normalization="rms")
     assert fold_layernorm(model, center_unembed=False) is model
+
+
+def test_fold_of_a_grouped_query_gated_rmsnorm_model_gives_same_logits() -> None:
+    """Llama's shape: rotary, rmsnorm, gated SiLU MLP, 2 key/value heads for 4 query heads."""
+    from qkov.config import ModelConfig
+    from qkov.model import Transformer
+
+    cfg = ModelConfig(
+        n_layers=3, n_heads=4, n_kv_heads=2, d_model=16, d_head=4, n_ctx=12, d_vocab=30,
+        positional="rotary", rotary_dim=4, normalization="rmsnorm", d_mlp=24, act_fn="silu",
+        gated_mlp=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = Transformer(cfg).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)  # norm weights off 1 too
+    tokens = random_tokens(model)
+    folded = fold_layernorm(model, center_unembed=False)
+    assert folded.cfg.n_kv_heads == 4 and is_folded(folded)
+    torch.testing.assert_close(folded(tokens), model(tokens), atol=1e-10, rtol=0)
+
+
+def test_fold_works_one_layer_at_a_time(monkeypatch) -> None:
+    """The fold computes in float64; a 1B model's weights whole in float64 are 9 GB (the
+    fold of TinyLlama's shape needed 24 GB), so no float64 tensor it forms is larger than
+    one layer's weights or the embedding."""
+    model = general_model(6, d_mlp=64)
+    per_layer = max(v[0].numel() for k, v in model.weights().items() if k not in ("W_E", "W_U"))
+    largest = max(per_layer, model.W_E.numel(), model.W_U.numel())
+    seen: list[int] = []
+    double = torch.Tensor.double
+
+    def spy(self: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        seen.append(self.numel())
+        return double(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "double", spy)
+    folded = fold_layernorm(model, center_unembed=False)
+    monkeypatch.undo()
+    assert seen and max(seen) <= largest, (max(seen), largest)
+    tokens = random_tokens(model)
+    torch.testing.assert_close(folded(tokens), model(tokens), atol=1e-5, rtol=1e-5)

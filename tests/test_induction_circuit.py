@@ -158,3 +158,26 @@ def test_phase_change_is_not_placed_where_no_probe_saw_it():
     assert phase_change(history([0.02, 0.05, 0.6, 0.8])) == {"tokens": [2e6, 3e6]}
     assert phase_change(history([0.67, 0.89, 0.90])) is None  # formed before the first probe
     assert phase_change(history([0.02, 0.1, 0.2])) is None  # no head
+
+
+def test_repeated_token_logit_caches_no_d_model_wide_output_per_head(monkeypatch):
+    """Each head's share is formed from its z one head at a time: a cache of every head's
+    d_model-wide output is [batch, head, pos, d_model] per layer (5.8 GB at TinyLlama-1.1B's
+    shape, where the test was killed). Nothing it caches is wider than the stream."""
+    from qkov.model import Transformer
+
+    model = general_model(d_model=24, n_heads=3)  # d_head 8
+    cached: list[torch.Size] = []
+    run = Transformer.run_with_cache
+
+    def spy(self, *args, **kwargs):
+        logits, cache = run(self, *args, **kwargs)
+        cached.extend(v.shape for v in cache.values() if isinstance(v, torch.Tensor))
+        return logits, cache
+
+    monkeypatch.setattr(Transformer, "run_with_cache", spy)
+    r = repetition_test(model, batch=3, half_len=4, seed=1)
+    batch, pos, d_model = 3, 8, model.cfg.d_model
+    assert cached and max(s.numel() for s in cached) <= batch * pos * d_model, cached
+    x = r.repeated_token_logit
+    assert sum(x.writers.values()) == pytest.approx(x.logit, rel=1e-3, abs=1e-4)

@@ -34,3 +34,21 @@ def test_virtual_head_ov_against_dense_and_composition_scores(norm):
             eigenvalue_score(torch.linalg.eigvals(dense)), abs=1e-3
         )
         json.dumps(v.to_dict())
+
+
+def test_virtual_head_ov_top_is_the_head_of_every_pair_in_chunks(monkeypatch):
+    """Every pair at once formed [N d_head]^2 twice (16 GB at TinyLlama-1.1B's 704 heads,
+    where analyze was killed): pairs now go VIRTUAL_CHUNK at a time and `top` keeps only
+    the highest V-composition, with the same numbers as every pair at once."""
+    import qkov.virtual_heads as V
+
+    model = factories.general_model(3, normalization="rmsnorm", d_model=24, n_heads=3)
+    every = V.virtual_head_ov(model)
+    assert len(every) == 3 * 3 * 3  # (l0 < l1) layer pairs x heads^2
+    monkeypatch.setattr(V, "VIRTUAL_CHUNK", 2)
+    top = V.virtual_head_ov(model, top=5)
+    assert [v.heads for v in top] == [v.heads for v in every[:5]]
+    for a, b in zip(top, every, strict=False):
+        assert a.v_composition == pytest.approx(b.v_composition)
+        assert a.eigenvalue_score == pytest.approx(b.eigenvalue_score, abs=1e-5)
+    assert [v.heads for v in V.virtual_head_ov(model)] == [v.heads for v in every]

@@ -25,25 +25,15 @@ from qkov.ablation import icl_from_logits, term_importance
 from qkov.attribution import attribute
 from qkov.budget import MAX_SAMPLE_TOKENS, ScalePlan
 from qkov.checkpoint import load
-from qkov.circuits import (
-    embedding_rms,
-    final_norm_scale,
-    positional_qk,
-    qk_eigenvalues,
-    top_bigrams,
-    virtual_head_ov,
-)
+from qkov.circuits import embedding_rms, final_norm_scale, positional_qk, top_bigrams
+from qkov.classification import HeadClassification, HeadRecord, classify_heads
 from qkov.config import ModelConfig
 from qkov.data.evaluation import DEFAULT_SEQUENCES, EvaluationSet, evaluation_set
 from qkov.data.probes import repeated_random_tokens
 from qkov.data.tokenizer import decode_token
+from qkov.eigenvalues import qk_eigenvalues
 from qkov.errors import QkovError
-from qkov.heads import (
-    HeadClassification,
-    HeadRecord,
-    attention_patterns,
-    classify_heads,
-)
+from qkov.heads import attention_patterns
 from qkov.heads import head_scores as score_heads
 from qkov.io import atomic_write_text, check_output_dir
 from qkov.loss import next_token_loss
@@ -56,10 +46,12 @@ from qkov.training_probe import training_probe
 from qkov.trigrams import (
     DEFAULT_MIN_COUNT,
     allowed_tokens,
+    sample_candidates,
     skip_trigrams,
     split_token_candidates,
     split_token_trigrams,
 )
+from qkov.virtual_heads import virtual_head_ov
 
 ModelLike = str | Path | AttnOnlyTransformer
 
@@ -74,6 +66,7 @@ QK_TERM_POSITIONS = 256  # ... their first tokens (a term is [batch, dest, src]:
 # Knock-outs (a forward pass per head) and the per-head scores on the evaluation text are
 # measured on its first sequences: their records give the tokens they rest on.
 ABLATION_SEQUENCES = 16
+PROGRESS_S = 20.0  # seconds between the progress lines of one stage
 POSITIONAL_QK_POSITIONS = 16  # the corner of W_pos W_QK W_pos^T shown per layer-0 head
 N_VIRTUAL_HEADS = 20  # virtual heads kept, by V-composition
 _ORDER_NAMES = {0: "direct path", 1: "single heads", 2: "virtual heads"}
@@ -224,12 +217,14 @@ def analyze_model(
     stage(f"head scores and labels ({_count(cfg.n_layers * cfg.n_heads, 'head')})")
     rec["probe_icl_score"] = training_probe(model, seed=seed)["probe_icl_score"]
     rec["attention"] = _attention(model, sample_text, seed)
+    # Minutes at 1B (TinyLlama: a forward pass of the probe, Q/K/V-composition of 704 heads):
+    # a line for each part.
+    stage("head scores on the repeated-token probe, composition scores, labels")
     cls = classify_heads(model, seed=seed)
-    text_scores = (
-        score_heads(model, tokens[:ABLATION_SEQUENCES]).to_dict()
-        if evaluation.kind == "text"
-        else None
-    )
+    text_scores = None
+    if evaluation.kind == "text":
+        stage("head scores on the evaluation text")
+        text_scores = score_heads(model, tokens[:ABLATION_SEQUENCES]).to_dict()
     # What each group of head scores rests on (the report says it beside the head table):
     # the probe classify_heads drew, and the first sequences of the evaluation text.
     rec["head_scores_measured_on"] = {
@@ -250,10 +245,15 @@ def analyze_model(
     }
     keep = _token_filter(rec, model, min_token_count)
     stage("OV and QK spectra, skip-trigrams of every head")
-    split = split_token_candidates(model, allowed_tokens(model, keep))  # once, not per head
-    rec["heads"] = [
-        _head(model, r, text_scores, n_trigrams, keep, split, plan, seed) for r in cls.records
-    ]
+    candidates = split_token_candidates(model, allowed_tokens(model, keep))  # once, not per head
+    split = sample_candidates(candidates, plan.split_candidates, seed)
+    split_of = candidates.shape[0] if split.shape[0] < candidates.shape[0] else None
+    rec["heads"] = []
+    for i, r in enumerate(cls.records):
+        rec["heads"].append(_head(model, r, text_scores, n_trigrams, keep, split, plan, seed))
+        if split_of is not None:
+            rec["heads"][-1]["split_token_trigrams"]["of_candidates"] = split_of
+        stage.progress(i + 1, len(cls.records), "heads")
     rec["induction_circuits"] = _induction_circuits(cls)
     # The peers' test: 10 sequences, a block of 50 (or n_ctx / 2) repeated once.
     stage("repeated random tokens test")
@@ -299,7 +299,8 @@ def analyze_model(
         )
     stage("virtual heads, positional QK, attribution of the sample text")
     if cfg.n_layers >= 2:
-        rec["virtual_heads"] = [v.to_dict() for v in virtual_head_ov(model)[:N_VIRTUAL_HEADS]]
+        top = virtual_head_ov(model, top=N_VIRTUAL_HEADS)
+        rec["virtual_heads"] = [v.to_dict() for v in top]
     if cfg.positional not in ("none", "rotary"):
         rec["positional_qk"] = [
             {
@@ -323,14 +324,22 @@ def analyze_model(
 
 
 class _Stages:
-    """Progress of one model's analysis: `stage(what)` logs "  [12.3s] NAME: what"."""
+    """Progress of one model's analysis: `stage(what)` logs "  [12.3s] NAME: what";
+    `progress(done, total, what)` inside a long stage logs "  [..] NAME: 96 of 384 heads"
+    at most once every PROGRESS_S seconds (a 1B model's per-head stage takes minutes)."""
 
     def __init__(self, name: str, log: Callable[[str], None] | None) -> None:
         self.name, self.log, self.t0 = name, log, time.perf_counter()
+        self.last = self.t0
 
     def __call__(self, what: str) -> None:
+        self.last = time.perf_counter()
         if self.log:
-            self.log(f"  [{time.perf_counter() - self.t0:.1f}s] {self.name}: {what}")
+            self.log(f"  [{self.last - self.t0:.1f}s] {self.name}: {what}")
+
+    def progress(self, done: int, total: int, what: str) -> None:
+        if done < total and time.perf_counter() - self.last >= PROGRESS_S:
+            self(f"{done} of {total} {what}")
 
 
 def _rounded(t: Tensor, digits: int = 4) -> list:

@@ -22,6 +22,7 @@ from qkov.qk_terms import QK_MAX_ORDER
 MAX_SAMPLE_TOKENS = 48  # tokens of the sample text the attention views and attribution read
 BIGRAM_BUDGET = 2**34  # rows * d_vocab * d_model of the direct path, once per model
 TRIGRAM_BUDGET = 2**29  # sources * d_vocab * d_head of a head's two circuits, per head
+SPLIT_BUDGET = 2**29  # candidates * d_model * d_head of a head's token-split trigrams, per head
 FORWARD_BUDGET = 3 * 2**37  # evaluation tokens * parameters: the forward passes on the eval set
 KNOCKOUT_BUDGET = 2**43  # heads * tokens * parameters: one forward pass per head knock-out
 PATH_BUDGET = 2**27  # paths * tokens * d_model: the streams the attribution keeps (512 MiB)
@@ -35,6 +36,8 @@ class ScalePlan:
 
     bigram_rows: top_bigrams over a seeded sample of that many current tokens (estimate);
     trigram_sources: each head's skip-trigrams over a seeded sample of sources (estimate);
+    split_candidates: the most token-split candidates a head's split trigrams are ranked over
+    (a seeded sample of the tokenizer's candidates past it: estimate, said where it is);
     copying_columns: the copying score ranks among a seeded sample of logits (estimate);
     n_sequences: evaluation sequences kept; term_importance_on: [sequences, positions] of
     the evaluation set term importance reads (its first ones; None: all of it);
@@ -44,6 +47,7 @@ class ScalePlan:
 
     bigram_rows: int | None
     trigram_sources: int | None
+    split_candidates: int
     copying_columns: int | None
     n_sequences: int
     term_importance_on: list[int] | None
@@ -65,6 +69,7 @@ class ScalePlan:
         return ScalePlan(
             bigram_rows=_rows(V, cfg.d_model, BIGRAM_BUDGET),
             trigram_sources=trigram_sources(cfg),
+            split_candidates=split_candidates(cfg),
             copying_columns=copying_columns(V, probe, cfg.d_head),
             n_sequences=n_seq,
             term_importance_on=term_on,
@@ -104,6 +109,13 @@ def trigram_sources(cfg: ModelConfig) -> int | None:
     """Source tokens a head's skip-trigrams (and its OV top-1 fraction) are ranked over:
     None (all, exact) while d_vocab^2 * d_head fits TRIGRAM_BUDGET, else a seeded sample."""
     return _rows(cfg.d_vocab, cfg.d_head, TRIGRAM_BUDGET)
+
+
+def split_candidates(cfg: ModelConfig) -> int:
+    """Token-split candidates (source, destination, out) a head's split trigrams are ranked
+    over before they are sampled: each costs ~4 d_model x d_head products per head, and a
+    real 50k tokenizer has ~10^5 of them (a few seconds per head; Pythia-410m has 384)."""
+    return max(1, SPLIT_BUDGET // (cfg.d_model * cfg.d_head))
 
 
 def attribution_max_order(cfg: ModelConfig, n_tokens: int) -> int | None:

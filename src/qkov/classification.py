@@ -339,18 +339,24 @@ def classify_heads(
     seq_len: int | None = None,
     seed: int = 0,
     n_baseline: int = 200,
+    composition: tuple[str, ...] = ("q", "k", "v"),
 ) -> HeadClassification:
     """Label every head from its scores (on the seeded repeated probe unless `tokens` given)
     and, for each induction head, rank the earlier heads its key reads (K-composition) and
     the earlier heads it needs (`knockout_partners`, on the same tokens when they end in a
-    known repeated block)."""
+    known repeated block). composition: the kinds of composition score computed (the
+    partners need K alone; each kind costs ~20 s at TinyLlama-1.1B's 704 heads)."""
     t = thresholds or Thresholds()
     cfg = model.cfg
     scores = head_scores(model, tokens, half_len=half_len, batch=batch, seq_len=seq_len, seed=seed)
     if tokens is None:  # the probe head_scores drew (same seed): for the knock-outs
         probe = induction_probe(cfg.d_vocab, batch, seq_len or default_seq_len(cfg.n_ctx), seed)
         tokens, half_len = probe.tokens, probe.half_lens
-    comp = composition_scores(model, n_baseline=n_baseline, seed=seed) if cfg.n_layers > 1 else None
+    comp = (
+        composition_scores(model, n_baseline=n_baseline, seed=seed, kinds=composition)
+        if cfg.n_layers > 1
+        else None
+    )
     records = []
     with torch.no_grad():
         for l in range(cfg.n_layers):

@@ -102,49 +102,83 @@ def _fold(model: Transformer, center_writing: bool, center_unembed: bool) -> Tra
             "fold_layernorm: a gated MLP behind a layernorm would need a gate bias, which "
             "the model has no place for: use normalization='rmsnorm' (as Llama does)"
         )
-    w = {k: v.double() for k, v in model.weights().items()}
-    for name in ("W_K", "W_V", "b_K", "b_V"):  # grouped-query attention: a copy per head
-        if name in w:
-            w[name] = per_query_head(w[name].transpose(0, 1), cfg.n_heads).transpose(0, 1)
     layernorm = kind == "layernorm"
-    bias = cfg.bias or layernorm
+    folded_cfg = dataclasses.replace(
+        cfg,
+        normalization=FOLDED_NORMALIZATION[kind],
+        bias=cfg.bias or layernorm,
+        n_kv_heads=cfg.n_heads,
+    )
+    folded = Transformer.empty(folded_cfg, device=model.device, dtype=model.W_E.dtype)
+    src, dst = model.weights(), folded.weights()
+    # One layer at a time, in float64, written straight into the folded model: a 1B model's
+    # weights whole in float64 are 9 GB (TinyLlama's fold took 24 GB that way).
+    written: set[str] = set()
+    for l in range(cfg.n_layers):
+        w = {k: v[l].double() for k, v in src.items() if k in _PER_LAYER}
+        for name in ("W_K", "W_V", "b_K", "b_V"):  # grouped-query attention: a copy per head
+            if name in w:
+                w[name] = per_query_head(w[name], cfg.n_heads)
+        _fold_layer(w, kind, center_writing, cfg.d_mlp > 0, cfg.gated_mlp)
+        for name, value in w.items():
+            dst[name][l].copy_(value)
+            written.add(name)
+    w = {k: v.double() for k, v in src.items() if k not in _PER_LAYER}
     if kind in ("layernorm", "rmsnorm"):
-        ln = lambda where, p: w.pop(f"{where}_{p}", None)  # noqa: E731
-        w1, b1 = ln("ln1", "w"), ln("ln1", "b")
-        heads_w1 = w1[:, None]  # [n_layers, 1, d_model]: the same norm for every head
-        heads_b1 = b1[:, None] if b1 is not None else None
-        for name in ("Q", "K", "V"):
-            w[f"W_{name}"], w[f"b_{name}"] = _fold_reader(
-                w[f"W_{name}"], w.get(f"b_{name}"), heads_w1, heads_b1, layernorm
-            )
-        if cfg.d_mlp:
-            w2, b2 = ln("ln2", "w"), ln("ln2", "b")
-            w["W_in"], w["b_in"] = _fold_reader(w["W_in"], w.get("b_in"), w2, b2, layernorm)
-            if cfg.gated_mlp:
-                w["W_gate"] = _fold_reader(w["W_gate"], None, w2, None, layernorm)[0]
         w["W_U"], w["b_U"] = _fold_reader(
-            w["W_U"], w.get("b_U"), ln("ln_final", "w"), ln("ln_final", "b"), layernorm
+            w["W_U"], w.get("b_U"), w.pop("ln_final_w"), w.pop("ln_final_b", None), layernorm
         )
     if layernorm and center_writing:
-        for name in ("W_E", "W_pos", "W_O", "b_O", "W_out", "b_out"):
-            if w.get(name) is not None:
+        for name in ("W_E", "W_pos"):
+            if name in w:
                 w[name] = w[name] - w[name].mean(-1, keepdim=True)
     if center_unembed:
         w["W_U"] = w["W_U"] - w["W_U"].mean(-1, keepdim=True)
         if w.get("b_U") is not None:
             w["b_U"] = w["b_U"] - w["b_U"].mean()
-    w = {k: v for k, v in w.items() if v is not None}
-    folded_cfg = dataclasses.replace(
-        cfg, normalization=FOLDED_NORMALIZATION[kind], bias=bias, n_kv_heads=cfg.n_heads
-    )
-    dtype = model.W_E.dtype
-    folded = Transformer.empty(folded_cfg, device=model.device, dtype=dtype)
-    # Biases the original lacked (a layernorm model with bias=False) stay at their zero init.
-    folded.load_weights({k: v.to(dtype) for k, v in w.items()} | _zero_biases(folded, w))
+    for name, value in w.items():
+        if value is not None:
+            dst[name].copy_(value)
+            written.add(name)
+    # Biases the original lacked (a layernorm model with bias=False) stay zero.
+    for name, value in dst.items():
+        if name not in written:
+            value.zero_()
     folded.tokenizer, folded.token_counts = model.tokenizer, model.token_counts
     folded.train(model.training)
     return folded
 
 
-def _zero_biases(folded: Transformer, have: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {k: torch.zeros_like(v) for k, v in folded.weights().items() if k not in have}
+# The weights with a leading layer axis, folded one layer at a time.
+_PER_LAYER = {
+    "W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O",
+    "W_in", "W_gate", "W_out", "b_in", "b_out", "ln1_w", "ln1_b", "ln2_w", "ln2_b",
+}  # fmt: skip
+
+
+def _fold_layer(
+    w: dict[str, Tensor], kind: str, center_writing: bool, mlp: bool, gated: bool
+) -> None:
+    """Fold one layer's weights in place: w holds them without the layer axis (W_Q [n_heads,
+    d_model, d_head], W_in [d_model, d_mlp], ln1_w [d_model], ...); its norm weights are
+    popped and the readers' biases added where the norm had one."""
+    layernorm = kind == "layernorm"
+    if kind in ("layernorm", "rmsnorm"):
+        w1, b1 = w.pop("ln1_w"), w.pop("ln1_b", None)
+        heads_w1 = w1[None]  # [1, d_model]: the same norm for every head
+        heads_b1 = b1[None] if b1 is not None else None
+        for name in ("Q", "K", "V"):
+            w[f"W_{name}"], w[f"b_{name}"] = _fold_reader(
+                w[f"W_{name}"], w.get(f"b_{name}"), heads_w1, heads_b1, layernorm
+            )
+        if mlp:
+            w2, b2 = w.pop("ln2_w"), w.pop("ln2_b", None)
+            w["W_in"], w["b_in"] = _fold_reader(w["W_in"], w.get("b_in"), w2, b2, layernorm)
+            if gated:
+                w["W_gate"] = _fold_reader(w["W_gate"], None, w2, None, layernorm)[0]
+    if layernorm and center_writing:
+        for name in ("W_O", "b_O", "W_out", "b_out"):
+            if w.get(name) is not None:
+                w[name] = w[name] - w[name].mean(-1, keepdim=True)
+    for name in [k for k, v in w.items() if v is None]:
+        del w[name]

@@ -78,13 +78,19 @@ def per_query_head(x: Tensor, n_heads: int) -> Tensor:
     return x if x.shape[0] == n_heads else x.repeat_interleave(n_heads // x.shape[0], dim=0)
 
 
-def _per_head(x: Tensor, W: Tensor) -> Tensor:
-    """x [batch, pos, d_model] @ W [head, d_model, d_head] -> [batch, head, pos, d_head], as
-    one matmul over the heads side by side (broadcasting x over the heads would copy it
-    once per head first)."""
-    H, D, dh = W.shape
-    out = x @ W.transpose(0, 1).reshape(D, H * dh)  # [batch, pos, head * d_head]
-    return out.view(*x.shape[:-1], H, dh).transpose(-3, -2).contiguous()
+def _project(x: Tensor, W: Tensor) -> Tensor:
+    """x [batch, pos, d_model] through each head's W [n, d_model, d_head]: [batch, n, pos,
+    d_head], as one [batch pos, d_model] x [d_model, n d_head] matmul (broadcasting x over the
+    heads runs batch x n small matmuls: slower than the whole MLP at TinyLlama's shape)."""
+    n, d_model, d_head = W.shape
+    out = x @ W.transpose(0, 1).reshape(d_model, n * d_head)  # [batch, pos, n d_head]
+    return out.unflatten(-1, (n, d_head)).transpose(-3, -2)
+
+
+def _per_query_head_axis(x: Tensor, n_heads: int) -> Tensor:
+    """[batch, n_kv_heads, pos, d_head] -> [batch, n_heads, pos, d_head] (`per_query_head`
+    on the head axis of activations)."""
+    return x if x.shape[1] == n_heads else x.repeat_interleave(n_heads // x.shape[1], dim=1)
 
 
 class Transformer(nn.Module):
@@ -156,7 +162,7 @@ class Transformer(nn.Module):
                 param: nn.Parameter = getattr(self, name)
                 if not torch.is_floating_point(value):
                     raise QkovError(f"{source}: {name} has dtype {value.dtype}, expected float")
-                param.copy_(value.to(param.dtype))
+                param.copy_(value)  # cast to the model's dtype as it is copied
             if self.cfg.positional == "none":
                 self.W_pos.zero_()
 
@@ -376,18 +382,20 @@ class Transformer(nn.Module):
             resid = resid_pre = point(f"resid_pre.{l}", resid)
             x = self._norm(resid, "ln1", l, point)
             qk_in = x + pos if cfg.positional == "shortformer" else x
-            W_K, W_V = (
-                per_query_head(self.W_K[l], cfg.n_heads),
-                per_query_head(self.W_V[l], cfg.n_heads),
+            # [batch, head, pos, d_head]; keys and values of the n_kv_heads, then one copy per
+            # query head (grouped-query attention); biases [head, 1, d_head]
+            q, k, v = (
+                _project(qk_in, self.W_Q[l]),
+                _project(qk_in, self.W_K[l]),
+                _project(x, self.W_V[l]),
             )
-            # [batch, head, pos, d_head] each; biases [head, 1, d_head]
-            q, k, v = _per_head(qk_in, self.W_Q[l]), _per_head(qk_in, W_K), _per_head(x, W_V)
             if cfg.bias:
                 q, k, v = (
                     q + self.b_Q[l, :, None],
-                    k + per_query_head(self.b_K[l], cfg.n_heads)[:, None],
-                    v + per_query_head(self.b_V[l], cfg.n_heads)[:, None],
+                    k + self.b_K[l, :, None],
+                    v + self.b_V[l, :, None],
                 )
+            k, v = _per_query_head_axis(k, cfg.n_heads), _per_query_head_axis(v, cfg.n_heads)
             q = point(f"q.{l}", q)  # [batch, head, pos, d_head]
             k = point(f"k.{l}", k)
             v = point(f"v.{l}", v)

@@ -170,7 +170,9 @@ def repeated_token_logit(model: Transformer, tokens: Tensor, half_len: int) -> R
 
     m = fold_layernorm(model, center_unembed=False)
     cfg, w = m.cfg, m.weights()
-    kinds = ("scale", "head_out", "mlp_out")
+    # Each head's output is formed from z (its d_head-wide mix of values) one head at a time:
+    # cached whole, head_out is [batch, head, pos, d_model] per layer (5.8 GB at TinyLlama).
+    kinds = ("scale", "z", "mlp_out")
     logits, cache = m.run_with_cache(tokens, names=lambda n: n.split(".")[0] in kinds)
     at = slice(half_len, 2 * half_len - 1)  # the positions that predict the repeat's tokens
     t = tokens[:, half_len + 1 :]  # [batch, half_len - 1]
@@ -188,8 +190,8 @@ def repeated_token_logit(model: Transformer, tokens: Tensor, half_len: int) -> R
         writers["pos"] = push(w["W_pos"][at])
     bias = torch.zeros(cfg.d_model, device=m.device)
     for l in range(cfg.n_layers):
-        out = cache[f"head_out.{l}"]  # [batch, head, pos, d_model]
-        writers.update({f"L{l}H{h}": push(out[:, h]) for h in range(cfg.n_heads)})
+        z = cache[f"z.{l}"]  # [batch, head, pos, d_head]
+        writers.update({f"L{l}H{h}": push(z[:, h] @ w["W_O"][l, h]) for h in range(cfg.n_heads)})
         if cfg.bias:
             bias = bias + w["b_O"][l]
         if cfg.d_mlp:

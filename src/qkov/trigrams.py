@@ -85,6 +85,14 @@ def sample_tokens(d_vocab: int, n: int | None, seed: int = 0) -> Tensor:
     return torch.randperm(d_vocab, generator=g)[:n].sort().values
 
 
+def sample_candidates(candidates: Tensor, n: int | None, seed: int = 0) -> Tensor:
+    """A seeded sample of n rows of `split_token_candidates` [n_candidates, 3] (in their
+    order), or all of them for n None or n >= n_candidates."""
+    if candidates.shape[0] == 0:
+        return candidates
+    return candidates[sample_tokens(candidates.shape[0], n, seed)]
+
+
 def token_str(model: AttnOnlyTransformer, token: int) -> str:
     """Text of one token via model.tokenizer, or '[id]' without a tokenizer."""
     return decode_token(model.tokenizer, token)

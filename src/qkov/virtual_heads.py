@@ -13,6 +13,8 @@ from qkov.factored import FactoredMatrix
 from qkov.model import Transformer
 from qkov.paths import Chain
 
+VIRTUAL_CHUNK = 256  # virtual heads whose d_head x d_head product is formed at once
+
 
 @dataclass
 class VirtualHeadOV:
@@ -45,11 +47,13 @@ class VirtualHeadOV:
 
 
 @torch.no_grad()
-def virtual_head_ov(model: Transformer) -> list[VirtualHeadOV]:
+def virtual_head_ov(model: Transformer, top: int | None = None) -> list[VirtualHeadOV]:
     """Every two-head virtual head (l0 < l1) with its OV Σλ/Σ|λ| and V-composition score,
-    highest composition first. The spectrum is that of the d_head x d_head
-    W_O^{h1} W_U E W_V^{h0} W_O^{h0} W_V^{h1}, never the vocab x vocab circuit (E =
-    token_embedding; weights folded, biases and MLPs between the heads left out)."""
+    highest composition first (top: only the `top` highest; None: every pair). The spectrum
+    is that of the d_head x d_head W_O^{h1} W_U E W_V^{h0} W_O^{h0} W_V^{h1}, never the vocab
+    x vocab circuit (E = token_embedding; weights folded, biases and MLPs between the heads
+    left out). Pairs are taken VIRTUAL_CHUNK at a time: every pair at once was [N d_head]^2
+    twice (N = n_layers n_heads; 16 GB at TinyLlama-1.1B's 704 heads, killed)."""
     from qkov.composition import pair_scores
 
     m = folded(model)
@@ -57,37 +61,42 @@ def virtual_head_ov(model: Transformer) -> list[VirtualHeadOV]:
     wide = lambda t: t.float() if t.dtype in (torch.bfloat16, torch.float16) else t  # noqa: E731
     # The circuit is A B with A = E W_V^{h0} W_O^{h0} W_V^{h1}, B = W_O^{h1} W_U, and its
     # nonzero spectrum is that of B A = W_O^{h1} (W_U E) W_V^{h0} W_O^{h0} W_V^{h1}:
-    # W_U E [d_model, d_model] is formed once (d_vocab * d_model^2), each pair costs d_model^2.
+    # W_U E [d_model, d_model] is formed once (d_vocab * d_model^2), each pair costs
+    # 2 d_head^2 d_model.
     cfg = m.cfg
     UE = wide(w["W_U"]) @ wide(E)  # [d_model, d_model]
     ov = FactoredMatrix(w["W_V"], w["W_O"])  # [n_layers, n_heads, d_model, d_model]
     v_comp = pair_scores(ov, ov)  # [l0, h0, l1, h1], every pair at once
-    # B A = (W_O^{h1} W_U E W_V^{h0}) (W_O^{h0} W_V^{h1}): both factors for every pair of
-    # heads from two [N d_head, d_model] x [d_model, N d_head] products (N = n_layers n_heads).
-    N, r = cfg.n_layers * cfg.n_heads, cfg.d_head
-    W_O = wide(w["W_O"]).reshape(N * r, cfg.d_model)  # rows: head n, then d_head
-    W_V = wide(w["W_V"]).flatten(0, 1).transpose(0, 1).reshape(cfg.d_model, N * r)
-    P = ((W_O @ UE) @ W_V).reshape(N, r, N, r)  # P[n1, :, n0] = W_O^{n1} W_U E W_V^{n0}
-    Q = (W_O @ W_V).reshape(N, r, N, r)  # Q[n0, :, n1] = W_O^{n0} W_V^{n1}
+    H = cfg.n_heads
     pairs = [
-        (l0 * cfg.n_heads + h0, l1 * cfg.n_heads + h1)
+        (l0 * H + h0, l1 * H + h1)
         for l0 in range(cfg.n_layers)
-        for h0 in range(cfg.n_heads)
+        for h0 in range(H)
         for l1 in range(l0 + 1, cfg.n_layers)
-        for h1 in range(cfg.n_heads)
+        for h1 in range(H)
     ]
+    if not pairs:
+        return []
+    a_all, b_all = (torch.tensor(x) for x in zip(*pairs, strict=True))
+    scores = v_comp.reshape(len(v_comp) * H, -1)[a_all, b_all]  # [pairs]
+    order = torch.sort(-scores, stable=True).indices[:top]  # ties keep the layer order
+    pairs = [pairs[i] for i in order.tolist()]
+    score = dict(zip(pairs, scores[order].tolist(), strict=True))
+    W_O = wide(w["W_O"]).flatten(0, 1)  # [N, d_head, d_model]
+    W_V = wide(w["W_V"]).flatten(0, 1)  # [N, d_model, d_head]
+    OUE = W_O @ UE  # [N, d_head, d_model]: W_O^{n} W_U E
     out = []
-    if pairs:
-        n0, n1 = (torch.tensor(x) for x in zip(*pairs, strict=True))
-        BA = P[n1, :, n0] @ Q[n0, :, n1]  # [pairs, d_head, d_head]
+    for start in range(0, len(pairs), VIRTUAL_CHUNK):
+        chunk = pairs[start : start + VIRTUAL_CHUNK]
+        n0, n1 = (torch.tensor(x) for x in zip(*chunk, strict=True))
+        BA = (OUE[n1] @ W_V[n0]) @ (W_O[n0] @ W_V[n1])  # [pairs, d_head, d_head]
         eig = torch.linalg.eigvals(BA)  # [pairs, d_head]
-        for i, (a, b) in enumerate(pairs):
-            (l0, h0), (l1, h1) = divmod(a, cfg.n_heads), divmod(b, cfg.n_heads)
+        for i, (a, b) in enumerate(chunk):
             out.append(
                 VirtualHeadOV(
-                    heads=((l0, h0), (l1, h1)),
-                    v_composition=float(v_comp[l0, h0, l1, h1]),
+                    heads=(divmod(a, H), divmod(b, H)),
+                    v_composition=score[(a, b)],
                     eigenvalue_score=eigenvalue_score(eig[i]),
                 )
             )
-    return sorted(out, key=lambda v: -v.v_composition)
+    return out

@@ -45,8 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--exact",
         action="store_true",
-        help="rank every source token even on a large vocabulary (default there: the seeded "
-        "sample of sources `qkov analyze` uses, said so; GPT-2 small exact takes ~30 min)",
+        help="rank every source token (and token-split candidate) even on a large vocabulary "
+        "(default there: the seeded samples `qkov analyze` uses, said so; GPT-2 small exact "
+        "takes ~30 min)",
     )
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -54,12 +55,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qkov.budget import trigram_sources
+    from qkov.budget import split_candidates, trigram_sources
     from qkov.checkpoint import load
-    from qkov.circuits import ov_statistics
+    from qkov.eigenvalues import ov_statistics
     from qkov.errors import QkovError
     from qkov.io import atomic_write_text, check_output_file
-    from qkov.trigrams import allowed_tokens, sample_tokens, split_token_candidates
+    from qkov.trigrams import (
+        allowed_tokens,
+        sample_candidates,
+        sample_tokens,
+        split_token_candidates,
+    )
 
     for flag, value, low in (
         ("--top-k", args.top_k, 1),
@@ -102,6 +108,15 @@ def run(args: argparse.Namespace) -> int:
     candidates = (  # the vocabulary's texts read once, not per head
         split_token_candidates(model, allowed_tokens(model, min_count)) if args.split_k else None
     )
+    if candidates is not None and not args.exact:
+        n_all = candidates.shape[0]
+        candidates = sample_candidates(candidates, split_candidates(cfg))
+        if candidates.shape[0] < n_all:
+            print(
+                f"estimates: the token-split skip-trigrams rank a seeded sample of "
+                f"{candidates.shape[0]:,} of {n_all:,} candidates (as `qkov analyze` does at "
+                "this size; --exact for every one)"
+            )
     if cfg.normalization != "none":
         print(
             "boost and score are written before the final norm, which divides each position "
@@ -112,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         {**ov[lh].to_dict(), **_head_trigrams(model, *lh, args, min_count, n_sources, candidates)}
         for lh in heads
     ]
-    virtual = _virtual_heads(model)
+    virtual = _virtual_heads(model, exact=args.exact)
     if args.json is not None:
         record = {"min_token_count": min_count, "heads": results, "virtual_heads": virtual}
         atomic_write_text(args.json, json.dumps(record, indent=2) + "\n")
@@ -183,15 +198,22 @@ def _head_trigrams(
     return record
 
 
-def _virtual_heads(model, n: int = 10) -> list[dict]:
-    """Print the virtual heads (V-composition) with the highest composition scores and
-    their OV Σλ/Σ|λ|; return every one as JSON records."""
-    from qkov.circuits import virtual_head_ov
+VIRTUAL_JSON = 1000  # virtual heads in --json without --exact
 
-    virtual = virtual_head_ov(model)
+
+def _virtual_heads(model, n: int = 10, exact: bool = False) -> list[dict]:
+    """Print the virtual heads (V-composition) with the highest composition scores and
+    their OV Σλ/Σ|λ|; return them as JSON records: every one with exact, else the
+    VIRTUAL_JSON highest (TinyLlama-1.1B has 236,544, each a d_head^2 d_model product)."""
+    from qkov.virtual_heads import virtual_head_ov
+
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    n_all = H * H * L * (L - 1) // 2
+    virtual = virtual_head_ov(model, top=None if exact else VIRTUAL_JSON)
     if not virtual:
         return []
-    print(f"\nvirtual heads (V-composition), top {min(n, len(virtual))} of {len(virtual)}:")
+    kept = "" if len(virtual) == n_all else f" (--json keeps the {len(virtual):,} highest)"
+    print(f"\nvirtual heads (V-composition), top {min(n, len(virtual))} of {n_all:,}{kept}:")
     print("virtual head    V-composition   OV sum(l)/sum|l|")
     for v in virtual[:n]:
         print(f"{v.name:<15} {v.v_composition:13.3f}   {v.eigenvalue_score:+16.3f}")

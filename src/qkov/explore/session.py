@@ -290,7 +290,7 @@ def _roles(model: Transformer) -> list[dict[str, Any]]:
 
     if model.cfg.n_layers == 0:
         return []
-    cls = classify_heads(model)
+    cls = classify_heads(model, composition=("k",))  # the partners read K-composition alone
     return [
         {
             "layer": r.layer,

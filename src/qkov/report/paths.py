@@ -219,6 +219,11 @@ def split_trigrams_block(m: dict, h: dict, token_table: Any, filter_text: str) -
         f"<h5>token-split skip-trigrams [ab] \u2026 [a] \u2192 [b] ({esc(filter_text)}): "
         f"{esc(split.get('n_favoured'))} of {esc(split.get('n_candidates'))} favoured</h5>"
     )
+    if split.get("of_candidates"):  # qkov.budget.split_candidates: a seeded sample
+        head += (
+            f'<p class="note estimate">Estimate: over a seeded sample of '
+            f"{esc(split.get('n_candidates'))} of {esc(split['of_candidates'])} candidates.</p>"
+        )
     rows = split.get("trigrams") or []
     if not rows:
         return head + '<p class="note">none in this vocabulary</p>'

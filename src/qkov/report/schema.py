@@ -120,6 +120,7 @@ computed" (with the reason from `not_computed` if given). Names are the library'
       "scale": {                           # qkov.budget.ScalePlan: what a large model got
         "bigram_rows": int | null,         #   as a seeded sample (null: exact, every row):
         "trigram_sources": int | null,     #   bigram rows, skip-trigram sources,
+        "split_candidates": int,           #   (the most token-split candidates per head)
         "copying_columns": int | null,     #   copying-score logit columns;
         "n_sequences": int, "term_importance_on": [int, int] | null,  # [seqs, positions]
         "head_knockouts": bool,
@@ -143,6 +144,8 @@ computed" (with the reason from `not_computed` if given). Names are the library'
       "qk_eigenvalues": [[re, im], ...],   # of W_E W_QK W_E^T
       "skip_trigrams": [{"source": str, "destination": str, "out": str, "score": float}],
       "split_token_trigrams": {"n_candidates": int, "n_favoured": int,  # [ab] ... [a] -> [b]
+                               "of_candidates": int,  # optional: n_candidates is a seeded
+                                                      # sample of these (budget.split_candidates)
                                "trigrams": [{"source": str, "destination": str, "out": str,
                                              "score": float}]}
     }

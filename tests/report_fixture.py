@@ -71,7 +71,7 @@ def _attention(n_layers: int, tokens: list[str]) -> dict:
     return {
         "tokens": tokens,
         "patterns": [[pattern, pattern] for _ in range(n_layers)],
-        "text": "sample text (repeated Python snippet)",
+        "text": "example text (repeated Python snippet)",
     }
 
 
@@ -276,7 +276,7 @@ def path_sections() -> dict:
             for h in range(2)
         ],
         "attribution": {
-            "text": "sample text",
+            "text": "example text",
             "tokens": ATTRIBUTION_TOKENS,
             "predicted": [
                 " x",

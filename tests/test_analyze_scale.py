@@ -1,4 +1,4 @@
-"""Analysis at scale (`qkov.budget.ScalePlan`): the estimates a large vocabulary needs are
+"""Analysis at scale (`qkov.budget.Budget`): the estimates a large vocabulary needs are
 the exact values when their sample is the whole set, and the exact values of the sample
 otherwise; small models keep every exact computation; `analyze` records the plan; the
 --download flag's error paths (no test downloads anything)."""
@@ -119,21 +119,21 @@ def test_copying_columns_exact_under_budget():
 
 def test_plan_keeps_small_models_exact_and_samples_gpt2_small():
     small = ModelConfig(n_layers=2, n_heads=8, d_model=256, d_vocab=2048, n_ctx=512)
-    plan = budget.ScalePlan.of(small, torch.zeros(63, 512, dtype=torch.long))
-    assert plan == budget.ScalePlan(
+    plan = budget.Budget.of(small, torch.zeros(63, 512, dtype=torch.long))
+    assert plan == budget.Budget(
         None, None, plan.split_candidates, None, 63, None, True, None, True, plan.qk_sides
     )
     mlp = ModelConfig(n_layers=2, n_heads=8, d_model=512, d_vocab=2048, n_ctx=512, d_mlp=2048)
-    mlp_plan = budget.ScalePlan.of(mlp, torch.zeros(63, 512, dtype=torch.long))
+    mlp_plan = budget.Budget.of(mlp, torch.zeros(63, 512, dtype=torch.long))
     assert mlp_plan.term_importance_on is None
     big = ModelConfig(
         n_layers=12, n_heads=12, d_model=768, d_vocab=50257, n_ctx=1024, d_mlp=3072,
         positional="standard", normalization="layernorm", bias=True, act_fn="gelu_new",
     )  # fmt: skip
-    plan = budget.ScalePlan.of(big, torch.zeros(16, 1024, dtype=torch.long))
+    plan = budget.Budget.of(big, torch.zeros(16, 1024, dtype=torch.long))
     assert plan.bigram_rows and plan.trigram_sources and plan.copying_columns
     assert plan.n_sequences < 16 and plan.term_importance_on and not plan.head_knockouts
-    short = budget.ScalePlan.of(big, torch.zeros(16, 128, dtype=torch.long))  # the random probe
+    short = budget.Budget.of(big, torch.zeros(16, 128, dtype=torch.long))  # the random probe
     assert short.term_importance_on == [1, 128] and not short.head_knockouts
     assert plan.path_max_order is not None and not plan.qk_terms
 
@@ -149,7 +149,7 @@ def test_analyze_a_tiny_hf_folder_with_every_estimate_on(tmp_path, monkeypatch):
     monkeypatch.setattr(budget, "QK_SIDES_LIMIT", 1)
     analysis = A.analyze(folder, log=None)
     rec = analysis["models"][0]
-    plan = rec["scale"]
+    plan = rec["budget"]
     assert plan["bigram_rows"] == 1 and plan["trigram_sources"] == 1
     assert plan["n_sequences"] == 1 and rec["evaluation"]["n_sequences"] == 1
     assert plan["path_max_order"] == 0 and plan["head_knockouts"] is False
@@ -232,7 +232,7 @@ def test_report_labels_the_estimates(tmp_path, monkeypatch):
     monkeypatch.setattr("qkov.heads.COPY_EXACT_BUDGET", 1)
     monkeypatch.setattr("qkov.heads.COPY_MIN_COLUMNS", 8)
     analysis = A.analyze(folder, log=None)
-    assert analysis["models"][0]["scale"]["copying_columns"] is not None
+    assert analysis["models"][0]["budget"]["copying_columns"] is not None
     A.write_analysis(tmp_path / "out", analysis)
     html = (tmp_path / "out" / "report.html").read_text()
     assert "seeded sample of 1 of 64 current tokens" in html
@@ -292,7 +292,7 @@ def test_analyze_samples_token_split_candidates_past_the_budget_and_says_so(tmp_
     monkeypatch.setattr(budget, "SPLIT_BUDGET", 16 * 8 * 10)  # d_model 16, d_head 8: 10
     analysis = A.analyze(folder, log=None)
     rec = analysis["models"][0]
-    assert rec["scale"]["split_candidates"] == 10
+    assert rec["budget"]["split_candidates"] == 10
     model = load(folder)
     candidates = split_token_candidates(model, allowed_tokens(model, None))
     assert candidates.shape[0] == 43

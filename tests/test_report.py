@@ -366,7 +366,7 @@ def test_only_mlp_knockouts_are_titled_so():
     m["term_importance"]["terms"] = [
         t for t in m["term_importance"]["terms"] if t.get("kind") != "head"
     ]
-    m.setdefault("not_computed", {})["head_knockouts"] = "over the budget at this scale"
+    m.setdefault("not_computed", {})["head_knockouts"] = "over the budget at this size"
     terms = tree(render_report(a)).by_id("m3-terms")
     assert [h.text for h in terms.all("h5")][1] == "one MLP knocked out"
 
@@ -607,7 +607,7 @@ def test_wide_head_table_scrolls_in_its_box_and_names_may_wrap(page):
 
 
 def test_token_strips_may_wrap_between_tokens_only(page):
-    """The sample text is one line of unbreakable token spans unless the line may break
+    """The example text is one line of unbreakable token spans unless the line may break
     between two of them (at 800 px it ran off the page)."""
     strip = page[page.index('<div class="qkov-strip"') :]
     strip = strip[: strip.index("</div></div>")]

@@ -124,7 +124,7 @@ def test_report_in_chromium(browser, analysis, tmp_path, csp):
     assert '"><img src=x onerror="window.__pwned=2">' in body
     assert not browser.find_elements(By.CSS_SELECTOR, "main img")
 
-    # Hover: a token of the sample text, then a cell of an attention heatmap.
+    # Hover: a token of the example text, then a cell of an attention heatmap.
     strip = browser.find_element(By.CSS_SELECTOR, "#m0-attention .qkov-strip")
     tokens = strip.find_elements(By.CSS_SELECTOR, ".tok")
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", tokens[-1])

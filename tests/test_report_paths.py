@@ -88,14 +88,16 @@ def test_positional_qk_says_when_a_map_is_flat():
     assert "Every entry of each map has one value (0.000)" in flat[0].text
 
 
-def test_attribution_menu_groups_paths_by_their_recorded_order():
+@pytest.mark.parametrize("key", ["budget", "scale"])
+def test_attribution_menu_groups_paths_by_their_recorded_order(key):
     """With the orders analysis.json records (analyze writes them), the path menu groups
     its options by order, the remainder named for what it holds; each option keeps its
-    index, so the page's colouring reads the same column."""
+    index, so the page's colouring reads the same column. The cut is read from "budget",
+    or from "scale" in a file written before 2026-12-06."""
     analysis = v2_analysis()
     att = analysis["models"][0]["attribution"]
     att["orders"] = [len(p.split(">")) if p.startswith("L") else 0 for p in att["paths"]]
-    analysis["models"][0]["scale"] = {"path_max_order": 2}
+    analysis["models"][0][key] = {"path_max_order": 2}
     att["paths"].append("order>2")  # as a cut at 2 names its remainder
     att["orders"].append(3)
     for row in att["contributions"]:

@@ -1,7 +1,7 @@
 """`analyze`: run every analysis on one or more models and collect the analysis dict.
 
 An orchestrator: it picks the inputs (the evaluation set of `qkov.data.evaluation`, the
-sample text of the attention views), calls the library (circuits, heads, composition,
+example text of the attention views), calls the library (circuits, heads, composition,
 trigrams, ablation, metrics) and converts the records to the analysis.json schema
 (qkov.report.schema, version 2). It computes nothing itself. Every architecture qkov's
 model has (MLPs, biases, layernorm/rmsnorm) gets every analysis: the library reads learned
@@ -23,7 +23,7 @@ from torch import Tensor
 from qkov import __version__
 from qkov.ablation import icl_from_logits, term_importance
 from qkov.attribution import attribute
-from qkov.budget import MAX_SAMPLE_TOKENS, ScalePlan
+from qkov.budget import MAX_EXAMPLE_TOKENS, Budget
 from qkov.checkpoint import load
 from qkov.circuits import embedding_rms, final_norm_scale, positional_qk, top_bigrams
 from qkov.classification import HeadClassification, HeadRecord, classify_heads
@@ -57,7 +57,7 @@ ModelLike = str | Path | AttnOnlyTransformer
 
 # Shown in the attention views: a short piece of Python that repeats itself, so an
 # induction head lights up on the second copy (the default corpus is Python source).
-SAMPLE_TEXT = (
+EXAMPLE_TEXT = (
     "def mean(values):\n    total = sum(values)\n    return total / len(values)\n\n"
     "def mean(values):\n    total = sum(values)\n    return total / len(values)\n"
 )
@@ -96,7 +96,7 @@ def analyze(
     to evaluate on and to show in the attention views (named text_name); without it each
     model's evaluation set is the held-out documents of its training corpus, or the
     random-token probe for a model without a text corpus (`qkov.data.evaluation`), and the
-    attention views show SAMPLE_TEXT; at most max_sequences sequences. evaluation: one set
+    attention views show EXAMPLE_TEXT; at most max_sequences sequences. evaluation: one set
     for every model instead.
     min_token_count: skip-trigrams rank only tokens seen that often in training (where the
     run recorded token counts); None ranks all tokens."""
@@ -131,7 +131,7 @@ def analyze(
                     name=name,
                     checkpoint=checkpoint,
                     evaluation=ev,
-                    sample_text=text or SAMPLE_TEXT,
+                    example_text=text or EXAMPLE_TEXT,
                     n_bigrams=n_bigrams,
                     n_trigrams=n_trigrams,
                     min_token_count=min_token_count,
@@ -159,7 +159,7 @@ def analyze_model(
     name: str,
     evaluation: EvaluationSet,
     checkpoint: str | None = None,
-    sample_text: str = SAMPLE_TEXT,
+    example_text: str = EXAMPLE_TEXT,
     n_bigrams: int = 20,
     n_trigrams: int = 8,
     min_token_count: int | None = DEFAULT_MIN_COUNT,
@@ -172,12 +172,12 @@ def analyze_model(
     model.eval()
     cfg, tok = model.cfg, model.tokenizer
     stage = _Stages(name, log)
-    plan = ScalePlan.of(cfg, evaluation.tokens)
+    plan = Budget.of(cfg, evaluation.tokens)
     if plan.n_sequences < evaluation.tokens.shape[0]:
         evaluation = EvaluationSet(
             evaluation.tokens[: plan.n_sequences],
             f"{evaluation.description} (first {plan.n_sequences} of "
-            f"{evaluation.tokens.shape[0]} sequences: the forward-pass budget at this scale)",
+            f"{evaluation.tokens.shape[0]} sequences: the forward-pass budget at this size)",
             evaluation.kind,
         )
     tokens = model.check_tokens(evaluation.tokens)
@@ -194,7 +194,7 @@ def analyze_model(
         "loss": {"value": loss, "n_tokens": evaluation.n_tokens},
         "bigrams": top_bigrams(model, n_bigrams, n_rows=plan.bigram_rows, seed=seed),
         "not_computed": {},
-        "scale": plan.to_dict(),
+        "budget": plan.to_dict(),
     }
     _training(rec, checkpoint)
     # A head's OV circuit (its skip-trigram boosts) is written before the final norm: the
@@ -216,7 +216,7 @@ def analyze_model(
         return rec
     stage(f"head scores and labels ({_count(cfg.n_layers * cfg.n_heads, 'head')})")
     rec["probe_icl_score"] = training_probe(model, seed=seed)["probe_icl_score"]
-    rec["attention"] = _attention(model, sample_text, seed)
+    rec["attention"] = _attention(model, example_text, seed)
     # Minutes at 1B (TinyLlama: a forward pass of the probe, Q/K/V-composition of 704 heads):
     # a line for each part.
     stage("head scores on the repeated-token probe, composition scores, labels")
@@ -294,10 +294,10 @@ def analyze_model(
     else:
         rec["not_computed"]["qk_terms"] = (
             f"{plan.qk_sides} query-side paths per head at max_order {QK_MAX_ORDER} (the terms "
-            "are their pairs): over the limit at this scale; `qkov heads --qk-terms --qk-heads "
+            "are their pairs): over the limit at this size; `qkov heads --qk-terms --qk-heads "
             "L5H1 --qk-max-order 1` splits chosen heads"
         )
-    stage("virtual heads, positional QK, attribution of the sample text")
+    stage("virtual heads, positional QK, attribution of the example text")
     if cfg.n_layers >= 2:
         top = virtual_head_ov(model, top=N_VIRTUAL_HEADS)
         rec["virtual_heads"] = [v.to_dict() for v in top]
@@ -316,7 +316,7 @@ def analyze_model(
             if cfg.positional == "rotary"
             else "positional='none': no W_pos"
         )
-    ids, what = _sample_ids(model, sample_text, seed)
+    ids, what = _example_ids(model, example_text, seed)
     att = attribute(model, torch.tensor(ids), max_order=plan.path_max_order)
     rec["attribution"] = {"text": what, **att.to_dict()}
     stage("done")
@@ -388,7 +388,7 @@ def _head(
     n_trigrams: int,
     min_count: int | None,
     candidates: Tensor,
-    plan: ScalePlan,
+    plan: Budget,
     seed: int,
 ) -> dict[str, Any]:
     """A HEAD record: label and scores from classify_heads, spectra and skip-trigrams (over
@@ -511,7 +511,7 @@ def _order_name(order: int, n_terms: int, cfg: ModelConfig) -> str:
 def _attention(model: AttnOnlyTransformer, text: str, seed: int) -> dict[str, Any]:
     """The attention views: patterns on the first tokens of `text` (or, without a tokenizer,
     on one repeated random sequence)."""
-    ids, what = _sample_ids(model, text, seed)
+    ids, what = _example_ids(model, text, seed)
     patterns = attention_patterns(model, torch.tensor([ids]))[:, 0]  # [layer, head, dest, src]
     return {
         "tokens": [decode_token(model.tokenizer, i) for i in ids],
@@ -523,12 +523,12 @@ def _attention(model: AttnOnlyTransformer, text: str, seed: int) -> dict[str, An
     }
 
 
-def _sample_ids(model: AttnOnlyTransformer, text: str, seed: int) -> tuple[list[int], str]:
+def _example_ids(model: AttnOnlyTransformer, text: str, seed: int) -> tuple[list[int], str]:
     """The tokens the attention and attribution views show: the first tokens of `text`,
     or (no tokenizer) one repeated random sequence; and what they are."""
-    n_max = min(MAX_SAMPLE_TOKENS, model.cfg.n_ctx)
+    n_max = min(MAX_EXAMPLE_TOKENS, model.cfg.n_ctx)
     ids = model.tokenizer.encode(text).ids[:n_max] if model.tokenizer is not None else []
-    what = "sample text" if text == SAMPLE_TEXT else "the given text"
+    what = "example text" if text == EXAMPLE_TEXT else "the given text"
     if len(ids) < 2:
         half = max(2, n_max // 2)
         ids = repeated_random_tokens(model.cfg.d_vocab, 1, half, seed)[0].tolist()[:n_max]

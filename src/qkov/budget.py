@@ -1,8 +1,8 @@
 """What `qkov analyze` computes exactly and what it estimates or cuts, chosen by cost.
 
 Every analysis is exact while its cost, in multiply-adds, stays under its budget below;
-above it, `ScalePlan` says what is sampled (with a seed) or cut (with an exact remainder),
-and analysis.json records the plan under "scale" so the report can say which numbers are
+above it, `Budget` says what is sampled (with a seed) or cut (with an exact remainder),
+and analysis.json records the plan under "budget" so the report can say which numbers are
 estimates. The demo models (2,048 tokens, 8 heads) are under every budget: all exact."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from qkov.heads import copying_columns
 from qkov.paths import count_paths, largest_order, start_names
 from qkov.qk_terms import QK_MAX_ORDER
 
-MAX_SAMPLE_TOKENS = 48  # tokens of the sample text the attention views and attribution read
+MAX_EXAMPLE_TOKENS = 48  # tokens of the example text the attention views and attribution read
 BIGRAM_BUDGET = 2**34  # rows * d_vocab * d_model of the direct path, once per model
 TRIGRAM_BUDGET = 2**29  # sources * d_vocab * d_head of a head's two circuits, per head
 SPLIT_BUDGET = 2**29  # candidates * d_model * d_head of a head's token-split trigrams, per head
@@ -31,7 +31,7 @@ QK_SIDES_LIMIT = 256  # query-side (and key-side) paths per head for the QK term
 
 
 @dataclass(frozen=True)
-class ScalePlan:
+class Budget:
     """What `analyze_model` samples or cuts for a model of this size (None/True: exact).
 
     bigram_rows: top_bigrams over a seeded sample of that many current tokens (estimate);
@@ -57,7 +57,7 @@ class ScalePlan:
     qk_sides: int
 
     @staticmethod
-    def of(cfg: ModelConfig, tokens: Tensor) -> ScalePlan:
+    def of(cfg: ModelConfig, tokens: Tensor) -> Budget:
         """The plan for cfg and the evaluation tokens [n_sequences, seq_len]."""
         V, n_heads = cfg.d_vocab, cfg.n_layers * cfg.n_heads
         per_seq = tokens.shape[1] * max(1, cfg.n_params)
@@ -66,7 +66,7 @@ class ScalePlan:
         term_on = _term_importance_on(cfg, n_seq, tokens.shape[1])
         knock = n_heads * n_tok * cfg.n_params
         probe = 16 * default_seq_len(cfg.n_ctx)  # classify_heads' probe tokens
-        return ScalePlan(
+        return Budget(
             bigram_rows=_rows(V, cfg.d_model, BIGRAM_BUDGET),
             trigram_sources=trigram_sources(cfg),
             split_candidates=split_candidates(cfg),
@@ -74,7 +74,7 @@ class ScalePlan:
             n_sequences=n_seq,
             term_importance_on=term_on,
             head_knockouts=term_on is None and knock <= KNOCKOUT_BUDGET,
-            path_max_order=attribution_max_order(cfg, min(MAX_SAMPLE_TOKENS, cfg.n_ctx)),
+            path_max_order=attribution_max_order(cfg, min(MAX_EXAMPLE_TOKENS, cfg.n_ctx)),
             qk_terms=_qk_sides(cfg, QK_MAX_ORDER) <= QK_SIDES_LIMIT,
             qk_sides=_qk_sides(cfg, QK_MAX_ORDER),
         )

@@ -1,5 +1,5 @@
 """The report's sections on heads: the head table and one card per head (label, scores,
-OV/QK eigenvalues, skip-trigrams, attention), and every head's attention on the sample text.
+OV/QK eigenvalues, skip-trigrams, attention), and every head's attention on the example text.
 
 Each takes plain analysis data and returns an HTML string; nothing here computes."""
 
@@ -13,7 +13,7 @@ from qkov.report.cards import token_filter_text
 from qkov.report.escape import esc
 from qkov.report.fmt import count, num
 from qkov.report.heatmaps import attention_svg
-from qkov.report.notes import final_scale_note, not_computed, scale_note
+from qkov.report.notes import budget, estimate_note, final_scale_note, not_computed
 from qkov.report.paths import split_trigrams_block
 from qkov.report.svg import complex_scatter
 from qkov.report.widgets import (
@@ -61,7 +61,7 @@ def _head_attention(
     tokens = att["tokens"][:MAX_ATTN_TOKENS]
     svg = attention_svg(tokens, pat, view_id, f"{layer}.{head}", f"{name} attention", raster=dense)
     return (
-        f"<figure>{svg}<figcaption>attention on {esc(att.get('text') or 'the sample text')} "
+        f"<figure>{svg}<figcaption>attention on {esc(att.get('text') or 'the example text')} "
         "(rows: destination, columns: source; hover for tokens)</figcaption></figure>"
     )
 
@@ -97,7 +97,7 @@ def head_card(m: dict, h: dict, view_id: str | None, prefix: str, dense: bool = 
     if h.get("skip_trigrams"):
         trig = (
             f"<h5>top skip-trigrams ({esc(token_filter_text(m.get('token_filter')))})</h5>"
-            + scale_note(m, "trigram_sources", "source tokens")
+            + estimate_note(m, "trigram_sources", "source tokens")
             + token_table(
                 h["skip_trigrams"][:8],
                 [
@@ -152,7 +152,7 @@ def heads_section(m: dict, view_id: str | None, prefix: str) -> str:
                 '<p class="note">A 0-layer model has no heads: its logits are the bigram table.</p>'
             )
         return not_computed(m, "heads")
-    cols = (m.get("scale") or {}).get("copying_columns")
+    cols = budget(m).get("copying_columns")
     copy_note = (
         f'<p class="note estimate">Estimate: each copying score ranks the source token among '
         f"a seeded sample of {esc(count(cols))} of {esc(count(m['config']['d_vocab']))} logits "
@@ -214,7 +214,7 @@ def attention_section(m: dict, view_id: str) -> str:
         for l, heads in enumerate(att["patterns"])
         for h, p in enumerate(heads)
     }
-    note = f'<p class="note">Tokens of {esc(att.get("text") or "the sample text")}.</p>'
+    note = f'<p class="note">Tokens of {esc(att.get("text") or "the example text")}.</p>'
     return (
         note
         + data_block(view_id, attention_data(tokens, pats))

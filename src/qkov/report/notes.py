@@ -13,10 +13,16 @@ def not_computed(model: dict, section: str, default: str = "") -> str:
     return f'<p class="nc">Not computed{": " + esc(reason) if reason else "."}</p>'
 
 
-def scale_note(m: dict, key: str, what: str) -> str:
-    """'Estimate: ... a seeded sample of N of V <what>' when analyze sampled (`scale` in
-    analysis.json, `qkov.budget.ScalePlan`); '' when the table is exact."""
-    n = (m.get("scale") or {}).get(key)
+def budget(m: dict) -> dict:
+    """What analyze sampled or cut for this model (`qkov.budget.Budget`, "budget" in
+    analysis.json; files written before 2026-12-06 call it "scale"); {} when nothing was."""
+    return m.get("budget") or m.get("scale") or {}
+
+
+def estimate_note(m: dict, key: str, what: str) -> str:
+    """'Estimate: ... a seeded sample of N of V <what>' when analyze sampled (`budget`);
+    '' when the table is exact."""
+    n = budget(m).get(key)
     if not n:
         return ""
     V = (m.get("config") or {}).get("d_vocab")

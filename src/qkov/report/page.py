@@ -45,7 +45,7 @@ def model_block(index: int, m: dict) -> str:
     parts = [
         _section(f"{mid}-bigrams", "Direct path: bigram table", S.bigram_section(m)),
         _section(f"{mid}-heads", "Heads", heads_section(m, view if has_attn else None, mid)),
-        _section(f"{mid}-attention", "Attention on a sample text", attention_section(m, view)),
+        _section(f"{mid}-attention", "Attention on an example text", attention_section(m, view)),
         _section(
             f"{mid}-composition", "Composition (Q / K / V)", composition_section(m, f"comp-{mid}")
         ),

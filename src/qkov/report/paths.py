@@ -11,13 +11,9 @@ from typing import Any
 from qkov.report.escape import esc, tok, visible_token
 from qkov.report.fmt import num
 from qkov.report.heatmaps import heatmap
+from qkov.report.notes import budget, not_computed
 from qkov.report.svg import hbar_chart
 from qkov.report.widgets import data_block, round_matrix
-
-
-def _nc(m: dict, key: str) -> str:
-    reason = (m.get("not_computed") or {}).get(key)
-    return f'<p class="nc">Not computed{": " + esc(reason) if reason else "."}</p>'
 
 
 def _n_layers(m: dict) -> int:
@@ -32,7 +28,7 @@ def qk_terms_section(m: dict) -> str:
     if _n_layers(m) == 0:
         return ""
     if not heads:
-        return _nc(m, "qk_terms")
+        return not_computed(m, "qk_terms")
     figs = []
     for h in heads:
         name = f"L{h.get('layer')}H{h.get('head')}"
@@ -67,7 +63,7 @@ def virtual_heads_section(m: dict) -> str:
     if _n_layers(m) < 2:
         return ""
     if not rows:
-        return _nc(m, "virtual_heads")
+        return not_computed(m, "virtual_heads")
     body = "".join(
         f'<tr><td>{esc(v.get("name"))}</td><td class="n">{esc(num(v.get("v_composition")))}'
         f'</td><td class="n">{esc(num(v.get("ov_eigenvalue_score"), signed=True))}</td></tr>'
@@ -89,7 +85,7 @@ def positional_qk_section(m: dict) -> str:
     if _n_layers(m) == 0:
         return ""
     if not maps:
-        return _nc(m, "positional_qk")
+        return not_computed(m, "positional_qk")
     figs, flat = [], []
     for entry in maps:
         layer, head = (entry.get("head") or [0, 0])[:2]
@@ -140,15 +136,15 @@ def _flat_maps_note(flat: list[tuple[str, float]], maps: list) -> str:
 
 
 def attribution_section(m: dict, view_id: str) -> str:
-    """The sample text coloured by one path's contribution to each next token's logit (a
+    """The example text coloured by one path's contribution to each next token's logit (a
     menu picks the path); hovering a token lists the paths pushing its next token up/down."""
     att = m.get("attribution")
     if _n_layers(m) == 0 and not att:
         return ""
     if not att or not att.get("tokens") or not att.get("paths"):
-        return _nc(m, "attribution")
+        return not_computed(m, "attribution")
     tokens, paths = att["tokens"], att["paths"]
-    cut = (m.get("scale") or {}).get("path_max_order")
+    cut = budget(m).get("path_max_order")
     cut_note = (
         f'<p class="note estimate">Paths through more than {int(cut)} heads are summed into '
         f"one exact remainder path, order&gt;{int(cut)} (max_order {int(cut)} at this size).</p>"
@@ -172,7 +168,7 @@ def attribution_section(m: dict, view_id: str) -> str:
         for i, t in enumerate(tokens)
     )
     return (
-        f'<p class="note">Tokens of {esc(att.get("text") or "the sample text")}. Each '
+        f'<p class="note">Tokens of {esc(att.get("text") or "the example text")}. Each '
         "token is coloured by what the chosen path adds to the logit of the token that comes "
         "next (blue: up, red: down); the paths' contributions sum exactly to that logit "
         f"(max error {esc(num(att.get('max_abs_error'), digits=6))}). Hover a token for the "

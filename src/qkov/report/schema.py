@@ -3,7 +3,8 @@
 Version 2 grew additively (old files still read, so the version stays): qk_terms,
 virtual_heads, positional_qk, attribution and each head's split_token_trigrams; term kind "mlp"
 for models with MLPs, whose config also has d_mlp, act_fn, bias and normalization
-"layernorm"/"rmsnorm" (ModelConfig's fields, as every config key).
+"layernorm"/"rmsnorm" (ModelConfig's fields, as every config key). "budget" was written
+"scale" before 2026-12-06 (a word the norm's divisor also uses); the report reads both.
 
 analysis.json holds every number the report shows; report.html is drawn from it alone
 (`qkov report analysis.json --out DIR` re-renders it), so a report can be re-rendered,
@@ -58,7 +59,7 @@ computed" (with the reason from `not_computed` if given). Names are the library'
                                            # all tokens (no counts recorded, or asked for)
       "heads": [HEAD, ...],
       "attention": {"tokens": [str], "patterns": [[[[float]]]],  # [layer][head][dest][src]
-                    "text": str},          # what the tokens are, e.g. "sample text"
+                    "text": str},          # what the tokens are, e.g. "example text"
       "composition": {"q"|"k"|"v": [[[[float|null]]]],  # [l_earlier][h_earlier][l_later][h_later]
                       "baseline": {"q"|"k"|"v": float},  # mean score of random heads
                       "baseline_std": {"q"|"k"|"v": float}},
@@ -117,7 +118,7 @@ computed" (with the reason from `not_computed` if given). Names are the library'
                       "logit": [float],    # logit of tokens[i + 1] at position i
                       "contributions": [[float]],  # [position][path], summing to logit
                       "max_abs_error": float},
-      "scale": {                           # qkov.budget.ScalePlan: what a large model got
+      "budget": {                          # qkov.budget.Budget: what a large model got
         "bigram_rows": int | null,         #   as a seeded sample (null: exact, every row):
         "trigram_sources": int | null,     #   bigram rows, skip-trigram sources,
         "split_candidates": int,           #   (the most token-split candidates per head)

@@ -14,7 +14,7 @@ from qkov.report.fmt import count, num, si
 from qkov.report.heads import EXPANDED_HEADS as EXPANDED_HEADS  # re-exported: old import path
 from qkov.report.heads import _head_label
 from qkov.report.heads import heads_section as heads_section  # re-exported: old import path
-from qkov.report.notes import direct_path_note, not_computed, scale_note
+from qkov.report.notes import direct_path_note, estimate_note, not_computed
 from qkov.report.svg import circuit_diagram, hbar_chart, line_chart
 from qkov.report.widgets import token_table
 
@@ -28,7 +28,7 @@ def bigram_section(m: dict) -> str:
         "the logit added to <i>out</i> when the current token is <i>current</i> (each row "
         "centred).</p>"
         + direct_path_note(m)
-        + scale_note(m, "bigram_rows", "current tokens")
+        + estimate_note(m, "bigram_rows", "current tokens")
         + token_table(rows, [("current", "current"), ("out", "out")], ("logit", "logit"))
     )
 

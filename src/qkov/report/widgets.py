@@ -87,7 +87,7 @@ def data_block(view_id: str, data: Any) -> str:
 
 
 def attention_strip(view_id: str, tokens: Sequence[str], keys: Iterable[str]) -> str:
-    """Sample text as token spans; hovering a destination colours its sources by weight
+    """Example text as token spans; hovering a destination colours its sources by weight
     for the head chosen in the menu (CircuitsVis-style)."""
     options = "".join(
         f'<option value="{esc(k)}">L{esc(k.replace(".", "H"))}</option>' for k in keys

@@ -218,10 +218,15 @@ def split_trigrams_block(m: dict, h: dict, token_table: Any, filter_text: str) -
     if split.get("of_candidates"):  # qkov.budget.split_candidates: a seeded sample
         head += (
             f'<p class="note estimate">Estimate: over a seeded sample of '
-            f"{esc(split.get('n_candidates'))} of {esc(split['of_candidates'])} candidates.</p>"
+            f"{esc(_thousands(split.get('n_candidates')))} of "
+            f"{esc(_thousands(split['of_candidates']))} candidates.</p>"
         )
     rows = split.get("trigrams") or []
     if not rows:
         return head + '<p class="note">none in this vocabulary</p>'
     cols = [("source", "source"), ("destination", "\u2026 destination"), ("out", "\u2192 out")]
     return head + token_table(rows[:8], cols, ("score", "score"))
+
+
+def _thousands(n: Any) -> Any:
+    return f"{n:,}" if isinstance(n, int) else n

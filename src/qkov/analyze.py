@@ -26,13 +26,13 @@ from qkov.attribution import attribute
 from qkov.budget import MAX_EXAMPLE_TOKENS, Budget
 from qkov.checkpoint import load
 from qkov.circuits import embedding_rms, final_norm_scale, positional_qk, top_bigrams
-from qkov.classification import HeadClassification, HeadRecord, classify_heads
+from qkov.classification import classify_heads
 from qkov.config import ModelConfig
 from qkov.data.evaluation import DEFAULT_SEQUENCES, EvaluationSet, evaluation_set
 from qkov.data.probes import repeated_random_tokens
 from qkov.data.tokenizer import decode_token
-from qkov.eigenvalues import qk_eigenvalues
 from qkov.errors import QkovError
+from qkov.head_records import head_record, induction_circuits
 from qkov.heads import attention_patterns
 from qkov.heads import head_scores as score_heads
 from qkov.io import atomic_write_text, check_output_dir
@@ -47,9 +47,7 @@ from qkov.trigrams import (
     DEFAULT_MIN_COUNT,
     allowed_tokens,
     sample_candidates,
-    skip_trigrams,
     split_token_candidates,
-    split_token_trigrams,
 )
 from qkov.virtual_heads import virtual_head_ov
 
@@ -250,11 +248,11 @@ def analyze_model(
     split_of = candidates.shape[0] if split.shape[0] < candidates.shape[0] else None
     rec["heads"] = []
     for i, r in enumerate(cls.records):
-        rec["heads"].append(_head(model, r, text_scores, n_trigrams, keep, split, plan, seed))
+        rec["heads"].append(head_record(model, r, text_scores, n_trigrams, keep, split, plan, seed))
         if split_of is not None:
             rec["heads"][-1]["split_token_trigrams"]["of_candidates"] = split_of
         stage.progress(i + 1, len(cls.records), "heads")
-    rec["induction_circuits"] = _induction_circuits(cls)
+    rec["induction_circuits"] = induction_circuits(cls)
     # The peers' test: 10 sequences, a block of 50 (or n_ctx / 2) repeated once.
     stage("repeated random tokens test")
     half = min(50, cfg.n_ctx // 2)
@@ -381,94 +379,6 @@ def _token_filter(
     return min_count
 
 
-def _head(
-    model: AttnOnlyTransformer,
-    r: HeadRecord,
-    text_scores: dict[str, Any] | None,
-    n_trigrams: int,
-    min_count: int | None,
-    candidates: Tensor,
-    plan: Budget,
-    seed: int,
-) -> dict[str, Any]:
-    """A HEAD record: label and scores from classify_heads, spectra and skip-trigrams (over
-    the plan's sample of sources at scale)."""
-    trig = skip_trigrams(
-        model,
-        r.layer,
-        r.head,
-        k=n_trigrams,
-        per_source=2,
-        min_count=min_count,
-        n_sources=plan.trigram_sources,
-        seed=seed,
-    )
-    split = split_token_trigrams(
-        model, r.layer, r.head, k=n_trigrams, min_count=min_count, candidates=candidates
-    )
-    return {
-        "layer": r.layer,
-        "head": r.head,
-        "label": r.label,
-        "decided_by": r.decided_by,
-        "threshold": r.threshold,
-        "scores": r.to_dict()["scores"],
-        "text_scores": (
-            {k: text_scores[k][r.layer][r.head] for k in r.scores} if text_scores else None
-        ),
-        "ov_eigenvalue_score": r.to_dict()["ov_eigenvalue_score"],
-        "ov_eigenvalues": r.to_dict()["ov_eigenvalues"],
-        "qk_eigenvalues": _complex_pairs(qk_eigenvalues(model, r.layer, r.head)),
-        "skip_trigrams": [
-            {
-                "source": t.source_str,
-                "destination": t.destination_str,
-                "out": t.out_str,
-                "score": t.score,
-            }
-            for t in trig
-        ],
-        "split_token_trigrams": {
-            "n_candidates": split.n_candidates,
-            "n_favoured": split.n_favoured,
-            "trigrams": [
-                {
-                    "source": t.source_str,
-                    "destination": t.destination_str,
-                    "out": t.out_str,
-                    "score": t.score,
-                }
-                for t in split.trigrams
-            ],
-        },
-    }
-
-
-def _induction_circuits(cls: HeadClassification) -> list[dict[str, Any]]:
-    """Each induction head and the earlier head its key reads most (K-composition)."""
-    out = []
-    for r in cls.with_label("induction"):
-        if not r.k_composition:
-            continue
-        top = r.k_composition[0]
-        partner = cls.record(top.layer, top.head)
-        out.append(
-            {
-                "previous_token_head": [top.layer, top.head],
-                "induction_head": [r.layer, r.head],
-                "k_composition": top.score,
-                "k_composition_z": top.z,
-                "partner_label": partner.label,
-                "previous_token_score": partner.scores.get("previous_token"),
-                "induction_score": r.scores.get("induction"),
-                "qk_term_eigenvalue_score": r.qk_term_eigenvalue_score,
-                "knockout_head": [r.knockout[0].layer, r.knockout[0].head] if r.knockout else None,
-                "knockout_drop": r.knockout[0].drop if r.knockout else None,
-            }
-        )
-    return out
-
-
 def _term_importance(
     model: AttnOnlyTransformer, tokens: Tensor, per_head: bool = True
 ) -> dict[str, Any]:
@@ -534,10 +444,6 @@ def _example_ids(model: AttnOnlyTransformer, text: str, seed: int) -> tuple[list
         ids = repeated_random_tokens(model.cfg.d_vocab, 1, half, seed)[0].tolist()[:n_max]
         what = f"repeated random tokens (seed {seed})"
     return ids, what
-
-
-def _complex_pairs(z: Tensor) -> list[list[float]]:
-    return [[float(v.real), float(v.imag)] for v in z.reshape(-1)]
 
 
 def write_analysis(out_dir: str | Path, analysis: dict[str, Any]) -> tuple[Path, Path]:

@@ -33,6 +33,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -328,7 +329,9 @@ def main() -> None:
     )
     ap.add_argument("--cache", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--runs", type=Path, default=Path("/tmp/qkov-runs"))
+    ap.add_argument(
+        "--runs", type=Path, help="where the runs train (default: a new temporary folder)"
+    )
     ap.add_argument(
         "--only", nargs="*", default=list(ROUND2_RUNS), help="runs to train (default: round 2)"
     )
@@ -340,6 +343,11 @@ def main() -> None:
     if args.corpus == "stdlib" and args.stdlib_tar is None:
         ap.error("--stdlib-tar is needed to train on the library (scripts/gpu_prepare.py)")
     setup(args.stdlib_tar if args.corpus == "stdlib" else None, args.cache)
+    if args.runs is None:
+        args.runs = Path(tempfile.mkdtemp(prefix="qkov-runs-"))
+    stale = [n for n in (args.only or RUNS) if (args.runs / n).exists()]
+    if stale:  # their old checkpoints would be evaluated and packed as this sweep's
+        ap.error(f"--runs {args.runs} already holds {', '.join(stale)}: choose another folder")
     args.runs.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     import torch

@@ -78,3 +78,8 @@ def test_smoke_run_trains_evaluates_and_packs(tmp_path):
     with tarfile.open(out / summary["packed"]["parts"][0]) as tar:
         names = tar.getnames()
     assert "r2_h4/model.safetensors" in names and "r2_h4/config.json" in names
+    # a second sweep into the same folder would evaluate and pack the first one's runs
+    again = subprocess.run(
+        [sys.executable, str(SCRIPT), *argv], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert again.returncode == 2 and "already holds r2_h4" in again.stderr

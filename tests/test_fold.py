@@ -99,3 +99,18 @@ def test_fold_works_one_layer_at_a_time(monkeypatch) -> None:
     assert seen and max(seen) <= largest, (max(seen), largest)
     tokens = random_tokens(model)
     torch.testing.assert_close(folded(tokens), model(tokens), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("normalization", ["layernorm", "rmsnorm"])
+def test_model_wide_names_are_the_tensors_without_a_layer_axis(normalization):
+    """The fold goes layer by layer over every tensor not in MODEL_WIDE: that list must be
+    exactly the tensors `weight_shapes` gives no leading n_layers axis."""
+    from qkov import ModelConfig
+    from qkov.weights import MODEL_WIDE, weight_shapes
+
+    cfg = ModelConfig(
+        n_layers=3, n_heads=4, d_model=16, d_vocab=50, n_ctx=8, d_mlp=32, bias=True,
+        normalization=normalization, positional="standard", gated_mlp=normalization == "rmsnorm",
+    )  # fmt: skip
+    shapes = weight_shapes(cfg)
+    assert {n for n, s in shapes.items() if s[0] != 3} == set(MODEL_WIDE) & set(shapes)

@@ -36,6 +36,7 @@ from torch import Tensor
 
 from qkov.errors import QkovError
 from qkov.model import Transformer, per_query_head
+from qkov.weights import MODEL_WIDE
 
 # The norm each folded model keeps: its learned weights and biases are in the matrices.
 FOLDED_NORMALIZATION = {"none": "none", "rms": "rms", "layernorm": "rms", "rmsnorm": "rms"}
@@ -115,7 +116,7 @@ def _fold(model: Transformer, center_writing: bool, center_unembed: bool) -> Tra
     # weights whole in float64 are 9 GB (TinyLlama's fold took 24 GB that way).
     written: set[str] = set()
     for l in range(cfg.n_layers):
-        w = {k: v[l].double() for k, v in src.items() if k in _PER_LAYER}
+        w = {k: v[l].double() for k, v in src.items() if k not in MODEL_WIDE}
         for name in ("W_K", "W_V", "b_K", "b_V"):  # grouped-query attention: a copy per head
             if name in w:
                 w[name] = per_query_head(w[name], cfg.n_heads)
@@ -123,7 +124,7 @@ def _fold(model: Transformer, center_writing: bool, center_unembed: bool) -> Tra
         for name, value in w.items():
             dst[name][l].copy_(value)
             written.add(name)
-    w = {k: v.double() for k, v in src.items() if k not in _PER_LAYER}
+    w = {k: v.double() for k, v in src.items() if k in MODEL_WIDE}
     if kind in ("layernorm", "rmsnorm"):
         w["W_U"], w["b_U"] = _fold_reader(
             w["W_U"], w.get("b_U"), w.pop("ln_final_w"), w.pop("ln_final_b", None), layernorm
@@ -147,13 +148,6 @@ def _fold(model: Transformer, center_writing: bool, center_unembed: bool) -> Tra
     folded.tokenizer, folded.token_counts = model.tokenizer, model.token_counts
     folded.train(model.training)
     return folded
-
-
-# The weights with a leading layer axis, folded one layer at a time.
-_PER_LAYER = {
-    "W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O",
-    "W_in", "W_gate", "W_out", "b_in", "b_out", "ln1_w", "ln1_b", "ln2_w", "ln2_b",
-}  # fmt: skip
 
 
 def _fold_layer(

@@ -10,6 +10,8 @@ from qkov.errors import QkovError
 
 # The attention-only model's tensors (every config has them).
 WEIGHT_NAMES = ("W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O", "W_U")
+# The tensors without a leading n_layers axis (`weight_shapes`); every other has one.
+MODEL_WIDE = ("W_E", "W_pos", "W_U", "b_U", "ln_final_w", "ln_final_b")
 
 
 def weight_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:

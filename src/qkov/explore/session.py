@@ -145,12 +145,12 @@ class Explorer:
         position, the top prediction). Predictions and ranks are among the tokenizer's ids
         only (a vocabulary padded past it, as Pythia's, has ids no text holds); their
         probabilities are the model's softmax over every id."""
-        from qkov.trigrams import allowed_tokens
+        from qkov.data.tokenizer import known_ids
 
         em = self.model(model)
         tokens = self.encode(em, text)
         m, tok = em.model, em.model.tokenizer
-        known = allowed_tokens(m, None)  # [d_vocab] bool; None: the tokenizer has every id
+        known = known_ids(m.cfg.d_vocab, tok)  # [d_vocab] bool; None: the tokenizer has every id
         with em.lock, torch.no_grad():
             names = [f"pattern.{l}" for l in range(m.cfg.n_layers)]
             logits, cache = m.run_with_cache(tokens[None], names=names)

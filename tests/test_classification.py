@@ -61,3 +61,70 @@ def test_old_import_path_still_works():
     assert qkov.heads.HeadRecord.__module__ == "qkov.classification"
     with pytest.raises(AttributeError):
         qkov.heads.no_such_name  # noqa: B018
+
+
+def test_knockouts_of_several_heads_share_one_pass_per_earlier_head(monkeypatch):
+    """`knockouts` of heads in layers 1 and 2 equals zeroing each earlier head in a full
+    forward pass and scoring each later head's pattern, and runs one pass per head below
+    the last layer asked for (plus the clean one), not one per (earlier, later) pair."""
+    from qkov.classification import knockouts
+    from qkov.heads import induction_score
+
+    cfg = ModelConfig(n_layers=4, n_heads=3, d_model=48, n_ctx=32, d_vocab=50, init_std=0.3)
+    model = AttnOnlyTransformer(cfg)
+    probe = induction_probe(cfg.d_vocab, 4, 32, seed=1)
+    heads = [(1, 0), (2, 1), (2, 2)]
+    calls = []
+    run = model.run_with_hooks
+    monkeypatch.setattr(model, "run_with_hooks", lambda *a, **k: calls.append(1) or run(*a, **k))
+    got = knockouts(model, heads, probe.tokens, probe.half_lens)
+    assert len(calls) == 1 + 2 * cfg.n_heads  # layers 0 and 1 knocked out, layer 3 never run
+    monkeypatch.undo()
+
+    def score(l: int, h: int, hooks: dict) -> float:
+        _, cache = model.run_with_hooks(probe.tokens, hooks=hooks, cache_names=[f"pattern.{l}"])
+        return float(induction_score(cache[f"pattern.{l}"], probe.tokens, probe.half_lens)[h])
+
+    def zero(h0):
+        def hook(z, name):
+            z = z.clone()
+            z[:, h0] = 0
+            return z
+
+        return hook
+
+    assert sorted(got) == heads
+    for l, h in heads:
+        assert sorted(p.name for p in got[l, h]) == [
+            f"L{l0}H{h0}" for l0 in range(l) for h0 in range(cfg.n_heads)
+        ]
+        drops = [p.drop for p in got[l, h]]
+        assert drops == sorted(drops, reverse=True)
+        for p in got[l, h]:
+            want = score(l, h, {f"z.{p.layer}": zero(p.head)})
+            assert p.induction_score == pytest.approx(want, abs=1e-6)
+            assert p.drop == pytest.approx(score(l, h, {}) - want, abs=1e-6)
+        alone = knockout_partners(model, l, h, probe.tokens, probe.half_lens)
+        by_name = {p.name: p.induction_score for p in got[l, h]}
+        assert {p.name: pytest.approx(p.induction_score, abs=1e-6) for p in alone} == by_name
+
+
+def test_knockouts_past_the_budget_run_over_the_likeliest_partners(monkeypatch):
+    """Past budget.PARTNER_BUDGET the knock-outs run over the previous-token heads first (the
+    hand-built L0H0 here), and the classification names the heads it knocked out; without
+    knock-outs no record has any."""
+    import qkov.budget
+
+    model = build_induction_model()
+    full = classify_heads(model, batch=16, seed=0, n_baseline=50)
+    assert full.knockout_heads is None and len(full.record(1, 0).knockout) == 2
+    one = qkov.budget.knockout_cost(model.cfg, 0, 1, 16 * N_CTX, N_CTX)
+    monkeypatch.setattr(qkov.budget, "PARTNER_BUDGET", one)  # room for one pass
+    cut = classify_heads(model, batch=16, seed=0, n_baseline=50)
+    assert cut.knockout_heads == ((0, 0),)
+    assert [p.name for p in cut.record(1, 0).knockout] == ["L0H0"]
+    assert cut.record(1, 0).knockout[0] == full.record(1, 0).knockout[0]
+    assert "only 1 earlier heads were knocked out (L0H0:" in cut.table()
+    assert cut.to_dict()["knockout_heads"] == [[0, 0]]
+    none = classify_heads(model, batch=16, seed=0, n_baseline=50, knockout=False)
+    assert all(r.knockout == () for r in none.records) and none.knockout_heads is None

@@ -628,6 +628,11 @@ def test_circuit_note_says_when_the_knocked_out_head_is_not_the_partner():
     note = tree(render_report(a)).by_id("m0-induction").all("p", "circuit")[0].text
     assert "zeroing L0H1's output lowers the induction score by 0.500" in note
     assert "causal test of the partner" not in note and "not the partner L0H0" in note
+    assert "knocked out, over the budget" not in note
+    n_heads = a["models"][0]["config"]["n_heads"]
+    circuit.update(knockouts=1)  # a budget cut the knock-outs to one earlier head
+    note = tree(render_report(a)).by_id("m0-induction").all("p", "circuit")[0].text
+    assert f"of the 1 of {n_heads} earlier heads knocked out, over the budget" in note
 
 
 def test_bar_labels_keep_small_values_apart_and_long_names_inside():

@@ -25,6 +25,8 @@ TRIGRAM_BUDGET = 2**29  # sources * d_vocab * d_head of a head's two circuits, p
 SPLIT_BUDGET = 2**29  # candidates * d_model * d_head of a head's token-split trigrams, per head
 FORWARD_BUDGET = 3 * 2**37  # evaluation tokens * parameters: the forward passes on the eval set
 KNOCKOUT_BUDGET = 2**43  # heads * tokens * parameters: one forward pass per head knock-out
+PARTNER_BUDGET = 2**40  # tokens * layers run * a layer's multiply-adds: induction partner
+# knock-outs (`classify_heads`), one pass per earlier head from its layer on (~15 s here)
 PATH_BUDGET = 2**27  # paths * tokens * d_model: the streams the attribution keeps (512 MiB)
 ORDER_BUDGET = 2**38  # starts * layer-order pairs * tokens * d_model^2: the order split
 QK_SIDES_LIMIT = 256  # query-side (and key-side) paths per head for the QK terms
@@ -129,3 +131,28 @@ def attribution_max_order(cfg: ModelConfig, n_tokens: int) -> int | None:
 def _qk_sides(cfg: ModelConfig, max_order: int) -> int:
     """Query-side paths of the last layer's heads in the QK expansion (an upper bound)."""
     return count_paths(cfg, max_order, cfg.n_layers - 1) if cfg.n_layers else 0
+
+
+def knockout_cost(cfg: ModelConfig, layer: int, last: int, tokens: int, seq_len: int) -> int:
+    """Multiply-adds of one knock-out pass over `tokens` tokens (sequences of seq_len) run
+    from `layer` through the attention of layer `last`: Q, K, V, O and the scores and
+    values per token and layer, and the MLP of each layer before `last`."""
+    attention = 2 * cfg.d_model * cfg.d_head * (cfg.n_heads + cfg.n_kv_heads)
+    attention += 2 * seq_len * cfg.d_head * cfg.n_heads
+    mlp = (3 if cfg.gated_mlp else 2) * cfg.d_model * cfg.d_mlp
+    return tokens * ((last - layer + 1) * attention + (last - layer) * mlp)
+
+
+def partner_knockouts(
+    cfg: ModelConfig, ranked: list[tuple[int, int]], last: int, tokens: int, seq_len: int
+) -> list[tuple[int, int]]:
+    """The earlier heads `classify_heads` knocks out: all of `ranked` (the candidates, most
+    likely partners first) while their passes fit PARTNER_BUDGET, else its first ones that
+    fit (the rest are not knocked out; the classification says so)."""
+    out, spent = [], 0
+    for l0, h0 in ranked:
+        spent += knockout_cost(cfg, l0, last, tokens, seq_len)
+        if spent > PARTNER_BUDGET:
+            break
+        out.append((l0, h0))
+    return out

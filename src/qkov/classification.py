@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from qkov.budget import partner_knockouts
 from qkov.circuits import induction_qk_term
 from qkov.composition import CompositionScores, composition_scores
 from qkov.data.probes import (
@@ -110,20 +111,45 @@ def knockout_partners(
     half_len: the causal test of an induction head's previous-token partner. It finds the
     partner also when the key reads it through an MLP, where the weight-based K-composition
     score (a product of the two heads' matrices) does not see it. One forward pass per
-    earlier head."""
+    earlier head; `knockouts` does several later heads with the same passes."""
+    return knockouts(model, [(layer, head)], tokens, half_len)[(layer, head)]
 
-    def induction(hooks: dict) -> float:
-        pattern = {}
 
-        def stop(x: Tensor, name: str) -> None:  # the layers after this one and the
-            pattern[name] = x  # unembedding cannot change this pattern: skip them
-            raise _PatternReached
+@torch.no_grad()
+def knockouts(
+    model: AttnOnlyTransformer,
+    heads: list[tuple[int, int]],
+    tokens: Tensor,
+    half_len: int | Tensor,
+    candidates: list[tuple[int, int]] | None = None,
+) -> dict[tuple[int, int], tuple[KnockoutPartner, ...]]:
+    """`knockout_partners` of each of `heads` [(layer, head)], ranked among `candidates`
+    (default: every head of a layer below the last of `heads`). One pass per candidate,
+    shared by every later head (each reads its own pattern from it), begun at the
+    candidate's layer from the clean stream and stopped at the last pattern needed."""
+    wanted = sorted(set(heads))
+    if not wanted:
+        return {}
+    layers = sorted({l for l, _ in wanted})
+    if candidates is None:
+        candidates = [(l0, h0) for l0 in range(layers[-1]) for h0 in range(model.cfg.n_heads)]
+    streams: dict[str, Tensor] = {}  # resid_pre of each candidate's layer, clean
+
+    def induction(hooks: dict, start: tuple[int, Tensor] | None = None) -> dict[int, Tensor]:
+        found: dict[int, Tensor] = {}  # layer -> [head] induction scores
+
+        def keep(x: Tensor, name: str) -> None:  # the layers after the last one needed and
+            l = int(name.rsplit(".", 1)[1])  # the unembedding cannot change these: skip them
+            found[l] = induction_score(x, tokens, half_len)
+            if l == layers[-1]:
+                raise _PatternReached
 
         try:
-            model.run_with_hooks(tokens, hooks={**hooks, f"pattern.{layer}": stop})
+            hooks |= {f"pattern.{l}": keep for l in layers}
+            model.run_with_hooks(tokens, hooks=hooks, start=start)
         except _PatternReached:
             pass
-        return float(induction_score(pattern[f"pattern.{layer}"], tokens, half_len)[head])
+        return found
 
     def zero(h0: int):
         def hook(out: Tensor, name: str) -> Tensor:  # z: [batch, head, pos, d_head]
@@ -133,13 +159,18 @@ def knockout_partners(
 
         return hook
 
-    clean = induction({})
-    ranked = []
-    for l0 in range(layer):
-        for h0 in range(model.cfg.n_heads):
-            score = induction({f"z.{l0}": zero(h0)})
-            ranked.append(KnockoutPartner(l0, h0, score, clean - score))
-    return tuple(sorted(ranked, key=lambda p: -p.drop))
+    def save(x: Tensor, name: str) -> None:
+        streams[name] = x
+
+    clean = induction({f"resid_pre.{l0}": save for l0, _ in candidates})
+    ranked: dict[tuple[int, int], list[KnockoutPartner]] = {hd: [] for hd in wanted}
+    for l0, h0 in sorted({c for c in candidates if c[0] < layers[-1]}):
+        knocked = induction({f"z.{l0}": zero(h0)}, start=(l0, streams[f"resid_pre.{l0}"]))
+        for l, h in wanted:
+            if l0 < l:
+                score = float(knocked[l][h])
+                ranked[(l, h)].append(KnockoutPartner(l0, h0, score, float(clean[l][h]) - score))
+    return {hd: tuple(sorted(r, key=lambda p: -p.drop)) for hd, r in ranked.items()}
 
 
 @dataclass(frozen=True)
@@ -212,6 +243,9 @@ class HeadClassification:
     scores: HeadScores
     thresholds: Thresholds
     composition: CompositionScores | None = field(default=None, repr=False)
+    # the earlier heads the induction heads' knock-outs ran over when `budget.PARTNER_BUDGET`
+    # cut them (previous-token heads first, then by K-composition); None: every earlier head
+    knockout_heads: tuple[tuple[int, int], ...] | None = None
 
     def record(self, layer: int, head: int) -> HeadRecord:
         for r in self.records:
@@ -229,7 +263,21 @@ class HeadClassification:
             "records": [r.to_dict() for r in self.records],
             "scores": self.scores.to_dict(),
             "thresholds": dataclasses.asdict(self.thresholds),
+            "knockout_heads": (
+                None if self.knockout_heads is None else [list(hd) for hd in self.knockout_heads]
+            ),
         }
+
+    def knockout_note(self) -> str | None:
+        """What the knock-out ranking rests on when the budget cut it, else None."""
+        if self.knockout_heads is None:
+            return None
+        names = ", ".join(f"L{l}H{h}" for l, h in self.knockout_heads) or "none"
+        return (
+            f"knock-outs over the budget at this size: only {len(self.knockout_heads)} earlier "
+            f"heads were knocked out ({names}: the previous-token heads, then those highest by "
+            "K-composition)"
+        )
 
     def __repr__(self) -> str:
         """Labelled heads grouped by label (best first, `_PER_LABEL` of each), the rest
@@ -281,6 +329,8 @@ class HeadClassification:
             f"{self.scores.measured_on.replace('_', ' ')}; OV eig = "
             "Sum(lambda)/Sum(|lambda|) of the OV circuit; - : not defined)"
         )
+        if self.knockout_note():
+            lines.append(f"({self.knockout_note()})")
         return "\n".join(lines)
 
 
@@ -340,12 +390,15 @@ def classify_heads(
     seed: int = 0,
     n_baseline: int = 200,
     composition: tuple[str, ...] = ("q", "k", "v"),
+    knockout: bool = True,
 ) -> HeadClassification:
     """Label every head from its scores (on the seeded repeated probe unless `tokens` given)
     and, for each induction head, rank the earlier heads its key reads (K-composition) and
     the earlier heads it needs (`knockout_partners`, on the same tokens when they end in a
     known repeated block). composition: the kinds of composition score computed (the
-    partners need K alone; each kind costs ~20 s at TinyLlama-1.1B's 704 heads)."""
+    partners need K alone; each kind costs ~20 s at TinyLlama-1.1B's 704 heads).
+    knockout=False skips the knock-outs (one pass per earlier head; past
+    `budget.PARTNER_BUDGET` only the likeliest partners: `knockout_heads` names them)."""
     t = thresholds or Thresholds()
     cfg = model.cfg
     scores = head_scores(model, tokens, half_len=half_len, batch=batch, seq_len=seq_len, seed=seed)
@@ -357,28 +410,61 @@ def classify_heads(
         if cfg.n_layers > 1
         else None
     )
+    heads = [(l, h) for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
+    labels = {hd: _label(scores.get(*hd), t) for hd in heads}
+    inductions = [(l, h) for l, h in heads if labels[l, h][0] == "induction" and l > 0]
+    knocked_out, cut = {}, None
+    if knockout and comp is not None and half_len is not None and inductions:
+        last = max(l for l, _ in inductions)
+        ranked = _likeliest_partners(comp, scores, labels, inductions)
+        chosen = partner_knockouts(cfg, ranked, last, tokens.numel(), tokens.shape[1])
+        knocked_out = knockouts(model, inductions, tokens, half_len, candidates=chosen)
+        cut = tuple(sorted(chosen)) if len(chosen) < len(ranked) else None
     records = []
     with torch.no_grad():
-        for l in range(cfg.n_layers):
-            for h in range(cfg.n_heads):
-                s = scores.get(l, h)
-                label, key, th = _label(s, t)
-                ranked: tuple[KPartner, ...] = ()
-                knocked: tuple[KnockoutPartner, ...] = ()
-                qk_stat = None
-                if label == "induction" and comp is not None and l > 0:
-                    ranked = _k_partners(comp, l, h, t.partner_z)
-                    term = induction_qk_term(model, l, h, ranked[0].layer, ranked[0].head)
-                    qk_stat = eigenvalue_score(term.eigenvalues)
-                    if half_len is not None:
-                        knocked = knockout_partners(model, l, h, tokens, half_len)
-                ov = ov_eigenvalues(model, l, h)
-                records.append(
-                    HeadRecord(
-                        l, h, label, key, th, s, eigenvalue_score(ov), ranked, qk_stat, ov, knocked
-                    )
+        for l, h in heads:
+            s = scores.get(l, h)
+            label, key, th = labels[l, h]
+            ranked: tuple[KPartner, ...] = ()
+            qk_stat = None
+            if label == "induction" and comp is not None and l > 0:
+                ranked = _k_partners(comp, l, h, t.partner_z)
+                term = induction_qk_term(model, l, h, ranked[0].layer, ranked[0].head)
+                qk_stat = eigenvalue_score(term.eigenvalues)
+            knocked = knocked_out.get((l, h), ())
+            ov = ov_eigenvalues(model, l, h)
+            records.append(
+                HeadRecord(
+                    l, h, label, key, th, s, eigenvalue_score(ov), ranked, qk_stat, ov, knocked
                 )
-    return HeadClassification(tuple(records), scores, t, comp)
+            )
+    return HeadClassification(tuple(records), scores, t, comp, cut)
+
+
+def _likeliest_partners(
+    comp: CompositionScores,
+    scores: HeadScores,
+    labels: dict[tuple[int, int], tuple[str, str | None, float | None]],
+    inductions: list[tuple[int, int]],
+) -> list[tuple[int, int]]:
+    """Every head below the last induction head's layer, likeliest partner first: the
+    previous-token heads (highest score first), then by the best rank any induction head's
+    K-composition gives it."""
+    last = max(l for l, _ in inductions)
+    earlier = [(l0, h0) for l0 in range(last) for h0 in range(comp.k.shape[1])]
+    rank = {hd: math.inf for hd in earlier}
+    for l, h in inductions:
+        order = sorted(
+            ((l0, h0) for l0, h0 in earlier if l0 < l),
+            key=lambda p: -float(comp.k[p[0], p[1], l, h]),
+        )
+        for i, hd in enumerate(order):
+            rank[hd] = min(rank[hd], i)
+    prev = sorted(
+        (hd for hd in earlier if labels[hd][0] == "previous_token"),
+        key=lambda hd: -scores.get(*hd)["previous_token"],
+    )
+    return prev + sorted((hd for hd in earlier if hd not in prev), key=lambda hd: rank[hd])
 
 
 def _k_partners(

@@ -97,6 +97,7 @@ def induction_circuits(cls: HeadClassification) -> list[dict[str, Any]]:
                 "qk_term_eigenvalue_score": r.qk_term_eigenvalue_score,
                 "knockout_head": [r.knockout[0].layer, r.knockout[0].head] if r.knockout else None,
                 "knockout_drop": r.knockout[0].drop if r.knockout else None,
+                "knockouts": len(r.knockout),
             }
         )
     return out

@@ -334,11 +334,14 @@ class Transformer(nn.Module):
         tokens: Tensor,
         hooks: dict[str, Hook] | None = None,
         cache_names: Iterable[str] | Callable[[str], bool] | None = None,
+        start: tuple[int, Tensor] | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Explicit forward pass: apply `hooks` by name and cache the named activations.
 
         cache_names: None caches nothing, a collection of names, or a predicate on names.
-        Returns (logits, cache)."""
+        start: (layer, resid_pre [batch, pos, d_model]) begins the pass at that layer with
+        that stream (taken from a cache of the same tokens): the layers before it and their
+        hook points (pos_embed too) are skipped. Returns (logits, cache)."""
         tokens = self.check_tokens(tokens)
         hooks = dict(hooks or {})
         known = set(hook_names(self.cfg))
@@ -371,14 +374,25 @@ class Transformer(nn.Module):
 
         cfg = self.cfg
         n = tokens.shape[1]
-        resid = point("embed", self.W_E[tokens])
-        pos = point("pos_embed", self.W_pos[:n]) if self.W_pos is not None else None
+        first = 0 if start is None else start[0]
+        pos = self.W_pos[:n] if self.W_pos is not None else None
+        if start is None:
+            resid = point("embed", self.W_E[tokens])
+            pos = point("pos_embed", pos) if pos is not None else None
+            if cfg.positional == "standard":
+                resid = resid + pos
+        elif not 0 <= first < cfg.n_layers or start[1].shape != (*tokens.shape, cfg.d_model):
+            raise QkovError(
+                f"start: layer {first} of {cfg.n_layers} with a stream of shape "
+                f"{list(start[1].shape)}; expected [{', '.join(map(str, tokens.shape))}, "
+                f"{cfg.d_model}] from a layer of this model"
+            )
+        else:
+            resid = start[1]
         rot = self._rotary(n)
-        if cfg.positional == "standard":
-            resid = resid + pos
         mask = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
         scale = 1.0 / math.sqrt(cfg.d_head)
-        for l in range(cfg.n_layers):
+        for l in range(first, cfg.n_layers):
             resid = resid_pre = point(f"resid_pre.{l}", resid)
             x = self._norm(resid, "ln1", l, point)
             qk_in = x + pos if cfg.positional == "shortformer" else x

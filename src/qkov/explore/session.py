@@ -290,7 +290,8 @@ def _roles(model: Transformer) -> list[dict[str, Any]]:
 
     if model.cfg.n_layers == 0:
         return []
-    cls = classify_heads(model, composition=("k",))  # the partners read K-composition alone
+    # the partners read K-composition alone, and the roles show no knock-outs
+    cls = classify_heads(model, composition=("k",), knockout=False)
     return [
         {
             "layer": r.layer,

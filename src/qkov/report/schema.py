@@ -68,7 +68,9 @@ computed" (with the reason from `not_computed` if given). Names are the library'
                               "partner_label": str, "previous_token_score": float,
                               "induction_score": float, "qk_term_eigenvalue_score": float,
                               "knockout_head": [l, h] | null,  # the earlier head whose
-                              "knockout_drop": float | null}],  # zeroing lowers its score most
+                              "knockout_drop": float | null,  # zeroing lowers its score most
+                              "knockouts": int}],  # earlier heads knocked out: fewer than
+                                           # layer x n_heads past budget.PARTNER_BUDGET
       "repetition": {"batch": int, "half_len": int, "seed": int,  # random tokens, a block
                      "induction_scores": [[float]],  # of half_len repeated once: per head
                      "first_half_loss": float, "repeated_half_loss": float,

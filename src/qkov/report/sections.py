@@ -50,7 +50,7 @@ def induction_section(m: dict) -> str:
             c.get("induction_score"),
             c.get("partner_label") or "not classified",
         )
-        + _circuit_note(c)
+        + _circuit_note(c, (m.get("config") or {}).get("n_heads", 0))
         for c in circuits
     )
 
@@ -112,7 +112,7 @@ def repetition_section(m: dict) -> str:
     return "".join(out)
 
 
-def _circuit_note(c: dict) -> str:
+def _circuit_note(c: dict, n_heads: int) -> str:
     partner = _head_label(*c["previous_token_head"])
     parts = ["previous_token and induction scores on the random-token probe"]
     if c.get("k_composition_z") is not None:
@@ -128,6 +128,13 @@ def _circuit_note(c: dict) -> str:
             why = "the causal test of the partner"
         else:  # the earlier head whose knock-out lowers the score most is another head
             why = f"the earlier head whose knock-out lowers it most; not the partner {partner}"
+        earlier = c["induction_head"][0] * n_heads
+        if c.get("knockouts") is not None and c["knockouts"] < earlier:
+            why += (
+                f"; of the {c['knockouts']} of {earlier} earlier heads knocked out, over the "
+                "budget at this size: the previous-token heads, then those highest by "
+                "K-composition"
+            )
         parts.append(
             f"zeroing {knocked}'s output lowers the induction score by "
             f"{num(c['knockout_drop'])} ({why})"

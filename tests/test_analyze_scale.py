@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import sys
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 
 import qkov.analyze as A
 import qkov.budget as budget
+import qkov.progress
 from qkov.circuits import direct_path, ov_circuit, qk_circuit, top_bigrams
 from qkov.cli import main
 from qkov.config import ModelConfig
@@ -333,11 +335,11 @@ def test_analyze_prints_progress_inside_the_per_head_stage(tmp_path, monkeypatch
     """A 1B model's per-head stage takes minutes: it logs how many heads are done (here
     after every head, PROGRESS_S forced to 0; the last one is the next stage's line)."""
     folder = _folder_with_split_candidates(tmp_path)
-    monkeypatch.setattr(A, "PROGRESS_S", 0.0)
+    monkeypatch.setattr(qkov.progress, "PROGRESS_S", 0.0)
     lines: list[str] = []
     A.analyze(folder, log=lines.append)
-    progress = [line.split(": ", 1)[1] for line in lines if line.endswith(" of 4 heads")]
+    said = [line.split(": ", 1)[-1] for line in lines]
+    progress = [x for x in said if re.fullmatch(r"\d+ of 4 heads", x)]
     assert progress == ["1 of 4 heads", "2 of 4 heads", "3 of 4 heads"]
     # The head-score stage (4.5 min at TinyLlama's shape) says which part it is in.
-    said = [line.split(": ", 1)[-1] for line in lines]
     assert "head scores on the repeated-token probe, composition scores, labels" in said

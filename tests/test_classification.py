@@ -128,3 +128,19 @@ def test_knockouts_past_the_budget_run_over_the_likeliest_partners(monkeypatch):
     assert cut.to_dict()["knockout_heads"] == [[0, 0]]
     none = classify_heads(model, batch=16, seed=0, n_baseline=50, knockout=False)
     assert all(r.knockout == () for r in none.records) and none.knockout_heads is None
+
+
+def test_qkov_heads_says_each_part_as_it_starts_on_stderr(tmp_path, capsys):
+    """`qkov heads` on a 1B model runs for minutes before its table: each part is a line on
+    stderr as it starts (the knock-outs say how many), and stdout keeps the table alone."""
+    import qkov
+    from qkov.cli import main
+
+    qkov.save_model(build_induction_model(), tmp_path / "m")
+    assert main(["heads", str(tmp_path / "m")]) == 0
+    out, err = capsys.readouterr()
+    parts = [line.split(": ", 1)[1] for line in err.splitlines()]
+    assert parts[0] == "head scores on the repeated-token probe (4 heads)"
+    assert "Q-, K- and V-composition scores of 4 heads" in parts
+    assert "knock-outs of 2 earlier heads for 1 induction heads" in parts
+    assert "knock-outs" not in out and out.startswith(f"{tmp_path / 'm'}: 2 layers x 2 heads")

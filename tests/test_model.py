@@ -70,6 +70,31 @@ def test_hook_zero_ablates_one_head():
     torch.testing.assert_close(ablated, expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("positional", ["shortformer", "standard", "rotary"])
+def test_a_pass_started_at_a_layer_from_its_cached_stream_gives_the_same_logits(positional):
+    """run_with_hooks(start=(l, resid_pre.l)) runs layers l.. only: the same logits and later
+    activations as the whole pass, on a model with MLPs, biases and a learned norm; a stream
+    of the wrong shape or a layer out of range is refused."""
+    norm = "rms" if positional == "shortformer" else "layernorm"
+    model = factories.general_model(3, positional=positional, normalization=norm)
+    tokens = factories.random_tokens(model)
+    logits, cache = model.run_with_cache(tokens)
+    seen: list[str] = []
+    hooks = {f"resid_pre.{i}": lambda x, name: seen.append(name) for i in range(3)}
+    for l in range(3):
+        seen.clear()
+        out, later = model.run_with_hooks(
+            tokens, hooks, cache_names=[f"pattern.{l}"], start=(l, cache[f"resid_pre.{l}"])
+        )
+        assert seen == [f"resid_pre.{i}" for i in range(l, 3)]  # earlier layers not run
+        torch.testing.assert_close(out, logits, rtol=0, atol=1e-5)
+        torch.testing.assert_close(later[f"pattern.{l}"], cache[f"pattern.{l}"])
+    with pytest.raises(QkovError, match="start: layer 3 of 3"):
+        model.run_with_hooks(tokens, start=(3, cache["resid_pre.2"]))
+    with pytest.raises(QkovError, match="expected"):
+        model.run_with_hooks(tokens, start=(1, cache["resid_pre.1"][:, :-1]))
+
+
 def test_from_weights_round_trip_and_settable():
     model = random_model(2, "shortformer")
     w = {k: v.clone() for k, v in model.weights().items()}

@@ -12,7 +12,6 @@ models as one list, so the report shows their losses side by side.
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from qkov.io import atomic_write_text, check_output_dir
 from qkov.loss import next_token_loss
 from qkov.metrics import phase_change, training_history
 from qkov.model import AttnOnlyTransformer
+from qkov.progress import Stages
 from qkov.qk_terms import QK_MAX_ORDER, qk_expansion_all
 from qkov.repetition import repetition_test
 from qkov.report import SCHEMA_VERSION, dumps, render_report
@@ -64,7 +64,6 @@ QK_TERM_POSITIONS = 256  # ... their first tokens (a term is [batch, dest, src]:
 # Knock-outs (a forward pass per head) and the per-head scores on the evaluation text are
 # measured on its first sequences: their records give the tokens they rest on.
 ABLATION_SEQUENCES = 16
-PROGRESS_S = 20.0  # seconds between the progress lines of one stage
 POSITIONAL_QK_POSITIONS = 16  # the corner of W_pos W_QK W_pos^T shown per layer-0 head
 N_VIRTUAL_HEADS = 20  # virtual heads kept, by V-composition
 _ORDER_NAMES = {0: "direct path", 1: "single heads", 2: "virtual heads"}
@@ -169,7 +168,7 @@ def analyze_model(
     model: GPT-2 small takes minutes)."""
     model.eval()
     cfg, tok = model.cfg, model.tokenizer
-    stage = _Stages(name, log)
+    stage = Stages(name, log)
     plan = Budget.of(cfg, evaluation.tokens)
     if plan.n_sequences < evaluation.tokens.shape[0]:
         evaluation = EvaluationSet(
@@ -218,7 +217,7 @@ def analyze_model(
     # Minutes at 1B (TinyLlama: a forward pass of the probe, Q/K/V-composition of 704 heads):
     # a line for each part.
     stage("head scores on the repeated-token probe, composition scores, labels")
-    cls = classify_heads(model, seed=seed)
+    cls = classify_heads(model, seed=seed, log=stage)
     text_scores = None
     if evaluation.kind == "text":
         stage("head scores on the evaluation text")
@@ -319,25 +318,6 @@ def analyze_model(
     rec["attribution"] = {"text": what, **att.to_dict()}
     stage("done")
     return rec
-
-
-class _Stages:
-    """Progress of one model's analysis: `stage(what)` logs "  [12.3s] NAME: what";
-    `progress(done, total, what)` inside a long stage logs "  [..] NAME: 96 of 384 heads"
-    at most once every PROGRESS_S seconds (a 1B model's per-head stage takes minutes)."""
-
-    def __init__(self, name: str, log: Callable[[str], None] | None) -> None:
-        self.name, self.log, self.t0 = name, log, time.perf_counter()
-        self.last = self.t0
-
-    def __call__(self, what: str) -> None:
-        self.last = time.perf_counter()
-        if self.log:
-            self.log(f"  [{self.last - self.t0:.1f}s] {self.name}: {what}")
-
-    def progress(self, done: int, total: int, what: str) -> None:
-        if done < total and time.perf_counter() - self.last >= PROGRESS_S:
-            self(f"{done} of {total} {what}")
 
 
 def _rounded(t: Tensor, digits: int = 4) -> list:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -391,6 +392,7 @@ def classify_heads(
     n_baseline: int = 200,
     composition: tuple[str, ...] = ("q", "k", "v"),
     knockout: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> HeadClassification:
     """Label every head from its scores (on the seeded repeated probe unless `tokens` given)
     and, for each induction head, rank the earlier heads its key reads (K-composition) and
@@ -398,18 +400,21 @@ def classify_heads(
     known repeated block). composition: the kinds of composition score computed (the
     partners need K alone; each kind costs ~20 s at TinyLlama-1.1B's 704 heads).
     knockout=False skips the knock-outs (one pass per earlier head; past
-    `budget.PARTNER_BUDGET` only the likeliest partners: `knockout_heads` names them)."""
+    `budget.PARTNER_BUDGET` only the likeliest partners: `knockout_heads` names them).
+    log: called with a line as each later part starts (minutes on a 1B model)."""
     t = thresholds or Thresholds()
     cfg = model.cfg
     scores = head_scores(model, tokens, half_len=half_len, batch=batch, seq_len=seq_len, seed=seed)
     if tokens is None:  # the probe head_scores drew (same seed): for the knock-outs
         probe = induction_probe(cfg.d_vocab, batch, seq_len or default_seq_len(cfg.n_ctx), seed)
         tokens, half_len = probe.tokens, probe.half_lens
-    comp = (
-        composition_scores(model, n_baseline=n_baseline, seed=seed, kinds=composition)
-        if cfg.n_layers > 1
-        else None
-    )
+    say = log or (lambda line: None)
+    comp = None
+    if cfg.n_layers > 1:
+        kinds = [f"{k.upper()}-" for k in composition]
+        kinds = " and ".join([", ".join(kinds[:-1]), kinds[-1]] if len(kinds) > 1 else kinds)
+        say(f"{kinds}composition scores of {cfg.n_layers * cfg.n_heads} heads")
+        comp = composition_scores(model, n_baseline=n_baseline, seed=seed, kinds=composition)
     heads = [(l, h) for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
     labels = {hd: _label(scores.get(*hd), t) for hd in heads}
     inductions = [(l, h) for l, h in heads if labels[l, h][0] == "induction" and l > 0]
@@ -418,8 +423,14 @@ def classify_heads(
         last = max(l for l, _ in inductions)
         ranked = _likeliest_partners(comp, scores, labels, inductions)
         chosen = partner_knockouts(cfg, ranked, last, tokens.numel(), tokens.shape[1])
+        cut_note = "" if len(chosen) == len(ranked) else f" (of {len(ranked)}: the budget)"
+        say(
+            f"knock-outs of {len(chosen)} earlier heads{cut_note} for "
+            f"{len(inductions)} induction heads"
+        )
         knocked_out = knockouts(model, inductions, tokens, half_len, candidates=chosen)
         cut = tuple(sorted(chosen)) if len(chosen) < len(ranked) else None
+    say(f"OV eigenvalues and labels of {len(heads)} heads")
     records = []
     with torch.no_grad():
         for l, h in heads:

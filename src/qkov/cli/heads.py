@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from qkov.cli.flags import add_download_flag, model_dirs
 
@@ -83,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from qkov.heads import head_scores
     from qkov.icl import icl_score
     from qkov.io import atomic_write_text, check_output_file
+    from qkov.progress import Stages
 
     if args.json:
         check_output_file(args.json, "--json")
@@ -92,13 +94,18 @@ def run(args: argparse.Namespace) -> int:
         raise QkovError(f"--qk-max-order must be >= 0, got {args.qk_max_order}")
     text = read_text_file(args.text, "--text") if args.text else None
     (args.dir,) = model_dirs(args, [args.dir])
+    stage = Stages(args.dir, lambda line: print(line, file=sys.stderr, flush=True))
     model = load(args.dir)
     cfg = model.cfg
     chosen = _chosen_heads(args.qk_heads, cfg)  # checked before the work
     ev = evaluation_set(
         model, args.dir, text=text, text_name=args.text or "", max_sequences=args.eval_seqs
     )
-    cls = classify_heads(model, batch=args.batch_size, seq_len=args.seq_len, seed=args.seed)
+    stage(f"head scores on the repeated-token probe ({plural(cfg.n_layers * cfg.n_heads, 'head')})")
+    cls = classify_heads(
+        model, batch=args.batch_size, seq_len=args.seq_len, seed=args.seed, log=stage
+    )
+    stage("done with the head table")
     s = cls.scores
     print(
         f"{args.dir}: {plural(cfg.n_layers, 'layer')} x {plural(cfg.n_heads, 'head')}; probe: "
@@ -110,12 +117,14 @@ def run(args: argparse.Namespace) -> int:
     where = f"{ev.description}: {ev.tokens.shape[0]} x {ev.tokens.shape[1]} tokens"
 
     if ev.kind == "text" and cls.records:
+        stage("head scores on the evaluation text")
         ts = head_scores(model, ev.tokens)
         print(f"\nscores on {where}")
         print(_text_table(ts, cfg.n_layers, cfg.n_heads))
         result["text_scores"] = ts.to_dict()
 
     if ev.tokens.shape[1] >= 3:
+        stage("ICL score")
         icl = icl_score(model, ev.tokens)
         print(
             f"\nICL score on {where}: mean loss on tokens {icl.late[0]}-{icl.late[1] - 1} "
@@ -126,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         result["icl"] = icl.to_dict()
 
     if args.terms:
+        stage("term importance")
         ti = term_importance(model, ev.tokens)
         print(f"\nterm importance on {where} (attention patterns frozen for path orders)")
         print(ti.table())
@@ -136,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
 
         tokens = ev.tokens[: args.qk_seqs]
         order = QK_MAX_ORDER if args.qk_max_order is None else args.qk_max_order
+        stage(f"QK terms of {plural(len(chosen), 'head')}")
         expansions = [qk_expansion(model, tokens, l, h, max_order=order) for l, h in chosen]
         print(
             f"\nQK terms on {where} (first {tokens.shape[0]} sequences; earlier patterns "
@@ -145,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
         result["qk_terms"] = [qe.summary() for qe in expansions]
 
     if args.repetition and cls.records:
+        stage("repeated random tokens test, and the probe over 8 seeds")
         result["repetition"] = _repetition(model)
 
     if args.json:

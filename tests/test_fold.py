@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from factories import general_model, random_model, random_tokens
+from qkov.config import ModelConfig
 from qkov.fold import fold_layernorm, is_folded
+from qkov.model import Transformer, per_query_head
 
 CASES = [
     (norm, n_layers, bias, act)
@@ -58,21 +60,24 @@ def test_fold_of_a_model_without_norm_weights_is_itself() -> None:
     assert fold_layernorm(model, center_unembed=False) is model
 
 
-def test_fold_of_a_grouped_query_gated_rmsnorm_model_gives_same_logits() -> None:
-    """Llama's shape: rotary, rmsnorm, gated SiLU MLP, 2 key/value heads for 4 query heads."""
-    from qkov.config import ModelConfig
-    from qkov.model import Transformer
-
+def llama_like(n_layers: int, d_model: int, d_head: int) -> Transformer:
+    """Llama's shape: rotary, rmsnorm, gated SiLU MLP, 2 key/value heads for 4 query heads;
+    every weight (the norms' too) moved off its initial value."""
     cfg = ModelConfig(
-        n_layers=3, n_heads=4, n_kv_heads=2, d_model=16, d_head=4, n_ctx=12, d_vocab=30,
-        positional="rotary", rotary_dim=4, normalization="rmsnorm", d_mlp=24, act_fn="silu",
-        gated_mlp=True,
+        n_layers=n_layers, n_heads=4, n_kv_heads=2, d_model=d_model, d_head=d_head, n_ctx=12,
+        d_vocab=30, positional="rotary", rotary_dim=4, normalization="rmsnorm", d_mlp=24,
+        act_fn="silu", gated_mlp=True,
     )  # fmt: skip
     torch.manual_seed(0)
-    model = Transformer(cfg).double().eval()
+    model = Transformer(cfg).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.3)  # norm weights off 1 too
+    return model
+
+
+def test_fold_of_a_grouped_query_gated_rmsnorm_model_gives_same_logits() -> None:
+    model = llama_like(3, 16, 4).double()
     tokens = random_tokens(model)
     folded = fold_layernorm(model, center_unembed=False)
     assert folded.cfg.n_kv_heads == 4 and is_folded(folded)
@@ -83,26 +88,14 @@ def test_an_rmsnorm_fold_in_float32_has_the_float64_folds_bits() -> None:
     """An rmsnorm fold is one multiply per weight, diag(w) W, which IEEE rounds correctly in
     float32 too: folded in the model's dtype (3x faster at 1B) it equals, bit for bit, the
     product formed in float64 and rounded, also for the per-head copies of grouped K, V."""
-    from qkov.config import ModelConfig
-    from qkov.model import Transformer, per_query_head
-
-    cfg = ModelConfig(
-        n_layers=2, n_heads=4, n_kv_heads=2, d_model=32, d_head=8, n_ctx=12, d_vocab=30,
-        positional="rotary", rotary_dim=4, normalization="rmsnorm", d_mlp=24, act_fn="silu",
-        gated_mlp=True,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = Transformer(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
+    model = llama_like(2, 32, 8)
     w, f = model.weights(), fold_layernorm(model, center_unembed=False).weights()
 
     def product(W: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:  # rows scaled, float64
         return (W.double() * norm.double()[..., :, None]).float()
 
     assert torch.equal(f["W_U"], product(w["W_U"], w["ln_final_w"]))
-    for l in range(cfg.n_layers):
+    for l in range(model.cfg.n_layers):
         ln1 = w["ln1_w"][l][None]
         assert torch.equal(f["W_Q"][l], product(w["W_Q"][l], ln1))
         assert torch.equal(f["W_K"][l], product(per_query_head(w["W_K"][l], 4), ln1))

@@ -436,7 +436,9 @@ def _train_poisoned(cfg, tc, out, data, poison):
 
 def test_resume_after_the_corpus_changed_is_refused_and_keeps_the_run(tmp_path, capsys):
     """An edited corpus trains a new BPE: --resume would go on with other token ids under
-    the same weights and overwrite the run's tokenizer.json. Refused, the run untouched."""
+    the same weights and overwrite the run's tokenizer.json. Refused, the run untouched.
+    (Every file is edited: editing one failed to change the BPE when the hash of its path,
+    which varies with pytest's folder, put it among the held-out documents.)"""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for i in range(6):
@@ -447,7 +449,10 @@ def test_resume_after_the_corpus_changed_is_refused_and_keeps_the_run(tmp_path, 
     argv = tiny_train(corpus, out, steps=4, ckpt_interval=2, eval_interval=2)
     assert main(argv) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    (corpus / "m0.py").write_text("class Other:\n    pass\n" * 300)  # a new BPE
+    for i in range(6):  # every file: which ones are held out depends on their path
+        (corpus / f"m{i}.py").write_text(  # a new BPE
+            "".join(f"class Other{i}{j}:\n    value = '{j}' + '{i}'\n" for j in range(60))
+        )
     assert main(["train", "--resume", "--steps", "6", "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "the corpus changed since" in err[0], err

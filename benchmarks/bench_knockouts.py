@@ -10,7 +10,7 @@ GPT-2 small has ~10 in layers 5-7). Rows:
 
     before      one forward pass per (earlier head, induction head) pair from the
                 embedding, stopped at the induction head's pattern (qkov before
-                `classification.knockouts`)
+                `qkov.knockouts.knockouts`)
     shared      `knockouts`: one pass per earlier head for all the induction heads, begun
                 at its layer from the clean stream
     budgeted    the same over `partner_knockouts`' cut (budget.PARTNER_BUDGET), as
@@ -29,9 +29,9 @@ import torch
 
 from qkov import ModelConfig, Transformer
 from qkov.budget import knockout_cost, partner_knockouts
-from qkov.classification import knockouts
 from qkov.data.probes import induction_probe
 from qkov.heads import induction_score
+from qkov.knockouts import knockouts
 
 
 class _Stop(Exception):

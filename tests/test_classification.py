@@ -67,8 +67,8 @@ def test_knockouts_of_several_heads_share_one_pass_per_earlier_head(monkeypatch)
     """`knockouts` of heads in layers 1 and 2 equals zeroing each earlier head in a full
     forward pass and scoring each later head's pattern, and runs one pass per head below
     the last layer asked for (plus the clean one), not one per (earlier, later) pair."""
-    from qkov.classification import knockouts
     from qkov.heads import induction_score
+    from qkov.knockouts import knockouts
 
     cfg = ModelConfig(n_layers=4, n_heads=3, d_model=48, n_ctx=32, d_vocab=50, init_std=0.3)
     model = AttnOnlyTransformer(cfg)

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from qkov import __version__
 from qkov.ablation import icl_from_logits, term_importance
+from qkov.allocator import return_freed_memory
 from qkov.attribution import attribute
 from qkov.budget import MAX_EXAMPLE_TOKENS, Budget
 from qkov.checkpoint import load
@@ -251,6 +252,7 @@ def analyze_model(
         if split_of is not None:
             rec["heads"][-1]["split_token_trigrams"]["of_candidates"] = split_of
         stage.progress(i + 1, len(cls.records), "heads")
+        return_freed_memory()  # each head's d_vocab-sized products (qkov.allocator)
     rec["induction_circuits"] = induction_circuits(cls)
     # The peers' test: 10 sequences, a block of 50 (or n_ctx / 2) repeated once.
     stage("repeated random tokens test")

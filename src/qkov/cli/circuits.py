@@ -55,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from qkov.allocator import return_freed_memory
     from qkov.budget import split_candidates, trigram_sources
     from qkov.checkpoint import load
     from qkov.eigenvalues import ov_statistics
@@ -103,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     for l, h in heads:  # a row as soon as it is computed: at GPT-2 size these take minutes
         ov[(l, h)] = c = ov_statistics(model, l, h, chunk_size=args.chunk_size, rows=rows)
         print(f"L{l}H{h:<3} {c.eigenvalue_score:+16.3f}   {c.top1_fraction:19.3f}", flush=True)
+        return_freed_memory()  # each head's d_vocab-sized products (qkov.allocator)
     min_count = wanted if model.token_counts is not None else None
     print("\n" + _filter_note(model, min_count))
     candidates = (  # the vocabulary's texts read once, not per head
@@ -123,10 +125,11 @@ def run(args: argparse.Namespace) -> int:
             "by its scale: logit = boost / scale (`qkov analyze` measures the scale on the "
             "evaluation text: final_scale in analysis.json, noted in the report)"
         )
-    results = [
-        {**ov[lh].to_dict(), **_head_trigrams(model, *lh, args, min_count, n_sources, candidates)}
-        for lh in heads
-    ]
+    results = []
+    for lh in heads:
+        trigrams = _head_trigrams(model, *lh, args, min_count, n_sources, candidates)
+        results.append({**ov[lh].to_dict(), **trigrams})
+        return_freed_memory()
     virtual = _virtual_heads(model, exact=args.exact)
     if args.json is not None:
         record = {"min_token_count": min_count, "heads": results, "virtual_heads": virtual}

@@ -113,6 +113,26 @@ def test_copying_score_sampled_columns_equal_exact_at_full_size_and_estimate_oth
         torch.testing.assert_close(got[h], want, atol=1e-5, rtol=0)
 
 
+def test_copying_score_in_token_chunks_and_head_groups_equals_one_block(monkeypatch):
+    """The rank is computed a few tokens at a time (to stay in cache) and W_O W_U for a
+    group of heads at a time: chunks of 1, 7 (not dividing the 30 tokens) and 4 tokens, and
+    groups of 1, 2 (not dividing the 3 heads) and 3 heads, give the one-block score, exact
+    and sampled."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layers=2, n_heads=3, d_model=24, d_head=8, d_vocab=40, n_ctx=12)
+    model = AttnOnlyTransformer(cfg).eval()
+    pattern, value, tokens = _copy_inputs(model)
+    V, dh = cfg.d_vocab, cfg.d_head
+    for n_columns in (None, 13):
+        whole = copying_score(model, 1, pattern, value, tokens, n_columns=n_columns, seed=4)
+        m = V if n_columns is None else n_columns
+        for per_chunk, per_group in ((1, 1), (7, 2), (4, 3)):
+            monkeypatch.setattr("qkov.heads._COPY_CHUNK", per_chunk * m)
+            monkeypatch.setattr("qkov.heads._COPY_HEADS", per_group * dh * m)
+            got = copying_score(model, 1, pattern, value, tokens, n_columns=n_columns, seed=4)
+            torch.testing.assert_close(got, whole, atol=1e-6, rtol=0)
+
+
 def test_copying_columns_exact_under_budget():
     assert copying_columns(2048, 16 * 128, 64) is None  # the demo models' probe
     m = copying_columns(50257, 16 * 128, 64)

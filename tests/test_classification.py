@@ -141,6 +141,6 @@ def test_qkov_heads_says_each_part_as_it_starts_on_stderr(tmp_path, capsys):
     out, err = capsys.readouterr()
     parts = [line.split(": ", 1)[1] for line in err.splitlines()]
     assert parts[0] == "head scores on the repeated-token probe (4 heads)"
-    assert "K-composition scores of 4 heads" in parts  # Q and V are shown nowhere here
+    assert "K-composition into 1 induction head (the partners)" in parts  # nothing else shown
     assert "knock-outs of 2 earlier heads for 1 induction heads" in parts
     assert "knock-outs" not in out and out.startswith(f"{tmp_path / 'm'}: 2 layers x 2 heads")

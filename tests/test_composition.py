@@ -172,3 +172,68 @@ def test_k_composition_alone_is_the_same_k_and_the_same_labels():
         (r.name, r.label, r.partners) for r in b.records
     ]
     assert any(r.partners for r in b.records)
+
+
+def test_later_heads_alone_are_their_columns_of_the_full_scores():
+    """composition_scores(later=...) computes those later heads' columns (the same numbers
+    as over every pair) and leaves every other column NaN; a head the model lacks is
+    refused."""
+    model = AttnOnlyTransformer(ModelConfig(n_layers=3, n_heads=3, d_model=24, d_vocab=16, seed=3))
+    full = composition_scores(model, n_baseline=4)
+    later = [(2, 1), (1, 0), (2, 2), (0, 1)]  # layer 0 has no earlier heads: its column is NaN
+    part = composition_scores(model, n_baseline=4, later=later)
+    for kind in "qkv":
+        got, want = getattr(part, kind), getattr(full, kind)
+        for l in range(3):
+            for h in range(3):
+                if (l, h) in later:  # the same numbers, up to the matmul's blocking
+                    torch.testing.assert_close(
+                        got[..., l, h], want[..., l, h], rtol=1e-6, atol=0, equal_nan=True
+                    )
+                else:
+                    assert got[..., l, h].isnan().all()
+    assert part.baseline_mean == full.baseline_mean
+    none = composition_scores(model, n_baseline=4, later=[(0, 1)])  # no earlier layer
+    assert all(getattr(none, kind).isnan().all() for kind in "qkv")
+    with pytest.raises(QkovError, match="no head L3H0: the model has 3 layers of 3 heads"):
+        composition_scores(model, n_baseline=4, later=[(3, 0)])
+
+
+def test_partners_alone_compute_k_composition_into_the_induction_heads_only():
+    """`qkov heads` and the explorer show no composition past the induction heads' partners:
+    classify_heads(composition=()) computes K-composition into the induction heads' columns
+    alone (at TinyLlama-1.1B's 704 heads, 1 column in ~70 instead of ~20 s), and gives the
+    same records (labels, partners with their z-scores, knock-outs); the other columns are
+    NaN. Another kind without K keeps its full matrix."""
+    from qkov.classification import classify_heads
+
+    model = factories.induction_model(noise=0.02)
+    full = classify_heads(model)
+    least = classify_heads(model, composition=())
+    for a, b in zip(least.records, full.records, strict=True):
+        assert (a.name, a.label, a.decided_by, a.knockout) == (
+            b.name,
+            b.label,
+            b.decided_by,
+            b.knockout,
+        )
+        assert [p.name for p in a.k_composition] == [p.name for p in b.k_composition]
+        assert [p.name for p in a.partners] == [p.name for p in b.partners]
+        for p, q in zip(a.k_composition, b.k_composition, strict=True):
+            assert p.score == pytest.approx(q.score, rel=1e-6) and p.z == pytest.approx(
+                q.z, rel=1e-6
+            )
+    inductions = [(r.layer, r.head) for r in full.records if r.label == "induction"]
+    assert inductions == [(1, 0)] and full.record(1, 0).partners
+    k = least.composition.k
+    for l, h in [(l, h) for l in range(2) for h in range(2)]:
+        if (l, h) in inductions:
+            assert torch.equal(
+                k[..., l, h].nan_to_num(), full.composition.k[..., l, h].nan_to_num()
+            )
+        else:
+            assert k[..., l, h].isnan().all()
+    assert least.composition.q is None and least.composition.v is None
+    q_only = classify_heads(model, composition=("q",)).composition
+    assert torch.equal(q_only.q.nan_to_num(), full.composition.q.nan_to_num())
+    assert torch.equal(q_only.k.nan_to_num(), k.nan_to_num()) and q_only.v is None

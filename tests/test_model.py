@@ -95,6 +95,31 @@ def test_a_pass_started_at_a_layer_from_its_cached_stream_gives_the_same_logits(
         model.run_with_hooks(tokens, start=(1, cache["resid_pre.1"][:, :-1]))
 
 
+def test_a_pass_stopped_at_a_hook_point_skips_what_follows():
+    """run_with_hooks(stop=name) ends the pass once `name` is computed: the cache up to it
+    equals the whole pass's, nothing after it runs (no logits), a pattern nobody caches is
+    still computed to stop at, and an unknown name is refused."""
+    model = factories.general_model(3, positional="rotary", normalization="rms")
+    tokens = factories.random_tokens(model)
+    _, whole = model.run_with_cache(tokens)
+    seen: list[str] = []
+    hooks = {name: lambda x, name: seen.append(name) for name in ("z.1", "resid_pre.2")}
+    logits, cache = model.run_with_hooks(
+        tokens, hooks, cache_names=lambda n: n.startswith(("v.", "pattern.")), stop="pattern.1"
+    )
+    assert logits is None and seen == []  # z.1 comes after pattern.1
+    assert sorted(cache) == ["pattern.0", "pattern.1", "v.0", "v.1"]
+    for name, x in cache.items():
+        torch.testing.assert_close(x, whole[name], rtol=0, atol=1e-5)  # whole: head_out too
+    stopped: list[str] = []
+    model.run_with_hooks(tokens, {"pattern.2": lambda x, n: stopped.append(n)}, stop="pattern.2")
+    assert stopped == ["pattern.2"]
+    _, bare = model.run_with_hooks(tokens, stop="pattern.0")  # computed to stop, not cached
+    assert bare == {}
+    with pytest.raises(QkovError, match="unknown hook name 'pattern.3' to stop at"):
+        model.run_with_hooks(tokens, stop="pattern.3")
+
+
 def test_from_weights_round_trip_and_settable():
     model = random_model(2, "shortformer")
     w = {k: v.clone() for k, v in model.weights().items()}

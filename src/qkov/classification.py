@@ -14,7 +14,7 @@ from torch import Tensor
 
 from qkov.budget import partner_knockouts
 from qkov.circuits import induction_qk_term
-from qkov.composition import CompositionScores, composition_scores
+from qkov.composition import KINDS, CompositionScores, composition_scores
 from qkov.data.probes import (
     default_seq_len,
     induction_probe,
@@ -293,15 +293,17 @@ def classify_heads(
     seq_len: int | None = None,
     seed: int = 0,
     n_baseline: int = 200,
-    composition: tuple[str, ...] = ("q", "k", "v"),
+    composition: tuple[str, ...] = KINDS,
     knockout: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> HeadClassification:
     """Label every head from its scores (on the seeded repeated probe unless `tokens` given)
     and, for each induction head, rank the earlier heads its key reads (K-composition) and
     the earlier heads it needs (`knockout_partners`, on the same tokens when they end in a
-    known repeated block). composition: the kinds of composition score computed (the
-    partners need K alone; each kind costs ~20 s at TinyLlama-1.1B's 704 heads).
+    known repeated block). composition: the kinds of composition score computed for every
+    pair of heads (in `.composition`; each kind costs ~20 s at TinyLlama-1.1B's 704 heads);
+    the partners' K-composition into the induction heads is computed either way, so () or
+    ("q", "v") leaves `.composition.k` NaN outside the induction heads' columns.
     knockout=False skips the knock-outs (one pass per earlier head; past
     `budget.PARTNER_BUDGET` only the likeliest partners: `knockout_heads` names them).
     log: called with a line as each later part starts (minutes on a 1B model)."""
@@ -312,15 +314,12 @@ def classify_heads(
         probe = induction_probe(cfg.d_vocab, batch, seq_len or default_seq_len(cfg.n_ctx), seed)
         tokens, half_len = probe.tokens, probe.half_lens
     say = log or (lambda line: None)
-    comp = None
-    if cfg.n_layers > 1:
-        kinds = [f"{k.upper()}-" for k in composition]
-        kinds = " and ".join([", ".join(kinds[:-1]), kinds[-1]] if len(kinds) > 1 else kinds)
-        say(f"{kinds}composition scores of {cfg.n_layers * cfg.n_heads} heads")
-        comp = composition_scores(model, n_baseline=n_baseline, seed=seed, kinds=composition)
     heads = [(l, h) for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
     labels = {hd: _label(scores.get(*hd), t) for hd in heads}
     inductions = [(l, h) for l, h in heads if labels[l, h][0] == "induction" and l > 0]
+    comp = None
+    if cfg.n_layers > 1:
+        comp = _composition(model, composition, inductions, n_baseline, seed, say)
     knocked_out, cut = {}, None
     if knockout and comp is not None and half_len is not None and inductions:
         last = max(l for l, _ in inductions)
@@ -353,6 +352,30 @@ def classify_heads(
                 )
             )
     return HeadClassification(tuple(records), scores, t, comp, cut)
+
+
+def _composition(
+    model: AttnOnlyTransformer,
+    kinds: tuple[str, ...],
+    inductions: list[tuple[int, int]],
+    n_baseline: int,
+    seed: int,
+    say: Callable[[str], None],
+) -> CompositionScores:
+    """`kinds` over every pair, and K-composition into the induction heads (their partners)
+    where "k" is not among them."""
+    if kinds:
+        names = [f"{k.upper()}-" for k in kinds]
+        names = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+        say(f"{names}composition scores of {model.cfg.n_layers * model.cfg.n_heads} heads")
+    if "k" not in kinds:
+        n = len(inductions)
+        say(f"K-composition into {n} induction head{'' if n == 1 else 's'} (the partners)")
+    comp = composition_scores(model, n_baseline, seed, kinds=kinds) if kinds else None
+    if "k" in kinds:
+        return comp
+    partners = composition_scores(model, n_baseline, seed, kinds=("k",), later=inductions)
+    return partners if comp is None else dataclasses.replace(comp, k=partners.k)
 
 
 def _likeliest_partners(

@@ -19,6 +19,7 @@ and is exact). Grouped-query heads count once per query head (the fold's per-hea
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -114,29 +115,57 @@ def _json(scores: Tensor | None) -> list | None:
     return None if scores is None else json_safe(scores.tolist())
 
 
-def pair_scores(OV: FactoredMatrix, right: FactoredMatrix) -> Tensor:
+def pair_scores(
+    OV: FactoredMatrix,
+    right: FactoredMatrix,
+    later: Iterable[tuple[int, int]] | None = None,
+) -> Tensor:
     """composition_score of OV [L, H, D, D] (earlier) with right [L, H, D, D] (later) for
     every pair whose earlier head sits in an earlier layer (NaN elsewhere), through the
-    factors. With OV = A0 B0 and right = A1 B1 (rank r), take QR factorisations A0 = Q0 R0
-    and B1^T = Q1 S1: the Q's have orthonormal columns and leave a Frobenius norm unchanged,
-    so ||OV right||_F = ||(R0 B0)(A1 S1^T)||_F, a [r, D] x [D, r] product. Each later layer
+    factors. later: the (layer, head) of the later heads scored (None: all; the others'
+    columns stay NaN).
+
+    With OV = A0 B0 and right = A1 B1 (rank r), take QR factorisations A0 = Q0 R0 and
+    B1^T = Q1 S1: the Q's have orthonormal columns and leave a Frobenius norm unchanged, so
+    ||OV right||_F = ||(R0 B0)(A1 S1^T)||_F, a [r, D] x [D, r] product. Each later layer
     costs one [l1 H r, D] x [D, H r] matmul and its squared block sums, never a D x D."""
     L, H = OV.shape[:2]
+    chosen = _later_heads(later, L, H)
+    if not any(chosen[1:]):  # no later head with an earlier layer: nothing to factor
+        dtype = torch.promote_types(OV.A.dtype, torch.float32)  # as `wide` gives below
+        return torch.full((L, H, L, H), float("nan"), dtype=dtype, device=OV.A.device)
     wide = lambda t: t.float() if t.dtype in (torch.bfloat16, torch.float16) else t  # noqa: E731
     A0, B0 = wide(OV.A), wide(OV.B)  # [L, H, D, r0], [L, H, r0, D]
     A1, B1 = wide(right.A), wide(right.B)  # [L, H, D, r1], [L, H, r1, D]
     D, r0, r1 = A0.shape[-2], A0.shape[-1], A1.shape[-1]
     left = torch.linalg.qr(A0, mode="r").R @ B0  # [L, H, r0, D]: R0 B0
-    later = A1 @ torch.linalg.qr(B1.transpose(-1, -2), mode="r").R.transpose(-1, -2)  # A1 S1^T
+    ends = A1 @ torch.linalg.qr(B1.transpose(-1, -2), mode="r").R.transpose(-1, -2)  # A1 S1^T
     norm0 = left.square().sum(dim=(-1, -2)).sqrt()  # [L, H] = ||OV||_F
-    norm1 = later.square().sum(dim=(-1, -2)).sqrt()  # [L, H] = ||right||_F
+    norm1 = ends.square().sum(dim=(-1, -2)).sqrt()  # [L, H] = ||right||_F
     out = torch.full((L, H, L, H), float("nan"), dtype=left.dtype, device=left.device)
     for l1 in range(1, L):
-        cols = later[l1].permute(1, 0, 2).reshape(D, H * r1)  # [D, (h1, r1)]
+        hs = chosen[l1]
+        if not hs:
+            continue
+        n1 = len(hs)
+        cols = ends[l1, hs].permute(1, 0, 2).reshape(D, n1 * r1)  # [D, (h1, r1)]
         prod = left[:l1].reshape(l1 * H * r0, D) @ cols  # [(l0, h0, r0), (h1, r1)]
-        sq = prod.square_().reshape(l1, H, r0, H, r1).sum(dim=(2, 4))  # [l0, h0, h1]
-        out[:l1, :, l1] = sq.sqrt() / (norm0[:l1, :, None] * norm1[l1][None, None])
+        sq = prod.square_().reshape(l1, H, r0, n1, r1).sum(dim=(2, 4))  # [l0, h0, h1]
+        out[:l1, :, l1, hs] = sq.sqrt() / (norm0[:l1, :, None] * norm1[l1, hs][None, None])
     return out
+
+
+def _later_heads(later: Iterable[tuple[int, int]] | None, L: int, H: int) -> list[list[int]]:
+    """Per layer, the sorted heads of `later` (all of them for None); refuses a head the
+    model does not have."""
+    if later is None:
+        return [list(range(H)) for _ in range(L)]
+    chosen: list[set[int]] = [set() for _ in range(L)]
+    for l, h in later:
+        if not (0 <= l < L and 0 <= h < H):
+            raise QkovError(f"no head L{l}H{h}: the model has {L} layers of {H} heads")
+        chosen[l].add(h)
+    return [sorted(hs) for hs in chosen]
 
 
 def _masked(scores: Tensor) -> Tensor:
@@ -172,6 +201,7 @@ def composition_scores(
     n_baseline: int = 200,
     seed: int = 0,
     kinds: tuple[str, ...] = KINDS,
+    later: Iterable[tuple[int, int]] | None = None,
 ) -> CompositionScores:
     """Q-, K-, V-composition scores for every (earlier head, later head) pair + baseline.
 
@@ -179,13 +209,16 @@ def composition_scores(
     weights folded in, writes centred for layernorm); the scores are of the weight matrices
     alone, so biases and MLPs (which sit between heads of different layers) are not in them.
     kinds: those computed (the others None); each costs pairs x d_head^2 x d_model, ~20 s
-    at TinyLlama-1.1B's 704 heads on 2 cores."""
+    at TinyLlama-1.1B's 704 heads on 2 cores. later: the (layer, head) of the later heads
+    whose columns are computed (None: every head; the other columns stay NaN): the cost is
+    in proportion, e.g. an induction head's partners need its column alone."""
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         raise QkovError(f"composition kind {unknown[0]!r} is unknown: use q, k, v")
     OV, QK = W_OV(model), W_QK(model)
     right = {"q": QK, "k": QK.T, "v": OV}
-    scores = {k: _masked(pair_scores(OV, right[k])) if k in kinds else None for k in KINDS}
+    later = None if later is None else list(later)
+    scores = {k: _masked(pair_scores(OV, right[k], later)) if k in kinds else None for k in KINDS}
     base = baseline_scores(model.cfg.d_model, model.cfg.d_head, n_baseline, seed)
     return CompositionScores(
         **scores,

@@ -58,7 +58,10 @@ from qkov.model import AttnOnlyTransformer, Transformer
 from qkov.names import SCORE_NAMES
 from qkov.reprs import axes, num, wrap
 
-_COPY_CHUNK = 2**24  # elements of the [rows, pos, d_vocab] logit-effect block per step
+# elements of the [tokens, columns] logit-effect block per step: 4 MB, so that the rank's
+# passes over it stay in cache (at TinyLlama's shape 2**24 took 44 ms a head, 2**20 16 ms)
+_COPY_CHUNK = 2**20
+_COPY_HEADS = 2**24  # elements of the [heads, d_head, columns] W_O W_U block per matmul
 # copying_score ranks among every logit while tokens * d_vocab * d_head stays under this
 # (per head); above it, among a seeded sample of columns (an estimate, recorded by analyze).
 COPY_EXACT_BUDGET = 2**30
@@ -184,30 +187,40 @@ def copying_score(
     m = cols.numel()
     where = torch.full((V,), -1, dtype=torch.long, device=value.device)
     where[cols] = torch.arange(m, device=value.device)
-    slot = where[tokens]  # [batch, pos]: the own token's column in the sample, or -1
+    slot = where[tokens.reshape(-1)]  # [tokens]: the own token's column in the sample, or -1
     inside = slot >= 0
     n_rivals = (m - inside.float()).clamp(min=1)  # sampled columns other than the own one
-    rows = max(1, _COPY_CHUNK // max(1, n * m))
+    chunk = max(1, _COPY_CHUNK // m)  # tokens per step
     W_U = w["W_U"].to(value.dtype)  # [d_model, d_vocab]
-    W_U_cols, W_U_own = W_U[:, cols], W_U.T[tokens]  # [d_model, m], [batch, pos, d_model]
+    W_U_cols, W_U_own = W_U[:, cols], W_U.T[tokens.reshape(-1)]  # [d_model, m], [tokens, d_model]
+    W_O = w["W_O"][layer].to(value.dtype)  # [head, d_head, d_model]
+    H, dh = W_O.shape[:2]
+    # each head's W_O W_U, at the sampled columns and at the own token: big matmuls over
+    # several heads at once (up to _COPY_HEADS elements of OU), faster than one per head
+    own_U = (W_U_own @ W_O.reshape(H * dh, -1).T).reshape(B * n, H, dh)  # [tokens, head, d_head]
+    per_group = max(1, _COPY_HEADS // (dh * m))
     out = []
-    for h in range(model.cfg.n_heads):
-        W_O = w["W_O"][layer, h].to(value.dtype)  # [d_head, d_model]
-        OU = W_O @ W_U_cols  # [d_head, m]
-        c = torch.empty(B, n, device=value.device)
-        for s in range(0, B, rows):
-            e = value[s : s + rows, h] @ OU  # [rows, pos, m]
-            sl, ins = slot[s : s + rows], inside[s : s + rows]
-            own_in = e.gather(-1, sl.clamp(min=0)[..., None])[..., 0]  # exact where inside
-            own_out = ((value[s : s + rows, h] @ W_O) * W_U_own[s : s + rows]).sum(-1)
-            own = torch.where(ins, own_in, own_out.to(e.dtype))[..., None]  # [rows, pos, 1]
+    for h in range(H):
+        if h % per_group == 0:
+            group = W_O[h : h + per_group]
+            OUs = (group.reshape(-1, group.shape[-1]) @ W_U_cols).reshape(-1, dh, m)
+        OU = OUs[h % per_group]  # [d_head, m]
+        v = value[:, h].reshape(B * n, -1)  # [tokens, d_head]
+        own_out = (v * own_U[:, h]).sum(-1)  # [tokens]: the own token's logit, sampled or not
+        c = torch.empty(B * n, device=value.device)
+        for s in range(0, B * n, chunk):
+            t = slice(s, s + chunk)
+            e = v[t] @ OU  # [chunk, m]
+            own_in = e.gather(-1, slot[t].clamp(min=0)[:, None])[:, 0]  # exact where inside
+            own = torch.where(inside[t], own_in, own_out[t].to(e.dtype))[:, None]  # [chunk, 1]
             # rank = rivals above + half the tied ones (the own column, when sampled, ties
             # itself and is no rival). With sign(e - own) summed, s = above - below and
             # above + below + ties = m, so above + ties / 2 = (m + s) / 2: one pass, exact
             # (integers) in float32.
             signs = e.sub_(own).sign_().sum(-1)
-            rank = 0.5 * (m + signs - ins.float()) * (V - 1) / n_rivals[s : s + rows]
-            c[s : s + rows] = 1 - 2 * rank / max(V - 1, 1)
+            rank = 0.5 * (m + signs - inside[t].float()) * (V - 1) / n_rivals[t]
+            c[t] = 1 - 2 * rank / max(V - 1, 1)
+        c = c.reshape(B, n)
         weight = pattern[:, h].sum(dim=1)  # [batch, src]: total attention each source gets
         out.append((weight * c).sum() / (B * n))
     return torch.stack(out)
@@ -290,8 +303,9 @@ def head_scores(
         measured_on = "tokens"
     tokens = model.check_tokens(tokens)
     want = ("pattern.", "v.") if copying else ("pattern.",)
+    last = f"pattern.{cfg.n_layers - 1}" if cfg.n_layers else None  # no logits needed
     with torch.no_grad():
-        _, cache = model.run_with_hooks(tokens, cache_names=lambda n: n.startswith(want))
+        _, cache = model.run_with_hooks(tokens, cache_names=lambda n: n.startswith(want), stop=last)
     rows: dict[str, list[Tensor]] = {name: [] for name in SCORE_NAMES}
     reader = folded(model) if copying else model  # fold once, not per layer
     for l in range(cfg.n_layers):

@@ -42,10 +42,6 @@ class KnockoutPartner:
         return dataclasses.asdict(self)
 
 
-class _PatternReached(Exception):
-    """Raised by a hook to end a forward pass once the pattern it needs is computed."""
-
-
 @torch.no_grad()
 def knockout_partners(
     model: AttnOnlyTransformer, layer: int, head: int, tokens: Tensor, half_len: int | Tensor
@@ -82,17 +78,12 @@ def knockouts(
     def induction(hooks: dict, start: tuple[int, Tensor] | None = None) -> dict[int, Tensor]:
         found: dict[int, Tensor] = {}  # layer -> [head] induction scores
 
-        def keep(x: Tensor, name: str) -> None:  # the layers after the last one needed and
-            l = int(name.rsplit(".", 1)[1])  # the unembedding cannot change these: skip them
-            found[l] = induction_score(x, tokens, half_len)
-            if l == layers[-1]:
-                raise _PatternReached
+        def keep(x: Tensor, name: str) -> None:
+            found[int(name.rsplit(".", 1)[1])] = induction_score(x, tokens, half_len)
 
-        try:
-            hooks |= {f"pattern.{l}": keep for l in layers}
-            model.run_with_hooks(tokens, hooks=hooks, start=start)
-        except _PatternReached:
-            pass
+        hooks |= {f"pattern.{l}": keep for l in layers}
+        # the layers after the last pattern needed and the unembedding cannot change it
+        model.run_with_hooks(tokens, hooks=hooks, start=start, stop=f"pattern.{layers[-1]}")
         return found
 
     def zero(h0: int):

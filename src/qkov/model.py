@@ -93,6 +93,10 @@ def _per_query_head_axis(x: Tensor, n_heads: int) -> Tensor:
     return x if x.shape[1] == n_heads else x.repeat_interleave(n_heads // x.shape[1], dim=1)
 
 
+class _Stopped(Exception):
+    """Ends `Transformer.run_with_hooks` at its `stop` hook point."""
+
+
 class Transformer(nn.Module):
     """Decoder transformer; weights are nn.Parameters named as in the paper."""
 
@@ -335,19 +339,26 @@ class Transformer(nn.Module):
         hooks: dict[str, Hook] | None = None,
         cache_names: Iterable[str] | Callable[[str], bool] | None = None,
         start: tuple[int, Tensor] | None = None,
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+        stop: str | None = None,
+    ) -> tuple[Tensor | None, dict[str, Tensor]]:
         """Explicit forward pass: apply `hooks` by name and cache the named activations.
 
         cache_names: None caches nothing, a collection of names, or a predicate on names.
         start: (layer, resid_pre [batch, pos, d_model]) begins the pass at that layer with
         that stream (taken from a cache of the same tokens): the layers before it and their
-        hook points (pos_embed too) are skipped. Returns (logits, cache)."""
+        hook points (pos_embed too) are skipped. stop: a hook name; the pass ends once that
+        point is computed (and cached if wanted), and the layers after it and the
+        unembedding are skipped: logits are then None. Returns (logits, cache)."""
         tokens = self.check_tokens(tokens)
         hooks = dict(hooks or {})
         known = set(hook_names(self.cfg))
         bad = sorted(set(hooks) - known)
         if bad:
             raise QkovError(f"unknown hook names {bad}: see qkov.model.hook_names(cfg)")
+        if stop is not None and stop not in known:
+            raise QkovError(
+                f"unknown hook name {stop!r} to stop at: see qkov.model.hook_names(cfg)"
+            )
         if cache_names is None:
             want: Callable[[str], bool] = lambda name: False  # noqa: E731
         elif callable(cache_names):
@@ -370,8 +381,28 @@ class Transformer(nn.Module):
                     x = out
             if want(name):
                 cache[name] = x
+            if name == stop:
+                raise _Stopped
             return x
 
+        def visited(name: str) -> bool:  # an optional point (its tensor costs memory)
+            return name in hooks or want(name) or name == stop
+
+        try:
+            return self._pass(tokens, start, point, visited), cache
+        except _Stopped:
+            return None, cache
+
+    def _pass(
+        self,
+        tokens: Tensor,
+        start: tuple[int, Tensor] | None,
+        point: Callable[[str, Tensor], Tensor],
+        visited: Callable[[str], bool],
+    ) -> Tensor:
+        """run_with_hooks' forward pass through its hook `point`s: tokens [batch, pos] ->
+        logits [batch, pos, d_vocab]. visited(name): whether an optional point (scores,
+        pattern, head_out: big tensors a fused path avoids) is computed."""
         cfg = self.cfg
         n = tokens.shape[1]
         first = 0 if start is None else start[0]
@@ -416,7 +447,7 @@ class Transformer(nn.Module):
             if rot is not None:
                 q = point(f"rot_q.{l}", rotate(q, *rot))
                 k = point(f"rot_k.{l}", rotate(k, *rot))
-            if any(f"{n}.{l}" in hooks or want(f"{n}.{l}") for n in ("scores", "pattern")):
+            if visited(f"scores.{l}") or visited(f"pattern.{l}"):
                 scores = (q @ k.transpose(-1, -2)) * scale  # [batch, head, dest, src]
                 scores = point(f"scores.{l}", scores.masked_fill(~mask, float("-inf")))
                 pattern = point(f"pattern.{l}", scores.softmax(dim=-1))
@@ -424,7 +455,7 @@ class Transformer(nn.Module):
             else:  # the same z without the [batch, head, dest, src] tensors
                 z = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
             z = point(f"z.{l}", z)  # [batch, head, pos, d_head]
-            if f"head_out.{l}" in hooks or want(f"head_out.{l}"):
+            if visited(f"head_out.{l}"):
                 head_out = point(f"head_out.{l}", z @ self.W_O[l])  # [batch, head, pos, d_model]
                 resid = resid + head_out.sum(dim=1)
             else:  # the same sum in one matmul: no [batch, head, pos, d_model] tensor
@@ -439,8 +470,7 @@ class Transformer(nn.Module):
                 mlp_in = resid_pre if cfg.parallel else resid
                 resid = resid + self._mlp(self._norm(mlp_in, "ln2", l, point), l, point)
             resid = point(f"resid_post.{l}", resid)
-        logits = point("logits", self.unembed(self._norm(resid, "ln_final", None, point)))
-        return logits, cache
+        return point("logits", self.unembed(self._norm(resid, "ln_final", None, point)))
 
     def run_with_cache(
         self, tokens: Tensor, names: Iterable[str] | Callable[[str], bool] | None = None

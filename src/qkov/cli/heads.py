@@ -102,12 +102,12 @@ def run(args: argparse.Namespace) -> int:
         model, args.dir, text=text, text_name=args.text or "", max_sequences=args.eval_seqs
     )
     stage(f"head scores on the repeated-token probe ({plural(cfg.n_layers * cfg.n_heads, 'head')})")
-    cls = classify_heads(  # the partners read K-composition alone, and nothing here shows Q, V
+    cls = classify_heads(  # nothing here shows composition past the induction heads' partners
         model,
         batch=args.batch_size,
         seq_len=args.seq_len,
         seed=args.seed,
-        composition=("k",),
+        composition=(),
         log=stage,
     )
     stage("done with the head table")

@@ -290,8 +290,8 @@ def _roles(model: Transformer) -> list[dict[str, Any]]:
 
     if model.cfg.n_layers == 0:
         return []
-    # the partners read K-composition alone, and the roles show no knock-outs
-    cls = classify_heads(model, composition=("k",), knockout=False)
+    # the roles show the induction heads' partners (K-composition into them) and no knock-outs
+    cls = classify_heads(model, composition=(), knockout=False)
     return [
         {
             "layer": r.layer,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -49,3 +50,67 @@ def test_icl_score_windows_and_spread():
     one = icl_from_logits(logits[:1], tokens[:1])
     assert math.isnan(one.stderr) and one.to_dict()["stderr"] is None  # JSON-safe
     assert len(res.to_dict()["loss_by_position"]) == 31
+
+
+def test_icl_from_the_losses_of_head_scores_pass_without_a_second_pass(tmp_path, monkeypatch):
+    """head_scores(token_losses=True) keeps the loss of each token from its own pass (the
+    logits a plain forward gives); `icl_from_losses` of them is icl_score. `qkov heads` on
+    a folder without text evaluates on the probe it scores heads on, and reads the ICL
+    score from that pass: the model's forward is not run a second time."""
+    from qkov import save_model
+    from qkov.cli import main
+    from qkov.data.probes import induction_probe
+    from qkov.heads import head_scores
+    from qkov.icl import icl_from_losses
+    from qkov.loss import token_losses
+
+    model = build_induction_model()
+    probe = induction_probe(V, 16, 32, seed=0)
+    with torch.no_grad():
+        want = token_losses(model(probe.tokens), probe.tokens)
+    s = head_scores(model, probe.tokens, half_len=probe.half_lens, token_losses=True)
+    torch.testing.assert_close(s.token_losses, want, atol=1e-5, rtol=1e-5)
+    assert head_scores(model, probe.tokens).token_losses is None
+    a, b = icl_from_losses(s.token_losses), icl_score(model, probe.tokens)
+    assert a.score == pytest.approx(b.score, abs=1e-5) and (a.early, a.late) == (b.early, b.late)
+
+    save_model(model, tmp_path / "m")
+    ev = induction_probe(V, 16, min(128, model.cfg.n_ctx), seed=0).tokens  # qkov heads' probe
+    expected = icl_score(model, ev).score
+    calls = []
+    forward = type(model).forward
+    monkeypatch.setattr(type(model), "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    assert main(["heads", str(tmp_path / "m"), "--json", str(tmp_path / "h.json")]) == 0
+    assert calls == []  # the ICL score read the probe pass (run_with_hooks), no model(tokens)
+    icl = json.loads((tmp_path / "h.json").read_text())["icl"]
+    assert icl["score"] == pytest.approx(expected, abs=1e-5)
+    assert main(["heads", str(tmp_path / "m"), "--seed", "1"]) == 0  # another probe: a pass
+    assert calls == [1]
+
+
+def test_qkov_heads_on_a_text_reads_its_icl_score_from_the_text_pass(tmp_path, monkeypatch):
+    """With --text, `qkov heads` scores the heads on the text and reads the ICL score from
+    that pass's losses (no second forward pass): the same score as icl_score on those
+    windows."""
+    import inspect
+
+    from qkov.checkpoint import load
+    from qkov.cli import main
+    from qkov.data.evaluation import evaluation_set
+    from qkov.demo_models import shipped
+
+    folder = shipped("attn2")
+    text = tmp_path / "t.txt"
+    text.write_text(inspect.getsource(json) * 2, encoding="utf-8")
+    model = load(folder)
+    ev = evaluation_set(model, folder, text=text.read_text(encoding="utf-8"))
+    expected = icl_score(model, ev.tokens).score
+    calls = []
+    forward = type(model).forward
+    monkeypatch.setattr(type(model), "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    out = tmp_path / "h.json"
+    assert main(["heads", str(folder), "--text", str(text), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert calls == [] and result["text_scores"]["measured_on"] == "tokens"
+    assert result["icl"]["n_sequences"] == ev.tokens.shape[0] > 1
+    assert result["icl"]["score"] == pytest.approx(expected, abs=1e-5)

@@ -296,6 +296,7 @@ def classify_heads(
     composition: tuple[str, ...] = KINDS,
     knockout: bool = True,
     log: Callable[[str], None] | None = None,
+    token_losses: bool = False,
 ) -> HeadClassification:
     """Label every head from its scores (on the seeded repeated probe unless `tokens` given)
     and, for each induction head, rank the earlier heads its key reads (K-composition) and
@@ -306,10 +307,20 @@ def classify_heads(
     ("q", "v") leaves `.composition.k` NaN outside the induction heads' columns.
     knockout=False skips the knock-outs (one pass per earlier head; past
     `budget.PARTNER_BUDGET` only the likeliest partners: `knockout_heads` names them).
-    log: called with a line as each later part starts (minutes on a 1B model)."""
+    log: called with a line as each later part starts (minutes on a 1B model).
+    token_losses: keep the model's loss on each probe token in `.scores.token_losses`
+    (`head_scores`)."""
     t = thresholds or Thresholds()
     cfg = model.cfg
-    scores = head_scores(model, tokens, half_len=half_len, batch=batch, seq_len=seq_len, seed=seed)
+    scores = head_scores(
+        model,
+        tokens,
+        half_len=half_len,
+        batch=batch,
+        seq_len=seq_len,
+        seed=seed,
+        token_losses=token_losses,
+    )
     if tokens is None:  # the probe head_scores drew (same seed): for the knock-outs
         probe = induction_probe(cfg.d_vocab, batch, seq_len or default_seq_len(cfg.n_ctx), seed)
         tokens, half_len = probe.tokens, probe.half_lens

@@ -41,12 +41,13 @@ from __future__ import annotations
 
 import importlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from qkov import loss
 from qkov.circuits import folded
 from qkov.data.probes import (
     default_seq_len,
@@ -253,6 +254,9 @@ class HeadScores:
     measured_on: str  # "random_tokens" (the seeded induction probe) or "tokens" (given)
     n_sequences: int
     seq_len: int
+    # [batch, pos - 1]: the model's loss on each token of the same pass (`qkov.loss.
+    # token_losses`), when asked (head_scores(token_losses=True)); not in to_dict
+    token_losses: Tensor | None = field(default=None, repr=False)
 
     def get(self, layer: int, head: int) -> dict[str, float]:
         return {name: float(getattr(self, name)[layer, head]) for name in SCORE_NAMES}
@@ -289,12 +293,16 @@ def head_scores(
     seq_len: int | None = None,
     seed: int = 0,
     copying: bool = True,
+    token_losses: bool = False,
 ) -> HeadScores:
     """Score every head on `tokens` [batch, pos], or (None) on the seeded `induction_probe`
     (batch x seq_len, default `default_seq_len(n_ctx)`).
 
     For given tokens that end with a repeated block, pass its `half_len` (int or [batch]) so
-    that `induction` uses the known repeat; otherwise it is the prefix-matching score."""
+    that `induction` uses the known repeat; otherwise it is the prefix-matching score.
+    token_losses: also keep the model's loss on each token from the same pass (for an ICL
+    score on these tokens without a second pass); otherwise the pass stops at the last
+    layer's attention."""
     cfg = model.cfg
     if tokens is None:
         probe = induction_probe(cfg.d_vocab, batch, seq_len or default_seq_len(cfg.n_ctx), seed)
@@ -303,9 +311,12 @@ def head_scores(
         measured_on = "tokens"
     tokens = model.check_tokens(tokens)
     want = ("pattern.", "v.") if copying else ("pattern.",)
-    last = f"pattern.{cfg.n_layers - 1}" if cfg.n_layers else None  # no logits needed
+    last = f"pattern.{cfg.n_layers - 1}" if cfg.n_layers and not token_losses else None
     with torch.no_grad():
-        _, cache = model.run_with_hooks(tokens, cache_names=lambda n: n.startswith(want), stop=last)
+        logits, cache = model.run_with_hooks(
+            tokens, cache_names=lambda n: n.startswith(want), stop=last
+        )
+    losses = None if logits is None or not token_losses else loss.token_losses(logits, tokens)
     rows: dict[str, list[Tensor]] = {name: [] for name in SCORE_NAMES}
     reader = folded(model) if copying else model  # fold once, not per layer
     for l in range(cfg.n_layers):
@@ -325,7 +336,11 @@ def head_scores(
         k: (torch.stack([r.float().cpu() for r in v]) if v else empty) for k, v in rows.items()
     }
     return HeadScores(
-        **stacked, measured_on=measured_on, n_sequences=tokens.shape[0], seq_len=tokens.shape[1]
+        **stacked,
+        measured_on=measured_on,
+        n_sequences=tokens.shape[0],
+        seq_len=tokens.shape[1],
+        token_losses=losses,
     )
 
 

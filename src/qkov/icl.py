@@ -81,8 +81,19 @@ def icl_from_logits(
 ) -> IclResult:
     """ICL score from a forward pass: logits [batch, pos, d_vocab], tokens [batch, pos];
     windows default to `icl_windows(pos)`."""
-    loss = token_losses(logits.detach(), tokens).cpu().double()  # [batch, pos - 1]
-    n = tokens.shape[1]
+    return icl_from_losses(token_losses(logits.detach(), tokens), early, late)
+
+
+def icl_from_losses(
+    losses: Tensor,
+    early: tuple[int, int] | None = None,
+    late: tuple[int, int] | None = None,
+) -> IclResult:
+    """ICL score from the losses of a forward pass (`qkov.loss.token_losses`): losses
+    [batch, pos - 1], column t - 1 the loss of token t; windows default to
+    `icl_windows(pos)`."""
+    loss = losses.detach().cpu().double()  # [batch, pos - 1]
+    n = loss.shape[1] + 1
     e, lt = icl_windows(n)
     early, late = tuple(early or e), tuple(late or lt)
     if not (1 <= early[0] < early[1] <= n and 1 <= late[0] < late[1] <= n):

@@ -74,15 +74,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from qkov.ablation import term_importance
     from qkov.checkpoint import load
     from qkov.classification import classify_heads
     from qkov.cli import plural
     from qkov.cli.analyze import read_text_file
     from qkov.data.evaluation import evaluation_set
+    from qkov.data.probes import default_seq_len, induction_probe
     from qkov.errors import QkovError
     from qkov.heads import head_scores
-    from qkov.icl import icl_score
+    from qkov.icl import icl_from_losses, icl_score
     from qkov.io import atomic_write_text, check_output_file
     from qkov.progress import Stages
 
@@ -101,6 +104,12 @@ def run(args: argparse.Namespace) -> int:
     ev = evaluation_set(
         model, args.dir, text=text, text_name=args.text or "", max_sequences=args.eval_seqs
     )
+    # without a text or a corpus the evaluation set is the probe: its ICL score then reads the
+    # losses of the probe's pass (a second forward pass takes ~25 s at 1B)
+    probe = induction_probe(
+        cfg.d_vocab, args.batch_size, args.seq_len or default_seq_len(cfg.n_ctx), args.seed
+    )
+    icl_on_probe = ev.kind == "random_tokens" and torch.equal(ev.tokens, probe.tokens)
     stage(f"head scores on the repeated-token probe ({plural(cfg.n_layers * cfg.n_heads, 'head')})")
     cls = classify_heads(  # nothing here shows composition past the induction heads' partners
         model,
@@ -109,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         composition=(),
         log=stage,
+        token_losses=icl_on_probe,
     )
     stage("done with the head table")
     s = cls.scores
@@ -121,16 +131,18 @@ def run(args: argparse.Namespace) -> int:
     result: dict[str, object] = {"classification": cls.to_dict(), "evaluation": ev.to_dict()}
     where = f"{ev.description}: {ev.tokens.shape[0]} x {ev.tokens.shape[1]} tokens"
 
+    ts = None
     if ev.kind == "text" and cls.records:
         stage("head scores on the evaluation text")
-        ts = head_scores(model, ev.tokens)
+        ts = head_scores(model, ev.tokens, token_losses=ev.tokens.shape[1] >= 3)
         print(f"\nscores on {where}")
         print(_text_table(ts, cfg.n_layers, cfg.n_heads))
         result["text_scores"] = ts.to_dict()
 
     if ev.tokens.shape[1] >= 3:
         stage("ICL score")
-        icl = icl_score(model, ev.tokens)
+        losses = cls.scores.token_losses if icl_on_probe else getattr(ts, "token_losses", None)
+        icl = icl_score(model, ev.tokens) if losses is None else icl_from_losses(losses)
         print(
             f"\nICL score on {where}: mean loss on tokens {icl.late[0]}-{icl.late[1] - 1} "
             f"({icl.loss_late:.3f}) - on tokens {icl.early[0]}-{icl.early[1] - 1} "

@@ -17,6 +17,7 @@ from qkov.eigenvalues import (
     ov_statistics_all,
     top1_self_fraction,
 )
+from qkov.errors import QkovError
 
 random_model = factories.circuit_model
 
@@ -48,6 +49,14 @@ def test_top1_fraction_matches_dense_argmax(chunk_size):
         rows = torch.tensor([0, 3, 4, 17, 39])  # an estimate over these rows alone
         part = int((own[rows] > others[rows]).sum()) / 5
         assert top1_self_fraction(ov_circuit(model, 0, h), chunk_size, rows) == part
+        # the same rows alone (ov_circuit(sources=...): their rows of the dense circuit),
+        # as ov_statistics forms them for a sample; a shape that is neither is refused
+        alone = ov_circuit(model, 0, h, sources=rows)
+        torch.testing.assert_close(alone.dense(), dense[rows], rtol=0, atol=1e-5)
+        assert top1_self_fraction(alone, chunk_size, rows) == part
+        assert ov_statistics(model, 0, h, rows=rows).top1_fraction == part
+        with pytest.raises(QkovError, match="one square matrix"):
+            top1_self_fraction(alone, chunk_size, rows[:-1])
 
 
 def planted_model(sign: float, d_vocab: int, d_model: int, seed: int = 0) -> AttnOnlyTransformer:

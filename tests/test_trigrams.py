@@ -205,6 +205,32 @@ def test_split_token_trigram_ralph_is_found_and_ranked_as_skip_trigrams():
         split_token_trigrams(model, 0, 0, k=0)
 
 
+def test_split_token_trigrams_rank_any_candidates_as_the_dense_tables_do():
+    """Given candidates (source, destination, out), the ranking and the count of favoured
+    ones (attention > 0 and boost > 0) are those of the dense a and o tables."""
+    cfg = ModelConfig(n_layers=2, n_heads=2, d_model=16, n_ctx=8, d_vocab=25, init_std=0.5)
+    model = AttnOnlyTransformer(cfg)
+    g = torch.Generator().manual_seed(1)
+    cand = torch.randint(0, 25, (60, 3), generator=g)
+    for layer, head in [(0, 1), (1, 0)]:
+        W = {k: v.double() for k, v in model.weights().items()}
+        E, U = W["W_E"], W["W_U"]
+        QK = E @ W["W_Q"][layer, head] @ W["W_K"][layer, head].T @ E.T  # [dest, src]
+        OV = E @ W["W_V"][layer, head] @ W["W_O"][layer, head] @ U  # [src, out]
+        s, d, t = cand.unbind(1)
+        a = (QK - QK.mean(-1, keepdim=True))[d, s] / math.sqrt(cfg.d_head)
+        o = (OV - OV.mean(-1, keepdim=True))[s, t]
+        want = (torch.sigmoid(a) * o).topk(7).values
+        got = split_token_trigrams(model, layer, head, k=7, candidates=cand)
+        assert got.n_candidates == 60 and got.n_favoured == int(((a > 0) & (o > 0)).sum())
+        torch.testing.assert_close(
+            torch.tensor([x.score for x in got.trigrams], dtype=torch.float64),
+            want,
+            atol=1e-5,
+            rtol=0,
+        )
+
+
 def test_saturated_attention_ties_rank_by_attention_whatever_k():
     """Where sigmoid(attention) rounds to 1 in fp32, destinations tie on score: each tie goes
     to the higher attention (the exact order), so the top 8 are the top 8 of a longer list:

@@ -99,20 +99,27 @@ def top1_self_fraction(
     `qkov.trigrams.sample_tokens`; each row still compared over every column); None: every
     row, exact. known [n] bool: the ids that count, as rows and as rivals (a vocabulary
     padded past its tokenizer: `qkov.data.tokenizer.known_ids`); None: all. Rows are formed
-    chunk_size at a time (default: 16 MiB of fp32), so memory stays O(chunk_size * d_vocab)."""
-    if circuit.ndim != 2 or circuit.shape[0] != circuit.shape[1]:
-        raise QkovError(f"top1_self_fraction needs one square matrix, got {list(circuit.shape)}")
-    n = circuit.shape[0]
+    chunk_size at a time (default: 16 MiB of fp32), so memory stays O(chunk_size * d_vocab).
+    With rows, circuit may hold those rows alone, in their order ([len(rows), n], fewer
+    than n: `ov_circuit(..., sources=rows)`)."""
+    n = circuit.shape[-1]
+    only_rows = rows is not None and circuit.ndim == 2 and circuit.shape[0] == len(rows) < n
+    if circuit.ndim != 2 or (circuit.shape[0] != n and not only_rows):
+        raise QkovError(
+            f"top1_self_fraction needs one square matrix (or its `rows` alone), got "
+            f"{list(circuit.shape)}"
+        )
     ids = torch.arange(n) if rows is None else rows.cpu()
-    if known is not None:
-        ids = ids[known.cpu()[ids]]  # padding ids: no text holds them, as rows or rivals
+    at = torch.arange(len(ids)) if only_rows else ids  # where each id's row is in circuit.A
     chunk = chunk_size or max(1, CHUNK_ELEMENTS // n)
     if chunk < 1:
         raise QkovError(f"chunk_size must be >= 1, got {chunk_size}")
     hits = 0
+    keep = torch.ones(len(ids), dtype=torch.bool) if known is None else known.cpu()[ids]
+    ids, at = ids[keep], at[keep]  # padding ids: no text holds them, as rows or rivals
     for start in range(0, ids.numel(), chunk):
         part = ids[start : start + chunk].to(circuit.device)  # [c] row ids
-        block = (circuit.A[part] @ circuit.B).float()  # [c, n]
+        block = (circuit.A[at[start : start + chunk].to(circuit.device)] @ circuit.B).float()
         if known is not None:
             block[:, ~known.to(block.device)] = float("-inf")
         idx = torch.arange(part.numel(), device=block.device)
@@ -161,9 +168,11 @@ def ov_statistics(
     (layer, head); rows: the top-1 fraction over only these tokens (an estimate,
     `top1_self_fraction`). A vocabulary padded past its tokenizer counts only the
     tokenizer's ids (no text holds the others), as skip-trigrams do."""
-    circuit = ov_circuit(model, layer, head)
+    V = model.cfg.d_vocab
+    sampled = rows is not None and len(rows) < V  # the rows alone: their cost, not d_vocab's
+    circuit = ov_circuit(model, layer, head, sources=rows if sampled else None)
     eig = ov_eigenvalues(model, layer, head)
-    known = known_ids(model.cfg.d_vocab, getattr(model, "tokenizer", None))
+    known = known_ids(V, getattr(model, "tokenizer", None))
     return OVStatistics(
         layer=layer,
         head=head,

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from qkov.circuits import CHUNK_ELEMENTS, check_head, folded, token_embedding
+from qkov.circuits import CHUNK_ELEMENTS, cached, check_head, folded, token_embedding
 from qkov.data.tokenizer import decode_token, known_ids
 from qkov.errors import QkovError
 from qkov.model import AttnOnlyTransformer
@@ -177,9 +177,12 @@ class _HeadScorer:
         # Centring through the factors: mean_s QK[d, s] = q[d] . mean_s k[s], so
         # a[d, s] * sqrt(d_head) = q[d] . (k[s] - mean k): no pass over a vocab row; the mean
         # key is that of the mean embedding (linear). Likewise each OV row's mean.
-        k_mean = self.E.mean(0) @ self.W_K
+        # (the two vocabulary means are the model's, kept on it: every head asks)
+        E_mean = cached(m, "mean_token_embedding", lambda: self.E.mean(0), self.E)
+        k_mean = E_mean @ self.W_K
         self.k_mean = k_mean + self.b_K if bias else k_mean  # [d_head]
-        self.OU_mean = self.W_O @ self.W_U.mean(-1)  # [d_head]
+        U_mean = cached(m, "mean_W_U_column", lambda: self.W_U.mean(-1), self.W_U)
+        self.OU_mean = self.W_O @ U_mean  # [d_head]
         self.device, self.dtype = self.E.device, self.E.dtype
 
     def q_rows(self, destinations: Tensor | int) -> Tensor:
@@ -201,14 +204,16 @@ class _HeadScorer:
         """W_O W_U over every out: [d_head, d_vocab] (formed on first use)."""
         return self.W_O @ self.W_U
 
-    def k_centred(self, sources: Tensor | int) -> Tensor:
-        """k[sources] - mean k: [c, d_head] (or [d_head] for one source)."""
-        k = self.E[sources] @ self.W_K
+    def k_centred(self, sources: Tensor | int, embedded: bool = False) -> Tensor:
+        """k[sources] - mean k: [c, d_head] (or [d_head] for one source). embedded: sources
+        are the rows E[sources] already, [c, d_model]."""
+        k = (sources if embedded else self.E[sources]) @ self.W_K
         return (k + self.b_K if self.b_K is not None else k) - self.k_mean
 
-    def v(self, sources: Tensor | int) -> Tensor:
-        """The OV circuit's left factor at sources, E W_V + b_V: [c, d_head]."""
-        v = self.E[sources] @ self.W_V
+    def v(self, sources: Tensor | int, embedded: bool = False) -> Tensor:
+        """The OV circuit's left factor at sources, E W_V + b_V: [c, d_head]. embedded: as
+        for k_centred."""
+        v = (sources if embedded else self.E[sources]) @ self.W_V
         return v + self.b_V if self.b_V is not None else v
 
     def ov_mean(self, sources: Tensor | int) -> Tensor:
@@ -424,6 +429,9 @@ def split_token_candidates(model: AttnOnlyTransformer, keep: Tensor | None = Non
     return torch.tensor(rows, dtype=torch.long).reshape(-1, 3)
 
 
+_SPLIT_CHUNK = 256  # candidates per step of split_token_trigrams: [256, d_model] blocks
+
+
 @torch.no_grad()
 def split_token_trigrams(
     model: AttnOnlyTransformer,
@@ -448,9 +456,15 @@ def split_token_trigrams(
         return SplitTokenTrigrams(layer, head, 0, 0, [])
     sc = _HeadScorer(model, layer, head)
     cand = candidates.to(sc.device)
-    s, d, t = cand.unbind(1)
-    a = (sc.q_rows(d) * sc.k_centred(s)).sum(-1) * sc.scale  # [n] centred attention logits
-    o = (sc.v(s) * sc.OU_cols(t).T).sum(-1) - sc.ov_mean(s)  # [n] centred boosts
+    a, o = torch.empty(2, cand.shape[0], dtype=sc.dtype, device=sc.device)
+    for i in range(0, cand.shape[0], _SPLIT_CHUNK):  # [c, d_model] blocks that stay in cache
+        s, d, t = cand[i : i + _SPLIT_CHUNK].unbind(1)
+        E_s = sc.E[s]  # gathered once: a gather costs as much as the products
+        key = sc.k_centred(E_s, embedded=True)
+        a[i : i + _SPLIT_CHUNK] = (sc.q_rows(d) * key).sum(-1) * sc.scale  # centred attention
+        v_s = sc.v(E_s, embedded=True)  # [c, d_head]
+        boost = ((v_s @ sc.W_O) * sc.W_U.T[t]).sum(-1) - v_s @ sc.OU_mean  # centred
+        o[i : i + _SPLIT_CHUNK] = boost
     score = torch.sigmoid(a) * o
     best = score.topk(min(k, score.numel())).indices
     trigrams = [sc.trigram(*(int(x) for x in cand[i])) for i in best.tolist()]

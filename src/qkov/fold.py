@@ -77,7 +77,11 @@ def fold_layernorm(
     A layernorm model gains biases (bias=True) where ln_b had none to go. With nothing to
     fold (normalization "none" or "rms") and center_unembed=False the model itself is
     returned. center_writing=False is allowed only without layernorm (the folded model would
-    need a centring norm that the folded config cannot express)."""
+    need a centring norm that the folded config cannot express).
+
+    The tensors the fold leaves as they are (an rmsnorm fold's W_E, W_O, W_out and biases,
+    a third of a Llama-style model; a layernorm fold changes them all) are the original's
+    own, shared, not copied: an in-place write to one is a write to the other."""
     if is_folded(model) and not center_unembed:
         return model
     # Every analysis asks for the fold (per head, for some): a 124M-parameter model is folded
@@ -119,16 +123,28 @@ def _fold(model: Transformer, center_writing: bool, center_unembed: bool) -> Tra
     # the model's own dtype gives the float64 fold's bits, in a third of the time at 1B.
     wide = torch.float64 if layernorm or center_unembed else model.W_E.dtype
     written: set[str] = set()
+    # A tensor the fold leaves as it is (an rmsnorm fold's W_E, W_O, W_out, ...: a third of a
+    # 1B model) is not copied: the folded model shares the original's (`_share`).
+    kept = {k for k in src if k in dst and k not in MODEL_WIDE and model.W_E.dtype == wide}
     for l in range(cfg.n_layers):
-        w = {k: v[l].to(wide) for k, v in src.items() if k not in MODEL_WIDE}
+        original = {k: v[l] for k, v in src.items() if k not in MODEL_WIDE}
+        w = {k: v.to(wide) for k, v in original.items()}
         for name in ("W_K", "W_V", "b_K", "b_V"):  # grouped-query attention: a copy per head
             if name in w:
                 w[name] = per_query_head(w[name], cfg.n_heads)
         _fold_layer(w, kind, center_writing, cfg.d_mlp > 0, cfg.gated_mlp)
+        changed = {k for k in kept if w.get(k) is not original[k]}
+        for name in changed if l else ():  # its earlier layers were left as they are
+            dst[name][:l].copy_(src[name][:l])
+        kept -= changed
         for name, value in w.items():
-            dst[name][l].copy_(value)
+            if name not in kept:
+                dst[name][l].copy_(value)
             written.add(name)
+    for name in kept & written:  # unchanged in every layer
+        _share(folded, model, name)
     w = {k: v.to(wide) for k, v in src.items() if k in MODEL_WIDE}
+    original = {k: src[k] for k in w}
     if kind in ("layernorm", "rmsnorm"):
         w["W_U"], w["b_U"] = _fold_reader(
             w["W_U"], w.get("b_U"), w.pop("ln_final_w"), w.pop("ln_final_b", None), layernorm
@@ -142,9 +158,13 @@ def _fold(model: Transformer, center_writing: bool, center_unembed: bool) -> Tra
         if w.get("b_U") is not None:
             w["b_U"] = w["b_U"] - w["b_U"].mean()
     for name, value in w.items():
-        if value is not None:
+        if value is None:
+            continue
+        if value is original.get(name):
+            _share(folded, model, name)
+        else:
             dst[name].copy_(value)
-            written.add(name)
+        written.add(name)
     # Biases the original lacked (a layernorm model with bias=False) stay zero.
     for name, value in dst.items():
         if name not in written:
@@ -152,6 +172,11 @@ def _fold(model: Transformer, center_writing: bool, center_unembed: bool) -> Tra
     folded.tokenizer, folded.token_counts = model.tokenizer, model.token_counts
     folded.train(model.training)
     return folded
+
+
+def _share(folded: Transformer, model: Transformer, name: str) -> None:
+    """Give `folded` the original's tensor `name` itself (same shape, dtype, values)."""
+    folded._parameters[name] = model._parameters[name]
 
 
 def _fold_layer(

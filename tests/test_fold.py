@@ -144,28 +144,34 @@ def test_model_wide_names_are_the_tensors_without_a_layer_axis(normalization):
     assert {n for n, s in shapes.items() if s[0] != 3} == set(MODEL_WIDE) & set(shapes)
 
 
-def test_an_rmsnorm_fold_shares_the_tensors_it_leaves_as_they_are() -> None:
+def test_an_rmsnorm_fold_shares_the_tensors_it_leaves_as_they_are_when_asked() -> None:
     """W_E, W_O, W_out (a third of a Llama-style model) come out of an rmsnorm fold as they
-    went in: the folded model holds the original's tensors, not copies (1.6 GB less at 1B),
-    and still gives the same logits. A weight written in place is the same weight in both,
-    and the next fold sees the write. A layernorm fold centres the writers: no sharing."""
+    went in. With share=True (the analyses' fold, `qkov.circuits.folded`) the folded model
+    holds the original's tensors, not copies (1.6 GB less at 1B), and still gives the same
+    logits; a weight written in place is the same weight in both, and the next fold sees
+    the write. By default the fold copies them (a model of its own, safe to cast or move),
+    and a layernorm fold centres the writers: nothing to share."""
+    from qkov.circuits import folded as analyses_fold
+
+    def shared_with(original: Transformer, folded: Transformer) -> set[str]:
+        mine = dict(original.named_parameters())
+        return {n for n, p in folded.named_parameters() if n in mine and p is mine[n]}
+
     model = llama_like(2, 32, 8)
-    folded = fold_layernorm(model, center_unembed=False)
-    shared = {
-        n
-        for n, p in folded.named_parameters()
-        if p.data_ptr() == getattr(model, n, torch.empty(0)).data_ptr()
-    }
-    assert shared == {"W_E", "W_O", "W_out"}  # W_Q, W_K, W_V, W_in, W_gate, W_U read a norm
+    folded = fold_layernorm(model, center_unembed=False, share=True)
+    assert shared_with(model, folded) == {"W_E", "W_O", "W_out"}  # the rest read a norm
+    assert analyses_fold(model) is folded  # the same fold, cached
     tokens = random_tokens(model)
     torch.testing.assert_close(folded(tokens), model(tokens), atol=1e-5, rtol=1e-5)
     with torch.no_grad():
         model.W_O[1, 2] *= 3.0
     assert torch.equal(folded.W_O, model.W_O)
-    refolded = fold_layernorm(model, center_unembed=False)
+    refolded = fold_layernorm(model, center_unembed=False, share=True)
+    assert refolded is not folded
     torch.testing.assert_close(refolded(tokens), model(tokens), atol=1e-5, rtol=1e-5)
+    own = fold_layernorm(model, center_unembed=False)
+    assert not shared_with(model, own) and torch.equal(own.W_O, model.W_O)
+    own.double()  # a model of its own: the original stays float32
+    assert model.W_O.dtype == torch.float32
     ln = general_model(2, normalization="layernorm")
-    ln_folded = fold_layernorm(ln, center_unembed=False)
-    assert not {
-        n for n, p in ln_folded.named_parameters() if p.data_ptr() == getattr(ln, n).data_ptr()
-    }
+    assert not shared_with(ln, fold_layernorm(ln, center_unembed=False, share=True))

@@ -65,7 +65,11 @@ def _fold_reader(
 
 @torch.no_grad()
 def fold_layernorm(
-    model: Transformer, *, center_writing: bool = True, center_unembed: bool = True
+    model: Transformer,
+    *,
+    center_writing: bool = True,
+    center_unembed: bool = True,
+    share: bool = False,
 ) -> Transformer:
     """An equivalent model with the norms' weights (and layernorm's biases) folded into the
     reading matrices and, for layernorm, the writing matrices centred (see the module
@@ -79,23 +83,33 @@ def fold_layernorm(
     returned. center_writing=False is allowed only without layernorm (the folded model would
     need a centring norm that the folded config cannot express).
 
-    The tensors the fold leaves as they are (an rmsnorm fold's W_E, W_O, W_out and biases,
-    a third of a Llama-style model; a layernorm fold changes them all) are the original's
-    own, shared, not copied: an in-place write to one is a write to the other."""
+    share=True: the tensors the fold leaves as they are (an rmsnorm fold's W_E, W_O, W_out
+    and biases, a third of a Llama-style model; a layernorm fold changes them all) are the
+    original's own, not copies: an in-place write to one is a write to the other, and a
+    cast or move of the folded model (`.double()`, `.to("cuda")`) would cast or move them in
+    the original too. The analyses' own fold (`qkov.circuits.folded`) shares; by default
+    the folded model is a model of its own."""
     if is_folded(model) and not center_unembed:
         return model
     # Every analysis asks for the fold (per head, for some): a 124M-parameter model is folded
     # once, and again only when a weight changes (each in-place write bumps a version).
-    key = (center_writing, center_unembed, [(p.data_ptr(), p._version) for p in model.parameters()])
+    key = (
+        center_writing,
+        center_unembed,
+        share,
+        [(p.data_ptr(), p._version) for p in model.parameters()],
+    )
     cached = model.__dict__.get("_qkov_fold")
     if cached is not None and cached[0] == key:
         return cached[1]
-    folded = _fold(model, center_writing, center_unembed)
+    folded = _fold(model, center_writing, center_unembed, share)
     model.__dict__["_qkov_fold"] = (key, folded)  # not a submodule: no parameters, no state
     return folded
 
 
-def _fold(model: Transformer, center_writing: bool, center_unembed: bool) -> Transformer:
+def _fold(
+    model: Transformer, center_writing: bool, center_unembed: bool, share: bool
+) -> Transformer:
     cfg = model.cfg
     kind = cfg.normalization
     if kind == "layernorm" and not center_writing:
@@ -123,9 +137,10 @@ def _fold(model: Transformer, center_writing: bool, center_unembed: bool) -> Tra
     # the model's own dtype gives the float64 fold's bits, in a third of the time at 1B.
     wide = torch.float64 if layernorm or center_unembed else model.W_E.dtype
     written: set[str] = set()
-    # A tensor the fold leaves as it is (an rmsnorm fold's W_E, W_O, W_out, ...: a third of a
-    # 1B model) is not copied: the folded model shares the original's (`_share`).
-    kept = {k for k in src if k in dst and k not in MODEL_WIDE and model.W_E.dtype == wide}
+    # share: a tensor the fold leaves as it is (an rmsnorm fold's W_E, W_O, W_out, ...: a
+    # third of a 1B model) is not copied; the folded model holds the original's (`_share`).
+    same_dtype = model.W_E.dtype == wide
+    kept = {k for k in src if share and same_dtype and k in dst and k not in MODEL_WIDE}
     for l in range(cfg.n_layers):
         original = {k: v[l] for k, v in src.items() if k not in MODEL_WIDE}
         w = {k: v.to(wide) for k, v in original.items()}
@@ -160,7 +175,7 @@ def _fold(model: Transformer, center_writing: bool, center_unembed: bool) -> Tra
     for name, value in w.items():
         if value is None:
             continue
-        if value is original.get(name):
+        if share and value is original.get(name):
             _share(folded, model, name)
         else:
             dst[name].copy_(value)

@@ -310,7 +310,7 @@ def unembedded_paths(
         f"{tokens.numel()} tokens",
     )
     clean = model(tokens)
-    model = fold_layernorm(model, center_unembed=False)
+    model = fold_layernorm(model, center_unembed=False, share=True)
     cfg = model.cfg
     w = model.weights()
     _, cache = model.run_with_cache(tokens, names=_frozen_names)

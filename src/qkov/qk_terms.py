@@ -204,7 +204,7 @@ def qk_expansion(
         return 4 * (sides * batch * n * cfg.d_model + sides**2 * batch * n * n)
 
     check_path_memory(cfg, max_order, need, f"the QK expansion of L{layer}H{head}")
-    model = fold_layernorm(model, center_unembed=False)
+    model = fold_layernorm(model, center_unembed=False, share=True)
     cfg, w = model.cfg, model.weights()
     _, cache = model.run_with_cache(tokens, names=lambda n: n.split(".")[0] in _FROZEN)
     scale = frozen_scales(model, cache)

@@ -168,7 +168,7 @@ def repeated_token_logit(model: Transformer, tokens: Tensor, half_len: int) -> R
     from qkov.fold import fold_layernorm
     from qkov.paths import frozen_scales
 
-    m = fold_layernorm(model, center_unembed=False)
+    m = fold_layernorm(model, center_unembed=False, share=True)
     cfg, w = m.cfg, m.weights()
     # Each head's output is formed from z (its d_head-wide mix of values) one head at a time:
     # cached whole, head_out is [batch, head, pos, d_model] per layer (5.8 GB at TinyLlama).

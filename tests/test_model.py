@@ -114,8 +114,8 @@ def test_a_pass_stopped_at_a_hook_point_skips_what_follows():
     stopped: list[str] = []
     model.run_with_hooks(tokens, {"pattern.2": lambda x, n: stopped.append(n)}, stop="pattern.2")
     assert stopped == ["pattern.2"]
-    _, bare = model.run_with_hooks(tokens, stop="pattern.0")  # computed to stop, not cached
-    assert bare == {}
+    bare = model.run_with_hooks(tokens, stop="pattern.0")  # computed to stop at, not cached
+    assert bare == (None, {})
     with pytest.raises(QkovError, match="unknown hook name 'pattern.3' to stop at"):
         model.run_with_hooks(tokens, stop="pattern.3")
 

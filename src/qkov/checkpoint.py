@@ -108,7 +108,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Transformer:
     check_weight_shapes(
         cfg, weights, str(path / WEIGHTS)
     )  # before allocating what config.json asks
-    model = Transformer(cfg)
+    model = Transformer.empty(cfg)  # every weight is then written
     model.load_weights(weights, source=str(path / WEIGHTS))
     if (path / TOKENIZER).is_file():
         tok = load_tokenizer(path / TOKENIZER)

@@ -16,17 +16,21 @@ from qkov.model import AttnOnlyTransformer, Transformer
 from qkov.rotary import relative_rotation
 
 
-def _embedding_grams(model: Transformer) -> dict[str, Tensor]:
+def _embedding_grams(model: Transformer, side: str) -> dict[str, Tensor]:
     """Of E = token_embedding(model) [d_vocab, d_model], the d_model-sized products the token
-    circuits' spectra need (fp32 or wider): E^T E, W_U^T-side W_U E, E^T 1 and W_U 1."""
+    circuits' spectra need (fp32 or wider), formed once per model and side: for "qk" E^T E
+    and E^T 1, for "ov" W_U E and W_U 1 (each a d_vocab-long matmul: 1.2 s at 1B)."""
     m = folded(model)
     E = token_embedding(m)
 
     def make() -> dict[str, Tensor]:
-        Ew, Uw = _wide(E), _wide(m.W_U.detach())
-        return {"EE": Ew.T @ Ew, "UE": Uw @ Ew, "E1": Ew.sum(0), "U1": Uw.sum(1)}
+        Ew = _wide(E)
+        if side == "qk":
+            return {"EE": Ew.T @ Ew, "E1": Ew.sum(0)}
+        Uw = _wide(m.W_U.detach())
+        return {"UE": Uw @ Ew, "U1": Uw.sum(1)}
 
-    return cached(m, "embedding_grams", make, E, m.W_U)
+    return cached(m, f"embedding_grams_{side}", make, E, *([m.W_U] if side == "ov" else []))
 
 
 def _wide(t: Tensor) -> Tensor:
@@ -41,7 +45,7 @@ def qk_eigenvalues(model: Transformer, layer: int, head: int, offset: int = 0) -
     float rounding."""
     check_head(model, layer, head)
     m = folded(model)
-    w, g = m.weights(), _embedding_grams(m)
+    w, g = m.weights(), _embedding_grams(m, "qk")
     W_Q, W_K = _wide(w["W_Q"][layer, head]), _wide(w["W_K"][layer, head])
     M = W_K.T @ g["EE"] @ W_Q  # [d_head, d_head]
     if m.cfg.bias:
@@ -77,7 +81,7 @@ def ov_eigenvalues(model: AttnOnlyTransformer, layer: int, head: int) -> Tensor:
     model, never the vocab x vocab matrix (nor a d_vocab-sized product per head)."""
     check_head(model, layer, head)
     m = folded(model)
-    w, g = m.weights(), _embedding_grams(m)
+    w, g = m.weights(), _embedding_grams(m, "ov")
     W_O, W_V = _wide(w["W_O"][layer, head]), _wide(w["W_V"][layer, head])
     M = W_O @ g["UE"] @ W_V  # [d_head, d_head]
     if m.cfg.bias:

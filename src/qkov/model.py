@@ -100,7 +100,15 @@ class _Stopped(Exception):
 class Transformer(nn.Module):
     """Decoder transformer; weights are nn.Parameters named as in the paper."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        *,
+        init: bool = True,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        """init=False allocates the weights without drawing them (see `empty`)."""
         super().__init__()
         self.cfg = cfg
         self.tokenizer = None  # a tokenizers.Tokenizer when loaded from a checkpoint dir
@@ -113,11 +121,13 @@ class Transformer(nn.Module):
         # Matrices draw from one generator in weight_shapes' order (the attention-only ones
         # first, so their values do not depend on the rest); biases start at 0, norm weights 1.
         for name, shape in weight_shapes(cfg).items():
-            if name.startswith("W_"):
+            if not init:
+                value = torch.empty(shape, device=device, dtype=dtype)
+            elif name.startswith("W_"):
                 value = torch.randn(*shape, generator=g) * std.get(name, cfg.init_std)
             else:
                 value = torch.ones(shape) if name.endswith("_w") else torch.zeros(shape)
-            setattr(self, name, nn.Parameter(value))
+            setattr(self, name, nn.Parameter(value.to(device=device, dtype=dtype)))
         if cfg.positional == "none":
             self.W_pos.data.zero_()
             self.W_pos.requires_grad_(False)
@@ -130,10 +140,9 @@ class Transformer(nn.Module):
         cls, cfg: ModelConfig, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
     ) -> Transformer:
         """A model whose weights are allocated but not initialised (no random draws): for
-        loaders and the fold, which then write every weight (`load_weights`)."""
-        with torch.device("meta"):
-            model = cls(cfg)
-        return model.to_empty(device=device).to(dtype=dtype or torch.float32)
+        loaders and the fold, which then write every weight (`load_weights`). Each weight is
+        allocated once, on `device` in `dtype` (float32 by default)."""
+        return cls(cfg, init=False, device=device, dtype=dtype or torch.float32)
 
     @classmethod
     def from_weights(cls, cfg: ModelConfig, weights: dict[str, Tensor]) -> Transformer:

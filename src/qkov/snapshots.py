@@ -68,7 +68,7 @@ def load_snapshot(run_dir: str | Path, step: int) -> Transformer:
     cfg = ModelConfig.load(run / CONFIG)
     weights = load_safetensors(path)
     check_weight_shapes(cfg, weights, str(path))
-    model = Transformer(cfg)
+    model = Transformer.empty(cfg)  # every weight is then written
     model.load_weights(weights, source=str(path))
     if (run / TOKENIZER).is_file():
         model.tokenizer = load_tokenizer(run / TOKENIZER)

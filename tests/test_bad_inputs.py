@@ -601,12 +601,21 @@ def test_unwritable_output_is_refused_before_any_work(writer, shape, base, tmp_p
     assert tree(env.tmp, env.run) == before, (writer, shape)  # nothing written, nothing lost
 
 
-def test_analyze_refuses_an_empty_text_file(base, tmp_path):
-    """`--text-file empty.txt` must not silently fall back to a built-in snippet."""
+@pytest.mark.parametrize(
+    "command",
+    [["analyze", "--text-file"], ["heads", "--text-file"], ["heads", "--text"]],
+    ids=" ".join,
+)
+def test_an_empty_text_file_is_refused(base, tmp_path, command):
+    """`--text-file empty.txt` must not silently fall back to a built-in snippet (nor, in
+    `qkov heads`, under its first name `--text`)."""
     env = make_env(*base, tmp_path / "case")
     empty = env.tmp / "empty.txt"
     empty.write_text("")
-    code, err = cli("analyze", env.run, "--out", env.tmp / "o", "--text-file", empty)
+    name, flag = command
+    out = ["--json", env.tmp / "o" / "h.json"] if name == "heads" else ["--out", env.tmp / "o"]
+    code, err = cli(name, env.run, *out, flag, empty)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and str(empty) in lines[0], (code, err)
+    assert "--text-file" in lines[0], lines
     assert not (env.tmp / "o").exists()

@@ -89,7 +89,7 @@ def test_icl_from_the_losses_of_head_scores_pass_without_a_second_pass(tmp_path,
 
 
 def test_qkov_heads_on_a_text_reads_its_icl_score_from_the_text_pass(tmp_path, monkeypatch):
-    """With --text, `qkov heads` scores the heads on the text and reads the ICL score from
+    """With --text-file, `qkov heads` scores the heads on the text and reads the ICL score from
     that pass's losses (no second forward pass): the same score as icl_score on those
     windows."""
     import inspect
@@ -109,7 +109,7 @@ def test_qkov_heads_on_a_text_reads_its_icl_score_from_the_text_pass(tmp_path, m
     forward = type(model).forward
     monkeypatch.setattr(type(model), "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
     out = tmp_path / "h.json"
-    assert main(["heads", str(folder), "--text", str(text), "--json", str(out)]) == 0
+    assert main(["heads", str(folder), "--text-file", str(text), "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert calls == [] and result["text_scores"]["measured_on"] == "tokens"
     assert result["icl"]["n_sequences"] == ev.tokens.shape[0] > 1

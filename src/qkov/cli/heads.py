@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Score every head on a seeded batch of random tokens ending in a repeated "
         "block (the induction probe), label it, and name the earlier heads each induction "
         "head's key reads (K-composition). The ICL score (and --terms) are measured on the "
-        "evaluation set: --text if given, else held-out documents of the training corpus, "
+        "evaluation set: --text-file if given, else held-out documents of the training corpus, "
         "else the probe.",
     )
     p.add_argument("dir", help="checkpoint directory (a hub id with --download)")
@@ -30,10 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="probe seed")
     p.add_argument(
-        "--text",
+        "--text-file",
+        "--text",  # its first name, kept
+        dest="text",
         default=None,
         help="a text file: score heads on it too, and evaluate on it (encoded with the "
-        "checkpoint's tokenizer, in windows of n_ctx)",
+        "checkpoint's tokenizer, in windows of n_ctx), as in `qkov analyze --text-file`",
     )
     p.add_argument(
         "--eval-seqs", type=int, default=256, help="at most this many evaluation sequences"
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         raise QkovError("--batch-size, --eval-seqs and --qk-seqs must be at least 1")
     if args.qk_max_order is not None and args.qk_max_order < 0:
         raise QkovError(f"--qk-max-order must be >= 0, got {args.qk_max_order}")
-    text = read_text_file(args.text, "--text") if args.text else None
+    text = read_text_file(args.text, "--text-file") if args.text else None
     (args.dir,) = model_dirs(args, [args.dir])
     stage = Stages(args.dir, lambda line: print(line, file=sys.stderr, flush=True))
     model = load(args.dir)

@@ -340,6 +340,37 @@ def test_composition_scores_match_tl(tl):
         assert (want[~earlier] == 0).all()
 
 
+@pytest.mark.parametrize("norm", ["LN", "RMS"])
+def test_composition_scores_of_a_normed_model_match_tl_s_folded_model(tl, norm):
+    """qkov folds the norm weights in itself (and centres the writers for LayerNorm); TL's
+    scores are of the model it folds on loading (fold_ln, center_writing_weights), the
+    form its GPT-2 comes in. Observed: equal to ~2e-7."""
+    from qkov.composition import composition_scores
+
+    hooked = tl_model(tl, 3, "standard", norm=norm, attn_only=False)
+    scores = composition_scores(from_transformer_lens(hooked), n_baseline=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        folded = tl.HookedTransformer(hooked.cfg)
+    folded.load_and_process_state_dict(
+        hooked.state_dict(),
+        fold_ln=True,
+        center_writing_weights=True,
+        center_unembed=False,
+        fold_value_biases=False,
+        refactor_factored_attn_matrices=False,
+    )
+    for kind in ("q", "k", "v"):
+        want = folded.all_composition_scores(kind.upper())
+        ours = scores.get(kind)
+        earlier = ~torch.isnan(ours)
+        assert earlier.sum() == 3 * 16 and want[earlier].std() > 0.01
+        torch.testing.assert_close(ours[earlier], want[earlier], atol=ATOL, rtol=0)
+    # and not by accident: the unfolded TL model's scores differ
+    unfolded = hooked.all_composition_scores("K")
+    assert (unfolded[earlier] - scores.k[earlier]).abs().max() > 1e-3
+
+
 def test_factored_eigenvalues_match_tl(tl):
     from qkov.factored import FactoredMatrix
 

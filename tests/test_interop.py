@@ -371,6 +371,42 @@ def test_composition_scores_of_a_normed_model_match_tl_s_folded_model(tl, norm):
     assert (unfolded[earlier] - scores.k[earlier]).abs().max() > 1e-3
 
 
+def test_head_detectors_match_tl_s_detect_head(tl):
+    """TL's detect_head ("mul", its defaults) divides each sequence's attention on the
+    detection pattern by all n rows; qkov averages over the destinations that have such a
+    source (previous token: n - 1 of them; duplicate and prefix matching: those with an
+    earlier copy). On a sequence without two equal tokens side by side TL's induction
+    pattern is qkov's prefix matching, so each score is TL's times n / (those destinations)."""
+    from transformer_lens.head_detector import detect_head
+
+    from qkov.heads import _earlier_same, head_scores
+
+    hooked = tl_model(tl, 2, "standard", norm="LN", attn_only=False)
+    hooked.to_tokens = lambda seq, **kw: seq  # token ids in, as qkov takes them
+    model = from_transformer_lens(hooked)
+    block = torch.tensor([3, 17, 8, 41, 29, 5, 12])  # repeated: no equal neighbours
+    seqs = [torch.cat([torch.tensor([9]), block, block])[None], torch.arange(30, 45)[None]]
+    for seq in seqs:
+        n = seq.shape[1]
+        ours = head_scores(model, seq, copying=False)
+        dup = _earlier_same(seq)[0]
+        n_dup = int(dup.any(-1).sum())  # destinations with an earlier copy of their token
+        after = torch.zeros_like(dup)
+        after[:, 1:] = dup[:, :-1]  # source j + 1 after an earlier copy j of the destination
+        n_after = int((after & torch.ones(n, n, dtype=torch.bool).tril(-1)).any(-1).sum())
+        for kind, score, n_rows in (
+            ("previous_token_head", ours.previous_token, n - 1),
+            ("duplicate_token_head", ours.duplicate_token, n_dup),
+            ("induction_head", ours.prefix_matching, n_after),
+        ):
+            want = detect_head(hooked, seq, kind)
+            if n_rows == 0:  # no such destination: qkov says NaN, TL 0
+                assert torch.isnan(score).all() and (want == 0).all(), kind
+                continue
+            torch.testing.assert_close(score * n_rows / n, want.float(), atol=1e-6, rtol=0)
+    assert ours.previous_token.std() > 0.01  # heads that differ: a real comparison
+
+
 def test_factored_eigenvalues_match_tl(tl):
     from qkov.factored import FactoredMatrix
 

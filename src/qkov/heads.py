@@ -31,6 +31,10 @@ A [batch, head, destination, source] of a forward pass (Olsson et al., 2022):
                      repeated probe every sequence has the same repeat structure, so induction
                      and duplicate-token heads score high too: read it after the others.
 
+TransformerLens's `detect_head` ("mul") divides the same attention mass by every destination,
+not those that have such a source: its previous-token score is this one times (n - 1) / n,
+its duplicate-token and induction (a prefix-matching pattern) scores likewise (tested).
+
 The standard probe (`induction_probe`) is a seeded batch of random filler followed by a
 random block repeated twice, the block length varying from row to row: with one fixed
 period (`repeated_random_tokens`) a head that attends a fixed offset back through W_pos

@@ -76,7 +76,7 @@ CASES: list[tuple[str, str, Callable[[Path], None], list[str]]] = [
 ]
 
 
-@pytest.mark.parametrize("command", ["heads", "circuits", "sample", "analyze"])
+@pytest.mark.parametrize("command", ["heads", "circuits", "sample", "analyze", "info"])
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_folder_is_one_line_exit_2(case, command, folders, tmp_path):
     name, start, damage, words = case

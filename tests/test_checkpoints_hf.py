@@ -58,6 +58,31 @@ def test_tokenizer_round_trips(tmp_path):
     assert model(torch.tensor([ids])).shape == (1, len(ids), model.cfg.d_vocab)
 
 
+def test_info_describes_a_folder_from_its_headers(tmp_path, monkeypatch, capsys):
+    """`qkov info` on a sharded bf16 folder: the config qkov.load would build, the stored
+    dtype and files, and no weight read (a 1B folder took 7 s to load for this)."""
+    from qkov.cli import main
+
+    hf = hf_model("llama").to(torch.bfloat16)
+    folder = save_folder(hf, tmp_path / "llama", tiny_tokenizer(), max_shard_size="20KB")
+    n_files = len(list(folder.glob("model-*-of-*.safetensors")))
+    cfg = qkov.load(folder).cfg
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("qkov info read the weights")
+
+    monkeypatch.setattr(qkov.hf, "read_tensors", no_read)
+    assert main(["info", str(folder)]) == 0
+    out = capsys.readouterr().out
+    rows = dict(line.split(None, 1) for line in out.splitlines()[1:])
+    assert "Hugging Face llama folder" in out.splitlines()[0]
+    assert rows["n_layers"] == str(cfg.n_layers) and rows["n_kv_heads"] == str(cfg.n_kv_heads)
+    assert rows["params"] == f"{cfg.n_params:,}"
+    assert rows["stored"].startswith(f"BF16 in {n_files} files")
+    assert rows["tokenizer"] == f"{tiny_tokenizer().get_vocab_size():,} tokens"
+    assert "seed" not in rows and "init_std" not in rows  # how qkov trains, not this model's
+
+
 @pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "llama", "qwen2"])
 def test_bf16_folder_loads_and_every_analysis_runs(family, tmp_path):
     hf = hf_model(family).to(torch.bfloat16)

@@ -13,7 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "info",
         help="describe a checkpoint directory",
         description="Print a checkpoint's config, parameter count, tokenizer and the last "
-        "record of its metrics.jsonl.",
+        "record of its metrics.jsonl. A Hugging Face folder is described from config.json and "
+        "the file headers, checked as `qkov.load` checks it, without reading a weight.",
     )
     p.add_argument("dir", help="checkpoint directory")
     p.set_defaults(func=run)
@@ -21,8 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from qkov.checkpoint import load, weights_step
+    from qkov.hf import is_hf_folder
     from qkov.metrics import METRICS, last_record
 
+    if is_hf_folder(Path(args.dir)):
+        return _hf_info(Path(args.dir))
     model = load(args.dir)
     cfg = model.cfg
     step = weights_step(args.dir)
@@ -45,6 +49,34 @@ def run(args: argparse.Namespace) -> int:
             f"last record of {METRICS}" + (f" (the weights are of step {step:,})" if older else "")
         )
         _print_rows([(k, readable(k, v)) for k, v in last.items()])
+    return 0
+
+
+# ModelConfig fields that say how qkov initialises a model it trains: not a checkpoint's
+TRAINING_ONLY = ("seed", "init_std", "pos_init_std")
+
+
+def _hf_info(path: Path) -> int:
+    """A Hugging Face folder, from config.json and the file headers (`inspect_hf`)."""
+    from qkov.hf import inspect_hf
+
+    folder = inspect_hf(path)
+    cfg = folder.cfg
+    rows = [(k, str(v)) for k, v in cfg.to_dict().items() if k not in TRAINING_ONLY]
+    rows.append(("params", f"{cfg.n_params:,}"))
+    size = sum(f.stat().st_size for f in folder.files)
+    n_files = len(folder.files)
+    rows.append(
+        (
+            "stored",
+            f"{', '.join(folder.stored_dtypes())} in {n_files} file{'s' * (n_files > 1)}, "
+            f"{size / 1e9:.2f} GB (qkov.load upcasts to float32: {4 * cfg.n_params / 1e9:.2f} GB)",
+        )
+    )
+    tok = folder.tokenizer
+    rows.append(("tokenizer", f"{tok.get_vocab_size():,} tokens" if tok else "none"))
+    print(f"{path} (Hugging Face {folder.model_type} folder; no weight read)")
+    _print_rows(rows)
     return 0
 
 

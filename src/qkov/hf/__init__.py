@@ -10,15 +10,19 @@ fp32 on a CPU.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import torch
 
+from qkov.config import ModelConfig
 from qkov.errors import QkovError
 from qkov.hf import gpt2, gpt_neox, llama
 from qkov.hf.folder import (
     CONFIG,
+    TensorRef,
     download,
     is_hf_folder,
     load_tokenizer,
@@ -36,17 +40,35 @@ FAMILIES: dict[str, ModuleType] = {
     "qwen2": llama,
 }
 
-__all__ = ["FAMILIES", "download", "is_hf_folder", "load_hf"]
+__all__ = ["FAMILIES", "Folder", "download", "inspect_hf", "is_hf_folder", "load_hf"]
 
 
-def load_hf(
-    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = torch.float32
-) -> Transformer:
-    """The model of a Hugging Face folder (config.json, model.safetensors or shards with
-    model.safetensors.index.json, tokenizer.json if present) as a qkov Transformer.
+@dataclass(frozen=True)
+class Folder:
+    """A Hugging Face folder as its config.json and file headers describe it, every check of
+    `load_hf` passed and no weight read (`inspect_hf`)."""
 
-    dtype: the weights' dtype in the model (float32 by default; None keeps the stored one).
-    Everything is checked against config.json from the file headers before a weight is read."""
+    path: Path
+    model_type: str  # config.json's (gpt2, gpt_neox, llama, mistral, qwen2)
+    cfg: ModelConfig
+    tokenizer: Any  # tokenizers.Tokenizer, or None without tokenizer.json
+    index: dict[str, TensorRef]  # every tensor in the files, by its name there
+    names: dict[str, str] = field(repr=False)  # name without the family's prefix -> in files
+    hf: dict[str, Any] = field(repr=False)  # config.json
+
+    @property
+    def files(self) -> list[Path]:
+        return sorted({ref.file for ref in self.index.values()})
+
+    def stored_dtypes(self) -> list[str]:
+        """The dtypes of the weights qkov reads, as safetensors names them (BF16, F32, ...)."""
+        return sorted({self.index[f].dtype for f in self.names.values()})
+
+
+def inspect_hf(path: str | Path) -> Folder:
+    """Check a Hugging Face folder against its config.json from the file headers alone (no
+    weight is read): the family is supported, every tensor it implies is there with its
+    shape, no tensor is unknown, the tokenizer fits. Each failure is one QkovError line."""
     path = Path(path)
     hf = read_config(path)
     source = str(path / CONFIG)
@@ -84,15 +106,29 @@ def load_hf(
                 f"{ref.file}: tensor {file_name} has shape {list(ref.shape)} but {CONFIG} "
                 f"implies {list(allowed[name])}: do config.json and the weights belong together?"
             )
-    tensors = read_tensors(index, list(names.values()))
-    tensors = {s: tensors[f] for s, f in names.items()}
+    return Folder(path, kind, cfg, tokenizer, index, names, hf)
+
+
+def load_hf(
+    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = torch.float32
+) -> Transformer:
+    """The model of a Hugging Face folder (config.json, model.safetensors or shards with
+    model.safetensors.index.json, tokenizer.json if present) as a qkov Transformer.
+
+    dtype: the weights' dtype in the model (float32 by default; None keeps the stored one).
+    Everything is checked against config.json from the file headers before a weight is read
+    (`inspect_hf`)."""
+    folder = inspect_hf(path)
+    family, cfg = FAMILIES[folder.model_type], folder.cfg
+    tensors = read_tensors(folder.index, list(folder.names.values()))
+    tensors = {s: tensors[f] for s, f in folder.names.items()}
     # Rearranged in the stored dtype, cast as each is copied into the model: upcasting
     # first held a 1B model's weights in fp32 twice (8.5 GB peak for TinyLlama, now 6.6).
-    weights = family.convert(tensors, cfg, hf)
+    weights = family.convert(tensors, cfg, folder.hf)
     del tensors
     model = Transformer.empty(cfg, dtype=dtype or weights["W_E"].dtype)
-    model.load_weights(weights, source=str(path))
-    model.tokenizer = tokenizer
+    model.load_weights(weights, source=str(folder.path))
+    model.tokenizer = folder.tokenizer
     return model.to(device)
 
 

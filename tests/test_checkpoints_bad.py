@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from hf_models import hf_model, save_folder, tiny_tokenizer
 from qkov.cli import main
@@ -94,3 +95,39 @@ def test_bad_folder_is_one_line_exit_2(case, command, folders, tmp_path):
     for word in words:
         assert word in lines[0], (word, lines[0])
     assert not (tmp_path / "out").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("command", ["heads", "analyze", "info"])
+def test_a_folder_too_big_for_the_memory_is_refused_before_it_is_read(
+    command, folders, tmp_path, monkeypatch
+):
+    """A model whose load would not fit in the available memory is refused at once with one
+    line, not killed minutes into reading it; `qkov info` reads no weight and still runs."""
+    import qkov.hf
+    from qkov.hf import inspect_hf
+
+    folder = folders["sharded"]
+    need = inspect_hf(folder).load_bytes(torch.float32)
+    monkeypatch.setattr(qkov.hf, "available_memory", lambda: need - 1)
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("read the weights")
+
+    monkeypatch.setattr(qkov.hf, "read_tensors", no_read)
+    argv = [command, str(folder)] + (
+        ["--out", str(tmp_path / "out")] if command == "analyze" else []
+    )
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(argv)
+    if command == "info":
+        assert code == 0
+        return
+    lines = err.getvalue().strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    assert f"takes about {need / 1e9:.1f} GB" in lines[0] and "is available" in lines[0]
+    assert not (tmp_path / "out").exists()
+    # with the memory it needs, the same folder loads
+    monkeypatch.undo()  # the weights can be read again
+    monkeypatch.setattr(qkov.hf, "available_memory", lambda: need)
+    assert qkov.hf.load_hf(folder).cfg.n_layers > 0

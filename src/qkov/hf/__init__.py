@@ -10,6 +10,7 @@ fp32 on a CPU.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -31,6 +32,10 @@ from qkov.hf.folder import (
     tensor_index,
 )
 from qkov.model import Transformer
+from qkov.resources import available_memory
+
+# bytes per element of the safetensors dtypes public checkpoints use
+_STORED_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "U8": 1, "BOOL": 1}
 
 FAMILIES: dict[str, ModuleType] = {
     "gpt2": gpt2,
@@ -59,6 +64,17 @@ class Folder:
     @property
     def files(self) -> list[Path]:
         return sorted({ref.file for ref in self.index.values()})
+
+    def load_bytes(self, dtype: torch.dtype | None) -> int:
+        """Memory `load_hf(dtype=dtype)` holds at its peak, about: the stored weights qkov
+        reads (mapped while they are rearranged) and the model's weights in `dtype` (None:
+        the stored one). Measured at TinyLlama-1.1B in float32: 6.6 GB for 2.2 + 4.4."""
+        stored = sum(
+            math.prod(ref.shape) * _STORED_BYTES.get(ref.dtype, 4)
+            for ref in (self.index[f] for f in self.names.values())
+        )
+        size = torch.empty(0, dtype=dtype).element_size() if dtype is not None else None
+        return stored + (stored if size is None else self.cfg.n_params * size)
 
     def stored_dtypes(self) -> list[str]:
         """The dtypes of the weights qkov reads, as safetensors names them (BF16, F32, ...)."""
@@ -120,6 +136,15 @@ def load_hf(
     (`inspect_hf`)."""
     folder = inspect_hf(path)
     family, cfg = FAMILIES[folder.model_type], folder.cfg
+    need, have = folder.load_bytes(dtype), available_memory()
+    if have is not None and need > have:
+        halve = dtype is not None and dtype.itemsize > 2 and folder.stored_dtypes() != ["F32"]
+        raise QkovError(
+            f"{folder.path}: loading its {cfg.n_params / 1e9:.2f}B parameters in "
+            f"{dtype or 'their stored dtype'} takes about {need / 1e9:.1f} GB, and "
+            f"{have / 1e9:.1f} GB is available: free memory or use a larger machine"
+            + (" (or keep the stored dtype: qkov.hf.load_hf(DIR, dtype=None))" if halve else "")
+        )
     tensors = read_tensors(folder.index, list(folder.names.values()))
     tensors = {s: tensors[f] for s, f in folder.names.items()}
     # Rearranged in the stored dtype, cast as each is copied into the model: upcasting

@@ -107,7 +107,7 @@ def test_a_folder_too_big_for_the_memory_is_refused_before_it_is_read(
     from qkov.hf import inspect_hf
 
     folder = folders["sharded"]
-    need = inspect_hf(folder).load_bytes(torch.float32)
+    need = inspect_hf(folder).analysis_bytes()  # the fold counted: these commands analyse
     monkeypatch.setattr(qkov.hf, "available_memory", lambda: need - 1)
 
     def no_read(*args, **kwargs):
@@ -125,9 +125,30 @@ def test_a_folder_too_big_for_the_memory_is_refused_before_it_is_read(
         return
     lines = err.getvalue().strip().splitlines()
     assert code == 2 and len(lines) == 1, lines
-    assert f"takes about {need / 1e9:.1f} GB" in lines[0] and "is available" in lines[0]
+    assert f"{folder}: loading and folding" in lines[0], lines
+    assert "parameters in float32 takes at least" in lines[0] and "MB is available" in lines[0]
     assert not (tmp_path / "out").exists()
     # with the memory it needs, the same folder loads
     monkeypatch.undo()  # the weights can be read again
     monkeypatch.setattr(qkov.hf, "available_memory", lambda: need)
-    assert qkov.hf.load_hf(folder).cfg.n_layers > 0
+    assert qkov.hf.load_hf(folder, for_analysis=True).cfg.n_layers > 0
+
+
+def test_a_folder_that_loads_but_cannot_be_folded_is_refused_by_the_analyses(tmp_path, monkeypatch):
+    """Memory for the load but not for the fold every analysis makes: `qkov heads` is
+    refused at once (one line), `qkov sample`, which does not fold, runs."""
+    import qkov.hf
+    from qkov.hf import inspect_hf
+
+    folder = save_folder(hf_model("llama").to(torch.bfloat16), tmp_path / "bf16", tiny_tokenizer())
+    info = inspect_hf(folder)
+    need = info.analysis_bytes()
+    assert info.load_bytes(torch.float32) < need  # bf16 stored: the fold decides
+    monkeypatch.setattr(qkov.hf, "available_memory", lambda: need - 1)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        assert main(["heads", str(folder)]) == 2
+        assert main(["sample", str(folder), "--tokens", "3"]) == 0
+    lines = err.getvalue().strip().splitlines()
+    assert len(lines) == 1 and "loading and folding" in lines[0], lines
+    assert f"at least {need / 1e6:.1f} MB" in lines[0]

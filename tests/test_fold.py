@@ -7,7 +7,7 @@ import torch
 
 from factories import general_model, random_model, random_tokens
 from qkov.config import ModelConfig
-from qkov.fold import fold_layernorm, is_folded
+from qkov.fold import fold_bytes, fold_layernorm, is_folded
 from qkov.model import Transformer, per_query_head
 
 CASES = [
@@ -175,3 +175,41 @@ def test_an_rmsnorm_fold_shares_the_tensors_it_leaves_as_they_are_when_asked() -
     assert model.W_O.dtype == torch.float32
     ln = general_model(2, normalization="layernorm")
     assert not shared_with(ln, fold_layernorm(ln, center_unembed=False, share=True))
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(
+            normalization="rmsnorm",
+            d_mlp=32,
+            gated_mlp=True,
+            act_fn="silu",
+            n_kv_heads=2,
+            positional="rotary",
+            bias=False,
+        ),
+        dict(normalization="rmsnorm", d_mlp=32, bias=True),
+        dict(normalization="layernorm", d_mlp=32, bias=True),
+        dict(normalization="layernorm", bias=False),
+        dict(normalization="none", n_kv_heads=2, bias=True),
+        dict(normalization="rms", n_kv_heads=1, d_mlp=16),
+        dict(normalization="rms", d_mlp=16),
+    ],
+    ids=lambda kw: " ".join(f"{k}={v}" for k, v in kw.items()),
+)
+@pytest.mark.parametrize("share", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fold_bytes_is_what_the_fold_writes(kw, share, dtype) -> None:
+    """`fold_bytes` (the memory check's estimate, from the config alone) is exactly the bytes
+    of the tensors a fold allocates and does not share with the model."""
+    kw = {"positional": "standard"} | kw
+    cfg = ModelConfig(n_layers=2, n_heads=4, d_model=16, n_ctx=8, d_vocab=30, **kw)
+    model = Transformer(cfg).to(dtype)
+    folded = fold_layernorm(model, center_unembed=False, share=share)
+    own = {p.data_ptr() for p in model.parameters()}
+    written = sum(
+        p.numel() * p.element_size() for p in folded.parameters() if p.data_ptr() not in own
+    )
+    assert fold_bytes(cfg, share, torch.empty(0, dtype=dtype).element_size()) == written
+    assert written > 0 or is_folded(model)

@@ -106,7 +106,7 @@ def analyze(
     records = []
     for i, item in enumerate(items):
         in_memory = isinstance(item, AttnOnlyTransformer)
-        model = item if in_memory else load(item)
+        model = item if in_memory else load(item, for_analysis=True)
         checkpoint = None if in_memory else str(item)
         name = names[i] if names else (Path(item).name if checkpoint else f"{model.cfg.n_layers}L")
         ev = evaluation or evaluation_set(

@@ -83,9 +83,13 @@ def load_tokenizer(path: Path):
         ) from None
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> Transformer:
+def load(
+    path: str | Path, device: str | torch.device = "cpu", *, for_analysis: bool = False
+) -> Transformer:
     """Load a checkpoint directory (a qkov run, or a Hugging Face folder of a GPT-2, GPT-NeoX
-    or Llama-family model: `qkov.hf`); the tokenizer (if present) is at `model.tokenizer`."""
+    or Llama-family model: `qkov.hf`); the tokenizer (if present) is at `model.tokenizer`.
+    A Hugging Face folder that would not fit in the memory available is refused before a
+    weight is read; for_analysis counts the fold the analyses make too (`qkov.hf.load_hf`)."""
     path = Path(path)
     if not path.exists():
         raise QkovError(
@@ -102,7 +106,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Transformer:
     from qkov.hf import is_hf_folder, load_hf  # a Hugging Face folder (GPT-2, Pythia, Llama)
 
     if is_hf_folder(path):
-        return load_hf(path, device)
+        return load_hf(path, device, for_analysis=for_analysis)
     cfg = ModelConfig.load(path / CONFIG)
     weights = load_safetensors(path / WEIGHTS)
     check_weight_shapes(

@@ -30,13 +30,15 @@ center_unembed=False so that their terms sum to the model's own logits.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 from torch import Tensor
 
+from qkov.config import ModelConfig
 from qkov.errors import QkovError
 from qkov.model import Transformer, per_query_head
-from qkov.weights import MODEL_WIDE
+from qkov.weights import MODEL_WIDE, weight_shapes
 
 # The norm each folded model keeps: its learned weights and biases are in the matrices.
 FOLDED_NORMALIZATION = {"none": "none", "rms": "rms", "layernorm": "rms", "rmsnorm": "rms"}
@@ -45,7 +47,43 @@ FOLDED_NORMALIZATION = {"none": "none", "rms": "rms", "layernorm": "rms", "rmsno
 def is_folded(model: Transformer) -> bool:
     """True when the model has no learned norm weights (normalization "none" or "rms") and
     one W_K, W_V per head, so its circuits are weight products as they stand."""
-    return model.cfg.normalization in ("none", "rms") and model.cfg.n_kv_heads == model.cfg.n_heads
+    return is_folded_config(model.cfg)
+
+
+# What a shared fold writes anew (`fold_bytes`): an rmsnorm fold scales the readers (their
+# biases stay: the norm has none), and with grouped-query attention every fold gives each
+# query head its own W_K, W_V (and b_K, b_V)
+_READERS = ("W_Q", "W_K", "W_V", "W_in", "W_gate", "W_U")
+_PER_QUERY_HEAD = ("W_K", "b_K", "W_V", "b_V")
+
+
+def fold_bytes(cfg: ModelConfig, share: bool = True, element_size: int = 4) -> int:
+    """Bytes of the weights `fold_layernorm(model, center_unembed=False, share=share)` writes
+    for a model of `cfg` in a dtype of `element_size` bytes (what the analyses' own fold
+    adds to the loaded model's memory): every folded weight after a layernorm fold (it
+    centres the writers) or without `share`; with it, an rmsnorm fold's reading matrices,
+    and with grouped-query attention the per-query-head W_K, W_V, b_K, b_V (a model without
+    learned norms or grouped queries is its own fold: 0). Tested against the folds."""
+    if is_folded_config(cfg):
+        return 0
+    shapes = weight_shapes(
+        dataclasses.replace(
+            cfg,
+            normalization=FOLDED_NORMALIZATION[cfg.normalization],
+            bias=cfg.bias or cfg.normalization == "layernorm",
+            n_kv_heads=cfg.n_heads,
+        )
+    )
+    if share and cfg.normalization != "layernorm":
+        grouped = _PER_QUERY_HEAD if cfg.n_kv_heads < cfg.n_heads else ()
+        written = (_READERS if cfg.normalization == "rmsnorm" else ()) + grouped
+        shapes = {k: v for k, v in shapes.items() if k in written}
+    return element_size * sum(math.prod(shape) for shape in shapes.values())
+
+
+def is_folded_config(cfg: ModelConfig) -> bool:
+    """`is_folded` of any model of this config."""
+    return cfg.normalization in ("none", "rms") and cfg.n_kv_heads == cfg.n_heads
 
 
 def _fold_reader(

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         check_output_file(args.json, "--json")
     text = read_text_file(args.text_file)
-    model = load(args.dir)
+    model = load(args.dir, for_analysis=True)
     order, cut_note = args.max_order, ""
     if order is None and model.tokenizer is not None:  # no tokenizer: attribute_text says so
         order = attribution_max_order(model.cfg, len(model.tokenizer.encode(text).ids))

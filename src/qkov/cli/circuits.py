@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None:
         check_output_file(args.json, "--json")  # before the work, not after it
     (args.dir,) = model_dirs(args, [args.dir])
-    model = load(args.dir, device=args.device)
+    model = load(args.dir, device=args.device, for_analysis=True)
     cfg = model.cfg
     if cfg.n_layers == 0:
         raise QkovError(f"{args.dir} is a 0-layer model: it has no heads to take apart")

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     text = read_text_file(args.text, "--text-file") if args.text else None
     (args.dir,) = model_dirs(args, [args.dir])
     stage = Stages(args.dir, lambda line: print(line, file=sys.stderr, flush=True))
-    model = load(args.dir)
+    model = load(args.dir, for_analysis=True)
     cfg = model.cfg
     chosen = _chosen_heads(args.qk_heads, cfg)  # checked before the work
     ev = evaluation_set(

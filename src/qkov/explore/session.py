@@ -91,7 +91,7 @@ class Explorer:
             name, i = p.resolve().name or "model", 2
             while name in models:
                 name, i = f"{p.resolve().name}-{i}", i + 1
-            models[name], where[name] = load(p), str(p)
+            models[name], where[name] = load(p, for_analysis=True), str(p)
         return cls(models, where)
 
     def model(self, name: str | None) -> ExploreModel:

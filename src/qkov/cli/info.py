@@ -58,7 +58,10 @@ TRAINING_ONLY = ("seed", "init_std", "pos_init_std")
 
 def _hf_info(path: Path) -> int:
     """A Hugging Face folder, from config.json and the file headers (`inspect_hf`)."""
+    import torch
+
     from qkov.hf import inspect_hf
+    from qkov.resources import available_memory
 
     folder = inspect_hf(path)
     cfg = folder.cfg
@@ -70,7 +73,16 @@ def _hf_info(path: Path) -> int:
         (
             "stored",
             f"{', '.join(folder.stored_dtypes())} in {n_files} file{'s' * (n_files > 1)}, "
-            f"{size / 1e9:.2f} GB (qkov.load upcasts to float32: {4 * cfg.n_params / 1e9:.2f} GB)",
+            f"{size / 1e9:.2f} GB (qkov.load upcasts to float32)",
+        )
+    )
+    have = available_memory()
+    rows.append(
+        (
+            "memory",
+            f"{folder.load_bytes(torch.float32) / 1e9:.2f} GB to load, at least "
+            f"{folder.analysis_bytes() / 1e9:.2f} GB to analyse"
+            + (f" ({have / 1e9:.1f} GB available)" if have is not None else ""),
         )
     )
     tok = folder.tokenizer

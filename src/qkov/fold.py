@@ -50,6 +50,11 @@ def is_folded(model: Transformer) -> bool:
     return is_folded_config(model.cfg)
 
 
+def is_folded_config(cfg: ModelConfig) -> bool:
+    """`is_folded` of any model of this config."""
+    return cfg.normalization in ("none", "rms") and cfg.n_kv_heads == cfg.n_heads
+
+
 # What a shared fold writes anew (`fold_bytes`): an rmsnorm fold scales the readers (their
 # biases stay: the norm has none), and with grouped-query attention every fold gives each
 # query head its own W_K, W_V (and b_K, b_V)
@@ -79,11 +84,6 @@ def fold_bytes(cfg: ModelConfig, share: bool = True, element_size: int = 4) -> i
         written = (_READERS if cfg.normalization == "rmsnorm" else ()) + grouped
         shapes = {k: v for k, v in shapes.items() if k in written}
     return element_size * sum(math.prod(shape) for shape in shapes.values())
-
-
-def is_folded_config(cfg: ModelConfig) -> bool:
-    """`is_folded` of any model of this config."""
-    return cfg.normalization in ("none", "rms") and cfg.n_kv_heads == cfg.n_heads
 
 
 def _fold_reader(

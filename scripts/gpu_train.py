@@ -120,6 +120,12 @@ ROUND2_RUNS = {
         "cosine decay to 0.1 over 3000 steps",
         f"{ROUND2} --n-heads 8 --lr 3e-3 --min-lr-ratio 0.1 --steps 3000",
     ),
+    # not one change: the largest lever of round 1 (the learning rate) with weight decay,
+    # which may hold back the prior that outranks the copied token; a shot at the target
+    "r2_lr6e3_wd01": (
+        "lr 6e-3 and weight decay 0.1",
+        f"{ROUND2} --n-heads 8 --lr 6e-3 --weight-decay 0.1",
+    ),
 }
 RUNS |= ROUND2_RUNS
 

@@ -134,6 +134,40 @@ def test_head_panel(client, explorer):
     assert d["sampled_sources"] is None  # 2,048 tokens: every source, exact
 
 
+def test_progress_names_each_part_of_the_roles_while_it_runs(monkeypatch):
+    """/api/progress reports the part of classify_heads that runs now (the roles take a
+    minute at 1B), and nothing before or after."""
+    import qkov.classification
+    from qkov import shipped
+    from qkov.checkpoint import load
+
+    ex = Explorer({"m": load(shipped("attn2"))})
+    client = TestClient(create_app(ex))
+    real, seen = qkov.classification.classify_heads, []
+
+    def spied(model, **kw):
+        seen.append(client.get("/api/progress", params={"model": "m"}).json()["stage"])
+        log = kw["log"]
+
+        def logged(line):
+            log(line)
+            seen.append(client.get("/api/progress", params={"model": "m"}).json()["stage"])
+
+        return real(model, **(kw | {"log": logged}))
+
+    monkeypatch.setattr(qkov.classification, "classify_heads", spied)
+    before = client.get("/api/progress", params={"model": "m"}).json()
+    assert before == {"model": "m", "stage": None, "roles_ready": False}
+    assert client.get("/api/heads", params={"model": "m"}).status_code == 200
+    assert seen[0] == "head scores on the repeated-token probe (16 heads)"
+    assert any(s.startswith("K-composition into") for s in seen[1:]), seen
+    assert seen[-1] == "OV eigenvalues and labels of 16 heads"
+    after = client.get("/api/progress", params={"model": "m"}).json()
+    assert after == {"model": "m", "stage": None, "roles_ready": True}
+    r = client.get("/api/progress", params={"model": "nope"})
+    assert r.status_code == 400 and "unknown model" in r.json()["error"]
+
+
 def test_head_panel_of_a_large_vocabulary_ranks_a_sample(monkeypatch):
     """Over the trigram budget (GPT-2's 50k tokens; forced here) the panel ranks the seeded
     sample of sources analyze uses, says so, and its numbers are those of that sample."""
@@ -440,7 +474,7 @@ def _held_explorer():
 def test_a_bad_request_is_refused_while_the_worker_is_busy():
     """The one compute thread busy (a slow /api/heads, held here until released): a request
     for an unknown model, a head that does not exist or an empty text is answered at once,
-    not after the slow work (README: checked before any work)."""
+    not after the slow work (README: checked before any work), and so is /api/progress."""
     import threading
     import urllib.error
     import urllib.request
@@ -461,6 +495,8 @@ def test_a_bad_request_is_refused_while_the_worker_is_busy():
                 except urllib.error.HTTPError as e:
                     answers.append((e.code, json.loads(e.read())["error"]))
             answers.append(_post(base, json.dumps({"model": "m", "text": "  "})))
+            with urllib.request.urlopen(base + "/api/progress?model=m", timeout=150) as r:
+                answers.append((r.status, json.loads(r.read())))
 
         asker = threading.Thread(target=ask)
         asker.start()
@@ -470,9 +506,10 @@ def test_a_bad_request_is_refused_while_the_worker_is_busy():
         busy.join(60)
         asker.join(60)
     assert done_while_busy, "a bad request waited behind the busy worker"
-    assert [a[0] for a in answers] == [400, 404, 400]
+    assert [a[0] for a in answers] == [400, 404, 400, 200]
     assert "unknown model" in answers[0][1] and "no head L5H0" in answers[1][1]
     assert "empty" in answers[2][1]["error"]
+    assert answers[3][1]["roles_ready"] is False  # progress too is answered at once
 
 
 def test_a_queued_request_whose_client_left_is_not_computed():

@@ -135,6 +135,13 @@ def create_app(explorer: Explorer):
     async def heads(request: Request) -> Response:
         return await call(request, "roles", explorer.roles, request.query_params.get("model"))
 
+    async def progress(request: Request) -> Response:
+        # answered here, on the event loop: never queued behind the compute it reports on
+        try:
+            return answer(explorer.progress(request.query_params.get("model")))
+        except RequestError as e:
+            return error(str(e), e.status)
+
     async def head(request: Request) -> Response:
         q = request.query_params
         return await call(
@@ -178,6 +185,7 @@ def create_app(explorer: Explorer):
         Route("/api/run", run, methods=["POST"]),
         Route("/api/heads", heads),
         Route("/api/head", head),
+        Route("/api/progress", progress),
     ]
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
 

@@ -10,6 +10,7 @@ would not see what was cut), an unknown model or head."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,8 @@ class ExploreModel:
     path: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _roles: list[dict[str, Any]] | None = field(default=None, repr=False)
+    # the part of the roles' classification running now (None: not running), for /api/progress
+    stage: str | None = field(default=None, repr=False)
     _panels: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict, repr=False)
 
     def info(self) -> dict[str, Any]:
@@ -204,8 +207,18 @@ class Explorer:
         em = self.model(model)
         with em.lock:
             if em._roles is None:
-                em._roles = _roles(em.model)
+                try:
+                    em._roles = _roles(em.model, log=lambda line: setattr(em, "stage", line))
+                finally:
+                    em.stage = None
         return {"model": em.name, "heads": em._roles}
+
+    def progress(self, model: str | None) -> dict[str, Any]:
+        """What the roles' classification of `model` is doing now (`stage`: None when it is
+        not running) and whether its roles are ready: answered at once, never queued behind
+        the compute it reports on (a minute at 1B)."""
+        em = self.model(model)
+        return {"model": em.name, "stage": em.stage, "roles_ready": em._roles is not None}
 
     def check(self, what: str, model: Any, *args: Any) -> None:
         """Refuse (RequestError) a request for `what` ("run", "roles" or "head") that names
@@ -285,13 +298,16 @@ def _finite(x: float) -> float | None:
     return round(x, 4) if x == x and abs(x) != float("inf") else None
 
 
-def _roles(model: Transformer) -> list[dict[str, Any]]:
+def _roles(model: Transformer, log: Callable[[str], None] = lambda line: None) -> list[dict]:
+    """Every head's role; `log` gets a line as each part starts."""
     from qkov.classification import classify_heads
 
     if model.cfg.n_layers == 0:
         return []
+    cfg = model.cfg
+    log(f"head scores on the repeated-token probe ({cfg.n_layers * cfg.n_heads} heads)")
     # the roles show the induction heads' partners (K-composition into them) and no knock-outs
-    cls = classify_heads(model, composition=(), knockout=False)
+    cls = classify_heads(model, composition=(), knockout=False, log=log)
     return [
         {
             "layer": r.layer,

@@ -67,7 +67,25 @@ async function chooseModel(name) {
 async function loadRoles(name) {
   if (!state.model.n_layers) { renderHeads(); return; }
   setStatus("classifying heads\u2026");
-  const data = await getJSON("/api/heads?model=" + encodeURIComponent(name));
+  // A minute on a 1B model: the status says which part runs (/api/progress, which the
+  // server answers at once while its one compute thread classifies) and for how long.
+  const started = Date.now();
+  let done = false;
+  const poll = setInterval(async () => {
+    try {
+      const p = await getJSON("/api/progress?model=" + encodeURIComponent(name));
+      const seconds = Math.round((Date.now() - started) / 1000);
+      if (!done && p.stage && state.model && state.model.name === name)
+        setStatus(`classifying heads: ${p.stage}\u2026 (${seconds} s)`);
+    } catch (e) { /* the progress line is a hint: the roles' own request reports errors */ }
+  }, 1000);
+  let data;
+  try {
+    data = await getJSON("/api/heads?model=" + encodeURIComponent(name));
+  } finally {
+    done = true;
+    clearInterval(poll);
+  }
   if (!state.model || state.model.name !== name) return;
   state.roles = data.heads;
   if (state.head === null) {

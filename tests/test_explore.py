@@ -159,8 +159,10 @@ def test_progress_names_each_part_of_the_roles_while_it_runs(monkeypatch):
     before = client.get("/api/progress", params={"model": "m"}).json()
     assert before == {"model": "m", "stage": None, "roles_ready": False}
     assert client.get("/api/heads", params={"model": "m"}).status_code == 200
-    assert seen[0] == "head scores on the repeated-token probe (16 heads)"
-    assert any(s.startswith("K-composition into") for s in seen[1:]), seen
+    assert seen[0] is None  # classify_heads says which part runs
+    assert seen[1] == "the model over 16 x 128 tokens (attention patterns)", seen
+    assert seen[2] == "head scores and copying scores of 16 heads", seen
+    assert any(s.startswith("K-composition into") for s in seen[3:]), seen
     assert seen[-1] == "OV eigenvalues and labels of 16 heads"
     after = client.get("/api/progress", params={"model": "m"}).json()
     assert after == {"model": "m", "stage": None, "roles_ready": True}

@@ -307,7 +307,7 @@ def classify_heads(
     ("q", "v") leaves `.composition.k` NaN outside the induction heads' columns.
     knockout=False skips the knock-outs (one pass per earlier head; past
     `budget.PARTNER_BUDGET` only the likeliest partners: `knockout_heads` names them).
-    log: called with a line as each later part starts (minutes on a 1B model).
+    log: called with a line as each part starts (a minute on a 1B model).
     token_losses: keep the model's loss on each probe token in `.scores.token_losses`
     (`head_scores`)."""
     t = thresholds or Thresholds()
@@ -320,6 +320,7 @@ def classify_heads(
         seq_len=seq_len,
         seed=seed,
         token_losses=token_losses,
+        log=log,
     )
     if tokens is None:  # the probe head_scores drew (same seed): for the knock-outs
         probe = induction_probe(cfg.d_vocab, batch, seq_len or default_seq_len(cfg.n_ctx), seed)

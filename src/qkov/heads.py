@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -298,6 +299,7 @@ def head_scores(
     seed: int = 0,
     copying: bool = True,
     token_losses: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> HeadScores:
     """Score every head on `tokens` [batch, pos], or (None) on the seeded `induction_probe`
     (batch x seq_len, default `default_seq_len(n_ctx)`).
@@ -306,7 +308,9 @@ def head_scores(
     that `induction` uses the known repeat; otherwise it is the prefix-matching score.
     token_losses: also keep the model's loss on each token from the same pass (for an ICL
     score on these tokens without a second pass); otherwise the pass stops at the last
-    layer's attention."""
+    layer's attention. log: called with a line as the pass and the copying scores start
+    (each ~25 s at 1B)."""
+    say = log or (lambda line: None)
     cfg = model.cfg
     if tokens is None:
         probe = induction_probe(cfg.d_vocab, batch, seq_len or default_seq_len(cfg.n_ctx), seed)
@@ -316,6 +320,7 @@ def head_scores(
     tokens = model.check_tokens(tokens)
     want = ("pattern.", "v.") if copying else ("pattern.",)
     last = f"pattern.{cfg.n_layers - 1}" if cfg.n_layers and not token_losses else None
+    say(f"the model over {tokens.shape[0]} x {tokens.shape[1]} tokens (attention patterns)")
     with torch.no_grad():
         logits, cache = model.run_with_hooks(
             tokens, cache_names=lambda n: n.startswith(want), stop=last
@@ -323,6 +328,8 @@ def head_scores(
     losses = None if logits is None or not token_losses else loss.token_losses(logits, tokens)
     rows: dict[str, list[Tensor]] = {name: [] for name in SCORE_NAMES}
     reader = folded(model) if copying else model  # fold once, not per layer
+    if copying and cfg.n_layers:
+        say(f"head scores and copying scores of {cfg.n_layers * cfg.n_heads} heads")
     for l in range(cfg.n_layers):
         A = cache[f"pattern.{l}"].float()
         rows["previous_token"].append(previous_token_score(A))

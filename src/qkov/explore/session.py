@@ -304,8 +304,6 @@ def _roles(model: Transformer, log: Callable[[str], None] = lambda line: None) -
 
     if model.cfg.n_layers == 0:
         return []
-    cfg = model.cfg
-    log(f"head scores on the repeated-token probe ({cfg.n_layers * cfg.n_heads} heads)")
     # the roles show the induction heads' partners (K-composition into them) and no knock-outs
     cls = classify_heads(model, composition=(), knockout=False, log=log)
     return [

@@ -64,6 +64,7 @@ class Folder:
 
     @property
     def files(self) -> list[Path]:
+        """The safetensors files the weights are in."""
         return sorted({ref.file for ref in self.index.values()})
 
     def load_bytes(self, dtype: torch.dtype | None) -> int:
@@ -171,9 +172,9 @@ def _check_memory(folder: Folder, dtype: torch.dtype | None, analysis: bool) -> 
     have = available_memory()
     if have is None or need <= have:
         return
-    halve = (  # the Python load can keep a 16-bit folder's dtype; the commands cannot
-        not analysis and dtype is not None and dtype.itemsize > 2
-    ) and folder.stored_dtypes() != ["F32"]
+    # a Python load can keep a 16-bit folder's dtype (half the memory); the commands cannot
+    wide = dtype is not None and dtype.itemsize > 2
+    halve = not analysis and wide and folder.stored_dtypes() != ["F32"]
     what = "loading and folding (as the analyses do)" if analysis else "loading"
     stored = "their stored dtype" if dtype is None else str(dtype).removeprefix("torch.")
     raise QkovError(

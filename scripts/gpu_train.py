@@ -370,6 +370,13 @@ def main() -> None:
         ),
     }
     log(f"training done in {time.time() - t0:.0f} s")
+
+    # written after each step from here on: a device call cut short (its time limit) still
+    # brings back what was evaluated
+    def write() -> None:
+        (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+
+    write()
     for name in summary["runs"]:
         try:
             summary["runs"][name]["eval"] = evaluate(args.runs / name)
@@ -381,6 +388,7 @@ def main() -> None:
         except Exception as e:  # one broken run must not lose the others
             summary["runs"][name]["eval_error"] = repr(e)
             log(f"{name}: eval failed: {e!r}")
+        write()
     with tarfile.open(args.out / "logs.tar.gz", "w:gz") as tar:
         for name in summary["runs"]:
             for f in (args.runs / f"{name}.log", args.runs / name / "metrics.jsonl"):
@@ -396,7 +404,7 @@ def main() -> None:
     packed = pack(args.runs, ok, args.out)
     used = sum(mb[n] for n in ok)
     summary["packed"] = {"runs": ok, "parts": packed}
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write()
     log(f"packed {packed} ({used:.1f} MB); total {time.time() - t0:.0f} s")
 
 

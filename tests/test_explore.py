@@ -320,7 +320,9 @@ def test_cli_binds_loopback_and_warns_otherwise(monkeypatch, capsys):
     monkeypatch.setattr("qkov.explore.app.serve", lambda ex, host, port: calls.append((host, port)))
     assert main(["explore", str(shipped("attn1"))]) == 0
     assert calls[-1] == ("127.0.0.1", 8765)
-    assert "warning" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "warning" not in err
+    assert err.splitlines() == [f"qkov explore: loading {shipped('attn1')}"]  # what it waits on
     assert main(["explore", "--host", "0.0.0.0", "--port", "9000", str(shipped("attn0"))]) == 0
     assert calls[-1] == ("0.0.0.0", 9000)
     assert "warning: --host 0.0.0.0 is not a loopback address" in capsys.readouterr().err

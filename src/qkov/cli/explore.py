@@ -47,7 +47,11 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     _check_port(args.host, args.port)
-    explorer = Explorer.from_dirs(args.dirs)
+
+    def say(line: str) -> None:
+        print(f"qkov explore: {line}", file=sys.stderr, flush=True)
+
+    explorer = Explorer.from_dirs(args.dirs, log=say)
     serve(explorer, args.host, args.port)
     return 0
 

@@ -82,9 +82,11 @@ class Explorer:
                 )
 
     @classmethod
-    def from_dirs(cls, dirs: list[str | Path]) -> Explorer:
+    def from_dirs(
+        cls, dirs: list[str | Path], log: Callable[[str], None] = lambda line: None
+    ) -> Explorer:
         """Load checkpoint directories (none: the shipped demo models); each is named by
-        its folder name (a repeated name gets a suffix, "-2")."""
+        its folder name (a repeated name gets a suffix, "-2"). log: a line as each loads."""
         from qkov.checkpoint import load
         from qkov.demo_models import NAMES, shipped
 
@@ -94,6 +96,7 @@ class Explorer:
             name, i = p.resolve().name or "model", 2
             while name in models:
                 name, i = f"{p.resolve().name}-{i}", i + 1
+            log(f"loading {p}")
             models[name], where[name] = load(p, for_analysis=True), str(p)
         return cls(models, where)
 

@@ -127,6 +127,11 @@ ROUND2_RUNS = {
         f"{ROUND2} --n-heads 8 --lr 6e-3 --weight-decay 0.1",
     ),
 }
+# Round 2 logs finer than round 1 (every 100 and 50 steps, 3.3M and 1.6M tokens, not 16M):
+# round 1's attn2 had three records, all after its induction heads formed, so the report's
+# training curves could not show the circuit forming (issue 18). Later flags win.
+ROUND2_LOGGING = "--eval-interval 100 --probe-interval 50"
+ROUND2_RUNS = {n: (what, f"{flags} {ROUND2_LOGGING}") for n, (what, flags) in ROUND2_RUNS.items()}
 RUNS |= ROUND2_RUNS
 
 

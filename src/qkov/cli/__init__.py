@@ -21,6 +21,7 @@ COMMANDS = [
     "report",
     "circuits",
     "heads",
+    "forming",
     "attribute",
     "explore",
 ]

@@ -1,0 +1,76 @@
+"""`qkov forming`: the induction circuit at each checkpoint of a training run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+COLUMNS = (  # (header, record key, format)
+    ("induction", "probe_induction_score", ".3f"),
+    ("prev-token", "probe_previous_token_score", ".3f"),
+    ("ICL (probe)", "probe_icl_score", "+.3f"),
+    ("induction head", "probe_induction_head", ""),
+    ("partner", "probe_partner_head", ""),
+    ("K-comp", "probe_k_composition", ".3f"),
+    ("QK eig", "probe_qk_eigenvalue", "+.3f"),
+    ("OV eig", "probe_ov_eigenvalue", "+.3f"),
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "forming",
+        help="the induction circuit at each checkpoint of a training run (the phase change)",
+        description="The training probe at each checkpoint, in training order: a run's "
+        "snapshots (qkov train --keep-checkpoints N) and its final weights, or several "
+        "checkpoint folders (e.g. a model's training checkpoints saved locally). Per "
+        "checkpoint: the best induction and previous-token scores and the ICL score on the "
+        "fixed random-token probe, the best induction head, its K-composition partner, and "
+        "the weight statistics of the circuit (K-composition, the induction QK term's and the "
+        "OV circuit's sum(lambda)/sum(|lambda|)). At a snapshot's step these equal what "
+        "training logged in metrics.jsonl.",
+    )
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="a run, or checkpoint folders in order")
+    p.add_argument("--seed", type=int, default=0, help="probe seed (training logs seed 0)")
+    p.add_argument("--json", default=None, help="also write the records to this JSON file")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from qkov.forming import circuit_along
+    from qkov.io import atomic_write_text, check_output_file, json_safe
+    from qkov.progress import Stages
+
+    if args.json:
+        check_output_file(args.json, "--json")
+    stage = Stages("qkov forming", lambda line: print(line, file=sys.stderr, flush=True))
+    rows = circuit_along(args.dirs, seed=args.seed, log=stage)
+    print(table(rows))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(json_safe(rows), indent=1) + "\n")
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def table(rows: list[dict]) -> str:
+    """The records as a text table, a row per checkpoint."""
+    head = ["checkpoint", *(h for h, _, _ in COLUMNS)]
+    body = [[r["checkpoint"], *(_cell(r.get(k), f) for _, k, f in COLUMNS)] for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
+    lines = [
+        "  ".join(
+            x.ljust(w) if i == 0 else x.rjust(w)
+            for i, (x, w) in enumerate(zip(line, widths, strict=True))
+        )
+        for line in [head, *body]
+    ]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _cell(value: object, fmt: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "-" if value != value else format(value, fmt)
+    return str(value)

@@ -1,0 +1,104 @@
+"""The induction circuit along training: the training probe's record (`qkov.training_probe`)
+at each checkpoint, so the phase change can be read from weights a researcher already has.
+
+The checkpoints are a run's snapshots (`qkov train --keep-checkpoints N`) and its final
+weights, or checkpoint folders given in training order (a model's published training
+checkpoints saved locally, e.g. Pythia's revisions, each a Hugging Face folder). At a
+snapshot's step the record equals what the training probe logged there (tested): the
+same fixed random-token probe, the same weight statistics of the circuit (best induction
+head, its K-composition partner, the QK term's and the OV circuit's Sum(lambda)/Sum(|lambda|)).
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qkov.checkpoint import CONFIG, load, weights_step
+from qkov.config import ModelConfig
+from qkov.errors import QkovError
+from qkov.model import Transformer
+from qkov.snapshots import list_snapshots, load_snapshot
+from qkov.training_probe import training_probe
+
+# what must agree between checkpoints of one training run
+SHAPE = ("n_layers", "n_heads", "d_model", "d_head", "d_vocab", "n_ctx")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One point of training: its name in the table, its step where known, how to load it."""
+
+    name: str  # "step 1,234" for a snapshot, else the folder's name
+    step: int | None
+    load: Callable[[], Transformer]
+
+
+def checkpoints(dirs: list[str | Path]) -> list[Checkpoint]:
+    """One folder: a qkov run's snapshots, then its final weights (refused without
+    snapshots). Several: each folder, in the order given. Every folder's config is read
+    (no weights) and must describe the same shape (`SHAPE`), else one QkovError line."""
+    paths = [Path(d) for d in dirs]
+    if not paths:
+        raise QkovError("no checkpoints: give a run kept with --keep-checkpoints N, or folders")
+    configs = [_config(p) for p in paths]
+    for p, cfg in zip(paths[1:], configs[1:], strict=True):
+        differ = [k for k in SHAPE if getattr(cfg, k) != getattr(configs[0], k)]
+        if differ:
+            k = differ[0]
+            raise QkovError(
+                f"{p} has {k}={getattr(cfg, k)} but {paths[0]} has {k}="
+                f"{getattr(configs[0], k)}: give checkpoints of one training run"
+            )
+    if len(paths) > 1:
+        return [
+            Checkpoint(p.name, weights_step(p), lambda p=p: load(p, for_analysis=True))
+            for p in paths
+        ]
+    run = paths[0]
+    steps = list_snapshots(run)
+    if not steps:
+        raise QkovError(
+            f"{run} has no snapshots: train it with --keep-checkpoints N, or give several "
+            "checkpoint folders in training order"
+        )
+    out = [Checkpoint(f"step {s:,}", s, lambda s=s: load_snapshot(run, s)) for s in steps]
+    final = weights_step(run)
+    if final is None or final not in steps:  # the run's own weights, unless a snapshot
+        name = "final" if final is None else f"step {final:,}"
+        out.append(Checkpoint(name, final, lambda: load(run, for_analysis=True)))
+    return out
+
+
+def circuit_along(
+    dirs: list[str | Path], seed: int = 0, log: Callable[[str], None] | None = None
+) -> list[dict[str, Any]]:
+    """`training_probe` at each of `checkpoints(dirs)`, in order: a record per checkpoint
+    with its "checkpoint" name and "step" (None where unknown). One model is in memory at
+    a time (a series of 1B checkpoints needs one's memory). log: a line per checkpoint."""
+    say = log or (lambda line: None)
+    found = checkpoints(dirs)
+    rows = []
+    for i, c in enumerate(found):
+        say(f"{c.name} ({i + 1} of {len(found)})")
+        model = c.load().eval()
+        rows.append({"checkpoint": c.name, "step": c.step, **training_probe(model, seed)})
+        del model
+        gc.collect()
+    return rows
+
+
+def _config(path: Path) -> ModelConfig:
+    """The ModelConfig a folder's weights will have, read without them."""
+    from qkov.hf import inspect_hf, is_hf_folder
+
+    if not path.is_dir():
+        raise QkovError(f"{path} is not a checkpoint directory: pass a run or model folder")
+    if is_hf_folder(path):
+        return inspect_hf(path).cfg
+    if not (path / CONFIG).is_file():
+        raise QkovError(f"{path} has no {CONFIG}: pass a directory written by `qkov train`")
+    return ModelConfig.load(path / CONFIG)

@@ -1,0 +1,122 @@
+"""qkov.forming and `qkov forming`: the training probe at each checkpoint of a run."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import pytest
+
+from hf_models import hf_model, save_folder
+from qkov.checkpoint import load
+from qkov.cli import main
+from qkov.config import ModelConfig, TrainConfig
+from qkov.forming import circuit_along
+from qkov.snapshots import list_snapshots
+from qkov.train import train
+from qkov.training_probe import training_probe
+
+KEYS = ("probe_induction_score", "probe_previous_token_score", "probe_icl_score")
+CIRCUIT = ("probe_k_composition", "probe_qk_eigenvalue", "probe_ov_eigenvalue")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A 2-layer run that probes every step and keeps 3 snapshots (its last step among them)."""
+    out = tmp_path_factory.mktemp("forming") / "run"
+    cfg = ModelConfig(n_layers=2, n_heads=2, d_model=16, n_ctx=16, d_vocab=32)
+    tc = TrainConfig(
+        corpus="induction-task",
+        steps=8,
+        batch_size=4,
+        probe_interval=1,
+        eval_interval=4,
+        keep_checkpoints=3,
+        warmup=1,
+    )
+    train(cfg, tc, out, progress=False)
+    return out
+
+
+def cli(*argv) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_a_run_s_snapshots_give_what_training_logged(run):
+    rows = circuit_along([run])
+    kept = list_snapshots(run)
+    assert [r["step"] for r in rows] == kept and kept[-1] == 8  # the last step is a snapshot
+    assert [r["checkpoint"] for r in rows] == [f"step {s:,}" for s in kept]
+    logged = {r["step"]: r for r in map(json.loads, (run / "metrics.jsonl").open())}
+    for row in rows:
+        want = logged[row["step"]]
+        for key in KEYS + CIRCUIT:
+            assert row[key] == pytest.approx(want[key], abs=2e-5), (row["step"], key)
+        assert row["probe_induction_head"] == want["probe_induction_head"]
+        assert row["probe_partner_head"] == want["probe_partner_head"]
+
+
+def test_the_final_weights_follow_the_snapshots_when_they_are_not_one(run, tmp_path):
+    """A run stopped between snapshots: its own weights are the last row."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "snapshots" / "step-00000008.safetensors").unlink()
+    rows = circuit_along([copy])
+    assert [r["step"] for r in rows] == [*list_snapshots(copy), 8]
+    assert rows[-1]["checkpoint"] == "step 8"
+    final = training_probe(load(copy).eval())
+    assert rows[-1]["probe_k_composition"] == pytest.approx(final["probe_k_composition"])
+
+
+def test_folders_in_the_order_given(tmp_path):
+    """Several checkpoint folders (Hugging Face ones here): a row each, named by folder, in
+    the order given, each the training probe of that model; the table and JSON agree."""
+    a = save_folder(hf_model("gpt2", seed=1), tmp_path / "b-first")
+    b = save_folder(hf_model("gpt2", seed=2), tmp_path / "a-second")
+    code, out, err = cli("forming", a, b, "--json", tmp_path / "f.json")
+    assert code == 0, err
+    rows = json.loads((tmp_path / "f.json").read_text())
+    assert [r["checkpoint"] for r in rows] == ["b-first", "a-second"]
+    assert [r["step"] for r in rows] == [None, None]
+    for row, folder in zip(rows, (a, b), strict=True):
+        want = training_probe(load(folder).eval())
+        assert row["probe_induction_score"] == pytest.approx(want["probe_induction_score"])
+        assert row["probe_induction_head"] == want["probe_induction_head"]
+    lines = out.splitlines()
+    assert lines[0].split()[:2] == ["checkpoint", "induction"]
+    assert lines[1].startswith("b-first") and lines[2].startswith("a-second")
+    assert f"{rows[0]['probe_k_composition']:.3f}" in lines[1]
+    assert "(1 of 2)" in err and "(2 of 2)" in err  # a progress line per checkpoint
+
+
+def test_bad_input_is_one_line_and_exit_2(run, tmp_path):
+    plain = tmp_path / "plain"  # a run without snapshots
+    train(
+        ModelConfig(n_layers=1, n_heads=2, d_model=16, n_ctx=16, d_vocab=32),
+        TrainConfig(corpus="induction-task", steps=2, batch_size=2, warmup=1),
+        plain,
+        progress=False,
+    )
+    hf = save_folder(hf_model("gpt2"), tmp_path / "hf")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    cases = [
+        ((plain,), ["has no snapshots", "--keep-checkpoints"]),
+        ((run, hf), ["has n_heads=", "give checkpoints of one training run"]),
+        ((run, tmp_path / "missing"), ["is not a checkpoint directory"]),
+        ((tmp_path,), ["has no config.json"]),
+        ((run, "--json", blocker / "out.json"), ["--json"]),
+    ]
+    for argv, words in cases:
+        code, out, err = cli("forming", *argv)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1, (argv, err)
+        for word in words:
+            assert word in lines[0], (word, lines[0])
+        assert out == "", argv  # refused before any work

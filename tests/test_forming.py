@@ -77,12 +77,13 @@ def test_the_final_weights_follow_the_snapshots_when_they_are_not_one(run, tmp_p
 def test_folders_in_the_order_given(tmp_path):
     """Several checkpoint folders (Hugging Face ones here): a row each, named by folder, in
     the order given, each the training probe of that model; the table and JSON agree."""
-    a = save_folder(hf_model("gpt2", seed=1), tmp_path / "b-first")
+    a = save_folder(hf_model("gpt2", seed=1), tmp_path / "b-<i>first")
     b = save_folder(hf_model("gpt2", seed=2), tmp_path / "a-second")
-    code, out, err = cli("forming", a, b, "--json", tmp_path / "f.json")
+    html = tmp_path / "forming.html"
+    code, out, err = cli("forming", a, b, "--json", tmp_path / "f.json", "--html", html)
     assert code == 0, err
     rows = json.loads((tmp_path / "f.json").read_text())
-    assert [r["checkpoint"] for r in rows] == ["b-first", "a-second"]
+    assert [r["checkpoint"] for r in rows] == ["b-<i>first", "a-second"]
     assert [r["step"] for r in rows] == [None, None]
     for row, folder in zip(rows, (a, b), strict=True):
         want = training_probe(load(folder).eval())
@@ -90,9 +91,16 @@ def test_folders_in_the_order_given(tmp_path):
         assert row["probe_induction_head"] == want["probe_induction_head"]
     lines = out.splitlines()
     assert lines[0].split()[:2] == ["checkpoint", "induction"]
-    assert lines[1].startswith("b-first") and lines[2].startswith("a-second")
+    assert lines[1].startswith("b-<i>first") and lines[2].startswith("a-second")
     assert f"{rows[0]['probe_k_composition']:.3f}" in lines[1]
     assert "(1 of 2)" in err and "(2 of 2)" in err  # a progress line per checkpoint
+    # the page: the three charts (x: the order given, no steps) and the table, the names
+    # escaped, nothing that runs or fetches
+    page = html.read_text()
+    assert page.count("<svg") == 3 and "checkpoint, in the order given" in page
+    assert "b-&lt;i&gt;first" in page and "<i>" not in page
+    assert "<script" not in page and "Content-Security-Policy" in page
+    assert f"<td>{rows[1]['probe_induction_score']:.3f}</td>" in page
 
 
 def test_bad_input_is_one_line_and_exit_2(run, tmp_path):
@@ -112,6 +120,7 @@ def test_bad_input_is_one_line_and_exit_2(run, tmp_path):
         ((run, tmp_path / "missing"), ["is not a checkpoint directory"]),
         ((tmp_path,), ["has no config.json"]),
         ((run, "--json", blocker / "out.json"), ["--json"]),
+        ((run, "--html", blocker / "out.html"), ["--html"]),
     ]
     for argv, words in cases:
         code, out, err = cli("forming", *argv)

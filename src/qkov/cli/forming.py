@@ -34,6 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dirs", nargs="+", metavar="DIR", help="a run, or checkpoint folders in order")
     p.add_argument("--seed", type=int, default=0, help="probe seed (training logs seed 0)")
     p.add_argument("--json", default=None, help="also write the records to this JSON file")
+    p.add_argument(
+        "--html",
+        default=None,
+        help="also draw them: a self-contained page (charts over training, then the table)",
+    )
     p.set_defaults(func=run)
 
 
@@ -44,12 +49,24 @@ def run(args: argparse.Namespace) -> int:
 
     if args.json:
         check_output_file(args.json, "--json")
+    if args.html:
+        check_output_file(args.html, "--html")
     stage = Stages("qkov forming", lambda line: print(line, file=sys.stderr, flush=True))
     rows = circuit_along(args.dirs, seed=args.seed, log=stage)
     print(table(rows))
+    written = []
     if args.json:
         atomic_write_text(args.json, json.dumps(json_safe(rows), indent=1) + "\n")
-        print(f"\nwrote {args.json}")
+        written.append(args.json)
+    if args.html:
+        from qkov.report.forming import forming_page
+
+        atomic_write_text(args.html, forming_page(rows, " ".join(args.dirs)))
+        written.append(args.html)
+    if written:
+        print()
+        for w in written:
+            print(f"wrote {w}")
     return 0
 
 

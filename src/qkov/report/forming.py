@@ -1,0 +1,101 @@
+"""forming.html: `qkov forming`'s records drawn, a self-contained page (the report's style,
+no script, no network source): the probe's scores and the circuit's weight statistics at
+each checkpoint, then the same numbers as a table."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from qkov.report.escape import esc
+from qkov.report.fmt import num, si
+from qkov.report.page import _csp
+from qkov.report.svg import line_chart
+from qkov.report.widgets import asset
+
+CHARTS = (  # (title, y label, {legend: record key})
+    (
+        "head scores (random-token probe)",
+        "score",
+        {"induction": "probe_induction_score", "previous token": "probe_previous_token_score"},
+    ),
+    ("ICL score (random-token probe)", "nats", {"ICL score": "probe_icl_score"}),
+    (
+        "the induction circuit's weights",
+        "statistic",
+        {
+            "K-composition": "probe_k_composition",
+            "QK term Σλ/Σ|λ|": "probe_qk_eigenvalue",
+            "OV Σλ/Σ|λ|": "probe_ov_eigenvalue",
+        },
+    ),
+)
+COLUMNS = (  # (header, record key, signed)
+    ("induction", "probe_induction_score", False),
+    ("previous token", "probe_previous_token_score", False),
+    ("ICL (probe)", "probe_icl_score", True),
+    ("induction head", "probe_induction_head", None),
+    ("partner", "probe_partner_head", None),
+    ("K-composition", "probe_k_composition", False),
+    ("QK term Σλ/Σ|λ|", "probe_qk_eigenvalue", True),
+    ("OV Σλ/Σ|λ|", "probe_ov_eigenvalue", True),
+)
+
+
+def forming_page(rows: list[dict[str, Any]], title: str) -> str:
+    """The page's HTML. x is the training step where every checkpoint has one, else the
+    checkpoint's place in the order given."""
+    steps = [r.get("step") for r in rows]
+    by_step = all(isinstance(s, int) for s in steps)
+    xs = steps if by_step else list(range(1, len(rows) + 1))
+    x_label = "training step" if by_step else "checkpoint, in the order given"
+    figures = []
+    for chart_title, y_label, keys in CHARTS:
+        series = {
+            legend: [[x, _finite(r.get(key))] for x, r in zip(xs, rows, strict=True)]
+            for legend, key in keys.items()
+        }
+        chart = line_chart(series, chart_title, x_label, y_label, width=420, x_format=_x(by_step))
+        if chart:
+            figures.append(f"<figure>{chart}<figcaption>{esc(chart_title)}</figcaption></figure>")
+    head = "".join(f"<th>{esc(h)}</th>" for h in ("checkpoint", *(c[0] for c in COLUMNS)))
+    body = "".join(
+        "<tr><td>"
+        + esc(r.get("checkpoint"))
+        + "</td>"
+        + "".join(_cell(r.get(key), signed) for _, key, signed in COLUMNS)
+        + "</tr>"
+        for r in rows
+    )
+    style = asset("report.css")
+    csp = _csp(style, "")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{esc(csp)}">'
+        '<meta name="referrer" content="no-referrer"><link rel="icon" href="data:,">'
+        f"<title>{esc(title)}</title><style>{style}</style></head><body>"
+        f'<header class="top"><h1>qkov forming</h1><p>{esc(title)}</p></header><main>'
+        "<section><h2>The induction circuit at each checkpoint</h2><p>At each checkpoint, "
+        "on the fixed random-token probe training logs: the best induction and previous-token "
+        "scores and the ICL score; then, for the best induction head and the earlier head its "
+        "keys read most (K-composition), the circuit's weight statistics: their "
+        "K-composition score and Σλ/Σ|λ| of the induction QK term (token matching near +1) "
+        "and of the head's OV circuit (copying near +1).</p>"
+        f'<div class="plots">{"".join(figures)}</div>'
+        f'<table class="num"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+        "</section></main></body></html>\n"
+    )
+
+
+def _finite(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+def _x(by_step: bool):
+    return si if by_step else (lambda t: f"{t:g}")
+
+
+def _cell(value: Any, signed: bool | None) -> str:
+    if signed is None:  # a head's name
+        return f"<td>{esc(value if value is not None else '-')}</td>"
+    return f"<td>{esc(num(value, 3, signed=signed))}</td>"

@@ -129,3 +129,25 @@ def test_bad_input_is_one_line_and_exit_2(run, tmp_path):
         for word in words:
             assert word in lines[0], (word, lines[0])
         assert out == "", argv  # refused before any work
+
+
+@pytest.mark.parametrize(
+    "steps, axis",
+    [
+        ([15, 108, 1500], "training step (log scale)"),  # snapshots: geometric
+        ([500, 1000, 1500], "training step<"),
+        ([None, 1000, 2000], "checkpoint, in the order given"),
+    ],
+)
+def test_the_page_s_x_axis(steps, axis):
+    """Over more than a decade of steps x is logarithmic (snapshots are spaced so), over
+    less it is the step; without every step it is the order given."""
+    from qkov.report.forming import forming_page
+
+    rows = [
+        {"checkpoint": f"c{i}", "step": s, "probe_induction_score": 0.1 * i}
+        for i, s in enumerate(steps)
+    ]
+    page = forming_page(rows, "t")
+    assert axis in page
+    assert page.count("<svg") == 1  # only the chart with numbers is drawn

@@ -46,16 +46,24 @@ def forming_page(rows: list[dict[str, Any]], title: str) -> str:
     """The page's HTML. x is the training step where every checkpoint has one, else the
     checkpoint's place in the order given."""
     steps = [r.get("step") for r in rows]
-    by_step = all(isinstance(s, int) for s in steps)
-    xs = steps if by_step else list(range(1, len(rows) + 1))
-    x_label = "training step" if by_step else "checkpoint, in the order given"
+    by_step = all(isinstance(s, int) and s > 0 for s in steps)
+    # snapshots are spaced geometrically (a phase change comes early): over more than a
+    # decade of steps, x is log10(step), labelled in steps
+    log_x = by_step and max(steps) >= 10 * min(steps)
+    if log_x:
+        xs, x_label, x_format = [math.log10(s) for s in steps], "training step (log scale)", _pow
+    elif by_step:
+        xs, x_label, x_format = steps, "training step", si
+    else:
+        xs, x_label = list(range(1, len(rows) + 1)), "checkpoint, in the order given"
+        x_format = _order
     figures = []
     for chart_title, y_label, keys in CHARTS:
         series = {
             legend: [[x, _finite(r.get(key))] for x, r in zip(xs, rows, strict=True)]
             for legend, key in keys.items()
         }
-        chart = line_chart(series, chart_title, x_label, y_label, width=420, x_format=_x(by_step))
+        chart = line_chart(series, chart_title, x_label, y_label, width=420, x_format=x_format)
         if chart:
             figures.append(f"<figure>{chart}<figcaption>{esc(chart_title)}</figcaption></figure>")
     head = "".join(f"<th>{esc(h)}</th>" for h in ("checkpoint", *(c[0] for c in COLUMNS)))
@@ -91,8 +99,13 @@ def _finite(x: Any) -> float | None:
     return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
-def _x(by_step: bool):
-    return si if by_step else (lambda t: f"{t:g}")
+def _pow(t: float) -> str:
+    """A log10(step) tick as the step: 2 -> 100, 2.5 -> 316."""
+    return si(round(10**t))
+
+
+def _order(t: float) -> str:
+    return f"{t:g}"
 
 
 def _cell(value: Any, signed: bool | None) -> str:

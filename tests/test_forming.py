@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 
 import pytest
 
@@ -62,8 +63,6 @@ def test_a_run_s_snapshots_give_what_training_logged(run):
 
 def test_the_final_weights_follow_the_snapshots_when_they_are_not_one(run, tmp_path):
     """A run stopped between snapshots: its own weights are the last row."""
-    import shutil
-
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     (copy / "snapshots" / "step-00000008.safetensors").unlink()
@@ -101,6 +100,20 @@ def test_folders_in_the_order_given(tmp_path):
     assert "b-&lt;i&gt;first" in page and "<i>" not in page
     assert "<script" not in page and "Content-Security-Policy" in page
     assert f"<td>{rows[1]['probe_induction_score']:.3f}</td>" in page
+
+
+def test_a_folder_s_step_is_its_record_or_its_name(run, tmp_path):
+    """Pythia's revisions are named by step: folders named so are placed at their steps;
+    a qkov checkpoint's own record wins over its name."""
+    from qkov.forming import checkpoints
+
+    a = save_folder(hf_model("gpt2"), tmp_path / "pythia-70m-step1000")
+    b = save_folder(hf_model("gpt2", seed=1), tmp_path / "pythia-70m-Step_143000")
+    c = save_folder(hf_model("gpt2", seed=2), tmp_path / "final")
+    assert [x.step for x in checkpoints([a, b, c])] == [1000, 143000, None]
+    named = tmp_path / "run-step5"
+    shutil.copytree(run, named)
+    assert [x.step for x in checkpoints([named, run])] == [8, 8]  # its weights' step
 
 
 def test_bad_input_is_one_line_and_exit_2(run, tmp_path):

@@ -3,15 +3,17 @@ at each checkpoint, so the phase change can be read from weights a researcher al
 
 The checkpoints are a run's snapshots (`qkov train --keep-checkpoints N`) and its final
 weights, or checkpoint folders given in training order (a model's published training
-checkpoints saved locally, e.g. Pythia's revisions, each a Hugging Face folder). At a
-snapshot's step the record equals what the training probe logged there (tested): the
-same fixed random-token probe, the same weight statistics of the circuit (best induction
-head, its K-composition partner, the QK term's and the OV circuit's Sum(lambda)/Sum(|lambda|)).
+checkpoints saved locally, e.g. Pythia's revisions, each a Hugging Face folder whose step is
+read from a name like "pythia-70m-step1000"). At a snapshot's step the record equals what
+the training probe logged there (tested): the same fixed random-token probe, the same
+weight statistics of the circuit (best induction head, its K-composition partner, the QK
+term's and the OV circuit's Sum(lambda)/Sum(|lambda|)).
 """
 
 from __future__ import annotations
 
 import gc
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ from qkov.model import Transformer
 from qkov.snapshots import list_snapshots, load_snapshot
 from qkov.training_probe import training_probe
 
+_STEP_NAME = re.compile(r"step[-_]?(\d+)", re.IGNORECASE)
 # what must agree between checkpoints of one training run
 SHAPE = ("n_layers", "n_heads", "d_model", "d_head", "d_vocab", "n_ctx")
 
@@ -54,10 +57,7 @@ def checkpoints(dirs: list[str | Path]) -> list[Checkpoint]:
                 f"{getattr(configs[0], k)}: give checkpoints of one training run"
             )
     if len(paths) > 1:
-        return [
-            Checkpoint(p.name, weights_step(p), lambda p=p: load(p, for_analysis=True))
-            for p in paths
-        ]
+        return [Checkpoint(p.name, _step(p), lambda p=p: load(p, for_analysis=True)) for p in paths]
     run = paths[0]
     steps = list_snapshots(run)
     if not steps:
@@ -102,3 +102,13 @@ def _config(path: Path) -> ModelConfig:
     if not (path / CONFIG).is_file():
         raise QkovError(f"{path} has no {CONFIG}: pass a directory written by `qkov train`")
     return ModelConfig.load(path / CONFIG)
+
+
+def _step(path: Path) -> int | None:
+    """A folder's training step: a qkov checkpoint's own record, else a step named in the
+    folder's name as Pythia's revisions are (step1000, step-1000, step_1000), else None."""
+    step = weights_step(path)
+    if step is not None:
+        return step
+    found = _STEP_NAME.search(path.name)
+    return int(found.group(1)) if found else None

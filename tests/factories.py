@@ -149,3 +149,23 @@ def circuit_model(n_layers=1, positional="shortformer", seed=0, n_heads=2, std=0
         init_std=std,
         seed=seed,
     )
+
+
+def probed_run(out):
+    """Train (seconds) a 2-layer run on the induction task that probes every step and keeps
+    3 snapshots, its last step (8) among them, into `out`; returns `out`."""
+    from qkov.config import TrainConfig
+    from qkov.train import train
+
+    cfg = ModelConfig(n_layers=2, n_heads=2, d_model=16, n_ctx=16, d_vocab=32)
+    tc = TrainConfig(
+        corpus="induction-task",
+        steps=8,
+        batch_size=4,
+        probe_interval=1,
+        eval_interval=4,
+        keep_checkpoints=3,
+        warmup=1,
+    )
+    train(cfg, tc, out, progress=False)
+    return out

@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 
+from factories import probed_run
 from hf_models import hf_model, save_folder
 from qkov.checkpoint import load
 from qkov.cli import main
@@ -25,19 +26,7 @@ CIRCUIT = ("probe_k_composition", "probe_qk_eigenvalue", "probe_ov_eigenvalue")
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A 2-layer run that probes every step and keeps 3 snapshots (its last step among them)."""
-    out = tmp_path_factory.mktemp("forming") / "run"
-    cfg = ModelConfig(n_layers=2, n_heads=2, d_model=16, n_ctx=16, d_vocab=32)
-    tc = TrainConfig(
-        corpus="induction-task",
-        steps=8,
-        batch_size=4,
-        probe_interval=1,
-        eval_interval=4,
-        keep_checkpoints=3,
-        warmup=1,
-    )
-    train(cfg, tc, out, progress=False)
-    return out
+    return probed_run(tmp_path_factory.mktemp("forming") / "run")
 
 
 def cli(*argv) -> tuple[int, str, str]:

@@ -9,13 +9,12 @@ import math
 import pytest
 import torch
 
-from factories import general_model, induction_model
+from factories import general_model, induction_model, probed_run
 from qkov.composition import baseline_scores
-from qkov.config import ModelConfig, TrainConfig
+from qkov.config import ModelConfig
 from qkov.induction_circuit import induction_circuit
 from qkov.repetition import repetition_test
 from qkov.snapshots import list_snapshots, load_snapshot, snapshot_steps
-from qkov.train import train
 from qkov.training_probe import training_probe
 
 
@@ -117,17 +116,7 @@ def test_snapshot_steps(total, n):
 
 def test_logged_circuit_equals_the_snapshot_recomputed(tmp_path):
     """What the training probe logs at a step is what the snapshot of that step gives."""
-    cfg = ModelConfig(n_layers=2, n_heads=2, d_model=16, n_ctx=16, d_vocab=32)
-    tc = TrainConfig(
-        corpus="induction-task",
-        steps=8,
-        batch_size=4,
-        probe_interval=1,
-        eval_interval=4,
-        keep_checkpoints=3,
-        warmup=1,
-    )
-    train(cfg, tc, tmp_path / "run", progress=False)
+    probed_run(tmp_path / "run")
     kept = list_snapshots(tmp_path / "run")
     assert kept == snapshot_steps(8, 3)
     records = {r["step"]: r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").open())}

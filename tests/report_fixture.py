@@ -208,6 +208,16 @@ def v2_analysis() -> dict:
             "log_sum_exp": 12.79,
             "writers": {"embed": 0.02, "L0H0": 0.04, "L0H1": -0.03, "L1H0": 7.1, "L1H1": 0.1},
         },
+        "by_training_count": [  # 10 x 49 predictions, averaging 5.56
+            {"count_from": 0, "count_below": 1, "predictions": 40, "loss": 19.06, "label": "never"},
+            {
+                "count_from": 1000,
+                "count_below": 10000,
+                "predictions": 450,
+                "loss": 4.36,
+                "label": "1,000-9,999",
+            },
+        ],
     }
     m2["term_importance"] = {
         "clean_loss": 2.5,

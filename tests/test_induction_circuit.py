@@ -13,7 +13,7 @@ from factories import general_model, induction_model, probed_run
 from qkov.composition import baseline_scores
 from qkov.config import ModelConfig
 from qkov.induction_circuit import induction_circuit
-from qkov.repetition import repetition_test
+from qkov.repetition import loss_by_count, repetition_test
 from qkov.snapshots import list_snapshots, load_snapshot, snapshot_steps
 from qkov.training_probe import training_probe
 
@@ -85,6 +85,68 @@ def test_repeated_token_logit_splits_the_repeated_half_loss_exactly():
     assert set(x.writers) == {"embed", "L0H0", "L0H1", "L1H0", "L1H1"}
     (name, value), *_ = x.top(1)
     assert name == "L1H0" and value > 0.5 * x.logit
+
+
+def test_loss_by_count_bins_each_prediction_by_its_tokens_training_count():
+    counts = torch.tensor([0, 3, 9, 10, 99, 100, 12345, 7])  # [d_vocab]
+    targets = torch.tensor([[0, 1, 2, 3], [4, 5, 6, 6], [7, 0, 1, 3]])
+    losses = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    bins = loss_by_count(losses, targets, counts)
+    got = [(b.label, b.count_from, b.count_below, b.predictions, b.loss) for b in bins]
+    assert got == [  # [0, 1), [1, 10), [10, 100), [100, 1000): 100 alone; none in 1,000s
+        ("never", 0, 1, 2, (0 + 9) / 2),
+        ("1-9", 1, 10, 4, (1 + 2 + 8 + 10) / 4),
+        ("10-99", 10, 100, 3, (3 + 4 + 11) / 3),
+        ("100-999", 100, 1000, 1, 5.0),
+        ("10,000-99,999", 10000, 100000, 2, (6 + 7) / 2),
+    ]
+    assert sum(b.predictions * b.loss for b in bins) / 12 == pytest.approx(float(losses.mean()))
+    top = loss_by_count(losses, targets, torch.full((8,), 10**6))  # the bin holds 10**6
+    assert [(b.label, b.predictions) for b in top] == [("1,000,000-9,999,999", 12)]
+
+
+def test_repetition_test_splits_the_repeated_half_by_training_count():
+    """With the run's token counts the bins cover every prediction of the repeated half and
+    average to its loss; without them there is no split (and the record says None)."""
+    model = induction_model(noise=0.3, seed=1)
+    assert repetition_test(model, batch=4, half_len=5, seed=3).by_count is None
+    model.token_counts = torch.tensor([0, 1, 5, 20, 300, 300, 4000, 4000, 4000, 50, 2, 0])
+    r = repetition_test(model, batch=4, half_len=5, seed=3)
+    assert sum(b.predictions for b in r.by_count) == 4 * (5 - 1)
+    mean = sum(b.predictions * b.loss for b in r.by_count) / (4 * 4)
+    assert mean == pytest.approx(r.repeated_half_loss, rel=1e-5)
+    d = r.to_dict()["by_training_count"]
+    assert [b["label"] for b in d] == [b.label for b in r.by_count]
+    first = r.by_count[0]
+    assert f"by training count: {first.label} {first.loss:.2f} ({first.predictions})" in repr(r)
+
+
+def test_qkov_heads_repetition_prints_the_loss_by_training_count(tmp_path, capsys):
+    """`qkov heads --repetition` on a run with token_counts.json prints a row per count bin
+    (the record's numbers; the shares of the loss sum to 1) and writes them to --json."""
+    from qkov.checkpoint import save_model, write_token_counts
+    from qkov.cli import main
+    from qkov.model import Transformer
+
+    cfg = ModelConfig(n_layers=1, n_heads=2, d_model=16, n_ctx=100, d_vocab=64, seed=2)
+    save_model(Transformer(cfg), tmp_path / "m")
+    assert main(["heads", str(tmp_path / "m"), "--repetition"]) == 0
+    assert "by how often the repeated token occurred in training" not in capsys.readouterr().out
+    counts = [0] * 4 + [7] * 20 + [450] * 30 + [20000] * 10
+    write_token_counts(tmp_path / "m" / "token_counts.json", counts, "stdlib")
+    assert (
+        main(["heads", str(tmp_path / "m"), "--repetition", "--json", str(tmp_path / "h.json")])
+        == 0
+    )
+    out = capsys.readouterr().out
+    bins = json.loads((tmp_path / "h.json").read_text())["repetition"]["by_training_count"]
+    assert [b["label"] for b in bins] == ["never", "1-9", "100-999", "10,000-99,999"]
+    table = out.split("count in training   predictions   loss   share of the loss\n")[1]
+    rows = [line.split() for line in table.splitlines()[: len(bins)]]
+    assert [(r[0], int(r[1]), float(r[2])) for r in rows] == [
+        (b["label"], b["predictions"], round(b["loss"], 2)) for b in bins
+    ]
+    assert sum(int(r[3].rstrip("%")) for r in rows) == pytest.approx(100, abs=len(bins))
 
 
 @pytest.mark.parametrize(

@@ -14,10 +14,16 @@ this test to compare with published numbers, the standard probe to label heads.
 `RepeatedTokenLogit` says why the repeated half costs what it does: its loss is the
 log-sum-exp of the logits less the repeated token's logit, both measured from the mean
 logit, and the second splits exactly into what each writer into the residual stream adds
-(the embedding, each head, each MLP, the biases), the final norm's scale frozen."""
+(the embedding, each head, each MLP, the biases), the final norm's scale frozen.
+
+`CountBin` says which tokens it costs: where the model knows how often each token occurred
+in its training split (`model.token_counts`, token_counts.json of the run), the repeated
+half's loss by that count, a decade at a time. A model copies the tokens it saw often far
+better than the rare ones, which random tokens draw as often."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -59,13 +65,50 @@ class RepeatedTokenLogit:
         )
 
 
+@dataclass(frozen=True)
+class CountBin:
+    """The repeated half's predictions of tokens that occurred `count_from` <= count <
+    `count_below` times in the model's training split: how many there are, their mean loss."""
+
+    count_from: int
+    count_below: int
+    predictions: int
+    loss: float
+
+    @property
+    def label(self) -> str:
+        """'never', '1-9', '1,000-9,999': the counts this bin holds."""
+        if self.count_below == 1:
+            return "never"
+        return f"{self.count_from:,}-{self.count_below - 1:,}"
+
+
+def loss_by_count(losses: Tensor, targets: Tensor, counts: Tensor) -> list[CountBin]:
+    """Mean loss of the predictions `losses` [...] of the tokens `targets` [...] (same
+    shape), binned by each target's training count (`counts` [d_vocab]): 0, then decades
+    1-9, 10-99, ... up to the one that holds the largest count; empty bins are left out.
+    The bins' losses, weighted by their predictions, average to losses.mean()."""
+    c = counts.to(targets.device)[targets].flatten()
+    losses = losses.flatten().float()
+    top = int(counts.max()) if counts.numel() else 0
+    edges = [0, 1] + [10**k for k in range(1, len(str(max(top, 1))) + 1)]  # last one > top
+    bins = []
+    for lo, hi in itertools.pairwise(edges):
+        inside = (c >= lo) & (c < hi)
+        if n := int(inside.sum()):
+            bins.append(CountBin(lo, hi, n, float(losses[inside].mean())))
+    return bins
+
+
 @dataclass
 class RepetitionTest:
     """Per-head induction scores [n_layers, n_heads] and the loss on each half.
 
-    first_half_loss: mean loss of predicting tokens 1 .. half_len-1 (the random block);
-    repeated_half_loss: mean loss of predicting tokens half_len+1 .. 2*half_len-1 (the repeat,
-    after its first token, which no model can know). uniform_loss = ln(d_vocab)."""
+        first_half_loss: mean loss of predicting tokens 1 .. half_len-1 (the random block);
+        repeated_half_loss: mean loss of predicting tokens half_len+1 .. 2*half_len-1 (the repeat,
+        after its first token, which no model can know). uniform_loss = ln(d_vocab). by_count:
+    the repeated half's loss by the token's training count (`loss_by_count`), None where the
+    model has no token counts."""
 
     batch: int
     half_len: int
@@ -75,6 +118,7 @@ class RepetitionTest:
     repeated_half_loss: float
     uniform_loss: float
     repeated_token_logit: RepeatedTokenLogit | None = None
+    by_count: list[CountBin] | None = None
 
     @property
     def repeated_fraction(self) -> float:
@@ -107,6 +151,10 @@ class RepetitionTest:
                 f"  repeated token's logit {num(t.logit, '+.3f')}: {', '.join(writers)} "
                 f"(of {len(t.writers)} writers)"
             )
+        if self.by_count:
+            lines[-1] += ";"
+            bins = [f"{b.label} {num(b.loss, '.2f')} ({b.predictions})" for b in self.by_count]
+            lines.append(wrap("repeated-half loss by training count: ", bins))
         return "\n".join(lines) + ")"
 
     def to_dict(self) -> dict[str, object]:
@@ -121,6 +169,11 @@ class RepetitionTest:
             "repeated_fraction": self.repeated_fraction,
             "repeated_token_logit": (
                 None if self.repeated_token_logit is None else vars(self.repeated_token_logit)
+            ),
+            "by_training_count": (
+                None
+                if self.by_count is None
+                else [{**vars(b), "label": b.label} for b in self.by_count]
             ),
         }
 
@@ -146,6 +199,7 @@ def repetition_test(
     losses = token_losses(logits, tokens)  # column t-1 predicts token t
     first = losses[:, : half_len - 1]  # tokens 1 .. half_len-1
     repeated = losses[:, half_len:]  # tokens half_len+1 .. 2*half_len-1
+    counts = getattr(model, "token_counts", None)  # token_counts.json of the run, or None
     return RepetitionTest(
         batch=batch,
         half_len=half_len,
@@ -155,6 +209,9 @@ def repetition_test(
         repeated_half_loss=float(repeated.mean()),
         uniform_loss=math.log(cfg.d_vocab),
         repeated_token_logit=repeated_token_logit(model, tokens, half_len),
+        by_count=None
+        if counts is None
+        else loss_by_count(repeated, tokens[:, half_len + 1 :], counts),
     )
 
 

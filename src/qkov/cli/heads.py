@@ -224,6 +224,15 @@ def _repetition(model) -> dict[str, object]:
         + ", ".join(f"{name} {v:+.2f}" for name, v in top)
         + (f", the other {len(x.writers) - len(top)} {rest:+.2f}" if len(x.writers) > 8 else "")
     )
+    if r.by_count:
+        total = sum(b.predictions * b.loss for b in r.by_count)
+        print(
+            "the repeated half's loss by how often the repeated token occurred in training "
+            "(token_counts.json):\ncount in training   predictions   loss   share of the loss"
+        )
+        for b in r.by_count:
+            share = b.predictions * b.loss / total if total else float("nan")
+            print(f"{b.label:<18} {b.predictions:12d} {b.loss:6.2f} {share:19.0%}")
     return {**r.to_dict(), "probe_induction_by_seed": probes.tolist()}
 
 

@@ -77,10 +77,16 @@ computed" (with the reason from `not_computed` if given). Names are the library'
                      "uniform_loss": float,        # ln d_vocab
                      "repeated_fraction": float,   # repeated_half_loss / uniform_loss
                      "repeated_token_logit": {"logit": float, "log_sum_exp": float,
-                                              "writers": {str: float}}},
+                                              "writers": {str: float}},
+                     "by_training_count": [{"count_from": int, "count_below": int,
+                                            "predictions": int, "loss": float,
+                                            "label": str}] | null},
                                            # repeated half: loss = log_sum_exp - logit
                                            # (the repeated token's), both less the mean
-                                           # logit; writers split logit exactly
+                                           # logit; writers split logit exactly;
+                                           # by_training_count: the repeated half's loss by
+                                           # the token's count in the training split
+                                           # (decades; None: no token_counts.json)
       "term_importance": {"clean_loss": float, "mode": "zero"|"mean", "n_tokens": int,
                           "terms": [{"term": str, "kind": "order"|"head"|"mlp",
                                      "order": int, "loss_increase": float}]},

@@ -58,7 +58,7 @@ def induction_section(m: dict) -> str:
 def repetition_section(m: dict) -> str:
     """The peers' repeated random tokens test: each half's loss, the heads that score on it,
     and the repeated half's loss split into log-sum-exp less the repeated token's logit, that
-    logit by writer (a bar each)."""
+    logit by writer (a bar each), and the loss by the token's training count where known."""
     r = m.get("repetition")
     if (m.get("config") or {}).get("n_layers", 0) < 1:
         return ""
@@ -109,6 +109,15 @@ def repetition_section(m: dict) -> str:
         out.append(hbar_chart(parts, "the repeated half's loss", " nats", width=620))
         out.append("<h5>the repeated token's logit by writer</h5>")
         out.append(hbar_chart(shown, "the repeated token's logit by writer", ""))
+    bins = r.get("by_training_count")
+    if bins:
+        out.append(
+            "<h5>the repeated half's loss by how often the token occurred in training "
+            "(predictions in brackets)</h5>"
+        )
+        rows = [(f"{b['label']} ({b['predictions']})", b["loss"]) for b in bins]
+        rows.append(("a uniform guess", r["uniform_loss"]))
+        out.append(hbar_chart(rows, "repeated-half loss by training count", " nats", width=620))
     return "".join(out)
 
 

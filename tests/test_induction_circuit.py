@@ -91,7 +91,7 @@ def test_loss_by_count_bins_each_prediction_by_its_tokens_training_count():
     counts = torch.tensor([0, 3, 9, 10, 99, 100, 12345, 7])  # [d_vocab]
     targets = torch.tensor([[0, 1, 2, 3], [4, 5, 6, 6], [7, 0, 1, 3]])
     losses = torch.arange(12, dtype=torch.float32).reshape(3, 4)
-    bins = loss_by_count(losses, targets, counts)
+    bins = loss_by_count(losses, -losses, 2 * losses, targets, counts)
     got = [(b.label, b.count_from, b.count_below, b.predictions, b.loss) for b in bins]
     assert got == [  # [0, 1), [1, 10), [10, 100), [100, 1000): 100 alone; none in 1,000s
         ("never", 0, 1, 2, (0 + 9) / 2),
@@ -100,8 +100,10 @@ def test_loss_by_count_bins_each_prediction_by_its_tokens_training_count():
         ("100-999", 100, 1000, 1, 5.0),
         ("10,000-99,999", 10000, 100000, 2, (6 + 7) / 2),
     ]
+    for b in bins:  # the logits are binned with the losses: each the same mean, scaled
+        assert (b.first_logit, b.repeated_logit, b.lift) == (-b.loss, 2 * b.loss, 3 * b.loss)
     assert sum(b.predictions * b.loss for b in bins) / 12 == pytest.approx(float(losses.mean()))
-    top = loss_by_count(losses, targets, torch.full((8,), 10**6))  # the bin holds 10**6
+    top = loss_by_count(losses, losses, losses, targets, torch.full((8,), 10**6))
     assert [(b.label, b.predictions) for b in top] == [("1,000,000-9,999,999", 12)]
 
 
@@ -117,6 +119,19 @@ def test_repetition_test_splits_the_repeated_half_by_training_count():
     assert mean == pytest.approx(r.repeated_half_loss, rel=1e-5)
     d = r.to_dict()["by_training_count"]
     assert [b["label"] for b in d] == [b.label for b in r.by_count]
+    # Without the planted head the repeat adds nothing: the same token, the same logit
+    # wherever it is predicted from (the heads attend by position, so only the noise moves
+    # it); with it, the repeat lifts every bin's token.
+    planted = induction_model(noise=0.02)
+    planted.token_counts = model.token_counts
+    with torch.no_grad():
+        planted.W_U.mul_(20.0)  # sharp logits: the copied token wins by a wide margin
+    lifted = repetition_test(planted, batch=4, half_len=5, seed=3).by_count
+    assert len(lifted) >= 4 and all(b.lift > 10 for b in lifted)
+    with torch.no_grad():
+        planted.W_O[1, 0].zero_()
+    flat = repetition_test(planted, batch=4, half_len=5, seed=3).by_count
+    assert all(abs(b.lift) < 1 for b in flat)
     first = r.by_count[0]
     assert f"by training count: {first.label} {first.loss:.2f} ({first.predictions})" in repr(r)
 
@@ -141,10 +156,14 @@ def test_qkov_heads_repetition_prints_the_loss_by_training_count(tmp_path, capsy
     out = capsys.readouterr().out
     bins = json.loads((tmp_path / "h.json").read_text())["repetition"]["by_training_count"]
     assert [b["label"] for b in bins] == ["never", "1-9", "100-999", "10,000-99,999"]
-    table = out.split("count in training   predictions   loss   share of the loss\n")[1]
+    table = out.split("logit: first half  repeat   lift\n")[1]
     rows = [line.split() for line in table.splitlines()[: len(bins)]]
     assert [(r[0], int(r[1]), float(r[2])) for r in rows] == [
         (b["label"], b["predictions"], round(b["loss"], 2)) for b in bins
+    ]
+    assert [[float(x) for x in r[4:]] for r in rows] == [
+        [round(b["first_logit"], 2), round(b["repeated_logit"], 2), round(b["lift"], 2)]
+        for b in bins
     ]
     assert sum(int(r[3].rstrip("%")) for r in rows) == pytest.approx(100, abs=len(bins))
 

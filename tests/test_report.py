@@ -316,11 +316,13 @@ def test_repetition_section_shows_both_halves_and_the_split(page):
         "the repeated token's logit: 7.2300 nats",
         "the loss: their difference: 5.5600 nats",
     ]
-    assert bars[4].startswith("L1H0: 7.1") and len(bars) == 4 + 5 + 3  # largest first
-    assert bars[9:] == [  # then the loss by training count, and the uniform guess's
+    assert bars[4].startswith("L1H0: 7.1") and len(bars) == 4 + 5 + 3 + 2  # largest first
+    assert bars[9:] == [  # then the loss by training count, the uniform guess's, the lifts
         "never (40): 19.0600 nats",
         "1,000-9,999 (450): 4.3600 nats",
         "a uniform guess: 7.6250 nats",
+        "never (40): 0.5000",
+        "1,000-9,999 (450): 7.4000",
     ]
     assert "the repeated half's loss by how often the token occurred in training" in text
 

@@ -68,12 +68,17 @@ class RepeatedTokenLogit:
 @dataclass(frozen=True)
 class CountBin:
     """The repeated half's predictions of tokens that occurred `count_from` <= count <
-    `count_below` times in the model's training split: how many there are, their mean loss."""
+    `count_below` times in the model's training split: how many there are, their mean loss,
+    and the means of that token's logit (counted from the mean logit) where the first half
+    predicts it (first_logit: the model's prior for it) and where the repeat does
+    (repeated_logit). lift = repeated_logit - first_logit: what the repeat adds."""
 
     count_from: int
     count_below: int
     predictions: int
     loss: float
+    first_logit: float
+    repeated_logit: float
 
     @property
     def label(self) -> str:
@@ -82,21 +87,28 @@ class CountBin:
             return "never"
         return f"{self.count_from:,}-{self.count_below - 1:,}"
 
+    @property
+    def lift(self) -> float:
+        return self.repeated_logit - self.first_logit
 
-def loss_by_count(losses: Tensor, targets: Tensor, counts: Tensor) -> list[CountBin]:
-    """Mean loss of the predictions `losses` [...] of the tokens `targets` [...] (same
-    shape), binned by each target's training count (`counts` [d_vocab]): 0, then decades
-    1-9, 10-99, ... up to the one that holds the largest count; empty bins are left out.
-    The bins' losses, weighted by their predictions, average to losses.mean()."""
+
+def loss_by_count(
+    losses: Tensor, first_logit: Tensor, repeated_logit: Tensor, targets: Tensor, counts: Tensor
+) -> list[CountBin]:
+    """The predictions of the tokens `targets` [...] binned by each one's training count
+    (`counts` [d_vocab]): 0, then decades 1-9, 10-99, ... up to the one that holds the
+    largest count; empty bins are left out. Each bin holds the means of `losses`,
+    `first_logit` and `repeated_logit` (each shaped as targets) over its predictions, so the
+    bins' means, weighted by their predictions, average to the whole one."""
     c = counts.to(targets.device)[targets].flatten()
-    losses = losses.flatten().float()
+    values = [x.flatten().float() for x in (losses, first_logit, repeated_logit)]
     top = int(counts.max()) if counts.numel() else 0
     edges = [0, 1] + [10**k for k in range(1, len(str(max(top, 1))) + 1)]  # last one > top
     bins = []
     for lo, hi in itertools.pairwise(edges):
         inside = (c >= lo) & (c < hi)
         if n := int(inside.sum()):
-            bins.append(CountBin(lo, hi, n, float(losses[inside].mean())))
+            bins.append(CountBin(lo, hi, n, *(float(x[inside].mean()) for x in values)))
     return bins
 
 
@@ -173,7 +185,7 @@ class RepetitionTest:
             "by_training_count": (
                 None
                 if self.by_count is None
-                else [{**vars(b), "label": b.label} for b in self.by_count]
+                else [{**vars(b), "label": b.label, "lift": b.lift} for b in self.by_count]
             ),
         }
 
@@ -200,6 +212,15 @@ def repetition_test(
     first = losses[:, : half_len - 1]  # tokens 1 .. half_len-1
     repeated = losses[:, half_len:]  # tokens half_len+1 .. 2*half_len-1
     counts = getattr(model, "token_counts", None)  # token_counts.json of the run, or None
+    by_count = None
+    if counts is not None:
+        # tokens 1 .. half_len-1 are predicted twice: by the first half (columns 0 ..
+        # half_len-2) and by the repeat (columns half_len .. 2*half_len-2)
+        t = tokens[:, 1:half_len]
+        centred = logits.float() - logits.float().mean(-1, keepdim=True)
+        first_logit = centred[:, : half_len - 1].gather(-1, t[..., None])[..., 0]
+        repeated_logit = centred[:, half_len : 2 * half_len - 1].gather(-1, t[..., None])[..., 0]
+        by_count = loss_by_count(repeated, first_logit, repeated_logit, t, counts)
     return RepetitionTest(
         batch=batch,
         half_len=half_len,
@@ -209,9 +230,7 @@ def repetition_test(
         repeated_half_loss=float(repeated.mean()),
         uniform_loss=math.log(cfg.d_vocab),
         repeated_token_logit=repeated_token_logit(model, tokens, half_len),
-        by_count=None
-        if counts is None
-        else loss_by_count(repeated, tokens[:, half_len + 1 :], counts),
+        by_count=by_count,
     )
 
 

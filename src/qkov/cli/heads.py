@@ -228,11 +228,17 @@ def _repetition(model) -> dict[str, object]:
         total = sum(b.predictions * b.loss for b in r.by_count)
         print(
             "the repeated half's loss by how often the repeated token occurred in training "
-            "(token_counts.json):\ncount in training   predictions   loss   share of the loss"
+            "(token_counts.json), and that token's logit (from the mean logit) where the first "
+            "half predicts it and where the repeat does:\n"
+            "count in training   predictions   loss   share of the loss   logit: first half"
+            "  repeat   lift"
         )
         for b in r.by_count:
             share = b.predictions * b.loss / total if total else float("nan")
-            print(f"{b.label:<18} {b.predictions:12d} {b.loss:6.2f} {share:19.0%}")
+            print(
+                f"{b.label:<18} {b.predictions:12d} {b.loss:6.2f} {share:19.0%} "
+                f"{b.first_logit:+18.2f} {b.repeated_logit:+7.2f} {b.lift:+6.2f}"
+            )
     return {**r.to_dict(), "probe_induction_by_seed": probes.tolist()}
 
 

@@ -80,13 +80,17 @@ computed" (with the reason from `not_computed` if given). Names are the library'
                                               "writers": {str: float}},
                      "by_training_count": [{"count_from": int, "count_below": int,
                                             "predictions": int, "loss": float,
-                                            "label": str}] | null},
+                                            "first_logit": float, "repeated_logit": float,
+                                            "lift": float, "label": str}] | null},
                                            # repeated half: loss = log_sum_exp - logit
                                            # (the repeated token's), both less the mean
                                            # logit; writers split logit exactly;
                                            # by_training_count: the repeated half's loss by
                                            # the token's count in the training split
-                                           # (decades; None: no token_counts.json)
+                                           # (decades; null: no token_counts.json), with its
+                                           # logit (less the mean) where the first half and
+                                           # where the repeat predict it; lift: their
+                                           # difference
       "term_importance": {"clean_loss": float, "mode": "zero"|"mean", "n_tokens": int,
                           "terms": [{"term": str, "kind": "order"|"head"|"mlp",
                                      "order": int, "loss_increase": float}]},

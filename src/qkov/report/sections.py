@@ -118,6 +118,12 @@ def repetition_section(m: dict) -> str:
         rows = [(f"{b['label']} ({b['predictions']})", b["loss"]) for b in bins]
         rows.append(("a uniform guess", r["uniform_loss"]))
         out.append(hbar_chart(rows, "repeated-half loss by training count", " nats", width=620))
+        out.append(
+            "<h5>what the repeat adds to the token's logit: its logit where the repeat "
+            "predicts it less where the first half does, by training count</h5>"
+        )
+        lifts = [(f"{b['label']} ({b['predictions']})", b["lift"]) for b in bins]
+        out.append(hbar_chart(lifts, "the repeat's lift by training count", "", width=620))
     return "".join(out)
 
 

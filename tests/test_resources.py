@@ -55,3 +55,16 @@ def test_a_laptop_configuration_fits():
     check_step_memory(ModelConfig(), batch_size=16)  # the defaults: well under 1 GB
     with pytest.raises(QkovError, match="needs about"):
         check_step_memory(ModelConfig(n_ctx=200_000), batch_size=16)
+
+
+def test_size_str_is_the_one_way_sizes_are_printed():
+    from qkov.resources import size_str
+
+    assert [size_str(n) for n in (6.6e9, 1e9, 850e6, 1e6, 12_345, 0)] == [
+        "6.6 GB",
+        "1.0 GB",
+        "850.0 MB",
+        "1.0 MB",
+        "12.3 kB",
+        "0.0 kB",
+    ]

@@ -59,15 +59,15 @@ def check_path_memory(
     """Refuse, before any work, an expansion cut at max_order whose memory need(order) (in
     bytes) is more than half the memory free, naming the max_order that fits (a 12-layer
     model has 13^12 chains per start: it must be cut)."""
-    from qkov.resources import available_memory
+    from qkov.resources import available_memory, size_str
 
     have = available_memory()
     if have is None or need(max_order) <= have // 2:
         return
     k = largest_order(cfg, lambda order: need(order) <= have // 2)
     raise QkovError(
-        f"{what} needs ~{need(max_order) / 1e9:.1f} GB, more than half the {have / 1e9:.1f} "
-        f"GB free: cut it at max_order={k} (paths through more heads are summed into one "
+        f"{what} needs ~{size_str(need(max_order))}, more than half the {size_str(have)} "
+        f"free: cut it at max_order={k} (paths through more heads are summed into one "
         "exact remainder; on the command line --max-order, or --qk-max-order for QK terms) "
         "or give fewer tokens"
     )

@@ -83,8 +83,12 @@ def available_memory(device: str = "cpu") -> int | None:
         return None
 
 
-def _gb(n: int) -> str:
-    return f"{n / 1e9:.1f} GB"
+def size_str(n: float) -> str:
+    """Bytes as every size qkov prints: '6.6 GB'; '850.0 MB' below 1 GB, '12.3 kB' below 1 MB."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n / 1e3:.1f} kB"
 
 
 def check_step_memory(
@@ -106,8 +110,8 @@ def check_step_memory(
     raise QkovError(
         f"n_ctx={cfg.n_ctx}, batch_size={batch_size}, d_model={cfg.d_model}, "
         + (f"d_mlp={cfg.d_mlp}, " if cfg.d_mlp else "")
-        + f"d_vocab={cfg.d_vocab}, n_layers={cfg.n_layers} needs about {_gb(total)} for a "
-        f"training step (weights and AdamW state {_gb(need.params)}, attention patterns "
-        f"{_gb(need.attention)}, other activations {_gb(need.activations)}) but {_gb(have)} "
-        f"is available on {device}: {mend}"
+        + f"d_vocab={cfg.d_vocab}, n_layers={cfg.n_layers} needs about {size_str(total)} for a "
+        f"training step (weights and AdamW state {size_str(need.params)}, attention patterns "
+        f"{size_str(need.attention)}, other activations {size_str(need.activations)}) but "
+        f"{size_str(have)} is available on {device}: {mend}"
     )

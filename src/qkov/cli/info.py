@@ -61,7 +61,7 @@ def _hf_info(path: Path) -> int:
     import torch
 
     from qkov.hf import inspect_hf
-    from qkov.resources import available_memory
+    from qkov.resources import available_memory, size_str
 
     folder = inspect_hf(path)
     cfg = folder.cfg
@@ -73,16 +73,16 @@ def _hf_info(path: Path) -> int:
         (
             "stored",
             f"{', '.join(folder.stored_dtypes())} in {n_files} file{'s' * (n_files > 1)}, "
-            f"{size / 1e9:.2f} GB (qkov.load upcasts to float32)",
+            f"{size_str(size)} (qkov.load upcasts to float32)",
         )
     )
     have = available_memory()
     rows.append(
         (
             "memory",
-            f"{folder.load_bytes(torch.float32) / 1e9:.2f} GB to load, at least "
-            f"{folder.analysis_bytes() / 1e9:.2f} GB to analyse"
-            + (f" ({have / 1e9:.1f} GB available)" if have is not None else ""),
+            f"{size_str(folder.load_bytes(torch.float32))} to load, at least "
+            f"{size_str(folder.analysis_bytes())} to analyse"
+            + (f" ({size_str(have)} available)" if have is not None else ""),
         )
     )
     tok = folder.tokenizer

@@ -33,7 +33,7 @@ from qkov.hf.folder import (
     tensor_index,
 )
 from qkov.model import Transformer
-from qkov.resources import available_memory
+from qkov.resources import available_memory, size_str
 
 # bytes per element of the safetensors dtypes public checkpoints use
 _STORED_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "U8": 1, "BOOL": 1}
@@ -179,7 +179,7 @@ def _check_memory(folder: Folder, dtype: torch.dtype | None, analysis: bool) -> 
     stored = "their stored dtype" if dtype is None else str(dtype).removeprefix("torch.")
     raise QkovError(
         f"{folder.path}: {what} its {_count(folder.cfg.n_params)} parameters in {stored} "
-        f"takes {'at least' if analysis else 'about'} {_size(need)}, and {_size(have)} is "
+        f"takes {'at least' if analysis else 'about'} {size_str(need)}, and {size_str(have)} is "
         "available: free memory or use a larger machine"
         + (" (or keep the stored dtype: qkov.hf.load_hf(DIR, dtype=None))" if halve else "")
     )
@@ -188,11 +188,6 @@ def _check_memory(folder: Folder, dtype: torch.dtype | None, analysis: bool) -> 
 def _count(n: int) -> str:
     """1100048384 -> 1.10B; 124439808 -> 124.4M; 9312 -> 9,312."""
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,}"
-
-
-def _size(n: int) -> str:
-    """Bytes in GB (MB below 1 GB)."""
-    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def _names(index: dict, family: ModuleType) -> dict[str, str]:

@@ -15,6 +15,7 @@ import torch
 
 from hf_models import hf_model, save_folder, tiny_tokenizer
 from qkov.cli import main
+from qkov.resources import size_str
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +127,8 @@ def test_a_folder_too_big_for_the_memory_is_refused_before_it_is_read(
     lines = err.getvalue().strip().splitlines()
     assert code == 2 and len(lines) == 1, lines
     assert f"{folder}: loading and folding" in lines[0], lines
-    assert "parameters in float32 takes at least" in lines[0] and "MB is available" in lines[0]
+    assert f"parameters in float32 takes at least {size_str(need)}, and " in lines[0], lines
+    assert f"{size_str(need - 1)} is available" in lines[0], lines
     assert not (tmp_path / "out").exists()
     # with the memory it needs, the same folder loads
     monkeypatch.undo()  # the weights can be read again
@@ -151,4 +153,4 @@ def test_a_folder_that_loads_but_cannot_be_folded_is_refused_by_the_analyses(tmp
         assert main(["sample", str(folder), "--tokens", "3"]) == 0
     lines = err.getvalue().strip().splitlines()
     assert len(lines) == 1 and "loading and folding" in lines[0], lines
-    assert f"at least {need / 1e6:.1f} MB" in lines[0]
+    assert f"at least {size_str(need)}, and {size_str(need - 1)} is available" in lines[0]

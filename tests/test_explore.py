@@ -570,3 +570,51 @@ def test_a_queued_request_whose_client_left_is_not_computed():
     assert dropped  # and the app logged it
     status, data = answers[0]
     assert status == 200 and data["ids"] == ex.models["m"].model.tokenizer.encode("stays").ids
+
+
+def test_models_that_do_not_fit_together_are_refused_before_any_loads(tmp_path, monkeypatch):
+    """Each model fits alone, the three together do not: the explorer refuses them with one
+    line before reading a weight (it holds every model in float32 and folds one at a time:
+    at least all of them and the largest fold)."""
+    import qkov.checkpoint
+    from hf_models import D_VOCAB, tiny_tokenizer
+    from qkov import QkovError
+    from qkov.checkpoint import folder_size, save_model
+    from qkov.cli import main
+    from qkov.fold import fold_bytes
+
+    dirs = []
+    for i, d_model in enumerate((24, 24, 48)):
+        model = general_model(d_model=d_model, d_vocab=D_VOCAB, seed=i)
+        model.tokenizer = tiny_tokenizer()
+        save_model(model, tmp_path / f"m{i}")
+        dirs.append(tmp_path / f"m{i}")
+    sizes = [folder_size(d) for d in dirs]
+    held = [4 * s.cfg.n_params for s in sizes]
+    folds = [fold_bytes(s.cfg) for s in sizes]
+    assert min(folds) > 0  # layernorm models: the fold writes every weight
+    loading = max(sum(held[:i]) + s.load_bytes for i, s in enumerate(sizes))
+    need = max(loading, sum(held) + max(folds))
+    assert all(
+        max(s.load_bytes, h + f) < need - 1 for s, h, f in zip(sizes, held, folds, strict=True)
+    )
+    loads = []
+    real_load = qkov.checkpoint.load
+    monkeypatch.setattr(
+        qkov.checkpoint, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k)
+    )
+    monkeypatch.setattr("qkov.resources.available_memory", lambda device="cpu": need - 1)
+    with pytest.raises(
+        QkovError, match=r"^exploring 3 models takes at least .* available: explore fewer"
+    ):
+        Explorer.from_dirs(dirs)
+    assert loads == []
+    assert len(Explorer.from_dirs(dirs[:2]).models) == 2  # two fit
+    assert main(["explore", *map(str, dirs), "--port", "0"]) == 2  # before a port is opened
+    monkeypatch.setattr("qkov.resources.available_memory", lambda device="cpu": need)
+    assert len(Explorer.from_dirs(dirs).models) == 3
+    (dirs[2] / "tokenizer.json").unlink()  # no text can be read through it: refused first
+    loads.clear()
+    with pytest.raises(QkovError, match=r"^model m2 has no tokenizer.json"):
+        Explorer.from_dirs(dirs)
+    assert loads == []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -81,6 +82,38 @@ def load_tokenizer(path: Path):
             f"{path} is not a valid tokenizer.json ({str(e).splitlines()[0][:120]}): "
             "restore it from the training run"
         ) from None
+
+
+@dataclass(frozen=True)
+class FolderSize:
+    """What a checkpoint folder becomes when `load` reads it, known without its weights:
+    the model's config, the memory the load holds at its peak (the weights as stored, held
+    while the float32 model is filled), and whether it has a tokenizer."""
+
+    cfg: ModelConfig
+    load_bytes: int
+    has_tokenizer: bool
+
+
+def folder_size(path: str | Path) -> FolderSize:
+    """A qkov or Hugging Face checkpoint folder's `FolderSize`, from config.json and the
+    safetensors headers (a Hugging Face folder is checked as `qkov.hf.inspect_hf` does). A
+    path that is no checkpoint folder is one QkovError line."""
+    from qkov.hf import inspect_hf, is_hf_folder
+
+    path = Path(path)
+    if not path.is_dir():
+        raise QkovError(f"{path} is not a checkpoint directory: pass a run or model folder")
+    if is_hf_folder(path):
+        folder = inspect_hf(path)
+        return FolderSize(
+            folder.cfg, folder.load_bytes(torch.float32), folder.tokenizer is not None
+        )
+    if not (path / CONFIG).is_file():
+        raise QkovError(f"{path} has no {CONFIG}: pass a directory written by `qkov train`")
+    cfg = ModelConfig.load(path / CONFIG)
+    stored = (path / WEIGHTS).stat().st_size if (path / WEIGHTS).is_file() else 0
+    return FolderSize(cfg, stored + 4 * cfg.n_params, (path / TOKENIZER).is_file())
 
 
 def load(

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qkov.checkpoint import CONFIG, load, weights_step
-from qkov.config import ModelConfig
+from qkov.checkpoint import folder_size, load, weights_step
 from qkov.errors import QkovError
 from qkov.model import Transformer
 from qkov.snapshots import list_snapshots, load_snapshot
@@ -47,7 +46,7 @@ def checkpoints(dirs: list[str | Path]) -> list[Checkpoint]:
     paths = [Path(d) for d in dirs]
     if not paths:
         raise QkovError("no checkpoints: give a run kept with --keep-checkpoints N, or folders")
-    configs = [_config(p) for p in paths]
+    configs = [folder_size(p).cfg for p in paths]
     for p, cfg in zip(paths[1:], configs[1:], strict=True):
         differ = [k for k in SHAPE if getattr(cfg, k) != getattr(configs[0], k)]
         if differ:
@@ -89,19 +88,6 @@ def circuit_along(
         del model
         gc.collect()
     return rows
-
-
-def _config(path: Path) -> ModelConfig:
-    """The ModelConfig a folder's weights will have, read without them."""
-    from qkov.hf import inspect_hf, is_hf_folder
-
-    if not path.is_dir():
-        raise QkovError(f"{path} is not a checkpoint directory: pass a run or model folder")
-    if is_hf_folder(path):
-        return inspect_hf(path).cfg
-    if not (path / CONFIG).is_file():
-        raise QkovError(f"{path} has no {CONFIG}: pass a directory written by `qkov train`")
-    return ModelConfig.load(path / CONFIG)
 
 
 def _step(path: Path) -> int | None:

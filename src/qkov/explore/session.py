@@ -76,10 +76,7 @@ class Explorer:
         }
         for m in self.models.values():
             if m.model.tokenizer is None:
-                raise QkovError(
-                    f"model {m.name} has no tokenizer.json, so text cannot be read through it: "
-                    "explore a checkpoint written by `qkov train`"
-                )
+                raise QkovError(_no_tokenizer(m.name))
 
     @classmethod
     def from_dirs(
@@ -91,6 +88,7 @@ class Explorer:
         from qkov.demo_models import NAMES, shipped
 
         paths = [Path(d) for d in dirs] or [shipped(n) for n in NAMES]
+        _check_folders(paths)  # each folder, and all of them together, before a load
         models, where = {}, {}
         for p in paths:
             name, i = p.resolve().name or "model", 2
@@ -368,3 +366,40 @@ def _panel(model: Transformer, layer: int, head: int) -> dict[str, Any]:
             for t in trig
         ],
     }
+
+
+def _no_tokenizer(name: str) -> str:
+    return (
+        f"model {name} has no tokenizer.json, so text cannot be read through it: explore a "
+        "checkpoint written by `qkov train`"
+    )
+
+
+def _check_folders(paths: list[Path]) -> None:
+    """Refuse, with one QkovError line, before any folder is loaded: a folder that is no
+    checkpoint or has no tokenizer, and folders that together need more memory than is
+    available. The explorer holds every model in float32 and folds
+    one at a time, per request (`qkov.circuits.folded`), so it needs at least the larger
+    of: the models loaded before one and that one's load (`folder_size`), at the worst
+    load; and all of the models and the largest fold (`qkov.fold.fold_bytes`)."""
+    from qkov.checkpoint import folder_size
+    from qkov.fold import fold_bytes
+    from qkov.resources import available_memory, size_str
+
+    sizes = [folder_size(p) for p in paths]
+    for p, size in zip(paths, sizes, strict=True):
+        if not size.has_tokenizer:
+            raise QkovError(_no_tokenizer(p.resolve().name))
+    held, loading = 0, 0
+    for size in sizes:  # loaded in order: the earlier models stay while the next is read
+        loading = max(loading, held + size.load_bytes)
+        held += 4 * size.cfg.n_params
+    need = max(loading, held + max(fold_bytes(size.cfg) for size in sizes))
+    have = available_memory()
+    if have is None or need <= have:
+        return
+    raise QkovError(
+        f"exploring {len(paths)} model{'s' * (len(paths) > 1)} takes at least "
+        f"{size_str(need)} (each held in float32, one folded at a time), and "
+        f"{size_str(have)} is available: explore fewer at once, or free memory"
+    )

@@ -116,9 +116,9 @@ def loss_by_count(
 class RepetitionTest:
     """Per-head induction scores [n_layers, n_heads] and the loss on each half.
 
-        first_half_loss: mean loss of predicting tokens 1 .. half_len-1 (the random block);
-        repeated_half_loss: mean loss of predicting tokens half_len+1 .. 2*half_len-1 (the repeat,
-        after its first token, which no model can know). uniform_loss = ln(d_vocab). by_count:
+    first_half_loss: mean loss of predicting tokens 1 .. half_len-1 (the random block);
+    repeated_half_loss: mean loss of predicting tokens half_len+1 .. 2*half_len-1 (the repeat,
+    after its first token, which no model can know). uniform_loss = ln(d_vocab). by_count:
     the repeated half's loss by the token's training count (`loss_by_count`), None where the
     model has no token counts."""
 

@@ -26,6 +26,8 @@ SHOTS = {
     "report-training.png": "#m0-training",  # the circuit forming over training
     "report-mlp2.png": "#m3-induction",  # the 2-layer model with MLPs (the demo's fourth)
 }
+# A taller window (the browser tests' is 1400 x 1000) for a section that needs it whole.
+HEIGHTS = {"report-repetition.png": 1260}  # its four charts, the lifts by training count last
 
 
 def main() -> None:
@@ -44,6 +46,7 @@ def main() -> None:
         driver.get(args.report.resolve().as_uri())
         args.out.mkdir(parents=True, exist_ok=True)
         for name, selector in SHOTS.items():
+            driver.set_window_size(1400, HEIGHTS.get(name, 1000))
             if selector is None:
                 driver.execute_script("window.scrollTo(0, 0)")
             else:

@@ -85,6 +85,27 @@ def test_repeated_token_logit_splits_the_repeated_half_loss_exactly():
     assert set(x.writers) == {"embed", "L0H0", "L0H1", "L1H0", "L1H1"}
     (name, value), *_ = x.top(1)
     assert name == "L1H0" and value > 0.5 * x.logit
+    # The strongest rival: the highest logit of another token at each prediction, less the
+    # mean logit, averaged; its writers sum to it. Here it is the current token, which the
+    # planted direct path (W_E W_U = 20 I on the tokens) predicts: the embedding writes it,
+    # and the induction head hardly moves it.
+    assert x.rival_logit == pytest.approx(_rival_logit(model, 10, 6, 0), rel=1e-5)
+    assert sum(x.rival_writers.values()) == pytest.approx(x.rival_logit, rel=1e-4)
+    assert set(x.rival_writers) == set(x.writers)
+    assert max(x.rival_writers, key=x.rival_writers.get) == "embed"
+    assert abs(x.rival_writers["L1H0"]) < x.writers["L1H0"] / 4
+
+
+def _rival_logit(model, batch: int, half_len: int, seed: int) -> float:
+    """The repetition test's rival logit, computed here from the logits alone."""
+    from qkov.data.probes import repeated_random_tokens
+
+    tokens = repeated_random_tokens(model.cfg.d_vocab, batch, half_len, seed)
+    with torch.no_grad():
+        lg = model(tokens)[:, half_len : 2 * half_len - 1].double()
+    lg = lg - lg.mean(-1, keepdim=True)
+    t = tokens[:, half_len + 1 :]
+    return float(lg.scatter(-1, t[..., None], -torch.inf).max(-1).values.mean())
 
 
 def test_loss_by_count_bins_each_prediction_by_its_tokens_training_count():
@@ -154,7 +175,9 @@ def test_qkov_heads_repetition_prints_the_loss_by_training_count(tmp_path, capsy
         == 0
     )
     out = capsys.readouterr().out
-    bins = json.loads((tmp_path / "h.json").read_text())["repetition"]["by_training_count"]
+    rep = json.loads((tmp_path / "h.json").read_text())["repetition"]
+    bins, rival = rep["by_training_count"], rep["repeated_token_logit"]["rival_logit"]
+    assert f"highest logit at each prediction) {rival:.2f}, by writer: " in out
     assert [b["label"] for b in bins] == ["never", "1-9", "100-999", "10,000-99,999"]
     table = out.split("logit: first half  repeat   lift\n")[1]
     rows = [line.split() for line in table.splitlines()[: len(bins)]]
@@ -179,6 +202,8 @@ def test_repeated_token_logit_is_exact_on_general_models(shape):
     x = r.repeated_token_logit
     assert x.log_sum_exp - x.logit == pytest.approx(r.repeated_half_loss, rel=1e-4)
     assert sum(x.writers.values()) == pytest.approx(x.logit, rel=1e-3, abs=1e-4)
+    assert x.rival_logit == pytest.approx(_rival_logit(model, 3, 4, 1), rel=1e-4)
+    assert sum(x.rival_writers.values()) == pytest.approx(x.rival_logit, rel=1e-3, abs=1e-4)
     want = {"embed", "mlp0", "mlp1"} | {f"L{l}H{h}" for l in range(2) for h in range(3)}
     want |= {"pos"} if model.cfg.positional == "standard" else set()
     want |= {"bias"} if model.cfg.bias else set()

@@ -46,11 +46,14 @@ class RepeatedTokenLogit:
     logit attribution, the final norm's scale frozen): "embed" (W_E), "pos" (W_pos, where
     it is in the stream), each head ("L1H6": its whole output, whatever it read), each MLP
     ("mlp0", with its output bias) and "bias" (b_O of every layer and b_U). They sum to
-    logit."""
+    logit. rival_logit and rival_writers: the same for the repeated token's strongest rival
+    at each prediction (the other token with the highest logit): who outranks the copy."""
 
     logit: float
     log_sum_exp: float
     writers: dict[str, float]
+    rival_logit: float | None = None
+    rival_writers: dict[str, float] | None = None
 
     def top(self, k: int = 6) -> list[tuple[str, float]]:
         """The k writers that move the repeated token's logit most, largest |push| first."""
@@ -58,9 +61,10 @@ class RepeatedTokenLogit:
 
     def __repr__(self) -> str:
         top = [f"{name} {num(v, '+.3f')}" for name, v in self.top(len(self.writers))]
+        rival = "" if self.rival_logit is None else f", rival {num(self.rival_logit, '+.3f')}"
         return (
             f"RepeatedTokenLogit(logit {num(self.logit, '+.3f')}, log_sum_exp "
-            f"{num(self.log_sum_exp)} (loss {num(self.log_sum_exp - self.logit)});\n"
+            f"{num(self.log_sum_exp)} (loss {num(self.log_sum_exp - self.logit)}){rival};\n"
             + wrap(f"{len(self.writers)} writers, largest |push|: ", capped(top, 5), end=")")
         )
 
@@ -252,14 +256,17 @@ def repeated_token_logit(model: Transformer, tokens: Tensor, half_len: int) -> R
     logits, cache = m.run_with_cache(tokens, names=lambda n: n.split(".")[0] in kinds)
     at = slice(half_len, 2 * half_len - 1)  # the positions that predict the repeat's tokens
     t = tokens[:, half_len + 1 :]  # [batch, half_len - 1]
+    lg = logits[:, at].float()
+    rival = lg.scatter(-1, t[..., None], -math.inf).argmax(-1)  # [batch, half_len - 1]
     W_U = w["W_U"].float()
-    u = W_U.T[t] - W_U.mean(1)  # [batch, half_len - 1, d_model]: its column less the mean
+    # [2 (the repeated token, its rival), batch, half_len - 1, d_model]: columns less the mean
+    u = torch.stack([W_U.T[t], W_U.T[rival]]) - W_U.mean(1)
     final = frozen_scales(m, cache)[-1]
     final = final[:, at] if isinstance(final, Tensor) else final
 
-    def push(x: Tensor) -> float:  # x [batch, pos, d_model] or [d_model] (a bias)
+    def push(x: Tensor) -> Tensor:  # x [batch, pos, d_model] or [d_model] (a bias) -> [2]
         x = x[:, at] if x.ndim == 3 else x
-        return float(((x.float() / final) * u).sum(-1).mean())
+        return ((x.float() / final) * u).sum(-1).mean((1, 2))
 
     writers = {"embed": push(w["W_E"][tokens])}
     if cfg.positional == "standard":
@@ -274,11 +281,12 @@ def repeated_token_logit(model: Transformer, tokens: Tensor, half_len: int) -> R
             writers[f"mlp{l}"] = push(cache[f"mlp_out.{l}"])  # with its b_out
     if cfg.bias:  # b_O of every layer through W_U, and b_U itself
         b_U = w["b_U"].float()
-        writers["bias"] = push(bias) + float((b_U[t] - b_U.mean()).mean())
-    lg = logits[:, at].float()
+        writers["bias"] = push(bias) + torch.stack([b_U[t], b_U[rival]]).mean((1, 2)) - b_U.mean()
     mean = lg.mean(-1)
     return RepeatedTokenLogit(
         logit=float((lg.gather(-1, t[..., None])[..., 0] - mean).mean()),
         log_sum_exp=float((lg.logsumexp(-1) - mean).mean()),
-        writers=writers,
+        writers={name: float(v[0]) for name, v in writers.items()},
+        rival_logit=float((lg.gather(-1, rival[..., None])[..., 0] - mean).mean()),
+        rival_writers={name: float(v[1]) for name, v in writers.items()},
     )

@@ -217,12 +217,10 @@ def _repetition(model) -> dict[str, object]:
         f"their mean): log-sum-exp {x.log_sum_exp:.2f} - the repeated token's logit "
         f"{x.logit:.2f} = {x.log_sum_exp - x.logit:.2f} nats"
     )
-    top = x.top(8)
-    rest = x.logit - sum(v for _, v in top)
+    print("the repeated token's logit by writer: " + _writers(x.writers, x.logit))
     print(
-        "the repeated token's logit by writer: "
-        + ", ".join(f"{name} {v:+.2f}" for name, v in top)
-        + (f", the other {len(x.writers) - len(top)} {rest:+.2f}" if len(x.writers) > 8 else "")
+        f"its strongest rival's logit (the other token with the highest logit at each "
+        f"prediction) {x.rival_logit:.2f}, by writer: " + _writers(x.rival_writers, x.rival_logit)
     )
     if r.by_count:
         total = sum(b.predictions * b.loss for b in r.by_count)
@@ -240,6 +238,15 @@ def _repetition(model) -> dict[str, object]:
                 f"{b.first_logit:+18.2f} {b.repeated_logit:+7.2f} {b.lift:+6.2f}"
             )
     return {**r.to_dict(), "probe_induction_by_seed": probes.tolist()}
+
+
+def _writers(writers: dict[str, float], total: float, k: int = 8) -> str:
+    """'L1H6 +1.71, L1H2 +1.63, ..., the other 9 +0.13': the k largest pushes, then the rest."""
+    top = sorted(writers.items(), key=lambda kv: -abs(kv[1]))[:k]
+    rest = total - sum(v for _, v in top)
+    return ", ".join(f"{name} {v:+.2f}" for name, v in top) + (
+        f", the other {len(writers) - k} {rest:+.2f}" if len(writers) > k else ""
+    )
 
 
 def _text_table(ts, n_layers: int, n_heads: int) -> str:

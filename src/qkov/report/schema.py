@@ -77,14 +77,18 @@ computed" (with the reason from `not_computed` if given). Names are the library'
                      "uniform_loss": float,        # ln d_vocab
                      "repeated_fraction": float,   # repeated_half_loss / uniform_loss
                      "repeated_token_logit": {"logit": float, "log_sum_exp": float,
-                                              "writers": {str: float}},
+                                              "writers": {str: float},
+                                              "rival_logit": float,
+                                              "rival_writers": {str: float}},
                      "by_training_count": [{"count_from": int, "count_below": int,
                                             "predictions": int, "loss": float,
                                             "first_logit": float, "repeated_logit": float,
                                             "lift": float, "label": str}] | null},
                                            # repeated half: loss = log_sum_exp - logit
                                            # (the repeated token's), both less the mean
-                                           # logit; writers split logit exactly;
+                                           # logit; writers split logit exactly, and
+                                           # rival_writers the logit of the strongest
+                                           # other token at each prediction;
                                            # by_training_count: the repeated half's loss by
                                            # the token's count in the training split
                                            # (decades; null: no token_counts.json), with its

@@ -85,11 +85,6 @@ def repetition_section(m: dict) -> str:
     out = [f'<p class="note">{esc(intro)}</p>']
     x = r.get("repeated_token_logit")
     if x:
-        writers = sorted(x["writers"].items(), key=lambda kv: -abs(kv[1]))
-        shown = writers[:8]
-        if len(writers) > len(shown):
-            rest = sum(v for _, v in writers[len(shown) :])
-            shown.append((f"the other {len(writers) - len(shown)}", rest))
         split = (
             f"The repeated half's loss, {num(x['log_sum_exp'] - x['logit'])} nats = the "
             f"log-sum-exp of the logits {num(x['log_sum_exp'])} (a uniform guess: "
@@ -108,7 +103,14 @@ def repetition_section(m: dict) -> str:
         out.append("<h5>the repeated half's loss (logits counted from their mean)</h5>")
         out.append(hbar_chart(parts, "the repeated half's loss", " nats", width=620))
         out.append("<h5>the repeated token's logit by writer</h5>")
-        out.append(hbar_chart(shown, "the repeated token's logit by writer", ""))
+        out.append(hbar_chart(_largest(x["writers"]), "the repeated token's logit by writer", ""))
+        if x.get("rival_writers"):
+            out.append(
+                "<h5>its strongest rival's logit by writer (the other token with the highest "
+                f"logit at each prediction: {num(x['rival_logit'])} on average)</h5>"
+            )
+            rival = _largest(x["rival_writers"])
+            out.append(hbar_chart(rival, "the strongest rival's logit by writer", ""))
     bins = r.get("by_training_count")
     if bins:
         out.append(
@@ -125,6 +127,15 @@ def repetition_section(m: dict) -> str:
         lifts = [(f"{b['label']} ({b['predictions']})", b["lift"]) for b in bins]
         out.append(hbar_chart(lifts, "the repeat's lift by training count", "", width=620))
     return "".join(out)
+
+
+def _largest(writers: dict[str, float], k: int = 8) -> list[tuple[str, float]]:
+    """The k writers of largest |push|, then the rest summed as "the other N"."""
+    ranked = sorted(writers.items(), key=lambda kv: -abs(kv[1]))
+    shown = ranked[:k]
+    if len(ranked) > k:
+        shown.append((f"the other {len(ranked) - k}", sum(v for _, v in ranked[k:])))
+    return shown
 
 
 def _circuit_note(c: dict, n_heads: int) -> str:

@@ -574,8 +574,8 @@ def test_a_queued_request_whose_client_left_is_not_computed():
 
 def test_models_that_do_not_fit_together_are_refused_before_any_loads(tmp_path, monkeypatch):
     """Each model fits alone, the three together do not: the explorer refuses them with one
-    line before reading a weight (it holds every model in float32 and folds one at a time:
-    at least all of them and the largest fold)."""
+    line before reading a weight (it holds every model in float32 with its fold, which the
+    model keeps once a request has read it)."""
     import qkov.checkpoint
     from hf_models import D_VOCAB, tiny_tokenizer
     from qkov import QkovError
@@ -594,7 +594,7 @@ def test_models_that_do_not_fit_together_are_refused_before_any_loads(tmp_path, 
     folds = [fold_bytes(s.cfg) for s in sizes]
     assert min(folds) > 0  # layernorm models: the fold writes every weight
     loading = max(sum(held[:i]) + s.load_bytes for i, s in enumerate(sizes))
-    need = max(loading, sum(held) + max(folds))
+    need = max(loading, sum(held) + sum(folds))
     assert all(
         max(s.load_bytes, h + f) < need - 1 for s, h, f in zip(sizes, held, folds, strict=True)
     )
@@ -612,7 +612,12 @@ def test_models_that_do_not_fit_together_are_refused_before_any_loads(tmp_path, 
     assert len(Explorer.from_dirs(dirs[:2]).models) == 2  # two fit
     assert main(["explore", *map(str, dirs), "--port", "0"]) == 2  # before a port is opened
     monkeypatch.setattr("qkov.resources.available_memory", lambda device="cpu": need)
-    assert len(Explorer.from_dirs(dirs).models) == 3
+    explorer = Explorer.from_dirs(dirs)
+    assert len(explorer.models) == 3
+    from qkov.circuits import folded
+
+    kept = [folded(m.model) for m in explorer.models.values()]  # what a request folds
+    assert all(folded(m.model) is f for m, f in zip(explorer.models.values(), kept, strict=True))
     (dirs[2] / "tokenizer.json").unlink()  # no text can be read through it: refused first
     loads.clear()
     with pytest.raises(QkovError, match=r"^model m2 has no tokenizer.json"):

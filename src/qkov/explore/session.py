@@ -378,10 +378,10 @@ def _no_tokenizer(name: str) -> str:
 def _check_folders(paths: list[Path]) -> None:
     """Refuse, with one QkovError line, before any folder is loaded: a folder that is no
     checkpoint or has no tokenizer, and folders that together need more memory than is
-    available. The explorer holds every model in float32 and folds
-    one at a time, per request (`qkov.circuits.folded`), so it needs at least the larger
-    of: the models loaded before one and that one's load (`folder_size`), at the worst
-    load; and all of the models and the largest fold (`qkov.fold.fold_bytes`)."""
+    available. The explorer holds every model in float32 and, once a request reads it, its
+    fold (`qkov.circuits.folded`, kept on the model), so it needs at least the larger of:
+    the models loaded before one and that one's load (`folder_size`), at the worst load;
+    and all of the models with their folds (`qkov.fold.fold_bytes`)."""
     from qkov.checkpoint import folder_size
     from qkov.fold import fold_bytes
     from qkov.resources import available_memory, size_str
@@ -394,12 +394,12 @@ def _check_folders(paths: list[Path]) -> None:
     for size in sizes:  # loaded in order: the earlier models stay while the next is read
         loading = max(loading, held + size.load_bytes)
         held += 4 * size.cfg.n_params
-    need = max(loading, held + max(fold_bytes(size.cfg) for size in sizes))
+    need = max(loading, held + sum(fold_bytes(size.cfg) for size in sizes))
     have = available_memory()
     if have is None or need <= have:
         return
     raise QkovError(
         f"exploring {len(paths)} model{'s' * (len(paths) > 1)} takes at least "
-        f"{size_str(need)} (each held in float32, one folded at a time), and "
+        f"{size_str(need)} (each held in float32 with its fold), and "
         f"{size_str(have)} is available: explore fewer at once, or free memory"
     )

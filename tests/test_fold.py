@@ -213,3 +213,22 @@ def test_fold_bytes_is_what_the_fold_writes(kw, share, dtype) -> None:
     )
     assert fold_bytes(cfg, share, torch.empty(0, dtype=dtype).element_size()) == written
     assert written > 0 or is_folded(model)
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_a_fold_that_would_not_fit_is_refused_before_it_allocates(share, monkeypatch) -> None:
+    """Python's own fold (the commands check it when they load) is refused with one line when
+    the weights it writes exceed the memory available, and runs when they fit."""
+    from qkov import QkovError
+
+    model = general_model(normalization="layernorm")
+    need = fold_bytes(model.cfg, share)
+    monkeypatch.setattr("qkov.resources.available_memory", lambda device="cpu": need - 1)
+    allocated = []
+    monkeypatch.setattr(Transformer, "empty", lambda *a, **k: allocated.append(1) / 0)
+    with pytest.raises(QkovError, match=r"^folding the norms of this [\d,]+-parameter model") as e:
+        fold_layernorm(model, share=share)
+    assert ("fold with share=True" in str(e.value)) == (not share) and allocated == []
+    monkeypatch.undo()
+    monkeypatch.setattr("qkov.resources.available_memory", lambda device="cpu": need)
+    assert fold_layernorm(model, share=share).cfg.normalization == "rms"

@@ -86,6 +86,25 @@ def fold_bytes(cfg: ModelConfig, share: bool = True, element_size: int = 4) -> i
     return element_size * sum(math.prod(shape) for shape in shapes.values())
 
 
+def _check_memory(model: Transformer, share: bool) -> None:
+    """Refuse, with one QkovError line, a fold whose new weights (`fold_bytes`) would not
+    fit in the memory available (on the CPU; a GPU's is not checked here)."""
+    from qkov.resources import available_memory, size_str
+
+    if model.device.type != "cpu":
+        return
+    need = fold_bytes(model.cfg, share, model.W_E.element_size())
+    have = available_memory()
+    if have is not None and need > have:
+        mend = "free memory (delete the models no longer used)"
+        if not share:
+            mend += ", or fold with share=True (it reuses the tensors the fold leaves alone)"
+        raise QkovError(
+            f"folding the norms of this {model.cfg.n_params:,}-parameter model writes "
+            f"{size_str(need)} of new weights, and {size_str(have)} is available: {mend}"
+        )
+
+
 def _fold_reader(
     W: Tensor, b: Tensor | None, w_ln: Tensor, b_ln: Tensor | None, centre: bool
 ) -> tuple[Tensor, Tensor | None]:
@@ -140,6 +159,7 @@ def fold_layernorm(
     cached = model.__dict__.get("_qkov_fold")
     if cached is not None and cached[0] == key:
         return cached[1]
+    _check_memory(model, share)
     folded = _fold(model, center_writing, center_unembed, share)
     model.__dict__["_qkov_fold"] = (key, folded)  # not a submodule: no parameters, no state
     return folded

@@ -220,7 +220,7 @@ def evaluate(run: Path) -> dict:
     from qkov.eigenvalues import ov_statistics_all
     from qkov.heads import head_scores
     from qkov.metrics import read_records
-    from qkov.repetition import repetition_test
+    from qkov.repetition import pool_count_bins, repetition_test
 
     model = load(run, device="cuda" if torch.cuda.is_available() else "cpu").eval()
     recs = read_records(run / "metrics.jsonl")
@@ -250,6 +250,14 @@ def evaluate(run: Path) -> dict:
         "first_half_loss": sum(r.first_half_loss for r in reps) / 5,
         "repeated_half_loss": sum(r.repeated_half_loss for r in reps) / 5,
         "uniform_loss": reps[0].uniform_loss,
+        "rival_logit": sum(r.repeated_token_logit.rival_logit for r in reps) / 5,
+        "repeated_token_logit": sum(r.repeated_token_logit.logit for r in reps) / 5,
+        "by_training_count": None
+        if reps[0].by_count is None
+        else [
+            {**vars(b), "label": b.label, "lift": b.lift}
+            for b in pool_count_bins([r.by_count for r in reps])
+        ],
         "seed0": reps[0].to_dict(),
     }
     probes = torch.stack([head_scores(model, seed=s, copying=False).induction for s in range(8)])

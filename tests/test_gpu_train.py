@@ -73,7 +73,10 @@ def test_smoke_run_trains_evaluates_and_packs(tmp_path):
     run = summary["runs"]["r2_h4"]
     assert "eval_error" not in run, run
     assert run["eval"]["config"]["n_layers"] == 2 and run["eval"]["step"] > 0
-    assert set(run["eval"]["repetition"]) >= {"repeated_half_loss", "uniform_loss"}
+    rep = run["eval"]["repetition"]
+    assert set(rep) >= {"repeated_half_loss", "uniform_loss", "rival_logit"}
+    # the loss by training count, over the 5 seeds' 10 x 49 predictions each
+    assert sum(b["predictions"] for b in rep["by_training_count"]) == 5 * 10 * 49
     assert summary["packed"]["runs"] == ["r2_h4"]
     with tarfile.open(out / summary["packed"]["parts"][0]) as tar:
         names = tar.getnames()

@@ -13,7 +13,7 @@ from factories import general_model, induction_model, probed_run
 from qkov.composition import baseline_scores
 from qkov.config import ModelConfig
 from qkov.induction_circuit import induction_circuit
-from qkov.repetition import loss_by_count, repetition_test
+from qkov.repetition import loss_by_count, pool_count_bins, repetition_test
 from qkov.snapshots import list_snapshots, load_snapshot, snapshot_steps
 from qkov.training_probe import training_probe
 
@@ -126,6 +126,27 @@ def test_loss_by_count_bins_each_prediction_by_its_tokens_training_count():
     assert sum(b.predictions * b.loss for b in bins) / 12 == pytest.approx(float(losses.mean()))
     top = loss_by_count(losses, losses, losses, targets, torch.full((8,), 10**6))
     assert [(b.label, b.predictions) for b in top] == [("1,000,000-9,999,999", 12)]
+
+
+def test_pooled_bins_are_the_bins_of_all_predictions_together():
+    g = torch.Generator().manual_seed(0)
+    counts = torch.randint(0, 3000, (50,), generator=g)
+    parts = [
+        (torch.randint(0, 50, (n,), generator=g), torch.randn(3, n, generator=g))
+        for n in (7, 30, 1)
+    ]
+    each = [loss_by_count(v[0], v[1], v[2], t, counts) for t, v in parts]
+    whole = loss_by_count(
+        *torch.cat([v for _, v in parts], 1), torch.cat([t for t, _ in parts]), counts
+    )
+    pooled = pool_count_bins(each)
+    assert [(b.count_from, b.predictions) for b in pooled] == [
+        (b.count_from, b.predictions) for b in whole
+    ]
+    for p, w in zip(pooled, whole, strict=True):
+        assert (p.loss, p.first_logit, p.repeated_logit) == pytest.approx(
+            (w.loss, w.first_logit, w.repeated_logit)
+        )
 
 
 def test_repetition_test_splits_the_repeated_half_by_training_count():

@@ -116,6 +116,22 @@ def loss_by_count(
     return bins
 
 
+def pool_count_bins(tests: list[list[CountBin]]) -> list[CountBin]:
+    """The bins of several tests (e.g. seeds) as one: each bin's means weighted by its
+    predictions, exactly what `loss_by_count` gives on all their predictions together."""
+    pooled: dict[tuple[int, int], list[float]] = {}
+    for bins in tests:
+        for b in bins:
+            acc = pooled.setdefault((b.count_from, b.count_below), [0, 0.0, 0.0, 0.0])
+            acc[0] += b.predictions
+            for i, v in enumerate((b.loss, b.first_logit, b.repeated_logit), 1):
+                acc[i] += b.predictions * v
+    return [
+        CountBin(lo, hi, int(n), loss / n, first / n, repeated / n)
+        for (lo, hi), (n, loss, first, repeated) in sorted(pooled.items())
+    ]
+
+
 @dataclass
 class RepetitionTest:
     """Per-head induction scores [n_layers, n_heads] and the loss on each half.

@@ -252,6 +252,10 @@ def evaluate(run: Path) -> dict:
         "uniform_loss": reps[0].uniform_loss,
         "rival_logit": sum(r.repeated_token_logit.rival_logit for r in reps) / 5,
         "repeated_token_logit": sum(r.repeated_token_logit.logit for r in reps) / 5,
+        "loss_without": {  # the repeated half's loss without one layer's direct write
+            name: sum(r.repeated_token_logit.loss_without[name] for r in reps) / 5
+            for name in reps[0].repeated_token_logit.loss_without
+        },
         "by_training_count": None
         if reps[0].by_count is None
         else [

@@ -209,6 +209,7 @@ def v2_analysis() -> dict:
             "writers": {"embed": 0.02, "L0H0": 0.04, "L0H1": -0.03, "L1H0": 7.1, "L1H1": 0.1},
             "rival_logit": 11.04,
             "rival_writers": {"embed": 0.5, "L0H0": 8.2, "L0H1": 1.9, "L1H0": 0.3, "L1H1": 0.14},
+            "loss_without": {"embed": 5.5, "attn0": 2.7, "attn1": 10.9},
         },
         "by_training_count": [  # 10 x 49 predictions, averaging 5.56
             {

@@ -74,7 +74,8 @@ def test_smoke_run_trains_evaluates_and_packs(tmp_path):
     assert "eval_error" not in run, run
     assert run["eval"]["config"]["n_layers"] == 2 and run["eval"]["step"] > 0
     rep = run["eval"]["repetition"]
-    assert set(rep) >= {"repeated_half_loss", "uniform_loss", "rival_logit"}
+    assert set(rep) >= {"repeated_half_loss", "uniform_loss", "rival_logit", "loss_without"}
+    assert list(rep["loss_without"]) == ["embed", "attn0", "attn1"]
     # the loss by training count, over the 5 seeds' 10 x 49 predictions each
     assert sum(b["predictions"] for b in rep["by_training_count"]) == 5 * 10 * 49
     assert summary["packed"]["runs"] == ["r2_h4"]

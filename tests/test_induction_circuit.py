@@ -96,6 +96,27 @@ def test_repeated_token_logit_splits_the_repeated_half_loss_exactly():
     assert abs(x.rival_writers["L1H0"]) < x.writers["L1H0"] / 4
 
 
+def test_loss_without_a_layers_direct_write_is_the_planted_circuits_counterfactual():
+    """Taking out the induction head's layer's write makes the repeat several times harder;
+    taking out the embedding's (the planted direct path W_E W_U = 20 I, which guesses
+    the current token: the rival) makes it easier; layer 0's previous-token head writes
+    where W_U does not read, so taking it out changes nothing; a layer that writes nothing
+    changes nothing, exactly."""
+    model = induction_model(noise=0.02)
+    with torch.no_grad():
+        model.W_U.mul_(20.0)
+    r = repetition_test(model, batch=10, half_len=6, seed=0)
+    without = r.repeated_token_logit.loss_without
+    assert set(without) == {"embed", "attn0", "attn1"}
+    assert without["attn1"] > 3 * r.repeated_half_loss
+    assert without["embed"] < r.repeated_half_loss - 1
+    assert without["attn0"] == pytest.approx(r.repeated_half_loss, abs=0.2)
+    with torch.no_grad():
+        model.W_O[0].zero_()
+    r = repetition_test(model, batch=10, half_len=6, seed=0)
+    assert r.repeated_token_logit.loss_without["attn0"] == pytest.approx(r.repeated_half_loss)
+
+
 def _rival_logit(model, batch: int, half_len: int, seed: int) -> float:
     """The repetition test's rival logit, computed here from the logits alone."""
     from qkov.data.probes import repeated_random_tokens
@@ -199,6 +220,9 @@ def test_qkov_heads_repetition_prints_the_loss_by_training_count(tmp_path, capsy
     rep = json.loads((tmp_path / "h.json").read_text())["repetition"]
     bins, rival = rep["by_training_count"], rep["repeated_token_logit"]["rival_logit"]
     assert f"highest logit at each prediction) {rival:.2f}, by writer: " in out
+    without = rep["repeated_token_logit"]["loss_without"]
+    assert list(without) == ["embed", "attn0"]
+    assert f"frozen): embed {without['embed']:.2f} (" in out
     assert [b["label"] for b in bins] == ["never", "1-9", "100-999", "10,000-99,999"]
     table = out.split("logit: first half  repeat   lift\n")[1]
     rows = [line.split() for line in table.splitlines()[: len(bins)]]
@@ -225,6 +249,7 @@ def test_repeated_token_logit_is_exact_on_general_models(shape):
     assert sum(x.writers.values()) == pytest.approx(x.logit, rel=1e-3, abs=1e-4)
     assert x.rival_logit == pytest.approx(_rival_logit(model, 3, 4, 1), rel=1e-4)
     assert sum(x.rival_writers.values()) == pytest.approx(x.rival_logit, rel=1e-3, abs=1e-4)
+    assert set(x.loss_without) == {"embed", "attn0", "mlp0", "attn1", "mlp1"}
     want = {"embed", "mlp0", "mlp1"} | {f"L{l}H{h}" for l in range(2) for h in range(3)}
     want |= {"pos"} if model.cfg.positional == "standard" else set()
     want |= {"bias"} if model.cfg.bias else set()

@@ -316,11 +316,18 @@ def test_repetition_section_shows_both_halves_and_the_split(page):
         "the repeated token's logit: 7.2300 nats",
         "the loss: their difference: 5.5600 nats",
     ]
-    assert bars[4].startswith("L1H0: 7.1") and len(bars) == 4 + 5 + 5 + 3 + 2  # largest first
+    assert bars[4].startswith("L1H0: 7.1") and len(bars) == 4 + 5 + 5 + 5 + 3 + 2
     assert [b.split(":")[0] for b in bars[9:14]] == ["L0H0", "L0H1", "embed", "L1H0", "L1H1"]
+    assert bars[14:19] == [  # the loss as it is, without each layer's direct write, uniform
+        "as it is: 5.5600 nats",
+        "without embed: 5.5000 nats",
+        "without attn0: 2.7000 nats",
+        "without attn1: 10.9000 nats",
+        "a uniform guess: 7.6250 nats",
+    ]
     assert "its strongest rival's logit by writer" in text
     assert "highest logit at each prediction: 11.040 on average" in text
-    assert bars[14:] == [  # then the loss by training count, the uniform guess's, the lifts
+    assert bars[19:] == [  # then the loss by training count, the uniform guess's, the lifts
         "never (40): 19.0600 nats",
         "1,000-9,999 (450): 4.3600 nats",
         "a uniform guess: 7.6250 nats",

@@ -47,13 +47,18 @@ class RepeatedTokenLogit:
     it is in the stream), each head ("L1H6": its whole output, whatever it read), each MLP
     ("mlp0", with its output bias) and "bias" (b_O of every layer and b_U). They sum to
     logit. rival_logit and rival_writers: the same for the repeated token's strongest rival
-    at each prediction (the other token with the highest logit): who outranks the copy."""
+    at each prediction (the other token with the highest logit): who outranks the copy.
+    loss_without: the repeated half's loss with one layer's direct write to the logits taken
+    out ("embed", "attn0": all its heads, "mlp0"), everything else as it was (later layers
+    still read it, the patterns and the final norm's scale frozen): an exact counterfactual
+    of the logits, which says which layer's own guesses cost the copy."""
 
     logit: float
     log_sum_exp: float
     writers: dict[str, float]
     rival_logit: float | None = None
     rival_writers: dict[str, float] | None = None
+    loss_without: dict[str, float] | None = None
 
     def top(self, k: int = 6) -> list[tuple[str, float]]:
         """The k writers that move the repeated token's logit most, largest |push| first."""
@@ -284,17 +289,28 @@ def repeated_token_logit(model: Transformer, tokens: Tensor, half_len: int) -> R
         x = x[:, at] if x.ndim == 3 else x
         return ((x.float() / final) * u).sum(-1).mean((1, 2))
 
-    writers = {"embed": push(w["W_E"][tokens])}
+    def loss_without(x: Tensor) -> float:  # x [batch, pos, d_model]: a layer's write
+        rest = lg - (x[:, at].float() / final) @ W_U  # the logits without its direct path
+        return float(-rest.log_softmax(-1).gather(-1, t[..., None]).mean())
+
+    embed = w["W_E"][tokens]
+    writers, without = {"embed": push(embed)}, {"embed": loss_without(embed)}
     if cfg.positional == "standard":
         writers["pos"] = push(w["W_pos"][at])
     bias = torch.zeros(cfg.d_model, device=m.device)
     for l in range(cfg.n_layers):
         z = cache[f"z.{l}"]  # [batch, head, pos, d_head]
-        writers.update({f"L{l}H{h}": push(z[:, h] @ w["W_O"][l, h]) for h in range(cfg.n_heads)})
+        attn = torch.zeros_like(embed, dtype=torch.float32)
+        for h in range(cfg.n_heads):
+            out = z[:, h] @ w["W_O"][l, h]  # [batch, pos, d_model]: the head's write
+            writers[f"L{l}H{h}"] = push(out)
+            attn += out
+        without[f"attn{l}"] = loss_without(attn)  # the heads' writes, not b_O
         if cfg.bias:
             bias = bias + w["b_O"][l]
         if cfg.d_mlp:
             writers[f"mlp{l}"] = push(cache[f"mlp_out.{l}"])  # with its b_out
+            without[f"mlp{l}"] = loss_without(cache[f"mlp_out.{l}"])
     if cfg.bias:  # b_O of every layer through W_U, and b_U itself
         b_U = w["b_U"].float()
         writers["bias"] = push(bias) + torch.stack([b_U[t], b_U[rival]]).mean((1, 2)) - b_U.mean()
@@ -305,4 +321,5 @@ def repeated_token_logit(model: Transformer, tokens: Tensor, half_len: int) -> R
         writers={name: float(v[0]) for name, v in writers.items()},
         rival_logit=float((lg.gather(-1, rival[..., None])[..., 0] - mean).mean()),
         rival_writers={name: float(v[1]) for name, v in writers.items()},
+        loss_without=without,
     )

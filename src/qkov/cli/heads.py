@@ -222,6 +222,14 @@ def _repetition(model) -> dict[str, object]:
         f"its strongest rival's logit (the other token with the highest logit at each "
         f"prediction) {x.rival_logit:.2f}, by writer: " + _writers(x.rival_writers, x.rival_logit)
     )
+    print(
+        "the repeated half's loss with one layer's direct write to the logits taken out (later "
+        "layers still read it; patterns and the final norm's scale frozen): "
+        + ", ".join(
+            f"{name} {loss:.2f} ({loss / r.uniform_loss:.0%})"
+            for name, loss in x.loss_without.items()
+        )
+    )
     if r.by_count:
         total = sum(b.predictions * b.loss for b in r.by_count)
         print(

@@ -79,7 +79,8 @@ computed" (with the reason from `not_computed` if given). Names are the library'
                      "repeated_token_logit": {"logit": float, "log_sum_exp": float,
                                               "writers": {str: float},
                                               "rival_logit": float,
-                                              "rival_writers": {str: float}},
+                                              "rival_writers": {str: float},
+                                              "loss_without": {str: float}},
                      "by_training_count": [{"count_from": int, "count_below": int,
                                             "predictions": int, "loss": float,
                                             "first_logit": float, "repeated_logit": float,
@@ -88,7 +89,9 @@ computed" (with the reason from `not_computed` if given). Names are the library'
                                            # (the repeated token's), both less the mean
                                            # logit; writers split logit exactly, and
                                            # rival_writers the logit of the strongest
-                                           # other token at each prediction;
+                                           # other token at each prediction; loss_without:
+                                           # the repeated half's loss without one layer's
+                                           # direct write ("embed", "attn0", "mlp0", ...);
                                            # by_training_count: the repeated half's loss by
                                            # the token's count in the training split
                                            # (decades; null: no token_counts.json), with its

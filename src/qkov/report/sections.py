@@ -111,6 +111,16 @@ def repetition_section(m: dict) -> str:
             )
             rival = _largest(x["rival_writers"])
             out.append(hbar_chart(rival, "the strongest rival's logit by writer", ""))
+        if x.get("loss_without"):
+            out.append(
+                "<h5>the repeated half's loss with one layer's direct write to the logits "
+                "taken out (later layers still read it; patterns and the final norm's scale "
+                "frozen)</h5>"
+            )
+            rows = [("as it is", r["repeated_half_loss"])]
+            rows += [(f"without {name}", v) for name, v in x["loss_without"].items()]
+            rows.append(("a uniform guess", r["uniform_loss"]))
+            out.append(hbar_chart(rows, "repeated-half loss without a layer", " nats", width=620))
     bins = r.get("by_training_count")
     if bins:
         out.append(

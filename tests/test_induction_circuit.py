@@ -249,7 +249,10 @@ def test_repeated_token_logit_is_exact_on_general_models(shape):
     assert sum(x.writers.values()) == pytest.approx(x.logit, rel=1e-3, abs=1e-4)
     assert x.rival_logit == pytest.approx(_rival_logit(model, 3, 4, 1), rel=1e-4)
     assert sum(x.rival_writers.values()) == pytest.approx(x.rival_logit, rel=1e-3, abs=1e-4)
-    assert set(x.loss_without) == {"embed", "attn0", "mlp0", "attn1", "mlp1"}
+    layers = {"embed", "attn0", "mlp0", "attn1", "mlp1"}
+    assert set(x.loss_without) == layers | (
+        {"pos"} if model.cfg.positional == "standard" else set()
+    )
     want = {"embed", "mlp0", "mlp1"} | {f"L{l}H{h}" for l in range(2) for h in range(3)}
     want |= {"pos"} if model.cfg.positional == "standard" else set()
     want |= {"bias"} if model.cfg.bias else set()

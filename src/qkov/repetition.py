@@ -49,9 +49,10 @@ class RepeatedTokenLogit:
     logit. rival_logit and rival_writers: the same for the repeated token's strongest rival
     at each prediction (the other token with the highest logit): who outranks the copy.
     loss_without: the repeated half's loss with one layer's direct write to the logits taken
-    out ("embed", "attn0": all its heads, "mlp0"), everything else as it was (later layers
-    still read it, the patterns and the final norm's scale frozen): an exact counterfactual
-    of the logits, which says which layer's own guesses cost the copy."""
+    out ("embed", "pos" where W_pos is in the stream, "attn0": all its heads, "mlp0"),
+    everything else as it was (later layers still read it, the patterns and the final norm's
+    scale frozen): an exact counterfactual of the logits, which says which layer's own
+    guesses cost the copy."""
 
     logit: float
     log_sum_exp: float
@@ -296,7 +297,8 @@ def repeated_token_logit(model: Transformer, tokens: Tensor, half_len: int) -> R
     embed = w["W_E"][tokens]
     writers, without = {"embed": push(embed)}, {"embed": loss_without(embed)}
     if cfg.positional == "standard":
-        writers["pos"] = push(w["W_pos"][at])
+        pos = w["W_pos"][: tokens.shape[1]].expand_as(embed)  # [batch, pos, d_model]
+        writers["pos"], without["pos"] = push(pos), loss_without(pos)
     bias = torch.zeros(cfg.d_model, device=m.device)
     for l in range(cfg.n_layers):
         z = cache[f"z.{l}"]  # [batch, head, pos, d_head]

@@ -57,8 +57,10 @@ def induction_section(m: dict) -> str:
 
 def repetition_section(m: dict) -> str:
     """The peers' repeated random tokens test: each half's loss, the heads that score on it,
-    and the repeated half's loss split into log-sum-exp less the repeated token's logit, that
-    logit by writer (a bar each), and the loss by the token's training count where known."""
+    the repeated half's loss split into log-sum-exp less the repeated token's logit, that
+    logit and its strongest rival's by writer (a bar each), the loss without each layer's
+    direct write, and, where the token counts are known, the loss and the repeat's lift by
+    the token's training count."""
     r = m.get("repetition")
     if (m.get("config") or {}).get("n_layers", 0) < 1:
         return ""

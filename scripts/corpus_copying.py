@@ -14,6 +14,7 @@ src/qkov/demo_models/TRAINING.md ("Which tokens the repeated half costs").
 from __future__ import annotations
 
 import argparse
+import sys
 
 import numpy as np
 
@@ -33,9 +34,16 @@ def main() -> None:
     ap.add_argument("--vocab-size", type=int, default=2048)
     ap.add_argument("--window", type=int, default=512, help="the model's n_ctx (default 512)")
     args = ap.parse_args()
+    if args.window < 1:
+        ap.error(f"--window must be at least 1, got {args.window}")
     from qkov.data.dataset import prepare
+    from qkov.errors import QkovError
 
-    stream = prepare(args.corpus, args.vocab_size)
+    try:
+        stream = prepare(args.corpus, args.vocab_size)
+    except QkovError as e:
+        print(f"corpus_copying.py: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     tokens = np.asarray(stream.train).astype(np.int64)
     counts = stream.token_counts()
     prev = previous_occurrence(tokens)[:-1]  # positions that have a next token

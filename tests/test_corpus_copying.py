@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).parents[1]
 SCRIPT = ROOT / "scripts" / "corpus_copying.py"
@@ -46,3 +47,16 @@ def test_copying_is_counted_on_corpora_that_repeat_and_that_do_not(tmp_path):
     words = np.random.default_rng(0).choice(["alpha", "beta", "gamma", "delta"], size=3000)
     right = _right(tmp_path / "random", " ".join(words))
     assert 10.0 < right < 60.0, right
+
+
+@pytest.mark.parametrize(
+    "argv,says",
+    [
+        (["--corpus", "/nonexistent/corpus"], "is not a file, folder or glob that exists"),
+        (["--window", "0"], "--window must be at least 1"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(argv, says):
+    res = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and says in lines[-1] and "Traceback" not in res.stderr, res.stderr

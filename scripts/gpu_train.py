@@ -257,10 +257,10 @@ def evaluate(run: Path) -> dict:
             for name in reps[0].repeated_token_logit.loss_without
         },
         "by_training_count": None
-        if reps[0].by_count is None
+        if reps[0].by_training_count is None
         else [
             {**vars(b), "label": b.label, "lift": b.lift}
-            for b in pool_count_bins([r.by_count for r in reps])
+            for b in pool_count_bins([r.by_training_count for r in reps])
         ],
         "seed0": reps[0].to_dict(),
     }

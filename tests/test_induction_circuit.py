@@ -174,14 +174,14 @@ def test_repetition_test_splits_the_repeated_half_by_training_count():
     """With the run's token counts the bins cover every prediction of the repeated half and
     average to its loss; without them there is no split (and the record says None)."""
     model = induction_model(noise=0.3, seed=1)
-    assert repetition_test(model, batch=4, half_len=5, seed=3).by_count is None
+    assert repetition_test(model, batch=4, half_len=5, seed=3).by_training_count is None
     model.token_counts = torch.tensor([0, 1, 5, 20, 300, 300, 4000, 4000, 4000, 50, 2, 0])
     r = repetition_test(model, batch=4, half_len=5, seed=3)
-    assert sum(b.predictions for b in r.by_count) == 4 * (5 - 1)
-    mean = sum(b.predictions * b.loss for b in r.by_count) / (4 * 4)
+    assert sum(b.predictions for b in r.by_training_count) == 4 * (5 - 1)
+    mean = sum(b.predictions * b.loss for b in r.by_training_count) / (4 * 4)
     assert mean == pytest.approx(r.repeated_half_loss, rel=1e-5)
     d = r.to_dict()["by_training_count"]
-    assert [b["label"] for b in d] == [b.label for b in r.by_count]
+    assert [b["label"] for b in d] == [b.label for b in r.by_training_count]
     # Without the planted head the repeat adds nothing: the same token, the same logit
     # wherever it is predicted from (the heads attend by position, so only the noise moves
     # it); with it, the repeat lifts every bin's token.
@@ -189,13 +189,13 @@ def test_repetition_test_splits_the_repeated_half_by_training_count():
     planted.token_counts = model.token_counts
     with torch.no_grad():
         planted.W_U.mul_(20.0)  # sharp logits: the copied token wins by a wide margin
-    lifted = repetition_test(planted, batch=4, half_len=5, seed=3).by_count
+    lifted = repetition_test(planted, batch=4, half_len=5, seed=3).by_training_count
     assert len(lifted) >= 4 and all(b.lift > 10 for b in lifted)
     with torch.no_grad():
         planted.W_O[1, 0].zero_()
-    flat = repetition_test(planted, batch=4, half_len=5, seed=3).by_count
+    flat = repetition_test(planted, batch=4, half_len=5, seed=3).by_training_count
     assert all(abs(b.lift) < 1 for b in flat)
-    first = r.by_count[0]
+    first = r.by_training_count[0]
     assert f"by training count: {first.label} {first.loss:.2f} ({first.predictions})" in repr(r)
 
 

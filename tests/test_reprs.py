@@ -256,7 +256,7 @@ def test_term_importance_of_mlp_and_0_layer_models():
 def test_repetition_test_gives_losses_top_heads_and_writers(attn2):
     r = repetition_test(attn2, batch=2, half_len=20)
     text = check(r, 700, 6)  # the shipped model has token counts: one or two lines more
-    bins = [f"{b.label} {b.loss:.2f} ({b.predictions})" for b in r.by_count]
+    bins = [f"{b.label} {b.loss:.2f} ({b.predictions})" for b in r.by_training_count]
     assert "repeated-half loss by training count: " + bins[0] in text
     assert all(b in text for b in bins)
     assert f"loss {r.first_half_loss:.3f} on the first half -> {r.repeated_half_loss:.3f}" in text

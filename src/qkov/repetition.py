@@ -144,9 +144,9 @@ class RepetitionTest:
 
     first_half_loss: mean loss of predicting tokens 1 .. half_len-1 (the random block);
     repeated_half_loss: mean loss of predicting tokens half_len+1 .. 2*half_len-1 (the repeat,
-    after its first token, which no model can know). uniform_loss = ln(d_vocab). by_count:
-    the repeated half's loss by the token's training count (`loss_by_count`), None where the
-    model has no token counts."""
+    after its first token, which no model can know). uniform_loss = ln(d_vocab).
+    by_training_count: the repeated half's loss by the token's training count
+    (`loss_by_count`), None where the model has no token counts."""
 
     batch: int
     half_len: int
@@ -156,7 +156,7 @@ class RepetitionTest:
     repeated_half_loss: float
     uniform_loss: float
     repeated_token_logit: RepeatedTokenLogit | None = None
-    by_count: list[CountBin] | None = None
+    by_training_count: list[CountBin] | None = None
 
     @property
     def repeated_fraction(self) -> float:
@@ -189,9 +189,11 @@ class RepetitionTest:
                 f"  repeated token's logit {num(t.logit, '+.3f')}: {', '.join(writers)} "
                 f"(of {len(t.writers)} writers)"
             )
-        if self.by_count:
+        if self.by_training_count:
             lines[-1] += ";"
-            bins = [f"{b.label} {num(b.loss, '.2f')} ({b.predictions})" for b in self.by_count]
+            bins = [
+                f"{b.label} {num(b.loss, '.2f')} ({b.predictions})" for b in self.by_training_count
+            ]
             lines.append(wrap("repeated-half loss by training count: ", bins))
         return "\n".join(lines) + ")"
 
@@ -210,8 +212,8 @@ class RepetitionTest:
             ),
             "by_training_count": (
                 None
-                if self.by_count is None
-                else [{**vars(b), "label": b.label, "lift": b.lift} for b in self.by_count]
+                if self.by_training_count is None
+                else [{**vars(b), "label": b.label, "lift": b.lift} for b in self.by_training_count]
             ),
         }
 
@@ -238,7 +240,7 @@ def repetition_test(
     first = losses[:, : half_len - 1]  # tokens 1 .. half_len-1
     repeated = losses[:, half_len:]  # tokens half_len+1 .. 2*half_len-1
     counts = getattr(model, "token_counts", None)  # token_counts.json of the run, or None
-    by_count = None
+    by_training_count = None
     if counts is not None:
         # tokens 1 .. half_len-1 are predicted twice: by the first half (columns 0 ..
         # half_len-2) and by the repeat (columns half_len .. 2*half_len-2)
@@ -246,7 +248,7 @@ def repetition_test(
         centred = logits.float() - logits.float().mean(-1, keepdim=True)
         first_logit = centred[:, : half_len - 1].gather(-1, t[..., None])[..., 0]
         repeated_logit = centred[:, half_len : 2 * half_len - 1].gather(-1, t[..., None])[..., 0]
-        by_count = loss_by_count(repeated, first_logit, repeated_logit, t, counts)
+        by_training_count = loss_by_count(repeated, first_logit, repeated_logit, t, counts)
     return RepetitionTest(
         batch=batch,
         half_len=half_len,
@@ -256,7 +258,7 @@ def repetition_test(
         repeated_half_loss=float(repeated.mean()),
         uniform_loss=math.log(cfg.d_vocab),
         repeated_token_logit=repeated_token_logit(model, tokens, half_len),
-        by_count=by_count,
+        by_training_count=by_training_count,
     )
 
 

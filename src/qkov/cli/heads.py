@@ -230,8 +230,8 @@ def _repetition(model) -> dict[str, object]:
             for name, loss in x.loss_without.items()
         )
     )
-    if r.by_count:
-        total = sum(b.predictions * b.loss for b in r.by_count)
+    if r.by_training_count:
+        total = sum(b.predictions * b.loss for b in r.by_training_count)
         print(
             "the repeated half's loss by how often the repeated token occurred in training "
             "(token_counts.json), and that token's logit (from the mean logit) where the first "
@@ -239,7 +239,7 @@ def _repetition(model) -> dict[str, object]:
             "count in training   predictions   loss   share of the loss   logit: first half"
             "  repeat   lift"
         )
-        for b in r.by_count:
+        for b in r.by_training_count:
             share = b.predictions * b.loss / total if total else float("nan")
             print(
                 f"{b.label:<18} {b.predictions:12d} {b.loss:6.2f} {share:19.0%} "

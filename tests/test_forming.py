@@ -82,13 +82,78 @@ def test_folders_in_the_order_given(tmp_path):
     assert lines[1].startswith("b-<i>first") and lines[2].startswith("a-second")
     assert f"{rows[0]['probe_k_composition']:.3f}" in lines[1]
     assert "(1 of 2)" in err and "(2 of 2)" in err  # a progress line per checkpoint
-    # the page: the three charts (x: the order given, no steps) and the table, the names
+    # the page: the four charts (x: the order given, no steps) and the table, the names
     # escaped, nothing that runs or fetches
     page = html.read_text()
-    assert page.count("<svg") == 3 and "checkpoint, in the order given" in page
+    assert page.count("<svg") == 4 and "checkpoint, in the order given" in page
     assert "b-&lt;i&gt;first" in page and "<i>" not in page
     assert "<script" not in page and "Content-Security-Policy" in page
     assert f"<td>{rows[1]['probe_induction_score']:.3f}</td>" in page
+
+
+def test_each_checkpoint_has_the_repetition_test_of_its_weights(tmp_path):
+    """Two folders: the planted induction model, then the same with its induction head's
+    output zeroed. The first finds the planted head and learns the repeat; the second does
+    not; each record is the repetition test of that model, its best two heads and the
+    losses; the table and the page show them."""
+    import math
+
+    import torch
+
+    from factories import induction_model
+    from qkov.checkpoint import save_model
+    from qkov.repetition import repetition_test
+
+    model = induction_model(noise=0.02)
+    with torch.no_grad():
+        model.W_U.mul_(20.0)  # sharp logits: the copied token wins by a wide margin
+    save_model(model, tmp_path / "a")
+    with torch.no_grad():
+        model.W_O[1, 0].zero_()
+    save_model(model, tmp_path / "b")
+    html = tmp_path / "forming.html"
+    code, out, err = cli(
+        "forming", tmp_path / "a", tmp_path / "b", "--json", tmp_path / "f.json", "--html", html
+    )
+    assert code == 0, err
+    with_head, without = json.loads((tmp_path / "f.json").read_text())
+    # n_ctx 12 holds a block of 6 repeated once
+    assert with_head["repetition_half_len"] == without["repetition_half_len"] == 6
+    assert with_head["repetition_induction_head"] == "L1H0"
+    assert with_head["repetition_induction_score"] > 0.9
+    assert with_head["repetition_second_score"] < 0.5
+    assert with_head["repetition_repeated_half_loss"] < with_head["repetition_first_half_loss"] / 2
+    assert without["repetition_repeated_half_loss"] > 0.8 * without["repetition_first_half_loss"]
+    for row, folder in ((with_head, "a"), (without, "b")):
+        want = repetition_test(load(tmp_path / folder).eval(), half_len=6, split=False)
+        assert row["repetition_repeated_half_loss"] == pytest.approx(want.repeated_half_loss)
+        assert row["repetition_first_half_loss"] == pytest.approx(want.first_half_loss)
+        assert torch.tensor(row["repetition_induction_scores"]).allclose(want.induction_scores)
+        assert row["repetition_uniform_loss"] == pytest.approx(math.log(12))
+        assert row["repetition_repeated_fraction"] == pytest.approx(
+            want.repeated_half_loss / math.log(12)
+        )
+    line = out.splitlines()[1]
+    assert f"{with_head['repetition_repeated_half_loss']:.2f}" in line
+    assert f"{with_head['repetition_repeated_fraction']:.0%}" in line
+    page = html.read_text()
+    assert "loss on repeated random tokens" in page and page.count("<svg") == 4
+    assert "<td>L1H0</td>" in page
+
+
+def test_a_context_too_short_for_the_repetition_test_leaves_it_out():
+    """n_ctx 7 holds no block of 4 repeated once; n_ctx 8 does. A model without heads has
+    the losses and no head."""
+    from factories import random_model
+    from qkov.forming import repetition_record
+
+    assert repetition_record(random_model(n_ctx=7)) == {}
+    record = repetition_record(random_model(n_ctx=8))
+    assert record["repetition_half_len"] == 4
+    assert record["repetition_second_head"] is not None
+    bigram = repetition_record(random_model(n_layers=0, n_ctx=8))
+    assert bigram["repetition_induction_head"] is None and bigram["repetition_second_score"] is None
+    assert bigram["repetition_repeated_half_loss"] > 0
 
 
 def test_a_folder_s_step_is_its_record_or_its_name(run, tmp_path):

@@ -220,9 +220,11 @@ class RepetitionTest:
 
 @torch.no_grad()
 def repetition_test(
-    model: Transformer, batch: int = 10, half_len: int = 50, seed: int = 0
+    model: Transformer, batch: int = 10, half_len: int = 50, seed: int = 0, split: bool = True
 ) -> RepetitionTest:
-    """Run the test on `model` (its sequences are 2 * half_len tokens, which must fit n_ctx)."""
+    """Run the test on `model` (its sequences are 2 * half_len tokens, which must fit n_ctx).
+    split=False leaves out `repeated_token_logit` (None), the costly part: a fold of the
+    model and a logit pass per layer group; the scores and losses are the same."""
     cfg = model.cfg
     tokens = repeated_random_tokens(cfg.d_vocab, batch, half_len, seed).to(model.device)
     logits, cache = model.run_with_hooks(tokens, cache_names=lambda n: n.startswith("pattern."))
@@ -257,7 +259,7 @@ def repetition_test(
         first_half_loss=float(first.mean()),
         repeated_half_loss=float(repeated.mean()),
         uniform_loss=math.log(cfg.d_vocab),
-        repeated_token_logit=repeated_token_logit(model, tokens, half_len),
+        repeated_token_logit=repeated_token_logit(model, tokens, half_len) if split else None,
         by_training_count=by_training_count,
     )
 

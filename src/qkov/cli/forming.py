@@ -15,6 +15,11 @@ COLUMNS = (  # (header, record key, format)
     ("K-comp", "probe_k_composition", ".3f"),
     ("QK eig", "probe_qk_eigenvalue", "+.3f"),
     ("OV eig", "probe_ov_eigenvalue", "+.3f"),
+    ("repetition: best", "repetition_induction_score", ".3f"),
+    ("2nd", "repetition_second_score", ".3f"),
+    ("first half", "repetition_first_half_loss", ".2f"),
+    ("repeated half", "repetition_repeated_half_loss", ".2f"),
+    ("/ uniform", "repetition_repeated_fraction", ".0%"),
 )
 
 
@@ -29,10 +34,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "fixed random-token probe, the best induction head, its K-composition partner, and "
         "the weight statistics of the circuit (K-composition, the induction QK term's and the "
         "OV circuit's sum(lambda)/sum(|lambda|)). At a snapshot's step these equal what "
-        "training logged in metrics.jsonl.",
+        "training logged in metrics.jsonl. Then the repetition test (10 sequences of random "
+        "tokens, a block of 50 repeated once): the best two induction scores and the loss on "
+        "each half, in nats and the repeated half's as a fraction of the uniform ln(d_vocab).",
     )
     p.add_argument("dirs", nargs="+", metavar="DIR", help="a run, or checkpoint folders in order")
-    p.add_argument("--seed", type=int, default=0, help="probe seed (training logs seed 0)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the probe (training logs seed 0) and of the repetition test's tokens",
+    )
     p.add_argument("--json", default=None, help="also write the records to this JSON file")
     p.add_argument(
         "--html",

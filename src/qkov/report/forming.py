@@ -17,9 +17,23 @@ CHARTS = (  # (title, y label, {legend: record key})
     (
         "head scores (random-token probe)",
         "score",
-        {"induction": "probe_induction_score", "previous token": "probe_previous_token_score"},
+        {
+            "induction": "probe_induction_score",
+            "previous token": "probe_previous_token_score",
+            "induction, repetition test": "repetition_induction_score",
+            "2nd induction, repetition test": "repetition_second_score",
+        },
     ),
     ("ICL score (random-token probe)", "nats", {"ICL score": "probe_icl_score"}),
+    (
+        "loss on repeated random tokens",
+        "nats",
+        {
+            "first half": "repetition_first_half_loss",
+            "repeated half": "repetition_repeated_half_loss",
+            "uniform ln(d_vocab)": "repetition_uniform_loss",
+        },
+    ),
     (
         "the induction circuit's weights",
         "statistic",
@@ -39,6 +53,13 @@ COLUMNS = (  # (header, record key, signed)
     ("K-composition", "probe_k_composition", False),
     ("QK term Σλ/Σ|λ|", "probe_qk_eigenvalue", True),
     ("OV Σλ/Σ|λ|", "probe_ov_eigenvalue", True),
+    ("repetition test: best head", "repetition_induction_head", None),
+    ("its score", "repetition_induction_score", False),
+    ("2nd head", "repetition_second_head", None),
+    ("its score", "repetition_second_score", False),
+    ("loss: first half", "repetition_first_half_loss", False),
+    ("repeated half", "repetition_repeated_half_loss", False),
+    ("repeated / uniform", "repetition_repeated_fraction", False),
 )
 
 
@@ -88,7 +109,9 @@ def forming_page(rows: list[dict[str, Any]], title: str) -> str:
         "scores and the ICL score; then, for the best induction head and the earlier head its "
         "keys read most (K-composition), the circuit's weight statistics: their "
         "K-composition score and Σλ/Σ|λ| of the induction QK term (token matching near +1) "
-        "and of the head's OV circuit (copying near +1).</p>"
+        "and of the head's OV circuit (copying near +1). Then the peers' repetition test "
+        "(10 sequences of random tokens, a block of 50 repeated once): its two best "
+        "induction heads and the loss on each half, against a uniform guess.</p>"
         f'<div class="plots">{"".join(figures)}</div>'
         f'<table class="num"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
         "</section></main></body></html>\n"

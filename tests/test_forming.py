@@ -138,7 +138,8 @@ def test_each_checkpoint_has_the_repetition_test_of_its_weights(tmp_path):
     assert f"{with_head['repetition_repeated_fraction']:.0%}" in line
     page = html.read_text()
     assert "loss on repeated random tokens" in page and page.count("<svg") == 4
-    assert "<td>L1H0</td>" in page
+    assert "a block of 6 repeated once" in page and "<td>L1H0</td>" in page
+    assert f"<td>{with_head['repetition_repeated_fraction']:.0%}</td>" in page
 
 
 def test_a_context_too_short_for_the_repetition_test_leaves_it_out():
@@ -218,3 +219,4 @@ def test_the_page_s_x_axis(steps, axis):
     page = forming_page(rows, "t")
     assert axis in page
     assert page.count("<svg") == 1  # only the chart with numbers is drawn
+    assert "The repetition test (" not in page  # records without it: no empty table

@@ -53,13 +53,15 @@ COLUMNS = (  # (header, record key, signed)
     ("K-composition", "probe_k_composition", False),
     ("QK term Σλ/Σ|λ|", "probe_qk_eigenvalue", True),
     ("OV Σλ/Σ|λ|", "probe_ov_eigenvalue", True),
-    ("repetition test: best head", "repetition_induction_head", None),
+)
+REPETITION_COLUMNS = (  # signed "%": a fraction, as a percentage
+    ("best induction head", "repetition_induction_head", None),
     ("its score", "repetition_induction_score", False),
-    ("2nd head", "repetition_second_head", None),
+    ("second", "repetition_second_head", None),
     ("its score", "repetition_second_score", False),
     ("loss: first half", "repetition_first_half_loss", False),
     ("repeated half", "repetition_repeated_half_loss", False),
-    ("repeated / uniform", "repetition_repeated_fraction", False),
+    ("repeated / uniform", "repetition_repeated_fraction", "%"),
 )
 
 
@@ -87,14 +89,13 @@ def forming_page(rows: list[dict[str, Any]], title: str) -> str:
         chart = line_chart(series, chart_title, x_label, y_label, width=420, x_format=x_format)
         if chart:
             figures.append(f"<figure>{chart}<figcaption>{esc(chart_title)}</figcaption></figure>")
-    head = "".join(f"<th>{esc(h)}</th>" for h in ("checkpoint", *(c[0] for c in COLUMNS)))
-    body = "".join(
-        "<tr><td>"
-        + esc(r.get("checkpoint"))
-        + "</td>"
-        + "".join(_cell(r.get(key), signed) for _, key, signed in COLUMNS)
-        + "</tr>"
-        for r in rows
+    halves = {r.get("repetition_half_len") for r in rows} - {None}
+    block = f"a block of {min(halves)}" if len(halves) == 1 else "a block of 50 or n_ctx / 2"
+    repetition = (
+        f"<h3>The repetition test (10 sequences of random tokens, {esc(block)} repeated once)"
+        f"</h3>{_table(rows, REPETITION_COLUMNS)}"
+        if halves
+        else ""
     )
     style = asset("report.css")
     csp = _csp(style, "")
@@ -110,12 +111,24 @@ def forming_page(rows: list[dict[str, Any]], title: str) -> str:
         "keys read most (K-composition), the circuit's weight statistics: their "
         "K-composition score and Σλ/Σ|λ| of the induction QK term (token matching near +1) "
         "and of the head's OV circuit (copying near +1). Then the peers' repetition test "
-        "(10 sequences of random tokens, a block of 50 repeated once): its two best "
+        f"(10 sequences of random tokens, {esc(block)} repeated once): its two best "
         "induction heads and the loss on each half, against a uniform guess.</p>"
         f'<div class="plots">{"".join(figures)}</div>'
-        f'<table class="num"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-        "</section></main></body></html>\n"
+        f"<h3>The training probe and the circuit's weights</h3>{_table(rows, COLUMNS)}"
+        f"{repetition}</section></main></body></html>\n"
     )
+
+
+def _table(rows: list[dict[str, Any]], columns: tuple) -> str:
+    """A row per checkpoint: its name, then `columns` ((header, record key, signed))."""
+    head = "".join(f"<th>{esc(h)}</th>" for h in ("checkpoint", *(c[0] for c in columns)))
+    body = "".join(
+        f"<tr><td>{esc(r.get('checkpoint'))}</td>"
+        + "".join(_cell(r.get(key), signed) for _, key, signed in columns)
+        + "</tr>"
+        for r in rows
+    )
+    return f'<table class="num"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def _finite(x: Any) -> float | None:
@@ -131,7 +144,9 @@ def _order(t: float) -> str:
     return f"{t:g}"
 
 
-def _cell(value: Any, signed: bool | None) -> str:
+def _cell(value: Any, signed: bool | str | None) -> str:
     if signed is None:  # a head's name
         return f"<td>{esc(value if value is not None else '-')}</td>"
+    if signed == "%":
+        return f"<td>{esc('-' if _finite(value) is None else f'{value:.0%}')}</td>"
     return f"<td>{esc(num(value, 3, signed=signed))}</td>"

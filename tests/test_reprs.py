@@ -352,3 +352,17 @@ def test_converted():
     c = Converted(model.cfg, model.weights(), exact=False, notes=["b_U dropped"])
     text = check(c, 200, 2)
     assert f"{len(c.weights)} weights, not exact" in text and "1 note (.notes)" in text
+
+
+def test_largest_keeps_the_k_largest_pushes_and_sums_the_rest():
+    from qkov.reprs import largest
+
+    values = {"a": 0.5, "b": -3.0, "c": 2.0, "d": 0.25, "e": -0.125}
+    shown = largest(values, 2)
+    assert shown == [("b", -3.0), ("c", 2.0), ("the other 3", 0.625)]
+    assert sum(v for _, v in shown) == sum(values.values())  # still the whole
+    assert (
+        largest(values, 5)
+        == largest(values, 9)
+        == sorted(values.items(), key=lambda kv: -abs(kv[1]))
+    )

@@ -41,6 +41,15 @@ def capped(items: Sequence[str], n: int) -> list[str]:
     return list(items[:n]) + ([f"... and {rest} more"] if rest > 0 else [])
 
 
+def largest(values: dict[str, float], k: int) -> list[tuple[str, float]]:
+    """The k entries of largest |value|, largest first, then the rest summed as
+    ("the other N", their sum) if any were left: a split (writers of a logit) shown short,
+    still summing to its whole."""
+    ranked = sorted(values.items(), key=lambda kv: -abs(kv[1]))
+    rest = ranked[k:]
+    return ranked[:k] + ([(f"the other {len(rest)}", sum(v for _, v in rest))] if rest else [])
+
+
 def preview(strs: Sequence[str], width: int = 32) -> str:
     """The strings joined, as a quoted literal of at most `width` characters (escapes
     counted) plus its quotes, cut with '\u2026'."""

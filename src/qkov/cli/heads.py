@@ -217,10 +217,10 @@ def _repetition(model) -> dict[str, object]:
         f"their mean): log-sum-exp {x.log_sum_exp:.2f} - the repeated token's logit "
         f"{x.logit:.2f} = {x.log_sum_exp - x.logit:.2f} nats"
     )
-    print("the repeated token's logit by writer: " + _writers(x.writers, x.logit))
+    print("the repeated token's logit by writer: " + _writers(x.writers))
     print(
         f"its strongest rival's logit (the other token with the highest logit at each "
-        f"prediction) {x.rival_logit:.2f}, by writer: " + _writers(x.rival_writers, x.rival_logit)
+        f"prediction) {x.rival_logit:.2f}, by writer: " + _writers(x.rival_writers)
     )
     print(
         "the repeated half's loss with one layer's direct write to the logits taken out (later "
@@ -248,13 +248,11 @@ def _repetition(model) -> dict[str, object]:
     return {**r.to_dict(), "probe_induction_by_seed": probes.tolist()}
 
 
-def _writers(writers: dict[str, float], total: float, k: int = 8) -> str:
-    """'L1H6 +1.71, L1H2 +1.63, ..., the other 9 +0.13': the k largest pushes, then the rest."""
-    top = sorted(writers.items(), key=lambda kv: -abs(kv[1]))[:k]
-    rest = total - sum(v for _, v in top)
-    return ", ".join(f"{name} {v:+.2f}" for name, v in top) + (
-        f", the other {len(writers) - k} {rest:+.2f}" if len(writers) > k else ""
-    )
+def _writers(writers: dict[str, float]) -> str:
+    """'L1H6 +1.71, L1H2 +1.63, ..., the other 9 +0.13': the 8 largest pushes, then the rest."""
+    from qkov.reprs import largest
+
+    return ", ".join(f"{name} {v:+.2f}" for name, v in largest(writers, 8))
 
 
 def _text_table(ts, n_layers: int, n_heads: int) -> str:

@@ -17,6 +17,7 @@ from qkov.report.heads import heads_section as heads_section  # re-exported: old
 from qkov.report.notes import direct_path_note, estimate_note, not_computed
 from qkov.report.svg import circuit_diagram, hbar_chart, line_chart
 from qkov.report.widgets import token_table
+from qkov.reprs import largest
 
 
 def bigram_section(m: dict) -> str:
@@ -105,13 +106,13 @@ def repetition_section(m: dict) -> str:
         out.append("<h5>the repeated half's loss (logits counted from their mean)</h5>")
         out.append(hbar_chart(parts, "the repeated half's loss", " nats", width=620))
         out.append("<h5>the repeated token's logit by writer</h5>")
-        out.append(hbar_chart(_largest(x["writers"]), "the repeated token's logit by writer", ""))
+        out.append(hbar_chart(largest(x["writers"], 8), "the repeated token's logit by writer", ""))
         if x.get("rival_writers"):
             out.append(
                 "<h5>its strongest rival's logit by writer (the other token with the highest "
                 f"logit at each prediction: {num(x['rival_logit'])} on average)</h5>"
             )
-            rival = _largest(x["rival_writers"])
+            rival = largest(x["rival_writers"], 8)
             out.append(hbar_chart(rival, "the strongest rival's logit by writer", ""))
         if x.get("loss_without"):
             out.append(
@@ -139,15 +140,6 @@ def repetition_section(m: dict) -> str:
         lifts = [(f"{b['label']} ({b['predictions']})", b["lift"]) for b in bins]
         out.append(hbar_chart(lifts, "the repeat's lift by training count", "", width=620))
     return "".join(out)
-
-
-def _largest(writers: dict[str, float], k: int = 8) -> list[tuple[str, float]]:
-    """The k writers of largest |push|, then the rest summed as "the other N"."""
-    ranked = sorted(writers.items(), key=lambda kv: -abs(kv[1]))
-    shown = ranked[:k]
-    if len(ranked) > k:
-        shown.append((f"the other {len(ranked) - k}", sum(v for _, v in ranked[k:])))
-    return shown
 
 
 def _circuit_note(c: dict, n_heads: int) -> str:

@@ -62,6 +62,20 @@ def test_the_final_weights_follow_the_snapshots_when_they_are_not_one(run, tmp_p
     assert rows[-1]["probe_k_composition"] == pytest.approx(final["probe_k_composition"])
 
 
+def test_a_run_still_training_has_its_checkpoint_in_step_order(run, tmp_path):
+    """A run's checkpoint is written every --ckpt-interval, its snapshots at their own
+    steps: while it trains, the checkpoint can be older than its last snapshot."""
+    from qkov.forming import checkpoints
+    from qkov.snapshots import save_snapshot
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "snapshots" / "step-00000008.safetensors").unlink()
+    save_snapshot(copy, load(copy), 12)  # a later snapshot than the checkpoint (step 8)
+    steps = [c.step for c in checkpoints([copy])]
+    assert steps == sorted(steps) and steps[-2:] == [8, 12]
+
+
 def test_folders_in_the_order_given(tmp_path):
     """Several checkpoint folders (Hugging Face ones here): a row each, named by folder, in
     the order given, each the training probe of that model; the table and JSON agree."""

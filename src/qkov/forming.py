@@ -74,7 +74,9 @@ def checkpoints(dirs: list[str | Path]) -> list[Checkpoint]:
     final = weights_step(run)
     if final is None or final not in steps:  # the run's own weights, unless a snapshot
         name = "final" if final is None else f"step {final:,}"
-        out.append(Checkpoint(name, final, lambda: load(run, for_analysis=True)))
+        # in its place by step: a run still training has snapshots after its checkpoint
+        at = len(out) if final is None else sum(s < final for s in steps)
+        out.insert(at, Checkpoint(name, final, lambda: load(run, for_analysis=True)))
     return out
 
 

@@ -85,6 +85,13 @@ def _training(with_bump: bool) -> dict:
         "probe_previous_token_score": [[t, 0.5] for t in tokens],
         "probe_icl_score": [[t, -1.2 * (t >= 16e6) if with_bump else -0.1] for t in tokens],
     }
+    if with_bump:  # the repetition test logged by the training probe (qkov.training_probe)
+        series |= {
+            "repetition_first_half_loss": [[t, 6.0] for t in tokens],
+            "repetition_repeated_half_loss": [[t, 6.0 - 3 * (t >= 16e6)] for t in tokens],
+            "repetition_uniform_loss": [[t, 4.16] for t in tokens],
+            "repetition_induction_score": [[t, 0.85 * (t >= 16e6) + 0.02] for t in tokens],
+        }
     return {
         "series": series,
         "last_val_loss": {"value": 2.45, "step": 900, "tokens": 32e6},

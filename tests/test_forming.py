@@ -20,6 +20,13 @@ from qkov.train import train
 from qkov.training_probe import training_probe
 
 KEYS = ("probe_induction_score", "probe_previous_token_score", "probe_icl_score")
+REPETITION = (
+    "repetition_induction_score",
+    "repetition_second_score",
+    "repetition_first_half_loss",
+    "repetition_repeated_half_loss",
+    "repetition_uniform_loss",
+)
 CIRCUIT = ("probe_k_composition", "probe_qk_eigenvalue", "probe_ov_eigenvalue")
 
 
@@ -44,10 +51,10 @@ def test_a_run_s_snapshots_give_what_training_logged(run):
     logged = {r["step"]: r for r in map(json.loads, (run / "metrics.jsonl").open())}
     for row in rows:
         want = logged[row["step"]]
-        for key in KEYS + CIRCUIT:
+        for key in KEYS + CIRCUIT + REPETITION:
             assert row[key] == pytest.approx(want[key], abs=2e-5), (row["step"], key)
-        assert row["probe_induction_head"] == want["probe_induction_head"]
-        assert row["probe_partner_head"] == want["probe_partner_head"]
+        for key in ("probe_induction_head", "probe_partner_head", "repetition_induction_head"):
+            assert row[key] == want[key], (row["step"], key)
 
 
 def test_the_final_weights_follow_the_snapshots_when_they_are_not_one(run, tmp_path):
@@ -142,7 +149,11 @@ def test_each_checkpoint_has_the_repetition_test_of_its_weights(tmp_path):
         want = repetition_test(load(tmp_path / folder).eval(), half_len=6, split=False)
         assert row["repetition_repeated_half_loss"] == pytest.approx(want.repeated_half_loss)
         assert row["repetition_first_half_loss"] == pytest.approx(want.first_half_loss)
-        assert torch.tensor(row["repetition_induction_scores"]).allclose(want.induction_scores)
+        best, second = want.top_heads(2)
+        assert row["repetition_induction_head"] == f"L{best[0]}H{best[1]}"
+        assert row["repetition_second_head"] == f"L{second[0]}H{second[1]}"
+        assert row["repetition_induction_score"] == pytest.approx(best[2])
+        assert row["repetition_second_score"] == pytest.approx(second[2])
         assert row["repetition_uniform_loss"] == pytest.approx(math.log(12))
         assert row["repetition_repeated_fraction"] == pytest.approx(
             want.repeated_half_loss / math.log(12)
@@ -160,7 +171,7 @@ def test_a_context_too_short_for_the_repetition_test_leaves_it_out():
     """n_ctx 7 holds no block of 4 repeated once; n_ctx 8 does. A model without heads has
     the losses and no head."""
     from factories import random_model
-    from qkov.forming import repetition_record
+    from qkov.repetition import repetition_record
 
     assert repetition_record(random_model(n_ctx=7)) == {}
     record = repetition_record(random_model(n_ctx=8))

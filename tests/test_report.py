@@ -253,7 +253,7 @@ def test_phase_change_only_where_recorded(page):
     for i in (1, 2):  # the 0- and 1-layer models have training curves but no phase change
         assert "phase change" not in texts[i].lower(), texts[i]
         assert not doc.by_id(f"m{i}-training").all("rect", "band")
-    assert len(doc.by_id("m0-training").all("rect", "band")) == 3  # shaded on each chart
+    assert len(doc.by_id("m0-training").all("rect", "band")) == 4  # shaded on each chart
     assert "induction bump" not in page
 
 
@@ -265,6 +265,22 @@ def test_training_curves_are_in_tokens(page):
     legend = [t.text for t in train.all("text", "legend")]
     assert "val_loss" in legend and "probe_icl_score" in legend
     assert "val_loss is training's own held-out estimate" in train.text
+
+
+def test_the_repetition_test_over_training_has_a_chart_of_its_own(page):
+    """Its losses (5 to 13 nats on a real model) would flatten the training loss's chart;
+    its induction score joins the head scores."""
+    figures = tree(page).by_id("m0-training").all("figure")
+    legends = {
+        f.all("figcaption")[0].text: [t.text for t in f.all("text", "legend")] for f in figures
+    }
+    assert legends["loss on repeated random tokens (repetition test)"] == [
+        "repetition_first_half_loss",
+        "repetition_repeated_half_loss",
+        "repetition_uniform_loss",
+    ]
+    assert legends["training loss"] == ["train_loss", "val_loss"]
+    assert "repetition_induction_score" in legends["head scores over training (random-token probe)"]
 
 
 def test_model_card_shows_one_loss_with_what_it_rests_on(page):

@@ -16,9 +16,23 @@ def test_training_probe_on_handbuilt_and_random():
         "probe_k_composition",
         "probe_qk_eigenvalue",
         "probe_ov_eigenvalue",
+        "repetition_half_len",  # the repetition test: qkov.repetition.repetition_record
+        "repetition_induction_head",
+        "repetition_induction_score",
+        "repetition_second_head",
+        "repetition_second_score",
+        "repetition_first_half_loss",
+        "repetition_repeated_half_loss",
+        "repetition_uniform_loss",
+        "repetition_repeated_fraction",
     }
     assert probe["probe_induction_score"] > 0.99 and probe["probe_previous_token_score"] > 0.99
     assert probe["probe_icl_score"] < -3
+    # the planted head learns the repeat: its half costs far less than the random first half
+    assert probe["repetition_induction_score"] > 0.9
+    assert probe["repetition_repeated_half_loss"] < probe["repetition_first_half_loss"] / 3
+    without = training_probe(build_induction_model(), repetition=False)
+    assert set(without) == {k for k in probe if k.startswith("probe_")}
     cfg = ModelConfig(n_layers=2, n_heads=4, d_model=128, n_ctx=256, d_vocab=4096)
     rnd = training_probe(AttnOnlyTransformer(cfg))
     assert rnd["probe_induction_score"] < 0.2 and abs(rnd["probe_icl_score"]) < 0.5

@@ -213,7 +213,7 @@ def analyze_model(
         stage("done")
         return rec
     stage(f"head scores and labels ({_count(cfg.n_layers * cfg.n_heads, 'head')})")
-    rec["probe_icl_score"] = training_probe(model, seed=seed)["probe_icl_score"]
+    rec["probe_icl_score"] = training_probe(model, seed=seed, repetition=False)["probe_icl_score"]
     rec["attention"] = _attention(model, example_text, seed)
     # Minutes at 1B (TinyLlama: a forward pass of the probe, Q/K/V-composition of 704 heads):
     # a line for each part.

@@ -9,10 +9,10 @@ the training probe logged there (tested): the same fixed random-token probe, the
 weight statistics of the circuit (best induction head, its K-composition partner, the QK
 term's and the OV circuit's Sum(lambda)/Sum(|lambda|)).
 
-Each record also holds the peers' repetition test (`qkov.repetition`: 10 sequences of random
-tokens, a block of 50 repeated once, or n_ctx / 2) under the prefix repetition_: each head's
-induction score, the best two, and the loss on each half (the in-context learning that the
-induction heads buy, read as a loss, beside the uniform ln(d_vocab)).
+The training probe includes the peers' repetition test (`qkov.repetition.repetition_record`:
+10 sequences of random tokens, a block of 50 repeated once, or n_ctx / 2): the best two
+induction heads and the loss on each half (the in-context learning that the induction heads
+buy, read as a loss, beside the uniform ln(d_vocab)).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from typing import Any
 from qkov.checkpoint import folder_size, load, weights_step
 from qkov.errors import QkovError
 from qkov.model import Transformer
-from qkov.repetition import repetition_test
 from qkov.snapshots import list_snapshots, load_snapshot
 from qkov.training_probe import training_probe
 
@@ -92,44 +91,10 @@ def circuit_along(
     for i, c in enumerate(found):
         say(f"{c.name} ({i + 1} of {len(found)})")
         model = c.load().eval()
-        rows.append(
-            {
-                "checkpoint": c.name,
-                "step": c.step,
-                **training_probe(model, seed),
-                **repetition_record(model, seed),
-            }
-        )
+        rows.append({"checkpoint": c.name, "step": c.step, **training_probe(model, seed)})
         del model
         gc.collect()
     return rows
-
-
-def repetition_record(model: Transformer, seed: int = 0) -> dict[str, Any]:
-    """The repetition test (seed, a block of min(50, n_ctx // 2)) as flat record keys:
-    repetition_half_len, repetition_induction_scores [n_layers][n_heads], the best and second
-    best head (repetition_induction_head, _score, repetition_second_head, _score: None where
-    the model has no second head), repetition_first_half_loss, repetition_repeated_half_loss,
-    repetition_uniform_loss and repetition_repeated_fraction. {} where n_ctx holds no block
-    of 4."""
-    half = min(50, model.cfg.n_ctx // 2)
-    if half < 4:
-        return {}
-    r = repetition_test(model, half_len=half, seed=seed, split=False)
-    top = [(f"L{l}H{h}", s) for l, h, s in r.top_heads(2)]
-    top += [(None, None)] * (2 - len(top))
-    return {
-        "repetition_half_len": half,
-        "repetition_induction_scores": r.induction_scores.tolist(),
-        "repetition_induction_head": top[0][0],
-        "repetition_induction_score": top[0][1],
-        "repetition_second_head": top[1][0],
-        "repetition_second_score": top[1][1],
-        "repetition_first_half_loss": r.first_half_loss,
-        "repetition_repeated_half_loss": r.repeated_half_loss,
-        "repetition_uniform_loss": r.uniform_loss,
-        "repetition_repeated_fraction": r.repeated_fraction,
-    }
 
 
 def _step(path: Path) -> int | None:

@@ -3,8 +3,8 @@
 The one reader of that file (train, info, analyze and the report all come here). Each record
 has "step" and "tokens" (tokens seen so far) and any of: train_loss, val_loss, lr,
 tokens_per_s, mfu (model FLOPs utilisation, qkov.flops), and the training probe's
-probe_induction_score, probe_previous_token_score, probe_icl_score (see
-`qkov.training_probe`). A torn last line (a run killed
+probe_induction_score, probe_previous_token_score, probe_icl_score, ... and the repetition
+test's repetition_* (see `qkov.training_probe`). A torn last line (a run killed
 mid-write) is skipped. Imports no torch."""
 
 from __future__ import annotations
@@ -15,8 +15,17 @@ from pathlib import Path
 from typing import Any
 
 METRICS = "metrics.jsonl"
-# Bookkeeping fields, not drawn as training curves.
-BOOKKEEPING = {"step", "tokens", "lr", "tokens_per_s", "mfu"}
+# Bookkeeping fields, not drawn as training curves (the repetition test's block length, and
+# its repeated-half loss over ln(d_vocab), drawn as the loss beside repetition_uniform_loss).
+BOOKKEEPING = {
+    "step",
+    "tokens",
+    "lr",
+    "tokens_per_s",
+    "mfu",
+    "repetition_half_len",
+    "repetition_repeated_fraction",
+}
 # Names written by runs before the training probe's keys said "probe": read as today's.
 LEGACY_KEYS = {
     "induction_score": "probe_induction_score",

@@ -264,6 +264,32 @@ def repetition_test(
     )
 
 
+def repetition_record(model: Transformer, seed: int = 0) -> dict[str, float | int | str | None]:
+    """The test (seed, a block of min(50, n_ctx // 2)) as the flat keys of a training record
+    (`qkov.training_probe`, `qkov forming`): repetition_half_len, the best and second best
+    head (repetition_induction_head, _score, repetition_second_head, _score: None where the
+    model has no such head), repetition_first_half_loss, repetition_repeated_half_loss,
+    repetition_uniform_loss and repetition_repeated_fraction. One forward pass of 10 x 2
+    half_len tokens; {} where n_ctx holds no block of 4."""
+    half = min(50, model.cfg.n_ctx // 2)
+    if half < 4:
+        return {}
+    r = repetition_test(model, half_len=half, seed=seed, split=False)
+    top = [(f"L{l}H{h}", s) for l, h, s in r.top_heads(2)]
+    top += [(None, None)] * (2 - len(top))
+    return {
+        "repetition_half_len": half,
+        "repetition_induction_head": top[0][0],
+        "repetition_induction_score": top[0][1],
+        "repetition_second_head": top[1][0],
+        "repetition_second_score": top[1][1],
+        "repetition_first_half_loss": r.first_half_loss,
+        "repetition_repeated_half_loss": r.repeated_half_loss,
+        "repetition_uniform_loss": r.uniform_loss,
+        "repetition_repeated_fraction": r.repeated_fraction,
+    }
+
+
 @torch.no_grad()
 def repeated_token_logit(model: Transformer, tokens: Tensor, half_len: int) -> RepeatedTokenLogit:
     """Split the repeated half of tokens [batch, 2 * half_len] (a block repeated once) into

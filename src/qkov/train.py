@@ -328,12 +328,12 @@ class _StepLog:
             rec["val_loss"] = round(evaluate(self.model, self.run.val), 5)
         if probed:
             self.model.eval()
-            # A score with no head to measure (0 layers) is NaN: leave it out. Head names
-            # (probe_induction_head, probe_partner_head) are strings.
+            # A score with no head to measure (0 layers) is NaN or None: leave it out. Head
+            # names (probe_induction_head, probe_partner_head, ...) are strings.
             for k, v in self.probe(self.model).items():
                 if isinstance(v, str):
                     rec[k] = v
-                elif math.isfinite(float(v)):
+                elif v is not None and math.isfinite(float(v)):
                     rec[k] = round(float(v), 5)
             self.model.train()
         self.file.write(json.dumps(rec) + "\n")

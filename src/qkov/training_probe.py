@@ -5,7 +5,9 @@ Its numbers are on the fixed random-token probe, not on text, and are named so e
 held-out text is `qkov.icl.icl_score`. With two layers or more it also logs the induction
 circuit's weight statistics (`qkov.induction_circuit`) under the same prefix:
 probe_k_composition, probe_qk_eigenvalue, probe_ov_eigenvalue, and the two heads they are of
-(probe_induction_head, probe_partner_head)."""
+(probe_induction_head, probe_partner_head). Then the peers' repetition test on its own
+batch (`qkov.repetition.repetition_record`, keys repetition_*): the loss on each half of 10
+random blocks of 50 repeated once, the in-context learning the induction heads buy."""
 
 from __future__ import annotations
 
@@ -18,13 +20,18 @@ from qkov.heads import induction_score, previous_token_score
 from qkov.icl import icl_from_logits
 from qkov.induction_circuit import induction_circuit
 from qkov.model import AttnOnlyTransformer
+from qkov.repetition import repetition_record
 
 
-def training_probe(model: AttnOnlyTransformer, seed: int = 0) -> dict[str, float | str]:
+def training_probe(
+    model: AttnOnlyTransformer, seed: int = 0, repetition: bool = True
+) -> dict[str, float | str | None]:
     """On a fixed `induction_probe` batch of 8 sequences of min(64, n_ctx) tokens: the best
     induction and previous-token scores over heads, and the ICL score on the same batch
     (loss late, inside the repeated block, minus loss early, before it: about
-    -log(d_vocab) once induction works). NaN where there is no head (0 layers)."""
+    -log(d_vocab) once induction works). NaN where there is no head (0 layers).
+    repetition: also the peers' repetition test (`repetition_record`, seed `seed`), the
+    repeated half's loss along training."""
     cfg = model.cfg
     probe = induction_probe(cfg.d_vocab, 8, default_seq_len(cfg.n_ctx, cap=64), seed)
     tokens = probe.tokens.to(model.device)
@@ -43,4 +50,6 @@ def training_probe(model: AttnOnlyTransformer, seed: int = 0) -> dict[str, float
     if cfg.n_layers >= 2:
         circuit = induction_circuit(model, torch.stack(per_head))
         out.update({f"probe_{k}": v for k, v in circuit.items()})
+    if repetition:
+        out.update(repetition_record(model, seed))
     return out

@@ -53,8 +53,8 @@ TRAIN_HELP = {
     "eval_interval": "log train and held-out loss every N steps",
     "eval_batches": "held-out batches per evaluation",
     "ckpt_interval": "write a checkpoint every N steps",
-    "probe_interval": "log induction / previous-token / ICL scores and the induction circuit's "
-    "statistics every N steps (0: off)",
+    "probe_interval": "log induction / previous-token / ICL scores, the induction circuit's "
+    "statistics and the repetition test's loss on each half every N steps (0: off)",
     "keep_checkpoints": "keep N weight snapshots in OUT/snapshots, geometrically spaced over the "
     "run (0: none); qkov.induction_circuit reads them",
     "seed": "seed of the initial weights and of the batches",

@@ -113,7 +113,9 @@ computed" (with the reason from `not_computed` if given). Names are the library'
                    "last_val_loss": {"value": float, "step": int, "tokens": float} | null,
                    "circuit_heads": {"induction_head": str, "partner_head": str} | null},
                                            # series probe_k_composition, probe_qk_eigenvalue,
-                                           # probe_ov_eigenvalue: qkov.induction_circuit
+                                           # probe_ov_eigenvalue: qkov.induction_circuit;
+                                           # repetition_*: the repetition test along training
+                                           # (qkov.repetition.repetition_record)
       "phase_change": {"tokens": [float, float]} | null,  # where the probe induction score
                                            # crosses from < 0.1 to >= half its final value
       "head_scores_measured_on": {         # what each HEAD's scores rest on:

@@ -236,15 +236,19 @@ def training_section(m: dict) -> str:
     if not series:
         return not_computed(m, "training", "no metrics.jsonl next to the checkpoint")
     band = _phase_band(m)
-    losses = {k: v for k, v in series.items() if "loss" in k}
+    repeated = {k: v for k, v in series.items() if k.startswith("repetition_") and "loss" in k}
+    losses = {k: v for k, v in series.items() if "loss" in k and k not in repeated}
     icl = {k: v for k, v in series.items() if "icl" in k and k not in losses}
     circuit = {k: v for k, v in series.items() if k in CIRCUIT_SERIES}
     scores = {
-        k: v for k, v in series.items() if k not in losses and k not in icl and k not in circuit
+        k: v
+        for k, v in series.items()
+        if k not in repeated and k not in losses and k not in icl and k not in circuit
     }
     out = []
     for group, title, y_label in (
         (losses, "training loss", "loss (nats)"),
+        (repeated, "loss on repeated random tokens (repetition test)", "loss (nats)"),
         (scores, "head scores over training (random-token probe)", "score"),
         (icl, "ICL score over training (random-token probe)", "nats"),
         (circuit, "the induction circuit forming (weights)", "statistic"),

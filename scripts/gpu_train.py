@@ -187,7 +187,7 @@ def train_all(
                 .replace("--n-ctx 1024", "--n-ctx 128")
                 .replace("--d-mlp 2048", "--d-mlp 64")
                 .replace("--device cuda", "--device cpu")
-                + " --batch-size 4"
+                + " --batch-size 4 --probe-interval 5"
             )
         argv = [sys.executable, "-m", "qkov", *cmd.split()[1:]]
         argv[argv.index("--out") + 1] = str(runs_dir / name)
@@ -241,6 +241,13 @@ def evaluate(run: Path) -> dict:
         * json.loads((run / "train_config.json").read_text())["batch_size"]
         * model.cfg.n_ctx
     )
+    # the repetition test (seed 0) as the training probe logged it along the run: whether
+    # the repeated half cost less at some earlier step than at the last
+    out["repetition_along_training"] = [
+        {k: r.get(k) for k in ALONG}
+        for r in recs
+        if isinstance(r.get("repetition_repeated_fraction"), (int, float))
+    ]
     if model.cfg.n_layers == 0:
         return out
     reps = [repetition_test(model, seed=s) for s in range(5)]
@@ -275,6 +282,30 @@ def evaluate(run: Path) -> dict:
         out["k_composition"] = comp.k.tolist()
         out["k_baseline"] = [comp.baseline_mean["k"], comp.baseline_std["k"]]
     return out
+
+
+ALONG = (
+    "step",
+    "tokens",
+    "repetition_first_half_loss",
+    "repetition_repeated_half_loss",
+    "repetition_repeated_fraction",
+    "repetition_induction_score",
+    "repetition_second_score",
+)
+
+
+def lowest_along(ev: dict) -> str:
+    """'lowest repeated-half fraction along training 0.52 at step 700', or '' without a
+    logged repetition test."""
+    along = ev.get("repetition_along_training") or []
+    if not along:
+        return ""
+    best = min(along, key=lambda r: r["repetition_repeated_fraction"])
+    return (
+        f", lowest repeated-half fraction along training "
+        f"{best['repetition_repeated_fraction']:.2f} at step {best['step']}"
+    )
 
 
 def pack(runs_dir: Path, names: list[str], out: Path) -> list[str]:
@@ -400,7 +431,8 @@ def main() -> None:
             ev = summary["runs"][name]["eval"]
             log(
                 f"{name}: step {ev['step']}, tokens {ev['tokens']:,}, val {ev['val_loss']}, "
-                f"second induction {score2(ev):.3f}"
+                f"second induction {score2(ev):.3f}, repeated-half fraction "
+                f"{repeated_fraction(ev):.2f}{lowest_along(ev)}"
             )
         except Exception as e:  # one broken run must not lose the others
             summary["runs"][name]["eval_error"] = repr(e)

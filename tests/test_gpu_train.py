@@ -9,6 +9,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_train.py"
 
@@ -78,6 +80,14 @@ def test_smoke_run_trains_evaluates_and_packs(tmp_path):
     assert list(rep["loss_without"]) == ["embed", "attn0", "attn1"]
     # the loss by training count, over the 5 seeds' 10 x 49 predictions each
     assert sum(b["predictions"] for b in rep["by_training_count"]) == 5 * 10 * 49
+    # the repetition test along training, as the probe logged it (every 5 steps in a smoke run)
+    along = run["eval"]["repetition_along_training"]
+    assert along and [r["step"] for r in along] == list(range(5, 5 * len(along) + 1, 5))
+    for r in along:
+        assert r["repetition_repeated_fraction"] == pytest.approx(
+            r["repetition_repeated_half_loss"] / rep["uniform_loss"], abs=1e-4
+        )  # metrics.jsonl keeps 5 decimals
+    assert "lowest repeated-half fraction along training" in res.stdout
     assert summary["packed"]["runs"] == ["r2_h4"]
     with tarfile.open(out / summary["packed"]["parts"][0]) as tar:
         names = tar.getnames()

@@ -55,6 +55,7 @@ def test_a_run_s_snapshots_give_what_training_logged(run):
             assert row[key] == pytest.approx(want[key], abs=2e-5), (row["step"], key)
         for key in ("probe_induction_head", "probe_partner_head", "repetition_induction_head"):
             assert row[key] == want[key], (row["step"], key)
+        assert want["repetition_half_len"] == 8 and isinstance(want["repetition_half_len"], int)
 
 
 def test_the_final_weights_follow_the_snapshots_when_they_are_not_one(run, tmp_path):

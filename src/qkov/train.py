@@ -331,7 +331,7 @@ class _StepLog:
             # A score with no head to measure (0 layers) is NaN or None: leave it out. Head
             # names (probe_induction_head, probe_partner_head, ...) are strings.
             for k, v in self.probe(self.model).items():
-                if isinstance(v, str):
+                if isinstance(v, (str, int)):  # a head's name, a block length
                     rec[k] = v
                 elif v is not None and math.isfinite(float(v)):
                     rec[k] = round(float(v), 5)

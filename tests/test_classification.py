@@ -144,3 +144,74 @@ def test_qkov_heads_says_each_part_as_it_starts_on_stderr(tmp_path, capsys):
     assert "K-composition into 1 induction head (the partners)" in parts  # nothing else shown
     assert "knock-outs of 2 earlier heads for 1 induction heads" in parts
     assert "knock-outs" not in out and out.startswith(f"{tmp_path / 'm'}: 2 layers x 2 heads")
+
+
+def _with_rival() -> AttnOnlyTransformer:
+    """build_induction_model with a rival for L0H0: L0H1 attends to position 0 and writes its
+    token where L0H0 writes the previous token, so L1H0's key reads both; the rival's part is
+    the same at every source, so the induction pattern does not change. L0H0 also gets
+    inert weight (rows of W_V that read position dims, empty in a shortformer's stream,
+    into output dims no key reads): its K-composition into L1H0 falls below the rival's."""
+    import torch
+
+    model = build_induction_model()
+    w = {k: v.clone() for k, v in model.weights().items()}
+    for k in ("W_Q", "W_K", "W_V", "W_O"):
+        w[k][0, 1].zero_()
+    tok, S, P, O = torch.arange(V), 3 * V, V, 2 * V
+    c = 8.0
+    w["W_Q"][0, 1][S : S + N_CTX, 0] = c  # every query ...
+    w["W_K"][0, 1][S, 0] = c  # ... matches position 0
+    w["W_V"][0, 1][tok, tok] = 1
+    w["W_O"][0, 1][tok, P + tok] = 1
+    d_head = model.cfg.d_head
+    w["W_V"][0, 0][S, d_head - 1] = 1.0  # W_OV gains a rank-1 part as large as its copy
+    w["W_O"][0, 0][d_head - 1, O : O + V] = 1.0
+    model.load_weights(w)
+    return model
+
+
+def test_partner_is_the_previous_token_head_though_a_rival_reads_higher():
+    """The key of L1H0 reads the rival L0H1 more than L0H0 (K-composition), but L0H0 is the
+    previous-token head: it is the partner, first among the partners, and the one the
+    summary, the JSON and the training probe's circuit name."""
+    from qkov.head_records import induction_circuits
+    from qkov.induction_circuit import induction_circuit
+
+    model = _with_rival()
+    cls = classify_heads(model, batch=16, seed=0, n_baseline=50)
+    ind = cls.record(1, 0)
+    assert ind.label == "induction" and ind.scores["induction"] > 0.95
+    assert cls.record(0, 0).label == "previous_token"
+    assert cls.record(0, 1).scores["previous_token"] < 0.2
+    rival, prev = ind.k_composition[0], ind.k_composition[1]
+    assert (rival.name, prev.name) == ("L0H1", "L0H0")
+    assert rival.score > prev.score and prev.above_baseline
+    assert ind.partner == prev and [p.name for p in ind.partners] == ["L0H0", "L0H1"]
+    assert "L1H0 induction" in repr(cls) and "(partner L0H0," in repr(cls)
+    assert cls.to_dict()["records"][2]["partner"]["layer"] == 0
+    assert cls.to_dict()["records"][2]["partner"]["head"] == 0
+    (circuit,) = induction_circuits(cls)
+    assert circuit["previous_token_head"] == [0, 0] and circuit["k_composition"] == prev.score
+    s = head_scores(model, batch=16)
+    c = induction_circuit(model, s.induction, s.previous_token)
+    assert c["induction_head"] == "L1H0" and c["partner_head"] == "L0H0"
+    assert c["k_composition"] == pytest.approx(prev.score, rel=1e-5)
+
+
+def test_choose_partner():
+    import torch
+
+    from qkov.composition import choose_partner
+
+    k = torch.tensor([[0.10, 0.09, 0.05], [0.20, 0.02, 0.08]])
+    z = (k - 0.04) / 0.01  # above the baseline (z >= 3): all but 0.02
+    prev = torch.tensor([[0.1, 0.9, 0.95], [0.2, 0.99, 0.5]])
+    # Previous-token heads above the baseline: (0, 1), (0, 2), (1, 2): the key reads (0, 1) most.
+    assert choose_partner(k, z, prev, 3.0, 0.4) == (0, 1)
+    # (1, 1) is the strongest previous-token head but at the baseline: not a partner.
+    assert choose_partner(k, z, prev.clamp(max=0.3), 3.0, 0.4) == (1, 0)  # none: largest k
+    assert choose_partner(k, z - 100, prev, 3.0, 0.4) == (1, 0)  # none above: largest k
+    nan = torch.tensor([[float("nan"), 0.5]])
+    nine = torch.tensor([[9.0, 9.0]])  # a NaN score (no such pair) is never the partner
+    assert choose_partner(nan, nine, torch.tensor([[0.9, 0.9]]), 3.0, 0.4) == (0, 1)

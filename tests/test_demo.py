@@ -65,7 +65,7 @@ def test_demo_reports_what_classify_heads_finds(demo_out):
     induction = cls.with_label("induction")
     assert len(main_model["induction_circuits"]) == len(induction)
     for c, r in zip(main_model["induction_circuits"], induction, strict=True):
-        top = r.k_composition[0]
+        top = r.partner or r.k_composition[0]
         assert c["induction_head"] == [r.layer, r.head]
         assert c["previous_token_head"] == [top.layer, top.head]
         assert c["induction_score"] == r.scores["induction"]

@@ -21,13 +21,14 @@ from qkov.training_probe import training_probe
 def test_planted_circuit_is_found_with_its_partner():
     model = induction_model(noise=0.02)
     scores = torch.tensor([[0.0, 0.0], [0.9, 0.1]])
-    c = induction_circuit(model, scores)
+    prev = torch.tensor([[1.0, 0.0], [0.0, 0.0]])  # L0H0 attends to the previous position
+    c = induction_circuit(model, scores, prev)
     assert c["induction_head"] == "L1H0" and c["partner_head"] == "L0H0"
     # The key of L1H0 reads exactly what L0H0 writes: far above random weights of the same
     # shapes (the baseline qkov.composition uses), where the random head L1H1 stays.
     base = baseline_scores(model.cfg.d_model, model.cfg.d_head, 200, 0)["k"]
     assert c["k_composition"] > float(base.mean() + 6 * base.std())
-    noise_only = induction_circuit(model, torch.tensor([[0.0, 0.0], [0.1, 0.9]]))
+    noise_only = induction_circuit(model, torch.tensor([[0.0, 0.0], [0.1, 0.9]]), prev)
     assert noise_only["induction_head"] == "L1H1"
     assert noise_only["k_composition"] < float(base.mean() + 3 * base.std())
     assert c["qk_eigenvalue"] > 0.9  # token matching: the planted QK term is c * identity
@@ -37,6 +38,7 @@ def test_planted_circuit_is_found_with_its_partner():
 def test_circuit_needs_two_layers():
     c = induction_circuit(
         induction_model().__class__(ModelConfig(n_layers=1, d_vocab=8, d_model=8, n_heads=2)),
+        torch.zeros(1, 2),
         torch.zeros(1, 2),
     )
     assert c["induction_head"] is None and math.isnan(c["k_composition"])

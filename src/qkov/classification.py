@@ -14,7 +14,7 @@ from torch import Tensor
 
 from qkov.budget import partner_knockouts
 from qkov.circuits import induction_qk_term
-from qkov.composition import KINDS, CompositionScores, composition_scores
+from qkov.composition import KINDS, CompositionScores, choose_partner, composition_scores
 from qkov.data.probes import (
     default_seq_len,
     induction_probe,
@@ -82,9 +82,11 @@ class HeadRecord:
     """One head: its scores, its label and the score and threshold that decided it.
 
     For an induction head: every earlier head ranked by K-composition (`k_composition`;
-    `partners` keeps those above the baseline) and Sum(lambda)/Sum(|lambda|) of the induction
-    QK term through the top-ranked one (`qk_term_eigenvalue_score`), and every earlier head
-    ranked by how much knocking it out lowers this head's induction score (`knockout`)."""
+    `partners` keeps those above the baseline), `partner`, the previous-token head its key
+    reads most (`qkov.composition.choose_partner`; None when no head is above the baseline),
+    Sum(lambda)/Sum(|lambda|) of the induction QK term through it (through the top-ranked
+    head when there is none: `qk_term_eigenvalue_score`), and every earlier head ranked by
+    how much knocking it out lowers this head's induction score (`knockout`)."""
 
     layer: int
     head: int
@@ -97,6 +99,7 @@ class HeadRecord:
     qk_term_eigenvalue_score: float | None = None
     ov_eigenvalues: Tensor | None = field(default=None, repr=False, compare=False)  # [d_head]
     knockout: tuple[KnockoutPartner, ...] = ()
+    partner: KPartner | None = None
 
     @property
     def name(self) -> str:
@@ -104,7 +107,9 @@ class HeadRecord:
 
     @property
     def partners(self) -> tuple[KPartner, ...]:
-        return tuple(p for p in self.k_composition if p.above_baseline)
+        """The earlier heads above the baseline: `partner` first, then by K-composition."""
+        above = [p for p in self.k_composition if p.above_baseline and p != self.partner]
+        return (self.partner, *above) if self.partner else tuple(above)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -115,6 +120,7 @@ class HeadRecord:
             if self.ov_eigenvalues is None
             else [[float(z.real), float(z.imag)] for z in self.ov_eigenvalues.reshape(-1)]
         )
+        d["partner"] = None if self.partner is None else self.partner.to_dict()
         d["partners"] = [p.name for p in self.partners]
         return json_safe(d)
 
@@ -231,7 +237,9 @@ class HeadClassification:
         lines.append(
             f"({legend} score, on {self.scores.n_sequences} x {self.scores.seq_len} "
             f"{self.scores.measured_on.replace('_', ' ')}; OV eig = "
-            "Sum(lambda)/Sum(|lambda|) of the OV circuit; - : not defined)"
+            "Sum(lambda)/Sum(|lambda|) of the OV circuit; - : not defined; partners: above "
+            "the random baseline, first the partner, the previous-token head the key reads "
+            "most, through which the QK term is read)"
         )
         if self.knockout_note():
             lines.append(f"({self.knockout_note()})")
@@ -249,12 +257,12 @@ def _decisive(r: HeadRecord) -> float:
 
 def _summary(r: HeadRecord) -> str:
     """'L1H6 induction 0.869 (partner L0H7, z=72.6)': a head's label, the score that decided
-    it and, for an induction head, its top K-composition partner."""
+    it and, for an induction head, its partner (`HeadRecord.partner`)."""
     if r.decided_by is None:
         return f"{r.name} {r.label}"
     out = f"{r.name} {r.label} {num(r.scores.get(r.decided_by))}"
     if r.label == "induction" and r.k_composition:
-        p = r.partners[0] if r.partners else None
+        p = r.partner
         out += f" (partner {p.name}, z={num(p.z, '.1f')})" if p else " (no partner above baseline)"
     return out
 
@@ -351,16 +359,29 @@ def classify_heads(
             s = scores.get(l, h)
             label, key, th = labels[l, h]
             ranked: tuple[KPartner, ...] = ()
-            qk_stat = None
+            qk_stat, partner = None, None
             if label == "induction" and comp is not None and l > 0:
                 ranked = _k_partners(comp, l, h, t.partner_z)
-                term = induction_qk_term(model, l, h, ranked[0].layer, ranked[0].head)
+                partner = _partner(ranked, scores, t)
+                through = partner or ranked[0]
+                term = induction_qk_term(model, l, h, through.layer, through.head)
                 qk_stat = eigenvalue_score(term.eigenvalues)
             knocked = knocked_out.get((l, h), ())
             ov = ov_eigenvalues(model, l, h)
             records.append(
                 HeadRecord(
-                    l, h, label, key, th, s, eigenvalue_score(ov), ranked, qk_stat, ov, knocked
+                    l,
+                    h,
+                    label,
+                    key,
+                    th,
+                    s,
+                    eigenvalue_score(ov),
+                    ranked,
+                    qk_stat,
+                    ov,
+                    knocked,
+                    partner,
                 )
             )
     return HeadClassification(tuple(records), scores, t, comp, cut)
@@ -414,6 +435,20 @@ def _likeliest_partners(
         key=lambda hd: -scores.get(*hd)["previous_token"],
     )
     return prev + sorted((hd for hd in earlier if hd not in prev), key=lambda hd: rank[hd])
+
+
+def _partner(ranked: tuple[KPartner, ...], scores: HeadScores, t: Thresholds) -> KPartner | None:
+    """`choose_partner` over the earlier heads of `ranked` (every earlier head, any order);
+    None when none is above the baseline."""
+    n_heads = 1 + max(p.head for p in ranked)
+    layers = 1 + max(p.layer for p in ranked)
+    k, z, prev = (torch.full((layers, n_heads), math.nan) for _ in range(3))
+    for p in ranked:
+        k[p.layer, p.head], z[p.layer, p.head] = p.score, p.z
+        prev[p.layer, p.head] = scores.get(p.layer, p.head)["previous_token"]
+    l0, h0 = choose_partner(k, z, prev, t.partner_z, t.previous_token)
+    chosen = next(p for p in ranked if (p.layer, p.head) == (l0, h0))
+    return chosen if chosen.above_baseline else None
 
 
 def _k_partners(

@@ -78,12 +78,13 @@ def head_record(
 
 
 def induction_circuits(cls: HeadClassification) -> list[dict[str, Any]]:
-    """Each induction head and the earlier head its key reads most (K-composition)."""
+    """Each induction head and its partner (`HeadRecord.partner`: the previous-token head its
+    key reads most; the earlier head it reads most where none is above the baseline)."""
     out = []
     for r in cls.with_label("induction"):
         if not r.k_composition:
             continue
-        top = r.k_composition[0]
+        top = r.partner or r.k_composition[0]
         partner = cls.record(top.layer, top.head)
         out.append(
             {

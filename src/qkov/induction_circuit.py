@@ -2,8 +2,10 @@
 change, as numbers a training run logs and a report draws.
 
 Given the best induction head (by the standard probe), its previous-token partner is the
-earlier head whose OV output its keys read most (the largest K-composition score). Three
-weight statistics follow the circuit as it forms:
+previous-token head its keys read most (`qkov.composition.choose_partner`: of the earlier
+heads above the random baseline of K-composition, the previous-token heads first; the rule
+`qkov.classification` names partners by). Three weight statistics follow the circuit as it
+forms:
   k_composition:   K-composition score partner -> induction head (`composition_score`);
   qk_eigenvalue:   Sum(lambda)/Sum(|lambda|) of the induction QK term through the partner
                    (`qkov.circuits.induction_qk_term`): near +1 once keys match tokens;
@@ -20,7 +22,8 @@ import torch
 from torch import Tensor
 
 from qkov.circuits import W_OV, W_QK, induction_qk_term, ov_circuit
-from qkov.composition import composition_score
+from qkov.classification import Thresholds
+from qkov.composition import baseline_stats, choose_partner, composition_score
 from qkov.eigenvalues import eigenvalue_score
 from qkov.model import Transformer
 
@@ -34,10 +37,13 @@ KEYS = (
 
 
 @torch.no_grad()
-def induction_circuit(model: Transformer, induction_scores: Tensor) -> dict[str, object]:
+def induction_circuit(
+    model: Transformer, induction_scores: Tensor, previous_token_scores: Tensor
+) -> dict[str, object]:
     """The statistics above for the head with the best score among layers >= 1.
 
-    induction_scores [n_layers, n_heads] (e.g. from the standard probe). Heads are named
+    induction_scores, previous_token_scores [n_layers, n_heads] (e.g. from the standard
+    probe; the second picks the partner, with `Thresholds`' defaults). Heads are named
     "L{layer}H{head}". A model with fewer than 2 layers has no such circuit: NaN values and
     None names."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
@@ -57,8 +63,11 @@ def induction_circuit(model: Transformer, induction_scores: Tensor) -> dict[str,
     for l0 in range(layer):
         for h0 in range(H):
             k_scores[l0, h0] = composition_score(OV[l0, h0], QK[layer, head].T)
-    partner = int(k_scores.flatten().argmax())
-    l0, h0 = partner // H, partner % H
+    mean, std = baseline_stats(model.cfg.d_model, model.cfg.d_head)
+    z = (k_scores - mean["k"]) / std["k"] if std["k"] > 0 else torch.full_like(k_scores, math.inf)
+    t = Thresholds()
+    prev = previous_token_scores[:layer].float()
+    l0, h0 = choose_partner(k_scores, z, prev, t.partner_z, t.previous_token)
     qk = induction_qk_term(model, layer, head, l0, h0)
     return {
         "induction_head": f"L{layer}H{head}",

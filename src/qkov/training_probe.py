@@ -39,8 +39,9 @@ def training_probe(
         logits, cache = model.run_with_hooks(tokens, cache_names=lambda n: n.startswith("pattern."))
         A = [cache[f"pattern.{l}"] for l in range(cfg.n_layers)]
         per_head = [induction_score(a, tokens, probe.half_lens).cpu() for a in A]
+        prev_per_head = [previous_token_score(a).cpu() for a in A]
         ind = max((float(s.max()) for s in per_head), default=math.nan)
-        prev = max((float(previous_token_score(a).max()) for a in A), default=math.nan)
+        prev = max((float(s.max()) for s in prev_per_head), default=math.nan)
         icl = icl_from_logits(logits, tokens)
     out: dict[str, float | str] = {
         "probe_induction_score": ind,
@@ -48,7 +49,7 @@ def training_probe(
         "probe_icl_score": icl.score,
     }
     if cfg.n_layers >= 2:
-        circuit = induction_circuit(model, torch.stack(per_head))
+        circuit = induction_circuit(model, torch.stack(per_head), torch.stack(prev_per_head))
         out.update({f"probe_{k}": v for k, v in circuit.items()})
     if repetition:
         out.update(repetition_record(model, seed))

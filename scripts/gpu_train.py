@@ -311,10 +311,7 @@ def lowest_along(ev: dict) -> str:
 def pack(runs_dir: Path, names: list[str], out: Path) -> list[str]:
     """The runs without optimizer state or snapshots, weights in fp16 (halving what comes
     back; the loader upcasts to fp32), in one tar split into parts of at most 15 MB."""
-    import torch
-    from safetensors.torch import load_file
-
-    from qkov.io import atomic_save_safetensors  # metadata keys sorted: reproducible bytes
+    from ship_models import float16_weights  # scripts/ is on sys.path: this script's folder
 
     tar_path = runs_dir / "models.tar"
     with tarfile.open(tar_path, "w") as tar:
@@ -322,15 +319,10 @@ def pack(runs_dir: Path, names: list[str], out: Path) -> list[str]:
             for p in sorted((runs_dir / name).iterdir()):
                 if not p.is_file() or p.name == "train_state.safetensors":
                     continue
-                if p.name == "model.safetensors":
-                    w = load_file(str(p))
-                    half = {k: v.half() for k, v in w.items()}
-                    if all(torch.isfinite(v).all() for v in half.values()):
-                        small = runs_dir / f"{name}.fp16.safetensors"
-                        meta = {"format": "qkov", "dtype": "float16"}
-                        atomic_save_safetensors(small, half, metadata=meta)
-                        tar.add(small, arcname=f"{name}/model.safetensors")
-                        continue
+                small = runs_dir / f"{name}.fp16.safetensors"
+                if p.name == "model.safetensors" and float16_weights(p, small):
+                    tar.add(small, arcname=f"{name}/model.safetensors")
+                    continue
                 tar.add(p, arcname=f"{name}/{p.name}")
     parts, part = [], 15 * 2**20
     with open(tar_path, "rb") as f:

@@ -1,6 +1,7 @@
 """Copy trained run directories into src/qkov/demo_models/ (what `qkov demo` analyses).
 
 Usage: python scripts/ship_models.py runs/attn0 runs/attn1 runs/attn2
+       python scripts/ship_models.py runs/attn2 --float16     # weights halved (qkov.load upcasts)
        python scripts/ship_models.py runs/attn2-ft --name attn2 --base src/qkov/demo_models/attn2
        python scripts/ship_models.py --token-counts src/qkov/demo_models/attn*
 Copies config.json, model.safetensors, tokenizer.json, token_counts.json, train_config.json,
@@ -43,7 +44,26 @@ def clean_metrics(text: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def main(runs: list[str], name: str | None = None, base: str | None = None) -> None:
+def float16_weights(src: Path, dest: Path) -> bool:
+    """Write src's weights in float16 to dest, with src's metadata and dtype "float16" (qkov's
+    loader upcasts them to float32); False, writing nothing, if a weight overflows float16."""
+    import torch
+    from safetensors.torch import load_file
+
+    from qkov.io import atomic_save_safetensors  # metadata keys sorted: reproducible bytes
+
+    with safe_open(str(src), "pt") as f:
+        meta = dict(f.metadata() or {})
+    half = {k: v.half() for k, v in load_file(str(src)).items()}
+    if not all(torch.isfinite(v).all() for v in half.values()):
+        return False
+    atomic_save_safetensors(dest, half, metadata=meta | {"format": "qkov", "dtype": "float16"})
+    return True
+
+
+def main(
+    runs: list[str], name: str | None = None, base: str | None = None, float16: bool = False
+) -> None:
     if (name or base) and len(runs) != 1:
         raise SystemExit("--name and --base ship one run")
     # Read the base record first: it may be the folder this run is about to replace.
@@ -53,6 +73,8 @@ def main(runs: list[str], name: str | None = None, base: str | None = None) -> N
         dest.mkdir(parents=True, exist_ok=True)
         for f in FILES:
             shutil.copy2(run / f, dest / f)
+        if float16 and not float16_weights(run / "model.safetensors", dest / "model.safetensors"):
+            raise SystemExit(f"{run}: a weight overflows float16; ship it without --float16")
         if (run / "heldout.json").is_file():  # runs before 2026-12-06 did not write it
             shutil.copy2(run / "heldout.json", dest / "heldout.json")
         metrics = clean_metrics((run / "metrics.jsonl").read_text())
@@ -110,8 +132,9 @@ if __name__ == "__main__":
     ap.add_argument(
         "--token-counts", action="store_true", help="write token_counts.json into these folders"
     )
+    ap.add_argument("--float16", action="store_true", help="ship the weights in float16")
     a = ap.parse_args()
     if a.token_counts:
         write_token_counts(a.runs)
     else:
-        main(a.runs, a.name, a.base)
+        main(a.runs, a.name, a.base, a.float16)

@@ -91,7 +91,14 @@ def test_smoke_run_trains_evaluates_and_packs(tmp_path):
     assert summary["packed"]["runs"] == ["r2_h4"]
     with tarfile.open(out / summary["packed"]["parts"][0]) as tar:
         names = tar.getnames()
+        tar.extract("r2_h4/model.safetensors", tmp_path / "packed", filter="data")
     assert "r2_h4/model.safetensors" in names and "r2_h4/config.json" in names
+    # the weights come back in float16, with their step: shipped as they are
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "packed" / "r2_h4" / "model.safetensors"), "pt") as f:
+        meta, dtype = f.metadata(), f.get_slice("W_E").get_dtype()
+    assert dtype == "F16" and meta["dtype"] == "float16" and int(meta["step"]) > 0
     # a second sweep into the same folder would evaluate and pack the first one's runs
     again = subprocess.run(
         [sys.executable, str(SCRIPT), *argv], cwd=ROOT, env=env, capture_output=True, text=True

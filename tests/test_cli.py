@@ -201,11 +201,11 @@ def test_circuits_says_when_no_factoring_bug_is_found(run_dir, capsys):
 
 
 def test_info_says_when_the_weights_are_newer_than_the_last_metrics(capsys):
-    """A run stopped between two records (the shipped attn2: SIGTERM at step 1,941, the
+    """A run stopped between two records (the shipped mlp2: SIGTERM at step 1,548, the
     last record at 1,500): info says whose numbers its last record gives."""
     from qkov import shipped
 
-    assert main(["info", str(shipped("attn2"))]) == 0
+    assert main(["info", str(shipped("mlp2"))]) == 0
     out = capsys.readouterr().out
-    assert "last record of metrics.jsonl (the weights are of step 1,941)" in out
-    assert "  weights " in out and "of step 1,941" in out
+    assert "last record of metrics.jsonl (the weights are of step 1,548)" in out
+    assert "  weights " in out and "of step 1,548" in out

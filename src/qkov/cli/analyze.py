@@ -99,8 +99,8 @@ def summary(analysis: dict) -> list[str]:
         for c in rec.get("induction_circuits", []):
             (l1, h1), (l0, h0) = c["induction_head"], c["previous_token_head"]
             line += (
-                f"; induction head L{l1}H{h1} (score {c['induction_score']:.2f}; its key reads "
-                f"L{l0}H{h0} most, K-composition z = {c['k_composition_z']:.1f}"
+                f"; induction head L{l1}H{h1} (score {c['induction_score']:.2f}; partner "
+                f"L{l0}H{h0}, K-composition z = {c['k_composition_z']:.1f}"
             )
             if c.get("knockout_head"):
                 kl, kh = c["knockout_head"]

@@ -180,6 +180,9 @@ def test_repetition_test_splits_the_repeated_half_by_training_count():
     model.token_counts = torch.tensor([0, 1, 5, 20, 300, 300, 4000, 4000, 4000, 50, 2, 0])
     r = repetition_test(model, batch=4, half_len=5, seed=3)
     assert sum(b.predictions for b in r.by_training_count) == 4 * (5 - 1)
+    bare = repetition_test(model, batch=4, half_len=5, seed=3, split=False)  # neither split
+    assert bare.by_training_count is None and bare.repeated_token_logit is None
+    assert bare.repeated_half_loss == r.repeated_half_loss
     mean = sum(b.predictions * b.loss for b in r.by_training_count) / (4 * 4)
     assert mean == pytest.approx(r.repeated_half_loss, rel=1e-5)
     d = r.to_dict()["by_training_count"]

@@ -223,8 +223,9 @@ def repetition_test(
     model: Transformer, batch: int = 10, half_len: int = 50, seed: int = 0, split: bool = True
 ) -> RepetitionTest:
     """Run the test on `model` (its sequences are 2 * half_len tokens, which must fit n_ctx).
-    split=False leaves out `repeated_token_logit` (None), the costly part: a fold of the
-    model and a logit pass per layer group; the scores and losses are the same."""
+    split=False leaves out both splits of the repeated half (None): `repeated_token_logit`,
+    the costly part (a fold of the model and a logit pass per layer group), and
+    `by_training_count`; the scores and losses are the same."""
     cfg = model.cfg
     tokens = repeated_random_tokens(cfg.d_vocab, batch, half_len, seed).to(model.device)
     logits, cache = model.run_with_hooks(tokens, cache_names=lambda n: n.startswith("pattern."))
@@ -243,7 +244,7 @@ def repetition_test(
     repeated = losses[:, half_len:]  # tokens half_len+1 .. 2*half_len-1
     counts = getattr(model, "token_counts", None)  # token_counts.json of the run, or None
     by_training_count = None
-    if counts is not None:
+    if counts is not None and split:
         # tokens 1 .. half_len-1 are predicted twice: by the first half (columns 0 ..
         # half_len-2) and by the repeat (columns half_len .. 2*half_len-2)
         t = tokens[:, 1:half_len]

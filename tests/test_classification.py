@@ -205,13 +205,17 @@ def test_choose_partner():
     from qkov.composition import choose_partner
 
     k = torch.tensor([[0.10, 0.09, 0.05], [0.20, 0.02, 0.08]])
-    z = (k - 0.04) / 0.01  # above the baseline (z >= 3): all but 0.02
+    z = (k - 0.04) / 0.01  # above the baseline (z >= 3): 0.10, 0.09, 0.20, 0.08
     prev = torch.tensor([[0.1, 0.9, 0.95], [0.2, 0.99, 0.5]])
-    # Previous-token heads above the baseline: (0, 1), (0, 2), (1, 2): the key reads (0, 1) most.
+    # The previous-token heads above the baseline are (0, 1) and (1, 2); the key reads (0, 1)
+    # more. (0, 2) and (1, 1) score higher as previous-token heads but are at the baseline.
     assert choose_partner(k, z, prev, 3.0, 0.4) == (0, 1)
-    # (1, 1) is the strongest previous-token head but at the baseline: not a partner.
-    assert choose_partner(k, z, prev.clamp(max=0.3), 3.0, 0.4) == (1, 0)  # none: largest k
-    assert choose_partner(k, z - 100, prev, 3.0, 0.4) == (1, 0)  # none above: largest k
+    # no previous-token head: the largest k above the baseline; none above: the largest k
+    assert choose_partner(k, z, prev.clamp(max=0.3), 3.0, 0.4) == (1, 0)
+    assert choose_partner(k, z - 100, prev, 3.0, 0.4) == (1, 0)
+    k2 = torch.tensor([[0.10, 0.30], [0.20, 0.02]])
+    z2 = torch.tensor([[9.0, 1.0], [9.0, 9.0]])  # (0, 1) has the largest k but is at baseline
+    assert choose_partner(k2, z2, torch.zeros(2, 2), 3.0, 0.4) == (1, 0)
     nan = torch.tensor([[float("nan"), 0.5]])
     nine = torch.tensor([[9.0, 9.0]])  # a NaN score (no such pair) is never the partner
     assert choose_partner(nan, nine, torch.tensor([[0.9, 0.9]]), 3.0, 0.4) == (0, 1)

@@ -248,9 +248,10 @@ def choose_partner(
     previous_token_min) if there are any, else all of them; of those, the one the key reads
     most (largest k). With none above the baseline, the largest k.
 
-    The largest k alone flips on near-ties: in the shipped attn2 the key of L1H2 reads L0H1
-    (0.087) about as much as L0H7, the previous-token head (0.085), and the QK term through
-    L0H1 is no token match. The paper's partner is the previous-token head."""
+    The largest k alone flips on near-ties: in the shipped attn2 the key of L1H2 reads the
+    positional head L0H1 (0.096) a little more than L0H7, the previous-token head (0.092),
+    and the QK term through L0H1 is no token match (Sum(lambda)/Sum(|lambda|) 0.41, through
+    L0H7 0.94). The paper's partner is the previous-token head."""
     above = z >= partner_z
     prev = above & (previous_token >= previous_token_min)
     pool = prev if bool(prev.any()) else above if bool(above.any()) else torch.ones_like(above)

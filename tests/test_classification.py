@@ -29,12 +29,14 @@ def test_classifier_labels_handbuilt_heads_and_finds_partner():
     d = cls.to_dict()
     assert d["records"][2]["partners"] == ["L0H0"]
     assert "L1H0" in cls.table() and "L0H0 (" in cls.table()
+    assert "first the partner, the previous-token head" in cls.table()
 
 
 def test_random_model_has_no_induction_or_previous_token_head():
     cfg = ModelConfig(n_layers=2, n_heads=4, d_model=64, n_ctx=64, d_vocab=128, init_std=0.2)
     cls = classify_heads(AttnOnlyTransformer(cfg), batch=8, n_baseline=20)
     assert not cls.with_label("induction") and not cls.with_label("previous_token")
+    assert "partners:" not in cls.table()  # no induction head, no partner column to explain
 
 
 def test_knockout_partner_is_the_previous_token_head():

@@ -237,9 +237,13 @@ class HeadClassification:
         lines.append(
             f"({legend} score, on {self.scores.n_sequences} x {self.scores.seq_len} "
             f"{self.scores.measured_on.replace('_', ' ')}; OV eig = "
-            "Sum(lambda)/Sum(|lambda|) of the OV circuit; - : not defined; partners: above "
-            "the random baseline, first the partner, the previous-token head the key reads "
-            "most, through which the QK term is read)"
+            "Sum(lambda)/Sum(|lambda|) of the OV circuit; - : not defined"
+            + (
+                "; partners: above the random baseline, first the partner, the previous-token "
+                "head the key reads most, through which the QK term is read)"
+                if any(r.k_composition for r in self.records)
+                else ")"
+            )
         )
         if self.knockout_note():
             lines.append(f"({self.knockout_note()})")

@@ -14,7 +14,13 @@ from torch import Tensor
 
 from qkov.budget import partner_knockouts
 from qkov.circuits import induction_qk_term
-from qkov.composition import KINDS, CompositionScores, choose_partner, composition_scores
+from qkov.composition import (
+    KINDS,
+    CompositionScores,
+    baseline_z,
+    choose_partner,
+    composition_scores,
+)
 from qkov.data.probes import (
     default_seq_len,
     induction_probe,
@@ -366,7 +372,8 @@ def classify_heads(
             qk_stat, partner = None, None
             if label == "induction" and comp is not None and l > 0:
                 ranked = _k_partners(comp, l, h, t.partner_z)
-                partner = _partner(ranked, scores, t)
+                chosen = _partner(comp, l, h, scores, t)
+                partner = next((p for p in ranked if (p.layer, p.head) == chosen), None)
                 through = partner or ranked[0]
                 term = induction_qk_term(model, l, h, through.layer, through.head)
                 qk_stat = eigenvalue_score(term.eigenvalues)
@@ -441,18 +448,15 @@ def _likeliest_partners(
     return prev + sorted((hd for hd in earlier if hd not in prev), key=lambda hd: rank[hd])
 
 
-def _partner(ranked: tuple[KPartner, ...], scores: HeadScores, t: Thresholds) -> KPartner | None:
-    """`choose_partner` over the earlier heads of `ranked` (every earlier head, any order);
-    None when none is above the baseline."""
-    n_heads = 1 + max(p.head for p in ranked)
-    layers = 1 + max(p.layer for p in ranked)
-    k, z, prev = (torch.full((layers, n_heads), math.nan) for _ in range(3))
-    for p in ranked:
-        k[p.layer, p.head], z[p.layer, p.head] = p.score, p.z
-        prev[p.layer, p.head] = scores.get(p.layer, p.head)["previous_token"]
-    l0, h0 = choose_partner(k, z, prev, t.partner_z, t.previous_token)
-    chosen = next(p for p in ranked if (p.layer, p.head) == (l0, h0))
-    return chosen if chosen.above_baseline else None
+def _partner(
+    comp: CompositionScores, layer: int, head: int, scores: HeadScores, t: Thresholds
+) -> tuple[int, int] | None:
+    """`choose_partner` for the induction head (layer, head): (l0, h0), or None when no
+    earlier head is above the baseline."""
+    k = comp.k[:layer, :, layer, head]  # [layer, n_heads]
+    z = baseline_z(k, comp.baseline_mean["k"], comp.baseline_std["k"])
+    l0, h0 = choose_partner(k, z, scores.previous_token[:layer], t.partner_z, t.previous_token)
+    return (l0, h0) if float(z[l0, h0]) >= t.partner_z else None
 
 
 def _k_partners(
@@ -460,11 +464,11 @@ def _k_partners(
 ) -> tuple[KPartner, ...]:
     """Every head of an earlier layer, ranked by its K-composition into (layer, head), with
     its z-score against the random baseline."""
-    mean, std = comp.baseline_mean["k"], comp.baseline_std["k"]
-    ranked = []
-    for l0 in range(layer):
-        for h0 in range(comp.k.shape[1]):
-            k = float(comp.k[l0, h0, layer, head])
-            z = (k - mean) / std if std > 0 else math.inf
-            ranked.append(KPartner(l0, h0, k, z, z >= partner_z))
+    k = comp.k[:layer, :, layer, head]  # [layer, n_heads]
+    z = baseline_z(k, comp.baseline_mean["k"], comp.baseline_std["k"])
+    ranked = [
+        KPartner(l0, h0, float(k[l0, h0]), float(z[l0, h0]), float(z[l0, h0]) >= partner_z)
+        for l0 in range(layer)
+        for h0 in range(comp.k.shape[1])
+    ]
     return tuple(sorted(ranked, key=lambda p: -p.score))

@@ -237,6 +237,11 @@ def baseline_stats(
     return mean, {k: float(s.std()) for k, s in base.items()}
 
 
+def baseline_z(scores: Tensor, mean: float, std: float) -> Tensor:
+    """z-scores of `scores` against a baseline's mean and spread (+inf with no spread)."""
+    return (scores - mean) / std if std > 0 else torch.full_like(scores, torch.inf)
+
+
 def choose_partner(
     k: Tensor, z: Tensor, previous_token: Tensor, partner_z: float, previous_token_min: float
 ) -> tuple[int, int]:

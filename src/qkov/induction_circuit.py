@@ -23,7 +23,7 @@ from torch import Tensor
 
 from qkov.circuits import W_OV, W_QK, induction_qk_term, ov_circuit
 from qkov.classification import Thresholds
-from qkov.composition import baseline_stats, choose_partner, composition_score
+from qkov.composition import baseline_stats, baseline_z, choose_partner, composition_score
 from qkov.eigenvalues import eigenvalue_score
 from qkov.model import Transformer
 
@@ -64,7 +64,7 @@ def induction_circuit(
         for h0 in range(H):
             k_scores[l0, h0] = composition_score(OV[l0, h0], QK[layer, head].T)
     mean, std = baseline_stats(model.cfg.d_model, model.cfg.d_head)
-    z = (k_scores - mean["k"]) / std["k"] if std["k"] > 0 else torch.full_like(k_scores, math.inf)
+    z = baseline_z(k_scores, mean["k"], std["k"])
     t = Thresholds()
     prev = previous_token_scores[:layer].float()
     l0, h0 = choose_partner(k_scores, z, prev, t.partner_z, t.previous_token)

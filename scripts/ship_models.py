@@ -4,11 +4,13 @@ Usage: python scripts/ship_models.py runs/attn0 runs/attn1 runs/attn2
        python scripts/ship_models.py runs/attn2 --float16     # weights halved (qkov.load upcasts)
        python scripts/ship_models.py runs/attn2-ft --name attn2 --base src/qkov/demo_models/attn2
        python scripts/ship_models.py --token-counts src/qkov/demo_models/attn*
+       python scripts/ship_models.py runs/attn2 --dest /tmp/shipped   # elsewhere than the package
 Copies config.json, model.safetensors, tokenizer.json, token_counts.json, train_config.json,
 versions.json, metrics.jsonl and heldout.json (the optimizer state is left out: it is only needed to
 resume). A run trained `--init-from` a base run is shipped with --base: the base's record
 (all but its weights) goes to NAME/base/, where `qkov demo --train` and the report's
-training curve find it.
+training curve find it. Every run and the base are checked before anything is written: a
+missing file is one line and exit 2.
 --token-counts writes token_counts.json into model folders trained before runs wrote it:
 the train split of their corpus, encoded with their own tokenizer.json, as training does."""
 
@@ -18,6 +20,7 @@ import argparse
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
 
 from safetensors import safe_open
@@ -61,15 +64,38 @@ def float16_weights(src: Path, dest: Path) -> bool:
     return True
 
 
+def missing(folder: Path, files: tuple[str, ...]) -> str | None:
+    """What is wrong with `folder` as a source of `files`, or None."""
+    if not folder.is_dir():
+        return f"{folder} is not a folder: pass a run directory written by `qkov train`"
+    lacking = [f for f in files if not (folder / f).is_file()]
+    if lacking:
+        return f"{folder} has no {', '.join(lacking)}: pass a run directory written by `qkov train`"
+    return None
+
+
 def main(
-    runs: list[str], name: str | None = None, base: str | None = None, float16: bool = False
+    runs: list[str],
+    name: str | None = None,
+    base: str | None = None,
+    float16: bool = False,
+    dest_root: Path = DEST,
 ) -> None:
     if (name or base) and len(runs) != 1:
         raise SystemExit("--name and --base ship one run")
+    problems = [missing(Path(r), (*FILES, "metrics.jsonl")) for r in runs]
+    if base:
+        problems.append(missing(Path(base), RECORD))
+    if not dest_root.is_dir():
+        problems.append(f"{dest_root} is not a folder: pass --dest an existing folder")
+    for problem in problems:
+        if problem:
+            print(f"ship_models.py: error: {problem}", file=sys.stderr)
+            raise SystemExit(2)
     # Read the base record first: it may be the folder this run is about to replace.
     base_files = {f: (Path(base) / f).read_bytes() for f in RECORD} if base else {}
     for run in map(Path, runs):
-        dest = DEST / (name or run.name)
+        dest = dest_root / (name or run.name)
         dest.mkdir(parents=True, exist_ok=True)
         for f in FILES:
             shutil.copy2(run / f, dest / f)
@@ -133,8 +159,9 @@ if __name__ == "__main__":
         "--token-counts", action="store_true", help="write token_counts.json into these folders"
     )
     ap.add_argument("--float16", action="store_true", help="ship the weights in float16")
+    ap.add_argument("--dest", type=Path, default=DEST, help="where the model folders go")
     a = ap.parse_args()
     if a.token_counts:
         write_token_counts(a.runs)
     else:
-        main(a.runs, a.name, a.base, a.float16)
+        main(a.runs, a.name, a.base, a.float16, a.dest)

@@ -191,7 +191,7 @@ def v2_analysis() -> dict:
     m2["composition"]["baseline_std"] = {"q": 0.01, "k": 0.01, "v": 0.01}
     m2["induction_circuits"] = [
         {
-            "previous_token_head": [0, 0],
+            "partner_head": [0, 0],
             "induction_head": [1, 0],
             "k_composition": 0.31,
             "k_composition_z": 35.2,

@@ -194,7 +194,7 @@ def test_partner_is_the_previous_token_head_though_a_rival_reads_higher():
     assert cls.to_dict()["records"][2]["partner"]["layer"] == 0
     assert cls.to_dict()["records"][2]["partner"]["head"] == 0
     (circuit,) = induction_circuits(cls)
-    assert circuit["previous_token_head"] == [0, 0] and circuit["k_composition"] == prev.score
+    assert circuit["partner_head"] == [0, 0] and circuit["k_composition"] == prev.score
     s = head_scores(model, batch=16)
     c = induction_circuit(model, s.induction, s.previous_token)
     assert c["induction_head"] == "L1H0" and c["partner_head"] == "L0H0"

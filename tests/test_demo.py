@@ -67,7 +67,7 @@ def test_demo_reports_what_classify_heads_finds(demo_out):
     for c, r in zip(main_model["induction_circuits"], induction, strict=True):
         top = r.partner or r.k_composition[0]
         assert c["induction_head"] == [r.layer, r.head]
-        assert c["previous_token_head"] == [top.layer, top.head]
+        assert c["partner_head"] == [top.layer, top.head]
         assert c["induction_score"] == r.scores["induction"]
         assert c["partner_label"] == cls.record(top.layer, top.head).label
 

@@ -319,6 +319,24 @@ def test_induction_circuit_names_its_partner(page):
     assert "partner 1" not in page and "previous-token" not in page
 
 
+def test_an_analysis_from_before_partner_head_draws_the_same_partner():
+    """Files written before 2026-12-07 name the partner "previous_token_head"; the report
+    reads it there, so an old analysis.json draws the same induction section."""
+    new = v2_analysis()
+    circuit = new["models"][0]["induction_circuits"][0]
+    circuit["partner_head"] = [0, 1]  # not the fixture's default: the key must be read
+    old = v2_analysis()
+    old_circuit = old["models"][0]["induction_circuits"][0]
+    old_circuit["previous_token_head"] = old_circuit.pop("partner_head")
+    old_circuit["previous_token_head"] = [0, 1]
+
+    def section(a: dict) -> str:
+        return tree(render_report(a)).by_id("m0-induction").text
+
+    assert "QK term through L0H1" in section(new)
+    assert section(old) == section(new)
+
+
 def test_repetition_section_shows_both_halves_and_the_split(page):
     section = tree(page).by_id("m0-repetition")
     text = section.text

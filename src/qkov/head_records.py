@@ -78,8 +78,9 @@ def head_record(
 
 
 def induction_circuits(cls: HeadClassification) -> list[dict[str, Any]]:
-    """Each induction head and its partner (`HeadRecord.partner`: the previous-token head its
-    key reads most; the earlier head it reads most where none is above the baseline)."""
+    """Each induction head and its partner, "partner_head" (`HeadRecord.partner`, chosen by
+    `composition.choose_partner`; the earlier head its key reads most where no head is above
+    the random baseline)."""
     out = []
     for r in cls.with_label("induction"):
         if not r.k_composition:
@@ -88,7 +89,7 @@ def induction_circuits(cls: HeadClassification) -> list[dict[str, Any]]:
         partner = cls.record(top.layer, top.head)
         out.append(
             {
-                "previous_token_head": [top.layer, top.head],
+                "partner_head": [top.layer, top.head],
                 "induction_head": [r.layer, r.head],
                 "k_composition": top.score,
                 "k_composition_z": top.z,

@@ -97,7 +97,7 @@ def summary(analysis: dict) -> list[str]:
         if icl and icl.get("score") is not None:
             line += f"; ICL score {icl['score']:+.3f} ± {icl['stderr'] or 0:.3f}"
         for c in rec.get("induction_circuits", []):
-            (l1, h1), (l0, h0) = c["induction_head"], c["previous_token_head"]
+            (l1, h1), (l0, h0) = c["induction_head"], c["partner_head"]
             line += (
                 f"; induction head L{l1}H{h1} (score {c['induction_score']:.2f}; partner "
                 f"L{l0}H{h0}, K-composition z = {c['k_composition_z']:.1f}"

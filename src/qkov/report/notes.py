@@ -19,6 +19,12 @@ def budget(m: dict) -> dict:
     return m.get("budget") or m.get("scale") or {}
 
 
+def partner_head(c: dict) -> list[int]:
+    """An induction circuit's partner [layer, head]; files written before 2026-12-07 call it
+    "previous_token_head" (it is not always one: `composition.choose_partner`)."""
+    return c.get("partner_head") or c["previous_token_head"]
+
+
 def estimate_note(m: dict, key: str, what: str) -> str:
     """'Estimate: ... a seeded sample of N of V <what>' when analyze sampled (`budget`);
     '' when the table is exact."""

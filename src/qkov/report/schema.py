@@ -4,7 +4,9 @@ Version 2 grew additively (old files still read, so the version stays): qk_terms
 virtual_heads, positional_qk, attribution and each head's split_token_trigrams; term kind "mlp"
 for models with MLPs, whose config also has d_mlp, act_fn, bias and normalization
 "layernorm"/"rmsnorm" (ModelConfig's fields, as every config key). "budget" was written
-"scale" before 2026-12-06 (a word the norm's divisor also uses); the report reads both.
+"scale" before 2026-12-06 (a word the norm's divisor also uses); an induction circuit's
+"partner_head" was written "previous_token_head" before 2026-12-07 (the partner is not always
+a previous-token head); the report reads both.
 
 analysis.json holds every number the report shows; report.html is drawn from it alone
 (`qkov report analysis.json --out DIR` re-renders it), so a report can be re-rendered,
@@ -63,9 +65,11 @@ computed" (with the reason from `not_computed` if given). Names are the library'
       "composition": {"q"|"k"|"v": [[[[float|null]]]],  # [l_earlier][h_earlier][l_later][h_later]
                       "baseline": {"q"|"k"|"v": float},  # mean score of random heads
                       "baseline_std": {"q"|"k"|"v": float}},
-      "induction_circuits": [{"previous_token_head": [l, h], "induction_head": [l, h],
+      "induction_circuits": [{"partner_head": [l, h],  # composition.choose_partner
+                              "induction_head": [l, h],
                               "k_composition": float, "k_composition_z": float,
-                              "partner_label": str, "previous_token_score": float,
+                              "partner_label": str,
+                              "previous_token_score": float,  # the partner's
                               "induction_score": float, "qk_term_eigenvalue_score": float,
                               "knockout_head": [l, h] | null,  # the earlier head whose
                               "knockout_drop": float | null,  # zeroing lowers its score most

@@ -14,7 +14,7 @@ from qkov.report.fmt import count, num, si
 from qkov.report.heads import EXPANDED_HEADS as EXPANDED_HEADS  # re-exported: old import path
 from qkov.report.heads import _head_label
 from qkov.report.heads import heads_section as heads_section  # re-exported: old import path
-from qkov.report.notes import direct_path_note, estimate_note, not_computed
+from qkov.report.notes import direct_path_note, estimate_note, not_computed, partner_head
 from qkov.report.svg import circuit_diagram, hbar_chart, line_chart
 from qkov.report.widgets import token_table
 from qkov.reprs import largest
@@ -44,7 +44,7 @@ def induction_section(m: dict) -> str:
         return '<p class="note">No induction head found (no head passed the thresholds).</p>'
     return "".join(
         circuit_diagram(
-            tuple(c["previous_token_head"]),
+            tuple(partner_head(c)),
             tuple(c["induction_head"]),
             c.get("k_composition"),
             c.get("previous_token_score"),
@@ -143,7 +143,7 @@ def repetition_section(m: dict) -> str:
 
 
 def _circuit_note(c: dict, n_heads: int) -> str:
-    partner = _head_label(*c["previous_token_head"])
+    partner = _head_label(*partner_head(c))
     parts = ["previous_token and induction scores on the random-token probe"]
     if c.get("k_composition_z") is not None:
         parts.append(f"K-composition z-score against random heads {num(c['k_composition_z'])}")
@@ -154,7 +154,7 @@ def _circuit_note(c: dict, n_heads: int) -> str:
         )
     if c.get("knockout_head") and c.get("knockout_drop") is not None:
         knocked = _head_label(*c["knockout_head"])
-        if list(c["knockout_head"]) == list(c["previous_token_head"]):
+        if list(c["knockout_head"]) == list(partner_head(c)):
             why = "the causal test of the partner"
         else:  # the earlier head whose knock-out lowers the score most is another head
             why = f"the earlier head whose knock-out lowers it most; not the partner {partner}"

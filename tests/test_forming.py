@@ -168,6 +168,59 @@ def test_each_checkpoint_has_the_repetition_test_of_its_weights(tmp_path):
     assert f"<td>{with_head['repetition_repeated_fraction']:.0%}</td>" in page
 
 
+def test_repetition_seeds_give_each_head_s_mean_and_each_loss_s_mean(tmp_path):
+    """--repetition-seeds 3: the repetition test's keys are the means over seeds 4, 5, 6 of
+    `repetition_test` run seed by seed (the heads ranked by their mean score); the probe's
+    keys are seed 4's as before, and the table says what the losses are."""
+    import torch
+
+    from factories import induction_model
+    from qkov.checkpoint import save_model
+    from qkov.repetition import repetition_test
+
+    model = induction_model(noise=0.3)  # noisy: the three seeds differ
+    save_model(model, tmp_path / "a")
+    save_model(model, tmp_path / "b")
+    code, out, err = cli(
+        "forming",
+        tmp_path / "a",
+        tmp_path / "b",
+        "--seed",
+        "4",
+        "--repetition-seeds",
+        "3",
+        "--json",
+        tmp_path / "f.json",
+        "--html",
+        tmp_path / "f.html",
+    )
+    assert code == 0, err
+    assert out.splitlines()[0] == "repetition test: the mean of seeds 4 to 6"
+    assert "each score and loss the mean of 3 seeds" in (tmp_path / "f.html").read_text()
+    row = json.loads((tmp_path / "f.json").read_text())[0]
+    one, _ = circuit_along([tmp_path / "a", tmp_path / "b"], seed=4)
+    tests = [repetition_test(load(tmp_path / "a").eval(), half_len=6, seed=s) for s in (4, 5, 6)]
+    assert len({t.repeated_half_loss for t in tests}) == 3
+    scores = torch.stack([t.induction_scores for t in tests]).mean(0)
+    flat = scores.flatten()
+    best, second = flat.argsort(descending=True)[:2].tolist()
+    n_heads = scores.shape[1]
+    assert row["repetition_seeds"] == 3 and "repetition_seeds" not in one
+    assert row["repetition_induction_head"] == f"L{best // n_heads}H{best % n_heads}"
+    assert row["repetition_second_head"] == f"L{second // n_heads}H{second % n_heads}"
+    assert row["repetition_induction_score"] == pytest.approx(float(flat[best]))
+    assert row["repetition_second_score"] == pytest.approx(float(flat[second]))
+    for key in ("first_half_loss", "repeated_half_loss"):
+        mean = sum(getattr(t, key) for t in tests) / 3
+        assert row[f"repetition_{key}"] == pytest.approx(mean)
+    assert row["repetition_repeated_fraction"] == pytest.approx(
+        row["repetition_repeated_half_loss"] / tests[0].uniform_loss
+    )
+    for key, value in one.items():  # the probe and the circuit: seed 4, as without the flag
+        if not key.startswith("repetition_"):
+            assert row[key] == (pytest.approx(value) if isinstance(value, float) else value), key
+
+
 def test_a_context_too_short_for_the_repetition_test_leaves_it_out():
     """n_ctx 7 holds no block of 4 repeated once; n_ctx 8 does. A model without heads has
     the losses and no head."""
@@ -215,6 +268,7 @@ def test_bad_input_is_one_line_and_exit_2(run, tmp_path):
         ((tmp_path,), ["has no config.json"]),
         ((run, "--json", blocker / "out.json"), ["--json"]),
         ((run, "--html", blocker / "out.html"), ["--html"]),
+        ((run, "--repetition-seeds", "0"), ["--repetition-seeds must be at least 1"]),
     ]
     for argv, words in cases:
         code, out, err = cli("forming", *argv)

@@ -6,13 +6,14 @@ weights, or checkpoint folders given in training order (a model's published trai
 checkpoints saved locally, e.g. Pythia's revisions, each a Hugging Face folder whose step is
 read from a name like "pythia-70m-step1000"). At a snapshot's step the record equals what
 the training probe logged there (tested): the same fixed random-token probe, the same
-weight statistics of the circuit (best induction head, its K-composition partner, the QK
+weight statistics of the circuit (best induction head, its partner, the QK
 term's and the OV circuit's Sum(lambda)/Sum(|lambda|)).
 
 The training probe includes the peers' repetition test (`qkov.repetition.repetition_record`:
 10 sequences of random tokens, a block of 50 repeated once, or n_ctx / 2): the best two
 induction heads and the loss on each half (the in-context learning that the induction heads
-buy, read as a loss, beside the uniform ln(d_vocab)).
+buy, read as a loss, beside the uniform ln(d_vocab)); with `repetition_seeds` its means
+over several seeds, as TRAINING.md's tables give them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 from qkov.checkpoint import folder_size, load, weights_step
 from qkov.errors import QkovError
 from qkov.model import Transformer
+from qkov.repetition import repetition_record
 from qkov.snapshots import list_snapshots, load_snapshot
 from qkov.training_probe import training_probe
 
@@ -80,18 +82,28 @@ def checkpoints(dirs: list[str | Path]) -> list[Checkpoint]:
 
 
 def circuit_along(
-    dirs: list[str | Path], seed: int = 0, log: Callable[[str], None] | None = None
+    dirs: list[str | Path],
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+    repetition_seeds: int = 1,
 ) -> list[dict[str, Any]]:
     """`training_probe` at each of `checkpoints(dirs)`, in order: a record per checkpoint
     with its "checkpoint" name and "step" (None where unknown). One model is in memory at
-    a time (a series of 1B checkpoints needs one's memory). log: a line per checkpoint."""
+    a time (a series of 1B checkpoints needs one's memory). log: a line per checkpoint.
+    repetition_seeds > 1: the repetition test's keys are means over that many seeds from
+    `seed` (`repetition_record`); training logs one."""
+    if repetition_seeds < 1:
+        raise QkovError(f"--repetition-seeds must be at least 1, got {repetition_seeds}")
     say = log or (lambda line: None)
     found = checkpoints(dirs)
     rows = []
     for i, c in enumerate(found):
         say(f"{c.name} ({i + 1} of {len(found)})")
         model = c.load().eval()
-        rows.append({"checkpoint": c.name, "step": c.step, **training_probe(model, seed)})
+        rec = training_probe(model, seed, repetition=repetition_seeds == 1)
+        if repetition_seeds > 1:
+            rec |= repetition_record(model, seed, repetition_seeds)
+        rows.append({"checkpoint": c.name, "step": c.step, **rec})
         del model
         gc.collect()
     return rows

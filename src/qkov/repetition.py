@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from qkov.data.probes import repeated_random_tokens
+from qkov.errors import QkovError
 from qkov.heads import induction_score
 from qkov.loss import token_losses
 from qkov.model import Transformer
@@ -165,10 +166,7 @@ class RepetitionTest:
 
     def top_heads(self, k: int = 3) -> list[tuple[int, int, float]]:
         """The k best-scoring heads as (layer, head, score), best first."""
-        flat = self.induction_scores.flatten()
-        order = flat.argsort(descending=True)[:k].tolist()
-        n_heads = self.induction_scores.shape[1]
-        return [(i // n_heads, i % n_heads, float(flat[i])) for i in order]
+        return top_heads(self.induction_scores, k)
 
     def __repr__(self) -> str:
         heads = [f"L{l}H{h} {num(s)}" for l, h, s in self.top_heads(3)]
@@ -265,18 +263,38 @@ def repetition_test(
     )
 
 
-def repetition_record(model: Transformer, seed: int = 0) -> dict[str, float | int | str | None]:
+def top_heads(scores: Tensor, k: int = 3) -> list[tuple[int, int, float]]:
+    """The k best of scores [n_layers, n_heads] as (layer, head, score), best first."""
+    flat = scores.flatten()
+    order = flat.argsort(descending=True)[:k].tolist()
+    n_heads = scores.shape[1]
+    return [(i // n_heads, i % n_heads, float(flat[i])) for i in order]
+
+
+def repetition_record(
+    model: Transformer, seed: int = 0, n_seeds: int = 1
+) -> dict[str, float | int | str | None]:
     """The test (seed, a block of min(50, n_ctx // 2)) as the flat keys of a training record
     (`qkov.training_probe`, `qkov forming`): repetition_half_len, the best and second best
     head (repetition_induction_head, _score, repetition_second_head, _score: None where the
     model has no such head), repetition_first_half_loss, repetition_repeated_half_loss,
     repetition_uniform_loss and repetition_repeated_fraction. One forward pass of 10 x 2
-    half_len tokens; {} where n_ctx holds no block of 4."""
+    half_len tokens; {} where n_ctx holds no block of 4. n_seeds > 1: each head's score and
+    each loss is the mean over seeds seed .. seed + n_seeds - 1 (the heads ranked by their
+    mean), and the record says so (repetition_seeds)."""
     half = min(50, model.cfg.n_ctx // 2)
     if half < 4:
         return {}
-    r = repetition_test(model, half_len=half, seed=seed, split=False)
-    top = [(f"L{l}H{h}", s) for l, h, s in r.top_heads(2)]
+    if n_seeds < 1:
+        raise QkovError(f"n_seeds must be at least 1, got {n_seeds}")
+    tests = [
+        repetition_test(model, half_len=half, seed=seed + i, split=False) for i in range(n_seeds)
+    ]
+    scores = torch.stack([r.induction_scores for r in tests]).mean(0)
+    first = sum(r.first_half_loss for r in tests) / n_seeds
+    repeated = sum(r.repeated_half_loss for r in tests) / n_seeds
+    uniform = tests[0].uniform_loss
+    top = [(f"L{l}H{h}", s) for l, h, s in top_heads(scores, 2)]
     top += [(None, None)] * (2 - len(top))
     return {
         "repetition_half_len": half,
@@ -284,11 +302,11 @@ def repetition_record(model: Transformer, seed: int = 0) -> dict[str, float | in
         "repetition_induction_score": top[0][1],
         "repetition_second_head": top[1][0],
         "repetition_second_score": top[1][1],
-        "repetition_first_half_loss": r.first_half_loss,
-        "repetition_repeated_half_loss": r.repeated_half_loss,
-        "repetition_uniform_loss": r.uniform_loss,
-        "repetition_repeated_fraction": r.repeated_fraction,
-    }
+        "repetition_first_half_loss": first,
+        "repetition_repeated_half_loss": repeated,
+        "repetition_uniform_loss": uniform,
+        "repetition_repeated_fraction": repeated / uniform,
+    } | ({"repetition_seeds": n_seeds} if n_seeds > 1 else {})
 
 
 @torch.no_grad()

@@ -28,16 +28,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "forming",
         help="the induction circuit at each checkpoint of a training run (the phase change)",
         description="The training probe at each checkpoint, in training order: a run's "
-        "snapshots (qkov train --keep-checkpoints N) and its final weights, or several "
-        "checkpoint folders (e.g. a model's training checkpoints saved locally). Per "
-        "checkpoint: the best induction and previous-token scores and the ICL score on the "
-        "fixed random-token probe, the best induction head, its partner (the previous-token "
-        "head its key reads most, by K-composition), and "
-        "the weight statistics of the circuit (K-composition, the induction QK term's and the "
-        "OV circuit's sum(lambda)/sum(|lambda|)). At a snapshot's step these equal what "
-        "training logged in metrics.jsonl. Then the repetition test (10 sequences of random "
-        "tokens, a block of 50 repeated once): the best two induction scores and the loss on "
-        "each half, in nats and the repeated half's as a fraction of the uniform ln(d_vocab).",
+        "snapshots (qkov "
+        "train --keep-checkpoints N) and its final weights, or several checkpoint folders "
+        "(e.g. a model's training checkpoints saved locally). Per checkpoint: the best "
+        "induction and previous-token scores and the ICL score on the fixed random-token "
+        "probe, the best induction head, its partner (of the earlier heads above the random "
+        "K-composition baseline, the previous-token heads if any, the one its key reads "
+        "most), and the weight statistics of the circuit (K-composition, the induction QK "
+        "term's and the OV circuit's sum(lambda)/sum(|lambda|)). At a snapshot's step these "
+        "equal what training logged in metrics.jsonl. Then the repetition test (10 sequences "
+        "of random tokens, a block of 50 repeated once): the best two induction scores and "
+        "the loss on each half, in nats and the repeated half's as a fraction of the uniform "
+        "ln(d_vocab); with --repetition-seeds N, their means over N seeds.",
     )
     p.add_argument("dirs", nargs="+", metavar="DIR", help="a run, or checkpoint folders in order")
     p.add_argument(
@@ -45,6 +47,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=0,
         help="seed of the probe (training logs seed 0) and of the repetition test's tokens",
+    )
+    p.add_argument(
+        "--repetition-seeds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="the repetition test's scores and losses as the mean over seeds SEED .. SEED+N-1, "
+        "the heads ranked by their mean (default 1: what training logs)",
     )
     p.add_argument("--json", default=None, help="also write the records to this JSON file")
     p.add_argument(
@@ -65,7 +75,12 @@ def run(args: argparse.Namespace) -> int:
     if args.html:
         check_output_file(args.html, "--html")
     stage = Stages("qkov forming", lambda line: print(line, file=sys.stderr, flush=True))
-    rows = circuit_along(args.dirs, seed=args.seed, log=stage)
+    rows = circuit_along(
+        args.dirs, seed=args.seed, log=stage, repetition_seeds=args.repetition_seeds
+    )
+    if args.repetition_seeds > 1:
+        last = args.seed + args.repetition_seeds - 1
+        print(f"repetition test: the mean of seeds {args.seed} to {last}")
     print(table(rows))
     written = []
     if args.json:

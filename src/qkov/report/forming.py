@@ -91,9 +91,12 @@ def forming_page(rows: list[dict[str, Any]], title: str) -> str:
             figures.append(f"<figure>{chart}<figcaption>{esc(chart_title)}</figcaption></figure>")
     halves = {r.get("repetition_half_len") for r in rows} - {None}
     block = f"a block of {min(halves)}" if len(halves) == 1 else "a block of 50 or n_ctx / 2"
+    test = f"10 sequences of random tokens, {block} repeated once"
+    n_seeds = max((r.get("repetition_seeds") or 1 for r in rows), default=1)
+    if n_seeds > 1:  # `qkov forming --repetition-seeds N`
+        test += f"; each score and loss the mean of {n_seeds} seeds"
     repetition = (
-        f"<h3>The repetition test (10 sequences of random tokens, {esc(block)} repeated once)"
-        f"</h3>{_table(rows, REPETITION_COLUMNS)}"
+        f"<h3>The repetition test ({esc(test)})</h3>{_table(rows, REPETITION_COLUMNS)}"
         if halves
         else ""
     )
@@ -107,11 +110,12 @@ def forming_page(rows: list[dict[str, Any]], title: str) -> str:
         f'<header class="top"><h1>qkov forming</h1><p>{esc(title)}</p></header><main>'
         "<section><h2>The induction circuit at each checkpoint</h2><p>At each checkpoint, "
         "on the fixed random-token probe training logs: the best induction and previous-token "
-        "scores and the ICL score; then, for the best induction head and the earlier head its "
-        "keys read most (K-composition), the circuit's weight statistics: their "
+        "scores and the ICL score; then, for the best induction head and its partner (of the "
+        "earlier heads above the random K-composition baseline, the previous-token heads if "
+        "any, the one its keys read most), the circuit's weight statistics: their "
         "K-composition score and Σλ/Σ|λ| of the induction QK term (token matching near +1) "
         "and of the head's OV circuit (copying near +1). Then the peers' repetition test "
-        f"(10 sequences of random tokens, {esc(block)} repeated once): its two best "
+        f"({esc(test)}): its two best "
         "induction heads and the loss on each half, against a uniform guess.</p>"
         f'<div class="plots">{"".join(figures)}</div>'
         f"<h3>The training probe and the circuit's weights</h3>{_table(rows, COLUMNS)}"

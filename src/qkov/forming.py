@@ -6,8 +6,8 @@ weights, or checkpoint folders given in training order (a model's published trai
 checkpoints saved locally, e.g. Pythia's revisions, each a Hugging Face folder whose step is
 read from a name like "pythia-70m-step1000"). At a snapshot's step the record equals what
 the training probe logged there (tested): the same fixed random-token probe, the same
-weight statistics of the circuit (best induction head, its partner, the QK
-term's and the OV circuit's Sum(lambda)/Sum(|lambda|)).
+weight statistics of the circuit (best induction head, its partner, the QK term's and the
+OV circuit's Sum(lambda)/Sum(|lambda|)).
 
 The training probe includes the peers' repetition test (`qkov.repetition.repetition_record`:
 10 sequences of random tokens, a block of 50 repeated once, or n_ctx / 2): the best two

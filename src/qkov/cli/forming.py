@@ -28,9 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "forming",
         help="the induction circuit at each checkpoint of a training run (the phase change)",
         description="The training probe at each checkpoint, in training order: a run's "
-        "snapshots (qkov "
-        "train --keep-checkpoints N) and its final weights, or several checkpoint folders "
-        "(e.g. a model's training checkpoints saved locally). Per checkpoint: the best "
+        "snapshots (qkov train --keep-checkpoints N) and its final weights, or several "
+        "checkpoint folders (e.g. a model's training checkpoints saved locally). Per "
+        "checkpoint: the best "
         "induction and previous-token scores and the ICL score on the fixed random-token "
         "probe, the best induction head, its partner (of the earlier heads above the random "
         "K-composition baseline, the previous-token heads if any, the one its key reads "

@@ -279,9 +279,9 @@ def repetition_record(
     head (repetition_induction_head, _score, repetition_second_head, _score: None where the
     model has no such head), repetition_first_half_loss, repetition_repeated_half_loss,
     repetition_uniform_loss and repetition_repeated_fraction. One forward pass of 10 x 2
-    half_len tokens a seed; {} where n_ctx holds no block of 4. n_seeds > 1: each head's score and
-    each loss is the mean over seeds seed .. seed + n_seeds - 1 (the heads ranked by their
-    mean), and the record says so (repetition_seeds)."""
+    half_len tokens a seed; {} where n_ctx holds no block of 4. n_seeds > 1: each head's
+    score and each loss is the mean over seeds seed .. seed + n_seeds - 1 (the heads ranked
+    by their mean), and the record says so (repetition_seeds)."""
     half = min(50, model.cfg.n_ctx // 2)
     if half < 4:
         return {}

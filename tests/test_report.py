@@ -327,7 +327,7 @@ def test_an_analysis_from_before_partner_head_draws_the_same_partner():
     circuit["partner_head"] = [0, 1]  # not the fixture's default: the key must be read
     old = v2_analysis()
     old_circuit = old["models"][0]["induction_circuits"][0]
-    old_circuit["previous_token_head"] = old_circuit.pop("partner_head")
+    del old_circuit["partner_head"]
     old_circuit["previous_token_head"] = [0, 1]
 
     def section(a: dict) -> str:

@@ -1,7 +1,8 @@
 """The training probe: a cheap phase-change probe logged in metrics.jsonl while training.
 
 Its numbers are on the fixed random-token probe, not on text, and are named so everywhere
-(probe_induction_score, probe_previous_token_score, probe_icl_score): the ICL score on
+(probe_induction_score, probe_previous_token_score and the head it is of,
+probe_previous_token_head, probe_icl_score): the ICL score on
 held-out text is `qkov.icl.icl_score`. With two layers or more it also logs the induction
 circuit's weight statistics (`qkov.induction_circuit`) under the same prefix:
 probe_k_composition, probe_qk_eigenvalue, probe_ov_eigenvalue, and the two heads they are of
@@ -41,13 +42,17 @@ def training_probe(
         per_head = [induction_score(a, tokens, probe.half_lens).cpu() for a in A]
         prev_per_head = [previous_token_score(a).cpu() for a in A]
         ind = max((float(s.max()) for s in per_head), default=math.nan)
-        prev = max((float(s.max()) for s in prev_per_head), default=math.nan)
         icl = icl_from_logits(logits, tokens)
     out: dict[str, float | str] = {
         "probe_induction_score": ind,
-        "probe_previous_token_score": prev,
+        "probe_previous_token_score": math.nan,
         "probe_icl_score": icl.score,
     }
+    if cfg.n_layers:  # the best previous-token head: in the last layer, no induction head
+        prev = torch.stack(prev_per_head)  # can read it (the layer matters, not only the score)
+        at = int(prev.argmax())
+        out["probe_previous_token_score"] = float(prev.flatten()[at])
+        out["probe_previous_token_head"] = f"L{at // cfg.n_heads}H{at % cfg.n_heads}"
     if cfg.n_layers >= 2:
         circuit = induction_circuit(model, torch.stack(per_head), torch.stack(prev_per_head))
         out.update({f"probe_{k}": v for k, v in circuit.items()})

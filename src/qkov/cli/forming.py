@@ -9,6 +9,7 @@ import sys
 COLUMNS = (  # (header, record key, format)
     ("induction", "probe_induction_score", ".3f"),
     ("prev-token", "probe_previous_token_score", ".3f"),
+    ("prev head", "probe_previous_token_head", ""),
     ("ICL (probe)", "probe_icl_score", "+.3f"),
     ("induction head", "probe_induction_head", ""),
     ("partner", "probe_partner_head", ""),

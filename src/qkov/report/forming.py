@@ -47,6 +47,7 @@ CHARTS = (  # (title, y label, {legend: record key})
 COLUMNS = (  # (header, record key, signed)
     ("induction", "probe_induction_score", False),
     ("previous token", "probe_previous_token_score", False),
+    ("previous-token head", "probe_previous_token_head", None),
     ("ICL (probe)", "probe_icl_score", True),
     ("induction head", "probe_induction_head", None),
     ("partner", "probe_partner_head", None),

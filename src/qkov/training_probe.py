@@ -21,7 +21,7 @@ from qkov.heads import induction_score, previous_token_score
 from qkov.icl import icl_from_logits
 from qkov.induction_circuit import induction_circuit
 from qkov.model import AttnOnlyTransformer
-from qkov.repetition import repetition_record
+from qkov.repetition import repetition_record, top_heads
 
 
 def training_probe(
@@ -50,11 +50,11 @@ def training_probe(
     }
     if cfg.n_layers:  # the best previous-token head: in the last layer, no induction head
         prev = torch.stack(prev_per_head)  # can read it (the layer matters, not only the score)
-        at = int(prev.argmax())
-        out["probe_previous_token_score"] = float(prev.flatten()[at])
-        out["probe_previous_token_head"] = f"L{at // cfg.n_heads}H{at % cfg.n_heads}"
+        ((layer, head, score),) = top_heads(prev, 1)
+        out["probe_previous_token_score"] = score
+        out["probe_previous_token_head"] = f"L{layer}H{head}"
     if cfg.n_layers >= 2:
-        circuit = induction_circuit(model, torch.stack(per_head), torch.stack(prev_per_head))
+        circuit = induction_circuit(model, torch.stack(per_head), prev)
         out.update({f"probe_{k}": v for k, v in circuit.items()})
     if repetition:
         out.update(repetition_record(model, seed))

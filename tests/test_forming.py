@@ -269,6 +269,10 @@ def test_bad_input_is_one_line_and_exit_2(run, tmp_path):
         ((run, "--json", blocker / "out.json"), ["--json"]),
         ((run, "--html", blocker / "out.html"), ["--html"]),
         ((run, "--repetition-seeds", "0"), ["--repetition-seeds must be at least 1"]),
+        ((run, "--head", "L0H1"), ["--head L0H1 is not a head this model can pin"]),
+        ((run, "--head", "L1H1", "--partner", "L1H0"), ["is not an earlier head than --head"]),
+        ((run, "--partner", "L0H0"), ["--partner needs --head"]),
+        ((run, "--head", "1.1"), ["--head: '1.1' is not a head: write it as L1H5"]),
     ]
     for argv, words in cases:
         code, out, err = cli("forming", *argv)
@@ -277,6 +281,44 @@ def test_bad_input_is_one_line_and_exit_2(run, tmp_path):
         for word in words:
             assert word in lines[0], (word, lines[0])
         assert out == "", argv  # refused before any work
+
+
+def test_head_and_partner_follow_one_pair_through_every_checkpoint(run, tmp_path):
+    """--head L1H1 --partner L0H1: every checkpoint's circuit is that pair's (its
+    K-composition as `composition_score` gives it on the checkpoint's weights), with the
+    head's own probe score beside the best; the table and the page say what was pinned.
+    With --head alone the partner is chosen at each checkpoint for that head."""
+    from qkov.circuits import W_OV, W_QK
+    from qkov.composition import composition_score
+    from qkov.snapshots import load_snapshot
+
+    j, page = tmp_path / "f.json", tmp_path / "f.html"
+    argv = ("forming", run, "--head", "L1H1", "--partner", "L0H1", "--json", j, "--html", page)
+    code, out, err = cli(*argv)
+    assert code == 0, err
+    said = "the circuit of L1H1 (--head) at every checkpoint, with its partner L0H1"
+    assert out.splitlines()[0] == said and said in page.read_text()
+    assert "its score" in out.splitlines()[1]
+    rows = json.loads(j.read_text())
+    assert [r["step"] for r in rows] == list_snapshots(run)
+    for row in rows:
+        assert (row["probe_induction_head"], row["probe_partner_head"]) == ("L1H1", "L0H1")
+        model = load_snapshot(run, row["step"]).eval()
+        k = composition_score(W_OV(model)[0, 1], W_QK(model)[1, 1].T)
+        assert row["probe_k_composition"] == pytest.approx(float(k), abs=1e-5)
+        assert row["probe_induction_head_score"] <= row["probe_induction_score"]
+    free = circuit_along([run], head=(1, 1))
+    assert {r["probe_induction_head"] for r in free} == {"L1H1"}
+    logged = {r["step"]: r for r in map(json.loads, (run / "metrics.jsonl").open())}
+    best = [r for r in free if logged[r["step"]]["probe_induction_head"] == "L1H1"]
+    assert 0 < len(best) < len(free)  # this run's best head changes: L1H0 at step 1
+    for row in best:  # where training's best head was L1H1: its partner and numbers
+        want = logged[row["step"]]
+        assert row["probe_partner_head"] == want["probe_partner_head"]
+        for key in CIRCUIT:
+            assert row[key] == pytest.approx(want[key], abs=2e-5), key
+    code, out, _ = cli("forming", run)
+    assert "its score" not in out  # without --head, no column of dashes
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -33,6 +34,50 @@ def test_planted_circuit_is_found_with_its_partner():
     assert noise_only["k_composition"] < float(base.mean() + 3 * base.std())
     assert c["qk_eigenvalue"] > 0.9  # token matching: the planted QK term is c * identity
     assert c["ov_eigenvalue"] > 0.9  # copying: W_E W_OV W_U is about the identity
+
+
+def test_pinned_heads_give_that_pair_s_circuit():
+    """`head` / `partner` (qkov forming --head, --partner): the circuit of the heads given,
+    whatever scores best. Pinned to the best head and its chosen partner, the same record
+    and the head's own score; pinned to the planted head with the random L0H1 as partner,
+    that pair's K-composition as `composition_score` gives it and no token matching."""
+    from qkov.circuits import W_OV, W_QK
+    from qkov.composition import composition_score
+
+    model = induction_model(noise=0.02)
+    scores = torch.tensor([[0.0, 0.0], [0.9, 0.1]])
+    prev = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    best = induction_circuit(model, scores, prev)
+    same = induction_circuit(model, scores, prev, head=(1, 0), partner=(0, 0))
+    assert "induction_head_score" not in best
+    assert same == {**best, "induction_head_score": pytest.approx(0.9)}
+    other = induction_circuit(model, scores, prev, head=(1, 0), partner=(0, 1))
+    assert (other["induction_head"], other["partner_head"]) == ("L1H0", "L0H1")
+    k = composition_score(W_OV(model)[0, 1], W_QK(model)[1, 0].T)
+    assert other["k_composition"] == pytest.approx(float(k))
+    assert other["qk_eigenvalue"] < 0.5 < best["qk_eigenvalue"]  # L0H1 writes no token
+    assert other["ov_eigenvalue"] == best["ov_eigenvalue"]  # the same head's OV circuit
+    noise = induction_circuit(model, scores, prev, head=(1, 1))  # its partner chosen for it
+    assert noise["induction_head"] == "L1H1" and noise["induction_head_score"] == pytest.approx(0.1)
+    assert noise["partner_head"] in ("L0H0", "L0H1")
+
+
+@pytest.mark.parametrize(
+    "head, partner, words",
+    [
+        ((0, 1), None, "--head L0H1 is not a head this model can pin: give one of layers 1-1"),
+        ((2, 0), None, "--head L2H0 is not a head"),
+        ((1, 2), None, "heads 0-1"),
+        ((1, 0), (1, 1), "--partner L1H1 is not an earlier head than --head L1H0"),
+        (None, (0, 0), "--partner needs --head"),
+    ],
+)
+def test_a_head_that_cannot_be_pinned_is_one_clear_error(head, partner, words):
+    from qkov.errors import QkovError
+
+    model = induction_model()
+    with pytest.raises(QkovError, match=re.escape(words)):
+        induction_circuit(model, torch.zeros(2, 2), torch.zeros(2, 2), head, partner)
 
 
 def test_circuit_needs_two_layers():

@@ -14,6 +14,9 @@ The training probe includes the peers' repetition test (`qkov.repetition.repetit
 induction heads and the loss on each half (the in-context learning that the induction heads
 buy, read as a loss, beside the uniform ln(d_vocab)); with `repetition_seeds` its means
 over several seeds, as TRAINING.md's tables give them.
+
+The circuit is the best induction head's at each checkpoint, or one pair of heads followed
+through all of them (`head`, `partner`): before the phase change the best head is noise.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 
 from qkov.checkpoint import folder_size, load, weights_step
 from qkov.errors import QkovError
+from qkov.induction_circuit import Head, check_pinned
 from qkov.model import Transformer
 from qkov.repetition import repetition_record
 from qkov.snapshots import list_snapshots, load_snapshot
@@ -86,21 +90,25 @@ def circuit_along(
     seed: int = 0,
     log: Callable[[str], None] | None = None,
     repetition_seeds: int = 1,
+    head: Head | None = None,
+    partner: Head | None = None,
 ) -> list[dict[str, Any]]:
     """`training_probe` at each of `checkpoints(dirs)`, in order: a record per checkpoint
     with its "checkpoint" name and "step" (None where unknown). One model is in memory at
     a time (a series of 1B checkpoints needs one's memory). log: a line per checkpoint.
     repetition_seeds > 1: the repetition test's keys are means over that many seeds from
-    `seed` (`repetition_record`); training logs one."""
+    `seed` (`repetition_record`); training logs one. head, partner: the circuit's heads,
+    the same at every checkpoint (`qkov.induction_circuit`), checked before any is loaded."""
     if repetition_seeds < 1:
         raise QkovError(f"--repetition-seeds must be at least 1, got {repetition_seeds}")
     say = log or (lambda line: None)
     found = checkpoints(dirs)
+    check_pinned(folder_size(Path(dirs[0])).cfg, head, partner)
     rows = []
     for i, c in enumerate(found):
         say(f"{c.name} ({i + 1} of {len(found)})")
         model = c.load().eval()
-        rec = training_probe(model, seed, repetition=repetition_seeds == 1)
+        rec = training_probe(model, seed, repetition_seeds == 1, head, partner)
         if repetition_seeds > 1:
             rec |= repetition_record(model, seed, repetition_seeds)
         rows.append({"checkpoint": c.name, "step": c.step, **rec})

@@ -19,20 +19,25 @@ import torch
 from qkov.data.probes import default_seq_len, induction_probe
 from qkov.heads import induction_score, previous_token_score
 from qkov.icl import icl_from_logits
-from qkov.induction_circuit import induction_circuit
+from qkov.induction_circuit import Head, induction_circuit
 from qkov.model import AttnOnlyTransformer
 from qkov.repetition import repetition_record, top_heads
 
 
 def training_probe(
-    model: AttnOnlyTransformer, seed: int = 0, repetition: bool = True
+    model: AttnOnlyTransformer,
+    seed: int = 0,
+    repetition: bool = True,
+    head: Head | None = None,
+    partner: Head | None = None,
 ) -> dict[str, float | str | None]:
     """On a fixed `induction_probe` batch of 8 sequences of min(64, n_ctx) tokens: the best
     induction and previous-token scores over heads, and the ICL score on the same batch
     (loss late, inside the repeated block, minus loss early, before it: about
     -log(d_vocab) once induction works). NaN where there is no head (0 layers).
     repetition: also the peers' repetition test (`repetition_record`, seed `seed`), the
-    repeated half's loss along training."""
+    repeated half's loss along training. head, partner: the circuit's heads, pinned
+    (`induction_circuit`); by default the best head and its chosen partner."""
     cfg = model.cfg
     probe = induction_probe(cfg.d_vocab, 8, default_seq_len(cfg.n_ctx, cap=64), seed)
     tokens = probe.tokens.to(model.device)
@@ -50,11 +55,11 @@ def training_probe(
     }
     if cfg.n_layers:  # the best previous-token head: in the last layer, no induction head
         prev = torch.stack(prev_per_head)  # can read it (the layer matters, not only the score)
-        ((layer, head, score),) = top_heads(prev, 1)
+        ((l, h, score),) = top_heads(prev, 1)
         out["probe_previous_token_score"] = score
-        out["probe_previous_token_head"] = f"L{layer}H{head}"
+        out["probe_previous_token_head"] = f"L{l}H{h}"
     if cfg.n_layers >= 2:
-        circuit = induction_circuit(model, torch.stack(per_head), prev)
+        circuit = induction_circuit(model, torch.stack(per_head), prev, head, partner)
         out.update({f"probe_{k}": v for k, v in circuit.items()})
     if repetition:
         out.update(repetition_record(model, seed))

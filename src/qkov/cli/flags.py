@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Collection, Mapping
@@ -155,3 +156,15 @@ def model_dirs(args: argparse.Namespace, dirs: list[str]) -> list[str]:
     from qkov.hf import download
 
     return [str(download(d)) for d in dirs]
+
+
+def parse_head(name: str, flag: str) -> tuple[int, int]:
+    """A head named as everywhere in qkov, "L1H5", as (1, 5); else one QkovError line."""
+    from qkov.errors import QkovError
+
+    m = re.fullmatch(r"L(\d+)H(\d+)", name.strip())
+    if m is None:
+        raise QkovError(
+            f"{flag}: {name.strip()!r} is not a head: write it as L1H5 (layer 1, head 5)"
+        )
+    return int(m[1]), int(m[2])

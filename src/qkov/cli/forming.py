@@ -12,6 +12,7 @@ COLUMNS = (  # (header, record key, format)
     ("prev head", "probe_previous_token_head", ""),
     ("ICL (probe)", "probe_icl_score", "+.3f"),
     ("induction head", "probe_induction_head", ""),
+    ("its score", "probe_induction_head_score", ".3f"),  # with --head only
     ("partner", "probe_partner_head", ""),
     ("K-comp", "probe_k_composition", ".3f"),
     ("QK eig", "probe_qk_eigenvalue", "+.3f"),
@@ -57,6 +58,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the repetition test's scores and losses as the mean over seeds SEED .. SEED+N-1, "
         "the heads ranked by their mean (default 1: what training logs)",
     )
+    p.add_argument(
+        "--head",
+        default=None,
+        metavar="LxHy",
+        help="follow this induction head (e.g. L1H5) at every checkpoint, as the sequel paper "
+        "does, instead of each checkpoint's best head (before the phase change that is noise); "
+        "the table adds its own probe score",
+    )
+    p.add_argument(
+        "--partner",
+        default=None,
+        metavar="LxHy",
+        help="with --head: its partner, an earlier head (e.g. L0H7), at every checkpoint "
+        "(default: chosen at each checkpoint as without --head)",
+    )
     p.add_argument("--json", default=None, help="also write the records to this JSON file")
     p.add_argument(
         "--html",
@@ -67,18 +83,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from qkov.cli.flags import parse_head
     from qkov.forming import circuit_along
     from qkov.io import atomic_write_text, check_output_file, json_safe
     from qkov.progress import Stages
 
+    head = parse_head(args.head, "--head") if args.head else None
+    partner = parse_head(args.partner, "--partner") if args.partner else None
     if args.json:
         check_output_file(args.json, "--json")
     if args.html:
         check_output_file(args.html, "--html")
     stage = Stages("qkov forming", lambda line: print(line, file=sys.stderr, flush=True))
     rows = circuit_along(
-        args.dirs, seed=args.seed, log=stage, repetition_seeds=args.repetition_seeds
+        args.dirs, args.seed, stage, args.repetition_seeds, head=head, partner=partner
     )
+    pinned = pinned_line(args.head, args.partner)
+    if pinned:
+        print(pinned)
     if args.repetition_seeds > 1:
         last = args.seed + args.repetition_seeds - 1
         print(f"repetition test: the mean of seeds {args.seed} to {last}")
@@ -90,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     if args.html:
         from qkov.report.forming import forming_page
 
-        atomic_write_text(args.html, forming_page(rows, " ".join(args.dirs)))
+        atomic_write_text(args.html, forming_page(rows, " ".join(args.dirs), pinned))
         written.append(args.html)
     if written:
         print()
@@ -99,10 +121,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def pinned_line(head: str | None, partner: str | None) -> str | None:
+    """What --head and --partner fixed, as the table and the page say it."""
+    if head is None:
+        return None
+    chosen = f"its partner {partner}" if partner else "its partner chosen at each checkpoint"
+    return f"the circuit of {head} (--head) at every checkpoint, with {chosen}"
+
+
 def table(rows: list[dict]) -> str:
-    """The records as a text table, a row per checkpoint."""
-    head = ["checkpoint", *(h for h, _, _ in COLUMNS)]
-    body = [[r["checkpoint"], *(_cell(r.get(k), f) for _, k, f in COLUMNS)] for r in rows]
+    """The records as a text table, a row per checkpoint; a column no record has is left
+    out (the pinned head's own score, without --head)."""
+    columns = [c for c in COLUMNS if any(c[1] in r for r in rows)]
+    head = ["checkpoint", *(h for h, _, _ in columns)]
+    body = [[r["checkpoint"], *(_cell(r.get(k), f) for _, k, f in columns)] for r in rows]
     widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
     lines = [
         "  ".join(

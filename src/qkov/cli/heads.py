@@ -270,19 +270,18 @@ def _text_table(ts, n_layers: int, n_heads: int) -> str:
 
 def _chosen_heads(spec: str | None, cfg) -> list[tuple[int, int]]:
     """--qk-heads "L1H0,L5H1" as [(1, 0), (5, 1)]; None: every head, layer-major."""
-    import re
-
+    from qkov.cli.flags import parse_head
     from qkov.errors import QkovError
 
     if spec is None:
         return [(l, h) for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
     heads = []
     for name in spec.split(","):
-        m = re.fullmatch(r"L(\d+)H(\d+)", name.strip())
-        if m is None or not (int(m[1]) < cfg.n_layers and int(m[2]) < cfg.n_heads):
+        l, h = parse_head(name, "--qk-heads")
+        if not (l < cfg.n_layers and h < cfg.n_heads):
             raise QkovError(
                 f"--qk-heads: {name.strip()!r} is not a head of this model: write heads as "
                 f"L1H0,L1H3 (layers 0-{cfg.n_layers - 1}, heads 0-{cfg.n_heads - 1})"
             )
-        heads.append((int(m[1]), int(m[2])))
+        heads.append((l, h))
     return heads

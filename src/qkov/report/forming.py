@@ -19,6 +19,7 @@ CHARTS = (  # (title, y label, {legend: record key})
         "score",
         {
             "induction": "probe_induction_score",
+            "the pinned head's induction": "probe_induction_head_score",
             "previous token": "probe_previous_token_score",
             "induction, repetition test": "repetition_induction_score",
             "2nd induction, repetition test": "repetition_second_score",
@@ -50,6 +51,7 @@ COLUMNS = (  # (header, record key, signed)
     ("previous-token head", "probe_previous_token_head", None),
     ("ICL (probe)", "probe_icl_score", True),
     ("induction head", "probe_induction_head", None),
+    ("its score", "probe_induction_head_score", False),  # `qkov forming --head` only
     ("partner", "probe_partner_head", None),
     ("K-composition", "probe_k_composition", False),
     ("QK term Σλ/Σ|λ|", "probe_qk_eigenvalue", True),
@@ -66,9 +68,10 @@ REPETITION_COLUMNS = (  # signed "%": a fraction, as a percentage
 )
 
 
-def forming_page(rows: list[dict[str, Any]], title: str) -> str:
+def forming_page(rows: list[dict[str, Any]], title: str, pinned: str | None = None) -> str:
     """The page's HTML. x is the training step where every checkpoint has one, else the
-    checkpoint's place in the order given."""
+    checkpoint's place in the order given. pinned: what `--head` fixed, in words (then the
+    circuit is that head's, not each checkpoint's best)."""
     steps = [r.get("step") for r in rows]
     by_step = all(isinstance(s, int) and s > 0 for s in steps)
     # snapshots are spaced geometrically (a phase change comes early): over more than a
@@ -101,6 +104,10 @@ def forming_page(rows: list[dict[str, Any]], title: str) -> str:
         if halves
         else ""
     )
+    whose = pinned or (
+        "the best induction head and its partner (of the earlier heads above the random "
+        "K-composition baseline, the previous-token heads if any, the one its keys read most)"
+    )
     style = asset("report.css")
     csp = _csp(style, "")
     return (
@@ -111,9 +118,7 @@ def forming_page(rows: list[dict[str, Any]], title: str) -> str:
         f'<header class="top"><h1>qkov forming</h1><p>{esc(title)}</p></header><main>'
         "<section><h2>The induction circuit at each checkpoint</h2><p>At each checkpoint, "
         "on the fixed random-token probe training logs: the best induction and previous-token "
-        "scores and the ICL score; then, for the best induction head and its partner (of the "
-        "earlier heads above the random K-composition baseline, the previous-token heads if "
-        "any, the one its keys read most), the circuit's weight statistics: their "
+        f"scores and the ICL score; then, for {esc(whose)}, the circuit's weight statistics: their "
         "K-composition score and Σλ/Σ|λ| of the induction QK term (token matching near +1) "
         "and of the head's OV circuit (copying near +1). Then the peers' repetition test "
         f"({esc(test)}): its two best "
@@ -125,7 +130,9 @@ def forming_page(rows: list[dict[str, Any]], title: str) -> str:
 
 
 def _table(rows: list[dict[str, Any]], columns: tuple) -> str:
-    """A row per checkpoint: its name, then `columns` ((header, record key, signed))."""
+    """A row per checkpoint: its name, then `columns` ((header, record key, signed)) that
+    some record has."""
+    columns = tuple(c for c in columns if any(c[1] in r for r in rows))
     head = "".join(f"<th>{esc(h)}</th>" for h in ("checkpoint", *(c[0] for c in columns)))
     body = "".join(
         f"<tr><td>{esc(r.get('checkpoint'))}</td>"

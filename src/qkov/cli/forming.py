@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     rows = circuit_along(
         args.dirs, args.seed, stage, args.repetition_seeds, head=head, partner=partner
     )
-    pinned = pinned_line(args.head, args.partner)
+    pinned = pinned_line(head, partner)
     if pinned:
         print(pinned)
     if args.repetition_seeds > 1:
@@ -121,12 +121,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def pinned_line(head: str | None, partner: str | None) -> str | None:
+def pinned_line(head: tuple[int, int] | None, partner: tuple[int, int] | None) -> str | None:
     """What --head and --partner fixed, as the table and the page say it."""
     if head is None:
         return None
-    chosen = f"its partner {partner}" if partner else "its partner chosen at each checkpoint"
-    return f"the circuit of {head} (--head) at every checkpoint, with {chosen}"
+    chosen = (
+        f"its partner L{partner[0]}H{partner[1]}"
+        if partner
+        else "its partner chosen at each checkpoint"
+    )
+    return f"the circuit of L{head[0]}H{head[1]} (--head) at every checkpoint, with {chosen}"
 
 
 def table(rows: list[dict]) -> str:

@@ -58,14 +58,16 @@ def _open(driver, path: Path) -> list[dict]:
 
 
 def _requests(events: list[dict], page: str) -> list[str]:
-    """URLs the page asked for beyond itself (data: URLs never leave the page)."""
+    """URLs the page asked for beyond itself. data: URLs never leave the page; chrome://
+    ones are the browser's own (its UI's icons, logged now and then on some runs: a file://
+    page cannot load them), and never leave the machine either."""
     urls = []
     for ev in events:
         if not ev.get("method", "").startswith("Network."):
             continue
         p = ev.get("params", {})
         url = (p.get("request") or {}).get("url") or p.get("url")
-        if url and url != page and not url.startswith("data:"):
+        if url and url != page and not url.startswith(("data:", "chrome://")):
             urls.append(url)
     return urls
 

@@ -3,6 +3,7 @@ the browser tests and by scripts/screenshots.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -55,3 +56,23 @@ def start_chromium(profile_dir: Path, logging: bool = False):
     if logging:
         opts.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     return webdriver.Chrome(options=opts, service=Service(executable_path=CHROMEDRIVER))
+
+
+def network_events(driver) -> list[dict]:
+    """The DevTools messages logged since the last call (needs `logging`)."""
+    return [json.loads(e["message"])["message"] for e in driver.get_log("performance")]
+
+
+def requested_urls(events: list[dict]) -> list[str]:
+    """The URLs the network events ask for, leaving out the two kinds that never leave the
+    machine: data: URLs (inside the page) and chrome:// ones (the browser's own UI, its
+    icons and tooltips, logged now and then on some runs; a page cannot load them)."""
+    urls = []
+    for ev in events:
+        if not ev.get("method", "").startswith("Network."):
+            continue
+        p = ev.get("params", {})
+        url = (p.get("request") or {}).get("url") or p.get("url")
+        if url and not url.startswith(("data:", "chrome://")):
+            urls.append(url)
+    return urls

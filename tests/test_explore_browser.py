@@ -7,13 +7,12 @@ explore-hover.png, docs/explore-escaped.png its explore-escaped.png."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
 
-from chromium import skip_reason, start_chromium
+from chromium import network_events, requested_urls, skip_reason, start_chromium
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
@@ -48,15 +47,6 @@ def _wait(driver, script: str, what: str, *args, timeout: float = 60):
     return WebDriverWait(driver, timeout, poll_frequency=0.1).until(
         lambda d: d.execute_script(script, *args), message=what
     )
-
-
-def _urls(driver) -> list[str]:
-    out = []
-    for e in driver.get_log("performance"):
-        m = json.loads(e["message"])["message"]
-        if m.get("method") == "Network.requestWillBeSent":
-            out.append(m["params"]["request"]["url"])
-    return out
 
 
 def _canvas_signature(driver) -> str:
@@ -246,7 +236,7 @@ def test_explore_in_chromium(tmp_path):
             # No console error; every request went to this server on 127.0.0.1.
             errors = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
             assert errors == []
-            urls = _urls(driver)
+            urls = requested_urls(network_events(driver))
             assert urls and all(u.startswith(base + "/") for u in urls), urls
             assert any(u.endswith("/api/run") for u in urls)
     finally:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from chromium import skip_reason, start_chromium
+from chromium import network_events, requested_urls, skip_reason, start_chromium
 from qkov.report import render_report
 
 # Runs before any page script (CDP, not subject to the page's CSP): records alert() calls.
@@ -54,22 +54,12 @@ def _open(driver, path: Path) -> list[dict]:
     driver.get_log("performance")  # drop events from earlier pages
     driver.get(path.as_uri())
     driver.execute_script("return document.readyState")
-    return [json.loads(e["message"])["message"] for e in driver.get_log("performance")]
+    return network_events(driver)
 
 
 def _requests(events: list[dict], page: str) -> list[str]:
-    """URLs the page asked for beyond itself. data: URLs never leave the page; chrome://
-    ones are the browser's own (its UI's icons, logged now and then on some runs: a file://
-    page cannot load them), and never leave the machine either."""
-    urls = []
-    for ev in events:
-        if not ev.get("method", "").startswith("Network."):
-            continue
-        p = ev.get("params", {})
-        url = (p.get("request") or {}).get("url") or p.get("url")
-        if url and url != page and not url.startswith(("data:", "chrome://")):
-            urls.append(url)
-    return urls
+    """URLs the page asked for beyond itself."""
+    return [u for u in requested_urls(events) if u != page]
 
 
 def _screenshot(driver, path: Path) -> None:

@@ -12,10 +12,12 @@ probability the prior, a model without induction heads (by default the shipped 1
 model), gives it there. The table splits the copies of the held-out split (windows of the
 model's n_ctx) by both, with how often each kind is right and what `--model` gives it: its
 mean probability, its loss where the copy is right, and -log p(copy) over every copy of the
-kind (what the model would pay were they all right); then the same for the repeated half
-of the repetition test (10 sequences, a block of 50 repeated once, seeds 0 to 4), where
-every copy is right. Used in src/qkov/demo_models/TRAINING.md ("Where the repetition test
-sits in code").
+kind (what the model would pay were they all right). That is split as the log-sum-exp of
+the logits less the copied token's logit, both from the mean logit, and the logit by what
+writes it, layer by layer (as `qkov heads --repetition` splits the repeated half). Then the
+same for the repeated half of the repetition test (10 sequences, a block of 50 repeated
+once, seeds 0 to 4), where every copy is right. Used in src/qkov/demo_models/TRAINING.md
+("Where the repetition test sits in code").
 """
 
 from __future__ import annotations
@@ -34,14 +36,55 @@ PRIOR_EDGE = 1e-3  # the prior's probability below which a copy counts as implau
 HALF_LEN, BATCH, SEEDS = 50, 10, range(5)  # the repetition test, as `qkov.repetition`
 
 
-def copies(model, prior, tokens: torch.Tensor, first: int = 0) -> np.ndarray:
-    """One row per copy at positions >= `first` of each sequence of tokens [batch, pos]:
-    (right, match length, the prior's probability of the copied token, the model's log
-    probability of it)."""
+def layer_writes(model, tokens: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The logits less their mean, [batch, pos, vocab], and what each part of `model` adds
+    to them, [batch, pos, vocab] each: the embedding ("embed", with W_pos where it is in
+    the stream), each layer's heads ("attn{l}") and MLP ("mlp{l}", with its b_out), and the
+    other biases ("bias"). Exact, as `qkov.repetition.repeated_token_logit` splits the
+    repeated token's logit: the model folded, each write over the final norm's scale frozen,
+    through W_U less its mean column; the parts sum to the logits."""
+    from qkov.fold import fold_layernorm
+    from qkov.paths import frozen_scales
+
+    m = fold_layernorm(model, center_unembed=False, share=True)
+    cfg, w = m.cfg, m.weights()
+    logits, cache = m.run_with_cache(
+        tokens, names=lambda n: n.split(".")[0] in ("scale", "z", "mlp_out")
+    )
+    final = frozen_scales(m, cache)[-1]
+    W_U = w["W_U"].float()
+    U = W_U - W_U.mean(1, keepdim=True)
+    writes = {"embed": w["W_E"][tokens]}
+    if cfg.positional == "standard":
+        writes["embed"] = writes["embed"] + w["W_pos"][: tokens.shape[1]]
+    bias = torch.zeros(cfg.d_model, device=m.device)
+    for l in range(cfg.n_layers):
+        writes[f"attn{l}"] = torch.einsum("bhpd,hdm->bpm", cache[f"z.{l}"], w["W_O"][l])
+        if cfg.bias:
+            bias = bias + w["b_O"][l]
+        if cfg.d_mlp:
+            writes[f"mlp{l}"] = cache[f"mlp_out.{l}"]
+    parts = {name: (x.float() / final) @ U for name, x in writes.items()}
+    if cfg.bias:
+        b_U = w["b_U"].float()
+        parts["bias"] = (bias.float() / final) @ U + (b_U - b_U.mean())
+    logits = logits.float()
+    return logits - logits.mean(-1, keepdim=True), parts
+
+
+def copies(model, prior, tokens: torch.Tensor, first: int = 0) -> dict[str, np.ndarray]:
+    """Each copy at positions >= `first` of the sequences tokens [batch, pos]: "copied" (the
+    token it guesses), "right",
+    "match" (its length), "prior" (the prior's probability of the copied token), "logp"
+    (the model's log probability of it), "log_sum_exp" and "logit" (of the model's logits,
+    from the mean logit: logp is the second less the first), and the logit's parts by
+    `layer_writes` ("part:embed", "part:attn0", ...)."""
     with torch.no_grad():
-        logp = torch.log_softmax(model(tokens).float(), -1)
+        logits, parts = layer_writes(model, tokens)
         p_prior = torch.softmax(prior(tokens).float(), -1)
-    out = []
+    logp = torch.log_softmax(logits, -1)
+    lse = torch.logsumexp(logits, -1)
+    out: dict[str, list[np.ndarray]] = {}
     for b, row in enumerate(tokens.numpy()):
         prev = previous_occurrence(row)[:-1]  # the positions that have a next token
         pos = np.arange(len(row) - 1)
@@ -55,28 +98,34 @@ def copies(model, prior, tokens: torch.Tensor, first: int = 0) -> np.ndarray:
             ok[ok] = row[pos[ok] - back] == row[prev[ok] - back]
             match += ok
             alive = ok
-        idx = torch.from_numpy(copied)
-        out.append(
-            np.stack(
-                [
-                    row[pos + 1] == copied,
-                    match,
-                    p_prior[b, pos, idx].numpy(),
-                    logp[b, pos, idx].numpy(),
-                ],
-                axis=1,
-            )
-        )
-    return np.concatenate(out)
+        at, idx = torch.from_numpy(pos), torch.from_numpy(copied)
+        cols = {
+            "copied": copied,
+            "right": row[pos + 1] == copied,
+            "match": match,
+            "prior": p_prior[b, at, idx].numpy(),
+            "logp": logp[b, at, idx].numpy(),
+            "log_sum_exp": lse[b, at].numpy(),
+            "logit": logits[b, at, idx].numpy(),
+        }
+        cols |= {f"part:{name}": part[b, at, idx].numpy() for name, part in parts.items()}
+        for key, col in cols.items():
+            out.setdefault(key, []).append(col)
+    return {key: np.concatenate(cols) for key, cols in out.items()}
 
 
-def table(rows: np.ndarray, title: str) -> None:
-    right, match, prior, logp = rows.T
-    right = right.astype(bool)
-    print(f"\n{title}: {len(rows):,} copies, right at {right.mean():.1%}")
+def joined(runs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {key: np.concatenate([r[key] for r in runs]) for key in runs[0]}
+
+
+def table(c: dict[str, np.ndarray], title: str) -> None:
+    right, match, prior, logp = c["right"].astype(bool), c["match"], c["prior"], c["logp"]
+    parts = [key for key in c if key.startswith("part:")]
+    print(f"\n{title}: {len(right):,} copies, right at {right.mean():.1%}")
     print(
         f"{'match':>5} {'prior':>8} {'share':>7} {'right':>7} {'mean p(copy)':>13} "
-        f"{'loss where right':>17} {'-log p(copy)':>13} {'copies':>7}"
+        f"{'loss where right':>17} {'-log p(copy)':>13} {'= log-sum-exp':>14} "
+        f"{'- logit':>8} {'copies':>7}   the logit by writer"
     )
     for length in range(1, MAX_MATCH + 1):
         at = match >= length if length == MAX_MATCH else match == length
@@ -90,11 +139,46 @@ def table(rows: np.ndarray, title: str) -> None:
             hit = cell & right
             loss = f"{-logp[hit].mean():17.2f}" if hit.any() else f"{'-':>17}"
             name = f"{length}+" if length == MAX_MATCH else str(length)
+            by = ", ".join(f"{key[5:]} {c[key][cell].mean():+.2f}" for key in parts)
             print(
                 f"{name:>5} {label:>8} {cell.mean():7.1%} {right[cell].mean():7.1%} "
                 f"{np.exp(logp[cell]).mean():13.3f} {loss} {-logp[cell].mean():13.2f} "
-                f"{int(cell.sum()):7,}"
+                f"{c['log_sum_exp'][cell].mean():14.2f} {c['logit'][cell].mean():8.2f} "
+                f"{int(cell.sum()):7,}   {by}"
             )
+
+
+def by_count(code: dict[str, np.ndarray], repeats: dict[str, np.ndarray], counts) -> None:
+    """The long matches of implausible tokens (the repetition test's kind of copy) by the
+    copied token's count in the model's training split: -log p(copy) in code and on the
+    repeated half, and the repeated half's loss were each of its tokens as costly as code's
+    copies of tokens as frequent (its own cost where code has none)."""
+    from qkov.repetition import loss_by_count
+
+    bins = []
+    for c in (code, repeats):
+        kind = (c["match"] >= MAX_MATCH) & (c["prior"] < PRIOR_EDGE)
+        loss = torch.from_numpy(-c["logp"][kind])
+        zero = torch.zeros_like(loss)
+        found = loss_by_count(loss, zero, zero, torch.from_numpy(c["copied"][kind]), counts)
+        bins.append({b.count_from: b for b in found})
+    in_code, repeated = bins
+
+    def cells(b, width: int) -> str:
+        return f"{b.predictions:{width},} {b.loss:13.2f}" if b else f"{'-':>{width}} {'-':>13}"
+
+    print(f"\nmatch {MAX_MATCH}+, prior <{PRIOR_EDGE:g}, by the copied token's count in training")
+    head = ("count", "code: copies", "-log p(copy)", "repeated half", "loss")
+    print(" ".join(f"{h:>{w}}" for h, w in zip(head, (15, 13, 13, 14, 13), strict=True)))
+    for start in sorted({*in_code, *repeated}):
+        label = (in_code.get(start) or repeated[start]).label
+        print(f"{label:>15} {cells(in_code.get(start), 13)} {cells(repeated.get(start), 14)}")
+    n = sum(b.predictions for b in repeated.values())
+    mixed = sum(b.predictions * in_code.get(k, b).loss for k, b in repeated.items()) / n
+    print(
+        f"the repeated half of that kind at code's cost for each count (its own where code has "
+        f"none): {mixed:.2f} nats, {mixed / np.log(len(counts)):.0%} of uniform"
+    )
 
 
 def main() -> None:
@@ -126,18 +210,21 @@ def main() -> None:
     n = model.cfg.n_ctx
     val = np.asarray(stream.val).astype(np.int64)
     windows = torch.from_numpy(val[: len(val) // n * n].reshape(-1, n))
-    rows = [
+    code = [
         copies(model, prior, windows[i : i + args.batch_size])
         for i in range(0, len(windows), args.batch_size)
     ]
-    table(np.concatenate(rows), f"held-out code ({len(windows)} windows of {n} tokens)")
+    table(joined(code), f"held-out code ({len(windows)} windows of {n} tokens)")
     repeats = [
         copies(
             model, prior, repeated_random_tokens(model.cfg.d_vocab, BATCH, HALF_LEN, s), HALF_LEN
         )
         for s in SEEDS
     ]
-    table(np.concatenate(repeats), "the repeated half of the repetition test (seeds 0-4)")
+    table(joined(repeats), "the repeated half of the repetition test (seeds 0-4)")
+    counts = getattr(model, "token_counts", None)
+    if counts is not None:
+        by_count(joined(code), joined(repeats), torch.as_tensor(counts))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ once, seeds 0 to 4), where every copy is right. Used in src/qkov/demo_models/TRA
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 
@@ -118,14 +119,25 @@ def joined(runs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {key: np.concatenate([r[key] for r in runs]) for key in runs[0]}
 
 
+SPLIT_HEAD = f"{'copies':>7} {'-log p(copy)':>13} {'= log-sum-exp':>14} {'- logit':>8}   by writer"
+
+
+def split(c: dict[str, np.ndarray], cell: np.ndarray) -> str:
+    """Means over the copies in `cell`, as SPLIT_HEAD names them: -log p(copy), the
+    log-sum-exp and logit it is, and the logit's parts by writer."""
+    by = ", ".join(f"{key[5:]} {c[key][cell].mean():+.2f}" for key in c if key.startswith("part:"))
+    return (
+        f"{int(cell.sum()):7,} {-c['logp'][cell].mean():13.2f} "
+        f"{c['log_sum_exp'][cell].mean():14.2f} {c['logit'][cell].mean():8.2f}   {by}"
+    )
+
+
 def table(c: dict[str, np.ndarray], title: str) -> None:
     right, match, prior, logp = c["right"].astype(bool), c["match"], c["prior"], c["logp"]
-    parts = [key for key in c if key.startswith("part:")]
     print(f"\n{title}: {len(right):,} copies, right at {right.mean():.1%}")
     print(
         f"{'match':>5} {'prior':>8} {'share':>7} {'right':>7} {'mean p(copy)':>13} "
-        f"{'loss where right':>17} {'-log p(copy)':>13} {'= log-sum-exp':>14} "
-        f"{'- logit':>8} {'copies':>7}   the logit by writer"
+        f"{'loss where right':>17} {SPLIT_HEAD}"
     )
     for length in range(1, MAX_MATCH + 1):
         at = match >= length if length == MAX_MATCH else match == length
@@ -139,42 +151,37 @@ def table(c: dict[str, np.ndarray], title: str) -> None:
             hit = cell & right
             loss = f"{-logp[hit].mean():17.2f}" if hit.any() else f"{'-':>17}"
             name = f"{length}+" if length == MAX_MATCH else str(length)
-            by = ", ".join(f"{key[5:]} {c[key][cell].mean():+.2f}" for key in parts)
             print(
                 f"{name:>5} {label:>8} {cell.mean():7.1%} {right[cell].mean():7.1%} "
-                f"{np.exp(logp[cell]).mean():13.3f} {loss} {-logp[cell].mean():13.2f} "
-                f"{c['log_sum_exp'][cell].mean():14.2f} {c['logit'][cell].mean():8.2f} "
-                f"{int(cell.sum()):7,}   {by}"
+                f"{np.exp(logp[cell]).mean():13.3f} {loss} {split(c, cell)}"
             )
 
 
 def by_count(code: dict[str, np.ndarray], repeats: dict[str, np.ndarray], counts) -> None:
     """The long matches of implausible tokens (the repetition test's kind of copy) by the
-    copied token's count in the model's training split: -log p(copy) in code and on the
-    repeated half, and the repeated half's loss were each of its tokens as costly as code's
-    copies of tokens as frequent (its own cost where code has none)."""
-    from qkov.repetition import loss_by_count
+    copied token's count in the model's training split, in code and on the repeated half,
+    split as in `table`; then the repeated half's loss were each of its tokens as costly as
+    code's copies of tokens as frequent (its own cost where code has none)."""
+    from qkov.repetition import count_edges
 
-    bins = []
-    for c in (code, repeats):
-        kind = (c["match"] >= MAX_MATCH) & (c["prior"] < PRIOR_EDGE)
-        loss = torch.from_numpy(-c["logp"][kind])
-        zero = torch.zeros_like(loss)
-        found = loss_by_count(loss, zero, zero, torch.from_numpy(c["copied"][kind]), counts)
-        bins.append({b.count_from: b for b in found})
-    in_code, repeated = bins
-
-    def cells(b, width: int) -> str:
-        return f"{b.predictions:{width},} {b.loss:13.2f}" if b else f"{'-':>{width}} {'-':>13}"
-
+    counts = np.asarray(counts)
+    edges = count_edges(int(counts.max()))
+    cost = []
     print(f"\nmatch {MAX_MATCH}+, prior <{PRIOR_EDGE:g}, by the copied token's count in training")
-    head = ("count", "code: copies", "-log p(copy)", "repeated half", "loss")
-    print(" ".join(f"{h:>{w}}" for h, w in zip(head, (15, 13, 13, 14, 13), strict=True)))
-    for start in sorted({*in_code, *repeated}):
-        label = (in_code.get(start) or repeated[start]).label
-        print(f"{label:>15} {cells(in_code.get(start), 13)} {cells(repeated.get(start), 14)}")
-    n = sum(b.predictions for b in repeated.values())
-    mixed = sum(b.predictions * in_code.get(k, b).loss for k, b in repeated.items()) / n
+    for name, c in (("code", code), ("repeated half", repeats)):
+        kind = (c["match"] >= MAX_MATCH) & (c["prior"] < PRIOR_EDGE)
+        which = np.digitize(counts[c["copied"]], edges) - 1  # edges[which] <= count
+        print(f"{name + ':':<17} {SPLIT_HEAD}")
+        losses = {}
+        for i, (lo, hi) in enumerate(itertools.pairwise(edges)):
+            cell = kind & (which == i)
+            if cell.any():
+                losses[i] = (int(cell.sum()), float(-c["logp"][cell].mean()))
+                print(f"{'never' if hi == 1 else f'{lo:,}-{hi - 1:,}':>17} {split(c, cell)}")
+        cost.append(losses)
+    in_code, repeated = cost
+    n = sum(k for k, _ in repeated.values())
+    mixed = sum(k * in_code.get(i, (k, loss))[1] for i, (k, loss) in repeated.items()) / n
     print(
         f"the repeated half of that kind at code's cost for each count (its own where code has "
         f"none): {mixed:.2f} nats, {mixed / np.log(len(counts)):.0%} of uniform"
@@ -224,7 +231,7 @@ def main() -> None:
     table(joined(repeats), "the repeated half of the repetition test (seeds 0-4)")
     counts = getattr(model, "token_counts", None)
     if counts is not None:
-        by_count(joined(code), joined(repeats), torch.as_tensor(counts))
+        by_count(joined(code), joined(repeats), counts)
 
 
 if __name__ == "__main__":

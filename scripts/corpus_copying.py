@@ -38,6 +38,7 @@ def main() -> None:
         ap.error(f"--window must be at least 1, got {args.window}")
     from qkov.data.dataset import prepare
     from qkov.errors import QkovError
+    from qkov.repetition import count_edges
 
     try:
         stream = prepare(args.corpus, args.vocab_size)
@@ -58,7 +59,7 @@ def main() -> None:
         f"{args.window}; the token after it is the next token at {right.mean():.1%} of them"
     )
     print("guessed token's count in training   share of the guesses   right")
-    edges = [0, 1] + [10**k for k in range(1, len(str(int(counts.max()))) + 1)]
+    edges = count_edges(int(counts.max()))
     for lo, hi in zip(edges, edges[1:], strict=False):
         inside = (guessed >= lo) & (guessed < hi)
         if inside.any():

@@ -121,6 +121,8 @@ def test_the_repeated_half_at_code_s_cost_weights_code_s_loss_by_the_repeat_s_to
         return {
             "copied": np.array(copied),
             "logp": np.array(logp),
+            "log_sum_exp": np.zeros(n),
+            "logit": np.array(logp),
             "match": np.full(n, script.MAX_MATCH),
             "prior": np.zeros(n),  # implausible
         }
@@ -132,4 +134,7 @@ def test_the_repeated_half_at_code_s_cost_weights_code_s_loss_by_the_repeat_s_to
     out = capsys.readouterr().out
     mixed = (1 * 1.5 + 3 * 4.0) / 4
     assert f"none): {mixed:.2f} nats, {mixed / np.log(4):.0%} of uniform" in out
-    assert "            1-9             2          1.50              1          6.00" in out
+    code_s, repeat_s = out.split("repeated half:")
+    assert f"{'1-9':>17} {2:7,} {1.5:13.2f}" in code_s and "10-99" not in code_s
+    assert f"{'1-9':>17} {1:7,} {6.0:13.2f}" in repeat_s
+    assert f"{'10-99':>17} {3:7,} {4.0:13.2f}" in repeat_s

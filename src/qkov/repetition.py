@@ -103,6 +103,12 @@ class CountBin:
         return self.repeated_logit - self.first_logit
 
 
+def count_edges(largest: int) -> list[int]:
+    """The edges of the training-count bins, for counts up to `largest`: 0, 1, then decades
+    up to the first above it, so the bins are 0 ("never"), 1-9, 10-99, ..."""
+    return [0, 1] + [10**k for k in range(1, len(str(max(largest, 1))) + 1)]
+
+
 def loss_by_count(
     losses: Tensor, first_logit: Tensor, repeated_logit: Tensor, targets: Tensor, counts: Tensor
 ) -> list[CountBin]:
@@ -113,10 +119,8 @@ def loss_by_count(
     bins' means, weighted by their predictions, average to the whole one."""
     c = counts.to(targets.device)[targets].flatten()
     values = [x.flatten().float() for x in (losses, first_logit, repeated_logit)]
-    top = int(counts.max()) if counts.numel() else 0
-    edges = [0, 1] + [10**k for k in range(1, len(str(max(top, 1))) + 1)]  # last one > top
     bins = []
-    for lo, hi in itertools.pairwise(edges):
+    for lo, hi in itertools.pairwise(count_edges(int(counts.max()) if counts.numel() else 0)):
         inside = (c >= lo) & (c < hi)
         if n := int(inside.sum()):
             bins.append(CountBin(lo, hi, n, *(float(x[inside].mean()) for x in values)))

@@ -76,10 +76,9 @@ def layer_writes(model, tokens: torch.Tensor) -> tuple[torch.Tensor, dict[str, t
 def copies(model, prior, tokens: torch.Tensor, first: int = 0) -> dict[str, np.ndarray]:
     """Each copy at positions >= `first` of the sequences tokens [batch, pos]: "copied" (the
     token it guesses), "right", "match" (its length), "prior" (the prior's probability of
-    the copied token), "logp"
-    (the model's log probability of it), "log_sum_exp" and "logit" (of the model's logits,
-    from the mean logit: logp is the second less the first), and the logit's parts by
-    `layer_writes` ("part:embed", "part:attn0", ...)."""
+    the copied token), "logp" (the model's log probability of it), "log_sum_exp" and
+    "logit" (of the model's logits, from the mean logit: logp is the second less the
+    first), and the logit's parts by `layer_writes` ("part:embed", "part:attn0", ...)."""
     with torch.no_grad():
         logits, parts = layer_writes(model, tokens)
         p_prior = torch.softmax(prior(tokens).float(), -1)

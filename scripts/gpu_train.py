@@ -193,7 +193,9 @@ def train_all(
                 .replace("--n-ctx 1024", "--n-ctx 128")
                 .replace("--d-mlp 2048", "--d-mlp 64")
                 .replace("--device cuda", "--device cpu")
-                + " --batch-size 4 --probe-interval 5"
+                # a set number of steps, so what a smoke run logs does not hang on how busy
+                # the machine is; --minutes only bounds it
+                + " --batch-size 4 --probe-interval 5 --steps 20"
             )
         argv = [sys.executable, "-m", "qkov", *cmd.split()[1:]]
         argv[argv.index("--out") + 1] = str(runs_dir / name)

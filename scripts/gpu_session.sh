@@ -22,7 +22,7 @@ bench=(--budget 120)
 train=(--minutes "$MINUTES" --budget-mb 52)
 if [ "${QKOV_SESSION_SMOKE:-0}" = 1 ]; then
   bench=(--budget 30 --tiny --device cpu --rounds 2)
-  train=(--minutes 0.2 --smoke --only r2_h4 r2_v8192)
+  train=(--minutes 2 --smoke --only r2_h4 r2_v8192)  # smoke runs end at step 20
 fi
 
 say "$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -1)"

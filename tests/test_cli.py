@@ -200,12 +200,22 @@ def test_circuits_says_when_no_factoring_bug_is_found(run_dir, capsys):
     assert "no factoring bug" not in capsys.readouterr().out  # none asked for
 
 
-def test_info_says_when_the_weights_are_newer_than_the_last_metrics(capsys):
-    """A run stopped between two records (the shipped mlp2: SIGTERM at step 1,548, the
-    last record at 1,500): info says whose numbers its last record gives."""
-    from qkov import shipped
+def test_info_says_when_the_weights_are_newer_than_the_last_metrics(run_dir, tmp_path, capsys):
+    """A run stopped between two records (SIGTERM after the last one; here the weights of
+    step 6 and the last record at step 3): info says whose numbers its last record gives."""
+    import shutil
 
-    assert main(["info", str(shipped("mlp2"))]) == 0
+    run = tmp_path / "stopped"
+    shutil.copytree(run_dir, run)
+    metrics = run / "metrics.jsonl"
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    kept = [r for r in records if r.get("step", 0) <= 3]
+    assert kept and len(kept) < len(records)
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    assert main(["info", str(run)]) == 0
     out = capsys.readouterr().out
-    assert "last record of metrics.jsonl (the weights are of step 1,548)" in out
-    assert "  weights " in out and "of step 1,548" in out
+    assert "last record of metrics.jsonl (the weights are of step 6)" in out
+    assert "  weights " in out and "of step 6" in out
+    assert main(["info", str(run_dir)]) == 0  # the whole run: its last record is its weights'
+    out = capsys.readouterr().out
+    assert "last record of metrics.jsonl\n" in out and "the weights are of step" not in out

@@ -345,6 +345,40 @@ def test_a_matmul_peak_measured_by_a_launcher_is_what_mfu_divides_by(
         assert not (tmp_path / f"bad{bad}").exists()
 
 
+def test_mfu_divides_by_the_fastest_matmul_measured_so_far(tiny_corpus, tmp_path, monkeypatch):
+    """A first measurement that shared the device reads low: each record measures again and
+    MFU divides by the fastest seen, never overstated by the slow one; a launcher's given
+    peak is never measured over."""
+    import qkov.train
+    from qkov.flops import train_step_flops
+
+    monkeypatch.delenv("QKOV_MATMUL_PEAK", raising=False)
+    calls = []
+
+    def measured(device, dtype, size, reps):
+        calls.append(reps)
+        return 1e6 if len(calls) == 1 else 1e9  # the first, at the start, shared the CPU
+
+    monkeypatch.setattr(qkov.train, "matmul_peak", measured)
+    argv = tiny_train(tiny_corpus, tmp_path / "run", steps=6, eval_interval=2)
+    assert main(argv) == 0
+    assert calls == [3, 1, 1, 1]  # three products at the start, one at each of 3 records
+    cfg = load(tmp_path / "run").cfg
+    tc = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    per_token = train_step_flops(cfg, tc["batch_size"]) / (tc["batch_size"] * cfg.n_ctx)
+    records = read_records(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in records] == [2, 4, 6]
+    for r in records:
+        assert r["mfu"] == pytest.approx(r["tokens_per_s"] * per_token / 1e9, rel=1e-3, abs=1e-4)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("a given peak is not measured over")
+
+    monkeypatch.setattr(qkov.train, "matmul_peak", refused)
+    monkeypatch.setenv("QKOV_MATMUL_PEAK", "1e9")
+    assert main(tiny_train(tiny_corpus, tmp_path / "given", steps=4, eval_interval=2)) == 0
+
+
 def _one_error_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("qkov train: error: "), err

@@ -379,6 +379,17 @@ def test_mfu_divides_by_the_fastest_matmul_measured_so_far(tiny_corpus, tmp_path
     assert main(tiny_train(tiny_corpus, tmp_path / "given", steps=4, eval_interval=2)) == 0
 
 
+def test_measuring_the_matmul_peak_leaves_the_global_rng_alone():
+    """matmul_peak draws its operands from a generator of its own: measuring (as training
+    does at each record) changes no random number a caller draws next."""
+    from qkov.flops import matmul_peak
+
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    assert matmul_peak("cpu", torch.float32, 64, reps=1) > 0
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def _one_error_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("qkov train: error: "), err

@@ -502,3 +502,28 @@ def test_resume_after_the_corpus_changed_is_refused_and_keeps_the_run(tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "the corpus changed since" in err[0], err
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_resume_with_fewer_steps_stops_there_and_keeps_the_schedule(tiny_corpus, tmp_path, capsys):
+    """`--resume --steps N`, N below the run's total, was silently taken as the run's own
+    total: the run went on to its end. It stops at step N with a checkpoint, its schedule
+    kept (a later --resume ends where the straight run does); a step already reached is
+    refused, nothing written."""
+    straight, run = tmp_path / "straight", tmp_path / "run"
+    assert main(tiny_train(tiny_corpus, straight, steps=6, ckpt_interval=1, warmup=2)) == 0
+    tc = resume_config(straight)  # the same run, stopped at step 2 by the library
+    train(ModelConfig.load(straight / "config.json"), tc, run, stop_after=2, progress=False)
+    capsys.readouterr()
+    resume = ["train", "--resume", "--no-progress", "--out", str(run)]
+    assert main([*resume, "--steps", "4"]) == 0
+    assert f"trained {run} to step 4 of its 6 (continue with --resume)" in capsys.readouterr().out
+    assert read_records(run / "metrics.jsonl")[-1]["step"] == 4
+    assert resume_config(run).steps == 6
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert main([*resume, "--steps", "3"]) == 2
+    assert "is already at step 4 (of its 6)" in _one_error_line(capsys)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert main(resume) == 0
+    assert read_records(run / "metrics.jsonl")[-1]["step"] == 6
+    for name, w in load(straight).weights().items():
+        assert (w - load(run).weights()[name]).abs().max() <= 1e-6, name

@@ -109,7 +109,9 @@ def train(
     model_cfg: None on resume (read from out_dir/config.json). d_vocab is taken from the
     corpus tokenizer. On resume only tc.steps (if more than the run's) and tc.device are
     used: see `resume_config`. stop_after: stop (with a checkpoint) after this step, keeping
-    the schedule of `tc.steps` (used to test resume)."""
+    the schedule of `tc.steps`, so that a later resume goes on as if never stopped
+    (`qkov train --resume --steps N` with N fewer than the run's); a step the run has
+    already reached is refused."""
     out = Path(out_dir)
     _given_peak()  # a bad $QKOV_MATMUL_PEAK is refused before anything is written
     # Signals are caught from the start: a stop asked for during set-up takes effect at the
@@ -118,6 +120,11 @@ def train(
         run = prepare_run(model_cfg, tc, out, resume, data, lock)  # checks; writes nothing
         cfg, tc, data, dd = run.cfg, run.tc, run.data, run.dd
         model, opt, step = _build_model(run)
+        if stop_after is not None and stop_after <= step:  # before a file is written
+            raise QkovError(
+                f"{out} is already at step {step} (of its {tc.steps}): stopping at step "
+                f"{stop_after} leaves nothing to do; give --steps above {step}"
+            )
         if dd.main:  # only rank 0 writes files
             _write_run_files(run, model, step, lock)
         last = min(tc.steps, stop_after) if stop_after is not None else tc.steps

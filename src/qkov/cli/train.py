@@ -94,7 +94,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--steps",
         type=int,
         default=None,
-        help=f"total steps (default: {TrainConfig.steps}; with --resume: the run's own, or more)",
+        help=f"total steps (default: {TrainConfig.steps}); with --resume: more extends the run's "
+        "schedule, fewer stops the run at that step (a checkpoint, its schedule kept)",
     )
     add_dataclass_flags(t, TrainConfig, help=TRAIN_HELP, skip=BY_HAND)
     p.add_argument("--out", required=True, help="run directory")
@@ -119,10 +120,12 @@ def run(args: argparse.Namespace) -> int:
     from qkov.metrics import last_record
     from qkov.train import TrainingInterrupted, resume_config, train
 
-    cfg = None
-    if args.resume:  # the run's own configs: only --steps (if more) and --device are taken
-        tc = resume_config(args.out, args.steps, args.device)
+    cfg, stop_after = None, None
+    if args.resume:  # the run's own configs: only --steps and --device are taken
+        tc = resume_config(args.out, args.steps, args.device)  # more --steps: a longer schedule
         _check_given_flags(args, tc)
+        if args.steps is not None and args.steps < tc.steps:  # fewer: a stop on the way
+            stop_after = args.steps
     else:
         from qkov.data.corpus import absolute_spec
 
@@ -137,14 +140,23 @@ def run(args: argparse.Namespace) -> int:
         else:
             _check_given_flags(args, None)
     try:
-        train(cfg, tc, args.out, resume=args.resume, progress=not args.no_progress)
+        train(
+            cfg,
+            tc,
+            args.out,
+            resume=args.resume,
+            stop_after=stop_after,
+            progress=not args.no_progress,
+        )
     except TrainingInterrupted as e:
         print(
             f"interrupted: checkpoint saved in {args.out}; continue with --resume", file=sys.stderr
         )
         return 128 + int(e.signum)  # the shell convention: 130 for SIGINT, 143 for SIGTERM
     last = last_record(Path(args.out) / "metrics.jsonl") or {}
-    print(f"trained {args.out}: " + json.dumps(last))
+    where = "" if stop_after is None else f" to step {stop_after} of its {tc.steps}"
+    where += " (continue with --resume)" if stop_after is not None else ""
+    print(f"trained {args.out}{where}: " + json.dumps(last))
     return 0
 
 

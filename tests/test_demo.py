@@ -113,3 +113,7 @@ def test_retrain_runs_a_fine_tuned_model_after_its_base(tiny_corpus, tmp_path):
     assert [x for x, _ in history["series"]["val_loss"]] == [per_step * s for s in (2, 4, 6, 8, 10)]
     assert history["series"]["val_loss"][3:] == [[x + 6 * per_step, v] for x, v in own]
     assert history["last_val_loss"]["tokens"] == 10 * per_step
+    # Run again (a rerun of `qkov demo --train` after it finished): nothing to do, nothing changed.
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    _retrain(record, run, "cpu")
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before

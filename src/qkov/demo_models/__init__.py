@@ -43,6 +43,7 @@ def _retrain(record: Path, run_dir: Path, device: str) -> None:
     import dataclasses
     import json
 
+    from qkov.checkpoint import weights_step
     from qkov.config import ModelConfig
     from qkov.train import TrainConfig, train
 
@@ -56,4 +57,6 @@ def _retrain(record: Path, run_dir: Path, device: str) -> None:
     resume = (run_dir / "train_state.safetensors").is_file()
     # shipped.json: the step the shipped run stopped at (its schedule may be longer).
     stop = json.loads((record / "shipped.json").read_text())["step"]
+    if resume and (weights_step(run_dir) or 0) >= stop:  # done: a rerun of `demo --train`
+        return
     train(None if resume else cfg, tc, run_dir, resume=resume, stop_after=stop)

@@ -154,8 +154,8 @@ def run(args: argparse.Namespace) -> int:
         )
         return 128 + int(e.signum)  # the shell convention: 130 for SIGINT, 143 for SIGTERM
     last = last_record(Path(args.out) / "metrics.jsonl") or {}
-    where = "" if stop_after is None else f" to step {stop_after} of its {tc.steps}"
-    where += " (continue with --resume)" if stop_after is not None else ""
+    where = f" to step {stop_after} of its {tc.steps} (continue with --resume)"
+    where = "" if stop_after is None else where
     print(f"trained {args.out}{where}: " + json.dumps(last))
     return 0
 

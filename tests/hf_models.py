@@ -61,6 +61,14 @@ FAMILIES = {
             rope_parameters={"rope_theta": 700.0, "partial_rotary_factor": 1.0},
         ),
     ),
+    "gpt_neox_linear_rope": (
+        "GPTNeoXConfig",
+        "GPTNeoXForCausalLM",
+        dict(
+            **SHAPE,
+            rope_parameters={"rope_type": "linear", "factor": 3.0, "rope_theta": 100.0},
+        ),
+    ),
     "llama": (
         "LlamaConfig",
         "LlamaForCausalLM",
@@ -68,6 +76,27 @@ FAMILIES = {
             **SHAPE,
             num_key_value_heads=2,
             rope_parameters={"rope_type": "default", "rope_theta": 300.0},
+        ),
+    ),
+    # Llama 3.1/3.2's rescaled frequencies: d_head 8 at base 100 turns at wavelengths 6.3,
+    # 19.9, 62.8 and 199 positions, one in each band of the scaling (kept below 32 / 4,
+    # interpolated between, slowed by the factor above 32 / 1)
+    "llama3_rope": (
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        dict(
+            SHAPE,
+            max_position_embeddings=64,  # extended past the original 32, as Llama 3.1's
+            num_key_value_heads=2,
+            head_dim=8,
+            rope_parameters={
+                "rope_type": "llama3",
+                "rope_theta": 100.0,
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 32,
+            },
         ),
     ),
     "llama_mqa_bias_tied": (

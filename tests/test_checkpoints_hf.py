@@ -15,6 +15,7 @@ from hf_models import FAMILIES, TEXT, hf_logits, hf_model, save_folder, tiny_tok
 from qkov.circuits import ov_circuit, qk_circuit
 from qkov.errors import QkovError
 from qkov.heads import head_scores
+from qkov.rotary import inverse_frequencies
 
 
 def _tokens(model, n: int = 20, batch: int = 2) -> torch.Tensor:
@@ -119,11 +120,13 @@ def test_bf16_folder_loads_and_every_analysis_runs(family, tmp_path):
     match_multisets(b, a, tol=0.05 * scale)
 
 
-def test_rotary_qk_circuit_at_an_offset_is_the_models_score(tmp_path):
+@pytest.mark.parametrize("family", ["llama", "llama3_rope"])
+def test_rotary_qk_circuit_at_an_offset_is_the_models_score(family, tmp_path):
     """Layer 0 of a rotary model: the token QK circuit at offset s - p equals the score the
     model computes between those tokens at those positions (no bias, no norm: llama folded
-    to weightless rms, each token read over its own RMS, as layer 0 reads it)."""
-    model = qkov.load(save_folder(hf_model("llama"), tmp_path / "llama"))
+    to weightless rms, each token read over its own RMS, as layer 0 reads it), with the
+    checkpoint's rescaled frequencies too."""
+    model = qkov.load(save_folder(hf_model(family), tmp_path / family))
     tokens = torch.tensor([[5, 17, 3, 40, 11, 29, 8]])
     _, cache = model.run_with_cache(tokens)
     scores = cache["scores.0"][0] * model.cfg.d_head**0.5  # [head, dest, src], unscaled
@@ -150,24 +153,56 @@ def _reference(folder):
 
 def test_rope_scaling_is_read_before_rope_parameters(tmp_path):
     """An older config's rope_scaling beside rope_parameters is what transformers computes
-    with: a scaled one is refused, a default one's rope_theta is the one used."""
+    with: a linear one is read, one qkov does not compute is refused, a default one's
+    rope_theta is the one used."""
     hf = hf_model("llama")  # rope_parameters: default, rope_theta 300
     folder = save_folder(hf, tmp_path / "llama")
     tokens = _tokens(hf)
     _edit_config(folder, rope_scaling={"rope_type": "linear", "factor": 2.0})
     scaled = hf_logits(_reference(folder), tokens)
     assert not torch.allclose(scaled, hf_logits(hf, tokens), atol=1e-2)  # transformers scales
-    with pytest.raises(QkovError, match="rope_type='linear' is not supported"):
+    model = qkov.load(folder)
+    assert model.cfg.rotary_scaling == {"rope_type": "linear", "factor": 2.0}
+    torch.testing.assert_close(model(tokens), scaled, atol=1e-4, rtol=0)
+    _edit_config(folder, rope_scaling={"rope_type": "yarn", "factor": 2.0})
+    with pytest.raises(QkovError, match="rope_type='yarn' is not supported"):
+        qkov.load(folder)
+    _edit_config(folder, rope_scaling={"rope_type": "llama3", "factor": 2.0})
+    with pytest.raises(QkovError, match="rope_type 'llama3' has no 'low_freq_factor'"):
         qkov.load(folder)
     _edit_config(folder, rope_scaling="linear")  # not an object: one line, no traceback
     with pytest.raises(QkovError, match="rope_scaling must be a JSON object"):
         qkov.load(folder)
     _edit_config(folder, rope_scaling={"rope_type": "default", "rope_theta": 55.0})
     model = qkov.load(folder)
-    assert model.cfg.rotary_base == 55.0
+    assert model.cfg.rotary_base == 55.0 and model.cfg.rotary_scaling is None
     torch.testing.assert_close(
         model(tokens), hf_logits(_reference(folder), tokens), atol=1e-4, rtol=0
     )
+
+
+@pytest.mark.parametrize("family", ["llama", "llama3_rope", "gpt_neox_linear_rope"])
+def test_rotary_frequencies_are_transformers(family, tmp_path):
+    """qkov's rotation frequencies, rescaled as the checkpoint says, are the ones
+    transformers turns queries and keys by; llama3's test model has one in each of the
+    scaling's three bands (kept, interpolated, divided by the factor)."""
+    hf = hf_model(family)
+    model = qkov.load(save_folder(hf, tmp_path / family))
+    theta = inverse_frequencies(model.cfg)
+    base = model.cfg.rotary_base ** -(
+        torch.arange(0, model.cfg.rotary_dim, 2) / model.cfg.rotary_dim
+    )
+    torch.testing.assert_close(theta, hf.base_model.rotary_emb.inv_freq.float(), rtol=1e-6, atol=0)
+    ratio = base / theta  # how much each frequency was slowed
+    if family == "llama3_rope":
+        kept, divided = ratio == 1, (ratio - 8).abs() < 1e-5
+        between = ~kept & ~divided
+        assert kept.any() and divided.any() and between.any()
+        assert ((ratio[between] > 1) & (ratio[between] < 8)).all()
+    elif family == "gpt_neox_linear_rope":
+        torch.testing.assert_close(ratio, torch.full_like(ratio, 3.0))
+    else:
+        assert model.cfg.rotary_scaling is None and (ratio == 1).all()
 
 
 def test_untied_gpt2_without_its_unembedding_is_refused(tmp_path):

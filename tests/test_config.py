@@ -17,6 +17,10 @@ def test_json_round_trip():
         pos_init_std=0.5,
     )
     assert ModelConfig.from_json(cfg.to_json()) == cfg
+    scaled = ModelConfig(
+        d_model=24, positional="rotary", rotary_scaling={"rope_type": "linear", "factor": 4.0}
+    )
+    assert ModelConfig.from_json(scaled.to_json()) == scaled
 
 
 def test_configs_written_before_normalization_load_as_the_norm_free_model():
@@ -54,6 +58,40 @@ def test_d_head_defaults_to_d_model_over_heads():
         ),
         ({"pos_init_std": 0.0}, "pos_init_std must be a positive finite number"),
         ({"pos_init_std": "big"}, "pos_init_std must be a number"),
+        ({"rotary_scaling": {"rope_type": "linear", "factor": 2}}, "needs positional='rotary'"),
+        (
+            {"positional": "rotary", "rotary_scaling": {"rope_type": "yarn", "factor": 2}},
+            "rope_type is one of linear, llama3",
+        ),
+        (
+            {"positional": "rotary", "rotary_scaling": [("rope_type", "linear")]},
+            "must be a JSON object",
+        ),
+        (
+            {"positional": "rotary", "rotary_scaling": {"rope_type": "linear"}},
+            r"needs exactly the keys \['factor'\]",
+        ),
+        (
+            {"positional": "rotary", "rotary_scaling": {"rope_type": "linear", "factor": 0}},
+            "factor must be a positive finite number",
+        ),
+        (
+            {"positional": "rotary", "rotary_scaling": {"rope_type": "linear", "factor": True}},
+            "factor must be a positive finite number",
+        ),
+        (
+            {
+                "positional": "rotary",
+                "rotary_scaling": {
+                    "rope_type": "llama3",
+                    "factor": 8,
+                    "low_freq_factor": 4,
+                    "high_freq_factor": 4,
+                    "original_max_position_embeddings": 64,
+                },
+            },
+            "low_freq_factor must be below its high_freq_factor",
+        ),
     ],
 )
 def test_validation_names_field(kwargs, words):

@@ -158,7 +158,7 @@ def qk_circuit(
         q, k = q + w["b_Q"][layer, head], k + w["b_K"][layer, head]
     c = m.cfg
     if c.positional == "rotary" and offset:
-        R = relative_rotation(c.d_head, c.rotary_dim, c.rotary_base, offset)
+        R = relative_rotation(c, offset)
         q = q @ R.to(device=q.device, dtype=q.dtype)  # [d_vocab, d_head]
     return FactoredMatrix(q, k.T)
 

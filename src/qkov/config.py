@@ -11,6 +11,11 @@ Positional modes (the paper's choice is the default):
                  rotate_half layout of GPT-NeoX and Llama) on the first rotary_dim dimensions
                  of each head (None: all of them), frequencies base^(-2i/rotary_dim) with
                  base = rotary_base. Attention scores then depend on relative position.
+                 rotary_scaling (None: none) rescales those frequencies as checkpoints
+                 trained for longer contexts do, with Hugging Face's names and values:
+                 {"rope_type": "linear", "factor": f} or {"rope_type": "llama3", "factor",
+                 "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}
+                 (qkov.rotary.inverse_frequencies says how).
 
 Normalisation (`normalization`):
   "none": the paper's analysed form: every path is linear once the patterns are frozen;
@@ -48,6 +53,16 @@ from qkov.errors import QkovError
 POSITIONAL_MODES = ("shortformer", "standard", "none", "rotary")
 NORMALIZATIONS = ("none", "rms", "layernorm", "rmsnorm")
 ACT_FNS = ("gelu", "gelu_new", "relu", "silu")
+# rotary_scaling's rope_type -> its keys beside rope_type (qkov.rotary.inverse_frequencies)
+ROTARY_SCALINGS = {
+    "linear": ("factor",),
+    "llama3": (
+        "factor",
+        "low_freq_factor",
+        "high_freq_factor",
+        "original_max_position_embeddings",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -71,6 +86,7 @@ class ModelConfig:
     bias: bool = False
     rotary_dim: int | None = None  # positional="rotary": rotated dims per head (None: d_head)
     rotary_base: float = 10000.0
+    rotary_scaling: dict[str, Any] | None = None  # rescaled frequencies (see the docstring)
     parallel: bool = False
     n_kv_heads: int | None = None  # None: n_heads (no grouped-query attention)
     gated_mlp: bool = False
@@ -167,6 +183,7 @@ class ModelConfig:
                 raise QkovError(
                     f"rotary_dim={r!r} must be an even integer in [2, d_head={self.d_head}]"
                 )
+        self._check_rotary_scaling()
         for name in ("rotary_base", "norm_eps"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < math.inf):
@@ -176,6 +193,39 @@ class ModelConfig:
                 raise QkovError(f"config field {name} must be true or false")
         if (self.parallel or self.gated_mlp) and not self.d_mlp:
             raise QkovError("parallel and gated_mlp need an MLP: set d_mlp > 0")
+
+    def _check_rotary_scaling(self) -> None:
+        scaling = self.rotary_scaling
+        if scaling is None:
+            return
+        if self.positional != "rotary":
+            raise QkovError(
+                f"rotary_scaling needs positional='rotary' (got {self.positional!r}): drop "
+                "rotary_scaling or set positional='rotary'"
+            )
+        kind = scaling.get("rope_type") if isinstance(scaling, dict) else None
+        if kind not in ROTARY_SCALINGS:
+            raise QkovError(
+                f"rotary_scaling={scaling!r} must be a JSON object whose rope_type is one of "
+                + ", ".join(ROTARY_SCALINGS)
+            )
+        keys = set(ROTARY_SCALINGS[kind])
+        if set(scaling) != keys | {"rope_type"}:
+            raise QkovError(
+                f"rotary_scaling of rope_type {kind!r} needs exactly the keys "
+                f"{sorted(keys)} beside rope_type, got {sorted(set(scaling) - {'rope_type'})}"
+            )
+        for key in sorted(keys):
+            v = scaling[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
+                raise QkovError(
+                    f"rotary_scaling's {key} must be a positive finite number, got {v!r}"
+                )
+        if kind == "llama3" and not scaling["low_freq_factor"] < scaling["high_freq_factor"]:
+            raise QkovError(
+                "rotary_scaling's low_freq_factor must be below its high_freq_factor, got "
+                f"{scaling['low_freq_factor']} and {scaling['high_freq_factor']}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -55,7 +55,7 @@ def qk_eigenvalues(model: Transformer, layer: int, head: int, offset: int = 0) -
         M = M + m.cfg.d_vocab * torch.outer(b_K, b_Q)
     c = m.cfg
     if c.positional == "rotary" and offset:
-        R = relative_rotation(c.d_head, c.rotary_dim, c.rotary_base, offset)
+        R = relative_rotation(c, offset)
         M = M @ R.to(device=M.device, dtype=M.dtype)
     return torch.linalg.eigvals(M)
 

@@ -340,7 +340,7 @@ class Transformer(nn.Module):
         c = self.cfg
         if c.positional != "rotary":
             return None
-        return rotary_cos_sin(n, c.rotary_dim, c.rotary_base, self.device)
+        return rotary_cos_sin(c, n, self.device)
 
     def run_with_hooks(
         self,

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     model = load(args.dir)
     cfg = model.cfg
     step = weights_step(args.dir)
-    rows = [(k, str(v)) for k, v in cfg.to_dict().items()]
+    rows = _config_rows(cfg)
     rows.append(("params", f"{cfg.n_params:,}"))
     tok = model.tokenizer
     rows.append(("tokenizer", f"{tok.get_vocab_size():,} tokens" if tok else "none"))
@@ -65,7 +65,7 @@ def _hf_info(path: Path) -> int:
 
     folder = inspect_hf(path)
     cfg = folder.cfg
-    rows = [(k, str(v)) for k, v in cfg.to_dict().items() if k not in TRAINING_ONLY]
+    rows = _config_rows(cfg, skip=TRAINING_ONLY)
     rows.append(("params", f"{cfg.n_params:,}"))
     size = sum(f.stat().st_size for f in folder.files)
     n_files = len(folder.files)
@@ -90,6 +90,15 @@ def _hf_info(path: Path) -> int:
     print(f"{path} (Hugging Face {folder.model_type} folder; no weight read)")
     _print_rows(rows)
     return 0
+
+
+def _config_rows(cfg, skip: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """(field, value) of a ModelConfig; a nested value (rotary_scaling) as JSON spells it."""
+    return [
+        (k, json.dumps(v) if isinstance(v, dict) else str(v))
+        for k, v in cfg.to_dict().items()
+        if k not in skip
+    ]
 
 
 def _print_rows(rows: list[tuple[str, str]]) -> None:

@@ -41,6 +41,9 @@ MODEL_HELP = {
     "pos_init_std": "std of the initial W_pos (default: --init-std); with --normalization rms "
     "the normalised stream has RMS 1, so a W_pos of std ~0.02 starts 50x weaker than tokens",
 }
+# --seed is TrainConfig's, and seeds both; rotary_scaling is read from checkpoints trained
+# for longer contexts, which a new run has no reason to copy
+MODEL_NOT_FLAGS = ("seed", "rotary_scaling")
 TRAIN_HELP = {
     "corpus": "stdlib, induction-task, repeated-random, or text files/folders/globs",
     "batch_size": "sequences per step (the global batch under torchrun)",
@@ -87,7 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "normalization": NORMALIZATIONS,
             "act_fn": ACT_FNS,
         },
-        skip=("seed",),  # --seed is TrainConfig's, and seeds both
+        skip=MODEL_NOT_FLAGS,
     )
     t = p.add_argument_group("training")
     t.add_argument(
@@ -135,7 +138,9 @@ def run(args: argparse.Namespace) -> int:
         values = dataclass_values(args, TrainConfig, skip=BY_HAND)
         tc = TrainConfig(**values, **steps, init_from=args.init_from)
         if args.init_from is None:  # else the config comes from --init-from
-            cfg = ModelConfig(**dataclass_values(args, ModelConfig, skip=("seed",)), seed=args.seed)
+            cfg = ModelConfig(
+                **dataclass_values(args, ModelConfig, skip=MODEL_NOT_FLAGS), seed=args.seed
+            )
             _check_unused_flags(args, cfg)
         else:
             _check_given_flags(args, None)

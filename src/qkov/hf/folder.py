@@ -16,6 +16,7 @@ import torch
 from safetensors import safe_open
 
 from qkov.checkpoint import SAFETENSORS_ERRORS, unreadable_safetensors
+from qkov.config import ROTARY_SCALINGS
 from qkov.errors import QkovError
 
 CONFIG = "config.json"
@@ -192,22 +193,33 @@ def activation(hf: dict[str, Any], key: str, source: str) -> str:
     return ACTIVATIONS[name]
 
 
-def rope(hf: dict[str, Any], source: str, theta: float, fraction: float) -> tuple[float, float]:
-    """(rope_theta, partial_rotary_factor) from transformers 5's rope_parameters or the older
-    top-level keys; scaled RoPE variants (llama3, yarn, linear, ...) are refused. An older
-    config's rope_scaling takes precedence over rope_parameters, as transformers reads it."""
+def rope(
+    hf: dict[str, Any], source: str, theta: float, fraction: float
+) -> tuple[float, float, dict[str, Any] | None]:
+    """(rope_theta, partial_rotary_factor, rotary_scaling) from transformers 5's
+    rope_parameters or the older top-level keys. Of the scaled RoPE variants, linear and
+    llama3 (Llama 3.1 and 3.2) rescale the frequencies once and are read; those that change
+    with the sequence's length or scale the scores (dynamic, yarn, longrope, ...) are
+    refused. An older config's rope_scaling takes precedence over rope_parameters, as
+    transformers reads it."""
     key = "rope_scaling" if hf.get("rope_scaling") else "rope_parameters"
     params = hf.get(key) or {}
     if not isinstance(params, dict):
         raise QkovError(f"{source}: {key} must be a JSON object, got {params!r}: restore it")
     kind = params.get("rope_type", params.get("type", "default"))
-    if kind != "default":
+    if kind != "default" and kind not in ROTARY_SCALINGS:
         raise QkovError(
             f"{source}: rope_type={kind!r} is not supported (qkov computes the default RoPE "
-            "frequencies only)"
+            "frequencies and their linear and llama3 scalings)"
         )
     theta = params.get("rope_theta", hf.get("rope_theta", hf.get("rotary_emb_base", theta)))
     fraction = params.get(
         "partial_rotary_factor", hf.get("partial_rotary_factor", hf.get("rotary_pct", fraction))
     )
-    return float(theta), float(fraction)
+    scaling = None
+    if kind != "default":
+        missing = [k for k in ROTARY_SCALINGS[kind] if k not in params]
+        if missing:
+            raise QkovError(f"{source}: {key} of rope_type {kind!r} has no {missing[0]!r}")
+        scaling = {"rope_type": kind} | {k: params[k] for k in ROTARY_SCALINGS[kind]}
+    return float(theta), float(fraction), scaling

@@ -24,7 +24,7 @@ IGNORED = (".attention.bias", ".attention.masked_bias", ".rotary_emb.inv_freq")
 def model_config(hf: dict[str, Any], source: str) -> ModelConfig:
     D = field(hf, "hidden_size", source=source)
     H = field(hf, "num_attention_heads", source=source)
-    theta, fraction = rope(hf, source, theta=10000.0, fraction=0.25)
+    theta, fraction, scaling = rope(hf, source, theta=10000.0, fraction=0.25)
     return ModelConfig(
         n_layers=field(hf, "num_hidden_layers", source=source),
         n_heads=H,
@@ -34,6 +34,7 @@ def model_config(hf: dict[str, Any], source: str) -> ModelConfig:
         positional="rotary",
         rotary_dim=int(D // H * fraction),
         rotary_base=theta,
+        rotary_scaling=scaling,
         parallel=bool(field(hf, "use_parallel_residual", True)),
         normalization="layernorm",
         norm_eps=float(field(hf, "layer_norm_eps", 1e-5)),

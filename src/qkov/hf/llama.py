@@ -37,7 +37,7 @@ def model_config(hf: dict[str, Any], source: str) -> ModelConfig:
     D = field(hf, "hidden_size", source=source)
     H = field(hf, "num_attention_heads", source=source)
     d_head = field(hf, "head_dim", D // H)
-    theta, fraction = rope(hf, source, theta=10000.0, fraction=1.0)
+    theta, fraction, scaling = rope(hf, source, theta=10000.0, fraction=1.0)
     n_ctx = field(hf, "max_position_embeddings", source=source)
     window = hf.get("sliding_window")
     if window and hf.get("use_sliding_window", hf.get("model_type") == "mistral"):
@@ -53,6 +53,7 @@ def model_config(hf: dict[str, Any], source: str) -> ModelConfig:
         positional="rotary",
         rotary_dim=int(d_head * fraction),
         rotary_base=theta,
+        rotary_scaling=scaling,
         normalization="rmsnorm",
         norm_eps=float(field(hf, "rms_norm_eps", 1e-6)),
         d_mlp=field(hf, "intermediate_size", source=source),

@@ -3,6 +3,7 @@ and ICL score with what they rest on) and the models' losses side by side."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -89,7 +90,9 @@ def icl_text(icl: dict | None) -> str | None:
 
 def _card_rows(m: dict) -> str:
     cfg = m.get("config") or {}
-    rows = "".join(_row(str(k), esc(v)) for k, v in cfg.items())
+    # a nested value (a checkpoint's rotary_scaling) as analysis.json spells it
+    shown = {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in cfg.items()}
+    rows = "".join(_row(str(k), esc(v)) for k, v in shown.items())
     if m.get("n_params") is not None:
         rows += _row("parameters", esc(count(m["n_params"])))
     if (m.get("tokenizer") or {}).get("vocab_size") is not None:

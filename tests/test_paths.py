@@ -10,7 +10,7 @@ import torch
 import factories
 from qkov.errors import QkovError
 from qkov.fold import fold_layernorm
-from qkov.paths import count_paths, path_expansion
+from qkov.paths import count_paths, path_expansion, residual_paths
 
 random_model = factories.circuit_model
 
@@ -136,19 +136,31 @@ def test_path_terms_of_a_general_model_match_hand_computation():
     )
 
 
-def test_count_paths_is_the_number_of_terms():
-    """count_paths (what the budget and the memory guard weigh) is the number of terms the
-    expansion makes, for every cut (a bound where a start enters past layer 0: MLPs)."""
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda n: random_model(n, "standard", seed=n),
+        lambda n: random_model(n, "shortformer", seed=n),
+        lambda n: factories.general_model(n, seed=n),  # MLPs, biases, LayerNorm, W_pos
+        lambda n: factories.general_model(n, positional="rotary", bias=False, seed=n),
+    ],
+    ids=["attn-only", "shortformer", "mlp-bias-layernorm", "mlp-rotary"],
+)
+def test_count_paths_is_the_number_of_terms(make):
+    """count_paths (what the budget and the memory guards weigh) is the number of terms the
+    expansion makes, exactly, at the unembedding and entering every layer, for every cut:
+    an MLP's output enters past its layer's heads, so it has fewer chains than the token."""
     for n_layers in (1, 2, 3):
-        model = random_model(n_layers, "standard", seed=n_layers)
-        tokens = torch.randint(0, 40, (1, 6), generator=torch.Generator().manual_seed(0))
-        for cut in (None, *range(n_layers)):
+        model = make(n_layers)
+        tokens = factories.random_tokens(model, batch=1)[:, :6]
+        for cut in (None, *range(n_layers + 1)):
             n = len(path_expansion(model, tokens, max_order=cut).terms)
-            # + 1: the remainder, which only a cut below n_layers makes
-            assert count_paths(model.cfg, cut) == n + (cut is None or cut >= n_layers)
-    model = factories.general_model(3, normalization="layernorm")
-    n = len(path_expansion(model, factories.random_tokens(model, batch=1)).terms)
-    assert count_paths(model.cfg, None) >= n
+            assert count_paths(model.cfg, cut) == n
+            folded = fold_layernorm(model, center_unembed=False, share=True)
+            _, cache = folded.run_with_cache(tokens)
+            for layer in range(n_layers + 1):
+                streams = residual_paths(folded, tokens, cache, layer, cut)
+                assert count_paths(model.cfg, cut, layer) == len(streams)
 
 
 def test_an_expansion_too_large_for_memory_is_refused_with_the_cut_that_fits(monkeypatch):

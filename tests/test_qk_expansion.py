@@ -134,6 +134,34 @@ def test_qk_expansion_all_and_bad_head():
         qk_expansion(model, tokens, 1, 0, max_order=-1)
 
 
+def test_qk_expansions_one_head_at_a_time_as_each_alone():
+    """qk_expansions (what analyze reads) gives each head's expansion as qk_expansion does,
+    in the order asked, and keeps none it has handed over: analyze holds one head's terms
+    at a time (all of a d_model 2048 model's at once were ~10 GB)."""
+    import gc
+    import weakref
+
+    from qkov.qk_terms import qk_expansions
+
+    model = factories.general_model(3)
+    tokens = factories.random_tokens(model, batch=2)
+    chosen = [(2, 1), (0, 2), (2, 0), (1, 1)]
+    for (l, h), qe in zip(chosen, qk_expansions(model, tokens, chosen, max_order=1), strict=True):
+        alone = qk_expansion(model, tokens, l, h, max_order=1)
+        assert (qe.layer, qe.head) == (l, h) and [t.name for t in qe.terms] == [
+            t.name for t in alone.terms
+        ]
+        torch.testing.assert_close(qe.total(), alone.total(), atol=1e-6, rtol=0)
+        torch.testing.assert_close(qe.total(), qe.scores, atol=1e-4, rtol=0)
+    it = qk_expansions(model, tokens, max_order=1)
+    first = weakref.ref(next(it))
+    second = next(it)
+    gc.collect()
+    assert first() is None and second.terms
+    with pytest.raises(QkovError, match="layer 3 does not exist"):
+        next(qk_expansions(model, tokens, [(0, 0), (3, 0)]))
+
+
 def test_an_expansion_too_large_for_memory_is_refused_with_the_cut_that_fits(monkeypatch):
     """Checked before any work (GPT-2's last layer has ~10^4 sides at order 2, 10^8 side
     pairs): with memory made small here, every chain of a 3-layer model's last layer does
@@ -145,7 +173,7 @@ def test_an_expansion_too_large_for_memory_is_refused_with_the_cut_that_fits(mon
     cfg, n = model.cfg, tokens.shape[1]
 
     def need(order):
-        sides = count_paths(cfg, order, 2) + 1
+        sides = count_paths(cfg, order, 2)  # standard positions: no W_pos side of its own
         return 4 * (sides * n * cfg.d_model + sides**2 * n * n)
 
     monkeypatch.setattr("qkov.resources.available_memory", lambda device="cpu": 2 * need(1))

@@ -40,7 +40,7 @@ from qkov.loss import next_token_loss
 from qkov.metrics import phase_change, training_history
 from qkov.model import AttnOnlyTransformer
 from qkov.progress import Stages
-from qkov.qk_terms import QK_MAX_ORDER, qk_expansion_all
+from qkov.qk_terms import QK_MAX_ORDER, qk_expansions
 from qkov.repetition import repetition_test
 from qkov.report import SCHEMA_VERSION, dumps, render_report
 from qkov.training_probe import training_probe
@@ -280,11 +280,10 @@ def analyze_model(
         )
     if plan.qk_terms:
         stage("QK terms of every head")
+        qk_tokens = tokens[:QK_TERM_SEQUENCES, :QK_TERM_POSITIONS]
+        # one head's terms at a time: all of them at once held ~10 GB at d_model 2048
         rec["qk_terms"] = [
-            qe.summary()
-            for qe in qk_expansion_all(
-                model, tokens[:QK_TERM_SEQUENCES, :QK_TERM_POSITIONS], QK_MAX_ORDER
-            )
+            qe.summary() for qe in qk_expansions(model, qk_tokens, max_order=QK_MAX_ORDER)
         ]
         rec["qk_terms_measured_on"] = {
             "n_sequences": min(QK_TERM_SEQUENCES, tokens.shape[0]),

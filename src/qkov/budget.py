@@ -129,7 +129,8 @@ def attribution_max_order(cfg: ModelConfig, n_tokens: int) -> int | None:
 
 
 def _qk_sides(cfg: ModelConfig, max_order: int) -> int:
-    """Query-side paths of the last layer's heads in the QK expansion (an upper bound)."""
+    """Query-side paths of the last layer's heads in the QK expansion (the shortformer's
+    W_pos side aside)."""
     return count_paths(cfg, max_order, cfg.n_layers - 1) if cfg.n_layers else 0
 
 

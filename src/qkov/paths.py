@@ -35,12 +35,21 @@ def start_names(cfg: ModelConfig) -> list[str]:
 
 
 def count_paths(cfg: ModelConfig, max_order: int | None, n_layers: int | None = None) -> int:
-    """An upper bound on the terms of a path expansion through n_layers layers (default
-    all) cut at max_order: starts x chains of at most max_order heads (+ the remainder)."""
+    """The number of terms of a path expansion through the first n_layers layers (default
+    all) cut at max_order, as `residual_paths` makes them: each start with every chain of
+    at most max_order heads of the layers after it enters (token, pos and bias enter before
+    layer 0, mlp{l} after layer l's heads), and the remainder where a cut leaves one. Of the
+    folded model the expansions read: a LayerNorm folds into biases (a "bias" start)."""
     L, H = cfg.n_layers if n_layers is None else n_layers, cfg.n_heads
-    top = L if max_order is None else min(L, max_order)
-    starts = 2 + bool(cfg.bias) + (L if cfg.d_mlp else 0)
-    return starts * sum(math.comb(L, k) * H**k for k in range(top + 1)) + 1
+
+    def chains(layers: int) -> int:  # chains of at most max_order heads through `layers` layers
+        top = layers if max_order is None else min(layers, max_order)
+        return sum(math.comb(layers, k) * H**k for k in range(top + 1))
+
+    # token; pos in the stream; the constants, which a LayerNorm's fold makes too
+    first = 1 + (cfg.positional == "standard") + (cfg.bias or cfg.normalization == "layernorm")
+    n = first * chains(L) + (sum(chains(L - 1 - l) for l in range(L)) if cfg.d_mlp else 0)
+    return n + (max_order is not None and max_order < L)
 
 
 def largest_order(cfg: ModelConfig, fits: Callable[[int | None], bool]) -> int | None:

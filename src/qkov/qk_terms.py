@@ -28,6 +28,7 @@ rounding. Term sizes ignore what softmax ignores: a constant per destination row
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -181,7 +182,6 @@ class QKExpansion:
 _FROZEN = ("pattern", "scale", "mlp_out", "scores", "q", "k")
 
 
-@torch.no_grad()
 def qk_expansion(
     model: Transformer, tokens: Tensor, layer: int, head: int, max_order: int | None = None
 ) -> QKExpansion:
@@ -191,55 +191,75 @@ def qk_expansion(
 
     max_order: chains of more than max_order heads go into one "remainder" side, so the
     number of sides stays (starts x (1 + n_heads)^max_order) in deep models."""
-    from qkov.fold import fold_layernorm
-
-    check_head(model, layer, head)
-    if max_order is not None and max_order < 0:
-        raise QkovError(f"max_order must be >= 0 (or None for every chain), got {max_order}")
-    tokens = model.check_tokens(tokens)
-    cfg, (batch, n) = model.cfg, tokens.shape
-
-    def need(order: int | None) -> int:  # fp32 bytes: the streams, then the side pairs' terms
-        sides = count_paths(cfg, order, layer) + 1  # + the shortformer's "pos" side
-        return 4 * (sides * batch * n * cfg.d_model + sides**2 * batch * n * n)
-
-    check_path_memory(cfg, max_order, need, f"the QK expansion of L{layer}H{head}")
-    model = fold_layernorm(model, center_unembed=False, share=True)
-    cfg, w = model.cfg, model.weights()
-    _, cache = model.run_with_cache(tokens, names=lambda n: n.split(".")[0] in _FROZEN)
-    scale = frozen_scales(model, cache)
-    streams = residual_paths(model, tokens, cache, layer, max_order)
-    W_Q, W_K = w["W_Q"][layer, head], w["W_K"][layer, head]  # [d_model, d_head]
-    q_sides: dict[tuple[str, Chain], Tensor] = {}
-    k_sides: dict[tuple[str, Chain], Tensor] = {}
-    for key, x in streams.items():
-        x = x / scale[layer]  # [batch, pos, d_model], as the head reads it
-        q_sides[key], k_sides[key] = x @ W_Q, x @ W_K  # [batch, pos, d_head]
-    if cfg.positional == "shortformer":  # W_pos is added after the norm, to q and k only
-        P = w["W_pos"][:n].expand(batch, n, cfg.d_model)
-        q_sides[("pos", ())], k_sides[("pos", ())] = P @ W_Q, P @ W_K
-    if cfg.bias:
-        for sides, b in ((q_sides, w["b_Q"][layer, head]), (k_sides, w["b_K"][layer, head])):
-            sides[("bias", ())] = sides.get(("bias", ()), 0.0) + b.expand(batch, n, -1)
-    inv = 1.0 / math.sqrt(cfg.d_head)
-    terms = [
-        QKTerm(qs, qc, ks, kc, (q @ k.transpose(-1, -2)) * inv)  # [batch, dest, src]
-        for (qs, qc), q in q_sides.items()
-        for (ks, kc), k in k_sides.items()
-    ]
-    clean = (cache[f"q.{layer}"][:, head] @ cache[f"k.{layer}"][:, head].transpose(-1, -2)) * inv
-    return QKExpansion(layer=layer, head=head, terms=terms, scores=clean)
+    return next(qk_expansions(model, tokens, [(layer, head)], max_order))
 
 
 def qk_expansion_all(
     model: Transformer, tokens: Tensor, max_order: int | None = None
 ) -> list[QKExpansion]:
     """qk_expansion of every head, layer-major."""
-    return [
-        qk_expansion(model, tokens, l, h, max_order)
-        for l in range(model.cfg.n_layers)
-        for h in range(model.cfg.n_heads)
-    ]
+    return list(qk_expansions(model, tokens, None, max_order))
+
+
+@torch.no_grad()
+def qk_expansions(
+    model: Transformer,
+    tokens: Tensor,
+    heads: Iterable[tuple[int, int]] | None = None,
+    max_order: int | None = None,
+) -> Iterator[QKExpansion]:
+    """qk_expansion of each (layer, head) of `heads` (None: every head, layer-major), made
+    one at a time: the fold and the forward pass once, the paths into a layer once for its
+    heads. A caller that keeps each head's `summary()` holds one head's terms at a time (a
+    head of a d_model 2048 model with MLPs has ~10^3 terms of [batch, pos, pos]). Every head
+    and the memory of the largest expansion are checked before any work."""
+    from qkov.fold import fold_layernorm
+
+    cfg = model.cfg
+    if heads is None:
+        heads = [(l, h) for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
+    heads = list(heads)
+    for layer, head in heads:
+        check_head(model, layer, head)
+    if max_order is not None and max_order < 0:
+        raise QkovError(f"max_order must be >= 0 (or None for every chain), got {max_order}")
+    tokens = model.check_tokens(tokens)
+    if not heads:
+        return
+    (batch, n), (deepest, its_head) = tokens.shape, max(heads)  # the most paths
+
+    def need(order: int | None) -> int:  # fp32 bytes: a layer's streams, then a head's terms
+        sides = count_paths(cfg, order, deepest) + (cfg.positional == "shortformer")
+        return 4 * (sides * batch * n * cfg.d_model + sides**2 * batch * n * n)
+
+    check_path_memory(cfg, max_order, need, f"the QK expansion of L{deepest}H{its_head}")
+    model = fold_layernorm(model, center_unembed=False, share=True)
+    cfg, w = model.cfg, model.weights()
+    _, cache = model.run_with_cache(tokens, names=lambda n: n.split(".")[0] in _FROZEN)
+    scale = frozen_scales(model, cache)
+    inv = 1.0 / math.sqrt(cfg.d_head)
+    streams, streams_of = {}, None
+    for layer, head in heads:
+        if streams_of != layer:
+            streams = residual_paths(model, tokens, cache, layer, max_order)
+            streams = {key: x / scale[layer] for key, x in streams.items()}  # as heads read it
+            streams_of = layer
+        W_Q, W_K = w["W_Q"][layer, head], w["W_K"][layer, head]  # [d_model, d_head]
+        q_sides = {key: x @ W_Q for key, x in streams.items()}  # [batch, pos, d_head]
+        k_sides = {key: x @ W_K for key, x in streams.items()}
+        if cfg.positional == "shortformer":  # W_pos is added after the norm, to q and k only
+            P = w["W_pos"][:n].expand(batch, n, cfg.d_model)
+            q_sides[("pos", ())], k_sides[("pos", ())] = P @ W_Q, P @ W_K
+        if cfg.bias:
+            for sides, b in ((q_sides, w["b_Q"][layer, head]), (k_sides, w["b_K"][layer, head])):
+                sides[("bias", ())] = sides.get(("bias", ()), 0.0) + b.expand(batch, n, -1)
+        terms = [
+            QKTerm(qs, qc, ks, kc, (q @ k.transpose(-1, -2)) * inv)  # [batch, dest, src]
+            for (qs, qc), q in q_sides.items()
+            for (ks, kc), k in k_sides.items()
+        ]
+        clean = cache[f"q.{layer}"][:, head] @ cache[f"k.{layer}"][:, head].transpose(-1, -2)
+        yield QKExpansion(layer=layer, head=head, terms=terms, scores=clean * inv)
 
 
 def qk_terms_table(expansions: list[QKExpansion], n_terms: int = 3) -> str:

@@ -161,12 +161,12 @@ def run(args: argparse.Namespace) -> int:
         result["term_importance"] = ti.to_dict()
 
     if args.qk_terms and cls.records:
-        from qkov.qk_terms import QK_MAX_ORDER, qk_expansion, qk_terms_table
+        from qkov.qk_terms import QK_MAX_ORDER, qk_expansions, qk_terms_table
 
         tokens = ev.tokens[: args.qk_seqs]
         order = QK_MAX_ORDER if args.qk_max_order is None else args.qk_max_order
         stage(f"QK terms of {plural(len(chosen), 'head')}")
-        expansions = [qk_expansion(model, tokens, l, h, max_order=order) for l, h in chosen]
+        expansions = list(qk_expansions(model, tokens, chosen, max_order=order))
         print(
             f"\nQK terms on {where} (first {tokens.shape[0]} sequences; earlier patterns "
             f"frozen; chains of more than {order} heads summed as 'remainder')"

@@ -822,3 +822,18 @@ def test_evaluation_text_keeps_one_parenthesis():
     assert (
         evaluation_text({"evaluation": odd}) == "my probe (random tokens; 3 sequences of 64 tokens)"
     )
+
+
+def test_the_fold_note_says_what_each_norm_folds():
+    """LayerNorm folds a weight and a bias and centres the writes; RMSNorm folds its weight
+    alone (it has no bias and does not centre); the weightless rms and no norm fold nothing."""
+    from qkov.report.cards import config_notes
+
+    layernorm, rmsnorm = (
+        config_notes({"normalization": "layernorm"}),
+        config_notes({"normalization": "rmsnorm"}),
+    )
+    assert "LayerNorm" in layernorm and "weight and bias" in layernorm and "centred" in layernorm
+    assert "RMSNorm" in rmsnorm and "learned weight is folded" in rmsnorm
+    assert "bias" not in rmsnorm and "centred" not in rmsnorm
+    assert "qkov.fold" not in config_notes({"normalization": "none"})

@@ -21,10 +21,14 @@ RMS_NOTE = (
 
 FOLDED_NOTE = (
     '<p class="note folded">{norm}: the circuits read the folded model (qkov.fold): the '
-    "norm's learned weight and bias are folded into the matrices that read it and the writes "
-    "centred, leaving a weightless RMS divide per position, frozen in the path terms and left "
-    "out of the token circuits.</p>"
+    "norm's {what}, leaving a weightless RMS divide per position, frozen in the path terms and "
+    "left out of the token circuits.</p>"
 )
+FOLDED_WHAT = {  # what each learned norm's fold does
+    "layernorm": "learned weight and bias are folded into the matrices that read it and the "
+    "writes centred",
+    "rmsnorm": "learned weight is folded into the matrices that read it",
+}
 MLP_NOTE = (
     '<p class="note mlp">MLPs: the token circuits (bigrams, OV and QK eigenvalues, '
     "skip-trigrams) read the token embedding, not what the MLPs make of it; in term "
@@ -37,7 +41,8 @@ def config_notes(cfg: dict) -> str:
     norm = cfg.get("normalization")
     notes = RMS_NOTE if norm == "rms" else ""
     if norm in ("layernorm", "rmsnorm"):
-        notes = FOLDED_NOTE.format(norm="LayerNorm" if norm == "layernorm" else "RMSNorm")
+        name = "LayerNorm" if norm == "layernorm" else "RMSNorm"
+        notes = FOLDED_NOTE.format(norm=name, what=FOLDED_WHAT[norm])
     return notes + (MLP_NOTE if cfg.get("d_mlp") else "")
 
 

@@ -314,6 +314,31 @@ def c_prompt_not_utf8(e: Env):
     return cli("sample", e.run, "--prompt", b"def \xff".decode("utf-8", "surrogateescape"))
 
 
+def c_sample_without_tokenizer(e: Env):
+    (e.run / "tokenizer.json").unlink()
+    return cli("sample", e.run)
+
+
+def c_attribute_without_tokenizer(e: Env):
+    (e.run / "tokenizer.json").unlink()
+    (e.tmp / "t.txt").write_text("def alpha_1(beta):\n    return 1\n")
+    return cli("attribute", e.run, "--text-file", e.tmp / "t.txt")
+
+
+def c_analyze_second_folder_missing(e: Env):
+    # refused before the first folder is analysed (its progress lines would come first)
+    return cli("analyze", e.run, e.tmp / "no-such-run", "--out", e.tmp / "out")
+
+
+def c_analyze_text_through_a_second_folder_without_tokenizer(e: Env):
+    shutil.copytree(e.run, e.tmp / "bare")
+    (e.tmp / "bare" / "tokenizer.json").unlink()
+    (e.tmp / "t.txt").write_text("def alpha_1(beta):\n    return 1\n" * 4)
+    return cli(
+        "analyze", e.run, e.tmp / "bare", "--text-file", e.tmp / "t.txt", "--out", e.tmp / "o"
+    )
+
+
 def c_pickle_not_pt(e: Env):
     p = e.tmp / "weights.pkl"
     p.write_bytes(b"\x80\x04K\x01.")  # pickle of the int 1
@@ -396,6 +421,26 @@ CASES: list[tuple[str, Callable[[Env], tuple[int, str]], str]] = [
         "--temperature must be a finite number >= 0 (0: greedy), got -1.0",
     ),
     ("--prompt with bytes that are not UTF-8", c_prompt_not_utf8, "not valid UTF-8"),
+    (
+        "qkov sample on a folder without tokenizer.json",
+        c_sample_without_tokenizer,
+        "has no tokenizer.json, so --prompt cannot be encoded: copy the model's own",
+    ),
+    (
+        "qkov attribute on a folder without tokenizer.json",
+        c_attribute_without_tokenizer,
+        "has no tokenizer.json, so --text-file cannot be encoded: copy the model's own",
+    ),
+    (
+        "qkov analyze: the second folder does not exist",
+        c_analyze_second_folder_missing,
+        "no-such-run does not exist",
+    ),
+    (
+        "qkov analyze --text-file: the second folder has no tokenizer.json",
+        c_analyze_text_through_a_second_folder_without_tokenizer,
+        "bare has no tokenizer.json, so the text cannot be encoded",
+    ),
     ("weights as a non-.pt pickle (.pkl)", c_pickle_not_pt, "qkov never unpickles"),
     (
         "malicious .pt (pickle that runs code)",

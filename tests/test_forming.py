@@ -264,7 +264,7 @@ def test_bad_input_is_one_line_and_exit_2(run, tmp_path):
     cases = [
         ((plain,), ["has no snapshots", "--keep-checkpoints"]),
         ((run, hf), ["has n_heads=", "give checkpoints of one training run"]),
-        ((run, tmp_path / "missing"), ["is not a checkpoint directory"]),
+        ((run, tmp_path / "missing"), ["does not exist"]),
         ((tmp_path,), ["has no config.json"]),
         ((run, "--json", blocker / "out.json"), ["--json"]),
         ((run, "--html", blocker / "out.html"), ["--html"]),

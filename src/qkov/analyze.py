@@ -24,7 +24,7 @@ from qkov.ablation import icl_from_logits, term_importance
 from qkov.allocator import return_freed_memory
 from qkov.attribution import attribute
 from qkov.budget import MAX_EXAMPLE_TOKENS, Budget
-from qkov.checkpoint import load
+from qkov.checkpoint import check_folders, load
 from qkov.circuits import embedding_rms, final_norm_scale, positional_qk, top_bigrams
 from qkov.classification import classify_heads
 from qkov.config import ModelConfig
@@ -103,6 +103,9 @@ def analyze(
         raise QkovError("analyze needs at least one model or checkpoint directory")
     if names is not None and len(names) != len(items):
         raise QkovError(f"got {len(names)} names for {len(items)} models: pass one per model")
+    folders = [item for item in items if not isinstance(item, AttnOnlyTransformer)]
+    needs_text = text is not None and evaluation is None
+    check_folders(folders, text="the text cannot be encoded" if needs_text else None)
     records = []
     for i, item in enumerate(items):
         in_memory = isinstance(item, AttnOnlyTransformer)

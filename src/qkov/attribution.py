@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from qkov.data.tokenizer import decode_token, known_ids
+from qkov.data.tokenizer import decode_token, known_ids, no_tokenizer
 from qkov.errors import QkovError
 from qkov.model import Transformer
 from qkov.paths import PathTerm, unembedded_paths
@@ -177,7 +177,9 @@ def attribute_text(model: Transformer, text: str, max_order: int | None = None) 
     """`attribute` on `text` encoded with the model's tokenizer; a text longer than n_ctx
     tokens is refused (shorten it)."""
     if model.tokenizer is None:
-        raise QkovError("this model has no tokenizer (tokenizer.json): pass token ids to attribute")
+        raise QkovError(
+            no_tokenizer("the model", "a text cannot be encoded (or give `attribute` token ids)")
+        )
     ids = model.tokenizer.encode(text).ids
     if len(ids) > model.cfg.n_ctx:
         raise QkovError(

@@ -102,18 +102,54 @@ def folder_size(path: str | Path) -> FolderSize:
     from qkov.hf import inspect_hf, is_hf_folder
 
     path = Path(path)
-    if not path.is_dir():
-        raise QkovError(f"{path} is not a checkpoint directory: pass a run or model folder")
+    _check_folder(path)
     if is_hf_folder(path):
         folder = inspect_hf(path)
         return FolderSize(
             folder.cfg, folder.load_bytes(torch.float32), folder.tokenizer is not None
         )
-    if not (path / CONFIG).is_file():
-        raise QkovError(f"{path} has no {CONFIG}: pass a directory written by `qkov train`")
     cfg = ModelConfig.load(path / CONFIG)
     stored = (path / WEIGHTS).stat().st_size if (path / WEIGHTS).is_file() else 0
     return FolderSize(cfg, stored + 4 * cfg.n_params, (path / TOKENIZER).is_file())
+
+
+def _check_folder(path: Path) -> None:
+    """Refuse, with one line, a path that is no checkpoint folder (no config.json)."""
+    if not path.exists():
+        raise QkovError(
+            f"{path} does not exist: pass a directory written by `qkov train`, or a Hugging "
+            "Face model folder (`--download REPO_ID` or qkov.hf.download fetches one)"
+        )
+    if not path.is_dir():
+        raise QkovError(
+            f"{path} is not a directory: pass a directory written by `qkov train`, or a "
+            "Hugging Face model folder"
+        )
+    if not (path / CONFIG).is_file():
+        raise QkovError(
+            f"{path} has no {CONFIG}: pass a directory written by `qkov train` "
+            "(it holds config.json and model.safetensors)"
+        )
+
+
+def check_folders(
+    paths: list[str | Path], *, text: str | None = None, for_analysis: bool = True
+) -> None:
+    """Every check `load(path, for_analysis=for_analysis)` makes before it reads a weight,
+    made for each of `paths` before the first is loaded, so a bad later folder loses no
+    work: each is a checkpoint folder (`folder_size`); a Hugging Face folder (and with
+    for_analysis its fold) fits in the memory available (`qkov.hf.check_memory`; the
+    folders are loaded one at a time); and with `text` (the work that reads text through
+    each model, for the refusal's line) each has a tokenizer."""
+    from qkov.data.tokenizer import no_tokenizer
+    from qkov.hf import check_memory, inspect_hf, is_hf_folder
+
+    for path in paths:
+        size = folder_size(path)
+        if text is not None and not size.has_tokenizer:
+            raise QkovError(no_tokenizer(str(path), text))
+        if is_hf_folder(Path(path)):
+            check_memory(inspect_hf(path), torch.float32, analysis=for_analysis)
 
 
 def load(
@@ -124,18 +160,7 @@ def load(
     A Hugging Face folder that would not fit in the memory available is refused before a
     weight is read; for_analysis counts the fold the analyses make too (`qkov.hf.load_hf`)."""
     path = Path(path)
-    if not path.exists():
-        raise QkovError(
-            f"{path} does not exist: pass a directory written by `qkov train`, or a Hugging "
-            "Face model folder (`--download REPO_ID` or qkov.hf.download fetches one)"
-        )
-    if not path.is_dir():
-        raise QkovError(f"{path} is not a directory: pass a directory written by `qkov train`")
-    if not (path / CONFIG).is_file():
-        raise QkovError(
-            f"{path} has no {CONFIG}: pass a directory written by `qkov train` "
-            "(it holds config.json and model.safetensors)"
-        )
+    _check_folder(path)
     from qkov.hf import is_hf_folder, load_hf  # a Hugging Face folder (GPT-2, Pythia, Llama)
 
     if is_hf_folder(path):

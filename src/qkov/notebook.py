@@ -114,7 +114,7 @@ class AttentionPatterns:
 def attention(model: Any, text: str | Tensor) -> AttentionPatterns:
     """Attention patterns of every head on a text (encoded with the model's tokenizer) or
     on token ids [pos]; refused (QkovError) past n_ctx, as `model.check_tokens` says."""
-    from qkov.data.tokenizer import decode_token
+    from qkov.data.tokenizer import decode_token, no_tokenizer
     from qkov.errors import QkovError
     from qkov.heads import attention_patterns
 
@@ -122,7 +122,9 @@ def attention(model: Any, text: str | Tensor) -> AttentionPatterns:
         raise QkovError("this model has 0 layers: it has no heads, so no attention to show")
     if isinstance(text, str):
         if model.tokenizer is None:
-            raise QkovError("this model has no tokenizer: pass token ids instead of text")
+            raise QkovError(
+                no_tokenizer("the model", "a text cannot be encoded (or give token ids)")
+            )
         text = torch.tensor(model.tokenizer.encode(text).ids, dtype=torch.long)
     tokens = model.check_tokens(text)[:1]
     pattern = attention_patterns(model, tokens)[:, 0]  # [n_layers, n_heads, dest, src]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from qkov.data.tokenizer import known_ids
+from qkov.data.tokenizer import known_ids, no_tokenizer
 from qkov.errors import QkovError
 
 if TYPE_CHECKING:
@@ -195,7 +195,7 @@ def sample_text(
     re-chosen by the model (`heal_prompt`). Arguments are checked before the first yield."""
     tok = model.tokenizer
     if tok is None:
-        raise QkovError("the model has no tokenizer.json: cannot encode a text prompt")
+        raise QkovError(no_tokenizer("the model", "a text prompt cannot be encoded"))
     if not isinstance(prompt, str):
         raise QkovError(f"the prompt must be text, got {type(prompt).__name__}")
     try:

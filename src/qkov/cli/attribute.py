@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from qkov.attribution import attribute_text
     from qkov.budget import attribution_max_order
-    from qkov.checkpoint import load
+    from qkov.checkpoint import check_folders, load
     from qkov.cli.analyze import read_text_file
     from qkov.errors import QkovError
     from qkov.io import atomic_write_text, check_output_file
@@ -52,9 +52,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         check_output_file(args.json, "--json")
     text = read_text_file(args.text_file)
+    check_folders([args.dir], text="--text-file cannot be encoded")
     model = load(args.dir, for_analysis=True)
     order, cut_note = args.max_order, ""
-    if order is None and model.tokenizer is not None:  # no tokenizer: attribute_text says so
+    if order is None:
         order = attribution_max_order(model.cfg, len(model.tokenizer.encode(text).ids))
         if order is not None:
             cut_note = (

@@ -32,10 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qkov.checkpoint import load
+    from qkov.checkpoint import check_folders, load
     from qkov.sampling import sample_text
 
     (args.dir,) = model_dirs(args, [args.dir])
+    check_folders([args.dir], text="--prompt cannot be encoded", for_analysis=False)
     model = load(args.dir)
     pieces = sample_text(model, args.prompt, args.tokens, args.temperature, args.seed, args.heal)
     for text in pieces:

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from qkov.data.corpus import HELDOUT, SYNTHETIC, load_corpus, text_sha256
 from qkov.data.probes import induction_probe
+from qkov.data.tokenizer import no_tokenizer
 from qkov.errors import QkovError
 from qkov.reprs import tensor, wrap
 
@@ -186,7 +187,7 @@ def evaluation_set(
     cfg, tok = model.cfg, model.tokenizer
     if text is not None:
         if tok is None:
-            raise QkovError("this model has no tokenizer.json: it cannot encode a text")
+            raise QkovError(no_tokenizer("the model", "a text cannot be encoded"))
         return text_windows(tok, text, cfg.n_ctx, text_name, max_sequences)
     corpus = training_corpus(run_dir) if run_dir is not None else None
     if corpus is not None and tok is not None:

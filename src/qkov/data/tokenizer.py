@@ -12,6 +12,15 @@ from qkov.errors import QkovError
 EOT = "<|endoftext|>"
 
 
+def no_tokenizer(name: str, what: str) -> str:
+    """The one line for text work on a model without a tokenizer: `name` (the model, or its
+    folder) has none, so `what` cannot be done, and how to mend it."""
+    return (
+        f"{name} has no tokenizer.json, so {what}: copy the model's own tokenizer.json into "
+        "its folder (every run of `qkov train` has one)"
+    )
+
+
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> Tokenizer:
     """Byte-level BPE with `vocab_size` tokens; id 0 is the document separator <|endoftext|>."""
     min_size = 256 + 1

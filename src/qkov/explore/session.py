@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from qkov.data.tokenizer import decode_token
+from qkov.data.tokenizer import decode_token, no_tokenizer
 from qkov.errors import QkovError
 from qkov.explore.attribution import next_token_attributions
 from qkov.model import Transformer
@@ -369,10 +369,7 @@ def _panel(model: Transformer, layer: int, head: int) -> dict[str, Any]:
 
 
 def _no_tokenizer(name: str) -> str:
-    return (
-        f"model {name} has no tokenizer.json, so text cannot be read through it: explore a "
-        "checkpoint written by `qkov train`"
-    )
+    return no_tokenizer(f"model {name}", "text cannot be read through it")
 
 
 def _check_folders(paths: list[Path]) -> None:

@@ -46,7 +46,15 @@ FAMILIES: dict[str, ModuleType] = {
     "qwen2": llama,
 }
 
-__all__ = ["FAMILIES", "Folder", "download", "inspect_hf", "is_hf_folder", "load_hf"]
+__all__ = [
+    "FAMILIES",
+    "Folder",
+    "check_memory",
+    "download",
+    "inspect_hf",
+    "is_hf_folder",
+    "load_hf",
+]
 
 
 @dataclass(frozen=True)
@@ -152,7 +160,7 @@ def load_hf(
     folder = inspect_hf(path)
     family, cfg = FAMILIES[folder.model_type], folder.cfg
     analysis = for_analysis and dtype == torch.float32 and torch.device(device).type == "cpu"
-    _check_memory(folder, dtype, analysis)
+    check_memory(folder, dtype, analysis)
     tensors = read_tensors(folder.index, list(folder.names.values()))
     tensors = {s: tensors[f] for s, f in folder.names.items()}
     # Rearranged in the stored dtype, cast as each is copied into the model: upcasting
@@ -165,7 +173,7 @@ def load_hf(
     return model.to(device)
 
 
-def _check_memory(folder: Folder, dtype: torch.dtype | None, analysis: bool) -> None:
+def check_memory(folder: Folder, dtype: torch.dtype | None, analysis: bool) -> None:
     """Refuse, with one line, a load (and with `analysis` the fold after it) that needs
     more memory than is available."""
     need = folder.analysis_bytes() if analysis else folder.load_bytes(dtype)

@@ -4,8 +4,9 @@ targets (<= 10 minutes, <= 8 GB at GPT-2 small, <= 12 GB at 1B, on the project's
 The default: a random GPT-2-small-shaped Hugging Face folder (12 layers x 12 heads, d_model
 768, d_mlp 3072, d_vocab 50257, n_ctx 1024; std-0.02 weights, as GPT-2 initialises) written
 with safetensors (no transformers needed). `--shape gpt2-medium | pythia-410m |
-tinyllama-1.1b`: a folder of that shape built offline by transformers (`hf_shapes.py`,
-stored in the hub's dtype), whose logits are first checked against transformers'. Then
+tinyllama-1.1b | llama-3.2-1b`: a folder of that shape built offline by transformers
+(`hf_shapes.py`, stored in the hub's dtype), whose logits are first checked against
+transformers'. Then
 `qkov analyze` runs on it in a child process, so its peak RSS is the child's alone
 (getrusage RUSAGE_CHILDREN).
 
@@ -32,7 +33,7 @@ from hf_shapes import SHAPES, build  # noqa: E402
 
 TARGET_S = 600
 TARGET_GB = {"gpt2-small": 8.0, "gpt2-medium": 12.0, "pythia-410m": 12.0,
-             "tinyllama-1.1b": 12.0}  # fmt: skip
+             "tinyllama-1.1b": 12.0, "llama-3.2-1b": 12.0}  # fmt: skip
 
 
 def write_gpt2_folder(out: Path, n_layers: int, n_heads: int, d_model: int, d_vocab: int) -> None:

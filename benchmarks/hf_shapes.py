@@ -12,6 +12,7 @@ stored (rounded) weights, for `check_logits`.
 from __future__ import annotations
 
 import gc
+import itertools
 from pathlib import Path
 
 import torch
@@ -60,25 +61,52 @@ SHAPES = {
             tie_word_embeddings=False,
         ),
     ),
+    "llama-3.2-1b": (
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        torch.bfloat16,  # meta-llama/Llama-3.2-1B's model.safetensors is bf16
+        128256,
+        dict(
+            num_hidden_layers=16,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            hidden_size=2048,
+            head_dim=64,
+            intermediate_size=8192,
+            max_position_embeddings=131072,
+            vocab_size=128256,
+            rms_norm_eps=1e-5,
+            rope_parameters={  # Llama 3's rescaled frequencies (qkov.rotary)
+                "rope_type": "llama3",
+                "rope_theta": 500000.0,
+                "factor": 32.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192,
+            },
+            tie_word_embeddings=True,
+        ),
+    ),
 }
 REFERENCE_TOKENS = torch.tensor([[1, 400, 3000, 17, 9000, 25000, 400, 3000, 17, 31000, 5, 77]])
 
 
 def byte_pair_tokenizer(n_tokens: int):
     """A byte-level BPE of exactly n_tokens tokens: the 256 bytes, then merges of byte pairs
-    in order (the last id is <|endoftext|>, a special token, as GPT-2's and Pythia's)."""
+    in order, then (past 65,792, Llama 3's 128,256) of a pair and a byte (the last id is
+    <|endoftext|>, a special token, as GPT-2's and Pythia's)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab = {ch: i for i, ch in enumerate(alphabet)}
     merges = []
-    for a in alphabet:
-        for b in alphabet:
-            if len(vocab) >= n_tokens - 1:
-                break
-            if a + b not in vocab:
-                vocab[a + b] = len(vocab)
-                merges.append((a, b))
+    pairs = [(a, b) for a in alphabet for b in alphabet]
+    for a, b in itertools.chain(pairs, ((a + b, c) for a, b in pairs for c in alphabet)):
+        if len(vocab) >= n_tokens - 1:
+            break
+        if a + b not in vocab:
+            vocab[a + b] = len(vocab)
+            merges.append((a, b))
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

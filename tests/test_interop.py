@@ -45,8 +45,10 @@ def tl_model(
     biases: bool = True,
     attn_only: bool = True,
     act_fn: str = "gelu",
+    **extra,
 ):
-    """A HookedTransformer with random weights, random biases (and random norm weights)."""
+    """A HookedTransformer with random weights, random biases (and random norm weights);
+    `extra`: more HookedTransformerConfig fields."""
     cfg = tl.HookedTransformerConfig(
         n_layers=n_layers,
         d_model=32,
@@ -61,6 +63,7 @@ def tl_model(
         normalization_type=norm,
         device="cpu",
         seed=n_layers,
+        **extra,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -126,6 +129,52 @@ def test_same_logits_and_patterns_as_tl(tl, positional, norm, attn_only, act_fn,
     assert_same_as_tl(from_transformer_lens(hooked), hooked)
 
 
+# The options of public checkpoints qkov computes too: (TL config fields, qkov config fields)
+PYTHIA = dict(rotary_dim=4, rotary_base=300, parallel_attn_mlp=True)  # a quarter rotates
+LLAMA = dict(rotary_dim=8, rotary_base=100, gated_mlp=True, n_key_value_heads=2, eps=1e-6)
+NTK = dict(  # Llama 3.1's bands at d_head 8: wavelengths 6.3, 19.9, 62.8, 199 against 32
+    use_NTK_by_parts_rope=True, NTK_original_ctx_len=32, NTK_by_parts_factor=8.0
+)
+CHECKPOINT_OPTIONS = [
+    ("LN", "gelu", PYTHIA, dict(rotary_dim=4, rotary_base=300.0, parallel=True)),
+    ("RMS", "silu", LLAMA, dict(gated_mlp=True, n_kv_heads=2, norm_eps=1e-6)),
+    (
+        "RMS",
+        "silu",
+        LLAMA | NTK | {"final_rms": True},
+        dict(
+            rotary_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 32,
+            }
+        ),
+    ),  # fmt: skip
+    (
+        "LN",
+        "gelu",
+        PYTHIA | {"rotary_scaling_factor": 2.0},
+        dict(rotary_scaling={"rope_type": "linear", "factor": 2.0}),
+    ),
+]
+
+
+@pytest.mark.parametrize("norm, act_fn, options, expected", CHECKPOINT_OPTIONS)
+def test_rotary_gated_parallel_grouped_models_import_exactly(tl, norm, act_fn, options, expected):
+    """Pythia's and Llama's options (rotary positions, rescaled as Llama 3.1's too, parallel
+    attention and MLP, a gated MLP, grouped-query attention, another eps) import as qkov's
+    options of the same names: the same logits and patterns as TL."""
+    hooked = tl_model(tl, 2, "rotary", norm, attn_only=False, act_fn=act_fn, **options)
+    converted = convert_state_dict(hooked.state_dict(), hooked.cfg)
+    cfg = converted.config
+    assert cfg.positional == "rotary" and converted.exact
+    for name, value in expected.items():
+        assert getattr(cfg, name) == value, (name, getattr(cfg, name))
+    assert_same_as_tl(from_transformer_lens(hooked), hooked)
+
+
 def test_gelu_new_aliases_import_as_gelu_new(tl):
     for act_fn in ("gelu_new", "gelu_fast", "gelu_pytorch_tanh"):
         hooked = tl_model(tl, 1, norm="LN", attn_only=False, act_fn=act_fn)
@@ -187,17 +236,17 @@ def test_a_tl_config_without_normalization_type_means_layernorm(tl):
 
 # Each is refused with one line naming the feature.
 REFUSED = [
-    ({"positional_embedding_type": "rotary", "rotary_dim": 8}, "rotary"),
+    (
+        {"positional_embedding_type": "rotary", "rotary_dim": 8, "rotary_adjacent_pairs": True},
+        "rotary_adjacent_pairs=True (GPT-J's",
+    ),
+    ({"positional_embedding_type": "rotary", "use_yarn_rope": True}, "use_yarn_rope=True"),
     ({"positional_embedding_type": "alibi"}, "alibi"),
-    ({"gated_mlp": True}, "gated_mlp"),
-    ({"parallel_attn_mlp": True}, "parallel_attn_mlp"),
     ({"num_experts": 4}, "mixture-of-experts"),
     ({"act_fn": "solu_ln"}, "act_fn='solu_ln'"),
     ({"positional_embedding_type": "shortformer"}, "shortformer positions with"),
-    ({"eps": 1e-6}, "eps=1e-06"),
     ({"final_rms": True}, "final_rms"),
     ({"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx"),
-    ({"n_key_value_heads": 2}, "n_key_value_heads"),
     ({"original_architecture": "Olmo2ForCausalLM"}, "post-norm"),
     ({"attn_scores_soft_cap": 30.0}, "soft_cap"),
     ({"d_mlp": 0}, "d_mlp > 0"),
@@ -274,11 +323,20 @@ EXPORTS = [
     {"positional": "none", "normalization": "layernorm", "d_mlp": 48, "act_fn": "gelu_new"},
     {"positional": "shortformer", "normalization": "rms", "d_mlp": 64, "act_fn": "relu"},
     {"positional": "standard", "normalization": "none", "d_mlp": 64, "bias": True},
-]
+    # the options of public checkpoints: Pythia's, Llama 3's (rescaled rotary), a linear one
+    {"positional": "rotary", "normalization": "layernorm", "d_mlp": 64, "bias": True,
+     "parallel": True, "rotary_dim": 4, "rotary_base": 300.0},
+    {"positional": "rotary", "normalization": "rmsnorm", "d_mlp": 64, "act_fn": "silu",
+     "gated_mlp": True, "n_kv_heads": 2, "norm_eps": 1e-6, "rotary_base": 100.0,
+     "rotary_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                        "high_freq_factor": 4.0, "original_max_position_embeddings": 32}},
+    {"positional": "rotary", "normalization": "rms", "d_mlp": 64, "act_fn": "gelu",
+     "rotary_scaling": {"rope_type": "linear", "factor": 2.0}},
+]  # fmt: skip
 
 
 def export_id(kw: dict) -> str:
-    return "-".join(str(v) for v in kw.values())
+    return "-".join(str(v["rope_type"] if isinstance(v, dict) else v) for v in kw.values())
 
 
 @pytest.mark.parametrize("kw", EXPORTS, ids=export_id)
@@ -490,22 +548,17 @@ def test_zero_layer_layernorm_checkpoint_imports_exactly(tl):
     torch.testing.assert_close(ours(x), model(x), atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize(
-    "kw, words",
-    [
-        (dict(positional="rotary"), "positional='rotary'"),
-        (dict(d_mlp=8, gated_mlp=True), "gated_mlp"),
-        (dict(d_mlp=8, parallel=True), "parallel"),
-        (dict(n_kv_heads=1), "n_kv_heads=1"),
-        (dict(normalization="layernorm", positional="standard", norm_eps=1e-6), "norm_eps=1e-06"),
-    ],
-)
-def test_export_refusal_of_a_trained_model_says_what_exports(kw, words):
-    """A model qkov trained has no Hugging Face checkpoint to fall back on: the one-line
-    refusal names what TL export needs (it only pointed to "the checkpoint itself")."""
-    cfg = ModelConfig(n_layers=1, n_heads=2, d_model=8, n_ctx=4, d_vocab=5, **kw)
+def test_export_refuses_a_gated_mlp_with_a_nonzero_b_in():
+    """TL adds a gated MLP's b_in after the gate, qkov inside it: no TL model computes
+    qkov's, so the export says so in one line (with b_in zero, as in Llama, it exports)."""
+    cfg = ModelConfig(
+        n_layers=1, n_heads=2, d_model=8, n_ctx=4, d_vocab=5, d_mlp=8, gated_mlp=True, bias=True
+    )
+    model = AttnOnlyTransformer(cfg)
+    to_transformer_lens(model)  # a fresh model: b_in = 0
+    with torch.no_grad():
+        model.b_in.fill_(0.1)
     with pytest.raises(QkovError) as e:
-        to_transformer_lens(AttnOnlyTransformer(cfg))
+        to_transformer_lens(model)
     msg = str(e.value)
-    assert "\n" not in msg and words in msg
-    assert "export needs standard, shortformer or no positions, a plain MLP" in msg
+    assert "\n" not in msg and "a gated MLP with a nonzero b_in" in msg

@@ -2,15 +2,19 @@
 
 A TL HookedTransformer (pre-norm; LN, LNPre, RMS, RMSPre or no norm; MLPs or attention
 only; biases) is qkov's Transformer with the same tensors under the paper's names
-(transformer_lens_format.TL_KEYS). Two things are converted, both exactly:
+(transformer_lens_format.TL_KEYS). Three things are converted, all exactly:
 
   - TL's attention scale, when it is not sqrt(d_head), goes into W_Q and b_Q: qkov divides
     the scores by sqrt(d_head), so W_Q is multiplied by sqrt(d_head) / scale;
+  - a gated MLP's b_in, which TL adds after the gate (act(x W_gate) * (x W_in) + b_in),
+    goes into b_out as b_in W_out (qkov adds b_in inside: act(x W_gate) * (x W_in + b_in));
   - biases that are all zero are dropped (bias=False): an attention-only TL model without
     biases or norm weights imports as qkov's attention-only model, at its own width, the
     form every analysis reads.
 
-What qkov's model does not compute (rotary or alibi positions, gated or parallel MLPs,
+Rotary positions (GPT-NeoX's layout, with Llama 3.1's rescaled frequencies too), gated and
+parallel MLPs and grouped-query attention import as qkov's options of the same names. What
+qkov's model does not compute (alibi or GPT-J's interleaved rotary positions, YaRN,
 shortformer with a learned norm, post-norm blocks, ...) is refused with one line
 (transformer_lens_format.check_config).
 
@@ -98,6 +102,12 @@ def convert_state_dict(
         notes.append(f"attention scale {scale:g} folded into W_Q and b_Q")
     if norm == "LNPre":
         notes.append("LNPre imported as layernorm with w = 1, b = 0")
+    if cfg.gated_mlp and bool(w["b_in"].abs().max() > 0):
+        # TL adds b_in after the gate, act(x W_gate) * (x W_in) + b_in, where qkov has
+        # act(x W_gate) * (x W_in + b_in): a constant b_in W_out each MLP writes, so b_out's
+        b_out = w["b_out"] + torch.einsum("lm,lmd->ld", w["b_in"], w["W_out"])
+        w = {**w, "b_in": torch.zeros_like(w["b_in"]), "b_out": b_out}
+        notes.append("gated MLP: TL's b_in (added after the gate) folded into b_out as b_in W_out")
     has_bias = any(bool(w[b].abs().max() > 0) for b in BIASES if b in w and w[b].numel())
     if has_bias and drop_biases:
         notes.append("nonzero biases dropped: forward passes are approximate")

@@ -1,9 +1,11 @@
 """qkov model -> TransformerLens: a TL state dict and config, a HookedTransformer, or a folder.
 
-The export is exact for every qkov model: each weight goes to its TL key
+The export is exact for every qkov model but a gated MLP with a nonzero b_in (TL adds b_in
+after the gate; such a model is refused): each weight goes to its TL key
 (transformer_lens_format.TL_KEYS); a bias=False model gets TL's biases as zeros;
 normalization "none", "rms", "layernorm", "rmsnorm" are TL's None, "RMSPre", "LN", "RMS";
-positional="none" is TL's "standard" with W_pos = 0."""
+positional="none" is TL's "standard" with W_pos = 0; rotary positions, parallel and gated
+MLPs and grouped-query attention are TL's options of the same meaning."""
 
 from __future__ import annotations
 
@@ -17,10 +19,13 @@ from torch import Tensor
 
 from qkov.errors import QkovError
 from qkov.interop.transformer_lens_format import BIASES, BUFFERS, TL_KEYS, require_tl, tl_key
-from qkov.model import RMS_EPS, Transformer
+from qkov.model import Transformer
 from qkov.weights import weight_shapes
 
 TL_NORMALIZATION = {"none": None, "rms": "RMSPre", "layernorm": "LN", "rmsnorm": "RMS"}
+# positional="none" is TL's "standard" with W_pos = 0
+TL_POSITIONAL = {"shortformer": "shortformer", "standard": "standard", "none": "standard"}
+TL_POSITIONAL["rotary"] = "rotary"
 
 
 def to_transformer_lens(model: Transformer) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -29,29 +34,21 @@ def to_transformer_lens(model: Transformer) -> tuple[dict[str, Tensor], dict[str
     A round trip through convert_state_dict gives back the same weights; a bias=True model
     whose biases are all zero comes back with bias=False (TL has no bias switch)."""
     cfg = model.cfg
-    unsupported = {
-        "positional='rotary'": cfg.positional == "rotary",
-        "parallel": cfg.parallel,
-        "gated_mlp": cfg.gated_mlp,
-        f"n_kv_heads={cfg.n_kv_heads}": cfg.n_kv_heads != cfg.n_heads,
-        f"norm_eps={cfg.norm_eps}": cfg.norm_eps != RMS_EPS,
-    }
-    if any(unsupported.values()):
-        raise QkovError(
-            "exporting to TransformerLens does not cover "
-            + ", ".join(k for k, v in unsupported.items() if v)
-            + ": TransformerLens export needs standard, shortformer or no positions, a plain "
-            f"MLP, n_kv_heads = n_heads and norm_eps={RMS_EPS} (for a model imported from a "
-            "Hugging Face checkpoint, load that checkpoint in TransformerLens itself)"
-        )
     w = {k: v.detach().to("cpu").clone() for k, v in model.weights().items()}
+    if cfg.gated_mlp and cfg.bias and bool(w["b_in"].abs().max() > 0):
+        raise QkovError(
+            "exporting to TransformerLens does not cover a gated MLP with a nonzero b_in: TL "
+            "adds b_in after the gate (act(x W_gate) * (x W_in) + b_in), qkov inside it "
+            "(act(x W_gate) * (x W_in + b_in)); a Hugging Face gated MLP has no b_in"
+        )
     if not cfg.bias:  # TL always has biases: zeros of the shapes a bias=True model has
         full = weight_shapes(dataclasses.replace(cfg, bias=True))
         w |= {b: torch.zeros(full[b], dtype=w["W_E"].dtype) for b in BIASES if b in full}
     sd: dict[str, Tensor] = {}
+    grouped = cfg.n_kv_heads < cfg.n_heads
     for name, value in w.items():
         if "{l}" in TL_KEYS[name]:
-            sd |= {tl_key(name, l): value[l].contiguous() for l in range(cfg.n_layers)}
+            sd |= {tl_key(name, l, grouped): value[l].contiguous() for l in range(cfg.n_layers)}
         else:
             sd[tl_key(name)] = value
     tl_cfg = {
@@ -66,13 +63,33 @@ def to_transformer_lens(model: Transformer) -> tuple[dict[str, Tensor], dict[str
         "d_mlp": cfg.d_mlp or None,
         "act_fn": cfg.act_fn if cfg.d_mlp else None,
         "normalization_type": TL_NORMALIZATION[cfg.normalization],
-        "eps": RMS_EPS,
+        "eps": cfg.norm_eps,
         "seed": cfg.seed,
-        "positional_embedding_type": "shortformer"
-        if cfg.positional == "shortformer"
-        else "standard",
+        "positional_embedding_type": TL_POSITIONAL[cfg.positional],
+        "parallel_attn_mlp": cfg.parallel,
+        "gated_mlp": cfg.gated_mlp,
+        "n_key_value_heads": cfg.n_kv_heads if grouped else None,
     }
+    if cfg.positional == "rotary":
+        tl_cfg |= {"rotary_dim": cfg.rotary_dim, "rotary_base": cfg.rotary_base}
+        tl_cfg |= _tl_rotary_scaling(cfg.rotary_scaling)
     return sd, tl_cfg
+
+
+def _tl_rotary_scaling(scaling: dict[str, Any] | None) -> dict[str, Any]:
+    """qkov's rotary_scaling as TL's config fields: llama3 is TL's NTK-by-parts, linear its
+    rotary_scaling_factor."""
+    if scaling is None:
+        return {}
+    if scaling["rope_type"] == "linear":
+        return {"rotary_scaling_factor": float(scaling["factor"])}
+    return {
+        "use_NTK_by_parts_rope": True,
+        "NTK_by_parts_factor": float(scaling["factor"]),
+        "NTK_by_parts_low_freq_factor": float(scaling["low_freq_factor"]),
+        "NTK_by_parts_high_freq_factor": float(scaling["high_freq_factor"]),
+        "NTK_original_ctx_len": int(scaling["original_max_position_embeddings"]),
+    }
 
 
 def to_hooked_transformer(model: Transformer) -> Any:

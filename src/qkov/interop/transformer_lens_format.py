@@ -7,9 +7,16 @@ qkov weight to its TL key ({l}: the layer):
     blocks.{l}.attn.W_Q, W_K, W_V [n_heads, d_model, d_head]   W_O [n_heads, d_head, d_model]
     blocks.{l}.attn.b_Q, b_K, b_V [n_heads, d_head]   b_O [d_model]   unembed.b_U [d_vocab]
     blocks.{l}.mlp.W_in [d_model, d_mlp]  b_in [d_mlp]  W_out [d_mlp, d_model]  b_out [d_model]
+    blocks.{l}.mlp.W_gate [d_model, d_mlp] (gated_mlp)
     blocks.{l}.ln1.w, .b; blocks.{l}.ln2.w, .b; ln_final.w, .b [d_model]
 
-TL's normalization_type is qkov's `normalization` (eps 1e-5 both): None = "none",
+With grouped-query attention (n_key_value_heads) W_K, W_V, b_K, b_V are TL's _W_K, _W_V,
+_b_K, _b_V, of n_key_value_heads heads. Rotary positions (rotate_half layout: TL's
+rotary_adjacent_pairs=False) are qkov's positional="rotary" with rotary_dim, rotary_base
+and rescaled frequencies (NTK-by-parts or rotary_scaling_factor: `rotary_scaling`);
+parallel_attn_mlp and gated_mlp are qkov's parallel and gated_mlp.
+
+TL's normalization_type is qkov's `normalization` (TL's eps its norm_eps): None = "none",
 "RMSPre" = "rms", "LN" = "layernorm", "RMS" = "rmsnorm"; "LNPre" (LN with its weights
 folded away) is "layernorm" with w = 1, b = 0. TL always has every bias (zeros when unused);
 qkov's bias=False model is TL's with all of them zero.
@@ -34,13 +41,15 @@ from qkov.model import RMS_EPS
 from qkov.weights import weight_shapes
 
 INSTALL_HINT = "pip install 'qkov[interop]' (transformer-lens==3.9.0)"
-BUFFERS = ("mask", "IGNORE")  # TL attention buffers, not weights
+BUFFERS = ("mask", "IGNORE", "rotary_sin", "rotary_cos")  # TL attention buffers, not weights
+# grouped-query attention: TL keeps the n_kv_heads keys and values under "_W_K" etc.
+GROUPED = ("W_K", "W_V", "b_K", "b_V")
 TL_KEYS = {  # qkov name -> TL key; "{l}" marks a per-layer tensor
     "W_E": "embed.W_E",
     "W_pos": "pos_embed.W_pos",
     **{n: f"blocks.{{l}}.attn.{n}" for n in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V")},
     "b_O": "blocks.{l}.attn.b_O",
-    **{n: f"blocks.{{l}}.mlp.{n}" for n in ("W_in", "b_in", "W_out", "b_out")},
+    **{n: f"blocks.{{l}}.mlp.{n}" for n in ("W_in", "b_in", "W_out", "b_out", "W_gate")},
     **{f"{ln}_{p}": f"blocks.{{l}}.{ln}.{p}" for ln in ("ln1", "ln2") for p in ("w", "b")},
     "ln_final_w": "ln_final.w",
     "ln_final_b": "ln_final.b",
@@ -67,14 +76,18 @@ def require_tl():
     return transformer_lens
 
 
-def tl_key(name: str, l: int | None = None) -> str:
-    """The TL key of qkov weight `name` (of layer l): tl_key("W_in", 0) = "blocks.0.mlp.W_in"."""
-    return TL_KEYS[name].format(l=l)
+def tl_key(name: str, l: int | None = None, grouped: bool = False) -> str:
+    """The TL key of qkov weight `name` (of layer l): tl_key("W_in", 0) = "blocks.0.mlp.W_in";
+    with grouped-query attention (grouped) TL's W_K is "blocks.0.attn._W_K"."""
+    key = TL_KEYS[name].format(l=l)
+    return key.replace(".attn.", ".attn._") if grouped and name in GROUPED else key
 
 
-def tl_keys(name: str, n_layers: int) -> list[str]:
+def tl_keys(name: str, n_layers: int, grouped: bool = False) -> list[str]:
     """Every TL key of qkov weight `name`: one per layer, or one for a model-wide tensor."""
-    return [tl_key(name, l) for l in range(n_layers)] if "{l}" in TL_KEYS[name] else [tl_key(name)]
+    if "{l}" not in TL_KEYS[name]:
+        return [tl_key(name)]
+    return [tl_key(name, l, grouped) for l in range(n_layers)]
 
 
 # ---------------------------------------------------------------------------- config
@@ -96,8 +109,12 @@ def _refuse_unsupported(c: dict[str, Any], source: str) -> None:
         return QkovError(f"{source}: {what}, which qkov's model does not have")
 
     pos = c.get("positional_embedding_type", "standard")
-    if pos not in ("standard", "shortformer"):
-        raise bad(f"positional_embedding_type={pos!r} (qkov has 'standard' and 'shortformer')")
+    if pos not in ("standard", "shortformer", "rotary"):
+        raise bad(f"positional_embedding_type={pos!r} (qkov has standard, shortformer, rotary)")
+    if pos == "rotary" and c.get("rotary_adjacent_pairs", False):
+        raise bad("rotary_adjacent_pairs=True (GPT-J's interleaved rotary layout)")
+    if pos == "rotary" and c.get("use_yarn_rope", False):
+        raise bad("use_yarn_rope=True (YaRN's rescaled rotary frequencies and scores)")
     norm = c.get("normalization_type", "LN")  # TL's default
     if norm not in NORMALIZATIONS:
         raise bad(f"normalization_type={norm!r} (qkov reads None, LN, LNPre, RMS, RMSPre)")
@@ -106,17 +123,11 @@ def _refuse_unsupported(c: dict[str, Any], source: str) -> None:
             f"{source}: shortformer positions with normalization_type={norm!r} are not "
             "supported (qkov refuses shortformer with a learned norm): use 'standard' positions"
         )
-    if norm is not None and abs(float(c.get("eps", RMS_EPS)) - RMS_EPS) > 1e-12:
-        raise bad(f"eps={c['eps']} (qkov's norms use eps={RMS_EPS})")
     if norm in ("LN", "LNPre") and c.get("final_rms", False):
         raise bad("final_rms=True with LayerNorm blocks (an RMS final norm after LN blocks)")
     if not c.get("attn_only", False):
-        if c.get("gated_mlp", False):
-            raise bad("gated_mlp=True (an MLP with W_gate)")
         if c.get("num_experts"):
             raise bad(f"num_experts={c['num_experts']} (a mixture-of-experts MLP)")
-        if c.get("parallel_attn_mlp", False):
-            raise bad("parallel_attn_mlp=True (attention and MLP both reading resid_pre)")
         act = c.get("act_fn", "relu")  # TL's default
         if act not in ACT_FNS:
             raise bad(f"act_fn={act!r} (qkov reads {', '.join(ACT_FNS)})")
@@ -124,7 +135,6 @@ def _refuse_unsupported(c: dict[str, Any], source: str) -> None:
         raise bad(f"original_architecture={c['original_architecture']!r} (post-norm blocks)")
     checks = {  # key: (TL's default, the value qkov needs)
         "attention_dir": ("causal", "causal"),
-        "n_key_value_heads": (None, None),
         "use_local_attn": (False, False),
         "use_qk_norm": (False, False),
         "use_normalization_before_and_after": (False, False),
@@ -167,6 +177,14 @@ def check_config(c: dict[str, Any], source: str) -> tuple[ModelConfig, str | Non
     else:
         scale = 1.0
     seed = c.get("seed")
+    pos = c.get("positional_embedding_type", "standard")
+    rotary = {}
+    if pos == "rotary":
+        rotary = {
+            "rotary_dim": c.get("rotary_dim"),
+            "rotary_base": float(c.get("rotary_base", 1e4)),
+        }
+        rotary["rotary_scaling"] = _rotary_scaling(c)
     cfg = ModelConfig(
         n_layers=int(c["n_layers"]),
         n_heads=int(c["n_heads"]),
@@ -174,14 +192,35 @@ def check_config(c: dict[str, Any], source: str) -> tuple[ModelConfig, str | Non
         d_head=d_head,
         n_ctx=int(c["n_ctx"]),
         d_vocab=int(c["d_vocab"]),
-        positional=c.get("positional_embedding_type", "standard"),
+        positional=pos,
         seed=seed if isinstance(seed, int) and seed >= 0 else 0,
         normalization=NORMALIZATIONS[norm],
         d_mlp=d_mlp,
         act_fn=ACT_FNS[c.get("act_fn", "relu")] if d_mlp else ModelConfig.act_fn,
         bias=True,
+        parallel=bool(d_mlp and c.get("parallel_attn_mlp", False)),
+        gated_mlp=bool(d_mlp and c.get("gated_mlp", False)),
+        n_kv_heads=c.get("n_key_value_heads") or None,
+        norm_eps=float(c.get("eps", RMS_EPS)),
+        **rotary,
     )
     return cfg, norm, scale
+
+
+def _rotary_scaling(c: dict[str, Any]) -> dict[str, Any] | None:
+    """TL's rescaled rotary frequencies as qkov's `rotary_scaling`: NTK-by-parts (Llama 3.1,
+    computed as transformers' "llama3") or a linear rotary_scaling_factor (which TL leaves
+    unused under NTK-by-parts)."""
+    if c.get("use_NTK_by_parts_rope", False):
+        return {
+            "rope_type": "llama3",
+            "factor": float(c.get("NTK_by_parts_factor", 8.0)),
+            "low_freq_factor": float(c.get("NTK_by_parts_low_freq_factor", 1.0)),
+            "high_freq_factor": float(c.get("NTK_by_parts_high_freq_factor", 4.0)),
+            "original_max_position_embeddings": int(c.get("NTK_original_ctx_len", 8192)),
+        }
+    factor = float(c.get("rotary_scaling_factor") or 1.0)
+    return None if factor == 1.0 else {"rope_type": "linear", "factor": factor}
 
 
 # ---------------------------------------------------------------------------- state dict
@@ -238,9 +277,9 @@ def read_state_dict(
     Absent biases and LN biases read as zeros (TL's init); "LNPre" has no norm weights in
     the state dict, so they read as w = 1, b = 0."""
     shapes = weight_shapes(cfg)
-    L = cfg.n_layers
+    L, grouped = cfg.n_layers, cfg.n_kv_heads < cfg.n_heads
     stored = {n for n in shapes if norm != "LNPre" or not n.startswith("ln")}
-    expected = {key for n in stored for key in tl_keys(n, L)}
+    expected = {key for n in stored for key in tl_keys(n, L, grouped)}
     _check_keys(sd, expected, cfg, norm, source)
 
     def default(name: str, key: str, shape: tuple[int, ...]) -> Tensor:
@@ -250,7 +289,7 @@ def read_state_dict(
         return torch.full(shape, fill, dtype=torch.float64)
 
     def read(name: str, shape: tuple[int, ...], l: int | None = None) -> Tensor:
-        key = tl_key(name, l)
+        key = tl_key(name, l, grouped)
         return _read_tensor(sd[key], shape, key, source) if key in sd else default(name, key, shape)
 
     weights = {}

@@ -138,6 +138,8 @@ NTK = dict(  # Llama 3.1's bands at d_head 8: wavelengths 6.3, 19.9, 62.8, 199 a
 CHECKPOINT_OPTIONS = [
     ("LN", "gelu", PYTHIA, dict(rotary_dim=4, rotary_base=300.0, parallel=True)),
     ("RMS", "silu", LLAMA, dict(gated_mlp=True, n_kv_heads=2, norm_eps=1e-6)),
+    # TL's grouped attention with as many key/value heads as heads (its keys are "_W_K")
+    ("RMS", "silu", LLAMA | {"n_key_value_heads": 4}, dict(n_kv_heads=4)),
     (
         "RMS",
         "silu",

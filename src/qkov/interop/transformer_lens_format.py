@@ -277,7 +277,8 @@ def read_state_dict(
     Absent biases and LN biases read as zeros (TL's init); "LNPre" has no norm weights in
     the state dict, so they read as w = 1, b = 0."""
     shapes = weight_shapes(cfg)
-    L, grouped = cfg.n_layers, cfg.n_kv_heads < cfg.n_heads
+    # TL's grouped-query attention (n_key_value_heads set, even to n_heads) keys "_W_K"
+    L, grouped = cfg.n_layers, any(key.endswith(".attn._W_K") for key in sd)
     stored = {n for n in shapes if norm != "LNPre" or not n.startswith("ln")}
     expected = {key for n in stored for key in tl_keys(n, L, grouped)}
     _check_keys(sd, expected, cfg, norm, source)

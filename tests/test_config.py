@@ -21,6 +21,8 @@ def test_json_round_trip():
         d_model=24, positional="rotary", rotary_scaling={"rope_type": "linear", "factor": 4.0}
     )
     assert ModelConfig.from_json(scaled.to_json()) == scaled
+    # hashable like any config, equal ones alike (its rotary_scaling is a dict)
+    assert len({scaled, ModelConfig.from_json(scaled.to_json()), cfg, ModelConfig()}) == 3
 
 
 def test_configs_written_before_normalization_load_as_the_norm_free_model():

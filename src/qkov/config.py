@@ -227,6 +227,10 @@ class ModelConfig:
                 f"{scaling['low_freq_factor']} and {scaling['high_freq_factor']}"
             )
 
+    def __hash__(self) -> int:  # rotary_scaling is a dict: hashed as its sorted items
+        values = (getattr(self, f.name) for f in dataclasses.fields(self))
+        return hash(tuple(tuple(sorted(v.items())) if isinstance(v, dict) else v for v in values))
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -140,6 +140,16 @@ def test_line_chart_x_ticks_in_tokens():
     assert "1.0" in ylabels and "2.0" in ylabels  # decimals follow the tick step
 
 
+def test_line_chart_counts_whole_checkpoints():
+    """x_integer (checkpoints in the order given, training steps): no tick between two
+    whole values, where a third checkpoint at 1.5 would be drawn."""
+    series = {"a": [[1, 1.0], [2, 2.0], [3, 1.5]]}
+    labels = lambda text: re.findall(r'text-anchor="middle">([^<]*)</text>', text)  # noqa: E731
+    assert "1.5" in labels(line_chart(series, "x", "checkpoint", "y", x_format=str))
+    whole = labels(line_chart(series, "x", "checkpoint", "y", x_format=str, x_integer=True))
+    assert whole[:3] == ["1.0", "2.0", "3.0"] and "1.5" not in whole
+
+
 def test_line_chart_gaps_empty_and_nan():
     text = line_chart({"a": [[0, 1.0], [1, None], [2, 2.0], [3, 2.5]]}, "x", "t", "y")
     _, _, lines = _frame_and_lines(text)

@@ -90,7 +90,9 @@ def forming_page(rows: list[dict[str, Any]], title: str, pinned: str | None = No
             legend: [[x, _finite(r.get(key))] for x, r in zip(xs, rows, strict=True)]
             for legend, key in keys.items()
         }
-        chart = line_chart(series, chart_title, x_label, y_label, width=420, x_format=x_format)
+        chart = line_chart(
+            series, chart_title, x_label, y_label, width=420, x_format=x_format, x_integer=not log_x
+        )
         if chart:
             figures.append(f"<figure>{chart}<figcaption>{esc(chart_title)}</figcaption></figure>")
     halves = {r.get("repetition_half_len") for r in rows} - {None}

@@ -179,9 +179,11 @@ def line_chart(
     height: int = 220,
     x_format: Callable[[float], str] = si,
     band: tuple[float, float] | None = None,
+    x_integer: bool = False,
 ) -> str:
     """Lines of [x, y] points with axes, ticks and a legend; None values break the line.
-    The y-range covers every point of every series drawn; `band` shades an x interval."""
+    The y-range covers every point of every series drawn; `band` shades an x interval;
+    x_integer: x counts something (checkpoints, steps), so only whole x values are ticked."""
     left, right, top, bottom = 52, 12, 10, 36
     pts = {
         k: [(float(p[0]), p[1]) for p in v if p and p[0] is not None and math.isfinite(p[0])]
@@ -219,6 +221,8 @@ def line_chart(
             f'text-anchor="end">{esc(_tick_text(t, step))}</text>'
         )
     for t in ticks(x0, x1):
+        if x_integer and t != int(t):
+            continue
         out.append(
             f'<text x="{_c(sx(t))}" y="{top + ph + 13}" class="tick" '
             f'text-anchor="middle">{esc(x_format(t))}</text>'

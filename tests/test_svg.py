@@ -156,6 +156,9 @@ def test_line_chart_gaps_empty_and_nan():
     assert [len(line) for line in lines] == [1, 2]  # None breaks the line
     assert svg(text).findall("s:circle", NS)  # a lone point is still drawn
     assert line_chart({}, "x", "t", "y") == ""
+    # a series with nothing to draw is left out of the legend too
+    with_empty = line_chart({"a": [[0, 1.0], [1, 2.0]], "unmeasured": [[0, None]]}, "x", "t", "y")
+    assert "unmeasured" not in with_empty and ">a<" in with_empty
     assert line_chart({"a": [[0, math.nan], [1, None]]}, "x", "t", "y") == ""
 
 

@@ -189,6 +189,8 @@ def line_chart(
         k: [(float(p[0]), p[1]) for p in v if p and p[0] is not None and math.isfinite(p[0])]
         for k, v in series.items()
     }
+    # a series with no value to draw (a score not measured) has no line and no legend entry
+    pts = {k: v for k, v in pts.items() if any(y is not None and math.isfinite(y) for _, y in v)}
     xs = [x for v in pts.values() for x, _ in v]
     ys = [y for v in pts.values() for _, y in v if y is not None and math.isfinite(y)]
     if not xs or not ys:

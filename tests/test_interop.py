@@ -564,3 +564,24 @@ def test_export_refuses_a_gated_mlp_with_a_nonzero_b_in():
         to_transformer_lens(model)
     msg = str(e.value)
     assert "\n" not in msg and "a gated MLP with a nonzero b_in" in msg
+
+
+def test_every_command_reads_a_transformer_lens_folder(tmp_path, capsys):
+    """A folder `save_transformer_lens` wrote (TL's config.json and model.safetensors) is a
+    checkpoint folder like any: `qkov.load` converts it exactly (no TL needed), and the
+    commands read it; one with .pt weights only is refused with one line."""
+    from qkov import load
+    from qkov.cli import main
+
+    model = qkov_model(**EXPORTS[-2])  # Llama's options: rotary rescaled, gated, grouped
+    folder = save_transformer_lens(model, tmp_path / "tl")
+    back = load(folder)
+    assert back.cfg == model.cfg
+    assert all(torch.equal(back.weights()[k], v) for k, v in model.weights().items())
+    assert main(["info", str(folder)]) == 0
+    assert "rotary_scaling" in capsys.readouterr().out
+    assert main(["heads", str(folder)]) == 0
+    (folder / "model.safetensors").rename(tmp_path / "elsewhere.safetensors")
+    torch.save({}, folder / "weights.pt")
+    with pytest.raises(QkovError, match="TransformerLens folder without model.safetensors"):
+        load(folder)

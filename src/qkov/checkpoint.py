@@ -108,7 +108,12 @@ def folder_size(path: str | Path) -> FolderSize:
         return FolderSize(
             folder.cfg, folder.load_bytes(torch.float32), folder.tokenizer is not None
         )
-    cfg = ModelConfig.load(path / CONFIG)
+    if is_tl_folder(path):
+        from qkov.interop.transformer_lens_format import cfg_dict, check_config
+
+        cfg = check_config(cfg_dict(read_json(path / CONFIG)), str(path / CONFIG))[0]
+    else:
+        cfg = ModelConfig.load(path / CONFIG)
     stored = (path / WEIGHTS).stat().st_size if (path / WEIGHTS).is_file() else 0
     return FolderSize(cfg, stored + 4 * cfg.n_params, (path / TOKENIZER).is_file())
 
@@ -155,8 +160,10 @@ def check_folders(
 def load(
     path: str | Path, device: str | torch.device = "cpu", *, for_analysis: bool = False
 ) -> Transformer:
-    """Load a checkpoint directory (a qkov run, or a Hugging Face folder of a GPT-2, GPT-NeoX
-    or Llama-family model: `qkov.hf`); the tokenizer (if present) is at `model.tokenizer`.
+    """Load a checkpoint directory (a qkov run, a Hugging Face folder of a GPT-2, GPT-NeoX
+    or Llama-family model: `qkov.hf`, or a TransformerLens folder as
+    `qkov.interop.save_transformer_lens` writes it); the tokenizer (if present) is at
+    `model.tokenizer`.
     A Hugging Face folder that would not fit in the memory available is refused before a
     weight is read; for_analysis counts the fold the analyses make too (`qkov.hf.load_hf`)."""
     path = Path(path)
@@ -165,6 +172,50 @@ def load(
 
     if is_hf_folder(path):
         return load_hf(path, device, for_analysis=for_analysis)
+    if is_tl_folder(path):
+        model = _load_tl_folder(path)
+    else:
+        model = _load_qkov_folder(path)
+    if (path / TOKENIZER).is_file():
+        tok = load_tokenizer(path / TOKENIZER)
+        if tok.get_vocab_size() > model.cfg.d_vocab:
+            raise QkovError(
+                f"{path / TOKENIZER} has {tok.get_vocab_size()} tokens but the model has "
+                f"d_vocab={model.cfg.d_vocab}: the tokenizer belongs to another model"
+            )
+        model.tokenizer = tok
+    if (path / TOKEN_COUNTS).is_file():
+        model.token_counts = read_token_counts(path / TOKEN_COUNTS, model.cfg.d_vocab)
+    return model.to(device)
+
+
+def is_tl_folder(path: Path) -> bool:
+    """True when path/config.json is a TransformerLens config (HookedTransformerConfig's
+    fields, as `qkov.interop.save_transformer_lens` writes them): qkov's has `positional`,
+    TL's `positional_embedding_type` or `normalization_type`."""
+    try:
+        data = json.loads((Path(path) / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    keys = ("positional_embedding_type", "normalization_type")
+    return isinstance(data, dict) and "positional" not in data and any(k in data for k in keys)
+
+
+def _load_tl_folder(path: Path) -> Transformer:
+    """A TransformerLens folder's model, converted exactly (`qkov.interop`; no TL needed),
+    from its model.safetensors only: its .pt weights are read in Python, on request."""
+    from qkov.interop import load_transformer_lens
+
+    if not (path / WEIGHTS).is_file():
+        raise QkovError(
+            f"{path} is a TransformerLens folder without {WEIGHTS}: the commands read "
+            "safetensors only; qkov.interop.load_transformer_lens(FILE) reads a .pt in Python"
+        )
+    return load_transformer_lens(path / WEIGHTS, read_json(path / CONFIG))
+
+
+def _load_qkov_folder(path: Path) -> Transformer:
+    """A folder `qkov train` (or `qkov.save_model`) wrote."""
     cfg = ModelConfig.load(path / CONFIG)
     weights = load_safetensors(path / WEIGHTS)
     check_weight_shapes(
@@ -172,17 +223,7 @@ def load(
     )  # before allocating what config.json asks
     model = Transformer.empty(cfg)  # every weight is then written
     model.load_weights(weights, source=str(path / WEIGHTS))
-    if (path / TOKENIZER).is_file():
-        tok = load_tokenizer(path / TOKENIZER)
-        if tok.get_vocab_size() > cfg.d_vocab:
-            raise QkovError(
-                f"{path / TOKENIZER} has {tok.get_vocab_size()} tokens but the model has "
-                f"d_vocab={cfg.d_vocab}: the tokenizer belongs to another model"
-            )
-        model.tokenizer = tok
-    if (path / TOKEN_COUNTS).is_file():
-        model.token_counts = read_token_counts(path / TOKEN_COUNTS, cfg.d_vocab)
-    return model.to(device)
+    return model
 
 
 def token_counts_record(counts: list[int], corpus: str) -> dict:

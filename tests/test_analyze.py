@@ -70,6 +70,31 @@ def test_a_text_too_short_to_evaluate_is_refused():
         evaluation_set(model, text="w1 w2 w3")
 
 
+def test_text_windows_each_start_as_the_tokenizer_starts_a_text():
+    """A tokenizer that puts a beginning-of-text token in front of every text (Llama's, by
+    its post-processor) gets it in front of every evaluation window, each followed by the
+    next stretch of the text; without one, the windows are the text's consecutive ids."""
+    from tokenizers import processors
+
+    from qkov.data.evaluation import text_prefix
+
+    tok = make_model(1).tokenizer
+    text = " ".join(f"w{i % 7}" for i in range(200))
+    plain = text_windows(tok, text, 16, "t.txt")
+    ids = tok.encode(text).ids
+    assert plain.tokens.flatten().tolist() == ids[: plain.tokens.numel()]
+    assert text_prefix(tok, text) == ([], ids)
+    tok.add_special_tokens(["<bos>"])
+    bos = tok.token_to_id("<bos>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", bos)]
+    )
+    ev = text_windows(tok, text, 16, "t.txt")
+    assert (ev.tokens[:, 0] == bos).all() and ev.tokens.shape[1] == 16
+    assert ev.tokens[:, 1:].flatten().tolist() == ids[: ev.tokens.shape[0] * 15]
+    assert "each starting with <bos>" in ev.description
+
+
 def test_general_model_gets_every_analysis_with_its_mlp_terms():
     """A model with MLPs, biases and layernorm gets everything an attention-only model gets
     (heads, composition, induction circuits, trigrams, attention, term importance), and its

@@ -119,18 +119,38 @@ def heldout_documents(
 def text_windows(
     tokenizer: Any, text: str, n_ctx: int, name: str, max_sequences: int = DEFAULT_SEQUENCES
 ) -> EvaluationSet:
-    """Consecutive windows of min(n_ctx, length) tokens of `text` (named `name`)."""
-    ids = tokenizer.encode(text).ids
+    """Consecutive windows of min(n_ctx, length) tokens of `text` (named `name`). A
+    tokenizer that puts tokens in front of every text (Llama's beginning-of-text token, by
+    its post-processor) puts them in front of every window, as the model reads any text:
+    a later window would otherwise start mid-text without them, which such a model never
+    saw in training (`text_prefix`)."""
+    prefix, body = text_prefix(tokenizer, text)
+    ids = prefix + body
     if len(ids) < MIN_TOKENS:
         raise QkovError(
             f"{name} encodes to {len(ids)} tokens: evaluation needs at least {MIN_TOKENS}; "
             "pass a longer text"
         )
     n = min(n_ctx, len(ids))
-    rows = [ids[i : i + n] for i in range(0, len(ids) - n + 1, n)][:max_sequences]
-    return EvaluationSet(
-        torch.tensor(rows, dtype=torch.long), f"{name} ({len(rows)} windows of {n} tokens)", "text"
-    )
+    step = n - len(prefix)
+    rows = [prefix + body[i : i + step] for i in range(0, len(body) - step + 1, step)]
+    rows = rows[:max_sequences]
+    what = f"{len(rows)} windows of {n} tokens"
+    if prefix:
+        shown = ", ".join(str(tokenizer.id_to_token(i)) for i in prefix)
+        what += f", each starting with {shown}"
+    return EvaluationSet(torch.tensor(rows, dtype=torch.long), f"{name} ({what})", "text")
+
+
+def text_prefix(tokenizer: Any, text: str) -> tuple[list[int], list[int]]:
+    """(the ids the tokenizer puts in front of `text`, the text's own ids): ([], all of
+    them) for a tokenizer without such tokens, or one that also adds tokens after a text."""
+    ids = tokenizer.encode(text).ids
+    body = tokenizer.encode(text, add_special_tokens=False).ids
+    k = len(ids) - len(body)
+    if k > 0 and ids[k:] == body:
+        return ids[:k], body
+    return [], ids
 
 
 def random_tokens(d_vocab: int, n_ctx: int, n_sequences: int = 16, seed: int = 0) -> EvaluationSet:

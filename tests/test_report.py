@@ -837,3 +837,26 @@ def test_the_fold_note_says_what_each_norm_folds():
     assert "RMSNorm" in rmsnorm and "learned weight is folded" in rmsnorm
     assert "bias" not in rmsnorm and "centred" not in rmsnorm
     assert "qkov.fold" not in config_notes({"normalization": "none"})
+
+
+def test_one_sequence_has_no_standard_error_rather_than_one_of_zero():
+    """An ICL score over one sequence has no standard error (NaN in IclResult, null in
+    analysis.json): the card, and `qkov analyze`'s summary line, say so instead of the
+    "± 0.000" or "± -" they showed."""
+    from qkov.cli.analyze import summary
+    from qkov.report.cards import icl_text
+
+    one = {"score": -0.257, "stderr": None, "early": [2, 4], "late": [30, 32], "n_sequences": 1}
+    text = icl_text(one)
+    assert "(one sequence: no standard error)" in text and "\u00b1" not in text
+    assert text.endswith("; 1 sequence)")
+    many = icl_text(one | {"stderr": 0.145, "n_sequences": 63})
+    assert "-0.257 \u00b1 0.145 nats" in many and many.endswith("; 63 sequences)")
+    rec = {
+        "name": "m",
+        "evaluation": {"description": "a text"},
+        "loss": {"value": 5.6, "n_tokens": 31},
+        "icl": one,
+    }
+    (line,) = summary({"models": [rec]})
+    assert line.endswith("ICL score -0.257 (one sequence: no standard error)")

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from qkov.cli.flags import add_download_flag, add_token_filter_flags, min_token_count, model_dirs
+from qkov.report.fmt import stderr_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -95,7 +96,7 @@ def summary(analysis: dict) -> list[str]:
         )
         icl = rec.get("icl")
         if icl and icl.get("score") is not None:
-            line += f"; ICL score {icl['score']:+.3f} ± {icl['stderr'] or 0:.3f}"
+            line += f"; ICL score {icl['score']:+.3f}{stderr_text(icl.get('stderr'))}"
         for c in rec.get("induction_circuits", []):
             (l1, h1), (l0, h0) = c["induction_head"], c["partner_head"]
             line += (

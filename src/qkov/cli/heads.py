@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     from qkov.icl import icl_from_losses, icl_score
     from qkov.io import atomic_write_text, check_output_file
     from qkov.progress import Stages
+    from qkov.report.fmt import stderr_text
 
     if args.json:
         check_output_file(args.json, "--json")
@@ -148,8 +149,8 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"\nICL score on {where}: mean loss on tokens {icl.late[0]}-{icl.late[1] - 1} "
             f"({icl.loss_late:.3f}) - on tokens {icl.early[0]}-{icl.early[1] - 1} "
-            f"({icl.loss_early:.3f}) = {icl.score:+.3f} ± {icl.stderr:.3f} (standard error "
-            f"over {icl.n_sequences} sequences)"
+            f"({icl.loss_early:.3f}) = {icl.score:+.3f}"
+            + stderr_text(icl.stderr, f" (standard error over {icl.n_sequences} sequences)")
         )
         result["icl"] = icl.to_dict()
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from qkov.report.escape import esc
-from qkov.report.fmt import count, num
+from qkov.report.fmt import count, num, stderr_text
 from qkov.report.svg import hbar_chart
 
 RMS_NOTE = (
@@ -87,9 +87,9 @@ def icl_text(icl: dict | None) -> str | None:
         return f"{w[0]}\u2013{w[1] - 1}" if all(isinstance(x, int) for x in w) else "?"
 
     return (
-        f"{num(icl['score'], signed=True)} \u00b1 {num(icl.get('stderr'))} nats (mean loss on "
+        f"{num(icl['score'], signed=True)}{stderr_text(icl.get('stderr'))} nats (mean loss on "
         f"tokens {tokens(late)} minus on tokens {tokens(early)}; "
-        f"{count(icl.get('n_sequences'))} sequences)"
+        f"{count(icl.get('n_sequences'))} sequence{'s' * (icl.get('n_sequences') != 1)})"
     )
 
 

@@ -57,3 +57,12 @@ def si(x: Any) -> str:
         if abs(v) >= factor:
             return f"{v / factor:.3g}{suffix}"
     return f"{v:.3g}"
+
+
+def stderr_text(stderr: float | None, over: str = "") -> str:
+    """The spread after a mean: " \u00b1 0.131" and `over` (what it is the standard error
+    over), or, for a single sequence (NaN in an IclResult, null in analysis.json), that
+    there is no spread to show, not a spread of 0."""
+    if stderr is None or not math.isfinite(stderr):
+        return " (one sequence: no standard error)"
+    return f" \u00b1 {stderr:.3f}{over}"

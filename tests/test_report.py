@@ -860,3 +860,20 @@ def test_one_sequence_has_no_standard_error_rather_than_one_of_zero():
     }
     (line,) = summary({"models": [rec]})
     assert line.endswith("ICL score -0.257 (one sequence: no standard error)")
+
+
+def test_the_card_shows_the_rotary_options_only_where_positions_rotate():
+    """rotary_dim, rotary_base and rotary_scaling say nothing about a model without rotary
+    positions (the shipped ones): left out of its card; a rotary model's card shows them,
+    its rescaling as analysis.json spells it."""
+    from qkov.report.cards import model_cards
+
+    base = {"n_layers": 2, "positional": "shortformer", "rotary_dim": None}
+    base |= {"rotary_base": 10000.0, "rotary_scaling": None}
+    plain = model_cards([{"name": "m", "config": base}])
+    assert "rotary" not in plain and "shortformer" in plain
+    scaling = {"rope_type": "linear", "factor": 2.0}
+    rotary = base | {"positional": "rotary", "rotary_dim": 64, "rotary_scaling": scaling}
+    card = model_cards([{"name": "m", "config": rotary}])
+    assert ">rotary_dim<" in card and ">rotary_base<" in card
+    assert "{&quot;rope_type&quot;: &quot;linear&quot;, &quot;factor&quot;: 2.0}" in card

@@ -95,8 +95,14 @@ def icl_text(icl: dict | None) -> str | None:
 
 def _card_rows(m: dict) -> str:
     cfg = m.get("config") or {}
-    # a nested value (a checkpoint's rotary_scaling) as analysis.json spells it
-    shown = {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in cfg.items()}
+    # a nested value (a checkpoint's rotary_scaling) as analysis.json spells it; the rotary
+    # options only where positions rotate
+    rotary = cfg.get("positional") == "rotary"
+    shown = {
+        k: json.dumps(v) if isinstance(v, (dict, list)) else v
+        for k, v in cfg.items()
+        if rotary or not k.startswith("rotary_")
+    }
     rows = "".join(_row(str(k), esc(v)) for k, v in shown.items())
     if m.get("n_params") is not None:
         rows += _row("parameters", esc(count(m["n_params"])))

@@ -13,6 +13,7 @@ import torch
 from factories import general_model, induction_model, probed_run
 from qkov.composition import baseline_scores
 from qkov.config import ModelConfig
+from qkov.errors import QkovError
 from qkov.induction_circuit import induction_circuit
 from qkov.repetition import loss_by_count, pool_count_bins, repetition_test
 from qkov.snapshots import list_snapshots, load_snapshot, snapshot_steps
@@ -377,3 +378,56 @@ def test_repeated_token_logit_caches_no_d_model_wide_output_per_head(monkeypatch
     assert cached and max(s.numel() for s in cached) <= batch * pos * d_model, cached
     x = r.repeated_token_logit
     assert sum(x.writers.values()) == pytest.approx(x.logit, rel=1e-3, abs=1e-4)
+
+
+def _bos_tokenizer(d_vocab: int, bos: int):
+    """A word-level tokenizer of d_vocab ids whose post-processor puts `bos` in front of
+    every text, as Llama's does."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {f"w{i}": i for i in range(d_vocab)} | {"<unk>": bos - 1, "<bos>": bos}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", bos)]
+    )
+    return tok
+
+
+def test_the_random_token_tests_start_as_a_text_starts():
+    """A model whose tokenizer puts a beginning-of-text token in front of every text
+    (Llama's) reads the repetition test and the head probe after that token, as it reads
+    any text (TransformerLens prepends one too); the test's losses are still the halves'
+    and its split still exact. A tokenizer without one (qkov's) changes nothing."""
+    from qkov.data.probes import induction_probe, repeated_random_tokens
+    from qkov.data.tokenizer import start_ids
+    from qkov.heads import head_scores, induction_score
+    from qkov.loss import token_losses
+    from qkov.repetition import repetition_half_len
+
+    model = general_model(normalization="rmsnorm", positional="rotary", bias=False, n_ctx=12)
+    assert start_ids(None) == [] and repetition_half_len(model) == 6
+    model.tokenizer = _bos_tokenizer(40, 39)
+    assert start_ids(model.tokenizer) == [39] and repetition_half_len(model) == 5
+    r = repetition_test(model, batch=3, half_len=4, seed=1)
+    tokens = repeated_random_tokens(40, 3, 4, 1, prefix=[39])  # [3, 1 + 8]
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(tokens)
+    losses = token_losses(logits, tokens)  # column t-1 predicts token t
+    assert r.first_half_loss == pytest.approx(float(losses[:, 1:4].mean()), rel=1e-5)
+    assert r.repeated_half_loss == pytest.approx(float(losses[:, 5:8].mean()), rel=1e-5)
+    want = torch.stack([induction_score(cache[f"pattern.{l}"], tokens, 4) for l in range(2)])
+    torch.testing.assert_close(r.induction_scores, want)
+    x = r.repeated_token_logit
+    assert x.log_sum_exp - x.logit == pytest.approx(r.repeated_half_loss, rel=1e-4)
+    assert sum(x.writers.values()) == pytest.approx(x.logit, rel=1e-3, abs=1e-4)
+    with pytest.raises(QkovError, match="use half_len <= 5"):
+        repetition_test(model, half_len=6)
+    probe = induction_probe(40, 16, 12, 0, prefix=[39])
+    scores = head_scores(model, copying=False)
+    on_probe = head_scores(model, probe.tokens, half_len=probe.half_lens, copying=False)
+    torch.testing.assert_close(scores.induction, on_probe.induction)
+    torch.testing.assert_close(scores.previous_token, on_probe.previous_token)
+    from qkov.data.evaluation import evaluation_set  # no text, no corpus: the probe
+
+    assert (evaluation_set(model).tokens[:, 0] == 39).all()

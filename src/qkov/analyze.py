@@ -41,7 +41,7 @@ from qkov.metrics import phase_change, training_history
 from qkov.model import AttnOnlyTransformer
 from qkov.progress import Stages
 from qkov.qk_terms import QK_MAX_ORDER, qk_expansions
-from qkov.repetition import repetition_test
+from qkov.repetition import repetition_half_len, repetition_test
 from qkov.report import SCHEMA_VERSION, dumps, render_report
 from qkov.training_probe import training_probe
 from qkov.trigrams import (
@@ -259,7 +259,7 @@ def analyze_model(
     rec["induction_circuits"] = induction_circuits(cls)
     # The peers' test: 10 sequences, a block of 50 (or n_ctx / 2) repeated once.
     stage("repeated random tokens test")
-    half = min(50, cfg.n_ctx // 2)
+    half = repetition_half_len(model)
     if half >= 4:
         rec["repetition"] = repetition_test(model, half_len=half, seed=seed).to_dict()
     else:

@@ -25,6 +25,7 @@ from qkov.data.probes import (
     default_seq_len,
     induction_probe,
 )
+from qkov.data.tokenizer import start_ids
 from qkov.eigenvalues import eigenvalue_score, ov_eigenvalues
 from qkov.errors import QkovError
 from qkov.heads import HeadScores, head_scores, measurement
@@ -341,7 +342,13 @@ def classify_heads(
         log=log,
     )
     if tokens is None:  # the probe head_scores drew (same seed): for the knock-outs
-        probe = induction_probe(cfg.d_vocab, batch, seq_len or default_seq_len(cfg.n_ctx), seed)
+        probe = induction_probe(
+            cfg.d_vocab,
+            batch,
+            seq_len or default_seq_len(cfg.n_ctx),
+            seed,
+            prefix=start_ids(model.tokenizer),
+        )
         tokens, half_len = probe.tokens, probe.half_lens
     say = log or (lambda line: None)
     heads = [(l, h) for l in range(cfg.n_layers) for h in range(cfg.n_heads)]

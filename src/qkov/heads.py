@@ -58,6 +58,7 @@ from qkov.data.probes import (
     default_seq_len,
     induction_probe,
 )
+from qkov.data.tokenizer import start_ids
 from qkov.errors import QkovError
 from qkov.io import json_safe
 from qkov.model import AttnOnlyTransformer, Transformer
@@ -313,7 +314,13 @@ def head_scores(
     say = log or (lambda line: None)
     cfg = model.cfg
     if tokens is None:
-        probe = induction_probe(cfg.d_vocab, batch, seq_len or default_seq_len(cfg.n_ctx), seed)
+        probe = induction_probe(
+            cfg.d_vocab,
+            batch,
+            seq_len or default_seq_len(cfg.n_ctx),
+            seed,
+            prefix=start_ids(model.tokenizer),  # as a text would start (Llama's BOS)
+        )
         tokens, half_len, measured_on = probe.tokens, probe.half_lens, "random_tokens"
     else:
         measured_on = "tokens"

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from qkov.data.probes import repeated_random_tokens
+from qkov.data.tokenizer import start_ids
 from qkov.errors import QkovError
 from qkov.heads import induction_score
 from qkov.loss import token_losses
@@ -224,12 +225,21 @@ class RepetitionTest:
 def repetition_test(
     model: Transformer, batch: int = 10, half_len: int = 50, seed: int = 0, split: bool = True
 ) -> RepetitionTest:
-    """Run the test on `model` (its sequences are 2 * half_len tokens, which must fit n_ctx).
-    split=False leaves out both splits of the repeated half (None): `repeated_token_logit`,
-    the costly part (a fold of the model and a logit pass per layer group), and
-    `by_training_count`; the scores and losses are the same."""
+    """Run the test on `model`: its sequences are 2 * half_len tokens after what the model's
+    tokenizer puts in front of any text (Llama's beginning-of-text token; `start_ids`: p
+    tokens), which must fit n_ctx (`repetition_half_len`). split=False leaves out both
+    splits of the repeated half (None): `repeated_token_logit`, the costly part (a fold of
+    the model and a logit pass per layer group), and `by_training_count`; the scores and
+    losses are the same."""
     cfg = model.cfg
-    tokens = repeated_random_tokens(cfg.d_vocab, batch, half_len, seed).to(model.device)
+    prefix = start_ids(model.tokenizer)
+    p = len(prefix)
+    if p + 2 * half_len > cfg.n_ctx:
+        raise QkovError(
+            f"the repetition test's {p} + 2 x {half_len} tokens do not fit n_ctx={cfg.n_ctx}: "
+            f"use half_len <= {(cfg.n_ctx - p) // 2}"
+        )
+    tokens = repeated_random_tokens(cfg.d_vocab, batch, half_len, seed, prefix).to(model.device)
     logits, cache = model.run_with_hooks(tokens, cache_names=lambda n: n.startswith("pattern."))
     scores = (
         torch.stack(
@@ -242,17 +252,18 @@ def repetition_test(
         else torch.zeros(0, cfg.n_heads)
     )
     losses = token_losses(logits, tokens)  # column t-1 predicts token t
-    first = losses[:, : half_len - 1]  # tokens 1 .. half_len-1
-    repeated = losses[:, half_len:]  # tokens half_len+1 .. 2*half_len-1
+    first = losses[:, p : p + half_len - 1]  # the block's tokens 1 .. half_len-1
+    repeated = losses[:, p + half_len :]  # the repeat's tokens 1 .. half_len-1
     counts = getattr(model, "token_counts", None)  # token_counts.json of the run, or None
     by_training_count = None
     if counts is not None and split:
         # tokens 1 .. half_len-1 are predicted twice: by the first half (columns 0 ..
         # half_len-2) and by the repeat (columns half_len .. 2*half_len-2)
-        t = tokens[:, 1:half_len]
+        t = tokens[:, p + 1 : p + half_len]
         centred = logits.float() - logits.float().mean(-1, keepdim=True)
-        first_logit = centred[:, : half_len - 1].gather(-1, t[..., None])[..., 0]
-        repeated_logit = centred[:, half_len : 2 * half_len - 1].gather(-1, t[..., None])[..., 0]
+        first_logit = centred[:, p : p + half_len - 1].gather(-1, t[..., None])[..., 0]
+        repeated_logit = centred[:, p + half_len : p + 2 * half_len - 1]
+        repeated_logit = repeated_logit.gather(-1, t[..., None])[..., 0]
         by_training_count = loss_by_count(repeated, first_logit, repeated_logit, t, counts)
     return RepetitionTest(
         batch=batch,
@@ -267,6 +278,12 @@ def repetition_test(
     )
 
 
+def repetition_half_len(model: Transformer) -> int:
+    """The peers' block, 50 tokens, or as many as n_ctx holds twice after the tokens the
+    model's tokenizer puts in front of any text (`start_ids`)."""
+    return min(50, (model.cfg.n_ctx - len(start_ids(model.tokenizer))) // 2)
+
+
 def top_heads(scores: Tensor, k: int = 3) -> list[tuple[int, int, float]]:
     """The k best of scores [n_layers, n_heads] as (layer, head, score), best first."""
     flat = scores.flatten()
@@ -278,7 +295,7 @@ def top_heads(scores: Tensor, k: int = 3) -> list[tuple[int, int, float]]:
 def repetition_record(
     model: Transformer, seed: int = 0, n_seeds: int = 1
 ) -> dict[str, float | int | str | None]:
-    """The test (seed, a block of min(50, n_ctx // 2)) as the flat keys of a training record
+    """The test (seed, a block of `repetition_half_len`) as the flat keys of a training record
     (`qkov.training_probe`, `qkov forming`): repetition_half_len, the best and second best
     head (repetition_induction_head, _score, repetition_second_head, _score: None where the
     model has no such head), repetition_first_half_loss, repetition_repeated_half_loss,
@@ -286,7 +303,7 @@ def repetition_record(
     half_len tokens a seed; {} where n_ctx holds no block of 4. n_seeds > 1: each head's
     score and each loss is the mean over seeds seed .. seed + n_seeds - 1 (the heads ranked
     by their mean), and the record says so (repetition_seeds)."""
-    half = min(50, model.cfg.n_ctx // 2)
+    half = repetition_half_len(model)
     if half < 4:
         return {}
     if n_seeds < 1:
@@ -315,7 +332,8 @@ def repetition_record(
 
 @torch.no_grad()
 def repeated_token_logit(model: Transformer, tokens: Tensor, half_len: int) -> RepeatedTokenLogit:
-    """Split the repeated half of tokens [batch, 2 * half_len] (a block repeated once) into
+    """Split the repeated half of tokens [batch, p + 2 * half_len] (p tokens in front, then a
+    block repeated once) into
     log_sum_exp - logit, and logit by writer (see `RepeatedTokenLogit`). Exact on every
     architecture: the model is folded (`qkov.fold.fold_layernorm`: a learned final norm's
     weight and bias go into W_U and b_U, layernorm's centring into the writers), so the
@@ -329,8 +347,9 @@ def repeated_token_logit(model: Transformer, tokens: Tensor, half_len: int) -> R
     # cached whole, head_out is [batch, head, pos, d_model] per layer (5.8 GB at TinyLlama).
     kinds = ("scale", "z", "mlp_out")
     logits, cache = m.run_with_cache(tokens, names=lambda n: n.split(".")[0] in kinds)
-    at = slice(half_len, 2 * half_len - 1)  # the positions that predict the repeat's tokens
-    t = tokens[:, half_len + 1 :]  # [batch, half_len - 1]
+    p = tokens.shape[1] - 2 * half_len  # the tokens in front of the block (`start_ids`)
+    at = slice(p + half_len, p + 2 * half_len - 1)  # the positions predicting the repeat
+    t = tokens[:, p + half_len + 1 :]  # [batch, half_len - 1]
     lg = logits[:, at].float()
     rival = lg.scatter(-1, t[..., None], -math.inf).argmax(-1)  # [batch, half_len - 1]
     W_U = w["W_U"].float()

@@ -17,6 +17,7 @@ import math
 import torch
 
 from qkov.data.probes import default_seq_len, induction_probe
+from qkov.data.tokenizer import start_ids
 from qkov.heads import induction_score, previous_token_score
 from qkov.icl import icl_from_logits
 from qkov.induction_circuit import Head, induction_circuit
@@ -39,7 +40,8 @@ def training_probe(
     repeated half's loss along training. head, partner: the circuit's heads, pinned
     (`induction_circuit`); by default the best head and its chosen partner."""
     cfg = model.cfg
-    probe = induction_probe(cfg.d_vocab, 8, default_seq_len(cfg.n_ctx, cap=64), seed)
+    prefix = start_ids(getattr(model, "tokenizer", None))  # as a text would start (Llama's BOS)
+    probe = induction_probe(cfg.d_vocab, 8, default_seq_len(cfg.n_ctx, cap=64), seed, prefix)
     tokens = probe.tokens.to(model.device)
     with torch.no_grad():
         logits, cache = model.run_with_hooks(tokens, cache_names=lambda n: n.startswith("pattern."))

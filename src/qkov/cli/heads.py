@@ -85,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from qkov.cli.analyze import read_text_file
     from qkov.data.evaluation import evaluation_set
     from qkov.data.probes import default_seq_len, induction_probe
+    from qkov.data.tokenizer import start_ids
     from qkov.errors import QkovError
     from qkov.heads import head_scores
     from qkov.icl import icl_from_losses, icl_score
@@ -110,7 +111,11 @@ def run(args: argparse.Namespace) -> int:
     # without a text or a corpus the evaluation set is the probe: its ICL score then reads the
     # losses of the probe's pass (a second forward pass takes ~25 s at 1B)
     probe = induction_probe(
-        cfg.d_vocab, args.batch_size, args.seq_len or default_seq_len(cfg.n_ctx), args.seed
+        cfg.d_vocab,
+        args.batch_size,
+        args.seq_len or default_seq_len(cfg.n_ctx),
+        args.seed,
+        prefix=start_ids(model.tokenizer),
     )
     icl_on_probe = ev.kind == "random_tokens" and torch.equal(ev.tokens, probe.tokens)
     stage(f"head scores on the repeated-token probe ({plural(cfg.n_layers * cfg.n_heads, 'head')})")
@@ -189,12 +194,14 @@ def _repetition(model) -> dict[str, object]:
     """Print and return the repetition test (seed 0) and the probe over seeds 0-7."""
     import torch
 
+    from qkov.data.tokenizer import start_ids
     from qkov.heads import head_scores
-    from qkov.repetition import repetition_test
+    from qkov.repetition import repetition_half_len, repetition_test
 
     cfg = model.cfg
-    if 2 * 50 > cfg.n_ctx:
-        print(f"\nrepetition test: needs n_ctx >= 100 (this model: {cfg.n_ctx}); skipped")
+    if repetition_half_len(model) < 50:  # the peers' block of 50, after any start token
+        need = 100 + len(start_ids(model.tokenizer))
+        print(f"\nrepetition test: needs n_ctx >= {need} (this model: {cfg.n_ctx}); skipped")
         return {}
     r = repetition_test(model)
     probes = torch.stack([head_scores(model, seed=s, copying=False).induction for s in range(8)])

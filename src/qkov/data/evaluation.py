@@ -21,7 +21,7 @@ from torch import Tensor
 
 from qkov.data.corpus import HELDOUT, SYNTHETIC, load_corpus, text_sha256
 from qkov.data.probes import induction_probe
-from qkov.data.tokenizer import no_tokenizer
+from qkov.data.tokenizer import no_tokenizer, start_ids, text_prefix
 from qkov.errors import QkovError
 from qkov.reprs import tensor, wrap
 
@@ -142,21 +142,17 @@ def text_windows(
     return EvaluationSet(torch.tensor(rows, dtype=torch.long), f"{name} ({what})", "text")
 
 
-def text_prefix(tokenizer: Any, text: str) -> tuple[list[int], list[int]]:
-    """(the ids the tokenizer puts in front of `text`, the text's own ids): ([], all of
-    them) for a tokenizer without such tokens, or one that also adds tokens after a text."""
-    ids = tokenizer.encode(text).ids
-    body = tokenizer.encode(text, add_special_tokens=False).ids
-    k = len(ids) - len(body)
-    if k > 0 and ids[k:] == body:
-        return ids[:k], body
-    return [], ids
-
-
-def random_tokens(d_vocab: int, n_ctx: int, n_sequences: int = 16, seed: int = 0) -> EvaluationSet:
-    """The seeded repeated-random-token probe (`induction_probe`) as an evaluation set."""
+def random_tokens(
+    d_vocab: int,
+    n_ctx: int,
+    n_sequences: int = 16,
+    seed: int = 0,
+    prefix: list[int] | tuple[int, ...] = (),
+) -> EvaluationSet:
+    """The seeded repeated-random-token probe (`induction_probe`) as an evaluation set, each
+    row after `prefix` (what the model's tokenizer puts in front of any text: `start_ids`)."""
     seq_len = min(n_ctx, 128)
-    probe = induction_probe(d_vocab, n_sequences, seq_len, seed)
+    probe = induction_probe(d_vocab, n_sequences, seq_len, seed, prefix=list(prefix))
     return EvaluationSet(
         probe.tokens,
         f"random tokens ending in a repeated block (the induction probe, seed {seed})",
@@ -212,4 +208,4 @@ def evaluation_set(
     corpus = training_corpus(run_dir) if run_dir is not None else None
     if corpus is not None and tok is not None:
         return heldout_documents(tok, corpus, cfg.n_ctx, max_sequences, heldout_of(run_dir))
-    return random_tokens(cfg.d_vocab, cfg.n_ctx, min(max_sequences, 16), seed)
+    return random_tokens(cfg.d_vocab, cfg.n_ctx, min(max_sequences, 16), seed, start_ids(tok))

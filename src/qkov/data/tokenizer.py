@@ -21,6 +21,24 @@ def no_tokenizer(name: str, what: str) -> str:
     )
 
 
+def text_prefix(tokenizer: Tokenizer, text: str) -> tuple[list[int], list[int]]:
+    """(the ids the tokenizer puts in front of `text`, the text's own ids): ([], all of
+    them) for a tokenizer without such tokens, or one that also adds tokens after a text."""
+    ids = tokenizer.encode(text).ids
+    body = tokenizer.encode(text, add_special_tokens=False).ids
+    k = len(ids) - len(body)
+    if k > 0 and ids[k:] == body:
+        return ids[:k], body
+    return [], ids
+
+
+def start_ids(tokenizer: Tokenizer | None) -> list[int]:
+    """The ids a tokenizer puts in front of any text (Llama's beginning-of-text token, by
+    its post-processor; [] for none, or no tokenizer). The random-token probes put them in
+    front of every row, as a text would have them (TransformerLens prepends its BOS too)."""
+    return [] if tokenizer is None else text_prefix(tokenizer, "a")[0]
+
+
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> Tokenizer:
     """Byte-level BPE with `vocab_size` tokens; id 0 is the document separator <|endoftext|>."""
     min_size = 256 + 1

@@ -93,6 +93,8 @@ def test_text_windows_each_start_as_the_tokenizer_starts_a_text():
     assert (ev.tokens[:, 0] == bos).all() and ev.tokens.shape[1] == 16
     assert ev.tokens[:, 1:].flatten().tolist() == ids[: ev.tokens.shape[0] * 15]
     assert "each starting with <bos>" in ev.description
+    one = text_windows(tok, " ".join(f"w{i % 7}" for i in range(10)), 16, "short.txt")
+    assert one.description.startswith("short.txt (1 window of 11 tokens, each starting")
 
 
 def test_general_model_gets_every_analysis_with_its_mlp_terms():

@@ -135,7 +135,7 @@ def text_windows(
     step = n - len(prefix)
     rows = [prefix + body[i : i + step] for i in range(0, len(body) - step + 1, step)]
     rows = rows[:max_sequences]
-    what = f"{len(rows)} windows of {n} tokens"
+    what = f"{len(rows)} window{'s' * (len(rows) != 1)} of {n} tokens"
     if prefix:
         shown = ", ".join(str(tokenizer.id_to_token(i)) for i in prefix)
         what += f", each starting with {shown}"

@@ -87,6 +87,20 @@ def test_info_describes_a_folder_from_its_headers(tmp_path, monkeypatch, capsys)
     assert rows["memory"].startswith(
         f"{load_kb / 1e3:.1f} kB to load, at least {analyse_kb / 1e3:.1f} kB to analyse"
     )  # a tiny folder: kB, as every size qkov prints is
+    # A tokenizer that puts <s> in front of every text (Llama's) says so: the random-token
+    # tests put it in front of every row (qkov.data.tokenizer.start_ids)
+    from tokenizers import processors
+
+    tok = tiny_tokenizer()
+    tok.add_special_tokens(["<s>"])
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", bos)]
+    )
+    tok.save(str(folder / "tokenizer.json"))
+    assert main(["info", str(folder)]) == 0
+    rows = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines()[1:])
+    assert rows["tokenizer"] == f"{tok.get_vocab_size():,} tokens, <s> in front of every text"
 
 
 @pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "llama", "qwen2"])

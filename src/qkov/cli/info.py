@@ -32,8 +32,7 @@ def run(args: argparse.Namespace) -> int:
     step = weights_step(args.dir)
     rows = _config_rows(cfg)
     rows.append(("params", f"{cfg.n_params:,}"))
-    tok = model.tokenizer
-    rows.append(("tokenizer", f"{tok.get_vocab_size():,} tokens" if tok else "none"))
+    rows.append(("tokenizer", _tokenizer_text(model.tokenizer)))
     if step is not None:
         rows.append(("weights", f"of step {step:,}"))
     base = _init_from(Path(args.dir) / "train_config.json")
@@ -85,11 +84,23 @@ def _hf_info(path: Path) -> int:
             + (f" ({size_str(have)} available)" if have is not None else ""),
         )
     )
-    tok = folder.tokenizer
-    rows.append(("tokenizer", f"{tok.get_vocab_size():,} tokens" if tok else "none"))
+    rows.append(("tokenizer", _tokenizer_text(folder.tokenizer)))
     print(f"{path} (Hugging Face {folder.model_type} folder; no weight read)")
     _print_rows(rows)
     return 0
+
+
+def _tokenizer_text(tok) -> str:
+    """'32,000 tokens', and what it puts in front of every text (which the random-token
+    tests put in front of every row: `qkov.data.tokenizer.start_ids`)."""
+    if tok is None:
+        return "none"
+    from qkov.data.tokenizer import start_ids
+
+    first = ", ".join(str(tok.id_to_token(i)) for i in start_ids(tok))
+    return f"{tok.get_vocab_size():,} tokens" + (
+        f", {first} in front of every text" if first else ""
+    )
 
 
 def _config_rows(cfg, skip: tuple[str, ...] = ()) -> list[tuple[str, str]]:

@@ -23,9 +23,12 @@ from qkov.model import Transformer
 from qkov.weights import weight_shapes
 
 TL_NORMALIZATION = {"none": None, "rms": "RMSPre", "layernorm": "LN", "rmsnorm": "RMS"}
-# positional="none" is TL's "standard" with W_pos = 0
-TL_POSITIONAL = {"shortformer": "shortformer", "standard": "standard", "none": "standard"}
-TL_POSITIONAL["rotary"] = "rotary"
+TL_POSITIONAL = {  # positional="none" is TL's "standard" with W_pos = 0
+    "shortformer": "shortformer",
+    "standard": "standard",
+    "none": "standard",
+    "rotary": "rotary",
+}
 
 
 def to_transformer_lens(model: Transformer) -> tuple[dict[str, Tensor], dict[str, Any]]:

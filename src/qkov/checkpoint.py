@@ -149,12 +149,14 @@ def check_folders(
     from qkov.data.tokenizer import no_tokenizer
     from qkov.hf import check_memory, inspect_hf, is_hf_folder
 
-    for path in paths:
-        size = folder_size(path)
-        if text is not None and not size.has_tokenizer:
+    for path in map(Path, paths):
+        _check_folder(path)
+        hf = inspect_hf(path) if is_hf_folder(path) else None  # its headers, read once
+        has_tokenizer = folder_size(path).has_tokenizer if hf is None else hf.tokenizer is not None
+        if text is not None and not has_tokenizer:
             raise QkovError(no_tokenizer(str(path), text))
-        if is_hf_folder(Path(path)):
-            check_memory(inspect_hf(path), torch.float32, analysis=for_analysis)
+        if hf is not None:
+            check_memory(hf, torch.float32, analysis=for_analysis)
 
 
 def load(

@@ -169,3 +169,16 @@ def probed_run(out):
     )
     train(cfg, tc, out, progress=False)
     return out
+
+
+def add_start_token(tokenizer, token: str) -> int:
+    """Make `tokenizer` put `token` in front of every text, as Llama's post-processor puts
+    its beginning-of-text token (a special token, added to the vocabulary if new); its id."""
+    from tokenizers import processors
+
+    tokenizer.add_special_tokens([token])
+    token_id = tokenizer.token_to_id(token)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{token} $A", special_tokens=[(token, token_id)]
+    )
+    return token_id

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from factories import general_model
+from factories import add_start_token, general_model
 from qkov import AttnOnlyTransformer, QkovError
 from qkov.ablation import term_importance
 from qkov.analyze import analyze
@@ -74,9 +74,8 @@ def test_text_windows_each_start_as_the_tokenizer_starts_a_text():
     """A tokenizer that puts a beginning-of-text token in front of every text (Llama's, by
     its post-processor) gets it in front of every evaluation window, each followed by the
     next stretch of the text; without one, the windows are the text's consecutive ids."""
-    from tokenizers import processors
 
-    from qkov.data.evaluation import text_prefix
+    from qkov.data.tokenizer import text_prefix
 
     tok = make_model(1).tokenizer
     text = " ".join(f"w{i % 7}" for i in range(200))
@@ -84,11 +83,7 @@ def test_text_windows_each_start_as_the_tokenizer_starts_a_text():
     ids = tok.encode(text).ids
     assert plain.tokens.flatten().tolist() == ids[: plain.tokens.numel()]
     assert text_prefix(tok, text) == ([], ids)
-    tok.add_special_tokens(["<bos>"])
-    bos = tok.token_to_id("<bos>")
-    tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", special_tokens=[("<bos>", bos)]
-    )
+    bos = add_start_token(tok, "<bos>")
     ev = text_windows(tok, text, 16, "t.txt")
     assert (ev.tokens[:, 0] == bos).all() and ev.tokens.shape[1] == 16
     assert ev.tokens[:, 1:].flatten().tolist() == ids[: ev.tokens.shape[0] * 15]

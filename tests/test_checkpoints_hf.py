@@ -11,6 +11,7 @@ import torch
 import transformers
 
 import qkov
+from factories import add_start_token
 from hf_models import FAMILIES, TEXT, hf_logits, hf_model, save_folder, tiny_tokenizer
 from qkov.circuits import ov_circuit, qk_circuit
 from qkov.errors import QkovError
@@ -89,14 +90,8 @@ def test_info_describes_a_folder_from_its_headers(tmp_path, monkeypatch, capsys)
     )  # a tiny folder: kB, as every size qkov prints is
     # A tokenizer that puts <s> in front of every text (Llama's) says so: the random-token
     # tests put it in front of every row (qkov.data.tokenizer.start_ids)
-    from tokenizers import processors
-
     tok = tiny_tokenizer()
-    tok.add_special_tokens(["<s>"])
-    bos = tok.token_to_id("<s>")
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", bos)]
-    )
+    add_start_token(tok, "<s>")
     tok.save(str(folder / "tokenizer.json"))
     assert main(["info", str(folder)]) == 0
     rows = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines()[1:])

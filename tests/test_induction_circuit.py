@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 
-from factories import general_model, induction_model, probed_run
+from factories import add_start_token, general_model, induction_model, probed_run
 from qkov.composition import baseline_scores
 from qkov.config import ModelConfig
 from qkov.errors import QkovError
@@ -383,14 +383,12 @@ def test_repeated_token_logit_caches_no_d_model_wide_output_per_head(monkeypatch
 def _bos_tokenizer(d_vocab: int, bos: int):
     """A word-level tokenizer of d_vocab ids whose post-processor puts `bos` in front of
     every text, as Llama's does."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from tokenizers import Tokenizer, models, pre_tokenizers
 
     vocab = {f"w{i}": i for i in range(d_vocab)} | {"<unk>": bos - 1, "<bos>": bos}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", special_tokens=[("<bos>", bos)]
-    )
+    assert add_start_token(tok, "<bos>") == bos
     return tok
 
 

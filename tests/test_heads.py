@@ -329,3 +329,25 @@ def test_copying_score_on_a_general_model_planted_and_brute_force():
     got = head_scores(rnd, tokens).copying.double()
     torch.testing.assert_close(got, brute_force_copying(rnd, tokens), atol=1e-4, rtol=0)
     assert head_scores(rnd, batch=8).copying.abs().max() < 0.4
+
+
+def test_qkov_heads_text_table_shows_an_undefined_score_as_a_dash():
+    """On one sequence the positional score is not defined (NaN): `qkov heads --text-file`'s
+    table prints '-' for it and says so, as the probe's table does, never 'nan'."""
+    from qkov.cli.heads import _text_table
+
+    model = build_induction_model()
+    one = head_scores(model, random_tokens(model, batch=1))
+    assert math.isnan(one.positional[0, 0]) and math.isfinite(one.previous_token[0, 0])
+    table = _text_table(one, 2, 2)
+    rows = table.splitlines()[1:5]
+    assert "nan" not in table and all(r.split()[-1] == "-" for r in rows)
+    heads = [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert all(
+        r.split()[1] == f"{one.previous_token[l, h]:.3f}"
+        for r, (l, h) in zip(rows, heads, strict=True)
+    )
+    assert table.endswith("; - : not defined on this text)")
+    two = _text_table(head_scores(model, random_tokens(model, batch=2)), 2, 2)
+    cells = [c for r in two.splitlines()[1:5] for c in r.split()[1:]]
+    assert len(cells) == 20 and "-" not in cells and two.endswith("score)")

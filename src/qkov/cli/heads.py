@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from qkov.cli.flags import add_download_flag, model_dirs
@@ -264,15 +265,22 @@ def _writers(writers: dict[str, float]) -> str:
 
 
 def _text_table(ts, n_layers: int, n_heads: int) -> str:
-    """Head scores measured on text (prefix matching is the induction test for any text)."""
+    """Head scores measured on text (prefix matching is the induction test for any text).
+    A score the text does not define prints as '-': the positional score compares sequences
+    (it needs two), prefix matching and duplicate token need a token that repeats."""
+    from qkov.classification import _fmt
+
     cols = {"prev": "previous_token", "prefix": "prefix_matching", "dup": "duplicate_token"}
     cols |= {"copy": "copying", "pos": "positional"}
     lines = ["head   " + " ".join(f"{c:>6}" for c in cols)]
+    undefined = False
     for l in range(n_layers):
         for h in range(n_heads):
-            r = ts.get(l, h)
-            lines.append(f"L{l}H{h:<4} " + " ".join(f"{r[n]:>6.3f}" for n in cols.values()))
-    lines.append("(" + ", ".join(f"{c} = {n}" for c, n in cols.items()) + " score)")
+            values = [ts.get(l, h)[n] for n in cols.values()]
+            undefined |= not all(math.isfinite(v) for v in values)
+            lines.append(f"L{l}H{h:<4} " + " ".join(_fmt(v, "6.3f") for v in values))
+    legend = ", ".join(f"{c} = {n}" for c, n in cols.items()) + " score"
+    lines.append(f"({legend}; - : not defined on this text)" if undefined else f"({legend})")
     return "\n".join(lines)
 
 

@@ -100,6 +100,29 @@ def test_cli_attribute(tmp_path, capsys):
     assert main(["attribute", str(shipped("attn2")), "--text-file", str(empty)]) == 2
 
 
+def test_cli_attribute_reads_the_text_from_the_command_line_as_from_a_file(tmp_path, capsys):
+    """`--text "..."` attributes the same text as `--text-file` holding it (the same rows
+    and JSON); one of the two is required, never both, and a blank --text is one line."""
+    code = "def f(x):\n    y = x\n    return y\n"
+    (tmp_path / "t.py").write_text(code)
+    folder = str(shipped("attn2"))
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    assert main(["attribute", folder, "--text-file", str(tmp_path / "t.py"), "--json", str(a)]) == 0
+    from_file = capsys.readouterr().out.splitlines()
+    assert main(["attribute", folder, "--text", code, "--json", str(b)]) == 0
+    inline = capsys.readouterr().out.splitlines()
+    assert json.loads(a.read_text()) == json.loads(b.read_text())
+    assert inline[1:-1] == from_file[1:-1] and inline[0].startswith(f"{folder} on 'def f(x):")
+    assert main(["attribute", folder, "--text", " \n"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "qkov attribute: error: --text is empty: give the text to attribute (or --text-file FILE)"
+    )
+    for args in ([], ["--text", code, "--text-file", str(tmp_path / "t.py")]):
+        with pytest.raises(SystemExit) as e:
+            main(["attribute", folder, *args])
+        assert e.value.code == 2
+
+
 def test_by_head_groups_are_exact_sums_of_the_paths():
     from factories import induction_model
     from qkov.attribution import attribute

@@ -1,5 +1,6 @@
-"""`qkov attribute DIR --text-file F`: per position, the prediction, the actual next token and
-the paths pushing its logit up and down (exact: they sum to the logit)."""
+"""`qkov attribute DIR --text-file F` (or `--text "..."`): per position, the prediction, the
+actual next token and the paths pushing its logit up and down (exact: they sum to the
+logit)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "prediction (argmax) is not the actual next token.",
     )
     p.add_argument("dir", help="checkpoint directory (config.json, model.safetensors, tokenizer)")
-    p.add_argument("--text-file", required=True, help="the text (at most n_ctx tokens)")
+    text = p.add_mutually_exclusive_group(required=True)
+    text.add_argument("--text", default=None, help="the text itself (at most n_ctx tokens)")
+    text.add_argument("--text-file", default=None, help="a file holding the text")
     p.add_argument("-k", "--top-k", type=int, default=3, help="paths shown up and down per token")
     p.add_argument(
         "--max-order",
@@ -51,8 +54,11 @@ def run(args: argparse.Namespace) -> int:
         raise QkovError(f"--max-order must be >= 0, got {args.max_order}")
     if args.json:
         check_output_file(args.json, "--json")
-    text = read_text_file(args.text_file)
-    check_folders([args.dir], text="--text-file cannot be encoded")
+    flag = "--text-file" if args.text_file is not None else "--text"
+    text = read_text_file(args.text_file) if args.text_file is not None else args.text
+    if not text.strip():
+        raise QkovError("--text is empty: give the text to attribute (or --text-file FILE)")
+    check_folders([args.dir], text=f"{flag} cannot be encoded")
     model = load(args.dir, for_analysis=True)
     order, cut_note = args.max_order, ""
     if order is None:
@@ -66,8 +72,9 @@ def run(args: argparse.Namespace) -> int:
     if args.by_head:
         att = att.by_head()
     what = "groups of paths by the head that writes them" if args.by_head else "paths"
+    source = args.text_file or repr(_short(text))
     print(
-        f"{args.dir} on {args.text_file}: {len(att.tokens)} tokens, {len(att.paths)} {what}; "
+        f"{args.dir} on {source}: {len(att.tokens)} tokens, {len(att.paths)} {what}; "
         f"logit of the actual next token split into paths (max |sum - logit| = "
         f"{att.max_abs_error():.1e}){cut_note}"
     )
@@ -76,3 +83,8 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_text(args.json, json.dumps(att.to_dict()) + "\n")
         print(f"\nwrote {args.json}")
     return 0
+
+
+def _short(text: str, n: int = 40) -> str:
+    """The text as the header names it: its first n characters."""
+    return text if len(text) <= n else text[:n] + "..."

@@ -15,6 +15,7 @@ from qkov.circuits import (
     embedding_rms,
     final_norm_scale,
     ov_circuit,
+    positional_qk,
     qk_circuit,
     qk_positional_terms,
     token_embedding,
@@ -65,6 +66,23 @@ def test_positional_qk_terms_reproduce_layer0_scores(positional):
         torch.testing.assert_close(total[mask], got[mask])
     assert terms.pos_pos.shape == (10, 10) and terms.token_pos.shape == (40, 10)
     json.dumps(terms.to_dict())
+
+
+def test_positional_qk_is_the_pos_pos_term_without_the_token_factors(monkeypatch):
+    """positional_qk (the report's position x position view) is qk_positional_terms' pos_pos
+    term over sqrt(d_head), on a folded layernorm model with biases, and forms nothing of
+    vocabulary size (E W_Q at 128k tokens was ~0.5 s a head)."""
+    import qkov.circuits as circuits
+    from factories import general_model
+
+    model = general_model(2)
+    want = [qk_positional_terms(model, 0, h).pos_pos.dense() / math.sqrt(8) for h in range(3)]
+    monkeypatch.setattr(circuits, "token_embedding", None)  # a call would raise
+    for h in range(3):
+        torch.testing.assert_close(positional_qk(model, 0, h), want[h])
+        torch.testing.assert_close(positional_qk(model, 0, h, 5), want[h][:5, :5])
+    with pytest.raises(QkovError, match="positional='rotary'"):
+        positional_qk(general_model(1, positional="rotary", normalization="rms"), 0, 0)
 
 
 def test_bad_head_and_positional_errors():
@@ -169,7 +187,6 @@ def test_effective_embedding_adds_mlp0_on_each_token():
 
 # ---------------------------------------------------------------------- positions
 def test_positional_qk_of_a_planted_previous_token_head_is_off_diagonal():
-    from qkov.circuits import positional_qk
 
     n = 10
     cfg = ModelConfig(n_layers=1, n_heads=1, d_model=n, d_head=n, n_ctx=n, d_vocab=5)

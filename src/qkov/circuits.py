@@ -230,13 +230,7 @@ class QKTerms:
 
 def qk_positional_terms(model: AttnOnlyTransformer, layer: int, head: int) -> QKTerms:
     """Token/position split of the QK circuit: W_pos W_QK W_pos^T and the cross terms."""
-    check_head(model, layer, head)
-    model = folded(model)
-    if model.cfg.positional in ("none", "rotary"):
-        raise QkovError(
-            f"this model has positional={model.cfg.positional!r}, so its QK circuit has no "
-            "W_pos terms: use qk_circuit instead (with offset= for a rotary model)"
-        )
+    model = _with_w_pos(model, layer, head)
     w = model.weights()
     E, P = token_embedding(model), w["W_pos"]
     Q, K = w["W_Q"][layer, head], w["W_K"][layer, head]
@@ -382,9 +376,22 @@ def positional_qk(
     n_positions positions, default n_ctx). A previous-token head shows the off-diagonal
     (source = destination - 1). Exact for layer 0 up to the norm scale; later layers read
     more than W_pos."""
-    terms = qk_positional_terms(model, layer, head)
+    model = _with_w_pos(model, layer, head)
     n = min(n_positions or model.cfg.n_ctx, model.cfg.n_ctx)
-    return terms.pos_pos.rows(0, n).dense(force=True)[:, :n] / model.cfg.d_head**0.5
+    w = model.weights()
+    P = w["W_pos"][:n]  # the pos_pos term of qk_positional_terms, without its token factors
+    return (P @ w["W_Q"][layer, head]) @ (P @ w["W_K"][layer, head]).T / model.cfg.d_head**0.5
+
+
+def _with_w_pos(model: Transformer, layer: int, head: int) -> Transformer:
+    """The folded model, after checking the head and that the model has a W_pos."""
+    check_head(model, layer, head)
+    if model.cfg.positional in ("none", "rotary"):
+        raise QkovError(
+            f"this model has positional={model.cfg.positional!r}, so its QK circuit has no "
+            "W_pos terms: use qk_circuit instead (with offset= for a rotary model)"
+        )
+    return folded(model)
 
 
 # Moved out of this module, which each of their modules imports: the names callers import

@@ -251,3 +251,43 @@ def test_saturated_attention_ties_rank_by_attention_whatever_k():
         assert any(a.score == b.score for a, b in pairs)  # the ties are there
         for a, b in pairs:
             assert (a.score, a.attention) >= (b.score, b.attention)
+
+
+@pytest.mark.parametrize("group_elements", [1, 2 * 40 * 8, 2**26])
+def test_trigrams_of_heads_are_each_heads_own_with_the_factors_formed_by_group(
+    group_elements, monkeypatch
+):
+    """skip_trigrams_of_heads gives each head's skip_trigrams table (the same trigrams and
+    scores: a general model with biases and a norm fold, a sample of sources, per_source),
+    whatever the group size; the vocabulary-wide factors of a run of consecutive heads of one
+    layer are formed in one call, never across layers or gaps."""
+    from factories import general_model
+    from qkov import trigrams
+
+    model = general_model(2, n_heads=3)  # d_vocab 40, d_head 8
+    heads = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (1, 1)]
+    kw = dict(k=6, per_source=2, n_sources=25, seed=3)
+    want = [skip_trigrams(model, l, h, **kw) for l, h in heads]
+    calls = []
+    form = trigrams._layer_factors
+    monkeypatch.setattr(trigrams, "GROUP_ELEMENTS", group_elements)
+    monkeypatch.setattr(trigrams, "_layer_factors", lambda m, *a: calls.append(a) or form(m, *a))
+    got = list(trigrams.skip_trigrams_of_heads(model, heads, **kw))
+    for g, w in zip(got, want, strict=True):
+        assert [(t.source, t.destination, t.out) for t in g] == [
+            (t.source, t.destination, t.out) for t in w
+        ]
+        torch.testing.assert_close(
+            torch.tensor([t.score for t in g]), torch.tensor([t.score for t in w])
+        )
+    EQ, OU = form(model, 0, 0, 3)  # a group's factors are each head's own (b_Q included)
+    for h in range(3):
+        alone, grouped = (
+            trigrams._HeadScorer(model, 0, h),
+            trigrams._HeadScorer(model, 0, h, (EQ[:, h], OU[h])),
+        )
+        torch.testing.assert_close(grouped.q, alone.q)
+        torch.testing.assert_close(grouped.OU, alone.OU)
+    expected = {1: [], 2 * 40 * 8: [(0, 0, 2), (1, 0, 1)], 2**26: [(0, 0, 3), (1, 0, 1)]}
+    # groups of one form nothing ahead: the scorer forms its own (as skip_trigrams does)
+    assert calls == [c for c in expected[group_elements] if c[2] > 1]

@@ -32,7 +32,7 @@ from qkov.data.evaluation import DEFAULT_SEQUENCES, EvaluationSet, evaluation_se
 from qkov.data.probes import repeated_random_tokens
 from qkov.data.tokenizer import decode_token
 from qkov.errors import QkovError
-from qkov.head_records import head_record, induction_circuits
+from qkov.head_records import head_record, head_trigrams, induction_circuits
 from qkov.heads import attention_patterns
 from qkov.heads import head_scores as score_heads
 from qkov.io import atomic_write_text, check_output_dir
@@ -250,8 +250,9 @@ def analyze_model(
     split = sample_candidates(candidates, plan.split_candidates, seed)
     split_of = candidates.shape[0] if split.shape[0] < candidates.shape[0] else None
     rec["heads"] = []
-    for i, r in enumerate(cls.records):
-        rec["heads"].append(head_record(model, r, text_scores, n_trigrams, keep, split, plan, seed))
+    tables = head_trigrams(model, cls.records, n_trigrams, keep, plan, seed)
+    for i, (r, trig) in enumerate(zip(cls.records, tables, strict=True)):
+        rec["heads"].append(head_record(model, r, text_scores, trig, n_trigrams, keep, split))
         if split_of is not None:
             rec["heads"][-1]["split_token_trigrams"]["of_candidates"] = split_of
         stage.progress(i + 1, len(cls.records), "heads")

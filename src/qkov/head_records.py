@@ -3,6 +3,7 @@ label and scores from classify_heads, with its spectra and skip-trigram tables."
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from torch import Tensor
@@ -11,31 +12,20 @@ from qkov.budget import Budget
 from qkov.classification import HeadClassification, HeadRecord
 from qkov.eigenvalues import qk_eigenvalues
 from qkov.model import AttnOnlyTransformer
-from qkov.trigrams import skip_trigrams, split_token_trigrams
+from qkov.trigrams import SkipTrigramTable, skip_trigrams_of_heads, split_token_trigrams
 
 
 def head_record(
     model: AttnOnlyTransformer,
     r: HeadRecord,
     text_scores: dict[str, Any] | None,
+    trig: SkipTrigramTable,
     n_trigrams: int,
     min_count: int | None,
     candidates: Tensor,
-    plan: Budget,
-    seed: int,
 ) -> dict[str, Any]:
-    """A HEAD record: label and scores from classify_heads, spectra and skip-trigrams (over
-    the plan's sample of sources at scale)."""
-    trig = skip_trigrams(
-        model,
-        r.layer,
-        r.head,
-        k=n_trigrams,
-        per_source=2,
-        min_count=min_count,
-        n_sources=plan.trigram_sources,
-        seed=seed,
-    )
+    """A HEAD record: label and scores from classify_heads, spectra, the head's skip-trigrams
+    `trig` (`head_trigrams`) and its token-split trigrams."""
     split = split_token_trigrams(
         model, r.layer, r.head, k=n_trigrams, min_count=min_count, candidates=candidates
     )
@@ -75,6 +65,27 @@ def head_record(
             ],
         },
     }
+
+
+def head_trigrams(
+    model: AttnOnlyTransformer,
+    records: list[HeadRecord],
+    n_trigrams: int,
+    min_count: int | None,
+    plan: Budget,
+    seed: int,
+) -> Iterator[SkipTrigramTable]:
+    """The skip-trigrams of each head of `records`, in order (over the plan's sample of
+    sources at scale; the heads of a layer formed together, `skip_trigrams_of_heads`)."""
+    return skip_trigrams_of_heads(
+        model,
+        [(r.layer, r.head) for r in records],
+        k=n_trigrams,
+        per_source=2,
+        min_count=min_count,
+        n_sources=plan.trigram_sources,
+        seed=seed,
+    )
 
 
 def induction_circuits(cls: HeadClassification) -> list[dict[str, Any]]:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -161,7 +162,15 @@ class _HeadScorer:
     all outs) are formed once, on first use; everything else only for the tokens asked
     for, so a sample of sources (or a list of token-split candidates) costs its own rows."""
 
-    def __init__(self, model: AttnOnlyTransformer, layer: int, head: int):
+    def __init__(
+        self,
+        model: AttnOnlyTransformer,
+        layer: int,
+        head: int,
+        factors: tuple[Tensor, Tensor] | None = None,
+    ):
+        """factors: (E W_Q [d_vocab, d_head], W_O W_U [d_head, d_vocab]) of this head, formed
+        by the caller (`_layer_factors`, a group of heads at once); None: formed on first use."""
         check_head(model, layer, head)
         self.model = model
         m = folded(model)
@@ -184,6 +193,9 @@ class _HeadScorer:
         U_mean = cached(m, "mean_W_U_column", lambda: self.W_U.mean(-1), self.W_U)
         self.OU_mean = self.W_O @ U_mean  # [d_head]
         self.device, self.dtype = self.E.device, self.E.dtype
+        if factors is not None:  # what the cached properties below would form
+            EQ, self.__dict__["OU"] = factors
+            self.__dict__["q"] = EQ + self.b_Q if bias else EQ
 
     def q_rows(self, destinations: Tensor | int) -> Tensor:
         """The queries E W_Q + b_Q of destinations: [c, d_head]."""
@@ -278,15 +290,93 @@ def skip_trigrams(
     Memory: O(chunk_size * d_vocab + n_sources * k^2); chunk_size (sources per block)
     defaults to 16 MiB of fp32. Time: two n_sources * d_vocab * d_head products (vocab^2 *
     d_head when exact), formed a block at a time."""
-    V = model.cfg.d_vocab
+    _check_ranking(model, k, per_source, chunk_size)
+    sc = _HeadScorer(model, layer, head)
+    return _rank(sc, k, chunk_size, per_source, min_count, n_sources, seed)
+
+
+def skip_trigrams_of_heads(
+    model: AttnOnlyTransformer,
+    heads: Iterable[tuple[int, int]],
+    k: int = 10,
+    chunk_size: int | None = None,
+    per_source: int | None = None,
+    min_count: int | None = None,
+    n_sources: int | None = None,
+    seed: int = 0,
+) -> Iterator[SkipTrigramTable]:
+    """`skip_trigrams(model, layer, head, ...)` of each head of `heads` [(layer, head)], in
+    their order, one table at a time: the same tables. What each head's ranking needs over
+    the whole vocabulary, E W_Q and W_O W_U ([d_vocab, d_head] each), is formed for a run of
+    consecutive heads of one layer at once (up to GROUP_ELEMENTS values a side): one wide
+    matmul instead of a d_head-wide one per head, which runs at 55-75% of the wide one's
+    rate on this CPU (at 128k tokens, d_model 2048: 0.64 s a head alone, 0.41 s in a group
+    of 8). Memory: the group's two factors, GROUP_ELEMENTS values each at most."""
+    _check_ranking(model, k, per_source, chunk_size)
+    heads = [(int(l), int(h)) for l, h in heads]
+    for l, h in heads:
+        check_head(model, l, h)
+    per_group = max(1, GROUP_ELEMENTS // (model.cfg.d_vocab * model.cfg.d_head))
+    i = 0
+    while i < len(heads):
+        layer = heads[i][0]
+        run = [heads[i][1]]  # consecutive heads of this layer, in order
+        while (
+            len(run) < per_group
+            and i + len(run) < len(heads)
+            and heads[i + len(run)] == (layer, run[-1] + 1)
+        ):
+            run.append(run[-1] + 1)
+        factors = _layer_factors(model, layer, run[0], len(run)) if len(run) > 1 else None
+        for j, head in enumerate(run):
+            part = None if factors is None else (factors[0][:, j], factors[1][j])
+            sc = _HeadScorer(model, layer, head, part)
+            yield _rank(sc, k, chunk_size, per_source, min_count, n_sources, seed)
+        del factors
+        i += len(run)
+
+
+GROUP_ELEMENTS = 2**26  # values of a group's E W_Q (and of its W_O W_U): 256 MiB in fp32
+
+
+def _layer_factors(
+    model: AttnOnlyTransformer, layer: int, first: int, n: int
+) -> tuple[Tensor, Tensor]:
+    """Of heads first .. first+n-1 of one layer (folded weights, no biases): E W_Q as
+    [d_vocab, n, d_head] and W_O W_U as [n, d_head, d_vocab], each one matmul."""
+    m = folded(model)
+    w, c = m.weights(), m.cfg
+    E = token_embedding(m)
+    W_Q = w["W_Q"][layer, first : first + n]  # [n, d_model, d_head]
+    EQ = E @ W_Q.permute(1, 0, 2).reshape(c.d_model, n * c.d_head)
+    OU = w["W_O"][layer, first : first + n].reshape(n * c.d_head, c.d_model) @ w["W_U"]
+    return EQ.view(-1, n, c.d_head), OU.view(n, c.d_head, -1)
+
+
+def _check_ranking(
+    model: AttnOnlyTransformer, k: int, per_source: int | None, chunk_size: int | None
+) -> None:
     if k < 1:
         raise QkovError(f"k must be >= 1, got {k}")
     if per_source is not None and per_source < 1:
         raise QkovError(f"per_source must be >= 1, got {per_source}")
-    chunk = chunk_size or max(1, CHUNK_ELEMENTS // V)
-    if chunk < 1:
+    if chunk_size and chunk_size < 1:  # 0 or None: the default
         raise QkovError(f"chunk_size must be >= 1, got {chunk_size}")
-    sc = _HeadScorer(model, layer, head)
+
+
+def _rank(
+    sc: _HeadScorer,
+    k: int,
+    chunk_size: int | None,
+    per_source: int | None,
+    min_count: int | None,
+    n_sources: int | None,
+    seed: int,
+) -> SkipTrigramTable:
+    """The top-k skip-trigrams of the head `sc` scores (`skip_trigrams`)."""
+    model = sc.model
+    V = model.cfg.d_vocab
+    chunk = chunk_size or max(1, CHUNK_ELEMENTS // V)
     keep = allowed_tokens(model, min_count)
     k_eff = min(k, V if keep is None else int(keep.sum()))
     # Tokens left out cannot be picked as destination or out: -inf before the top-ks

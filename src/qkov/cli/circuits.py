@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         allowed_tokens,
         sample_candidates,
         sample_tokens,
+        skip_trigrams_of_heads,
         split_token_candidates,
     )
 
@@ -126,8 +127,17 @@ def run(args: argparse.Namespace) -> int:
             "evaluation text: final_scale in analysis.json, noted in the report)"
         )
     results = []
-    for lh in heads:
-        trigrams = _head_trigrams(model, *lh, args, min_count, n_sources, candidates)
+    tables = skip_trigrams_of_heads(  # the heads of a layer formed together
+        model,
+        heads,
+        k=args.top_k,
+        chunk_size=args.chunk_size,
+        per_source=args.per_source or None,
+        min_count=min_count,
+        n_sources=n_sources,
+    )
+    for lh, table in zip(heads, tables, strict=True):
+        trigrams = _head_trigrams(model, *lh, table, args, min_count, candidates)
         results.append({**ov[lh].to_dict(), **trigrams})
         return_freed_memory()
     virtual = _virtual_heads(model, exact=args.exact)
@@ -151,22 +161,13 @@ def _filter_note(model, min_count: int | None) -> str:
 
 
 def _head_trigrams(
-    model, layer: int, head: int, args, min_count: int | None, n_sources, candidates
+    model, layer: int, head: int, trigrams, args, min_count: int | None, candidates
 ) -> dict:
-    """Print one head's skip-trigrams and factoring bugs; return them as JSON records."""
+    """Print one head's skip-trigrams (`trigrams`) and factoring bugs; return them as JSON
+    records."""
     from qkov.cli import plural
-    from qkov.trigrams import factoring_bugs, skip_trigrams, split_token_trigrams
+    from qkov.trigrams import factoring_bugs, split_token_trigrams
 
-    trigrams = skip_trigrams(
-        model,
-        layer,
-        head,
-        k=args.top_k,
-        chunk_size=args.chunk_size,
-        per_source=args.per_source or None,
-        min_count=min_count,
-        n_sources=n_sources,
-    )
     note = " (direct path only)" if layer > 0 else ""
     print(
         f"\nL{layer}H{head} top {plural(len(trigrams), 'skip-trigram')}{note}: "

@@ -7,8 +7,9 @@ with safetensors (no transformers needed). `--shape gpt2-medium | pythia-410m |
 tinyllama-1.1b | llama-3.2-1b`: a folder of that shape built offline by transformers
 (`hf_shapes.py`, stored in the hub's dtype), whose logits are first checked against
 transformers'. Then
-`qkov analyze` runs on it in a child process, so its peak RSS is the child's alone
-(getrusage RUSAGE_CHILDREN).
+`qkov analyze` runs on it in a child process, so its peak RSS is that child's alone
+(`os.wait4`'s resource usage of that process: RUSAGE_CHILDREN would also count the logit
+check's child, which holds the model twice, in transformers and in qkov).
 
     python benchmarks/analyze_scale.py [--shape gpt2-small] [--n-layers 12] [--n-heads 12]
                                        [--d-model 768] [--d-vocab 50257] [--keep DIR]
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import subprocess
 import sys
 import tempfile
@@ -89,11 +90,13 @@ def main() -> int:
         shape = f"random {args.shape}-shaped checkpoint"
     cmd = [sys.executable, "-m", "qkov", "analyze", str(folder), "--out", str(root / "out")]
     start = time.perf_counter()
-    done = subprocess.run(cmd)  # its stderr passes through: the progress of each stage
+    child = subprocess.Popen(cmd)  # its stderr passes through: the progress of each stage
+    _, status, usage = os.wait4(child.pid, 0)  # this child's own peak, not the check's
     wall = time.perf_counter() - start
-    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB -> GiB
-    if done.returncode != 0:
-        print(f"qkov analyze failed (exit {done.returncode}) after {wall:.0f} s")
+    peak_gb = usage.ru_maxrss / 2**20  # KiB -> GiB
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        print(f"qkov analyze failed (exit {code}) after {wall:.0f} s")
         return 1
     target_gb = TARGET_GB[args.shape]
     print(f"qkov analyze, {shape}")

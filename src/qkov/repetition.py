@@ -350,8 +350,12 @@ def repeated_token_logit(model: Transformer, tokens: Tensor, half_len: int) -> R
     p = tokens.shape[1] - 2 * half_len  # the tokens in front of the block (`start_ids`)
     at = slice(p + half_len, p + 2 * half_len - 1)  # the positions predicting the repeat
     t = tokens[:, p + half_len + 1 :]  # [batch, half_len - 1]
-    lg = logits[:, at].float()
-    rival = lg.scatter(-1, t[..., None], -math.inf).argmax(-1)  # [batch, half_len - 1]
+    lg = logits[:, at].float().clone()  # [batch, half_len - 1, d_vocab]; the rest let go
+    del logits
+    # Row by row below: a [batch, half_len - 1, d_vocab] temporary is 250 MB at 128k tokens
+    rival = torch.stack(  # [batch, half_len - 1]: the other token with the top logit
+        [row.scatter(-1, tr[:, None], -math.inf).argmax(-1) for row, tr in zip(lg, t, strict=True)]
+    )
     W_U = w["W_U"].float()
     # [2 (the repeated token, its rival), batch, half_len - 1, d_model]: columns less the mean
     u = torch.stack([W_U.T[t], W_U.T[rival]]) - W_U.mean(1)
@@ -363,8 +367,12 @@ def repeated_token_logit(model: Transformer, tokens: Tensor, half_len: int) -> R
         return ((x.float() / final) * u).sum(-1).mean((1, 2))
 
     def loss_without(x: Tensor) -> float:  # x [batch, pos, d_model]: a layer's write
-        rest = lg - (x[:, at].float() / final) @ W_U  # the logits without its direct path
-        return float(-rest.log_softmax(-1).gather(-1, t[..., None]).mean())
+        x = x[:, at].float() / final
+        total = 0.0
+        for i in range(lg.shape[0]):  # the logits without its direct path, a row at a time
+            rest = lg[i] - x[i] @ W_U
+            total += float(rest.log_softmax(-1).gather(-1, t[i, :, None]).sum())
+        return -total / t.numel()
 
     embed = w["W_E"][tokens]
     writers, without = {"embed": push(embed)}, {"embed": loss_without(embed)}

@@ -167,6 +167,21 @@ def test_loss_without_a_layers_direct_write_is_the_planted_circuits_counterfactu
     assert r.repeated_token_logit.loss_without["attn0"] == pytest.approx(r.repeated_half_loss)
 
 
+@pytest.mark.parametrize("rows", [1, 3])
+def test_the_split_a_few_sequences_at_a_time_is_the_split_of_all(rows, monkeypatch):
+    """At a large vocabulary the per-writer losses are formed a few sequences at a time
+    (LOGIT_ELEMENTS): one at a time, or 3 + 3 + 3 + 1 of 10, gives the same split."""
+    import qkov.repetition as R
+
+    model = induction_model(noise=0.02)
+    whole = repetition_test(model, batch=10, half_len=6, seed=0).repeated_token_logit
+    assert R.LOGIT_ELEMENTS >= 10 * 5 * model.cfg.d_vocab  # all ten at once here
+    monkeypatch.setattr(R, "LOGIT_ELEMENTS", rows * 5 * model.cfg.d_vocab)
+    part = repetition_test(model, batch=10, half_len=6, seed=0).repeated_token_logit
+    assert part.loss_without == pytest.approx(whole.loss_without, rel=1e-6)
+    assert part.rival_writers == pytest.approx(whole.rival_writers, rel=1e-6, abs=1e-7)
+
+
 def _rival_logit(model, batch: int, half_len: int, seed: int) -> float:
     """The repetition test's rival logit, computed here from the logits alone."""
     from qkov.data.probes import repeated_random_tokens

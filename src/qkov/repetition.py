@@ -265,6 +265,8 @@ def repetition_test(
         repeated_logit = centred[:, p + half_len : p + 2 * half_len - 1]
         repeated_logit = repeated_logit.gather(-1, t[..., None])[..., 0]
         by_training_count = loss_by_count(repeated, first_logit, repeated_logit, t, counts)
+        del centred
+    del logits, cache  # [batch, pos, d_vocab] and the patterns: not held through the split
     return RepetitionTest(
         batch=batch,
         half_len=half_len,
@@ -330,6 +332,10 @@ def repetition_record(
     } | ({"repetition_seeds": n_seeds} if n_seeds > 1 else {})
 
 
+LOGIT_ELEMENTS = 2**25  # a per-writer loss's logits at a time (128 MiB): 5 sequences at
+# 128k tokens, where a [49, d_model] @ W_U product ran at half the rate of a [245, ...] one
+
+
 @torch.no_grad()
 def repeated_token_logit(model: Transformer, tokens: Tensor, half_len: int) -> RepeatedTokenLogit:
     """Split the repeated half of tokens [batch, p + 2 * half_len] (p tokens in front, then a
@@ -352,7 +358,7 @@ def repeated_token_logit(model: Transformer, tokens: Tensor, half_len: int) -> R
     t = tokens[:, p + half_len + 1 :]  # [batch, half_len - 1]
     lg = logits[:, at].float().clone()  # [batch, half_len - 1, d_vocab]; the rest let go
     del logits
-    # Row by row below: a [batch, half_len - 1, d_vocab] temporary is 250 MB at 128k tokens
+    # A sequence at a time (and rows below): [batch, half_len - 1, d_vocab] is 250 MB at 128k
     rival = torch.stack(  # [batch, half_len - 1]: the other token with the top logit
         [row.scatter(-1, tr[:, None], -math.inf).argmax(-1) for row, tr in zip(lg, t, strict=True)]
     )
@@ -366,12 +372,14 @@ def repeated_token_logit(model: Transformer, tokens: Tensor, half_len: int) -> R
         x = x[:, at] if x.ndim == 3 else x
         return ((x.float() / final) * u).sum(-1).mean((1, 2))
 
+    rows = max(1, LOGIT_ELEMENTS // lg[0].numel())  # sequences at a time (all, at 2k tokens)
+
     def loss_without(x: Tensor) -> float:  # x [batch, pos, d_model]: a layer's write
         x = x[:, at].float() / final
         total = 0.0
-        for i in range(lg.shape[0]):  # the logits without its direct path, a row at a time
-            rest = lg[i] - x[i] @ W_U
-            total += float(rest.log_softmax(-1).gather(-1, t[i, :, None]).sum())
+        for i in range(0, lg.shape[0], rows):  # the logits without its direct path
+            rest = lg[i : i + rows] - x[i : i + rows] @ W_U
+            total += float(rest.log_softmax(-1).gather(-1, t[i : i + rows, :, None]).sum())
         return -total / t.numel()
 
     embed = w["W_E"][tokens]

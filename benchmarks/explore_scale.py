@@ -5,7 +5,8 @@ A random GPT-2-small-shaped Hugging Face folder (as `analyze_scale.py` writes it
 shipped attn2's tokenizer.json: 2,048 tokens of the 50,257 ids, enough to type text), or
 with `--shape gpt2-medium | pythia-410m | tinyllama-1.1b` one built by `hf_shapes.py` (with
 a tokenizer of the real one's size; the text is cut to its first 48 tokens), is read by
-`Explorer` in this process: a 48-token text through the model (`/api/run`: tokens,
+`Explorer` in this process (the folder is built in a child, so this process's peak RSS
+is the explorer's): a 48-token text through the model (`/api/run`: tokens,
 patterns, predictions, the attribution's paths), every head's role (`/api/heads`,
 classify_heads, once per model) and one head's panel (`/api/head`). Then `qkov circuits`
 and `qkov heads` run on the folder, each in a child process (its wall time and peak
@@ -30,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from analyze_scale import write_gpt2_folder  # noqa: E402
-from hf_shapes import SHAPES, build  # noqa: E402
+from hf_shapes import SHAPES  # noqa: E402
 
 from qkov.demo_models import shipped  # noqa: E402
 
@@ -60,7 +61,10 @@ def main() -> int:
         (folder / "tokenizer.json").write_bytes(tokenizer)
         title = f"GPT-2-small-shaped random checkpoint ({args.n_layers} layers x 12 heads)"
     else:
-        folder = build(args.shape, root)
+        # built in a child: transformers' model in this process would count in its peak RSS
+        script = Path(__file__).parent / "hf_shapes.py"
+        subprocess.run([sys.executable, str(script), str(root), args.shape], check=True)
+        folder = root / args.shape
         title = f"random {args.shape}-shaped checkpoint"
         targets = TARGETS | LARGER
     ex = Explorer.from_dirs([folder])

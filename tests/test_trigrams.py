@@ -291,3 +291,6 @@ def test_trigrams_of_heads_are_each_heads_own_with_the_factors_formed_by_group(
     expected = {1: [], 2 * 40 * 8: [(0, 0, 2), (1, 0, 1)], 2**26: [(0, 0, 3), (1, 0, 1)]}
     # groups of one form nothing ahead: the scorer forms its own (as skip_trigrams does)
     assert calls == [c for c in expected[group_elements] if c[2] > 1]
+    with pytest.raises(QkovError, match="head 7 does not exist"):  # before the first table
+        next(trigrams.skip_trigrams_of_heads(model, [(0, 0), (1, 7)]))
+    assert len(calls) == len([c for c in expected[group_elements] if c[2] > 1])

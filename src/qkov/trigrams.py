@@ -293,7 +293,7 @@ def skip_trigrams(
     Memory: O(chunk_size * d_vocab + n_sources * k^2); chunk_size (sources per block)
     defaults to 16 MiB of fp32. Time: two n_sources * d_vocab * d_head products (vocab^2 *
     d_head when exact), formed a block at a time."""
-    _check_ranking(model, k, per_source, chunk_size)
+    _check_ranking(k, per_source, chunk_size)
     sc = _HeadScorer(model, layer, head)
     return _rank(sc, k, chunk_size, per_source, min_count, n_sources, seed)
 
@@ -316,8 +316,8 @@ def skip_trigrams_of_heads(
     matmul instead of a d_head-wide one per head, which runs at 55-75% of the wide one's
     rate on this CPU (at 128k tokens, d_model 2048, the two products take 0.64 s a head
     alone, 0.41 s a head in a group of 8). Memory: the group's two factors, GROUP_ELEMENTS
-    values each at most."""
-    _check_ranking(model, k, per_source, chunk_size)
+    values each at most. Arguments (every head) are checked before the first table."""
+    _check_ranking(k, per_source, chunk_size)
     heads = [(int(l), int(h)) for l, h in heads]
     for l, h in heads:
         check_head(model, l, h)
@@ -355,9 +355,7 @@ def _layer_factors(
     return EQ.view(-1, n, c.d_head), OU.view(n, c.d_head, -1)
 
 
-def _check_ranking(
-    model: AttnOnlyTransformer, k: int, per_source: int | None, chunk_size: int | None
-) -> None:
+def _check_ranking(k: int, per_source: int | None, chunk_size: int | None) -> None:
     if k < 1:
         raise QkovError(f"k must be >= 1, got {k}")
     if per_source is not None and per_source < 1:

@@ -235,12 +235,26 @@ def test_qk_and_ov_eigenvalues_from_grams_equal_the_circuits_spectra(extra):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.3)  # biases and norm weights nonzero
+    from qkov.circuits import folded, is_cached, token_embedding
+
+    m = folded(model)
     for l in range(2):
         for h in range(2):
             for offset in (0, -3):
                 want = _power_sums(qk_circuit(model, l, h, offset=offset).eigenvalues)
+                # the head's own products (gram=False, or None before the gram is formed)
+                for gram in (False, None):
+                    got = _power_sums(qk_eigenvalues(model, l, h, offset=offset, gram=gram))
+                    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+                    assert not is_cached(m, "embedding_grams_qk", token_embedding(m))
                 got = _power_sums(qk_eigenvalues(model, l, h, offset=offset))
                 torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+                assert is_cached(m, "embedding_grams_qk", token_embedding(m))
+                # None reads a gram formed already: a zeroed one gives a zero spectrum
+                m.__dict__["_qkov_circuit_cache"]["embedding_grams_qk"][1]["EE"].zero_()
+                if not cfg.bias:
+                    assert not qk_eigenvalues(model, l, h, offset=offset, gram=None).any()
+                m.__dict__["_qkov_circuit_cache"].pop("embedding_grams_qk")
             want = _power_sums(ov_circuit(model, l, h).eigenvalues)
             got = _power_sums(ov_eigenvalues(model, l, h))
             torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)

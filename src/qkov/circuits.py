@@ -113,13 +113,23 @@ def _plain_embedding(model: Transformer) -> Tensor:
 def cached(model: Transformer, name: str, make: Callable[[], Any], *inputs: Tensor) -> Any:
     """make(), kept on `model` (a folded model) until one of `inputs` changes (a new tensor,
     or an in-place write, which bumps its version)."""
-    key = [(t.data_ptr(), t._version, t.dtype, t.device) for t in inputs]
+    key = _cache_key(inputs)
     store = model.__dict__.setdefault("_qkov_circuit_cache", {})
     if name in store and store[name][0] == key:
         return store[name][1]
     value = make()
     store[name] = (key, value)
     return value
+
+
+def is_cached(model: Transformer, name: str, *inputs: Tensor) -> bool:
+    """Whether `cached(model, name, ..., *inputs)` would return a value without making it."""
+    store = model.__dict__.get("_qkov_circuit_cache", {})
+    return name in store and store[name][0] == _cache_key(inputs)
+
+
+def _cache_key(inputs: tuple[Tensor, ...]) -> list[tuple]:
+    return [(t.data_ptr(), t._version, t.dtype, t.device) for t in inputs]
 
 
 def W_QK(model: Transformer) -> FactoredMatrix:

@@ -334,7 +334,7 @@ def _panel(model: Transformer, layer: int, head: int) -> dict[str, Any]:
     rows = None if n_sources is None else sample_tokens(model.cfg.d_vocab, n_sources)
     with torch.no_grad():
         ov = ov_statistics(model, layer, head, rows=rows)
-        qk = qk_eigenvalues(model, layer, head)
+        qk = qk_eigenvalues(model, layer, head, gram=None)  # no 7.8 s gram for one head
     min_count = DEFAULT_MIN_COUNT if getattr(model, "token_counts", None) is not None else None
     kw = dict(k=N_TRIGRAMS, per_source=2, n_sources=n_sources)
     try:

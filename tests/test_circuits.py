@@ -115,6 +115,42 @@ def test_cli_circuits_table_and_errors(tmp_path, capsys):
     assert "does not exist" in err and "--top-k must be >= 1" in err
 
 
+def test_cli_circuits_forms_each_layers_w_o_w_u_once_for_both_tables(tmp_path, monkeypatch):
+    """`qkov circuits` reads each head's W_O W_U for its top-1 fraction and its skip-trigrams
+    from one product per layer (`head_factors`), with the same numbers as each head's own
+    (`ov_statistics` and `skip_trigrams` alone)."""
+    import qkov.circuits as circuits
+    import qkov.trigrams as trigrams
+    from factories import general_model
+    from qkov import save_model
+    from qkov.cli import main
+    from qkov.eigenvalues import ov_statistics
+    from qkov.trigrams import skip_trigrams
+
+    model = general_model(2, n_heads=3)
+    save_model(model, tmp_path / "m")
+    calls, given = [], []
+    form, ov = trigrams._layer_factors, circuits.ov_circuit
+    monkeypatch.setattr(trigrams, "_layer_factors", lambda m, *a: calls.append(a) or form(m, *a))
+    monkeypatch.setattr(
+        "qkov.eigenvalues.ov_circuit",
+        lambda *a, W_OU=None, **k: given.append(W_OU is not None) or ov(*a, W_OU=W_OU, **k),
+    )
+    out = tmp_path / "c.json"
+    assert main(["circuits", str(tmp_path / "m"), "-k", "4", "--json", str(out)]) == 0
+    assert calls == [(0, 0, 3), (1, 0, 3)] and given == [True] * 6
+    monkeypatch.undo()
+    for rec in json.loads(out.read_text())["heads"]:
+        l, h = rec["layer"], rec["head"]
+        alone = ov_statistics(model, l, h)
+        assert rec["top1_fraction"] == alone.top1_fraction
+        assert rec["eigenvalue_score"] == pytest.approx(alone.eigenvalue_score)
+        want = [t.to_dict() for t in skip_trigrams(model, l, h, k=4, per_source=2)]
+        assert [(t["source"], t["destination"], t["out"]) for t in rec["skip_trigrams"]] == [
+            (t["source"], t["destination"], t["out"]) for t in want
+        ]
+
+
 def test_rms_token_circuits_are_what_the_first_layer_reads():
     """normalization="rms": the token QK circuit gives layer 0's scores exactly, and the
     0-layer direct path gives the logits exactly (W_E rows divided by their RMS)."""

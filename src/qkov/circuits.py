@@ -179,20 +179,22 @@ def ov_circuit(
     head: int,
     effective_embedding: bool = False,
     sources: Tensor | None = None,
+    W_OU: Tensor | None = None,
 ) -> FactoredMatrix:
     """Token OV circuit (E W_V + b_V) W_O W_U: [d_vocab (source), d_vocab (out logit)], E =
     token_embedding(model, effective_embedding), weights folded (W_U carries the final
     norm's weight). What attending to a source token writes straight to the logits: exact
     for the direct effect up to the final norm's per-position scale; it leaves out what
     later heads and MLPs make of the write. sources: only these source tokens' rows
-    ([len(sources), d_vocab]; the left factor costs its rows alone)."""
+    ([len(sources), d_vocab]; the left factor costs its rows alone). W_OU: the head's W_O W_U
+    [d_head, d_vocab] where the caller formed it (`qkov.trigrams.head_factors`)."""
     check_head(model, layer, head)
     m = folded(model)
     w = m.weights()
     E = token_embedding(m, effective_embedding)
     v = (E if sources is None else E[sources.to(E.device)]) @ w["W_V"][layer, head]
     v = v + w["b_V"][layer, head] if m.cfg.bias else v
-    return FactoredMatrix(v, w["W_O"][layer, head] @ w["W_U"])
+    return FactoredMatrix(v, w["W_O"][layer, head] @ w["W_U"] if W_OU is None else W_OU)
 
 
 def direct_path(model: Transformer, effective_embedding: bool = False) -> FactoredMatrix:

@@ -189,14 +189,15 @@ def ov_statistics(
     head: int,
     chunk_size: int | None = None,
     rows: Tensor | None = None,
+    W_OU: Tensor | None = None,
 ) -> OVStatistics:
     """OV eigenvalues, their Sum(lambda)/Sum(|lambda|) and the top-1 self fraction of head
     (layer, head); rows: the top-1 fraction over only these tokens (an estimate,
     `top1_self_fraction`). A vocabulary padded past its tokenizer counts only the
-    tokenizer's ids (no text holds the others), as skip-trigrams do."""
+    tokenizer's ids (no text holds the others), as skip-trigrams do. W_OU: as `ov_circuit`."""
     V = model.cfg.d_vocab
     sampled = rows is not None and len(rows) < V  # the rows alone: their cost, not d_vocab's
-    circuit = ov_circuit(model, layer, head, sources=rows if sampled else None)
+    circuit = ov_circuit(model, layer, head, sources=rows if sampled else None, W_OU=W_OU)
     eig = ov_eigenvalues(model, layer, head)
     known = known_ids(V, getattr(model, "tokenizer", None))
     return OVStatistics(

@@ -276,6 +276,7 @@ def skip_trigrams(
     min_count: int | None = None,
     n_sources: int | None = None,
     seed: int = 0,
+    factors: tuple[Tensor, Tensor] | None = None,
 ) -> list[SkipTrigram]:
     """Top-k skip-trigrams of a head by score (see the module docstring), best first.
 
@@ -292,9 +293,12 @@ def skip_trigrams(
 
     Memory: O(chunk_size * d_vocab + n_sources * k^2); chunk_size (sources per block)
     defaults to 16 MiB of fp32. Time: two n_sources * d_vocab * d_head products (vocab^2 *
-    d_head when exact), formed a block at a time."""
+    d_head when exact), formed a block at a time.
+
+    factors: this head's E W_Q [d_vocab, d_head] and W_O W_U [d_head, d_vocab] where the
+    caller formed them with other heads' (`head_factors`); None: formed here."""
     _check_ranking(k, per_source, chunk_size)
-    sc = _HeadScorer(model, layer, head)
+    sc = _HeadScorer(model, layer, head, factors)
     return _rank(sc, k, chunk_size, per_source, min_count, n_sources, seed)
 
 
@@ -318,6 +322,19 @@ def skip_trigrams_of_heads(
     alone, 0.41 s a head in a group of 8). Memory: the group's two factors, GROUP_ELEMENTS
     values each at most. Arguments (every head) are checked before the first table."""
     _check_ranking(k, per_source, chunk_size)
+    for layer, head, factors in head_factors(model, heads):
+        sc = _HeadScorer(model, layer, head, factors)
+        yield _rank(sc, k, chunk_size, per_source, min_count, n_sources, seed)
+
+
+def head_factors(
+    model: AttnOnlyTransformer, heads: Iterable[tuple[int, int]]
+) -> Iterator[tuple[int, int, tuple[Tensor, Tensor] | None]]:
+    """(layer, head, factors) for each head of `heads` [(layer, head)], in their order:
+    factors = (E W_Q [d_vocab, d_head], W_O W_U [d_head, d_vocab]) of the folded model,
+    formed for a run of consecutive heads of one layer at once (`skip_trigrams_of_heads`),
+    or None for a head with no such neighbour (its users form their own). Every head is
+    checked before the first is yielded; a run's factors live until its last head is done."""
     heads = [(int(l), int(h)) for l, h in heads]
     for l, h in heads:
         check_head(model, l, h)
@@ -334,9 +351,7 @@ def skip_trigrams_of_heads(
             run.append(run[-1] + 1)
         factors = _layer_factors(model, layer, run[0], len(run)) if len(run) > 1 else None
         for j, head in enumerate(run):
-            part = None if factors is None else (factors[0][:, j], factors[1][j])
-            sc = _HeadScorer(model, layer, head, part)
-            yield _rank(sc, k, chunk_size, per_source, min_count, n_sources, seed)
+            yield layer, head, None if factors is None else (factors[0][:, j], factors[1][j])
         del factors
         i += len(run)
 

@@ -63,9 +63,10 @@ def run(args: argparse.Namespace) -> int:
     from qkov.io import atomic_write_text, check_output_file
     from qkov.trigrams import (
         allowed_tokens,
+        head_factors,
         sample_candidates,
         sample_tokens,
-        skip_trigrams_of_heads,
+        skip_trigrams,
         split_token_candidates,
     )
 
@@ -100,13 +101,27 @@ def run(args: argparse.Namespace) -> int:
             f"{n_sources:,} of {cfg.d_vocab:,} source tokens (as `qkov analyze` does at "
             "this size; --exact for every one)"
         )
-    print("\nhead   OV sum(l)/sum|l|   top-1 self fraction")
-    ov = {}
-    for l, h in heads:  # a row as soon as it is computed: at GPT-2 size these take minutes
-        ov[(l, h)] = c = ov_statistics(model, l, h, chunk_size=args.chunk_size, rows=rows)
-        print(f"L{l}H{h:<3} {c.eigenvalue_score:+16.3f}   {c.top1_fraction:19.3f}", flush=True)
-        return_freed_memory()  # each head's d_vocab-sized products (qkov.allocator)
     min_count = wanted if model.token_counts is not None else None
+    print("\nhead   OV sum(l)/sum|l|   top-1 self fraction")
+    ov, tables = {}, {}
+    # A row as soon as it is computed (at GPT-2 size these take minutes), each head's
+    # skip-trigrams with it: both read its W_O W_U, formed with its layer's next heads once.
+    for l, h, factors in head_factors(model, heads):
+        W_OU = None if factors is None else factors[1]
+        ov[(l, h)] = c = ov_statistics(model, l, h, args.chunk_size, rows, W_OU)
+        print(f"L{l}H{h:<3} {c.eigenvalue_score:+16.3f}   {c.top1_fraction:19.3f}", flush=True)
+        tables[(l, h)] = skip_trigrams(
+            model,
+            l,
+            h,
+            k=args.top_k,
+            chunk_size=args.chunk_size,
+            per_source=args.per_source or None,
+            min_count=min_count,
+            n_sources=n_sources,
+            factors=factors,
+        )
+        return_freed_memory()  # each head's d_vocab-sized products (qkov.allocator)
     print("\n" + _filter_note(model, min_count))
     candidates = (  # the vocabulary's texts read once, not per head
         split_token_candidates(model, allowed_tokens(model, min_count)) if args.split_k else None
@@ -127,17 +142,8 @@ def run(args: argparse.Namespace) -> int:
             "evaluation text: final_scale in analysis.json, noted in the report)"
         )
     results = []
-    tables = skip_trigrams_of_heads(  # the heads of a layer formed together
-        model,
-        heads,
-        k=args.top_k,
-        chunk_size=args.chunk_size,
-        per_source=args.per_source or None,
-        min_count=min_count,
-        n_sources=n_sources,
-    )
-    for lh, table in zip(heads, tables, strict=True):
-        trigrams = _head_trigrams(model, *lh, table, args, min_count, candidates)
+    for lh in heads:
+        trigrams = _head_trigrams(model, *lh, tables[lh], args, min_count, candidates)
         results.append({**ov[lh].to_dict(), **trigrams})
         return_freed_memory()
     virtual = _virtual_heads(model, exact=args.exact)

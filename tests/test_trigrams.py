@@ -257,7 +257,7 @@ def test_saturated_attention_ties_rank_by_attention_whatever_k():
 def test_trigrams_of_heads_are_each_heads_own_with_the_factors_formed_by_group(
     group_elements, monkeypatch
 ):
-    """skip_trigrams_of_heads gives each head's skip_trigrams table (the same trigrams and
+    """skip_trigrams with head_factors' factors gives each head's own table (the same trigrams and
     scores: a general model with biases and a norm fold, a sample of sources, per_source),
     whatever the group size; the vocabulary-wide factors of a run of consecutive heads of one
     layer are formed in one call, never across layers or gaps."""
@@ -272,7 +272,10 @@ def test_trigrams_of_heads_are_each_heads_own_with_the_factors_formed_by_group(
     form = trigrams._layer_factors
     monkeypatch.setattr(trigrams, "GROUP_ELEMENTS", group_elements)
     monkeypatch.setattr(trigrams, "_layer_factors", lambda m, *a: calls.append(a) or form(m, *a))
-    got = list(trigrams.skip_trigrams_of_heads(model, heads, **kw))
+    got = [
+        skip_trigrams(model, l, h, **kw, factors=f)
+        for l, h, f in trigrams.head_factors(model, heads)
+    ]
     for g, w in zip(got, want, strict=True):
         assert [(t.source, t.destination, t.out) for t in g] == [
             (t.source, t.destination, t.out) for t in w
@@ -292,5 +295,5 @@ def test_trigrams_of_heads_are_each_heads_own_with_the_factors_formed_by_group(
     # groups of one form nothing ahead: the scorer forms its own (as skip_trigrams does)
     assert calls == [c for c in expected[group_elements] if c[2] > 1]
     with pytest.raises(QkovError, match="head 7 does not exist"):  # before the first table
-        next(trigrams.skip_trigrams_of_heads(model, [(0, 0), (1, 7)]))
+        next(trigrams.head_factors(model, [(0, 0), (1, 7)]))
     assert len(calls) == len([c for c in expected[group_elements] if c[2] > 1])

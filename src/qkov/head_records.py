@@ -12,7 +12,7 @@ from qkov.budget import Budget
 from qkov.classification import HeadClassification, HeadRecord
 from qkov.eigenvalues import qk_eigenvalues
 from qkov.model import AttnOnlyTransformer
-from qkov.trigrams import SkipTrigramTable, skip_trigrams_of_heads, split_token_trigrams
+from qkov.trigrams import SkipTrigramTable, head_factors, skip_trigrams, split_token_trigrams
 
 
 def head_record(
@@ -76,16 +76,19 @@ def head_trigrams(
     seed: int,
 ) -> Iterator[SkipTrigramTable]:
     """The skip-trigrams of each head of `records`, in order (over the plan's sample of
-    sources at scale; the heads of a layer formed together, `skip_trigrams_of_heads`)."""
-    return skip_trigrams_of_heads(
-        model,
-        [(r.layer, r.head) for r in records],
-        k=n_trigrams,
-        per_source=2,
-        min_count=min_count,
-        n_sources=plan.trigram_sources,
-        seed=seed,
-    )
+    sources at scale; the heads of a layer formed together, `head_factors`)."""
+    for layer, head, factors in head_factors(model, [(r.layer, r.head) for r in records]):
+        yield skip_trigrams(
+            model,
+            layer,
+            head,
+            k=n_trigrams,
+            per_source=2,
+            min_count=min_count,
+            n_sources=plan.trigram_sources,
+            seed=seed,
+            factors=factors,
+        )
 
 
 def induction_circuits(cls: HeadClassification) -> list[dict[str, Any]]:

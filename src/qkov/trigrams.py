@@ -262,9 +262,6 @@ class _HeadScorer:
         )
 
 
-GROUP_ELEMENTS = 2**26  # values of a group's E W_Q (and of its W_O W_U): 256 MiB in fp32
-
-
 @torch.no_grad()
 def skip_trigrams(
     model: AttnOnlyTransformer,
@@ -296,102 +293,17 @@ def skip_trigrams(
     d_head when exact), formed a block at a time.
 
     factors: this head's E W_Q [d_vocab, d_head] and W_O W_U [d_head, d_vocab] where the
-    caller formed them with other heads' (`head_factors`); None: formed here."""
-    _check_ranking(k, per_source, chunk_size)
-    sc = _HeadScorer(model, layer, head, factors)
-    return _rank(sc, k, chunk_size, per_source, min_count, n_sources, seed)
-
-
-@torch.no_grad()
-def skip_trigrams_of_heads(
-    model: AttnOnlyTransformer,
-    heads: Iterable[tuple[int, int]],
-    k: int = 10,
-    chunk_size: int | None = None,
-    per_source: int | None = None,
-    min_count: int | None = None,
-    n_sources: int | None = None,
-    seed: int = 0,
-) -> Iterator[SkipTrigramTable]:
-    """`skip_trigrams(model, layer, head, ...)` of each head of `heads` [(layer, head)], in
-    their order, one table at a time: the same tables. What each head's ranking needs over
-    the whole vocabulary, E W_Q and W_O W_U ([d_vocab, d_head] each), is formed for a run of
-    consecutive heads of one layer at once (up to GROUP_ELEMENTS values a side): one wide
-    matmul instead of a d_head-wide one per head, which runs at 55-75% of the wide one's
-    rate on this CPU (at 128k tokens, d_model 2048, the two products take 0.64 s a head
-    alone, 0.41 s a head in a group of 8). Memory: the group's two factors, GROUP_ELEMENTS
-    values each at most. Arguments (every head) are checked before the first table."""
-    _check_ranking(k, per_source, chunk_size)
-    for layer, head, factors in head_factors(model, heads):
-        sc = _HeadScorer(model, layer, head, factors)
-        yield _rank(sc, k, chunk_size, per_source, min_count, n_sources, seed)
-
-
-def head_factors(
-    model: AttnOnlyTransformer, heads: Iterable[tuple[int, int]]
-) -> Iterator[tuple[int, int, tuple[Tensor, Tensor] | None]]:
-    """(layer, head, factors) for each head of `heads` [(layer, head)], in their order:
-    factors = (E W_Q [d_vocab, d_head], W_O W_U [d_head, d_vocab]) of the folded model,
-    formed for a run of consecutive heads of one layer at once (`skip_trigrams_of_heads`),
-    or None for a head with no such neighbour (its users form their own). Every head is
-    checked before the first is yielded; a run's factors live until its last head is done."""
-    heads = [(int(l), int(h)) for l, h in heads]
-    for l, h in heads:
-        check_head(model, l, h)
-    per_group = max(1, GROUP_ELEMENTS // (model.cfg.d_vocab * model.cfg.d_head))
-    i = 0
-    while i < len(heads):
-        layer = heads[i][0]
-        run = [heads[i][1]]  # consecutive heads of this layer, in order
-        while (
-            len(run) < per_group
-            and i + len(run) < len(heads)
-            and heads[i + len(run)] == (layer, run[-1] + 1)
-        ):
-            run.append(run[-1] + 1)
-        factors = _layer_factors(model, layer, run[0], len(run)) if len(run) > 1 else None
-        for j, head in enumerate(run):
-            yield layer, head, None if factors is None else (factors[0][:, j], factors[1][j])
-        del factors
-        i += len(run)
-
-
-def _layer_factors(
-    model: AttnOnlyTransformer, layer: int, first: int, n: int
-) -> tuple[Tensor, Tensor]:
-    """Of heads first .. first+n-1 of one layer (folded weights, no biases): E W_Q as
-    [d_vocab, n, d_head] and W_O W_U as [n, d_head, d_vocab], each one matmul."""
-    m = folded(model)
-    w, c = m.weights(), m.cfg
-    E = token_embedding(m)
-    W_Q = w["W_Q"][layer, first : first + n]  # [n, d_model, d_head]
-    EQ = E @ W_Q.permute(1, 0, 2).reshape(c.d_model, n * c.d_head)
-    OU = w["W_O"][layer, first : first + n].reshape(n * c.d_head, c.d_model) @ w["W_U"]
-    return EQ.view(-1, n, c.d_head), OU.view(n, c.d_head, -1)
-
-
-def _check_ranking(k: int, per_source: int | None, chunk_size: int | None) -> None:
+    caller formed them with other heads' (`head_factors`: the same table, faster); None:
+    formed here."""
     if k < 1:
         raise QkovError(f"k must be >= 1, got {k}")
     if per_source is not None and per_source < 1:
         raise QkovError(f"per_source must be >= 1, got {per_source}")
-    if chunk_size and chunk_size < 1:  # 0 or None: the default
-        raise QkovError(f"chunk_size must be >= 1, got {chunk_size}")
-
-
-def _rank(
-    sc: _HeadScorer,
-    k: int,
-    chunk_size: int | None,
-    per_source: int | None,
-    min_count: int | None,
-    n_sources: int | None,
-    seed: int,
-) -> SkipTrigramTable:
-    """The top-k skip-trigrams of the head `sc` scores (`skip_trigrams`)."""
-    model = sc.model
     V = model.cfg.d_vocab
     chunk = chunk_size or max(1, CHUNK_ELEMENTS // V)
+    if chunk < 1:
+        raise QkovError(f"chunk_size must be >= 1, got {chunk_size}")
+    sc = _HeadScorer(model, layer, head, factors)
     keep = allowed_tokens(model, min_count)
     k_eff = min(k, V if keep is None else int(keep.sum()))
     # Tokens left out cannot be picked as destination or out: -inf before the top-ks
@@ -446,6 +358,57 @@ def _rank(
     # Re-score exactly (scalar path) and sort: chunked and scalar rounding can differ slightly.
     # Equal scores (a saturated sigmoid) go by attention, as above.
     return SkipTrigramTable(sorted(out, key=lambda t: (-t.score, -t.attention)))
+
+
+GROUP_ELEMENTS = 2**26  # values of a group's E W_Q (and of its W_O W_U): 256 MiB in fp32
+
+
+def head_factors(
+    model: AttnOnlyTransformer, heads: Iterable[tuple[int, int]]
+) -> Iterator[tuple[int, int, tuple[Tensor, Tensor] | None]]:
+    """(layer, head, factors) for each head of `heads` [(layer, head)], in their order:
+    factors = (E W_Q [d_vocab, d_head], W_O W_U [d_head, d_vocab]) of the folded model, what
+    a head's skip-trigrams (`skip_trigrams(factors=)`) and OV top-1 fraction
+    (`ov_statistics(W_OU=)`) read over the whole vocabulary, formed for a run of consecutive
+    heads of one layer at once (up to GROUP_ELEMENTS values a side): one wide matmul instead
+    of a d_head-wide one per head, which runs at 55-75% of the wide one's rate on this CPU
+    (at 128k tokens, d_model 2048, the two products take 0.64 s a head alone, 0.41 s a head
+    in a group of 8). None for a head with no such neighbour (its users form their own).
+    Every head is checked before the first is yielded; a run's factors live until its last
+    head is done."""
+    heads = [(int(l), int(h)) for l, h in heads]
+    for l, h in heads:
+        check_head(model, l, h)
+    per_group = max(1, GROUP_ELEMENTS // (model.cfg.d_vocab * model.cfg.d_head))
+    i = 0
+    while i < len(heads):
+        layer = heads[i][0]
+        run = [heads[i][1]]  # consecutive heads of this layer, in order
+        while (
+            len(run) < per_group
+            and i + len(run) < len(heads)
+            and heads[i + len(run)] == (layer, run[-1] + 1)
+        ):
+            run.append(run[-1] + 1)
+        factors = _layer_factors(model, layer, run[0], len(run)) if len(run) > 1 else None
+        for j, head in enumerate(run):
+            yield layer, head, None if factors is None else (factors[0][:, j], factors[1][j])
+        del factors
+        i += len(run)
+
+
+def _layer_factors(
+    model: AttnOnlyTransformer, layer: int, first: int, n: int
+) -> tuple[Tensor, Tensor]:
+    """Of heads first .. first+n-1 of one layer (folded weights, no biases): E W_Q as
+    [d_vocab, n, d_head] and W_O W_U as [n, d_head, d_vocab], each one matmul."""
+    m = folded(model)
+    w, c = m.weights(), m.cfg
+    E = token_embedding(m)
+    W_Q = w["W_Q"][layer, first : first + n]  # [n, d_model, d_head]
+    EQ = E @ W_Q.permute(1, 0, 2).reshape(c.d_model, n * c.d_head)
+    OU = w["W_O"][layer, first : first + n].reshape(n * c.d_head, c.d_model) @ w["W_U"]
+    return EQ.view(-1, n, c.d_head), OU.view(n, c.d_head, -1)
 
 
 @torch.no_grad()

@@ -365,7 +365,7 @@ GROUP_ELEMENTS = 2**26  # values of a group's E W_Q (and of its W_O W_U): 256 Mi
 
 def head_factors(
     model: AttnOnlyTransformer, heads: Iterable[tuple[int, int]]
-) -> Iterator[tuple[int, int, tuple[Tensor, Tensor] | None]]:
+) -> Iterator[tuple[int, int, tuple[Tensor, Tensor]]]:
     """(layer, head, factors) for each head of `heads` [(layer, head)], in their order:
     factors = (E W_Q [d_vocab, d_head], W_O W_U [d_head, d_vocab]) of the folded model, what
     a head's skip-trigrams (`skip_trigrams(factors=)`) and OV top-1 fraction
@@ -373,9 +373,8 @@ def head_factors(
     heads of one layer at once (up to GROUP_ELEMENTS values a side): one wide matmul instead
     of a d_head-wide one per head, which runs at 55-75% of the wide one's rate on this CPU
     (at 128k tokens, d_model 2048, the two products take 0.64 s a head alone, 0.41 s a head
-    in a group of 8). None for a head with no such neighbour (its users form their own).
-    Every head is checked before the first is yielded; a run's factors live until its last
-    head is done."""
+    in a group of 8); a head alone gets its own, so its two users share them. Every head is
+    checked before the first is yielded; a run's factors live until its last head is done."""
     heads = [(int(l), int(h)) for l, h in heads]
     for l, h in heads:
         check_head(model, l, h)
@@ -390,9 +389,9 @@ def head_factors(
             and heads[i + len(run)] == (layer, run[-1] + 1)
         ):
             run.append(run[-1] + 1)
-        factors = _layer_factors(model, layer, run[0], len(run)) if len(run) > 1 else None
+        factors = _layer_factors(model, layer, run[0], len(run))
         for j, head in enumerate(run):
-            yield layer, head, None if factors is None else (factors[0][:, j], factors[1][j])
+            yield layer, head, (factors[0][:, j], factors[1][j])
         del factors
         i += len(run)
 

@@ -107,8 +107,7 @@ def run(args: argparse.Namespace) -> int:
     # A row as soon as it is computed (at GPT-2 size these take minutes), each head's
     # skip-trigrams with it: both read its W_O W_U, formed with its layer's next heads once.
     for l, h, factors in head_factors(model, heads):
-        W_OU = None if factors is None else factors[1]
-        ov[(l, h)] = c = ov_statistics(model, l, h, args.chunk_size, rows, W_OU)
+        ov[(l, h)] = c = ov_statistics(model, l, h, args.chunk_size, rows, factors[1])
         print(f"L{l}H{h:<3} {c.eigenvalue_score:+16.3f}   {c.top1_fraction:19.3f}", flush=True)
         tables[(l, h)] = skip_trigrams(
             model,

@@ -45,6 +45,10 @@ def test_train_info_sample(run_dir, capsys):
     assert "the weights are of step" not in out
     assert rows["tokens"].endswith(("k", "M")) or rows["tokens"].isdigit()
     assert re.fullmatch(r"\d\.\d\de-\d\d", rows["lr"]), rows["lr"]
+    assert re.fullmatch(r"\d+\.\d% of the measured matmul peak", rows["mfu"]), rows["mfu"]
+    # the fields that act on this attention-only shortformer model, no others (acting_fields)
+    assert rows["positional"] == "shortformer" and "pos_init_std" in rows
+    assert not {"rotary_base", "rotary_dim", "act_fn", "gated_mlp", "n_kv_heads"} & set(rows)
     assert main(["sample", str(run_dir), "--prompt", "def ", "--tokens", "5"]) == 0
     assert capsys.readouterr().out.startswith("def ")
 

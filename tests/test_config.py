@@ -114,3 +114,51 @@ def test_unknown_keys_and_bad_json():
 def test_zero_layers_allowed():
     cfg = ModelConfig(n_layers=0)
     assert cfg.n_params == 2 * cfg.d_vocab * cfg.d_model + cfg.n_ctx * cfg.d_model
+
+
+@pytest.mark.parametrize(
+    "base, field, other",
+    [
+        (dict(positional="shortformer"), "rotary_base", 500.0),
+        (dict(positional="rotary"), "pos_init_std", 0.1),
+        (dict(normalization="none"), "norm_eps", 0.5),
+        (dict(d_mlp=0), "act_fn", "relu"),
+    ],
+)
+def test_a_field_left_out_of_the_acting_fields_changes_nothing_in_the_model(base, field, other):
+    """`acting_fields` (what `qkov info` and the model card show) leaves a field out only
+    where no value of it changes the model: the same seed with another value gives the same
+    logits; where the field is shown, the other value changes them."""
+    import torch
+
+    from qkov.config import acting_fields
+    from qkov.model import Transformer
+
+    acting = {
+        "rotary_base": dict(positional="rotary"),
+        "pos_init_std": dict(positional="standard"),
+        "norm_eps": dict(normalization="rms"),
+        "act_fn": dict(d_mlp=16),
+    }[field]
+    tokens = torch.randint(0, 32, (2, 8), generator=torch.Generator().manual_seed(0))
+    for kwargs, shown in ((base, False), (acting, True)):
+        kwargs = dict(n_layers=1, n_heads=2, d_model=8, n_ctx=8, d_vocab=32, init_std=1.0) | kwargs
+        cfg = ModelConfig(**kwargs)
+        assert (field in acting_fields(cfg.to_dict())) == shown, (field, kwargs)
+        logits = [
+            Transformer(ModelConfig(**kwargs | {field: value}))(tokens)
+            for value in (getattr(cfg, field), other)
+        ]
+        assert torch.equal(*logits) != shown, (field, kwargs)
+
+
+def test_acting_fields_keep_the_grouped_query_and_mlp_options_of_models_that_have_them():
+    from qkov.config import acting_fields
+
+    plain = acting_fields(ModelConfig(n_heads=4, d_model=16).to_dict())
+    assert not {"n_kv_heads", "gated_mlp", "parallel", "act_fn"} & set(plain)
+    assert {"d_mlp", "bias", "positional", "pos_init_std"} <= set(plain)
+    kwargs = dict(n_heads=4, d_model=16, n_kv_heads=2, d_mlp=8, gated_mlp=True, parallel=True)
+    gqa = acting_fields(ModelConfig(**kwargs).to_dict())
+    assert (gqa["n_kv_heads"], gqa["gated_mlp"], gqa["parallel"]) == (2, True, True)
+    assert list(gqa) == [k for k in ModelConfig().to_dict() if k in gqa]  # their order

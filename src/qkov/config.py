@@ -288,6 +288,30 @@ class ModelConfig:
         return n
 
 
+# ModelConfig fields that act on a model only where another field says so (a condition on
+# the config's dict): `acting_fields`
+_ACTS_WHERE = {
+    "rotary_dim": lambda c: c.get("positional") == "rotary",
+    "rotary_base": lambda c: c.get("positional") == "rotary",
+    "rotary_scaling": lambda c: c.get("positional") == "rotary",
+    "pos_init_std": lambda c: c.get("positional") in ("shortformer", "standard"),
+    "act_fn": lambda c: (c.get("d_mlp") or 0) > 0,
+    "gated_mlp": lambda c: (c.get("d_mlp") or 0) > 0,
+    "parallel": lambda c: (c.get("d_mlp") or 0) > 0,
+    "norm_eps": lambda c: c.get("normalization", "none") != "none",
+    "n_kv_heads": lambda c: c.get("n_kv_heads") != c.get("n_heads"),
+}
+
+
+def acting_fields(config: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a ModelConfig's dict (`to_dict`, analysis.json's "config") that act on
+    its model, in their order: the rotary options only where positions rotate, pos_init_std
+    only where there is a W_pos, act_fn, gated_mlp and parallel only with an MLP, norm_eps
+    only with a norm, n_kv_heads only where it differs from n_heads (grouped-query
+    attention). What `qkov info` and the report's model card show."""
+    return {k: v for k, v in config.items() if k not in _ACTS_WHERE or _ACTS_WHERE[k](config)}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation and data settings of a run (CLI flags use the same names)."""

@@ -104,10 +104,14 @@ def _tokenizer_text(tok) -> str:
 
 
 def _config_rows(cfg, skip: tuple[str, ...] = ()) -> list[tuple[str, str]]:
-    """(field, value) of a ModelConfig; a nested value (rotary_scaling) as JSON spells it."""
+    """(field, value) of the ModelConfig's fields that act on its model (`acting_fields`:
+    no rotary options where positions do not rotate); a nested value (rotary_scaling) as
+    JSON spells it."""
+    from qkov.config import acting_fields
+
     return [
         (k, json.dumps(v) if isinstance(v, dict) else str(v))
-        for k, v in cfg.to_dict().items()
+        for k, v in acting_fields(cfg.to_dict()).items()
         if k not in skip
     ]
 
@@ -120,7 +124,8 @@ def _print_rows(rows: list[tuple[str, str]]) -> None:
 
 
 def readable(key: str, value: object) -> str:
-    """A metrics value in the units a reader wants: 65.5M tokens, 21.7k tokens/s, 3e-04."""
+    """A metrics value in the units a reader wants: 65.5M tokens, 21.7k tokens/s, 3e-04,
+    MFU as a percentage."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return json.dumps(value)
     if not math.isfinite(value):
@@ -133,6 +138,8 @@ def readable(key: str, value: object) -> str:
         return f"{_si(value)} tokens/s"
     if key == "lr":
         return f"{value:.2e}"
+    if key == "mfu":  # qkov.flops: the step's FLOPs over the measured matmul rate
+        return f"{value:.1%} of the measured matmul peak"
     if isinstance(value, int):
         return f"{value:,}"
     return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"

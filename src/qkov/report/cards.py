@@ -7,6 +7,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from qkov.config import acting_fields
 from qkov.report.escape import esc
 from qkov.report.fmt import count, num, stderr_text
 from qkov.report.svg import hbar_chart
@@ -95,13 +96,11 @@ def icl_text(icl: dict | None) -> str | None:
 
 def _card_rows(m: dict) -> str:
     cfg = m.get("config") or {}
-    # a nested value (a checkpoint's rotary_scaling) as analysis.json spells it; the rotary
-    # options only where positions rotate
-    rotary = cfg.get("positional") == "rotary"
+    # a nested value (a checkpoint's rotary_scaling) as analysis.json spells it; only the
+    # fields that act on this model (no rotary options where positions do not rotate)
     shown = {
         k: json.dumps(v) if isinstance(v, (dict, list)) else v
-        for k, v in cfg.items()
-        if rotary or not k.startswith("rotary_")
+        for k, v in acting_fields(cfg).items()
     }
     rows = "".join(_row(str(k), esc(v)) for k, v in shown.items())
     if m.get("n_params") is not None:

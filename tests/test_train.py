@@ -299,22 +299,38 @@ def test_unwritable_out_is_refused_before_any_work(tiny_corpus, tmp_path, capsys
 
 
 def test_redirected_run_prints_plain_progress_lines(tiny_corpus, tmp_path):
-    """stderr is a pipe, not a terminal: one line per eval interval instead of a tqdm bar."""
+    """stderr is a pipe, not a terminal: a line where the run starts (or resumes), then one
+    per eval interval instead of a tqdm bar."""
     prepare(str(tiny_corpus), 300)  # the token cache the child reads
     argv = tiny_train(tiny_corpus, tmp_path / "run", progress=True, steps=6, eval_interval=2)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     res = subprocess.run(
-        [sys.executable, "-m", "qkov", *argv], env=env, capture_output=True, text=True
+        [sys.executable, "-m", "qkov", *argv, "--steps", "4"],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert res.returncode == 0, res.stderr
-    lines = res.stderr.strip().splitlines()
+    start = "tokens a step; a line every 2 steps"
+    first, *lines = res.stderr.strip().splitlines()
+    assert first == f"train run: from step 0 to 4, 32 {start}"
+    res = subprocess.run(
+        [sys.executable, "-m", "qkov", *argv, "--resume", "--steps", "6"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
+    first, *more = res.stderr.strip().splitlines()
+    assert first == f"train run: resumed at step 4 to 6, 32 {start}"
+    lines += more
     pattern = (
-        r"train run: step (\d+)/6, ([\d,]+) tokens, train loss \d+\.\d{4}, "
+        r"train run: step (\d+/\d+), ([\d,]+) tokens, train loss \d+\.\d{4}, "
         r"val loss \d+\.\d{4}, [\d,]+ tokens/s, MFU \d+%"
     )
     found = [re.fullmatch(pattern, line) for line in lines]
     assert all(found), lines
-    assert [int(m.group(1)) for m in found] == [2, 4, 6]
+    assert [m.group(1) for m in found] == ["2/4", "4/4", "6/6"]
     assert [m.group(2) for m in found] == ["64", "128", "192"]  # batch 2 x n_ctx 16 per step
     assert "\r" not in res.stderr
     records = read_records(tmp_path / "run" / "metrics.jsonl")

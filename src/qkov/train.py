@@ -275,8 +275,8 @@ def _given_peak() -> float | None:
 
 class _StepLog:
     """After each step: a metrics.jsonl record every eval (or probe) interval, on rank 0;
-    progress on stderr: a tqdm bar on a terminal, else (a redirected run) one plain line
-    per eval interval."""
+    progress on stderr: a tqdm bar on a terminal, else (a redirected run) a line where it
+    starts and one per eval interval."""
 
     def __init__(
         self, run: Run, model: AttnOnlyTransformer, step: int, last: int, progress: bool
@@ -309,6 +309,14 @@ class _StepLog:
         peak = given or self.measure(3)
         self.peak = peak if run.dd.main else 0.0
         self.t_last, self.tokens_since = time.perf_counter(), 0
+        if self.lines:  # a redirected run says at once where it starts and when it reports
+            print(
+                f"train {run.out.name}: {'resumed at' if step else 'from'} step {step:,} to "
+                f"{last:,}, {self.tokens_per_step:,} tokens a step; a line every "
+                f"{run.tc.eval_interval:,} steps",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def __enter__(self) -> _StepLog:
         return self

@@ -317,12 +317,8 @@ def test_analyze_samples_token_split_candidates_past_the_budget_and_says_so(tmp_
     per head (minutes per model at Pythia-410m's 384 heads): past SPLIT_BUDGET every head
     ranks the same seeded sample, exactly, and the head record and report say so."""
     from qkov.checkpoint import load
-    from qkov.trigrams import (
-        allowed_tokens,
-        sample_candidates,
-        split_token_candidates,
-        split_token_trigrams,
-    )
+    from qkov.split_tokens import sample_candidates, split_token_candidates, split_token_trigrams
+    from qkov.trigrams import allowed_tokens
 
     folder = _folder_with_split_candidates(tmp_path)
     monkeypatch.setattr(budget, "SPLIT_BUDGET", 16 * 8 * 10)  # d_model 16, d_head 8: 10

@@ -10,7 +10,8 @@ from tokenizers.models import WordLevel
 
 from qkov import AttnOnlyTransformer, ModelConfig
 from qkov.errors import QkovError
-from qkov.trigrams import factoring_bugs, skip_trigrams, split_token_trigrams, token_str
+from qkov.split_tokens import split_token_trigrams
+from qkov.trigrams import factoring_bugs, skip_trigrams, token_str
 
 
 def dense_trigram_scores(model: AttnOnlyTransformer, layer: int, head: int) -> torch.Tensor:
@@ -286,8 +287,8 @@ def test_trigrams_of_heads_are_each_heads_own_with_the_factors_formed_by_group(
     EQ, OU = form(model, 0, 0, 3)  # a group's factors are each head's own (b_Q included)
     for h in range(3):
         alone, grouped = (
-            trigrams._HeadScorer(model, 0, h),
-            trigrams._HeadScorer(model, 0, h, (EQ[:, h], OU[h])),
+            trigrams.HeadScorer(model, 0, h),
+            trigrams.HeadScorer(model, 0, h, (EQ[:, h], OU[h])),
         )
         torch.testing.assert_close(grouped.q, alone.q)
         torch.testing.assert_close(grouped.OU, alone.OU)

@@ -48,7 +48,7 @@ _EXPORTS = {
     "training_probe": "qkov.training_probe",
     "factoring_bugs": "qkov.trigrams",
     "skip_trigrams": "qkov.trigrams",
-    "split_token_trigrams": "qkov.trigrams",
+    "split_token_trigrams": "qkov.split_tokens",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

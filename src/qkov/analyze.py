@@ -43,13 +43,9 @@ from qkov.progress import Stages
 from qkov.qk_terms import QK_MAX_ORDER, qk_expansions
 from qkov.repetition import repetition_half_len, repetition_test
 from qkov.report import SCHEMA_VERSION, dumps, render_report
+from qkov.split_tokens import sample_candidates, split_token_candidates
 from qkov.training_probe import training_probe
-from qkov.trigrams import (
-    DEFAULT_MIN_COUNT,
-    allowed_tokens,
-    sample_candidates,
-    split_token_candidates,
-)
+from qkov.trigrams import DEFAULT_MIN_COUNT, allowed_tokens
 from qkov.virtual_heads import virtual_head_ov
 
 ModelLike = str | Path | AttnOnlyTransformer

@@ -12,7 +12,8 @@ from qkov.budget import Budget
 from qkov.classification import HeadClassification, HeadRecord
 from qkov.eigenvalues import qk_eigenvalues
 from qkov.model import AttnOnlyTransformer
-from qkov.trigrams import SkipTrigramTable, head_factors, skip_trigrams, split_token_trigrams
+from qkov.split_tokens import split_token_trigrams
+from qkov.trigrams import SkipTrigramTable, head_factors, skip_trigrams
 
 
 def head_record(

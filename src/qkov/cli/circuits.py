@@ -61,14 +61,8 @@ def run(args: argparse.Namespace) -> int:
     from qkov.eigenvalues import ov_statistics
     from qkov.errors import QkovError
     from qkov.io import atomic_write_text, check_output_file
-    from qkov.trigrams import (
-        allowed_tokens,
-        head_factors,
-        sample_candidates,
-        sample_tokens,
-        skip_trigrams,
-        split_token_candidates,
-    )
+    from qkov.split_tokens import sample_candidates, split_token_candidates
+    from qkov.trigrams import allowed_tokens, head_factors, sample_tokens, skip_trigrams
 
     for flag, value, low in (
         ("--top-k", args.top_k, 1),
@@ -171,7 +165,8 @@ def _head_trigrams(
     """Print one head's skip-trigrams (`trigrams`) and factoring bugs; return them as JSON
     records."""
     from qkov.cli import plural
-    from qkov.trigrams import factoring_bugs, split_token_trigrams
+    from qkov.split_tokens import split_token_trigrams
+    from qkov.trigrams import factoring_bugs
 
     note = " (direct path only)" if layer > 0 else ""
     print(

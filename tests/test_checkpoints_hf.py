@@ -253,6 +253,7 @@ def test_analyze_reads_a_rotary_folder(family, tmp_path):
     """`qkov analyze` on a rotary folder: every analysis but the W_pos QK map (a rotary
     model has no W_pos; said so), and its loss is transformers' loss on the same tokens."""
     from qkov.analyze import analyze, write_analysis
+    from qkov.config import TRAINING_ONLY
     from qkov.data.evaluation import evaluation_set
 
     hf = hf_model(family)
@@ -262,6 +263,10 @@ def test_analyze_reads_a_rotary_folder(family, tmp_path):
     rec = analysis["models"][0]
     assert "rotary" in rec["not_computed"]["positional_qk"] and "positional_qk" not in rec
     assert len(rec["heads"]) == 2 * 4 and rec["attribution"]["tokens"]
+    # the config the folder gives, without how qkov would initialise a model it trains
+    cfg = qkov.load(folder).cfg.to_dict()
+    assert rec["config"] == {k: v for k, v in cfg.items() if k not in TRAINING_ONLY}
+    assert "seed" not in rec["config"] and rec["config"]["positional"] == "rotary"
     tokens = evaluation_set(qkov.load(folder), text=text).tokens
     logits = hf_logits(hf, tokens)
     expected = torch.nn.functional.cross_entropy(

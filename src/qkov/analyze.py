@@ -27,7 +27,7 @@ from qkov.budget import MAX_EXAMPLE_TOKENS, Budget
 from qkov.checkpoint import check_folders, load
 from qkov.circuits import embedding_rms, final_norm_scale, positional_qk, top_bigrams
 from qkov.classification import classify_heads
-from qkov.config import ModelConfig
+from qkov.config import TRAINING_ONLY, ModelConfig
 from qkov.data.evaluation import DEFAULT_SEQUENCES, EvaluationSet, evaluation_set
 from qkov.data.probes import repeated_random_tokens
 from qkov.data.tokenizer import decode_token
@@ -181,10 +181,17 @@ def analyze_model(
     stage(f"loss on {evaluation.n_tokens:,} tokens, bigrams")
     logits = model(tokens)
     loss = float(next_token_loss(logits, tokens))
+    from qkov.hf import is_hf_folder
+
+    # a Hugging Face folder was not trained by qkov: how qkov initialises a model (seed,
+    # init_std, pos_init_std) says nothing of it
+    elsewhere = checkpoint is not None and is_hf_folder(Path(checkpoint))
     rec: dict[str, Any] = {
         "name": name,
         "checkpoint": checkpoint,
-        "config": cfg.to_dict(),
+        "config": {
+            k: v for k, v in cfg.to_dict().items() if not elsewhere or k not in TRAINING_ONLY
+        },
         "n_params": cfg.n_params,
         "tokenizer": {"vocab_size": tok.get_vocab_size()} if tok is not None else None,
         "evaluation": evaluation.to_dict(),

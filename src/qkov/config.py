@@ -288,6 +288,10 @@ class ModelConfig:
         return n
 
 
+# ModelConfig fields that say how qkov initialises a model it trains, nothing of a checkpoint
+# trained elsewhere (a Hugging Face folder): left out where such a checkpoint is described
+TRAINING_ONLY = ("seed", "init_std", "pos_init_std")
+
 # ModelConfig fields that act on a model only where another field says so (a condition on
 # the config's dict): `acting_fields`
 _ACTS_WHERE = {

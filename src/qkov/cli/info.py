@@ -51,14 +51,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-# ModelConfig fields that say how qkov initialises a model it trains: not a checkpoint's
-TRAINING_ONLY = ("seed", "init_std", "pos_init_std")
-
-
 def _hf_info(path: Path) -> int:
     """A Hugging Face folder, from config.json and the file headers (`inspect_hf`)."""
     import torch
 
+    from qkov.config import TRAINING_ONLY
     from qkov.hf import inspect_hf
     from qkov.resources import available_memory, size_str
 

@@ -26,7 +26,9 @@ computed" (with the reason from `not_computed` if given). Names are the library'
       "checkpoint": str | null,            # the checkpoint directory it was loaded from
       "config": {ModelConfig fields},      # n_layers, n_heads, d_model, d_head, n_ctx, ...,
                                            # d_mlp (0: attention-only), act_fn, bias,
-                                           # normalization (none|rms|layernorm|rmsnorm)
+                                           # normalization (none|rms|layernorm|rmsnorm);
+                                           # a Hugging Face folder's without seed, init_std,
+                                           # pos_init_std (config.TRAINING_ONLY)
       "n_params": int,
       "tokenizer": {"vocab_size": int} | null,
       "evaluation": {                      # THE evaluation set: loss, icl, term importance

@@ -35,6 +35,7 @@ from qkov.errors import QkovError
 from qkov.head_records import head_record, head_trigrams, induction_circuits
 from qkov.heads import attention_patterns
 from qkov.heads import head_scores as score_heads
+from qkov.hf import is_hf_folder
 from qkov.io import atomic_write_text, check_output_dir
 from qkov.loss import next_token_loss
 from qkov.metrics import phase_change, training_history
@@ -181,8 +182,6 @@ def analyze_model(
     stage(f"loss on {evaluation.n_tokens:,} tokens, bigrams")
     logits = model(tokens)
     loss = float(next_token_loss(logits, tokens))
-    from qkov.hf import is_hf_folder
-
     # a Hugging Face folder was not trained by qkov: how qkov initialises a model (seed,
     # init_std, pos_init_std) says nothing of it
     elsewhere = checkpoint is not None and is_hf_folder(Path(checkpoint))

@@ -115,7 +115,7 @@ def test_cli_attribute_reads_the_text_from_the_command_line_as_from_a_file(tmp_p
     assert inline[1:-1] == from_file[1:-1] and inline[0].startswith(f"{folder} on 'def f(x):")
     assert main(["attribute", folder, "--text", " \n"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "qkov attribute: error: --text is empty: give the text to attribute (or --text-file FILE)"
+        "qkov attribute: error: --text is empty: give the text itself (or --text-file FILE)"
     )
     for args in ([], ["--text", code, "--text-file", str(tmp_path / "t.py")]):
         with pytest.raises(SystemExit) as e:

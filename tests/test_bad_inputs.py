@@ -646,21 +646,45 @@ def test_unwritable_output_is_refused_before_any_work(writer, shape, base, tmp_p
     assert tree(env.tmp, env.run) == before, (writer, shape)  # nothing written, nothing lost
 
 
-@pytest.mark.parametrize(
-    "command",
-    [["analyze", "--text-file"], ["heads", "--text-file"], ["heads", "--text"]],
-    ids=" ".join,
-)
-def test_an_empty_text_file_is_refused(base, tmp_path, command):
-    """`--text-file empty.txt` must not silently fall back to a built-in snippet (nor, in
-    `qkov heads`, under its first name `--text`)."""
+@pytest.mark.parametrize("name", ["analyze", "heads", "attribute"])
+def test_the_text_flags_mean_the_same_in_every_command(base, tmp_path, name):
+    """`--text-file empty.txt` must not silently fall back to a built-in snippet; `--text`
+    is the text itself in every command that reads a text (a blank one is refused), and a
+    `--text` naming a file is refused rather than read as its name's few characters (it was
+    another name of --text-file in `qkov heads`); never both flags. One line, exit 2,
+    nothing written."""
     env = make_env(*base, tmp_path / "case")
-    empty = env.tmp / "empty.txt"
+    empty, notes = env.tmp / "empty.txt", env.tmp / "notes.txt"
     empty.write_text("")
-    name, flag = command
-    out = ["--json", env.tmp / "o" / "h.json"] if name == "heads" else ["--out", env.tmp / "o"]
-    code, err = cli(name, env.run, *out, flag, empty)
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and str(empty) in lines[0], (code, err)
-    assert "--text-file" in lines[0], lines
-    assert not (env.tmp / "o").exists()
+    notes.write_text("def f(x):\n    return x\n")
+    out = {"heads": ["--json", env.tmp / "o" / "h.json"], "analyze": ["--out", env.tmp / "o"]}
+    refusals = {
+        ("--text-file", empty): [str(empty), "--text-file", "is empty"],
+        ("--text", " \n"): ["--text is empty"],
+        ("--text", notes): [f"{str(notes)!r} is a file", f"give --text-file {notes}"],
+    }
+    for (flag, value), words in refusals.items():
+        code, err = cli(name, env.run, *out.get(name, []), flag, value)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1, (flag, value, code, err)
+        assert all(w in lines[0] for w in words), (words, lines)
+        assert not (env.tmp / "o").exists()
+    code, err = cli(name, env.run, "--text", "x", "--text-file", notes, *out.get(name, []))
+    assert code == 2 and "not allowed with argument" in err
+
+
+def test_qkov_heads_reads_the_text_from_the_command_line_as_from_a_file(base, tmp_path):
+    """`qkov heads --text "..."` scores the heads and evaluates on the same text as
+    `--text-file` holding it (the same JSON but for the text's name)."""
+    env = make_env(*base, tmp_path / "case")
+    text = "def f(x):\n    return x + 1\n" * 6
+    (env.tmp / "t.py").write_text(text)
+    a, b = env.tmp / "a.json", env.tmp / "b.json"
+    assert cli("heads", env.run, "--text-file", env.tmp / "t.py", "--json", a)[0] == 0
+    assert cli("heads", env.run, "--text", text, "--json", b)[0] == 0
+    from_file, inline = json.loads(a.read_text()), json.loads(b.read_text())
+    assert from_file["evaluation"]["description"].startswith(str(env.tmp / "t.py"))
+    assert inline["evaluation"]["description"].startswith("the text given with --text")
+    for d in (from_file, inline):
+        d["evaluation"].pop("description")
+    assert inline == from_file and inline["text_scores"]

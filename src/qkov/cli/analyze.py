@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
-from qkov.cli.flags import add_download_flag, add_token_filter_flags, min_token_count, model_dirs
+from qkov.cli.flags import (
+    add_download_flag,
+    add_text_flags,
+    add_token_filter_flags,
+    given_text,
+    min_token_count,
+    model_dirs,
+)
 from qkov.report.fmt import stderr_text
 
 
@@ -17,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Analyse one or more checkpoint directories (the first is the main model; "
         "give the 0-, 1- and 2-layer models together to compare their losses) and write "
         "OUT/analysis.json and OUT/report.html, a single file that works offline. Loss, ICL "
-        "score and term importance are measured on the evaluation set: --text-file if given, "
+        "score and term importance are measured on the evaluation set: --text or --text-file if "
+        "given, "
         "else the held-out documents of each model's training corpus, else (a synthetic-task "
         "model) the random-token probe.",
     )
@@ -25,10 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "dirs", nargs="+", metavar="DIR", help="checkpoint directories (hub ids with --download)"
     )
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument(
-        "--text-file",
-        help="a text to evaluate on and to show in the attention views (default: held-out "
-        "documents of the training corpus; a short repeated Python snippet in the views)",
+    add_text_flags(
+        p,
+        "evaluate on it and show it in the attention views (default: held-out documents of "
+        "the training corpus; a short repeated Python snippet in the views)",
     )
     p.add_argument(
         "--eval-seqs", type=int, default=256, help="at most this many evaluation sequences"
@@ -41,27 +48,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def read_text_file(path: str, flag: str = "--text-file") -> str:
-    """The text of a file given on the command line; an unreadable or empty file is refused
-    with one line (never replaced by a default)."""
-    from qkov.errors import QkovError
-
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise QkovError(f"cannot read {flag} {path} ({e})") from None
-    if not text.strip():
-        raise QkovError(f"{flag} {path} is empty: pass a file with some text to evaluate on")
-    return text
-
-
 def run(args: argparse.Namespace) -> int:
     from qkov.analyze import analyze, write_analysis
     from qkov.errors import QkovError
     from qkov.io import check_output_dir
 
     check_output_dir(args.out)
-    text = read_text_file(args.text_file) if args.text_file else None
+    text, text_name = given_text(args) or (None, "")
     if args.n_bigrams < 1 or args.n_trigrams < 1 or args.eval_seqs < 1:
         raise QkovError("--n-bigrams, --n-trigrams and --eval-seqs must be at least 1")
     wanted = min_token_count(args)
@@ -70,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     analysis = analyze(
         dirs,
         text=text,
-        text_name=args.text_file or "",
+        text_name=text_name,
         max_sequences=args.eval_seqs,
         n_bigrams=args.n_bigrams,
         n_trigrams=args.n_trigrams,

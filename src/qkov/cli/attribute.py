@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from qkov.cli.flags import add_text_flags, given_text
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -19,9 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "prediction (argmax) is not the actual next token.",
     )
     p.add_argument("dir", help="checkpoint directory (config.json, model.safetensors, tokenizer)")
-    text = p.add_mutually_exclusive_group(required=True)
-    text.add_argument("--text", default=None, help="the text itself (at most n_ctx tokens)")
-    text.add_argument("--text-file", default=None, help="a file holding the text")
+    add_text_flags(p, "the text to attribute (at most n_ctx tokens)", required=True)
     p.add_argument("-k", "--top-k", type=int, default=3, help="paths shown up and down per token")
     p.add_argument(
         "--max-order",
@@ -44,7 +44,6 @@ def run(args: argparse.Namespace) -> int:
     from qkov.attribution import attribute_text
     from qkov.budget import attribution_max_order
     from qkov.checkpoint import check_folders, load
-    from qkov.cli.analyze import read_text_file
     from qkov.errors import QkovError
     from qkov.io import atomic_write_text, check_output_file
 
@@ -55,9 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         check_output_file(args.json, "--json")
     flag = "--text-file" if args.text_file is not None else "--text"
-    text = read_text_file(args.text_file) if args.text_file is not None else args.text
-    if not text.strip():
-        raise QkovError("--text is empty: give the text to attribute (or --text-file FILE)")
+    text, _ = given_text(args)
     check_folders([args.dir], text=f"{flag} cannot be encoded")
     model = load(args.dir, for_analysis=True)
     order, cut_note = args.max_order, ""

@@ -136,6 +136,57 @@ def min_token_count(args: argparse.Namespace) -> int | None:
     return None if args.all_tokens else args.min_token_count
 
 
+def add_text_flags(parser: argparse.ArgumentParser, what: str, required: bool = False) -> None:
+    """--text "..." (the text itself) or --text-file FILE (a file holding it), never both:
+    each flag means the same in every command. `what`: what the command does with the text.
+    Read them back with `given_text(args)`."""
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument("--text", default=None, help=f"the text itself: {what}")
+    group.add_argument("--text-file", default=None, help=f"a file holding the text: {what}")
+
+
+def given_text(args: argparse.Namespace) -> tuple[str, str] | None:
+    """(the text, its name) from --text-file (read) or --text, or None for neither. An
+    unreadable, empty or blank text is one line; so is a --text that names a file (--text is
+    the text itself: `--text notes.txt` would read the 9 characters "notes.txt")."""
+    from pathlib import Path
+
+    from qkov.errors import QkovError
+
+    if args.text_file is not None:
+        return read_text_file(args.text_file), args.text_file
+    if args.text is None:
+        return None
+    if not args.text.strip():
+        raise QkovError("--text is empty: give the text itself (or --text-file FILE)")
+    try:
+        a_file = "\n" not in args.text and Path(args.text).is_file()
+    except (OSError, ValueError):  # a name too long for the filesystem, a NUL
+        a_file = False
+    if a_file:
+        raise QkovError(
+            f"--text is the text itself, and {args.text!r} is a file: to read it, give "
+            f"--text-file {args.text}"
+        )
+    return args.text, "the text given with --text"
+
+
+def read_text_file(path: str, flag: str = "--text-file") -> str:
+    """The text of a file given on the command line; an unreadable or empty file is refused
+    with one line (never replaced by a default)."""
+    from pathlib import Path
+
+    from qkov.errors import QkovError
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise QkovError(f"cannot read {flag} {path} ({e})") from None
+    if not text.strip():
+        raise QkovError(f"{flag} {path} is empty: pass a file with some text to evaluate on")
+    return text
+
+
 def add_download_flag(parser: argparse.ArgumentParser) -> None:
     """--download: the DIR arguments are Hugging Face hub repository ids to fetch first
     (`qkov.hf.download`). Read them back with `model_dirs(args, dirs)`."""

@@ -8,7 +8,7 @@ import json
 import math
 import sys
 
-from qkov.cli.flags import add_download_flag, model_dirs
+from qkov.cli.flags import add_download_flag, add_text_flags, given_text, model_dirs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,8 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Score every head on a seeded batch of random tokens ending in a repeated "
         "block (the induction probe), label it, and name the earlier heads each induction "
         "head's key reads (K-composition). The ICL score (and --terms) are measured on the "
-        "evaluation set: --text-file if given, else held-out documents of the training corpus, "
-        "else the probe.",
+        "evaluation set: --text or --text-file if given, else held-out documents of the "
+        "training corpus, else the probe.",
     )
     p.add_argument("dir", help="checkpoint directory (a hub id with --download)")
     add_download_flag(p)
@@ -30,13 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--seq-len", type=int, default=None, help="probe sequence length (default min(128, n_ctx))"
     )
     p.add_argument("--seed", type=int, default=0, help="probe seed")
-    p.add_argument(
-        "--text-file",
-        "--text",  # its first name, kept
-        dest="text",
-        default=None,
-        help="a text file: score heads on it too, and evaluate on it (encoded with the "
-        "checkpoint's tokenizer, in windows of n_ctx), as in `qkov analyze --text-file`",
+    add_text_flags(
+        p,
+        "score heads on it too, and evaluate on it (encoded with the checkpoint's tokenizer, "
+        "in windows of n_ctx), as `qkov analyze` does",
     )
     p.add_argument(
         "--eval-seqs", type=int, default=256, help="at most this many evaluation sequences"
@@ -83,7 +80,6 @@ def run(args: argparse.Namespace) -> int:
     from qkov.checkpoint import load
     from qkov.classification import classify_heads
     from qkov.cli import plural
-    from qkov.cli.analyze import read_text_file
     from qkov.data.evaluation import evaluation_set
     from qkov.data.probes import default_seq_len, induction_probe
     from qkov.data.tokenizer import start_ids
@@ -100,14 +96,14 @@ def run(args: argparse.Namespace) -> int:
         raise QkovError("--batch-size, --eval-seqs and --qk-seqs must be at least 1")
     if args.qk_max_order is not None and args.qk_max_order < 0:
         raise QkovError(f"--qk-max-order must be >= 0, got {args.qk_max_order}")
-    text = read_text_file(args.text, "--text-file") if args.text else None
+    text, text_name = given_text(args) or (None, "")
     (args.dir,) = model_dirs(args, [args.dir])
     stage = Stages(args.dir, lambda line: print(line, file=sys.stderr, flush=True))
     model = load(args.dir, for_analysis=True)
     cfg = model.cfg
     chosen = _chosen_heads(args.qk_heads, cfg)  # checked before the work
     ev = evaluation_set(
-        model, args.dir, text=text, text_name=args.text or "", max_sequences=args.eval_seqs
+        model, args.dir, text=text, text_name=text_name, max_sequences=args.eval_seqs
     )
     # without a text or a corpus the evaluation set is the probe: its ICL score then reads the
     # losses of the probe's pass (a second forward pass takes ~25 s at 1B)

@@ -1,12 +1,14 @@
 """The CLI as a user meets it: commands that work, and one clear line for mistakes."""
 
 import json
+import os
 import re
 import subprocess
 import sys
 
 import pytest
 
+import qkov
 from qkov import shipped
 from qkov.cli import COMMANDS, HelpFormatter, build_parser, main
 from tiny import tiny_train
@@ -223,3 +225,35 @@ def test_info_says_when_the_weights_are_newer_than_the_last_metrics(run_dir, tmp
     assert main(["info", str(run_dir)]) == 0  # the whole run: its last record is its weights'
     out = capsys.readouterr().out
     assert "last record of metrics.jsonl\n" in out and "the weights are of step" not in out
+
+
+def test_info_says_where_a_run_stands_in_its_schedule_and_what_it_keeps(run_dir, tmp_path, capsys):
+    """A run short of its schedule's end: whether a process is training it now (it holds
+    the run's lock), or --resume continues it (its train state is kept), or neither; and
+    the snapshots it keeps for `qkov forming`."""
+    import shutil
+
+    from qkov.runlock import RunLock
+    from qkov.snapshots import save_snapshot
+    from qkov.train_state import STATE
+
+    def rows() -> dict[str, str]:
+        assert main(["info", str(run)]) == 0
+        out = capsys.readouterr().out.split("last record")[0]
+        return dict(line.split(None, 1) for line in out.splitlines()[1:])
+
+    run = tmp_path / "short"
+    shutil.copytree(run_dir, run)
+    assert rows()["weights"] == "of step 6" and "snapshots" not in rows()  # at its end
+    tc = json.loads((run / "train_config.json").read_text())
+    (run / "train_config.json").write_text(json.dumps(tc | {"steps": 12}))
+    assert rows()["weights"] == "of step 6 of 12 (qkov train --resume continues it)"
+    with RunLock(run) as lock:
+        lock.acquire()
+        assert rows()["weights"] == f"of step 6 of 12 (process {os.getpid()} is training it now)"
+    (run / STATE).unlink()
+    assert rows()["weights"] == "of step 6 of 12 (no train state)"
+    model = qkov.load(run)
+    for step in (2, 5):
+        save_snapshot(run, model, step)
+    assert rows()["snapshots"] == "2 kept, steps 2 to 5 (qkov forming reads them)"

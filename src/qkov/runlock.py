@@ -38,7 +38,7 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _holder_pid(fd)
+            holder = _holder_pid(os.fstat(fd).st_ino)
             os.close(fd)
             who = f"process {holder}" if holder is not None else "another process"
             raise QkovError(
@@ -59,9 +59,18 @@ class RunLock:
         self.release()
 
 
-def _holder_pid(fd: int) -> int | None:
-    """The pid holding a flock on this file, from /proc/locks (Linux), or None."""
-    ino = os.fstat(fd).st_ino
+def writer_pid(path: str | Path) -> int | None:
+    """The pid of the process training into run directory `path` now (holding its lock),
+    or None: read from /proc/locks, without touching the lock (Linux; elsewhere None)."""
+    try:
+        return _holder_pid(os.stat(path).st_ino)
+    except OSError:
+        return None
+
+
+def _holder_pid(ino: int) -> int | None:
+    """The pid holding a flock on the file of inode `ino`, from /proc/locks (Linux), or
+    None."""
     try:
         lines = Path("/proc/locks").read_text().splitlines()
     except OSError:

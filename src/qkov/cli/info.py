@@ -24,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from qkov.checkpoint import load, weights_step
     from qkov.hf import is_hf_folder
     from qkov.metrics import METRICS, last_record
+    from qkov.snapshots import list_snapshots
 
     if is_hf_folder(Path(args.dir)):
         return _hf_info(Path(args.dir))
@@ -33,9 +34,18 @@ def run(args: argparse.Namespace) -> int:
     rows = _config_rows(cfg)
     rows.append(("params", f"{cfg.n_params:,}"))
     rows.append(("tokenizer", _tokenizer_text(model.tokenizer)))
+    tc = _train_config(Path(args.dir) / "train_config.json")
     if step is not None:
-        rows.append(("weights", f"of step {step:,}"))
-    base = _init_from(Path(args.dir) / "train_config.json")
+        rows.append(("weights", _weights_text(Path(args.dir), step, tc.get("steps"))))
+    kept = list_snapshots(args.dir)
+    if kept:
+        rows.append(
+            (
+                "snapshots",
+                f"{len(kept)} kept, steps {kept[0]:,} to {kept[-1]:,} (qkov forming reads them)",
+            )
+        )
+    base = tc.get("init_from")
     if base:
         rows.append(("init_from", f"{base} (fine-tuned from its weights)"))
     print(args.dir)
@@ -150,10 +160,28 @@ def _si(x: float) -> str:
     return f"{x:g}"
 
 
-def _init_from(path: Path) -> str | None:
-    """The run a checkpoint was fine-tuned from (`qkov train --init-from`), if any."""
+def _train_config(path: Path) -> dict:
+    """A run's train_config.json (steps, init_from: the run it was fine-tuned from), or {}
+    where there is none (a checkpoint saved by save_model) or it cannot be read."""
     try:
         tc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
-        return None
-    return tc.get("init_from") if isinstance(tc, dict) else None
+        return {}
+    return tc if isinstance(tc, dict) else {}
+
+
+def _weights_text(run: Path, step: int, steps: object) -> str:
+    """'of step 800 of 1,100 (qkov train --resume continues it)': the step of the weights,
+    and where the run is short of its schedule's end, whether a process is training it now
+    or its train state is kept to resume it."""
+    from qkov.runlock import writer_pid
+    from qkov.train_state import STATE
+
+    if not isinstance(steps, int) or isinstance(steps, bool) or step >= steps:
+        return f"of step {step:,}"
+    pid = writer_pid(run)
+    if pid is not None:
+        more = f"process {pid} is training it now"
+    else:
+        more = "qkov train --resume continues it" if (run / STATE).is_file() else "no train state"
+    return f"of step {step:,} of {steps:,} ({more})"

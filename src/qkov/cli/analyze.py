@@ -23,10 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Analyse one or more checkpoint directories (the first is the main model; "
         "give the 0-, 1- and 2-layer models together to compare their losses) and write "
         "OUT/analysis.json and OUT/report.html, a single file that works offline. Loss, ICL "
-        "score and term importance are measured on the evaluation set: --text or --text-file if "
-        "given, "
-        "else the held-out documents of each model's training corpus, else (a synthetic-task "
-        "model) the random-token probe.",
+        "score and term importance are measured on the evaluation set: --text or --text-file "
+        "if given, else the held-out documents of each model's training corpus, else (a "
+        "synthetic-task model) the random-token probe.",
     )
     p.add_argument(
         "dirs", nargs="+", metavar="DIR", help="checkpoint directories (hub ids with --download)"

@@ -295,13 +295,11 @@ TRAINING_ONLY = ("seed", "init_std", "pos_init_std")
 # ModelConfig fields that act on a model only where another field says so (a condition on
 # the config's dict): `acting_fields`
 _ACTS_WHERE = {
-    "rotary_dim": lambda c: c.get("positional") == "rotary",
-    "rotary_base": lambda c: c.get("positional") == "rotary",
-    "rotary_scaling": lambda c: c.get("positional") == "rotary",
+    **dict.fromkeys(
+        ("rotary_dim", "rotary_base", "rotary_scaling"), lambda c: c.get("positional") == "rotary"
+    ),
     "pos_init_std": lambda c: c.get("positional") in ("shortformer", "standard"),
-    "act_fn": lambda c: (c.get("d_mlp") or 0) > 0,
-    "gated_mlp": lambda c: (c.get("d_mlp") or 0) > 0,
-    "parallel": lambda c: (c.get("d_mlp") or 0) > 0,
+    **dict.fromkeys(("act_fn", "gated_mlp", "parallel"), lambda c: (c.get("d_mlp") or 0) > 0),
     "norm_eps": lambda c: c.get("normalization", "none") != "none",
     "n_kv_heads": lambda c: c.get("n_kv_heads") != c.get("n_heads"),
 }

@@ -171,8 +171,8 @@ def given_text(args: argparse.Namespace) -> tuple[str, str] | None:
     return args.text, "the text given with --text"
 
 
-def read_text_file(path: str, flag: str = "--text-file") -> str:
-    """The text of a file given on the command line; an unreadable or empty file is refused
+def read_text_file(path: str) -> str:
+    """The text of the file given as --text-file; an unreadable or empty file is refused
     with one line (never replaced by a default)."""
     from pathlib import Path
 
@@ -181,9 +181,9 @@ def read_text_file(path: str, flag: str = "--text-file") -> str:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise QkovError(f"cannot read {flag} {path} ({e})") from None
+        raise QkovError(f"cannot read --text-file {path} ({e})") from None
     if not text.strip():
-        raise QkovError(f"{flag} {path} is empty: pass a file with some text to evaluate on")
+        raise QkovError(f"--text-file {path} is empty: pass a file with some text in it")
     return text
 
 

@@ -148,6 +148,47 @@ def test_a_target_out_of_range_is_refused_before_any_kernel_runs(bad):
         unembed_cross_entropy(x, W_U, t)
 
 
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("smoothing", [0.1, 0.6])
+def test_label_smoothing_equals_torchs_smoothed_cross_entropy(smoothing, bias, branch):
+    """The smoothed loss, (lse - z_t) + ε (z_t - mean z), added outside the fused loop,
+    equals F.cross_entropy(label_smoothing=ε): value and every gradient, in each branch."""
+    g = torch.Generator().manual_seed(3)
+    resid = torch.randn(2, 33, 16, generator=g, dtype=torch.float64) * 2
+    W_U = torch.randn(16, 50, generator=g, dtype=torch.float64)
+    b_U = torch.randn(50, generator=g, dtype=torch.float64) if bias else None
+    targets = torch.randint(50, (2, 33), generator=g)
+    dtype = torch.float32 if branch == "kernel" else torch.float64
+    results = []
+    for dt, smoothed in ((torch.float64, True), (dtype, False)):
+        leaves = [
+            x.detach().to(dt).clone().requires_grad_() for x in (resid, W_U, b_U) if x is not None
+        ]
+        r, w, b = (*leaves, None) if len(leaves) == 2 else leaves
+        if smoothed:  # torch's own, from the logits
+            logits = (r @ w + (b if b is not None else 0)).flatten(0, -2)
+            loss = F.cross_entropy(logits, targets.flatten(), label_smoothing=smoothing)
+        else:
+            loss = unembed_cross_entropy(r, w, targets, chunk=20, b_U=b, label_smoothing=smoothing)
+        loss.backward()
+        results.append([loss.detach().double()] + [x.grad.double() for x in leaves])
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-6)
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, **tol)
+    plain_loss = F.cross_entropy(
+        (resid @ W_U + (b_U if bias else 0)).flatten(0, -2), targets.flatten()
+    )
+    assert abs(results[0][0] - plain_loss) > 1e-3  # the smoothing changed the loss
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, float("nan")])
+def test_label_smoothing_outside_zero_to_one_is_refused(bad):
+    with pytest.raises(QkovError, match="label smoothing must be in"):
+        unembed_cross_entropy(
+            torch.randn(4, 8), torch.randn(8, 10), torch.zeros(4), label_smoothing=bad
+        )
+
+
 def test_model_loss_equals_loss_of_logits_with_same_gradients():
     cfg = ModelConfig(n_layers=2, n_heads=2, d_model=16, n_ctx=12, d_vocab=40, init_std=0.3)
     a = AttnOnlyTransformer(cfg)

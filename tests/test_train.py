@@ -406,6 +406,45 @@ def test_measuring_the_matmul_peak_leaves_the_global_rng_alone():
     assert torch.equal(torch.get_rng_state(), state)
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+def test_training_minimises_the_smoothed_loss_with_label_smoothing(smoothing, data, tmp_path):
+    """One step: the logged train loss is the initial model's loss on batch 0, smoothed as
+    asked (F.cross_entropy's label_smoothing, from the logits), and the step's weights are
+    those of AdamW on that loss's gradients."""
+    from qkov.model import Transformer
+    from qkov.train import _make_optimizer
+
+    tc = small_tc(steps=1, warmup=0, label_smoothing=smoothing)
+    trained = train(CFG, tc, tmp_path / "r", progress=False, data=data)
+    torch.manual_seed(tc.seed)
+    model = Transformer(CFG)
+    batch = data.train_batch(0, tc.batch_size, CFG.n_ctx, tc.seed)
+    logits = model(batch[:, :-1]).flatten(0, 1)
+    loss = torch.nn.functional.cross_entropy(
+        logits, batch[:, 1:].flatten(), label_smoothing=smoothing
+    )
+    rec = read_records(tmp_path / "r/metrics.jsonl")[-1]
+    assert rec["train_loss"] == pytest.approx(loss.item(), abs=2e-5)
+    opt = _make_optimizer(model, tc)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+    opt.step()
+    for name, w in model.weights().items():
+        torch.testing.assert_close(trained.weights()[name], w, atol=1e-6, rtol=1e-5, msg=name)
+    assert (
+        json.loads((tmp_path / "r/train_config.json").read_text())["label_smoothing"] == smoothing
+    )
+
+
+@pytest.mark.parametrize("bad", ["1", "-0.1", "nan"])
+def test_label_smoothing_outside_zero_to_one_is_refused_before_any_work(
+    bad, tiny_corpus, tmp_path, capsys
+):
+    assert main([*tiny_train(tiny_corpus, tmp_path / "r"), "--label-smoothing", bad]) == 2
+    assert "--label-smoothing must be in [0, 1)" in _one_error_line(capsys)
+    assert not (tmp_path / "r").exists()
+
+
 def _one_error_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("qkov train: error: "), err

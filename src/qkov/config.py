@@ -325,6 +325,7 @@ class TrainConfig:
     warmup: int = 100
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
+    label_smoothing: float = 0.0  # train on targets (1 - ε) onehot + ε / d_vocab
     grad_clip: float = 1.0
     eval_interval: int = 100
     eval_batches: int = 8
@@ -352,6 +353,8 @@ class TrainConfig:
             raise QkovError(f"--grad-clip must be positive, got {self.grad_clip}")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise QkovError(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
+        if not 0 <= self.label_smoothing < 1:  # also refuses NaN
+            raise QkovError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.min_lr_ratio <= 1:  # also refuses NaN
             raise QkovError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
 

@@ -263,10 +263,13 @@ class Transformer(nn.Module):
         b_U = self._param("b_U")
         return resid @ self.W_U + b_U if b_U is not None else resid @ self.W_U
 
-    def forward(self, tokens: Tensor, targets: Tensor | None = None) -> Tensor:
+    def forward(
+        self, tokens: Tensor, targets: Tensor | None = None, label_smoothing: float = 0.0
+    ) -> Tensor:
         """tokens [batch, pos] -> logits [batch, pos, d_vocab] (fast path, SDPA); with
         targets [batch, pos], the mean next-token cross-entropy instead, fused with the
-        unembedding (qkov.loss: the logits are never materialised)."""
+        unembedding (qkov.loss: the logits are never materialised), against targets
+        smoothed by label_smoothing (training's --label-smoothing)."""
         resid = self.resid_final(tokens)
         if targets is None:
             return self.unembed(resid)
@@ -276,7 +279,10 @@ class Transformer(nn.Module):
                 f"targets have shape {list(targets.shape)} but tokens {list(resid.shape[:-1])}: "
                 "pass one target id per input token"
             )
-        return unembed_cross_entropy(resid, self.W_U, targets, b_U=self._param("b_U"))
+        b_U = self._param("b_U")
+        return unembed_cross_entropy(
+            resid, self.W_U, targets, b_U=b_U, label_smoothing=label_smoothing
+        )
 
     def _stacked_qkv(self) -> tuple[Tensor, Tensor | None]:
         """W_Q, W_K and W_V of every layer side by side, as one matmul reads them:

@@ -143,7 +143,8 @@ def train(
                 for g in opt.param_groups:
                     g["lr"] = lr
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                    loss = fwd(batch[:, :-1], batch[:, 1:])  # fused unembed + loss
+                    # fused unembed + loss (the smoothed one with --label-smoothing)
+                    loss = fwd(batch[:, :-1], batch[:, 1:], tc.label_smoothing)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 # Mean over ranks (same on all), and whether any rank was asked to stop.

@@ -52,6 +52,9 @@ TRAIN_HELP = {
     "min_lr_ratio": "the cosine schedule ends at this fraction of --lr (1: constant lr after "
     "warmup)",
     "weight_decay": "AdamW weight decay",
+    "label_smoothing": "train on targets smoothed towards uniform, (1 - ε) onehot + ε / vocab "
+    "(0: none); the train loss logged is then this objective, the held-out loss the plain "
+    "cross-entropy",
     "grad_clip": "clip the gradient norm to this",
     "eval_interval": "log train and held-out loss every N steps",
     "eval_batches": "held-out batches per evaluation",

@@ -304,6 +304,51 @@ def test_qkov_heads_repetition_prints_the_loss_by_training_count(tmp_path, capsy
     assert sum(int(r[3].rstrip("%")) for r in rows) == pytest.approx(100, abs=len(bins))
 
 
+def test_qkov_heads_repetition_seeds_gives_the_means_of_the_tests_of_each_seed(tmp_path, capsys):
+    """`--repetition-seeds 3` prints and writes each head's score and each half's loss as the
+    mean of `repetition_test` at seeds 0, 1 and 2, run here one by one; 0 is refused."""
+    from qkov.checkpoint import load, save_model
+    from qkov.cli import main
+    from qkov.model import Transformer
+
+    cfg = ModelConfig(
+        n_layers=2, n_heads=2, d_model=16, n_ctx=100, d_vocab=64, seed=4, init_std=1.0
+    )
+    save_model(Transformer(cfg), tmp_path / "m")  # (sharp patterns: the seeds' scores differ)
+    model = load(tmp_path / "m", for_analysis=True)
+    tests = [repetition_test(model, seed=s, split=False) for s in range(3)]
+    assert not torch.allclose(tests[0].induction_scores, tests[1].induction_scores, atol=1e-3)
+    out_json = tmp_path / "h.json"
+    assert (
+        main(["heads", str(tmp_path / "m"), "--repetition-seeds", "3", "--json", str(out_json)])
+        == 0
+    )
+    out = capsys.readouterr().out
+    rep = json.loads(out_json.read_text())["repetition"]
+    mean = rep["mean_over_seeds"]
+    scores = torch.stack([t.induction_scores for t in tests]).mean(0)
+    torch.testing.assert_close(torch.tensor(mean["induction_scores"]), scores)
+    repeated = sum(t.repeated_half_loss for t in tests) / 3
+    assert mean["repeated_half_loss"] == pytest.approx(repeated, rel=1e-6)
+    assert mean["first_half_loss"] == pytest.approx(
+        sum(t.first_half_loss for t in tests) / 3, rel=1e-6
+    )
+    assert [b["repeated_half_loss"] for b in mean["by_seed"]] == pytest.approx(
+        [t.repeated_half_loss for t in tests], rel=1e-6
+    )
+    assert len({round(t.repeated_half_loss, 6) for t in tests}) == 3  # the seeds differ
+    assert rep["seed"] == 0 and rep["repeated_half_loss"] == pytest.approx(
+        tests[0].repeated_half_loss
+    )
+    assert f"the mean of seeds 0 to 2): loss on the first half {mean['first_half_loss']:.2f}" in out
+    assert f"on the repeated half {repeated:.2f}" in out
+    table = out.split("mean of 3  probe seeds 0-7: min  mean  max\n")[1]
+    row = next(line for line in table.splitlines() if line.startswith("L1H1 "))
+    assert float(row.split()[1]) == pytest.approx(float(scores[1, 1]), abs=5e-4)
+    assert main(["heads", str(tmp_path / "m"), "--repetition-seeds", "0"]) == 2
+    assert "--repetition-seeds must be at least 1" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "shape",
     [{}, {"normalization": "rmsnorm", "positional": "rotary", "bias": False, "act_fn": "silu"}],

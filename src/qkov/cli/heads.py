@@ -69,6 +69,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "repeated once): every head's induction score, the loss on each half, and the standard "
         "probe's induction scores over 8 seeds",
     )
+    p.add_argument(
+        "--repetition-seeds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --repetition (implied): each head's score and the loss on each half as the "
+        "mean over seeds 0 .. N-1, and each seed's losses (default 1: seed 0); the split of "
+        "the repeated half's loss stays seed 0's",
+    )
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.set_defaults(func=run)
 
@@ -94,6 +103,9 @@ def run(args: argparse.Namespace) -> int:
         check_output_file(args.json, "--json")
     if args.batch_size < 1 or args.eval_seqs < 1 or args.qk_seqs < 1:
         raise QkovError("--batch-size, --eval-seqs and --qk-seqs must be at least 1")
+    if args.repetition_seeds < 1:
+        raise QkovError(f"--repetition-seeds must be at least 1, got {args.repetition_seeds}")
+    args.repetition |= args.repetition_seeds > 1
     if args.qk_max_order is not None and args.qk_max_order < 0:
         raise QkovError(f"--qk-max-order must be >= 0, got {args.qk_max_order}")
     text, text_name = given_text(args) or (None, "")
@@ -179,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.repetition and cls.records:
         stage("repeated random tokens test, and the probe over 8 seeds")
-        result["repetition"] = _repetition(model)
+        result["repetition"] = _repetition(model, args.repetition_seeds)
 
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=1) + "\n")
@@ -187,8 +199,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _repetition(model) -> dict[str, object]:
-    """Print and return the repetition test (seed 0) and the probe over seeds 0-7."""
+def _repetition(model, n_seeds: int = 1) -> dict[str, object]:
+    """Print and return the repetition test (seed 0; with n_seeds > 1 each head's score and
+    the losses also as means over seeds 0 .. n_seeds-1) and the probe over seeds 0-7."""
     import torch
 
     from qkov.data.tokenizer import start_ids
@@ -201,21 +214,38 @@ def _repetition(model) -> dict[str, object]:
         print(f"\nrepetition test: needs n_ctx >= {need} (this model: {cfg.n_ctx}); skipped")
         return {}
     r = repetition_test(model)
+    tests = [r] + [repetition_test(model, seed=s, split=False) for s in range(1, n_seeds)]
+    scores = torch.stack([t.induction_scores for t in tests]).mean(0)
+    first = sum(t.first_half_loss for t in tests) / n_seeds
+    repeated = sum(t.repeated_half_loss for t in tests) / n_seeds
     probes = torch.stack([head_scores(model, seed=s, copying=False).induction for s in range(8)])
+    seeds = f"seed {r.seed}" if n_seeds == 1 else f"the mean of seeds 0 to {n_seeds - 1}"
     print(
         f"\nrepeated random tokens ({r.batch} sequences, a block of {r.half_len} repeated once, "
-        f"seed {r.seed}): loss on the first half {r.first_half_loss:.2f} nats, on the repeated "
-        f"half {r.repeated_half_loss:.2f} ({100 * r.repeated_fraction:.0f}% of the uniform "
+        f"{seeds}): loss on the first half {first:.2f} nats, on the repeated "
+        f"half {repeated:.2f} ({100 * repeated / r.uniform_loss:.0f}% of the uniform "
         f"ln {cfg.d_vocab} = {r.uniform_loss:.2f})"
     )
-    print("head    repetition  probe seeds 0-7: min  mean  max")
+    if n_seeds > 1:
+        print(
+            "seed by seed, first half / repeated half: "
+            + ", ".join(
+                f"{t.seed}: {t.first_half_loss:.2f} / {t.repeated_half_loss:.2f} "
+                f"({100 * t.repeated_fraction:.0f}%)"
+                for t in tests
+            )
+        )
+    column = "repetition" if n_seeds == 1 else f"mean of {n_seeds}"
+    print(f"head    {column:>10}  probe seeds 0-7: min  mean  max")
     for l in range(cfg.n_layers):
         for h in range(cfg.n_heads):
             p = probes[:, l, h]
             print(
-                f"L{l}H{h:<4} {float(r.induction_scores[l, h]):10.3f}  {float(p.min()):21.3f} "
+                f"L{l}H{h:<4} {float(scores[l, h]):10.3f}  {float(p.min()):21.3f} "
                 f"{float(p.mean()):5.3f} {float(p.max()):5.3f}"
             )
+    if n_seeds > 1:
+        print("(the split of the repeated half below is seed 0's)")
     x = r.repeated_token_logit
     print(
         f"the repeated half's loss, split (means over its predictions; logits counted from "
@@ -250,7 +280,20 @@ def _repetition(model) -> dict[str, object]:
                 f"{b.label:<18} {b.predictions:12d} {b.loss:6.2f} {share:19.0%} "
                 f"{b.first_logit:+18.2f} {b.repeated_logit:+7.2f} {b.lift:+6.2f}"
             )
-    return {**r.to_dict(), "probe_induction_by_seed": probes.tolist()}
+    out = {**r.to_dict(), "probe_induction_by_seed": probes.tolist()}
+    if n_seeds > 1:  # seed 0's record above, and the means over the seeds beside it
+        out["mean_over_seeds"] = {
+            "seeds": [t.seed for t in tests],
+            "induction_scores": scores.tolist(),
+            "first_half_loss": first,
+            "repeated_half_loss": repeated,
+            "repeated_fraction": repeated / r.uniform_loss,
+            "by_seed": [
+                {k: t.to_dict()[k] for k in ("seed", "first_half_loss", "repeated_half_loss")}
+                for t in tests
+            ],
+        }
+    return out
 
 
 def _writers(writers: dict[str, float]) -> str:

@@ -227,6 +227,39 @@ def test_info_says_when_the_weights_are_newer_than_the_last_metrics(run_dir, tmp
     assert "last record of metrics.jsonl\n" in out and "the weights are of step" not in out
 
 
+@pytest.mark.parametrize("command", ["info", "heads", "analyze"])
+def test_a_run_without_weights_yet_says_whether_they_are_coming(command, run_dir, tmp_path, capsys):
+    """A run before its first checkpoint: the process training it and the step its weights
+    come at; without that process, that none were kept. One line, exit 2, for every
+    command that loads a model."""
+    import shutil
+
+    from qkov.runlock import RunLock
+
+    run = tmp_path / "young"
+    shutil.copytree(run_dir, run)
+    (run / "model.safetensors").unlink()
+    (run / "train_state.safetensors").unlink()  # (with it, the weights were lost, not late)
+    every = json.loads((run / "train_config.json").read_text())["ckpt_interval"]
+    argv = [command, str(run)] + (["--out", str(tmp_path / "o")] if command == "analyze" else [])
+
+    def error() -> str:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err
+        return err[0]
+
+    with RunLock(run) as lock:
+        lock.acquire()
+        assert (
+            f"no model.safetensors yet: process {os.getpid()} is training it and writes its "
+            in error()
+        )
+    assert f"first checkpoint (step {every:,}, --ckpt-interval)" in error()
+    assert "its training stopped before its first checkpoint" in error()
+    assert not (tmp_path / "o").exists()
+
+
 def test_info_says_where_a_run_stands_in_its_schedule_and_what_it_keeps(run_dir, tmp_path, capsys):
     """A run short of its schedule's end: whether a process is training it now (it holds
     the run's lock), or --resume continues it (its train state is kept), or neither; and

@@ -135,6 +135,42 @@ def _check_folder(path: Path) -> None:
             f"{path} has no {CONFIG}: pass a directory written by `qkov train` "
             "(it holds config.json and model.safetensors)"
         )
+    state = path / "train_state.safetensors"  # qkov.train_state.STATE (it imports this module)
+    run = (path / "train_config.json").is_file()
+    if run and not state.exists() and not (path / WEIGHTS).exists():  # before a checkpoint
+        raise QkovError(_no_weights_yet(path))
+
+
+def _no_weights_yet(path: Path) -> str:
+    """The line for a run directory without weights: one before its first checkpoint, still
+    training (the process holding its lock) or stopped before it (nothing kept)."""
+    from qkov.runlock import writer_pid
+
+    every = _ckpt_interval(path / "train_config.json")
+    first = (
+        f"its first checkpoint (step {every:,}, --ckpt-interval)"
+        if every
+        else "its first checkpoint"
+    )
+    pid = writer_pid(path)
+    if pid is not None:
+        return (
+            f"{path} has no {WEIGHTS} yet: process {pid} is training it and writes {first}; "
+            "try again then"
+        )
+    return (
+        f"{path} has no {WEIGHTS}: its training stopped before {first}, so no weights were "
+        "kept; train it again (a smaller --ckpt-interval keeps weights sooner)"
+    )
+
+
+def _ckpt_interval(path: Path) -> int | None:
+    """A run's --ckpt-interval from its train_config.json, or None where unreadable."""
+    try:
+        every = json.loads(path.read_text()).get("ckpt_interval")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return every if isinstance(every, int) and not isinstance(every, bool) else None
 
 
 def check_folders(

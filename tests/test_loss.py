@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from qkov import AttnOnlyTransformer, ModelConfig, QkovError, kernels
-from qkov.loss import chunk_rows, unembed_cross_entropy
+from qkov.loss import chunk_rows, target_logit_margin, unembed_cross_entropy
 
 
 def plain(resid, W_U, targets):
@@ -151,8 +151,9 @@ def test_a_target_out_of_range_is_refused_before_any_kernel_runs(bad):
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("smoothing", [0.1, 0.6])
 def test_label_smoothing_equals_torchs_smoothed_cross_entropy(smoothing, bias, branch):
-    """The smoothed loss, (lse - z_t) + ε (z_t - mean z), added outside the fused loop,
-    equals F.cross_entropy(label_smoothing=ε): value and every gradient, in each branch."""
+    """The fused cross-entropy plus ε times the target's logit less the mean logit (a term
+    linear in the logits) equals F.cross_entropy(label_smoothing=ε): value and every
+    gradient, in each branch of the fused loss."""
     g = torch.Generator().manual_seed(3)
     resid = torch.randn(2, 33, 16, generator=g, dtype=torch.float64) * 2
     W_U = torch.randn(16, 50, generator=g, dtype=torch.float64)
@@ -160,16 +161,17 @@ def test_label_smoothing_equals_torchs_smoothed_cross_entropy(smoothing, bias, b
     targets = torch.randint(50, (2, 33), generator=g)
     dtype = torch.float32 if branch == "kernel" else torch.float64
     results = []
-    for dt, smoothed in ((torch.float64, True), (dtype, False)):
+    for dt, torchs in ((torch.float64, True), (dtype, False)):
         leaves = [
             x.detach().to(dt).clone().requires_grad_() for x in (resid, W_U, b_U) if x is not None
         ]
         r, w, b = (*leaves, None) if len(leaves) == 2 else leaves
-        if smoothed:  # torch's own, from the logits
+        if torchs:  # from the logits
             logits = (r @ w + (b if b is not None else 0)).flatten(0, -2)
             loss = F.cross_entropy(logits, targets.flatten(), label_smoothing=smoothing)
         else:
-            loss = unembed_cross_entropy(r, w, targets, chunk=20, b_U=b, label_smoothing=smoothing)
+            loss = unembed_cross_entropy(r, w, targets, chunk=20, b_U=b)
+            loss = loss + smoothing * target_logit_margin(r, w, targets, b)
         loss.backward()
         results.append([loss.detach().double()] + [x.grad.double() for x in leaves])
     tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-6)
@@ -182,11 +184,25 @@ def test_label_smoothing_equals_torchs_smoothed_cross_entropy(smoothing, bias, b
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.0, float("nan")])
-def test_label_smoothing_outside_zero_to_one_is_refused(bad):
+def test_the_models_label_smoothing_outside_zero_to_one_is_refused(bad):
+    cfg = ModelConfig(n_layers=1, n_heads=2, d_model=16, n_ctx=12, d_vocab=40)
+    x = torch.randint(40, (2, 13))
     with pytest.raises(QkovError, match="label smoothing must be in"):
-        unembed_cross_entropy(
-            torch.randn(4, 8), torch.randn(8, 10), torch.zeros(4), label_smoothing=bad
-        )
+        AttnOnlyTransformer(cfg)(x[:, :-1], x[:, 1:], label_smoothing=bad)
+
+
+def test_the_model_keeps_the_plain_cross_entropy_of_a_smoothed_pass():
+    cfg = ModelConfig(n_layers=1, n_heads=2, d_model=16, n_ctx=12, d_vocab=40, init_std=0.3)
+    model = AttnOnlyTransformer(cfg)
+    x = torch.randint(40, (4, 13))
+    smoothed = model(x[:, :-1], x[:, 1:], label_smoothing=0.2)
+    logits = model(x[:, :-1]).flatten(0, 1)
+    torch.testing.assert_close(
+        smoothed, F.cross_entropy(logits, x[:, 1:].flatten(), label_smoothing=0.2)
+    )
+    torch.testing.assert_close(
+        model.last_cross_entropy, F.cross_entropy(logits, x[:, 1:].flatten())
+    )
 
 
 def test_model_loss_equals_loss_of_logits_with_same_gradients():

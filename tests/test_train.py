@@ -408,9 +408,9 @@ def test_measuring_the_matmul_peak_leaves_the_global_rng_alone():
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.3])
 def test_training_minimises_the_smoothed_loss_with_label_smoothing(smoothing, data, tmp_path):
-    """One step: the logged train loss is the initial model's loss on batch 0, smoothed as
-    asked (F.cross_entropy's label_smoothing, from the logits), and the step's weights are
-    those of AdamW on that loss's gradients."""
+    """One step: the step's weights are those of AdamW on the initial model's loss on batch
+    0, smoothed as asked (F.cross_entropy's label_smoothing, from the logits); the train loss
+    logged is the plain cross-entropy, and the smoothed loss is logged beside it."""
     from qkov.model import Transformer
     from qkov.train import _make_optimizer
 
@@ -420,11 +420,15 @@ def test_training_minimises_the_smoothed_loss_with_label_smoothing(smoothing, da
     model = Transformer(CFG)
     batch = data.train_batch(0, tc.batch_size, CFG.n_ctx, tc.seed)
     logits = model(batch[:, :-1]).flatten(0, 1)
-    loss = torch.nn.functional.cross_entropy(
-        logits, batch[:, 1:].flatten(), label_smoothing=smoothing
-    )
+    ce = torch.nn.functional.cross_entropy
+    loss = ce(logits, batch[:, 1:].flatten(), label_smoothing=smoothing)
     rec = read_records(tmp_path / "r/metrics.jsonl")[-1]
-    assert rec["train_loss"] == pytest.approx(loss.item(), abs=2e-5)
+    assert rec["train_loss"] == pytest.approx(ce(logits, batch[:, 1:].flatten()).item(), abs=2e-5)
+    if smoothing:
+        assert rec["train_smoothed_loss"] == pytest.approx(loss.item(), abs=2e-5)
+        assert abs(rec["train_smoothed_loss"] - rec["train_loss"]) > 1e-4  # (telling them apart)
+    else:
+        assert "train_smoothed_loss" not in rec
     opt = _make_optimizer(model, tc)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)

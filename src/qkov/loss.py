@@ -44,6 +44,7 @@ __all__ = [
     "chunk_rows",
     "implementation",
     "next_token_loss",
+    "target_logit_margin",
     "token_losses",
     "unembed_cross_entropy",
 ]
@@ -283,47 +284,15 @@ def unembed_cross_entropy(
     targets: Tensor,
     chunk: int | None = None,
     b_U: Tensor | None = None,
-    label_smoothing: float = 0.0,
 ) -> Tensor:
     """Mean next-token cross-entropy of `resid @ W_U + b_U` against `targets`, fused (see
-    module); with label_smoothing ε, against the target smoothed towards uniform,
-    (1 - ε) onehot + ε / d_vocab, as `F.cross_entropy(..., label_smoothing=ε)`.
+    module).
 
     resid [..., d_model], W_U [d_model, d_vocab], b_U [d_vocab] or None, targets [...] int
     -> scalar. Equals `F.cross_entropy((resid @ W_U + b_U).float().flatten(0, -2),
     targets.flatten())` and its gradients up to float rounding. Without gradients it is a
     chunked forward only. Under autocast the matmuls run in its dtype (bf16: the tensor
-    cores' rate) and the softmax and all sums in fp32, as autocast runs linear + cross-entropy.
-
-    The smoothed loss is the cross-entropy plus ε times the target's logit less the mean
-    logit (-Σ q log p = lse - (1 - ε) z_t - ε mean(z) = (lse - z_t) + ε (z_t - mean(z))):
-    a term linear in the logits, so it is added outside the fused loop, from a gather of
-    W_U's columns, and the logits are still never materialised."""
-    if not 0.0 <= label_smoothing < 1.0:  # also refuses NaN
-        raise QkovError(f"label smoothing must be in [0, 1), got {label_smoothing}")
-    loss = _cross_entropy(resid, W_U, targets, chunk, b_U)
-    if label_smoothing:
-        loss = loss + label_smoothing * _target_logit_margin(resid, W_U, targets, b_U)
-    return loss
-
-
-def _target_logit_margin(resid: Tensor, W_U: Tensor, targets: Tensor, b_U: Tensor | None) -> Tensor:
-    """Mean over tokens of the target's logit less the mean of all logits: resid
-    [..., d_model], W_U [d_model, d_vocab], targets [...] -> scalar (fp32 at least)."""
-    x = resid.reshape(-1, resid.shape[-1])
-    t = targets.reshape(-1).long()
-    acc = torch.promote_types(torch.promote_types(x.dtype, W_U.dtype), torch.float32)
-    W = W_U.to(acc)
-    margin = (x.to(acc) * (W.T[t] - W.mean(dim=1))).sum(dim=-1)  # [tokens]
-    if b_U is not None:
-        margin = margin + (b_U.to(acc)[t] - b_U.to(acc).mean())
-    return margin.mean()
-
-
-def _cross_entropy(
-    resid: Tensor, W_U: Tensor, targets: Tensor, chunk: int | None, b_U: Tensor | None
-) -> Tensor:
-    """`unembed_cross_entropy` without label smoothing."""
+    cores' rate) and the softmax and all sums in fp32, as autocast runs linear + cross-entropy."""
     x = resid.reshape(-1, resid.shape[-1])
     t = targets.reshape(-1).long()
     if host_sync_is_free(t.device) and len(t):  # the C kernels index rows by target
@@ -354,3 +323,24 @@ def _cross_entropy(
                 total += F.cross_entropy(logits, t[i : i + chunk], reduction="sum")
         return total / len(t)
     return _UnembedCrossEntropy.apply(x, W_U, b_U, t, chunk, mm)
+
+
+def target_logit_margin(
+    resid: Tensor, W_U: Tensor, targets: Tensor, b_U: Tensor | None = None
+) -> Tensor:
+    """Mean over tokens of the target's logit less the mean of all logits, z_t - mean(z):
+    resid [..., d_model], W_U [d_model, d_vocab], targets [...] -> scalar (fp32 at least).
+
+    Label smoothing's part of a loss: against targets smoothed towards uniform,
+    (1 - ε) onehot + ε / d_vocab, the cross-entropy is -Σ q log p = lse - (1 - ε) z_t -
+    ε mean(z) = (lse - z_t) + ε (z_t - mean(z)), so `unembed_cross_entropy + ε *
+    target_logit_margin` is `F.cross_entropy(..., label_smoothing=ε)`. The term is linear in
+    the logits: a gather of W_U's columns, and the logits are never materialised."""
+    x = resid.reshape(-1, resid.shape[-1])
+    t = targets.reshape(-1).long()
+    acc = torch.promote_types(torch.promote_types(x.dtype, W_U.dtype), torch.float32)
+    W = W_U.to(acc)
+    margin = (x.to(acc) * (W.T[t] - W.mean(dim=1))).sum(dim=-1)  # [tokens]
+    if b_U is not None:
+        margin = margin + (b_U.to(acc)[t] - b_U.to(acc).mean())
+    return margin.mean()

@@ -1,7 +1,8 @@
 """metrics.jsonl, the training record of a run: one JSON object per logged step.
 
 The one reader of that file (train, info, analyze and the report all come here). Each record
-has "step" and "tokens" (tokens seen so far) and any of: train_loss, val_loss, lr,
+has "step" and "tokens" (tokens seen so far) and any of: train_loss, val_loss (both the
+plain cross-entropy), train_smoothed_loss (the loss minimised with --label-smoothing), lr,
 tokens_per_s, mfu (model FLOPs utilisation, qkov.flops), and the training probe's
 probe_induction_score, probe_previous_token_score, probe_icl_score, ... and the repetition
 test's repetition_* (see `qkov.training_probe`). A torn last line (a run killed

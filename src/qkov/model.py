@@ -52,7 +52,7 @@ from qkov.attention import causal_attention, causal_attention_packed
 from qkov.config import ModelConfig
 from qkov.errors import QkovError
 from qkov.hook_points import Hook, Point, hook_names, scale_name
-from qkov.loss import unembed_cross_entropy
+from qkov.loss import target_logit_margin, unembed_cross_entropy
 from qkov.rotary import rotary_cos_sin, rotate
 from qkov.weights import WEIGHT_NAMES as WEIGHT_NAMES  # re-exported: old import path
 from qkov.weights import check_weight_shapes, weight_shapes
@@ -268,8 +268,10 @@ class Transformer(nn.Module):
     ) -> Tensor:
         """tokens [batch, pos] -> logits [batch, pos, d_vocab] (fast path, SDPA); with
         targets [batch, pos], the mean next-token cross-entropy instead, fused with the
-        unembedding (qkov.loss: the logits are never materialised), against targets
-        smoothed by label_smoothing (training's --label-smoothing)."""
+        unembedding (qkov.loss: the logits are never materialised). label_smoothing ε
+        (training's --label-smoothing): the loss against targets (1 - ε) onehot + ε /
+        d_vocab instead, and the plain cross-entropy of the same pass is kept in
+        `self.last_cross_entropy` (what training logs as its train loss)."""
         resid = self.resid_final(tokens)
         if targets is None:
             return self.unembed(resid)
@@ -279,10 +281,14 @@ class Transformer(nn.Module):
                 f"targets have shape {list(targets.shape)} but tokens {list(resid.shape[:-1])}: "
                 "pass one target id per input token"
             )
+        if not 0.0 <= label_smoothing < 1.0:  # also refuses NaN
+            raise QkovError(f"label smoothing must be in [0, 1), got {label_smoothing}")
         b_U = self._param("b_U")
-        return unembed_cross_entropy(
-            resid, self.W_U, targets, b_U=b_U, label_smoothing=label_smoothing
-        )
+        loss = unembed_cross_entropy(resid, self.W_U, targets, b_U=b_U)
+        if not label_smoothing:
+            return loss
+        self.last_cross_entropy = loss.detach()
+        return loss + label_smoothing * target_logit_margin(resid, self.W_U, targets, b_U)
 
     def _stacked_qkv(self) -> tuple[Tensor, Tensor | None]:
         """W_Q, W_K and W_V of every layer side by side, as one matmul reads them:

@@ -53,8 +53,8 @@ TRAIN_HELP = {
     "warmup)",
     "weight_decay": "AdamW weight decay",
     "label_smoothing": "train on targets smoothed towards uniform, (1 - ε) onehot + ε / vocab "
-    "(0: none); the train loss logged is then this objective, the held-out loss the plain "
-    "cross-entropy",
+    "(0: none); the losses logged stay the plain cross-entropy, the smoothed one beside "
+    "them as train_smoothed_loss",
     "grad_clip": "clip the gradient norm to this",
     "eval_interval": "log train and held-out loss every N steps",
     "eval_batches": "held-out batches per evaluation",

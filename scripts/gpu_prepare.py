@@ -9,14 +9,14 @@ to make there. This script writes into .gpu/:
 - stdlib311.tar.gz: the .py files of the default corpus (this machine's Python 3.11
   library, at the path scripts/gpu_train.py unpacks them to), so document names, the
   held-out split and the tokenizer are the ones the shipped models were trained on;
-- cache/: the token streams of the default corpus for each vocabulary the round-2 runs
-  use, xz-compressed (scripts/gpu_session.sh unpacks them); the 2,048-token tokenizer is
-  checked equal to the shipped models' own;
+- cache/: the token streams of the default corpus for each vocabulary the round-2 and
+  round-3 runs use, xz-compressed (scripts/gpu_session.sh unpacks them); the 2,048-token
+  tokenizer is checked equal to the shipped models' own;
 - wheels/: TransformerLens 3.9 and the packages it needs that the GPU image lacks (for
   benchmarks/gpu.py's comparison), as wheels.
 
 Then it checks the size of what would travel and prints the one device call that runs
-scripts/gpu_session.sh (issue 19's benchmark, then round 2 of issue 18's sweep).
+scripts/gpu_session.sh (issue 19's benchmark, then round 3 of issue 18's sweep).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from gpu_train import COMMON, ROUND2_RUNS, STDLIB  # noqa: E402
+from gpu_train import COMMON, ROUND2_RUNS, ROUND3_RUNS, STDLIB  # noqa: E402
 
 LIMIT = 64 * 2**20  # what the device tool copies: tracked and untracked files, carried paths
 # TransformerLens and what it imports that the GPU image does not hold (its image has torch,
@@ -136,7 +136,7 @@ def main() -> None:
     tar = out / "stdlib311.tar.gz"
     if not tar.exists():
         print(f"{tar.name}: {stdlib_tar(tar)} files, {tar.stat().st_size / 2**20:.1f} MiB")
-    token_caches(out / "cache", vocab_sizes(ROUND2_RUNS))
+    token_caches(out / "cache", vocab_sizes(ROUND2_RUNS | ROUND3_RUNS))
     wheels(out / "wheels")
     carry = carried(out)
     size = travelling_bytes(carry)

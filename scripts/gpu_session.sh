@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one GPU call of a session that is lent a GPU (15 minutes of device time in all):
-# issue 19's benchmark (benchmarks/gpu.py), then round 2 of issue 18's sweep
+# issue 19's benchmark (benchmarks/gpu.py), then round 3 of issue 18's sweep
 # (scripts/gpu_train.py), in at most ~9.5 minutes. scripts/gpu_prepare.py makes the .gpu/
 # files it reads and prints the call (carry those files, timeout_s 600). Everything lands in
 # $OUT: session.log, gpu.json, summary.json, logs.tar.gz, models.tar.N (at most 8 files).
@@ -18,11 +18,12 @@ say() { echo "[$(( $(date +%s) - start )) s] $*" >>"$log"; }
 bench=(--budget 120)
 # the device tool brings back 8 files, 64 MiB together: 4 parts of models.tar (15 MiB each)
 # beside the log, gpu.json, summary.json and logs.tar.gz; 52 MiB of fp16 weights holds the
-# 8,192-token attn2 (21), another attn2 (9) and the MLP model (17)
+# three round-3 runs gpu_train.py's choose() brings back (9 each; with round 2's runs: the
+# 8,192-token attn2 (21), another attn2 (9) and the MLP model (17))
 train=(--minutes "$MINUTES" --budget-mb 52)
 if [ "${QKOV_SESSION_SMOKE:-0}" = 1 ]; then
   bench=(--budget 30 --tiny --device cpu --rounds 2)
-  train=(--minutes 2 --smoke --only r2_h4 r2_v8192)  # smoke runs end at step 20
+  train=(--minutes 2 --smoke --only r3_ls01 r2_v8192)  # smoke runs end at step 20
 fi
 
 say "$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -1)"

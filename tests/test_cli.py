@@ -260,6 +260,37 @@ def test_a_run_without_weights_yet_says_whether_they_are_coming(command, run_dir
     assert not (tmp_path / "o").exists()
 
 
+def test_info_says_how_a_run_was_trained(run_dir, tmp_path, capsys):
+    """The `trained` row: corpus, tokens a step, learning rate and schedule, weight decay,
+    and label smoothing where the run used some; none for a model without a train record."""
+    import shutil
+
+    run = tmp_path / "r"
+    shutil.copytree(run_dir, run)
+    tc = json.loads((run / "train_config.json").read_text())
+    n_ctx = json.loads((run / "config.json").read_text())["n_ctx"]
+
+    def trained() -> str | None:
+        assert main(["info", str(run)]) == 0
+        out = capsys.readouterr().out.split("last record")[0]
+        rows = dict(line.split(None, 1) for line in out.splitlines()[1:])
+        return rows.get("trained")
+
+    given = tc | {"corpus": "stdlib", "batch_size": 3, "lr": 0.002, "warmup": 7}
+    (run / "train_config.json").write_text(json.dumps(given | {"min_lr_ratio": 1.0}))
+    assert trained() == (
+        f"on stdlib, 3 x {n_ctx} tokens a step, lr 2.00e-03 (warmup 7, then constant), "
+        f"weight decay {tc['weight_decay']:g}"
+    )
+    decayed = given | {"min_lr_ratio": 0.1, "steps": 900, "label_smoothing": 0.2}
+    (run / "train_config.json").write_text(json.dumps(decayed | {"weight_decay": 0.3}))
+    assert trained().endswith(
+        "(warmup 7, then cosine to 0.1 of it by step 900), weight decay 0.3, label smoothing 0.2"
+    )
+    (run / "train_config.json").unlink()
+    assert trained() is None
+
+
 def test_info_says_where_a_run_stands_in_its_schedule_and_what_it_keeps(run_dir, tmp_path, capsys):
     """A run short of its schedule's end: whether a process is training it now (it holds
     the run's lock), or --resume continues it (its train state is kept), or neither; and
@@ -286,6 +317,9 @@ def test_info_says_where_a_run_stands_in_its_schedule_and_what_it_keeps(run_dir,
         assert rows()["weights"] == f"of step 6 of 12 (process {os.getpid()} is training it now)"
     (run / STATE).unlink()
     assert rows()["weights"] == "of step 6 of 12 (no train state)"
+    (run / "shipped.json").write_text('{"step": 6}')
+    assert rows()["weights"] == "of step 6 of 12 (stopped and shipped there: shipped.json)"
+    (run / "shipped.json").unlink()
     model = qkov.load(run)
     for step in (2, 5):
         save_snapshot(run, model, step)

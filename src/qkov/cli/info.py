@@ -35,6 +35,9 @@ def run(args: argparse.Namespace) -> int:
     rows.append(("params", f"{cfg.n_params:,}"))
     rows.append(("tokenizer", _tokenizer_text(model.tokenizer)))
     tc = _train_config(Path(args.dir) / "train_config.json")
+    recipe = _recipe_text(tc, cfg.n_ctx)
+    if recipe:
+        rows.append(("trained", recipe))
     if step is not None:
         rows.append(("weights", _weights_text(Path(args.dir), step, tc.get("steps"))))
     kept = list_snapshots(args.dir)
@@ -170,6 +173,33 @@ def _train_config(path: Path) -> dict:
     return tc if isinstance(tc, dict) else {}
 
 
+def _recipe_text(tc: dict, n_ctx: int) -> str:
+    """How a run trains, from its train_config.json ("" without one): 'on stdlib, 64 x 512
+    tokens a step, lr 3.00e-03 (warmup 500, then constant), weight decay 0.01', and label
+    smoothing where there is some."""
+    from qkov.config import TrainConfig
+
+    if not tc:  # no record: nothing to say (TrainConfig's defaults would be made up)
+        return ""
+    try:
+        t = TrainConfig(**tc)
+    except (TypeError, ValueError):  # not a TrainConfig (QkovError is a ValueError)
+        return ""
+    if t.min_lr_ratio == 1.0:
+        schedule = "then constant"
+    else:
+        schedule = f"then cosine to {t.min_lr_ratio:g} of it by step {t.steps:,}"
+    parts = [
+        f"on {t.corpus}",
+        f"{t.batch_size} x {n_ctx} tokens a step",
+        f"lr {t.lr:.2e} (warmup {t.warmup:,}, {schedule})",
+        f"weight decay {t.weight_decay:g}",
+    ]
+    if t.label_smoothing:
+        parts.append(f"label smoothing {t.label_smoothing:g}")
+    return ", ".join(parts)
+
+
 def _weights_text(run: Path, step: int, steps: object) -> str:
     """'of step 800 of 1,100 (qkov train --resume continues it)': the step of the weights,
     and where the run is short of its schedule's end, whether a process is training it now
@@ -179,6 +209,8 @@ def _weights_text(run: Path, step: int, steps: object) -> str:
 
     if not isinstance(steps, int) or isinstance(steps, bool) or step >= steps:
         return f"of step {step:,}"
+    if (run / "shipped.json").is_file():  # a shipped model: its run was stopped there
+        return f"of step {step:,} of {steps:,} (stopped and shipped there: shipped.json)"
     pid = writer_pid(run)
     if pid is not None:
         more = f"process {pid} is training it now"

@@ -11,6 +11,7 @@ import pytest
 import qkov
 from qkov import shipped
 from qkov.cli import COMMANDS, HelpFormatter, build_parser, main
+from qkov.report.escape import esc
 from tiny import tiny_train
 
 
@@ -289,6 +290,27 @@ def test_info_says_how_a_run_was_trained(run_dir, tmp_path, capsys):
     )
     (run / "train_config.json").unlink()
     assert trained() is None
+
+
+def test_the_report_card_says_how_each_model_was_trained(run_dir, tmp_path):
+    """analysis.json keeps each run's train_config.json as written ("trained"; null without
+    one), and the model card shows it as `qkov info` does."""
+    import shutil
+
+    from qkov.config import TrainConfig
+
+    bare = tmp_path / "bare"
+    shutil.copytree(run_dir, bare)
+    (bare / "train_config.json").unlink()
+    out = tmp_path / "o"
+    assert main(["analyze", str(run_dir), str(bare), "--out", str(out)]) == 0
+    models = json.loads((out / "analysis.json").read_text())["models"]
+    record = json.loads((run_dir / "train_config.json").read_text())
+    assert models[0]["trained"] == record and models[1]["trained"] is None
+    recipe = TrainConfig(**record).recipe(models[0]["config"]["n_ctx"])
+    assert recipe.startswith(f"on {record['corpus']}, {record['batch_size']} x ")
+    html = (out / "report.html").read_text()
+    assert html.count("<th>trained</th>") == 1 and esc(recipe) in html
 
 
 def test_info_says_where_a_run_stands_in_its_schedule_and_what_it_keeps(run_dir, tmp_path, capsys):

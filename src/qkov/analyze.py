@@ -24,7 +24,7 @@ from qkov.ablation import icl_from_logits, term_importance
 from qkov.allocator import return_freed_memory
 from qkov.attribution import attribute
 from qkov.budget import MAX_EXAMPLE_TOKENS, Budget
-from qkov.checkpoint import check_folders, load
+from qkov.checkpoint import check_folders, load, read_train_config
 from qkov.circuits import embedding_rms, final_norm_scale, positional_qk, top_bigrams
 from qkov.classification import classify_heads
 from qkov.config import TRAINING_ONLY, ModelConfig
@@ -334,7 +334,9 @@ def _rounded(t: Tensor, digits: int = 4) -> list:
 
 
 def _training(rec: dict[str, Any], checkpoint: str | None) -> None:
-    """The training curves (in tokens seen) and where the induction head formed."""
+    """How the run was trained (its train_config.json), the training curves (in tokens
+    seen) and where the induction head formed."""
+    rec["trained"] = read_train_config(checkpoint) if checkpoint else None
     history = training_history(checkpoint) if checkpoint else None
     if history is None:
         rec["not_computed"]["training"] = (

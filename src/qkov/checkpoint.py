@@ -146,7 +146,7 @@ def _no_weights_yet(path: Path) -> str:
     training (the process holding its lock) or stopped before it (nothing kept)."""
     from qkov.runlock import writer_pid
 
-    every = _ckpt_interval(path / "train_config.json")
+    every = _ckpt_interval(path)
     first = (
         f"its first checkpoint (step {every:,}, --ckpt-interval)"
         if every
@@ -164,13 +164,20 @@ def _no_weights_yet(path: Path) -> str:
     )
 
 
-def _ckpt_interval(path: Path) -> int | None:
+def _ckpt_interval(run_dir: Path) -> int | None:
     """A run's --ckpt-interval from its train_config.json, or None where unreadable."""
-    try:
-        every = json.loads(path.read_text()).get("ckpt_interval")
-    except (OSError, ValueError, AttributeError):
-        return None
+    every = (read_train_config(run_dir) or {}).get("ckpt_interval")
     return every if isinstance(every, int) and not isinstance(every, bool) else None
+
+
+def read_train_config(run_dir: str | Path) -> dict | None:
+    """A run's train_config.json as written (TrainConfig's fields), or None where there is
+    none (a checkpoint saved by save_model, a Hugging Face folder) or it cannot be read."""
+    try:
+        record = json.loads((Path(run_dir) / "train_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def check_folders(

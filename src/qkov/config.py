@@ -358,6 +358,35 @@ class TrainConfig:
         if not 0 <= self.min_lr_ratio <= 1:  # also refuses NaN
             raise QkovError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
 
+    def recipe(self, n_ctx: int) -> str:
+        """How the run trains, in words: 'on stdlib, 64 x 512 tokens a step, lr 3.00e-03
+        (warmup 500, then constant), weight decay 0.01', and label smoothing where there is
+        some (what `qkov info` and the report's model card show)."""
+        if self.min_lr_ratio == 1.0:
+            schedule = "then constant"
+        else:
+            schedule = f"then cosine to {self.min_lr_ratio:g} of it by step {self.steps:,}"
+        parts = [
+            f"on {self.corpus}",
+            f"{self.batch_size} x {n_ctx} tokens a step",
+            f"lr {self.lr:.2e} (warmup {self.warmup:,}, {schedule})",
+            f"weight decay {self.weight_decay:g}",
+        ]
+        if self.label_smoothing:
+            parts.append(f"label smoothing {self.label_smoothing:g}")
+        return ", ".join(parts)
+
+    @classmethod
+    def recorded(cls, record: object) -> TrainConfig | None:
+        """A run's train_config.json as read (a dict) -> its TrainConfig, or None where it is
+        no such record (missing, or fields TrainConfig does not have or refuses)."""
+        if not isinstance(record, dict) or not record:
+            return None
+        try:
+            return cls(**record)
+        except (TypeError, ValueError):  # unknown fields; values refused (QkovError)
+            return None
+
     def lr_at(self, step: int) -> float:
         """Linear warmup to lr, then cosine decay to min_lr_ratio * lr at `steps`."""
         if step < self.warmup:

@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qkov.checkpoint import load, weights_step
+    from qkov.checkpoint import load, read_train_config, weights_step
+    from qkov.config import TrainConfig
     from qkov.hf import is_hf_folder
     from qkov.metrics import METRICS, last_record
     from qkov.snapshots import list_snapshots
@@ -34,10 +35,10 @@ def run(args: argparse.Namespace) -> int:
     rows = _config_rows(cfg)
     rows.append(("params", f"{cfg.n_params:,}"))
     rows.append(("tokenizer", _tokenizer_text(model.tokenizer)))
-    tc = _train_config(Path(args.dir) / "train_config.json")
-    recipe = _recipe_text(tc, cfg.n_ctx)
-    if recipe:
-        rows.append(("trained", recipe))
+    tc = read_train_config(args.dir) or {}
+    recorded = TrainConfig.recorded(tc)
+    if recorded is not None:
+        rows.append(("trained", recorded.recipe(cfg.n_ctx)))
     if step is not None:
         rows.append(("weights", _weights_text(Path(args.dir), step, tc.get("steps"))))
     kept = list_snapshots(args.dir)
@@ -161,43 +162,6 @@ def _si(x: float) -> str:
         if abs(x) >= scale:
             return f"{x / scale:.1f}{suffix}"
     return f"{x:g}"
-
-
-def _train_config(path: Path) -> dict:
-    """A run's train_config.json (steps, init_from: the run it was fine-tuned from), or {}
-    where there is none (a checkpoint saved by save_model) or it cannot be read."""
-    try:
-        tc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return tc if isinstance(tc, dict) else {}
-
-
-def _recipe_text(tc: dict, n_ctx: int) -> str:
-    """How a run trains, from its train_config.json ("" without one): 'on stdlib, 64 x 512
-    tokens a step, lr 3.00e-03 (warmup 500, then constant), weight decay 0.01', and label
-    smoothing where there is some."""
-    from qkov.config import TrainConfig
-
-    if not tc:  # no record: nothing to say (TrainConfig's defaults would be made up)
-        return ""
-    try:
-        t = TrainConfig(**tc)
-    except (TypeError, ValueError):  # not a TrainConfig (QkovError is a ValueError)
-        return ""
-    if t.min_lr_ratio == 1.0:
-        schedule = "then constant"
-    else:
-        schedule = f"then cosine to {t.min_lr_ratio:g} of it by step {t.steps:,}"
-    parts = [
-        f"on {t.corpus}",
-        f"{t.batch_size} x {n_ctx} tokens a step",
-        f"lr {t.lr:.2e} (warmup {t.warmup:,}, {schedule})",
-        f"weight decay {t.weight_decay:g}",
-    ]
-    if t.label_smoothing:
-        parts.append(f"label smoothing {t.label_smoothing:g}")
-    return ", ".join(parts)
 
 
 def _weights_text(run: Path, step: int, steps: object) -> str:

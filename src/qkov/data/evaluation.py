@@ -181,11 +181,9 @@ def heldout_of(run_dir: str | Path) -> dict[str, Any] | None:
 def training_corpus(run_dir: str | Path) -> str | None:
     """The text corpus a run was trained on (its train_config.json), or None: no record,
     or a synthetic task."""
-    path = Path(run_dir) / "train_config.json"
-    try:
-        corpus = json.loads(path.read_text(encoding="utf-8")).get("corpus")
-    except (OSError, ValueError, AttributeError):
-        return None
+    from qkov.checkpoint import read_train_config
+
+    corpus = (read_train_config(run_dir) or {}).get("corpus")
     return corpus if isinstance(corpus, str) and corpus not in SYNTHETIC else None
 
 

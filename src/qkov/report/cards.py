@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from qkov.config import acting_fields
+from qkov.config import TrainConfig, acting_fields
 from qkov.report.escape import esc
 from qkov.report.fmt import count, num, stderr_text
 from qkov.report.svg import hbar_chart
@@ -109,6 +109,9 @@ def _card_rows(m: dict) -> str:
         rows += _row("tokenizer vocab", esc(count(m["tokenizer"]["vocab_size"])))
     if m.get("checkpoint"):
         rows += _row("checkpoint", f"<code>{esc(m['checkpoint'])}</code>")
+    trained = TrainConfig.recorded(m.get("trained"))
+    if trained is not None and isinstance(cfg.get("n_ctx"), int):
+        rows += _row("trained", esc(trained.recipe(cfg["n_ctx"])))
     rows += _row("evaluation set", esc(evaluation_text(m)), "eval")
     loss = loss_text(m)
     rows += _row("loss", esc(loss) if loss else "not computed", "loss")

@@ -30,6 +30,8 @@ computed" (with the reason from `not_computed` if given). Names are the library'
                                            # a Hugging Face folder's without seed, init_std,
                                            # pos_init_std (config.TRAINING_ONLY)
       "n_params": int,
+      "trained": {TrainConfig fields} | null,  # the run's train_config.json as written
+                                           # (null: no record, e.g. a Hugging Face folder)
       "tokenizer": {"vocab_size": int} | null,
       "evaluation": {                      # THE evaluation set: loss, icl, term importance
         "description": str,                # e.g. "held-out documents of --corpus stdlib"

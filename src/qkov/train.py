@@ -149,7 +149,7 @@ def train(
                 loss.backward()
                 # the train loss logged is the plain cross-entropy; with --label-smoothing the
                 # smoothed loss minimised is logged beside it
-                objective = loss.item() if tc.label_smoothing else None
+                smoothed = loss.item() if tc.label_smoothing else None
                 plain = model.last_cross_entropy if tc.label_smoothing else loss
                 # Mean over ranks (same on all), and whether any rank was asked to stop.
                 loss_value, stopping = distributed.mean_and_any(plain.item(), stop.requested, dd)
@@ -157,7 +157,7 @@ def train(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
                 opt.step()
                 step += 1
-                log.step(step, loss_value, lr, objective)
+                log.step(step, loss_value, lr, smoothed)
                 if stopping:
                     stop.acknowledge()  # the final checkpoint is under way
                 if stopping or step % tc.ckpt_interval == 0 or step == last:
@@ -330,7 +330,7 @@ class _StepLog:
         self.bar.close()
         self.file.close()
 
-    def step(self, step: int, loss_value: float, lr: float, objective: float | None) -> None:
+    def step(self, step: int, loss_value: float, lr: float, smoothed: float | None) -> None:
         """Log step `step`: its train loss (the cross-entropy) and, with --label-smoothing,
         the smoothed loss it minimised (`train_smoothed_loss`, rank 0's)."""
         tc = self.run.tc
@@ -346,7 +346,7 @@ class _StepLog:
             "step": step,
             "tokens": step * self.tokens_per_step,
             "train_loss": round(loss_value, 5),
-            **({} if objective is None else {"train_smoothed_loss": round(objective, 5)}),
+            **({} if smoothed is None else {"train_smoothed_loss": round(smoothed, 5)}),
             "lr": lr,
             "tokens_per_s": round(self.tokens_since / seconds, 1),
         }

@@ -143,10 +143,10 @@ ROUND2_RUNS = {n: (what, f"{flags} {ROUND2_LOGGING}") for n, (what, flags) in RO
 RUNS |= ROUND2_RUNS
 # Round 3 (prepared 2026-12-08): round 2's recipes all ran on the CPU since (TRAINING.md,
 # "Round 2 on this CPU"), none reached the target; label smoothing (--label-smoothing ε,
-# added 2026-12-08) caps how sure the prior is, which is what outranks the copied token, and
-# moved the repeated half from 82% to 65% of uniform at 21M tokens on the CPU (TRAINING.md,
-# "Round 3 on this CPU: label smoothing"). Each is attn2's recipe with one ε; on a GPU they
-# see ~3x the CPU runs' tokens, where the repeated half of attn2's recipe stopped falling.
+# added 2026-12-08) caps how sure the prior is, which is what outranks the copied token;
+# at ε = 0.1 the repeated half cost 51% of uniform at 32M tokens on the CPU, where attn2's
+# recipe cost 63-67% (TRAINING.md, "Round 3 on this CPU: label smoothing"). Each is attn2's
+# recipe with one ε; on a GPU they see ~2x the CPU run's tokens.
 ROUND3_RUNS = {
     f"r3_ls{tag}": (
         f"label smoothing {eps}",
